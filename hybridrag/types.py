@@ -1,0 +1,61 @@
+"""Documents, chunks and search hits: the small value types every part shares."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Document:
+    """A source document: a string id, its text, and JSON-serialisable metadata."""
+
+    id: str
+    text: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document, as indexed.
+
+    ``start``/``end`` are character offsets into the original document text, so that
+    ``document.text[start:end] == chunk.text``. ``chunk_id`` is deterministic:
+    ``f"{doc_id}#{ordinal}"``.
+    """
+
+    chunk_id: str
+    doc_id: str
+    ordinal: int
+    text: str
+    start: int
+    end: int
+    n_tokens: int = 0
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Hit:
+    """One search result.
+
+    ``score`` is the final score (after fusion, and after reranking when enabled).
+    ``scores`` holds the exact per-mode scores (``dense``, ``sparse``, ``bm25``,
+    ``colbert``, ``fused``, ``rerank`` as applicable) and ``ranks`` the 1-based rank
+    the chunk had in each first-stage retriever that returned it (absent when that
+    retriever did not return it).
+    """
+
+    chunk_id: str
+    doc_id: str
+    text: str
+    score: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+    span: tuple[int, int] = (0, 0)
+    scores: dict[str, float] = field(default_factory=dict)
+    ranks: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chunk_id": self.chunk_id, "doc_id": self.doc_id, "text": self.text,
+            "score": self.score, "metadata": self.metadata, "span": list(self.span),
+            "scores": self.scores, "ranks": self.ranks,
+        }
