@@ -1,0 +1,291 @@
+"""Shared encoder machinery: output type, device/dtype choice, input checks,
+model-folder resolution, and length-sorted dynamic-padding batching.
+
+Covered by ``tests/test_encoders_m3.py`` and ``tests/test_encoders_dense.py``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from hybridrag.errors import ModelLoadError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+#: Hard upper bound on ``max_length`` (tokens) accepted by every encoder.
+MAX_LENGTH_LIMIT = 8192
+
+_DTYPE_NAMES = {
+    "fp32": "float32", "float32": "float32", "float": "float32",
+    "fp16": "float16", "float16": "float16", "half": "float16",
+    "bf16": "bfloat16", "bfloat16": "bfloat16",
+}
+
+# Model types whose position ids start after the padding index (RoBERTa family):
+# they can embed ``max_position_embeddings - pad_token_id - 1`` tokens.
+_OFFSET_POSITION_TYPES = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text"}
+
+_HUB_IGNORE = ["*.msgpack", "*.h5", "*.ot", "onnx/*", "*.onnx", "openvino/*", "flax_model*", "tf_model*", "rust_model*"]
+
+
+@dataclass
+class EncodeOutput:
+    """What an encoder returns for ``n`` texts.
+
+    * ``dense``: float32 array ``[n, d]`` (L2-normalised when the model says so), or None.
+    * ``sparse``: one ``{token_id: weight}`` dict per text, or None.
+    * ``colbert``: one float32 array ``[tokens_i, d_colbert]`` per text, or None.
+    """
+
+    dense: np.ndarray | None = None
+    sparse: list[dict[int, float]] | None = None
+    colbert: list[np.ndarray] | None = None
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def resolve_device(device: str | None) -> str:
+    """``None`` -> ``"cuda"`` when CUDA is available, else ``"cpu"``; otherwise checked as given."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a str such as 'cpu' or 'cuda:0', got {type(device).__name__}")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device {device!r} is not a valid torch device (use 'cpu', 'cuda', 'cuda:N')") from exc
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return device
+
+
+def resolve_dtype(dtype: Any, device: str) -> "torch.dtype":
+    """Pick the compute dtype: fp16 on CUDA and fp32 on CPU by default.
+
+    ``dtype`` may be None, a ``torch.dtype`` or one of ``fp32``/``fp16``/``bf16``
+    (also ``float32``/``float16``/``bfloat16``).
+    """
+    import torch
+
+    if dtype is None:
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"dtype {dtype} is not supported; choose float32, float16 or bfloat16")
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPE_NAMES:
+        return getattr(torch, _DTYPE_NAMES[dtype.lower()])
+    raise ValueError(f"dtype {dtype!r} is not supported; choose one of 'fp32', 'fp16', 'bf16' or a torch.dtype")
+
+
+def dtype_name(dtype: "torch.dtype") -> str:
+    """``torch.float16`` -> ``"float16"`` (JSON-friendly)."""
+    return str(dtype).replace("torch.", "")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def check_texts(texts: str | Sequence[str]) -> list[str]:
+    """Validate encoder input and return a list of texts.
+
+    A bare ``str`` counts as one text. Anything else must be a list or tuple of
+    ``str``; a non-str item raises ``TypeError`` naming its index. Lone UTF-16
+    surrogates (which tokenizers reject) are replaced by U+FFFD; control
+    characters pass through unchanged.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    elif not isinstance(texts, (list, tuple)):
+        raise TypeError(f"texts must be a str or a list/tuple of str, got {type(texts).__name__}")
+    out: list[str] = []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] must be str, got {type(text).__name__}: {text!r:.80}")
+        out.append(_fix_surrogates(text))
+    return out
+
+
+def _fix_surrogates(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        # Valid surrogate pairs are re-joined; lone halves become U+FFFD.
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def check_max_length(max_length: Any, capacity: int, name: str = "max_length") -> int:
+    """Check ``max_length`` is an int in ``[1, 8192]`` and at most ``capacity`` (the model's limit)."""
+    if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(max_length).__name__}: {max_length!r}")
+    max_length = int(max_length)
+    if not 1 <= max_length <= MAX_LENGTH_LIMIT:
+        raise ValueError(f"{name}={max_length} is out of range; it must be in [1, {MAX_LENGTH_LIMIT}]")
+    if max_length > capacity:
+        raise ValueError(f"{name}={max_length} exceeds the {capacity} tokens this model can embed")
+    return max_length
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """Check ``batch_size`` is a positive int."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return int(batch_size)
+
+
+def model_capacity(config: Any) -> int:
+    """How many tokens a Hugging Face model config can embed (position table size)."""
+    max_pos = int(getattr(config, "max_position_embeddings", MAX_LENGTH_LIMIT) or MAX_LENGTH_LIMIT)
+    if getattr(config, "model_type", "") in _OFFSET_POSITION_TYPES:
+        max_pos -= int(getattr(config, "pad_token_id", 1) or 0) + 1
+    return max_pos
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_model_folder(name_or_path: str | os.PathLike[str]) -> str:
+    """Return a local folder for ``name_or_path``: the folder itself, or a Hub snapshot.
+
+    A Hugging Face id (``org/name``) is fetched with ``huggingface_hub`` (from the
+    cache when offline). Raises :class:`ModelLoadError` naming the path or id when
+    it cannot be found.
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"name_or_path must be a str or path, got {type(name_or_path).__name__}")
+    name = os.fspath(name_or_path)
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        return expanded
+    looks_local = (
+        os.path.isabs(expanded) or name.startswith((".", "~")) or os.path.exists(expanded)
+        or name.count("/") > 1 or "\\" in name or not name
+    )
+    if looks_local:
+        raise ModelLoadError(f"model folder {name!r} does not exist or is not a directory")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id=name, ignore_patterns=_HUB_IGNORE)
+    except Exception as exc:  # hub errors have many types (offline, 404, gated, bad id)
+        raise ModelLoadError(
+            f"could not load model {name!r}: not a local folder, and the Hugging Face Hub "
+            f"could not provide it ({type(exc).__name__}: {exc}). Pass a local folder path, "
+            f"or download it first while online (HF_HUB_OFFLINE=1 only uses the cache)."
+        ) from exc
+
+
+def load_tokenizer(folder: str, name: str) -> Any:
+    """Load a fast tokenizer from ``folder``; ModelLoadError names ``name`` on failure."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, use_fast=True)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load a tokenizer for {name!r} from {folder}: {exc}") from exc
+
+
+def load_transformer(folder: str, name: str, dtype: "torch.dtype", device: str) -> Any:
+    """Load an ``AutoModel`` (no task head) from ``folder`` in eval mode on ``device``."""
+    from transformers import AutoModel
+
+    try:
+        try:  # BERT/XLM-R carry an unused pooler; skip building it when the class allows
+            model = AutoModel.from_pretrained(folder, dtype=dtype, add_pooling_layer=False)
+        except TypeError:
+            model = AutoModel.from_pretrained(folder, dtype=dtype)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load model weights for {name!r} from {folder}: {exc}") from exc
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------- tokenizing
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int, **kw: Any) -> list[dict[str, list[int]]]:
+    """Tokenize each text once, truncated to ``max_length`` tokens (special tokens included).
+
+    Very long texts are cut to a character window before tokenizing (the window is
+    doubled until the first ``max_length`` tokens are provably unchanged), so a
+    10 MB line costs about as much as a long paragraph.
+    """
+    if not texts:
+        return []
+    texts = [_cut_long_text(tokenizer, t, max_length) for t in texts]
+    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=False, **kw)
+    keys = list(enc.keys())
+    return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+
+
+def _cut_long_text(tokenizer: Any, text: str, max_length: int) -> str:
+    window = 8 * max_length + 256
+    if len(text) <= 2 * window:
+        return text
+    while 2 * window < len(text):
+        short = tokenizer(text[:window], add_special_tokens=False)["input_ids"]
+        longer = tokenizer(text[: 2 * window], add_special_tokens=False)["input_ids"]
+        if len(short) >= max_length and short[:max_length] == longer[:max_length]:
+            return text[:window]
+        window *= 2
+    return text
+
+
+def pad_batch(tokenizer: Any, features: list[dict[str, list[int]]], device: str) -> dict[str, "torch.Tensor"]:
+    """Pad a list of tokenized examples to the batch's longest and move tensors to ``device``."""
+    keys = features[0].keys()
+    merged = {k: [f[k] for f in features] for k in keys}
+    batch = tokenizer.pad(merged, padding=True, return_tensors="pt")
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def run_sorted_batches(
+    features: list[dict[str, list[int]]],
+    batch_size: int,
+    run: Callable[[list[dict[str, list[int]]]], list[Any]],
+) -> list[Any]:
+    """Run ``run`` over length-sorted batches and return its per-item results in input order.
+
+    ``run`` gets a list of tokenized examples and returns one result per example.
+    On ``torch.cuda.OutOfMemoryError`` the batch size is halved and the same batch
+    retried (down to 1, then the error propagates); other errors propagate at once.
+    """
+    import torch
+
+    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+    results: list[Any] = [None] * len(features)
+    start = 0
+    while start < len(order):
+        idx = order[start : start + batch_size]
+        try:
+            outs = run([features[i] for i in idx])
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size = max(1, batch_size // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        for i, out in zip(idx, outs):
+            results[i] = out
+        start += len(idx)
+    return results
+
+
+def to_numpy(x: "torch.Tensor") -> np.ndarray:
+    """Detach to a float32 numpy array on the CPU."""
+    return x.detach().float().cpu().numpy()
+
+
+def l2_normalize(x: "torch.Tensor", eps: float = 1e-12) -> "torch.Tensor":
+    """L2-normalise along the last axis (zero rows stay zero), as ``F.normalize``."""
+    import torch.nn.functional as F
+
+    return F.normalize(x, p=2.0, dim=-1, eps=eps)

@@ -1,0 +1,146 @@
+"""BM25 as a sparse encoder: texts -> ``{term id: count}``.
+
+The encoder only analyses text and keeps the term vocabulary (str -> int id, grown
+as documents are added, persisted as JSON). The BM25 weighting itself (k1, b,
+epsilon, idf) lives in :class:`hybridrag.stores.sparse.SparseIndex`, so BM25 runs
+on the same inverted index as BGE-M3 lexical weights; :meth:`BM25Encoder.store_config`
+gives the matching store settings.
+
+Tested by ``tests/test_bm25.py``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from hybridrag.analysis import SubwordAnalyzer, WordAnalyzer, analyzer_from_config
+from hybridrag.errors import ConfigError, IndexFormatError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hybridrag.encoders.base import EncodeOutput
+
+__all__ = ["BM25Encoder"]
+
+VARIANTS = ("okapi", "lucene")
+
+
+class BM25Encoder:
+    """Term-count encoder for BM25 (``variant``: ``"okapi"`` = rank_bm25, ``"lucene"`` = bm25s/Lucene)."""
+
+    tokenizer = None   # no Hugging Face tokenizer of its own (CONTRACTS: None for the word analyser)
+    dim = None
+    colbert_dim = None
+
+    def __init__(
+        self,
+        analyzer: WordAnalyzer | SubwordAnalyzer | None = None,
+        variant: str = "okapi",
+        k1: float = 1.5,
+        b: float = 0.75,
+        epsilon: float = 0.25,
+    ) -> None:
+        if variant not in VARIANTS:
+            raise ConfigError(f"variant={variant!r} is unknown; choose one of {list(VARIANTS)}")
+        for name, v in (("k1", k1), ("b", b), ("epsilon", epsilon)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{name} must be a finite number, got {v!r}")
+        self.analyzer = analyzer if analyzer is not None else WordAnalyzer()
+        if not hasattr(self.analyzer, "tokenize"):
+            raise TypeError(f"analyzer must have tokenize(texts), got {type(self.analyzer).__name__}")
+        self.variant, self.k1, self.b, self.epsilon = variant, float(k1), float(b), float(epsilon)
+        self.vocabulary: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ encoding
+
+    def _counts(self, tokens: list[str], grow: bool) -> dict[int, float]:
+        vocab = self.vocabulary
+        out: dict[int, float] = {}
+        for term, c in Counter(tokens).items():
+            tid = vocab.get(term)
+            if tid is None:
+                if not grow:
+                    continue
+                tid = vocab[term] = len(vocab)
+            out[tid] = float(c)
+        return out
+
+    def encode_documents(self, texts: Sequence[str]) -> list[dict[int, float]]:
+        """Term counts per document; new terms get new ids."""
+        return [self._counts(toks, True) for toks in self.analyzer.tokenize(texts)]
+
+    def encode_queries(self, texts: Sequence[str]) -> list[dict[int, float]]:
+        """Query term counts (a repeated term counts twice); unknown terms are dropped."""
+        return [self._counts(toks, False) for toks in self.analyzer.tokenize(texts)]
+
+    def encode(self, texts: Sequence[str], *, is_query: bool = False, dense: bool = True, sparse: bool = True,
+               colbert: bool = True, **_: Any) -> "EncodeOutput":
+        """``EncodeOutput(sparse=...)`` (documents by default; ``is_query=True`` for queries).
+
+        ``dense``/``colbert`` are accepted for the common encoder signature and ignored.
+        """
+        from hybridrag.encoders.base import EncodeOutput
+
+        rows = self.encode_queries(texts) if is_query else self.encode_documents(texts)
+        return EncodeOutput(sparse=rows if sparse else None)
+
+    # ------------------------------------------------------------------ settings
+
+    def store_config(self) -> dict[str, Any]:
+        """Keyword arguments of the :class:`SparseIndex` that scores this encoder's output."""
+        return {"weighting": f"bm25{self.variant}", "k1": self.k1, "b": self.b, "epsilon": self.epsilon}
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable settings (the vocabulary is saved separately, see :meth:`save`)."""
+        return {"type": "bm25", "variant": self.variant, "k1": self.k1, "b": self.b, "epsilon": self.epsilon,
+                "analyzer": self.analyzer.config()}
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], analyzer: WordAnalyzer | SubwordAnalyzer | None = None) -> "BM25Encoder":
+        """Rebuild from :meth:`config` (pass ``analyzer`` when it cannot be rebuilt by name)."""
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"BM25 config must be a dict, got {type(cfg).__name__}")
+        unknown = set(cfg) - {"type", "variant", "k1", "b", "epsilon", "analyzer"}
+        if unknown:
+            raise ConfigError(f"unknown BM25 config keys {sorted(unknown)}; valid: variant, k1, b, epsilon, analyzer")
+        if analyzer is None and "analyzer" in cfg:
+            analyzer = analyzer_from_config(cfg["analyzer"])
+        return cls(analyzer, **{k: cfg[k] for k in ("variant", "k1", "b", "epsilon") if k in cfg})
+
+    # ------------------------------------------------------------------ vocabulary
+
+    def save_vocabulary(self, path: str | Path) -> None:
+        """Write the vocabulary as a JSON list of terms in id order (to a new file)."""
+        terms = [""] * len(self.vocabulary)
+        for term, tid in self.vocabulary.items():
+            terms[tid] = term
+        with open(path, "x", encoding="utf-8") as fh:
+            json.dump(terms, fh, ensure_ascii=False)
+
+    def load_vocabulary(self, path: str | Path) -> None:
+        """Replace the vocabulary with one written by :meth:`save_vocabulary`."""
+        try:
+            terms = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise IndexFormatError(f"cannot read BM25 vocabulary {path}: {exc}") from exc
+        if not isinstance(terms, list) or not all(isinstance(t, str) for t in terms) or len(set(terms)) != len(terms):
+            raise IndexFormatError(f"BM25 vocabulary {path} must be a JSON list of distinct strings")
+        self.vocabulary = {t: i for i, t in enumerate(terms)}
+
+    def save(self, directory: str | Path, tag: str) -> dict[str, str]:
+        """Write the vocabulary to a new file named with ``tag``; returns ``{role: filename}``."""
+        name = f"bm25-{tag}-vocabulary.json"
+        self.save_vocabulary(Path(directory) / name)
+        return {"vocabulary": name}
+
+    @classmethod
+    def load(cls, directory: str | Path, files: dict[str, str], config: dict[str, Any],
+             analyzer: WordAnalyzer | SubwordAnalyzer | None = None) -> "BM25Encoder":
+        """Rebuild from :meth:`config` and the files :meth:`save` wrote."""
+        enc = cls.from_config(config, analyzer=analyzer)
+        if "vocabulary" not in files:
+            raise IndexFormatError(f"BM25 files lack 'vocabulary'; got roles {sorted(files)}")
+        enc.load_vocabulary(Path(directory) / files["vocabulary"])
+        return enc

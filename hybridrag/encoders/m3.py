@@ -1,0 +1,315 @@
+"""BGE-M3 encoder: one forward pass gives a dense vector, lexical weights and
+ColBERT token vectors, numerically equal to FlagEmbedding's ``BGEM3FlagModel``.
+
+Reads a FlagEmbedding-layout folder (XLM-RoBERTa weights + tokenizer +
+``colbert_linear.pt`` + ``sparse_linear.pt``), locally or by Hugging Face id.
+Covered by ``tests/test_encoders_m3.py`` (parity tests marked ``parity``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence, cast
+
+import numpy as np
+
+from hybridrag.encoders.base import (
+    MAX_LENGTH_LIMIT,
+    EncodeOutput,
+    check_batch_size,
+    check_max_length,
+    check_texts,
+    dtype_name,
+    l2_normalize,
+    load_tokenizer,
+    load_transformer,
+    model_capacity,
+    pad_batch,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_folder,
+    run_sorted_batches,
+    to_numpy,
+    tokenize,
+)
+from hybridrag.errors import ConfigError, ModelLoadError
+
+__all__ = ["M3Encoder", "colbert_score", "dense_score", "lexical_score"]
+
+
+def dense_score(q: np.ndarray, p: np.ndarray) -> float:
+    """Inner product of two dense vectors ``[d]`` (cosine when both are normalised)."""
+    return float(np.dot(np.asarray(q, dtype=np.float32), np.asarray(p, dtype=np.float32)))
+
+
+def lexical_score(q_weights: dict[int, float], p_weights: dict[int, float]) -> float:
+    """Sum over token ids present in both dicts of the product of their weights."""
+    if len(p_weights) < len(q_weights):
+        q_weights, p_weights = p_weights, q_weights
+    return float(sum(w * p_weights[t] for t, w in q_weights.items() if t in p_weights))
+
+
+def colbert_score(q_vecs: np.ndarray, p_vecs: np.ndarray) -> float:
+    """ColBERT MaxSim: for each query row ``[n_q, d]`` the max inner product over passage
+    rows ``[n_p, d]``, summed and divided by ``n_q``. 0.0 when either side has no rows."""
+    q = np.asarray(q_vecs, dtype=np.float32)
+    p = np.asarray(p_vecs, dtype=np.float32)
+    if q.shape[0] == 0 or p.shape[0] == 0:
+        return 0.0
+    return float((q @ p.T).max(axis=1).sum() / q.shape[0])
+
+
+class M3Encoder:
+    """BGE-M3 (or any FlagEmbedding M3-layout folder) as a tri-modal encoder.
+
+    Build with :meth:`from_pretrained`. Outputs (see :class:`EncodeOutput`):
+
+    * dense: CLS hidden state, L2-normalised, float32 ``[n, dim]``;
+    * sparse: ``relu(sparse_linear(h))`` per token with cls/eos/pad/unk ids dropped,
+      weights > 0 only, a repeated id keeping its max weight: ``{token_id: weight}``;
+    * colbert: ``colbert_linear(h[:, 1:])`` over the text's tokens after ``<s>``
+      (the trailing ``</s>`` row included), each row L2-normalised: ``[n_tokens - 1, colbert_dim]``.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, colbert_linear: Any, sparse_linear: Any, *,
+                 name: str, device: str, dtype: Any, requested_dtype: str | None = None) -> None:
+        """Wrap loaded parts; prefer :meth:`from_pretrained`."""
+        self.model = model
+        self.tokenizer = tokenizer
+        self.colbert_linear = colbert_linear
+        self.sparse_linear = sparse_linear
+        self.name = name
+        self.device = device
+        self.dtype = dtype
+        self._requested_dtype = requested_dtype
+        self.capacity = model_capacity(model.config)
+        ids = [tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id]
+        self._unused_ids = frozenset(int(i) for i in ids if i is not None)
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str] = "BAAI/bge-m3", device: str | None = None,
+                        dtype: Any = None, **kw: Any) -> "M3Encoder":
+        """Load an M3 folder (local path or Hugging Face id).
+
+        ``device``: None picks CUDA when available. ``dtype``: None gives fp16 on CUDA
+        and fp32 on CPU; ``"bf16"``/``"fp16"``/``"fp32"`` or a torch dtype choose.
+        Raises :class:`ModelLoadError` when the folder, weights or a head file is missing.
+        """
+        import torch
+
+        if kw:
+            raise TypeError(f"unexpected arguments for M3Encoder.from_pretrained: {sorted(kw)}")
+        name = os.fspath(name_or_path) if isinstance(name_or_path, os.PathLike) else name_or_path
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        folder = resolve_model_folder(name)
+        for head in ("colbert_linear.pt", "sparse_linear.pt"):
+            if not os.path.isfile(os.path.join(folder, head)):
+                raise ModelLoadError(
+                    f"{name!r} is not a BGE-M3 folder: missing {head} in {folder} "
+                    f"(an M3 folder holds the XLM-R weights plus colbert_linear.pt and sparse_linear.pt)"
+                )
+        tokenizer = load_tokenizer(folder, name)
+        model = load_transformer(folder, name, torch_dtype, dev)
+        colbert_linear = _load_linear(os.path.join(folder, "colbert_linear.pt"), name, torch_dtype, dev)
+        sparse_linear = _load_linear(os.path.join(folder, "sparse_linear.pt"), name, torch_dtype, dev)
+        hidden = model.config.hidden_size
+        if colbert_linear.in_features != hidden or sparse_linear.in_features != hidden or sparse_linear.out_features != 1:
+            raise ModelLoadError(
+                f"{name!r}: head shapes do not fit hidden size {hidden} (colbert {colbert_linear.in_features}->"
+                f"{colbert_linear.out_features}, sparse {sparse_linear.in_features}->{sparse_linear.out_features})"
+            )
+        return cls(model, tokenizer, colbert_linear, sparse_linear, name=str(name), device=dev, dtype=torch_dtype,
+                   requested_dtype=None if dtype is None else dtype_name(torch_dtype))
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable settings that rebuild this encoder with :meth:`from_config`."""
+        return {"type": "m3", "name_or_path": self.name, "dtype": self._requested_dtype,
+                "dim": self.dim, "colbert_dim": self.colbert_dim}
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], device: str | None = None) -> "M3Encoder":
+        """Rebuild from :meth:`config` output (``device`` is chosen at load time, not persisted)."""
+        if not isinstance(cfg, dict) or cfg.get("type", "m3") != "m3" or "name_or_path" not in cfg:
+            raise ConfigError(f"not an M3Encoder config (needs type 'm3' and name_or_path): {cfg!r}")
+        enc = cls.from_pretrained(cfg["name_or_path"], device=device, dtype=cfg.get("dtype"))
+        for key in ("dim", "colbert_dim"):
+            if cfg.get(key) is not None and cfg[key] != getattr(enc, key):
+                raise ConfigError(f"{cfg['name_or_path']!r} now has {key}={getattr(enc, key)}, config says {cfg[key]}")
+        return enc
+
+    @property
+    def dim(self) -> int:
+        """Dense vector dimension (1024 for BAAI/bge-m3)."""
+        return int(self.model.config.hidden_size)
+
+    @property
+    def colbert_dim(self) -> int:
+        """ColBERT token vector dimension."""
+        return int(self.colbert_linear.out_features)
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(self, texts: str | Sequence[str], *, max_length: int | None = None, batch_size: int = 16,
+               dense: bool = True, sparse: bool = True, colbert: bool = True) -> EncodeOutput:
+        """Encode passages. ``texts``: a list/tuple of str (a bare str is one text).
+
+        ``max_length`` (tokens, special tokens included): None means the model's limit
+        capped at 8192 (8192 for BAAI/bge-m3); a value above what the model can embed
+        raises ValueError. Texts are tokenized once, sorted by length and batched with
+        dynamic padding; outputs come back in input order.
+        """
+        texts = check_texts(texts)
+        if max_length is None:
+            max_length = min(MAX_LENGTH_LIMIT, self.capacity)
+        max_length = check_max_length(max_length, self.capacity)
+        batch_size = check_batch_size(batch_size)
+        out = EncodeOutput(
+            dense=np.zeros((0, self.dim), dtype=np.float32) if dense else None,
+            sparse=[] if sparse else None,
+            colbert=[] if colbert else None,
+        )
+        if not texts or not (dense or sparse or colbert):
+            return out
+        features = tokenize(self.tokenizer, texts, max_length, return_token_type_ids=False)
+        results = run_sorted_batches(features, batch_size, lambda b: self._run(b, dense, sparse, colbert))
+        if dense:
+            out.dense = np.stack([r[0] for r in results]).astype(np.float32, copy=False)
+        if sparse:
+            out.sparse = [r[1] for r in results]
+        if colbert:
+            out.colbert = [r[2] for r in results]
+        return out
+
+    def encode_queries(self, texts: str | Sequence[str], *, max_length: int = 512, batch_size: int = 16,
+                       dense: bool = True, sparse: bool = True, colbert: bool = True) -> EncodeOutput:
+        """Encode queries: as :meth:`encode` with ``max_length=512`` (BGE-M3 uses no query instruction)."""
+        return self.encode(texts, max_length=max_length, batch_size=batch_size, dense=dense, sparse=sparse,
+                           colbert=colbert)
+
+    def _run(self, features: list[dict[str, list[int]]], dense: bool, sparse: bool,
+             colbert: bool) -> list[tuple[Any, Any, Any]]:
+        """One forward pass over a padded batch; per-example (dense [d], sparse dict, colbert [t, c])."""
+        import torch
+
+        batch = pad_batch(self.tokenizer, features, self.device)
+        with torch.inference_mode():
+            hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                return_dict=True).last_hidden_state
+            mask = batch["attention_mask"]
+            d_np = to_numpy(l2_normalize(hidden[:, 0])) if dense else None
+            w_np = to_numpy(torch.relu(self.sparse_linear(hidden)).squeeze(-1)) if sparse else None
+            if colbert:
+                vecs = self.colbert_linear(hidden[:, 1:]) * mask[:, 1:, None].to(hidden.dtype)
+                c_np = to_numpy(l2_normalize(vecs))
+            ids_np = batch["input_ids"].cpu().numpy()
+        lengths = mask.sum(dim=1).cpu().numpy()
+        out = []
+        for i in range(len(features)):
+            n = int(lengths[i])
+            lex = self._lexical(ids_np[i, :n], w_np[i, :n]) if sparse else None
+            col = np.ascontiguousarray(c_np[i, : max(n - 1, 0)]) if colbert else None
+            out.append((d_np[i] if dense else None, lex, col))
+        return out
+
+    def _lexical(self, ids: np.ndarray, weights: np.ndarray) -> dict[int, float]:
+        """Token ids and their relu weights ``[n]`` -> {id: max weight}, special ids and zeros dropped."""
+        result: dict[int, float] = {}
+        unused = self._unused_ids
+        for tok, w in zip(ids.tolist(), weights.tolist()):
+            if w > 0 and tok not in unused and w > result.get(tok, 0.0):
+                result[tok] = w
+        return result
+
+    # ------------------------------------------------------------------ scoring
+
+    def compute_score(self, pairs: Sequence[tuple[str, str]] | tuple[str, str],
+                      weights: Sequence[float] = (0.4, 0.2, 0.4), max_query_length: int = 512,
+                      max_passage_length: int | None = None, batch_size: int = 256) -> dict[str, Any]:
+        """Score (query, passage) pairs in every mode, as FlagEmbedding's
+        ``BGEM3FlagModel.compute_score`` defines them.
+
+        ``weights`` = (dense, sparse, colbert). Returns ``{"dense", "sparse", "colbert",
+        "sparse+dense", "colbert+sparse+dense"}`` -> list of floats (floats for one bare pair).
+        ``max_passage_length`` None means the model's limit capped at 8192.
+
+        Reference quirk kept for parity: FlagEmbedding pads the passages of each group
+        of ``batch_size`` pairs together and its MaxSim also sees the zero vectors of
+        padding, so a passage shorter than the longest in its group gets a per-query-token
+        maximum of at least 0. (Trained BGE-M3 maxima are positive, so this rarely matters.)
+        """
+        single = isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(s, str) for s in pairs)
+        if single:
+            pairs = [pairs]  # type: ignore[list-item]
+        if not isinstance(pairs, (list, tuple)):
+            raise TypeError(f"pairs must be a list of (query, passage) tuples, got {type(pairs).__name__}")
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+                raise TypeError(f"pairs[{i}] must be a (query, passage) pair of str, got {pair!r:.80}")
+        w = _check_weights(weights)
+        batch_size = check_batch_size(batch_size)
+        keys = ("dense", "sparse", "colbert", "sparse+dense", "colbert+sparse+dense")
+        scores: dict[str, list[float]] = {k: [] for k in keys}
+        if not pairs:
+            return scores
+        q = self.encode([p[0] for p in pairs], max_length=max_query_length)
+        p = self.encode([p[1] for p in pairs], max_length=max_passage_length)
+        qd, qs, qc = cast(np.ndarray, q.dense), cast(list, q.sparse), cast(list, q.colbert)
+        pd, ps, pc = cast(np.ndarray, p.dense), cast(list, p.sparse), cast(list, p.colbert)
+        for start in range(0, len(pairs), batch_size):
+            group = range(start, min(start + batch_size, len(pairs)))
+            longest = max(pc[i].shape[0] for i in group)
+            for i in group:
+                d = dense_score(qd[i], pd[i])
+                s = lexical_score(qs[i], ps[i])
+                c = _colbert_padded(qc[i], pc[i], pc[i].shape[0] < longest)
+                scores["dense"].append(d)
+                scores["sparse"].append(s)
+                scores["colbert"].append(c)
+                scores["sparse+dense"].append((s * w[1] + d * w[0]) / (w[0] + w[1]))
+                scores["colbert+sparse+dense"].append((c * w[2] + s * w[1] + d * w[0]) / sum(w))
+        if single:
+            return {k: v[0] for k, v in scores.items()}
+        return scores
+
+
+def _colbert_padded(q: np.ndarray, p: np.ndarray, padded: bool) -> float:
+    """:func:`colbert_score`, with per-query-token maxima floored at 0 when ``padded``."""
+    if q.shape[0] == 0:
+        return 0.0
+    if p.shape[0] == 0:
+        return 0.0
+    best = (q @ p.T).max(axis=1)
+    if padded:
+        best = np.maximum(best, 0.0)
+    return float(best.sum() / q.shape[0])
+
+
+def _check_weights(weights: Sequence[float]) -> tuple[float, float, float]:
+    if not isinstance(weights, (list, tuple)) or len(weights) != 3:
+        raise ValueError(f"weights must be three numbers (dense, sparse, colbert), got {weights!r}")
+    out = []
+    for x in weights:
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not np.isfinite(x) or x < 0:
+            raise ValueError(f"weights must be finite and >= 0, got {weights!r}")
+        out.append(float(x))
+    if out[0] + out[1] <= 0 or sum(out) <= 0:
+        raise ValueError(f"weights {weights!r}: dense + sparse weights must be > 0")
+    return out[0], out[1], out[2]
+
+
+def _load_linear(path: str, name: str, dtype: Any, device: str) -> Any:
+    """Rebuild a ``torch.nn.Linear`` from a saved state dict (``weight`` [out, in], ``bias`` [out])."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"{name!r}: could not read {os.path.basename(path)} ({exc})") from exc
+    if not isinstance(state, dict) or "weight" not in state or getattr(state["weight"], "ndim", 0) != 2:
+        raise ModelLoadError(f"{name!r}: {os.path.basename(path)} is not a Linear state dict with a 2-D 'weight'")
+    out_f, in_f = state["weight"].shape
+    layer = torch.nn.Linear(in_f, out_f, bias="bias" in state)
+    layer.load_state_dict(state)
+    return layer.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,719 @@
+"""Document sources: turn files and folders into :class:`~hybridrag.types.Document` objects.
+
+``iter_documents(paths)`` walks each folder recursively in sorted (deterministic) order
+and reads every supported file:
+
+=================  ==============================================================
+extension          how it becomes documents
+=================  ==============================================================
+``.txt``, ``.md``  one document, the text as is (line endings normalised to ``\\n``)
+``.html``, ``.htm`` one document, reduced to text: ``script``/``style`` dropped,
+                   block elements become line breaks
+``.pdf``           one document, the text of every page (needs ``hybridrag[pdf]``)
+``.json``          an object, or a list of objects: one document each
+``.jsonl``         one document per line, streamed (never read whole)
+``.csv``           one document per row, text from a chosen column
+=================  ==============================================================
+
+Ids: a whole-file document's id is its path relative to the folder it was found under
+(posix style; for a file named directly, its file name). Records (JSON, JSON lines,
+CSV rows) take their id from ``id_field`` (BEIR's ``_id`` is recognised too), else
+``"<relative path>#<n>"`` with ``n`` the 1-based line, list position or row number.
+Records with a title (``title_field``, BEIR's ``title``) get ``title + "\\n\\n" + text``.
+
+Nothing is dropped silently: every file is either yielded or listed in a
+:class:`SkipReport` with its reason (binary, unreadable, empty, too large, unsupported
+extension, bad json, bad record, bad csv, symlink outside root, excluded, ...). One bad
+file never stops the walk. A document whose text is over ``max_bytes`` (UTF-8) is
+skipped as "too large", never truncated; files over ``max_file_bytes`` are not read at
+all (JSON lines are streamed, so only each line is limited).
+
+Text encodings: UTF-8 (with or without BOM), UTF-16/32 with a BOM, then
+``charset-normalizer`` when installed, else Latin-1, which never fails.
+
+Covered by ``tests/test_sources.py``.
+"""
+from __future__ import annotations
+
+import codecs
+import csv
+import fnmatch
+import io
+import json
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+from hybridrag.types import Document
+
+__all__ = [
+    "SUPPORTED_EXTENSIONS", "SkipReport", "SkippedFile", "decode_bytes", "html_to_text",
+    "iter_documents", "join_title_text", "read_pdf_text",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+
+SUPPORTED_EXTENSIONS: tuple[str, ...] = (".txt", ".md", ".html", ".htm", ".pdf", ".json", ".jsonl", ".csv")
+DEFAULT_MAX_BYTES = 10_000_000
+DEFAULT_MAX_FILE_BYTES = 100_000_000
+_SNIFF_BYTES = 8192
+
+# Reasons a file or record is skipped (``SkippedFile.reason``).
+BINARY = "binary"
+UNREADABLE = "unreadable"
+EMPTY = "empty"
+TOO_LARGE = "too large"
+UNSUPPORTED = "unsupported extension"
+BAD_JSON = "bad json"
+BAD_RECORD = "bad record"
+BAD_CSV = "bad csv"
+SYMLINK_OUTSIDE = "symlink outside root"
+SYMLINK_LOOP = "symlink loop"
+EXCLUDED = "excluded"
+NOT_INCLUDED = "not included"
+MISSING_DEPENDENCY = "missing dependency"
+NOT_A_FILE = "not a regular file"
+
+PDF_HINT = "pip install 'hybridrag[pdf]'"
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """One skipped file (or one skipped record in it, with ``line`` set)."""
+
+    path: str
+    reason: str
+    detail: str = ""
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else self.path
+        return f"{where}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass
+class SkipReport:
+    """Every file or record that :func:`iter_documents` did not turn into a document."""
+
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def add(self, path: PathLike, reason: str, detail: str = "", line: int | None = None) -> None:
+        """Record one skip (and log it at debug level)."""
+        entry = SkippedFile(os.fspath(path), reason, detail, line)
+        self.skipped.append(entry)
+        logger.debug("skipped %s", entry)
+
+    def by_reason(self) -> dict[str, int]:
+        """How many skips per reason."""
+        return dict(Counter(s.reason for s in self.skipped))
+
+    def summary(self) -> str:
+        """One line, e.g. ``"3 skipped: binary 1, empty 2"``."""
+        if not self.skipped:
+            return "0 skipped"
+        counts = ", ".join(f"{r} {n}" for r, n in sorted(self.by_reason().items()))
+        return f"{len(self.skipped)} skipped: {counts}"
+
+    def __len__(self) -> int:
+        return len(self.skipped)
+
+    def __iter__(self) -> Iterator[SkippedFile]:
+        return iter(self.skipped)
+
+    def __bool__(self) -> bool:
+        return bool(self.skipped)
+
+
+class _Skip(Exception):
+    """Internal: the current file is skipped for ``reason``."""
+
+    def __init__(self, reason: str, detail: str = "", line: int | None = None) -> None:
+        super().__init__(reason, detail)
+        self.reason, self.detail, self.line = reason, detail, line
+
+
+def join_title_text(title: str, text: str) -> str:
+    """BEIR's document text: ``title + "\\n\\n" + text`` when the title is non-empty."""
+    title = title.strip() if title else ""
+    return f"{title}\n\n{text}" if title else text
+
+
+# ---------------------------------------------------------------- encodings
+
+_BOMS: tuple[tuple[bytes, str], ...] = (
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _bom_encoding(head: bytes) -> str | None:
+    for bom, name in _BOMS:  # UTF-32 LE first: its BOM starts with UTF-16 LE's
+        if head.startswith(bom):
+            return name
+    return None
+
+
+def _detect_with_charset_normalizer(data: bytes) -> str | None:
+    try:
+        from charset_normalizer import from_bytes
+    except ImportError:
+        return None
+    try:
+        best = from_bytes(data).best()
+    except Exception:  # a detector bug must not stop the walk
+        return None
+    return best.encoding if best is not None else None
+
+
+def decode_bytes(data: bytes) -> tuple[str, str]:
+    """Decode ``data`` and return ``(text, encoding)``; never raises.
+
+    Order: a BOM (UTF-8/16/32), strict UTF-8, charset-normalizer if installed, Latin-1.
+    """
+    bom = _bom_encoding(data)
+    if bom is not None:
+        try:
+            return data.decode(bom), bom
+        except UnicodeDecodeError:
+            pass
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    guess = _detect_with_charset_normalizer(data)
+    if guess is not None:
+        try:
+            return data.decode(guess), guess
+        except (UnicodeDecodeError, LookupError):
+            pass
+    return data.decode("latin-1"), "latin-1"
+
+
+def _looks_binary(head: bytes) -> bool:
+    # NUL bytes do not occur in text files except in UTF-16/32, which we accept only with a BOM.
+    return b"\x00" in head and _bom_encoding(head) is None
+
+
+def _normalise_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+# ---------------------------------------------------------------- HTML
+
+_SKIP_TAGS = frozenset({"script", "style", "noscript", "template", "svg"})
+_BLOCK_TAGS = frozenset({
+    "address", "article", "aside", "blockquote", "body", "br", "caption", "dd", "details", "div",
+    "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5",
+    "h6", "header", "hr", "html", "li", "main", "nav", "ol", "p", "pre", "section", "summary",
+    "table", "tbody", "td", "tfoot", "th", "thead", "title", "tr", "ul",
+})
+
+
+class _HTMLText(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.title_parts: list[str] = []
+        self._skip_depth = 0
+        self._pre_depth = 0
+        self._in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIP_TAGS:
+            self._skip_depth += 1
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+        if tag == "pre":
+            self._pre_depth += 1
+        if tag == "title":
+            self._in_title = True
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIP_TAGS:
+            self._skip_depth = max(0, self._skip_depth - 1)
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+        if tag == "pre":
+            self._pre_depth = max(0, self._pre_depth - 1)
+        if tag == "title":
+            self._in_title = False
+
+    def handle_data(self, data: str) -> None:
+        if self._skip_depth:
+            return
+        if self._in_title:
+            self.title_parts.append(data)
+        if self._pre_depth:
+            # Keep preformatted text's own line breaks; mark them so the collapse keeps them.
+            self.parts.append(data.replace("\n", "\x00"))
+        else:
+            self.parts.append(re.sub(r"\s+", " ", data))
+
+
+def html_to_text(html: str) -> tuple[str, str]:
+    """Reduce HTML to ``(text, title)``: scripts and styles dropped, one line per block."""
+    parser = _HTMLText()
+    parser.feed(html)
+    parser.close()
+    raw = "".join(parser.parts)
+    lines = [line.strip(" \t") for line in raw.split("\n")]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    text = "\n".join(out).strip().replace("\x00", "\n")
+    title = re.sub(r"\s+", " ", "".join(parser.title_parts)).strip()
+    return text, title
+
+
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
+
+
+def _decode_html(data: bytes) -> tuple[str, str]:
+    if _bom_encoding(data) is None:
+        try:
+            return data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            pass
+        match = _META_CHARSET.search(data[:4096])
+        if match:
+            declared = match.group(1).decode("ascii", "replace")
+            try:
+                return data.decode(declared), declared
+            except (UnicodeDecodeError, LookupError):
+                pass
+    return decode_bytes(data)
+
+
+# ---------------------------------------------------------------- PDF
+
+def _import_pypdf() -> Any:
+    try:
+        import pypdf
+    except ImportError:
+        raise ImportError(f"reading PDF files needs pypdf: {PDF_HINT}") from None
+    return pypdf
+
+
+def read_pdf_text(path: PathLike) -> tuple[str, dict[str, Any]]:
+    """Text of every page of a PDF (pages joined by blank lines) and ``{"pages", "title"?}``.
+
+    Raises ``ImportError`` with the install hint when pypdf is missing.
+    """
+    pypdf = _import_pypdf()
+    reader = pypdf.PdfReader(os.fspath(path))
+    if reader.is_encrypted and not reader.decrypt(""):
+        raise ValueError(f"{os.fspath(path)}: encrypted PDF that needs a password")
+    pages = [(page.extract_text() or "").strip() for page in reader.pages]
+    meta: dict[str, Any] = {"pages": len(pages)}
+    try:
+        title = reader.metadata.title if reader.metadata is not None else None
+    except Exception:  # broken metadata dictionaries are common; the text still counts
+        title = None
+    if isinstance(title, str) and title.strip():
+        meta["title"] = title.strip()
+    return _normalise_newlines("\n\n".join(p for p in pages if p)), meta
+
+
+# ---------------------------------------------------------------- walking
+
+def _as_path_list(paths: PathLike | Iterable[PathLike]) -> list[Path]:
+    if isinstance(paths, (str, os.PathLike)):
+        items: list[Any] = [paths]
+    elif isinstance(paths, Iterable):
+        items = list(paths)
+    else:
+        raise TypeError(f"paths must be a path or an iterable of paths, got {type(paths).__name__}")
+    out = []
+    for item in items:
+        if not isinstance(item, (str, os.PathLike)):
+            raise TypeError(f"paths must hold str or os.PathLike values, got {item!r}")
+        out.append(Path(item))
+    return out
+
+
+def _as_patterns(value: str | Sequence[str] | None, name: str) -> list[str] | None:
+    if value is None:
+        return None
+    patterns = [value] if isinstance(value, str) else list(value)
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern:
+            raise TypeError(f"{name} must hold non-empty glob strings, got {pattern!r}")
+    return patterns
+
+
+def _matches(rel: str, patterns: Sequence[str]) -> bool:
+    """Glob match on a posix relative path; ``*`` crosses ``/``; a pattern without ``/``
+    is also tried on the last component; a leading ``**/`` also matches at the top."""
+    name = rel.rsplit("/", 1)[-1]
+    for pattern in patterns:
+        if fnmatch.fnmatchcase(rel, pattern):
+            return True
+        if "/" not in pattern and fnmatch.fnmatchcase(name, pattern):
+            return True
+        if pattern.startswith("**/") and fnmatch.fnmatchcase(rel, pattern[3:]):
+            return True
+    return False
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+@dataclass
+class _Options:
+    include: list[str] | None
+    exclude: list[str] | None
+    max_bytes: int
+    max_file_bytes: int
+    id_field: str
+    text_field: str
+    title_field: str | None
+    csv_text_column: str | None
+    csv_id_column: str | None
+
+
+def _walk(root: Path, opts: _Options, report: SkipReport) -> Iterator[tuple[Path, str]]:
+    """Yield (path, posix id relative to root) for files under ``root`` to read, sorted."""
+    real_root = root.resolve()
+    visited: set[Path] = {real_root}
+
+    def visit(folder: Path, rel_prefix: str) -> Iterator[tuple[Path, str]]:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            report.add(folder, UNREADABLE, exc.strerror or str(exc))
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            rel = f"{rel_prefix}{entry.name}"
+            try:
+                is_link = entry.is_symlink()
+                if is_link:
+                    target = path.resolve()
+                    if not _is_within(target, real_root):
+                        report.add(path, SYMLINK_OUTSIDE, f"points to {target}")
+                        continue
+                    if not target.exists():
+                        report.add(path, UNREADABLE, "broken symlink")
+                        continue
+                is_dir = entry.is_dir()  # follows links that stay inside the root
+            except OSError as exc:
+                report.add(path, UNREADABLE, exc.strerror or str(exc))
+                continue
+            if opts.exclude and _matches(rel, opts.exclude):
+                report.add(path, EXCLUDED, "matches exclude")
+                continue
+            if is_dir:
+                real = path.resolve()
+                if real in visited:
+                    report.add(path, SYMLINK_LOOP, f"folder {real} already walked")
+                    continue
+                visited.add(real)
+                yield from visit(path, rel + "/")
+                continue
+            if opts.include and not _matches(rel, opts.include):
+                report.add(path, NOT_INCLUDED, "matches no include pattern")
+                continue
+            yield path, rel
+
+    yield from visit(root, "")
+
+
+def _read_head(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(_SNIFF_BYTES)
+
+
+def _read_all(path: Path, opts: _Options) -> bytes:
+    size = path.stat().st_size
+    if size > opts.max_file_bytes:
+        raise _Skip(TOO_LARGE, f"file is {size} bytes, max_file_bytes is {opts.max_file_bytes}")
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _check_text(text: str, opts: _Options, line: int | None = None) -> None:
+    if not text.strip():
+        raise _Skip(EMPTY, "no text" if not text else "only whitespace", line)
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > opts.max_bytes:
+        raise _Skip(TOO_LARGE, f"text is {size} bytes, max_bytes is {opts.max_bytes}", line)
+
+
+def _record_document(obj: Any, rel: str, position: int, fmt: str, opts: _Options,
+                     default_id: str | None = None) -> Document:
+    """A JSON/CSV record to a Document; raises _Skip(BAD_RECORD/EMPTY/TOO_LARGE)."""
+    if not isinstance(obj, dict):
+        raise _Skip(BAD_RECORD, f"expected an object, got {type(obj).__name__}", position)
+    text = obj.get(opts.text_field)
+    if not isinstance(text, str):
+        why = "missing" if text is None else f"not a string ({type(text).__name__})"
+        raise _Skip(BAD_RECORD, f"text field {opts.text_field!r} {why}; keys: {sorted(obj)[:10]}", position)
+    raw_id = obj.get(opts.id_field, obj.get("_id"))
+    if raw_id is None:
+        doc_id = default_id if default_id is not None else f"{rel}#{position}"
+    elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and str(raw_id).strip():
+        doc_id = str(raw_id)
+    else:
+        raise _Skip(BAD_RECORD, f"id field {opts.id_field!r} is {raw_id!r}", position)
+    title = obj.get(opts.title_field) if opts.title_field else None
+    full = join_title_text(title, text) if isinstance(title, str) else text
+    _check_text(full, opts, position)
+    used = {opts.text_field, opts.id_field, "_id", opts.title_field}
+    metadata: dict[str, Any] = {"source": rel, "format": fmt, "position": position}
+    if isinstance(title, str) and title.strip():
+        metadata["title"] = title.strip()
+    extra = obj.get("metadata")
+    for key, value in obj.items():
+        if key in used or key == "metadata":
+            continue
+        metadata.setdefault(key, value)
+    if isinstance(extra, dict):
+        for key, value in extra.items():
+            metadata.setdefault(key, value)
+    return Document(doc_id, full, metadata)
+
+
+def _iter_jsonl(path: Path, rel: str, opts: _Options, report: SkipReport) -> Iterator[Document]:
+    """Stream a JSON-lines file: one record per line, bad lines reported and skipped."""
+    head = _read_head(path)
+    bom = _bom_encoding(head)
+    yielded = 0
+    if bom in ("utf-16", "utf-32"):
+        lines: Iterator[tuple[int, str]] = _text_lines(path, bom)
+    else:
+        lines = _byte_lines(path, head)
+    for lineno, line in lines:
+        if not line.strip():
+            continue
+        try:
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise _Skip(BAD_JSON, exc.msg, lineno) from None
+            doc = _record_document(obj, rel, lineno, "jsonl", opts)
+        except _Skip as skip:
+            report.add(path, skip.reason, skip.detail, skip.line)
+            continue
+        yielded += 1
+        yield doc
+    if not yielded:
+        raise _Skip(EMPTY, "no documents in file")
+
+
+def _text_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
+    with open(path, encoding=encoding, errors="replace", newline=None) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            yield lineno, line
+
+
+def _byte_lines(path: Path, head: bytes) -> Iterator[tuple[int, str]]:
+    # ASCII-compatible encodings: split on b"\n" and decode line by line, so a huge file
+    # is never held in memory and one badly encoded line cannot spoil the rest.
+    fallback = None
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the sniff boundary
+            fallback = _detect_with_charset_normalizer(head)
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                try:
+                    yield lineno, raw.decode(fallback or "latin-1")
+                except (UnicodeDecodeError, LookupError):
+                    yield lineno, raw.decode("latin-1")
+
+
+def _iter_json(path: Path, rel: str, opts: _Options, report: SkipReport) -> Iterator[Document]:
+    text, _ = decode_bytes(_read_all(path, opts))
+    if not text.strip():
+        raise _Skip(EMPTY, "no text")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _Skip(BAD_JSON, exc.msg, exc.lineno) from None
+    if isinstance(data, dict):
+        yield _record_document(data, rel, 1, "json", opts, default_id=rel)
+        return
+    if not isinstance(data, list):
+        raise _Skip(BAD_JSON, f"expected an object or a list of objects, got {type(data).__name__}")
+    yielded = 0
+    for i, obj in enumerate(data, start=1):
+        try:
+            doc = _record_document(obj, rel, i, "json", opts)
+        except _Skip as skip:
+            report.add(path, skip.reason, skip.detail, skip.line)
+            continue
+        yielded += 1
+        yield doc
+    if not yielded:
+        raise _Skip(EMPTY, "no documents in file")
+
+
+def _iter_csv(path: Path, rel: str, opts: _Options, report: SkipReport) -> Iterator[Document]:
+    text, _ = decode_bytes(_read_all(path, opts))
+    if not text.strip():
+        raise _Skip(EMPTY, "no text")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = reader.fieldnames or []
+    text_col = opts.csv_text_column or opts.text_field
+    if text_col not in columns:
+        raise _Skip(BAD_CSV, f"no text column {text_col!r}; columns: {columns}")
+    id_col = opts.csv_id_column or (opts.id_field if opts.id_field in columns else None)
+    if id_col is not None and id_col not in columns:
+        raise _Skip(BAD_CSV, f"no id column {id_col!r}; columns: {columns}")
+    title_col = opts.title_field if opts.title_field in columns else None
+    sub = _Options(**{**opts.__dict__, "text_field": text_col, "id_field": id_col or "\x00no-id",
+                      "title_field": title_col})
+    yielded = 0
+    row_no = 0
+    try:
+        for row_no, row in enumerate(reader, start=1):
+            record = {k: v for k, v in row.items() if k is not None}
+            try:
+                doc = _record_document(record, rel, row_no, "csv", sub)
+            except _Skip as skip:
+                report.add(path, skip.reason, skip.detail, skip.line)
+                continue
+            yielded += 1
+            yield doc
+    except csv.Error as exc:
+        raise _Skip(BAD_CSV, str(exc), row_no + 1) from None
+    if not yielded:
+        raise _Skip(EMPTY, "no rows with text")
+
+
+def _file_document(path: Path, rel: str, ext: str, opts: _Options) -> Document:
+    if ext == ".pdf":
+        try:
+            text, meta = read_pdf_text(path)
+        except ImportError as exc:
+            raise _Skip(MISSING_DEPENDENCY, str(exc)) from None
+        except Exception as exc:  # pypdf raises many types on damaged files
+            raise _Skip(UNREADABLE, f"PDF error: {type(exc).__name__}: {exc}") from None
+        if not text.strip():
+            raise _Skip(EMPTY, "no extractable text (a scanned PDF?)")
+        _check_text(text, opts)
+        return Document(rel, text, {"source": rel, "format": "pdf", **meta})
+    data = _read_all(path, opts)
+    if ext in (".html", ".htm"):
+        html, encoding = _decode_html(data)
+        text, title = html_to_text(html)
+        _check_text(text, opts)
+        meta: dict[str, Any] = {"source": rel, "format": "html", "encoding": encoding}
+        if title:
+            meta["title"] = title
+        return Document(rel, text, meta)
+    text, encoding = decode_bytes(data)
+    text = _normalise_newlines(text)
+    _check_text(text, opts)
+    return Document(rel, text, {"source": rel, "format": ext.lstrip("."), "encoding": encoding})
+
+
+def _documents_from_file(path: Path, rel: str, opts: _Options, report: SkipReport) -> Iterator[Document]:
+    ext = path.suffix.lower()
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise _Skip(UNSUPPORTED, f"{ext or 'no extension'}; supported: {' '.join(SUPPORTED_EXTENSIONS)}")
+    if not path.is_file():
+        raise _Skip(NOT_A_FILE, "a device, pipe or socket")
+    if path.stat().st_size == 0:
+        raise _Skip(EMPTY, "0 bytes")
+    if ext != ".pdf" and _looks_binary(_read_head(path)):
+        raise _Skip(BINARY, "contains NUL bytes")
+    if ext == ".jsonl":
+        yield from _iter_jsonl(path, rel, opts, report)
+    elif ext == ".json":
+        yield from _iter_json(path, rel, opts, report)
+    elif ext == ".csv":
+        yield from _iter_csv(path, rel, opts, report)
+    else:
+        yield _file_document(path, rel, ext, opts)
+
+
+def iter_documents(
+    paths: PathLike | Iterable[PathLike],
+    *,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    id_field: str = "id",
+    text_field: str = "text",
+    title_field: str | None = "title",
+    csv_text_column: str | None = None,
+    csv_id_column: str | None = None,
+    report: SkipReport | None = None,
+) -> Iterator[Document]:
+    """Documents from files and folders (folders walked recursively, in sorted order).
+
+    ``include``/``exclude``: glob patterns on the path relative to its root (``*``
+    crosses ``/``; a pattern without ``/`` also matches the file or folder name; an
+    excluded folder is not entered). ``max_bytes``: largest document text (UTF-8
+    bytes); larger ones are skipped as "too large". ``max_file_bytes``: larger files
+    are not read (JSON lines files are streamed and exempt). ``id_field``/
+    ``text_field``/``title_field``: keys of JSON records (BEIR's ``_id`` is always
+    recognised). ``csv_text_column`` (default ``text_field``) and ``csv_id_column``
+    (default ``id_field`` when present, else the row number) choose CSV columns.
+
+    Skips go to ``report``; without one they are logged as warnings. Arguments are
+    checked at once: a missing path raises ``FileNotFoundError``.
+    """
+    roots = _as_path_list(paths)
+    for name, value in (("max_bytes", max_bytes), ("max_file_bytes", max_file_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int (bytes), got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1 byte, got {value}")
+    for name, field_value in (("id_field", id_field), ("text_field", text_field)):
+        if not isinstance(field_value, str) or not field_value:
+            raise TypeError(f"{name} must be a non-empty string, got {field_value!r}")
+    for name, opt in (("title_field", title_field), ("csv_text_column", csv_text_column),
+                      ("csv_id_column", csv_id_column)):
+        if opt is not None and (not isinstance(opt, str) or not opt):
+            raise TypeError(f"{name} must be a non-empty string or None, got {opt!r}")
+    for root in roots:
+        if not root.exists() and not root.is_symlink():
+            raise FileNotFoundError(f"document source not found: {root}")
+    opts = _Options(_as_patterns(include, "include"), _as_patterns(exclude, "exclude"), max_bytes,
+                    max_file_bytes, id_field, text_field, title_field, csv_text_column, csv_id_column)
+    return _generate(roots, opts, report)
+
+
+def _generate(roots: list[Path], opts: _Options, report: SkipReport | None) -> Iterator[Document]:
+    own = report is None
+    rep = SkipReport() if report is None else report
+    for root in roots:
+        if root.is_dir():
+            files: Iterable[tuple[Path, str]] = _walk(root, opts, rep)
+        else:
+            files = [(root, root.name)]
+        for path, rel in files:
+            before = len(rep)
+            try:
+                yield from _documents_from_file(path, rel, opts, rep)
+            except _Skip as skip:
+                rep.add(path, skip.reason, skip.detail, skip.line)
+            except OSError as exc:
+                rep.add(path, UNREADABLE, exc.strerror or str(exc))
+            if own:
+                for entry in rep.skipped[before:]:
+                    logger.warning("skipped %s", entry)

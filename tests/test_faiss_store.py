@@ -1,0 +1,214 @@
+"""FaissStore specifics: exact Flat vs numpy, HNSW recall, IVF-PQ buffering and training,
+filters, tombstones, persistence, validation. The shared protocol checks are in
+``test_store_conformance.py``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hybridrag.errors import ConfigError, IndexFormatError
+from hybridrag.stores.base import topk
+from hybridrag.stores.faiss import FaissStore
+
+
+def data(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+def brute(q: np.ndarray, x: np.ndarray, slots: np.ndarray, k: int, metric: str = "ip") -> tuple[np.ndarray, np.ndarray]:
+    q64, x64 = q.astype(np.float64), x.astype(np.float64)
+    s = q64 @ x64.T if metric == "ip" else -((q64[:, None, :] - x64[None]) ** 2).sum(-1)
+    return topk(s, slots, k)
+
+
+def recall(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.mean([len(set(g[g >= 0]) & set(r[r >= 0])) / max(1, (r >= 0).sum()) for g, r in zip(got, ref)]))
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_flat_equals_numpy_brute_force(metric: str) -> None:
+    x, q = data(3000), data(20, seed=1)
+    store = FaissStore(16, metric=metric, exact_below=0)  # through the FAISS index
+    store.add(np.arange(3000), x)
+    s, i = store.search(q, 10)
+    rs, ri = brute(q, x, np.arange(3000), 10, metric)
+    np.testing.assert_allclose(s, rs, rtol=1e-4, atol=1e-3)
+    # Tie-aware: where two reference scores are within float noise the order may differ.
+    for row in range(len(q)):
+        gaps = np.abs(np.diff(rs[row])) > 1e-4
+        if gaps.all():
+            np.testing.assert_array_equal(i[row], ri[row])
+        else:
+            assert recall(i[row : row + 1], ri[row : row + 1]) >= 0.9
+
+
+def test_exact_ties_go_to_the_smaller_slot() -> None:
+    x = np.ones((50, 4), dtype=np.float32)  # every row scores the same
+    for kw in ({}, {"exact_below": 0}):
+        store = FaissStore(4, **kw)
+        slots = np.arange(100, 150)[::-1].copy()
+        store.add(slots, x)
+        s, i = store.search(np.ones((2, 4)), 5)
+        np.testing.assert_array_equal(i, [[100, 101, 102, 103, 104]] * 2)
+        np.testing.assert_allclose(s, 4.0)
+
+
+def test_hnsw_recall_at_10() -> None:
+    x, q = data(2000, 32), data(50, 32, seed=2)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    store = FaissStore(32, "HNSW32", ef_search=128, exact_below=0)
+    store.add(np.arange(2000), x)
+    _, i = store.search(q, 10)
+    _, ri = brute(q, x, np.arange(2000), 10)
+    assert recall(i, ri) >= 0.9
+
+
+def test_hnsw_tombstones_and_filters_return_k_hits() -> None:
+    x, q = data(3000), data(10, seed=3)
+    store = FaissStore(16, "HNSW16", exact_below=0)
+    store.add(np.arange(3000), x)
+    store.remove(np.arange(0, 3000, 2))
+    allowed = np.zeros(3000, dtype=bool)
+    allowed[1::6] = True  # 500 allowed, all odd (live)
+    s, i = store.search(q, 25, allowed=allowed)
+    assert (i >= 0).all() and allowed[i].all() and (i % 2 == 1).all()
+    _, ri = brute(q, x[1::6], np.arange(1, 3000, 6), 25)
+    assert recall(i, ri) >= 0.9
+    # A very selective filter (3 rows) still gives exactly those 3.
+    few = np.zeros(3000, dtype=bool)
+    few[[1, 11, 2999]] = True
+    s, i = store.search(q, 5, allowed=few)
+    assert sorted(i[0, :3].tolist()) == [1, 11, 2999] and (i[:, 3:] == -1).all()
+
+
+def test_ivfpq_buffers_until_trained() -> None:
+    x, q = data(1200), data(8, seed=4)
+    store = FaissStore(16, "IVF8,PQ4x4", min_train=600, nprobe=8, exact_below=0, refine_factor=4)
+    assert store.min_train == 600
+    store.add(np.arange(500), x[:500])
+    assert not store._index.is_trained  # still buffering: search is exact brute force
+    s, i = store.search(q, 10)
+    rs, ri = brute(q, x[:500], np.arange(500), 10)
+    np.testing.assert_array_equal(i, ri)
+    store.add(np.arange(500, 1200), x[500:])
+    assert store._index.is_trained and store._index.ntotal == 1200
+    s, i = store.search(q, 10)
+    assert (i >= 0).all()
+    _, ri = brute(q, x, np.arange(1200), 10)
+    assert recall(i, ri) >= 0.5
+    # Returned scores are exact (re-scored from the kept vectors), equal to score().
+    exact = store.score(q, list(i))
+    np.testing.assert_allclose(s, np.stack(exact), rtol=1e-5, atol=1e-5)
+
+
+def test_default_min_train_follows_faiss_guidance() -> None:
+    assert FaissStore(8, "IVF100,Flat").min_train == 39 * 100
+    assert FaissStore(8, "IVF16,PQ4").min_train == 39 * 256
+    assert FaissStore(8).min_train == 0
+    with pytest.raises(ValueError, match="min_train"):
+        FaissStore(8, "IVF100,Flat", min_train=10)
+
+
+def test_ivf_removal_before_and_after_training(tmp_path: Path) -> None:
+    x = data(900)
+    store = FaissStore(16, "IVF4,Flat", min_train=400, nprobe=4, exact_below=0)
+    store.add(np.arange(300), x[:300])
+    store.remove(np.arange(100))  # removed while buffering
+    store.add(np.arange(300, 900), x[300:])  # crosses min_train: trains on live rows only
+    assert store._index.ntotal == 800 and len(store) == 800
+    _, i = store.search(x[:5], 50)
+    assert (i >= 100).all()
+    files = store.save(tmp_path, "t")
+    loaded = FaissStore.load(tmp_path, files, store.config())
+    np.testing.assert_array_equal(loaded.search(x[:5], 50)[1], i)
+
+
+def test_fp16_vectors_halve_memory_and_keep_order() -> None:
+    x, q = data(2000), data(5, seed=5)
+    a, b = FaissStore(16), FaissStore(16, vector_dtype="float16")
+    a.add(np.arange(2000), x)
+    b.add(np.arange(2000), x)
+    assert b._vecs.nbytes * 2 == a._vecs.nbytes
+    assert recall(b.search(q, 10)[1], a.search(q, 10)[1]) >= 0.9
+
+
+def test_save_load_uses_mmap_and_checks_files(tmp_path: Path) -> None:
+    x = data(100)
+    store = FaissStore(16, "HNSW8")
+    store.add(np.arange(100), x)
+    files = store.save(tmp_path, "dense.g1")
+    assert set(files) == {"index", "vectors", "rows", "live"}
+    assert all(name.startswith("dense.g1.") for name in files.values())
+    loaded = FaissStore.load(tmp_path, files, store.config())
+    assert isinstance(loaded._vecs._base, np.memmap)
+    np.testing.assert_array_equal(np.asarray(loaded._vecs._base), x)
+    bad = dict(files, rows=files["live"])
+    with pytest.raises(IndexFormatError):
+        FaissStore.load(tmp_path, bad, store.config())
+    with pytest.raises(IndexFormatError):
+        FaissStore.load(tmp_path, {k: v for k, v in files.items() if k != "index"}, store.config())
+    with pytest.raises(IndexFormatError):
+        FaissStore.load(tmp_path, files, dict(store.config(), dim=8))
+
+
+def test_heavy_removal_compacts() -> None:
+    x = data(2500)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)  # so each row is its own nearest neighbour
+    store = FaissStore(16, "HNSW8", exact_below=0)
+    store.add(np.arange(2500), x)
+    store.remove(np.arange(1000))
+    assert store._n_rows == 2500  # tombstones only
+    store.remove(np.arange(1000, 1400))
+    assert store._n_rows == 1100 and store._index.ntotal == 1100  # rebuilt without tombstones
+    _, i = store.search(x[1400:1405], 1)
+    np.testing.assert_array_equal(i[:, 0], np.arange(1400, 1405))
+
+
+def test_gpu_flag_on_cpu() -> None:
+    store = FaissStore(8, use_gpu="auto")  # never breaks on a CPU-only build
+    store.add(np.arange(10), data(10, 8))
+    assert store.search(data(1, 8), 3)[1].shape == (1, 3)
+    import faiss
+
+    if faiss.get_num_gpus() == 0:
+        with pytest.raises(ConfigError, match="GPU"):
+            FaissStore(8, use_gpu=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, err",
+    [
+        ({"factory": "NotAnIndex"}, ConfigError),
+        ({"factory": "IDMap,Flat"}, ConfigError),
+        ({"metric": "cosine"}, ConfigError),
+        ({"vector_dtype": "int8"}, ConfigError),
+        ({"nprobe": 0}, ValueError),
+        ({"use_gpu": "yes"}, ConfigError),
+    ],
+)
+def test_bad_config(kwargs: dict, err: type) -> None:
+    with pytest.raises(err):
+        FaissStore(8, **kwargs)
+
+
+def test_bad_input() -> None:
+    store = FaissStore(4)
+    with pytest.raises(ValueError, match="shape"):
+        store.add(np.arange(2), np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        store.add(np.arange(1), np.full((1, 4), np.nan))
+    with pytest.raises(TypeError):
+        store.add(np.array([0.5]), np.zeros((1, 4)))
+    with pytest.raises(ValueError, match=">= 0"):
+        store.add(np.array([-1]), np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="duplicates"):
+        store.add(np.array([1, 1]), np.zeros((2, 4)))
+    store.add(np.arange(3), np.eye(3, 4))
+    with pytest.raises(ValueError, match="length"):
+        store.search(np.zeros((1, 4)), 2, allowed=np.ones(2, dtype=bool))
+    with pytest.raises(TypeError, match="k"):
+        store.search(np.zeros((1, 4)), 2.0)
+    with pytest.raises(ValueError, match="candidate"):
+        store.score(np.zeros((2, 4)), [np.array([0])])

@@ -1,0 +1,231 @@
+"""SparseIndex: exact top-k, masks, padding, incremental adds/deletes, memory, persistence, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from hybridrag.errors import ConfigError, IndexFormatError
+from hybridrag.stores.sparse import SparseIndex
+
+VOCAB = 250_002
+
+
+def random_rows(n: int, seed: int, vocab: int = 50, nnz: int = 6, ints: bool = False) -> list[dict[int, float]]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        m = int(rng.integers(0, nnz + 1))
+        ids = rng.choice(vocab, size=m, replace=False)
+        vals = rng.integers(1, 4, size=m).astype(float) if ints else np.round(rng.random(m), 2) + 0.01
+        rows.append({int(i): float(v) for i, v in zip(ids, vals)})
+    return rows
+
+
+def dot(q: dict[int, float], d: dict[int, float]) -> float:
+    return float(sum(w * d[t] for t, w in q.items() if t in d))
+
+
+def brute(queries, docs, slots, k, allowed=None):
+    """Reference (scores, slots) with the store's rules: nonzero scores only, score desc, slot asc."""
+    out = []
+    for q in queries:
+        hits = [(dot(q, d), s) for d, s in zip(docs, slots)
+                if (allowed is None or allowed[s]) and any(t in d for t in q)]
+        hits = [h for h in hits if h[0] != 0]
+        hits.sort(key=lambda h: (-h[0], h[1]))
+        out.append(hits[:k])
+    return out
+
+
+def assert_topk(scores, ids, ref, rtol=1e-5):
+    for i, hits in enumerate(ref):
+        n = len(hits)
+        assert np.all(ids[i, n:] == -1) and np.all(np.isneginf(scores[i, n:]))
+        np.testing.assert_allclose(scores[i, :n], [h[0] for h in hits], rtol=rtol)
+        # tie-aware: equal slot sets per distinct score, except possibly at the k-th score boundary
+        ref_ids = [h[1] for h in hits]
+        if n:
+            last = hits[-1][0]
+            strict = [s for (v, s) in hits if not np.isclose(v, last, rtol=rtol)]
+            got_strict = [int(s) for v, s in zip(scores[i, :n], ids[i, :n]) if not np.isclose(v, last, rtol=rtol)]
+            assert sorted(strict) == sorted(got_strict)
+            assert len(set(ids[i, :n].tolist())) == n
+        assert ids[i, :n].tolist() == ref_ids or np.allclose(scores[i, :n], [h[0] for h in hits], rtol=rtol)
+
+
+def test_none_weighting_equals_dot_products():
+    docs = random_rows(300, 0)
+    qs = random_rows(20, 1) + [{}]
+    idx = SparseIndex()
+    idx.add(np.arange(300), docs)
+    assert len(idx) == 300
+    s, i = idx.search(qs, 10)
+    assert s.shape == (21, 10) and i.shape == (21, 10) and s.dtype == np.float32 and i.dtype == np.int64
+    assert_topk(s, i, brute(qs, docs, list(range(300)), 10))
+    cands = [np.arange(300)] * len(qs)
+    for q, got in zip(qs, idx.score(qs, cands)):
+        np.testing.assert_allclose(got, [dot(q, d) for d in docs], rtol=1e-5, atol=1e-7)
+
+
+def test_ties_broken_by_smaller_slot():
+    docs = [{1: 1.0}] * 10
+    idx = SparseIndex()
+    idx.add(np.arange(10)[::-1].copy(), docs)
+    s, i = idx.search([{1: 2.0}], 4)
+    assert i.tolist() == [[0, 1, 2, 3]] and np.all(s == 2.0)
+
+
+def test_allowed_mask_returns_k_hits_when_k_exist():
+    docs = [{0: 1.0 + j} for j in range(50)]
+    idx = SparseIndex()
+    idx.add(np.arange(50), docs)
+    allowed = np.zeros(50, dtype=bool)
+    allowed[[3, 7, 11, 13]] = True
+    s, i = idx.search([{0: 1.0}], 3, allowed=allowed)
+    assert i.tolist() == [[13, 11, 7]]
+    s, i = idx.search([{0: 1.0}], 6, allowed=allowed)
+    assert i[0, :4].tolist() == [13, 11, 7, 3] and i[0, 4:].tolist() == [-1, -1]
+    with pytest.raises(ValueError, match="allowed has length"):
+        idx.search([{0: 1.0}], 3, allowed=np.ones(10, dtype=bool))
+    with pytest.raises(TypeError, match="boolean"):
+        idx.search([{0: 1.0}], 3, allowed=np.ones(50, dtype=int))
+
+
+def test_padding_empty_index_empty_query_large_k():
+    idx = SparseIndex("bm25okapi")
+    s, i = idx.search([{1: 1.0}, {}], 5)
+    assert s.shape == (2, 5) and np.all(np.isneginf(s)) and np.all(i == -1)
+    idx.add(np.arange(3), [{1: 1.0}, {}, {2: 2.0}])
+    s, i = idx.search([{1: 1.0}, {}, {99: 1.0}], 10)
+    assert i[0, 0] == 0 and np.all(i[0, 1:] == -1) and np.all(i[1:] == -1)
+    s, i = idx.search([{1: 1.0}], 0)
+    assert s.shape == (1, 0)
+    s, i = idx.search([], 3)
+    assert s.shape == (0, 3)
+
+
+@pytest.mark.parametrize("weighting", ["none", "bm25okapi", "bm25lucene"])
+def test_incremental_adds_and_deletes_equal_fresh_build(weighting):
+    docs = random_rows(400, 2, ints=True)
+    qs = random_rows(15, 3, ints=True)
+    inc = SparseIndex(weighting)
+    for start in range(0, 400, 37):   # many small appends, searched in between
+        inc.add(np.arange(start, min(400, start + 37)), docs[start:start + 37])
+        inc.search(qs[:2], 3)
+    fresh = SparseIndex(weighting)
+    fresh.add(np.arange(400), docs)
+    a, b = inc.search(qs, 20), fresh.search(qs, 20)
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
+    np.testing.assert_array_equal(a[1], b[1])
+    gone = np.arange(0, 400, 3)
+    inc.remove(gone)
+    inc.remove(np.array([10_000]))   # unknown: ignored
+    keep = np.setdiff1d(np.arange(400), gone)
+    rest = SparseIndex(weighting)
+    rest.add(keep, [docs[j] for j in keep])
+    assert len(inc) == len(rest) == len(keep)
+    a, b = inc.search(qs, 20), rest.search(qs, 20)
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.isin(a[1], gone).any()
+    sa = inc.score(qs, [np.arange(400)] * len(qs))
+    sb = rest.score(qs, [np.arange(400)] * len(qs))
+    for x, y in zip(sa, sb):
+        np.testing.assert_allclose(x, y, rtol=1e-6)
+        assert np.all(np.isneginf(x[gone]))
+
+
+def test_search_scores_equal_score():
+    docs = random_rows(200, 4, ints=True)
+    qs = random_rows(10, 5, ints=True)
+    idx = SparseIndex("bm25okapi")
+    idx.add(np.arange(200), docs)
+    s, i = idx.search(qs, 7)
+    got = idx.score(qs, [row[row >= 0] for row in i])
+    for row, g in zip(s, got):
+        np.testing.assert_array_equal(row[: len(g)], g)
+
+
+def test_scipy_sparse_input_equals_dicts():
+    docs = random_rows(100, 6)
+    m = sp.lil_matrix((100, 50), dtype=np.float32)
+    for r, d in enumerate(docs):
+        for t, v in d.items():
+            m[r, t] = v
+    a, b = SparseIndex(), SparseIndex()
+    a.add(np.arange(100), docs)
+    b.add(np.arange(100), m.tocsr())
+    qs = random_rows(5, 7)
+    np.testing.assert_array_equal(a.search(qs, 5)[1], b.search(qs, 5)[1])
+
+
+def test_memory_scales_with_postings_not_vocab_times_docs():
+    rng = np.random.default_rng(0)
+    docs = [{int(t): float(rng.random()) + 0.1 for t in rng.choice(VOCAB, 60, replace=False)} for _ in range(1000)]
+    idx = SparseIndex()
+    idx.add(np.arange(1000), docs)
+    idx.search([{int(next(iter(docs[0]))): 1.0}], 5)   # forces the merge
+    nnz = sum(len(d) for d in docs)
+    assert idx.nbytes < 2 * nnz * 12 + VOCAB * 8 + 1000 * 64
+    bm = SparseIndex("bm25okapi")
+    bm.add(np.arange(1000), [{t: 1.0 for t in d} for d in docs])
+    bm.search([{int(next(iter(docs[0]))): 1.0}], 5)
+    assert bm.nbytes < 3 * nnz * 12 + VOCAB * 8 + 1000 * 64
+
+
+@pytest.mark.parametrize("weighting", ["none", "bm25okapi"])
+def test_save_load_round_trip_mmap(tmp_path, weighting):
+    docs = random_rows(120, 8, ints=True)
+    qs = random_rows(8, 9, ints=True)
+    idx = SparseIndex(weighting, k1=1.2, b=0.7)
+    idx.add(np.arange(120), docs)
+    idx.remove(np.array([5, 6, 7]))
+    files = idx.save(tmp_path, "t1")
+    assert set(files) == {"indptr", "indices", "values", "slots"}
+    for f in files.values():
+        assert (tmp_path / f).exists() and f.endswith(".npy")
+        np.load(tmp_path / f, mmap_mode="r", allow_pickle=False)
+    with pytest.raises(FileExistsError):
+        idx.save(tmp_path, "t1")
+    back = SparseIndex.load(tmp_path, files, idx.config())
+    assert isinstance(back._main.indices, np.memmap)
+    assert back.config() == idx.config() and len(back) == len(idx) == 117
+    np.testing.assert_array_equal(back.search(qs, 10)[1], idx.search(qs, 10)[1])
+    np.testing.assert_allclose(back.search(qs, 10)[0], idx.search(qs, 10)[0], rtol=1e-6)
+    back.add(np.array([500]), [{1: 2.0}])   # a loaded index stays writable (new arrays, files untouched)
+    back.remove(np.array([0]))
+    assert len(back) == 117
+    with pytest.raises(IndexFormatError):
+        SparseIndex.load(tmp_path, {"indptr": files["indptr"]}, idx.config())
+
+
+def test_bad_input():
+    idx = SparseIndex("bm25okapi")
+    with pytest.raises(ValueError, match="k must be"):
+        idx.search([{1: 1.0}], -1)
+    with pytest.raises(TypeError):
+        idx.search([{1: 1.0}], 2.5)
+    with pytest.raises(TypeError, match="expected dict"):
+        idx.add(np.arange(2), [{1: 1.0}, [1, 2]])
+    with pytest.raises(ValueError, match="finite"):
+        idx.add(np.arange(1), [{1: float("nan")}])
+    with pytest.raises(ValueError, match="finite"):
+        SparseIndex().search([{1: float("inf")}], 3)
+    with pytest.raises(ValueError, match="negative count"):
+        idx.add(np.arange(1), [{1: -1.0}])
+    with pytest.raises(TypeError, match="term ids"):
+        idx.add(np.arange(1), [{1.5: 1.0}])
+    with pytest.raises(ValueError, match="one slot per row"):
+        idx.add(np.arange(3), [{1: 1.0}])
+    with pytest.raises(ValueError, match="duplicates"):
+        idx.add(np.array([1, 1]), [{1: 1.0}, {2: 1.0}])
+    with pytest.raises(ValueError, match=">= 0"):
+        idx.add(np.array([-1]), [{1: 1.0}])
+    idx.add(np.array([4]), [{1: 1.0}])
+    with pytest.raises(ValueError, match="already in the index"):
+        idx.add(np.array([4]), [{1: 1.0}])
+    with pytest.raises(ConfigError, match="weighting"):
+        SparseIndex("tfidf")
+    with pytest.raises(ConfigError, match="b must be"):
+        SparseIndex("bm25okapi", b=2.0)
