@@ -1,0 +1,899 @@
+"""HybridIndex: the engine. Chunks documents, encodes them once, keeps every store in step,
+plans and fuses searches, reranks, and persists all of it as one directory.
+
+On disk (``docs/FORMAT.md``)::
+
+    INDEX/
+      manifest.json              format + library version, pipeline, models, counts, files, checksums
+      docstore.sqlite            chunk text, doc id, metadata, char span, content hash (SQLite)
+      <mode>.g<N>.*              one set of files per store, written fresh at generation N
+      LOCK                       the writer's lock (flock + pid)
+
+A write (``add``/``upsert``/``delete``) goes to new store files and to docstore rows
+tagged with the next generation; :meth:`HybridIndex.commit` makes it visible by
+atomically replacing ``manifest.json``. Loading rolls the docstore back to the
+manifest's generation, so a crash at any point leaves the last committed state whole.
+
+Tested in ``tests/test_index.py`` (conformance, persistence, filters, search against
+brute force) and ``tests/test_cli.py``.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybridrag import __version__
+from hybridrag.config import PipelineConfig, resolve_model_path
+from hybridrag.errors import (
+    ConfigError,
+    DocumentError,
+    IndexFormatError,
+    IndexLockedError,
+)
+from hybridrag.search import planner
+from hybridrag.types import Chunk, Document, Hit
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DOCSTORE = "docstore.sqlite"
+LOCKFILE = "LOCK"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+MAX_ID_CHARS = 1024
+# Every file a store writes carries "<mode>.g<generation>" in its name (the save tag).
+_STORE_FILE = re.compile(r"(dense|sparse|bm25|colbert)\.g\d+")
+
+
+@dataclass
+class AddResult:
+    """What one ``add``/``upsert`` call did."""
+
+    added: list[str] = field(default_factory=list)      # new or replaced document ids
+    unchanged: list[str] = field(default_factory=list)  # skipped: same content hash already indexed
+    chunks: int = 0                                      # chunks written
+    empty: list[str] = field(default_factory=list)      # documents with no text to index
+
+    def merge(self, other: "AddResult") -> None:
+        self.added += other.added
+        self.unchanged += other.unchanged
+        self.chunks += other.chunks
+        self.empty += other.empty
+
+
+def content_hash(text: str, metadata: Mapping[str, Any]) -> str:
+    """sha256 of a document's text and metadata (what decides "unchanged")."""
+    h = hashlib.sha256()
+    h.update(text.encode("utf-8", "surrogatepass"))
+    h.update(b"\0")
+    h.update(json.dumps(metadata, sort_keys=True, ensure_ascii=True, default=str).encode())
+    return h.hexdigest()
+
+
+def as_document(obj: Any, position: int = 0) -> Document:
+    """Accept a :class:`Document`, a mapping with ``id``/``text``/``metadata``, or an object with
+    those attributes (e.g. a LlamaIndex or LangChain document adapted by a connector)."""
+    if isinstance(obj, Document):
+        doc = obj
+    elif isinstance(obj, Mapping):
+        unknown = set(obj) - {"id", "text", "metadata"}
+        if unknown:
+            raise DocumentError(f"document {position}: unknown key(s) {sorted(unknown)}; "
+                                "a document is {'id', 'text', 'metadata'}")
+        if "id" not in obj or "text" not in obj:
+            raise DocumentError(f"document {position}: needs 'id' and 'text', got keys {sorted(obj)}")
+        doc = Document(obj["id"], obj["text"], obj.get("metadata") or {})
+    else:
+        raise TypeError(f"document {position}: expected a dict or hybridrag.Document, got {type(obj).__name__}")
+    if not isinstance(doc.id, str) or not doc.id or len(doc.id) > MAX_ID_CHARS or doc.id != doc.id.strip():
+        raise DocumentError(f"document {position}: id must be a non-empty string of at most {MAX_ID_CHARS} "
+                            f"characters without surrounding whitespace, got {doc.id!r:.80}")
+    if "\0" in doc.id:
+        raise DocumentError(f"document {position}: id contains a NUL character: {doc.id!r:.80}")
+    if not isinstance(doc.text, str):
+        raise DocumentError(f"document {doc.id!r}: text must be a string, got {type(doc.text).__name__}")
+    if not isinstance(doc.metadata, Mapping):
+        raise DocumentError(f"document {doc.id!r}: metadata must be a dict, got {type(doc.metadata).__name__}")
+    try:
+        json.dumps(doc.metadata, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise DocumentError(f"document {doc.id!r}: metadata is not JSON-serialisable: {e}") from None
+    for key in doc.metadata:
+        if not isinstance(key, str):
+            raise DocumentError(f"document {doc.id!r}: metadata keys must be strings, got {key!r}")
+    return doc
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _model_fingerprint(resolved: str) -> dict[str, Any]:
+    """Name, revision and a hash of the config/tokenizer files of a local model folder."""
+    p = Path(resolved)
+    info: dict[str, Any] = {"resolved": resolved}
+    m = re.search(r"/snapshots/([0-9a-f]{40})", resolved)
+    if m:
+        info["revision"] = m.group(1)
+    if p.is_dir():
+        h = hashlib.sha256()
+        for name in ("config.json", "tokenizer.json", "colbert_linear.pt", "sparse_linear.pt"):
+            f = p / name
+            if f.is_file():
+                h.update(name.encode())
+                h.update(_sha256(f).encode())
+        info["fingerprint"] = h.hexdigest()
+    return info
+
+
+class _Lock:
+    """An exclusive writer lock: ``flock`` on ``LOCK`` (released by the kernel when the
+    holder dies, so a stale lock from a dead process is taken over) plus the holder's pid."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / LOCKFILE
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        if self.fd is not None:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise IndexLockedError(f"index {str(self.path.parent)!r} is being written by another process "
+                                       f"({holder}); wait for it to finish") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid={os.getpid()} host={os.uname().nodename}".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+class HybridIndex:
+    """A hybrid index on disk. Create with :meth:`create`, open with :meth:`load`.
+
+    ``search`` is a thin wrapper over ``search_batch``. Writes are committed at the end
+    of each call unless ``commit=False`` is passed (then call :meth:`commit`).
+    """
+
+    def __init__(self, path: Path, pipeline: PipelineConfig, manifest: dict[str, Any] | None,
+                 encoder: Any = None, reranker: Any = None, device: str | None = None) -> None:
+        self.path = path
+        self.pipeline = pipeline
+        self._device = device or (pipeline.encoder.device or None)
+        self._encoder = encoder
+        self._reranker = reranker
+        self._bm25: Any = None
+        self._chunker: Any = None
+        self.stores: dict[str, Any] = {}
+        self._lock = _Lock(path)
+        self._manifest = manifest
+        self._gen = int(manifest["generation"]) if manifest else 0
+        self._dirty = False
+        from hybridrag.stores.docstore import DocStore
+
+        self.docstore = DocStore(path / DOCSTORE)
+
+    # ------------------------------------------------------------------ creation / loading
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], pipeline: str | os.PathLike[str] | PipelineConfig | Mapping[str, Any],
+               *, overwrite: bool = False, encoder: Any = None, reranker: Any = None,
+               device: str | None = None) -> "HybridIndex":
+        """Create an empty index at ``path`` for ``pipeline`` (a TOML path, a config or a dict).
+
+        ``encoder``/``reranker`` may pass already-loaded models to share between indexes.
+        """
+        cfg = _as_pipeline(pipeline)
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise IndexFormatError(f"{str(p)!r} exists and is not a directory")
+        if (p / MANIFEST).exists():
+            if not overwrite:
+                raise IndexFormatError(f"{str(p)!r} already holds an index; load it, or pass overwrite=True")
+            _remove_index_files(p)
+        p.mkdir(parents=True, exist_ok=True)
+        idx = cls(p, cfg, None, encoder=encoder, reranker=reranker, device=device)
+        idx._lock.acquire()
+        idx._init_components(fresh=True)
+        idx._dirty = True
+        idx.commit()
+        return idx
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, verify: bool = True, encoder: Any = None,
+             reranker: Any = None, device: str | None = None) -> "HybridIndex":
+        """Open the last committed state of the index at ``path``.
+
+        ``verify`` checks every store file against the manifest's sha256 (reads each file
+        once); a mismatch raises :class:`IndexFormatError` naming the file.
+        """
+        p = Path(path)
+        manifest = read_manifest(p)
+        if verify:
+            verify_files(p, manifest)
+        cfg = PipelineConfig.from_dict(manifest["pipeline"], source=f"{p / MANIFEST}")
+        idx = cls(p, cfg, manifest, encoder=encoder, reranker=reranker, device=device)
+        idx._check_docstore()
+        idx._init_components(fresh=False)
+        return idx
+
+    def _check_docstore(self) -> None:
+        # An uncommitted write left rows tagged with a later generation: hide them.
+        if self.docstore.max_generation() > self._gen:
+            with self._writing():
+                self.docstore.rollback_to(self._gen)
+
+    def _init_components(self, fresh: bool) -> None:
+        cfg = self.pipeline
+        modes = cfg.modes
+        if self._manifest is not None and not fresh:
+            self._load_stores()
+        else:
+            self.stores = {}
+            from hybridrag.stores.faiss import FaissStore
+            from hybridrag.stores.multivector import MultiVectorStore
+            from hybridrag.stores.sparse import SparseIndex
+
+            enc = self.encoder if any(m in modes for m in ("dense", "sparse", "colbert")) else None
+            if "dense" in modes:
+                self.stores["dense"] = self._dense_store_factory(enc.dim)
+            if "sparse" in modes:
+                self.stores["sparse"] = self._sparse_store_factory()
+            if "bm25" in modes:
+                self.stores["bm25"] = SparseIndex(weighting=f"bm25{cfg.bm25.variant}", k1=cfg.bm25.k1,
+                                                  b=cfg.bm25.b, epsilon=cfg.bm25.epsilon)
+            if "colbert" in modes:
+                dim = getattr(enc, "colbert_dim", None) or enc.dim
+                self.stores["colbert"] = MultiVectorStore(dim, encoding=cfg.colbert.encoding)
+            _ = FaissStore  # imported for the factory below
+
+    def _dense_store_factory(self, dim: int) -> Any:
+        if self.pipeline.milvus.enabled:
+            from hybridrag.stores.milvus import milvus_stores
+
+            return milvus_stores(self)["dense"]
+        from hybridrag.stores.faiss import FaissStore
+
+        return FaissStore(dim, factory=self.pipeline.dense.index)
+
+    def _sparse_store_factory(self) -> Any:
+        if self.pipeline.milvus.enabled:
+            from hybridrag.stores.milvus import milvus_stores
+
+            return milvus_stores(self)["sparse"]
+        from hybridrag.stores.sparse import SparseIndex
+
+        return SparseIndex(weighting="none")
+
+    def _store_class(self, mode: str) -> Any:
+        from hybridrag.stores.faiss import FaissStore
+        from hybridrag.stores.multivector import MultiVectorStore
+        from hybridrag.stores.sparse import SparseIndex
+
+        return {"dense": FaissStore, "sparse": SparseIndex, "bm25": SparseIndex, "colbert": MultiVectorStore}[mode]
+
+    def _load_stores(self) -> None:
+        assert self._manifest is not None  # internal invariant, not user input
+        self.stores = {}
+        for mode, entry in self._manifest["stores"].items():
+            files = entry["files"]
+            for name in files.values():
+                _check_name(self.path, name)
+            if self.pipeline.milvus.enabled and mode in ("dense", "sparse"):
+                from hybridrag.stores.milvus import milvus_stores
+
+                self.stores[mode] = milvus_stores(self)[mode]
+                continue
+            self.stores[mode] = self._store_class(mode).load(self.path, files, entry.get("config", {}))
+
+    # ------------------------------------------------------------------ components
+    @property
+    def encoder(self) -> Any:
+        """The neural encoder (M3Encoder or DenseEncoder), loaded on first use."""
+        if self._encoder is None and self.pipeline.encoder.kind != "none":
+            e = self.pipeline.encoder
+            path = resolve_model_path(e.model)
+            dtype = e.dtype or None
+            if e.kind == "m3":
+                from hybridrag.encoders.m3 import M3Encoder
+
+                self._encoder = M3Encoder.from_pretrained(path, device=self._device, dtype=dtype)
+            else:
+                from hybridrag.encoders.dense import DenseEncoder
+
+                self._encoder = DenseEncoder.from_pretrained(
+                    path, device=self._device, dtype=dtype, pooling=e.pooling or None,
+                    normalize=e.normalize, query_instruction=e.query_instruction or None)
+            self._check_model(path)
+        return self._encoder
+
+    def _check_model(self, resolved: str) -> None:
+        if self._manifest is None:
+            return
+        saved = self._manifest.get("models", {}).get("encoder", {})
+        now = _model_fingerprint(resolved)
+        if saved.get("fingerprint") and now.get("fingerprint") and saved["fingerprint"] != now["fingerprint"]:
+            raise IndexFormatError(
+                f"the encoder at {resolved!r} is not the one this index was built with "
+                f"({saved.get('resolved')!r}, revision {saved.get('revision', 'unknown')}); "
+                "queries would not match the stored vectors")
+
+    @property
+    def reranker(self) -> Any:
+        if self._reranker is None:
+            r = self.pipeline.rerank
+            from hybridrag.rerankers.cross_encoder import CrossEncoderReranker
+
+            self._reranker = CrossEncoderReranker.from_pretrained(
+                resolve_model_path(r.model), device=self._device, max_length=r.max_length)
+        return self._reranker
+
+    @property
+    def bm25(self) -> Any:
+        if self._bm25 is None:
+            from hybridrag.analysis import SubwordAnalyzer, WordAnalyzer
+            from hybridrag.encoders.bm25 import BM25Encoder
+
+            c = self.pipeline.bm25
+            saved = (self._manifest or {}).get("bm25_vocab")
+            if c.analyzer == "subword":
+                analyzer: Any = SubwordAnalyzer(self.encoder.tokenizer)
+            else:
+                analyzer = WordAnalyzer(lowercase=True, stopwords=c.stopwords or None, stemmer=c.stemmer or None)
+            enc = BM25Encoder(analyzer, variant=c.variant, k1=c.k1, b=c.b, epsilon=c.epsilon)
+            if saved:
+                _check_name(self.path, saved)
+                enc.load_vocabulary(self.path / saved)
+            self._bm25 = enc
+        return self._bm25
+
+    @property
+    def chunker(self) -> Any:
+        if self._chunker is None:
+            from hybridrag.chunking import Chunker
+
+            c = self.pipeline.chunking
+            tok = self.encoder.tokenizer if self.pipeline.encoder.kind != "none" else None
+            if tok is not None and c.max_tokens + 2 > self.pipeline.encoder.max_length:
+                raise ConfigError(
+                    f"chunking.max_tokens = {c.max_tokens} does not fit encoder.max_length = "
+                    f"{self.pipeline.encoder.max_length} (2 positions go to special tokens)")
+            self._chunker = Chunker(tokenizer=tok, max_tokens=c.max_tokens, overlap=c.overlap)
+        return self._chunker
+
+    # ------------------------------------------------------------------ writes
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        self._lock.acquire()
+        on_disk = read_manifest(self.path, missing_ok=True) if self._manifest is not None else None
+        if on_disk is not None and int(on_disk["generation"]) != self._gen:
+            raise IndexLockedError(
+                f"index {str(self.path)!r} was changed by another writer (generation {on_disk['generation']} "
+                f"on disk, {self._gen} here); load it again before writing")
+        yield
+
+    def add(self, documents: Iterable[Any], *, commit: bool = True, batch_size: int = 256,
+            progress: Any = None) -> AddResult:
+        """Add documents. A document whose id is already indexed with the same content is
+        skipped (``unchanged``); with different content it is an error: use :meth:`upsert`."""
+        return self._write_docs(documents, replace=False, commit=commit, batch_size=batch_size, progress=progress)
+
+    def upsert(self, documents: Iterable[Any], *, commit: bool = True, batch_size: int = 256,
+               progress: Any = None) -> AddResult:
+        """Add documents, replacing every chunk of a document whose content changed."""
+        return self._write_docs(documents, replace=True, commit=commit, batch_size=batch_size, progress=progress)
+
+    def _write_docs(self, documents: Iterable[Any], replace: bool, commit: bool, batch_size: int,
+                    progress: Any) -> AddResult:
+        if isinstance(documents, (str, bytes, Mapping, Document)):
+            raise TypeError("documents must be an iterable of documents (a list), not a single "
+                            f"{type(documents).__name__}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        result = AddResult()
+        with self._writing():
+            batch: list[Document] = []
+            seen: set[str] = set()
+            for i, obj in enumerate(documents):
+                doc = as_document(obj, i)
+                if doc.id in seen:
+                    raise DocumentError(f"document id {doc.id!r} appears twice in one call")
+                seen.add(doc.id)
+                batch.append(doc)
+                if len(batch) >= batch_size:
+                    result.merge(self._write_batch(batch, replace, progress))
+                    batch = []
+            if batch:
+                result.merge(self._write_batch(batch, replace, progress))
+            if commit:
+                self.commit()
+        return result
+
+    def _write_batch(self, docs: list[Document], replace: bool, progress: Any) -> AddResult:
+        res = AddResult()
+        limit = self.pipeline.chunking.max_document_bytes
+        todo: list[Document] = []
+        hashes: dict[str, str] = {}
+        for doc in docs:
+            size = len(doc.text.encode("utf-8", "surrogatepass"))
+            if size > limit:
+                raise DocumentError(f"document {doc.id!r} is {size} bytes, over chunking.max_document_bytes = "
+                                    f"{limit}; split it or raise the limit")
+            h = content_hash(doc.text, doc.metadata)
+            old = self.docstore.doc_hash(doc.id)
+            if old == h:
+                res.unchanged.append(doc.id)
+                continue
+            if old is not None and not replace:
+                raise DocumentError(f"document {doc.id!r} is already indexed with other content; use upsert()")
+            hashes[doc.id] = h
+            todo.append(doc)
+        if not todo:
+            return res
+        gen = self._gen + 1
+        replaced = [d.id for d in todo if self.docstore.doc_hash(d.id) is not None]
+        if replaced:
+            self._remove_slots(self.docstore.delete_docs(replaced, gen))
+        chunks: list[Chunk] = []
+        maxc = self.pipeline.chunking.max_chunks_per_document
+        for doc in todo:
+            cs = self.chunker.chunk(doc.id, doc.text, dict(doc.metadata))
+            if len(cs) > maxc:
+                raise DocumentError(f"document {doc.id!r} gives {len(cs)} chunks, over "
+                                    f"chunking.max_chunks_per_document = {maxc}")
+            if not cs:
+                res.empty.append(doc.id)
+            chunks.extend(cs)
+        start = self.docstore.next_slot()
+        slots = np.arange(start, start + len(chunks), dtype=np.int64)
+        if chunks:
+            self._encode_into_stores([c.text for c in chunks], slots)
+        self.docstore.add_chunks(chunks, slots, gen, hashes)
+        self._dirty = True
+        res.added = [d.id for d in todo]
+        res.chunks = len(chunks)
+        if progress is not None:
+            progress(len(chunks))
+        return res
+
+    def _encode_into_stores(self, texts: list[str], slots: np.ndarray) -> None:
+        modes = self.pipeline.modes
+        neural = [m for m in ("dense", "sparse", "colbert") if m in modes]
+        if neural:
+            e = self.pipeline.encoder
+            out = self.encoder.encode(texts, max_length=e.max_length, batch_size=e.batch_size,
+                                      **self._encode_flags(neural))
+            if "dense" in modes:
+                self.stores["dense"].add(slots, out.dense)
+            if "sparse" in modes:
+                self.stores["sparse"].add(slots, out.sparse)
+            if "colbert" in modes:
+                self.stores["colbert"].add(slots, out.colbert)
+        if "bm25" in modes:
+            self.stores["bm25"].add(slots, self.bm25.encode_documents(texts))
+
+    def _encode_flags(self, neural: Sequence[str]) -> dict[str, bool]:
+        flags = {"dense": "dense" in neural, "colbert": "colbert" in neural}
+        if self.pipeline.encoder.kind == "m3":
+            flags["sparse"] = "sparse" in neural
+        return flags
+
+    def _remove_slots(self, slots: Sequence[int] | np.ndarray) -> None:
+        arr = np.asarray(list(slots), dtype=np.int64)
+        if arr.size:
+            for store in self.stores.values():
+                store.remove(arr)
+
+    def delete(self, ids: Iterable[str] | str | None = None, filters: Mapping[str, Any] | None = None,
+               *, commit: bool = True) -> int:
+        """Delete whole documents by id and/or by a metadata filter; returns how many documents."""
+        if ids is None and filters is None:
+            raise ValueError("delete() needs ids or filters (refusing to delete everything implicitly)")
+        if isinstance(ids, str):
+            ids = [ids]
+        targets: set[str] = set()
+        if ids is not None:
+            for i in ids:
+                if not isinstance(i, str):
+                    raise TypeError(f"document ids must be strings, got {i!r}")
+                targets.add(i)
+        with self._writing():
+            if filters is not None:
+                mask = self.docstore.filter_mask(filters, self.docstore.next_slot())
+                targets |= set(self.docstore.doc_ids_for_slots(np.flatnonzero(mask)))
+            present = [t for t in sorted(targets) if self.docstore.doc_hash(t) is not None]
+            if present:
+                self._remove_slots(self.docstore.delete_docs(present, self._gen + 1))
+                self._dirty = True
+            if commit:
+                self.commit()
+        return len(present)
+
+    def commit(self) -> None:
+        """Write new store files and atomically swap the manifest. No-op when nothing changed."""
+        if not self._dirty:
+            return
+        with self._writing():
+            gen = self._gen + 1
+            tag = f"g{gen}"
+            self._collect_garbage()  # files a crashed commit of this generation left behind
+            stores_entry: dict[str, Any] = {}
+            checksums: dict[str, str] = {}
+            for mode, store in self.stores.items():
+                files = store.save(self.path, f"{mode}.{tag}")
+                for name in files.values():
+                    _check_name(self.path, name)
+                    f = self.path / name
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+                    checksums[name] = _sha256(f)
+                stores_entry[mode] = {"files": files, "config": store.config(), "rows": len(store)}
+            bm25_vocab = None
+            if "bm25" in self.stores:
+                bm25_vocab = f"bm25.{tag}.vocab.json"
+                self.bm25.save_vocabulary(self.path / bm25_vocab)
+                checksums[bm25_vocab] = _sha256(self.path / bm25_vocab)
+            models: dict[str, Any] = {}
+            if self.pipeline.encoder.kind != "none":
+                models["encoder"] = {"name": self.pipeline.encoder.model,
+                                     **_model_fingerprint(resolve_model_path(self.pipeline.encoder.model))}
+                if self._encoder is not None and hasattr(self._encoder, "config"):
+                    models["encoder"]["config"] = _jsonable(self._encoder.config())
+            if self.pipeline.rerank.enabled:
+                models["reranker"] = {"name": self.pipeline.rerank.model}
+            old = self._manifest or {}
+            manifest = {
+                "format_version": FORMAT_VERSION,
+                "library_version": __version__,
+                "generation": gen,
+                "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "pipeline": self.pipeline.to_dict(),
+                "models": models,
+                "counts": {"documents": self.docstore.count_documents(), "chunks": self.docstore.count(),
+                           "next_slot": self.docstore.next_slot()},
+                "stores": stores_entry,
+                "bm25_vocab": bm25_vocab,
+                "docstore": DOCSTORE,
+                "checksums": checksums,
+            }
+            self.docstore.commit_generation(gen)
+            tmp = self.path / f"{MANIFEST}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(manifest, f, indent=2, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path / MANIFEST)
+            _fsync_dir(self.path)
+            self._manifest = manifest
+            self._gen = gen
+            self._dirty = False
+            self._collect_garbage()
+
+    def _collect_garbage(self) -> None:
+        keep = set((self._manifest or {}).get("checksums", {})) | {MANIFEST, DOCSTORE, LOCKFILE}
+        for f in self.path.iterdir():
+            if f.name in keep or f.name.startswith(DOCSTORE) or not f.is_file():
+                continue
+            if _STORE_FILE.search(f.name) or f.name == f"{MANIFEST}.tmp":
+                with contextlib.suppress(OSError):
+                    f.unlink()
+
+    def close(self) -> None:
+        """Release the writer lock and the docstore connection (uncommitted writes are dropped)."""
+        self._lock.release()
+        self.docstore.close()
+
+    def __enter__(self) -> "HybridIndex":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            self.commit()
+        self.close()
+
+    # ------------------------------------------------------------------ search
+    def search(self, query: str, k: int = 10, filters: Mapping[str, Any] | None = None, **overrides: Any) -> list[Hit]:
+        """Search one query; see :meth:`search_batch`."""
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a string, got {type(query).__name__}")
+        return self.search_batch([query], k=k, filters=filters, **overrides)[0]
+
+    def search_batch(self, queries: Sequence[str], k: int = 10, filters: Mapping[str, Any] | None = None,
+                     *, modes: Sequence[str] | None = None, fusion: str | None = None,
+                     weights: Mapping[str, float] | None = None, depth: int | Mapping[str, int] | None = None,
+                     rerank: bool | None = None, rerank_k: int | None = None, rrf_k: int | None = None) -> list[list[Hit]]:
+        """Search a batch of queries; returns one list of up to ``k`` :class:`Hit` per query.
+
+        Overrides (per call, the pipeline is unchanged): ``modes`` (a subset of the
+        index's enabled modes), ``fusion`` (weighted | relative | rrf), ``weights``,
+        ``depth`` (first-stage candidates per mode), ``rerank`` / ``rerank_k``.
+        ``filters`` restrict hits to chunks whose metadata match before top-k.
+        """
+        if isinstance(queries, str) or not isinstance(queries, Sequence):
+            raise TypeError("queries must be a list of strings (use search() for one query)")
+        for i, q in enumerate(queries):
+            if not isinstance(q, str):
+                raise TypeError(f"query {i} must be a string, got {type(q).__name__}")
+            if not q.strip():
+                raise ValueError(f"query {i} is empty: {q!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        plan = self._plan(k, modes, fusion, weights, depth, rerank, rerank_k, rrf_k)
+        if not queries:
+            return []
+        if self.docstore.count() == 0:
+            return [[] for _ in queries]
+        allowed = None
+        if filters:
+            allowed = self.docstore.filter_mask(filters, self.docstore.next_slot())
+            if not allowed.any():
+                return [[] for _ in queries]
+        reps = self._encode_queries(list(queries), plan.modes)
+        ranked = planner.run(plan, reps, self.stores, allowed=allowed)
+        out: list[list[Hit]] = []
+        for qi, cand in enumerate(ranked):
+            if plan.rerank and len(cand.slots):
+                top = cand.take(plan.rerank_k)
+                rows = self.docstore.get(top.slots)
+                r = self.pipeline.rerank
+                rs = np.asarray(self.reranker.compute_score([(queries[qi], row["text"]) for row in rows],
+                                                            normalize=r.normalize, batch_size=r.batch_size),
+                                dtype=np.float64)
+                order = np.lexsort((top.slots, -rs))
+                top = top.reorder(order)
+                rs = rs[order]
+                final = top.take(k)
+                hits = self._hits(final, final.fused, rerank_scores=rs[:k])
+            else:
+                final = cand.take(k)
+                hits = self._hits(final, final.fused)
+            out.append(hits)
+        return out
+
+    def _plan(self, k: int, modes: Sequence[str] | None, fusion: str | None, weights: Mapping[str, float] | None,
+              depth: int | Mapping[str, int] | None, rerank: bool | None, rerank_k: int | None,
+              rrf_k: int | None) -> planner.QueryPlan:
+        cfg = self.pipeline
+        enabled = cfg.modes
+        if modes is None:
+            use = list(enabled)
+        else:
+            if isinstance(modes, str):
+                modes = [modes]
+            bad = [m for m in modes if m not in enabled]
+            if bad:
+                raise ValueError(f"mode(s) {bad} are not enabled in this index; enabled: {enabled}")
+            use = [m for m in enabled if m in modes]
+            if not any(m in planner.FIRST_STAGE for m in use):
+                raise ValueError(f"modes {list(modes)}: colbert only rescores; add one of dense/sparse/bm25")
+        w = dict(cfg.fusion.weights if weights is None else weights)
+        missing = [m for m in use if m not in w]
+        if missing:
+            raise ValueError(f"no fusion weight for mode(s) {missing}; weights given: {w}")
+        depths = {m: getattr(cfg, m).depth for m in use if m in planner.FIRST_STAGE}
+        if depth is not None:
+            if isinstance(depth, Mapping):
+                for m, d in depth.items():
+                    if m not in depths:
+                        raise ValueError(f"depth given for mode {m!r}, which is not a first stage here: {list(depths)}")
+                    depths[m] = d
+            else:
+                depths = {m: depth for m in depths}
+        for m, d in depths.items():
+            if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+                raise ValueError(f"depth for {m!r} must be a positive integer, got {d!r}")
+            depths[m] = max(d, k)
+        method = fusion or cfg.fusion.method
+        if method not in ("weighted", "relative", "rrf"):
+            raise ValueError(f"unknown fusion {method!r}; choose weighted, relative or rrf")
+        do_rerank = cfg.rerank.enabled if rerank is None else bool(rerank)
+        rk = cfg.rerank.k if rerank_k is None else rerank_k
+        if isinstance(rk, bool) or not isinstance(rk, int) or rk < 1:
+            raise ValueError(f"rerank_k must be a positive integer, got {rk!r}")
+        return planner.QueryPlan(modes=use, depths=depths, fusion=method, weights=w,
+                                 rrf_k=cfg.fusion.rrf_k if rrf_k is None else rrf_k, k=k,
+                                 rerank=do_rerank, rerank_k=max(rk, k))
+
+    def _encode_queries(self, queries: list[str], modes: Sequence[str]) -> dict[str, Any]:
+        reps: dict[str, Any] = {}
+        neural = [m for m in ("dense", "sparse", "colbert") if m in modes]
+        if neural:
+            out = self.encoder.encode_queries(queries, max_length=self.pipeline.encoder.query_max_length,
+                                              batch_size=self.pipeline.encoder.batch_size,
+                                              **self._encode_flags(neural))
+            if "dense" in modes:
+                reps["dense"] = out.dense
+            if "sparse" in modes:
+                reps["sparse"] = out.sparse
+            if "colbert" in modes:
+                reps["colbert"] = out.colbert
+        if "bm25" in modes:
+            reps["bm25"] = self.bm25.encode_queries(queries)
+        return reps
+
+    def _hits(self, cand: planner.Candidates, fused: np.ndarray, rerank_scores: np.ndarray | None = None) -> list[Hit]:
+        rows = self.docstore.get(cand.slots)
+        hits = []
+        for i, row in enumerate(rows):
+            scores = {m: float(s[i]) for m, s in cand.scores.items()}
+            scores["fused"] = float(fused[i])
+            final = scores["fused"]
+            if rerank_scores is not None:
+                scores["rerank"] = float(rerank_scores[i])
+                final = scores["rerank"]
+            ranks = {m: int(r[i]) for m, r in cand.ranks.items() if r[i] > 0}
+            hits.append(Hit(chunk_id=row["chunk_id"], doc_id=row["doc_id"], text=row["text"], score=final,
+                            metadata=row["metadata"], span=(row["start"], row["end"]), scores=scores, ranks=ranks))
+        return hits
+
+    # ------------------------------------------------------------------ info
+    def stats(self) -> dict[str, Any]:
+        """Counts, generation, pipeline name, modes and bytes on disk per store."""
+        m = self._manifest or {}
+        sizes: dict[str, int] = {}
+        for mode, entry in m.get("stores", {}).items():
+            sizes[mode] = sum((self.path / f).stat().st_size for f in entry["files"].values()
+                              if (self.path / f).exists())
+        db = self.path / DOCSTORE
+        sizes["docstore"] = sum(f.stat().st_size for f in self.path.glob(DOCSTORE + "*")) if db.exists() else 0
+        return {
+            "path": str(self.path), "pipeline": self.pipeline.name, "modes": self.pipeline.modes,
+            "generation": self._gen, "documents": self.docstore.count_documents(),
+            "chunks": self.docstore.count(), "format_version": m.get("format_version", FORMAT_VERSION),
+            "library_version": m.get("library_version", __version__), "bytes": sizes,
+            "models": {k: v.get("name") for k, v in m.get("models", {}).items()},
+        }
+
+    def __len__(self) -> int:
+        return self.docstore.count()
+
+    def __repr__(self) -> str:
+        return f"HybridIndex({str(self.path)!r}, pipeline={self.pipeline.name!r}, chunks={len(self)})"
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _as_pipeline(p: Any) -> PipelineConfig:
+    if isinstance(p, PipelineConfig):
+        return p
+    if isinstance(p, Mapping):
+        return PipelineConfig.from_dict(dict(p))
+    if isinstance(p, (str, os.PathLike)):
+        path = Path(p)
+        if not path.exists() and not str(p).endswith(".toml"):
+            bundled = Path(__file__).resolve().parent / "pipelines" / f"{p}.toml"
+            repo = Path(__file__).resolve().parents[1] / "pipelines" / f"{p}.toml"
+            for cand in (bundled, repo):
+                if cand.is_file():
+                    return PipelineConfig.from_toml(cand)
+        return PipelineConfig.from_toml(path)
+    raise TypeError(f"pipeline must be a path to a TOML file, a PipelineConfig or a dict, got {type(p).__name__}")
+
+
+def _check_name(directory: Path, name: str) -> None:
+    """A file named in a manifest must be a plain file name inside the index directory."""
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in (".", ".."):
+        raise IndexFormatError(f"{directory / MANIFEST}: refusing file name {name!r} (not a plain file name "
+                               "inside the index directory)")
+
+
+def read_manifest(path: Path, missing_ok: bool = False) -> dict[str, Any] | None:  # type: ignore[return]
+    """Read and check ``manifest.json``; raises :class:`IndexFormatError` saying what is wrong."""
+    mf = path / MANIFEST
+    if not path.is_dir():
+        if missing_ok:
+            return None
+        raise IndexFormatError(f"{str(path)!r} is not an index: no such directory")
+    if not mf.is_file():
+        if missing_ok:
+            return None
+        raise IndexFormatError(f"{str(path)!r} is not an index: {MANIFEST} is missing")
+    try:
+        m = json.loads(mf.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise IndexFormatError(f"{mf}: unreadable manifest ({e})") from None
+    if not isinstance(m, dict):
+        raise IndexFormatError(f"{mf}: manifest is not a JSON object")
+    fv = m.get("format_version")
+    if fv != FORMAT_VERSION:
+        raise IndexFormatError(f"{mf}: format_version {fv!r} is not supported by hybridrag {__version__} "
+                               f"(reads format {FORMAT_VERSION}); rebuild the index or use the library version "
+                               f"that wrote it ({m.get('library_version', 'unknown')})")
+    for key in ("generation", "pipeline", "stores", "checksums"):
+        if key not in m:
+            raise IndexFormatError(f"{mf}: manifest lacks {key!r}")
+    if not isinstance(m["stores"], dict) or not isinstance(m["checksums"], dict):
+        raise IndexFormatError(f"{mf}: manifest 'stores'/'checksums' must be objects")
+    for name in m["checksums"]:
+        _check_name(path, name)
+    return m
+
+
+def verify_files(path: Path, manifest: dict[str, Any]) -> None:
+    """Check every file the manifest names against its sha256."""
+    for name, digest in manifest["checksums"].items():
+        f = path / name
+        if not f.is_file():
+            raise IndexFormatError(f"{f}: file named in the manifest is missing")
+        got = _sha256(f)
+        if got != digest:
+            raise IndexFormatError(f"{f}: checksum mismatch (file is corrupt or was changed: "
+                                   f"sha256 {got[:12]}… expected {digest[:12]}…)")
+
+
+def _remove_index_files(p: Path) -> None:
+    for f in p.iterdir():
+        if f.is_file() and (f.name in (MANIFEST, LOCKFILE, f"{MANIFEST}.tmp") or f.name.startswith(DOCSTORE)
+                            or _STORE_FILE.search(f.name)):
+            f.unlink()
+
+
+def check_index(path: str | os.PathLike[str]) -> list[str]:
+    """Verify an index without changing it; returns a list of problems (empty = healthy).
+
+    Checks the manifest, every store file's sha256, SQLite's integrity check, and that
+    every store holds exactly the docstore's committed chunks.
+    """
+    p = Path(path)
+    problems: list[str] = []
+    try:
+        manifest = read_manifest(p)
+        assert manifest is not None
+        verify_files(p, manifest)
+    except IndexFormatError as e:
+        return [str(e)]
+    from hybridrag.stores.docstore import DocStore
+
+    ds = DocStore(p / DOCSTORE, read_only=True)
+    try:
+        problems += [f"{p / DOCSTORE}: {msg}" for msg in ds.integrity_problems()]
+        gen = int(manifest["generation"])
+        live = ds.live_slots(as_of=gen)
+        want = int(manifest["counts"]["chunks"])
+        if len(live) != want:
+            problems.append(f"docstore holds {len(live)} committed chunks, manifest says {want}")
+        for mode, entry in manifest["stores"].items():
+            if entry.get("rows") is not None and int(entry["rows"]) != len(live):
+                problems.append(f"store {mode!r} holds {entry['rows']} rows, docstore {len(live)} chunks")
+    finally:
+        ds.close()
+    return problems

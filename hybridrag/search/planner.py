@@ -1,0 +1,116 @@
+"""Query planner: first-stage retrieval, exact rescoring of the candidate union, fusion.
+
+The planner is batch-first: it takes encoded queries for every enabled mode and the
+stores, and returns, per query, the fused ranking of candidates with the exact score
+every candidate has in every enabled mode and the rank it had in each first stage.
+
+Steps for each query:
+
+1. each first-stage mode (``dense``, ``sparse``, ``bm25``) retrieves its own ``depth``
+   candidates, restricted to the ``allowed`` slots (filters are applied before top-k);
+2. candidates = the union of those slots;
+3. every candidate is scored exactly in every enabled mode (``store.score``), so a mode
+   that did not retrieve a candidate still gives its real score, never a stand-in 0;
+   ColBERT MaxSim runs here on the candidate set only;
+4. :func:`hybridrag.search.fusion.fuse` combines them; candidates are sorted by fused
+   score (ties: smaller slot first).
+
+Reranking with a cross-encoder needs the chunk texts, so :class:`hybridrag.index.HybridIndex`
+does it after this step. Tested in ``tests/test_index.py`` (the planner against brute
+force over every mode) and ``tests/test_fusion.py``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hybridrag.search import fusion as fusion_mod
+
+FIRST_STAGE = ("dense", "sparse", "bm25")
+
+
+@dataclass
+class QueryPlan:
+    """What to run for a batch of queries (built from the pipeline plus per-call overrides)."""
+
+    modes: list[str]
+    depths: dict[str, int]
+    fusion: str = "weighted"
+    weights: dict[str, float] = field(default_factory=dict)
+    rrf_k: int = 60
+    k: int = 10
+    rerank: bool = False
+    rerank_k: int = 100
+
+    @property
+    def first_stage(self) -> list[str]:
+        return [m for m in self.modes if m in FIRST_STAGE]
+
+
+@dataclass
+class Candidates:
+    """The fused ranking of one query's candidates, best first.
+
+    ``slots`` int64 ``[m]``; ``fused`` float64 ``[m]``; ``scores[mode]`` float64 ``[m]``;
+    ``ranks[mode]`` int64 ``[m]`` with the 1-based first-stage rank, 0 where that mode did
+    not retrieve the candidate.
+    """
+
+    slots: np.ndarray
+    fused: np.ndarray
+    scores: dict[str, np.ndarray]
+    ranks: dict[str, np.ndarray]
+
+    def take(self, n: int) -> "Candidates":
+        return Candidates(self.slots[:n], self.fused[:n], {m: s[:n] for m, s in self.scores.items()},
+                          {m: r[:n] for m, r in self.ranks.items()})
+
+    def reorder(self, order: np.ndarray) -> "Candidates":
+        return Candidates(self.slots[order], self.fused[order], {m: s[order] for m, s in self.scores.items()},
+                          {m: r[order] for m, r in self.ranks.items()})
+
+
+def run(plan: QueryPlan, queries: Mapping[str, Sequence[Any]], stores: Mapping[str, Any],
+        allowed: np.ndarray | None = None) -> list[Candidates]:
+    """Execute ``plan`` for a batch.
+
+    ``queries[mode]`` holds the encoded queries for that mode (a float32 ``[nq, d]`` array
+    for dense, a list of ``dict[int, float]`` for sparse/bm25, a list of ``[t, d]`` arrays
+    for colbert). ``stores[mode]`` follows the store protocol in ``docs/CONTRACTS.md``.
+    """
+    first = plan.first_stage
+    if not first:
+        raise ValueError(f"no first-stage mode among {plan.modes}; need one of {FIRST_STAGE}")
+    nq = len(queries[first[0]])
+    stage: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for mode in first:
+        scores, slots = stores[mode].search(queries[mode], plan.depths[mode], allowed=allowed)
+        stage[mode] = (np.asarray(scores), np.asarray(slots))
+
+    unions: list[np.ndarray] = []
+    for qi in range(nq):
+        parts = [stage[m][1][qi] for m in first]
+        u = np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+        unions.append(u[u >= 0].astype(np.int64))
+
+    exact: dict[str, list[np.ndarray]] = {}
+    for mode in plan.modes:
+        exact[mode] = [np.asarray(s, dtype=np.float64) for s in stores[mode].score(queries[mode], unions)]
+
+    out: list[Candidates] = []
+    for qi in range(nq):
+        slots = unions[qi]
+        per_mode = {m: exact[m][qi] for m in plan.modes}
+        fused = fusion_mod.fuse(plan.fusion, slots, per_mode, plan.weights, rrf_k=plan.rrf_k)
+        ranks: dict[str, np.ndarray] = {}
+        for m in first:
+            s_slots = stage[m][1][qi]
+            valid = s_slots >= 0
+            pos = {int(s): r + 1 for r, s in enumerate(s_slots[valid])}
+            ranks[m] = np.array([pos.get(int(s), 0) for s in slots], dtype=np.int64)
+        order = np.lexsort((slots, -fused))
+        out.append(Candidates(slots, fused, per_mode, ranks).reorder(order))
+    return out

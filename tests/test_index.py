@@ -1,0 +1,274 @@
+"""The engine end to end on tiny generated models (tests hybridrag/index.py and
+hybridrag/search/planner.py): search against exact brute force in every mode,
+writes, persistence, filters, integrity checks and the writer lock."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hybridrag import Document, DocumentError, IndexFormatError, IndexLockedError
+from hybridrag.index import HybridIndex, check_index
+
+TEXTS = [
+    "Vitamin D deficiency is associated with bone fractures in older adults.",
+    "Aspirin reduces the risk of heart attack in some patients.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Retrieval augmented generation combines search with language models.",
+    "Dense vectors, sparse lexical weights and ColBERT token vectors.",
+    "FAISS stores dense vectors; an inverted index stores sparse weights.",
+    "混合检索结合了稠密向量和稀疏词权重。",
+    "الاسترجاع الهجين يجمع بين المتجهات الكثيفة والأوزان المتفرقة",
+    "Emoji test 🚀🔥 retrieval is fun 😀 👍",
+    "Les modèles de langue répondent aux questions en français.",
+    "日本語のテキストには単語の区切りがありません。",
+    "Bone health depends on vitamin D and calcium intake.",
+]
+QUERIES = ["vitamin D bone fractures", "dense vectors FAISS", "混合检索", "heart attack aspirin", "fox dog"]
+
+
+def docs(n=len(TEXTS)):
+    return [{"id": f"d{i}", "text": TEXTS[i % len(TEXTS)] + f" (copy {i // len(TEXTS)})" * (i >= len(TEXTS)),
+             "metadata": {"group": "even" if i % 2 == 0 else "odd", "n": i}} for i in range(n)]
+
+
+def m3_pipeline(m3_dir, **extra):
+    p = {
+        "name": "tiny-m3",
+        "encoder": {"kind": "m3", "model": str(m3_dir), "max_length": 128, "query_max_length": 64, "batch_size": 4},
+        "chunking": {"max_tokens": 120, "overlap": 16},
+        "dense": {"enabled": True, "depth": 3},
+        "sparse": {"enabled": True, "depth": 3},
+        "bm25": {"enabled": True, "depth": 3},
+        "colbert": {"enabled": True},
+        "fusion": {"method": "weighted", "weights": {"dense": 0.4, "sparse": 0.2, "colbert": 0.4, "bm25": 0.0}},
+    }
+    for k, v in extra.items():
+        p.setdefault(k, {}).update(v)
+    return p
+
+
+@pytest.fixture
+def index(tmp_path, m3_dir):
+    idx = HybridIndex.create(tmp_path / "idx", m3_pipeline(m3_dir))
+    idx.add(docs())
+    yield idx
+    idx.close()
+
+
+def brute_force(idx, query):
+    """Exact per-mode scores of every chunk, computed independently of the stores."""
+    rows = idx.docstore.get(np.array(sorted(idx.docstore.live_slots()), dtype=np.int64))
+    texts = [r["text"] for r in rows]
+    enc = idx.encoder
+    d = enc.encode(texts, max_length=128)
+    q = enc.encode_queries([query], max_length=64)
+    out = {
+        "dense": d.dense @ q.dense[0],
+        "sparse": np.array([sum(w * p.get(t, 0.0) for t, w in q.sparse[0].items()) for p in d.sparse]),
+        "colbert": np.array([(q.colbert[0] @ c.T).max(axis=1).mean() for c in d.colbert]),
+    }
+    return [r["chunk_id"] for r in rows], out
+
+
+def test_every_candidate_gets_its_exact_score_in_every_mode(index):
+    # depth 3 per mode: many candidates are retrieved by one mode only; each still carries
+    # its exact score in the others (never a stand-in 0).
+    for query in QUERIES:
+        ids, exact = brute_force(index, query)
+        pos = {c: i for i, c in enumerate(ids)}
+        hits = index.search(query, k=5)
+        assert hits
+        for h in hits:
+            for mode in ("dense", "sparse", "colbert"):
+                assert h.scores[mode] == pytest.approx(exact[mode][pos[h.chunk_id]], abs=2e-3)
+
+
+def test_fused_top_k_equals_brute_force_when_depth_covers_all(index):
+    w = {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}
+    for query in QUERIES:
+        ids, exact = brute_force(index, query)
+        fused = sum(w[m] * exact[m] for m in w) / sum(w.values())
+        hits = index.search(query, k=5, modes=["dense", "sparse", "colbert"], depth=100, weights=w)
+        got = [h.scores["fused"] for h in hits]
+        want = np.sort(fused)[::-1][:5]
+        np.testing.assert_allclose(got, want, atol=2e-3)
+        assert [h.chunk_id for h in hits][:1] == [ids[int(np.argmax(fused))]]
+
+
+def test_search_batch_equals_search(index):
+    batch = index.search_batch(QUERIES, k=4)
+    for q, hits in zip(QUERIES, batch):
+        single = index.search(q, k=4)
+        assert [h.chunk_id for h in hits] == [h.chunk_id for h in single]
+
+
+def test_hits_carry_text_metadata_span_and_ranks(index):
+    h = index.search("vitamin D bone fractures", k=3)[0]
+    src = docs()[int(h.doc_id[1:])]
+    assert src["text"][h.span[0]:h.span[1]] == h.text
+    assert h.metadata == src["metadata"]
+    assert set(h.scores) >= {"dense", "sparse", "bm25", "colbert", "fused"}
+    assert h.ranks and all(r >= 1 for r in h.ranks.values())
+
+
+def test_filters_apply_before_top_k(index):
+    hits = index.search("vitamin D", k=5, filters={"group": "odd"})
+    assert len(hits) == 5  # six odd documents exist
+    assert all(h.metadata["group"] == "odd" for h in hits)
+    hits = index.search("vitamin D", k=10, filters={"n": {"$gte": 3, "$lt": 6}})
+    assert sorted(h.metadata["n"] for h in hits) == [3, 4, 5]
+    assert index.search("vitamin D", filters={"group": {"$in": ["none"]}}) == []
+
+
+def test_persistence_reload_equality(tmp_path, index):
+    before = [[(h.chunk_id, round(h.score, 5)) for h in hs] for hs in index.search_batch(QUERIES, k=5)]
+    index.close()
+    again = HybridIndex.load(index.path)
+    after = [[(h.chunk_id, round(h.score, 5)) for h in hs] for hs in again.search_batch(QUERIES, k=5)]
+    assert before == after
+    assert again.stats()["chunks"] == len(TEXTS)
+    again.close()
+
+
+def test_add_skips_unchanged_and_upsert_replaces(index):
+    res = index.add(docs())
+    assert res.added == [] and len(res.unchanged) == len(TEXTS)
+    changed = {"id": "d2", "text": "Completely new text about glaciers and ice sheets.", "metadata": {}}
+    with pytest.raises(DocumentError, match="d2"):
+        index.add([changed])
+    res = index.upsert([changed])
+    assert res.added == ["d2"]
+    hits = index.search("glaciers ice sheets", k=len(TEXTS), modes=["bm25"], weights={"bm25": 1.0})
+    assert hits[0].doc_id == "d2"
+    assert all("fox" not in h.text for h in hits)
+    assert len(index) == len(TEXTS)
+
+
+def test_delete_by_id_and_filter(index):
+    assert index.delete(ids=["d0", "missing"]) == 1
+    assert index.delete(filters={"group": "odd"}) == 6
+    left = {h.doc_id for h in index.search("vitamin", k=20)}
+    assert left == {f"d{i}" for i in range(2, len(TEXTS), 2)}
+    for store in index.stores.values():
+        assert len(store) == len(left)
+    with pytest.raises(ValueError):
+        index.delete()
+
+
+def test_uncommitted_writes_are_invisible_after_reopen(tmp_path, m3_dir):
+    idx = HybridIndex.create(tmp_path / "i", m3_pipeline(m3_dir))
+    idx.add(docs(4))
+    idx.add([{"id": "late", "text": "never committed text", "metadata": {}}], commit=False)
+    idx.close()  # dropped, as a crash would
+    again = HybridIndex.load(tmp_path / "i")
+    assert len(again) == 4
+    assert "late" not in {h.doc_id for h in again.search("never committed text", k=10)}
+    assert check_index(tmp_path / "i") == []
+    again.close()
+
+
+def test_corrupt_store_file_is_named(index):
+    index.close()
+    manifest = json.loads((index.path / "manifest.json").read_text())
+    name = sorted(manifest["checksums"])[0]
+    f = index.path / name
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match=name.replace(".", r"\.")):
+        HybridIndex.load(index.path)
+    assert any(name in p for p in check_index(index.path))
+
+
+def test_manifest_problems_are_explained(tmp_path, index):
+    index.close()
+    mf = index.path / "manifest.json"
+    m = json.loads(mf.read_text())
+    bad = dict(m, format_version=999)
+    mf.write_text(json.dumps(bad))
+    with pytest.raises(IndexFormatError, match="format_version 999"):
+        HybridIndex.load(index.path)
+    evil = dict(m, checksums={"../../etc/passwd": "0" * 64})
+    mf.write_text(json.dumps(evil))
+    with pytest.raises(IndexFormatError, match="refusing file name"):
+        HybridIndex.load(index.path)
+    with pytest.raises(IndexFormatError, match="not an index"):
+        HybridIndex.load(tmp_path / "nowhere")
+
+
+def _try_write(path, q):
+    try:
+        idx = HybridIndex.load(path)
+        idx.delete(ids=["d1"])
+        q.put("wrote")
+    except IndexLockedError as e:
+        q.put(str(e))
+
+
+def test_second_writer_gets_a_clear_error(index):
+    index.delete(ids=["d0"])  # holds the writer lock from here on
+    q = mp.get_context("spawn").Queue()
+    p = mp.get_context("spawn").Process(target=_try_write, args=(str(index.path), q))
+    p.start()
+    p.join(120)
+    msg = q.get(timeout=5)
+    assert f"pid={os.getpid()}" in msg
+    index.close()
+    # after the holder is gone, a new writer takes the lock over
+    p = mp.get_context("spawn").Process(target=_try_write, args=(str(index.path), q))
+    p.start()
+    p.join(120)
+    assert q.get(timeout=5) == "wrote"
+
+
+def test_bad_documents_and_queries(index):
+    with pytest.raises(DocumentError):
+        index.add([{"id": "", "text": "x"}])
+    with pytest.raises(DocumentError, match="twice"):
+        index.add([{"id": "a", "text": "x"}, {"id": "a", "text": "y"}])
+    with pytest.raises(DocumentError, match="JSON"):
+        index.add([{"id": "a", "text": "x", "metadata": {"f": object()}}])
+    with pytest.raises(TypeError):
+        index.add("just a string")
+    with pytest.raises(ValueError, match="empty"):
+        index.search("   ")
+    with pytest.raises(ValueError, match="k must"):
+        index.search("x", k=0)
+    with pytest.raises(ValueError, match="not enabled"):
+        index.search("x", modes=["splade"])
+    assert index.add([Document("blank", "   \n ")]).empty == ["blank"]
+    long_query = "vitamin " * 20000
+    assert len(index.search(long_query, k=3)) == 3
+
+
+def test_rerank_orders_by_cross_encoder(tmp_path, m3_dir, reranker_dir):
+    from hybridrag.rerankers.cross_encoder import CrossEncoderReranker
+
+    idx = HybridIndex.create(tmp_path / "r", m3_pipeline(m3_dir, rerank={"enabled": True, "model": str(reranker_dir),
+                                                                      "k": 6, "max_length": 128}))
+    idx.add(docs())
+    hits = idx.search("vitamin D bone", k=4)
+    ref = CrossEncoderReranker.from_pretrained(str(reranker_dir), max_length=128)
+    want = ref.compute_score([("vitamin D bone", h.text) for h in hits])
+    np.testing.assert_allclose([h.score for h in hits], want, atol=1e-5)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert all("rerank" in h.scores and "fused" in h.scores for h in hits)
+    idx.close()
+
+
+def test_dense_pipeline_with_bm25_and_relative_fusion(tmp_path, bert_dir):
+    p = {"name": "tiny-dense", "encoder": {"kind": "dense", "model": str(bert_dir), "max_length": 128},
+         "chunking": {"max_tokens": 100, "overlap": 10}, "sparse": {"enabled": False},
+         "bm25": {"enabled": True}, "colbert": {"enabled": False},
+         "fusion": {"method": "relative", "weights": {"dense": 0.5, "bm25": 0.5}}}
+    idx = HybridIndex.create(tmp_path / "d", p)
+    idx.add(docs())
+    hits = idx.search("vitamin bone fractures", k=3)
+    assert hits[0].doc_id in {"d0", "d11"}
+    assert set(hits[0].scores) == {"dense", "bm25", "fused"}
+    idx.close()
