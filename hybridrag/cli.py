@@ -241,9 +241,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def quiet_model_loading() -> None:
+    """Command-line runs only: keep transformers' load reports and hub chatter off the terminal."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not os.environ.get("HYBRIDRAG_DEBUG"):
+        quiet_model_loading()
     try:
         return int(args.func(args))
     except (HybridRAGError, ValueError, TypeError, FileNotFoundError, PermissionError, ImportError) as e:

@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pipeline", default="offline")
     args = ap.parse_args(argv)
 
+    from hybridrag.cli import quiet_model_loading
+
+    quiet_model_loading()
     from hybridrag.eval.ablation import evaluate_index
     from hybridrag.eval.beir import load_beir
     from hybridrag.eval.metrics import results_table
