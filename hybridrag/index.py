@@ -56,6 +56,11 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 MAX_ID_CHARS = 1024
 # Every file a store writes carries "<mode>.g<generation>" in its name (the save tag).
 _STORE_FILE = re.compile(r"(dense|sparse|bm25|colbert)\.g\d+")
+_LOAD_ATTEMPTS = 20  # load retries when a writer commits while a reader opens the files
+
+
+class _Stale(Exception):
+    """Internal: a concurrent commit overtook a load in progress (it is retried)."""
 
 
 @dataclass
@@ -200,6 +205,7 @@ class HybridIndex:
         self._encoder = encoder
         self._reranker = reranker
         self._bm25: Any = None
+        self._bm25_vocab: dict[str, int] | None = None
         self._chunker: Any = None
         self.stores: dict[str, Any] = {}
         self._lock = _Lock(path)
@@ -244,20 +250,146 @@ class HybridIndex:
         once); a mismatch raises :class:`IndexFormatError` naming the file.
         """
         p = Path(path)
-        manifest = read_manifest(p)
+        for attempt in range(_LOAD_ATTEMPTS):
+            manifest = read_manifest(p)
+            assert manifest is not None  # read_manifest raises rather than return None here
+            try:
+                return cls._open(p, manifest, verify, encoder, reranker, device)
+            except (IndexFormatError, OSError, _Stale):
+                # A writer may have committed and collected the files of the manifest we read
+                # between our reading it and opening them: open the new generation instead.
+                now = read_manifest(p, missing_ok=True)
+                if attempt + 1 == _LOAD_ATTEMPTS or now is None or now.get("generation") == manifest["generation"]:
+                    raise
+                logger.debug("index %s moved to generation %s while loading; retrying", p, now.get("generation"))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @classmethod
+    def _open(cls, p: Path, manifest: dict[str, Any], verify: bool, encoder: Any, reranker: Any,
+              device: str | None) -> "HybridIndex":
         if verify:
             verify_files(p, manifest)
         cfg = PipelineConfig.from_dict(manifest["pipeline"], source=f"{p / MANIFEST}")
-        idx = cls(p, cfg, manifest, encoder=encoder, reranker=reranker, device=device)
-        idx._check_docstore()
-        idx._init_components(fresh=False)
+        import sqlite3
+
+        try:
+            idx = cls(p, cfg, manifest, encoder=encoder, reranker=reranker, device=device)
+        except sqlite3.DatabaseError as e:
+            raise IndexFormatError(f"{p / DOCSTORE}: docstore is unreadable or corrupt ({e})") from None
+        try:
+            idx._check_docstore(verify)
+            idx._init_components(fresh=False)
+            want = int(manifest.get("counts", {}).get("chunks", -1))
+            for mode, store in idx.stores.items():
+                if want >= 0 and len(store) != want and not cfg.milvus.enabled:
+                    raise IndexFormatError(f"{p / MANIFEST}: store {mode!r} holds {len(store)} rows, the manifest "
+                                           f"says {want} chunks")
+        except BaseException:
+            idx.close()
+            raise
         return idx
 
-    def _check_docstore(self) -> None:
-        # An uncommitted write left rows tagged with a later generation: hide them.
-        if self.docstore.max_generation() > self._gen:
-            with self._writing():
-                self.docstore.rollback_to(self._gen)
+    def _check_docstore(self, verify: bool = True) -> None:
+        import sqlite3
+
+        ds = self.docstore
+        try:
+            if ds.max_generation() > self._gen:
+                # An uncommitted write left rows tagged with a later generation. Undo it when no
+                # live writer holds the lock; otherwise it is that writer's work in progress.
+                try:
+                    self._lock.acquire()
+                except IndexLockedError:
+                    pass
+                else:
+                    try:
+                        if ds.max_generation() > self._gen and self._on_disk_generation() == self._gen:
+                            ds.rollback_to(self._gen)
+                    finally:
+                        self._lock.release()
+            # Reads see exactly the committed generation, from a pinned snapshot: rows a
+            # concurrent writer adds, deletes or purges later stay out of (or in) this view.
+            ds.as_of = self._gen
+            ds.pin()
+            if ds.purged_generation() > self._gen:
+                ds.unpin()
+                raise _Stale(f"{self.path}: the docstore moved past generation {self._gen} while loading")
+            if verify:
+                problems = ds.integrity_problems(quick=True)
+                if problems:
+                    raise IndexFormatError(f"{self.path / DOCSTORE}: docstore is corrupt: {'; '.join(problems[:3])}")
+                digest = (self._manifest or {}).get("docstore_sha256")
+                if digest is not None and ds.content_checksum() != digest:
+                    raise IndexFormatError(f"{self.path / DOCSTORE}: docstore content does not match the manifest "
+                                           f"(generation {self._gen}): the file is corrupt or was changed")
+            elif ds.count() != int((self._manifest or {}).get("counts", {}).get("chunks", ds.count())):
+                raise IndexFormatError(f"{self.path / DOCSTORE}: docstore does not hold the manifest's chunks")
+        except sqlite3.DatabaseError as e:
+            raise IndexFormatError(f"{self.path / DOCSTORE}: docstore is unreadable or corrupt ({e})") from None
+
+    @classmethod
+    def rebuild(cls, path: str | os.PathLike[str], *, pipeline: Any = None, encoder: Any = None,
+                device: str | None = None, batch_size: int = 256) -> "HybridIndex":
+        """Recover damaged or missing store files: re-encode every committed chunk text in the
+        docstore into fresh stores and commit them as a new generation.
+
+        The pipeline comes from the manifest; pass ``pipeline`` (the one the index was built
+        with) when the manifest itself is lost or corrupt. The docstore must be intact: a
+        docstore that fails SQLite's integrity check or the manifest's content checksum raises
+        :class:`IndexFormatError`. Returns the index, holding the writer lock (close it).
+        """
+        import sqlite3
+
+        p = Path(path)
+        try:
+            manifest = read_manifest(p)
+        except IndexFormatError:
+            if pipeline is None:
+                raise
+            manifest = None
+        cfg = _as_pipeline(pipeline) if pipeline is not None else PipelineConfig.from_dict(
+            manifest["pipeline"], source=f"{p / MANIFEST}")  # type: ignore[index]
+        if not (p / DOCSTORE).is_file():
+            raise IndexFormatError(f"{p / DOCSTORE}: missing; there is nothing to rebuild the index from")
+        try:
+            idx = cls(p, cfg, None, encoder=encoder, device=device)
+        except sqlite3.DatabaseError as e:
+            raise IndexFormatError(f"{p / DOCSTORE}: docstore is unreadable or corrupt ({e})") from None
+        try:
+            idx._lock.acquire()
+            ds = idx.docstore
+            problems = ds.integrity_problems()
+            if problems:
+                raise IndexFormatError(f"{p / DOCSTORE}: docstore is corrupt, cannot rebuild from it: "
+                                       f"{'; '.join(problems[:3])}")
+            gen = int(manifest["generation"]) if manifest is not None else ds.committed_generation()
+            if gen < 0:
+                raise IndexFormatError(f"{p / DOCSTORE}: no committed generation to rebuild")
+            if ds.max_generation() > gen:
+                ds.rollback_to(gen)
+            if manifest is not None and manifest.get("docstore_sha256") not in (None, ds.content_checksum()):
+                raise IndexFormatError(f"{p / DOCSTORE}: docstore content does not match the manifest; "
+                                       "cannot rebuild from it")
+            idx._gen = gen
+            idx._manifest = None if manifest is None else dict(manifest, bm25_vocab=None)
+            idx._init_components(fresh=True)
+            slots = ds.live_slots()
+            for i in range(0, len(slots), batch_size):
+                part = slots[i:i + batch_size]
+                idx._encode_into_stores([r["text"] for r in ds.get(part)], part)
+            idx._dirty = True
+            idx.commit()
+        except sqlite3.DatabaseError as e:
+            idx.close()
+            raise IndexFormatError(f"{p / DOCSTORE}: docstore is unreadable or corrupt ({e})") from None
+        except BaseException:
+            idx.close()
+            raise
+        return idx
+
+    def _on_disk_generation(self) -> int | None:
+        m = read_manifest(self.path, missing_ok=True)
+        return None if m is None else int(m["generation"])
 
     def _init_components(self, fresh: bool) -> None:
         cfg = self.pipeline
@@ -271,41 +403,31 @@ class HybridIndex:
             from hybridrag.stores.sparse import SparseIndex
 
             enc = self.encoder if any(m in modes for m in ("dense", "sparse", "colbert")) else None
-            if "dense" in modes:
-                self.stores["dense"] = self._dense_store_factory(enc.dim)
-            if "sparse" in modes:
-                self.stores["sparse"] = self._sparse_store_factory()
+            if cfg.milvus.enabled and ("dense" in modes or "sparse" in modes):
+                from hybridrag.stores.milvus import milvus_stores
+
+                remote = milvus_stores(cfg.milvus, enc.dim if "dense" in modes else None, self.path)
+                self.stores.update({m: remote[m] for m in ("dense", "sparse") if m in modes})
+            if "dense" in modes and "dense" not in self.stores:
+                self.stores["dense"] = FaissStore(enc.dim, factory=cfg.dense.index)
+            if "sparse" in modes and "sparse" not in self.stores:
+                self.stores["sparse"] = SparseIndex(weighting="none")
             if "bm25" in modes:
                 self.stores["bm25"] = SparseIndex(weighting=f"bm25{cfg.bm25.variant}", k1=cfg.bm25.k1,
                                                   b=cfg.bm25.b, epsilon=cfg.bm25.epsilon)
             if "colbert" in modes:
                 dim = getattr(enc, "colbert_dim", None) or enc.dim
                 self.stores["colbert"] = MultiVectorStore(dim, encoding=cfg.colbert.encoding)
-            _ = FaissStore  # imported for the factory below
-
-    def _dense_store_factory(self, dim: int) -> Any:
-        if self.pipeline.milvus.enabled:
-            from hybridrag.stores.milvus import milvus_stores
-
-            return milvus_stores(self)["dense"]
-        from hybridrag.stores.faiss import FaissStore
-
-        return FaissStore(dim, factory=self.pipeline.dense.index)
-
-    def _sparse_store_factory(self) -> Any:
-        if self.pipeline.milvus.enabled:
-            from hybridrag.stores.milvus import milvus_stores
-
-            return milvus_stores(self)["sparse"]
-        from hybridrag.stores.sparse import SparseIndex
-
-        return SparseIndex(weighting="none")
 
     def _store_class(self, mode: str) -> Any:
         from hybridrag.stores.faiss import FaissStore
         from hybridrag.stores.multivector import MultiVectorStore
         from hybridrag.stores.sparse import SparseIndex
 
+        if self.pipeline.milvus.enabled and mode in ("dense", "sparse"):
+            from hybridrag.stores.milvus import MilvusDenseStore, MilvusSparseStore
+
+            return {"dense": MilvusDenseStore, "sparse": MilvusSparseStore}[mode]
         return {"dense": FaissStore, "sparse": SparseIndex, "bm25": SparseIndex, "colbert": MultiVectorStore}[mode]
 
     def _load_stores(self) -> None:
@@ -315,12 +437,18 @@ class HybridIndex:
             files = entry["files"]
             for name in files.values():
                 _check_name(self.path, name)
-            if self.pipeline.milvus.enabled and mode in ("dense", "sparse"):
-                from hybridrag.stores.milvus import milvus_stores
-
-                self.stores[mode] = milvus_stores(self)[mode]
-                continue
             self.stores[mode] = self._store_class(mode).load(self.path, files, entry.get("config", {}))
+        # Read the BM25 vocabulary now, not at the first search: a writer may collect the
+        # file once it commits a newer generation.
+        self._bm25_vocab = None
+        saved = self._manifest.get("bm25_vocab")
+        if saved:
+            from hybridrag.encoders.bm25 import BM25Encoder
+
+            _check_name(self.path, saved)
+            probe = BM25Encoder()
+            probe.load_vocabulary(self.path / saved)
+            self._bm25_vocab = dict(probe.vocabulary)
 
     # ------------------------------------------------------------------ components
     @property
@@ -377,7 +505,9 @@ class HybridIndex:
             else:
                 analyzer = WordAnalyzer(lowercase=True, stopwords=c.stopwords or None, stemmer=c.stemmer or None)
             enc = BM25Encoder(analyzer, variant=c.variant, k1=c.k1, b=c.b, epsilon=c.epsilon)
-            if saved:
+            if self._bm25_vocab is not None:
+                enc.vocabulary = dict(self._bm25_vocab)
+            elif saved:
                 _check_name(self.path, saved)
                 enc.load_vocabulary(self.path / saved)
             self._bm25 = enc
@@ -406,7 +536,29 @@ class HybridIndex:
             raise IndexLockedError(
                 f"index {str(self.path)!r} was changed by another writer (generation {on_disk['generation']} "
                 f"on disk, {self._gen} here); load it again before writing")
+        if self.docstore.as_of is not None:
+            # This index was opened as a reader: switch to the writer's view, first undoing what
+            # a writer that died after we loaded left uncommitted.
+            self.docstore.unpin()
+            self.docstore.as_of = None
+            if not self._dirty and self.docstore.max_generation() > self._gen:
+                self.docstore.rollback_to(self._gen)
         yield
+
+    @contextlib.contextmanager
+    def _undo_on_error(self) -> Iterator[None]:
+        """A write that fails part-way may have changed the in-memory stores and docstore rows:
+        go back to the last committed state (uncommitted earlier writes are dropped too)."""
+        try:
+            yield
+        except BaseException:
+            if self._manifest is not None and self._lock.fd is not None:
+                logger.warning("write to %s failed; rolling back to generation %d", self.path, self._gen)
+                self.docstore.rollback_to(self._gen)
+                self._bm25 = None
+                self._init_components(fresh=False)
+                self._dirty = False
+            raise
 
     def add(self, documents: Iterable[Any], *, commit: bool = True, batch_size: int = 256,
             progress: Any = None) -> AddResult:
@@ -427,7 +579,7 @@ class HybridIndex:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         result = AddResult()
-        with self._writing():
+        with self._writing(), self._undo_on_error():
             batch: list[Document] = []
             seen: set[str] = set()
             for i, obj in enumerate(documents):
@@ -467,9 +619,6 @@ class HybridIndex:
         if not todo:
             return res
         gen = self._gen + 1
-        replaced = [d.id for d in todo if self.docstore.doc_hash(d.id) is not None]
-        if replaced:
-            self._remove_slots(self.docstore.delete_docs(replaced, gen))
         chunks: list[Chunk] = []
         maxc = self.pipeline.chunking.max_chunks_per_document
         for doc in todo:
@@ -480,6 +629,9 @@ class HybridIndex:
             if not cs:
                 res.empty.append(doc.id)
             chunks.extend(cs)
+        replaced = [d.id for d in todo if self.docstore.doc_hash(d.id) is not None]
+        if replaced:
+            self._remove_slots(self.docstore.delete_docs(replaced, gen))
         start = self.docstore.next_slot()
         slots = np.arange(start, start + len(chunks), dtype=np.int64)
         if chunks:
@@ -533,7 +685,7 @@ class HybridIndex:
                 if not isinstance(i, str):
                     raise TypeError(f"document ids must be strings, got {i!r}")
                 targets.add(i)
-        with self._writing():
+        with self._writing(), self._undo_on_error():
             if filters is not None:
                 mask = self.docstore.filter_mask(filters, self.docstore.next_slot())
                 targets |= set(self.docstore.doc_ids_for_slots(np.flatnonzero(mask)))
@@ -593,10 +745,12 @@ class HybridIndex:
                 "docstore": DOCSTORE,
                 "checksums": checksums,
             }
+            manifest["docstore_sha256"] = self.docstore.content_checksum()
+            manifest["manifest_sha256"] = _manifest_digest(manifest)
             self.docstore.commit_generation(gen)
             tmp = self.path / f"{MANIFEST}.tmp"
             with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(manifest, f, indent=2, sort_keys=True)
+                f.write(_manifest_text(manifest))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path / MANIFEST)
@@ -618,6 +772,10 @@ class HybridIndex:
     def close(self) -> None:
         """Release the writer lock and the docstore connection (uncommitted writes are dropped)."""
         self._lock.release()
+        for store in self.stores.values():
+            closer = getattr(store, "close", None)
+            if callable(closer):
+                closer()
         self.docstore.close()
 
     def __enter__(self) -> "HybridIndex":
@@ -814,6 +972,18 @@ def _check_name(directory: Path, name: str) -> None:
     if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in (".", ".."):
         raise IndexFormatError(f"{directory / MANIFEST}: refusing file name {name!r} (not a plain file name "
                                "inside the index directory)")
+    if (directory / name).is_symlink():
+        raise IndexFormatError(f"{directory / MANIFEST}: refusing file {name!r}: it is a symbolic link "
+                               "(index files must be plain files inside the index directory)")
+
+
+def _manifest_text(manifest: Mapping[str, Any]) -> str:
+    return json.dumps(manifest, indent=2, sort_keys=True)
+
+
+def _manifest_digest(manifest: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(_manifest_text(body).encode("utf-8")).hexdigest()
 
 
 def read_manifest(path: Path, missing_ok: bool = False) -> dict[str, Any] | None:  # type: ignore[return]
@@ -828,7 +998,8 @@ def read_manifest(path: Path, missing_ok: bool = False) -> dict[str, Any] | None
             return None
         raise IndexFormatError(f"{str(path)!r} is not an index: {MANIFEST} is missing")
     try:
-        m = json.loads(mf.read_text(encoding="utf-8"))
+        text = mf.read_text(encoding="utf-8")
+        m = json.loads(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise IndexFormatError(f"{mf}: unreadable manifest ({e})") from None
     if not isinstance(m, dict):
@@ -845,6 +1016,13 @@ def read_manifest(path: Path, missing_ok: bool = False) -> dict[str, Any] | None
         raise IndexFormatError(f"{mf}: manifest 'stores'/'checksums' must be objects")
     for name in m["checksums"]:
         _check_name(path, name)
+    # The manifest checks itself: its sha256 (over the other keys) and its exact bytes, so a
+    # flipped byte that still parses as JSON (a digit, a key name, whitespace) is caught too.
+    if m.get("manifest_sha256") != _manifest_digest(m):
+        raise IndexFormatError(f"{mf}: manifest checksum mismatch (the file is corrupt or was edited)")
+    if text != _manifest_text(m):
+        raise IndexFormatError(f"{mf}: manifest bytes differ from what hybridrag writes (the file is corrupt "
+                               "or was edited)")
     return m
 
 
@@ -883,10 +1061,21 @@ def check_index(path: str | os.PathLike[str]) -> list[str]:
         return [str(e)]
     from hybridrag.stores.docstore import DocStore
 
-    ds = DocStore(p / DOCSTORE, read_only=True)
+    import sqlite3
+
+    try:
+        ds = DocStore(p / DOCSTORE, read_only=True)
+    except (IndexFormatError, sqlite3.DatabaseError) as e:
+        return [f"{p / DOCSTORE}: {e}"]
     try:
         problems += [f"{p / DOCSTORE}: {msg}" for msg in ds.integrity_problems()]
+        if problems:
+            return problems
         gen = int(manifest["generation"])
+        ds.as_of = gen
+        digest = manifest.get("docstore_sha256")
+        if digest is not None and ds.content_checksum() != digest:
+            problems.append(f"{p / DOCSTORE}: docstore content does not match the manifest (generation {gen})")
         live = ds.live_slots(as_of=gen)
         want = int(manifest["counts"]["chunks"])
         if len(live) != want:
@@ -894,6 +1083,8 @@ def check_index(path: str | os.PathLike[str]) -> list[str]:
         for mode, entry in manifest["stores"].items():
             if entry.get("rows") is not None and int(entry["rows"]) != len(live):
                 problems.append(f"store {mode!r} holds {entry['rows']} rows, docstore {len(live)} chunks")
+    except sqlite3.DatabaseError as e:
+        problems.append(f"{p / DOCSTORE}: docstore is unreadable or corrupt ({e})")
     finally:
         ds.close()
     return problems

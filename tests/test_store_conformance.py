@@ -78,6 +78,29 @@ class Backend:
     marks: list[Any] = field(default_factory=list)
 
 
+_MILVUS: dict[str, Any] = {}
+
+
+def _milvus(kind: str) -> Any:
+    """A Milvus store on a new collection in one Milvus Lite file per test session (startup is slow)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from hybridrag.stores.milvus import MilvusDenseStore, MilvusSparseStore
+
+    if "dir" not in _MILVUS:
+        _MILVUS["dir"] = tempfile.mkdtemp(prefix="hybridrag-milvus-")
+        _MILVUS["n"] = 0
+        atexit.register(shutil.rmtree, _MILVUS["dir"], True)
+    _MILVUS["n"] += 1
+    uri = str(Path(_MILVUS["dir"]) / "milvus.db")
+    name = f"conf_{kind}_{_MILVUS['n']}"
+    if kind == "dense":
+        return MilvusDenseStore(DIM, uri=uri, collection=name)
+    return MilvusSparseStore(uri=uri, collection=name)
+
+
 def _sparse() -> Any:
     from hybridrag.stores.sparse import SparseIndex
 
@@ -98,7 +121,8 @@ BACKENDS = [
     Backend("multivector-int8", lambda: MultiVectorStore(DIM, encoding="int8", int8_scale=1 / 127),
             colbert_rows, colbert_ref, tol=2e-2),
     Backend("sparse", _sparse, sparse_rows, sparse_ref, zero_is_miss=True),
-    # Backend("milvus", ...)  <- one line per new backend
+    Backend("milvus-dense", lambda: _milvus("dense"), dense_rows, dense_ref, dense_pack),
+    Backend("milvus-sparse", lambda: _milvus("sparse"), sparse_rows, sparse_ref, zero_is_miss=True),
 ]
 
 

@@ -1,0 +1,837 @@
+"""Dense and sparse first-stage stores in Milvus (Milvus Lite embedded, or a server by URI).
+
+Two backends of the :class:`~hybridrag.stores.base.VectorStore` protocol, each on its own
+Milvus collection whose primary key is the engine slot (``INT64``):
+
+* :class:`MilvusDenseStore`: a ``FLOAT_VECTOR`` field, metric ``IP``; data in the
+  format :class:`~hybridrag.stores.faiss.FaissStore` takes (float32 ``(n, dim)``).
+* :class:`MilvusSparseStore`: a ``SPARSE_FLOAT_VECTOR`` field, index
+  ``SPARSE_INVERTED_INDEX``, metric ``IP``; data in the format
+  :class:`~hybridrag.stores.sparse.SparseIndex` takes (a list of ``{term id: weight}`` or
+  a scipy sparse matrix), weights must be ``>= 0`` (Milvus rejects negative weights).
+
+Both carry a ``metadata`` JSON field (optional ``metadata=`` argument of ``add``) that
+:func:`filter_expression` filters on, and ``search(..., where=...)`` pushes into Milvus.
+
+How Milvus (Lite) traits are handled
+------------------------------------
+* ``uri`` is a local ``*.db`` path (Milvus Lite, one process per data file) or an
+  ``http(s)://`` URI plus ``token`` for a server or cluster. The token is never written
+  to disk: ``load`` takes it from ``config["token"]`` or the ``MILVUS_TOKEN`` variable.
+* Every search and query names its ``output_fields`` (Milvus returns every field
+  otherwise). Searches fetch the stored vectors of their hits and re-score them
+  exactly on the client (the same code as ``score``), then order by score descending
+  and slot ascending; when a tie at the ``k``-th score may reach past the fetched hits
+  the search is repeated with a larger limit, so ties always go to the smaller slot.
+* Milvus rejects an empty sparse row; a row without lexical weight is stored as a
+  placeholder term (``PLACEHOLDER_TERM``) that no query can carry, so it is counted,
+  scored 0 by ``score`` and never returned as a hit. Hits scoring 0 are not returned
+  (as in ``SparseIndex``).
+* Milvus accepts index types it cannot build and reports them as finished. The stores
+  accept only the index types listed in ``DENSE_INDEX_TYPES`` / ``SPARSE_INDEX_TYPES``
+  and check ``list_indexes`` / ``describe_index`` after creating (or attaching to) a
+  collection; anything else raises :class:`~hybridrag.errors.ConfigError`.
+* Collections use consistency level ``Strong``, so a search right after ``add`` or
+  ``remove`` sees it; ``save`` flushes. A collection re-opened by another client is
+  loaded explicitly (Milvus Lite re-opens it in the *released* state).
+* ``allowed`` masks become ``slot in [...]`` (or ``slot not in [...]``) filters when
+  they list at most ``max_filter_ids`` slots; larger masks are post-filtered with a
+  growing search limit and, past Milvus's limit of 16384 hits, searched in chunks of
+  ``slot in [...]`` filters whose results are merged, so ``k`` hits come back when
+  ``k`` exist.
+
+Persistence: Milvus holds the vectors. ``save`` writes one small JSON file
+(``milvus-dense-<tag>.json`` / ``milvus-sparse-<tag>.json``) with the collection, the URI
+(relative when the Milvus Lite file lies inside the index directory), the row count,
+the largest slot and the config. ``load`` reconnects, checks the collection, deletes
+rows added after that save (slots above the saved largest slot: writes the manifest
+never committed), and raises :class:`~hybridrag.errors.IndexFormatError` when the
+collection is missing or its row count differs.
+
+Tests: ``tests/test_milvus.py``, ``tests/test_store_conformance.py``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+try:
+    from pymilvus import DataType, MilvusClient
+except ImportError as _exc:  # pymilvus missing, or blocked (sys.modules entry set to None)
+    raise ImportError(
+        'the Milvus backend needs pymilvus (and milvus-lite for local files): pip install "hybridrag[milvus]"'
+    ) from _exc
+
+from hybridrag.errors import ConfigError, IndexFormatError
+from hybridrag.stores.base import (
+    Self,
+    as_matrix,
+    as_slots,
+    check_allowed,
+    check_k,
+    empty_results,
+    new_file,
+)
+from hybridrag.stores.sparse import _rows_to_coo
+
+__all__ = [
+    "MilvusDenseStore",
+    "MilvusSparseStore",
+    "milvus_stores",
+    "filter_expression",
+    "DENSE_INDEX_TYPES",
+    "SPARSE_INDEX_TYPES",
+    "PLACEHOLDER_TERM",
+    "MAX_HITS",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+#: Largest ``limit`` a Milvus server accepts for one search.
+MAX_HITS = 16384
+#: Term id stored for a sparse row without weights (Milvus rejects empty sparse rows).
+PLACEHOLDER_TERM = 2**32 - 2
+DENSE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "DISKANN", "SCANN", "AUTOINDEX")
+SPARSE_INDEX_TYPES = ("SPARSE_INVERTED_INDEX", "SPARSE_WAND", "AUTOINDEX")
+_SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
+_PK = "slot"
+_VEC = "vector"
+_META = "metadata"
+_INSERT_BATCH = 1000
+_ID_CHUNK = 16384  # slots per "slot in [...]" expression
+_TIE_MARGIN = 8
+
+
+# --------------------------------------------------------------------------- filters
+
+_OPS = ("$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte")
+_RANGE = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+
+
+def _quote(s: str) -> str:
+    """A Milvus string literal (the parser knows only the escapes below; other bytes go raw)."""
+    out = s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return f'"{out}"'
+
+
+def _literal(value: Any, field: str, op: str) -> tuple[str, str]:
+    """``(literal, kind)`` of a filter value; kind is ``num``, ``str`` or ``bool``."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None:
+        raise ValueError(
+            f"filter {field!r} {op}: None is not supported by the Milvus backend "
+            "(Milvus cannot tell a JSON null from a missing key); filter with the docstore instead"
+        )
+    if isinstance(value, bool):
+        return ("true" if value else "false"), "bool"
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"filter {field!r} {op}: {value!r} does not fit in a 64-bit integer")
+        return str(value), "num"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"filter {field!r} {op}: {value!r} is not a finite number")
+        return repr(value), "num"
+    if isinstance(value, str):
+        return _quote(value), "str"
+    raise TypeError(
+        f"filter {field!r} {op}: value must be str, int, float or bool, got {type(value).__name__} {value!r}"
+    )
+
+
+def _path(field: Any, json_field: str) -> str:
+    if not isinstance(field, str) or not field:
+        raise TypeError(f"filter field names must be non-empty str, got {field!r}")
+    if field.startswith("$"):
+        raise ValueError(f"unknown top-level filter operator {field!r}; fields are combined with AND")
+    if any(c in field for c in '"\\') or any(ord(c) < 32 for c in field):
+        raise ValueError(f"filter field {field!r} contains a quote, backslash or control character")
+    return f'{json_field}["{field}"]'
+
+
+def filter_expression(filters: Mapping[str, Any], json_field: str = _META) -> str:
+    """Translate the engine's metadata filters to a Milvus boolean expression.
+
+    ``filters`` has the syntax of ``DocStore.filter_mask``: ``{"field": value}``
+    (equality) or ``{"field": {op: value, ...}}`` with ``op`` in ``$eq $ne $in $nin
+    $gt $gte $lt $lte``, ANDed over fields and operators. Every field is a key of the
+    JSON field ``json_field`` (``doc_id`` / ``chunk_id`` too: pass them in the metadata
+    given to ``add`` to filter on them). As in the docstore, values compare only with
+    values of the same JSON type (``{"year": {"$gte": 2020}}`` never matches ``"2021"``),
+    and ``$ne`` / ``$nin`` also match rows without the field. Differences: ``None`` is
+    rejected (``ValueError``), and Milvus compares JSON booleans as the numbers 1 / 0.
+    An empty ``filters`` gives ``""`` (no filter).
+
+    Raises ``TypeError`` / ``ValueError`` naming the bad field, operator or value.
+    """
+    if not isinstance(filters, Mapping):
+        raise TypeError(f"filters must be a dict, got {type(filters).__name__}")
+    clauses: list[str] = []
+    for field, cond in filters.items():
+        path = _path(field, json_field)
+        if not isinstance(cond, Mapping):
+            if isinstance(cond, (list, tuple, set, frozenset, dict)):
+                raise TypeError(f"filter {field!r}: use {{'$in': [...]}} to match several values, got {cond!r}")
+            cond = {"$eq": cond}
+        if not cond:
+            raise ValueError(f"filter {field!r}: empty operator dict; valid operators: {', '.join(_OPS)}")
+        parts: list[str] = []
+        for op, value in cond.items():
+            if op not in _OPS:
+                raise ValueError(f"unknown filter operator {op!r} on {field!r}; valid operators: {', '.join(_OPS)}")
+            if op in ("$eq", "$ne"):
+                eq = f"{path} == {_literal(value, field, op)[0]}"
+                parts.append(eq if op == "$eq" else f"(not exists {path} or not ({eq}))")
+            elif op in ("$in", "$nin"):
+                if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple, set, frozenset)):
+                    raise TypeError(f"filter {field!r} {op}: value must be a list, got {type(value).__name__} {value!r}")
+                eqs = [f"{path} == {_literal(v, field, op)[0]}" for v in value]
+                any_eq = "(" + " or ".join(eqs) + ")" if eqs else "false"
+                parts.append(any_eq if op == "$in" else f"(not exists {path} or not {any_eq})")
+            else:
+                lit, kind = _literal(value, field, op)
+                if kind not in ("num", "str"):
+                    raise TypeError(f"filter {field!r} {op}: value must be a number or str, got {value!r}")
+                parts.append(f"{path} {_RANGE[op]} {lit}")
+        clauses.append(parts[0] if len(parts) == 1 else "(" + " and ".join(parts) + ")")
+    return " and ".join(clauses)
+
+
+def _slot_list(slots: np.ndarray) -> str:
+    return "[" + ",".join(map(str, slots.tolist())) + "]"
+
+
+# --------------------------------------------------------------------------- connection
+
+
+def _is_server(uri: str) -> bool:
+    return uri.startswith(_SERVER_SCHEMES)
+
+
+def _connect(uri: str, token: str | None) -> Any:
+    if _is_server(uri):
+        return MilvusClient(uri=uri, token=token or "")
+    path = Path(uri).expanduser()
+    if path.suffix != ".db":
+        raise ConfigError(f"Milvus Lite uri must be a file path ending in .db (or an http(s):// URI), got {uri!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return MilvusClient(uri=str(path.resolve()))
+    except Exception as exc:  # milvus-lite missing, or the data file held by another process
+        raise ConfigError(
+            f"cannot open Milvus Lite file {str(path)!r} (is milvus-lite installed, and is the file free? "
+            f"Milvus Lite allows one process per data file): {exc}"
+        ) from exc
+
+
+def _check_index_type(index_type: Any, valid: tuple[str, ...], store: str) -> str:
+    if not isinstance(index_type, str) or index_type.upper() not in valid:
+        raise ConfigError(f"{store} index_type {index_type!r} is not supported; choose one of {list(valid)}")
+    return index_type.upper()
+
+
+# --------------------------------------------------------------------------- base
+
+
+class _MilvusStore:
+    """Shared logic of the two Milvus stores (one collection, primary key = slot)."""
+
+    _kind = ""
+    _index_types: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        uri: str,
+        token: str | None,
+        collection: str,
+        index_type: str,
+        index_params: dict[str, Any] | None,
+        search_params: dict[str, Any] | None,
+        max_filter_ids: int,
+        overwrite: bool,
+        _attach: bool = False,
+    ) -> None:
+        if not isinstance(uri, str) or not uri:
+            raise ConfigError(f"uri must be a Milvus Lite .db path or an http(s):// URI, got {uri!r}")
+        if not isinstance(collection, str) or not collection or not collection.replace("_", "a").isalnum() \
+                or collection[0].isdigit():
+            raise ConfigError(f"collection must be letters, digits and '_' (not starting with a digit), got {collection!r}")
+        if isinstance(max_filter_ids, bool) or not isinstance(max_filter_ids, (int, np.integer)) or max_filter_ids < 1:
+            raise ConfigError(f"max_filter_ids must be an int >= 1, got {max_filter_ids!r}")
+        for name, val in (("index_params", index_params), ("search_params", search_params)):
+            if val is not None and not isinstance(val, dict):
+                raise ConfigError(f"{name} must be a dict or None, got {val!r}")
+        self.uri = uri
+        self.collection = collection
+        self.index_type = _check_index_type(index_type, self._index_types, type(self).__name__)
+        self.index_params = dict(index_params or {})
+        self.search_params = dict(search_params or {})
+        self.max_filter_ids = int(max_filter_ids)
+        self._token = token
+        self._client = _connect(uri, token)
+        self._max_slot = -1
+        self._count: int | None = None
+        if self._client.has_collection(collection):
+            self._check_collection()
+            self._client.load_collection(collection)
+            if not _attach:
+                n = self._live_count()
+                if n and not overwrite:
+                    raise ConfigError(
+                        f"Milvus collection {collection!r} at {uri!r} already holds {n} rows; load() the index "
+                        "that owns it, choose another collection, or pass overwrite=True to drop it"
+                    )
+                if n:
+                    self._client.drop_collection(collection)
+                    self._create()
+        elif _attach:
+            raise IndexFormatError(f"Milvus collection {collection!r} does not exist at {uri!r}")
+        else:
+            self._create()
+
+    # ------------------------------------------------------------------ schema
+
+    def _vector_field(self, schema: Any) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _create(self) -> None:
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field(_PK, DataType.INT64, is_primary=True)
+        self._vector_field(schema)
+        schema.add_field(_META, DataType.JSON)
+        ip = self._client.prepare_index_params()
+        ip.add_index(field_name=_VEC, index_type=self.index_type, metric_type="IP", params=self._build_params())
+        self._client.create_collection(self.collection, schema=schema, index_params=ip, consistency_level="Strong")
+        self._check_collection()
+        self._count = 0
+
+    def _build_params(self) -> dict[str, Any]:
+        return dict(self.index_params)
+
+    def _expected_vector(self) -> tuple[Any, dict[str, Any]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_collection(self) -> None:
+        """The collection has our schema and exactly the index we asked for (else ConfigError)."""
+        desc = self._client.describe_collection(self.collection)
+        fields = {f["name"]: f for f in desc.get("fields", [])}
+        want_type, want_params = self._expected_vector()
+        pk, vec = fields.get(_PK), fields.get(_VEC)
+        if pk is None or not pk.get("is_primary") or pk.get("type") != DataType.INT64 or vec is None \
+                or vec.get("type") != want_type or _META not in fields:
+            raise IndexFormatError(
+                f"Milvus collection {self.collection!r} does not have the {self._kind} schema "
+                f"({_PK} INT64 primary key, {_VEC} {want_type.name}, {_META} JSON); fields: {sorted(fields)}"
+            )
+        for key, val in want_params.items():
+            got = vec.get("params", {}).get(key)
+            if got is not None and int(got) != int(val):
+                raise IndexFormatError(f"Milvus collection {self.collection!r} has {_VEC} {key}={got}, expected {val}")
+        indexes = self._client.list_indexes(self.collection, field_name=_VEC)
+        if not indexes:
+            raise ConfigError(f"Milvus collection {self.collection!r} has no index on {_VEC!r}")
+        info = self._client.describe_index(self.collection, index_name=indexes[0])
+        got_type = str(info.get("index_type", "")).upper()
+        metric = str(info.get("metric_type", "")).upper()
+        if got_type != self.index_type or metric != "IP" or str(info.get("state", "Finished")) == "Failed":
+            raise ConfigError(
+                f"Milvus collection {self.collection!r} has index {got_type or '?'} / metric {metric or '?'} "
+                f"(state {info.get('state')!r}); expected {self.index_type} / IP"
+            )
+
+    # ------------------------------------------------------------------ data hooks
+
+    def _prepare_rows(self, data: Any, n: int) -> list[Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _prepare_queries(self, queries: Any) -> tuple[list[Any], list[Any]]:  # pragma: no cover - abstract
+        """``(for Milvus, for local scoring)``; a Milvus entry is None for a query that can hit nothing."""
+        raise NotImplementedError
+
+    def _rescore(self, q: Any, vectors: list[Any]) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ protocol
+
+    def __len__(self) -> int:
+        if self._count is None:
+            self._count = self._live_count()
+        return self._count
+
+    def _live_count(self) -> int:
+        res = self._client.query(self.collection, filter="", output_fields=["count(*)"])
+        return int(res[0]["count(*)"]) if res else 0
+
+    def _present(self, slots: np.ndarray) -> np.ndarray:
+        """The slots among ``slots`` that are stored (unique, sorted)."""
+        found: list[int] = []
+        uniq = np.unique(slots)
+        for s in range(0, uniq.shape[0], _ID_CHUNK):
+            chunk = uniq[s : s + _ID_CHUNK]
+            res = self._client.query(self.collection, filter=f"{_PK} in {_slot_list(chunk)}", output_fields=[_PK])
+            found += [int(r[_PK]) for r in res]
+        return np.array(sorted(found), dtype=np.int64)
+
+    def add(self, slots: np.ndarray, data: Any, metadata: Sequence[Mapping[str, Any]] | None = None) -> None:
+        """Add rows ``data`` under ``slots``; ``metadata[i]`` (a JSON dict) is stored for filtering."""
+        slots = as_slots(slots)
+        rows = self._prepare_rows(data, slots.shape[0])
+        n = slots.shape[0]
+        if metadata is not None:
+            if isinstance(metadata, Mapping) or len(metadata) != n:
+                raise ValueError(f"metadata must be a list of {n} dicts (one per slot)")
+            for i, m in enumerate(metadata):
+                if not isinstance(m, Mapping):
+                    raise TypeError(f"metadata[{i}] is {type(m).__name__}, expected a dict")
+        if n == 0:
+            return
+        if np.unique(slots).shape[0] != n:
+            raise ValueError("slots contain duplicates; each row needs its own slot")
+        live = self._present(slots)
+        if live.shape[0]:
+            raise ValueError(f"slots already present: {live[:10].tolist()}; remove them first")
+        for s in range(0, n, _INSERT_BATCH):
+            e = min(s + _INSERT_BATCH, n)
+            batch = [
+                {_PK: int(slots[i]), _VEC: rows[i], _META: dict(metadata[i]) if metadata is not None else {}}
+                for i in range(s, e)
+            ]
+            self._client.insert(self.collection, batch)
+        self._max_slot = max(self._max_slot, int(slots.max()))
+        if self._count is not None:
+            self._count += n
+
+    def remove(self, slots: np.ndarray) -> None:
+        """Delete rows by slot; unknown slots are ignored."""
+        slots = np.unique(as_slots(slots))
+        if slots.shape[0] == 0:
+            return
+        for s in range(0, slots.shape[0], _ID_CHUNK):
+            self._client.delete(self.collection, filter=f"{_PK} in {_slot_list(slots[s : s + _ID_CHUNK])}")
+        self._count = None
+
+    def score(self, queries: Any, candidates: list[np.ndarray]) -> list[np.ndarray]:
+        """Exact scores of ``candidates[i]`` (slots) for query ``i``; ``-inf`` for absent slots."""
+        _, local = self._prepare_queries(queries)
+        if len(candidates) != len(local):
+            raise ValueError(f"got {len(local)} queries but {len(candidates)} candidate lists")
+        cands = [as_slots(c, "candidates") for c in candidates]
+        allc = np.unique(np.concatenate(cands)) if cands else np.zeros(0, np.int64)
+        vecs = self._fetch(allc)
+        out = []
+        for q, cand in zip(local, cands):
+            res = np.full(cand.shape[0], -np.inf, dtype=np.float32)
+            ok = [i for i, s in enumerate(cand.tolist()) if s in vecs]
+            if ok:
+                res[ok] = self._rescore(q, [vecs[int(cand[i])] for i in ok])
+            out.append(res)
+        return out
+
+    def _fetch(self, slots: np.ndarray) -> dict[int, Any]:
+        out: dict[int, Any] = {}
+        for s in range(0, slots.shape[0], _ID_CHUNK):
+            chunk = slots[s : s + _ID_CHUNK]
+            res = self._client.query(self.collection, filter=f"{_PK} in {_slot_list(chunk)}", output_fields=[_PK, _VEC])
+            for r in res:
+                out[int(r[_PK])] = r[_VEC]
+        return out
+
+    def search(
+        self, queries: Any, k: int, allowed: np.ndarray | None = None, where: Mapping[str, Any] | str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ``(scores, slots)`` of shape ``(nq, k)``, padded with ``-inf`` / ``-1``.
+
+        ``allowed``: boolean mask by slot (length > the largest slot added), or None.
+        ``where``: metadata filters (``filter_expression`` syntax) or a raw Milvus
+        expression, applied in Milvus on top of ``allowed``.
+        """
+        k = check_k(k)
+        if k > MAX_HITS:
+            raise ValueError(f"k must be <= {MAX_HITS} (the largest Milvus search limit), got {k}")
+        mq, local = self._prepare_queries(queries)
+        allowed = check_allowed(allowed, self._max_slot + 1)
+        nq = len(local)
+        out_s, out_i = empty_results(nq, k)
+        if where is None or where == "":
+            base = ""
+        elif isinstance(where, str):
+            base = f"({where})"
+        else:
+            expr = filter_expression(where)
+            base = f"({expr})" if expr else ""
+        live_q = [i for i in range(nq) if mq[i] is not None]
+        if nq == 0 or k == 0 or not live_q or self._max_slot < 0:
+            return out_s, out_i
+        exprs: list[str] | None = [base]
+        post: np.ndarray | None = None
+        if allowed is not None:
+            mask = allowed[: self._max_slot + 1]
+            ok = np.flatnonzero(mask)
+            if ok.shape[0] == 0:
+                return out_s, out_i
+            bad = np.flatnonzero(~mask)
+            if ok.shape[0] <= self.max_filter_ids:
+                exprs = [self._and(base, f"{_PK} in {_slot_list(ok)}")]
+            elif bad.shape[0] <= self.max_filter_ids:
+                exprs = [self._and(base, f"{_PK} not in {_slot_list(bad)}") if bad.shape[0] else base]
+            else:
+                post = mask
+                exprs = None
+        for qi in live_q:
+            if exprs is not None:
+                hits = self._merged(mq[qi], local[qi], k, exprs)
+            else:
+                hits = self._post_filtered(mq[qi], local[qi], k, base, post)
+            for j, (sc, sl) in enumerate(hits[:k]):
+                out_s[qi, j] = sc
+                out_i[qi, j] = sl
+        return out_s, out_i
+
+    @staticmethod
+    def _and(a: str, b: str) -> str:
+        return f"{a} and {b}" if a else b
+
+    def _merged(self, mq: Any, q: Any, k: int, exprs: list[str]) -> list[tuple[float, int]]:
+        hits: list[tuple[float, int]] = []
+        for expr in exprs:
+            hits += self._exact_topk(mq, q, k, expr, None)
+        hits.sort(key=lambda h: (-h[0], h[1]))
+        return hits[:k]
+
+    def _post_filtered(self, mq: Any, q: Any, k: int, base: str, mask: np.ndarray) -> list[tuple[float, int]]:
+        """Search with a growing limit, keeping allowed hits; chunked in-lists past MAX_HITS."""
+        frac = max(float(mask.mean()), 1e-6)
+        limit = min(MAX_HITS, max(k + _TIE_MARGIN, int(math.ceil((k + _TIE_MARGIN) / frac * 1.5))))
+        while True:
+            hits, exhausted, safe = self._raw(mq, q, limit, base, mask, k)
+            if safe or exhausted:
+                return hits
+            if limit >= MAX_HITS:
+                break
+            limit = min(MAX_HITS, limit * 4)
+        ok = np.flatnonzero(mask)
+        exprs = [self._and(base, f"{_PK} in {_slot_list(ok[s : s + _ID_CHUNK])}") for s in range(0, ok.shape[0], _ID_CHUNK)]
+        return self._merged(mq, q, k, exprs)
+
+    def _exact_topk(self, mq: Any, q: Any, k: int, expr: str, mask: np.ndarray | None) -> list[tuple[float, int]]:
+        """Top-k under ``expr`` with exact scores and ties to the smaller slot."""
+        limit = min(MAX_HITS, k + _TIE_MARGIN)
+        while True:
+            hits, exhausted, safe = self._raw(mq, q, limit, expr, mask, k)
+            if safe or exhausted or limit >= MAX_HITS:
+                return hits
+            limit = min(MAX_HITS, limit * 4)
+
+    def _raw(
+        self, mq: Any, q: Any, limit: int, expr: str, mask: np.ndarray | None, k: int
+    ) -> tuple[list[tuple[float, int]], bool, bool]:
+        """One Milvus search; returns (sorted exact hits, Milvus ran out of rows, top-k is settled)."""
+        res = self._client.search(
+            self.collection, data=[mq], anns_field=_VEC, limit=limit, filter=expr,
+            output_fields=[_VEC], search_params={"metric_type": "IP", "params": dict(self.search_params)},
+        )[0]
+        exhausted = len(res) < limit
+        slots = [int(h[_PK]) if _PK in h else int(h["id"]) for h in res]
+        dist = [float(h["distance"]) for h in res]
+        vecs = [h["entity"][_VEC] for h in res]
+        scores = self._rescore(q, vecs) if vecs else np.zeros(0, np.float32)
+        hits = [(float(s), sl) for s, sl in zip(scores, slots)
+                if s > 0 or (s != 0 and not self._zero_is_miss)]
+        if mask is not None:
+            hits = [h for h in hits if h[1] < mask.shape[0] and mask[h[1]]]
+        hits.sort(key=lambda h: (-h[0], h[1]))
+        if exhausted:
+            return hits, True, True
+        if len(hits) < k:
+            return hits, False, False
+        # Rows not fetched score (by Milvus) at most min(dist); allow for rounding differences.
+        floor = min(dist)
+        kth = hits[k - 1][0]
+        safe = kth > floor + 1e-5 * max(1.0, abs(floor))
+        return hits, False, safe
+
+    _zero_is_miss = False
+
+    # ------------------------------------------------------------------ persistence
+
+    def _file_name(self, tag: str) -> str:
+        return f"milvus-{self._kind}-{tag}.json"
+
+    def save(self, directory: Path, tag: str) -> dict[str, str]:
+        """Flush, then write the NEW file ``milvus-<kind>-<tag>.json``; returns ``{"milvus": name}``."""
+        if not isinstance(tag, str) or not tag or "/" in tag or "\\" in tag:
+            raise ValueError(f"tag must be a non-empty file-name-safe str, got {tag!r}")
+        directory = Path(directory)
+        name = self._file_name(tag)
+        if (directory / name).exists():
+            raise FileExistsError(f"{directory / name} already exists; save with a new tag")
+        self._client.flush(self.collection)
+        self._count = self._live_count()
+        uri = self.uri
+        if not _is_server(uri):
+            path = Path(uri).expanduser().resolve()
+            try:
+                uri = str(path.relative_to(directory.resolve()))
+            except ValueError:
+                uri = str(path)
+        doc = {
+            "format_version": FORMAT_VERSION, "kind": self._kind, "collection": self.collection, "uri": uri,
+            "rows": self._count, "max_slot": self._max_slot, "config": self.config(),
+        }
+
+        def _w(path: Path) -> None:
+            path.write_text(json.dumps(doc, indent=1, sort_keys=True), encoding="utf-8")
+
+        new_file(directory, name, _w)
+        return {"milvus": name}
+
+    @classmethod
+    def load(cls, directory: Path, files: dict[str, str], config: dict) -> Self:
+        """Reconnect to the collection ``save`` recorded; check it exists and holds the saved rows.
+
+        Rows added after that save (slots above the saved largest slot) were never
+        committed and are deleted. ``config["token"]`` (or ``$MILVUS_TOKEN``) is the
+        server token; it is never persisted.
+        """
+        directory = Path(directory)
+        if "milvus" not in files:
+            raise IndexFormatError(f"Milvus store files have no 'milvus' entry: {sorted(files)}")
+        path = directory / files["milvus"]
+        if not path.is_file():
+            raise IndexFormatError(f"missing Milvus store file {path}")
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            version, kind, coll = doc["format_version"], doc["kind"], doc["collection"]
+            uri, rows, max_slot = doc["uri"], int(doc["rows"]), int(doc["max_slot"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IndexFormatError(f"cannot read Milvus store file {path}: {exc}") from exc
+        if version > FORMAT_VERSION:
+            raise IndexFormatError(f"Milvus store format {version} is newer than this library reads "
+                                   f"({FORMAT_VERSION}); upgrade hybridrag")
+        if kind != cls._kind:
+            raise IndexFormatError(f"{path} describes a Milvus {kind} store, not {cls._kind}")
+        if not _is_server(uri) and not Path(uri).is_absolute():
+            uri = str(directory / uri)
+        kw = {key: v for key, v in {**doc.get("config", {}), **config}.items() if key in cls._params}
+        kw.update(uri=uri, collection=coll, token=config.get("token") or os.environ.get("MILVUS_TOKEN"))
+        try:
+            store = cls(**kw, _attach=True)
+        except TypeError as exc:
+            raise IndexFormatError(f"bad {cls.__name__} config {config!r}: {exc}") from exc
+        store._max_slot = max_slot
+        extra = store._client.query(store.collection, filter=f"{_PK} > {max_slot}", output_fields=[_PK])
+        if extra:
+            logger.warning("Milvus collection %r: deleting %d rows added after the committed save",
+                           coll, len(extra))
+            store._client.delete(store.collection, filter=f"{_PK} > {max_slot}")
+        store._count = store._live_count()
+        if store._count != rows:
+            raise IndexFormatError(
+                f"Milvus collection {coll!r} at {uri!r} holds {store._count} rows but the index recorded {rows}; "
+                "it was changed after this index was committed (another writer, or an uncommitted delete)"
+            )
+        return store
+
+    _params: tuple[str, ...] = ()
+
+    def config(self) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the Milvus connection (the data stays in Milvus)."""
+        self._client.close()
+
+
+# --------------------------------------------------------------------------- dense
+
+
+class MilvusDenseStore(_MilvusStore):
+    """Dense vectors (float32 ``(n, dim)``) in a Milvus ``FLOAT_VECTOR`` field, metric IP.
+
+    Args:
+        dim: vector dimension.
+        uri: Milvus Lite ``.db`` file path, or ``http(s)://host:port`` of a server.
+        token: server token (``"user:password"`` or an API key); never persisted.
+        collection: collection name (created when missing).
+        index_type: one of ``DENSE_INDEX_TYPES``; ``FLAT`` (default) is exact, the others
+            are approximate (hits are still re-scored exactly).
+        index_params: build parameters of the index (e.g. ``{"M": 16}`` for HNSW).
+        search_params: search parameters (e.g. ``{"ef": 128}`` or ``{"nprobe": 16}``).
+        max_filter_ids: largest ``allowed`` set sent to Milvus as an id list.
+        overwrite: drop an existing non-empty collection of that name instead of raising.
+    """
+
+    _kind = "dense"
+    _index_types = DENSE_INDEX_TYPES
+    _params = ("dim", "uri", "collection", "index_type", "index_params", "search_params", "max_filter_ids")
+
+    def __init__(
+        self,
+        dim: int,
+        uri: str = "milvus.db",
+        token: str | None = None,
+        collection: str = "hybridrag_dense",
+        index_type: str = "FLAT",
+        index_params: dict[str, Any] | None = None,
+        search_params: dict[str, Any] | None = None,
+        max_filter_ids: int = 16384,
+        overwrite: bool = False,
+        _attach: bool = False,
+    ) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ConfigError(f"dim must be an int >= 1, got {dim!r}")
+        self.dim = int(dim)
+        super().__init__(uri, token, collection, index_type, index_params, search_params, max_filter_ids,
+                         overwrite, _attach)
+
+    def _vector_field(self, schema: Any) -> None:
+        schema.add_field(_VEC, DataType.FLOAT_VECTOR, dim=self.dim)
+
+    def _expected_vector(self) -> tuple[Any, dict[str, Any]]:
+        return DataType.FLOAT_VECTOR, {"dim": self.dim}
+
+    def _prepare_rows(self, data: Any, n: int) -> list[Any]:
+        vecs = as_matrix(data, self.dim, "vectors")
+        if vecs.shape[0] != n:
+            raise ValueError(f"got {n} slots but {vecs.shape[0]} vectors")
+        return list(vecs)
+
+    def _prepare_queries(self, queries: Any) -> tuple[list[Any], list[Any]]:
+        q = as_matrix(queries, self.dim)
+        return list(q), list(q)
+
+    def _rescore(self, q: Any, vectors: list[Any]) -> np.ndarray:
+        v = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), self.dim)
+        return (v.astype(np.float64) @ np.asarray(q, dtype=np.float64)).astype(np.float32)
+
+    def config(self) -> dict:
+        """Settings persisted with the index; ``MilvusDenseStore(**config())`` opens an empty store."""
+        return {"dim": self.dim, "uri": self.uri, "collection": self.collection, "index_type": self.index_type,
+                "index_params": self.index_params, "search_params": self.search_params,
+                "max_filter_ids": self.max_filter_ids}
+
+
+# --------------------------------------------------------------------------- sparse
+
+
+class MilvusSparseStore(_MilvusStore):
+    """Sparse vectors (``{term id: weight >= 0}``) in a ``SPARSE_FLOAT_VECTOR`` field, metric IP.
+
+    Term ids must be ``< PLACEHOLDER_TERM``. Scores are dot products (``SparseIndex``
+    with ``weighting="none"``); a row sharing no term with the query is not a hit.
+    Args as :class:`MilvusDenseStore` (no ``dim``; ``index_type`` one of
+    ``SPARSE_INDEX_TYPES``; ``drop_ratio_build`` / ``drop_ratio_search`` default to 0 so
+    search is exact).
+    """
+
+    _kind = "sparse"
+    _index_types = SPARSE_INDEX_TYPES
+    _zero_is_miss = True
+    _params = ("uri", "collection", "index_type", "index_params", "search_params", "max_filter_ids")
+
+    def __init__(
+        self,
+        uri: str = "milvus.db",
+        token: str | None = None,
+        collection: str = "hybridrag_sparse",
+        index_type: str = "SPARSE_INVERTED_INDEX",
+        index_params: dict[str, Any] | None = None,
+        search_params: dict[str, Any] | None = None,
+        max_filter_ids: int = 16384,
+        overwrite: bool = False,
+        _attach: bool = False,
+    ) -> None:
+        super().__init__(uri, token, collection, index_type, index_params, search_params, max_filter_ids,
+                         overwrite, _attach)
+        self.search_params.setdefault("drop_ratio_search", 0.0)
+
+    def _vector_field(self, schema: Any) -> None:
+        schema.add_field(_VEC, DataType.SPARSE_FLOAT_VECTOR)
+
+    def _expected_vector(self) -> tuple[Any, dict[str, Any]]:
+        return DataType.SPARSE_FLOAT_VECTOR, {}
+
+    def _build_params(self) -> dict[str, Any]:
+        return {"drop_ratio_build": 0.0, **self.index_params}
+
+    @staticmethod
+    def _split(rows: Any, what: str) -> tuple[list[dict[int, float]], int]:
+        rid, terms, vals, n = _rows_to_coo(rows, what)
+        if len(vals) and vals.min() < 0:
+            raise ValueError(f"{what}: Milvus sparse weights must be >= 0, got {float(vals.min())}")
+        out: list[dict[int, float]] = [{} for _ in range(n)]
+        for r, t, v in zip(rid.tolist(), terms.tolist(), vals.tolist()):
+            if v != 0:  # a dict has unique keys, and scipy input was summed by _rows_to_coo
+                out[r][t] = v
+        return out, n
+
+    def _prepare_rows(self, data: Any, n: int) -> list[Any]:
+        rows, m = self._split(data, "rows")
+        if m != n:
+            raise ValueError(f"got {n} slots for {m} rows; pass one slot per row")
+        for i, r in enumerate(rows):
+            if r and max(r) >= PLACEHOLDER_TERM:
+                raise ValueError(f"rows[{i}]: term id {max(r)} is too large; Milvus term ids must be < {PLACEHOLDER_TERM}")
+            if not r:
+                rows[i] = {PLACEHOLDER_TERM: 1.0}
+        return rows
+
+    def _prepare_queries(self, queries: Any) -> tuple[list[Any], list[Any]]:
+        rows, _ = self._split(queries, "queries")
+        local = [{t: v for t, v in r.items() if t < PLACEHOLDER_TERM} for r in rows]
+        return [r if r else None for r in local], local
+
+    def _rescore(self, q: Any, vectors: list[Any]) -> np.ndarray:
+        out = np.zeros(len(vectors), dtype=np.float64)
+        items = [(t, np.float64(np.float32(w))) for t, w in q.items()]
+        for i, v in enumerate(vectors):
+            out[i] = sum(w * np.float64(v[t]) for t, w in items if t in v)
+        return out.astype(np.float32)
+
+    def config(self) -> dict:
+        """Settings persisted with the index; ``MilvusSparseStore(**config())`` opens an empty store."""
+        return {"uri": self.uri, "collection": self.collection, "index_type": self.index_type,
+                "index_params": self.index_params, "search_params": self.search_params,
+                "max_filter_ids": self.max_filter_ids}
+
+
+# --------------------------------------------------------------------------- factory
+
+
+def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path) -> dict[str, _MilvusStore]:
+    """``{"dense": MilvusDenseStore, "sparse": MilvusSparseStore}`` from a ``[milvus]`` section.
+
+    ``cfg`` is the section as a dict (or a ``MilvusConfig``): ``uri`` (``""`` or a
+    relative path = a Milvus Lite file inside ``index_dir``, default ``milvus.db``; an
+    absolute ``.db`` path; or ``http(s)://host:port``), ``token``, ``collection`` (the
+    stores use ``<collection>_dense`` and ``<collection>_sparse``). ``"dense"`` is left
+    out when ``dim`` is None (an encoder without a dense output).
+    """
+    if not isinstance(cfg, Mapping):
+        cfg = {key: getattr(cfg, key) for key in ("enabled", "uri", "token", "collection") if hasattr(cfg, key)}
+    unknown = set(cfg) - {"enabled", "uri", "token", "collection"}
+    if unknown:
+        raise ConfigError(f"unknown [milvus] settings {sorted(unknown)}; valid: enabled, uri, token, collection")
+    uri = cfg.get("uri") or ""
+    token = cfg.get("token") or None
+    coll = cfg.get("collection") or "hybridrag"
+    if not isinstance(uri, str):
+        raise ConfigError(f"[milvus] uri must be a str, got {uri!r}")
+    if not _is_server(uri):
+        path = Path(uri or "milvus.db").expanduser()
+        if not path.is_absolute():
+            path = Path(index_dir) / path
+        uri = str(path)
+    out: dict[str, _MilvusStore] = {}
+    if dim is not None:
+        out["dense"] = MilvusDenseStore(dim, uri=uri, token=token, collection=f"{coll}_dense")
+    out["sparse"] = MilvusSparseStore(uri=uri, token=token, collection=f"{coll}_sparse")
+    return out
