@@ -17,8 +17,11 @@ $(BIN)/python:
 setup: $(BIN)/python
 	$(PIP) install -q -e ".[offline]"
 
+CONNECTORS := -e connectors/llama-index-retrievers-hybridrag \
+	-e connectors/llama-index-postprocessor-hybridrag-rerank -e connectors/langchain-hybridrag
+
 setup-test: $(BIN)/python
-	$(PIP) install -q -e ".[test,offline]"
+	$(PIP) install -q -e ".[test,offline]" $(CONNECTORS)
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m hybridrag.demo
