@@ -247,16 +247,26 @@ def test_bad_documents_and_queries(index):
 
 
 def test_rerank_orders_by_cross_encoder(tmp_path, m3_dir, reranker_dir):
-    from hybridrag.rerankers.cross_encoder import CrossEncoderReranker
+    import shutil
 
-    idx = HybridIndex.create(tmp_path / "r", m3_pipeline(m3_dir, rerank={"enabled": True, "model": str(reranker_dir),
+    from hybridrag.rerankers.cross_encoder import CrossEncoderReranker
+    from test_reranker import _scale_weights
+
+    sharp = tmp_path / "sharp-reranker"  # spread-out weights: distinct scores, so order is meaningful
+    shutil.copytree(reranker_dir, sharp)
+    _scale_weights(sharp, seed=5)
+    idx = HybridIndex.create(tmp_path / "r", m3_pipeline(m3_dir, rerank={"enabled": True, "model": str(sharp),
                                                                       "k": 6, "max_length": 128}))
     idx.add(docs())
-    hits = idx.search("vitamin D bone", k=4)
-    ref = CrossEncoderReranker.from_pretrained(str(reranker_dir), max_length=128)
-    want = ref.compute_score([("vitamin D bone", h.text) for h in hits])
-    np.testing.assert_allclose([h.score for h in hits], want, atol=1e-5)
-    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # The same candidate depth for both calls: the reranker sees exactly the fused top 6.
+    hits = idx.search("vitamin D bone", k=4, depth=6)
+    no_rerank = idx.search("vitamin D bone", k=6, depth=6, rerank=False)
+    ref = CrossEncoderReranker.from_pretrained(str(sharp), max_length=128)
+    want = ref.compute_score([("vitamin D bone", h.text) for h in no_rerank])
+    assert np.ptp(want) > 0.05
+    order = np.argsort(-want, kind="stable")[:4]
+    assert [h.chunk_id for h in hits] == [no_rerank[i].chunk_id for i in order]
+    np.testing.assert_allclose([h.score for h in hits], want[order], atol=1e-5)
     assert all("rerank" in h.scores and "fused" in h.scores for h in hits)
     idx.close()
 
