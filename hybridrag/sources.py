@@ -168,10 +168,20 @@ def _detect_with_charset_normalizer(data: bytes) -> str | None:
     except ImportError:
         return None
     try:
-        best = from_bytes(data).best()
+        results = from_bytes(data)
+        best = results.best()
     except Exception:  # a detector bug must not stop the walk
         return None
-    return best.encoding if best is not None else None
+    if best is None:
+        return None
+    # On short texts the detector has little signal and often ranks another single-byte
+    # code page (cp1257, cp1250) above Windows-1252 for plain Western European text
+    # ("naïve" -> "naļve"). Windows-1252 (Latin-1's printable range and more), the most
+    # common legacy encoding, wins when it decodes the data (nearly) as cleanly.
+    for match in results:
+        if "cp1252" in match.could_be_from_charset and match.chaos <= best.chaos + 0.1:
+            return "cp1252"
+    return best.encoding
 
 
 def decode_bytes(data: bytes) -> tuple[str, str]:

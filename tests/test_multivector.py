@@ -1,0 +1,362 @@
+"""Unit tests for :mod:`hybridrag.stores.multivector` (``MultiVectorStore``).
+
+What the store conformance suite (``tests/test_store_conformance.py``) does not cover:
+the three encodings and their sizes, MaxSim against a float64 numpy brute force on the
+values each encoding actually stores (across GEMM blocks), the fixed int8 scale and its
+clipping report, memory-mapped loading and compaction, and retrieval quality of int8
+against fp32 (overlap@10 on random normalised data).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hybridrag.errors import ConfigError, IndexFormatError
+from hybridrag.stores.multivector import MultiVectorStore
+
+DIM = 16
+ENCODINGS = ["fp32", "fp16", "int8"]
+
+
+def token_arrays(rng: np.random.Generator, n: int, dim: int = DIM, lo: int = 1, hi: int = 12,
+                 normalise: bool = True) -> list[np.ndarray]:
+    out = []
+    for _ in range(n):
+        x = rng.standard_normal((int(rng.integers(lo, hi + 1)), dim)).astype(np.float32)
+        if normalise:
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out.append(x)
+    return out
+
+
+def maxsim64(q: np.ndarray, p: np.ndarray) -> float:
+    """ColBERT MaxSim in float64: mean over query tokens of the max dot product over passage tokens."""
+    q64, p64 = q.astype(np.float64), p.astype(np.float64)
+    return float((q64 @ p64.T).max(axis=1).sum() / q64.shape[0])
+
+
+def stored_values(x: np.ndarray, encoding: str, scale: np.ndarray | None) -> np.ndarray:
+    """What the store keeps for ``x``, decoded to float64 (independent of the store's code)."""
+    if encoding == "fp32":
+        return x.astype(np.float64)
+    if encoding == "fp16":
+        return x.astype(np.float16).astype(np.float64)
+    codes = np.clip(np.rint(x.astype(np.float64) / scale.astype(np.float64)), -127, 127)
+    return codes * scale.astype(np.float64)
+
+
+def filled(encoding: str, n: int = 60, seed: int = 0, **kw: object) -> tuple[MultiVectorStore, list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    data = token_arrays(rng, n)
+    store = MultiVectorStore(DIM, encoding=encoding, **kw)  # type: ignore[arg-type]
+    store.add(np.arange(n), data)
+    return store, data
+
+
+# --------------------------------------------------------------------------- encodings and sizes
+
+
+@pytest.mark.parametrize("encoding,itemsize", [("fp32", 4), ("fp16", 2), ("int8", 1)])
+def test_bytes_per_token_and_nbytes(encoding: str, itemsize: int) -> None:
+    store, data = filled(encoding)
+    assert store.bytes_per_token == DIM * itemsize
+    n_tok = sum(x.shape[0] for x in data)
+    assert store.nbytes == n_tok * DIM * itemsize
+    assert len(store) == len(data)
+    assert MultiVectorStore(DIM).encoding == "fp16"  # the documented default
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_decode_is_what_is_stored(encoding: str) -> None:
+    store, data = filled(encoding)
+    scale = store.scale
+    if encoding == "int8":
+        first = np.concatenate(data)
+        np.testing.assert_allclose(scale, np.abs(first).max(axis=0) / 127, rtol=1e-6)
+    else:
+        assert scale is None
+    for slot in (0, 17, len(data) - 1):
+        got = store.decode(slot)
+        assert got.dtype == np.float32 and got.shape == data[slot].shape
+        np.testing.assert_allclose(got, stored_values(data[slot], encoding, scale), rtol=1e-6, atol=1e-7)
+        if encoding == "int8":  # quantisation error is at most half a step per value
+            assert (np.abs(got - data[slot]) <= scale / 2 + 1e-7).all()
+    with pytest.raises(KeyError):
+        store.decode(len(data) + 5)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("block_tokens", [1, 7, 50, 262144])
+def test_maxsim_matches_numpy_brute_force(encoding: str, block_tokens: int) -> None:
+    store, data = filled(encoding, n=40, seed=1, block_tokens=block_tokens)
+    rng = np.random.default_rng(2)
+    queries = token_arrays(rng, 5, lo=1, hi=9)
+    scale = store.scale
+    stored = [stored_values(x, encoding, scale) for x in data]
+    # Candidates in any order, with duplicates and slots that were never added.
+    cands = [rng.permutation(40)[:25], np.array([3, 3, 39, 0]), np.arange(40), np.array([5, 1000, 41]),
+             np.array([], dtype=np.int64)]
+    got = store.score(queries, cands)
+    for q, c, g in zip(queries, cands, got):
+        assert g.shape == c.shape and g.dtype == np.float32
+        for slot, s in zip(c, g):
+            if slot >= 40:
+                assert s == -np.inf
+            else:
+                assert s == pytest.approx(maxsim64(q, stored[slot]), abs=2e-6)
+                # ... and close to the exact fp32 MaxSim, within the encoding's error.
+                tol = {"fp32": 2e-6, "fp16": 2e-3, "int8": 2e-2}[encoding]
+                assert s == pytest.approx(maxsim64(q, data[slot]), abs=tol)
+
+
+def test_block_size_does_not_change_scores() -> None:
+    a, data = filled("fp16", n=50, seed=3, block_tokens=3)
+    b, _ = filled("fp16", n=50, seed=3)
+    q = token_arrays(np.random.default_rng(4), 3)
+    cands = [np.arange(50)] * 3
+    for x, y in zip(a.score(q, cands), b.score(q, cands)):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
+
+
+def test_removed_slots_score_minus_inf_and_others_unchanged() -> None:
+    store, data = filled("fp32", n=20)
+    q = token_arrays(np.random.default_rng(5), 1)
+    before = store.score(q, [np.arange(20)])[0]
+    store.remove(np.array([2, 3, 2, 99]))  # duplicates and unknown slots are ignored
+    assert len(store) == 18
+    after = store.score(q, [np.arange(20)])[0]
+    assert np.isneginf(after[[2, 3]]).all()
+    keep = np.setdiff1d(np.arange(20), [2, 3])
+    np.testing.assert_array_equal(after[keep], before[keep])
+    with pytest.raises(KeyError):
+        store.decode(2)
+
+
+def test_search_is_brute_force_maxsim() -> None:
+    store, data = filled("fp32", n=30, seed=6)
+    queries = token_arrays(np.random.default_rng(7), 4)
+    scores, slots = store.search(queries, k=5)
+    for qi, q in enumerate(queries):
+        ref = np.array([maxsim64(q, x) for x in data])
+        order = np.lexsort((np.arange(30), -ref))[:5]
+        np.testing.assert_array_equal(slots[qi], order)
+        np.testing.assert_allclose(scores[qi], ref[order], rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- int8 scale
+
+
+def test_int8_scale_is_fixed_and_clipping_is_reported() -> None:
+    store = MultiVectorStore(4, encoding="int8")
+    store.add(np.array([0]), [np.array([[0.5, -0.25, 0.1, 0.0]], dtype=np.float32)])
+    scale = store.scale
+    np.testing.assert_allclose(scale, [0.5 / 127, 0.25 / 127, 0.1 / 127, 1 / 127], rtol=1e-6)
+    assert store.clipped == 0
+    with pytest.warns(RuntimeWarning, match="clipped"):
+        store.add(np.array([1]), [np.array([[1.0, 0.25, -0.3, 0.5]], dtype=np.float32)])
+    np.testing.assert_array_equal(store.scale, scale)  # fixed: stored codes keep their meaning
+    assert store.clipped == 2  # 1.0 > 0.5 and |-0.3| > 0.1
+    # Clipped to +-127 steps; the rest rounded to the nearest step (0.5 / (1/127) = 63.5 -> 64).
+    np.testing.assert_allclose(store.decode(1), [[0.5, 0.25, -0.1, 64 / 127]], rtol=1e-6)
+    np.testing.assert_allclose(store.decode(0), [[0.5, -0.25, 0.1, 0.0]], rtol=1e-6)
+    # A copy: changing it does not change the store.
+    store.scale[:] = 9
+    np.testing.assert_array_equal(store.scale, scale)
+
+
+def test_int8_fixed_scale_for_normalised_vectors() -> None:
+    rng = np.random.default_rng(8)
+    store = MultiVectorStore(DIM, encoding="int8", int8_scale=1 / 127)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # |x| <= 1: never clips
+        store.add(np.arange(30), token_arrays(rng, 30))
+        store.add(np.arange(30, 60), token_arrays(rng, 30))
+    assert store.clipped == 0
+    np.testing.assert_allclose(store.scale, np.full(DIM, 1 / 127, np.float32))
+    assert store.config()["int8_scale"] == pytest.approx([1 / 127] * DIM)
+    # Per-dimension scale.
+    per_dim = MultiVectorStore(3, encoding="int8", int8_scale=[0.1, 0.2, 0.3])
+    np.testing.assert_allclose(per_dim.scale, [0.1, 0.2, 0.3], rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), [0.1, 0.0, 0.1]])
+def test_int8_scale_must_be_positive_and_finite(bad: object) -> None:
+    with pytest.raises(ValueError, match="int8_scale"):
+        MultiVectorStore(3, encoding="int8", int8_scale=bad)  # type: ignore[arg-type]
+
+
+def test_int8_scale_only_for_int8() -> None:
+    with pytest.raises(ConfigError, match="int8_scale"):
+        MultiVectorStore(3, encoding="fp16", int8_scale=0.1)
+
+
+def test_fp16_range_is_checked() -> None:
+    big = np.full((1, 4), 1e5, dtype=np.float32)
+    store = MultiVectorStore(4, encoding="fp16")
+    with pytest.raises(ValueError, match="float16"):
+        store.add(np.array([0]), [big])
+    assert len(store) == 0
+    fp32 = MultiVectorStore(4, encoding="fp32")
+    fp32.add(np.array([0]), [big])
+    np.testing.assert_array_equal(fp32.decode(0), big)
+
+
+# --------------------------------------------------------------------------- int8 / fp16 retrieval quality
+
+
+@pytest.mark.parametrize("encoding,int8_scale,min_overlap", [
+    ("int8", None, 0.9), ("int8", 1 / 127, 0.9), ("fp16", None, 0.98),
+])
+def test_overlap_at_10_vs_fp32(encoding: str, int8_scale: float | None, min_overlap: float) -> None:
+    rng = np.random.default_rng(9)
+    dim = 64
+    data = token_arrays(rng, 600, dim=dim, lo=8, hi=32)
+    queries = token_arrays(rng, 40, dim=dim, lo=8, hi=8)
+    ref = MultiVectorStore(dim, encoding="fp32")
+    ref.add(np.arange(600), data)
+    test = MultiVectorStore(dim, encoding=encoding, int8_scale=int8_scale)
+    test.add(np.arange(600), data)
+    _, ref_ids = ref.search(queries, k=10)
+    _, ids = test.search(queries, k=10)
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ref_ids.tolist(), ids.tolist())])
+    assert overlap >= min_overlap, f"{encoding} overlap@10 vs fp32 = {overlap:.3f}"
+    # fp32 itself agrees with a float64 brute force.
+    brute = np.array([[maxsim64(q, x) for x in data] for q in queries[:5]])
+    for qi in range(5):
+        assert set(ref_ids[qi].tolist()) == set(np.argsort(-brute[qi], kind="stable")[:10].tolist())
+    assert test.nbytes * (4 if encoding == "int8" else 2) == ref.nbytes
+
+
+# --------------------------------------------------------------------------- memory-mapped load, compaction
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_load_is_memory_mapped_and_scores_identically(encoding: str, tmp_path: Path) -> None:
+    store, data = filled(encoding, n=40, seed=10)
+    q = token_arrays(np.random.default_rng(11), 3)
+    cands = [np.arange(45)] * 3
+    before = store.score(q, cands)
+    files = store.save(tmp_path, "g1")
+    assert set(files) == ({"tokens", "offsets", "lengths", "scale"} if encoding == "int8"
+                          else {"tokens", "offsets", "lengths"})
+    loaded = MultiVectorStore.load(tmp_path, files, store.config())
+    assert isinstance(loaded._tokens._base, np.memmap), "token vectors must be memory-mapped"
+    assert not loaded._tokens._base.flags.writeable
+    on_disk = np.load(tmp_path / files["tokens"], mmap_mode="r")
+    assert on_disk.dtype == {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}[encoding]
+    assert on_disk.shape == (sum(x.shape[0] for x in data), DIM)
+    for a, b in zip(before, loaded.score(q, cands)):
+        np.testing.assert_array_equal(a, b)
+    if encoding == "int8":
+        np.testing.assert_array_equal(loaded.scale, store.scale)
+    # Appends after a load go to memory; the saved file does not change.
+    raw = (tmp_path / files["tokens"]).read_bytes()
+    extra = token_arrays(np.random.default_rng(12), 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # int8: a few values beyond the first add's range
+        loaded.add(np.array([40, 41, 42]), extra)
+    assert isinstance(loaded._tokens._base, np.memmap)
+    assert (tmp_path / files["tokens"]).read_bytes() == raw
+    np.testing.assert_allclose(loaded.decode(41), stored_values(extra[1], encoding, loaded.scale), rtol=1e-6, atol=1e-7)
+    got = loaded.score([q[0]], [np.array([41])])[0][0]
+    assert got == pytest.approx(maxsim64(q[0], stored_values(extra[1], encoding, loaded.scale)), abs=2e-6)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_save_compacts_removed_tokens(encoding: str, tmp_path: Path) -> None:
+    store, data = filled(encoding, n=30, seed=13)
+    q = token_arrays(np.random.default_rng(14), 2)
+    gone = np.array([0, 5, 6, 29])
+    store.remove(gone)
+    nbytes_before = store.nbytes
+    assert nbytes_before == sum(x.shape[0] for x in data) * store.bytes_per_token  # tombstones until save
+    files = store.save(tmp_path, "g2")
+    loaded = MultiVectorStore.load(tmp_path, files, store.config())
+    live = np.setdiff1d(np.arange(30), gone)
+    assert loaded.nbytes == sum(data[i].shape[0] for i in live) * store.bytes_per_token
+    assert len(loaded) == len(live)
+    cands = [np.arange(30)] * 2
+    for a, b in zip(store.score(q, cands), loaded.score(q, cands)):
+        np.testing.assert_array_equal(a, b)
+    for slot in live[:5]:
+        np.testing.assert_array_equal(loaded.decode(slot), store.decode(slot))
+    # Save, load, add, remove, save again: still consistent.
+    loaded.add(np.array([30]), token_arrays(np.random.default_rng(15), 1))
+    loaded.remove(np.array([1]))
+    files2 = loaded.save(tmp_path, "g3")
+    again = MultiVectorStore.load(tmp_path, files2, loaded.config())
+    for a, b in zip(loaded.score(q, [np.arange(31)] * 2), again.score(q, [np.arange(31)] * 2)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_load_rejects_bad_files(tmp_path: Path) -> None:
+    store, _ = filled("fp16", n=5)
+    files = store.save(tmp_path, "ok")
+    with pytest.raises(IndexFormatError):  # stored fp16, config says fp32
+        MultiVectorStore.load(tmp_path, files, {**store.config(), "encoding": "fp32"})
+    with pytest.raises(IndexFormatError):
+        MultiVectorStore.load(tmp_path, files, {**store.config(), "dim": DIM + 1})
+    with pytest.raises(IndexFormatError, match="config"):
+        MultiVectorStore.load(tmp_path, files, {**store.config(), "colour": "red"})
+    with pytest.raises(IndexFormatError, match="missing"):
+        MultiVectorStore.load(tmp_path, {**files, "tokens": "nope.npy"}, store.config())
+    with pytest.raises(IndexFormatError):
+        MultiVectorStore.load(tmp_path, {k: v for k, v in files.items() if k != "lengths"}, store.config())
+    bad = np.load(tmp_path / files["offsets"])
+    bad[1] = 10_000
+    np.save(tmp_path / "bad.offsets.npy", bad)
+    with pytest.raises(IndexFormatError, match="outside"):
+        MultiVectorStore.load(tmp_path, {**files, "offsets": "bad.offsets.npy"}, store.config())
+    i8, _ = filled("int8", n=5)
+    f8 = i8.save(tmp_path, "i8")
+    np.save(tmp_path / "bad.scale.npy", np.ones(3, dtype=np.float32))
+    with pytest.raises(IndexFormatError, match="scale"):
+        MultiVectorStore.load(tmp_path, {**f8, "scale": "bad.scale.npy"}, i8.config())
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+@pytest.mark.parametrize("kwargs,exc", [
+    ({"dim": 0}, ValueError), ({"dim": 2.5}, TypeError), ({"dim": True}, TypeError),
+    ({"dim": 4, "encoding": "bf16"}, ConfigError), ({"dim": 4, "encoding": "FP16"}, ConfigError),
+    ({"dim": 4, "block_tokens": 0}, ValueError), ({"dim": 4, "block_tokens": 1.5}, ValueError),
+])
+def test_bad_constructor_arguments(kwargs: dict[str, object], exc: type[Exception]) -> None:
+    with pytest.raises(exc):
+        MultiVectorStore(**kwargs)  # type: ignore[arg-type]
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_bad_add_and_score_arguments() -> None:
+    store = MultiVectorStore(4, encoding="fp32")
+    one = np.ones((2, 4), np.float32)
+    with pytest.raises(ValueError, match="2 slots but 1"):
+        store.add(np.array([0, 1]), [one])
+    with pytest.raises(ValueError, match="no token vectors"):
+        store.add(np.array([0]), [np.zeros((0, 4), np.float32)])
+    with pytest.raises(ValueError, match=r"\(n, 4\)"):
+        store.add(np.array([0]), [np.ones((2, 5), np.float32)])
+    with pytest.raises(ValueError, match="NaN"):
+        store.add(np.array([0]), [np.array([[np.nan, 0, 0, 0]], np.float32)])
+    with pytest.raises(ValueError, match="duplicates"):
+        store.add(np.array([0, 0]), [one, one])
+    with pytest.raises(TypeError):
+        store.add(np.array([0.5]), [one])
+    with pytest.raises(ValueError, match=">= 0"):
+        store.add(np.array([-1]), [one])
+    assert len(store) == 0  # failed adds leave nothing behind
+    store.add(np.array([0]), [one])
+    with pytest.raises(ValueError, match="already present"):
+        store.add(np.array([0]), [one])
+    with pytest.raises(ValueError, match="1 queries but 2"):
+        store.score([one], [np.array([0]), np.array([0])])
+    with pytest.raises(ValueError, match="no token vectors"):
+        store.score([np.zeros((0, 4), np.float32)], [np.array([0])])
+    with pytest.raises(ValueError):
+        store.score([np.ones((1, 3), np.float32)], [np.array([0])])
+    # A 1-D query is one token.
+    assert store.score([np.ones(4, np.float32)], [np.array([0])])[0][0] == pytest.approx(4.0)
