@@ -1,4 +1,4 @@
-"""The ``hybridrag`` command line: ingest, query, eval, info, check.
+"""The ``hybridrag`` command line: ingest, query, eval, info, check, rebuild.
 
 Errors a user can cause print one line (``hybridrag: error: ...``) and exit with
 status 2, without a traceback. Long work shows a progress bar (chunks/s) on stderr.
@@ -187,6 +187,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from hybridrag.index import HybridIndex
+
+    idx = HybridIndex.rebuild(args.index, pipeline=args.pipeline)
+    try:
+        stats = idx.stats()
+    finally:
+        idx.close()
+    print(f"{args.index}: rebuilt {stats['chunks']} chunks of {stats['documents']} document(s) "
+          f"from the docstore (generation {stats['generation']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hybridrag import __version__
 
@@ -238,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check", help="verify an index: checksums, docstore integrity, stores agree")
     s.add_argument("index", metavar="DIR")
     s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("rebuild", help="recover damaged store files by re-encoding the docstore's chunks")
+    s.add_argument("index", metavar="DIR")
+    s.add_argument("--pipeline", default=None,
+                   help="the index's pipeline, needed only when its manifest is lost or corrupt")
+    s.set_defaults(func=cmd_rebuild)
     return p
 
 

@@ -229,13 +229,19 @@ class HybridIndex:
         p = Path(path)
         if p.exists() and not p.is_dir():
             raise IndexFormatError(f"{str(p)!r} exists and is not a directory")
-        if (p / MANIFEST).exists():
-            if not overwrite:
-                raise IndexFormatError(f"{str(p)!r} already holds an index; load it, or pass overwrite=True")
-            _remove_index_files(p)
+        if (p / MANIFEST).exists() and not overwrite:
+            raise IndexFormatError(f"{str(p)!r} already holds an index; load it, or pass overwrite=True")
         p.mkdir(parents=True, exist_ok=True)
-        idx = cls(p, cfg, None, encoder=encoder, reranker=reranker, device=device)
-        idx._lock.acquire()
+        lock = _Lock(p)
+        lock.acquire()  # before removing anything: a live writer's index is not overwritten
+        try:
+            if (p / MANIFEST).exists():
+                _remove_index_files(p)
+            idx = cls(p, cfg, None, encoder=encoder, reranker=reranker, device=device)
+        except BaseException:
+            lock.release()
+            raise
+        idx._lock = lock
         idx._init_components(fresh=True)
         idx._dirty = True
         idx.commit()
@@ -1040,7 +1046,7 @@ def verify_files(path: Path, manifest: dict[str, Any]) -> None:
 
 def _remove_index_files(p: Path) -> None:
     for f in p.iterdir():
-        if f.is_file() and (f.name in (MANIFEST, LOCKFILE, f"{MANIFEST}.tmp") or f.name.startswith(DOCSTORE)
+        if f.is_file() and (f.name in (MANIFEST, f"{MANIFEST}.tmp") or f.name.startswith(DOCSTORE)
                             or _STORE_FILE.search(f.name)):
             f.unlink()
 

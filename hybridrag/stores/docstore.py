@@ -170,6 +170,11 @@ class DocStore:
         self.path = Path(path)
         self.read_only = bool(read_only)
         self._lock = threading.RLock()
+        # Reads see the rows live at generation ``as_of`` (None: the newest rows, the writer's
+        # view). A reader index sets it to its manifest's generation, so rows a concurrent
+        # writer has added or tombstoned since are invisible to it.
+        self.as_of: int | None = None
+        self._pinned = False
         if self.read_only:
             if not self.path.is_file():
                 raise IndexFormatError(f"docstore {str(self.path)!r} does not exist")
@@ -196,9 +201,33 @@ class DocStore:
             (key, int(value)),
         )
 
+    def _live(self, alias: str = "") -> tuple[str, list[int]]:
+        """SQL condition (and parameters) for "row is live in this store's view" (see ``as_of``)."""
+        if self.as_of is None:
+            return f"{alias}gen_deleted IS NULL", []
+        g = int(self.as_of)
+        return f"({alias}gen_added <= ? AND ({alias}gen_deleted IS NULL OR {alias}gen_deleted > ?))", [g, g]
+
+    def pin(self) -> None:
+        """Hold a read snapshot (an open SQLite read transaction) so that tombstones a
+        concurrent writer purges stay visible to this connection until :meth:`unpin`."""
+        with self._lock:
+            if not self._pinned:
+                self._conn.execute("BEGIN")
+                self._conn.execute("SELECT COUNT(*) FROM meta").fetchone()  # starts the read transaction
+                self._pinned = True
+
+    def unpin(self) -> None:
+        """End the snapshot taken by :meth:`pin` (no-op when not pinned)."""
+        with self._lock:
+            if self._pinned:
+                self._pinned = False
+                self._conn.execute("COMMIT")
+
     def close(self) -> None:
         """Close the connection (idempotent)."""
         with self._lock:
+            self._pinned = False
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None  # type: ignore[assignment]
@@ -268,12 +297,19 @@ class DocStore:
             self._set_meta("gen", min(gen, self._meta("gen", -1)))
             self._set_meta("committed", min(gen, self._meta("committed", -1)))
 
+    def purged_generation(self) -> int:
+        """The newest generation whose tombstones were purged (-1 if none). A view ``as_of``
+        an older generation may have lost rows, so a reader must not open one."""
+        with self._lock:
+            return self._meta("purged", -1)
+
     def purge(self, gen: int) -> int:
         """Drop tombstoned rows deleted at or before committed generation ``gen``; return how many."""
         gen = _check_gen(gen)
         with self._lock, self._tx():
             # Slots are never reused: remember the high-water mark before rows disappear.
             self._set_meta("slot_floor", self._next_slot())
+            self._set_meta("purged", max(gen, self._meta("purged", -1)))
             n = self._conn.execute("DELETE FROM chunks WHERE gen_deleted <= ?", (gen,)).rowcount
             self._conn.execute("DELETE FROM documents WHERE gen_deleted <= ?", (gen,))
         return n
@@ -380,8 +416,9 @@ class DocStore:
         out: list[int] = []
         for batch in _batches(list(doc_ids)):
             q = ",".join("?" * len(batch))
+            live, lp = self._live()
             out += [r[0] for r in self._conn.execute(
-                f"SELECT slot FROM chunks WHERE gen_deleted IS NULL AND doc_id IN ({q})", batch)]
+                f"SELECT slot FROM chunks WHERE {live} AND doc_id IN ({q})", [*lp, *batch])]
         return np.array(sorted(out), dtype=np.int64)
 
     def slots_for_docs(self, doc_ids: Iterable[str]) -> np.ndarray:
@@ -395,11 +432,12 @@ class DocStore:
         found: dict[int, dict[str, Any]] = {}
         uniq = list(dict.fromkeys(want))
         with self._lock:
+            live, lp = self._live()
             for batch in _batches(uniq):
                 q = ",".join("?" * len(batch))
                 for r in self._conn.execute(
                     'SELECT slot, chunk_id, doc_id, ordinal, text, metadata, start, "end", content_hash '
-                    f"FROM chunks WHERE gen_deleted IS NULL AND slot IN ({q})", batch,
+                    f"FROM chunks WHERE {live} AND slot IN ({q})", [*lp, *batch],
                 ):
                     found[r[0]] = {
                         "slot": r[0], "chunk_id": r[1], "doc_id": r[2], "ordinal": r[3],
@@ -414,23 +452,27 @@ class DocStore:
     def doc_hash(self, doc_id: str) -> str | None:
         """Content hash of live document ``doc_id`` (``None`` when absent)."""
         with self._lock:
+            live, lp = self._live()
             row = self._conn.execute(
-                "SELECT content_hash FROM documents WHERE gen_deleted IS NULL AND doc_id = ?", (doc_id,)
+                f"SELECT content_hash FROM documents WHERE {live} AND doc_id = ?", (*lp, doc_id)
             ).fetchone()
         return None if row is None else row[0]
 
     def has_doc(self, doc_id: str) -> bool:
         """Whether ``doc_id`` is live."""
         with self._lock:
+            live, lp = self._live()
             return self._conn.execute(
-                "SELECT 1 FROM documents WHERE gen_deleted IS NULL AND doc_id = ?", (doc_id,)
+                f"SELECT 1 FROM documents WHERE {live} AND doc_id = ?", (*lp, doc_id)
             ).fetchone() is not None
 
     def live_slots(self, as_of: int | None = None) -> np.ndarray:
-        """Live slots, sorted; with ``as_of``, the slots live at generation ``as_of``."""
+        """Live slots, sorted; with ``as_of``, the slots live at generation ``as_of``
+        (default: this store's view, see ``DocStore.as_of``)."""
         with self._lock:
             if as_of is None:
-                rows = self._conn.execute("SELECT slot FROM chunks WHERE gen_deleted IS NULL ORDER BY slot").fetchall()
+                live, lp = self._live()
+                rows = self._conn.execute(f"SELECT slot FROM chunks WHERE {live} ORDER BY slot", lp).fetchall()
             else:
                 g = _check_gen(as_of)
                 rows = self._conn.execute(
@@ -444,16 +486,18 @@ class DocStore:
         want = list(dict.fromkeys(int(s) for s in np.asarray(slots, dtype=np.int64).reshape(-1)))
         out: set[str] = set()
         with self._lock:
+            live, lp = self._live()
             for batch in _batches(want):
                 q = ",".join("?" * len(batch))
                 out.update(r[0] for r in self._conn.execute(
-                    f"SELECT doc_id FROM chunks WHERE gen_deleted IS NULL AND slot IN ({q})", batch))
+                    f"SELECT doc_id FROM chunks WHERE {live} AND slot IN ({q})", [*lp, *batch]))
         return sorted(out)
 
-    def integrity_problems(self) -> list[str]:
-        """Problems found by SQLite's integrity check and the store's own invariants (empty if none)."""
+    def integrity_problems(self, quick: bool = False) -> list[str]:
+        """Problems found by SQLite's integrity check (``quick_check`` when ``quick``) and the
+        store's own invariants (empty if none)."""
         with self._lock:
-            res = [r[0] for r in self._conn.execute("PRAGMA integrity_check")]
+            res = [r[0] for r in self._conn.execute("PRAGMA quick_check" if quick else "PRAGMA integrity_check")]
             problems = [] if res == ["ok"] else res
             for table in ("chunks", "documents"):
                 if self._conn.execute(
@@ -478,7 +522,8 @@ class DocStore:
     def count(self) -> int:
         """Number of live chunks."""
         with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM chunks WHERE gen_deleted IS NULL").fetchone()[0])
+            live, lp = self._live()
+            return int(self._conn.execute(f"SELECT COUNT(*) FROM chunks WHERE {live}", lp).fetchone()[0])
 
     def count_documents(self) -> int:
         """Number of live documents."""
@@ -487,20 +532,43 @@ class DocStore:
     def doc_count(self) -> int:
         """Number of live documents."""
         with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM documents WHERE gen_deleted IS NULL").fetchone()[0])
+            live, lp = self._live()
+            return int(self._conn.execute(f"SELECT COUNT(*) FROM documents WHERE {live}", lp).fetchone()[0])
 
     def checksum(self) -> str:
         """SHA-256 over the live chunks and documents (stable across processes)."""
         h = hashlib.sha256()
         with self._lock:
+            live, lp = self._live()
             for r in self._conn.execute(
                 'SELECT slot, chunk_id, doc_id, ordinal, content_hash, metadata, start, "end" '
-                "FROM chunks WHERE gen_deleted IS NULL ORDER BY slot"
+                f"FROM chunks WHERE {live} ORDER BY slot", lp
             ):
                 h.update(json.dumps(list(r), ensure_ascii=True).encode("ascii") + b"\n")
             h.update(b"--documents--\n")
             for r in self._conn.execute(
-                "SELECT doc_id, content_hash, n_chunks FROM documents WHERE gen_deleted IS NULL ORDER BY doc_id"
+                f"SELECT doc_id, content_hash, n_chunks FROM documents WHERE {live} ORDER BY doc_id", lp
+            ):
+                h.update(json.dumps(list(r), ensure_ascii=True).encode("ascii") + b"\n")
+        return h.hexdigest()
+
+    def content_checksum(self) -> str:
+        """SHA-256 over everything a live chunk and document carry, text included, in this
+        store's view. The engine records it in the manifest so that a changed byte in the
+        docstore's data is caught at load."""
+        h = hashlib.sha256()
+        with self._lock:
+            live, lp = self._live()
+            for r in self._conn.execute(
+                'SELECT slot, chunk_id, doc_id, ordinal, content_hash, metadata, start, "end", text '
+                f"FROM chunks WHERE {live} ORDER BY slot", lp
+            ):
+                text = r[8].encode("utf-8", "surrogatepass") if isinstance(r[8], str) else bytes(r[8])
+                h.update(json.dumps(list(r[:8]), ensure_ascii=True).encode("ascii") + b"\0")
+                h.update(hashlib.sha256(text).digest())
+            h.update(b"--documents--\n")
+            for r in self._conn.execute(
+                f"SELECT doc_id, content_hash, n_chunks FROM documents WHERE {live} ORDER BY doc_id", lp
             ):
                 h.update(json.dumps(list(r), ensure_ascii=True).encode("ascii") + b"\n")
         return h.hexdigest()
@@ -517,8 +585,10 @@ class DocStore:
             sql, p = _field_clause(field, cond)
             clauses.append(sql)
             params += p
-        where = " AND ".join(["gen_deleted IS NULL", *clauses])
         with self._lock:
+            live, lp = self._live()
+            where = " AND ".join([live, *clauses])
+            params = [*lp, *params]
             n = self._next_slot() if size is None else size
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
                 raise ValueError(f"size must be a non-negative int, got {size!r}")
@@ -535,9 +605,11 @@ class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
 
     def __init__(self, store: DocStore) -> None:
+        self.store = store
         self.conn = store._conn
 
     def __enter__(self) -> None:
+        self.store.unpin()  # a write ends any read snapshot (SQLite has no nested transactions)
         self.conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
@@ -597,6 +669,7 @@ def _eq(field: str, value: Any, op: str) -> tuple[str, list[Any]]:
 
 def _field_clause(field: Any, cond: Any) -> tuple[str, list[Any]]:
     """One field's condition as SQL: a scalar (equality) or an ``{op: value}`` dict."""
+    _field_expr(field)  # check the name first: {"$or": [...]} must not be told to use $in
     if not isinstance(cond, Mapping):
         if isinstance(cond, (list, tuple, set, dict)):
             raise TypeError(f"filter {field!r}: use {{'$in': [...]}} to match several values, got {cond!r}")

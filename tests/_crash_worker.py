@@ -1,0 +1,210 @@
+"""A deterministic ingest that tests/test_crash.py kills (SIGKILL) at chosen points.
+
+Run as ``python tests/_crash_worker.py INDEX SEED LOG``. The index must
+exist (created by the test). The worker applies the steps of :func:`make_steps` in order,
+appending ``k`` to LOG (fsynced) after step ``k`` has committed.
+
+``HYBRIDRAG_CRASH_AT`` names where to die, ``TARGET:N`` (the N-th call, 1-based):
+
+* ``fsync:N`` - at the N-th ``os.fsync``: the file being synced is first truncated to half
+  its size, so the kill lands in the middle of that file's write (store files, the BM25
+  vocabulary, ``manifest.json.tmp``); a directory fsync just dies.
+* ``replace:N`` - before the N-th ``os.replace`` (store files and the manifest swap).
+* ``npsave:N`` - in the middle of the N-th ``numpy.save`` (half the bytes written).
+* ``Class.method:N`` - on entry to that method (store saves, docstore writes, garbage
+  collection after the manifest swap), e.g. ``SparseIndex.save:2``.
+
+``HYBRIDRAG_CRASH_COUNT=FILE`` instead counts the calls of every target and writes them
+as JSON to FILE at the end (the test uses it to draw N).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+METHODS = {
+    "SparseIndex.save": "hybridrag.stores.sparse",
+    "FaissStore.save": "hybridrag.stores.faiss",
+    "MultiVectorStore.save": "hybridrag.stores.multivector",
+    "BM25Encoder.save_vocabulary": "hybridrag.encoders.bm25",
+    "DocStore.add_chunks": "hybridrag.stores.docstore",
+    "DocStore.delete_docs": "hybridrag.stores.docstore",
+    "DocStore.commit_generation": "hybridrag.stores.docstore",
+    "DocStore.purge": "hybridrag.stores.docstore",
+    "HybridIndex._collect_garbage": "hybridrag.index",
+    "HybridIndex.commit": "hybridrag.index",
+}
+
+WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
+         "oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
+
+
+def doc_text(rng: random.Random, tag: str, sentences: int) -> str:
+    out = []
+    for _ in range(sentences):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(5, 12))]
+        words.insert(rng.randint(0, len(words)), tag)
+        out.append(" ".join(words).capitalize() + ".")
+    return " ".join(out)
+
+
+def make_steps(seed: int) -> list[dict[str, Any]]:
+    """Steps: upsert batches (committed), a delete, changed-content upserts and one commit of
+    several uncommitted batches. Every document carries a unique token ``u<id>v<version>``
+    and the group of the step that wrote it."""
+    rng = random.Random(seed)
+    steps: list[dict[str, Any]] = []
+    n = 0
+
+    def new_docs(count: int, group: int, version: int = 1, ids: list[str] | None = None) -> list[dict[str, Any]]:
+        nonlocal n
+        out = []
+        for i in range(count):
+            if ids is None:
+                did = f"doc{n}"
+                n += 1
+            else:
+                did = ids[i]
+            out.append({"id": did, "text": doc_text(rng, f"u{did}v{version}", rng.randint(2, 6)),
+                        "metadata": {"group": group, "version": version}})
+        return out
+
+    for g in range(4):
+        steps.append({"op": "upsert", "batches": [new_docs(rng.randint(3, 6), g)]})
+    first = [d["id"] for d in steps[0]["batches"][0]] + [d["id"] for d in steps[1]["batches"][0]]
+    rng.shuffle(first)
+    steps.append({"op": "delete", "ids": first[:3]})
+    changed = [d["id"] for d in steps[2]["batches"][0]][:3]
+    steps.append({"op": "upsert", "batches": [new_docs(len(changed), 5, version=2, ids=changed)]})
+    steps.append({"op": "upsert", "batches": [new_docs(3, 6), new_docs(2, 6)]})  # one commit, two batches
+    return steps
+
+
+def expected_states(steps: list[dict[str, Any]]) -> list[dict[str, dict[str, Any]]]:
+    """``states[k + 1]`` is the set of documents after step ``k``; ``states[0]`` is empty."""
+    states: list[dict[str, dict[str, Any]]] = [{}]
+    cur: dict[str, dict[str, Any]] = {}
+    for st in steps:
+        cur = dict(cur)
+        if st["op"] == "delete":
+            for i in st["ids"]:
+                cur.pop(i, None)
+        else:
+            for batch in st["batches"]:
+                for d in batch:
+                    cur[d["id"]] = d
+        states.append(cur)
+    return states
+
+
+def apply_steps(idx: Any, steps: list[dict[str, Any]], log: Path | None = None) -> None:
+    for k, st in enumerate(steps):
+        if st["op"] == "delete":
+            idx.delete(st["ids"])
+        else:
+            for batch in st["batches"]:
+                idx.upsert(batch, commit=False, batch_size=4)
+            idx.commit()
+        if log is not None:
+            with open(log, "a") as f:
+                f.write(f"{k}\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install(spec: str | None, counter: Counter[str] | None) -> None:
+    """Patch the targets: count calls, and die at the chosen one."""
+    import numpy as np
+
+    target, n = (spec.rsplit(":", 1) if spec else (None, "0"))
+    at = int(n)
+
+    def hit(name: str) -> bool:
+        if counter is not None:
+            counter[name] += 1
+            return False
+        if name != target:
+            return False
+        hit.calls = getattr(hit, "calls", 0) + 1  # type: ignore[attr-defined]
+        return hit.calls == at  # type: ignore[attr-defined]
+
+    real_fsync, real_replace, real_save = os.fsync, os.replace, np.save
+
+    def fsync(fd: int) -> None:
+        if hit("fsync"):
+            try:
+                size = os.fstat(fd).st_size
+                os.ftruncate(fd, size // 2)
+            except OSError:
+                pass  # a directory
+            _die()
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any, **kw: Any) -> None:
+        if hit("replace"):
+            _die()
+        real_replace(src, dst, **kw)
+
+    def npsave(file: Any, arr: Any, *a: Any, **kw: Any) -> None:
+        if hit("npsave"):
+            buf = io.BytesIO()
+            real_save(buf, arr, *a, **kw)
+            data = buf.getvalue()
+            if hasattr(file, "write"):
+                file.write(data[: len(data) // 2])
+                file.flush()
+            else:
+                Path(str(file)).write_bytes(data[: len(data) // 2])
+            _die()
+        real_save(file, arr, *a, **kw)
+
+    os.fsync, os.replace, np.save = fsync, replace, npsave
+    import importlib
+
+    for name, module in METHODS.items():
+        cls_name, meth = name.split(".")
+        try:
+            cls = getattr(importlib.import_module(module), cls_name)
+        except ImportError:
+            continue
+        real = getattr(cls, meth)
+
+        def wrapper(*a: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            if hit(_name):
+                _die()
+            return _real(*a, **kw)
+
+        setattr(cls, meth, wrapper)
+
+
+def main(argv: list[str]) -> int:
+    index, seed, log = argv
+    count_file = os.environ.get("HYBRIDRAG_CRASH_COUNT")
+    counter: Counter[str] | None = Counter() if count_file else None
+    install(os.environ.get("HYBRIDRAG_CRASH_AT"), counter)
+    from hybridrag.index import HybridIndex
+
+    steps = make_steps(int(seed))
+    idx = HybridIndex.load(index)
+    try:
+        apply_steps(idx, steps, Path(log))
+    finally:
+        idx.close()
+    if count_file:
+        Path(count_file).write_text(json.dumps(counter))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
