@@ -90,7 +90,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     try:
         for doc in iter_documents(args.paths, include=args.include or None, exclude=args.exclude or None,
-                                  report=report, max_bytes=idx.pipeline.chunking.max_document_bytes):
+                                  report=report, max_bytes=idx.pipeline.chunking.max_document_bytes,
+                                  id_field=args.id_field, text_field=args.text_field,
+                                  csv_text_column=args.text_column, csv_id_column=args.id_column):
             batch.append(doc)
             if len(batch) >= args.batch_size:
                 flush()
@@ -214,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pipeline TOML (or a shipped name: offline, m3, bm25-dense) for a new index; default offline")
     s.add_argument("--include", action="append", metavar="GLOB")
     s.add_argument("--exclude", action="append", metavar="GLOB")
+    s.add_argument("--text-field", default="text", metavar="KEY", help="text key of .json/.jsonl records")
+    s.add_argument("--id-field", default="id", metavar="KEY", help="id key of .json/.jsonl records (BEIR _id always works)")
+    s.add_argument("--text-column", default=None, metavar="COL", help=".csv column holding the text (default: --text-field)")
+    s.add_argument("--id-column", default=None, metavar="COL", help=".csv column holding the id (default: row number)")
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--commit-every", type=int, default=20000, metavar="CHUNKS",
                    help="commit (make visible, crash-safe) every this many chunks")

@@ -116,3 +116,19 @@ def test_model_not_found_offline(tmp_path, corpus):
     r = hybridrag("ingest", corpus, "--index", tmp_path / "i", "--pipeline", p, check=False)
     assert r.returncode == 2 and "no-such-org/no-such-model" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_ingest_csv_and_json_columns(tmp_path, pipeline_file):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "notes.csv").write_text("key,body,other\nn1,Calcium intake and bone health,x\nn2,Heart attack risk,y\n")
+    (src / "recs.jsonl").write_text('{"pk": "r1", "content": "Vitamin D and latitude"}\n')
+    idx = tmp_path / "idx"
+    hybridrag("ingest", src, "--index", idx, "--pipeline", pipeline_file, "-q", "--text-column", "body",
+              "--id-column", "key", "--text-field", "content", "--id-field", "pk")
+    hits = json.loads(hybridrag("query", idx, "calcium bone", "-k", "3", "--json").stdout)
+    ids = {h["doc_id"] for h in hits}
+    assert any(i.endswith("n1") for i in ids), ids
+    assert hits[0]["text"] == "Calcium intake and bone health"
+    hits = json.loads(hybridrag("query", idx, "vitamin latitude", "-k", "1", "--json").stdout)
+    assert hits[0]["doc_id"].endswith("r1") and hits[0]["text"] == "Vitamin D and latitude"
