@@ -153,10 +153,14 @@ class MultiVectorStore:
         return np.clip(q, -127, 127).astype(np.int8)
 
     def _decode_scores(self, q: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """``q @ decode(t).T`` as float32; int8 folds the scale into the query."""
+        """``decode(t) @ q.T`` as float32 ``(tokens, tq)``; int8 folds the scale into the query.
+
+        Tokens-major: the GEMM output and the per-candidate ``reduceat`` then run over
+        contiguous rows (about 2x faster than ``q @ t.T`` for a few dozen query tokens).
+        """
         if self.encoding == "int8":
-            return (q * self._scale) @ t.astype(np.float32).T
-        return q @ t.astype(np.float32, copy=False).T
+            return t.astype(np.float32) @ (q * self._scale).T
+        return t.astype(np.float32, copy=False) @ q.T
 
     def decode(self, slot: int) -> np.ndarray:
         """The stored token vectors of ``slot`` as float32 ``(n_tokens, dim)`` (as scored)."""
@@ -241,9 +245,9 @@ class MultiVectorStore:
             cuts.append(max(nxt, cuts[-1] + 1))
         for a, b in zip(cuts[:-1], cuts[1:]):
             t = self._tokens.take(_token_index(starts[a:b], plen[a:b]))
-            sim = self._decode_scores(q, t)  # (tq, tokens in block)
+            sim = self._decode_scores(q, t)  # (tokens in block, tq)
             seg = np.cumsum(plen[a:b]) - plen[a:b]
-            out[pos[a:b]] = np.maximum.reduceat(sim, seg, axis=1).sum(axis=0) / tq
+            out[pos[a:b]] = np.maximum.reduceat(sim, seg, axis=0).sum(axis=1) / tq
         return out
 
     def search(
