@@ -1,4 +1,4 @@
-"""BEIR loader (on the shipped SciFact sample) and metrics checked against ranx and pytrec_eval."""
+"""BEIR loader (on the shipped SciFact sample) and metrics checked against ranx."""
 from __future__ import annotations
 
 import json
@@ -174,7 +174,7 @@ def ranx_reference() -> dict[int, dict]:
     ranx compiles its kernels with numba, which takes about a minute on a cold cache;
     with NUMBA_DISABLE_JIT the very same ranx code runs as plain Python in seconds.
     """
-    pytest.importorskip("ranx")
+    import ranx  # noqa: F401  (a test dependency; it runs in the subprocess below)
     seeds = list(RANX_SEEDS) + list(RANX_TIE_SEEDS)
     cases = []
     for seed in seeds:
@@ -207,21 +207,6 @@ def test_ties_broken_by_score_then_docid_descending() -> None:
     # hand-computed: order c, b, a -> gains 0, 1, 2
     value = evaluate({"q": {"a": 1.0, "b": 1.0, "c": 1.0}}, {"q": {"a": 2, "b": 1}}, ["ndcg@10"])["ndcg@10"]
     assert value == pytest.approx((1 / math.log2(3) + 2 / math.log2(4)) / (2 + 1 / math.log2(3)), abs=1e-12)
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_metrics_with_ties_match_trec_eval(seed: int) -> None:
-    pytrec_eval = pytest.importorskip("pytrec_eval")
-    run, qrels = _random_case(200 + seed, ties=True)
-    measures = {"ndcg_cut.5,10", "recall.5,100", "P.5", "recip_rank", "ndcg"}
-    ref = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
-    ours = evaluate_per_query(run, qrels, ["ndcg@5", "ndcg@10", "recall@5", "recall@100",
-                                            "precision@5", "mrr", "ndcg"])
-    pairs = {"ndcg@5": "ndcg_cut_5", "ndcg@10": "ndcg_cut_10", "recall@5": "recall_5",
-             "recall@100": "recall_100", "precision@5": "P_5", "mrr": "recip_rank", "ndcg": "ndcg"}
-    for ours_name, ref_name in pairs.items():
-        for qid in qrels:
-            assert ours[ours_name][qid] == pytest.approx(ref[qid][ref_name], abs=1e-9), (ours_name, qid)
 
 
 def test_queries_missing_from_run_count_as_zero() -> None:

@@ -15,7 +15,7 @@ Definitions follow trec_eval (and so pytrec_eval and ranx):
 - every query in the qrels is scored; one with no run entry, or with no relevant
   document, scores 0; queries in the run but not in the qrels are ignored.
 
-Covered by ``tests/test_eval.py`` (against ranx and pytrec_eval).
+Covered by ``tests/test_eval.py`` (against ranx).
 """
 from __future__ import annotations
 
