@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
           f"-> {args.index}/\n")
     for q in QUESTIONS:
         print(f"Q: {q}")
-        for rank, h in enumerate(idx.search(q, k=3), 1):
+        best_per_doc = {}
+        for h in idx.search(q, k=10):  # hits are chunks: show each document once, by its best chunk
+            best_per_doc.setdefault(h.doc_id, h)
+        for rank, h in enumerate(list(best_per_doc.values())[:3], 1):
             title = h.metadata.get("title") or h.text[:80]
             per_mode = "  ".join(f"{m}={v:.3f}" for m, v in h.scores.items())
             print(f"  {rank}. [{h.doc_id}] {title[:90]}")
