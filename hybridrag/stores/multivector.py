@@ -61,6 +61,26 @@ def _grow(arr: np.ndarray, n: int, fill: Any) -> np.ndarray:
     return out
 
 
+def _widen(t: np.ndarray) -> np.ndarray:
+    """``t`` as float32. numpy converts float16 element by element (about 10x slower than
+    the GEMM that follows, measured in docs/BENCHMARKS.md); torch, already a dependency,
+    uses the CPU's F16C conversion instructions and gives the same values."""
+    if t.dtype != np.float16:
+        return t.astype(np.float32, copy=False)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return t.astype(np.float32)
+    out = np.empty(t.shape, dtype=np.float32)
+    src, dst = torch.from_numpy(np.ascontiguousarray(t)), torch.from_numpy(out)
+    # Pieces below torch's parallel grain size (32768 elements) run on the calling thread:
+    # waking an intra-op thread pool per query costs more than the conversion itself.
+    rows = max(1, 32768 // max(1, t.shape[1]))
+    for i in range(0, t.shape[0], rows):
+        dst[i:i + rows].copy_(src[i:i + rows])
+    return out
+
+
 def _token_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Row numbers of all tokens of chunks at ``starts`` with ``lengths``, concatenated."""
     total = int(lengths.sum())
@@ -160,7 +180,7 @@ class MultiVectorStore:
         """
         if self.encoding == "int8":
             return t.astype(np.float32) @ (q * self._scale).T
-        return t.astype(np.float32, copy=False) @ q.T
+        return _widen(t) @ q.T
 
     def decode(self, slot: int) -> np.ndarray:
         """The stored token vectors of ``slot`` as float32 ``(n_tokens, dim)`` (as scored)."""
