@@ -100,7 +100,10 @@ def as_document(obj: Any, position: int = 0) -> Document:
                                 "a document is {'id', 'text', 'metadata'}")
         if "id" not in obj or "text" not in obj:
             raise DocumentError(f"document {position}: needs 'id' and 'text', got keys {sorted(obj)}")
-        doc = Document(obj["id"], obj["text"], obj.get("metadata") or {})
+        meta = obj.get("metadata")
+        # None means "no metadata"; any other non-mapping (a list, a string, 0) is an error
+        # below, never silently replaced by {}.
+        doc = Document(obj["id"], obj["text"], {} if meta is None else meta)
     else:
         raise TypeError(f"document {position}: expected a dict or hybridrag.Document, got {type(obj).__name__}")
     if not isinstance(doc.id, str) or not doc.id or len(doc.id) > MAX_ID_CHARS or doc.id != doc.id.strip():

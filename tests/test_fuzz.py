@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hybridrag import ConfigError, HybridRAGError
+from hybridrag import ConfigError, DocumentError, HybridRAGError
 from hybridrag.config import PipelineConfig
 from hybridrag.index import HybridIndex, check_index
 
@@ -210,3 +210,12 @@ def test_large_jsonl_is_streamed_by_ingest(tmp_path):
     assert idx.docstore.count_documents() == i
     assert [h.doc_id for h in idx.search(f"rec{i - 1}", k=1)] == [f"r{i - 1}"]
     idx.close()
+
+
+@pytest.mark.parametrize("meta", [[], "", 0, "meta", [("k", 1)]])
+def test_non_mapping_metadata_is_an_error_not_dropped(fidx, meta):
+    # found by test_documents_fuzz: metadata [] used to be stored silently as {}
+    before = (fidx.docstore.checksum(), fidx.docstore.count())
+    with pytest.raises(DocumentError, match="metadata must be a dict"):
+        fidx.add([{"id": "m", "text": "some text", "metadata": meta}])
+    assert (fidx.docstore.checksum(), fidx.docstore.count()) == before
