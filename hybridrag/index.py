@@ -1,7 +1,7 @@
 """HybridIndex: the engine. Chunks documents, encodes them once, keeps every store in step,
 plans and fuses searches, reranks, and persists all of it as one directory.
 
-On disk (``docs/FORMAT.md``)::
+On disk (``docs/DESIGN.md``, "On disk")::
 
     INDEX/
       manifest.json              format + library version, pipeline, models, counts, files, checksums
