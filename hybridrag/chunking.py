@@ -379,5 +379,11 @@ class Chunker:
             if ov:
                 # Widen the overlap (never shrink it) to start on a word.
                 nxt = next((k for k in range(nxt, max(i + 1, nxt - reach) - 1, -1) if boundary(k)), nxt)
+            # Several tokens can share a start offset (a word-start marker and the first
+            # piece of the word): the next window must start strictly later in the text,
+            # or it would repeat a span the last window already covers.
+            last = out[-1].start if out else a - 1
+            while nxt < j and int(t_start[nxt]) <= last:
+                nxt += 1
             i = nxt
         return out

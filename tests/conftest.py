@@ -15,6 +15,13 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import tiny_models  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# CI draws the same examples on every run (a red build must be reproducible);
+# HYPOTHESIS_PROFILE=explore draws new ones (the longer runs in docs/RELIABILITY.md).
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -501,3 +501,11 @@ def test_property_spans_and_coverage_xlmr(xlmr_tok: Any, xlmr_chunkers: dict[tup
     assert (chunks == []) == (text.strip() == "")
     for ch in chunks:
         assert ref_count(xlmr_tok, no_surrogates(ch.text)) == ch.n_tokens <= max_tokens
+
+
+def test_windows_start_strictly_later_when_tokens_share_an_offset(xlmr_tok: Any) -> None:
+    # Found by the property test: with a large overlap, the next window began on a token
+    # that starts at the same character as the previous window, repeating its span.
+    chunks = Chunker(xlmr_tok, max_tokens=8, overlap=7).chunk("p", "caaaaaaa" * 3)
+    starts = [c.start for c in chunks]
+    assert starts == sorted(set(starts)), starts
