@@ -101,10 +101,17 @@ def test_fused_top_k_equals_brute_force_when_depth_covers_all(index):
 
 
 def test_search_batch_equals_search(index):
-    batch = index.search_batch(QUERIES, k=4)
+    from _ranking import assert_same_ranking
+
+    # depth 100 (every chunk): with the fixture's depth of 3, a first-stage near-tie at the
+    # cut can change the candidate union between the two calls
+    batch = index.search_batch(QUERIES, k=4, depth=100)
     for q, hits in zip(QUERIES, batch):
-        single = index.search(q, k=4)
-        assert [h.chunk_id for h in hits] == [h.chunk_id for h in single]
+        single = index.search(q, k=4, depth=100)
+        # a batch pads queries to a common length, which moves encoder outputs in the last
+        # float bits: scores agree within 1e-5 and only near-ties may swap
+        assert_same_ranking([(h.chunk_id, h.score) for h in hits], [(h.chunk_id, h.score) for h in single],
+                            tol=1e-5)
 
 
 def test_hits_carry_text_metadata_span_and_ranks(index):
