@@ -268,8 +268,15 @@ class HybridIndex:
                 # A writer may have committed and collected the files of the manifest we read
                 # between our reading it and opening them: open the new generation instead.
                 now = read_manifest(p, missing_ok=True)
-                if attempt + 1 == _LOAD_ATTEMPTS or now is None or now.get("generation") == manifest["generation"]:
+                if attempt + 1 == _LOAD_ATTEMPTS or now is None:
                     raise
+                if now.get("generation") == manifest["generation"]:
+                    # Either the index is damaged (then every attempt fails the same way and
+                    # the error is raised) or a writer is between its manifest swap and our
+                    # next read: give it a moment, a few times at most.
+                    if attempt >= 3:
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
                 logger.debug("index %s moved to generation %s while loading; retrying", p, now.get("generation"))
         raise AssertionError("unreachable")  # pragma: no cover
 
