@@ -260,8 +260,7 @@ class HybridIndex:
         """
         p = Path(path)
         for attempt in range(_LOAD_ATTEMPTS):
-            manifest = read_manifest(p)
-            assert manifest is not None  # read_manifest raises rather than return None here
+            manifest = _require_manifest(p)
             try:
                 return cls._open(p, manifest, verify, encoder, reranker, device)
             except (IndexFormatError, OSError, _Stale):
@@ -447,7 +446,8 @@ class HybridIndex:
         return {"dense": FaissStore, "sparse": SparseIndex, "bm25": SparseIndex, "colbert": MultiVectorStore}[mode]
 
     def _load_stores(self) -> None:
-        assert self._manifest is not None  # internal invariant, not user input
+        if self._manifest is None:
+            raise IndexFormatError(f"{self.path / MANIFEST}: no committed manifest to load stores from")
         self.stores = {}
         for mode, entry in self._manifest["stores"].items():
             files = entry["files"]
@@ -1042,6 +1042,14 @@ def read_manifest(path: Path, missing_ok: bool = False) -> dict[str, Any] | None
     return m
 
 
+def _require_manifest(path: Path) -> dict[str, Any]:
+    """:func:`read_manifest` for callers that need one: a missing manifest is an error."""
+    manifest = read_manifest(path)
+    if manifest is None:  # read_manifest raises when missing_ok is False; kept explicit for -O
+        raise IndexFormatError(f"{str(path)!r} is not an index: {MANIFEST} is missing")
+    return manifest
+
+
 def verify_files(path: Path, manifest: dict[str, Any]) -> None:
     """Check every file the manifest names against its sha256."""
     for name, digest in manifest["checksums"].items():
@@ -1070,8 +1078,7 @@ def check_index(path: str | os.PathLike[str]) -> list[str]:
     p = Path(path)
     problems: list[str] = []
     try:
-        manifest = read_manifest(p)
-        assert manifest is not None
+        manifest = _require_manifest(p)
         verify_files(p, manifest)
     except IndexFormatError as e:
         return [str(e)]
