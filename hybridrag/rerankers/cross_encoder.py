@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hybridrag.encoders.base import dtype_name, resolve_device, resolve_dtype
 from hybridrag.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -29,37 +30,18 @@ __all__ = ["CrossEncoderReranker"]
 MAX_LENGTH_LIMIT = 8192
 MIN_MAX_LENGTH = 8
 _SURROGATES = re.compile("[\ud800-\udfff]")
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
-
-
 def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        # Half precision is the fast path on GPUs; CPUs run fp16 slowly and less exactly.
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype not in _DTYPES.values():
-            raise ValueError(f"dtype={dtype!r} is not supported; choose float32, float16 or bfloat16")
-        return dtype
-    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
-        return _DTYPES[dtype.lower().removeprefix("torch.")]
-    raise ValueError(f"dtype={dtype!r} is not supported; choose float32, float16 or bfloat16")
+    return dtype_name(dtype)
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r} is not a valid torch device") from exc
+    # The encoders' rule (None -> CUDA when available; CUDA asked for but absent is an error);
+    # a torch.device is accepted too.
+    return torch.device(resolve_device(str(device) if isinstance(device, torch.device) else device))
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    return resolve_dtype(dtype, str(device))
 
 
 def _check_max_length(max_length: Any) -> int:
