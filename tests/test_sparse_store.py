@@ -229,3 +229,32 @@ def test_bad_input():
         SparseIndex("tfidf")
     with pytest.raises(ConfigError, match="b must be"):
         SparseIndex("bm25okapi", b=2.0)
+
+
+@pytest.mark.parametrize("weighting", ["none", "bm25lucene"])
+def test_threaded_batch_equals_one_thread_and_brute_force(weighting):
+    """Queries with many postings are scored by dense accumulation, split over threads
+    for a batch; every thread count must give the one-thread arrays, equal to brute force."""
+    docs = random_rows(300, 11, ints=weighting != "none")
+    qs = random_rows(64, 12, ints=weighting != "none")
+    idx = SparseIndex(weighting)
+    idx.add(np.arange(300), docs)
+    idx._flush()
+    assert idx._heavy_queries(idx._query_matrix(qs)).sum() >= 48   # the threaded path runs
+    allowed = np.arange(300) % 3 != 0
+    for mask in (None, allowed):
+        one = idx.search(qs, 10, allowed=mask, threads=1)
+        for threads in (2, 3, None):
+            got = idx.search(qs, 10, allowed=mask, threads=threads)
+            np.testing.assert_array_equal(got[0], one[0])
+            np.testing.assert_array_equal(got[1], one[1])
+        if weighting == "none":
+            assert_topk(*one, brute(qs, docs, np.arange(300), 10, mask))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_bad_threads_named(bad):
+    idx = SparseIndex()
+    idx.add([0], [{1: 1.0}])
+    with pytest.raises(ValueError, match="threads"):
+        idx.search([{1: 1.0}], 3, threads=bad)

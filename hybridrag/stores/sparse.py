@@ -26,6 +26,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,6 +50,11 @@ _INT_TYPES = (int, np.integer)
 # A query whose postings reach 1/_DENSE_RATIO of the rows is scored into a dense per-row
 # accumulator (O(postings + rows)) instead of a sparse product (tens of ns per posting).
 _DENSE_RATIO = 32
+# search(threads=None) splits dense-accumulated queries over every core only when each thread
+# gets >= _MIN_PER_THREAD of them and there are >= _THREAD_MIN_ROWS rows: below that the
+# per-query Python work (which holds the GIL) outweighs the numpy passes (benchmarks/bench_sparse.py).
+_MIN_PER_THREAD = 8
+_THREAD_MIN_ROWS = 100_000
 _BLOCK = 256   # rows per block for the block-max top-k of a dense accumulator
 _NUM_TYPES = (int, float, np.integer, np.floating)
 
@@ -125,6 +132,14 @@ def _compact_tier(t: _Tier, alive: np.ndarray) -> tuple[_Tier, np.ndarray]:
     indices = remap[t.indices[keep]]
     small = len(alive) < 2**31 - 1
     return _Tier(ck[t.indptr], indices.astype(np.int32 if small else np.int64), t.values[keep]), remap
+
+
+def _check_threads(threads: Any) -> int | None:
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, _INT_TYPES) or threads < 1:
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    return int(threads)
 
 
 def _check_k(k: Any) -> int:
@@ -328,13 +343,19 @@ class SparseIndex:
 
     # ------------------------------------------------------------------ reads
 
-    def search(self, queries: Any, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: Any, k: int, allowed: np.ndarray | None = None,
+               threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k: ``(scores float32 [nq, k], slots int64 [nq, k])``, padded with -inf / -1.
 
         ``queries``: list of ``{term id: weight}`` (BM25: query term counts) or a
         scipy sparse matrix. ``allowed``: boolean mask by slot, or None.
+        ``threads``: threads for the queries scored by dense accumulation (those whose
+        postings reach 1/32 of the rows; their numpy passes release the GIL). ``None``
+        uses every core for indexes of >= 100k rows when each thread gets >= 8 such
+        queries; ``1`` scores everything on the calling thread. Results do not depend on it.
         """
         k = _check_k(k)
+        threads = _check_threads(threads)
         q = self._query_matrix(queries)
         nq = q.shape[0]
         out_s = np.full((nq, k), -np.inf, dtype=np.float32)
@@ -350,7 +371,16 @@ class SparseIndex:
         valid = self._valid_rows(allowed)
         all_valid = allowed is None and self._n_live == self._n_rows
         if heavy.any():
-            self._search_dense(q, np.flatnonzero(heavy), k, None if all_valid else valid, out_s, out_i)
+            which = np.flatnonzero(heavy)
+            nt = threads or (min(os.cpu_count() or 1, len(which) // _MIN_PER_THREAD)
+                             if self._n_rows >= _THREAD_MIN_ROWS else 1)
+            if nt > 1 and len(which) > 1:
+                parts = np.array_split(which, min(nt, len(which)))
+                with ThreadPoolExecutor(len(parts)) as pool:
+                    list(pool.map(lambda p: self._search_dense(q, p, k, None if all_valid else valid, out_s, out_i),
+                                  parts))
+            else:
+                self._search_dense(q, which, k, None if all_valid else valid, out_s, out_i)
         for j, i in enumerate(light):   # j: row of ``ql`` and ``results``; i: output row
             cols_l, data_l = [], []
             for r in results:
