@@ -75,7 +75,8 @@ class BM25Config:
 @dataclass
 class ColbertConfig:
     enabled: bool = True
-    encoding: str = "fp16"  # "fp16" | "int8" | "fp32"
+    encoding: str = "fp16"  # "fp16" | "int8" | "pq" | "fp32"
+    pq_train_tokens: int = 65536  # pq: tokens the codebook is learned from (fp16 until then)
 
 
 @dataclass
@@ -243,7 +244,9 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
     if cfg.bm25.k1 < 0 or not 0 <= cfg.bm25.b <= 1 or cfg.bm25.epsilon < 0:
         raise ConfigError(f"bm25: need k1 >= 0, 0 <= b <= 1, epsilon >= 0; got k1={cfg.bm25.k1}, "
                           f"b={cfg.bm25.b}, epsilon={cfg.bm25.epsilon}")
-    _choice(cfg.colbert.encoding, ("fp16", "int8", "fp32"), "colbert.encoding")
+    _choice(cfg.colbert.encoding, ("fp16", "int8", "pq", "fp32"), "colbert.encoding")
+    if cfg.colbert.pq_train_tokens < 4096:
+        raise ConfigError(f"colbert.pq_train_tokens = {cfg.colbert.pq_train_tokens} must be >= 4096")
     _choice(cfg.fusion.method, ("weighted", "relative", "rrf"), "fusion.method")
     if cfg.fusion.rrf_k < 0:
         raise ConfigError(f"fusion.rrf_k = {cfg.fusion.rrf_k} must be >= 0")

@@ -432,7 +432,8 @@ class HybridIndex:
                                                   b=cfg.bm25.b, epsilon=cfg.bm25.epsilon)
             if "colbert" in modes:
                 dim = getattr(enc, "colbert_dim", None) or enc.dim
-                self.stores["colbert"] = MultiVectorStore(dim, encoding=cfg.colbert.encoding)
+                self.stores["colbert"] = MultiVectorStore(dim, encoding=cfg.colbert.encoding,
+                                                          pq_train_tokens=cfg.colbert.pq_train_tokens)
 
     def _store_class(self, mode: str) -> Any:
         from hybridrag.stores.faiss import FaissStore

@@ -36,6 +36,8 @@ def test_defaults_are_m3_weighted():
     ({"dense": {"enabled": False}, "sparse": {"enabled": False}}, "colbert only rescores"),
     ({"encoder": 5}, "encoder"),
     ({"bm25": {"variant": "bm42"}}, "bm25.variant"),
+    ({"colbert": {"encoding": "pq4"}}, "colbert.encoding"),
+    ({"colbert": {"pq_train_tokens": 100}}, "colbert.pq_train_tokens"),
 ])
 def test_bad_config_names_the_key(data, needle):
     with pytest.raises(ConfigError) as e:

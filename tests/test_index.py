@@ -289,3 +289,26 @@ def test_dense_pipeline_with_bm25_and_relative_fusion(tmp_path, bert_dir):
     assert hits[0].doc_id in {"d0", "d11"}
     assert set(hits[0].scores) == {"dense", "bm25", "fused"}
     idx.close()
+
+
+def test_pq_colbert_index_scores_decoded_tokens_and_survives_reload(tmp_path, m3_dir):
+    """colbert.encoding = "pq": once the store has pq_train_tokens tokens it keeps 1-byte codes,
+    the hits' colbert scores are exact MaxSim over the decoded vectors, and a reload gives
+    the same results."""
+    idx = HybridIndex.create(tmp_path / "pq", m3_pipeline(m3_dir, colbert={"encoding": "pq", "pq_train_tokens": 4096},
+                                                          dense={"depth": 100}, sparse={"depth": 100}))
+    idx.add(docs(400))
+    store = idx.stores["colbert"]
+    assert store.trained and store.bytes_per_token == idx.encoder.colbert_dim // 4
+    q = idx.encoder.encode_queries([QUERIES[0]], max_length=64).colbert[0]
+    hits = idx.search(QUERIES[0], k=5)
+    rows = {r["chunk_id"]: r["slot"] for r in idx.docstore.get(idx.docstore.live_slots())}
+    for h in hits:
+        t = store.decode(rows[h.chunk_id]).astype(np.float64)
+        assert h.scores["colbert"] == pytest.approx(float((q @ t.T).max(axis=1).mean()), abs=1e-4)
+    idx.commit()
+    idx.close()
+    again = HybridIndex.load(tmp_path / "pq")
+    assert again.stores["colbert"].trained
+    assert [(h.chunk_id, h.score) for h in again.search(QUERIES[0], k=5)] == [(h.chunk_id, h.score) for h in hits]
+    again.close()

@@ -360,3 +360,142 @@ def test_bad_add_and_score_arguments() -> None:
         store.score([np.ones((1, 3), np.float32)], [np.array([0])])
     # A 1-D query is one token.
     assert store.score([np.ones(4, np.float32)], [np.array([0])])[0][0] == pytest.approx(4.0)
+
+
+# --------------------------------------------------------------------------- pq (product quantisation)
+
+
+def clustered_tokens(rng: np.random.Generator, n: int, dim: int = 32, centers: int = 64,
+                     lo: int = 20, hi: int = 60, spread: float = 0.35) -> list[np.ndarray]:
+    """Token vectors near a few dozen directions, as contextual token embeddings are."""
+    c = rng.standard_normal((centers, dim)).astype(np.float32)
+    out = []
+    for _ in range(n):
+        m = int(rng.integers(lo, hi + 1))
+        x = c[rng.integers(centers, size=m)] + spread * rng.standard_normal((m, dim)).astype(np.float32)
+        out.append(x / np.linalg.norm(x, axis=1, keepdims=True))
+    return out
+
+
+def pq_reference_codes(x: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """Nearest centroid per 4-d sub-vector, by float64 brute force (independent of FAISS)."""
+    m = x.shape[1] // 4
+    cb = codebook.reshape(m, 256, 4).astype(np.float64)
+    sub = x.astype(np.float64).reshape(len(x), m, 4)
+    d2 = ((sub[:, :, None, :] - cb[None]) ** 2).sum(-1)   # (n, m, 256)
+    return d2.argmin(-1)
+
+
+def test_pq_keeps_fp16_until_trained_then_codes_everything() -> None:
+    rng = np.random.default_rng(30)
+    data = clustered_tokens(rng, 200)
+    n_tok = sum(len(x) for x in data)
+    store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096)
+    fp16 = MultiVectorStore(32, encoding="fp16")
+    head = int(np.searchsorted(np.cumsum([len(x) for x in data]), 4096))   # chunks before the threshold
+    store.add(np.arange(head), data[:head])
+    fp16.add(np.arange(head), data[:head])
+    q = clustered_tokens(np.random.default_rng(31), 3, lo=8, hi=8)
+    assert not store.trained and store.bytes_per_token == 64
+    for a, b in zip(store.score(q, [np.arange(head)] * 3), fp16.score(q, [np.arange(head)] * 3)):
+        np.testing.assert_array_equal(a, b)   # exact fp16 scoring before the codebook exists
+    store.add(np.arange(head, 200), data[head:])
+    assert store.trained and store.bytes_per_token == 8           # 32 dims / 4 -> 8 bytes, 8x below fp16
+    assert store.nbytes == n_tok * 8
+    cb = store._codebook
+    for slot in (0, head - 1, head, 199):   # tokens coded at training time and after it
+        codes = pq_reference_codes(data[slot], cb)
+        want = cb.reshape(8, 256, 4)[np.arange(8)[None, :], codes].reshape(len(codes), 32)
+        err = np.abs(store.decode(slot) - want).max()
+        if err > 1e-6:   # a float32 near-tie between two centroids may pick either: check distances instead
+            d_got = ((store.decode(slot) - data[slot]) ** 2).sum()
+            d_want = ((want - data[slot]) ** 2).sum()
+            assert d_got == pytest.approx(d_want, rel=1e-4)
+    # MaxSim is exact on the decoded vectors.
+    got = store.score(q, [np.arange(200)] * 3)
+    for qi in range(3):
+        want = [maxsim64(q[qi], store.decode(s)) for s in range(200)]
+        np.testing.assert_allclose(got[qi], want, rtol=2e-5, atol=2e-6)
+
+
+def test_pq_decode_equals_faiss_decode() -> None:
+    import faiss
+
+    rng = np.random.default_rng(32)
+    data = clustered_tokens(rng, 150)
+    store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096)
+    store.add(np.arange(150), data)
+    pq = faiss.ProductQuantizer(32, 8, 8)
+    faiss.copy_array_to_vector(store._codebook.ravel(), pq.centroids)
+    codes = store._tokens.slice(0, len(store._tokens))
+    np.testing.assert_array_equal(store._pq_decode(np.asarray(codes)), pq.decode(np.asarray(codes)))
+
+
+def test_pq_overlap_at_10_vs_fp32_on_clustered_tokens() -> None:
+    """A sanity check of ranking quality on well-clustered tokens (0.90 when written; a broken
+    codebook or decode falls far below). Real-token figures: docs/BENCHMARKS.md section 7."""
+    rng = np.random.default_rng(33)
+    data = clustered_tokens(rng, 400, centers=256, spread=0.15)
+    qrng = np.random.default_rng(34)
+    queries = []
+    for _ in range(40):   # query tokens drawn from one chunk and perturbed
+        src = data[int(qrng.integers(400))]
+        x = src[qrng.integers(len(src), size=8)] + 0.15 * qrng.standard_normal((8, 32)).astype(np.float32)
+        queries.append(x / np.linalg.norm(x, axis=1, keepdims=True))
+    ref = MultiVectorStore(32, encoding="fp32")
+    ref.add(np.arange(400), data)
+    pq = MultiVectorStore(32, encoding="pq", pq_train_tokens=8192)
+    pq.add(np.arange(400), data)
+    assert pq.trained and ref.nbytes == 16 * pq.nbytes   # 4 bytes/dim vs 2 bits/dim
+    _, ref_ids = ref.search(queries, k=10)
+    _, ids = pq.search(queries, k=10)
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ref_ids.tolist(), ids.tolist())])
+    assert overlap >= 0.8, f"pq overlap@10 vs fp32 = {overlap:.3f}"
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_pq_save_load_round_trip(trained: bool, tmp_path: Path) -> None:
+    rng = np.random.default_rng(35)
+    data = clustered_tokens(rng, 200 if trained else 40)
+    store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096)
+    store.add(np.arange(len(data)), data)
+    assert store.trained is trained
+    store.remove(np.array([3]))
+    files = store.save(tmp_path, "g1")
+    assert ("codebook" in files) is trained
+    loaded = MultiVectorStore.load(tmp_path, files, store.config())
+    assert isinstance(loaded._tokens._base, np.memmap) and loaded.trained is trained
+    assert np.load(tmp_path / files["tokens"], mmap_mode="r").dtype == (np.uint8 if trained else np.float16)
+    q = clustered_tokens(np.random.default_rng(36), 2, lo=6, hi=6)
+    cands = [np.arange(len(data))] * 2
+    for a, b in zip(store.score(q, cands), loaded.score(q, cands)):
+        np.testing.assert_array_equal(a, b)
+    extra = clustered_tokens(np.random.default_rng(37), 100)   # enough to train the untrained store
+    slots = np.arange(1000, 1100)
+    store.add(slots, extra)
+    loaded.add(slots, extra)
+    assert loaded.trained
+    for s in (1000, 1099):
+        np.testing.assert_array_equal(loaded.decode(s), store.decode(s))
+
+
+def test_pq_bad_settings_and_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="dim=30"):
+        MultiVectorStore(30, encoding="pq")
+    for bad in (100, 4095, 5000.0, True):
+        with pytest.raises(ConfigError, match="pq_train_tokens"):
+            MultiVectorStore(32, encoding="pq", pq_train_tokens=bad)  # type: ignore[arg-type]
+    store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096)
+    store.add(np.arange(150), clustered_tokens(np.random.default_rng(38), 150))
+    files = store.save(tmp_path, "g1")
+    np.save(tmp_path / "bad.npy", store._codebook[:10])
+    with pytest.raises(IndexFormatError, match="codebook"):
+        MultiVectorStore.load(tmp_path, {**files, "codebook": "bad.npy"}, store.config())
+    cb = store._codebook.copy()
+    cb[0, 0] = np.nan
+    np.save(tmp_path / "nan.npy", cb)
+    with pytest.raises(IndexFormatError, match="codebook"):
+        MultiVectorStore.load(tmp_path, {**files, "codebook": "nan.npy"}, store.config())
+    with pytest.raises(ValueError, match="NaN"):
+        store.add([500], [np.full((2, 32), np.nan, dtype=np.float32)])
+    assert 500 not in set(np.flatnonzero(store._lengths > 0).tolist())

@@ -120,6 +120,9 @@ BACKENDS = [
             tol=2e-3),
     Backend("multivector-int8", lambda: MultiVectorStore(DIM, encoding="int8", int8_scale=1 / 127),
             colbert_rows, colbert_ref, tol=2e-2),
+    # pq below its training threshold (N chunks hold fewer tokens): fp16 rows, same contract
+    Backend("multivector-pq", lambda: MultiVectorStore(DIM, encoding="pq"), colbert_rows, colbert_ref,
+            tol=2e-3),
     Backend("sparse", _sparse, sparse_rows, sparse_ref, zero_is_miss=True),
     Backend("milvus-dense", lambda: _milvus("dense"), dense_rows, dense_ref, dense_pack),
     Backend("milvus-sparse", lambda: _milvus("sparse"), sparse_rows, sparse_ref, zero_is_miss=True),
