@@ -7,7 +7,8 @@ Per N, M3-shaped synthetic data (pre-encoded, no model in the loop):
 * dense: ``--dim`` (1024) unit vectors (synth.dense_vectors) in a FaissStore (``--dense-index``);
 * sparse: M3-like lexical weights (250k vocab, ~60 nnz per chunk, ~10 per query) in a SparseIndex;
 * ColBERT: ``--colbert-dim`` token vectors, ``--tokens`` median tokens per chunk
-  (log-normal), fp16 MultiVectorStore; queries have 32 tokens.
+  (log-normal), MultiVectorStore in ``--colbert-encoding`` (fp16 default; pq for 1M
+  chunks, whose fp16 tokens would not fit in 24 GB); queries have 32 tokens.
 
 The engine runs ``hybridrag.search.planner.run`` one query per call with the real stores:
 dense top-``--depth`` and sparse top-``--depth`` first stages, union of candidates (at most
@@ -43,13 +44,25 @@ row = Table()
 W_DENSE, W_SPARSE, W_COLBERT = 1.0, 0.3, 1.0
 
 
-def build_colbert(n: int, dim: int, median: int, seed: int = 0, block: int = 20000) -> MultiVectorStore:
-    """fp16 ColBERT store filled block by block (bounds the float32 temporaries)."""
-    store = MultiVectorStore(dim, encoding="fp16")
+def build_colbert(n: int, dim: int, median: int, seed: int = 0, block: int = 20000,
+                  encoding: str = "fp16", pool: int = 0) -> MultiVectorStore:
+    """ColBERT store filled block by block (bounds the float32 temporaries).
+
+    ``pool > 0``: token vectors are drawn (seeded, with replacement) from a pool of ``pool``
+    generated vectors instead of generated afresh: the random-number generation of 10^8
+    fresh vectors would take longer than the benchmark itself. MaxSim cost depends on the
+    number of tokens, not their values; every token is still encoded and stored."""
+    store = MultiVectorStore(dim, encoding=encoding)
     counts = synth.token_counts(n, median=median, max_len=8 * median, seed=seed)
+    pool_vecs = synth.dense_vectors(pool, d=dim, intrinsic=min(128, dim), seed=seed + 1) if pool else None
+    pick = np.random.default_rng(seed + 2)
     for s in range(0, n, block):
         c = counts[s:s + block]
-        flat, off = synth.token_vectors(c, d=dim, seed=seed + 1 + s // block, dtype=np.float32)
+        if pool_vecs is not None:
+            off = np.concatenate([[0], np.cumsum(c)])
+            flat = pool_vecs[pick.integers(pool, size=int(off[-1]))]
+        else:
+            flat, off = synth.token_vectors(c, d=dim, seed=seed + 1 + s // block, dtype=np.float32)
         store.add(np.arange(s, s + len(c)), [flat[off[i]:off[i + 1]] for i in range(len(c))])
         del flat
     return store
@@ -96,11 +109,11 @@ def part(n: int, args: argparse.Namespace) -> None:
     sp_store.search(qs[:1], 1)
     t_sparse = time.perf_counter() - t
     t = time.perf_counter()
-    cb = build_colbert(n, args.colbert_dim, args.tokens)
+    cb = build_colbert(n, args.colbert_dim, args.tokens, encoding=args.colbert_encoding, pool=args.token_pool)
     t_cb = time.perf_counter() - t
     name0 = f"N={n:,}"
-    row(name0, "data", "gen s; sparse build s; colbert build s; colbert MiB",
-        f"{gen:.1f}; {t_sparse:.1f}; {t_cb:.1f}; {cb.nbytes / 2**20:,.0f}")
+    row(name0, "data", f"gen s; sparse build s; colbert ({args.colbert_encoding}) build s; colbert MiB; tokens",
+        f"{gen:.1f}; {t_sparse:.1f}; {t_cb:.1f}; {cb.nbytes / 2**20:,.0f}; {cb.nbytes // cb.bytes_per_token:,}")
     plan = planner.QueryPlan(modes=["dense", "sparse", "colbert"], depths={"dense": args.depth, "sparse": args.depth},
                              fusion="weighted", weights={"dense": W_DENSE, "sparse": W_SPARSE, "colbert": W_COLBERT},
                              k=10)
@@ -112,6 +125,9 @@ def part(n: int, args: argparse.Namespace) -> None:
         ds = FaissStore(args.dim, fac, ef_search=args.ef, use_gpu=False)
         ds.add(np.arange(n), dense)
         ds.search(qd[:1], 1)
+        if n > args.milvus_max and fac == args.dense_index.split(",")[-1]:
+            del dense   # Milvus will not need it: free the RAM before timing queries
+            dense = None
         row(name, f"hybridrag FaissStore {fac}", "build s", f"{time.perf_counter() - t:.1f}")
         stores = {"dense": ds, "sparse": sp_store, "colbert": cb}
         top = np.full((nq, 10), -1, dtype=np.int64)
@@ -172,6 +188,10 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=1024, help="dense dimension (M3: 1024)")
     ap.add_argument("--colbert-dim", type=int, default=128, help="ColBERT token dimension (M3: 1024; memory grows with it)")
     ap.add_argument("--tokens", type=int, default=128, help="median tokens per chunk")
+    ap.add_argument("--token-pool", type=int, default=0,
+                    help="draw chunk token vectors from a pool of this many generated vectors (0: all fresh)")
+    ap.add_argument("--colbert-encoding", default="fp16", choices=["fp16", "int8", "pq", "fp32"],
+                    help="MultiVectorStore encoding (pq: 8x smaller than fp16, what fits 1M chunks in RAM)")
     ap.add_argument("--dense-index", default="Flat,HNSW32", help="FaissStore factories to run, comma-separated")
     ap.add_argument("--ef", type=int, default=64)
     ap.add_argument("--depth", type=int, default=50, help="first-stage depth per mode")
