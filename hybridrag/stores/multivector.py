@@ -220,9 +220,8 @@ class MultiVectorStore:
         return pq
 
     def _pq_codes(self, x: np.ndarray) -> np.ndarray:
+        """1-byte codes ``(n, dim/4)``; ``x`` is finite (``add`` validated it with ``as_matrix``)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if not np.isfinite(x).all():
-            raise ValueError("token vectors contain NaN or infinity")
         if self._pq is None:
             self._pq = self._pq_quantizer(self._codebook)
         return self._pq.compute_codes(x)
@@ -231,8 +230,7 @@ class MultiVectorStore:
         """float32 ``(n, dim)``: the centroid of every code, sub-vectors side by side.
 
         One ``np.take`` of 16-byte items (a 4-float centroid viewed as one complex128) with
-        int32 row numbers: about 6-9x faster than fancy-indexing the float rows (measured in
-        docs/BENCHMARKS.md, section 7)."""
+        int32 row numbers: several times faster than fancy-indexing float rows."""
         m = codes.shape[1]
         rows = codes.astype(np.int32)
         rows += np.arange(0, m * _PQ_K, _PQ_K, dtype=np.int32)
@@ -251,12 +249,12 @@ class MultiVectorStore:
         rng = np.random.default_rng(0)
         pick = rows[np.sort(rng.choice(rows.shape[0], size=self.pq_train_tokens, replace=False))]
         sample = _widen(self._tokens.take(pick))
+        import faiss
+
         pq = self._pq_quantizer()
         pq.cp.seed = 0
         pq.cp.min_points_per_centroid = 1   # our own minimum (4096) applies; no FAISS warning on stderr
         pq.train(np.ascontiguousarray(sample))
-        import faiss
-
         codebook = faiss.vector_to_array(pq.centroids).reshape(-1, _PQ_SUB).astype(np.float32)
         coded = AppendableArray(self.dim // _PQ_SUB, np.uint8)
         self._codebook, self._pq = codebook, pq
