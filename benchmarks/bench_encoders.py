@@ -28,6 +28,8 @@ from typing import Any, Callable
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+from common import timed  # noqa: E402
 
 
 def load_scifact(folder: Path, n: int) -> list[str]:
@@ -40,16 +42,6 @@ def load_scifact(folder: Path, n: int) -> list[str]:
             if len(texts) >= n:
                 break
     return texts
-
-
-def best_of(fn: Callable[[], Any], repeats: int) -> float:
-    """Smallest wall time in seconds over ``repeats`` calls of ``fn``."""
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def bench_dense(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -67,8 +59,8 @@ def bench_dense(args: argparse.Namespace) -> list[dict[str, Any]]:
         ref.half()
     ours.encode(texts[:8], batch_size=args.batch_size)  # warm-up
     ref.encode(texts[:8], batch_size=args.batch_size)
-    t_ours = best_of(lambda: ours.encode(texts, batch_size=args.batch_size), args.repeats)
-    t_ref = best_of(lambda: ref.encode(texts, batch_size=args.batch_size), args.repeats)
+    t_ours = timed(lambda: ours.encode(texts, batch_size=args.batch_size), args.repeats, warmup=False)
+    t_ref = timed(lambda: ref.encode(texts, batch_size=args.batch_size), args.repeats, warmup=False)
     return [{
         "what": f"dense, all-MiniLM-L6-v2, {len(texts)} SciFact docs, batch {args.batch_size}",
         "unit": "docs/s", "ours": len(texts) / t_ours, "ref": len(texts) / t_ref, "ref_name": "SentenceTransformer",
@@ -148,8 +140,8 @@ def bench_m3(args: argparse.Namespace) -> list[dict[str, Any]]:
                 ref.encode(texts, max_length=length, batch_size=bs,
                            return_dense=True, return_sparse=True, return_colbert_vecs=True)
 
-            t_ours = best_of(run_ours, args.repeats)
-            t_ref = best_of(run_ref, args.repeats)
+            t_ours = timed(run_ours, args.repeats, warmup=False)
+            t_ref = timed(run_ref, args.repeats, warmup=False)
             n_tok = length * len(texts)
             rows.append({
                 "what": f"M3 (XLM-R large, random), {len(texts)} texts x {length} tokens, batch {bs}, all 3 outputs",

@@ -160,6 +160,16 @@ def part_beir(path: Path) -> None:
             bm25s_speed(name, rn, qids, len(qids), qps, repeat=3)
 
 
+def build_from_counts(name: str, weighting: str, docs, q) -> SparseIndex:
+    """A SparseIndex over the term-count rows ``docs`` (first query run included), timed."""
+    idx = SparseIndex(weighting)
+    t = time.perf_counter()
+    idx.add(np.arange(docs.shape[0]), docs)
+    idx.search(q[:1], 10)
+    row(name, f"hybridrag {weighting}", "index s (from term counts)", f"{time.perf_counter() - t:.1f}")
+    return idx
+
+
 def synth_queries(nq: int, vocab: int):
     q = synth.zipf_term_counts(nq, mean_len=6, seed=1)
     return q[:, :vocab]
@@ -173,11 +183,7 @@ def part_synth_bm25(n: int, nq: int) -> None:
     docs = synth.zipf_term_counts(n, mean_len=120, seed=0)
     q = synth_queries(nq, docs.shape[1])
     row(name, "data", "postings / doc; gen s", f"{docs.nnz / n:.1f}; {time.perf_counter() - t:.1f}")
-    idx = SparseIndex("bm25lucene")
-    t = time.perf_counter()
-    idx.add(np.arange(n), docs)
-    idx.search(q[:1], 10)
-    row(name, "hybridrag bm25lucene", "index s (from term counts)", f"{time.perf_counter() - t:.1f}")
+    idx = build_from_counts(name, "bm25lucene", docs, q)
     del docs
     ours_qps = engine_qps(idx, q, nq)
     for nt, v in ours_qps.items():
@@ -215,11 +221,7 @@ def part_rank_bm25(n: int, nq: int) -> None:
     ref = rank_bm25.BM25Okapi(toks)
     del toks
     row(name, "rank_bm25 BM25Okapi", "index s", f"{time.perf_counter() - t:.1f}")
-    idx = SparseIndex("bm25okapi")
-    t = time.perf_counter()
-    idx.add(np.arange(n), docs)
-    idx.search(q[:1], 10)
-    row(name, "hybridrag bm25okapi", "index s (from term counts)", f"{time.perf_counter() - t:.1f}")
+    idx = build_from_counts(name, "bm25okapi", docs, q)
     q_toks = [[names[t] for t, c in zip(q.indices[a:e], q.data[a:e].astype(int)) for _ in range(c)]
               for a, e in zip(q.indptr[:-1], q.indptr[1:])]
     ref_top, ref_lat = [], []

@@ -45,13 +45,15 @@ class Table:
             print("| " + " | ".join(r) + " |")
 
 
-def timed(fn: Callable[[], Any], repeat: int = 3) -> float:
-    """Best wall time (s) of ``repeat`` runs after one warm-up (``repeat=0``: one cold run)."""
+def timed(fn: Callable[[], Any], repeat: int = 3, warmup: bool = True) -> float:
+    """Best wall time (s) of ``repeat`` runs after one warm-up call (none with ``warmup=False``;
+    ``repeat=0``: one cold run)."""
     if repeat == 0:
         t = time.perf_counter()
         fn()
         return time.perf_counter() - t
-    fn()
+    if warmup:
+        fn()
     best = float("inf")
     for _ in range(repeat):
         t = time.perf_counter()
