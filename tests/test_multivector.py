@@ -403,14 +403,23 @@ def test_pq_keeps_fp16_until_trained_then_codes_everything() -> None:
     assert store.trained and store.bytes_per_token == 8           # 32 dims / 4 -> 8 bytes, 8x below fp16
     assert store.nbytes == n_tok * 8
     cb = store._codebook
+    assert store._pq_unit   # unit-norm tokens: decoded back to norm 1
     for slot in (0, head - 1, head, 199):   # tokens coded at training time and after it
-        codes = pq_reference_codes(data[slot], cb)
-        want = cb.reshape(8, 256, 4)[np.arange(8)[None, :], codes].reshape(len(codes), 32)
-        err = np.abs(store.decode(slot) - want).max()
-        if err > 1e-6:   # a float32 near-tie between two centroids may pick either: check distances instead
-            d_got = ((store.decode(slot) - data[slot]) ** 2).sum()
-            d_want = ((want - data[slot]) ** 2).sum()
+        o, n = int(store._offsets[slot]), int(store._lengths[slot])
+        got_codes = np.asarray(store._tokens.slice(o, o + n)).astype(np.int64)
+        want_codes = pq_reference_codes(data[slot], cb)
+        sub = cb.reshape(8, 256, 4)
+
+        def centroids(c: np.ndarray) -> np.ndarray:
+            return sub[np.arange(8)[None, :], c].reshape(len(c), 32)
+
+        if not np.array_equal(got_codes, want_codes):   # a float32 near-tie may pick either: compare distances
+            d_got = ((centroids(got_codes) - data[slot]) ** 2).sum()
+            d_want = ((centroids(want_codes) - data[slot]) ** 2).sum()
             assert d_got == pytest.approx(d_want, rel=1e-4)
+        want = centroids(got_codes)
+        np.testing.assert_allclose(store.decode(slot), want / np.linalg.norm(want, axis=1, keepdims=True),
+                                   rtol=1e-5, atol=1e-6)
     # MaxSim is exact on the decoded vectors.
     got = store.score(q, [np.arange(200)] * 3)
     for qi in range(3):
@@ -418,17 +427,46 @@ def test_pq_keeps_fp16_until_trained_then_codes_everything() -> None:
         np.testing.assert_allclose(got[qi], want, rtol=2e-5, atol=2e-6)
 
 
-def test_pq_decode_equals_faiss_decode() -> None:
+@pytest.mark.parametrize("norm", [1.0, 2.0])
+def test_pq_decode_equals_faiss_decode(norm: float) -> None:
+    """Decode = FAISS's decode; rescaled to norm 1 exactly when every training token had norm 1."""
     import faiss
 
     rng = np.random.default_rng(32)
-    data = clustered_tokens(rng, 150)
+    data = [x * norm for x in clustered_tokens(rng, 150)]
     store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096)
     store.add(np.arange(150), data)
+    assert store._pq_unit is (norm == 1.0)
     pq = faiss.ProductQuantizer(32, 8, 8)
     faiss.copy_array_to_vector(store._codebook.ravel(), pq.centroids)
-    codes = store._tokens.slice(0, len(store._tokens))
-    np.testing.assert_array_equal(store._pq_decode(np.asarray(codes)), pq.decode(np.asarray(codes)))
+    codes = np.asarray(store._tokens.slice(0, len(store._tokens)))
+    want = pq.decode(codes)
+    if norm == 1.0:
+        want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(store._pq_decode(codes), want, rtol=1e-6, atol=1e-7)
+    # MaxSim scores the same vectors decode() returns (the unit store scales scores, not vectors).
+    q = clustered_tokens(np.random.default_rng(39), 2, lo=5, hi=5)
+    got = store.score(q, [np.arange(150)] * 2)
+    for qi in range(2):
+        np.testing.assert_allclose(got[qi], [maxsim64(q[qi], store.decode(s)) for s in range(150)],
+                                   rtol=2e-5, atol=2e-6)
+
+
+def test_pq_unit_store_rejects_tokens_that_are_not_unit_norm() -> None:
+    store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096)
+    store.add(np.arange(150), clustered_tokens(np.random.default_rng(40), 150))
+    assert store.trained and store._pq_unit
+    before = (len(store), len(store._tokens))
+    good, bad = clustered_tokens(np.random.default_rng(41), 2)
+    with pytest.raises(ValueError, match=r"slot 301 have norm 1\.5"):
+        store.add([300, 301], [good, bad * 1.5])
+    assert (len(store), len(store._tokens)) == before   # nothing half-added
+    store.add([300, 301], [good, bad * (1 + 1e-3)])      # within the tolerance (fp16-rounded input, say)
+    # A store trained on unnormalised tokens takes any norm and decodes centroids as they are.
+    free = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096)
+    free.add(np.arange(150), [x * 3 for x in clustered_tokens(np.random.default_rng(42), 150)])
+    assert free.trained and not free._pq_unit
+    free.add([400], [good * 0.1])
 
 
 def test_pq_overlap_at_10_vs_fp32_on_clustered_tokens() -> None:
@@ -465,6 +503,7 @@ def test_pq_save_load_round_trip(trained: bool, tmp_path: Path) -> None:
     assert ("codebook" in files) is trained
     loaded = MultiVectorStore.load(tmp_path, files, store.config())
     assert isinstance(loaded._tokens._base, np.memmap) and loaded.trained is trained
+    assert ("pq_unit" in files) is trained and loaded._pq_unit is trained
     assert np.load(tmp_path / files["tokens"], mmap_mode="r").dtype == (np.uint8 if trained else np.float16)
     q = clustered_tokens(np.random.default_rng(36), 2, lo=6, hi=6)
     cands = [np.arange(len(data))] * 2
@@ -496,6 +535,9 @@ def test_pq_bad_settings_and_files(tmp_path: Path) -> None:
     np.save(tmp_path / "nan.npy", cb)
     with pytest.raises(IndexFormatError, match="codebook"):
         MultiVectorStore.load(tmp_path, {**files, "codebook": "nan.npy"}, store.config())
+    np.save(tmp_path / "flag.npy", np.array([2.0, 1.0], dtype=np.float32))
+    with pytest.raises(IndexFormatError, match=r"pq_unit file holds \[2\.0, 1\.0\]"):
+        MultiVectorStore.load(tmp_path, {**files, "pq_unit": "flag.npy"}, store.config())
     with pytest.raises(ValueError, match="NaN"):
         store.add([500], [np.full((2, 32), np.nan, dtype=np.float32)])
     assert 500 not in set(np.flatnonzero(store._lengths > 0).tolist())
