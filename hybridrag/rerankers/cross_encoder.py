@@ -30,18 +30,12 @@ __all__ = ["CrossEncoderReranker"]
 MAX_LENGTH_LIMIT = 8192
 MIN_MAX_LENGTH = 8
 _SURROGATES = re.compile("[\ud800-\udfff]")
-def _dtype_name(dtype: torch.dtype) -> str:
-    return dtype_name(dtype)
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     # The encoders' rule (None -> CUDA when available; CUDA asked for but absent is an error);
     # a torch.device is accepted too.
     return torch.device(resolve_device(str(device) if isinstance(device, torch.device) else device))
-
-
-def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    return resolve_dtype(dtype, str(device))
 
 
 def _check_max_length(max_length: Any) -> int:
@@ -76,7 +70,7 @@ class CrossEncoderReranker:
     ) -> None:
         self.max_length = _check_max_length(max_length)
         self.device = _resolve_device(device)
-        self.dtype = _resolve_dtype(dtype, self.device)
+        self.dtype = resolve_dtype(dtype, str(self.device))
         self.name_or_path = str(name_or_path)
         self.tokenizer = tokenizer
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
@@ -109,7 +103,7 @@ class CrossEncoderReranker:
         _check_max_length(max_length)
         name = os.fspath(name_or_path)
         dev = _resolve_device(device)
-        torch_dtype = _resolve_dtype(dtype, dev)
+        torch_dtype = resolve_dtype(dtype, str(dev))
         path = Path(name).expanduser()
         looks_local = path.is_absolute() or name.startswith((".", "~")) or path.exists()
         if looks_local and not path.is_dir():
@@ -141,7 +135,7 @@ class CrossEncoderReranker:
             "class": type(self).__name__,
             "name_or_path": self.name_or_path,
             "max_length": self.max_length,
-            "dtype": _dtype_name(self.dtype),
+            "dtype": dtype_name(self.dtype),
         }
 
     @classmethod
@@ -316,5 +310,5 @@ class CrossEncoderReranker:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name_or_path!r}, device={str(self.device)!r}, "
-                f"dtype={_dtype_name(self.dtype)!r}, max_length={self.max_length})")
+                f"dtype={dtype_name(self.dtype)!r}, max_length={self.max_length})")
 
