@@ -56,7 +56,12 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 MAX_ID_CHARS = 1024
 # Every file a store writes carries "<mode>.g<generation>" in its name (the save tag).
 _STORE_FILE = re.compile(r"(dense|sparse|bm25|colbert)\.g\d+")
-_LOAD_ATTEMPTS = 20  # load retries when a writer commits while a reader opens the files
+# A reader retries its load while a writer's commits keep replacing the files it is opening
+# (each retry opens the newer generation), for up to _LOAD_PATIENCE_S; a failure with no newer
+# generation (a damaged index, or a writer between its manifest swap and our read) is retried
+# _LOAD_SAME_GEN_RETRIES times with a short sleep, then raised.
+_LOAD_PATIENCE_S = 60.0
+_LOAD_SAME_GEN_RETRIES = 3
 
 
 class _Stale(Exception):
@@ -259,25 +264,29 @@ class HybridIndex:
         once); a mismatch raises :class:`IndexFormatError` naming the file.
         """
         p = Path(path)
-        for attempt in range(_LOAD_ATTEMPTS):
+        deadline = time.monotonic() + _LOAD_PATIENCE_S
+        same_gen = 0
+        while True:
             manifest = _require_manifest(p)
             try:
                 return cls._open(p, manifest, verify, encoder, reranker, device)
             except (IndexFormatError, OSError, _Stale):
                 # A writer may have committed and collected the files of the manifest we read
                 # between our reading it and opening them: open the new generation instead.
+                # Every such retry means the writer made progress, so they are bounded by time,
+                # not by count (a reader slower than a fast writer's commits needs several).
                 now = read_manifest(p, missing_ok=True)
-                if attempt + 1 == _LOAD_ATTEMPTS or now is None:
+                if now is None or time.monotonic() > deadline:
                     raise
                 if now.get("generation") == manifest["generation"]:
                     # Either the index is damaged (then every attempt fails the same way and
                     # the error is raised) or a writer is between its manifest swap and our
                     # next read: give it a moment, a few times at most.
-                    if attempt >= 3:
+                    same_gen += 1
+                    if same_gen > _LOAD_SAME_GEN_RETRIES:
                         raise
-                    time.sleep(0.05 * (attempt + 1))
+                    time.sleep(0.05 * same_gen)
                 logger.debug("index %s moved to generation %s while loading; retrying", p, now.get("generation"))
-        raise AssertionError("unreachable")  # pragma: no cover
 
     @classmethod
     def _open(cls, p: Path, manifest: dict[str, Any], verify: bool, encoder: Any, reranker: Any,
