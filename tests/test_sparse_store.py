@@ -258,3 +258,34 @@ def test_bad_threads_named(bad):
     idx.add([0], [{1: 1.0}])
     with pytest.raises(ValueError, match="threads"):
         idx.search([{1: 1.0}], 3, threads=bad)
+
+
+@pytest.mark.parametrize("weighting", ["none", "bm25okapi", "bm25lucene"])
+@pytest.mark.parametrize("cells", [1 << 22, 600])
+def test_dense_accumulation_equals_sparse_product(monkeypatch, weighting, cells):
+    """Queries scored by dense accumulation (in chunks of queries; cells=600 forces one or two
+    queries per chunk) give the sparse product's arrays bit for bit: same scores, same
+    (score desc, slot asc) order, with two tiers, deletes, ties and an allowed mask."""
+    import hybridrag.stores.sparse as sparse_mod
+
+    docs = random_rows(500, 21, vocab=30, nnz=8, ints=True) + [{1: 2.0, 2: 1.0}] * 12   # ties
+    qs = random_rows(40, 22, vocab=30, nnz=8, ints=True) + [{1: 1.0, 2: 1.0}, {7: 3.0}]
+    idx = SparseIndex(weighting)
+    idx.add(np.arange(512)[::-1].copy(), docs)   # slots descend: ties are broken by slot, not row
+    idx._flush()
+    idx._consolidate()
+    idx.add(np.arange(600, 660), random_rows(60, 23, vocab=40, nnz=8, ints=True))   # a second tier
+    idx.remove(np.arange(0, 512, 7))
+    allowed = np.arange(660) % 5 != 1
+    monkeypatch.setattr(sparse_mod, "_CHUNK_CELLS", cells)
+    for mask in (None, allowed):
+        for k in (1, 10, 100):
+            monkeypatch.setattr(sparse_mod, "_DENSE_RATIO", 10**9)   # every query with a hit: dense
+            idx._flush()
+            assert idx._heavy_queries(idx._query_matrix(qs)).sum() >= 40
+            dense = idx.search(qs, k, allowed=mask, threads=1)
+            monkeypatch.setattr(sparse_mod, "_DENSE_RATIO", 0)       # every query: sparse product
+            assert not idx._heavy_queries(idx._query_matrix(qs)).any()
+            light = idx.search(qs, k, allowed=mask, threads=1)
+            np.testing.assert_array_equal(dense[0], light[0])
+            np.testing.assert_array_equal(dense[1], light[1])

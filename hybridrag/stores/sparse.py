@@ -56,6 +56,11 @@ _DENSE_RATIO = 32
 _MIN_PER_THREAD = 8
 _THREAD_MIN_ROWS = 100_000
 _BLOCK = 256   # rows per block for the block-max top-k of a dense accumulator
+# Dense-accumulated queries are scored in chunks of at most this many float32 accumulator
+# cells (16 MiB, one row per query) and about as many postings: small corpora get hundreds
+# of queries per chunk, so per-query Python work stays small (benchmarks/bench_sparse.py).
+_CHUNK_CELLS = 1 << 22
+_TINY = np.float32(np.nextafter(np.float32(0), np.float32(1)))   # smallest positive float32
 _NUM_TYPES = (int, float, np.integer, np.floating)
 
 
@@ -203,31 +208,42 @@ def _top_k(scores: np.ndarray, cols: np.ndarray, row_slots: np.ndarray, k: int) 
     return sel[order], slots[order]
 
 
-def _accumulate(acc: np.ndarray, rows: np.ndarray, w: np.ndarray, qw: np.float32) -> None:
-    """``acc[rows] += qw * w`` (rows distinct), float32, same products as the sparse path."""
-    if _csc_matvec is not None:
-        _csc_matvec(len(acc), 1, np.array([0, len(rows)], dtype=rows.dtype), rows, w,
-                    np.array([qw], dtype=np.float32), acc)
-    else:
-        acc[rows] += w * qw
+def _accumulate(y: np.ndarray, rows: np.ndarray, w: np.ndarray, ptr: np.ndarray, qw: np.ndarray) -> None:
+    """``y[rows[ptr[j]:ptr[j+1]]] += qw[j] * w[ptr[j]:ptr[j+1]]`` for each term j in order, float32:
+    the same products and summation order as the sparse product (rows distinct within a term)."""
+    if _csc_matvec is not None:   # one C pass over all the terms of a query
+        _csc_matvec(len(y), len(qw), ptr, rows, w, qw, y)
+        return
+    for j in range(len(qw)):
+        a, e = ptr[j], ptr[j + 1]
+        y[rows[a:e]] += w[a:e] * qw[j]
 
 
-def _dense_top_k(acc: np.ndarray, n: int, row_slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k positive entries of ``acc[:n]`` (length a multiple of _BLOCK, zero past n): (scores, slots).
+def _dense_top_k(acc: np.ndarray, k: int, row_slots: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Top-k positive entries of each row of ``acc`` (c, npad), npad a multiple of _BLOCK and
+    zero past the last row: ``(query, rank, score, slot)`` of every hit, ordered by score
+    desc, slot asc within a query.
 
-    The k-th largest block maximum m is a lower bound of the k-th largest score, so every
-    row that can be in the top k lies in a block whose maximum is >= m; only those are ranked.
+    The k-th largest block maximum m of a query is a lower bound of its k-th largest score,
+    so every entry that can be in its top k lies in a block whose maximum is >= m; only
+    those blocks are ranked. All queries of the chunk are handled by the same numpy calls.
     """
-    bmax = acc.reshape(-1, _BLOCK).max(axis=1)
-    nb = len(bmax)
-    m = float(np.partition(bmax, nb - k)[nb - k]) if nb >= k else 0.0
-    blocks = np.flatnonzero(bmax >= m) if m > 0 else np.flatnonzero(bmax > 0)
-    rows = (blocks[:, None] * _BLOCK + np.arange(_BLOCK)).ravel()
-    data = acc[rows]
-    keep = (data >= m) & (data > 0)
-    rows, data = rows[keep], data[keep]
-    sel, slots = _top_k(data, rows, row_slots, k)
-    return data[sel], slots
+    c, npad = acc.shape
+    nb = npad // _BLOCK
+    blocks = acc.reshape(c, nb, _BLOCK)
+    bmax = blocks.max(axis=2)
+    m = np.partition(bmax, nb - k, axis=1)[:, nb - k] if nb >= k else np.zeros(c, dtype=np.float32)
+    m = np.maximum(m, _TINY)   # a hit has a score > 0
+    qb, bb = np.nonzero(bmax >= m[:, None])
+    data = blocks[qb, bb]                       # (query, block) pairs x _BLOCK
+    pi, off = np.nonzero(data >= m[qb][:, None])
+    qi, sc = qb[pi], data[pi, off]
+    slots = row_slots[bb[pi] * _BLOCK + off]
+    order = np.lexsort((slots, -sc, qi))
+    qi, sc, slots = qi[order], sc[order], slots[order]
+    rank = np.arange(len(qi)) - np.searchsorted(qi, np.arange(c))[qi]
+    keep = rank < k
+    return qi[keep], rank[keep], sc[keep], slots[keep]
 
 
 class SparseIndex:
@@ -366,8 +382,7 @@ class SparseIndex:
         self._flush()   # may renumber rows: mask after
         heavy = self._heavy_queries(q)
         light = np.flatnonzero(~heavy)
-        ql = q if len(light) == nq else q[light]
-        results = [t_q @ w for t_q, w in self._tier_products(ql)] if len(light) else []
+        results = [t_q @ w for t_q, w in self._tier_products(q if len(light) == nq else q[light])] if len(light) else []
         valid = self._valid_rows(allowed)
         all_valid = allowed is None and self._n_live == self._n_rows
         if heavy.any():
@@ -433,25 +448,57 @@ class SparseIndex:
 
     def _search_dense(self, q: sp.csr_matrix, which: np.ndarray, k: int, valid: np.ndarray | None,
                       out_s: np.ndarray, out_i: np.ndarray) -> None:
-        """Top-k of queries ``which`` by dense accumulation (weights all >= 0; see _heavy_queries)."""
+        """Top-k of queries ``which`` by dense accumulation (weights all >= 0; see _heavy_queries).
+
+        Queries go in chunks of at most _CHUNK_CELLS accumulator cells (one row per query)
+        and about as many postings, so the Python work per query is one C call and the top-k
+        is vectorised over the chunk."""
         tiers = self._tiers_nonneg() or []
-        n = self._n_rows
-        acc = np.zeros(-(-max(n, 1) // _BLOCK) * _BLOCK, dtype=np.float32)
+        if len(which) == 0 or not tiers:
+            return
+        npad = -(-max(self._n_rows, 1) // _BLOCK) * _BLOCK
+        buf = np.empty((max(1, min(len(which), _CHUNK_CELLS // npad)), npad), dtype=np.float32)
         invalid = None if valid is None else np.flatnonzero(~valid)
-        for i in which:
+        # (query, term) pairs, query-major, term ids ascending within a query; pair_start[j]:
+        # first pair of query which[j]. Per tier, a pair's postings are lo:hi (empty for a term
+        # the tier does not hold) and cum[p] counts the postings of the pairs before p.
+        qlen = np.diff(q.indptr)[which]
+        pair_start = np.zeros(len(which) + 1, dtype=np.int64)
+        np.cumsum(qlen, out=pair_start[1:])
+        pos = np.repeat(q.indptr[which] - pair_start[:-1], qlen) + np.arange(pair_start[-1])
+        terms, qws = q.indices[pos], q.data[pos]
+        spans = []
+        for t, w in tiers:
+            lo = t.indptr[np.minimum(terms, t.vocab)]
+            hi = t.indptr[np.minimum(terms + 1, t.vocab)]
+            cum = np.zeros(len(terms) + 1, dtype=np.int64)
+            np.cumsum(hi - lo, out=cum[1:])
+            spans.append((t, w, lo.tolist(), hi.tolist(), cum))
+        postings = sum(cum[pair_start] for *_, cum in spans)   # postings before each query
+        a = 0
+        while a < len(which):
+            e = int(np.searchsorted(postings, postings[a] + _CHUNK_CELLS, side="right")) - 1
+            e = max(a + 1, min(e, a + len(buf)))
+            acc = buf[: e - a]
             acc.fill(0)
-            a, e = q.indptr[i], q.indptr[i + 1]
-            for t_id, qw in zip(q.indices[a:e], q.data[a:e]):   # same order and precision as the sparse product
-                for t, w in tiers:
-                    if t_id < t.vocab:
-                        lo, hi = t.indptr[t_id], t.indptr[t_id + 1]
-                        if hi > lo:
-                            _accumulate(acc, t.indices[lo:hi], w[lo:hi], qw)
+            p0, p1 = int(pair_start[a]), int(pair_start[e])
+            for t, w, lo, hi, cum in spans:
+                if cum[p1] == cum[p0]:
+                    continue
+                ptr = cum[p0:p1 + 1] - cum[p0]
+                ptr = ptr.astype(t.indices.dtype) if ptr[-1] < 2**31 else ptr
+                rows = np.concatenate([t.indices[x:y] for x, y in zip(lo[p0:p1], hi[p0:p1])]).astype(ptr.dtype, copy=False)
+                ws = np.concatenate([w[x:y] for x, y in zip(lo[p0:p1], hi[p0:p1])])
+                bounds = (pair_start[a:e + 1] - p0).tolist()
+                for j in range(e - a):   # one C call per query, into its row of ``acc``
+                    s, f = bounds[j], bounds[j + 1]
+                    _accumulate(acc[j], rows, ws, ptr[s:f + 1], qws[p0 + s:p0 + f])
             if invalid is not None:
-                acc[invalid] = 0
-            sc, slots = _dense_top_k(acc, n, self._row_slots, k)
-            out_s[i, : len(sc)] = sc
-            out_i[i, : len(sc)] = slots
+                acc[:, invalid] = 0
+            qi, rank, sc, slots = _dense_top_k(acc, k, self._row_slots)
+            out_s[which[a + qi], rank] = sc
+            out_i[which[a + qi], rank] = slots
+            a = e
 
     def score(self, queries: Any, candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Exact scores (float32) of the given slots per query; 0 for no shared term,
@@ -639,9 +686,15 @@ class SparseIndex:
         rid, terms, vals, nq = _rows_to_coo(queries, "queries")
         keep = (terms < self._vocab) & (vals != 0)
         rid, terms, vals = rid[keep], terms[keep], vals[keep]
-        m = sp.csr_matrix((vals.astype(np.float32), (rid, terms)), shape=(nq, max(self._vocab, 1)))
-        m.sum_duplicates()
-        return m
+        vocab = max(self._vocab, 1)
+        # rid is non-decreasing and (rid, term) pairs are distinct (dict keys; a scipy input had
+        # its duplicates summed): sorting terms within each row is all a CSR needs
+        order = np.argsort(rid * vocab + terms, kind="stable")
+        indptr = np.zeros(nq + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rid, minlength=nq), out=indptr[1:])
+        idx_t = np.int32 if vocab < 2**31 else np.int64
+        return sp.csr_matrix((vals[order].astype(np.float32), terms[order].astype(idx_t), indptr),
+                             shape=(nq, vocab), copy=False)
 
     def _tier_products(self, q: sp.csr_matrix) -> list[tuple[sp.csr_matrix, sp.csr_matrix]]:
         self._flush()
