@@ -261,10 +261,12 @@ def test_bad_threads_named(bad):
 
 
 @pytest.mark.parametrize("weighting", ["none", "bm25okapi", "bm25lucene"])
-@pytest.mark.parametrize("cells", [1 << 22, 600])
-def test_dense_accumulation_equals_sparse_product(monkeypatch, weighting, cells):
+@pytest.mark.parametrize("cells", [1 << 20, 600])
+@pytest.mark.parametrize("copy_max", [512, 1])
+def test_dense_accumulation_equals_sparse_product(monkeypatch, weighting, cells, copy_max):
     """Queries scored by dense accumulation (in chunks of queries; cells=600 forces one or two
-    queries per chunk) give the sparse product's arrays bit for bit: same scores, same
+    queries per chunk; copy_max=1 accumulates every posting list in place, 512 copies these
+    short ones together) give the sparse product's arrays bit for bit: same scores, same
     (score desc, slot asc) order, with two tiers, deletes, ties and an allowed mask."""
     import hybridrag.stores.sparse as sparse_mod
 
@@ -278,6 +280,7 @@ def test_dense_accumulation_equals_sparse_product(monkeypatch, weighting, cells)
     idx.remove(np.arange(0, 512, 7))
     allowed = np.arange(660) % 5 != 1
     monkeypatch.setattr(sparse_mod, "_CHUNK_CELLS", cells)
+    monkeypatch.setattr(sparse_mod, "_COPY_MAX", copy_max)
     for mask in (None, allowed):
         for k in (1, 10, 100):
             monkeypatch.setattr(sparse_mod, "_DENSE_RATIO", 10**9)   # every query with a hit: dense

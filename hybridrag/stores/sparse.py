@@ -57,9 +57,14 @@ _MIN_PER_THREAD = 8
 _THREAD_MIN_ROWS = 100_000
 _BLOCK = 256   # rows per block for the block-max top-k of a dense accumulator
 # Dense-accumulated queries are scored in chunks of at most this many float32 accumulator
-# cells (16 MiB, one row per query) and about as many postings: small corpora get hundreds
-# of queries per chunk, so per-query Python work stays small (benchmarks/bench_sparse.py).
-_CHUNK_CELLS = 1 << 22
+# cells (4 MiB, one row per query; larger chunks fall out of cache) and about as many
+# postings: small corpora get hundreds of queries per chunk, so the per-query Python work
+# stays small (benchmarks/bench_sparse.py).
+_CHUNK_CELLS = 1 << 20
+# Posting lists averaging this many entries are accumulated in place, one C call per query
+# term; shorter ones are first copied together so that a query needs one call (the copy
+# costs about as much per posting as the accumulation itself).
+_COPY_MAX = 512
 _TINY = np.float32(np.nextafter(np.float32(0), np.float32(1)))   # smallest positive float32
 _NUM_TYPES = (int, float, np.integer, np.floating)
 
@@ -473,7 +478,7 @@ class SparseIndex:
             hi = t.indptr[np.minimum(terms + 1, t.vocab)]
             cum = np.zeros(len(terms) + 1, dtype=np.int64)
             np.cumsum(hi - lo, out=cum[1:])
-            spans.append((t, w, lo.tolist(), hi.tolist(), cum))
+            spans.append((t, w, lo, hi, cum))
         postings = sum(cum[pair_start] for *_, cum in spans)   # postings before each query
         a = 0
         while a < len(which):
@@ -482,15 +487,26 @@ class SparseIndex:
             acc = buf[: e - a]
             acc.fill(0)
             p0, p1 = int(pair_start[a]), int(pair_start[e])
+            bounds = (pair_start[a:e + 1] - p0).tolist()   # pairs of query a + j: bounds[j]:bounds[j + 1]
             for t, w, lo, hi, cum in spans:
-                if cum[p1] == cum[p0]:
+                n_post = int(cum[p1] - cum[p0])
+                if n_post == 0:
                     continue
+                if n_post >= _COPY_MAX * (p1 - p0) and t.nnz < 2**31:
+                    # long posting lists: one C call per (query, term) on the stored arrays
+                    lohi = np.stack([lo[p0:p1], hi[p0:p1]], axis=1).astype(t.indices.dtype)
+                    for j in range(e - a):
+                        for p in range(bounds[j], bounds[j + 1]):
+                            if lohi[p, 1] > lohi[p, 0]:
+                                _accumulate(acc[j], t.indices, w, lohi[p], qws[p0 + p:p0 + p + 1])
+                    continue
+                # short ones: copied together, then one C call per query, into its row of ``acc``
                 ptr = cum[p0:p1 + 1] - cum[p0]
                 ptr = ptr.astype(t.indices.dtype) if ptr[-1] < 2**31 else ptr
-                rows = np.concatenate([t.indices[x:y] for x, y in zip(lo[p0:p1], hi[p0:p1])]).astype(ptr.dtype, copy=False)
-                ws = np.concatenate([w[x:y] for x, y in zip(lo[p0:p1], hi[p0:p1])])
-                bounds = (pair_start[a:e + 1] - p0).tolist()
-                for j in range(e - a):   # one C call per query, into its row of ``acc``
+                spans_l = list(zip(lo[p0:p1].tolist(), hi[p0:p1].tolist()))
+                rows = np.concatenate([t.indices[x:y] for x, y in spans_l]).astype(ptr.dtype, copy=False)
+                ws = np.concatenate([w[x:y] for x, y in spans_l])
+                for j in range(e - a):
                     s, f = bounds[j], bounds[j + 1]
                     _accumulate(acc[j], rows, ws, ptr[s:f + 1], qws[p0 + s:p0 + f])
             if invalid is not None:
