@@ -204,7 +204,7 @@ def part_c(args: argparse.Namespace) -> None:
         s.add(np.arange(len(docs)), docs)
         stores[label] = s
         row(name, f"MultiVectorStore {label}", "add s (pq: incl. learning the codebook)", f"{time.perf_counter() - t:.1f}")
-    compare_encodings(name, stores, qs, "SciFact queries")
+    compare_encodings(name, stores, qs, f"{args.beir.name} queries")
 
 
 def main() -> None:
