@@ -30,7 +30,8 @@ time has norm 1 (within 1e-2), the store records it and decodes every token to n
 decoded vector divided by its norm: the score is scaled, the vector is not stored). Restoring
 the norm removes the error component along the token itself, which is the one that moves
 MaxSim most; with the 50-iteration k-means it lifted overlap@10 against fp32 on real MiniLM
-token vectors from 0.945 to 0.954 at no cost in bytes (docs/BENCHMARKS.md, section 7). Such a store then refuses tokens
+token vectors of SciFact from 0.945 to 0.954 at no cost in bytes (0.940 on NFCorpus;
+docs/BENCHMARKS.md, section 7). Such a store then refuses tokens
 that are not unit-norm (``ValueError`` naming the slot and the norm): their scores would be wrong.
 
 ``score`` is ColBERT MaxSim, vectorised over the candidates: the candidates' token rows
