@@ -292,3 +292,24 @@ def test_dense_accumulation_equals_sparse_product(monkeypatch, weighting, cells,
             light = idx.search(qs, k, allowed=mask, threads=1)
             np.testing.assert_array_equal(dense[0], light[0])
             np.testing.assert_array_equal(dense[1], light[1])
+
+
+@pytest.mark.parametrize("copy_max", [512, 1])
+def test_dense_accumulation_without_scipy_kernel(monkeypatch, copy_max):
+    """The numpy fallback used when scipy's private csc_matvec is missing gives the same
+    arrays as the C kernel, in both copy modes."""
+    import hybridrag.stores.sparse as sparse_mod
+
+    docs = random_rows(400, 31, vocab=25, nnz=8, ints=True)
+    qs = random_rows(30, 32, vocab=25, nnz=8, ints=True)
+    idx = SparseIndex("bm25lucene")
+    idx.add(np.arange(400), docs)
+    monkeypatch.setattr(sparse_mod, "_DENSE_RATIO", 10**9)
+    monkeypatch.setattr(sparse_mod, "_COPY_MAX", copy_max)
+    idx._flush()
+    assert idx._heavy_queries(idx._query_matrix(qs)).sum() >= 25
+    with_kernel = idx.search(qs, 10, threads=1)
+    monkeypatch.setattr(sparse_mod, "_csc_matvec", None)
+    fallback = idx.search(qs, 10, threads=1)
+    np.testing.assert_array_equal(with_kernel[0], fallback[0])
+    np.testing.assert_array_equal(with_kernel[1], fallback[1])
