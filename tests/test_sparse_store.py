@@ -1,9 +1,13 @@
 """SparseIndex: exact top-k, masks, padding, incremental adds/deletes, memory, persistence, bad input."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hybridrag.errors import ConfigError, IndexFormatError
 from hybridrag.stores.sparse import SparseIndex
@@ -313,3 +317,39 @@ def test_dense_accumulation_without_scipy_kernel(monkeypatch, copy_max):
     fallback = idx.search(qs, 10, threads=1)
     np.testing.assert_array_equal(with_kernel[0], fallback[0])
     np.testing.assert_array_equal(with_kernel[1], fallback[1])
+
+
+_rows = st.lists(st.dictionaries(st.integers(0, 40), st.integers(1, 5).map(float), max_size=8), min_size=1, max_size=60)
+
+
+@settings(max_examples=int(os.environ.get("HYBRIDRAG_FUZZ_EXAMPLES", "50")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(docs=_rows, queries=_rows, more=_rows, k=st.integers(1, 12), drop=st.sets(st.integers(0, 130), max_size=20),
+       weighting=st.sampled_from(["none", "bm25okapi", "bm25lucene"]), cells=st.sampled_from([300, 1 << 20]),
+       copy_max=st.sampled_from([1, 512]))
+def test_dense_and_sparse_paths_agree_fuzz(monkeypatch, docs, queries, more, k, drop, weighting, cells, copy_max):
+    """Random corpora (two tiers, deletes, repeated rows and ties), random queries: the
+    dense-accumulation path, in any chunking and copy mode, returns the sparse product's
+    arrays exactly; with weighting 'none' both equal brute force."""
+    import hybridrag.stores.sparse as sparse_mod
+
+    idx = SparseIndex(weighting)
+    idx.add(np.arange(len(docs)) * 2, docs)          # even slots
+    idx._flush()
+    idx._consolidate()
+    idx.add(np.arange(len(more)) * 2 + 1, more)      # odd slots: a second tier
+    idx.remove(np.array(sorted(drop), dtype=np.int64))
+    monkeypatch.setattr(sparse_mod, "_CHUNK_CELLS", cells)
+    monkeypatch.setattr(sparse_mod, "_COPY_MAX", copy_max)
+    monkeypatch.setattr(sparse_mod, "_DENSE_RATIO", 10**9)
+    dense = idx.search(queries, k, threads=1)
+    monkeypatch.setattr(sparse_mod, "_DENSE_RATIO", 0)
+    light = idx.search(queries, k, threads=1)
+    np.testing.assert_array_equal(dense[0], light[0])
+    np.testing.assert_array_equal(dense[1], light[1])
+    if weighting == "none":
+        slots = np.concatenate([np.arange(len(docs)) * 2, np.arange(len(more)) * 2 + 1])
+        rows = docs + more
+        live = [s not in drop for s in slots]
+        ref = brute(queries, [r for r, a in zip(rows, live) if a], slots[np.array(live, dtype=bool)].tolist(), k)
+        assert_topk(*dense, ref)
