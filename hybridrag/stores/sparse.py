@@ -387,7 +387,9 @@ class SparseIndex:
         self._flush()   # may renumber rows: mask after
         heavy = self._heavy_queries(q)
         light = np.flatnonzero(~heavy)
-        results = [t_q @ w for t_q, w in self._tier_products(q if len(light) == nq else q[light])] if len(light) else []
+        results = []   # sparse products of the light queries, one per tier
+        if len(light):
+            results = [t_q @ w for t_q, w in self._tier_products(q if len(light) == nq else q[light])]
         valid = self._valid_rows(allowed)
         all_valid = allowed is None and self._n_live == self._n_rows
         if heavy.any():
