@@ -10,6 +10,11 @@ Prints a markdown table. Example (2 CPU cores, a few minutes)::
 
     python benchmarks/bench_encoders.py --docs 300 --m3-texts 2 --m3-lengths 128,512,2048
 
+On a GPU (fp16 by default there; issue 4 item 8)::
+
+    python benchmarks/bench_encoders.py --skip-dense --m3-lengths 512,8192 --m3-texts 256,32 \
+        --m3-batch-size 32,4 --repeats 3 --warmup
+
 Not part of the test suite.
 """
 from __future__ import annotations
@@ -89,26 +94,50 @@ def build_full_m3(folder: Path) -> Path:
 
 
 def texts_of_length(tokenizer: Any, n_tokens: int, count: int) -> list[str]:
-    """``count`` texts that tokenize to exactly ``n_tokens`` tokens (special tokens included)."""
+    """``count`` texts that tokenize to exactly ``n_tokens`` tokens (special tokens included).
+
+    The longest prefix of a word cycle that fits is found by bisection (token counts
+    grow with the number of words), then single-token words fill the gap.
+    """
     words = [w for w in ("fox dog lazy quick brown vectors dense sparse retrieval search models "
                          "vitamin aspirin heart risk bone").split()]
+    filler = next(w for w in words if len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 1)
+
+    def n_of(seq: list[str]) -> int:
+        return len(tokenizer(" ".join(seq))["input_ids"])
+
     out = []
     for c in range(count):
         seq = [words[(c + i) % len(words)] for i in range(n_tokens)]
-        text = " ".join(seq)
-        n = len(tokenizer(text)["input_ids"])
-        while n > n_tokens:  # drop words until it fits, then pad with single-token words
-            seq.pop()
-            text = " ".join(seq)
-            n = len(tokenizer(text)["input_ids"])
-        filler = next(w for w in words if len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 1)
+        lo, hi = 0, len(seq)  # n_of(seq[:lo]) <= n_tokens; find the largest such lo
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if n_of(seq[:mid]) <= n_tokens:
+                lo = mid
+            else:
+                hi = mid - 1
+        seq = seq[:lo]
+        n = n_of(seq)
         while n < n_tokens:
-            text += " " + filler
-            n = len(tokenizer(text)["input_ids"])
+            seq.append(filler)
+            n = n_of(seq)
         if n != n_tokens:
             raise RuntimeError(f"could not build a text of exactly {n_tokens} tokens (got {n})")
-        out.append(text)
+        out.append(" ".join(seq))
     return out
+
+
+def _per_length(value: str, lengths: list[int], name: str) -> list[int]:
+    """``"4"`` or ``"32,4"`` (one per length) -> a list of ints, one per length."""
+    try:
+        vals = [int(x) for x in value.split(",")]
+    except ValueError:
+        raise SystemExit(f"--{name} must be an int or comma-separated ints, got {value!r}") from None
+    if len(vals) == 1:
+        vals = vals * len(lengths)
+    if len(vals) != len(lengths) or min(vals) < 1:
+        raise SystemExit(f"--{name} needs one value >= 1, or one per length ({len(lengths)}), got {value!r}")
+    return vals
 
 
 def bench_m3(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -123,14 +152,19 @@ def bench_m3(args: argparse.Namespace) -> list[dict[str, Any]]:
         device = args.device or ("cuda" if _cuda() else "cpu")
         ours = M3Encoder.from_pretrained(folder, device=device)
         fp16 = ours.dtype == _torch().float16
+        dtype_name = "fp16" if fp16 else "fp32"
         ref = BGEM3FlagModel(str(folder), use_fp16=fp16, devices=device)
         lengths = [int(x) for x in args.m3_lengths.split(",")]
+        counts = _per_length(args.m3_texts, lengths, "m3-texts")
+        batches = _per_length(args.m3_batch_size, lengths, "m3-batch-size")
+        torch = _torch()
+        cuda = str(device).startswith("cuda")
         warm = texts_of_length(ours.tokenizer, 16, 2)
         ours.encode(warm, batch_size=2)
         ref.encode(warm, batch_size=2, return_dense=True, return_sparse=True, return_colbert_vecs=True)
-        for length in lengths:
-            texts = texts_of_length(ours.tokenizer, length, args.m3_texts)
-            bs = max(1, min(args.m3_batch_size, len(texts)))
+        for length, count, bs in zip(lengths, counts, batches):
+            texts = texts_of_length(ours.tokenizer, length, count)
+            bs = min(bs, len(texts))
 
             def run_ours() -> None:
                 ours.encode(texts, max_length=length, batch_size=bs)
@@ -139,12 +173,21 @@ def bench_m3(args: argparse.Namespace) -> list[dict[str, Any]]:
                 ref.encode(texts, max_length=length, batch_size=bs,
                            return_dense=True, return_sparse=True, return_colbert_vecs=True)
 
-            t_ours = timed(run_ours, args.repeats, warmup=False)
-            t_ref = timed(run_ref, args.repeats, warmup=False)
+            peaks = []
+            times = []
+            for fn in (run_ours, run_ref):
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                times.append(timed(fn, args.repeats, warmup=args.warmup))
+                peaks.append(torch.cuda.max_memory_allocated() / 2**20 if cuda else None)
             n_tok = length * len(texts)
             rows.append({
-                "what": f"M3 (XLM-R large, random), {len(texts)} texts x {length} tokens, batch {bs}, all 3 outputs",
-                "unit": "tokens/s", "ours": n_tok / t_ours, "ref": n_tok / t_ref, "ref_name": "BGEM3FlagModel",
+                "what": f"M3 (XLM-R large, random, {dtype_name}), {len(texts)} texts x {length} tokens, "
+                        f"batch {bs}, all 3 outputs",
+                "unit": "tokens/s", "ours": n_tok / times[0], "ref": n_tok / times[1], "ref_name": "BGEM3FlagModel",
+                "peak_mib": peaks,
             })
         del ours, ref
         gc.collect()
@@ -168,16 +211,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="BEIR folder holding corpus.jsonl (default ../shared/data/beir/scifact)")
     ap.add_argument("--docs", type=int, default=300, help="SciFact docs for the dense benchmark")
     ap.add_argument("--batch-size", type=int, default=32, help="batch size for the dense benchmark")
-    ap.add_argument("--m3-texts", type=int, default=2, help="texts per length for the M3 benchmark")
+    ap.add_argument("--m3-texts", default="2",
+                    help="texts per length for the M3 benchmark: one int, or one per length (e.g. 256,32)")
     ap.add_argument("--m3-lengths", default="128,512,2048", help="comma-separated exact token lengths")
-    ap.add_argument("--m3-batch-size", type=int, default=4, help="batch size for the M3 benchmark")
+    ap.add_argument("--m3-batch-size", default="4",
+                    help="batch size for the M3 benchmark: one int, or one per length (e.g. 32,4)")
     ap.add_argument("--repeats", type=int, default=1, help="timed repeats per measurement (best is kept)")
+    ap.add_argument("--warmup", action="store_true",
+                    help="one untimed call at each M3 length before the timed ones (use on GPU)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--skip-dense", action="store_true")
     ap.add_argument("--skip-m3", action="store_true")
     args = ap.parse_args(argv)
-    for name in ("docs", "batch_size", "m3_texts", "m3_batch_size", "repeats"):
+    for name in ("docs", "batch_size", "repeats"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     torch = _torch()
@@ -200,6 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['what']} | {r['unit']} | {r['ours']:.1f} | {r['ref']:.1f} ({r['ref_name']}) | "
               f"{r['ours'] / r['ref']:.2f} |")
+    peaks = [r for r in rows if r.get("peak_mib") and r["peak_mib"][0] is not None]
+    if peaks:
+        print()
+        print("| benchmark | peak GPU memory, hybridrag (MiB) | peak GPU memory, reference (MiB) |")
+        print("|---|---:|---:|")
+        for r in peaks:
+            print(f"| {r['what']} | {r['peak_mib'][0]:.0f} | {r['peak_mib'][1]:.0f} |")
     return 0
 
 

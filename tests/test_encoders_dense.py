@@ -69,6 +69,19 @@ def test_matches_sentence_transformers(bert_dir: Path, bert_cls_dir: Path, which
 
 
 @pytest.mark.parity
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fp16_matches_sentence_transformers_fp16(bert_dir: Path) -> None:
+    """On a GPU the encoder defaults to fp16; SentenceTransformer.half() on the GPU agrees."""
+    from sentence_transformers import SentenceTransformer
+
+    gpu = DenseEncoder.from_pretrained(bert_dir)
+    assert gpu.device.startswith("cuda") and gpu.dtype == torch.float16
+    ref = SentenceTransformer(str(bert_dir), device="cuda").half()
+    np.testing.assert_allclose(gpu.encode(TEXTS, batch_size=3).dense, ref.encode(TEXTS, batch_size=3),
+                               atol=5e-3, rtol=0)
+
+
+@pytest.mark.parity
 def test_matches_sentence_transformers_unnormalized(tmp_path: Path) -> None:
     path = tiny_models.make_bert_folder(tmp_path / "raw", normalize=False)
     enc = DenseEncoder.from_pretrained(path, device="cpu")

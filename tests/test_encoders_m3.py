@@ -79,6 +79,11 @@ def test_compute_score_matches_flagembedding(enc: M3Encoder, flag) -> None:
     pairs.append(("", "Dense vectors."))
     # very short passages beside long ones: FlagEmbedding's padding zeros enter MaxSim here
     pairs += [(t, "") for t in TEXTS] + [(t, "中文") for t in TEXTS]
+    # many short random queries against the one-vector passage "": some query token then
+    # has only negative dot products, which is where the padding zeros change the score
+    rng = np.random.default_rng(0)
+    words = "fox dog lazy quick brown vectors 中文 检索 الاسترجاع 🚀 modèles vitamin".split()
+    pairs += [(" ".join(rng.choice(words, size=12)), "") for _ in range(150)]
     weights = (0.4, 0.2, 0.4)
     ref = flag.compute_score(pairs, max_query_length=16, max_passage_length=32,
                              weights_for_different_modes=list(weights))
@@ -290,6 +295,57 @@ def test_oom_at_batch_size_one_propagates() -> None:
         base.run_sorted_batches([{"input_ids": [1, 2]}], 4, always)
 
 
+def test_batches_overlap_launch_and_collect() -> None:
+    """Batch i is collected after batch i + 1 is launched (host work overlaps the next
+    forward pass); an OOM while a batch is pending loses nothing; order is restored."""
+    events: list[str] = []
+    feats = [{"input_ids": [0] * n} for n in (3, 9, 5, 7, 1, 8, 2)]  # launched longest first
+
+    def launch(batch):
+        if len(batch) > 2 and events.count("oom") == 0 and events:
+            events.append("oom")
+            raise torch.cuda.OutOfMemoryError("simulated")
+        tag = ",".join(str(len(f["input_ids"])) for f in batch)
+        events.append(f"launch {tag}")
+
+        def finish():
+            events.append(f"finish {tag}")
+            return [len(f["input_ids"]) for f in batch]
+
+        return finish
+
+    got = base.run_sorted_batches(feats, 4, launch)
+    assert got == [3, 9, 5, 7, 1, 8, 2]
+    assert events == ["launch 9,8,7,5", "oom", "launch 3,2", "finish 9,8,7,5", "launch 1", "finish 3,2",
+                      "finish 1"]
+
+
+def test_pad_batch_pads_right_like_the_tokenizer(enc: M3Encoder) -> None:
+    feats = base.tokenize(enc.tokenizer, TEXTS, 32, return_token_type_ids=True)
+    ours = base.pad_batch(enc.tokenizer, feats, "cpu")
+    ref = enc.tokenizer.pad({k: [f[k] for f in feats] for k in feats[0]}, padding=True, return_tensors="pt")
+    assert set(ours) == set(ref)
+    for k in ref:
+        assert ours[k].dtype == torch.int64
+        torch.testing.assert_close(ours[k], ref[k].long(), rtol=0, atol=0)
+    no_mask = base.pad_batch(enc.tokenizer, [{"input_ids": f["input_ids"]} for f in feats], "cpu")
+    torch.testing.assert_close(no_mask["attention_mask"], ref["attention_mask"].long(), rtol=0, atol=0)
+
+
+def test_left_padding_tokenizer_gives_the_same_outputs(m3_dir: Path, enc: M3Encoder) -> None:
+    """The encoder slices each row's first ``length`` positions, so it pads on the
+    right whatever ``padding_side`` the saved tokenizer asks for."""
+    left = M3Encoder.from_pretrained(m3_dir, device="cpu")
+    left.tokenizer.padding_side = "left"
+    a = left.encode(TEXTS, max_length=32, batch_size=4)
+    b = enc.encode(TEXTS, max_length=32, batch_size=4)
+    np.testing.assert_allclose(a.dense, b.dense, atol=1e-6)
+    for x, y in zip(a.sparse, b.sparse):
+        assert x.keys() == y.keys() and all(abs(x[t] - y[t]) < 1e-6 for t in x)
+    for x, y in zip(a.colbert, b.colbert):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- loading and config
 
 
@@ -311,6 +367,39 @@ def test_bf16_on_cpu_is_close(m3_dir: Path, enc: M3Encoder) -> None:
     out = low.encode(["The quick brown fox"], max_length=32)
     assert out.dense.dtype == np.float32
     np.testing.assert_allclose(out.dense, enc.encode(["The quick brown fox"], max_length=32).dense, atol=0.1)
+
+
+@pytest.mark.parity
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fp16_matches_flagembedding_fp16(m3_dir: Path, enc: M3Encoder) -> None:
+    """On a GPU both sides default to / are asked for fp16; outputs agree within fp16 noise."""
+    from FlagEmbedding import BGEM3FlagModel
+
+    gpu = M3Encoder.from_pretrained(m3_dir)
+    assert gpu.device.startswith("cuda") and gpu.dtype == torch.float16
+    ref = BGEM3FlagModel(str(m3_dir), use_fp16=True, devices="cuda")
+    for max_length, batch_size in [(32, 3), (512, 4)]:
+        ours = gpu.encode(TEXTS, max_length=max_length, batch_size=batch_size)
+        theirs = ref.encode(TEXTS, max_length=max_length, batch_size=batch_size,
+                            return_dense=True, return_sparse=True, return_colbert_vecs=True)
+        np.testing.assert_allclose(ours.dense, theirs["dense_vecs"], atol=5e-3, rtol=0)
+        for i, (mine, other) in enumerate(zip(ours.sparse, theirs["lexical_weights"])):
+            keys = set(mine) | {int(k) for k in other}
+            for tok in keys:  # a weight near 0 may be kept on one side only
+                assert abs(mine.get(tok, 0.0) - float(other.get(str(tok), 0.0))) <= 5e-3, (i, tok)
+        for i, (mine, other) in enumerate(zip(ours.colbert, theirs["colbert_vecs"])):
+            assert mine.shape == other.shape, i
+            np.testing.assert_allclose(mine, other, atol=5e-3, rtol=0)
+    # outputs are the caller's own memory: later batches (reusing the page-locked
+    # transfer buffers) leave them as they were
+    first = gpu.encode(TEXTS, max_length=32, batch_size=2)
+    kept = [c.copy() for c in first.colbert]
+    gpu.encode([t[::-1] + " other" for t in TEXTS] * 3, max_length=32, batch_size=2)
+    for a, b in zip(first.colbert, kept):
+        np.testing.assert_array_equal(a, b)
+    # and fp16 on the GPU stays close to fp32 on the CPU
+    np.testing.assert_allclose(gpu.encode(TEXTS, max_length=32).dense, enc.encode(TEXTS, max_length=32).dense,
+                               atol=2e-2)
 
 
 def test_device_and_dtype_choice() -> None:

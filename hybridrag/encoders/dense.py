@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from hybridrag.encoders.base import (
     check_max_length,
     check_texts,
     dtype_name,
+    host_copy,
     l2_normalize,
     load_tokenizer,
     load_transformer,
@@ -34,7 +35,6 @@ from hybridrag.encoders.base import (
     resolve_dtype,
     resolve_model_folder,
     run_sorted_batches,
-    to_numpy,
     tokenize,
 )
 from hybridrag.errors import ConfigError, ModelLoadError
@@ -205,8 +205,10 @@ class DenseEncoder:
         return self.encode(texts, max_length=max_length, batch_size=batch_size, dense=dense, sparse=sparse,
                            colbert=colbert)
 
-    def _run(self, features: list[dict[str, list[int]]], dense: bool, colbert: bool) -> list[tuple[Any, Any]]:
-        """One forward pass; per example (pooled vector [dim], token vectors [t, dim])."""
+    def _run(self, features: list[dict[str, list[int]]], dense: bool,
+             colbert: bool) -> Callable[[], list[tuple[Any, Any]]]:
+        """Queue one forward pass; the returned function gives per example
+        (pooled vector [dim], token vectors [t, dim]) once the pass is done."""
         import torch
 
         special = [f.get("special_tokens_mask") for f in features] if colbert else None
@@ -215,16 +217,25 @@ class DenseEncoder:
         with torch.inference_mode():
             hidden = self.model(**batch, return_dict=True).last_hidden_state
             mask = batch["attention_mask"]
-            d_np = to_numpy(self._pool(hidden, mask)) if dense else None
-            tok_np = to_numpy(l2_normalize(hidden)) if colbert else None
-        out = []
-        for i in range(len(features)):
-            tok = None
-            if colbert and tok_np is not None and special is not None:
-                keep = np.asarray(special[i], dtype=bool) == 0
-                tok = np.ascontiguousarray(tok_np[i, : len(keep)][keep])
-            out.append((d_np[i] if d_np is not None else None, tok))
-        return out
+            parts = {}
+            if dense:
+                parts["dense"] = self._pool(hidden, mask).float()
+            if colbert:
+                parts["tokens"] = l2_normalize(hidden).float()
+            wait = host_copy(parts)
+
+        def finish() -> list[tuple[Any, Any]]:
+            got = wait()
+            out = []
+            for i in range(len(features)):
+                tok = None
+                if colbert and special is not None:
+                    keep = np.asarray(special[i], dtype=bool) == 0
+                    tok = got["tokens"][i, : len(keep)][keep]  # boolean indexing copies
+                out.append((np.array(got["dense"][i]) if dense else None, tok))
+            return out
+
+        return finish
 
     def _pool(self, hidden: Any, mask: Any) -> Any:
         """Pool ``hidden`` [b, t, h] with ``mask`` [b, t] -> [b, h], then normalise if configured."""

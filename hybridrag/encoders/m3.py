@@ -8,7 +8,7 @@ Covered by ``tests/test_encoders_m3.py`` (parity tests marked ``parity``).
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence, cast
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from hybridrag.encoders.base import (
     check_max_length,
     check_texts,
     dtype_name,
+    host_copy,
     l2_normalize,
     load_tokenizer,
     load_transformer,
@@ -28,7 +29,6 @@ from hybridrag.encoders.base import (
     resolve_dtype,
     resolve_model_folder,
     run_sorted_batches,
-    to_numpy,
     tokenize,
 )
 from hybridrag.errors import ConfigError, ModelLoadError
@@ -96,8 +96,6 @@ class M3Encoder:
         and fp32 on CPU; ``"bf16"``/``"fp16"``/``"fp32"`` or a torch dtype choose.
         Raises :class:`ModelLoadError` when the folder, weights or a head file is missing.
         """
-        import torch
-
         if kw:
             raise TypeError(f"unexpected arguments for M3Encoder.from_pretrained: {sorted(kw)}")
         name = os.fspath(name_or_path) if isinstance(name_or_path, os.PathLike) else name_or_path
@@ -189,8 +187,9 @@ class M3Encoder:
                            colbert=colbert)
 
     def _run(self, features: list[dict[str, list[int]]], dense: bool, sparse: bool,
-             colbert: bool) -> list[tuple[Any, Any, Any]]:
-        """One forward pass over a padded batch; per-example (dense [d], sparse dict, colbert [t, c])."""
+             colbert: bool) -> Callable[[], list[tuple[Any, Any, Any]]]:
+        """Queue one forward pass over a padded batch; the returned function gives
+        per-example (dense [d], sparse dict, colbert [t, c]) once the pass is done."""
         import torch
 
         batch = pad_batch(self.tokenizer, features, self.device)
@@ -198,20 +197,27 @@ class M3Encoder:
             hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                 return_dict=True).last_hidden_state
             mask = batch["attention_mask"]
-            d_np = to_numpy(l2_normalize(hidden[:, 0])) if dense else None
-            w_np = to_numpy(torch.relu(self.sparse_linear(hidden)).squeeze(-1)) if sparse else None
+            parts = {"lengths": mask.sum(dim=1)}
+            if dense:
+                parts["dense"] = l2_normalize(hidden[:, 0]).float()
+            if sparse:
+                parts["sparse"] = torch.relu(self.sparse_linear(hidden)).squeeze(-1).float()
+                parts["ids"] = batch["input_ids"]
             if colbert:
                 vecs = self.colbert_linear(hidden[:, 1:]) * mask[:, 1:, None].to(hidden.dtype)
-                c_np = to_numpy(l2_normalize(vecs))
-            ids_np = batch["input_ids"].cpu().numpy()
-        lengths = mask.sum(dim=1).cpu().numpy()
-        out = []
-        for i in range(len(features)):
-            n = int(lengths[i])
-            lex = self._lexical(ids_np[i, :n], w_np[i, :n]) if sparse else None
-            col = np.ascontiguousarray(c_np[i, : max(n - 1, 0)]) if colbert else None
-            out.append((d_np[i] if dense else None, lex, col))
-        return out
+                parts["colbert"] = l2_normalize(vecs).float()
+            wait = host_copy(parts)
+
+        def finish() -> list[tuple[Any, Any, Any]]:
+            got = wait()
+            out = []
+            for i, n in enumerate(got["lengths"].tolist()):
+                lex = self._lexical(got["ids"][i, :n], got["sparse"][i, :n]) if sparse else None
+                col = np.array(got["colbert"][i, : max(n - 1, 0)]) if colbert else None
+                out.append((np.array(got["dense"][i]) if dense else None, lex, col))
+            return out
+
+        return finish
 
     def _lexical(self, ids: np.ndarray, weights: np.ndarray) -> dict[int, float]:
         """Token ids and their relu weights ``[n]`` -> {id: max weight}, special ids and zeros dropped."""

@@ -24,7 +24,6 @@ Tested by ``tests/test_sparse_store.py`` and ``tests/test_bm25.py``.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
