@@ -321,7 +321,7 @@ def test_batches_overlap_launch_and_collect() -> None:
 
 
 def test_pad_batch_pads_right_like_the_tokenizer(enc: M3Encoder) -> None:
-    feats = base.tokenize(enc.tokenizer, TEXTS, 32, return_token_type_ids=True)
+    feats = base.tokenize(enc.tokenizer, TEXTS, 32, return_token_type_ids=True, return_special_tokens_mask=True)
     ours = base.pad_batch(enc.tokenizer, feats, "cpu")
     ref = enc.tokenizer.pad({k: [f[k] for f in feats] for k in feats[0]}, padding=True, return_tensors="pt")
     assert set(ours) == set(ref)

@@ -238,33 +238,27 @@ def _cut_long_text(tokenizer: Any, text: str, max_length: int) -> str:
     return text
 
 
-#: Padding value per feature key; other keys fall back to ``tokenizer.pad``.
-_PAD_VALUES = {"attention_mask": 0, "token_type_ids": None, "special_tokens_mask": 1}
-
-
 def pad_batch(tokenizer: Any, features: list[dict[str, list[int]]], device: str) -> dict[str, "torch.Tensor"]:
     """Pad tokenized examples on the right to the batch's longest; int64 tensors on ``device``.
 
     Always right padding (the encoders slice ``[:length]`` per row), whatever the
-    tokenizer's ``padding_side``. Filled with numpy, which is ~10x faster than
-    ``tokenizer.pad`` on Python lists (9 ms for 32 x 512 tokens, measured on the
-    GPU benchmark machine). ``attention_mask`` is added when missing.
+    tokenizer's ``padding_side``. Filled with numpy: 32 x 512 tokens took 1.2 ms against
+    10.1 ms for ``tokenizer.pad`` on the Python lists (2-core development machine; 9 ms per
+    batch on the GPU benchmark machine). ``attention_mask`` is added when missing; keys
+    other than ``input_ids``, ``attention_mask``, ``token_type_ids`` and
+    ``special_tokens_mask`` (padded with 1) are padded with 0.
     """
     import torch
 
     keys = list(features[0].keys())
-    if any(k != "input_ids" and k not in _PAD_VALUES for k in keys):
-        merged = {k: [f[k] for f in features] for k in keys}
-        batch = tokenizer.pad(merged, padding=True, return_tensors="pt")
-        return {k: v.to(device) for k, v in batch.items()}
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    fill = {"input_ids": 0 if pad_id is None else int(pad_id), "attention_mask": 0, "special_tokens_mask": 1,
+            "token_type_ids": int(getattr(tokenizer, "pad_token_type_id", 0) or 0)}
     lengths = [len(f["input_ids"]) for f in features]
     width = max(lengths)
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    fill = {"input_ids": 0 if pad_id is None else int(pad_id), **_PAD_VALUES}
-    fill["token_type_ids"] = int(getattr(tokenizer, "pad_token_type_id", 0) or 0)
     if "attention_mask" not in keys:
         keys.append("attention_mask")
-    arrays = {k: np.full((len(features), width), fill[k], dtype=np.int64) for k in keys}
+    arrays = {k: np.full((len(features), width), fill.get(k, 0), dtype=np.int64) for k in keys}
     for i, (f, n) in enumerate(zip(features, lengths)):
         for k in keys:
             if k == "attention_mask" and k not in f:
