@@ -10,7 +10,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hybridrag.errors import ConfigError, IndexFormatError
+from hybridrag.stores import _kernels
 from hybridrag.stores.sparse import SparseIndex
+
+
+@pytest.fixture(params=["numba", "numpy"])
+def dense_path(request, monkeypatch):
+    """Run a test on the compiled kernel (numba, a test dependency) and on the numpy path."""
+    if request.param == "numba":
+        if not _kernels.AVAILABLE:
+            pytest.skip("numba is not installed (pip install 'hybridrag[fast]')")
+    else:
+        monkeypatch.setattr(_kernels, "AVAILABLE", False)
+    return request.param
 
 VOCAB = 250_002
 
@@ -236,7 +248,7 @@ def test_bad_input():
 
 
 @pytest.mark.parametrize("weighting", ["none", "bm25lucene"])
-def test_threaded_batch_equals_one_thread_and_brute_force(weighting):
+def test_threaded_batch_equals_one_thread_and_brute_force(dense_path, weighting):
     """Queries with many postings are scored by dense accumulation, split over threads
     for a batch; every thread count must give the one-thread arrays, equal to brute force."""
     docs = random_rows(300, 11, ints=weighting != "none")
@@ -267,7 +279,7 @@ def test_bad_threads_named(bad):
 @pytest.mark.parametrize("weighting", ["none", "bm25okapi", "bm25lucene"])
 @pytest.mark.parametrize("cells", [1 << 20, 600])
 @pytest.mark.parametrize("copy_max", [512, 1])
-def test_dense_accumulation_equals_sparse_product(monkeypatch, weighting, cells, copy_max):
+def test_dense_accumulation_equals_sparse_product(monkeypatch, dense_path, weighting, cells, copy_max):
     """Queries scored by dense accumulation (in chunks of queries; cells=600 forces one or two
     queries per chunk; copy_max=1 accumulates every posting list in place, 512 copies these
     short ones together) give the sparse product's arrays bit for bit: same scores, same
@@ -310,6 +322,7 @@ def test_dense_accumulation_without_scipy_kernel(monkeypatch, copy_max):
     idx.add(np.arange(400), docs)
     monkeypatch.setattr(sparse_mod, "_DENSE_RATIO", 10**9)
     monkeypatch.setattr(sparse_mod, "_COPY_MAX", copy_max)
+    monkeypatch.setattr(_kernels, "AVAILABLE", False)   # the numpy path, with and without scipy's C loop
     idx._flush()
     assert idx._heavy_queries(idx._query_matrix(qs)).sum() >= 25
     with_kernel = idx.search(qs, 10, threads=1)
@@ -327,7 +340,8 @@ _rows = st.lists(st.dictionaries(st.integers(0, 40), st.integers(1, 5).map(float
 @given(docs=_rows, queries=_rows, more=_rows, k=st.integers(1, 12), drop=st.sets(st.integers(0, 130), max_size=20),
        weighting=st.sampled_from(["none", "bm25okapi", "bm25lucene"]), cells=st.sampled_from([300, 1 << 20]),
        copy_max=st.sampled_from([1, 512]))
-def test_dense_and_sparse_paths_agree_fuzz(monkeypatch, docs, queries, more, k, drop, weighting, cells, copy_max):
+def test_dense_and_sparse_paths_agree_fuzz(monkeypatch, dense_path, docs, queries, more, k, drop, weighting, cells,
+                                           copy_max):
     """Random corpora (two tiers, deletes, repeated rows and ties), random queries: the
     dense-accumulation path, in any chunking and copy mode, returns the sparse product's
     arrays exactly; with weighting 'none' both equal brute force."""
@@ -353,3 +367,24 @@ def test_dense_and_sparse_paths_agree_fuzz(monkeypatch, docs, queries, more, k, 
         live = [s not in drop for s in slots]
         ref = brute(queries, [r for r, a in zip(rows, live) if a], slots[np.array(live, dtype=bool)].tolist(), k)
         assert_topk(*dense, ref)
+
+
+def test_compiled_kernel_is_used_when_installed(monkeypatch):
+    """With numba installed the dense-accumulated queries go through the compiled kernel,
+    once per batch (not per query), and give the numpy path's arrays."""
+    if not _kernels.AVAILABLE:
+        pytest.skip("numba is not installed (pip install 'hybridrag[fast]')")
+    docs = random_rows(300, 41, vocab=20, nnz=6, ints=True)
+    qs = random_rows(25, 42, vocab=20, nnz=6, ints=True)
+    idx = SparseIndex("bm25okapi")
+    idx.add(np.arange(300), docs)
+    calls = []
+    real = _kernels.dense_top_k
+    monkeypatch.setattr(_kernels, "dense_top_k", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    got = idx.search(qs, 10, threads=1)
+    assert len(calls) == 1
+    monkeypatch.setattr(_kernels, "AVAILABLE", False)
+    ref = idx.search(qs, 10, threads=1)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])

@@ -34,6 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from hybridrag.errors import ConfigError, IndexFormatError
+from hybridrag.stores import _kernels
 
 try:   # one C pass ``y[rows] += q * w`` without temporaries; private scipy API, so guarded
     from scipy.sparse._sparsetools import csc_matvec as _csc_matvec
@@ -393,8 +394,10 @@ class SparseIndex:
         all_valid = allowed is None and self._n_live == self._n_rows
         if heavy.any():
             which = np.flatnonzero(heavy)
+            # with the compiled kernel no Python work per query holds the GIL: threads pay off at any size
+            min_rows = 0 if _kernels.AVAILABLE else _THREAD_MIN_ROWS
             nt = threads or (min(os.cpu_count() or 1, len(which) // _MIN_PER_THREAD)
-                             if self._n_rows >= _THREAD_MIN_ROWS else 1)
+                             if self._n_rows >= min_rows else 1)
             if nt > 1 and len(which) > 1:
                 parts = np.array_split(which, min(nt, len(which)))
                 with ThreadPoolExecutor(len(parts)) as pool:
@@ -456,9 +459,10 @@ class SparseIndex:
                       out_s: np.ndarray, out_i: np.ndarray) -> None:
         """Top-k of queries ``which`` by dense accumulation (weights all >= 0; see _heavy_queries).
 
-        Queries go in chunks of at most _CHUNK_CELLS accumulator cells (one row per query)
-        and about as many postings, so the Python work per query is one C call and the top-k
-        is vectorised over the chunk."""
+        With numba installed, one compiled call does it all (``_kernels.dense_top_k``).
+        Otherwise queries go in chunks of at most _CHUNK_CELLS accumulator cells (one row per
+        query) and about as many postings, so the Python work per query is one C call and the
+        top-k is vectorised over the chunk."""
         tiers = self._tiers_nonneg() or []
         if len(which) == 0 or not tiers:
             return
@@ -480,6 +484,11 @@ class SparseIndex:
             cum = np.zeros(len(terms) + 1, dtype=np.int64)
             np.cumsum(hi - lo, out=cum[1:])
             spans.append((t, w, lo, hi, cum))
+        if _kernels.AVAILABLE:   # one compiled call for all the queries (same results)
+            tiers_k = [(t.indices, w, lo, hi) for t, w, lo, hi, _ in spans]
+            _kernels.dense_top_k(self._n_rows, k, pair_start, qws, tiers_k, self._row_slots, invalid, out_s, out_i,
+                                 which)
+            return
         postings = sum(cum[pair_start] for *_, cum in spans)   # postings before each query
         a = 0
         while a < len(which):
