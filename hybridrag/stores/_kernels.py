@@ -27,6 +27,10 @@ except ImportError:  # numba missing or disabled: the numpy path is used
 AVAILABLE = njit is not None
 
 if njit is not None:
+    from numba import uint64
+
+    # Index arithmetic is done in uint64: numba checks signed indices for wrap-around on every
+    # access, which made the posting loop 1.6x slower (slower than scipy's csc_matvec).
 
     @njit(cache=True, nogil=True)
     def _better(v, s, v2, s2):  # pragma: no cover - compiled
@@ -39,16 +43,20 @@ if njit is not None:
         n = 0
         for p in range(a, e):
             qw = qws[p]
+            x, stop = uint64(lo[p]), uint64(hi[p])
             n += hi[p] - lo[p]
-            for x in range(lo[p], hi[p]):
-                acc[rows[x]] += w[x] * qw
+            while x < stop:
+                acc[uint64(rows[x])] += w[x] * qw
+                x += uint64(1)
         return n
 
     @njit(cache=True, nogil=True)
     def _zero(acc, rows, lo, hi, a, e):  # pragma: no cover - compiled
         for p in range(a, e):
-            for x in range(lo[p], hi[p]):
-                acc[rows[x]] = 0
+            x, stop = uint64(lo[p]), uint64(hi[p])
+            while x < stop:
+                acc[uint64(rows[x])] = 0
+                x += uint64(1)
 
     @njit(cache=True, nogil=True)
     def _dense_top_k(n_rows, k, pair_start, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
@@ -59,17 +67,21 @@ if njit is not None:
         tv = np.empty(k, dtype=np.float32)
         ts = np.empty(k, dtype=np.int64)
         tiny = np.float32(1e-45)   # the smallest positive float32: a hit has a score > 0
+        ublock = uint64(BLOCK)
         for qi in range(len(pair_start) - 1):
             a, e = pair_start[qi], pair_start[qi + 1]
             n_post = _accumulate(acc, rows1, w1, lo1, hi1, a, e, qws)
             n_post += _accumulate(acc, rows2, w2, lo2, hi2, a, e, qws)
             for r in invalid:
-                acc[r] = 0
+                acc[uint64(r)] = 0
+            r = uint64(0)
             for b in range(nb):   # branch-free block maxima: a per-row test mispredicts half the time
                 m = np.float32(0)
-                for r in range(b * BLOCK, (b + 1) * BLOCK):
+                stop = r + ublock
+                while r < stop:
                     x = acc[r]
                     m = x if x > m else m
+                    r += uint64(1)
                 bmax[b] = m
             # the k-th largest block maximum bounds the k-th largest score from below
             thr = np.partition(bmax, nb - k)[nb - k] if nb > k else np.float32(0)
@@ -79,22 +91,23 @@ if njit is not None:
             for b in range(nb):
                 if bmax[b] < thr:
                     continue
-                for r in range(b * BLOCK, (b + 1) * BLOCK):
+                r = uint64(b) * ublock
+                stop = r + ublock
+                while r < stop:
                     v = acc[r]
-                    if v < thr:
-                        continue
-                    s = row_slots[r]
-                    if n == k and not _better(v, s, tv[k - 1], ts[k - 1]):
-                        continue
-                    j = n if n < k else k - 1
-                    while j > 0 and _better(v, s, tv[j - 1], ts[j - 1]):
-                        tv[j] = tv[j - 1]
-                        ts[j] = ts[j - 1]
-                        j -= 1
-                    tv[j] = v
-                    ts[j] = s
-                    if n < k:
-                        n += 1
+                    if v >= thr:
+                        s = row_slots[r]
+                        if n < k or _better(v, s, tv[k - 1], ts[k - 1]):
+                            j = n if n < k else k - 1
+                            while j > 0 and _better(v, s, tv[j - 1], ts[j - 1]):
+                                tv[j] = tv[j - 1]
+                                ts[j] = ts[j - 1]
+                                j -= 1
+                            tv[j] = v
+                            ts[j] = s
+                            if n < k:
+                                n += 1
+                    r += uint64(1)
             if 4 * n_post < n_rows:   # few postings: undo them; else one memset
                 _zero(acc, rows1, lo1, hi1, a, e)
                 _zero(acc, rows2, lo2, hi2, a, e)
