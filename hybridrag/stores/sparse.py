@@ -19,6 +19,11 @@ into the main tier when it passes a quarter of its size, so appends cost
 amortised O(new postings). A hit is a live row with a nonzero score (a row that
 shares no term with the query is not returned; its exact score is 0).
 
+Queries with many postings are scored into a dense per-row accumulator. With numba
+installed (the ``fast`` extra) one compiled call per batch does that work
+(:mod:`hybridrag.stores._kernels`); otherwise numpy and scipy's C loop do, in chunks of
+queries. Both give the same arrays bit for bit.
+
 Tested by ``tests/test_sparse_store.py`` and ``tests/test_bm25.py``.
 """
 from __future__ import annotations
@@ -51,8 +56,9 @@ _INT_TYPES = (int, np.integer)
 # accumulator (O(postings + rows)) instead of a sparse product (tens of ns per posting).
 _DENSE_RATIO = 32
 # search(threads=None) splits dense-accumulated queries over every core only when each thread
-# gets >= _MIN_PER_THREAD of them and there are >= _THREAD_MIN_ROWS rows: below that the
-# per-query Python work (which holds the GIL) outweighs the numpy passes (benchmarks/bench_sparse.py).
+# gets >= _MIN_PER_THREAD of them and, on the numpy path, there are >= _THREAD_MIN_ROWS rows:
+# below that its per-query Python work (which holds the GIL) outweighs the numpy passes
+# (benchmarks/bench_sparse.py). The numba kernel holds no GIL, so it splits at any size.
 _MIN_PER_THREAD = 8
 _THREAD_MIN_ROWS = 100_000
 _BLOCK = 256   # rows per block for the block-max top-k of a dense accumulator
@@ -371,9 +377,10 @@ class SparseIndex:
         ``queries``: list of ``{term id: weight}`` (BM25: query term counts) or a
         scipy sparse matrix. ``allowed``: boolean mask by slot, or None.
         ``threads``: threads for the queries scored by dense accumulation (those whose
-        postings reach 1/32 of the rows; their numpy passes release the GIL). ``None``
-        uses every core for indexes of >= 100k rows when each thread gets >= 8 such
-        queries; ``1`` scores everything on the calling thread. Results do not depend on it.
+        postings reach 1/32 of the rows; the numba kernel and the numpy passes release
+        the GIL). ``None`` uses every core when each thread gets >= 8 such queries (on
+        the numpy path only for indexes of >= 100k rows); ``1`` scores everything on the
+        calling thread. Results do not depend on it.
         """
         k = _check_k(k)
         threads = _check_threads(threads)
