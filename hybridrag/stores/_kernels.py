@@ -14,8 +14,9 @@ import os
 
 import numpy as np
 
-#: Rows per block of the block-max top-k (as ``sparse._BLOCK``).
+#: Rows per block of the block-max top-k (as ``sparse._BLOCK``); a power of two.
 BLOCK = 256
+_SHIFT = 8   # log2(BLOCK)
 
 try:
     if os.environ.get("HYBRIDRAG_NUMBA", "1").strip().lower() in ("0", "false", "no", "off"):
@@ -51,6 +52,23 @@ if njit is not None:
         return n
 
     @njit(cache=True, nogil=True)
+    def _accumulate_max(acc, bmax, rows, w, lo, hi, a, e, qws):  # pragma: no cover - compiled
+        """As :func:`_accumulate`, keeping ``bmax[r // BLOCK]`` >= ``acc[r]`` on the way (scores only
+        grow: weights are >= 0), so a query with few postings needs no pass over every row."""
+        shift = uint64(_SHIFT)
+        for p in range(a, e):
+            qw = qws[p]
+            x, stop = uint64(lo[p]), uint64(hi[p])
+            while x < stop:
+                r = uint64(rows[x])
+                v = acc[r] + w[x] * qw
+                acc[r] = v
+                b = r >> shift
+                m = bmax[b]
+                bmax[b] = v if v > m else m
+                x += uint64(1)
+
+    @njit(cache=True, nogil=True)
     def _zero(acc, rows, lo, hi, a, e):  # pragma: no cover - compiled
         for p in range(a, e):
             x, stop = uint64(lo[p]), uint64(hi[p])
@@ -68,21 +86,30 @@ if njit is not None:
         ts = np.empty(k, dtype=np.int64)
         tiny = np.float32(1e-45)   # the smallest positive float32: a hit has a score > 0
         ublock = uint64(BLOCK)
+        bmax[:] = 0
         for qi in range(len(pair_start) - 1):
             a, e = pair_start[qi], pair_start[qi + 1]
-            n_post = _accumulate(acc, rows1, w1, lo1, hi1, a, e, qws)
-            n_post += _accumulate(acc, rows2, w2, lo2, hi2, a, e, qws)
-            for r in invalid:
-                acc[uint64(r)] = 0
-            r = uint64(0)
-            for b in range(nb):   # branch-free block maxima: a per-row test mispredicts half the time
-                m = np.float32(0)
-                stop = r + ublock
-                while r < stop:
-                    x = acc[r]
-                    m = x if x > m else m
-                    r += uint64(1)
-                bmax[b] = m
+            n_post = 0
+            for p in range(a, e):
+                n_post += (hi1[p] - lo1[p]) + (hi2[p] - lo2[p])
+            sparse = 4 * n_post < n_rows and len(invalid) == 0
+            if sparse:   # block maxima kept while accumulating: O(postings), not O(rows)
+                _accumulate_max(acc, bmax, rows1, w1, lo1, hi1, a, e, qws)
+                _accumulate_max(acc, bmax, rows2, w2, lo2, hi2, a, e, qws)
+            else:
+                _accumulate(acc, rows1, w1, lo1, hi1, a, e, qws)
+                _accumulate(acc, rows2, w2, lo2, hi2, a, e, qws)
+                for r in invalid:
+                    acc[uint64(r)] = 0
+                r = uint64(0)
+                for b in range(nb):   # branch-free block maxima: a per-row test mispredicts half the time
+                    m = np.float32(0)
+                    stop = r + ublock
+                    while r < stop:
+                        x = acc[r]
+                        m = x if x > m else m
+                        r += uint64(1)
+                    bmax[b] = m
             # the k-th largest block maximum bounds the k-th largest score from below
             thr = np.partition(bmax, nb - k)[nb - k] if nb > k else np.float32(0)
             if thr < tiny:
@@ -108,11 +135,12 @@ if njit is not None:
                             if n < k:
                                 n += 1
                     r += uint64(1)
-            if 4 * n_post < n_rows:   # few postings: undo them; else one memset
+            if sparse:   # few postings: undo them; else one memset
                 _zero(acc, rows1, lo1, hi1, a, e)
                 _zero(acc, rows2, lo2, hi2, a, e)
             else:
                 acc[:] = 0
+            bmax[:] = 0
             o = out_rows[qi]
             for j in range(n):
                 out_s[o, j] = tv[j]
