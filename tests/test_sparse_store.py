@@ -388,3 +388,26 @@ def test_compiled_kernel_is_used_when_installed(monkeypatch):
     assert len(calls) == 1
     np.testing.assert_array_equal(got[0], ref[0])
     np.testing.assert_array_equal(got[1], ref[1])
+
+
+def test_large_index_uses_the_numpy_path(monkeypatch):
+    """At and above _KERNEL_MAX_ROWS rows the numpy path scores (scipy's loop was as fast or
+    faster there); the arrays are the kernel's."""
+    import hybridrag.stores.sparse as sparse_mod
+
+    if not _kernels.AVAILABLE:
+        pytest.skip("numba is not installed (pip install 'hybridrag[fast]')")
+    docs = random_rows(300, 43, vocab=20, nnz=6, ints=True)
+    qs = random_rows(25, 44, vocab=20, nnz=6, ints=True)
+    idx = SparseIndex("bm25lucene")
+    idx.add(np.arange(300), docs)
+    calls = []
+    real = _kernels.dense_top_k
+    monkeypatch.setattr(_kernels, "dense_top_k", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    small = idx.search(qs, 10, threads=1)
+    assert len(calls) == 1
+    monkeypatch.setattr(sparse_mod, "_KERNEL_MAX_ROWS", 300)
+    large = idx.search(qs, 10, threads=1)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(small[0], large[0])
+    np.testing.assert_array_equal(small[1], large[1])

@@ -1,8 +1,9 @@
 """Optional compiled kernel for :class:`hybridrag.stores.sparse.SparseIndex` (numba).
 
-When numba is installed (``pip install 'hybridrag[fast]'``) the queries that the index
-scores by dense accumulation go through :func:`dense_top_k` in one compiled call per
-batch: accumulate, block-max top-k and reset per query, with no Python work per query.
+When numba is installed (``pip install 'hybridrag[fast]'``) the queries that an index of
+fewer than 500k rows scores by dense accumulation go through :func:`dense_top_k` in one
+compiled call per batch: accumulate, block-max top-k and reset per query, with no Python
+work per query (``sparse._KERNEL_MAX_ROWS`` says why larger indexes keep the numpy path).
 Scores and ordering are bit-identical to the numpy path (same float32 products, same
 summation order per row, ties by slot ascending); ``tests/test_sparse_store.py`` runs
 the equality tests on both paths. ``HYBRIDRAG_NUMBA=0`` in the environment turns the

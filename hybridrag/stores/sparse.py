@@ -20,9 +20,9 @@ amortised O(new postings). A hit is a live row with a nonzero score (a row that
 shares no term with the query is not returned; its exact score is 0).
 
 Queries with many postings are scored into a dense per-row accumulator. With numba
-installed (the ``fast`` extra) one compiled call per batch does that work
-(:mod:`hybridrag.stores._kernels`); otherwise numpy and scipy's C loop do, in chunks of
-queries. Both give the same arrays bit for bit.
+installed (the ``fast`` extra) and fewer than 500k rows, one compiled call per batch does
+that work (:mod:`hybridrag.stores._kernels`); otherwise numpy and scipy's C loop do, in
+chunks of queries. Both give the same arrays bit for bit.
 
 Tested by ``tests/test_sparse_store.py`` and ``tests/test_bm25.py``.
 """
@@ -72,6 +72,11 @@ _CHUNK_CELLS = 1 << 20
 # costs about as much per posting as the accumulation itself).
 _COPY_MAX = 512
 _TINY = np.float32(np.nextafter(np.float32(0), np.float32(1)))   # smallest positive float32
+# The numba kernel (when installed) scores indexes below this many rows. Measured
+# (benchmarks/bench_sparse.py, docs/BENCHMARKS.md section 1): up to 3x the numpy path on
+# small corpora and level or ahead at 100k-200k rows; at 1M rows (a 4 MB accumulator, past
+# the L2 cache) scipy's loop was as fast for BM25 and 10-15% faster for M3-like queries.
+_KERNEL_MAX_ROWS = 500_000
 _NUM_TYPES = (int, float, np.integer, np.floating)
 
 
@@ -402,7 +407,7 @@ class SparseIndex:
         if heavy.any():
             which = np.flatnonzero(heavy)
             # with the compiled kernel no Python work per query holds the GIL: threads pay off at any size
-            min_rows = 0 if _kernels.AVAILABLE else _THREAD_MIN_ROWS
+            min_rows = 0 if self._use_kernel() else _THREAD_MIN_ROWS
             nt = threads or (min(os.cpu_count() or 1, len(which) // _MIN_PER_THREAD)
                              if self._n_rows >= min_rows else 1)
             if nt > 1 and len(which) > 1:
@@ -443,6 +448,10 @@ class SparseIndex:
                 return None
             out.append((t, w))
         return out
+
+    def _use_kernel(self) -> bool:
+        """Whether dense-accumulated queries go through the numba kernel (see _KERNEL_MAX_ROWS)."""
+        return _kernels.AVAILABLE and self._n_rows < _KERNEL_MAX_ROWS
 
     def _heavy_queries(self, q: sp.csr_matrix) -> np.ndarray:
         """Queries (bool [nq]) to score with a dense accumulator: positive weights, many postings."""
@@ -491,7 +500,7 @@ class SparseIndex:
             cum = np.zeros(len(terms) + 1, dtype=np.int64)
             np.cumsum(hi - lo, out=cum[1:])
             spans.append((t, w, lo, hi, cum))
-        if _kernels.AVAILABLE:   # one compiled call for all the queries (same results)
+        if self._use_kernel():   # one compiled call for all the queries (same results)
             tiers_k = [(t.indices, w, lo, hi) for t, w, lo, hi, _ in spans]
             _kernels.dense_top_k(self._n_rows, k, pair_start, qws, tiers_k, self._row_slots, invalid, out_s, out_i,
                                  which)
