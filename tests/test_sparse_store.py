@@ -369,9 +369,12 @@ def test_dense_and_sparse_paths_agree_fuzz(monkeypatch, dense_path, docs, querie
         assert_topk(*dense, ref)
 
 
-def test_compiled_kernel_is_used_when_installed(monkeypatch):
-    """With numba installed the dense-accumulated queries go through the compiled kernel,
-    once per batch (not per query), and give the numpy path's arrays."""
+def test_compiled_kernel_is_used_below_the_row_limit(monkeypatch):
+    """With numba installed the dense-accumulated queries of an index below _KERNEL_MAX_ROWS
+    go through the compiled kernel, once per batch (not per query); at the limit, or with the
+    kernel off, the numpy path scores; all give the same arrays."""
+    import hybridrag.stores.sparse as sparse_mod
+
     if not _kernels.AVAILABLE:
         pytest.skip("numba is not installed (pip install 'hybridrag[fast]')")
     docs = random_rows(300, 41, vocab=20, nnz=6, ints=True)
@@ -383,31 +386,35 @@ def test_compiled_kernel_is_used_when_installed(monkeypatch):
     monkeypatch.setattr(_kernels, "dense_top_k", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     got = idx.search(qs, 10, threads=1)
     assert len(calls) == 1
+    monkeypatch.setattr(sparse_mod, "_KERNEL_MAX_ROWS", 300)   # at the limit: numpy path
+    large = idx.search(qs, 10, threads=1)
+    monkeypatch.setattr(sparse_mod, "_KERNEL_MAX_ROWS", 10**9)
     monkeypatch.setattr(_kernels, "AVAILABLE", False)
-    ref = idx.search(qs, 10, threads=1)
+    off = idx.search(qs, 10, threads=1)
     assert len(calls) == 1
-    np.testing.assert_array_equal(got[0], ref[0])
-    np.testing.assert_array_equal(got[1], ref[1])
+    for ref in (large, off):
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1])
 
 
-def test_large_index_uses_the_numpy_path(monkeypatch):
-    """At and above _KERNEL_MAX_ROWS rows the numpy path scores (scipy's loop was as fast or
-    faster there); the arrays are the kernel's."""
+@pytest.mark.parametrize("weighting", ["none", "bm25lucene"])
+def test_block_max_pruning_on_many_blocks(monkeypatch, dense_path, weighting):
+    """An index of many 256-row blocks, queries with few postings (the kernel keeps block
+    maxima while accumulating) and with many, k smaller than the number of blocks so the
+    block-max bound prunes: every query, in sequence, gives the sparse product's arrays."""
     import hybridrag.stores.sparse as sparse_mod
 
-    if not _kernels.AVAILABLE:
-        pytest.skip("numba is not installed (pip install 'hybridrag[fast]')")
-    docs = random_rows(300, 43, vocab=20, nnz=6, ints=True)
-    qs = random_rows(25, 44, vocab=20, nnz=6, ints=True)
-    idx = SparseIndex("bm25lucene")
-    idx.add(np.arange(300), docs)
-    calls = []
-    real = _kernels.dense_top_k
-    monkeypatch.setattr(_kernels, "dense_top_k", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    small = idx.search(qs, 10, threads=1)
-    assert len(calls) == 1
-    monkeypatch.setattr(sparse_mod, "_KERNEL_MAX_ROWS", 300)
-    large = idx.search(qs, 10, threads=1)
-    assert len(calls) == 1
-    np.testing.assert_array_equal(small[0], large[0])
-    np.testing.assert_array_equal(small[1], large[1])
+    docs = random_rows(4000, 51, vocab=400, nnz=8, ints=weighting != "none")
+    qs = random_rows(40, 52, vocab=400, nnz=3, ints=weighting != "none") + random_rows(
+        10, 53, vocab=12, nnz=6, ints=weighting != "none")
+    idx = SparseIndex(weighting)
+    idx.add(np.arange(4000), docs)
+    for k in (1, 5):
+        monkeypatch.setattr(sparse_mod, "_DENSE_RATIO", 10**9)
+        dense = idx.search(qs, k, threads=1)
+        monkeypatch.setattr(sparse_mod, "_DENSE_RATIO", 0)
+        light = idx.search(qs, k, threads=1)
+        np.testing.assert_array_equal(dense[0], light[0])
+        np.testing.assert_array_equal(dense[1], light[1])
+        if weighting == "none":
+            assert_topk(*dense, brute(qs, docs, np.arange(4000), k))

@@ -7,7 +7,7 @@ work per query (``sparse._KERNEL_MAX_ROWS`` says why larger indexes keep the num
 Scores and ordering are bit-identical to the numpy path (same float32 products, same
 summation order per row, ties by slot ascending); ``tests/test_sparse_store.py`` runs
 the equality tests on both paths. ``HYBRIDRAG_NUMBA=0`` in the environment turns the
-kernel off. The first call compiles it (a few seconds; cached on disk afterwards).
+kernel off. The first call compiles it (seconds; cached on disk afterwards).
 """
 from __future__ import annotations
 
@@ -42,15 +42,12 @@ if njit is not None:
     @njit(cache=True, nogil=True)
     def _accumulate(acc, rows, w, lo, hi, a, e, qws):  # pragma: no cover - compiled
         """``acc[rows[x]] += w[x] * qws[p]`` for the postings lo[p]:hi[p] of pairs a:e, in order."""
-        n = 0
         for p in range(a, e):
             qw = qws[p]
             x, stop = uint64(lo[p]), uint64(hi[p])
-            n += hi[p] - lo[p]
             while x < stop:
                 acc[uint64(rows[x])] += w[x] * qw
                 x += uint64(1)
-        return n
 
     @njit(cache=True, nogil=True)
     def _accumulate_max(acc, bmax, rows, w, lo, hi, a, e, qws):  # pragma: no cover - compiled
@@ -136,12 +133,12 @@ if njit is not None:
                             if n < k:
                                 n += 1
                     r += uint64(1)
-            if sparse:   # few postings: undo them; else one memset
+            if sparse:   # few postings: undo them (and the block maxima); else one memset
                 _zero(acc, rows1, lo1, hi1, a, e)
                 _zero(acc, rows2, lo2, hi2, a, e)
+                bmax[:] = 0
             else:
                 acc[:] = 0
-            bmax[:] = 0
             o = out_rows[qi]
             for j in range(n):
                 out_s[o, j] = tv[j]
