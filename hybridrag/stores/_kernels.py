@@ -7,7 +7,8 @@ work per query (``sparse._KERNEL_MAX_ROWS`` says why larger indexes keep the num
 Scores and ordering are bit-identical to the numpy path (same float32 products, same
 summation order per row, ties by slot ascending); ``tests/test_sparse_store.py`` runs
 the equality tests on both paths. ``HYBRIDRAG_NUMBA=0`` in the environment turns the
-kernel off. The first call compiles it (seconds; cached on disk afterwards).
+kernel off. It is compiled when this module is first imported (seconds, once; later
+imports load it from numba's on-disk cache); see :func:`_compile_now` for why not lazily.
 """
 from __future__ import annotations
 
@@ -145,6 +146,15 @@ if njit is not None:
                 out_i[o, j] = ts[j]
 
 
+def _ro(a: np.ndarray, dtype: type | None = None) -> np.ndarray:
+    """A read-only C-contiguous view (a copy only when the dtype or layout differs): every
+    input then has the same numba type whether the index was built or memory-mapped, so the
+    kernel compiled at import is the one every call uses."""
+    v = np.ascontiguousarray(a, dtype=dtype).view()
+    v.flags.writeable = False
+    return v
+
+
 def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, tiers: list[tuple],
                 row_slots: np.ndarray, invalid: np.ndarray | None, out_s: np.ndarray, out_i: np.ndarray,
                 out_rows: np.ndarray) -> None:
@@ -155,12 +165,36 @@ def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, ti
     ``invalid``: rows that may not be returned (or None)."""
     if not AVAILABLE:
         raise RuntimeError("the numba kernel is not available")
-    t = [(np.ascontiguousarray(r), np.ascontiguousarray(w, dtype=np.float32),
-          np.ascontiguousarray(lo, dtype=np.int64), np.ascontiguousarray(hi, dtype=np.int64)) for r, w, lo, hi in tiers]
+    t = [(_ro(r), _ro(w, np.float32), _ro(lo, np.int64), _ro(hi, np.int64)) for r, w, lo, hi in tiers]
     if len(t) == 1:
         r, w, lo, _ = t[0]
         t.append((r[:0], w[:0], lo, lo))   # an empty second tier
-    inv = np.zeros(0, dtype=np.int64) if invalid is None else np.ascontiguousarray(invalid, dtype=np.int64)
-    _dense_top_k(int(n_rows), int(k), np.ascontiguousarray(pair_start, dtype=np.int64),
-                 np.ascontiguousarray(qws, dtype=np.float32), *t[0], *t[1], row_slots, inv, out_s, out_i,
-                 np.ascontiguousarray(out_rows, dtype=np.int64))
+    inv = _ro(np.zeros(0, dtype=np.int64) if invalid is None else invalid, np.int64)
+    _dense_top_k(int(n_rows), int(k), _ro(pair_start, np.int64), _ro(qws, np.float32), *t[0], *t[1],
+                 _ro(row_slots, np.int64), inv, out_s, out_i, _ro(out_rows, np.int64))
+
+
+def _compile_now() -> None:
+    """Compile (or load from numba's cache) the kernel for int32 posting rows at import.
+
+    Lazily, the first search would compile it; several threads searching at once could then
+    run numba's lowering (which calls ``ast.parse``) beside other ``ast`` users, and CPython
+    3.11 can raise ``SystemError: AST constructor recursion depth mismatch`` when two threads
+    build AST objects at once (seen in CI in tests/test_concurrency.py; python/cpython#106905).
+    Imports run one at a time, usually before a program starts its threads."""
+    rows = np.array([0, 1], dtype=np.int32)
+    dense_top_k(2, 1, np.array([0, 1]), np.ones(1, dtype=np.float32),
+                [(rows, np.ones(2, dtype=np.float32), np.array([0]), np.array([2]))],
+                np.arange(2), None, np.full((1, 1), -np.inf, dtype=np.float32), np.full((1, 1), -1),
+                np.arange(1))
+
+
+if AVAILABLE:
+    try:
+        _compile_now()
+    except Exception as exc:  # noqa: BLE001 - an unusable numba must not break the index
+        import warnings
+
+        warnings.warn(f"hybridrag: numba kernel unavailable ({type(exc).__name__}: {exc}); using numpy",
+                      RuntimeWarning, stacklevel=2)
+        AVAILABLE = False
