@@ -268,6 +268,43 @@ def test_threaded_batch_equals_one_thread_and_brute_force(dense_path, weighting)
             assert_topk(*one, brute(qs, docs, np.arange(300), 10, mask))
 
 
+def test_kernel_runs_split_by_postings_cover_every_query():
+    """The threaded kernel cuts a batch into runs of about equal postings: every query is in
+    exactly one run, in order, and no run is empty."""
+    lo = np.zeros(7, dtype=np.int64)
+    hi = np.array([100, 1, 1, 1, 1, 1, 1])   # one heavy pair, then light ones
+    pair_start = np.array([0, 1, 3, 5, 7])   # 4 queries
+    for n in (2, 3, 4):
+        b = _kernels._split(pair_start, [(None, None, lo, hi)], n)
+        assert b[0] == 0 and b[-1] == 4 and all(x < y for x, y in zip(b, b[1:]))
+        assert b[1] == 1   # the heavy first query is a run of its own
+    assert _kernels._split(pair_start, [(None, None, lo, hi), (None, None, lo, lo)], 9)[-1] == 4
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_threaded_search_works_in_a_forked_child():
+    """The kernel's worker threads do not survive a fork: a child must start its own instead of
+    waiting forever on its parent's (which would hang here until the timeout)."""
+    import multiprocessing as mp
+
+    if not _kernels.AVAILABLE:
+        pytest.skip("numba is not installed (pip install 'hybridrag[fast]')")
+    docs, qs = random_rows(300, 11), random_rows(64, 12)
+    idx = SparseIndex("none")
+    idx.add(np.arange(300), docs)
+    want = idx.search(qs, 10, threads=2)   # the parent's pool exists now
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=lambda: out.put(idx.search(qs, 10, threads=2)[1].tolist()))
+    child.start()
+    child.join(60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and child.exitcode == 0
+    assert out.get(timeout=10) == want[1].tolist()
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
 def test_bad_threads_named(bad):
     idx = SparseIndex()

@@ -13,6 +13,8 @@ imports load it from numba's on-disk cache); see :func:`_compile_now` for why no
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -157,12 +159,14 @@ def _ro(a: np.ndarray, dtype: type | None = None) -> np.ndarray:
 
 def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, tiers: list[tuple],
                 row_slots: np.ndarray, invalid: np.ndarray | None, out_s: np.ndarray, out_i: np.ndarray,
-                out_rows: np.ndarray) -> None:
+                out_rows: np.ndarray, threads: int = 1) -> None:
     """Top-k by dense accumulation of the queries whose (query, term) pairs are
     ``pair_start[j]:pair_start[j + 1]`` (weights ``qws``), written to rows ``out_rows`` of
     ``out_s`` / ``out_i`` (which hold -inf / -1 beforehand). ``tiers``: one or two
     ``(rows, weights, lo, hi)``: a pair's postings are ``lo[p]:hi[p]`` of the tier's arrays.
-    ``invalid``: rows that may not be returned (or None)."""
+    ``invalid``: rows that may not be returned (or None). ``threads`` > 1 splits the queries
+    into that many runs of about equal postings, scored at once (the calling thread takes the
+    first; the others go to a shared pool of worker threads; each run writes its own rows)."""
     if not AVAILABLE:
         raise RuntimeError("the numba kernel is not available")
     t = [(_ro(r), _ro(w, np.float32), _ro(lo, np.int64), _ro(hi, np.int64)) for r, w, lo, hi in tiers]
@@ -170,8 +174,58 @@ def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, ti
         r, w, lo, _ = t[0]
         t.append((r[:0], w[:0], lo, lo))   # an empty second tier
     inv = _ro(np.zeros(0, dtype=np.int64) if invalid is None else invalid, np.int64)
-    _dense_top_k(int(n_rows), int(k), _ro(pair_start, np.int64), _ro(qws, np.float32), *t[0], *t[1],
-                 _ro(row_slots, np.int64), inv, out_s, out_i, _ro(out_rows, np.int64))
+    ps, rs, qw = _ro(pair_start, np.int64), _ro(row_slots, np.int64), _ro(qws, np.float32)
+    rows = _ro(out_rows, np.int64)
+    nq = len(ps) - 1
+    bounds = _split(ps, t, min(int(threads), nq)) if threads > 1 and nq > 1 else [0, nq]
+
+    def run(j: int) -> None:
+        a, e = bounds[j], bounds[j + 1]
+        _dense_top_k(int(n_rows), int(k), ps[a:e + 1], qw, *t[0], *t[1], rs, inv, out_s, out_i, rows[a:e])
+
+    futures = [_pool().submit(run, j) for j in range(1, len(bounds) - 1)]
+    try:
+        run(0)
+    finally:
+        for f in futures:
+            f.result()   # wait for every run (and re-raise its error) before returning
+
+
+def _split(pair_start: np.ndarray, tiers: list[tuple], n: int) -> list[int]:
+    """Query boundaries ``[0, ..., nq]`` cutting the queries into ``n`` runs of about equal
+    postings (a query's cost is its postings, plus a pass over the rows shared by all)."""
+    per_pair = np.zeros(int(pair_start[-1]), dtype=np.int64)
+    for _, _, lo, hi in tiers:
+        per_pair += hi - lo
+    cum = np.zeros(len(per_pair) + 1, dtype=np.int64)
+    np.cumsum(per_pair, out=cum[1:])
+    before = cum[pair_start]   # postings before each query, and the total last
+    cut = np.searchsorted(before, before[-1] * np.arange(1, n) / n)
+    return sorted({0, len(pair_start) - 1, *np.clip(cut, 1, len(pair_start) - 2).tolist()})
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Worker threads shared by every index, created on first use (one per core). They run
+    kernel calls only, which never wait on other work, so callers on any thread cannot deadlock."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="hybridrag-sparse")
+        return _POOL
+
+
+def _forget_pool() -> None:
+    """A forked child has none of its parent's threads: it makes its own pool when needed."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _compile_now() -> None:

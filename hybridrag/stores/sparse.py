@@ -21,8 +21,9 @@ shares no term with the query is not returned; its exact score is 0).
 
 Queries with many postings are scored into a dense per-row accumulator. With numba
 installed (the ``fast`` extra) and fewer than 500k rows, one compiled call per batch does
-that work (:mod:`hybridrag.stores._kernels`); otherwise numpy and scipy's C loop do, in
-chunks of queries. Both give the same arrays bit for bit.
+that work (:mod:`hybridrag.stores._kernels`; with several threads, one call per thread on
+runs of queries of about equal postings, after one shared set-up); otherwise numpy and
+scipy's C loop do, in chunks of queries. Both give the same arrays bit for bit.
 
 Tested by ``tests/test_sparse_store.py`` and ``tests/test_bm25.py``.
 """
@@ -410,13 +411,13 @@ class SparseIndex:
             min_rows = 0 if self._use_kernel() else _THREAD_MIN_ROWS
             nt = threads or (min(os.cpu_count() or 1, len(which) // _MIN_PER_THREAD)
                              if self._n_rows >= min_rows else 1)
-            if nt > 1 and len(which) > 1:
+            mask = None if all_valid else valid
+            if nt > 1 and len(which) > 1 and not self._use_kernel():
                 parts = np.array_split(which, min(nt, len(which)))
                 with ThreadPoolExecutor(len(parts)) as pool:
-                    list(pool.map(lambda p: self._search_dense(q, p, k, None if all_valid else valid, out_s, out_i),
-                                  parts))
-            else:
-                self._search_dense(q, which, k, None if all_valid else valid, out_s, out_i)
+                    list(pool.map(lambda p: self._search_dense(q, p, k, mask, out_s, out_i), parts))
+            else:   # the kernel splits its one call itself, after the shared set-up
+                self._search_dense(q, which, k, mask, out_s, out_i, threads=nt)
         for j, i in enumerate(light):   # j: row of ``ql`` and ``results``; i: output row
             cols_l, data_l = [], []
             for r in results:
@@ -472,10 +473,11 @@ class SparseIndex:
         return pos & (per_q > 0) & (per_q * _DENSE_RATIO >= max(self._n_rows, 1))
 
     def _search_dense(self, q: sp.csr_matrix, which: np.ndarray, k: int, valid: np.ndarray | None,
-                      out_s: np.ndarray, out_i: np.ndarray) -> None:
+                      out_s: np.ndarray, out_i: np.ndarray, threads: int = 1) -> None:
         """Top-k of queries ``which`` by dense accumulation (weights all >= 0; see _heavy_queries).
 
-        With numba installed, one compiled call does it all (``_kernels.dense_top_k``).
+        With numba installed, one compiled call does it all (``_kernels.dense_top_k``; ``threads``
+        runs of it at once; the numpy path ignores ``threads``).
         Otherwise queries go in chunks of at most _CHUNK_CELLS accumulator cells (one row per
         query) and about as many postings, so the Python work per query is one C call and the
         top-k is vectorised over the chunk."""
@@ -503,7 +505,7 @@ class SparseIndex:
         if self._use_kernel():   # one compiled call for all the queries (same results)
             tiers_k = [(t.indices, w, lo, hi) for t, w, lo, hi, _ in spans]
             _kernels.dense_top_k(self._n_rows, k, pair_start, qws, tiers_k, self._row_slots, invalid, out_s, out_i,
-                                 which)
+                                 which, threads=threads)
             return
         postings = sum(cum[pair_start] for *_, cum in spans)   # postings before each query
         a = 0
