@@ -87,7 +87,6 @@ if njit is not None:
         ts = np.empty(k, dtype=np.int64)
         tiny = np.float32(1e-45)   # the smallest positive float32: a hit has a score > 0
         ublock = uint64(BLOCK)
-        bmax[:] = 0
         for qi in range(len(pair_start) - 1):
             a, e = pair_start[qi], pair_start[qi + 1]
             n_post = 0
@@ -95,6 +94,7 @@ if njit is not None:
                 n_post += (hi1[p] - lo1[p]) + (hi2[p] - lo2[p])
             sparse = 4 * n_post < n_rows and len(invalid) == 0
             if sparse:   # block maxima kept while accumulating: O(postings), not O(rows)
+                bmax[:] = 0   # (they may hold the previous query's maxima: a memset of rows / 256)
                 _accumulate_max(acc, bmax, rows1, w1, lo1, hi1, a, e, qws)
                 _accumulate_max(acc, bmax, rows2, w2, lo2, hi2, a, e, qws)
             else:
@@ -136,10 +136,9 @@ if njit is not None:
                             if n < k:
                                 n += 1
                     r += uint64(1)
-            if sparse:   # few postings: undo them (and the block maxima); else one memset
+            if sparse:   # few postings: undo them; else one memset
                 _zero(acc, rows1, lo1, hi1, a, e)
                 _zero(acc, rows2, lo2, hi2, a, e)
-                bmax[:] = 0
             else:
                 acc[:] = 0
             o = out_rows[qi]
