@@ -281,6 +281,47 @@ def test_kernel_runs_split_by_postings_cover_every_query():
     assert _kernels._split(pair_start, [(None, None, lo, hi), (None, None, lo, lo)], 9)[-1] == 4
 
 
+@pytest.mark.parametrize("weighting", ["none", "bm25okapi"])
+def test_first_searches_after_add_on_many_threads(weighting):
+    """Searches merge pending adds lazily; several threads making the first searches after an
+    add (or a remove) at once must not race in that merge (they raised ValueError / IndexError
+    before it took a lock) and must all get the one-thread arrays."""
+    import threading
+
+    docs = random_rows(2000, 61, vocab=50, nnz=8, ints=True)
+    qs = [{1: 1.0, 2: 1.0, 3: 2.0}] * 20 + random_rows(20, 62, vocab=50, ints=True)
+    ref_idx = SparseIndex(weighting)
+    ref_idx.add(np.arange(2000), docs)
+    ref_idx.remove(np.arange(0, 2000, 2))
+    want = ref_idx.search(qs, 5, threads=1)
+    for trial in range(4):
+        idx = SparseIndex(weighting)
+        for a in range(0, 2000, 500):   # several pending adds, then deletes: merges and a compaction
+            idx.add(np.arange(a, a + 500), docs[a:a + 500])
+        if trial % 2:
+            idx.search(qs[:1], 1)
+        idx.remove(np.arange(0, 2000, 2))
+        errors, got = [], []
+        barrier = threading.Barrier(6)
+
+        def go():
+            try:
+                barrier.wait()
+                got.append(idx.search(qs, 5, threads=1))
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=go) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        for s_, i_ in got:
+            np.testing.assert_array_equal(i_, want[1])
+            np.testing.assert_array_equal(s_, want[0])
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_threaded_search_works_in_a_forked_child():
     """The kernel's worker threads do not survive a fork: a child must start its own instead of

@@ -25,6 +25,10 @@ that work (:mod:`hybridrag.stores._kernels`; with several threads, one call per 
 runs of queries of about equal postings, after one shared set-up); otherwise numpy and
 scipy's C loop do, in chunks of queries. Both give the same arrays bit for bit.
 
+Threads: concurrent ``search`` / ``score`` calls are safe (the lazy merge of pending adds
+that the first search after an ``add`` does is locked); ``add`` / ``remove`` must not run
+while another thread searches the same store.
+
 Tested by ``tests/test_sparse_store.py`` and ``tests/test_bm25.py``.
 """
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -294,6 +299,9 @@ class SparseIndex:
         self._stats_version = 0
         self._idf: np.ndarray | None = None
         self._idf_version = -1
+        # Searches merge pending adds lazily (_flush): concurrent searches take turns at that,
+        # so the first searches after an add may run on several threads at once.
+        self._merge_lock = threading.RLock()
 
     # ------------------------------------------------------------------ sizes
 
@@ -668,6 +676,10 @@ class SparseIndex:
 
     def _flush(self) -> None:
         """Merge pending rows into the delta tier; fold delta into main when it is large."""
+        with self._merge_lock:
+            self._flush_unlocked()
+
+    def _flush_unlocked(self) -> None:
         self._flush_pending_only()
         self._delta_end = self._n_rows
         if self._delta is not None and (self._main is None or 4 * self._delta.nnz > self._main.nnz):
@@ -676,10 +688,14 @@ class SparseIndex:
             self._n_dead_main = int(self._n_rows - np.count_nonzero(self._alive[: self._n_rows]))
             self._main_end = self._n_rows
         if self._main is not None and self._delta is None and 4 * self._n_dead_main > max(self._main_end, 1):
-            self._consolidate()
+            self._consolidate_unlocked()
 
     def _consolidate(self) -> None:
         """Everything into one main tier, without dead rows (renumbers rows)."""
+        with self._merge_lock:
+            self._consolidate_unlocked()
+
+    def _consolidate_unlocked(self) -> None:
         self._flush_pending_only()
         if self._delta is not None:
             self._main = self._delta if self._main is None else _merge_tiers(self._main, self._delta, self._vocab)
