@@ -39,7 +39,7 @@ import synth  # noqa: E402
 from hybridrag.analysis import WordAnalyzer  # noqa: E402
 from hybridrag.encoders.bm25 import BM25Encoder  # noqa: E402
 from hybridrag.stores import _kernels  # noqa: E402
-from hybridrag.stores.sparse import SparseIndex  # noqa: E402
+from hybridrag.stores.sparse import _KERNEL_MAX_ROWS, SparseIndex  # noqa: E402
 
 row = Table()
 NCPU = os.cpu_count() or 1
@@ -341,7 +341,8 @@ def main() -> None:
                     help="queries timed on Milvus Lite in part c (0: --nq; the first ones of the same set)")
     args = ap.parse_args()
     row("setup", "hybridrag SparseIndex", "dense-accumulation path (HYBRIDRAG_NUMBA=0 forces numpy)",
-        "numba kernel" if _kernels.AVAILABLE else "numpy (numba not installed or disabled)")
+        f"numba kernel below {_KERNEL_MAX_ROWS:,} rows, numpy at and above" if _kernels.AVAILABLE
+        else "numpy (numba not installed or disabled)")
     if args.beir is not None:
         part_beir(args.beir)
     for n in args.n:
