@@ -1,6 +1,7 @@
 """SparseIndex: exact top-k, masks, padding, incremental adds/deletes, memory, persistence, bad input."""
 from __future__ import annotations
 
+import itertools
 import os
 
 import numpy as np
@@ -481,7 +482,8 @@ def test_block_max_pruning_on_many_blocks(monkeypatch, dense_path, weighting):
     maxima while accumulating) and with many, k smaller than the number of blocks so the
     block-max bound prunes: every query, in sequence, gives the sparse product's arrays.
     Both orders: few-postings queries after many-postings ones must not see their block
-    maxima (a bug that returned wrong top-10s for 6% of SciFact's queries)."""
+    maxima (a bug that returned wrong top-10s for 6% of SciFact's queries). With a second
+    tier and with masked rows."""
     import hybridrag.stores.sparse as sparse_mod
 
     docs = random_rows(4000, 51, vocab=400, nnz=8, ints=weighting != "none")
@@ -493,13 +495,17 @@ def test_block_max_pruning_on_many_blocks(monkeypatch, dense_path, weighting):
     common = [{398: 3.0, 399: 3.0, **q} for q in many]
     qs = few + many + few[:10] + [x for pair in zip(common, few[10:20]) for x in pair]
     idx = SparseIndex(weighting)
-    idx.add(np.arange(4000), docs)
-    for k in (1, 5):
+    idx.add(np.arange(3600), docs[:3600])
+    idx.search(qs[:1], 1)
+    idx.add(np.arange(3600, 4000), docs[3600:])   # a second tier (rows 3600-3999)
+    allowed = np.arange(4000) % 7 != 0
+    for k, mask in itertools.product((1, 5), (None, allowed)):
         monkeypatch.setattr(sparse_mod, "_DENSE_RATIO", 10**9)
-        dense = idx.search(qs, k, threads=1)
+        dense = idx.search(qs, k, allowed=mask, threads=1)
         monkeypatch.setattr(sparse_mod, "_DENSE_RATIO", 0)
-        light = idx.search(qs, k, threads=1)
+        light = idx.search(qs, k, allowed=mask, threads=1)
         np.testing.assert_array_equal(dense[0], light[0])
         np.testing.assert_array_equal(dense[1], light[1])
         if weighting == "none":
-            assert_topk(*dense, brute(qs, docs, np.arange(4000), k))
+            assert_topk(*dense, brute(qs, docs, np.arange(4000), k, mask))
+    assert idx._delta is not None   # the second tier was scored as such
