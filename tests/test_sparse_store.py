@@ -20,7 +20,7 @@ def dense_path(request, monkeypatch):
     """Run a test on the compiled kernel (numba, a test dependency) and on the numpy path."""
     if request.param == "numba":
         if not _kernels.AVAILABLE:
-            pytest.skip("numba is not installed (pip install 'hybridrag[fast]')")
+            pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
     else:
         monkeypatch.setattr(_kernels, "AVAILABLE", False)
     return request.param
@@ -330,7 +330,7 @@ def test_threaded_search_works_in_a_forked_child():
     import multiprocessing as mp
 
     if not _kernels.AVAILABLE:
-        pytest.skip("numba is not installed (pip install 'hybridrag[fast]')")
+        pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
     docs, qs = random_rows(300, 11), random_rows(64, 12)
     idx = SparseIndex("none")
     idx.add(np.arange(300), docs)
@@ -455,7 +455,7 @@ def test_compiled_kernel_is_used_below_the_row_limit(monkeypatch):
     import hybridrag.stores.sparse as sparse_mod
 
     if not _kernels.AVAILABLE:
-        pytest.skip("numba is not installed (pip install 'hybridrag[fast]')")
+        pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
     docs = random_rows(300, 41, vocab=20, nnz=6, ints=True)
     qs = random_rows(25, 42, vocab=20, nnz=6, ints=True)
     idx = SparseIndex("bm25okapi")

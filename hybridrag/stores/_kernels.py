@@ -1,6 +1,6 @@
-"""Optional compiled kernel for :class:`hybridrag.stores.sparse.SparseIndex` (numba).
+"""Compiled kernel for :class:`hybridrag.stores.sparse.SparseIndex` (numba; numpy is the fallback).
 
-When numba is installed (``pip install 'hybridrag[fast]'``) the queries that an index of
+With numba (a dependency; the kernel is skipped if it is missing) the queries that an index of
 fewer than 500k rows scores by dense accumulation go through :func:`dense_top_k` in one
 compiled call per batch: accumulate, block-max top-k and reset per query, with no Python
 work per query (``sparse._KERNEL_MAX_ROWS`` says why larger indexes keep the numpy path).

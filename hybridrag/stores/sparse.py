@@ -20,7 +20,7 @@ amortised O(new postings). A hit is a live row with a nonzero score (a row that
 shares no term with the query is not returned; its exact score is 0).
 
 Queries with many postings are scored into a dense per-row accumulator. With numba
-installed (the ``fast`` extra) and fewer than 500k rows, one compiled call per batch does
+installed (a dependency) and fewer than 500k rows, one compiled call per batch does
 that work (:mod:`hybridrag.stores._kernels`; with several threads, one call per thread on
 runs of queries of about equal postings, after one shared set-up); otherwise numpy and
 scipy's C loop do, in chunks of queries. Both give the same arrays bit for bit.
