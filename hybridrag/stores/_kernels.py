@@ -182,9 +182,15 @@ def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, ti
         a, e = bounds[j], bounds[j + 1]
         _dense_top_k(int(n_rows), int(k), ps[a:e + 1], qw, *t[0], *t[1], rs, inv, out_s, out_i, rows[a:e])
 
-    futures = [_pool().submit(run, j) for j in range(1, len(bounds) - 1)]
+    futures, inline = [], [0]
+    for j in range(1, len(bounds) - 1):
+        try:
+            futures.append(_pool().submit(run, j))
+        except RuntimeError:   # the interpreter is shutting down: no new threads, so run it here
+            inline.append(j)
     try:
-        run(0)
+        for j in inline:
+            run(j)
     finally:
         for f in futures:
             f.result()   # wait for every run (and re-raise its error) before returning
@@ -192,7 +198,8 @@ def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, ti
 
 def _split(pair_start: np.ndarray, tiers: list[tuple], n: int) -> list[int]:
     """Query boundaries ``[0, ..., nq]`` cutting the queries into ``n`` runs of about equal
-    postings (a query's cost is its postings, plus a pass over the rows shared by all)."""
+    postings (``pair_start[0]`` is 0). A query's pass over the rows is not counted, so a run of
+    many queries with few postings each can take longer than the others."""
     per_pair = np.zeros(int(pair_start[-1]), dtype=np.int64)
     for _, _, lo, hi in tiers:
         per_pair += hi - lo
