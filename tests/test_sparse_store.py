@@ -276,10 +276,10 @@ def test_kernel_runs_split_by_postings_cover_every_query():
     hi = np.array([100, 1, 1, 1, 1, 1, 1])   # one heavy pair, then light ones
     pair_start = np.array([0, 1, 3, 5, 7])   # 4 queries
     for n in (2, 3, 4):
-        b = _kernels._split(pair_start, [(None, None, lo, hi)], n)
+        b = _kernels._split(pair_start, [(None, None, lo, hi)], n, 1000)
         assert b[0] == 0 and b[-1] == 4 and all(x < y for x, y in zip(b, b[1:]))
         assert b[1] == 1   # the heavy first query is a run of its own
-    assert _kernels._split(pair_start, [(None, None, lo, hi), (None, None, lo, lo)], 9)[-1] == 4
+    assert _kernels._split(pair_start, [(None, None, lo, hi), (None, None, lo, lo)], 9, 1000)[-1] == 4
 
 
 @pytest.mark.parametrize("weighting", ["none", "bm25okapi"])

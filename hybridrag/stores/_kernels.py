@@ -176,7 +176,7 @@ def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, ti
     ps, rs, qw = _ro(pair_start, np.int64), _ro(row_slots, np.int64), _ro(qws, np.float32)
     rows = _ro(out_rows, np.int64)
     nq = len(ps) - 1
-    bounds = _split(ps, t, min(int(threads), nq)) if threads > 1 and nq > 1 else [0, nq]
+    bounds = _split(ps, t, min(int(threads), nq), int(n_rows)) if threads > 1 and nq > 1 else [0, nq]
 
     def run(j: int) -> None:
         a, e = bounds[j], bounds[j + 1]
@@ -196,16 +196,20 @@ def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, ti
             f.result()   # wait for every run (and re-raise its error) before returning
 
 
-def _split(pair_start: np.ndarray, tiers: list[tuple], n: int) -> list[int]:
+def _split(pair_start: np.ndarray, tiers: list[tuple], n: int, n_rows: int) -> list[int]:
     """Query boundaries ``[0, ..., nq]`` cutting the queries into ``n`` runs of about equal
-    postings (``pair_start[0]`` is 0). A query's pass over the rows is not counted, so a run of
-    many queries with few postings each can take longer than the others."""
+    work (``pair_start[0]`` is 0). A query's work is its postings, plus half the rows when it
+    makes a pass over them (at 4 postings per row or more, as :func:`_dense_top_k` decides; the
+    pass costs about half a scattered posting per row)."""
     per_pair = np.zeros(int(pair_start[-1]), dtype=np.int64)
     for _, _, lo, hi in tiers:
         per_pair += hi - lo
     cum = np.zeros(len(per_pair) + 1, dtype=np.int64)
     np.cumsum(per_pair, out=cum[1:])
-    before = cum[pair_start]   # postings before each query, and the total last
+    postings = np.diff(cum[pair_start])
+    work = postings + np.where(4 * postings >= n_rows, n_rows // 2, 0)
+    before = np.zeros(len(work) + 1, dtype=np.int64)
+    np.cumsum(work, out=before[1:])   # work before each query, and the total last
     cut = np.searchsorted(before, before[-1] * np.arange(1, n) / n)
     return sorted({0, len(pair_start) - 1, *np.clip(cut, 1, len(pair_start) - 2).tolist()})
 
