@@ -242,9 +242,9 @@ def pad_batch(tokenizer: Any, features: list[dict[str, list[int]]], device: str)
     """Pad tokenized examples on the right to the batch's longest; int64 tensors on ``device``.
 
     Always right padding (the encoders slice ``[:length]`` per row), whatever the
-    tokenizer's ``padding_side``. Filled with numpy: 32 x 512 tokens took 1.2 ms against
-    10.1 ms for ``tokenizer.pad`` on the Python lists (2-core development machine; 9 ms per
-    batch on the GPU benchmark machine). ``attention_mask`` is added when missing; keys
+    tokenizer's ``padding_side``. Filled with numpy, several times faster than
+    ``tokenizer.pad`` on the Python lists, which took a large share of ``encode`` on a GPU
+    (docs/BENCHMARKS.md, section 8). ``attention_mask`` is added when missing; keys
     other than ``input_ids``, ``attention_mask``, ``token_type_ids`` and
     ``special_tokens_mask`` (padded with 1) are padded with 0.
     """
@@ -318,9 +318,9 @@ def host_copy(tensors: dict[str, "torch.Tensor"]) -> Callable[[], dict[str, np.n
     """Start copying ``tensors`` to the host; the returned function waits and gives numpy arrays.
 
     On CUDA the copies go into page-locked buffers without blocking the host, so
-    the caller can launch the next batch first (a blocking fp32 copy into pageable
-    memory took 47 ms per 32 x 512-token batch of ColBERT vectors on the benchmark
-    H100 machine, about twice the forward pass). The arrays may share memory with
+    the caller can launch the next batch first (a blocking fp32 copy of the ColBERT
+    vectors into pageable memory was, with ``tokenizer.pad``, most of ``encode``'s time on
+    the benchmark GPU; docs/BENCHMARKS.md, section 8). The arrays may share memory with
     those buffers: copy what outlives the batch.
     """
     import torch

@@ -164,7 +164,7 @@ def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, ti
     ``out_s`` / ``out_i`` (which hold -inf / -1 beforehand). ``tiers``: one or two
     ``(rows, weights, lo, hi)``: a pair's postings are ``lo[p]:hi[p]`` of the tier's arrays.
     ``invalid``: rows that may not be returned (or None). ``threads`` > 1 splits the queries
-    into that many runs of about equal postings, scored at once (the calling thread takes the
+    into that many runs of about equal work (see :func:`_split`), scored at once (the calling thread takes the
     first; the others go to a shared pool of worker threads; each run writes its own rows)."""
     if not AVAILABLE:
         raise RuntimeError("the numba kernel is not available")

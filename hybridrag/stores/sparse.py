@@ -22,7 +22,7 @@ shares no term with the query is not returned; its exact score is 0).
 Queries with many postings are scored into a dense per-row accumulator. With numba
 installed (a dependency) and fewer than 500k rows, one compiled call per batch does
 that work (:mod:`hybridrag.stores._kernels`; with several threads, one call per thread on
-runs of queries of about equal postings, after one shared set-up); otherwise numpy and
+runs of queries of about equal work, after one shared set-up); otherwise numpy and
 scipy's C loop do, in chunks of queries. Both give the same arrays bit for bit.
 
 Threads: concurrent ``search`` / ``score`` calls are safe (the lazy merge of pending adds
