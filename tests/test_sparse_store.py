@@ -17,7 +17,7 @@ from hybridrag.stores.sparse import SparseIndex
 
 @pytest.fixture(params=["numba", "numpy"])
 def dense_path(request, monkeypatch):
-    """Run a test on the compiled kernel (numba, a test dependency) and on the numpy path."""
+    """Run a test on the compiled kernel (numba, a dependency) and on the numpy path."""
     if request.param == "numba":
         if not _kernels.AVAILABLE:
             pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
@@ -269,9 +269,9 @@ def test_threaded_batch_equals_one_thread_and_brute_force(dense_path, weighting)
             assert_topk(*one, brute(qs, docs, np.arange(300), 10, mask))
 
 
-def test_kernel_runs_split_by_postings_cover_every_query():
-    """The threaded kernel cuts a batch into runs of about equal postings: every query is in
-    exactly one run, in order, and no run is empty."""
+def test_kernel_runs_split_by_work_cover_every_query():
+    """The threaded kernel cuts a batch into runs of about equal work: every query is in
+    exactly one run, in order, and no run is empty; a query's pass over the rows counts."""
     lo = np.zeros(7, dtype=np.int64)
     hi = np.array([100, 1, 1, 1, 1, 1, 1])   # one heavy pair, then light ones
     pair_start = np.array([0, 1, 3, 5, 7])   # 4 queries
@@ -280,6 +280,12 @@ def test_kernel_runs_split_by_postings_cover_every_query():
         assert b[0] == 0 and b[-1] == 4 and all(x < y for x, y in zip(b, b[1:]))
         assert b[1] == 1   # the heavy first query is a run of its own
     assert _kernels._split(pair_start, [(None, None, lo, hi), (None, None, lo, lo)], 9, 1000)[-1] == 4
+    # 7 queries of 6, 1, 1, ... postings: by postings alone the first is half the work; when
+    # each also passes over the rows (4 rows: 4 postings per row or more), the cut moves later
+    lo7, hi7 = np.zeros(7, dtype=np.int64), np.array([6, 1, 1, 1, 1, 1, 1])
+    ps7 = np.arange(8)
+    assert _kernels._split(ps7, [(None, None, lo7, hi7)], 2, 1000) == [0, 1, 7]
+    assert _kernels._split(ps7, [(None, None, lo7, hi7)], 2, 4) == [0, 3, 7]
 
 
 @pytest.mark.parametrize("weighting", ["none", "bm25okapi"])
