@@ -341,7 +341,7 @@ def main() -> None:
                     help="queries timed on Milvus Lite in part c (0: --nq; the first ones of the same set)")
     args = ap.parse_args()
     row("setup", "hybridrag SparseIndex", "dense-accumulation path (HYBRIDRAG_NUMBA=0 forces numpy)",
-        f"numba kernel below {_KERNEL_MAX_ROWS:,} rows, numpy at and above" if _kernels.AVAILABLE
+        f"numba kernel for BM25, and below {_KERNEL_MAX_ROWS:,} rows otherwise; numpy else" if _kernels.AVAILABLE
         else "numpy (numba not installed or disabled)")
     if args.beir is not None:
         part_beir(args.beir)

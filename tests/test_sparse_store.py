@@ -454,29 +454,32 @@ def test_dense_and_sparse_paths_agree_fuzz(monkeypatch, dense_path, docs, querie
         assert_topk(*dense, ref)
 
 
-def test_compiled_kernel_is_used_below_the_row_limit(monkeypatch):
+@pytest.mark.parametrize("weighting", ["none", "bm25okapi"])
+def test_compiled_kernel_is_used_below_the_row_limit(monkeypatch, weighting):
     """With numba installed the dense-accumulated queries of an index below _KERNEL_MAX_ROWS
-    go through the compiled kernel, once per batch (not per query); at the limit, or with the
-    kernel off, the numpy path scores; all give the same arrays."""
+    go through the compiled kernel, once per batch (not per query); at the limit the numpy
+    path scores, except for BM25, which the kernel (with its pruning) scores at any size; with
+    the kernel off, the numpy path; all give the same arrays."""
     import hybridrag.stores.sparse as sparse_mod
 
     if not _kernels.AVAILABLE:
         pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
     docs = random_rows(300, 41, vocab=20, nnz=6, ints=True)
     qs = random_rows(25, 42, vocab=20, nnz=6, ints=True)
-    idx = SparseIndex("bm25okapi")
+    idx = SparseIndex(weighting)
     idx.add(np.arange(300), docs)
     calls = []
     real = _kernels.dense_top_k
     monkeypatch.setattr(_kernels, "dense_top_k", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     got = idx.search(qs, 10, threads=1)
     assert len(calls) == 1
-    monkeypatch.setattr(sparse_mod, "_KERNEL_MAX_ROWS", 300)   # at the limit: numpy path
+    monkeypatch.setattr(sparse_mod, "_KERNEL_MAX_ROWS", 300)   # at the limit
     large = idx.search(qs, 10, threads=1)
+    assert len(calls) == (2 if weighting == "bm25okapi" else 1)
     monkeypatch.setattr(sparse_mod, "_KERNEL_MAX_ROWS", 10**9)
     monkeypatch.setattr(_kernels, "AVAILABLE", False)
     off = idx.search(qs, 10, threads=1)
-    assert len(calls) == 1
+    assert len(calls) == (2 if weighting == "bm25okapi" else 1)
     for ref in (large, off):
         np.testing.assert_array_equal(got[0], ref[0])
         np.testing.assert_array_equal(got[1], ref[1])
@@ -515,3 +518,72 @@ def test_block_max_pruning_on_many_blocks(monkeypatch, dense_path, weighting):
         if weighting == "none":
             assert_topk(*dense, brute(qs, docs, np.arange(4000), k, mask))
     assert idx._delta is not None   # the second tier was scored as such
+
+
+def zipf_rows(n: int, seed: int, vocab: int, mean_len: int) -> list[dict[int, float]]:
+    """Term-count rows with Zipfian term frequencies: a few terms in most rows, most terms rare."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        ids = np.minimum(rng.zipf(1.3, size=int(rng.integers(1, 2 * mean_len))), vocab) - 1
+        u, c = np.unique(ids, return_counts=True)
+        rows.append({int(i): float(v) for i, v in zip(u, c)})
+    return rows
+
+
+def pruned_index() -> tuple[SparseIndex, list[dict[int, float]]]:
+    """A BM25 index in two tiers with removed rows, and queries mixing rare and common terms."""
+    idx = SparseIndex("bm25lucene")
+    idx.add(np.arange(4000), zipf_rows(4000, 51, vocab=3000, mean_len=40))
+    idx.remove(np.arange(0, 4000, 7))
+    idx.search([{0: 1.0}], 1)   # merge: what follows goes to a second tier
+    idx.add(np.arange(4000, 4600), zipf_rows(600, 52, vocab=3000, mean_len=40))
+    idx.search([{0: 1.0}], 1)
+    qs = zipf_rows(120, 53, vocab=3000, mean_len=4)
+    return idx, qs
+
+
+@pytest.mark.parametrize("k", [1, 10, 60])
+def test_pruned_kernel_equals_the_numpy_path(monkeypatch, k):
+    """The kernel's pruning (_kernels._maxscore: postings skipped once they cannot change the
+    top k, candidates re-scored exactly) gives the numpy path's arrays bit for bit: two
+    tiers, removed rows, a mask, one thread and two."""
+    if not _kernels.AVAILABLE:
+        pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
+    idx, qs = pruned_index()
+    assert idx._delta is not None and idx._main is not None
+    mask = np.random.default_rng(54).random(4600) < 0.6
+    for allowed in (None, mask):
+        got = [idx.search(qs, k, allowed=allowed, threads=t) for t in (1, 2)]
+        monkeypatch.setattr(_kernels, "AVAILABLE", False)
+        ref = idx.search(qs, k, allowed=allowed, threads=1)
+        monkeypatch.setattr(_kernels, "AVAILABLE", True)
+        assert (ref[1] >= 0).sum() > 0.9 * ref[1].size
+        for g in got:
+            np.testing.assert_array_equal(g[0], ref[0])
+            np.testing.assert_array_equal(g[1], ref[1])
+
+
+def test_pruning_skips_postings(monkeypatch):
+    """The data above do exercise the pruning: with upper bounds understated 100x, postings that
+    can change the top 10 get skipped and the results go wrong (with the true bounds they are
+    exact, as the test above checks)."""
+    from hybridrag.stores import sparse as sparse_mod
+
+    if not _kernels.AVAILABLE:
+        pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
+    idx, qs = pruned_index()
+    exact = idx.search(qs, 10, threads=1)
+    real = sparse_mod._Tier.max_weights
+    monkeypatch.setattr(sparse_mod._Tier, "max_weights", lambda self, w: real(self, w) * np.float32(0.01))
+    wrong = idx.search(qs, 10, threads=1)
+    assert (wrong[1] != exact[1]).any(axis=1).sum() >= 10
+
+
+def test_max_weights_per_term():
+    """_Tier.max_weights: the largest weight of each term's postings, 0 for terms with none."""
+    from hybridrag.stores.sparse import _build_tier
+
+    t = _build_tier(np.array([0, 2, 2, 4]), np.array([0, 0, 1, 3]), np.array([1, 5, 3, 2], dtype=np.float32), 6)
+    w = np.array([0.5, 2.0, 7.0, 1.5], dtype=np.float32)
+    np.testing.assert_array_equal(t.max_weights(w), [0.5, 0, 7.0, 0, 1.5, 0])

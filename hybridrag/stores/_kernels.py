@@ -1,12 +1,14 @@
 """Compiled kernel for :class:`hybridrag.stores.sparse.SparseIndex` (numba; numpy is the fallback).
 
-With numba (a dependency; the kernel is skipped if it is missing) the queries that an index of
-fewer than 500k rows scores by dense accumulation go through :func:`dense_top_k` in one
-compiled call per batch: accumulate, block-max top-k and reset per query, with no Python
-work per query (``sparse._KERNEL_MAX_ROWS`` says why larger indexes keep the numpy path).
-Scores and ordering are bit-identical to the numpy path (same float32 products, same
-summation order per row, ties by slot ascending); ``tests/test_sparse_store.py`` runs
-the equality tests on both paths. ``HYBRIDRAG_NUMBA=0`` in the environment turns the
+With numba (a dependency; the kernel is skipped if it is missing) the queries that a BM25
+index, or another index of fewer than 500k rows, scores by dense accumulation go through
+:func:`dense_top_k` in one compiled call per batch: accumulate, block-max top-k and reset per
+query, with no Python work per query (``sparse._KERNEL_MAX_ROWS`` says why other large
+indexes keep the numpy path). Queries of several terms skip the postings that cannot change
+their top k (:func:`_maxscore`). Scores and ordering are bit-identical to the numpy path (same
+float32 products, same summation order per row, ties by slot ascending: rows scored in
+another order are re-scored in this one); ``tests/test_sparse_store.py`` runs the equality
+tests on both paths. ``HYBRIDRAG_NUMBA=0`` in the environment turns the
 kernel off. It is compiled when this module is first imported (seconds, once; later
 imports load it from numba's on-disk cache); see :func:`_compile_now` for why not lazily.
 """
@@ -21,6 +23,12 @@ import numpy as np
 #: Rows per block of the block-max top-k (as ``sparse._BLOCK``); a power of two.
 BLOCK = 256
 _SHIFT = 8   # log2(BLOCK)
+_TINY = np.float32(1e-45)   # the smallest positive float32
+# Pruning (see _maxscore): a step of a galloping search (mostly a cache miss) costs about as
+# much as accumulating this many postings (measured with benchmarks/bench_sparse.py)...
+_GALLOP = 12.0
+# ...and the k-th best partial score is taken over at most this many rows.
+_SAMPLE = 4096
 
 try:
     if os.environ.get("HYBRIDRAG_NUMBA", "1").strip().lower() in ("0", "false", "no", "off"):
@@ -78,73 +86,342 @@ if njit is not None:
                 x += uint64(1)
 
     @njit(cache=True, nogil=True)
-    def _dense_top_k(n_rows, k, pair_start, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
-                     row_slots, invalid, out_s, out_i, out_rows):  # pragma: no cover - compiled
+    def _accumulate_track(acc, touched, nt, rows, w, lo, hi, qw):  # pragma: no cover - compiled
+        """As :func:`_accumulate` for one pair, appending to ``touched[nt:]`` each row whose score
+        turns positive; returns the new count."""
+        x, stop = uint64(lo), uint64(hi)
+        while x < stop:
+            r = uint64(rows[x])
+            old = acc[r]
+            v = old + w[x] * qw
+            acc[r] = v
+            touched[nt] = r   # branch-free: the slot is kept only when the row is new
+            nt += (old == 0) & (v > 0)
+            x += uint64(1)
+        return nt
+
+    @njit(cache=True, nogil=True)
+    def _find(rows, lo, hi, r):  # pragma: no cover - compiled
+        """Position of row ``r`` in ``rows[lo:hi]`` (increasing within a term), or -1."""
+        a, b = uint64(lo), uint64(hi)
+        while a < b:
+            mid = (a + b) >> uint64(1)
+            if rows[mid] < r:
+                a = mid + uint64(1)
+            else:
+                b = mid
+        if a < uint64(hi) and rows[a] == r:
+            return np.int64(a)
+        return np.int64(-1)
+
+    @njit(cache=True, nogil=True)
+    def _gallop_add(rows, w, lo, hi, qw, cand, cval, nc):  # pragma: no cover - compiled
+        """``cval[j] += w[x] * qw`` where ``rows[x] == cand[j]`` (x in lo:hi), for candidates
+        ``cand[:nc]`` in increasing order: one forward galloping search through the postings,
+        so far fewer cache misses than a binary search per candidate."""
+        x, stop = uint64(lo), uint64(hi)
+        for j in range(nc):
+            if x >= stop:
+                return
+            r = cand[j]
+            if rows[x] < r:   # gallop: rows[base] < r; find the first position >= r
+                base = x
+                step = uint64(1)
+                b = x + step
+                while b < stop and rows[b] < r:
+                    base = b
+                    step <<= uint64(1)
+                    b = x + step
+                if b > stop:
+                    b = stop
+                x = base + uint64(1)
+                while x < b:
+                    mid = (x + b) >> uint64(1)
+                    if rows[mid] < r:
+                        x = mid + uint64(1)
+                    else:
+                        b = mid
+            if x < stop and rows[x] == r:
+                cval[j] += w[x] * qw
+
+    @njit(cache=True, nogil=True)
+    def _lookup_cost(n, nc):  # pragma: no cover - compiled
+        """Estimated cost, in postings accumulated, of finding ``nc`` sorted candidates in a
+        posting list of ``n`` by galloping search."""
+        if n == 0 or nc == 0:
+            return 0.0
+        return _GALLOP * nc * np.log2(2.0 + n / nc)
+
+    @njit(cache=True, nogil=True)
+    def _exact(r, a, e, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2):  # pragma: no cover - compiled
+        """Row ``r``'s score summed as the accumulation sums it (tier 1's pairs in order, then
+        tier 2's), so bit-identical to it; one binary search per pair."""
+        s = np.float32(0)
+        for p in range(a, e):
+            x = _find(rows1, lo1[p], hi1[p], r)
+            if x >= 0:
+                s += w1[x] * qws[p]
+        for p in range(a, e):
+            x = _find(rows2, lo2[p], hi2[p], r)
+            if x >= 0:
+                s += w2[x] * qws[p]
+        return s
+
+    @njit(cache=True, nogil=True)
+    def _insert(v, s, n, k, tv, ts):  # pragma: no cover - compiled
+        """Insert hit (score v, slot s) into the ordered top list tv/ts holding n; returns n."""
+        if n < k or _better(v, s, tv[k - 1], ts[k - 1]):
+            j = n if n < k else k - 1
+            while j > 0 and _better(v, s, tv[j - 1], ts[j - 1]):
+                tv[j] = tv[j - 1]
+                ts[j] = ts[j - 1]
+                j -= 1
+            tv[j] = v
+            ts[j] = s
+            if n < k:
+                n += 1
+        return n
+
+    @njit(cache=True, nogil=True)
+    def _block_maxima(acc, bmax, nb):  # pragma: no cover - compiled
+        ublock = uint64(BLOCK)
+        r = uint64(0)
+        for b in range(nb):   # branch-free block maxima: a per-row test mispredicts half the time
+            m = np.float32(0)
+            stop = r + ublock
+            while r < stop:
+                x = acc[r]
+                m = x if x > m else m
+                r += uint64(1)
+            bmax[b] = m
+
+    @njit(cache=True, nogil=True)
+    def _scan_top_k(acc, bmax, nb, k, row_slots, tv, ts):  # pragma: no cover - compiled
+        """Top-k of ``acc`` into tv/ts (returns the number of hits): the k-th largest block
+        maximum bounds the k-th largest score from below, so only blocks reaching it are read."""
+        thr = np.partition(bmax[:nb], nb - k)[nb - k] if nb > k else np.float32(0)
+        if thr < _TINY:
+            thr = _TINY   # a hit has a score > 0
+        ublock = uint64(BLOCK)
+        n = 0
+        for b in range(nb):
+            if bmax[b] < thr:
+                continue
+            r = uint64(b) * ublock
+            stop = r + ublock
+            while r < stop:
+                v = acc[r]
+                if v >= thr:
+                    n = _insert(v, row_slots[r], n, k, tv, ts)
+                r += uint64(1)
+        return n
+
+    @njit(cache=True, nogil=True)
+    def _exact_top_k(cand, cval, nc, k, eps, a, e, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
+                     row_slots, tv, ts):  # pragma: no cover - compiled
+        """Top-k of the candidate rows ``cand[:nc]`` whose scores ``cval`` were summed in another
+        order (within a relative ``eps`` of the exact sums): every candidate that can be in the
+        exact top k is re-scored exactly, then ranked. Returns the number of hits."""
+        bound = _TINY
+        if nc > k:
+            kth = np.partition(cval[:nc], nc - k)[nc - k]
+            bound = max(_TINY, kth * np.float32(1 - 2 * eps))
+        n = 0
+        for j in range(nc):
+            if cval[j] >= bound:
+                r = cand[j]
+                v = _exact(r, a, e, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2)
+                if v > 0:
+                    n = _insert(v, row_slots[r], n, k, tv, ts)
+        return n
+
+    @njit(cache=True, nogil=True)
+    def _maxscore(acc, bmax, touched, cand, cval, ok, n_rows, k, a, e, qws, ub, rows1, w1, lo1, hi1,
+                  rows2, w2, lo2, hi2, row_slots, invalid, tv, ts):  # pragma: no cover - compiled
+        """One query, exact, by MaxScore-style pruning (Turtle and Flood, 1995): its pairs are
+        accumulated by decreasing upper bound ``ub`` (the pair's largest possible addend); once
+        the k-th best partial score among the rows seen so far exceeds what the remaining pairs
+        can add in all (their ``ub`` summed), no row they alone reach can enter the top k, so
+        their postings are not read: the rows still in reach get those pairs' weights by binary
+        search. Partial sums in that order differ from the accumulation's by rounding, so every
+        row that can be in the top k is re-scored exactly (:func:`_exact`) before ranking. Leaves
+        ``acc`` all zero; returns the number of hits written to tv/ts, or -1 without touching
+        anything when the bounds show that too few postings could be skipped."""
+        m = e - a
+        order = np.argsort(-ub[a:e]) + a
+        rem = np.zeros(m + 1, dtype=np.float64)     # upper bound of what pairs order[i:] can add
+        remp = np.zeros(m + 1, dtype=np.int64)      # their postings
+        for i in range(m - 1, -1, -1):
+            p = order[i]
+            rem[i] = rem[i + 1] + np.float64(ub[p])
+            remp[i] = remp[i + 1] + (hi1[p] - lo1[p]) + (hi2[p] - lo2[p])
+        # skip the attempt when too few postings lie past the point where the remaining bound
+        # drops below half the total (no earlier pair can be skipped: theta <= what was added)
+        i = 0
+        while i < m and rem[i] >= 0.5 * rem[0]:
+            i += 1
+        if 3 * remp[i] < remp[0]:
+            return -1
+        eps = 1e-6 * (m + 4)   # relative: float32 sums of m non-negative terms in any two orders agree within ~m * 1.2e-7
+        cap = n_rows // 4      # past this many rows with a score, stop listing them (one pass over the rows is then cheaper)
+        nt = 0
+        tracking = True
+        stop_at = m            # pairs order[stop_at:] are looked up for the candidates only
+        nc = 0
+        reach = np.inf         # theta can gain at most what the pairs since the last test add
+        for i in range(m):
+            p = order[i]
+            if tracking and nt + (hi1[p] - lo1[p]) + (hi2[p] - lo2[p]) > cap:
+                tracking = False   # (listing them would cost more than it can save)
+            if tracking:
+                nt = _accumulate_track(acc, touched, nt, rows1, w1, lo1[p], hi1[p], qws[p])
+                nt = _accumulate_track(acc, touched, nt, rows2, w2, lo2[p], hi2[p], qws[p])
+            else:
+                _accumulate(acc, rows1, w1, lo1, hi1, p, p + 1, qws)
+                _accumulate(acc, rows2, w2, lo2, hi2, p, p + 1, qws)
+            rest = rem[i + 1] * (1 + eps)
+            # worth testing: postings enough left to skip, and the k-th best partial score could
+            # already exceed the rest (it is at most the pairs done in all, and at most the last
+            # test's value plus what was added since)
+            if (not tracking or i + 1 == m or nt < k or remp[i + 1] < 4 * nt
+                    or rest >= (rem[0] - rem[i + 1]) * (1 - eps) or rest >= reach - rem[i + 1]):
+                continue
+            # theta: the k-th best partial score among the first rows listed (those of the
+            # highest-bound pairs, where the best rows usually are): a lower bound of the k-th
+            # best over all rows, so of the k-th best final score
+            nv = 0
+            for j in range(nt):
+                r = touched[j]
+                if len(ok) == 0 or ok[r]:
+                    cval[nv] = acc[r]
+                    nv += 1
+                    if nv == _SAMPLE:
+                        break
+            if nv < k:
+                continue
+            theta = np.partition(cval[:nv], nv - k)[nv - k] * (1 - eps)
+            reach = theta / (1 - eps) * (1 + eps) + rem[i + 1]
+            if rest >= theta:
+                continue
+            nc = 0
+            most = 0.8 * remp[i + 1] / (_GALLOP * (m - i - 1))   # more candidates cost more than the rest
+            for j in range(nt):
+                r = touched[j]
+                if (len(ok) == 0 or ok[r]) and acc[r] * (1 + eps) + rest >= theta:
+                    cand[nc] = r
+                    nc += 1
+                    if nc > most:
+                        break
+            if nc > most:
+                continue
+            cost = 0.0
+            for i2 in range(i + 1, m):
+                p2 = order[i2]
+                cost += _lookup_cost(hi1[p2] - lo1[p2], nc) + _lookup_cost(hi2[p2] - lo2[p2], nc)
+            if cost < 0.8 * remp[i + 1]:   # finding the candidates is cheaper than accumulating the rest
+                stop_at = i + 1
+                break
+        if tracking and (stop_at < m or 16 * nt < n_rows):
+            if stop_at == m:   # nothing skipped, few rows scored: every row with a score is listed
+                nc = 0
+                for j in range(nt):
+                    r = touched[j]
+                    if len(ok) == 0 or ok[r]:
+                        cand[nc] = r
+                        nc += 1
+            else:
+                cand[:nc].sort()
+            for j in range(nc):
+                cval[j] = acc[cand[j]]
+            for i in range(stop_at, m):
+                p = order[i]
+                _gallop_add(rows1, w1, lo1[p], hi1[p], qws[p], cand, cval, nc)
+                _gallop_add(rows2, w2, lo2[p], hi2[p], qws[p], cand, cval, nc)
+            for j in range(nt):
+                acc[touched[j]] = 0
+            return _exact_top_k(cand, cval, nc, k, eps, a, e, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
+                                row_slots, tv, ts)
+        # many rows scored: the usual block-max top-k on the sums in this order, then every row
+        # within rounding of its k-th score re-scored exactly
+        for r in invalid:
+            acc[uint64(r)] = 0
+        nb = (n_rows + BLOCK - 1) // BLOCK
+        _block_maxima(acc, bmax, nb)
+        n = _scan_top_k(acc, bmax, nb, k, row_slots, tv, ts)
+        bound = _TINY if n < k else max(_TINY, tv[k - 1] * np.float32(1 - 2 * eps))
+        nc = 0
+        ublock = uint64(BLOCK)
+        for b in range(nb):
+            if bmax[b] < bound:
+                continue
+            r = uint64(b) * ublock
+            stop = r + ublock
+            while r < stop:
+                v = acc[r]
+                if v >= bound:
+                    cand[nc] = r
+                    cval[nc] = v
+                    nc += 1
+                r += uint64(1)
+        acc[:] = 0
+        return _exact_top_k(cand, cval, nc, k, eps, a, e, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
+                            row_slots, tv, ts)
+
+    @njit(cache=True, nogil=True)
+    def _dense_top_k(n_rows, k, pair_start, qws, ub, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
+                     row_slots, invalid, ok, out_s, out_i, out_rows):  # pragma: no cover - compiled
         nb = (n_rows + BLOCK - 1) // BLOCK
         acc = np.zeros(nb * BLOCK, dtype=np.float32)
         bmax = np.empty(nb, dtype=np.float32)
         tv = np.empty(k, dtype=np.float32)
         ts = np.empty(k, dtype=np.int64)
-        tiny = np.float32(1e-45)   # the smallest positive float32: a hit has a score > 0
-        ublock = uint64(BLOCK)
+        prune = len(ub) > 0
+        if prune:   # scratch of the pruned path
+            touched = np.empty(n_rows, dtype=np.int64)
+            cand = np.empty(n_rows, dtype=np.int64)
+            cval = np.empty(n_rows, dtype=np.float32)
+        else:
+            touched = cand = np.empty(0, dtype=np.int64)
+            cval = np.empty(0, dtype=np.float32)
         for qi in range(len(pair_start) - 1):
             a, e = pair_start[qi], pair_start[qi + 1]
-            n_post = 0
-            for p in range(a, e):
-                n_post += (hi1[p] - lo1[p]) + (hi2[p] - lo2[p])
-            sparse = 4 * n_post < n_rows and len(invalid) == 0
-            if sparse:   # block maxima kept while accumulating: O(postings), not O(rows)
-                bmax[:] = 0   # (they may hold the previous query's maxima: a memset of rows / 256)
-                _accumulate_max(acc, bmax, rows1, w1, lo1, hi1, a, e, qws)
-                _accumulate_max(acc, bmax, rows2, w2, lo2, hi2, a, e, qws)
-            else:
-                _accumulate(acc, rows1, w1, lo1, hi1, a, e, qws)
-                _accumulate(acc, rows2, w2, lo2, hi2, a, e, qws)
-                for r in invalid:
-                    acc[uint64(r)] = 0
-                r = uint64(0)
-                for b in range(nb):   # branch-free block maxima: a per-row test mispredicts half the time
-                    m = np.float32(0)
-                    stop = r + ublock
-                    while r < stop:
-                        x = acc[r]
-                        m = x if x > m else m
-                        r += uint64(1)
-                    bmax[b] = m
-            # the k-th largest block maximum bounds the k-th largest score from below
-            thr = np.partition(bmax, nb - k)[nb - k] if nb > k else np.float32(0)
-            if thr < tiny:
-                thr = tiny
-            n = 0
-            for b in range(nb):
-                if bmax[b] < thr:
-                    continue
-                r = uint64(b) * ublock
-                stop = r + ublock
-                while r < stop:
-                    v = acc[r]
-                    if v >= thr:
-                        s = row_slots[r]
-                        if n < k or _better(v, s, tv[k - 1], ts[k - 1]):
-                            j = n if n < k else k - 1
-                            while j > 0 and _better(v, s, tv[j - 1], ts[j - 1]):
-                                tv[j] = tv[j - 1]
-                                ts[j] = ts[j - 1]
-                                j -= 1
-                            tv[j] = v
-                            ts[j] = s
-                            if n < k:
-                                n += 1
-                    r += uint64(1)
-            if sparse:   # few postings: undo them; else one memset
-                _zero(acc, rows1, lo1, hi1, a, e)
-                _zero(acc, rows2, lo2, hi2, a, e)
-            else:
-                acc[:] = 0
+            n = -1
+            if prune and e - a > 1:
+                n = _maxscore(acc, bmax, touched, cand, cval, ok, n_rows, k, a, e, qws, ub, rows1, w1, lo1, hi1,
+                              rows2, w2, lo2, hi2, row_slots, invalid, tv, ts)
+            if n < 0:
+                n = _one_query(acc, bmax, nb, n_rows, k, a, e, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
+                               row_slots, invalid, tv, ts)
             o = out_rows[qi]
             for j in range(n):
                 out_s[o, j] = tv[j]
                 out_i[o, j] = ts[j]
+
+    @njit(cache=True, nogil=True)
+    def _one_query(acc, bmax, nb, n_rows, k, a, e, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
+                   row_slots, invalid, tv, ts):  # pragma: no cover - compiled
+        """One query, every posting read in order: accumulate, block-max top-k, reset."""
+        n_post = 0
+        for p in range(a, e):
+            n_post += (hi1[p] - lo1[p]) + (hi2[p] - lo2[p])
+        sparse = 4 * n_post < n_rows and len(invalid) == 0
+        if sparse:   # block maxima kept while accumulating: O(postings), not O(rows)
+            bmax[:] = 0   # (they may hold the previous query's maxima: a memset of rows / 256)
+            _accumulate_max(acc, bmax, rows1, w1, lo1, hi1, a, e, qws)
+            _accumulate_max(acc, bmax, rows2, w2, lo2, hi2, a, e, qws)
+        else:
+            _accumulate(acc, rows1, w1, lo1, hi1, a, e, qws)
+            _accumulate(acc, rows2, w2, lo2, hi2, a, e, qws)
+            for r in invalid:
+                acc[uint64(r)] = 0
+            _block_maxima(acc, bmax, nb)
+        n = _scan_top_k(acc, bmax, nb, k, row_slots, tv, ts)
+        if sparse:   # few postings: undo them; else one memset
+            _zero(acc, rows1, lo1, hi1, a, e)
+            _zero(acc, rows2, lo2, hi2, a, e)
+        else:
+            acc[:] = 0
+        return n
 
 
 def _ro(a: np.ndarray, dtype: type | None = None) -> np.ndarray:
@@ -158,14 +435,17 @@ def _ro(a: np.ndarray, dtype: type | None = None) -> np.ndarray:
 
 def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, tiers: list[tuple],
                 row_slots: np.ndarray, invalid: np.ndarray | None, out_s: np.ndarray, out_i: np.ndarray,
-                out_rows: np.ndarray, threads: int = 1) -> None:
+                out_rows: np.ndarray, threads: int = 1, ub: np.ndarray | None = None) -> None:
     """Top-k by dense accumulation of the queries whose (query, term) pairs are
     ``pair_start[j]:pair_start[j + 1]`` (weights ``qws``), written to rows ``out_rows`` of
     ``out_s`` / ``out_i`` (which hold -inf / -1 beforehand). ``tiers``: one or two
-    ``(rows, weights, lo, hi)``: a pair's postings are ``lo[p]:hi[p]`` of the tier's arrays.
-    ``invalid``: rows that may not be returned (or None). ``threads`` > 1 splits the queries
-    into that many runs of about equal work (see :func:`_split`), scored at once (the calling thread takes the
-    first; the others go to a shared pool of worker threads; each run writes its own rows)."""
+    ``(rows, weights, lo, hi)``: a pair's postings are ``lo[p]:hi[p]`` of the tier's arrays
+    (rows increasing). ``invalid``: rows that may not be returned (or None). ``ub``: per pair,
+    its largest addend (``qws[p]`` times the largest weight of its postings); given, queries of
+    several terms skip the postings that cannot change their top k (see :func:`_maxscore`; same
+    results). ``threads`` > 1 splits the queries into runs of about equal estimated work (see
+    :func:`_split`), four per thread, which the calling thread and ``threads - 1`` workers of a
+    shared pool take in turn (each run writes its own rows)."""
     if not AVAILABLE:
         raise RuntimeError("the numba kernel is not available")
     t = [(_ro(r), _ro(w, np.float32), _ro(lo, np.int64), _ro(hi, np.int64)) for r, w, lo, hi in tiers]
@@ -173,24 +453,40 @@ def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, ti
         r, w, lo, _ = t[0]
         t.append((r[:0], w[:0], lo, lo))   # an empty second tier
     inv = _ro(np.zeros(0, dtype=np.int64) if invalid is None else invalid, np.int64)
+    ok = np.zeros(0, dtype=np.bool_)
+    if invalid is not None and len(invalid):
+        ok = np.ones(int(n_rows), dtype=np.bool_)
+        ok[invalid] = False
+    ok = _ro(ok)
     ps, rs, qw = _ro(pair_start, np.int64), _ro(row_slots, np.int64), _ro(qws, np.float32)
+    ubs = _ro(np.zeros(0, dtype=np.float32) if ub is None else ub, np.float32)
     rows = _ro(out_rows, np.int64)
     nq = len(ps) - 1
-    bounds = _split(ps, t, min(int(threads), nq), int(n_rows)) if threads > 1 and nq > 1 else [0, nq]
+    n = min(int(threads), nq)
+    # with several threads: runs of about equal estimated work, several per thread, taken in
+    # turn by whichever thread is free (pruning makes a query's real work hard to foresee)
+    bounds = _split(ps, t, min(4 * n, nq), int(n_rows)) if n > 1 else [0, nq]
+    taken = iter(range(len(bounds) - 1))
+    lock = threading.Lock()
 
-    def run(j: int) -> None:
-        a, e = bounds[j], bounds[j + 1]
-        _dense_top_k(int(n_rows), int(k), ps[a:e + 1], qw, *t[0], *t[1], rs, inv, out_s, out_i, rows[a:e])
+    def work() -> None:
+        while True:
+            with lock:
+                j = next(taken, None)
+            if j is None:
+                return
+            a, e = bounds[j], bounds[j + 1]
+            _dense_top_k(int(n_rows), int(k), ps[a:e + 1], qw, ubs, *t[0], *t[1], rs, inv, ok, out_s, out_i,
+                         rows[a:e])
 
-    futures, inline = [], [0]
-    for j in range(1, len(bounds) - 1):
+    futures = []
+    for _ in range(n - 1):
         try:
-            futures.append(_pool().submit(run, j))
-        except RuntimeError:   # the interpreter is shutting down: no new threads, so run it here
-            inline.append(j)
+            futures.append(_pool().submit(work))
+        except RuntimeError:   # the interpreter is shutting down: no new threads; this one does it all
+            break
     try:
-        for j in inline:
-            run(j)
+        work()
     finally:
         for f in futures:
             f.result()   # wait for every run (and re-raise its error) before returning
@@ -247,11 +543,11 @@ def _compile_now() -> None:
     build AST objects at once (seen in CI in tests/test_concurrency.py; python/cpython#106905).
     Imports run one at a time, usually before a program starts its threads."""
     rows = np.array([0, 1], dtype=np.int32)
-    dense_top_k(2, 1, np.array([0, 1]), np.ones(1, dtype=np.float32),
-                [(rows, np.ones(2, dtype=np.float32), np.array([0]), np.array([2]))],
-                np.arange(2), None, np.full((1, 1), -np.inf, dtype=np.float32), np.full((1, 1), -1),
-                np.arange(1))
-
+    for ub in (None, np.ones(1, dtype=np.float32)):
+        dense_top_k(2, 1, np.array([0, 1]), np.ones(1, dtype=np.float32),
+                    [(rows, np.ones(2, dtype=np.float32), np.array([0]), np.array([2]))],
+                    np.arange(2), None, np.full((1, 1), -np.inf, dtype=np.float32), np.full((1, 1), -1),
+                    np.arange(1), ub=ub)
 
 if AVAILABLE:
     try:

@@ -78,10 +78,12 @@ _CHUNK_CELLS = 1 << 20
 # costs about as much per posting as the accumulation itself).
 _COPY_MAX = 512
 _TINY = np.float32(np.nextafter(np.float32(0), np.float32(1)))   # smallest positive float32
-# The numba kernel (when installed) scores indexes below this many rows. Measured
-# (benchmarks/bench_sparse.py, docs/BENCHMARKS.md section 1): up to 3x the numpy path on
-# small corpora and level or ahead at 100k-200k rows; at 1M rows (a 4 MB accumulator, past
-# the L2 cache) scipy's loop was as fast for BM25 and 10-15% faster for M3-like queries.
+# The numba kernel (when installed) scores every BM25 index, and other indexes below this
+# many rows. Measured (benchmarks/bench_sparse.py, docs/BENCHMARKS.md section 1): up to 3x
+# the numpy path on small corpora; at 1M rows (a 4 MB accumulator, past the L2 cache) it is
+# ahead for BM25, where idf makes the pruning of _kernels._maxscore pay, while for learned
+# weights without such skew (the synthetic M3-like rows, not pruned) scipy's loop was as
+# fast or faster.
 _KERNEL_MAX_ROWS = 500_000
 _NUM_TYPES = (int, float, np.integer, np.floating)
 
@@ -89,7 +91,7 @@ _NUM_TYPES = (int, float, np.integer, np.floating)
 class _Tier:
     """Postings of a set of rows: CSR arrays of a ``(vocab, n_rows)`` matrix."""
 
-    __slots__ = ("indptr", "indices", "values", "weights", "stats_version", "nonneg", "nonneg_of")
+    __slots__ = ("indptr", "indices", "values", "weights", "stats_version", "nonneg", "nonneg_of", "maxw", "maxw_of")
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
         self.indptr = indptr          # int64 [vocab + 1]
@@ -99,6 +101,8 @@ class _Tier:
         self.stats_version = -1
         self.nonneg = False
         self.nonneg_of: np.ndarray | None = None   # the weights array ``nonneg`` was computed for
+        self.maxw: np.ndarray | None = None        # float32 [vocab]: largest weight of each term's postings
+        self.maxw_of: np.ndarray | None = None     # the weights array ``maxw`` was computed for
 
     @property
     def vocab(self) -> int:
@@ -112,6 +116,16 @@ class _Tier:
         if vocab == self.vocab:
             return self.indptr
         return np.concatenate([self.indptr, np.full(vocab - self.vocab, self.indptr[-1], dtype=self.indptr.dtype)])
+
+    def max_weights(self, w: np.ndarray) -> np.ndarray:
+        """Largest of ``w`` (one weight per posting) over each term's postings, 0 for a term with none."""
+        if self.maxw_of is not w:
+            out = np.zeros(self.vocab, dtype=np.float32)
+            has = np.flatnonzero(np.diff(self.indptr) > 0)
+            if len(has):
+                out[has] = np.maximum.reduceat(w, self.indptr[has])
+            self.maxw, self.maxw_of = out, w
+        return self.maxw
 
     def terms(self) -> np.ndarray:
         """Term id of every posting (int32 [nnz])."""
@@ -460,7 +474,7 @@ class SparseIndex:
 
     def _use_kernel(self) -> bool:
         """Whether dense-accumulated queries go through the numba kernel (see _KERNEL_MAX_ROWS)."""
-        return _kernels.AVAILABLE and self._n_rows < _KERNEL_MAX_ROWS
+        return _kernels.AVAILABLE and (self._bm25 or self._n_rows < _KERNEL_MAX_ROWS)
 
     def _heavy_queries(self, q: sp.csr_matrix) -> np.ndarray:
         """Queries (bool [nq]) to score with a dense accumulator: positive weights, many postings."""
@@ -512,8 +526,18 @@ class SparseIndex:
             spans.append((t, w, lo, hi, cum))
         if self._use_kernel():   # one compiled call for all the queries (same results)
             tiers_k = [(t.indices, w, lo, hi) for t, w, lo, hi, _ in spans]
+            ub = None
+            if self._bm25:
+                # per pair, its largest addend, for the kernel's pruning: idf makes BM25's bounds
+                # skewed enough for it to pay; on the synthetic M3-like rows (no such skew) it was
+                # slower in development runs, so other weightings are not pruned
+                ub = np.zeros(len(terms), dtype=np.float32)
+                for t, w, *_ in spans:
+                    if t.vocab:
+                        ub = np.maximum(ub, t.max_weights(w)[np.minimum(terms, t.vocab - 1)] * (terms < t.vocab))
+                ub *= qws
             _kernels.dense_top_k(self._n_rows, k, pair_start, qws, tiers_k, self._row_slots, invalid, out_s, out_i,
-                                 which, threads=threads)
+                                 which, threads=threads, ub=ub)
             return
         postings = sum(cum[pair_start] for *_, cum in spans)   # postings before each query
         a = 0
