@@ -531,8 +531,12 @@ def zipf_rows(n: int, seed: int, vocab: int, mean_len: int) -> list[dict[int, fl
     return rows
 
 
-def pruned_index() -> tuple[SparseIndex, list[dict[int, float]]]:
-    """A BM25 index in two tiers with removed rows, and queries mixing rare and common terms."""
+def pruned_index(monkeypatch) -> tuple[SparseIndex, list[dict[int, float]]]:
+    """A BM25 index in two tiers with removed rows, and queries mixing rare and common terms;
+    pruned although smaller than sparse._PRUNE_MIN_ROWS."""
+    from hybridrag.stores import sparse as sparse_mod
+
+    monkeypatch.setattr(sparse_mod, "_PRUNE_MIN_ROWS", 0)
     idx = SparseIndex("bm25lucene")
     idx.add(np.arange(4000), zipf_rows(4000, 51, vocab=3000, mean_len=40))
     idx.remove(np.arange(0, 4000, 7))
@@ -550,7 +554,7 @@ def test_pruned_kernel_equals_the_numpy_path(monkeypatch, k):
     tiers, removed rows, a mask, one thread and two."""
     if not _kernels.AVAILABLE:
         pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
-    idx, qs = pruned_index()
+    idx, qs = pruned_index(monkeypatch)
     assert idx._delta is not None and idx._main is not None
     mask = np.random.default_rng(54).random(4600) < 0.6
     for allowed in (None, mask):
@@ -572,12 +576,14 @@ def test_pruning_skips_postings(monkeypatch):
 
     if not _kernels.AVAILABLE:
         pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
-    idx, qs = pruned_index()
+    idx, qs = pruned_index(monkeypatch)
     exact = idx.search(qs, 10, threads=1)
     real = sparse_mod._Tier.max_weights
     monkeypatch.setattr(sparse_mod._Tier, "max_weights", lambda self, w: real(self, w) * np.float32(0.01))
     wrong = idx.search(qs, 10, threads=1)
     assert (wrong[1] != exact[1]).any(axis=1).sum() >= 10
+    monkeypatch.setattr(sparse_mod, "_PRUNE_MIN_ROWS", 10**9)   # below the limit: not pruned
+    np.testing.assert_array_equal(idx.search(qs, 10, threads=1)[1], exact[1])
 
 
 def test_max_weights_per_term():

@@ -444,8 +444,8 @@ def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, ti
     its largest addend (``qws[p]`` times the largest weight of its postings); given, queries of
     several terms skip the postings that cannot change their top k (see :func:`_maxscore`; same
     results). ``threads`` > 1 splits the queries into runs of about equal estimated work (see
-    :func:`_split`), four per thread, which the calling thread and ``threads - 1`` workers of a
-    shared pool take in turn (each run writes its own rows)."""
+    :func:`_split`; four per thread with ``ub``), which the calling thread and ``threads - 1``
+    workers of a shared pool take in turn (each run writes its own rows)."""
     if not AVAILABLE:
         raise RuntimeError("the numba kernel is not available")
     t = [(_ro(r), _ro(w, np.float32), _ro(lo, np.int64), _ro(hi, np.int64)) for r, w, lo, hi in tiers]
@@ -463,9 +463,10 @@ def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, ti
     rows = _ro(out_rows, np.int64)
     nq = len(ps) - 1
     n = min(int(threads), nq)
-    # with several threads: runs of about equal estimated work, several per thread, taken in
-    # turn by whichever thread is free (pruning makes a query's real work hard to foresee)
-    bounds = _split(ps, t, min(4 * n, nq), int(n_rows)) if n > 1 else [0, nq]
+    # with several threads: runs of about equal estimated work, taken in turn by whichever
+    # thread is free; four per thread when pruning makes a query's real work hard to foresee
+    per = 4 if len(ubs) else 1
+    bounds = _split(ps, t, min(per * n, nq), int(n_rows)) if n > 1 else [0, nq]
     taken = iter(range(len(bounds) - 1))
     lock = threading.Lock()
 

@@ -85,6 +85,10 @@ _TINY = np.float32(np.nextafter(np.float32(0), np.float32(1)))   # smallest posi
 # weights without such skew (the synthetic M3-like rows, not pruned) scipy's loop was as
 # fast or faster.
 _KERNEL_MAX_ROWS = 500_000
+# BM25 indexes of at least this many rows are pruned (_kernels._maxscore). Measured with
+# benchmarks/bench_sparse.py (docs/BENCHMARKS.md section 1): ahead at 100k and 1M rows;
+# on SciFact (5k) and 10k rows its per-query set-up cost more than the postings it skipped.
+_PRUNE_MIN_ROWS = 100_000
 _NUM_TYPES = (int, float, np.integer, np.floating)
 
 
@@ -527,7 +531,7 @@ class SparseIndex:
         if self._use_kernel():   # one compiled call for all the queries (same results)
             tiers_k = [(t.indices, w, lo, hi) for t, w, lo, hi, _ in spans]
             ub = None
-            if self._bm25:
+            if self._bm25 and self._n_rows >= _PRUNE_MIN_ROWS:
                 # per pair, its largest addend, for the kernel's pruning: idf makes BM25's bounds
                 # skewed enough for it to pay; on the synthetic M3-like rows (no such skew) it was
                 # slower in development runs, so other weightings are not pruned
