@@ -4,7 +4,8 @@ With numba (a dependency; the kernel is skipped if it is missing) the queries th
 index, or another index of fewer than 500k rows, scores by dense accumulation go through
 :func:`dense_top_k` in one compiled call per batch: accumulate, block-max top-k and reset per
 query, with no Python work per query (``sparse._KERNEL_MAX_ROWS`` says why other large
-indexes keep the numpy path). Queries of several terms skip the postings that cannot change
+indexes keep the numpy path). Given upper bounds (BM25 indexes from 100k rows,
+``sparse._PRUNE_MIN_ROWS``), queries of several terms skip the postings that cannot change
 their top k (:func:`_maxscore`). Scores and ordering are bit-identical to the numpy path (same
 float32 products, same summation order per row, ties by slot ascending: rows scored in
 another order are re-scored in this one); ``tests/test_sparse_store.py`` runs the equality
@@ -341,14 +342,15 @@ if njit is not None:
                 acc[touched[j]] = 0
             return _exact_top_k(cand, cval, nc, k, eps, a, e, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
                                 row_slots, tv, ts)
-        # many rows scored: the usual block-max top-k on the sums in this order, then every row
-        # within rounding of its k-th score re-scored exactly
+        # many rows scored: the k-th largest block maximum is at most the k-th best sum in this
+        # order, so every row that can be in the exact top k is within rounding of it or above:
+        # those rows are the candidates (one pass over the blocks that reach it)
         for r in invalid:
             acc[uint64(r)] = 0
         nb = (n_rows + BLOCK - 1) // BLOCK
         _block_maxima(acc, bmax, nb)
-        n = _scan_top_k(acc, bmax, nb, k, row_slots, tv, ts)
-        bound = _TINY if n < k else max(_TINY, tv[k - 1] * np.float32(1 - 2 * eps))
+        thr = np.partition(bmax[:nb], nb - k)[nb - k] if nb > k else np.float32(0)
+        bound = max(_TINY, thr * np.float32(1 - 2 * eps))
         nc = 0
         ublock = uint64(BLOCK)
         for b in range(nb):
@@ -366,6 +368,32 @@ if njit is not None:
         acc[:] = 0
         return _exact_top_k(cand, cval, nc, k, eps, a, e, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
                             row_slots, tv, ts)
+
+    @njit(cache=True, nogil=True)
+    def _one_query(acc, bmax, nb, n_rows, k, a, e, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
+                   row_slots, invalid, tv, ts):  # pragma: no cover - compiled
+        """One query, every posting read in order: accumulate, block-max top-k, reset."""
+        n_post = 0
+        for p in range(a, e):
+            n_post += (hi1[p] - lo1[p]) + (hi2[p] - lo2[p])
+        sparse = 4 * n_post < n_rows and len(invalid) == 0
+        if sparse:   # block maxima kept while accumulating: O(postings), not O(rows)
+            bmax[:] = 0   # (they may hold the previous query's maxima: a memset of rows / 256)
+            _accumulate_max(acc, bmax, rows1, w1, lo1, hi1, a, e, qws)
+            _accumulate_max(acc, bmax, rows2, w2, lo2, hi2, a, e, qws)
+        else:
+            _accumulate(acc, rows1, w1, lo1, hi1, a, e, qws)
+            _accumulate(acc, rows2, w2, lo2, hi2, a, e, qws)
+            for r in invalid:
+                acc[uint64(r)] = 0
+            _block_maxima(acc, bmax, nb)
+        n = _scan_top_k(acc, bmax, nb, k, row_slots, tv, ts)
+        if sparse:   # few postings: undo them; else one memset
+            _zero(acc, rows1, lo1, hi1, a, e)
+            _zero(acc, rows2, lo2, hi2, a, e)
+        else:
+            acc[:] = 0
+        return n
 
     @njit(cache=True, nogil=True)
     def _dense_top_k(n_rows, k, pair_start, qws, ub, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
@@ -397,32 +425,6 @@ if njit is not None:
                 out_s[o, j] = tv[j]
                 out_i[o, j] = ts[j]
 
-    @njit(cache=True, nogil=True)
-    def _one_query(acc, bmax, nb, n_rows, k, a, e, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
-                   row_slots, invalid, tv, ts):  # pragma: no cover - compiled
-        """One query, every posting read in order: accumulate, block-max top-k, reset."""
-        n_post = 0
-        for p in range(a, e):
-            n_post += (hi1[p] - lo1[p]) + (hi2[p] - lo2[p])
-        sparse = 4 * n_post < n_rows and len(invalid) == 0
-        if sparse:   # block maxima kept while accumulating: O(postings), not O(rows)
-            bmax[:] = 0   # (they may hold the previous query's maxima: a memset of rows / 256)
-            _accumulate_max(acc, bmax, rows1, w1, lo1, hi1, a, e, qws)
-            _accumulate_max(acc, bmax, rows2, w2, lo2, hi2, a, e, qws)
-        else:
-            _accumulate(acc, rows1, w1, lo1, hi1, a, e, qws)
-            _accumulate(acc, rows2, w2, lo2, hi2, a, e, qws)
-            for r in invalid:
-                acc[uint64(r)] = 0
-            _block_maxima(acc, bmax, nb)
-        n = _scan_top_k(acc, bmax, nb, k, row_slots, tv, ts)
-        if sparse:   # few postings: undo them; else one memset
-            _zero(acc, rows1, lo1, hi1, a, e)
-            _zero(acc, rows2, lo2, hi2, a, e)
-        else:
-            acc[:] = 0
-        return n
-
 
 def _ro(a: np.ndarray, dtype: type | None = None) -> np.ndarray:
     """A read-only C-contiguous view (a copy only when the dtype or layout differs): every
@@ -453,8 +455,8 @@ def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, ti
         r, w, lo, _ = t[0]
         t.append((r[:0], w[:0], lo, lo))   # an empty second tier
     inv = _ro(np.zeros(0, dtype=np.int64) if invalid is None else invalid, np.int64)
-    ok = np.zeros(0, dtype=np.bool_)
-    if invalid is not None and len(invalid):
+    ok = np.zeros(0, dtype=np.bool_)   # the pruned path's mask of returnable rows (empty: all)
+    if ub is not None and invalid is not None and len(invalid):
         ok = np.ones(int(n_rows), dtype=np.bool_)
         ok[invalid] = False
     ok = _ro(ok)
@@ -544,11 +546,10 @@ def _compile_now() -> None:
     build AST objects at once (seen in CI in tests/test_concurrency.py; python/cpython#106905).
     Imports run one at a time, usually before a program starts its threads."""
     rows = np.array([0, 1], dtype=np.int32)
-    for ub in (None, np.ones(1, dtype=np.float32)):
-        dense_top_k(2, 1, np.array([0, 1]), np.ones(1, dtype=np.float32),
-                    [(rows, np.ones(2, dtype=np.float32), np.array([0]), np.array([2]))],
-                    np.arange(2), None, np.full((1, 1), -np.inf, dtype=np.float32), np.full((1, 1), -1),
-                    np.arange(1), ub=ub)
+    dense_top_k(2, 1, np.array([0, 1]), np.ones(1, dtype=np.float32),
+                [(rows, np.ones(2, dtype=np.float32), np.array([0]), np.array([2]))],
+                np.arange(2), None, np.full((1, 1), -np.inf, dtype=np.float32), np.full((1, 1), -1),
+                np.arange(1), ub=np.ones(1, dtype=np.float32))
 
 if AVAILABLE:
     try:
