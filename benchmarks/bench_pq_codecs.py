@@ -88,6 +88,10 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--train", type=int, default=65536, help="tokens the PQ codebooks learn from (as the store)")
     ap.add_argument("--coarse", type=str, default="1024,16384", help="coarse centroid counts (<= 65536: 2-byte ids)")
+    ap.add_argument("--alphas", type=str, default="0,0.5,1",
+                    help="ALPHA values of the store's codec (rotation + bytes by variance) to compare")
+    ap.add_argument("--samples", type=int, default=3,
+                    help="training samples (seeds 0..N-1) the store's codec (ALPHA 0.5) is learned from")
     ap.add_argument("--coarse-train", type=int, default=65536, help="tokens the coarse k-means learns from")
     args = ap.parse_args()
     faiss.omp_set_num_threads(os.cpu_count() or 1)
@@ -118,8 +122,19 @@ def main() -> None:
             continue
         t = time.perf_counter()
         out = unit(pq_roundtrip(pq_fit(train, m), x))
-        label = f"PQ, {m} sub-quantisers of {d // m} dims" + (" (the store's pq)" if m == d // 4 else "")
+        label = f"PQ, {m} sub-quantisers of {d // m} dims" + (" (the store's pq until 2026-11-24)" if m == d // 4 else "")
         report(label, m, out, time.perf_counter() - t)
+    from hybridrag.stores._pq import ALPHA, PQCodec
+
+    for alpha, seed in [(float(a), 0) for a in args.alphas.split(",") if a] + [(ALPHA, s) for s in range(1, args.samples)]:
+        pick = np.sort(np.random.default_rng(seed).choice(len(x), size=min(args.train, len(x)), replace=False))
+        t = time.perf_counter()
+        codec = PQCodec.fit(x[pick], d // 4, alpha=alpha)
+        codec.unit = True
+        out = codec.decode(codec.encode(x))
+        label = (f"rotation + bytes by variance, ALPHA {alpha:g}, sample seed {seed}"
+                 + (" (the store's pq)" if alpha == ALPHA and seed == 0 else ""))
+        report(label, d // 4, out, time.perf_counter() - t)
     coarse_train = x[np.sort(rng.choice(len(x), size=min(args.coarse_train, len(x)), replace=False))]
     for k in (int(v) for v in args.coarse.split(",") if v):
         if not 1 <= k <= 65536:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from hybridrag.errors import ConfigError, IndexFormatError
+from hybridrag.stores._pq import PQCodec, allocate
 from hybridrag.stores.multivector import MultiVectorStore
 
 DIM = 16
@@ -377,13 +378,24 @@ def clustered_tokens(rng: np.random.Generator, n: int, dim: int = 32, centers: i
     return out
 
 
-def pq_reference_codes(x: np.ndarray, codebook: np.ndarray) -> np.ndarray:
-    """Nearest centroid per 4-d sub-vector, by float64 brute force (independent of FAISS)."""
-    m = x.shape[1] // 4
-    cb = codebook.reshape(m, 256, 4).astype(np.float64)
-    sub = x.astype(np.float64).reshape(len(x), m, 4)
-    d2 = ((sub[:, :, None, :] - cb[None]) ** 2).sum(-1)   # (n, m, 256)
-    return d2.argmin(-1)
+def pq_reference_codes(x: np.ndarray, codec: PQCodec) -> np.ndarray:
+    """Nearest centroid per byte's run of rotated dimensions, by float64 brute force (independent of FAISS)."""
+    xr = x.astype(np.float64) @ (np.eye(x.shape[1]) if codec.rotation is None else codec.rotation.astype(np.float64))
+    out = np.empty((len(x), codec.n_bytes), dtype=np.int64)
+    for g, (lo, w) in enumerate(zip(codec.starts, codec.widths)):
+        cb = codec.centroids[256 * lo:256 * (lo + w)].reshape(256, w).astype(np.float64)
+        out[:, g] = ((xr[:, lo:lo + w, None] - cb.T[None]) ** 2).sum(1).argmin(1)
+    return out
+
+
+def pq_reference_decode(codes: np.ndarray, codec: PQCodec) -> np.ndarray:
+    """Centroids side by side, rotated back (and scaled to norm 1 in a unit codec), in float64."""
+    parts = [codec.centroids[256 * lo:256 * (lo + w)].reshape(256, w)[codes[:, g].astype(np.int64)]
+             for g, (lo, w) in enumerate(zip(codec.starts, codec.widths))]
+    x = np.hstack(parts).astype(np.float64)
+    if codec.unit:
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x if codec.rotation is None else x @ codec.rotation.T.astype(np.float64)
 
 
 def test_pq_keeps_fp16_until_trained_then_codes_everything() -> None:
@@ -402,60 +414,126 @@ def test_pq_keeps_fp16_until_trained_then_codes_everything() -> None:
     store.add(np.arange(head, 200), data[head:])
     assert store.trained and store.bytes_per_token == 8           # 32 dims / 4 -> 8 bytes, 8x below fp16
     assert store.nbytes == n_tok * 8
-    cb = store._codebook
-    assert store._pq_unit   # unit-norm tokens: decoded back to norm 1
+    codec = store._codec
+    assert codec.unit   # unit-norm tokens: decoded back to norm 1
+    assert codec.rotation is not None and codec.widths.sum() == 32 and codec.n_bytes == 8
     for slot in (0, head - 1, head, 199):   # tokens coded at training time and after it
         o, n = int(store._offsets[slot]), int(store._lengths[slot])
         got_codes = np.asarray(store._tokens.slice(o, o + n)).astype(np.int64)
-        want_codes = pq_reference_codes(data[slot], cb)
-        sub = cb.reshape(8, 256, 4)
-
-        def centroids(c: np.ndarray) -> np.ndarray:
-            return sub[np.arange(8)[None, :], c].reshape(len(c), 32)
-
-        if not np.array_equal(got_codes, want_codes):   # a float32 near-tie may pick either: compare distances
-            d_got = ((centroids(got_codes) - data[slot]) ** 2).sum()
-            d_want = ((centroids(want_codes) - data[slot]) ** 2).sum()
-            assert d_got == pytest.approx(d_want, rel=1e-4)
-        want = centroids(got_codes)
-        np.testing.assert_allclose(store.decode(slot), want / np.linalg.norm(want, axis=1, keepdims=True),
-                                   rtol=1e-5, atol=1e-6)
+        want_codes = pq_reference_codes(data[slot], codec)
+        if not np.array_equal(got_codes, want_codes):   # a float32 near-tie may pick either: compare errors
+            codec.unit = False
+            err = [((pq_reference_decode(c, codec) - data[slot]) ** 2).sum() for c in (got_codes, want_codes)]
+            codec.unit = True
+            assert err[0] == pytest.approx(err[1], rel=1e-4)
+        np.testing.assert_allclose(store.decode(slot), pq_reference_decode(got_codes, codec), rtol=1e-5, atol=1e-5)
     # MaxSim is exact on the decoded vectors.
     got = store.score(q, [np.arange(200)] * 3)
     for qi in range(3):
         want = [maxsim64(q[qi], store.decode(s)) for s in range(200)]
-        np.testing.assert_allclose(got[qi], want, rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(got[qi], want, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["numba", "numpy"])
 @pytest.mark.parametrize("norm", [1.0, 2.0])
-def test_pq_decode_equals_faiss_decode(norm: float) -> None:
-    """Decode = FAISS's decode; rescaled to norm 1 exactly when every training token had norm 1."""
-    import faiss
+def test_pq_decode_and_scores_match_a_reference(norm: float, kernel: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decode = centroids rotated back (rescaled to norm 1 exactly when every training token had
+    norm 1); MaxSim, by the per-query tables (numba) or by decoding (numpy), scores those vectors."""
+    from hybridrag.stores import _kernels
 
+    if kernel and not _kernels.AVAILABLE:
+        pytest.skip("numba kernel unavailable (HYBRIDRAG_NUMBA=0 or numba missing)")
+    monkeypatch.setattr(_kernels, "AVAILABLE", kernel)
     rng = np.random.default_rng(32)
     data = [x * norm for x in clustered_tokens(rng, 150)]
     store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096)
     store.add(np.arange(150), data)
-    assert store._pq_unit is (norm == 1.0)
-    pq = faiss.ProductQuantizer(32, 8, 8)
-    faiss.copy_array_to_vector(store._codebook.ravel(), pq.centroids)
+    assert store._codec.unit is (norm == 1.0)
     codes = np.asarray(store._tokens.slice(0, len(store._tokens)))
-    want = pq.decode(codes)
-    if norm == 1.0:
-        want /= np.linalg.norm(want, axis=1, keepdims=True)
-    np.testing.assert_allclose(store._pq_decode(codes), want, rtol=1e-6, atol=1e-7)
-    # MaxSim scores the same vectors decode() returns (the unit store scales scores, not vectors).
+    np.testing.assert_allclose(store._codec.decode(codes), pq_reference_decode(codes, store._codec),
+                               rtol=1e-5, atol=1e-5)
     q = clustered_tokens(np.random.default_rng(39), 2, lo=5, hi=5)
+    np.testing.assert_allclose(store._codec.scores(q[0], codes),
+                               pq_reference_decode(codes, store._codec) @ q[0].T.astype(np.float64),
+                               rtol=1e-5, atol=1e-5)
     got = store.score(q, [np.arange(150)] * 2)
     for qi in range(2):
         np.testing.assert_allclose(got[qi], [maxsim64(q[qi], store.decode(s)) for s in range(150)],
-                                   rtol=2e-5, atol=2e-6)
+                                   rtol=2e-5, atol=2e-5)
+
+
+def anisotropic_tokens(rng: np.random.Generator, n: int, dim: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian tokens whose variance falls 30x from the first to the last of ``dim`` random
+    orthogonal axes, and those axes (columns)."""
+    axes = np.linalg.qr(rng.standard_normal((dim, dim)))[0]
+    sd = np.sqrt(30.0 ** -np.linspace(0, 1, dim))
+    return ((rng.standard_normal((n, dim)) * sd) @ axes.T).astype(np.float32), axes
+
+
+def test_pq_rotates_to_the_principal_axes_and_gives_them_the_bytes() -> None:
+    """On tokens of unequal variance the codec finds the axes, codes the high-variance ones with
+    narrow runs (more bits per dimension), and beats the plain 4-dimensional PQ on squared error."""
+    import faiss
+
+    x, axes = anisotropic_tokens(np.random.default_rng(50), 20000)
+    codec = PQCodec.fit(x[:8192], 8)
+    assert abs(float(codec.rotation[:, 0] @ axes[:, 0])) > 0.95      # first principal axis found
+    assert codec.widths.sum() == 32 and codec.widths[0] < 4 < codec.widths[-1]
+    assert np.all(np.diff(codec.widths) >= 0)                        # wider runs as the variance falls
+    err = ((codec.decode(codec.encode(x)) - x) ** 2).sum(1).mean()
+    plain = faiss.ProductQuantizer(32, 8, 8)
+    plain.cp.seed, plain.cp.niter = 0, 50
+    plain.train(x[:8192])
+    err_plain = ((plain.decode(plain.compute_codes(x)) - x) ** 2).sum(1).mean()
+    assert err < 0.9 * err_plain, (err, err_plain)
+
+
+def test_pq_allocate() -> None:
+    assert allocate(np.ones(32), 8).tolist() == [4] * 8          # equal variances: equal runs
+    w = allocate(np.geomspace(1.0, 1e-3, 384), 96)
+    assert w.sum() == 384 and len(w) == 96 and w[0] < w[-1] and w.max() <= 64
+    assert allocate(np.zeros(8), 2).tolist() == [4, 4]           # flat (zero) variances still split
+    with pytest.raises(ValueError, match="cannot cover"):
+        allocate(np.ones(8), 9)
+    with pytest.raises(ValueError, match="cannot cover"):
+        allocate(np.ones(200), 3)
+
+
+def test_pq_opens_the_plain_codebook_of_stores_saved_before(tmp_path: Path) -> None:
+    """A store saved with a ``codebook`` (the plain 4-d PQ used until the rotated codec) loads,
+    scores and decodes as FAISS decodes it, and codes new tokens with the same codebook."""
+    import faiss
+
+    from hybridrag.stores.base import write_npy
+
+    data = clustered_tokens(np.random.default_rng(51), 120)
+    x = np.concatenate(data)
+    pq = faiss.ProductQuantizer(32, 8, 8)
+    pq.cp.seed = 0
+    pq.train(x)
+    lengths = np.array([len(t) for t in data])
+    files = {
+        "tokens": write_npy(tmp_path, "old.tokens.npy", pq.compute_codes(x)),
+        "offsets": write_npy(tmp_path, "old.offsets.npy", np.cumsum(lengths) - lengths),
+        "lengths": write_npy(tmp_path, "old.lengths.npy", lengths),
+        "codebook": write_npy(tmp_path, "old.codebook.npy", faiss.vector_to_array(pq.centroids).reshape(-1, 4)),
+        "pq_unit": write_npy(tmp_path, "old.unit.npy", np.ones(1, dtype=np.float32)),
+    }
+    store = MultiVectorStore.load(tmp_path, files, {"dim": 32, "encoding": "pq", "pq_train_tokens": 4096})
+    assert store._codec.rotation is None and store._codec.widths.tolist() == [4] * 8
+    want = pq.decode(pq.compute_codes(data[7]))
+    np.testing.assert_allclose(store.decode(7), want / np.linalg.norm(want, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+    q = clustered_tokens(np.random.default_rng(52), 1, lo=4, hi=4)
+    np.testing.assert_allclose(store.score(q, [np.arange(120)])[0],
+                               [maxsim64(q[0], store.decode(s)) for s in range(120)], rtol=2e-5, atol=2e-5)
+    store.add([500], [data[3]])
+    np.testing.assert_array_equal(store.decode(500), store.decode(3))
 
 
 def test_pq_unit_store_rejects_tokens_that_are_not_unit_norm() -> None:
     store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096)
     store.add(np.arange(150), clustered_tokens(np.random.default_rng(40), 150))
-    assert store.trained and store._pq_unit
+    assert store.trained and store._codec.unit
     before = (len(store), len(store._tokens))
     good, bad = clustered_tokens(np.random.default_rng(41), 2)
     with pytest.raises(ValueError, match=r"slot 301 have norm 1\.5"):
@@ -465,7 +543,7 @@ def test_pq_unit_store_rejects_tokens_that_are_not_unit_norm() -> None:
     # A store trained on unnormalised tokens takes any norm and decodes centroids as they are.
     free = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096)
     free.add(np.arange(150), [x * 3 for x in clustered_tokens(np.random.default_rng(42), 150)])
-    assert free.trained and not free._pq_unit
+    assert free.trained and not free._codec.unit
     free.add([400], [good * 0.1])
 
 
@@ -500,10 +578,10 @@ def test_pq_save_load_round_trip(trained: bool, tmp_path: Path) -> None:
     assert store.trained is trained
     store.remove(np.array([3]))
     files = store.save(tmp_path, "g1")
-    assert ("codebook" in files) is trained
+    assert ("pq_centroids" in files) is trained and ("pq_rotation" in files) is trained
     loaded = MultiVectorStore.load(tmp_path, files, store.config())
     assert isinstance(loaded._tokens._base, np.memmap) and loaded.trained is trained
-    assert ("pq_unit" in files) is trained and loaded._pq_unit is trained
+    assert ("pq_unit" in files) is trained and (loaded._codec is not None and loaded._codec.unit) is trained
     assert np.load(tmp_path / files["tokens"], mmap_mode="r").dtype == (np.uint8 if trained else np.float16)
     q = clustered_tokens(np.random.default_rng(36), 2, lo=6, hi=6)
     cands = [np.arange(len(data))] * 2
@@ -527,14 +605,19 @@ def test_pq_bad_settings_and_files(tmp_path: Path) -> None:
     store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096)
     store.add(np.arange(150), clustered_tokens(np.random.default_rng(38), 150))
     files = store.save(tmp_path, "g1")
-    np.save(tmp_path / "bad.npy", store._codebook[:10])
-    with pytest.raises(IndexFormatError, match="codebook"):
-        MultiVectorStore.load(tmp_path, {**files, "codebook": "bad.npy"}, store.config())
-    cb = store._codebook.copy()
-    cb[0, 0] = np.nan
-    np.save(tmp_path / "nan.npy", cb)
-    with pytest.raises(IndexFormatError, match="codebook"):
-        MultiVectorStore.load(tmp_path, {**files, "codebook": "nan.npy"}, store.config())
+    codec = store._codec
+    for role, bad, match in (
+        ("pq_centroids", codec.centroids[:10], "centroids"),
+        ("pq_centroids", np.where(np.arange(codec.centroids.shape[0]) == 5, np.nan, codec.centroids), "centroids"),
+        ("pq_widths", np.full(8, 5), "widths"),
+        ("pq_widths", codec.widths[:4], "widths"),
+        ("pq_rotation", codec.rotation * 2, "rotation"),
+        ("pq_rotation", codec.rotation[:8], "rotation"),
+        ("codebook", codec.centroids.reshape(-1, 4)[:10], "codebook"),
+    ):
+        np.save(tmp_path / "bad.npy", bad)
+        with pytest.raises(IndexFormatError, match=match):
+            MultiVectorStore.load(tmp_path, {**files, role: "bad.npy"}, store.config())
     np.save(tmp_path / "flag.npy", np.array([2.0, 1.0], dtype=np.float32))
     with pytest.raises(IndexFormatError, match=r"pq_unit file holds \[2\.0, 1\.0\]"):
         MultiVectorStore.load(tmp_path, {**files, "pq_unit": "flag.npy"}, store.config())

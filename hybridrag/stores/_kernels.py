@@ -1,4 +1,6 @@
-"""Compiled kernel for :class:`hybridrag.stores.sparse.SparseIndex` (numba; numpy is the fallback).
+"""Compiled kernels for :class:`hybridrag.stores.sparse.SparseIndex` and for the ``pq`` codec
+of :class:`hybridrag.stores.multivector.MultiVectorStore` (:func:`pq_scores`; numba; numpy is
+the fallback of both).
 
 With numba (a dependency; the kernel is skipped if it is missing) the queries that a BM25
 index, or another index of fewer than 500k rows, scores by dense accumulation go through
@@ -425,6 +427,28 @@ if njit is not None:
                 out_s[o, j] = tv[j]
                 out_i[o, j] = ts[j]
 
+    @njit(cache=True, nogil=True)
+    def _pq_scores(codes, table, sq, unit, out):  # pragma: no cover - compiled
+        """``out[i] = sum_g table[g*256 + codes[i, g]]`` (times 1/norm when ``unit``; ``sq`` holds
+        every centroid's squared norm): MaxSim's token-by-query-token scores read from per-query
+        tables instead of decoded vectors (see ``hybridrag.stores._pq``)."""
+        n, groups = codes.shape
+        tq = table.shape[1]
+        flat = table.ravel()
+        acc = np.empty(tq, dtype=np.float32)
+        for i in range(n):
+            acc[:] = 0
+            s = np.float32(0)
+            for g in range(groups):
+                r = uint64(g * 256 + codes[i, g])
+                s += sq[r]
+                base = r * uint64(tq)
+                for j in range(tq):
+                    acc[j] += flat[base + j]
+            inv = np.float32(1) / np.sqrt(max(s, np.float32(1e-30))) if unit else np.float32(1)
+            for j in range(tq):
+                out[i, j] = acc[j] * inv
+
 
 def _ro(a: np.ndarray, dtype: type | None = None) -> np.ndarray:
     """A read-only C-contiguous view (a copy only when the dtype or layout differs): every
@@ -495,6 +519,15 @@ def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, ti
             f.result()   # wait for every run (and re-raise its error) before returning
 
 
+def pq_scores(codes: np.ndarray, table: np.ndarray, sq: np.ndarray, unit: bool) -> np.ndarray:
+    """float32 ``(n, tq)``: row ``i`` is ``sum_g table[g*256 + codes[i, g]]``, divided by the norm
+    ``sqrt(sum_g sq[g*256 + codes[i, g]])`` when ``unit`` (compiled kernel; callers check
+    :data:`AVAILABLE`)."""
+    out = np.empty((codes.shape[0], table.shape[1]), dtype=np.float32)
+    _pq_scores(_ro(codes, np.uint8), _ro(table, np.float32), _ro(sq, np.float32), bool(unit), out)
+    return out
+
+
 def _split(pair_start: np.ndarray, tiers: list[tuple], n: int, n_rows: int) -> list[int]:
     """Query boundaries ``[0, ..., nq]`` cutting the queries into ``n`` runs of about equal
     work (``pair_start[0]`` is 0). A query's work is its postings, plus half the rows when it
@@ -538,7 +571,7 @@ if hasattr(os, "register_at_fork"):
 
 
 def _compile_now() -> None:
-    """Compile (or load from numba's cache) the kernel for int32 posting rows at import.
+    """Compile (or load from numba's cache) the kernels (int32 posting rows; pq scores) at import.
 
     Lazily, the first search would compile it; several threads searching at once could then
     run numba's lowering (which calls ``ast.parse``) beside other ``ast`` users, and CPython
@@ -550,6 +583,8 @@ def _compile_now() -> None:
                 [(rows, np.ones(2, dtype=np.float32), np.array([0]), np.array([2]))],
                 np.arange(2), None, np.full((1, 1), -np.inf, dtype=np.float32), np.full((1, 1), -1),
                 np.arange(1), ub=np.ones(1, dtype=np.float32))
+    pq_scores(np.zeros((1, 1), dtype=np.uint8), np.ones((256, 1), dtype=np.float32),
+              np.ones(256, dtype=np.float32), True)
 
 if AVAILABLE:
     try:

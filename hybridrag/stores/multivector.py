@@ -51,6 +51,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from hybridrag.errors import ConfigError, IndexFormatError
+from hybridrag.stores._pq import K as _PQ_K
+from hybridrag.stores._pq import PQCodec
 from hybridrag.stores.base import (
     AppendableArray,
     Self,
@@ -68,10 +70,8 @@ from hybridrag.stores.base import (
 __all__ = ["MultiVectorStore"]
 
 _ENCODINGS = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8, "pq": np.uint8}
-_PQ_SUB = 4          # dimensions per PQ sub-vector (1 byte each: 2 bits per dimension)
-_PQ_K = 256          # centroids per sub-space
+_PQ_SUB = 4          # dimensions per code byte on average (2 bits per dimension)
 _PQ_MIN_TRAIN = 4096
-_PQ_NITER = 50       # k-means iterations (FAISS default 25; 50 gave a better codebook on real tokens)
 _UNIT_TOL = 1e-2     # |norm - 1| under which a token counts as unit-norm
 _FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -118,6 +118,38 @@ def _token_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts - seg, lengths) + np.arange(total, dtype=np.int64)
 
 
+def _load_codec(directory: Path, files: dict[str, str], dim: int) -> PQCodec:
+    """The saved pq codec; ``codebook`` is the plain 4-dimensional PQ that stores saved before."""
+    unit = False
+    if "pq_unit" in files:
+        flag = np.array(load_npy(directory, files, "pq_unit"), dtype=np.float32)
+        if flag.shape != (1,) or flag[0] != 1.0:
+            raise IndexFormatError(f"pq_unit file holds {flag.tolist()}, expected [1.0]")
+        unit = True
+    if "codebook" in files:
+        codebook = np.array(load_npy(directory, files, "codebook"), dtype=np.float32)
+        want = (dim // _PQ_SUB * _PQ_K, _PQ_SUB)
+        if codebook.shape != want or not np.isfinite(codebook).all():
+            raise IndexFormatError(f"pq codebook has shape {codebook.shape} (finite: "
+                                   f"{bool(np.isfinite(codebook).all())}), expected {want}, finite")
+        return PQCodec.legacy(codebook, unit)
+    widths = np.array(load_npy(directory, files, "pq_widths"))
+    centroids = np.array(load_npy(directory, files, "pq_centroids"), dtype=np.float32)
+    rotation = np.array(load_npy(directory, files, "pq_rotation"), dtype=np.float32) if "pq_rotation" in files else None
+    n_bytes = dim // _PQ_SUB
+    if (widths.shape != (n_bytes,) or widths.dtype.kind not in "iu" or widths.min(initial=1) < 1
+            or int(widths.sum()) != dim):
+        raise IndexFormatError(f"pq widths {widths.tolist()[:8]}... (shape {widths.shape}) must be {n_bytes} "
+                               f"positive ints summing to dim {dim}")
+    if centroids.shape != (_PQ_K * dim,) or not np.isfinite(centroids).all():
+        raise IndexFormatError(f"pq centroids have shape {centroids.shape} (finite: "
+                               f"{bool(np.isfinite(centroids).all())}), expected ({_PQ_K * dim},), finite")
+    if rotation is not None and (rotation.shape != (dim, dim) or not np.isfinite(rotation).all()
+                                 or not np.allclose(rotation.T @ rotation, np.eye(dim), atol=1e-3)):
+        raise IndexFormatError(f"pq rotation has shape {rotation.shape}; expected an orthogonal ({dim}, {dim}) matrix")
+    return PQCodec(widths, centroids, rotation, unit)
+
+
 class MultiVectorStore:
     """Per-chunk token vectors with exact MaxSim scoring.
 
@@ -154,10 +186,7 @@ class MultiVectorStore:
         self.encoding = encoding
         self.block_tokens = int(block_tokens)
         self.pq_train_tokens = int(pq_train_tokens)
-        self._codebook: np.ndarray | None = None   # pq: (dim/4 * 256, 4) float32 once learned
-        self._pq: Any = None                        # pq: the faiss ProductQuantizer that codes new tokens
-        self._pq_unit = False                       # pq: tokens were unit-norm at training; decode to norm 1
-        self._pq_sq: np.ndarray | None = None       # pq, unit: squared norm of every centroid
+        self._codec: PQCodec | None = None         # pq: the codec, once learned
         self._scale: np.ndarray | None = None
         if int8_scale is not None:
             if encoding != "int8":
@@ -180,13 +209,13 @@ class MultiVectorStore:
     def _layout(self) -> tuple[int, Any]:
         """(width, dtype) of the stored token rows now (pq: fp16 rows until the codebook exists)."""
         if self.encoding == "pq":
-            return (self.dim // _PQ_SUB, np.uint8) if self._codebook is not None else (self.dim, np.float16)
+            return (self.dim // _PQ_SUB, np.uint8) if self._codec is not None else (self.dim, np.float16)
         return self.dim, _ENCODINGS[self.encoding]
 
     @property
     def trained(self) -> bool:
         """Whether the stored tokens are in their final encoding (False only for pq before its codebook)."""
-        return self.encoding != "pq" or self._codebook is not None
+        return self.encoding != "pq" or self._codec is not None
 
     @property
     def bytes_per_token(self) -> int:
@@ -207,8 +236,8 @@ class MultiVectorStore:
     def _encode(self, x: np.ndarray) -> np.ndarray:
         if self.encoding == "fp32":
             return x
-        if self.encoding == "pq" and self._codebook is not None:
-            return self._pq_codes(x)
+        if self.encoding == "pq" and self._codec is not None:
+            return self._codec.encode(x)
         if self.encoding in ("fp16", "pq"):
             if x.size and float(np.abs(x).max()) > _FP16_MAX:
                 raise ValueError(f"token values exceed the float16 range (|x| > {_FP16_MAX}); use encoding='fp32'")
@@ -230,46 +259,6 @@ class MultiVectorStore:
 
     # ------------------------------------------------------------------ pq codec
 
-    def _pq_quantizer(self, codebook: np.ndarray | None = None) -> Any:
-        import faiss
-
-        pq = faiss.ProductQuantizer(self.dim, self.dim // _PQ_SUB, 8)
-        if codebook is not None:
-            faiss.copy_array_to_vector(np.ascontiguousarray(codebook, dtype=np.float32).ravel(), pq.centroids)
-        return pq
-
-    def _pq_codes(self, x: np.ndarray) -> np.ndarray:
-        """1-byte codes ``(n, dim/4)``; ``x`` is finite (``add`` validated it with ``as_matrix``)."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if self._pq is None:
-            self._pq = self._pq_quantizer(self._codebook)
-        return self._pq.compute_codes(x)
-
-    def _pq_gather(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(float32 ``(n, dim)`` centroids of every code side by side, 1/norm per row or None).
-
-        One ``np.take`` of 16-byte items (a 4-float centroid viewed as one complex128) with
-        int32 row numbers: several times faster than fancy-indexing float rows. The inverse
-        norms (unit-norm stores only) come from each centroid's squared norm, gathered the same way."""
-        m = codes.shape[1]
-        rows = codes.astype(np.int32)
-        rows += np.arange(0, m * _PQ_K, _PQ_K, dtype=np.int32)
-        flat = np.ascontiguousarray(self._codebook).view(np.complex128).ravel()
-        x = np.take(flat, rows).view(np.float32).reshape(codes.shape[0], self.dim)
-        if not self._pq_unit:
-            return x, None
-        if self._pq_sq is None:
-            self._pq_sq = np.einsum("ij,ij->i", self._codebook, self._codebook)
-        sq = np.take(self._pq_sq, rows).sum(axis=1)
-        return x, (1.0 / np.sqrt(np.maximum(sq, 1e-30))).astype(np.float32)
-
-    def _pq_decode(self, codes: np.ndarray) -> np.ndarray:
-        """float32 ``(n, dim)`` decoded tokens (norm 1 in a unit-norm store)."""
-        x, inv = self._pq_gather(codes)
-        if inv is not None:
-            x *= inv[:, None]
-        return x
-
     def _check_unit(self, x: np.ndarray, slots: np.ndarray, lengths: np.ndarray) -> None:
         """A unit-norm pq store takes unit-norm tokens only (see the module doc)."""
         bad, norms = _off_unit(x)
@@ -277,12 +266,12 @@ class MultiVectorStore:
             j = int(np.searchsorted(np.cumsum(lengths), bad[0], side="right"))
             raise ValueError(
                 f"token vectors of slot {int(slots[j])} have norm {float(norms[bad[0]]):.4g}: this pq store's "
-                "codebook was learned from unit-norm tokens and decodes every token to norm 1; normalise the "
+                "codec was learned from unit-norm tokens and decodes every token to norm 1; normalise the "
                 "tokens (or use a store that was trained on unnormalised ones)")
 
     def _maybe_train(self) -> None:
         """pq: learn the codebook once ``pq_train_tokens`` tokens are stored, then code them all."""
-        if (self.encoding != "pq" or self._codebook is not None
+        if (self.encoding != "pq" or self._codec is not None
                 or len(self._tokens) - self._dead_tokens < self.pq_train_tokens):
             return
         # Live tokens in slot order: the same sample whether or not the store was saved
@@ -291,22 +280,15 @@ class MultiVectorStore:
         rows = _token_index(self._offsets[live], self._lengths[live])
         rng = np.random.default_rng(0)
         pick = rows[np.sort(rng.choice(rows.shape[0], size=self.pq_train_tokens, replace=False))]
-        sample = _widen(self._tokens.take(pick))
-        import faiss
-
-        pq = self._pq_quantizer()
-        pq.cp.seed = 0
-        pq.cp.min_points_per_centroid = 1   # our own minimum (4096) applies; no FAISS warning on stderr
-        pq.cp.niter = _PQ_NITER
-        pq.train(np.ascontiguousarray(sample))
-        codebook = faiss.vector_to_array(pq.centroids).reshape(-1, _PQ_SUB).astype(np.float32)
-        coded = AppendableArray(self.dim // _PQ_SUB, np.uint8)
+        codec = PQCodec.fit(_widen(self._tokens.take(pick)), self.dim // _PQ_SUB)
+        coded = AppendableArray(codec.n_bytes, np.uint8)
         unit = True
         for _, blk in self._tokens.blocks(self.block_tokens):
             x = _widen(blk)
             unit = unit and _off_unit(x)[0].shape[0] == 0
-            coded.append(pq.compute_codes(np.ascontiguousarray(x, dtype=np.float32)))
-        self._codebook, self._pq, self._pq_unit = codebook, pq, unit
+            coded.append(codec.encode(x))
+        codec.unit = unit
+        self._codec = codec
         self._tokens = coded
 
     def _decode_scores(self, q: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -318,11 +300,7 @@ class MultiVectorStore:
         if self.encoding == "int8":
             return t.astype(np.float32) @ (q * self._scale).T
         if t.dtype == np.uint8:
-            x, inv = self._pq_gather(t)
-            s = x @ q.T
-            if inv is not None:
-                s *= inv[:, None]
-            return s
+            return self._codec.scores(q, t)
         return _widen(t) @ q.T
 
     def decode(self, slot: int) -> np.ndarray:
@@ -333,7 +311,7 @@ class MultiVectorStore:
         o, n = int(self._offsets[slot]), int(self._lengths[slot])
         t = self._tokens.slice(o, o + n)
         if t.dtype == np.uint8:
-            return self._pq_decode(t)
+            return self._codec.decode(t)
         t = t.astype(np.float32)
         return t * self._scale if self.encoding == "int8" else t
 
@@ -363,7 +341,7 @@ class MultiVectorStore:
             mats.append(m)
         lengths = np.array([m.shape[0] for m in mats], dtype=np.int64)
         x = np.concatenate(mats)
-        if self._pq_unit:
+        if self._codec is not None and self._codec.unit:
             self._check_unit(x, slots, lengths)
         start = self._tokens.append(self._encode(x))
         top = int(slots.max()) + 1
@@ -481,9 +459,13 @@ class MultiVectorStore:
         if self.encoding == "int8":
             scale = self._scale if self._scale is not None else np.zeros(0, dtype=np.float32)
             files["scale"] = write_npy(directory, f"{tag}.mv.scale.npy", scale)
-        if self._codebook is not None:
-            files["codebook"] = write_npy(directory, f"{tag}.mv.codebook.npy", self._codebook)
-            if self._pq_unit:   # absent: decode as gathered (also what indexes saved before it read as)
+        if self._codec is not None:
+            codec = self._codec
+            files["pq_widths"] = write_npy(directory, f"{tag}.mv.pq_widths.npy", codec.widths)
+            files["pq_centroids"] = write_npy(directory, f"{tag}.mv.pq_centroids.npy", codec.centroids)
+            if codec.rotation is not None:
+                files["pq_rotation"] = write_npy(directory, f"{tag}.mv.pq_rotation.npy", codec.rotation)
+            if codec.unit:   # absent: decode as gathered (also what indexes saved before it read as)
                 files["pq_unit"] = write_npy(directory, f"{tag}.mv.pq_unit.npy", np.ones(1, dtype=np.float32))
         return files
 
@@ -494,18 +476,8 @@ class MultiVectorStore:
             store = cls(**config)
         except TypeError as exc:
             raise IndexFormatError(f"bad MultiVectorStore config {config!r}: {exc}") from exc
-        if store.encoding == "pq" and "codebook" in files:
-            codebook = np.array(load_npy(directory, files, "codebook"), dtype=np.float32)
-            want = (store.dim // _PQ_SUB * _PQ_K, _PQ_SUB)
-            if codebook.shape != want or not np.isfinite(codebook).all():
-                raise IndexFormatError(f"pq codebook has shape {codebook.shape} (finite: "
-                                       f"{bool(np.isfinite(codebook).all())}), expected {want}, finite")
-            store._codebook = codebook
-            if "pq_unit" in files:
-                flag = np.array(load_npy(directory, files, "pq_unit"), dtype=np.float32)
-                if flag.shape != (1,) or flag[0] != 1.0:
-                    raise IndexFormatError(f"pq_unit file holds {flag.tolist()}, expected [1.0]")
-                store._pq_unit = True
+        if store.encoding == "pq" and ("codebook" in files or "pq_centroids" in files):
+            store._codec = _load_codec(directory, files, store.dim)
         tokens = load_npy(directory, files, "tokens", mmap=True)
         offsets = np.array(load_npy(directory, files, "offsets"), dtype=np.int64)
         lengths = np.array(load_npy(directory, files, "lengths"), dtype=np.int64)
