@@ -116,14 +116,19 @@ class PQCodec:
         with ``seed``) from ``sample`` (float32 ``(n, dim)``, n >= 256)."""
         import faiss
 
-        x = np.asarray(sample, dtype=np.float64)
-        centred = x - x.mean(axis=0)
-        variances, axes = np.linalg.eigh(centred.T @ centred / max(1, x.shape[0] - 1))
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        n, dim = sample.shape
+        mean = sample.mean(axis=0, dtype=np.float64)
+        cov = np.zeros((dim, dim))
+        for i in range(0, n, 8192):   # float64 in blocks: M3's 1024-d sample is 256 MiB as float32
+            c = sample[i:i + 8192] - mean
+            cov += c.T @ c
+        variances, axes = np.linalg.eigh(cov / max(1, n - 1))
         order = np.argsort(-variances, kind="stable")
         rotation = np.ascontiguousarray(axes[:, order], dtype=np.float32)
         widths = allocate(variances[order], n_bytes, alpha)
         codec = cls(widths, np.zeros(K * int(widths.sum()), dtype=np.float32), rotation)
-        xr = np.ascontiguousarray(sample, dtype=np.float32) @ rotation
+        xr = sample @ rotation
         parts = []
         for a, b, m in codec.runs:
             pq = faiss.ProductQuantizer(m * (b - a), b - a, 8)

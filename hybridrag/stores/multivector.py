@@ -16,26 +16,27 @@ clipped; that is counted in ``clipped`` and reported with a ``RuntimeWarning``, 
 silent. For L2-normalised ColBERT vectors (|x| <= 1), ``int8_scale=1/127`` avoids
 clipping altogether at a small cost in precision.
 
-``pq`` is product quantisation: the vector is cut into ``dim/4`` sub-vectors of 4 dimensions,
-each stored as the 1-byte id of its nearest of 256 centroids learned for that sub-space
-(k-means, FAISS ``ProductQuantizer``; 2 bits per dimension). The codebook is learned once,
-as soon as the store holds ``pq_train_tokens`` live tokens (from a seeded sample of that many
-of them, taken in slot order); until then tokens are kept (and saved) as fp16 and scored
-exactly, so a small index never gets a codebook learned from a handful of vectors. Afterwards the codebook
-is FIXED: later tokens are coded with it, and MaxSim scores the decoded vectors (centroids
-gathered, then the same GEMM). ``rebuild`` learns a new one.
+``pq`` is product quantisation with ``dim/4`` one-byte codes per token (2 bits per dimension on
+average): the tokens are rotated to their principal axes and the bytes are spread over those
+axes by variance, more bits where the tokens vary most (the codec: :mod:`hybridrag.stores._pq`).
+It is learned once, as soon as the store holds ``pq_train_tokens`` live tokens (from a seeded
+sample of that many of them, taken in slot order); until then tokens are kept (and saved) as
+fp16 and scored exactly, so a small index never gets a codec learned from a handful of vectors.
+Afterwards the codec is FIXED: later tokens are coded with it, and MaxSim scores the decoded
+vectors. ``rebuild`` learns a new one. Stores saved with the earlier plain 4-dimensional PQ
+(a ``codebook`` file) load and keep using it.
 
 Unit-norm tokens (what BGE-M3 and every ColBERT model emit): when every token held at training
 time has norm 1 (within 1e-2), the store records it and decodes every token to norm 1 (the
 decoded vector divided by its norm: the score is scaled, the vector is not stored). Restoring
 the norm removes the error component along the token itself, which is the one that moves
-MaxSim most; with the 50-iteration k-means it lifted overlap@10 against fp32 on real MiniLM
-token vectors of SciFact from 0.945 to 0.954 at no cost in bytes (0.940 on NFCorpus;
-docs/BENCHMARKS.md, section 7). Such a store then refuses tokens
-that are not unit-norm (``ValueError`` naming the slot and the norm): their scores would be wrong.
+MaxSim most. Such a store then refuses tokens that are not unit-norm (``ValueError`` naming
+the slot and the norm): their scores would be wrong. How much pq moves MaxSim's top-10 on real
+token vectors: docs/BENCHMARKS.md, section 7.
 
 ``score`` is ColBERT MaxSim, vectorised over the candidates: the candidates' token rows
-are gathered into one matrix, scored with one GEMM ``q @ T.T``, reduced per candidate
+are gathered into one matrix, scored with one GEMM ``q @ T.T`` (pq: per-query tables of the
+centroids' inner products instead, see :mod:`hybridrag.stores._pq`), reduced per candidate
 with ``np.maximum.reduceat`` over the offsets, summed over query tokens and divided by
 the number of query tokens. ``search`` is brute-force MaxSim over every live chunk
 (the planner only calls ``score``).
