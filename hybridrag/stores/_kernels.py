@@ -434,17 +434,15 @@ if njit is not None:
         tables instead of decoded vectors (see ``hybridrag.stores._pq``)."""
         n, groups = codes.shape
         tq = table.shape[1]
-        flat = table.ravel()
         acc = np.empty(tq, dtype=np.float32)
         for i in range(n):
             acc[:] = 0
             s = np.float32(0)
             for g in range(groups):
-                r = uint64(g * 256 + codes[i, g])
+                r = g * 256 + codes[i, g]
                 s += sq[r]
-                base = r * uint64(tq)
                 for j in range(tq):
-                    acc[j] += flat[base + j]
+                    acc[j] += table[r, j]
             inv = np.float32(1) / np.sqrt(max(s, np.float32(1e-30))) if unit else np.float32(1)
             for j in range(tq):
                 out[i, j] = acc[j] * inv
