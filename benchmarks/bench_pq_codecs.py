@@ -11,8 +11,10 @@ norm 1, as the store does for unit-norm tokens.
     python benchmarks/bench_pq_codecs.py --beir /work/shared/data/beir/nfcorpus
     python benchmarks/bench_pq_codecs.py --beir /work/shared/data/beir/nfcorpus --coarse 16384 --coarse-train 262144
 
-It is a study, not a benchmark of the engine: the PQ rows use FAISS as the store does (seed 0,
-50 k-means iterations, codebook from 65,536 tokens), the residual rows are not in the engine.
+It is a study, not a benchmark of the engine: the PQ rows use FAISS as the store's plain PQ did
+(seed 0, 50 k-means iterations, codebook from 65,536 tokens), the residual rows are not in the
+engine; the "rotation + bytes by variance" rows fit the store's codec (``hybridrag.stores._pq``)
+with several ``ALPHA`` values and training samples (``--coarse ""`` skips the residual rows).
 """
 from __future__ import annotations
 
