@@ -72,6 +72,19 @@ def allocate(variances: np.ndarray, n_bytes: int, alpha: float = ALPHA, max_widt
     return np.array(widths[::-1], dtype=np.int64)
 
 
+def _runs(widths: np.ndarray) -> list[tuple[int, int, int]]:
+    """Runs of equal width as (first byte, end byte, width): one FAISS quantiser / gather each."""
+    cuts = np.flatnonzero(np.diff(widths)) + 1
+    bounds = np.concatenate([[0], cuts, [widths.shape[0]]])
+    return [(int(a), int(b), int(widths[a])) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _quantiser(m: int, count: int) -> Any:
+    import faiss
+
+    return faiss.ProductQuantizer(m * count, count, 8)
+
+
 class PQCodec:
     """``n_bytes`` one-byte codes per vector (see the module doc).
 
@@ -94,10 +107,7 @@ class PQCodec:
         self.rotation = None if rotation is None else np.ascontiguousarray(rotation, dtype=np.float32)
         self.unit = bool(unit)
         self.starts = np.concatenate([[0], np.cumsum(self.widths)[:-1]]).astype(np.int64)
-        # Runs of equal width (first byte, end byte, width): one FAISS quantiser / gather each.
-        cuts = np.flatnonzero(np.diff(self.widths)) + 1
-        bounds = np.concatenate([[0], cuts, [self.widths.shape[0]]])
-        self.runs = [(int(a), int(b), int(self.widths[a])) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.runs = _runs(self.widths)
         self._quantisers: list[Any] | None = None
         self._sq: np.ndarray | None = None
 
@@ -127,17 +137,18 @@ class PQCodec:
         order = np.argsort(-variances, kind="stable")
         rotation = np.ascontiguousarray(axes[:, order], dtype=np.float32)
         widths = allocate(variances[order], n_bytes, alpha)
-        codec = cls(widths, np.zeros(K * int(widths.sum()), dtype=np.float32), rotation)
         xr = sample @ rotation
-        parts = []
-        for a, b, m in codec.runs:
-            pq = faiss.ProductQuantizer(m * (b - a), b - a, 8)
+        quantisers, lo = [], 0
+        for a, b, m in _runs(widths):
+            pq = _quantiser(m, b - a)
             pq.cp.seed, pq.cp.niter = seed, NITER
             pq.cp.min_points_per_centroid = 1   # the store's own minimum applies; no FAISS warning
-            lo, hi = int(codec.starts[a]), int(codec.starts[b - 1]) + m
-            pq.train(np.ascontiguousarray(xr[:, lo:hi]))
-            parts.append(faiss.vector_to_array(pq.centroids))
-        return cls(widths, np.concatenate(parts), rotation)
+            pq.train(np.ascontiguousarray(xr[:, lo:lo + m * (b - a)]))
+            quantisers.append(pq)
+            lo += m * (b - a)
+        codec = cls(widths, np.concatenate([faiss.vector_to_array(pq.centroids) for pq in quantisers]), rotation)
+        codec._quantisers = quantisers
+        return codec
 
     def rotate(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -153,7 +164,7 @@ class PQCodec:
         if self._quantisers is None:
             qs = []
             for a, b, m in self.runs:
-                pq = faiss.ProductQuantizer(m * (b - a), b - a, 8)
+                pq = _quantiser(m, b - a)
                 lo, hi = self._run_slice(a, b, m)
                 faiss.copy_array_to_vector(self.centroids[K * lo:K * hi], pq.centroids)
                 qs.append(pq)
@@ -166,19 +177,15 @@ class PQCodec:
         return out
 
     def _gather(self, codes: np.ndarray) -> np.ndarray:
-        """float32 ``(n, dim)`` centroids of the codes in the rotated space (not normalised).
-
-        Per run one ``np.take`` of whole centroids (each viewed as one opaque item of
-        ``4 * width`` bytes) with int32 row numbers: several times faster than fancy-indexing
-        float rows."""
+        """float32 ``(n, dim)`` centroids of the codes in the rotated space (not normalised); one
+        ``np.take`` of whole centroid rows per run (the numpy path; numba scores by tables)."""
         n = codes.shape[0]
         out = np.empty((n, self.dim), dtype=np.float32)
         for a, b, m in self.runs:
             lo, hi = self._run_slice(a, b, m)
             rows = codes[:, a:b].astype(np.int32)
             rows += np.arange(0, (b - a) * K, K, dtype=np.int32)
-            items = self.centroids[K * lo:K * hi].view(np.dtype((np.void, 4 * m)))
-            out[:, lo:hi] = np.take(items, rows).view(np.float32).reshape(n, hi - lo)
+            out[:, lo:hi] = np.take(self.centroids[K * lo:K * hi].reshape(-1, m), rows, axis=0).reshape(n, hi - lo)
         return out
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
