@@ -13,7 +13,10 @@ from the same subspace with another seed):
   ``faiss.IndexHNSWFlat(d, 32, IP)`` with the same efSearch: build s, recall@10 against
   exact brute force, queries/s.
 
-FAISS uses all cores (OpenMP) in both the engine and the peer. Never part of the test suite.
+Engine and peer are timed interleaved (batch: best of 5 alternating rounds; one query per
+call: both answer query i before query i+1, in turn order rotating), so load that comes
+and goes on a shared machine hits both alike. FAISS uses all cores (OpenMP) in both the
+engine and the peer. Never part of the test suite.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Table, fmt_lat, latencies, overlap_at_k, timed  # noqa: E402
+from common import Table, fmt_lat, overlap_at_k, paired_latencies, paired_timed  # noqa: E402
 
 import faiss  # noqa: E402
 import synth  # noqa: E402
@@ -52,17 +55,13 @@ def part(n: int, d: int, nq: int, hnsw_max: int, ef: int) -> None:
     raw.add(x)
     row(name, "faiss IndexFlatIP", "add s", f"{time.perf_counter() - t:.2f}")
 
-    repeat = 3 if n <= 100_000 else 1
-    t_raw = timed(lambda: raw.search(q, 10), repeat=repeat)
-    t_eng = timed(lambda: store.search(q, 10), repeat=repeat)
-    t_raw2 = timed(lambda: raw.search(q, 10), repeat=repeat)   # bracket: the machine is shared
-    t_raw = min(t_raw, t_raw2)
+    repeat = 5 if n <= 100_000 else 2
+    t_raw, t_eng = paired_timed([lambda: raw.search(q, 10), lambda: store.search(q, 10)], repeat=repeat)
     row(name, "faiss IndexFlatIP", "batch queries/s", f"{nq / t_raw:,.0f}")
     row(name, "hybridrag FaissStore Flat", "batch queries/s",
         f"{nq / t_eng:,.0f} (overhead {100 * (t_eng / t_raw - 1):+.1f}%)")
-    nl = min(nq, 200 if n <= 100_000 else 50)
-    lr = latencies(lambda i: raw.search(q[i:i + 1], 10), nl)
-    le = latencies(lambda i: store.search(q[i:i + 1], 10), nl)
+    nl = min(nq, 500 if n <= 100_000 else 50)
+    lr, le = paired_latencies([lambda i: raw.search(q[i:i + 1], 10), lambda i: store.search(q[i:i + 1], 10)], nl)
     row(name, "faiss IndexFlatIP", "one query per call", fmt_lat(lr))
     row(name, "hybridrag FaissStore Flat", "one query per call",
         fmt_lat(le) + f" (p50 overhead {100 * (le['p50'] / lr['p50'] - 1):+.1f}%)")
@@ -85,8 +84,7 @@ def part(n: int, d: int, nq: int, hnsw_max: int, ef: int) -> None:
     rh.add(x)
     row(name, f"faiss IndexHNSWFlat M=32 ef={ef}", "build s", f"{time.perf_counter() - t:.1f}")
     rh.hnsw.efSearch = ef
-    t_rh = timed(lambda: rh.search(q, 10), repeat=repeat)
-    t_hs = timed(lambda: hs.search(q, 10), repeat=repeat)
+    t_rh, t_hs = paired_timed([lambda: rh.search(q, 10), lambda: hs.search(q, 10)], repeat=repeat)
     _, got_raw = rh.search(q, 10)
     _, got = hs.search(q, 10)
     row(name, f"faiss IndexHNSWFlat M=32 ef={ef}", "recall@10; batch queries/s",
@@ -94,8 +92,7 @@ def part(n: int, d: int, nq: int, hnsw_max: int, ef: int) -> None:
     row(name, f"hybridrag FaissStore HNSW32 ef={ef}", "recall@10; batch queries/s",
         f"{overlap_at_k(got, exact):.4f}; {nq / t_hs:,.0f} (overhead {100 * (t_hs / t_rh - 1):+.1f}%; "
         f"{t_eng / t_hs:.1f}x the engine's Flat)")
-    lh = latencies(lambda i: hs.search(q[i:i + 1], 10), nl)
-    lrh = latencies(lambda i: rh.search(q[i:i + 1], 10), nl)
+    lrh, lh = paired_latencies([lambda i: rh.search(q[i:i + 1], 10), lambda i: hs.search(q[i:i + 1], 10)], nl)
     row(name, f"faiss IndexHNSWFlat M=32 ef={ef}", "one query per call", fmt_lat(lrh))
     row(name, f"hybridrag FaissStore HNSW32 ef={ef}", "one query per call",
         fmt_lat(lh) + f" (p50 overhead {100 * (lh['p50'] / lrh['p50'] - 1):+.1f}%)")

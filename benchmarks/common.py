@@ -77,6 +77,37 @@ def latencies(fn: Callable[[int], Any], n: int, warmup: int = 3) -> dict[str, fl
             "mean": 1000 * float(lat.mean()), "qps": n / total}
 
 
+def paired_timed(fns: list[Callable[[], Any]], repeat: int = 5) -> list[float]:
+    """Best wall time (s) of each of ``fns`` over ``repeat`` rounds, the calls interleaved
+    (a, b, a, b, ...) after one warm-up each, so load that comes and goes hits them alike."""
+    for fn in fns:
+        fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeat):
+        for j, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[j] = min(best[j], time.perf_counter() - t)
+    return best
+
+
+def paired_latencies(fns: list[Callable[[int], Any]], n: int, warmup: int = 3) -> list[dict[str, float]]:
+    """As :func:`latencies` for each of ``fns``, interleaved per query: for query ``i`` every
+    ``fn(i)`` runs once, in an order that rotates with ``i``. ``qps`` is 1000 / mean."""
+    for i in range(min(warmup, n)):
+        for fn in fns:
+            fn(i)
+    lat = np.empty((len(fns), n))
+    for i in range(n):
+        for j in range(len(fns)):
+            jj = (i + j) % len(fns)
+            t = time.perf_counter()
+            fns[jj](i)
+            lat[jj, i] = time.perf_counter() - t
+    return [{"p50": 1000 * float(np.percentile(x, 50)), "p99": 1000 * float(np.percentile(x, 99)),
+             "mean": 1000 * float(x.mean()), "qps": 1.0 / float(x.mean())} for x in lat]
+
+
 def fmt_lat(d: dict[str, float]) -> str:
     return f"p50 {d['p50']:.2f} ms; p99 {d['p99']:.2f} ms; {d['qps']:,.0f} q/s"
 

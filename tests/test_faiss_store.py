@@ -65,6 +65,19 @@ def test_hnsw_recall_at_10() -> None:
     assert recall(i, ri) >= 0.9
 
 
+def test_hnsw_ef_search_set_after_a_search_takes_effect() -> None:
+    # Unfiltered search parameters are cached; a changed ef_search must not reuse them.
+    x, q = data(3000, 32), data(50, 32, seed=3)
+    store = FaissStore(32, "HNSW8", ef_search=1, exact_below=0)
+    store.add(np.arange(3000), x)
+    _, ri = brute(q, x, np.arange(3000), 10)
+    low = recall(store.search(q, 10)[1], ri)
+    store.ef_search = 3000
+    assert recall(store.search(q, 10)[1], ri) == 1.0 > low
+    store.ef_search = 1
+    assert recall(store.search(q, 10)[1], ri) == low
+
+
 def test_hnsw_tombstones_and_filters_return_k_hits() -> None:
     x, q = data(3000), data(10, seed=3)
     store = FaissStore(16, "HNSW16", exact_below=0)

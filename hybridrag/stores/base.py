@@ -155,6 +155,15 @@ def _sort_rows(scores: np.ndarray, slots: np.ndarray) -> np.ndarray:
     return np.lexsort((slots, -scores), axis=-1)
 
 
+def _row_take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``a[r, idx[r]]`` for every row ``r`` (``np.take_along_axis`` without its per-call set-up)."""
+    return a[np.arange(a.shape[0])[:, None], idx]
+
+
+# Rows no longer than this are sorted whole: cheaper than partition + tie check + sort.
+_FULL_SORT_MAX = 64
+
+
 def topk(scores: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` of a score matrix, ties broken by the smaller slot.
 
@@ -173,27 +182,30 @@ def topk(scores: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.
         return out_s, out_i
     s = np.where(np.isnan(scores), -np.inf, scores)
     kk = min(k, n)
-    if kk < n:
-        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+    if n <= _FULL_SORT_MAX:
+        full = np.broadcast_to(slots, (nq, n)) if shared else slots
+        order = _sort_rows(s, full)[:, :kk]
+        ps, pslots = _row_take(s, order), _row_take(full, order)
     else:
-        part = np.broadcast_to(np.arange(n), (nq, n)).copy()
-    ps = np.take_along_axis(s, part, axis=1)
-    if kk < n:
-        thr = ps.min(axis=1)
-        # A tie at the k-th score may leave a smaller slot outside the partition.
-        n_ge = (s >= thr[:, None]).sum(axis=1)
-        for r in np.flatnonzero((n_ge > kk) & np.isfinite(thr)):
-            cand = np.flatnonzero(s[r] >= thr[r])
-            cslots = slots[cand] if shared else slots[r, cand]
-            part[r] = cand[_sort_rows(s[r, cand], cslots)[:kk]]
-        ps = np.take_along_axis(s, part, axis=1)
-    pslots = slots[part] if shared else np.take_along_axis(slots, part, axis=1)
-    order = _sort_rows(ps, pslots)
-    ps = np.take_along_axis(ps, order, axis=1)
-    pslots = np.take_along_axis(pslots, order, axis=1)
-    pslots = np.where(np.isneginf(ps), -1, pslots)
+        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < n else np.broadcast_to(np.arange(n), (nq, n))
+        ps = _row_take(s, part)
+        if kk < n:
+            thr = ps.min(axis=1)
+            # A tie at the k-th score may leave a smaller slot outside the partition.
+            n_ge = (s >= thr[:, None]).sum(axis=1)
+            tied = np.flatnonzero((n_ge > kk) & np.isfinite(thr))
+            if tied.size:
+                part = part.copy()
+                for r in tied:
+                    cand = np.flatnonzero(s[r] >= thr[r])
+                    cslots = slots[cand] if shared else slots[r, cand]
+                    part[r] = cand[_sort_rows(s[r, cand], cslots)[:kk]]
+                ps = _row_take(s, part)
+        pslots = slots[part] if shared else _row_take(slots, part)
+        order = _sort_rows(ps, pslots)
+        ps, pslots = _row_take(ps, order), _row_take(pslots, order)
     out_s[:, :kk] = ps
-    out_i[:, :kk] = pslots
+    out_i[:, :kk] = np.where(np.isneginf(ps), -1, pslots)
     return out_s, out_i
 
 

@@ -167,6 +167,9 @@ class FaissStore:
         self._max_slot = -1
         self._gpu_index: Any = None
         self._gpu_failed = False
+        # Unfiltered SearchParameters by (hits fetched, ef_search, nprobe): building them
+        # costs about as much as the exact re-scoring of one query's hits.
+        self._plain_params: dict[tuple[int, int, int], tuple[Any, list[Any]]] = {}
 
     # ------------------------------------------------------------------ index helpers
 
@@ -251,7 +254,22 @@ class FaissStore:
         self._gpu_index = None
 
     def _params(self, bitmap: np.ndarray | None, kf: int) -> tuple[Any, list[Any]]:
-        """SearchParameters for the index (with an IDSelectorBitmap over rows), plus refs to keep alive."""
+        """SearchParameters for the index (with an IDSelectorBitmap over rows), plus refs to keep alive.
+
+        Unfiltered ones are built once per (hits fetched, ef_search, nprobe) and shared.
+        """
+        if bitmap is not None:
+            return self._new_params(bitmap, kf)
+        key = (kf, self.ef_search, self.nprobe)
+        got = self._plain_params.get(key)
+        if got is None:
+            if len(self._plain_params) >= 64:
+                self._plain_params.clear()
+            got = self._plain_params[key] = self._new_params(None, kf)
+        return got
+
+    def _new_params(self, bitmap: np.ndarray | None, kf: int) -> tuple[Any, list[Any]]:
+        """Build what :meth:`_params` returns."""
         keep: list[Any] = []
         sel = None
         if bitmap is not None:
@@ -515,23 +533,22 @@ class FaissStore:
             return self._brute(q, k, rowmask)
         rows = np.asarray(rows, dtype=np.int64)
         valid = (rows >= 0) & (rows < self._n_rows)
-        valid[valid] &= self._live[rows[valid]]
-        if rowmask is not None:
-            valid[valid] &= rowmask[rows[valid]]
         safe = np.where(valid, rows, 0)
+        if rowmask is not None:  # live rows passing the filter; without one every row is live
+            valid &= rowmask[safe]
         sc = np.empty(rows.shape, dtype=np.float32)
         for s in range(0, nq, _QUERY_BLOCK):
             e = min(s + _QUERY_BLOCK, nq)
-            v = self._vecs.take(safe[s:e].ravel()).astype(np.float32).reshape(e - s, kf, self.dim)
-            ip = np.einsum("qd,qkd->qk", q[s:e], v)
+            v = self._vecs.take(safe[s:e].ravel()).astype(np.float32, copy=False).reshape(e - s, kf, self.dim)
+            ip = np.matmul(v, q[s:e, :, None])[:, :, 0]
             if self.metric == "l2":
                 ip = 2.0 * ip - (q[s:e] ** 2).sum(1)[:, None] - (v * v).sum(2)
             sc[s:e] = ip
         sc[~valid] = -np.inf
         slots = np.where(valid, self._row_slot[safe], -1)
         out_s, out_i = topk(sc, slots, k)
-        need = min(k, n_ok)
-        redo = (out_i >= 0).sum(1) < need
+        # Fewer than min(k, n_ok) hits (topk pads at the end) -> brute force for that query.
+        redo = out_i[:, min(k, n_ok) - 1] < 0
         if self._is_flat and kf < n_ok and k > 0:
             # The k-th score ties with the last fetched one: a smaller slot with the same
             # score may lie past the fetched hits.
