@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hybridrag.errors import ConfigError, IndexFormatError
+from hybridrag.stores import _kernels
 from hybridrag.stores.base import topk
 from hybridrag.stores.faiss import FaissStore
 
@@ -94,6 +95,71 @@ def test_hnsw_tombstones_and_filters_return_k_hits() -> None:
     few[[1, 11, 2999]] = True
     s, i = store.search(q, 5, allowed=few)
     assert sorted(i[0, :3].tolist()) == [1, 11, 2999] and (i[:, 3:] == -1).all()
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16"])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_compiled_rescore_equals_the_numpy_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                factory: str, metric: str) -> None:
+    """The ANN hits' exact re-score and top-k (a numba kernel) against the numpy path, on a store
+    whose rows are split between a memory-mapped base and an appended tail, with removed rows,
+    a filter, ties (duplicated vectors) and k beyond what the filter lets through."""
+    if not _kernels.AVAILABLE:
+        pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
+    x, q = data(3000), data(30, seed=4)
+    x[1500:1600] = x[:100]  # equal scores under different slots
+    store = FaissStore(16, factory, metric=metric, exact_below=0)
+    store.add(np.arange(0, 4000, 2), x[:2000])
+    store = FaissStore.load(tmp_path, store.save(tmp_path, "t"), store.config())
+    store.add(np.arange(5000, 6000), x[2000:])
+    store.remove(np.arange(0, 400, 4))
+    live = np.setdiff1d(np.r_[np.arange(0, 4000, 2), np.arange(5000, 6000)], np.arange(0, 400, 4))
+    allowed = np.random.default_rng(5).random(6000) < 0.5
+    calls = []
+    real = _kernels.rescore_top_k
+    monkeypatch.setattr(_kernels, "rescore_top_k", lambda *a: calls.append(1) or real(*a))
+    for k, mask in ((10, None), (1, None), (25, allowed), (10, np.arange(6000) < 30)):
+        got = store.search(q, k, allowed=mask)
+        with monkeypatch.context() as m:
+            m.setattr(_kernels, "AVAILABLE", False)
+            ref = store.search(q, k, allowed=mask)
+        np.testing.assert_array_equal(got[1], ref[1])
+        np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
+        passing = live if mask is None else live[mask[live]]
+        assert ((got[1] >= 0).sum(1) == min(k, len(passing))).all()
+    assert calls, "the compiled path was not taken"
+
+
+@pytest.mark.parametrize("l2", [False, True])
+def test_rescore_kernel_drops_missing_and_filtered_hits(l2: bool) -> None:
+    """``_kernels.rescore_top_k`` itself, against numpy: labels -1 and past the last row and rows
+    outside the mask are dropped (FAISS's selector normally filters first), ties go to the
+    smaller slot, and ``lowest`` is the smallest kept score."""
+    if not _kernels.AVAILABLE:
+        pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
+    rng = np.random.default_rng(6)
+    base, tail, q = data(40, 8), data(20, 8, seed=7), data(5, 8, seed=8)
+    tail[:5] = base[:5]  # ties
+    slot = rng.permutation(1000)[:60]
+    mask = rng.random(60) < 0.7
+    # Each query's labels are distinct, as FAISS gives them, then -1 padding.
+    rows = np.full((5, 30), -1)
+    for i in range(5):
+        rows[i, :25] = np.r_[np.arange(5), np.arange(40, 45), rng.permutation(np.r_[5:40, 45:70])[:15]]
+    got_s, got_i, low = _kernels.rescore_top_k(rows, base, tail, q, slot, mask, l2, 12)
+    vecs = np.concatenate([base, tail]).astype(np.float64)
+    for i in range(5):
+        keep = sorted({int(r) for r in rows[i] if 0 <= r < 60 and mask[r]})
+        sc = vecs[keep] @ q[i].astype(np.float64)
+        if l2:
+            sc = -((vecs[keep] - q[i]) ** 2).sum(1)
+        sc = sc.astype(np.float32)
+        kept = sorted(zip(-sc, slot[keep]))
+        hits = [(-a, b) for a, b in kept][:12]
+        np.testing.assert_array_equal(got_i[i, : len(hits)], [b for _, b in hits])
+        assert (got_i[i, len(hits):] == -1).all()
+        np.testing.assert_allclose(got_s[i, : len(hits)], [a for a, _ in hits], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(low[i], sc.min(), rtol=1e-5, atol=1e-5)
 
 
 def test_ivfpq_buffers_until_trained() -> None:

@@ -447,6 +447,42 @@ if njit is not None:
             for j in range(tq):
                 out[i, j] = acc[j] * inv
 
+    @njit(cache=True, nogil=True)
+    def _rescore_top_k(rows, base, tail, q, row_slot, mask, use_mask, l2, k, out_s, out_i, lowest):  # pragma: no cover - compiled
+        """Exact top-k of ANN hits: ``rows`` ``(nq, kf)`` are FAISS labels (-1: none) into the
+        stored vectors (``base`` rows, then ``tail`` rows); hits outside ``mask`` (when
+        ``use_mask``) are dropped. Scores are float64 dot products (``2 ip - |q|^2 - |v|^2`` when
+        ``l2``) rounded to float32; ties by slot ascending. ``out_*[i]`` must come filled with
+        -inf / -1; ``lowest[i]`` gets the smallest kept score (inf when none)."""
+        nq, kf = rows.shape
+        nb = base.shape[0]
+        n_rows = nb + tail.shape[0]
+        d = q.shape[1]
+        for i in range(nq):
+            n = 0
+            low = np.inf
+            qq = 0.0
+            if l2:
+                for c in range(d):
+                    qq += np.float64(q[i, c]) * q[i, c]
+            for j in range(kf):
+                r = rows[i, j]
+                if r < 0 or r >= n_rows or (use_mask and not mask[r]):
+                    continue
+                v = base[r] if r < nb else tail[r - nb]
+                ip = 0.0
+                for c in range(d):
+                    ip += np.float64(q[i, c]) * v[c]
+                if l2:
+                    vv = 0.0
+                    for c in range(d):
+                        vv += np.float64(v[c]) * v[c]
+                    ip = 2.0 * ip - qq - vv
+                sc = np.float32(ip)
+                low = min(low, np.float64(sc))
+                n = _insert(sc, row_slot[r], n, k, out_s[i], out_i[i])
+            lowest[i] = low
+
 
 def _ro(a: np.ndarray, dtype: type | None = None) -> np.ndarray:
     """A read-only C-contiguous view (a copy only when the dtype or layout differs): every
@@ -526,6 +562,25 @@ def pq_scores(codes: np.ndarray, table: np.ndarray, sq: np.ndarray, unit: bool) 
     return out
 
 
+def rescore_top_k(rows: np.ndarray, base: np.ndarray, tail: np.ndarray, q: np.ndarray, row_slot: np.ndarray,
+                  mask: np.ndarray | None, l2: bool, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top-``k`` ``(scores, slots, lowest)`` of the ANN hits ``rows`` of float32 queries
+    ``q`` against float32 stored rows (``base`` then ``tail``), as :func:`_rescore_top_k`
+    (compiled kernel; callers check :data:`AVAILABLE`)."""
+    nq = rows.shape[0]
+    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    out_i = np.full((nq, k), -1, dtype=np.int64)
+    lowest = np.empty(nq, dtype=np.float64)
+    use_mask = mask is not None
+    _rescore_top_k(_ro(rows, np.int64), _ro(base, np.float32), _ro(tail, np.float32), _ro(q, np.float32),
+                   _ro(row_slot, np.int64), _ro(mask if use_mask else _NO_MASK, np.bool_), use_mask, bool(l2),
+                   k, out_s, out_i, lowest)
+    return out_s, out_i, lowest
+
+
+_NO_MASK = np.zeros(0, dtype=np.bool_)
+
+
 def _split(pair_start: np.ndarray, tiers: list[tuple], n: int, n_rows: int) -> list[int]:
     """Query boundaries ``[0, ..., nq]`` cutting the queries into ``n`` runs of about equal
     work (``pair_start[0]`` is 0). A query's work is its postings, plus half the rows when it
@@ -583,6 +638,8 @@ def _compile_now() -> None:
                 np.arange(1), ub=np.ones(1, dtype=np.float32))
     pq_scores(np.zeros((1, 1), dtype=np.uint8), np.ones((256, 1), dtype=np.float32),
               np.ones(256, dtype=np.float32), True)
+    one = np.ones((1, 2), dtype=np.float32)
+    rescore_top_k(np.zeros((1, 1), dtype=np.int64), one, one[:0], one, np.zeros(1, dtype=np.int64), None, False, 1)
 
 if AVAILABLE:
     try:

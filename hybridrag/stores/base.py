@@ -286,6 +286,10 @@ class AppendableArray:
             stop = min(start + size, n)
             yield start, self.slice(start, stop)
 
+    def parts(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(base, tail)``: every row, as the base's rows followed by the used tail's (no copy)."""
+        return self._base, self._tail[: self._n_tail]
+
     def slice(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` (a view where possible)."""
         nb = self._base.shape[0]

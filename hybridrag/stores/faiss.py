@@ -42,6 +42,7 @@ import faiss
 import numpy as np
 
 from hybridrag.errors import ConfigError, IndexFormatError
+from hybridrag.stores import _kernels
 from hybridrag.stores.base import (
     AppendableArray,
     Self,
@@ -518,7 +519,6 @@ class FaissStore:
         self, q: np.ndarray, k: int, rowmask: np.ndarray | None, n_ok: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Search the FAISS index, re-score hits exactly, fall back to brute force per query."""
-        nq = q.shape[0]
         kf = min(n_ok, max(k * self.refine_factor, k + _TIE_MARGIN))
         bitmap = None if rowmask is None else np.packbits(rowmask, bitorder="little")
         params, _keep = self._params(bitmap, kf)
@@ -532,6 +532,31 @@ class FaissStore:
             logger.debug("FAISS search failed on %r, using brute force: %s", self.factory, exc)
             return self._brute(q, k, rowmask)
         rows = np.asarray(rows, dtype=np.int64)
+        if _kernels.AVAILABLE and self._vecs.dtype == np.float32:
+            # One compiled pass instead of _rescore's ~30 numpy calls, which were most of the
+            # per-query overhead against raw FAISS (docs/BENCHMARKS.md, section 3).
+            base, tail = self._vecs.parts()
+            out_s, out_i, lowest = _kernels.rescore_top_k(rows, base, tail, q, self._row_slot, rowmask,
+                                                          self.metric == "l2", k)
+        else:
+            out_s, out_i, lowest = self._rescore(q, rows, rowmask, k)
+        # Fewer than min(k, n_ok) hits (topk pads at the end) -> brute force for that query.
+        redo = out_i[:, min(k, n_ok) - 1] < 0
+        if self._is_flat and kf < n_ok:
+            # The k-th score ties with the last fetched one: a smaller slot with the same
+            # score may lie past the fetched hits.
+            kth = out_s[:, k - 1]
+            redo |= kth - lowest <= 1e-5 * (1.0 + np.abs(kth))
+        if redo.any():
+            r = np.flatnonzero(redo)
+            out_s[r], out_i[r] = self._brute(q[r], k, rowmask)
+        return out_s, out_i
+
+    def _rescore(self, q: np.ndarray, rows: np.ndarray, rowmask: np.ndarray | None,
+                 k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact top-``k`` ``(scores, slots, lowest kept score)`` of the FAISS hits ``rows``
+        (numpy; :func:`hybridrag.stores._kernels.rescore_top_k` is the compiled equivalent)."""
+        nq, kf = rows.shape
         valid = (rows >= 0) & (rows < self._n_rows)
         safe = np.where(valid, rows, 0)
         if rowmask is not None:  # live rows passing the filter; without one every row is live
@@ -545,17 +570,5 @@ class FaissStore:
                 ip = 2.0 * ip - (q[s:e] ** 2).sum(1)[:, None] - (v * v).sum(2)
             sc[s:e] = ip
         sc[~valid] = -np.inf
-        slots = np.where(valid, self._row_slot[safe], -1)
-        out_s, out_i = topk(sc, slots, k)
-        # Fewer than min(k, n_ok) hits (topk pads at the end) -> brute force for that query.
-        redo = out_i[:, min(k, n_ok) - 1] < 0
-        if self._is_flat and kf < n_ok and k > 0:
-            # The k-th score ties with the last fetched one: a smaller slot with the same
-            # score may lie past the fetched hits.
-            lowest = np.where(valid, sc, np.inf).min(1)
-            kth = out_s[:, k - 1]
-            redo |= kth - lowest <= 1e-5 * (1.0 + np.abs(kth))
-        if redo.any():
-            r = np.flatnonzero(redo)
-            out_s[r], out_i[r] = self._brute(q[r], k, rowmask)
-        return out_s, out_i
+        out_s, out_i = topk(sc, np.where(valid, self._row_slot[safe], -1), k)
+        return out_s, out_i, np.where(valid, sc, np.inf).min(1)
