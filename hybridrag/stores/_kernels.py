@@ -447,38 +447,37 @@ if njit is not None:
             for j in range(tq):
                 out[i, j] = acc[j] * inv
 
+    @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    def _dot(a, b):  # pragma: no cover - compiled
+        """float32 dot product, summed in any order (so it vectorises, as BLAS does)."""
+        s = np.float32(0)
+        for c in range(a.shape[0]):
+            s += a[c] * b[c]
+        return s
+
     @njit(cache=True, nogil=True)
     def _rescore_top_k(rows, base, tail, q, row_slot, mask, use_mask, l2, k, out_s, out_i, lowest):  # pragma: no cover - compiled
         """Exact top-k of ANN hits: ``rows`` ``(nq, kf)`` are FAISS labels (-1: none) into the
         stored vectors (``base`` rows, then ``tail`` rows); hits outside ``mask`` (when
-        ``use_mask``) are dropped. Scores are float64 dot products (``2 ip - |q|^2 - |v|^2`` when
-        ``l2``) rounded to float32; ties by slot ascending. ``out_*[i]`` must come filled with
+        ``use_mask``) are dropped. Scores are float32 dot products (``2 ip - |q|^2 - |v|^2`` when
+        ``l2``), as numpy's; ties by slot ascending. ``out_*[i]`` must come filled with
         -inf / -1; ``lowest[i]`` gets the smallest kept score (inf when none)."""
         nq, kf = rows.shape
         nb = base.shape[0]
         n_rows = nb + tail.shape[0]
-        d = q.shape[1]
         for i in range(nq):
             n = 0
             low = np.inf
-            qq = 0.0
-            if l2:
-                for c in range(d):
-                    qq += np.float64(q[i, c]) * q[i, c]
+            qi = q[i]
+            qq = _dot(qi, qi) if l2 else np.float32(0)
             for j in range(kf):
                 r = rows[i, j]
                 if r < 0 or r >= n_rows or (use_mask and not mask[r]):
                     continue
                 v = base[r] if r < nb else tail[r - nb]
-                ip = 0.0
-                for c in range(d):
-                    ip += np.float64(q[i, c]) * v[c]
+                sc = _dot(qi, v)
                 if l2:
-                    vv = 0.0
-                    for c in range(d):
-                        vv += np.float64(v[c]) * v[c]
-                    ip = 2.0 * ip - qq - vv
-                sc = np.float32(ip)
+                    sc = np.float32(2) * sc - qq - _dot(v, v)
                 low = min(low, np.float64(sc))
                 n = _insert(sc, row_slot[r], n, k, out_s[i], out_i[i])
             lowest[i] = low
