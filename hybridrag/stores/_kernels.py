@@ -1,6 +1,7 @@
-"""Compiled kernels for :class:`hybridrag.stores.sparse.SparseIndex` and for the ``pq`` codec
-of :class:`hybridrag.stores.multivector.MultiVectorStore` (:func:`pq_scores`; numba; numpy is
-the fallback of both).
+"""Compiled kernels for :class:`hybridrag.stores.sparse.SparseIndex`, for the ``pq`` codec
+of :class:`hybridrag.stores.multivector.MultiVectorStore` (:func:`pq_scores`) and for the
+exact re-score of :class:`hybridrag.stores.faiss.FaissStore`'s ANN hits (:func:`rescore_top_k`);
+numba, with numpy as the fallback of each.
 
 With numba (a dependency; the kernel is skipped if it is missing) the queries that a BM25
 index, or another index of fewer than 500k rows, scores by dense accumulation go through

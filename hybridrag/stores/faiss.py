@@ -25,7 +25,9 @@ Design
   might reach past the fetched hits, so ties always go to the smaller slot.
 * Scores: ``metric="ip"`` gives the inner product; ``metric="l2"`` gives the negative
   squared L2 distance (so larger is better, as everywhere in hybridrag). Search
-  scores are recomputed from the stored vectors, so they equal ``score()``.
+  scores are recomputed from the stored vectors, so they equal ``score()`` (to float32
+  rounding: with numba, float32 vectors are re-scored and ranked in one compiled pass,
+  ``_kernels.rescore_top_k``, whose sums run in another order than numpy's).
 * GPU: with ``use_gpu="auto"`` (or ``True``) and ``faiss.get_num_gpus() > 0`` the
   index is copied with ``index_cpu_to_all_gpus`` for unfiltered searches; filtered
   searches and index types the GPU build cannot hold run on the CPU index.
