@@ -461,7 +461,7 @@ if njit is not None:
         """Exact top-k of ANN hits: ``rows`` ``(nq, kf)`` are FAISS labels (-1: none) into the
         stored vectors (``base`` rows, then ``tail`` rows); hits outside ``mask`` (when
         ``use_mask``) are dropped. Scores are float32 dot products (``2 ip - |q|^2 - |v|^2`` when
-        ``l2``), as numpy's; ties by slot ascending. ``out_*[i]`` must come filled with
+        ``l2``), summed in another order than numpy's; ties by slot ascending. ``out_*[i]`` must come filled with
         -inf / -1; ``lowest[i]`` gets the smallest kept score (inf when none)."""
         nq, kf = rows.shape
         nb = base.shape[0]
@@ -562,6 +562,9 @@ def pq_scores(codes: np.ndarray, table: np.ndarray, sq: np.ndarray, unit: bool) 
     return out
 
 
+_NO_MASK = np.zeros(0, dtype=np.bool_)   # rescore_top_k's mask argument when there is no filter
+
+
 def rescore_top_k(rows: np.ndarray, base: np.ndarray, tail: np.ndarray, q: np.ndarray, row_slot: np.ndarray,
                   mask: np.ndarray | None, l2: bool, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact top-``k`` ``(scores, slots, lowest)`` of the ANN hits ``rows`` of float32 queries
@@ -576,9 +579,6 @@ def rescore_top_k(rows: np.ndarray, base: np.ndarray, tail: np.ndarray, q: np.nd
                    _ro(row_slot, np.int64), _ro(mask if use_mask else _NO_MASK, np.bool_), use_mask, bool(l2),
                    k, out_s, out_i, lowest)
     return out_s, out_i, lowest
-
-
-_NO_MASK = np.zeros(0, dtype=np.bool_)
 
 
 def _split(pair_start: np.ndarray, tiers: list[tuple], n: int, n_rows: int) -> list[int]:
@@ -624,7 +624,8 @@ if hasattr(os, "register_at_fork"):
 
 
 def _compile_now() -> None:
-    """Compile (or load from numba's cache) the kernels (int32 posting rows; pq scores) at import.
+    """Compile (or load from numba's cache) the kernels (int32 posting rows; pq scores; dense
+    re-score) at import.
 
     Lazily, the first search would compile it; several threads searching at once could then
     run numba's lowering (which calls ``ast.parse``) beside other ``ast`` users, and CPython

@@ -87,9 +87,9 @@ def _quantiser(m: int, count: int) -> Any:
 
 # FAISS codes sub-vectors of these widths with its SIMD distance kernels; other widths took
 # 1.5-31x longer per dimension than the next of these (width 1 the worst;
-# benchmarks/profile_pq_widths.py), so
-# encode() pads each run with zero dimensions up to the next of these (exact: a dimension that
-# is zero in the vector and in every centroid adds nothing to any distance).
+# benchmarks/profile_pq_widths.py), so encode() pads each run with zero dimensions up to the
+# next of these (exact: a dimension that is zero in the vector and in every centroid adds
+# nothing to any distance).
 _FAST_WIDTHS = (2, 4, 8, 16, 32, 64)
 
 

@@ -271,7 +271,7 @@ class MultiVectorStore:
                 "tokens (or use a store that was trained on unnormalised ones)")
 
     def _maybe_train(self) -> None:
-        """pq: learn the codebook once ``pq_train_tokens`` tokens are stored, then code them all."""
+        """pq: learn the codec once ``pq_train_tokens`` tokens are stored, then code them all."""
         if (self.encoding != "pq" or self._codec is not None
                 or len(self._tokens) - self._dead_tokens < self.pq_train_tokens):
             return
