@@ -146,7 +146,8 @@ def test_rescore_kernel_drops_missing_and_filtered_hits(l2: bool) -> None:
     rows = np.full((5, 30), -1)
     for i in range(5):
         rows[i, :25] = np.r_[np.arange(5), np.arange(40, 45), rng.permutation(np.r_[5:40, 45:70])[:15]]
-    got_s, got_i, low = _kernels.rescore_top_k(rows, base, tail, q, slot, mask, l2, 12)
+    got_s, got_i, low, short = _kernels.rescore_top_k(rows, base, tail, q, slot, mask, l2, 12, need=12)
+    kept_per_query = []
     vecs = np.concatenate([base, tail]).astype(np.float64)
     for i in range(5):
         keep = sorted({int(r) for r in rows[i] if 0 <= r < 60 and mask[r]})
@@ -157,9 +158,15 @@ def test_rescore_kernel_drops_missing_and_filtered_hits(l2: bool) -> None:
         kept = sorted(zip(-sc, slot[keep]))
         hits = [(-a, b) for a, b in kept][:12]
         np.testing.assert_array_equal(got_i[i, : len(hits)], [b for _, b in hits])
-        assert (got_i[i, len(hits):] == -1).all()
+        assert (got_i[i, len(hits):] == -1).all() and (got_s[i, len(hits):] == -np.inf).all()
         np.testing.assert_allclose(got_s[i, : len(hits)], [a for a, _ in hits], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(low[i], sc.min(), rtol=1e-5, atol=1e-5)
+        kept_per_query.append(len(hits))
+    # ``short`` counts the queries that kept fewer than ``need`` hits (of the k returned).
+    assert short == sum(n < 12 for n in kept_per_query)
+    for need in (0, min(kept_per_query), max(kept_per_query) + 1):
+        assert _kernels.rescore_top_k(rows, base, tail, q, slot, mask, l2, 12, need=need)[3] == \
+            sum(n < need for n in kept_per_query)
 
 
 def test_ivfpq_buffers_until_trained() -> None:
@@ -291,3 +298,44 @@ def test_bad_input() -> None:
         store.search(np.zeros((1, 4)), 2.0)
     with pytest.raises(ValueError, match="candidate"):
         store.score(np.zeros((2, 4)), [np.array([0])])
+
+
+@pytest.mark.parametrize("numba_on", [True, False])
+def test_queries_the_ann_index_answers_short_go_to_brute_force(numba_on: bool, monkeypatch) -> None:
+    """IVF with nprobe=1 returns only its one list's rows; when that is fewer than ``k`` the
+    query is answered by exact brute force (every query here: lists hold ~125 rows, k=300),
+    on the compiled path (which counts the short queries) and on the numpy one."""
+    if numba_on and not _kernels.AVAILABLE:
+        pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
+    monkeypatch.setattr(_kernels, "AVAILABLE", numba_on and _kernels.AVAILABLE)
+    x, q = data(2000), data(6, seed=9)
+    store = FaissStore(16, "IVF16,Flat", nprobe=1, exact_below=0)
+    store.add(np.arange(2000), x)
+    assert store._ready
+    raw = store._index.search(q, 300)[1]
+    assert ((raw >= 0).sum(1) < 300).all(), "the IVF lists were expected to be shorter than k"
+    s, i = store.search(q, 300)
+    rs, ri = brute(q, x, np.arange(2000), 300)
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_allclose(s, rs, rtol=1e-5, atol=1e-5)
+
+
+def test_rows_added_after_a_search_are_re_scored_without_brute_force(monkeypatch) -> None:
+    """The compiled re-score keeps read-only views of the stored rows between searches; adding
+    rows must renew them, or the new rows' hits read as missing and every query falls back to
+    brute force (right answers, at brute-force cost)."""
+    if not _kernels.AVAILABLE:
+        pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
+    x, q = data(3000), data(10, seed=10)
+    store = FaissStore(16, "HNSW16", metric="l2", exact_below=0)
+    store.add(np.arange(1500), x[:1500])
+    store.search(q, 5)
+    brute_calls = []
+    real = store._brute
+    monkeypatch.setattr(store, "_brute", lambda *a: brute_calls.append(1) or real(*a))
+    store.add(np.arange(1500, 3000), x[1500:])
+    q_new = x[1500:1510]  # each query's best hit (distance 0) is a row added after the first search
+    s, i = store.search(q_new, 5)
+    assert (i[:, 0] == np.arange(1500, 1510)).all()
+    np.testing.assert_allclose(s, np.stack(store.score(q_new, list(i))), rtol=1e-5, atol=1e-4)
+    assert not brute_calls, "the search fell back to brute force"

@@ -457,16 +457,20 @@ if njit is not None:
         return s
 
     @njit(cache=True, nogil=True)
-    def _rescore_top_k(rows, base, tail, q, row_slot, mask, use_mask, l2, k, out_s, out_i, lowest):  # pragma: no cover - compiled
+    def _rescore_top_k(rows, base, tail, q, row_slot, mask, use_mask, l2, k, need, out_s, out_i, lowest):  # pragma: no cover - compiled
         """Exact top-k of ANN hits: ``rows`` ``(nq, kf)`` are FAISS labels (-1: none) into the
         stored vectors (``base`` rows, then ``tail`` rows); hits outside ``mask`` (when
         ``use_mask``) are dropped. Scores are float32 dot products (``2 ip - |q|^2 - |v|^2`` when
-        ``l2``), summed in another order than numpy's; ties by slot ascending. ``out_*[i]`` must come filled with
-        -inf / -1; ``lowest[i]`` gets the smallest kept score (inf when none)."""
+        ``l2``), summed in another order than numpy's; ties by slot ascending. Fills ``out_*``
+        (padded with -inf / -1) and ``lowest[i]``, the smallest kept score (inf when none);
+        returns how many queries kept fewer than ``need`` hits."""
         nq, kf = rows.shape
         nb = base.shape[0]
         n_rows = nb + tail.shape[0]
+        short = 0
         for i in range(nq):
+            out_s[i, :] = -np.inf
+            out_i[i, :] = -1
             n = 0
             low = np.inf
             qi = q[i]
@@ -482,12 +486,17 @@ if njit is not None:
                 low = min(low, np.float64(sc))
                 n = _insert(sc, row_slot[r], n, k, out_s[i], out_i[i])
             lowest[i] = low
+            if n < need:
+                short += 1
+        return short
 
 
 def _ro(a: np.ndarray, dtype: type | None = None) -> np.ndarray:
     """A read-only C-contiguous view (a copy only when the dtype or layout differs): every
     input then has the same numba type whether the index was built or memory-mapped, so the
     kernel compiled at import is the one every call uses."""
+    if not a.flags.writeable and a.flags.c_contiguous and (dtype is None or a.dtype == dtype):
+        return a   # already one (a call on the hot path passes several)
     v = np.ascontiguousarray(a, dtype=dtype).view()
     v.flags.writeable = False
     return v
@@ -563,22 +572,32 @@ def pq_scores(codes: np.ndarray, table: np.ndarray, sq: np.ndarray, unit: bool) 
 
 
 _NO_MASK = np.zeros(0, dtype=np.bool_)   # rescore_top_k's mask argument when there is no filter
+_NO_MASK.flags.writeable = False
 
 
 def rescore_top_k(rows: np.ndarray, base: np.ndarray, tail: np.ndarray, q: np.ndarray, row_slot: np.ndarray,
-                  mask: np.ndarray | None, l2: bool, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact top-``k`` ``(scores, slots, lowest)`` of the ANN hits ``rows`` of float32 queries
-    ``q`` against float32 stored rows (``base`` then ``tail``), as :func:`_rescore_top_k`
-    (compiled kernel; callers check :data:`AVAILABLE`)."""
+                  mask: np.ndarray | None, l2: bool, k: int,
+                  need: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Exact top-``k`` ``(scores, slots, lowest, short)`` of the ANN hits ``rows`` of float32
+    queries ``q`` against float32 stored rows (``base`` then ``tail``), as
+    :func:`_rescore_top_k`; ``short`` counts the queries left with fewer than ``need`` hits
+    (compiled kernel; callers check :data:`AVAILABLE`). Read-only C-contiguous inputs (see
+    :func:`readonly`) are passed on as they are, so a caller that keeps them saves the views."""
     nq = rows.shape[0]
-    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
-    out_i = np.full((nq, k), -1, dtype=np.int64)
+    out_s = np.empty((nq, k), dtype=np.float32)
+    out_i = np.empty((nq, k), dtype=np.int64)
     lowest = np.empty(nq, dtype=np.float64)
     use_mask = mask is not None
-    _rescore_top_k(_ro(rows, np.int64), _ro(base, np.float32), _ro(tail, np.float32), _ro(q, np.float32),
-                   _ro(row_slot, np.int64), _ro(mask if use_mask else _NO_MASK, np.bool_), use_mask, bool(l2),
-                   k, out_s, out_i, lowest)
-    return out_s, out_i, lowest
+    short = _rescore_top_k(_ro(rows, np.int64), _ro(base, np.float32), _ro(tail, np.float32), _ro(q, np.float32),
+                           _ro(row_slot, np.int64), _ro(mask if use_mask else _NO_MASK, np.bool_), use_mask,
+                           bool(l2), k, need, out_s, out_i, lowest)
+    return out_s, out_i, lowest, int(short)
+
+
+def readonly(a: np.ndarray, dtype: type) -> np.ndarray:
+    """``a`` as the kernels take it: a read-only C-contiguous ``dtype`` view (a copy only
+    when the dtype or layout differs)."""
+    return _ro(a, dtype)
 
 
 def _split(pair_start: np.ndarray, tiers: list[tuple], n: int, n_rows: int) -> list[int]:

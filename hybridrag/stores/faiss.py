@@ -173,6 +173,8 @@ class FaissStore:
         # Unfiltered SearchParameters by (hits fetched, ef_search, nprobe): building them
         # costs about as much as the exact re-scoring of one query's hits.
         self._plain_params: dict[tuple[int, int, int], tuple[Any, list[Any]]] = {}
+        # (base, tail, row_slot) as the compiled re-score takes them; reset when rows change.
+        self._kernel_views: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ index helpers
 
@@ -240,6 +242,7 @@ class FaissStore:
             for s in range(0, keep.shape[0], _BLOCK_ROWS):
                 vecs.append(self._vecs.take(keep[s : s + _BLOCK_ROWS]))
             self._vecs = vecs
+            self._kernel_views = None
             self._row_slot = self._row_slot[keep].copy()
             self._live = np.ones(keep.shape[0], dtype=bool)
             self._n_rows = keep.shape[0]
@@ -337,6 +340,7 @@ class FaissStore:
             raise ValueError(f"slots already present: {live[:10].tolist()}; remove them first")
         n = slots.shape[0]
         start = self._vecs.append(vecs.astype(self.vector_dtype, copy=False))
+        self._kernel_views = None
         stop = start + n
         self._row_slot = _grow(self._row_slot, stop, -1)
         self._live = _grow(self._live, stop, False)
@@ -478,6 +482,7 @@ class FaissStore:
                 f"FAISS index (d={index.d}, ntotal={index.ntotal}) does not match {n} rows of dim {store.dim}"
             )
         store._vecs = AppendableArray(store.dim, store.vector_dtype, base=vecs)
+        store._kernel_views = None
         store._index = index
         store._row_slot = rows
         store._live = live
@@ -534,25 +539,40 @@ class FaissStore:
             logger.debug("FAISS search failed on %r, using brute force: %s", self.factory, exc)
             return self._brute(q, k, rowmask)
         rows = np.asarray(rows, dtype=np.int64)
+        rows.flags.writeable = False   # FAISS's fresh output: the kernel then takes it as it is
+        need = min(k, n_ok)
         if _kernels.AVAILABLE and self._vecs.dtype == np.float32:
             # One compiled pass instead of _rescore's ~30 numpy calls, which were most of the
             # per-query overhead against raw FAISS (docs/BENCHMARKS.md, section 3).
-            base, tail = self._vecs.parts()
-            out_s, out_i, lowest = _kernels.rescore_top_k(rows, base, tail, q, self._row_slot, rowmask,
-                                                          self.metric == "l2", k)
+            base, tail, row_slot = self._views()
+            out_s, out_i, lowest, short = _kernels.rescore_top_k(rows, base, tail, q, row_slot, rowmask,
+                                                                 self.metric == "l2", k, need)
         else:
             out_s, out_i, lowest = self._rescore(q, rows, rowmask, k)
+            short = 1
         # Fewer than min(k, n_ok) hits (topk pads at the end) -> brute force for that query.
-        redo = out_i[:, min(k, n_ok) - 1] < 0
+        redo = out_i[:, need - 1] < 0 if short else None
         if self._is_flat and kf < n_ok:
             # The k-th score ties with the last fetched one: a smaller slot with the same
             # score may lie past the fetched hits.
             kth = out_s[:, k - 1]
-            redo |= kth - lowest <= 1e-5 * (1.0 + np.abs(kth))
+            tie = kth - lowest <= 1e-5 * (1.0 + np.abs(kth))
+            redo = tie if redo is None else redo | tie
+        if redo is None:
+            return out_s, out_i
         if redo.any():
             r = np.flatnonzero(redo)
             out_s[r], out_i[r] = self._brute(q[r], k, rowmask)
         return out_s, out_i
+
+    def _views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(base, tail)`` rows and ``row -> slot``, read-only, as the compiled re-score takes
+        them (made once per change of the rows, not per search)."""
+        if self._kernel_views is None:
+            base, tail = self._vecs.parts()
+            self._kernel_views = (_kernels.readonly(base, np.float32), _kernels.readonly(tail, np.float32),
+                                  _kernels.readonly(self._row_slot, np.int64))
+        return self._kernel_views
 
     def _rescore(self, q: np.ndarray, rows: np.ndarray, rowmask: np.ndarray | None,
                  k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
