@@ -14,6 +14,10 @@ The engine runs ``hybridrag.search.planner.run`` one query per call with the rea
 dense top-``--depth`` and sparse top-``--depth`` first stages, union of candidates (at most
 2 x depth), exact dense and sparse scores of every candidate, ColBERT MaxSim of every
 candidate, weighted fusion (dense 1, sparse 0.3, colbert 1), top-10. No cross-encoder.
+The "stage" rows time steps of that path alone, one query per call on the same queries
+(first-stage searches, and MaxSim / dense / sparse exact scores of each query's union of
+candidates); what planner.run spends beyond their sum is fusion, ranks and the cost of
+running the steps one after another (each leaves the caches to the next).
 
 The peer is Milvus Lite (embedded) with a FLAT dense field and a SPARSE_INVERTED_INDEX
 sparse field on the same vectors: ``hybrid_search`` with two AnnSearchRequests (limit
@@ -154,6 +158,11 @@ def part(n: int, args: argparse.Namespace) -> None:
                                           sp_store.search(qs[i:i + 1], args.depth)[1][0]])) for i in range(min(nq, 100))]
         row(name, "  stage: ColBERT MaxSim of the union", "one query per call",
             fmt_lat(latencies(lambda i: cb.score(qc[i:i + 1], cand[i:i + 1]), len(cand))))
+        for label, fn in (
+            ("dense exact scores of the union", lambda i: ds.score(qd[i:i + 1], cand[i:i + 1])),
+            ("sparse exact scores of the union", lambda i: sp_store.score(qs[i:i + 1], cand[i:i + 1])),
+        ):
+            row(name, f"  stage: {label}", "one query per call", fmt_lat(latencies(fn, len(cand))))
         if "Flat" in results and fac != "Flat":
             row(name, f"hybridrag {fac} vs Flat", "overlap@10 of the fused top-10",
                 f"{overlap_at_k(results[fac], results['Flat']):.4f}")

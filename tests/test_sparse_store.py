@@ -153,7 +153,7 @@ def test_incremental_adds_and_deletes_equal_fresh_build(weighting):
         assert np.all(np.isneginf(x[gone]))
 
 
-def test_search_scores_equal_score():
+def test_search_scores_equal_score(dense_path):
     docs = random_rows(200, 4, ints=True)
     qs = random_rows(10, 5, ints=True)
     idx = SparseIndex("bm25okapi")
@@ -162,6 +162,33 @@ def test_search_scores_equal_score():
     got = idx.score(qs, [row[row >= 0] for row in i])
     for row, g in zip(s, got):
         np.testing.assert_array_equal(row[: len(g)], g)
+
+
+@pytest.mark.parametrize("weighting", ["none", "bm25okapi"])
+def test_compiled_score_equals_the_numpy_path(monkeypatch, weighting):
+    """``score()`` through ``_kernels.score_rows`` gives the numpy path's float32 values bit for
+    bit: rows in both tiers (main, then a delta of later adds), removed slots, slots never
+    added, repeated and unsorted candidates, and query terms past the index's vocabulary."""
+    if not _kernels.AVAILABLE:
+        pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
+    docs = random_rows(600, 11, vocab=80, nnz=12)
+    idx = SparseIndex(weighting)
+    idx.add(np.arange(500), docs[:500])
+    idx.search(random_rows(1, 1), 1)   # folds the first rows into the main tier
+    idx.add(np.arange(1000, 1100), docs[500:])   # a delta tier
+    idx.remove(np.arange(0, 500, 7))
+    idx.search(random_rows(1, 1), 1)
+    assert idx._main is not None and idx._delta is not None, "expected two tiers"
+    qs = random_rows(12, 12, vocab=120, nnz=9)   # terms 80..119: unknown to the index
+    cand = [np.r_[np.random.default_rng(i).permutation(np.r_[0:500, 1000:1100])[:150], 3, 3, 7, 5000]
+            for i in range(len(qs))]
+    got = idx.score(qs, cand)
+    monkeypatch.setattr(_kernels, "AVAILABLE", False)
+    ref = idx.score(qs, cand)
+    for g, r in zip(got, ref):
+        assert g.dtype == r.dtype == np.float32
+        np.testing.assert_array_equal(g, r)
+    assert any((g > 0).sum() > 20 for g in got), "too few candidates share a term with the query"
 
 
 def test_scipy_sparse_input_equals_dicts():

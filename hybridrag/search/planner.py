@@ -17,7 +17,8 @@ Steps for each query:
 
 Reranking with a cross-encoder needs the chunk texts, so :class:`hybridrag.index.HybridIndex`
 does it after this step. Tested in ``tests/test_index.py`` (the planner against brute
-force over every mode) and ``tests/test_fusion.py``.
+force over every mode), ``tests/test_planner.py`` (first-stage ranks) and
+``tests/test_fusion.py``.
 """
 from __future__ import annotations
 
@@ -73,6 +74,18 @@ class Candidates:
                           {m: r[order] for m, r in self.ranks.items()})
 
 
+def _ranks(hits: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """1-based rank of each of ``slots`` in one mode's hit list ``hits`` (best first, ``-1``
+    padding, no repeats), 0 where absent (a few numpy calls instead of a dict per query)."""
+    hits = hits[hits >= 0]
+    if hits.shape[0] == 0:
+        return np.zeros(slots.shape[0], dtype=np.int64)
+    order = np.argsort(hits, kind="stable")
+    pos = np.minimum(np.searchsorted(hits, slots, sorter=order), hits.shape[0] - 1)
+    found = hits[order[pos]] == slots
+    return np.where(found, order[pos] + 1, 0).astype(np.int64)
+
+
 def run(plan: QueryPlan, queries: Mapping[str, Sequence[Any]], stores: Mapping[str, Any],
         allowed: np.ndarray | None = None) -> list[Candidates]:
     """Execute ``plan`` for a batch.
@@ -105,12 +118,7 @@ def run(plan: QueryPlan, queries: Mapping[str, Sequence[Any]], stores: Mapping[s
         slots = unions[qi]
         per_mode = {m: exact[m][qi] for m in plan.modes}
         fused = fusion_mod.fuse(plan.fusion, slots, per_mode, plan.weights, rrf_k=plan.rrf_k)
-        ranks: dict[str, np.ndarray] = {}
-        for m in first:
-            s_slots = stage[m][1][qi]
-            valid = s_slots >= 0
-            pos = {int(s): r + 1 for r, s in enumerate(s_slots[valid])}
-            ranks[m] = np.array([pos.get(int(s), 0) for s in slots], dtype=np.int64)
+        ranks = {m: _ranks(stage[m][1][qi], slots) for m in first}
         order = np.lexsort((slots, -fused))
         out.append(Candidates(slots, fused, per_mode, ranks).reorder(order))
     return out

@@ -491,6 +491,52 @@ if njit is not None:
         return short
 
 
+if njit is not None:
+    @njit(cache=True, nogil=True)
+    def _score_rows(terms, qws, ip0, r0, w0, ip1, r1, w1, cand, acc):  # pragma: no cover - compiled
+        """``acc[j] += qws[a] * w`` for each query term ``terms[a]`` (in order) and each tier (0,
+        then 1) holding a posting of row ``cand[j]`` (< 0: skipped), ``w`` that posting's
+        weight: the numpy path of ``SparseIndex.score`` in the same order and precision. A
+        tier's term ``t`` has postings ``ip[t]:ip[t + 1]`` of ``r`` (rows increasing, found by
+        binary search) and ``w``; terms past a tier's vocabulary have none."""
+        for a in range(terms.shape[0]):
+            t = terms[a]
+            qw = qws[a]
+            for tier in range(2):
+                ip, r, w = (ip0, r0, w0) if tier == 0 else (ip1, r1, w1)
+                if t >= ip.shape[0] - 1:
+                    continue
+                lo = ip[t]
+                hi = ip[t + 1]
+                if lo == hi:
+                    continue
+                for j in range(cand.shape[0]):
+                    row = cand[j]
+                    if row < 0:
+                        continue
+                    left = lo
+                    right = hi
+                    while left < right:
+                        mid = (left + right) >> 1
+                        if r[mid] < row:
+                            left = mid + 1
+                        else:
+                            right = mid
+                    if left < hi and r[left] == row:
+                        acc[j] += qw * w[left]
+
+
+def score_rows(terms: np.ndarray, qws: np.ndarray, tiers: list[tuple], cand: np.ndarray, acc: np.ndarray) -> None:
+    """Add one query's exact scores of the rows ``cand`` (int64; < 0: skipped) to ``acc``
+    (float32), as :func:`_score_rows`; ``tiers``: one or two ``(indptr, rows, weights)``."""
+    t = [(_ro(ip, np.int64), _ro(r), _ro(w, np.float32)) for ip, r, w in tiers]
+    if len(t) == 1:
+        ip, r, w = t[0]
+        t.append((ip[:1], r[:0], w[:0]))   # an empty second tier: vocabulary 0
+    (ip0, r0, w0), (ip1, r1, w1) = t
+    _score_rows(_ro(terms), _ro(qws, np.float32), ip0, r0, w0, ip1, r1, w1, _ro(cand, np.int64), acc)
+
+
 def _ro(a: np.ndarray, dtype: type | None = None) -> np.ndarray:
     """A read-only C-contiguous view (a copy only when the dtype or layout differs): every
     input then has the same numba type whether the index was built or memory-mapped, so the
@@ -644,7 +690,7 @@ if hasattr(os, "register_at_fork"):
 
 def _compile_now() -> None:
     """Compile (or load from numba's cache) the kernels (int32 posting rows; pq scores; dense
-    re-score) at import.
+    re-score; sparse scores of given rows) at import.
 
     Lazily, the first search would compile it; several threads searching at once could then
     run numba's lowering (which calls ``ast.parse``) beside other ``ast`` users, and CPython
@@ -658,6 +704,8 @@ def _compile_now() -> None:
                 np.arange(1), ub=np.ones(1, dtype=np.float32))
     pq_scores(np.zeros((1, 1), dtype=np.uint8), np.ones((256, 1), dtype=np.float32),
               np.ones(256, dtype=np.float32), True)
+    score_rows(np.zeros(1, dtype=np.int32), np.ones(1, dtype=np.float32),
+               [(np.array([0, 2]), rows, np.ones(2, dtype=np.float32))], np.arange(2), np.zeros(2, dtype=np.float32))
     one = np.ones((1, 2), dtype=np.float32)
     rescore_top_k(np.zeros((1, 1), dtype=np.int64), one, one[:0], one, np.zeros(1, dtype=np.int64), None, False, 1)
 
