@@ -182,9 +182,14 @@ def test_compiled_score_equals_the_numpy_path(monkeypatch, weighting):
     qs = random_rows(12, 12, vocab=120, nnz=9)   # terms 80..119: unknown to the index
     cand = [np.r_[np.random.default_rng(i).permutation(np.r_[0:500, 1000:1100])[:150], 3, 3, 7, 5000]
             for i in range(len(qs))]
+    calls = []
+    real = _kernels.score_rows
+    monkeypatch.setattr(_kernels, "score_rows", lambda *a: calls.append(1) or real(*a))
     got = idx.score(qs, cand)
+    assert len(calls) == len(qs), "the compiled path was not taken"
     monkeypatch.setattr(_kernels, "AVAILABLE", False)
     ref = idx.score(qs, cand)
+    assert len(calls) == len(qs), "the numpy path called the kernel"
     for g, r in zip(got, ref):
         assert g.dtype == r.dtype == np.float32
         np.testing.assert_array_equal(g, r)

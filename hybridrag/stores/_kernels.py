@@ -490,8 +490,6 @@ if njit is not None:
                 short += 1
         return short
 
-
-if njit is not None:
     @njit(cache=True, nogil=True)
     def _score_rows(terms, qws, ip0, r0, w0, ip1, r1, w1, cand, acc):  # pragma: no cover - compiled
         """``acc[j] += qws[a] * w`` for each query term ``terms[a]`` (in order) and each tier (0,
@@ -528,7 +526,8 @@ if njit is not None:
 
 def score_rows(terms: np.ndarray, qws: np.ndarray, tiers: list[tuple], cand: np.ndarray, acc: np.ndarray) -> None:
     """Add one query's exact scores of the rows ``cand`` (int64; < 0: skipped) to ``acc``
-    (float32), as :func:`_score_rows`; ``tiers``: one or two ``(indptr, rows, weights)``."""
+    (float32), as :func:`_score_rows`; ``tiers``: one or two ``(indptr, rows, weights)``
+    (made :func:`readonly` once by a caller that scores several queries)."""
     t = [(_ro(ip, np.int64), _ro(r), _ro(w, np.float32)) for ip, r, w in tiers]
     if len(t) == 1:
         ip, r, w = t[0]

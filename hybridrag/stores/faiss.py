@@ -549,7 +549,7 @@ class FaissStore:
                                                                  self.metric == "l2", k, need)
         else:
             out_s, out_i, lowest = self._rescore(q, rows, rowmask, k)
-            short = 1
+            short = 1   # not counted on this path: check every query below
         # Fewer than min(k, n_ok) hits (topk pads at the end) -> brute force for that query.
         redo = out_i[:, need - 1] < 0 if short else None
         if self._is_flat and kf < n_ok:

@@ -591,7 +591,8 @@ class SparseIndex:
             raise ValueError(f"got {len(candidates)} candidate arrays for {q.shape[0]} queries")
         self._flush()
         tiers = [(t, self._tier_weights(t)) for t in (self._main, self._delta) if t is not None]
-        kernel_tiers = [(t.indptr, t.indices, w) for t, w in tiers]
+        kernel_tiers = [(_kernels.readonly(t.indptr, np.int64), _kernels.readonly(t.indices, t.indices.dtype),
+                         _kernels.readonly(w, np.float32)) for t, w in tiers] if _kernels.AVAILABLE else []
         out = []
         for i, cand in enumerate(candidates):
             cand = self._check_slots(cand)
@@ -600,7 +601,7 @@ class SparseIndex:
             rows[in_range] = self._slot_row[cand[in_range]]
             acc = np.zeros(len(cand), dtype=np.float32)
             a, e = q.indptr[i], q.indptr[i + 1]
-            if _kernels.AVAILABLE and kernel_tiers:
+            if kernel_tiers:
                 # One compiled call: the numpy loop below costs ~8 numpy calls per query term.
                 _kernels.score_rows(q.indices[a:e], q.data[a:e], kernel_tiers, rows, acc)
                 acc[rows < 0] = -np.inf
