@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -97,13 +98,16 @@ def test_hnsw_tombstones_and_filters_return_k_hits() -> None:
     assert sorted(i[0, :3].tolist()) == [1, 11, 2999] and (i[:, 3:] == -1).all()
 
 
-@pytest.mark.parametrize("factory", ["Flat", "HNSW16"])
+@pytest.mark.parametrize(("factory", "kernel"), [("Flat", "faiss_top_k"), ("HNSW16", "faiss_top_k"),
+                                                 ("IVF8,Flat", "rescore_top_k")])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_compiled_rescore_equals_the_numpy_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                factory: str, metric: str) -> None:
-    """The ANN hits' exact re-score and top-k (a numba kernel) against the numpy path, on a store
-    whose rows are split between a memory-mapped base and an appended tail, with removed rows,
-    a filter, ties (duplicated vectors) and k beyond what the filter lets through."""
+                                                factory: str, kernel: str, metric: str) -> None:
+    """The ANN hits' top-k by a numba kernel against the numpy path (which re-scores every hit
+    from the stored vectors): FAISS's own distances for Flat and HNSW (``faiss_top_k``), an
+    exact re-score for other indexes (``rescore_top_k``). On a store whose rows are split
+    between a memory-mapped base and an appended tail, with removed rows, a filter, ties
+    (duplicated vectors) and k beyond what the filter lets through."""
     if not _kernels.AVAILABLE:
         pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
     x, q = data(3000), data(30, seed=4)
@@ -115,9 +119,10 @@ def test_compiled_rescore_equals_the_numpy_path(tmp_path: Path, monkeypatch: pyt
     store.remove(np.arange(0, 400, 4))
     live = np.setdiff1d(np.r_[np.arange(0, 4000, 2), np.arange(5000, 6000)], np.arange(0, 400, 4))
     allowed = np.random.default_rng(5).random(6000) < 0.5
-    calls = []
-    real = _kernels.rescore_top_k
-    monkeypatch.setattr(_kernels, "rescore_top_k", lambda *a: calls.append(1) or real(*a))
+    calls: list[str] = []
+    for name in ("faiss_top_k", "rescore_top_k"):
+        real = getattr(_kernels, name)
+        monkeypatch.setattr(_kernels, name, lambda *a, _f=real, _n=name: calls.append(_n) or _f(*a))
     for k, mask in ((10, None), (1, None), (25, allowed), (10, np.arange(6000) < 30)):
         got = store.search(q, k, allowed=mask)
         with monkeypatch.context() as m:
@@ -127,7 +132,7 @@ def test_compiled_rescore_equals_the_numpy_path(tmp_path: Path, monkeypatch: pyt
         np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
         passing = live if mask is None else live[mask[live]]
         assert ((got[1] >= 0).sum(1) == min(k, len(passing))).all()
-    assert calls, "the compiled path was not taken"
+    assert calls and set(calls) == {kernel}, f"compiled path {kernel} expected, took {sorted(set(calls))}"
 
 
 @pytest.mark.parametrize("l2", [False, True])
@@ -168,6 +173,38 @@ def test_rescore_kernel_drops_missing_and_filtered_hits(l2: bool) -> None:
         assert _kernels.rescore_top_k(rows, base, tail, q, slot, mask, l2, 12, need=need)[3] == \
             sum(n < need for n in kept_per_query)
 
+
+@pytest.mark.parametrize("l2", [False, True])
+def test_faiss_top_k_kernel_maps_rows_and_orders_ties_by_slot(l2: bool) -> None:
+    """``_kernels.faiss_top_k`` itself, on what a real FAISS Flat index returns: scores are its
+    distances (negated for L2) and equal numpy's exact scores, rows become slots, ties (equal
+    vectors under slots in the other order than their rows) go to the smaller slot, -1 labels
+    (k beyond the rows) pad the end, ``lowest`` is the smallest fetched score and ``short``
+    counts the queries with fewer than ``need`` hits."""
+    if not _kernels.AVAILABLE:
+        pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
+    x, q = data(30, 8), data(4, 8, seed=9)
+    x[20:25] = x[:5]  # row 20+i ties with row i
+    slot = np.r_[np.arange(100, 120), np.arange(10, 20)]   # ...under a smaller slot
+    index = faiss.IndexFlatL2(8) if l2 else faiss.IndexFlatIP(8)
+    index.add(x)
+    for kf, k in ((34, 12), (34, 32), (30, 30), (8, 5)):
+        dist, rows = index.search(q, kf)
+        got_s, got_i, low, short = _kernels.faiss_top_k(dist, rows, slot, l2, k, need=k)
+        sc = -((x[None, :, :] - q[:, None, :]) ** 2).sum(2) if l2 else q @ x.T
+        for i in range(4):
+            fetched = rows[i][rows[i] >= 0]
+            hits = sorted(zip(-sc[i, fetched], slot[fetched]))[:k]
+            want_i = [int(s) for _, s in hits]
+            # Equal vectors give bit-equal FAISS distances, so ties are exact ties here.
+            np.testing.assert_array_equal(got_i[i, : len(hits)], want_i)
+            np.testing.assert_allclose(got_s[i, : len(hits)], [-a for a, _ in hits], rtol=1e-5, atol=1e-5)
+            assert (got_i[i, len(hits):] == -1).all() and (got_s[i, len(hits):] == -np.inf).all()
+            assert low[i] == pytest.approx(-dist[i, len(fetched) - 1] if l2 else dist[i, len(fetched) - 1])
+        kept = min(k, kf, 30)
+        assert short == (4 if kept < k else 0)
+        for need in (kept, kept + 1):
+            assert _kernels.faiss_top_k(dist, rows, slot, l2, k, need=need)[3] == (4 if need > kept else 0)
 
 def test_ivfpq_buffers_until_trained() -> None:
     x, q = data(1200), data(8, seed=4)

@@ -491,6 +491,32 @@ if njit is not None:
         return short
 
     @njit(cache=True, nogil=True)
+    def _faiss_top_k(dist, rows, row_slot, l2, k, need, out_s, out_i, lowest):  # pragma: no cover - compiled
+        """Top-k of hits whose FAISS distances are already exact (``Flat``, ``HNSW...,Flat``):
+        ``dist``/``rows`` ``(nq, kf)`` as FAISS returns them (labels -1: none, at the end).
+        Scores are the distances (negated when ``l2``); rows map to slots; ties by slot
+        ascending. Fills ``out_*`` (padded with -inf / -1) and ``lowest[i]`` as
+        :func:`_rescore_top_k` does; returns how many queries kept fewer than ``need`` hits."""
+        nq, kf = rows.shape
+        short = 0
+        for i in range(nq):
+            out_s[i, :] = -np.inf
+            out_i[i, :] = -1
+            n = 0
+            low = np.inf
+            for j in range(kf):
+                r = rows[i, j]
+                if r < 0:
+                    continue
+                sc = -dist[i, j] if l2 else dist[i, j]
+                low = min(low, np.float64(sc))
+                n = _insert(sc, row_slot[r], n, k, out_s[i], out_i[i])
+            lowest[i] = low
+            if n < need:
+                short += 1
+        return short
+
+    @njit(cache=True, nogil=True)
     def _score_rows(terms, qws, ip0, r0, w0, ip1, r1, w1, cand, acc):  # pragma: no cover - compiled
         """``acc[j] += qws[a] * w`` for each query term ``terms[a]`` (in order) and each tier (0,
         then 1) holding a posting of row ``cand[j]`` (< 0: skipped), ``w`` that posting's
@@ -639,6 +665,31 @@ def rescore_top_k(rows: np.ndarray, base: np.ndarray, tail: np.ndarray, q: np.nd
     return out_s, out_i, lowest, int(short)
 
 
+def faiss_top_k(dist: np.ndarray, rows: np.ndarray, row_slot: np.ndarray, l2: bool, k: int,
+                need: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """:func:`rescore_top_k`'s outputs taken from FAISS's own distances, for indexes whose
+    distances are exact float32 ones over the same vectors the store keeps (``Flat``,
+    ``HNSW..,Flat``): no vector is read again (compiled kernel; callers check
+    :data:`AVAILABLE`). ``dist`` and ``rows`` are taken as FAISS returns them (writable
+    float32 and int64, C order; others are copied to that); ``row_slot`` read-only, as
+    :func:`readonly` makes it."""
+    nq = rows.shape[0]
+    out_s = np.empty((nq, k), dtype=np.float32)
+    out_i = np.empty((nq, k), dtype=np.int64)
+    lowest = np.empty(nq, dtype=np.float64)
+    short = _faiss_top_k(_writable(dist, np.float32), _writable(rows, np.int64), _ro(row_slot, np.int64), bool(l2),
+                         k, need, out_s, out_i, lowest)
+    return out_s, out_i, lowest, int(short)
+
+
+def _writable(a: np.ndarray, dtype: type) -> np.ndarray:
+    """``a`` if it is a writable C-contiguous ``dtype`` array (FAISS's outputs are), else a
+    copy that is: one numba type for every call."""
+    if a.flags.writeable and a.flags.c_contiguous and a.dtype == dtype:
+        return a
+    return np.array(a, dtype=dtype, order="C")
+
+
 def readonly(a: np.ndarray, dtype: type) -> np.ndarray:
     """``a`` as the kernels take it: a read-only C-contiguous ``dtype`` view (a copy only
     when the dtype or layout differs)."""
@@ -707,6 +758,8 @@ def _compile_now() -> None:
                [(np.array([0, 2]), rows, np.ones(2, dtype=np.float32))], np.arange(2), np.zeros(2, dtype=np.float32))
     one = np.ones((1, 2), dtype=np.float32)
     rescore_top_k(np.zeros((1, 1), dtype=np.int64), one, one[:0], one, np.zeros(1, dtype=np.int64), None, False, 1)
+    faiss_top_k(np.zeros((1, 1), dtype=np.float32), np.zeros((1, 1), dtype=np.int64), np.zeros(1, dtype=np.int64),
+                False, 1)
 
 if AVAILABLE:
     try:

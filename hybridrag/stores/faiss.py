@@ -25,9 +25,12 @@ Design
   might reach past the fetched hits, so ties always go to the smaller slot.
 * Scores: ``metric="ip"`` gives the inner product; ``metric="l2"`` gives the negative
   squared L2 distance (so larger is better, as everywhere in hybridrag). Search
-  scores are recomputed from the stored vectors, so they equal ``score()`` (to float32
-  rounding: with numba, float32 vectors are re-scored and ranked in one compiled pass,
-  ``_kernels.rescore_top_k``, whose sums run in another order than numpy's).
+  scores equal ``score()`` to float32 rounding: ANN hits are re-scored from the stored
+  vectors (with numba, float32 vectors are re-scored and ranked in one compiled pass,
+  ``_kernels.rescore_top_k``, whose sums run in another order than numpy's), except
+  where FAISS's own distances are already exact over the same float32 vectors (``Flat``
+  and ``HNSW<M>`` with ``vector_dtype="float32"``, searched on the CPU with numba): those
+  are taken as they are (``_kernels.faiss_top_k``: rows to slots, ties by slot).
 * GPU: with ``use_gpu="auto"`` (or ``True``) and ``faiss.get_num_gpus() > 0`` the
   index is copied with ``index_cpu_to_all_gpus`` for unfiltered searches; filtered
   searches and index types the GPU build cannot hold run on the CPU index.
@@ -148,6 +151,8 @@ class FaissStore:
         self._index = self._new_index()
         info = self._inspect(self._index)
         self._is_flat = info["flat"]
+        # The store's vectors are the float32 ones FAISS holds: its distances are the scores.
+        self._faiss_scores = info["exact"] and vector_dtype == "float32"
         self._needs_training = not self._index.is_trained
         floor = max(info["nlist"], info["ksub"], 1)
         if min_train is None:
@@ -209,8 +214,12 @@ class FaissStore:
         except RuntimeError:
             nlist = 0
         pq = getattr(inner, "pq", None)
+        top = faiss.downcast_index(index)
         return {
             "flat": isinstance(inner, faiss.IndexFlat),
+            # FAISS's distances are exact float32 ones over the vectors as added (no transform,
+            # no codes): its top hits need no re-scoring.
+            "exact": isinstance(top, (faiss.IndexFlat, faiss.IndexHNSWFlat)),
             "nlist": nlist,
             "ksub": int(pq.ksub) if pq is not None else 0,
         }
@@ -525,23 +534,29 @@ class FaissStore:
     def _ann(
         self, q: np.ndarray, k: int, rowmask: np.ndarray | None, n_ok: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Search the FAISS index, re-score hits exactly, fall back to brute force per query."""
+        """Search the FAISS index, re-score hits exactly (or take its distances where they are
+        exact), fall back to brute force per query."""
         kf = min(n_ok, max(k * self.refine_factor, k + _TIE_MARGIN))
         bitmap = None if rowmask is None else np.packbits(rowmask, bitorder="little")
         params, _keep = self._params(bitmap, kf)
         gpu = self._gpu() if rowmask is None and kf <= 2048 else None
         try:
             if gpu is not None:
-                _, rows = gpu.search(q, kf)
+                dist, rows = gpu.search(q, kf)
             else:
-                _, rows = self._index.search(q, kf, params=params)
+                dist, rows = self._index.search(q, kf, params=params)
         except RuntimeError as exc:  # an index type without SearchParameters support
             logger.debug("FAISS search failed on %r, using brute force: %s", self.factory, exc)
             return self._brute(q, k, rowmask)
-        rows = np.asarray(rows, dtype=np.int64)
-        rows.flags.writeable = False   # FAISS's fresh output: the kernel then takes it as it is
         need = min(k, n_ok)
-        if _kernels.AVAILABLE and self._vecs.dtype == np.float32:
+        if self._faiss_scores and gpu is None and _kernels.AVAILABLE:
+            # Flat or HNSW-Flat on the CPU: FAISS's distances are the exact scores (to float32
+            # rounding, as the re-score's), so only rows -> slots and ties remain to be done.
+            out_s, out_i, lowest, short = _kernels.faiss_top_k(dist, rows, self._views()[2], self.metric == "l2",
+                                                               k, need)
+        elif _kernels.AVAILABLE and self._vecs.dtype == np.float32:
+            rows = np.asarray(rows, dtype=np.int64)
+            rows.flags.writeable = False   # FAISS's fresh output: the kernel then takes it as it is
             # One compiled pass instead of _rescore's ~30 numpy calls, which were most of the
             # per-query overhead against raw FAISS (docs/BENCHMARKS.md, section 3).
             base, tail, row_slot = self._views()
