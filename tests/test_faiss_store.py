@@ -212,12 +212,18 @@ def test_ivfpq_buffers_until_trained() -> None:
     assert store.min_train == 600
     store.add(np.arange(500), x[:500])
     assert not store._index.is_trained  # still buffering: search is exact brute force
+    brute_calls: list[int] = []
+    real_brute = store._brute
+    store._brute = lambda *a: brute_calls.append(1) or real_brute(*a)   # type: ignore[method-assign]
     s, i = store.search(q, 10)
+    assert brute_calls
     rs, ri = brute(q, x[:500], np.arange(500), 10)
     np.testing.assert_array_equal(i, ri)
     store.add(np.arange(500, 1200), x[500:])
     assert store._index.is_trained and store._index.ntotal == 1200
+    brute_calls.clear()
     s, i = store.search(q, 10)
+    assert not brute_calls, "a trained index must answer (the store's ready state was not renewed)"
     assert (i >= 0).all()
     _, ri = brute(q, x, np.arange(1200), 10)
     assert recall(i, ri) >= 0.5

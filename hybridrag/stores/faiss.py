@@ -74,6 +74,7 @@ _BLOCK_ROWS = 65536  # rows per brute-force block: bounds the (nq, block) score 
 _QUERY_BLOCK = 256  # queries per exact re-scoring block
 _BRUTE_FRACTION = 0.02  # filters passing fewer rows than this go to brute force
 _TIE_MARGIN = 8  # extra hits fetched so ties at the k-th score can be resolved
+_GPU_COUNT: int | None = None  # faiss.get_num_gpus(), once per process (FaissStore._num_gpus)
 
 
 def _grow(arr: np.ndarray, n: int, fill: Any) -> np.ndarray:
@@ -180,15 +181,22 @@ class FaissStore:
         self._plain_params: dict[tuple[int, int, int], tuple[Any, list[Any]]] = {}
         # (base, tail, row_slot) as the compiled re-score takes them; reset when rows change.
         self._kernel_views: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        # _ready, kept between searches (reading it from the SWIG index costs ~5 us a query
+        # with cold caches, profile_dense_call.py); None after the index or the rows change.
+        self._ready_cache: bool | None = None
 
     # ------------------------------------------------------------------ index helpers
 
     @staticmethod
     def _num_gpus() -> int:
-        try:
-            return int(faiss.get_num_gpus())
-        except AttributeError:  # pragma: no cover - very old builds
-            return 0
+        """GPUs FAISS sees, asked once per process (a GPU does not come or go while it runs)."""
+        global _GPU_COUNT
+        if _GPU_COUNT is None:
+            try:
+                _GPU_COUNT = int(faiss.get_num_gpus())
+            except AttributeError:  # pragma: no cover - very old builds
+                _GPU_COUNT = 0
+        return _GPU_COUNT
 
     def _new_index(self) -> Any:
         try:
@@ -227,7 +235,9 @@ class FaissStore:
     @property
     def _ready(self) -> bool:
         """True when every row is in the FAISS index (trained, or needs no training)."""
-        return bool(self._index.is_trained) and self._index.ntotal == self._n_rows
+        if self._ready_cache is None:
+            self._ready_cache = bool(self._index.is_trained) and self._index.ntotal == self._n_rows
+        return self._ready_cache
 
     def _add_to_index(self, index: Any, start: int, stop: int) -> None:
         for s in range(start, stop, _BLOCK_ROWS):
@@ -267,6 +277,7 @@ class FaissStore:
                 self._add_to_index(index, 0, self._n_rows)
             self._index = index
         self._gpu_index = None
+        self._ready_cache = None
 
     def _params(self, bitmap: np.ndarray | None, kf: int) -> tuple[Any, list[Any]]:
         """SearchParameters for the index (with an IDSelectorBitmap over rows), plus refs to keep alive.
@@ -365,6 +376,7 @@ class FaissStore:
             self._index.add(vecs)
         elif self._n_live >= self.min_train:
             self._train_and_fill()
+        self._ready_cache = None
 
     def remove(self, slots: np.ndarray) -> None:
         """Tombstone ``slots``; unknown or already removed slots are ignored."""
@@ -493,6 +505,7 @@ class FaissStore:
         store._vecs = AppendableArray(store.dim, store.vector_dtype, base=vecs)
         store._kernel_views = None
         store._index = index
+        store._ready_cache = None
         store._row_slot = rows
         store._live = live
         store._n_rows = n
