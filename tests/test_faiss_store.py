@@ -179,8 +179,8 @@ def test_faiss_top_k_kernel_maps_rows_and_orders_ties_by_slot(l2: bool) -> None:
     """``_kernels.faiss_top_k`` itself, on what a real FAISS Flat index returns: scores are its
     distances (negated for L2) and equal numpy's exact scores, rows become slots, ties (equal
     vectors under slots in the other order than their rows) go to the smaller slot, -1 labels
-    (k beyond the rows) pad the end, ``lowest`` is the smallest fetched score and ``short``
-    counts the queries with fewer than ``need`` hits."""
+    (k beyond the rows) pad the end, ``lowest`` is the smallest fetched score and ``redo``
+    lists the queries with fewer than ``need`` hits."""
     if not _kernels.AVAILABLE:
         pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
     x, q = data(30, 8), data(4, 8, seed=9)
@@ -190,7 +190,7 @@ def test_faiss_top_k_kernel_maps_rows_and_orders_ties_by_slot(l2: bool) -> None:
     index.add(x)
     for kf, k in ((34, 12), (34, 32), (30, 30), (8, 5)):
         dist, rows = index.search(q, kf)
-        got_s, got_i, low, short = _kernels.faiss_top_k(dist, rows, slot, l2, k, need=k)
+        got_s, got_i, low, redo = _kernels.faiss_top_k(dist, rows, slot, l2, k, need=k)
         sc = -((x[None, :, :] - q[:, None, :]) ** 2).sum(2) if l2 else q @ x.T
         for i in range(4):
             fetched = rows[i][rows[i] >= 0]
@@ -202,9 +202,25 @@ def test_faiss_top_k_kernel_maps_rows_and_orders_ties_by_slot(l2: bool) -> None:
             assert (got_i[i, len(hits):] == -1).all() and (got_s[i, len(hits):] == -np.inf).all()
             assert low[i] == pytest.approx(-dist[i, len(fetched) - 1] if l2 else dist[i, len(fetched) - 1])
         kept = min(k, kf, 30)
-        assert short == (4 if kept < k else 0)
+        assert redo.tolist() == ([0, 1, 2, 3] if kept < k else [])
         for need in (kept, kept + 1):
-            assert _kernels.faiss_top_k(dist, rows, slot, l2, k, need=need)[3] == (4 if need > kept else 0)
+            assert _kernels.faiss_top_k(dist, rows, slot, l2, k, need=need)[3].tolist() == \
+                ([0, 1, 2, 3] if need > kept else [])
+
+
+def test_faiss_top_k_kernel_flags_a_kth_score_tied_with_the_last_fetched() -> None:
+    """With ``tie_check``, a query whose k-th score equals (within 1e-5 relative) the lowest
+    fetched score is listed for an exact search; others are not, and without the check none is."""
+    if not _kernels.AVAILABLE:
+        pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
+    dist = np.array([[5, 4, 3, 2, 1], [5, 4, 3, 2, 2], [5, 4, 3, 2, 2 - 1e-6], [5, 4, 3, 2, 1.9]], dtype=np.float32)
+    rows = np.tile(np.arange(5), (4, 1))
+    slot = np.arange(5)
+    assert _kernels.faiss_top_k(dist, rows, slot, False, 4, 4, tie_check=True)[3].tolist() == [1, 2]
+    assert _kernels.faiss_top_k(dist, rows, slot, False, 4, 4)[3].tolist() == []
+    # L2 distances ascend: the same ties, read as negated distances.
+    assert _kernels.faiss_top_k(-dist, rows, slot, True, 4, 4, tie_check=True)[3].tolist() == [1, 2]
+
 
 def test_ivfpq_buffers_until_trained() -> None:
     x, q = data(1200), data(8, seed=4)

@@ -491,14 +491,16 @@ if njit is not None:
         return short
 
     @njit(cache=True, nogil=True)
-    def _faiss_top_k(dist, rows, row_slot, l2, k, need, out_s, out_i, lowest):  # pragma: no cover - compiled
+    def _faiss_top_k(dist, rows, row_slot, l2, k, need, tie_check, out_s, out_i, lowest, redo):  # pragma: no cover - compiled
         """Top-k of hits whose FAISS distances are already exact (``Flat``, ``HNSW...,Flat``):
         ``dist``/``rows`` ``(nq, kf)`` as FAISS returns them (labels -1: none, at the end).
         Scores are the distances (negated when ``l2``); rows map to slots; ties by slot
         ascending. Fills ``out_*`` (padded with -inf / -1) and ``lowest[i]`` as
-        :func:`_rescore_top_k` does; returns how many queries kept fewer than ``need`` hits."""
+        :func:`_rescore_top_k` does, and ``redo[:n]`` with the queries that kept fewer than
+        ``need`` hits or (``tie_check``) whose k-th score ties with the lowest fetched one
+        (within 1e-5 relative); returns ``n``."""
         nq, kf = rows.shape
-        short = 0
+        n_redo = 0
         for i in range(nq):
             out_s[i, :] = -np.inf
             out_i[i, :] = -1
@@ -512,9 +514,11 @@ if njit is not None:
                 low = min(low, np.float64(sc))
                 n = _insert(sc, row_slot[r], n, k, out_s[i], out_i[i])
             lowest[i] = low
-            if n < need:
-                short += 1
-        return short
+            kth = np.float64(out_s[i, k - 1])
+            if n < need or (tie_check and kth - low <= 1e-5 * (1.0 + abs(kth))):
+                redo[n_redo] = i
+                n_redo += 1
+        return n_redo
 
     @njit(cache=True, nogil=True)
     def _score_rows(terms, qws, ip0, r0, w0, ip1, r1, w1, cand, acc):  # pragma: no cover - compiled
@@ -665,21 +669,25 @@ def rescore_top_k(rows: np.ndarray, base: np.ndarray, tail: np.ndarray, q: np.nd
     return out_s, out_i, lowest, int(short)
 
 
-def faiss_top_k(dist: np.ndarray, rows: np.ndarray, row_slot: np.ndarray, l2: bool, k: int,
-                need: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """:func:`rescore_top_k`'s outputs taken from FAISS's own distances, for indexes whose
-    distances are exact float32 ones over the same vectors the store keeps (``Flat``,
-    ``HNSW..,Flat``): no vector is read again (compiled kernel; callers check
-    :data:`AVAILABLE`). ``dist`` and ``rows`` are taken as FAISS returns them (writable
-    float32 and int64, C order; others are copied to that); ``row_slot`` read-only, as
-    :func:`readonly` makes it."""
+def faiss_top_k(dist: np.ndarray, rows: np.ndarray, row_slot: np.ndarray, l2: bool, k: int, need: int = 0,
+                tie_check: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``k`` ``(scores, slots, lowest, redo)`` taken from FAISS's own distances, for
+    indexes whose distances are exact float32 ones over the same vectors the store keeps
+    (``Flat``, ``HNSW..,Flat``): no vector is read again (compiled kernel; callers check
+    :data:`AVAILABLE`). ``scores``, ``slots`` and ``lowest`` as :func:`rescore_top_k`;
+    ``redo`` (int64) lists the queries an exact search must answer instead: fewer than
+    ``need`` hits, or, with ``tie_check``, a k-th score that ties with the lowest fetched one
+    (a smaller slot of equal score may lie past the hits). ``dist`` and ``rows`` are taken as
+    FAISS returns them (writable float32 and int64, C order; others are copied to that);
+    ``row_slot`` read-only, as :func:`readonly` makes it."""
     nq = rows.shape[0]
     out_s = np.empty((nq, k), dtype=np.float32)
     out_i = np.empty((nq, k), dtype=np.int64)
     lowest = np.empty(nq, dtype=np.float64)
-    short = _faiss_top_k(_writable(dist, np.float32), _writable(rows, np.int64), _ro(row_slot, np.int64), bool(l2),
-                         k, need, out_s, out_i, lowest)
-    return out_s, out_i, lowest, int(short)
+    redo = np.empty(nq, dtype=np.int64)
+    n = _faiss_top_k(_writable(dist, np.float32), _writable(rows, np.int64), _ro(row_slot, np.int64), bool(l2),
+                     k, need, bool(tie_check), out_s, out_i, lowest, redo)
+    return out_s, out_i, lowest, redo[:n]
 
 
 def _writable(a: np.ndarray, dtype: type) -> np.ndarray:

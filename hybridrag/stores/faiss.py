@@ -564,10 +564,15 @@ class FaissStore:
         need = min(k, n_ok)
         if self._faiss_scores and gpu is None and _kernels.AVAILABLE:
             # Flat or HNSW-Flat on the CPU: FAISS's distances are the exact scores (to float32
-            # rounding, as the re-score's), so only rows -> slots and ties remain to be done.
-            out_s, out_i, lowest, short = _kernels.faiss_top_k(dist, rows, self._views()[2], self.metric == "l2",
-                                                               k, need)
-        elif _kernels.AVAILABLE and self._vecs.dtype == np.float32:
+            # rounding, as the re-score's), so only rows -> slots and ties remain to be done;
+            # the kernel also picks the queries to redo exactly (the checks below, which cost
+            # ~50 us a query in numpy with the caches cold after a Flat search).
+            out_s, out_i, _, redo_q = _kernels.faiss_top_k(dist, rows, self._views()[2], self.metric == "l2",
+                                                           k, need, self._is_flat and kf < n_ok)
+            if redo_q.shape[0]:
+                out_s[redo_q], out_i[redo_q] = self._brute(q[redo_q], k, rowmask)
+            return out_s, out_i
+        if _kernels.AVAILABLE and self._vecs.dtype == np.float32:
             rows = np.asarray(rows, dtype=np.int64)
             rows.flags.writeable = False   # FAISS's fresh output: the kernel then takes it as it is
             # One compiled pass instead of _rescore's ~30 numpy calls, which were most of the
