@@ -91,19 +91,22 @@ def paired_timed(fns: list[Callable[[], Any]], repeat: int = 5) -> list[float]:
     return best
 
 
-def paired_latencies(fns: list[Callable[[int], Any]], n: int, warmup: int = 3) -> list[dict[str, float]]:
+def paired_latencies(fns: list[Callable[[int], Any]], n: int, warmup: int = 3,
+                     rounds: int = 1) -> list[dict[str, float]]:
     """As :func:`latencies` for each of ``fns``, interleaved per query: for query ``i`` every
-    ``fn(i)`` runs once, in an order that rotates with ``i``. ``qps`` is 1000 / mean."""
+    ``fn(i)`` runs once, in an order that rotates with ``i`` (and with the round: ``rounds``
+    passes over the ``n`` queries, every call one sample). ``qps`` is 1000 / mean."""
     for i in range(min(warmup, n)):
         for fn in fns:
             fn(i)
-    lat = np.empty((len(fns), n))
-    for i in range(n):
-        for j in range(len(fns)):
-            jj = (i + j) % len(fns)
-            t = time.perf_counter()
-            fns[jj](i)
-            lat[jj, i] = time.perf_counter() - t
+    lat = np.empty((len(fns), n * rounds))
+    for r in range(rounds):
+        for i in range(n):
+            for j in range(len(fns)):
+                jj = (i + r + j) % len(fns)
+                t = time.perf_counter()
+                fns[jj](i)
+                lat[jj, r * n + i] = time.perf_counter() - t
     return [{"p50": 1000 * float(np.percentile(x, 50)), "p99": 1000 * float(np.percentile(x, 99)),
              "mean": 1000 * float(x.mean()), "qps": 1.0 / float(x.mean())} for x in lat]
 
