@@ -398,3 +398,31 @@ def test_rows_added_after_a_search_are_re_scored_without_brute_force(monkeypatch
     assert (i[:, 0] == np.arange(1500, 1510)).all()
     np.testing.assert_allclose(s, np.stack(store.score(q_new, list(i))), rtol=1e-5, atol=1e-4)
     assert not brute_calls, "the search fell back to brute force"
+
+
+@pytest.mark.parametrize("numba_on", [True, False])
+def test_non_finite_queries_and_vectors_are_refused_on_both_paths(monkeypatch: pytest.MonkeyPatch,
+                                                                  numba_on: bool) -> None:
+    """The finite check of every vector and query (``base.as_matrix``, compiled as
+    ``_kernels.all_finite`` with numba): NaN, +inf or -inf at any position, float64 values that
+    overflow float32, and read-only (memory-mapped) input; finite input passes."""
+    if numba_on and not _kernels.AVAILABLE:
+        pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
+    monkeypatch.setattr(_kernels, "AVAILABLE", numba_on)
+    store = FaissStore(4)
+    store.add(np.arange(3), np.eye(3, 4))
+    for bad in (np.nan, np.inf, -np.inf):
+        for pos in range(8):
+            q = np.ones((2, 4), dtype=np.float32)
+            q.flat[pos] = bad
+            with pytest.raises(ValueError, match="NaN or infinite"):
+                store.search(q, 2)
+            q.flags.writeable = False
+            with pytest.raises(ValueError, match="NaN or infinite"):
+                store.search(q, 2)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        store.add(np.array([7]), np.array([[1e300, 0, 0, 0]]))   # float64 -> float32 overflows
+    ok = np.ones((2, 4), dtype=np.float32)
+    ok.flags.writeable = False
+    assert store.search(ok, 2)[1].shape == (2, 2)
+    assert store.search(np.full((1, 4), 3e38, dtype=np.float32), 1)[1][0, 0] >= 0   # large is fine

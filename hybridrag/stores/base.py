@@ -89,6 +89,20 @@ def as_slots(slots: Any, name: str = "slots") -> np.ndarray:
     return arr
 
 
+_FINITE: Callable[[np.ndarray], bool] | None = None
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    """``_kernels.all_finite``, imported on first use: importing this module stays light
+    (numba loads only for stores that check vectors)."""
+    global _FINITE
+    if _FINITE is None:
+        from hybridrag.stores import _kernels
+
+        _FINITE = _kernels.all_finite
+    return _FINITE(arr)
+
+
 def as_matrix(x: Any, dim: int, name: str = "queries") -> np.ndarray:
     """Return ``x`` as a C-contiguous float32 ``(n, dim)`` array (a 1-D vector is one row).
 
@@ -106,7 +120,7 @@ def as_matrix(x: Any, dim: int, name: str = "queries") -> np.ndarray:
     if arr.ndim != 2 or arr.shape[1] != dim:
         raise ValueError(f"{name} must have shape (n, {dim}), got {arr.shape}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if kind == "f" and not np.isfinite(arr).all():   # ints convert to finite float32
+    if kind == "f" and not _all_finite(arr):   # ints convert to finite float32
         raise ValueError(f"{name} contains NaN or infinite values")
     return arr
 
