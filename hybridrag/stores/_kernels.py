@@ -457,6 +457,22 @@ if njit is not None:
         return s
 
     @njit(cache=True, nogil=True)
+    def _top_of_hits(sc, rows, row_slot, k, ts, ti):  # pragma: no cover - compiled
+        """Top-``k`` of one query's hits (scores ``sc``, rows ``rows``, -1: none) into
+        ``ts``/``ti`` as scores and slots, ties by slot ascending, padded with -inf / -1;
+        returns (hits kept, smallest score of the hits, inf when none)."""
+        ts[:] = -np.inf
+        ti[:] = -1
+        n = 0
+        low = np.inf
+        for j in range(rows.shape[0]):
+            r = rows[j]
+            if r >= 0:
+                low = min(low, np.float64(sc[j]))
+                n = _insert(sc[j], row_slot[r], n, k, ts, ti)
+        return n, low
+
+    @njit(cache=True, nogil=True)
     def _rescore_top_k(rows, base, tail, q, row_slot, mask, use_mask, l2, k, need, out_s, out_i, lowest):  # pragma: no cover - compiled
         """Exact top-k of ANN hits: ``rows`` ``(nq, kf)`` are FAISS labels (-1: none) into the
         stored vectors (``base`` rows, then ``tail`` rows); hits outside ``mask`` (when
@@ -468,24 +484,21 @@ if njit is not None:
         nb = base.shape[0]
         n_rows = nb + tail.shape[0]
         short = 0
+        sc = np.empty(kf, dtype=np.float32)
+        kept = np.empty(kf, dtype=np.int64)
         for i in range(nq):
-            out_s[i, :] = -np.inf
-            out_i[i, :] = -1
-            n = 0
-            low = np.inf
             qi = q[i]
             qq = _dot(qi, qi) if l2 else np.float32(0)
             for j in range(kf):
                 r = rows[i, j]
-                if r < 0 or r >= n_rows or (use_mask and not mask[r]):
+                kept[j] = -1 if r < 0 or r >= n_rows or (use_mask and not mask[r]) else r
+                if kept[j] < 0:
                     continue
                 v = base[r] if r < nb else tail[r - nb]
-                sc = _dot(qi, v)
+                sc[j] = _dot(qi, v)
                 if l2:
-                    sc = np.float32(2) * sc - qq - _dot(v, v)
-                low = min(low, np.float64(sc))
-                n = _insert(sc, row_slot[r], n, k, out_s[i], out_i[i])
-            lowest[i] = low
+                    sc[j] = np.float32(2) * sc[j] - qq - _dot(v, v)
+            n, lowest[i] = _top_of_hits(sc, kept, row_slot, k, out_s[i], out_i[i])
             if n < need:
                 short += 1
         return short
@@ -509,18 +522,12 @@ if njit is not None:
         (within 1e-5 relative); returns ``n``."""
         nq, kf = rows.shape
         n_redo = 0
+        neg = np.empty(kf, dtype=np.float32)
         for i in range(nq):
-            out_s[i, :] = -np.inf
-            out_i[i, :] = -1
-            n = 0
-            low = np.inf
-            for j in range(kf):
-                r = rows[i, j]
-                if r < 0:
-                    continue
-                sc = -dist[i, j] if l2 else dist[i, j]
-                low = min(low, np.float64(sc))
-                n = _insert(sc, row_slot[r], n, k, out_s[i], out_i[i])
+            if l2:
+                for j in range(kf):
+                    neg[j] = -dist[i, j]
+            n, low = _top_of_hits(neg if l2 else dist[i], rows[i], row_slot, k, out_s[i], out_i[i])
             lowest[i] = low
             kth = np.float64(out_s[i, k - 1])
             if n < need or (tie_check and kth - low <= 1e-5 * (1.0 + abs(kth))):
