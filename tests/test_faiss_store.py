@@ -135,6 +135,57 @@ def test_compiled_rescore_equals_the_numpy_path(tmp_path: Path, monkeypatch: pyt
     assert calls and set(calls) == {kernel}, f"compiled path {kernel} expected, took {sorted(set(calls))}"
 
 
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16"])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_one_query_takes_faiss_order_only_when_no_fetched_scores_tie(monkeypatch: pytest.MonkeyPatch,
+                                                                    factory: str, metric: str) -> None:
+    """A single query whose fetched FAISS scores are all distinct takes FAISS's order directly
+        (``_untied_hits``); exact ties, near ties at the k-th score on Flat, and too few hits go
+        to the general path. Either way the answer equals the general path's (slots after a
+        permutation, ties by slot, near ties answered exactly)."""
+    x, q = data(3000), data(20, seed=4)
+    x[1500:1510] = x[:10]                                            # exact ties under two slots
+    x[2000:2030] = x[7] + np.float32(0) * data(30, seed=9)      # near ties around x[7]
+    slots = np.random.default_rng(3).permutation(10_000)[:3000]
+    store = FaissStore(16, factory, metric=metric, exact_below=0)
+    store.add(slots, x)
+    exact = FaissStore(16, factory, metric=metric, exact_below=10**9)   # never searches FAISS
+    exact.add(slots, x)
+    queries = np.concatenate([q, x[[0, 5, 7, 2000]]])
+    taken: list[bool] = []
+    real = FaissStore._untied_hits
+    monkeypatch.setattr(FaissStore, "_untied_hits", lambda *a: taken.append((r := real(*a)) is not None) or r)
+    for k in (10, 1):
+        for qi in queries:
+            got = store.search(qi, k)
+            with monkeypatch.context() as m:
+                m.setattr(FaissStore, "_untied_hits", lambda *a: None)
+                ref = store.search(qi, k)
+            np.testing.assert_array_equal(got[1], ref[1])
+            np.testing.assert_array_equal(got[0], ref[0])
+        if factory == "Flat":   # exact: the tied and near-tied queries as the store's brute force
+            np.testing.assert_array_equal(store.search(queries[20:], k)[1], exact.search(queries[20:], k)[1])
+    # k=10: most random queries fetch distinct scores (some meet a duplicated pair); the
+    # queries equal to duplicated vectors tie at the top.
+    assert sum(taken[:20]) >= 14 and taken[20:22] == [False, False]
+    if factory == "Flat":
+        assert taken[22:24] == [False, False]                               # near ties at x[7]
+    # Near ties at 384 dimensions, where FAISS's float32 sums and the exact path's round
+    # differently: the k-th score is within 1e-5 of the last fetched, so Flat answers exactly.
+    wide = data(2000, 384, seed=11)
+    wide[1000:1040] = wide[7] + np.float32(1e-7) * data(40, 384, seed=12)
+    near = FaissStore(384, factory, metric=metric, exact_below=0)
+    near.add(np.arange(2000), wide)
+    if factory == "Flat":
+        ex = FaissStore(384, factory, metric=metric, exact_below=10**9)
+        ex.add(np.arange(2000), wide)
+        np.testing.assert_array_equal(near.search(wide[7], 10)[1], ex.search(wide[7], 10)[1])
+    # Fewer than k hits fetched (FAISS pads with -1): never taken as they are.
+    d = np.arange(18, 0, -1, dtype=np.float32)[None, :]
+    r = np.r_[np.arange(9), np.full(9, -1)][None, :]
+    assert real(store, d, r, 10, False) is None and real(store, d, r, 9, False) is not None
+
+
 @pytest.mark.parametrize("l2", [False, True])
 def test_rescore_kernel_drops_missing_and_filtered_hits(l2: bool) -> None:
     """``_kernels.rescore_top_k`` itself, against numpy: labels -1 and past the last row and rows

@@ -562,6 +562,10 @@ class FaissStore:
             logger.debug("FAISS search failed on %r, using brute force: %s", self.factory, exc)
             return self._brute(q, k, rowmask)
         need = min(k, n_ok)
+        if self._faiss_scores and gpu is None and q.shape[0] == 1 and kf >= k:
+            got = self._untied_hits(dist, rows, k, self._is_flat and kf < n_ok)
+            if got is not None:
+                return got
         if self._faiss_scores and gpu is None and _kernels.AVAILABLE:
             # Flat or HNSW-Flat on the CPU: FAISS's distances are the exact scores (to float32
             # rounding, as the re-score's), so only rows -> slots and ties remain to be done;
@@ -597,6 +601,24 @@ class FaissStore:
             r = np.flatnonzero(redo)
             out_s[r], out_i[r] = self._brute(q[r], k, rowmask)
         return out_s, out_i
+
+    def _untied_hits(self, dist: np.ndarray, rows: np.ndarray, k: int,
+                     tie_check: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """One query's top-``k`` straight from FAISS's exact, sorted distances (``Flat``,
+        ``HNSW..,Flat`` on the CPU), or ``None`` when the general path must decide: fewer than
+        ``k`` hits, two fetched scores equal (ties go by slot there), or (``tie_check``) a
+        k-th score tied with the last fetched (a smaller slot may lie past the hits). With
+        none of those FAISS's order is the engine's and only rows -> slots remain: a few
+        Python operations on the k+8 hits cost less than the compiled call with the caches
+        cold after the search (1-3 us of ~11-13 us the engine added to a 0.14-0.19 ms HNSW
+        search at 10k; docs/BENCHMARKS.md, section 3)."""
+        d = dist[0].tolist()
+        if rows[0, k - 1] < 0 or len(set(d)) < len(d):
+            return None
+        if tie_check and abs(d[k - 1] - d[-1]) <= 1e-5 * (1.0 + abs(d[k - 1])):
+            return None
+        top = dist[:, :k]
+        return (-top if self.metric == "l2" else top.copy()), self._row_slot[rows[:, :k]]
 
     def _views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(base, tail)`` rows and ``row -> slot``, read-only, as the compiled re-score takes
