@@ -7,8 +7,9 @@ and index (``Flat``, ``HNSW32`` with efSearch 64) it builds the store and a raw 
 the same factory string, then answers every query one per call on both, interleaved (the
 order alternates per query and round, so load that comes and goes hits both alike). Inside the
 store, the FAISS call (``hybridrag.stores.faiss._search``) and the compiled top-k are timed by
-thin wrappers, so each engine
-call splits into: its FAISS call, the re-score kernel, and the rest (input checks, parameters,
+thin wrappers, so each engine call splits into: its FAISS call, the compiled top-k kernel
+(0 for a query whose fetched scores are distinct on Flat and HNSW: ``_untied_hits`` takes
+FAISS's order then, inside "rest"), and the rest (input checks, parameters, rows to slots,
 fallback checks). Printed: p50s in microseconds, and the overhead the way ``bench_dense.py``
 states it (engine p50 over raw p50). The wrappers add well under a microsecond per call.
 With ``--same-index`` the raw calls search the store's own FAISS index object, so both read
