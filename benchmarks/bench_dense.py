@@ -19,7 +19,8 @@ graphs by their insertion order), which moves one query's time by a few per cent
 part also times raw FAISS against a second copy of its index (control) and the store against
 raw FAISS calls on the store's own index object (``same index``: the engine's own work alone).
 
-Engine and peer are timed interleaved (batch: best of 5 alternating rounds; one query per
+Engine and peer are timed interleaved (batch: best of 5 rounds, 2 above 100k, ``--batch-rounds``,
+the order alternating; one query per
 call: both answer query i before query i+1, in turn order rotating, ``--rounds`` passes
 over the queries up to 100k rows), so load that comes and goes on a shared machine hits
 both alike. FAISS uses all cores (OpenMP) in both the
@@ -46,7 +47,7 @@ from hybridrag.stores.faiss import FaissStore  # noqa: E402
 row = Table()
 
 
-def part(n: int, d: int, nq: int, hnsw_max: int, ef: int, rounds: int) -> None:
+def part(n: int, d: int, nq: int, hnsw_max: int, ef: int, rounds: int, batch_rounds: int | None) -> None:
     name = f"N={n:,} d={d} nq={nq}"
     t = time.perf_counter()
     x = synth.dense_vectors(n, d=d, seed=0)
@@ -62,7 +63,7 @@ def part(n: int, d: int, nq: int, hnsw_max: int, ef: int, rounds: int) -> None:
     raw.add(x)
     row(name, "faiss IndexFlatIP", "add s", f"{time.perf_counter() - t:.2f}")
 
-    repeat = 5 if n <= 100_000 else 2
+    repeat = batch_rounds or (5 if n <= 100_000 else 2)
     t_raw, t_eng = paired_timed([lambda: raw.search(q, 10), lambda: store.search(q, 10)], repeat=repeat)
     row(name, "faiss IndexFlatIP", "batch queries/s", f"{nq / t_raw:,.0f}")
     row(name, "hybridrag FaissStore Flat", "batch queries/s",
@@ -142,10 +143,12 @@ def main() -> None:
     ap.add_argument("--ef", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3,
                     help="passes over the queries for one-query-per-call latency (N <= 100k; 1 above)")
+    ap.add_argument("--batch-rounds", type=int, default=None,
+                    help="rounds of the batch timing, best of (default 5 up to 100k, 2 above)")
     args = ap.parse_args()
     row("setup", "faiss", "version; OpenMP threads", f"{faiss.__version__}; {faiss.omp_get_max_threads()} ({os.cpu_count()} CPUs)")
     for n in [int(s) for s in args.n.split(",") if s]:
-        part(n, args.dim, args.nq, args.hnsw_max, args.ef, args.rounds)
+        part(n, args.dim, args.nq, args.hnsw_max, args.ef, args.rounds, args.batch_rounds)
     row.print()
 
 

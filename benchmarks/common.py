@@ -79,14 +79,15 @@ def latencies(fn: Callable[[int], Any], n: int, warmup: int = 3) -> dict[str, fl
 
 def paired_timed(fns: list[Callable[[], Any]], repeat: int = 5) -> list[float]:
     """Best wall time (s) of each of ``fns`` over ``repeat`` rounds, the calls interleaved
-    (a, b, a, b, ...) after one warm-up each, so load that comes and goes hits them alike."""
+    after one warm-up each, so load that comes and goes hits them alike; the order rotates
+    with the round (a, b, then b, a, ...), so neither always runs right after the other."""
     for fn in fns:
         fn()
     best = [float("inf")] * len(fns)
-    for _ in range(repeat):
-        for j, fn in enumerate(fns):
+    for r in range(repeat):
+        for j in (list(range(len(fns)))[r % len(fns):] + list(range(len(fns)))[:r % len(fns)]):
             t = time.perf_counter()
-            fn()
+            fns[j]()
             best[j] = min(best[j], time.perf_counter() - t)
     return best
 
