@@ -140,12 +140,12 @@ def test_compiled_rescore_equals_the_numpy_path(tmp_path: Path, monkeypatch: pyt
 def test_one_query_takes_faiss_order_only_when_no_fetched_scores_tie(monkeypatch: pytest.MonkeyPatch,
                                                                     factory: str, metric: str) -> None:
     """A single query whose fetched FAISS scores are all distinct takes FAISS's order directly
-        (``_untied_hits``); exact ties, near ties at the k-th score on Flat, and too few hits go
-        to the general path. Either way the answer equals the general path's (slots after a
-        permutation, ties by slot, near ties answered exactly)."""
+    (``_untied_hits``); exact ties, near ties at the k-th score on Flat, and too few hits go
+    to the general path. Either way the answer equals the general path's (slots after a
+    permutation, ties by slot, near ties answered exactly)."""
     x, q = data(3000), data(20, seed=4)
     x[1500:1510] = x[:10]                                            # exact ties under two slots
-    x[2000:2030] = x[7] + np.float32(0) * data(30, seed=9)      # near ties around x[7]
+    x[2000:2030] = x[7] + np.float32(1e-6) * data(30, seed=9)    # near ties around x[7]
     slots = np.random.default_rng(3).permutation(10_000)[:3000]
     store = FaissStore(16, factory, metric=metric, exact_below=0)
     store.add(slots, x)
@@ -172,11 +172,11 @@ def test_one_query_takes_faiss_order_only_when_no_fetched_scores_tie(monkeypatch
         assert taken[22:24] == [False, False]                               # near ties at x[7]
     # Near ties at 384 dimensions, where FAISS's float32 sums and the exact path's round
     # differently: the k-th score is within 1e-5 of the last fetched, so Flat answers exactly.
-    wide = data(2000, 384, seed=11)
-    wide[1000:1040] = wide[7] + np.float32(1e-7) * data(40, 384, seed=12)
-    near = FaissStore(384, factory, metric=metric, exact_below=0)
-    near.add(np.arange(2000), wide)
     if factory == "Flat":
+        wide = data(2000, 384, seed=11)
+        wide[1000:1040] = wide[7] + np.float32(1e-7) * data(40, 384, seed=12)
+        near = FaissStore(384, factory, metric=metric, exact_below=0)
+        near.add(np.arange(2000), wide)
         ex = FaissStore(384, factory, metric=metric, exact_below=10**9)
         ex.add(np.arange(2000), wide)
         np.testing.assert_array_equal(near.search(wide[7], 10)[1], ex.search(wide[7], 10)[1])

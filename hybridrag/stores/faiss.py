@@ -654,7 +654,7 @@ class FaissStore:
 def _search(index: Any, q: np.ndarray, kf: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
     """``index.search(q, kf, params=params)`` through FAISS's C++ entry point: ``q`` is already
     the C-contiguous float32 ``(nq, d)`` array the index takes (``as_matrix``), so the Python
-    wrapper's conversions and checks are skipped (~2-3 us of the engine's ~15 us per query
+    wrapper's conversions and checks are skipped (1-3 us of the engine's ~13-15 us per query
     beside a warm HNSW search at 10k; docs/BENCHMARKS.md, section 3)."""
     nq = q.shape[0]
     dist = np.empty((nq, kf), dtype=np.float32)
