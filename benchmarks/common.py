@@ -85,7 +85,7 @@ def paired_timed(fns: list[Callable[[], Any]], repeat: int = 5) -> list[float]:
         fn()
     best = [float("inf")] * len(fns)
     for r in range(repeat):
-        for j in (list(range(len(fns)))[r % len(fns):] + list(range(len(fns)))[:r % len(fns)]):
+        for j in ((r + i) % len(fns) for i in range(len(fns))):
             t = time.perf_counter()
             fns[j]()
             best[j] = min(best[j], time.perf_counter() - t)

@@ -42,6 +42,9 @@ except ImportError:  # numba missing or disabled: the numpy path is used
     njit = None
 
 AVAILABLE = njit is not None
+# A k-th score this close (relative) to the lowest fetched one counts as tied with it: the
+# dense store then answers that query exactly (faiss_top_k here, FaissStore._ann otherwise).
+TIE_RTOL = 1e-5
 
 if njit is not None:
     from numba import uint64
@@ -519,7 +522,7 @@ if njit is not None:
         ascending. Fills ``out_*`` (padded with -inf / -1) and ``lowest[i]`` as
         :func:`_rescore_top_k` does, and ``redo[:n]`` with the queries that kept fewer than
         ``need`` hits or (``tie_check``) whose k-th score ties with the lowest fetched one
-        (within 1e-5 relative); returns ``n``."""
+        (within :data:`TIE_RTOL`); returns ``n``."""
         nq, kf = rows.shape
         n_redo = 0
         neg = np.empty(kf, dtype=np.float32)
@@ -530,7 +533,7 @@ if njit is not None:
             n, low = _top_of_hits(neg if l2 else dist[i], rows[i], row_slot, k, out_s[i], out_i[i])
             lowest[i] = low
             kth = np.float64(out_s[i, k - 1])
-            if n < need or (tie_check and kth - low <= 1e-5 * (1.0 + abs(kth))):
+            if n < need or (tie_check and kth - low <= TIE_RTOL * (1.0 + abs(kth))):
                 redo[n_redo] = i
                 n_redo += 1
         return n_redo

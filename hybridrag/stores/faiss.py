@@ -593,7 +593,7 @@ class FaissStore:
             # The k-th score ties with the last fetched one: a smaller slot with the same
             # score may lie past the fetched hits.
             kth = out_s[:, k - 1]
-            tie = kth - lowest <= 1e-5 * (1.0 + np.abs(kth))
+            tie = kth - lowest <= _kernels.TIE_RTOL * (1.0 + np.abs(kth))
             redo = tie if redo is None else redo | tie
         if redo is None:
             return out_s, out_i
@@ -615,7 +615,7 @@ class FaissStore:
         d = dist[0].tolist()
         if rows[0, k - 1] < 0 or len(set(d)) < len(d):
             return None
-        if tie_check and abs(d[k - 1] - d[-1]) <= 1e-5 * (1.0 + abs(d[k - 1])):
+        if tie_check and abs(d[k - 1] - d[-1]) <= _kernels.TIE_RTOL * (1.0 + abs(d[k - 1])):
             return None
         top = dist[:, :k]
         return (-top if self.metric == "l2" else top.copy()), self._row_slot[rows[:, :k]]
