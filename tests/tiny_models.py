@@ -1,8 +1,8 @@
 """Build tiny, random-weight model folders on the fly, in the layouts users download.
 
-Nothing here is downloaded: the tokenizer is trained with ``tokenizers`` on a few
-sentences, the transformer weights are random (seeded), and the folders are saved
-exactly as Hugging Face / FlagEmbedding / sentence-transformers save them, so the
+Nothing here is downloaded: the tokenizers are built with ``tokenizers`` from a few
+sentences (the same pieces and ids in every process), the transformer weights are random
+(seeded), and the folders are saved exactly as Hugging Face / FlagEmbedding / sentence-transformers save them, so the
 engine's real loading code path is exercised.
 
 * :func:`make_m3_folder`      - XLM-RoBERTa + ``colbert_linear.pt`` + ``sparse_linear.pt`` (BGE-M3 layout)
@@ -12,6 +12,8 @@ engine's real loading code path is exercised.
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from pathlib import Path
 
 CORPUS = [
@@ -32,27 +34,75 @@ CORPUS = [
 SEED = 1234
 
 
-def _train_tokenizer(vocab_size: int = 600):
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+def _word_counts(normalizer, pre_tokenizer) -> Counter:
+    """How often each pre-tokenized word of :data:`CORPUS` occurs."""
+    words: Counter = Counter()
+    for text in CORPUS:
+        for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)):
+            words[w] += 1
+    return words
 
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-        unk_token="<unk>",
-    )
-    tok.train_from_iterator(CORPUS, trainer=trainer)
+
+def _frequent_substrings(words: Counter, n: int, max_len: int = 8) -> list[tuple[str, int]]:
+    """The ``n`` substrings (2..``max_len`` characters, seen at least twice) that cover the
+    most characters of the corpus, ties by the string: a fixed order in every process."""
+    subs: Counter = Counter()
+    for w, c in words.items():
+        for size in range(2, min(len(w), max_len) + 1):
+            for i in range(len(w) - size + 1):
+                subs[w[i:i + size]] += c
+    ranked = sorted((s for s, c in subs.items() if c >= 2), key=lambda s: (-subs[s] * len(s), s))
+    return [(s, subs[s]) for s in ranked[:n]]
+
+
+def _train_tokenizer(vocab_size: int = 200):
+    """A Unigram tokenizer (XLM-R's model type) over :data:`CORPUS`: every character plus its
+    most frequent substrings, scored by log frequency. Built in Python rather than by the
+    library's ``UnigramTrainer``, whose pieces (and so every tiny model's outputs) differed
+    from one process to the next (its hash maps are randomly seeded)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    normalizer, pre_tokenizer = normalizers.NFKC(), pre_tokenizers.Metaspace()
+    words = _word_counts(normalizer, pre_tokenizer)
+    chars: Counter = Counter()
+    for w, c in words.items():
+        for ch in w:
+            chars[ch] += c
+    pieces = dict(chars)
+    pieces.update(_frequent_substrings(words, vocab_size - len(specials) - len(chars)))
+    total = sum(pieces.values())
+    scored = sorted(((p, math.log(c / total)) for p, c in pieces.items()), key=lambda x: (-x[1], x[0]))
+    tok = Tokenizer(models.Unigram([(sp, 0.0) for sp in specials] + scored, unk_id=3))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>",
         pair="<s> $A </s> </s> $B </s>",
         special_tokens=[("<s>", 0), ("</s>", 2)],
     )
-    from tokenizers import decoders
-
     tok.decoder = decoders.Metaspace()
     return tok
+
+
+def _wordpiece_tokenizer(vocab_size: int = 300):
+    """A lower-casing BERT WordPiece tokenizer over :data:`CORPUS`, built in a fixed order
+    (specials, characters, ``##`` characters, frequent substrings as word starts and as
+    ``##`` continuations) instead of by ``WordPieceTrainer``, whose ids varied by process."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = _word_counts(normalizer, pre_tokenizer)
+    chars = sorted({ch for w in words for ch in w})
+    vocab = specials + chars + ["##" + ch for ch in chars]
+    n_subs = max(0, (vocab_size - len(vocab)) // 2)
+    for sub, _ in _frequent_substrings(words, n_subs):
+        vocab += [sub, "##" + sub]
+    raw = Tokenizer(models.WordPiece({p: i for i, p in enumerate(dict.fromkeys(vocab))}, unk_token="[UNK]"))
+    raw.normalizer = normalizer
+    raw.pre_tokenizer = pre_tokenizer
+    return raw
 
 
 def _xlmr_tokenizer(model_max_length: int = 8192):
@@ -113,18 +163,13 @@ def make_reranker_folder(path: str | Path, hidden: int = 32, max_pos: int = 1024
 def make_bert_folder(path: str | Path, hidden: int = 32, pooling: str = "mean", normalize: bool = True) -> Path:
     """A tiny BERT saved as a sentence-transformers folder (modules.json, 1_Pooling, 2_Normalize)."""
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(SEED + 2)
-    raw = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    raw.normalizer = normalizers.BertNormalizer(lowercase=True)
-    raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    raw.train_from_iterator(
-        CORPUS, trainer=trainers.WordPieceTrainer(vocab_size=500, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    )
+    raw = _wordpiece_tokenizer()
     cls_id, sep_id = raw.token_to_id("[CLS]"), raw.token_to_id("[SEP]")
     raw.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
