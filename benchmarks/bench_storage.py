@@ -235,7 +235,7 @@ def part_d(args: argparse.Namespace) -> None:
                                   "fusion.weights": {"dense": 1.0, "bm25": 1.0, "colbert": 1.0}})
             t = time.perf_counter()
             index = HybridIndex.create(Path(tmp) / enc, cfg)
-            index.add(docs)
+            index.add(docs, batch_size=args.pipeline_batch)
             store = index.stores["colbert"]
             row(name, f"ColBERT {enc}", "chunks; bytes/token; build s (MiniLM encoding included)",
                 f"{index.docstore.count():,}; {store.bytes_per_token}; {time.perf_counter() - t:.0f}")
@@ -263,6 +263,8 @@ def main() -> None:
     ap.add_argument("--real-docs", type=int, default=0, help="documents for part C (0 skips)")
     ap.add_argument("--pipeline-docs", type=int, default=0,
                     help="documents for part D, ColBERT pq vs fp32 inside the pipeline (0 skips; needs --beir)")
+    ap.add_argument("--pipeline-batch", type=int, default=256,
+                    help="part D: documents per HybridIndex.add batch (the engine's default 256)")
     ap.add_argument("--child", nargs=2, metavar=("STORE", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

@@ -76,7 +76,8 @@ class BM25Config:
 class ColbertConfig:
     enabled: bool = True
     encoding: str = "fp16"  # "fp16" | "int8" | "pq" | "fp32"
-    pq_train_tokens: int = 65536  # pq: tokens the codebook is learned from (fp16 until then)
+    pq_train_tokens: int = 65536  # pq: tokens the codec is learned from, sampled from...
+    pq_train_pool: int = 262144   # ...the first pq_train_pool tokens (fp16 until then)
 
 
 @dataclass
@@ -247,6 +248,9 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
     _choice(cfg.colbert.encoding, ("fp16", "int8", "pq", "fp32"), "colbert.encoding")
     if cfg.colbert.pq_train_tokens < 4096:
         raise ConfigError(f"colbert.pq_train_tokens = {cfg.colbert.pq_train_tokens} must be >= 4096")
+    if cfg.colbert.pq_train_pool < cfg.colbert.pq_train_tokens:
+        raise ConfigError(f"colbert.pq_train_pool = {cfg.colbert.pq_train_pool} must be >= "
+                          f"colbert.pq_train_tokens ({cfg.colbert.pq_train_tokens})")
     _choice(cfg.fusion.method, ("weighted", "relative", "rrf"), "fusion.method")
     if cfg.fusion.rrf_k < 0:
         raise ConfigError(f"fusion.rrf_k = {cfg.fusion.rrf_k} must be >= 0")

@@ -442,7 +442,8 @@ class HybridIndex:
             if "colbert" in modes:
                 dim = getattr(enc, "colbert_dim", None) or enc.dim
                 self.stores["colbert"] = MultiVectorStore(dim, encoding=cfg.colbert.encoding,
-                                                          pq_train_tokens=cfg.colbert.pq_train_tokens)
+                                                          pq_train_tokens=cfg.colbert.pq_train_tokens,
+                                                          pq_train_pool=cfg.colbert.pq_train_pool)
 
     def _store_class(self, mode: str) -> Any:
         from hybridrag.stores.faiss import FaissStore

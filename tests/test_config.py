@@ -38,6 +38,8 @@ def test_defaults_are_m3_weighted():
     ({"bm25": {"variant": "bm42"}}, "bm25.variant"),
     ({"colbert": {"encoding": "pq4"}}, "colbert.encoding"),
     ({"colbert": {"pq_train_tokens": 100}}, "colbert.pq_train_tokens"),
+    ({"colbert": {"pq_train_tokens": 300000}}, "colbert.pq_train_pool = 262144"),
+    ({"colbert": {"pq_train_pool": 10.5}}, "colbert.pq_train_pool"),
 ])
 def test_bad_config_names_the_key(data, needle):
     with pytest.raises(ConfigError) as e:

@@ -295,7 +295,8 @@ def test_pq_colbert_index_scores_decoded_tokens_and_survives_reload(tmp_path, m3
     """colbert.encoding = "pq": once the store has pq_train_tokens tokens it keeps 1-byte codes,
     the hits' colbert scores are exact MaxSim over the decoded vectors, and a reload gives
     the same results."""
-    idx = HybridIndex.create(tmp_path / "pq", m3_pipeline(m3_dir, colbert={"encoding": "pq", "pq_train_tokens": 4096},
+    idx = HybridIndex.create(tmp_path / "pq", m3_pipeline(m3_dir, colbert={"encoding": "pq", "pq_train_tokens": 4096,
+                                                                                   "pq_train_pool": 4096},
                                                           dense={"depth": 100}, sparse={"depth": 100}))
     idx.add(docs(400))
     store = idx.stores["colbert"]

@@ -402,7 +402,7 @@ def test_pq_keeps_fp16_until_trained_then_codes_everything() -> None:
     rng = np.random.default_rng(30)
     data = clustered_tokens(rng, 200)
     n_tok = sum(len(x) for x in data)
-    store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096)
+    store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096, pq_train_pool=4096)
     fp16 = MultiVectorStore(32, encoding="fp16")
     head = int(np.searchsorted(np.cumsum([len(x) for x in data]), 4096))   # chunks before the threshold
     store.add(np.arange(head), data[:head])
@@ -434,6 +434,34 @@ def test_pq_keeps_fp16_until_trained_then_codes_everything() -> None:
         np.testing.assert_allclose(got[qi], want, rtol=2e-5, atol=2e-5)
 
 
+def test_pq_learns_from_a_sample_of_the_whole_pool() -> None:
+    """The codec waits for pq_train_pool tokens (kept fp16 until then) and draws its
+    pq_train_tokens sample from all of them: tokens of a second topic, which arrive after the
+    first pq_train_tokens, are then coded as well as the first topic's, where a codec learned
+    from the first topic alone codes them about 3x worse."""
+    rng = np.random.default_rng(60)
+    first, second = clustered_tokens(rng, 150), clustered_tokens(rng, 150)   # other directions each
+    n_first = sum(len(x) for x in first)
+    n_all = n_first + sum(len(x) for x in second)
+    assert n_first >= 4096
+    errors = {}
+    for pool in (4096, n_all):
+        store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096, pq_train_pool=pool)
+        store.add(np.arange(150), first)
+        assert store.trained is (pool == 4096)
+        if pool == n_all:   # not yet: the pool is not full, tokens still fp16
+            assert store.bytes_per_token == 64
+            np.testing.assert_array_equal(store.decode(3), first[3].astype(np.float16).astype(np.float32))
+        store.add(np.arange(150, 300), second)
+        assert store.trained and store.bytes_per_token == 8
+        errors[pool] = [np.mean([((store.decode(base + i) - part[i]) ** 2).sum(axis=1).mean() for i in range(150)])
+                        for base, part in ((0, first), (150, second))]
+    (first_only_a, first_only_b), (pooled_a, pooled_b) = errors[4096], errors[n_all]
+    assert first_only_b > 2.5 * first_only_a   # the first topic alone does not serve the second
+    assert pooled_b < 0.5 * first_only_b
+    assert pooled_b < 1.25 * pooled_a          # the pooled sample serves both topics alike
+
+
 @pytest.mark.parametrize("kernel", [True, False], ids=["numba", "numpy"])
 @pytest.mark.parametrize("norm", [1.0, 2.0])
 def test_pq_decode_and_scores_match_a_reference(norm: float, kernel: bool, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -446,7 +474,7 @@ def test_pq_decode_and_scores_match_a_reference(norm: float, kernel: bool, monke
     monkeypatch.setattr(_kernels, "AVAILABLE", kernel)
     rng = np.random.default_rng(32)
     data = [x * norm for x in clustered_tokens(rng, 150)]
-    store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096)
+    store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096, pq_train_pool=4096)
     store.add(np.arange(150), data)
     assert store._codec.unit is (norm == 1.0)
     codes = np.asarray(store._tokens.slice(0, len(store._tokens)))
@@ -532,6 +560,7 @@ def test_pq_opens_the_plain_codebook_of_stores_saved_before(tmp_path: Path) -> N
         "pq_unit": write_npy(tmp_path, "old.unit.npy", np.ones(1, dtype=np.float32)),
     }
     store = MultiVectorStore.load(tmp_path, files, {"dim": 32, "encoding": "pq", "pq_train_tokens": 4096})
+    assert store.pq_train_pool == 4096   # saved before the pool: learned at pq_train_tokens, as then
     assert store._codec.rotation is None and store._codec.widths.tolist() == [4] * 8
     want = pq.decode(pq.compute_codes(data[7]))
     np.testing.assert_allclose(store.decode(7), want / np.linalg.norm(want, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
@@ -543,7 +572,7 @@ def test_pq_opens_the_plain_codebook_of_stores_saved_before(tmp_path: Path) -> N
 
 
 def test_pq_unit_store_rejects_tokens_that_are_not_unit_norm() -> None:
-    store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096)
+    store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096, pq_train_pool=4096)
     store.add(np.arange(150), clustered_tokens(np.random.default_rng(40), 150))
     assert store.trained and store._codec.unit
     before = (len(store), len(store._tokens))
@@ -553,7 +582,7 @@ def test_pq_unit_store_rejects_tokens_that_are_not_unit_norm() -> None:
     assert (len(store), len(store._tokens)) == before   # nothing half-added
     store.add([300, 301], [good, bad * (1 + 1e-3)])      # within the tolerance (fp16-rounded input, say)
     # A store trained on unnormalised tokens takes any norm and decodes centroids as they are.
-    free = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096)
+    free = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096, pq_train_pool=4096)
     free.add(np.arange(150), [x * 3 for x in clustered_tokens(np.random.default_rng(42), 150)])
     assert free.trained and not free._codec.unit
     free.add([400], [good * 0.1])
@@ -572,7 +601,7 @@ def test_pq_overlap_at_10_vs_fp32_on_clustered_tokens() -> None:
         queries.append(x / np.linalg.norm(x, axis=1, keepdims=True))
     ref = MultiVectorStore(32, encoding="fp32")
     ref.add(np.arange(400), data)
-    pq = MultiVectorStore(32, encoding="pq", pq_train_tokens=8192)
+    pq = MultiVectorStore(32, encoding="pq", pq_train_tokens=8192, pq_train_pool=8192)
     pq.add(np.arange(400), data)
     assert pq.trained and ref.nbytes == 16 * pq.nbytes   # 4 bytes/dim vs 2 bits/dim
     _, ref_ids = ref.search(queries, k=10)
@@ -585,7 +614,7 @@ def test_pq_overlap_at_10_vs_fp32_on_clustered_tokens() -> None:
 def test_pq_save_load_round_trip(trained: bool, tmp_path: Path) -> None:
     rng = np.random.default_rng(35)
     data = clustered_tokens(rng, 200 if trained else 40)
-    store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096)
+    store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096, pq_train_pool=4096)
     store.add(np.arange(len(data)), data)
     assert store.trained is trained
     store.remove(np.array([3]))
@@ -614,7 +643,10 @@ def test_pq_bad_settings_and_files(tmp_path: Path) -> None:
     for bad in (100, 4095, 5000.0, True):
         with pytest.raises(ConfigError, match="pq_train_tokens"):
             MultiVectorStore(32, encoding="pq", pq_train_tokens=bad)  # type: ignore[arg-type]
-    store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096)
+    for bad in (4095, 8191, 9000.0, True):
+        with pytest.raises(ConfigError, match=rf"pq_train_pool must be an int >= pq_train_tokens \(8192\), got {bad!r}"):
+            MultiVectorStore(32, encoding="pq", pq_train_tokens=8192, pq_train_pool=bad)  # type: ignore[arg-type]
+    store = MultiVectorStore(32, encoding="pq", pq_train_tokens=4096, pq_train_pool=4096)
     store.add(np.arange(150), clustered_tokens(np.random.default_rng(38), 150))
     files = store.save(tmp_path, "g1")
     codec = store._codec

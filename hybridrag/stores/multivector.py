@@ -19,9 +19,13 @@ clipping altogether at a small cost in precision.
 ``pq`` is product quantisation with ``dim/4`` one-byte codes per token (2 bits per dimension on
 average): the tokens are rotated to their principal axes and the bytes are spread over those
 axes by variance, more bits where the tokens vary most (the codec: :mod:`hybridrag.stores._pq`).
-It is learned once, as soon as the store holds ``pq_train_tokens`` live tokens (from a seeded
-sample of that many of them, taken in slot order); until then tokens are kept (and saved) as
-fp16 and scored exactly, so a small index never gets a codec learned from a handful of vectors.
+It is learned once, as soon as the store holds ``pq_train_pool`` live tokens (262,144 by
+default), from a seeded sample of ``pq_train_tokens`` (65,536) of them, taken in slot order;
+until then tokens are kept (and saved) as fp16 and scored exactly, so a small index never gets
+a codec learned from a handful of vectors. The pool is larger than the sample so that the
+sample spans more of the collection: documents often arrive grouped by source or topic, and a
+codec learned from the first batches alone served the rest worse (docs/BENCHMARKS.md section 7,
+part D: NFCorpus overlap@10 0.946 with the sample drawn from the first 65,536 tokens).
 Afterwards the codec is FIXED: later tokens are coded with it, and MaxSim scores the decoded
 vectors. ``rebuild`` learns a new one. Stores saved with the earlier plain 4-dimensional PQ
 (a ``codebook`` file) load and keep using it.
@@ -159,7 +163,9 @@ class MultiVectorStore:
         encoding: ``"fp16"`` (default), ``"int8"``, ``"pq"`` or ``"fp32"``.
         int8_scale: optional fixed per-dimension scale (scalar or ``(dim,)``) for int8.
         block_tokens: candidate tokens scored per GEMM (bounds temporary memory).
-        pq_train_tokens: tokens the ``pq`` codebook is learned from (>= 4096; see the module doc).
+        pq_train_tokens: tokens the ``pq`` codec is learned from (>= 4096; see the module doc).
+        pq_train_pool: live tokens the store holds (fp16) before it learns the ``pq`` codec; the
+            ``pq_train_tokens`` sample is drawn from all of them (>= ``pq_train_tokens``).
     """
 
     def __init__(
@@ -169,6 +175,7 @@ class MultiVectorStore:
         int8_scale: float | Sequence[float] | None = None,
         block_tokens: int = 262144,
         pq_train_tokens: int = 65536,
+        pq_train_pool: int = 262144,
     ) -> None:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
             raise TypeError(f"dim must be an int, got {dim!r}")
@@ -183,10 +190,15 @@ class MultiVectorStore:
         if (isinstance(pq_train_tokens, bool) or not isinstance(pq_train_tokens, (int, np.integer))
                 or pq_train_tokens < _PQ_MIN_TRAIN):
             raise ConfigError(f"pq_train_tokens must be an int >= {_PQ_MIN_TRAIN}, got {pq_train_tokens!r}")
+        if (isinstance(pq_train_pool, bool) or not isinstance(pq_train_pool, (int, np.integer))
+                or pq_train_pool < pq_train_tokens):
+            raise ConfigError(f"pq_train_pool must be an int >= pq_train_tokens ({pq_train_tokens}), "
+                              f"got {pq_train_pool!r}")
         self.dim = int(dim)
         self.encoding = encoding
         self.block_tokens = int(block_tokens)
         self.pq_train_tokens = int(pq_train_tokens)
+        self.pq_train_pool = int(pq_train_pool)
         self._codec: PQCodec | None = None         # pq: the codec, once learned
         self._scale: np.ndarray | None = None
         if int8_scale is not None:
@@ -271,9 +283,9 @@ class MultiVectorStore:
                 "tokens (or use a store that was trained on unnormalised ones)")
 
     def _maybe_train(self) -> None:
-        """pq: learn the codec once ``pq_train_tokens`` tokens are stored, then code them all."""
+        """pq: learn the codec once ``pq_train_pool`` tokens are stored, then code them all."""
         if (self.encoding != "pq" or self._codec is not None
-                or len(self._tokens) - self._dead_tokens < self.pq_train_tokens):
+                or len(self._tokens) - self._dead_tokens < self.pq_train_pool):
             return
         # Live tokens in slot order: the same sample whether or not the store was saved
         # (and compacted) and loaded in between.
@@ -421,6 +433,7 @@ class MultiVectorStore:
         cfg: dict[str, Any] = {"dim": self.dim, "encoding": self.encoding, "block_tokens": self.block_tokens}
         if self.encoding == "pq":
             cfg["pq_train_tokens"] = self.pq_train_tokens
+            cfg["pq_train_pool"] = self.pq_train_pool
         if self._fixed_scale and self._scale is not None:
             cfg["int8_scale"] = self._scale.tolist()
         return cfg
@@ -473,6 +486,9 @@ class MultiVectorStore:
     @classmethod
     def load(cls, directory: Path, files: dict[str, str], config: dict) -> Self:
         """Open a saved store; token vectors are memory-mapped read-only."""
+        if config.get("encoding") == "pq" and "pq_train_pool" not in config:
+            # Saved before the pool existed: such a store learned its codec at pq_train_tokens.
+            config = {**config, "pq_train_pool": config.get("pq_train_tokens", 65536)}
         try:
             store = cls(**config)
         except TypeError as exc:
