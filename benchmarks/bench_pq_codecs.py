@@ -15,6 +15,10 @@ It is a study, not a benchmark of the engine: the PQ rows use FAISS as the store
 (seed 0, 50 k-means iterations, codebook from 65,536 tokens), the residual rows are not in the
 engine; the "rotation + bytes by variance" rows fit the store's codec (``hybridrag.stores._pq``)
 with several ``ALPHA`` values and training samples (``--coarse ""`` skips the residual rows).
+``--pools`` learns the store's codec from the first N tokens only, as the store does when
+documents arrive in batches (``pq_train_pool``):
+
+    python benchmarks/bench_pq_codecs.py --beir /work/shared/data/beir/nfcorpus --coarse "" --alphas "" --pools 65536,131072,262144,483621
 """
 from __future__ import annotations
 
@@ -95,6 +99,10 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=3,
                     help="training samples (seeds 0..N-1) the store's codec (ALPHA 0.5) is learned from")
     ap.add_argument("--coarse-train", type=int, default=65536, help="tokens the coarse k-means learns from")
+    ap.add_argument("--pools", type=str, default="",
+                    help="comma-separated token counts: the store's codec (ALPHA 0.5) learned from a sample of "
+                         "only the first N tokens (documents in corpus order), for each of --samples seeds, "
+                         "as the store does with pq_train_pool = N")
     args = ap.parse_args()
     faiss.omp_set_num_threads(os.cpu_count() or 1)
 
@@ -128,7 +136,8 @@ def main() -> None:
         report(label, m, out, time.perf_counter() - t)
     from hybridrag.stores._pq import ALPHA, PQCodec
 
-    for alpha, seed in [(float(a), 0) for a in args.alphas.split(",") if a] + [(ALPHA, s) for s in range(1, args.samples)]:
+    alphas = [float(a) for a in args.alphas.split(",") if a]
+    for alpha, seed in [(a, 0) for a in alphas] + [(ALPHA, s) for s in range(1, args.samples) if alphas]:
         pick = np.sort(np.random.default_rng(seed).choice(len(x), size=min(args.train, len(x)), replace=False))
         t = time.perf_counter()
         codec = PQCodec.fit(x[pick], d // 4, alpha=alpha)
@@ -137,6 +146,17 @@ def main() -> None:
         label = (f"rotation + bytes by variance, ALPHA {alpha:g}, sample seed {seed}"
                  + (" (the store's pq)" if alpha == ALPHA and seed == 0 else ""))
         report(label, d // 4, out, time.perf_counter() - t)
+    for pool in (int(v) for v in args.pools.split(",") if v):
+        if not args.train <= pool <= len(x):
+            raise SystemExit(f"--pools values must be in {args.train}..{len(x)} (--train .. tokens), got {pool}")
+        for seed in range(args.samples):
+            pick = np.sort(np.random.default_rng(seed).choice(pool, size=args.train, replace=False))
+            t = time.perf_counter()
+            codec = PQCodec.fit(x[pick], d // 4)
+            codec.unit = True
+            out = codec.decode(codec.encode(x))
+            report(f"the store's pq, sample seed {seed} from the first {pool:,} tokens "
+                   f"({int(np.searchsorted(starts, pool, side='left')):,} docs)", d // 4, out, time.perf_counter() - t)
     coarse_train = x[np.sort(rng.choice(len(x), size=min(args.coarse_train, len(x)), replace=False))]
     for k in (int(v) for v in args.coarse.split(",") if v):
         if not 1 <= k <= 65536:
