@@ -427,6 +427,38 @@ def test_dense_accumulation_equals_sparse_product(monkeypatch, dense_path, weigh
             np.testing.assert_array_equal(dense[1], light[1])
 
 
+@pytest.mark.parametrize("ratio", [1, 4, 32, 10**9])
+def test_one_query_takes_the_path_it_takes_in_a_batch(monkeypatch, ratio):
+    """A query alone is routed (dense accumulation or sparse product) as it is in a batch, where
+    the routing has its own shortcut for one query: negative weights, terms that only the second
+    tier holds, unknown terms and empty queries included; and it gets the batch's hits, which
+    are brute force's (weighting 'none')."""
+    import hybridrag.stores.sparse as sparse_mod
+
+    docs = random_rows(300, 41, vocab=60, nnz=10)
+    more = random_rows(40, 42, vocab=90, nnz=10)     # the second tier also holds terms 60..89
+    idx = SparseIndex("none")
+    idx.add(np.arange(300), docs)
+    idx._flush()
+    idx._consolidate()
+    idx.add(np.arange(300, 340), more)
+    qs = random_rows(60, 43, vocab=90, nnz=12) + [{1: 1.0, 2: -0.5}, {75: 1.0, 80: 2.0}, {500: 1.0}, {}]
+    monkeypatch.setattr(sparse_mod, "_DENSE_RATIO", ratio)
+    idx._flush()
+    batch = idx._heavy_queries(idx._query_matrix(qs))
+    assert 0 < batch.sum() < len(qs) or ratio in (1, 10**9)
+    alone = [bool(idx._heavy_queries(idx._query_matrix([q]))[0]) for q in qs]
+    assert alone == batch.tolist()
+    assert not alone[60] and not alone[-1] and not alone[-2]   # negative weight; empty; unknown term only
+    want = brute(qs, docs + more, list(range(340)), 10)
+    got_batch = idx.search(qs, 10, threads=1)
+    assert_topk(*got_batch, want)
+    for i, q in enumerate(qs):
+        s, ids = idx.search([q], 10)
+        np.testing.assert_array_equal(s[0], got_batch[0][i])
+        np.testing.assert_array_equal(ids[0], got_batch[1][i])
+
+
 @pytest.mark.parametrize("copy_max", [512, 1])
 def test_dense_accumulation_without_scipy_kernel(monkeypatch, copy_max):
     """The numpy fallback used when scipy's private csc_matvec is missing gives the same
