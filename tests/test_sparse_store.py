@@ -429,10 +429,10 @@ def test_dense_accumulation_equals_sparse_product(monkeypatch, dense_path, weigh
 
 @pytest.mark.parametrize("ratio", [1, 4, 32, 10**9])
 def test_one_query_takes_the_path_it_takes_in_a_batch(monkeypatch, ratio):
-    """A query alone is routed (dense accumulation or sparse product) as it is in a batch, where
-    the routing has its own shortcut for one query: negative weights, terms that only the second
-    tier holds, unknown terms and empty queries included; and it gets the batch's hits, which
-    are brute force's (weighting 'none')."""
+    """A query alone is routed (dense accumulation or sparse product) as it is in a batch (the
+    routing works on cumulative sums over the batch's (term, weight) pairs): negative weights,
+    terms that only the second tier holds, unknown terms and empty queries included; and it gets
+    the batch's hits, which are brute force's (weighting 'none')."""
     import hybridrag.stores.sparse as sparse_mod
 
     docs = random_rows(300, 41, vocab=60, nnz=10)
@@ -450,6 +450,7 @@ def test_one_query_takes_the_path_it_takes_in_a_batch(monkeypatch, ratio):
     alone = [bool(idx._heavy_queries(idx._query_matrix([q]))[0]) for q in qs]
     assert alone == batch.tolist()
     assert not alone[60] and not alone[-1] and not alone[-2]   # negative weight; empty; unknown term only
+    assert alone[61] is (ratio == 10**9)   # its postings are all in the second tier: they count
     want = brute(qs, docs + more, list(range(340)), 10)
     got_batch = idx.search(qs, 10, threads=1)
     assert_topk(*got_batch, want)

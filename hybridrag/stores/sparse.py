@@ -511,30 +511,24 @@ class SparseIndex:
 
     def _heavy_queries(self, q: _Queries) -> np.ndarray:
         """Queries (bool [nq]) to score with a dense accumulator: positive weights, many postings."""
-        nq = q.nq
-        heavy = np.zeros(nq, dtype=bool)
         tiers = self._tiers_nonneg()
         if tiers is None or q.nnz == 0:
-            return heavy
-        if nq == 1:   # one query (a search per call): the same test in fewer numpy calls
-            if q.data.min() <= 0:
-                return heavy
-            total = 0
-            for t, _ in tiers:
-                ti = q.indices[q.indices < t.vocab]
-                total += int(t.indptr[ti + 1].sum() - t.indptr[ti].sum())
-            heavy[0] = total > 0 and total * _DENSE_RATIO >= max(self._n_rows, 1)
-            return heavy
-        postings = np.zeros(q.nnz, dtype=np.int64)
+            return np.zeros(q.nq, dtype=bool)
+        # Per query, from cumulative sums over its (term, weight) pairs: its postings in every
+        # tier (a term a tier lacks maps to indptr[vocab] twice: none) and its weights <= 0.
+        cum = np.zeros(q.nnz + 1, dtype=np.int64)
         for t, _ in tiers:
-            inside = q.indices < t.vocab
-            ti = q.indices[inside]
-            postings[inside] += t.indptr[ti + 1] - t.indptr[ti]
-        qrow = np.repeat(np.arange(nq), np.diff(q.indptr))
-        per_q = np.bincount(qrow, weights=postings, minlength=nq)
-        pos = np.ones(nq, dtype=bool)
-        pos[qrow[q.data <= 0]] = False
-        return pos & (per_q > 0) & (per_q * _DENSE_RATIO >= max(self._n_rows, 1))
+            lo = np.minimum(q.indices, t.vocab)
+            cum[1:] += t.indptr[np.minimum(lo + 1, t.vocab)] - t.indptr[lo]
+        np.cumsum(cum, out=cum)
+        a, e = q.indptr[:-1], q.indptr[1:]
+        per_q = cum[e] - cum[a]
+        heavy = (per_q > 0) & (per_q * _DENSE_RATIO >= max(self._n_rows, 1))
+        if q.data.min() <= 0:   # rare (BM25 query weights are counts): drop those queries
+            nonpos = np.zeros(q.nnz + 1, dtype=np.int64)
+            np.cumsum(q.data <= 0, out=nonpos[1:])
+            heavy &= nonpos[e] == nonpos[a]
+        return heavy
 
     def _search_dense(self, q: _Queries, which: np.ndarray, k: int, valid: np.ndarray | None,
                       out_s: np.ndarray, out_i: np.ndarray, threads: int = 1) -> None:
