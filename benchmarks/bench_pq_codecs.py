@@ -97,7 +97,8 @@ def main() -> None:
     ap.add_argument("--alphas", type=str, default="0,0.5,1",
                     help="ALPHA values of the store's codec (rotation + bytes by variance) to compare")
     ap.add_argument("--samples", type=int, default=3,
-                    help="training samples (seeds 0..N-1) the store's codec (ALPHA 0.5) is learned from")
+                    help="training samples (seeds 0..N-1) the store's codec (ALPHA 0.5) is learned from "
+                         "(from all tokens, and from each of --pools)")
     ap.add_argument("--coarse-train", type=int, default=65536, help="tokens the coarse k-means learns from")
     ap.add_argument("--pools", type=str, default="",
                     help="comma-separated token counts: the store's codec (ALPHA 0.5) learned from a sample of "

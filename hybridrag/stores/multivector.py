@@ -23,8 +23,9 @@ It is learned once, as soon as the store holds ``pq_train_pool`` live tokens (26
 default), from a seeded sample of ``pq_train_tokens`` (65,536) of them, taken in slot order;
 until then tokens are kept (and saved) as fp16 and scored exactly, so a small index never gets
 a codec learned from a handful of vectors. The pool is larger than the sample so that the
-sample spans more of the collection: documents often arrive grouped by source or topic, and a
-codec learned from the first batches alone served the rest worse (docs/BENCHMARKS.md section 7,
+sample spans more of the collection (more documents, and more sources or topics where they
+arrive grouped): a codec learned from the first batches alone served the rest worse
+(docs/BENCHMARKS.md section 7,
 "Engine change 18": NFCorpus MaxSim overlap@10 inside the pipeline 0.946 -> 0.952).
 Afterwards the codec is FIXED: later tokens are coded with it, and MaxSim scores the decoded
 vectors. ``rebuild`` learns a new one. Stores saved with the earlier plain 4-dimensional PQ
