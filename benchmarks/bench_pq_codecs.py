@@ -1,7 +1,8 @@
 """ColBERT codecs at about 2 bits per dimension, compared on real token vectors (issue 4, item 7).
 
-The store's ``pq`` encoding (dim/4 bytes per token, 8x smaller than fp16) moves the top-10
-of brute-force MaxSim more on NFCorpus than the goal allows (docs/BENCHMARKS.md, section 7).
+The store's ``pq`` encoding (dim/4 bytes per token, 8x smaller than fp16), as a plain PQ, moved
+the top-10 of brute-force MaxSim more on NFCorpus than the goal allows; this study led to the
+rotated codec (docs/CHANGELOG-performance.md, section 7, part E).
 This script measures, on the same MiniLM token vectors as ``bench_storage.py`` part C,
 how overlap@10 against fp32 moves with the bytes a product quantiser gets, and what a
 ColBERTv2-style residual codec gives (a coarse k-means centroid id in 2 bytes, then a PQ of

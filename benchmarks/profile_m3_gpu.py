@@ -5,7 +5,7 @@ BGE-M3 architecture with random weights, fp16, 256 texts x 512 tokens (batch 32)
 
     python benchmarks/profile_m3_gpu.py
 
-Needs a CUDA GPU. Not part of the test suite; docs/BENCHMARKS.md (section 8) quotes it.
+Needs a CUDA GPU. Not part of the test suite; docs/CHANGELOG-performance.md (section 8) quotes it.
 """
 from __future__ import annotations
 

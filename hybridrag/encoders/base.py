@@ -244,7 +244,7 @@ def pad_batch(tokenizer: Any, features: list[dict[str, list[int]]], device: str)
     Always right padding (the encoders slice ``[:length]`` per row), whatever the
     tokenizer's ``padding_side``. Filled with numpy, several times faster than
     ``tokenizer.pad`` on the Python lists, which took a large share of ``encode`` on a GPU
-    (docs/BENCHMARKS.md, section 8). ``attention_mask`` is added when missing; keys
+    (docs/CHANGELOG-performance.md, engine change 7). ``attention_mask`` is added when missing; keys
     other than ``input_ids``, ``attention_mask``, ``token_type_ids`` and
     ``special_tokens_mask`` (padded with 1) are padded with 0.
     """
@@ -320,8 +320,8 @@ def host_copy(tensors: dict[str, "torch.Tensor"]) -> Callable[[], dict[str, np.n
     On CUDA the copies go into page-locked buffers without blocking the host, so
     the caller can launch the next batch first (a blocking fp32 copy of the ColBERT
     vectors into pageable memory was, with ``tokenizer.pad``, most of ``encode``'s time on
-    the benchmark GPU; docs/BENCHMARKS.md, section 8). The arrays may share memory with
-    those buffers: copy what outlives the batch.
+    the benchmark GPU; docs/CHANGELOG-performance.md, engine change 7). The arrays may share
+    memory with those buffers: copy what outlives the batch.
     """
     import torch
 

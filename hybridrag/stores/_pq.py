@@ -14,7 +14,7 @@ Transform coding with a product quantiser. Learned once from a sample of token v
    quantiser, each run weighted by ``g**ALPHA``, by dynamic programming over the sorted axes).
    ``ALPHA = 0.5`` leans the bytes further towards the axes that queries use most than plain
    squared error would (``ALPHA = 0``); chosen on MaxSim top-10 overlap against fp32 on real
-   token vectors, docs/BENCHMARKS.md section 7.
+   token vectors (docs/CHANGELOG-performance.md, section 7, part E).
 3. **Decoding** gathers the centroids (the sample's mean is in them) in the rotated space.
 
 Uniform 4-dimensional sub-vectors without a rotation (``widths`` all 4, ``rotation`` None) are
@@ -25,7 +25,8 @@ Scores: ``scores(q, codes)`` is ``decode(codes) @ q.T``. With numba it never dec
 per query, a table of every centroid's inner product with the rotated query tokens
 (``dim/4 * 256`` rows of ``tq`` floats, a few small GEMMs) and sums one table row per code
 (:func:`hybridrag.stores._kernels.pq_scores`); measured faster than gathering the centroids
-and multiplying (docs/BENCHMARKS.md, section 7). Without numba: gather, then the GEMM.
+and multiplying (docs/CHANGELOG-performance.md, section 7, "MaxSim speed"). Without numba:
+gather, then the GEMM.
 
 Tests: ``tests/test_multivector.py`` (``test_pq_*``).
 """
@@ -86,10 +87,10 @@ def _quantiser(m: int, count: int) -> Any:
 
 
 # FAISS codes sub-vectors of these widths with its SIMD distance kernels; other widths took
-# 1.5-31x longer per dimension than the next of these (width 1 the worst;
-# benchmarks/profile_pq_widths.py), so encode() pads each run with zero dimensions up to the
-# next of these (exact: a dimension that is zero in the vector and in every centroid adds
-# nothing to any distance).
+# longer per dimension than the next of these (width 1 the worst; benchmarks/profile_pq_widths.py,
+# docs/CHANGELOG-performance.md engine change 13), so encode() pads each run with zero
+# dimensions up to the next of these (exact: a dimension that is zero in the vector and in
+# every centroid adds nothing to any distance).
 _FAST_WIDTHS = (2, 4, 8, 16, 32, 64)
 
 

@@ -111,7 +111,7 @@ def as_matrix(x: Any, dim: int, name: str = "queries") -> np.ndarray:
     """
     arr = np.asarray(x)
     kind = arr.dtype.kind
-    if kind not in "fiu":   # float, signed or unsigned int (np.issubdtype costs ~1 us a call)
+    if kind not in "fiu":   # float, signed or unsigned int (cheaper per call than np.issubdtype)
         raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     if arr.ndim == 1 and arr.size == dim:
         arr = arr.reshape(1, dim)

@@ -181,8 +181,8 @@ class FaissStore:
         self._plain_params: dict[tuple[int, int, int], tuple[Any, list[Any]]] = {}
         # (base, tail, row_slot) as the compiled re-score takes them; reset when rows change.
         self._kernel_views: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        # _ready, kept between searches (reading it from the SWIG index costs ~5 us a query
-        # with cold caches, profile_dense_call.py); None after the index or the rows change.
+        # _ready, kept between searches (reading it from the SWIG index on every query showed
+        # in profile_dense_call.py); None after the index or the rows change.
         self._ready_cache: bool | None = None
 
     # ------------------------------------------------------------------ index helpers
@@ -570,7 +570,7 @@ class FaissStore:
             # Flat or HNSW-Flat on the CPU: FAISS's distances are the exact scores (to float32
             # rounding, as the re-score's), so only rows -> slots and ties remain to be done;
             # the kernel also picks the queries to redo exactly (the checks below, which cost
-            # ~50 us a query in numpy with the caches cold after a Flat search).
+            # as much again in numpy with the caches cold after a Flat search).
             out_s, out_i, _, redo_q = _kernels.faiss_top_k(dist, rows, self._views()[2], self.metric == "l2",
                                                            k, need, self._is_flat and kf < n_ok)
             if redo_q.shape[0]:
@@ -580,7 +580,7 @@ class FaissStore:
             rows = np.asarray(rows, dtype=np.int64)
             rows.flags.writeable = False   # FAISS's fresh output: the kernel then takes it as it is
             # One compiled pass instead of _rescore's ~30 numpy calls, which were most of the
-            # per-query overhead against raw FAISS (docs/BENCHMARKS.md, section 3).
+            # per-query overhead against raw FAISS (docs/CHANGELOG-performance.md, change 12).
             base, tail, row_slot = self._views()
             out_s, out_i, lowest, short = _kernels.rescore_top_k(rows, base, tail, q, row_slot, rowmask,
                                                                  self.metric == "l2", k, need)
@@ -610,8 +610,8 @@ class FaissStore:
         k-th score tied with the last fetched (a smaller slot may lie past the hits). With
         none of those FAISS's order is the engine's and only rows -> slots remain: a few
         Python operations on the k+8 hits cost less than the compiled call with the caches
-        cold after the search (1-3 us of ~11-13 us the engine added to a 0.14-0.19 ms HNSW
-        search at 10k; docs/BENCHMARKS.md, section 3)."""
+        cold after the search (engine change 17 in docs/CHANGELOG-performance.md; the
+        current overhead: docs/BENCHMARKS.md, section 3)."""
         d = dist[0].tolist()
         if rows[0, k - 1] < 0 or len(set(d)) < len(d):
             return None
@@ -654,8 +654,8 @@ class FaissStore:
 def _search(index: Any, q: np.ndarray, kf: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
     """``index.search(q, kf, params=params)`` through FAISS's C++ entry point: ``q`` is already
     the C-contiguous float32 ``(nq, d)`` array the index takes (``as_matrix``), so the Python
-    wrapper's conversions and checks are skipped (1-3 us of the engine's ~13-15 us per query
-    beside a warm HNSW search at 10k; docs/BENCHMARKS.md, section 3)."""
+    wrapper's conversions and checks are skipped (engine change 17 in
+    docs/CHANGELOG-performance.md; the current overhead: docs/BENCHMARKS.md, section 3)."""
     nq = q.shape[0]
     dist = np.empty((nq, kf), dtype=np.float32)
     rows = np.empty((nq, kf), dtype=np.int64)

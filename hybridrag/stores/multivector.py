@@ -25,8 +25,8 @@ until then tokens are kept (and saved) as fp16 and scored exactly, so a small in
 a codec learned from a handful of vectors. The pool is larger than the sample so that the
 sample spans more of the collection (more documents, and more sources or topics where they
 arrive grouped): a codec learned from the first batches alone served the rest worse
-(docs/BENCHMARKS.md section 7,
-"Engine change 18": NFCorpus MaxSim overlap@10 inside the pipeline 0.946 -> 0.952).
+(docs/CHANGELOG-performance.md, engine change 18; current figures: docs/BENCHMARKS.md
+section 7).
 Afterwards the codec is FIXED: later tokens are coded with it, and MaxSim scores the decoded
 vectors. ``rebuild`` learns a new one. Stores saved with the earlier plain 4-dimensional PQ
 (a ``codebook`` file) load and keep using it.
@@ -92,8 +92,8 @@ def _grow(arr: np.ndarray, n: int, fill: Any) -> np.ndarray:
 
 
 def _widen(t: np.ndarray) -> np.ndarray:
-    """``t`` as float32. numpy converts float16 element by element (about 10x slower than
-    the GEMM that follows, measured in docs/BENCHMARKS.md); torch, already a dependency,
+    """``t`` as float32. numpy converts float16 element by element (slower than the GEMM
+    that follows; docs/CHANGELOG-performance.md, engine change 3); torch, already a dependency,
     uses the CPU's F16C conversion instructions and gives the same values."""
     if t.dtype != np.float16:
         return t.astype(np.float32, copy=False)
@@ -309,7 +309,8 @@ class MultiVectorStore:
         """``decode(t) @ q.T`` as float32 ``(tokens, tq)``; int8 folds the scale into the query.
 
         Tokens-major: the GEMM output and the per-candidate ``reduceat`` then run over
-        contiguous rows (about 2x faster than ``q @ t.T`` for a few dozen query tokens).
+        contiguous rows (faster than ``q @ t.T`` for a few dozen query tokens;
+        docs/CHANGELOG-performance.md, engine change 2).
         """
         if self.encoding == "int8":
             return t.astype(np.float32) @ (q * self._scale).T

@@ -82,18 +82,19 @@ _CHUNK_CELLS = 1 << 20
 _COPY_MAX = 512
 _TINY = np.float32(np.nextafter(np.float32(0), np.float32(1)))   # smallest positive float32
 # The numba kernel (when installed) scores every BM25 index, and other indexes below this
-# many rows. Measured (benchmarks/bench_sparse.py, docs/BENCHMARKS.md section 1): up to 3x
-# the numpy path on small corpora; at 1M rows (a 4 MB accumulator, past the L2 cache) it is
-# ahead for BM25, where idf makes the pruning of _kernels._maxscore pay, while for learned
-# weights without such skew (the synthetic M3-like rows, not pruned) scipy's loop was as
-# fast or faster.
+# many rows. Measured (benchmarks/bench_sparse.py; docs/CHANGELOG-performance.md, section 1):
+# well ahead of the numpy path on small corpora; at 1M rows (a 4 MB accumulator, past the L2
+# cache) it is ahead for BM25, where idf makes the pruning of _kernels._maxscore pay, while for
+# learned weights without such skew (the synthetic M3-like rows, not pruned) scipy's loop was
+# as fast or faster.
 _KERNEL_MAX_ROWS = 500_000
 # BM25 indexes of at least this many rows are pruned (_kernels._maxscore). Measured with
-# benchmarks/bench_sparse.py (docs/BENCHMARKS.md section 1): ahead at 100k and 1M rows;
-# on SciFact (5k) and 10k rows its per-query set-up cost more than the postings it skipped.
+# benchmarks/bench_sparse.py (docs/CHANGELOG-performance.md, section 1, "BM25 with pruning"):
+# ahead at 100k and 1M rows; on SciFact (5k) and 10k rows its per-query set-up cost more than
+# the postings it skipped.
 _PRUNE_MIN_ROWS = 100_000
 _NUM_TYPES = (int, float, np.integer, np.floating)
-_NCPU = os.cpu_count() or 1   # read once: os.cpu_count() reads /sys on every call (~13 us)
+_NCPU = os.cpu_count() or 1   # read once: os.cpu_count() reads /sys on every call
 
 
 class _Queries:
