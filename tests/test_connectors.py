@@ -503,6 +503,23 @@ def test_documents_without_ids_get_stable_ids(tmp_path, m3_dir, reranker_dir):
     idx.close()
 
 
+def test_bad_retriever_settings_fail_before_anything_is_written(tmp_path, m3_dir, reranker_dir):
+    from langchain_core.documents import Document as LCDocument
+    from langchain_hybridrag import HybridRAGRetriever as LCRetriever
+    from llama_index.retrievers.hybridrag import HybridRAGRetriever
+
+    pipe = pipeline(m3_dir, reranker_dir)
+    with pytest.raises(ValueError, match="similarity_top_k"):
+        HybridRAGRetriever.from_documents(few_llama_docs(1), tmp_path / "a", pipe, similarity_top_k=0)
+    with pytest.raises(ValueError, match="unknown search override"):
+        HybridRAGRetriever.from_documents(few_llama_docs(1), tmp_path / "a", pipe, search_kwargs={"top_k": 2})
+    with pytest.raises(ValueError, match="k must be"):
+        LCRetriever.from_documents([LCDocument(page_content="t")], tmp_path / "b", pipe, k=0)
+    with pytest.raises(TypeError, match="filters"):
+        LCRetriever.from_documents([LCDocument(page_content="t")], tmp_path / "b", pipe, filters=["year"])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_documents_may_be_any_iterable(tmp_path, m3_dir, reranker_dir):
     from langchain_core.documents import Document as LCDocument
     from langchain_hybridrag import upsert_documents
