@@ -34,6 +34,7 @@ from hybridrag.types import Document
 __all__ = [
     "SOURCE_KEYS",
     "IndexLike",
+    "check_index",
     "check_search_kwargs",
     "check_top_k",
     "derived_id",
@@ -61,8 +62,9 @@ def _key(path: str | os.PathLike[str]) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def _check_path(index: Any) -> None:
-    if not isinstance(index, (str, os.PathLike)):
+def check_index(index: Any) -> None:
+    """``TypeError`` unless ``index`` is a :class:`HybridIndex` or a path (``str``/``os.PathLike``)."""
+    if not isinstance(index, (HybridIndex, str, os.PathLike)):
         raise TypeError(f"index must be a HybridIndex or the path of one, got {type(index).__name__}")
 
 
@@ -101,7 +103,7 @@ def open_index(index: IndexLike) -> HybridIndex:
         if not _is_open(index):
             raise ValueError(f"the HybridIndex of {str(index.path)!r} is closed; pass its path to open it again")
         return _register(index)
-    _check_path(index)
+    check_index(index)
     with _OPEN_LOCK:
         current = _open_at(index)  # not `or`: an empty index is falsy (len 0)
         return current if current is not None else _register(HybridIndex.load(index))
@@ -112,7 +114,7 @@ def upsert(index: IndexLike, documents: list[Document]) -> AddResult:
     has open there, else one opened for this call and closed after it)."""
     if isinstance(index, HybridIndex):
         return open_index(index).upsert(documents)
-    _check_path(index)
+    check_index(index)
     with _OPEN_LOCK:
         current = _open_at(index)
         opened = HybridIndex.load(index) if current is None else None
@@ -149,7 +151,8 @@ def index_with_documents(path: str | os.PathLike[str], pipeline: Any, documents:
     :meth:`HybridIndex.create` or :meth:`HybridIndex.load`. On a failed write an index this
     call opened or created is closed.
     """
-    _check_path(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"the index path must be a str or os.PathLike, got {type(path).__name__}")
     cfg = _as_pipeline(pipeline)
     with _OPEN_LOCK:
         index = _open_at(path)

@@ -27,6 +27,7 @@ from hybridrag.index import AddResult, HybridIndex
 from hybridrag.types import Document, Hit
 from hybridrag_connector_core import (
     IndexLike,
+    check_index,
     check_search_kwargs,
     check_top_k,
     index_with_documents,
@@ -208,8 +209,7 @@ def upsert_documents(index: IndexLike, documents: Iterable[LCDocument], *,
     ``documents[i]`` is ``ids[i]`` when given, else ``documents[i].id``, else a stable id from
     its source and text (see :func:`index_from_documents`).
     """
-    if not isinstance(index, (HybridIndex, str, os.PathLike)):
-        raise TypeError(f"index must be a HybridIndex or the path of one, got {type(index).__name__}")
+    check_index(index)
     return upsert(index, _convert(documents, ids)[0])
 
 

@@ -35,6 +35,7 @@ from hybridrag.index import AddResult, HybridIndex
 from hybridrag.types import Document, Hit
 from hybridrag_connector_core import (
     IndexLike,
+    check_index,
     check_search_kwargs,
     check_top_k,
     index_with_documents,
@@ -233,8 +234,7 @@ def upsert_llama_documents(index: IndexLike, documents: Iterable[BaseNode]) -> A
     ``index`` is an open :class:`HybridIndex` or the path of one (the index this process
     already has open there, else one opened for this call and closed after it).
     """
-    if not isinstance(index, (HybridIndex, str, os.PathLike)):
-        raise TypeError(f"index must be a HybridIndex or the path of one, got {type(index).__name__}")
+    check_index(index)
     return upsert(index, _convert(documents))
 
 
