@@ -432,6 +432,18 @@ def test_one_open_index_per_path_is_shared(tmp_path, m3_dir, reranker_dir):
     second.close()
     again.close()
 
+    # another writer committed after the shared index was opened (here another object, closed
+    # since; in practice another process): the next retriever or writer of the path gets a
+    # fresh index that sees the new state and can write
+    stale = HybridRAGRetriever(path, similarity_top_k=20)
+    with HybridIndex.load(path) as other:
+        other.upsert([{"id": "o", "text": "omega decay"}])
+    assert upsert_llama_documents(path, [LlamaDocument(id_="p", text="pion decay")]).added == ["p"]
+    fresh = HybridRAGRetriever(path, similarity_top_k=20)
+    assert fresh.index is not stale.index and fresh.index is LCRetriever(index=path).index
+    assert {n.node.ref_doc_id for n in fresh.retrieve("decay")} == {"a", "b", "c", "d", "o", "p"}
+    fresh.index.close()
+
 
 def test_a_path_is_accepted_wherever_an_index_is(tmp_path, m3_dir, reranker_dir):
     from langchain_core.documents import Document as LCDocument

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from hybridrag.errors import ConfigError
-from hybridrag.index import MANIFEST, AddResult, HybridIndex, _as_pipeline
+from hybridrag.index import MANIFEST, AddResult, HybridIndex, _as_pipeline, read_manifest
 from hybridrag.types import Document
 
 __all__ = [
@@ -74,14 +74,24 @@ def _is_open(index: HybridIndex) -> bool:
 
 
 def _open_at(path: str | os.PathLike[str]) -> HybridIndex | None:
+    """The open index registered for ``path``, unless it is closed or out of date."""
     current = _OPEN.get(_key(path))
-    return current if current is not None and _is_open(current) else None
+    if current is None or not _is_open(current):
+        return None
+    # Another process committed since this object was opened: it cannot write (the library
+    # asks to load again) and it searches the old state, so a fresh load takes its place for
+    # whoever asks next. It cannot be this process's writer: a writer keeps the lock until
+    # it is closed, so no other process could have committed.
+    on_disk = read_manifest(current.path, missing_ok=True)
+    if on_disk is not None and int(on_disk["generation"]) != current._gen:
+        return None
+    return current
 
 
 def _register(index: HybridIndex) -> HybridIndex:
     with _OPEN_LOCK:
         if _open_at(index.path) is None:
-            _OPEN[_key(index.path)] = index
+            _OPEN[_key(index.path)] = index  # a closed or out-of-date one is replaced
         if index not in _WATCHED:
             # An index dropped without close() keeps its writer lock (a raw file descriptor) until
             # the process exits, so no later object of this path could write: release the lock
