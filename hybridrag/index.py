@@ -182,6 +182,11 @@ class _Lock:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                if holder == f"pid={os.getpid()} host={os.uname().nodename}":
+                    raise IndexLockedError(
+                        f"index {str(self.path.parent)!r} is being written by this process ({holder}) through "
+                        "another HybridIndex object of the same directory: write through that open object, "
+                        "or close() it first") from None
                 raise IndexLockedError(f"index {str(self.path.parent)!r} is being written by another process "
                                        f"({holder}); wait for it to finish") from None
             raise

@@ -14,6 +14,7 @@ import threading
 import numpy as np
 import pytest
 
+from hybridrag.errors import IndexLockedError
 from hybridrag.index import HybridIndex
 from hybridrag.rerankers.cross_encoder import CrossEncoderReranker
 
@@ -279,7 +280,6 @@ def test_langchain_retriever_per_call_overrides_and_async_off_loop(index, monkey
     loop_thread, adocs = asyncio.run(main())
     assert threads and loop_thread not in threads
     assert [d.id for d in adocs] == [h.chunk_id for h in search(q, k=3, filters={"group": "odd"})]
-    retriever.index.close()
 
 
 # ---------------------------------------------------------------------------- building from framework documents
@@ -311,8 +311,6 @@ def test_llama_documents_build_and_upsert(tmp_path, m3_dir, reranker_dir):
     finally:
         idx.close()
 
-    with pytest.raises(Exception, match="already holds an index"):
-        index_from_llama_documents(tmp_path / "li", pipeline(m3_dir, reranker_dir), docs)
     again = index_from_llama_documents(tmp_path / "li", pipeline(m3_dir, reranker_dir), docs[:2], overwrite=True)
     assert again.stats()["documents"] == 2
     again.close()
@@ -347,13 +345,209 @@ def test_langchain_documents_build_and_upsert(tmp_path, m3_dir, reranker_dir):
     finally:
         idx.close()
 
-    with pytest.raises(ValueError, match="has no id"):
-        index_from_documents([LCDocument(page_content="no id")], tmp_path / "x", pipeline(m3_dir, reranker_dir))
-    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="not JSON-serialisable"):
+        index_from_documents([LCDocument(page_content="t", metadata={"when": object()})], tmp_path / "x",
+                             pipeline(m3_dir, reranker_dir))
+    assert not (tmp_path / "x").exists()  # checked before anything is written
     built = index_from_documents([LCDocument(page_content="a b c")], tmp_path / "y", pipeline(m3_dir, reranker_dir),
                                  ids=["given"])
     assert [h.doc_id for h in built.search("a b c", k=1)] == ["given"]
     built.close()
+
+
+# ---------------------------------------------------------------------------- re-runs, one open index per path, paths, ids
+def few_llama_docs(n=3):
+    from llama_index.core import Document as LlamaDocument
+
+    return [LlamaDocument(id_=d["id"], text=d["text"], metadata=d["metadata"]) for d in raw_docs()[:n]]
+
+
+def test_llama_from_documents_reruns_on_an_existing_index(tmp_path, m3_dir, reranker_dir):
+    from llama_index.core import Document as LlamaDocument
+    from llama_index.retrievers.hybridrag import HybridRAGRetriever
+
+    from hybridrag.errors import ConfigError
+
+    path, pipe, docs = tmp_path / "li", pipeline(m3_dir, reranker_dir), few_llama_docs()
+    first = HybridRAGRetriever.from_documents(docs, path, pipe)
+    gen = first.index.stats()["generation"]
+    # the notebook cell run again: the open index is reused, unchanged documents are skipped
+    again = HybridRAGRetriever.from_documents(docs, path, pipe, similarity_top_k=2)
+    assert again.index is first.index
+    assert again.index.stats()["generation"] == gen and again.index.stats()["documents"] == len(docs)
+    assert len(again.retrieve("vitamin D")) == 2
+
+    # the next session (the index closed, opened again from disk): new and edited documents are upserted
+    first.index.close()
+    del first, again
+    edited = LlamaDocument(id_="d1", text="Quantum chromodynamics describes the strong force.", metadata={})
+    extra = LlamaDocument(id_="d9", text="A ninth document about tides.", metadata={})
+    later = HybridRAGRetriever.from_documents([docs[0], edited, extra], path, pipe, similarity_top_k=20)
+    assert later.index.stats()["documents"] == len(docs) + 1
+    d1 = [n.node.text for n in later.retrieve("quantum force") if n.node.ref_doc_id == "d1"]
+    assert d1 and all(text in edited.text for text in d1)
+
+    # another pipeline: an error naming what differs, and nothing written
+    other = {**pipe, "chunking": {"max_tokens": 30, "overlap": 8}}
+    with pytest.raises(ConfigError, match=r"chunking\.max_tokens.*40.*30.*overwrite=True"):
+        HybridRAGRetriever.from_documents(docs, path, other)
+    assert later.index.stats()["documents"] == len(docs) + 1
+    # overwrite=True replaces it, even while this process has it open
+    fresh = HybridRAGRetriever.from_documents(docs[:1], path, other, overwrite=True)
+    assert fresh.index.stats()["documents"] == 1 and fresh.index.pipeline.chunking.max_tokens == 30
+    fresh.index.close()
+
+
+def test_one_open_index_per_path_is_shared(tmp_path, m3_dir, reranker_dir):
+    import gc
+
+    from langchain_core.documents import Document as LCDocument
+    from langchain_hybridrag import HybridRAGRetriever as LCRetriever
+    from langchain_hybridrag import upsert_documents
+    from llama_index.core import Document as LlamaDocument
+    from llama_index.retrievers.hybridrag import HybridRAGRetriever, upsert_llama_documents
+
+    path = tmp_path / "shared"
+    HybridIndex.create(path, pipeline(m3_dir, reranker_dir)).close()
+    li = HybridRAGRetriever(path, similarity_top_k=20)
+    lc = LCRetriever(index=str(path), k=20)
+    assert lc.index is li.index and HybridRAGRetriever(str(path)).index is li.index
+    # writes by path, by either connector, go through the one open index: no IndexLockedError,
+    # and every retriever over it sees them
+    upsert_llama_documents(str(path), [LlamaDocument(id_="a", text="alpha particles and helium nuclei")])
+    upsert_documents(path, [LCDocument(id="b", page_content="beta decay emits electrons")])
+    lc.add_documents([LCDocument(id="c", page_content="gamma rays are photons")])
+    assert {n.node.ref_doc_id for n in li.retrieve("decay")} == {"a", "b", "c"}
+    assert {d.metadata["doc_id"] for d in lc.invoke("decay")} == {"a", "b", "c"}
+
+    # an index dropped without close() (its retrievers gone) does not keep this process from writing
+    del li, lc
+    gc.collect()
+    again = HybridIndex.load(path)
+    assert again.upsert([{"id": "d", "text": "delta rays"}]).added == ["d"]
+    # a second object on a path the first is writing: the error says it is this process and what to do
+    second = HybridIndex.load(path)
+    with pytest.raises(IndexLockedError, match=r"this process.*close\(\)"):
+        second.upsert([{"id": "e", "text": "epsilon"}])
+    second.close()
+    again.close()
+
+    # another writer committed after the shared index was opened (here another object, closed
+    # since; in practice another process): the next retriever or writer of the path gets a
+    # fresh index that sees the new state and can write
+    stale = HybridRAGRetriever(path, similarity_top_k=20)
+    with HybridIndex.load(path) as other:
+        other.upsert([{"id": "o", "text": "omega decay"}])
+    assert upsert_llama_documents(path, [LlamaDocument(id_="p", text="pion decay")]).added == ["p"]
+    fresh = HybridRAGRetriever(path, similarity_top_k=20)
+    assert fresh.index is not stale.index and fresh.index is LCRetriever(index=path).index
+    assert {n.node.ref_doc_id for n in fresh.retrieve("decay")} == {"a", "b", "c", "d", "o", "p"}
+    fresh.index.close()
+
+
+def test_a_path_is_accepted_wherever_an_index_is(tmp_path, m3_dir, reranker_dir):
+    from langchain_core.documents import Document as LCDocument
+    from langchain_hybridrag import HybridRAGRetriever as LCRetriever
+    from langchain_hybridrag import upsert_documents
+    from llama_index.retrievers.hybridrag import HybridRAGRetriever, upsert_llama_documents
+
+    path = tmp_path / "p"
+    HybridIndex.create(path, pipeline(m3_dir, reranker_dir)).close()
+    # a path nobody has open (str or os.PathLike): opened for the write and closed after it,
+    # so the writer lock is free again
+    assert upsert_llama_documents(str(path), few_llama_docs(2)).added == ["d0", "d1"]
+    assert upsert_documents(path, [LCDocument(id="x", page_content="x ray")]).added == ["x"]
+    assert upsert_llama_documents(path, few_llama_docs(1)).unchanged == ["d0"]
+    assert upsert_documents(str(path), [LCDocument(id="x", page_content="x ray")]).unchanged == ["x"]
+    with HybridIndex.load(path) as idx:
+        assert idx.upsert([{"id": "y", "text": "y"}]).added == ["y"]
+    for as_path in (str, lambda p: p):
+        for make in (lambda: HybridRAGRetriever(as_path(path)).index, lambda: LCRetriever(index=as_path(path)).index,
+                     lambda: LCRetriever.from_path(as_path(path)).index):
+            assert make().stats()["documents"] == 4
+    for bad in (3, None, b"path"):
+        with pytest.raises((TypeError, ValueError), match="HybridIndex or the path"):
+            upsert_llama_documents(bad, few_llama_docs(1))
+        with pytest.raises((TypeError, ValueError), match="HybridIndex or the path"):
+            upsert_documents(bad, [LCDocument(id="x", page_content="x")])
+        with pytest.raises((TypeError, ValueError), match="HybridIndex or the path"):
+            LCRetriever(index=bad)
+
+
+def test_documents_without_ids_get_stable_ids(tmp_path, m3_dir, reranker_dir):
+    import hashlib
+    import json
+
+    from langchain_core.documents import Document as LCDocument
+    from langchain_hybridrag import HybridRAGRetriever as LCRetriever
+    from langchain_hybridrag import upsert_documents
+    from llama_index.core import Document as LlamaDocument
+    from llama_index.retrievers.hybridrag import upsert_llama_documents
+
+    def expected(source, text):  # the documented rule
+        return hashlib.sha256(json.dumps([source, text], ensure_ascii=False).encode()).hexdigest()[:32]
+
+    texts = TEXTS[:3]
+
+    def loaded():  # what a LangChain loader gives: no id, a source
+        return [LCDocument(page_content=t, metadata={"source": f"notes/{i}.txt"}) for i, t in enumerate(texts)]
+
+    retriever = LCRetriever.from_documents(loaded(), tmp_path / "ids", pipeline(m3_dir, reranker_dir), k=20)
+    idx = retriever.index
+    ids = [expected(f"notes/{i}.txt", t) for i, t in enumerate(texts)]
+    assert {d.metadata["doc_id"] for d in retriever.invoke("vitamin")} == set(ids)
+    # loading and ingesting again is idempotent; the ids are returned in input order
+    assert retriever.add_documents(loaded()) == ids
+    assert upsert_documents(idx, loaded()).unchanged == ids and idx.stats()["documents"] == 3
+    # the same text from another source is another document; exact duplicates are one document;
+    # same source and text with other metadata (two pages alike) are kept apart
+    pages = [LCDocument(page_content="Blank page.", metadata={"source": "a.pdf", "page": p}) for p in (1, 2)]
+    res = upsert_documents(idx, [LCDocument(page_content=texts[0], metadata={"source": "other.txt"}),
+                                 *loaded()[:1], *loaded()[:1], *pages])
+    assert res.unchanged == ids[:1] and len(res.added) == 3 and idx.stats()["documents"] == 6
+    # LlamaIndex documents without an explicit id_ (readers give a random uuid4) follow the same rule
+    # (``source`` or, as LlamaIndex readers name it, ``file_path``)
+    def read(key):
+        return [LlamaDocument(text=t, metadata={key: f"notes/{i}.txt"}) for i, t in enumerate(texts)]
+
+    assert upsert_llama_documents(idx, read("source")).unchanged == ids
+    assert upsert_llama_documents(idx, read("file_path")).added == ids  # same ids, other metadata: replaced
+    assert upsert_llama_documents(idx, read("file_path")).unchanged == ids
+    assert upsert_llama_documents(idx, [LlamaDocument(id_="given", text=texts[0])]).added == ["given"]
+    assert idx.stats()["documents"] == 7
+    idx.close()
+
+
+def test_bad_retriever_settings_fail_before_anything_is_written(tmp_path, m3_dir, reranker_dir):
+    from langchain_core.documents import Document as LCDocument
+    from langchain_hybridrag import HybridRAGRetriever as LCRetriever
+    from llama_index.retrievers.hybridrag import HybridRAGRetriever
+
+    pipe = pipeline(m3_dir, reranker_dir)
+    with pytest.raises(ValueError, match="similarity_top_k"):
+        HybridRAGRetriever.from_documents(few_llama_docs(1), tmp_path / "a", pipe, similarity_top_k=0)
+    with pytest.raises(ValueError, match="unknown search override"):
+        HybridRAGRetriever.from_documents(few_llama_docs(1), tmp_path / "a", pipe, search_kwargs={"top_k": 2})
+    with pytest.raises(ValueError, match="k must be"):
+        LCRetriever.from_documents([LCDocument(page_content="t")], tmp_path / "b", pipe, k=0)
+    with pytest.raises(TypeError, match="filters"):
+        LCRetriever.from_documents([LCDocument(page_content="t")], tmp_path / "b", pipe, filters=["year"])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_documents_may_be_any_iterable(tmp_path, m3_dir, reranker_dir):
+    from langchain_core.documents import Document as LCDocument
+    from langchain_hybridrag import upsert_documents
+    from llama_index.retrievers.hybridrag import HybridRAGRetriever
+
+    retriever = HybridRAGRetriever.from_documents((d for d in few_llama_docs(2)), tmp_path / "gen",
+                                                  pipeline(m3_dir, reranker_dir))
+    assert retriever.index.stats()["documents"] == 2
+    lazy = (LCDocument(id=f"g{i}", page_content=t) for i, t in enumerate(TEXTS[:2]))  # a loader's lazy_load()
+    assert upsert_documents(retriever.index, lazy).added == ["g0", "g1"]
+    with pytest.raises(TypeError, match="list of"):
+        upsert_documents(retriever.index, LCDocument(id="one", page_content="one"))
+    retriever.index.close()
 
 
 # ---------------------------------------------------------------------------- missing framework
@@ -387,6 +581,13 @@ def test_missing_framework_gives_install_hint(monkeypatch, module, framework, hi
 def test_missing_hybridrag_gives_install_hint(monkeypatch, module):
     with pytest.raises(ImportError, match="needs hybridrag, which is not installed: pip install hybridrag"):
         _import_fresh(monkeypatch, module, "hybridrag")
+
+
+@pytest.mark.parametrize("module", ["llama_index.retrievers.hybridrag", "langchain_hybridrag"])
+def test_missing_connector_core_gives_install_hint(monkeypatch, module):
+    with pytest.raises(ImportError, match="needs hybridrag-connector-core, which is not installed: "
+                                          "pip install hybridrag-connector-core"):
+        _import_fresh(monkeypatch, module, "hybridrag_connector_core")
 
 
 def test_llama_packages_are_namespace_packages():

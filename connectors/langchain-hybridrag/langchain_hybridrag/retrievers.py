@@ -13,12 +13,9 @@ Covered by ``tests/test_connectors.py``.
 from __future__ import annotations
 
 import asyncio
-import inspect
-import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
@@ -28,6 +25,17 @@ from pydantic import ConfigDict, Field, field_validator
 
 from hybridrag.index import AddResult, HybridIndex
 from hybridrag.types import Document, Hit
+from hybridrag_connector_core import (
+    IndexLike,
+    check_index,
+    check_search_kwargs,
+    check_top_k,
+    index_with_documents,
+    open_index,
+    override_names,
+    to_documents,
+    upsert,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,31 +45,6 @@ __all__ = ["ENGINE_METADATA_KEYS", "HybridRAGRetriever", "hit_to_document", "ind
 #: Metadata keys the retriever adds to every document (replacing same-named chunk metadata).
 ENGINE_METADATA_KEYS: tuple[str, ...] = ("doc_id", "start_index", "end_index", "score", "hybridrag_scores",
                                          "hybridrag_ranks")
-
-
-def _override_names() -> frozenset[str]:
-    """Keyword-only search overrides that ``HybridIndex.search_batch`` accepts (modes, fusion, ...)."""
-    params = inspect.signature(HybridIndex.search_batch).parameters.values()
-    return frozenset(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
-
-
-def _check_k(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"k must be a positive integer, got {value!r}")
-    return value
-
-
-def _check_search_kwargs(search_kwargs: Any) -> dict[str, Any]:
-    if search_kwargs is None:
-        return {}
-    if not isinstance(search_kwargs, Mapping):
-        raise TypeError(f"search_kwargs must be a dict, got {type(search_kwargs).__name__}")
-    allowed = _override_names()
-    bad = sorted(set(search_kwargs) - allowed)
-    if bad:
-        raise ValueError(f"unknown search override(s) {bad}; choose from {sorted(allowed)} "
-                         "(pass k and filters as their own arguments)")
-    return dict(search_kwargs)
 
 
 def _check_filters(filters: Any) -> dict[str, Any] | None:
@@ -92,12 +75,14 @@ def hit_to_document(hit: Hit) -> LCDocument:
 class HybridRAGRetriever(BaseRetriever):
     """Retrieve chunks from a hybridrag index.
 
-    Build with ``HybridRAGRetriever(index=HybridIndex.load(path))``, :meth:`from_path` or
+    Build with ``HybridRAGRetriever(index=path_or_index)``, :meth:`from_path` or
     :meth:`from_documents`. ``invoke(query)`` returns up to ``k`` documents, best first;
     ``invoke(query, k=..., filters=..., modes=...)`` overrides any setting for one call.
 
     Attributes:
-        index: the open :class:`HybridIndex`.
+        index: the open :class:`HybridIndex`; given a path, the index this process already
+            has open there (shared with every retriever and writer of that path), else it is
+            loaded.
         k: documents per query.
         filters: metadata conditions applied before top-k (``{"year": {"$gte": 2020}}``).
         search_kwargs: pipeline overrides (``modes``, ``fusion``, ``weights``, ``depth``,
@@ -111,15 +96,20 @@ class HybridRAGRetriever(BaseRetriever):
     filters: dict[str, Any] | None = None
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("index", mode="before")
+    @classmethod
+    def _validate_index(cls, value: Any) -> HybridIndex:
+        return open_index(value)
+
     @field_validator("k")
     @classmethod
     def _validate_k(cls, value: int) -> int:
-        return _check_k(value)
+        return check_top_k(value, "k")
 
     @field_validator("search_kwargs", mode="before")
     @classmethod
     def _validate_search_kwargs(cls, value: Any) -> dict[str, Any]:
-        return _check_search_kwargs(value)
+        return check_search_kwargs(value, "k")
 
     @field_validator("filters", mode="before")
     @classmethod
@@ -128,13 +118,14 @@ class HybridRAGRetriever(BaseRetriever):
 
     @classmethod
     def from_path(cls, index_path: str | os.PathLike[str], **kwargs: Any) -> HybridRAGRetriever:
-        """Open the index at ``index_path`` (read) and return a retriever over it."""
-        return cls(index=HybridIndex.load(index_path), **kwargs)
+        """A retriever over the index at ``index_path`` (the one this process already has open
+        there, else loaded); the same as ``HybridRAGRetriever(index=index_path, **kwargs)``."""
+        return cls(index=index_path, **kwargs)
 
     @classmethod
     def from_documents(
         cls,
-        documents: Sequence[LCDocument],
+        documents: Iterable[LCDocument],
         index_path: str | os.PathLike[str],
         pipeline: Any,
         *,
@@ -145,30 +136,31 @@ class HybridRAGRetriever(BaseRetriever):
         device: str | None = None,
         **kwargs: Any,
     ) -> HybridRAGRetriever:
-        """Create an index at ``index_path`` for ``pipeline`` from LangChain ``documents`` (see
-        :func:`index_from_documents`); ``kwargs`` (``k``, ``filters``, ``search_kwargs``, ...)
-        go to the retriever."""
+        """Build or update the index at ``index_path`` from LangChain ``documents`` (see
+        :func:`index_from_documents`: running this again on the same path upserts into the
+        index there); ``kwargs`` (``k``, ``filters``, ``search_kwargs``, ...) go to the
+        retriever."""
+        if "k" in kwargs:  # bad retriever settings fail before anything is written
+            check_top_k(kwargs["k"], "k")
+        check_search_kwargs(kwargs.get("search_kwargs"), "k")
+        _check_filters(kwargs.get("filters"))
         index = index_from_documents(documents, index_path, pipeline, ids=ids, overwrite=overwrite,
                                      encoder=encoder, reranker=reranker, device=device)
-        try:
-            return cls(index=index, **kwargs)
-        except BaseException:
-            index.close()
-            raise
+        return cls(index=index, **kwargs)
 
-    def add_documents(self, documents: Sequence[LCDocument], *, ids: Sequence[str] | None = None) -> list[str]:
+    def add_documents(self, documents: Iterable[LCDocument], *, ids: Sequence[str] | None = None) -> list[str]:
         """Upsert LangChain ``documents`` into the index (see :func:`upsert_documents`);
-        returns the ids of the documents given."""
-        docs = _convert(documents, ids)
+        returns the id of each document given, in order."""
+        docs, doc_ids = _convert(documents, ids)
         self.index.upsert(docs)
-        return [d.id for d in docs]
+        return doc_ids
 
     def _search(self, query: str, overrides: Mapping[str, Any]) -> list[Hit]:
-        unknown = sorted(set(overrides) - {"k", "filters"} - _override_names())
+        unknown = sorted(set(overrides) - {"k", "filters"} - override_names())
         if unknown:
             raise ValueError(f"unknown retriever argument(s) {unknown}; choose from "
-                             f"{sorted({'k', 'filters'} | _override_names())}")
-        k = _check_k(overrides["k"]) if "k" in overrides else self.k
+                             f"{sorted({'k', 'filters'} | override_names())}")
+        k = check_top_k(overrides["k"], "k") if "k" in overrides else self.k
         filters = _check_filters(overrides["filters"]) if "filters" in overrides else self.filters
         search = {**self.search_kwargs, **{n: v for n, v in overrides.items() if n not in ("k", "filters")}}
         return self.index.search(query, k=k, filters=filters, **search)
@@ -188,50 +180,41 @@ class HybridRAGRetriever(BaseRetriever):
         return [hit_to_document(h) for h in hits]
 
 
-def _lc_to_document(doc: Any, position: int, doc_id: Any) -> Document:
+def _record(doc: Any, position: int, doc_id: Any) -> tuple[str | None, str, dict[str, Any]]:
     if not isinstance(doc, LCDocument):
         raise TypeError(f"documents[{position}] must be a langchain_core Document, got {type(doc).__name__}")
-    if doc_id is None:
-        raise ValueError(f"documents[{position}] has no id: set Document(id=...) or pass ids=[...]")
-    if not isinstance(doc_id, str) or not doc_id.strip():
-        raise ValueError(f"documents[{position}] has no usable id: {doc_id!r}")
-    metadata = dict(doc.metadata or {})
-    for key, value in metadata.items():
-        if not isinstance(key, str):
-            raise ValueError(f"documents[{position}] (id {doc_id!r}): metadata key {key!r} is not a string")
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"documents[{position}] (id {doc_id!r}): metadata[{key!r}] = {value!r:.80} "
-                             f"is not JSON-serialisable ({exc}); hybridrag stores metadata as JSON") from None
-    return Document(id=doc_id, text=doc.page_content, metadata=metadata)
+    return doc_id, doc.page_content, dict(doc.metadata or {})
 
 
-def _convert(documents: Sequence[LCDocument], ids: Sequence[str] | None) -> list[Document]:
-    if isinstance(documents, (str, bytes, LCDocument)) or not isinstance(documents, Sequence):
+def _convert(documents: Iterable[LCDocument], ids: Sequence[str] | None) -> tuple[list[Document], list[str]]:
+    if isinstance(documents, (str, bytes, LCDocument, Mapping)) or not isinstance(documents, Iterable):
         raise TypeError(f"documents must be a list of langchain_core Document, got {type(documents).__name__}")
+    documents = list(documents)
     if ids is not None:
         if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
             raise TypeError(f"ids must be a list of str, got {type(ids).__name__}")
         if len(ids) != len(documents):
             raise ValueError(f"ids has {len(ids)} entries for {len(documents)} documents")
-    return [_lc_to_document(d, i, ids[i] if ids is not None else d.id) for i, d in enumerate(documents)]
+    return to_documents(_record(d, i, ids[i] if ids is not None else getattr(d, "id", None))
+                        for i, d in enumerate(documents))
 
 
-def upsert_documents(index: HybridIndex, documents: Sequence[LCDocument], *,
+def upsert_documents(index: IndexLike, documents: Iterable[LCDocument], *,
                      ids: Sequence[str] | None = None) -> AddResult:
-    """Upsert LangChain ``documents`` into an open index: a new id is added, an id whose
-    text or metadata changed has all its chunks replaced, an unchanged one is skipped.
+    """Upsert LangChain ``documents`` into ``index``: a new id is added, an id whose text or
+    metadata changed has all its chunks replaced, an unchanged one is skipped.
 
-    The id of ``documents[i]`` is ``ids[i]`` when given, else ``documents[i].id``.
+    ``index`` is an open :class:`HybridIndex` or the path of one (the index this process
+    already has open there, else one opened for this call and closed after it). The id of
+    ``documents[i]`` is ``ids[i]`` when given, else ``documents[i].id``, else a stable id from
+    its source and text (see :func:`index_from_documents`).
     """
-    if not isinstance(index, HybridIndex):
-        raise TypeError(f"index must be a HybridIndex, got {type(index).__name__}")
-    return index.upsert(_convert(documents, ids))
+    check_index(index)
+    return upsert(index, _convert(documents, ids)[0])
 
 
 def index_from_documents(
-    documents: Sequence[LCDocument],
+    documents: Iterable[LCDocument],
     index_path: str | os.PathLike[str],
     pipeline: Any,
     *,
@@ -239,19 +222,20 @@ def index_from_documents(
     overwrite: bool = False,
     **create_kwargs: Any,
 ) -> HybridIndex:
-    """Create an index at ``index_path`` for ``pipeline`` (TOML path, name, config or dict)
-    and upsert LangChain ``documents`` into it.
+    """The index at ``index_path`` for ``pipeline`` (TOML path, name, config or dict) with
+    LangChain ``documents`` upserted into it: created when there is none; an index already
+    there (open in this process, or on disk) is reused when it was built with this same
+    pipeline (unchanged documents are skipped), and is a :class:`~hybridrag.errors.ConfigError`
+    naming what differs otherwise. ``overwrite=True`` replaces it.
 
-    The id of ``documents[i]`` is ``ids[i]`` when given, else ``documents[i].id`` (required);
-    the text is ``page_content``, the metadata ``metadata`` (must be JSON-serialisable).
-    ``create_kwargs`` go to :meth:`HybridIndex.create` (``encoder``, ``reranker``, ``device``).
-    Documents are checked before anything is written; on a failed write the index is closed.
+    The id of ``documents[i]`` is ``ids[i]`` when given, else ``documents[i].id``, else (what
+    loaders give) a stable id from its source (``metadata["source"]``) and text, so loading
+    and ingesting the same files again changes nothing (see
+    :func:`hybridrag_connector_core.derived_id`). The text is ``page_content``, the metadata
+    ``metadata`` (must be JSON-serialisable). ``create_kwargs`` go to
+    :meth:`HybridIndex.create` / :meth:`HybridIndex.load` (``encoder``, ``reranker``,
+    ``device``). Documents are checked before anything is written; on a failed write an
+    index this call opened is closed.
     """
-    docs = _convert(documents, ids)
-    index = HybridIndex.create(Path(index_path), pipeline, overwrite=overwrite, **create_kwargs)
-    try:
-        index.upsert(docs)
-    except BaseException:
-        index.close()
-        raise
-    return index
+    return index_with_documents(index_path, pipeline, _convert(documents, ids)[0], overwrite=overwrite,
+                                **create_kwargs)

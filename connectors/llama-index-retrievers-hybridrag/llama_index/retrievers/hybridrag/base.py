@@ -13,12 +13,9 @@ Covered by ``tests/test_connectors.py``.
 from __future__ import annotations
 
 import asyncio
-import inspect
-import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from llama_index.core.callbacks import CallbackManager
@@ -36,6 +33,16 @@ from llama_index.core.vector_stores.types import FilterCondition, FilterOperator
 
 from hybridrag.index import AddResult, HybridIndex
 from hybridrag.types import Document, Hit
+from hybridrag_connector_core import (
+    IndexLike,
+    check_index,
+    check_search_kwargs,
+    check_top_k,
+    index_with_documents,
+    open_index,
+    to_documents,
+    upsert,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,31 +67,6 @@ _OPERATORS: dict[FilterOperator, str] = {
     FilterOperator.LT: "$lt", FilterOperator.LTE: "$lte",
     FilterOperator.IN: "$in", FilterOperator.NIN: "$nin",
 }
-
-
-def _override_names() -> frozenset[str]:
-    """Keyword-only search overrides that ``HybridIndex.search_batch`` accepts (modes, fusion, ...)."""
-    params = inspect.signature(HybridIndex.search_batch).parameters.values()
-    return frozenset(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
-
-
-def _check_top_k(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _check_search_kwargs(search_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
-    if search_kwargs is None:
-        return {}
-    if not isinstance(search_kwargs, Mapping):
-        raise TypeError(f"search_kwargs must be a dict, got {type(search_kwargs).__name__}")
-    allowed = _override_names()
-    bad = sorted(set(search_kwargs) - allowed)
-    if bad:
-        raise ValueError(f"unknown search override(s) {bad}; choose from {sorted(allowed)} "
-                         "(pass similarity_top_k and filters as their own arguments)")
-    return dict(search_kwargs)
 
 
 def metadata_filters_to_dict(filters: MetadataFilters) -> dict[str, Any]:
@@ -160,7 +142,9 @@ class HybridRAGRetriever(BaseRetriever):
     """Retrieve chunks from a hybridrag index.
 
     Args:
-        index: an open :class:`HybridIndex`, or the path of one to load.
+        index: an open :class:`HybridIndex`, or the path of one: the index this process
+            already has open there (shared with every retriever and writer of that path),
+            else it is loaded.
         similarity_top_k: number of nodes per query (``k`` of ``HybridIndex.search``).
         filters: metadata conditions applied before top-k: hybridrag's dict
             (``{"year": {"$gte": 2020}}``) or LlamaIndex ``MetadataFilters`` (AND only).
@@ -170,27 +154,23 @@ class HybridRAGRetriever(BaseRetriever):
 
     def __init__(
         self,
-        index: HybridIndex | str | os.PathLike[str],
+        index: IndexLike,
         similarity_top_k: int = 10,
         filters: MetadataFilters | Mapping[str, Any] | None = None,
         search_kwargs: Mapping[str, Any] | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
-        if isinstance(index, (str, os.PathLike)):
-            index = HybridIndex.load(index)
-        elif not isinstance(index, HybridIndex):
-            raise TypeError(f"index must be a HybridIndex or the path of one, got {type(index).__name__}")
-        self.index = index
-        self.similarity_top_k = _check_top_k(similarity_top_k, "similarity_top_k")
+        self.similarity_top_k = check_top_k(similarity_top_k, "similarity_top_k")
         self.filters = _check_filters(filters)
-        self.search_kwargs = _check_search_kwargs(search_kwargs)
+        self.search_kwargs = check_search_kwargs(search_kwargs, "similarity_top_k")
+        self.index = open_index(index)
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @classmethod
     def from_documents(
         cls,
-        documents: Sequence[BaseNode],
+        documents: Iterable[BaseNode],
         index_path: str | os.PathLike[str],
         pipeline: Any,
         *,
@@ -202,8 +182,12 @@ class HybridRAGRetriever(BaseRetriever):
         verbose: bool = False,
         **create_kwargs: Any,
     ) -> HybridRAGRetriever:
-        """Build an index at ``index_path`` from LlamaIndex ``documents`` (see
-        :func:`index_from_llama_documents`) and return a retriever over it."""
+        """Build or update the index at ``index_path`` from LlamaIndex ``documents`` (see
+        :func:`index_from_llama_documents`: running this again on the same path upserts into
+        the index there) and return a retriever over it."""
+        check_top_k(similarity_top_k, "similarity_top_k")  # bad arguments fail before any write
+        _check_filters(filters)
+        check_search_kwargs(search_kwargs, "similarity_top_k")
         index = index_from_llama_documents(index_path, pipeline, documents, overwrite=overwrite, **create_kwargs)
         return cls(index, similarity_top_k=similarity_top_k, filters=filters, search_kwargs=search_kwargs,
                    callback_manager=callback_manager, verbose=verbose)
@@ -227,59 +211,53 @@ class HybridRAGRetriever(BaseRetriever):
         return [hit_to_node(h) for h in hits]
 
 
-def _llama_to_document(doc: Any, position: int) -> Document:
+def _record(doc: Any, position: int) -> tuple[str | None, str, dict[str, Any]]:
     if not isinstance(doc, BaseNode):
         raise TypeError(f"documents[{position}] must be a llama_index.core Document (or node), "
                         f"got {type(doc).__name__}")
-    doc_id = doc.id_
-    if not isinstance(doc_id, str) or not doc_id.strip():
-        raise ValueError(f"documents[{position}] has no usable id: {doc_id!r}")
-    metadata = dict(doc.metadata or {})
-    for key, value in metadata.items():
-        if not isinstance(key, str):
-            raise ValueError(f"documents[{position}] (id {doc_id!r}): metadata key {key!r} is not a string")
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"documents[{position}] (id {doc_id!r}): metadata[{key!r}] = {value!r:.80} "
-                             f"is not JSON-serialisable ({exc}); hybridrag stores metadata as JSON") from None
-    return Document(id=doc_id, text=doc.get_content(metadata_mode=MetadataMode.NONE), metadata=metadata)
+    # A Document built without id_ (what readers such as SimpleDirectoryReader give) has a
+    # random uuid4: not an id to upsert by. It gets a stable id from its source and text.
+    doc_id = doc.id_ if "id_" in doc.model_fields_set else None
+    return doc_id, doc.get_content(metadata_mode=MetadataMode.NONE), dict(doc.metadata or {})
 
 
-def _convert(documents: Sequence[BaseNode]) -> list[Document]:
-    if isinstance(documents, (str, bytes, BaseNode)) or not isinstance(documents, Sequence):
+def _convert(documents: Iterable[BaseNode]) -> list[Document]:
+    if isinstance(documents, (str, bytes, BaseNode, Mapping)) or not isinstance(documents, Iterable):
         raise TypeError(f"documents must be a list of llama_index.core Document, got {type(documents).__name__}")
-    return [_llama_to_document(d, i) for i, d in enumerate(documents)]
+    return to_documents(_record(d, i) for i, d in enumerate(documents))[0]
 
 
-def upsert_llama_documents(index: HybridIndex, documents: Sequence[BaseNode]) -> AddResult:
-    """Upsert LlamaIndex ``documents`` into an open index: a new id is added, an id whose text
-    or metadata changed has all its chunks replaced, an unchanged one is skipped."""
-    if not isinstance(index, HybridIndex):
-        raise TypeError(f"index must be a HybridIndex, got {type(index).__name__}")
-    return index.upsert(_convert(documents))
+def upsert_llama_documents(index: IndexLike, documents: Iterable[BaseNode]) -> AddResult:
+    """Upsert LlamaIndex ``documents`` into ``index``: a new id is added, an id whose text
+    or metadata changed has all its chunks replaced, an unchanged one is skipped.
+
+    ``index`` is an open :class:`HybridIndex` or the path of one (the index this process
+    already has open there, else one opened for this call and closed after it).
+    """
+    check_index(index)
+    return upsert(index, _convert(documents))
 
 
 def index_from_llama_documents(
     path: str | os.PathLike[str],
     pipeline: Any,
-    documents: Sequence[BaseNode],
+    documents: Iterable[BaseNode],
     *,
     overwrite: bool = False,
     **create_kwargs: Any,
 ) -> HybridIndex:
-    """Create an index at ``path`` for ``pipeline`` and upsert LlamaIndex ``documents`` into it.
+    """The index at ``path`` for ``pipeline`` (TOML path, name, config or dict) with LlamaIndex
+    ``documents`` upserted into it: created when there is none; an index already there (open
+    in this process, or on disk) is reused when it was built with this same pipeline (unchanged
+    documents are skipped), and is a :class:`~hybridrag.errors.ConfigError` naming what
+    differs otherwise. ``overwrite=True`` replaces it.
 
-    The document id is ``doc.id_`` (``doc_id``), the text ``doc.get_content()`` without
-    metadata, the metadata ``doc.metadata`` (must be JSON-serialisable). ``create_kwargs``
-    go to :meth:`HybridIndex.create` (``encoder``, ``reranker``, ``device``). Documents are
-    checked before anything is written; on a failed write the new index is closed.
+    The document id is ``doc.id_`` when it was set, else a stable id from the document's
+    source (``metadata["source"]`` or ``metadata["file_path"]``) and text (see
+    :func:`hybridrag_connector_core.derived_id`); the text is ``doc.get_content()`` without
+    metadata, the metadata ``doc.metadata`` (must be JSON-serialisable). ``create_kwargs`` go
+    to :meth:`HybridIndex.create` / :meth:`HybridIndex.load` (``encoder``, ``reranker``,
+    ``device``). Documents are checked before anything is written; on a failed write an
+    index this call opened is closed.
     """
-    docs = _convert(documents)
-    index = HybridIndex.create(Path(path), pipeline, overwrite=overwrite, **create_kwargs)
-    try:
-        index.upsert(docs)
-    except BaseException:
-        index.close()
-        raise
-    return index
+    return index_with_documents(path, pipeline, _convert(documents), overwrite=overwrite, **create_kwargs)
