@@ -17,7 +17,7 @@ $(BIN)/python:
 setup: $(BIN)/python
 	$(PIP) install -q -e ".[offline]"
 
-CONNECTORS := -e connectors/hybridrag-connector-core -e connectors/llama-index-retrievers-hybridrag \
+CONNECTORS := -e connectors/llama-index-retrievers-hybridrag \
 	-e connectors/llama-index-postprocessor-hybridrag-rerank -e connectors/langchain-hybridrag
 
 setup-test: $(BIN)/python

@@ -583,13 +583,6 @@ def test_missing_hybridrag_gives_install_hint(monkeypatch, module):
         _import_fresh(monkeypatch, module, "hybridrag")
 
 
-@pytest.mark.parametrize("module", ["llama_index.retrievers.hybridrag", "langchain_hybridrag"])
-def test_missing_connector_core_gives_install_hint(monkeypatch, module):
-    with pytest.raises(ImportError, match="needs hybridrag-connector-core, which is not installed: "
-                                          "pip install hybridrag-connector-core"):
-        _import_fresh(monkeypatch, module, "hybridrag_connector_core")
-
-
 def test_llama_packages_are_namespace_packages():
     import llama_index
     import llama_index.postprocessor

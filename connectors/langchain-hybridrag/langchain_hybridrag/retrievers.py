@@ -25,7 +25,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 from hybridrag.index import AddResult, HybridIndex
 from hybridrag.types import Document, Hit
-from hybridrag_connector_core import (
+from hybridrag.integrations import (
     IndexLike,
     check_index,
     check_search_kwargs,
@@ -231,7 +231,7 @@ def index_from_documents(
     The id of ``documents[i]`` is ``ids[i]`` when given, else ``documents[i].id``, else (what
     loaders give) a stable id from its source (``metadata["source"]``) and text, so loading
     and ingesting the same files again changes nothing (see
-    :func:`hybridrag_connector_core.derived_id`). The text is ``page_content``, the metadata
+    :func:`hybridrag.integrations.derived_id`). The text is ``page_content``, the metadata
     ``metadata`` (must be JSON-serialisable). ``create_kwargs`` go to
     :meth:`HybridIndex.create` / :meth:`HybridIndex.load` (``encoder``, ``reranker``,
     ``device``). Documents are checked before anything is written; on a failed write an

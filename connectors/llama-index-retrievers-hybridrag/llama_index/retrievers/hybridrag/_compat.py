@@ -15,9 +15,3 @@ try:
     import hybridrag  # noqa: F401
 except ImportError as exc:
     raise ImportError("llama_index.retrievers.hybridrag needs hybridrag, which is not installed: pip install hybridrag") from exc
-
-try:
-    import hybridrag_connector_core  # noqa: F401
-except ImportError as exc:
-    raise ImportError("llama_index.retrievers.hybridrag needs hybridrag-connector-core, which is not installed: "
-                      "pip install hybridrag-connector-core") from exc

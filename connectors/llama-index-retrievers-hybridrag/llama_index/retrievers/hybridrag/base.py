@@ -33,7 +33,7 @@ from llama_index.core.vector_stores.types import FilterCondition, FilterOperator
 
 from hybridrag.index import AddResult, HybridIndex
 from hybridrag.types import Document, Hit
-from hybridrag_connector_core import (
+from hybridrag.integrations import (
     IndexLike,
     check_index,
     check_search_kwargs,
@@ -254,7 +254,7 @@ def index_from_llama_documents(
 
     The document id is ``doc.id_`` when it was set, else a stable id from the document's
     source (``metadata["source"]`` or ``metadata["file_path"]``) and text (see
-    :func:`hybridrag_connector_core.derived_id`); the text is ``doc.get_content()`` without
+    :func:`hybridrag.integrations.derived_id`); the text is ``doc.get_content()`` without
     metadata, the metadata ``doc.metadata`` (must be JSON-serialisable). ``create_kwargs`` go
     to :meth:`HybridIndex.create` / :meth:`HybridIndex.load` (``encoder``, ``reranker``,
     ``device``). Documents are checked before anything is written; on a failed write an

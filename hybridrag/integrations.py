@@ -1,4 +1,4 @@
-"""What hybridrag's framework connectors (LlamaIndex, LangChain) share.
+"""What hybridrag's framework connectors (LlamaIndex, LangChain) share (used by them, not a user API).
 
 - One open :class:`~hybridrag.index.HybridIndex` per index directory in a process
   (:func:`open_index`): every retriever and writer given the same path, by any connector,
