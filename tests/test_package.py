@@ -1,6 +1,12 @@
+"""The package as a user meets it: import, public API, what the wheel holds, quiet loading."""
 import logging
+import os
 import subprocess
 import sys
+import zipfile
+
+import _install
+import pytest
 
 
 def test_import_configures_no_logging():
@@ -22,3 +28,43 @@ def test_errors_are_documented_builtin_subclasses():
     assert issubclass(hybridrag.ModelLoadError, OSError)
     assert issubclass(hybridrag.IndexLockedError, RuntimeError)
     assert logging.getLogger("hybridrag").level == logging.NOTSET
+
+
+# --------------------------------------------------------------------------- packaging
+
+
+def test_pyproject_lists_every_package():
+    # pyproject lists its packages (to map pipelines/ into the wheel): a new subpackage
+    # left off the list would be missing from the wheel.
+    import tomllib
+
+    declared = set(tomllib.loads((_install.ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(_install.ROOT).parts)
+             for p in (_install.ROOT / "hybridrag").rglob("__init__.py")}
+    assert found <= declared
+    assert declared - found == {"hybridrag.data", "hybridrag.pipelines"}
+
+
+def test_wheel_ships_pipelines_and_demo_data(installed_wheel):
+    with zipfile.ZipFile(installed_wheel.wheel) as whl:
+        names = set(whl.namelist())
+        for toml in sorted((_install.ROOT / "pipelines").glob("*.toml")):
+            assert whl.read(f"hybridrag/pipelines/{toml.name}") == toml.read_bytes()
+    sample = _install.ROOT / "hybridrag" / "data" / "scifact-sample"
+    files = [p.relative_to(_install.ROOT).as_posix() for p in sample.rglob("*") if p.is_file()]
+    assert files and set(files) <= names
+    assert {"hybridrag/pipelines/offline.toml", "hybridrag/pipelines/m3.toml", "hybridrag/pipelines/bm25-dense.toml",
+            "hybridrag/pipelines/milvus.toml", "hybridrag/py.typed"} <= names
+
+
+def test_editable_install_resolves_named_pipelines(tmp_path):
+    # `make setup` installs editable: the pipelines then come from the checkout's pipelines/
+    src = _install.copy_source(tmp_path / "src")
+    py = _install.fresh_venv(tmp_path / "venv")
+    _install.pip_install(py, "-e", str(src))
+    code = ("import hybridrag; from pathlib import Path; from hybridrag.config import load_pipeline, shipped_pipelines;"
+            "from hybridrag.demo import SAMPLE;"
+            f"assert Path(hybridrag.__file__).parent == Path({str(src / 'hybridrag')!r}), hybridrag.__file__;"
+            f"assert shipped_pipelines()['offline'] == Path({str(src / 'pipelines' / 'offline.toml')!r});"
+            "assert load_pipeline('offline').name and (SAMPLE / 'corpus.jsonl').is_file()")
+    subprocess.run([str(py), "-c", code], cwd=tmp_path, env=_install.clean_env(), check=True, timeout=300)
