@@ -118,3 +118,108 @@ def test_editable_install_resolves_named_pipelines(tmp_path):
             f"assert shipped_pipelines()['offline'] == Path({str(src / 'pipelines' / 'offline.toml')!r});"
             "assert load_pipeline('offline').name and (SAMPLE / 'corpus.jsonl').is_file()")
     subprocess.run([str(py), "-c", code], cwd=tmp_path, env=_install.clean_env(), check=True, timeout=300)
+
+
+# --------------------------------------------------------------------------- quiet model loading
+# In a child process, to see exactly what reaches the terminal: transformers' log handler
+# writes to the stderr it found at import, which pytest's capfd does not see.
+
+_LOAD_ALL = """
+import sys
+from transformers.utils import logging as hf_logging
+from hybridrag import HybridIndex, load_pipeline
+from hybridrag.encoders.dense import DenseEncoder
+from hybridrag.encoders.m3 import M3Encoder
+from hybridrag.rerankers.cross_encoder import CrossEncoderReranker
+
+minilm, bert, m3, reranker, index = sys.argv[1:]
+for folder in (minilm, bert):
+    DenseEncoder.from_pretrained(folder, device="cpu")
+M3Encoder.from_pretrained(m3, device="cpu")
+CrossEncoderReranker.from_pretrained(reranker, device="cpu")
+pipeline = load_pipeline("offline").to_dict()   # all-MiniLM-L6-v2, as minilm
+pipeline["rerank"].update(enabled=True, model=reranker)
+with HybridIndex.create(index, pipeline) as idx:
+    idx.add([{"id": "a", "text": "hello world"}])
+with HybridIndex.load(index) as idx:
+    assert idx.search("hello", k=1)[0].doc_id == "a"
+# the user's transformers settings are as they were: default verbosity, progress bars on
+assert hf_logging.get_verbosity() == hf_logging.WARNING and hf_logging.is_progress_bar_enabled()
+"""
+
+
+def _run(code: str, *args: object) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE"))}
+    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_model_loading_is_quiet(tmp_path, minilm_dir, bert_dir, m3_dir, reranker_dir):
+    """Checkpoints with weights the model does not build (the real MiniLM's pooler; the tiny
+    BERT and M3 were saved with one) load without transformers' load report or progress bar,
+    through the encoders, the reranker and the index."""
+    r = _run(_LOAD_ALL, minilm_dir, bert_dir, m3_dir, reranker_dir, tmp_path / "idx")
+    assert (r.stdout, r.stderr) == ("", "")
+
+
+def _without_weight(src, dst, drop):
+    """A copy of the model folder ``src`` whose checkpoint lacks the weights matching ``drop``."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    weights = load_file(dst / "model.safetensors")
+    kept = {k: v for k, v in weights.items() if drop not in k}
+    assert len(kept) < len(weights)
+    save_file(kept, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def test_missing_weights_are_still_reported(tmp_path, bert_dir, reranker_dir):
+    bert = _without_weight(bert_dir, tmp_path / "bert", "layer.0.attention.self.query")
+    r = _run("import sys; from hybridrag.encoders.dense import DenseEncoder;"
+             "DenseEncoder.from_pretrained(sys.argv[1], device='cpu')", bert)
+    assert "layer.0.attention.self.query" in r.stderr
+    rr = _without_weight(reranker_dir, tmp_path / "rr", "classifier.out_proj")
+    r = _run("import sys; from hybridrag.rerankers.cross_encoder import CrossEncoderReranker;"
+             "CrossEncoderReranker.from_pretrained(sys.argv[1], device='cpu')", rr)
+    assert "classifier.out_proj" in r.stderr
+
+
+# --------------------------------------------------------------------------- models by Hub id
+
+_LOAD_BY_ID = """
+import sys
+from hybridrag.encoders.dense import DenseEncoder
+from hybridrag.errors import ModelLoadError
+from hybridrag.rerankers.cross_encoder import CrossEncoderReranker
+
+for load in (CrossEncoderReranker.from_pretrained, DenseEncoder.from_pretrained):
+    try:
+        load("hybridrag-test/no-such-model", device="cpu")
+    except ModelLoadError as e:
+        print(" ".join(str(e).split()))
+    else:
+        sys.exit("loaded a model that does not exist")
+"""
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "hub-unreachable"])
+def test_uncached_hub_id_fails_at_once(tmp_path, offline):
+    """A Hub id that is not cached, with no way to fetch it, is a ModelLoadError naming the id and
+    the fix, at once: not after transformers' retries (~25 s a file). The Hub is a closed local
+    port here, so the test never reaches the network; the timeout is what fails a retrying load."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_ENDPOINT="http://127.0.0.1:9")
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    r = subprocess.run([sys.executable, "-c", _LOAD_BY_ID], capture_output=True, text=True, env=env, timeout=40)
+    assert r.returncode == 0, r.stderr
+    messages = r.stdout.splitlines()
+    assert len(messages) == 2
+    for m in messages:
+        assert "'hybridrag-test/no-such-model'" in m and "local model folder" in m and "hf download" in m
+        assert ("HF_HUB_OFFLINE is set" in m) == offline
