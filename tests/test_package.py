@@ -52,7 +52,7 @@ def test_public_api_from_the_package_root():
 
 
 def test_import_hybridrag_stays_light():
-    # The engine (numpy, faiss, numba: ~0.8 s of imports, python -X importtime) loads on first
+    # The engine (numpy, faiss, numba: ~1 s of imports, python -X importtime) loads on first
     # use of HybridIndex, not on `import hybridrag`; torch only when a model is loaded.
     code = ("import sys, hybridrag; heavy = [m for m in ('numpy', 'torch', 'hybridrag.index') if m in sys.modules];"
             "assert not heavy, heavy; from hybridrag import HybridIndex; assert 'torch' not in sys.modules")
