@@ -180,13 +180,14 @@ def _without_weight(src, dst, drop):
 
 def test_missing_weights_are_still_reported(tmp_path, bert_dir, reranker_dir):
     bert = _without_weight(bert_dir, tmp_path / "bert", "layer.0.attention.self.query")
-    r = _run("import sys; from hybridrag.encoders.dense import DenseEncoder;"
-             "DenseEncoder.from_pretrained(sys.argv[1], device='cpu')", bert)
-    assert "layer.0.attention.self.query" in r.stderr
     rr = _without_weight(reranker_dir, tmp_path / "rr", "classifier.out_proj")
-    r = _run("import sys; from hybridrag.rerankers.cross_encoder import CrossEncoderReranker;"
-             "CrossEncoderReranker.from_pretrained(sys.argv[1], device='cpu')", rr)
-    assert "classifier.out_proj" in r.stderr
+    r = _run("import sys; from hybridrag.encoders.dense import DenseEncoder;"
+             "from hybridrag.rerankers.cross_encoder import CrossEncoderReranker;"
+             "DenseEncoder.from_pretrained(sys.argv[1], device='cpu'); print('--', file=sys.stderr, flush=True);"
+             "CrossEncoderReranker.from_pretrained(sys.argv[2], device='cpu')", bert, rr)
+    encoder_err, reranker_err = r.stderr.split("--\n")
+    assert "layer.0.attention.self.query" in encoder_err
+    assert "classifier.out_proj" in reranker_err
 
 
 # --------------------------------------------------------------------------- models by Hub id
