@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("paths", nargs="+", metavar="PATH")
     s.add_argument("--index", required=True, metavar="DIR")
     s.add_argument("--pipeline", default=None,
-                   help="pipeline TOML (or a shipped name: offline, m3, bm25-dense) for a new index; default offline")
+                   help="pipeline TOML (or a shipped name: offline, m3, bm25-dense, milvus) for a new index; default offline")
     s.add_argument("--include", action="append", metavar="GLOB")
     s.add_argument("--exclude", action="append", metavar="GLOB")
     s.add_argument("--text-field", default="text", metavar="KEY", help="text key of .json/.jsonl records")

@@ -8,6 +8,10 @@ an index stores in its manifest. Tested in ``tests/test_config.py``.
 Model locations (``encoder.model``, ``rerank.model``) are resolved by
 :func:`resolve_model_path`: an existing local folder, ``pkg:module/subdir`` for a model
 shipped inside an installed Python package, or otherwise a Hugging Face id.
+
+A pipeline is named by a path to a TOML file or by the name of a shipped one
+(:func:`shipped_pipelines`, :func:`load_pipeline`): the files of the top-level
+``pipelines/`` folder, which a wheel installs as ``hybridrag/pipelines/``.
 """
 from __future__ import annotations
 
@@ -161,6 +165,38 @@ class PipelineConfig:
                     raise ConfigError(f"unknown pipeline section {section!r} in override {dotted!r}")
                 d[section][key] = value
         return PipelineConfig.from_dict(d, source="override")
+
+
+def shipped_pipelines() -> dict[str, Path]:
+    """The pipelines shipped with hybridrag, by name (``"offline"``, ``"m3"``, ...).
+
+    Installed from a wheel they sit in the package (``hybridrag/pipelines/``, mapped from the
+    top-level ``pipelines/`` folder by pyproject's ``package-dir``); in a source checkout or
+    an editable install, in the checkout's ``pipelines/`` next to the package folder.
+    """
+    here = Path(__file__).resolve().parent
+    for folder in (here / "pipelines", here.parent / "pipelines"):
+        found = {p.stem: p for p in sorted(folder.glob("*.toml"))} if folder.is_dir() else {}
+        if found:
+            return found
+    return {}
+
+
+def load_pipeline(spec: str | os.PathLike[str]) -> PipelineConfig:
+    """A pipeline from a TOML file, or a shipped pipeline by name.
+
+    An existing file wins over a shipped name; a spec ending in ``.toml`` is always a path.
+    Raises :class:`ConfigError` naming ``spec`` and the shipped names when neither is found.
+    """
+    path = Path(os.path.expanduser(os.fspath(spec)))
+    name = os.fspath(spec)
+    if path.exists() or name.endswith(".toml"):
+        return PipelineConfig.from_toml(path)
+    shipped = shipped_pipelines()
+    if name in shipped:
+        return PipelineConfig.from_toml(shipped[name])
+    raise ConfigError(f"pipeline {name!r}: no such file, and not the name of a shipped pipeline "
+                      f"({', '.join(shipped) or 'none found: is the hybridrag installation complete?'})")
 
 
 def _type_name(t: Any) -> str:

@@ -9,6 +9,9 @@ scores the whole sample with nDCG@10 / Recall@100 / MRR@10.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import os
+import shlex
 import shutil
 import sys
 import time
@@ -20,6 +23,41 @@ QUESTIONS = [
     "What is the role of microRNA in cancer?",
     "Antibiotic resistance spreads between bacteria by horizontal gene transfer.",
 ]
+
+
+def cli_command() -> str:
+    """How to run this installation's ``hybridrag`` command from the user's shell, as typed.
+
+    ``hybridrag`` when that name on PATH is this installation's script (an activated venv, a
+    global install with its scripts folder on PATH); else the script's path (``make demo`` runs
+    ``.venv/bin/python`` without activating the venv), relative when under the current folder;
+    else ``python -m hybridrag.cli`` with this interpreter. Tested in tests/test_demo.py.
+    """
+    script = _installed_script()
+    if script is None:
+        return f"{shlex.quote(sys.executable)} -m hybridrag.cli"
+    on_path = shutil.which("hybridrag")
+    if on_path is not None and os.path.samefile(on_path, script):
+        return "hybridrag"
+    try:
+        shown = script.relative_to(Path.cwd())
+    except ValueError:
+        return shlex.quote(str(script))
+    return shlex.quote(str(shown) if shown.parent != Path(".") else f"./{shown}")
+
+
+def _installed_script() -> Path | None:
+    """The ``hybridrag`` console script installed with this package: where the installation's
+    record puts it (a global pip install may put scripts away from the interpreter, e.g.
+    /usr/local/bin or ~/.local/bin), else beside the interpreter (a venv's bin/)."""
+    names = ("hybridrag", "hybridrag.exe")
+    try:
+        dist = importlib.metadata.distribution("hybridrag")
+        recorded = [Path(dist.locate_file(f)) for f in dist.files or () if f.name in names]
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree on PYTHONPATH
+        recorded = []
+    beside = [Path(sys.executable).parent / n for n in names]
+    return next((Path(os.path.abspath(p)) for p in recorded + beside if p.is_file()), None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
     print("Quality on the sample's questions (document ranking, each mode alone and fused):")
     print(results_table(evaluate_index(idx, str(SAMPLE))))
-    print(f"\nTry: hybridrag query {args.index} \"your question\" --explain")
+    print(f"\nTry: {cli_command()} query {shlex.quote(args.index)} \"your question\" --explain")
     idx.close()
     return 0
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from hybridrag import __version__
-from hybridrag.config import PipelineConfig, resolve_model_path
+from hybridrag.config import PipelineConfig, load_pipeline, resolve_model_path
 from hybridrag.errors import (
     ConfigError,
     DocumentError,
@@ -234,7 +234,8 @@ class HybridIndex:
     def create(cls, path: str | os.PathLike[str], pipeline: str | os.PathLike[str] | PipelineConfig | Mapping[str, Any],
                *, overwrite: bool = False, encoder: Any = None, reranker: Any = None,
                device: str | None = None) -> "HybridIndex":
-        """Create an empty index at ``path`` for ``pipeline`` (a TOML path, a config or a dict).
+        """Create an empty index at ``path`` for ``pipeline``: a shipped pipeline's name (``"offline"``,
+        ``"m3"``, ``"bm25-dense"``, ``"milvus"``), a TOML path, a :class:`PipelineConfig` or a dict.
 
         ``encoder``/``reranker`` may pass already-loaded models to share between indexes.
         """
@@ -988,14 +989,7 @@ def _as_pipeline(p: Any) -> PipelineConfig:
     if isinstance(p, Mapping):
         return PipelineConfig.from_dict(dict(p))
     if isinstance(p, (str, os.PathLike)):
-        path = Path(p)
-        if not path.exists() and not str(p).endswith(".toml"):
-            bundled = Path(__file__).resolve().parent / "pipelines" / f"{p}.toml"
-            repo = Path(__file__).resolve().parents[1] / "pipelines" / f"{p}.toml"
-            for cand in (bundled, repo):
-                if cand.is_file():
-                    return PipelineConfig.from_toml(cand)
-        return PipelineConfig.from_toml(path)
+        return load_pipeline(p)
     raise TypeError(f"pipeline must be a path to a TOML file, a PipelineConfig or a dict, got {type(p).__name__}")
 
 

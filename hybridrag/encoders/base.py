@@ -5,9 +5,13 @@ Covered by ``tests/test_encoders_m3.py`` and ``tests/test_encoders_dense.py``.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
+import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -152,12 +156,15 @@ def model_capacity(config: Any) -> int:
 # --------------------------------------------------------------------------- loading
 
 
-def resolve_model_folder(name_or_path: str | os.PathLike[str]) -> str:
+def resolve_model_folder(name_or_path: str | os.PathLike[str], revision: str | None = None) -> str:
     """Return a local folder for ``name_or_path``: the folder itself, or a Hub snapshot.
 
-    A Hugging Face id (``org/name``) is fetched with ``huggingface_hub`` (from the
-    cache when offline). Raises :class:`ModelLoadError` naming the path or id when
-    it cannot be found.
+    A Hugging Face id (``org/name``) is fetched with ``huggingface_hub``, or taken from its
+    cache: only from the cache when ``HF_HUB_OFFLINE`` is set, and from the cache when the
+    Hub cannot be reached (which ``snapshot_download`` finds out in one request, where
+    transformers' own downloads retry each file for about 25 s). Raises
+    :class:`ModelLoadError` at once, naming the path or id and how to fix it, when the model
+    is neither a local folder nor available (``tests/test_package.py::test_uncached_hub_id_fails_at_once``).
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"name_or_path must be a str or path, got {type(name_or_path).__name__}")
@@ -171,16 +178,36 @@ def resolve_model_folder(name_or_path: str | os.PathLike[str]) -> str:
     )
     if looks_local:
         raise ModelLoadError(f"model folder {name!r} does not exist or is not a directory")
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
-        return snapshot_download(repo_id=name, ignore_patterns=_HUB_IGNORE)
+    offline = bool(constants.HF_HUB_OFFLINE) or _env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE")
+    try:
+        return snapshot_download(repo_id=name, revision=revision, ignore_patterns=_HUB_IGNORE,
+                                 local_files_only=offline)
     except Exception as exc:  # hub errors have many types (offline, 404, gated, bad id)
-        raise ModelLoadError(
-            f"could not load model {name!r}: not a local folder, and the Hugging Face Hub "
-            f"could not provide it ({type(exc).__name__}: {exc}). Pass a local folder path, "
-            f"or download it first while online (HF_HUB_OFFLINE=1 only uses the cache)."
-        ) from exc
+        raise ModelLoadError(_hub_failure(name, exc, offline, constants.HF_HUB_CACHE)) from exc
+
+
+def _env_flag(key: str) -> bool:
+    return os.environ.get(key, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_failure(name: str, exc: Exception, offline: bool, cache: str) -> str:
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+
+    fix = (f"Pass the path of a local model folder instead, or download the model once where the Hub "
+           f"is reachable (`hf download {name}`, into {cache}; HF_HOME moves it).")
+    detail = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    if isinstance(exc, HFValidationError):
+        return f"model {name!r} is neither a local folder nor a valid Hugging Face id ({detail})"
+    if offline:
+        return (f"model {name!r} is not a local folder and not in the Hugging Face cache, and HF_HUB_OFFLINE "
+                f"is set, so it was not downloaded. {fix}")
+    if isinstance(exc, (RepositoryNotFoundError, RevisionNotFoundError)):
+        return (f"model {name!r} is not a local folder, and the Hugging Face Hub has no such model or revision "
+                f"(or it is private or gated: log in with `hf auth login`) ({detail})")
+    return (f"model {name!r} is not a local folder and not in the Hugging Face cache, and the Hugging Face Hub "
+            f"could not provide it ({detail}). {fix}")
 
 
 def load_tokenizer(folder: str, name: str) -> Any:
@@ -194,17 +221,105 @@ def load_tokenizer(folder: str, name: str) -> Any:
 
 
 def load_transformer(folder: str, name: str, dtype: "torch.dtype", device: str) -> Any:
-    """Load an ``AutoModel`` (no task head) from ``folder`` in eval mode on ``device``."""
+    """Load an ``AutoModel`` (no task head) from ``folder`` in eval mode on ``device``.
+
+    Checkpoint weights the body does not use (a pooler, a pre-training or task head) are
+    expected here and not reported; missing or mismatched weights are (see :func:`load_pretrained`).
+    """
     from transformers import AutoModel
 
     try:
         try:  # BERT/XLM-R carry an unused pooler; skip building it when the class allows
-            model = AutoModel.from_pretrained(folder, dtype=dtype, add_pooling_layer=False)
+            model = load_pretrained(AutoModel, folder, expected_unused=".", dtype=dtype, add_pooling_layer=False)
         except TypeError:
-            model = AutoModel.from_pretrained(folder, dtype=dtype)
+            model = load_pretrained(AutoModel, folder, expected_unused=".", dtype=dtype)
     except Exception as exc:
         raise ModelLoadError(f"could not load model weights for {name!r} from {folder}: {exc}") from exc
     return model.to(device).eval()
+
+
+# The functions that log transformers' weight-loading report: 5.x's table ("LOAD REPORT"),
+# 4.x's "Some weights of ... were not used / not initialized" messages.
+_LOAD_REPORT_FUNCS = frozenset({"log_state_dict_report", "_load_pretrained_model"})
+
+
+class _HoldLoadReport(logging.Filter):
+    """Holds back this thread's load-report records, to be shown only if the load was not clean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.funcName in _LOAD_REPORT_FUNCS and threading.get_ident() == self.thread:
+            self.held.append(record)
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """No transformers progress bar ("Loading weights") in this thread while the block runs."""
+    from transformers.utils import logging as hf_logging
+
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)
+    if set_hook is None:  # older transformers: only a global switch, restored afterwards
+        was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            if was_on:
+                hf_logging.enable_progress_bar()
+        return
+    me = threading.get_ident()
+
+    def hook(factory: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if threading.get_ident() == me:
+            return hf_logging.EmptyTqdm(*args, **kwargs)
+        return previous(factory, args, kwargs) if previous is not None else factory(*args, **kwargs)
+
+    previous = set_hook(hook)
+    try:
+        yield
+    finally:
+        set_hook(previous)
+
+
+def load_pretrained(loader: Any, source: str, *, expected_unused: str, **kw: Any) -> Any:
+    """``loader.from_pretrained(source, **kw)``, quiet when the load holds no surprise.
+
+    transformers reports every checkpoint weight the model does not use, every model weight
+    the checkpoint lacks (left random) and every shape mismatch, and shows a progress bar.
+    A library keeps that off the user's terminal when it is expected: here when the only
+    unused weights match the regex ``expected_unused`` (``"."``: any, for an encoder body;
+    a pooler for a classifier that has none) and nothing is missing or mismatched. Otherwise
+    transformers' own report is shown as it would have been. Only this call, in this thread,
+    is affected: transformers' verbosity and progress-bar settings are left as they were.
+    Covered by ``tests/test_package.py``: ``test_model_loading_is_quiet``,
+    ``test_missing_weights_are_still_reported``.
+    """
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    hold = _HoldLoadReport()
+    report_logger.addFilter(hold)
+    try:
+        with _no_progress_bar():
+            model, info = loader.from_pretrained(source, output_loading_info=True, **kw)
+    except BaseException:
+        report_logger.removeFilter(hold)
+        _release(report_logger, hold.held)  # the report explains the failure
+        raise
+    report_logger.removeFilter(hold)
+    unused = [k for k in info.get("unexpected_keys") or () if not re.search(expected_unused, k)]
+    if unused or info.get("missing_keys") or info.get("mismatched_keys") or info.get("error_msgs"):
+        _release(report_logger, hold.held)
+    return model
+
+
+def _release(target: logging.Logger, records: list[logging.LogRecord]) -> None:
+    for record in records:
+        target.handle(record)
 
 
 # --------------------------------------------------------------------------- tokenizing

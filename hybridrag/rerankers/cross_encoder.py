@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hybridrag.encoders.base import dtype_name, resolve_device, resolve_dtype
+from hybridrag.encoders.base import dtype_name, load_pretrained, resolve_device, resolve_dtype, resolve_model_folder
 from hybridrag.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -108,20 +108,22 @@ class CrossEncoderReranker:
         looks_local = path.is_absolute() or name.startswith((".", "~")) or path.exists()
         if looks_local and not path.is_dir():
             raise ModelLoadError(f"reranker folder {name!r} does not exist or is not a directory")
-        if looks_local and not (path / "config.json").is_file():
+        # A Hub id goes through the encoders' resolution: from the cache, or one request that
+        # fails at once when the Hub is unreachable (transformers would retry each file ~25 s).
+        folder = path if looks_local else Path(resolve_model_folder(name, revision=revision))
+        if not (folder / "config.json").is_file():
             raise ModelLoadError(
                 f"reranker folder {name!r} has no config.json; expected a Hugging Face model folder "
                 "(config.json, weights, tokenizer files)"
             )
-        kw: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path) if looks_local else name, **kw)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(path) if looks_local else name, dtype=torch_dtype, **kw
-            )
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+            # a checkpoint's pooler is unused by classifiers built without one (XLM-R): not worth a report
+            model = load_pretrained(AutoModelForSequenceClassification, str(folder),
+                                    expected_unused=r"(^|\.)pooler\.", dtype=torch_dtype,
+                                    trust_remote_code=trust_remote_code)
         except (OSError, ValueError, KeyError, ImportError) as exc:
-            hint = "" if looks_local else " (is it a valid Hugging Face id, and is the hub reachable or the model cached?)"
-            raise ModelLoadError(f"could not load reranker {name!r}{hint}: {exc}") from exc
+            raise ModelLoadError(f"could not load reranker {name!r} from {folder}: {exc}") from exc
         num_labels = getattr(model.config, "num_labels", 1)
         if num_labels != 1:
             raise ModelLoadError(
