@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -245,3 +249,49 @@ def test_prune_deletes_documents_whose_file_is_gone(tmp_path, capsys, pipeline_f
     ids, idx = index_ids(idx_dir)
     idx.close()
     assert ids == ["elsewhere.txt", "keep.txt", "new.txt"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_commits_what_was_processed(tmp_path, capsys, pipeline_file, signum):
+    from hybridrag.index import HybridIndex
+
+    src = tmp_path / "src"
+    src.mkdir()
+    n = 400
+    for i in range(n):
+        (src / f"f{i:04d}.txt").write_text(f"document {i} about subject{i}")
+    idx_dir = tmp_path / "idx"
+    exe = shutil.which("hybridrag") or os.path.join(os.path.dirname(sys.executable), "hybridrag")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("HYBRIDRAG_DEBUG", None)
+    # One document per batch and no commit by count or time: only the interrupt commits.
+    proc = subprocess.Popen([exe, "ingest", str(src), "--index", str(idx_dir), "--pipeline", str(pipeline_file),
+                             "--batch-size", "1", "--commit-seconds", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    progress = bytearray()
+    reader = threading.Thread(target=lambda: [progress.extend(b) for b in iter(lambda: proc.stderr.read(1), b"")],
+                              daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300
+    while not re.search(rb"\b([2-9]\d) chunks \[", bytes(progress)):  # 20..99 chunks processed
+        assert proc.poll() is None, f"ended before the interrupt: {bytes(progress)[-500:]!r}"
+        assert time.monotonic() < deadline, bytes(progress)[-500:]
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    out = proc.stdout.read().decode()
+    assert proc.wait(timeout=300) == 130, out
+    reader.join(timeout=10)
+    m = re.search(r"interrupted: kept (\d+) document\(s\) \((\d+) chunks\) committed", out)
+    assert m, out
+    kept = int(m[1])
+    assert 20 <= kept < n and int(m[2]) == kept
+    idx = HybridIndex.load(idx_dir)
+    ids = sorted(idx.docstore.doc_ids_for_slots(idx.docstore.live_slots()))
+    assert ids == [f"f{i:04d}.txt" for i in range(kept)]  # the walk is sorted: the first `kept` files
+    rows = idx.docstore.get(idx.docstore.live_slots())
+    assert sorted(r["text"] for r in rows) == sorted(f"document {i} about subject{i}" for i in range(kept))
+    last = kept - 1
+    assert idx.search(f"subject{last}", k=1, modes=["bm25"])[0].doc_id == f"f{last:04d}.txt"
+    idx.close()
+    code, out, _ = run_cli(capsys, "ingest", src, "--index", idx_dir, "-q")  # the rerun completes the rest
+    assert code == 0 and f"ingested {n - kept} document(s)" in out and f"{kept} unchanged" in out
