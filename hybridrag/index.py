@@ -265,20 +265,34 @@ class HybridIndex:
             raise IndexFormatError(f"{str(p)!r} exists and is not a directory")
         if (p / MANIFEST).exists() and not overwrite:
             raise IndexFormatError(f"{str(p)!r} already holds an index; load it, or pass overwrite=True")
+        # Everything that can be known before the first write is checked first, so a pipeline
+        # that cannot work never leaves an index behind that refuses the fixed pipeline.
+        _check_model_limits(cfg, encoder, reranker)
+        made = [d for d in (p, *p.parents) if not d.exists()]
         p.mkdir(parents=True, exist_ok=True)
         lock = _Lock(p)
-        lock.acquire()  # before removing anything: a live writer's index is not overwritten
+        try:
+            lock.acquire()  # before removing anything: a live writer's index is not overwritten
+        except BaseException:
+            _remove_created(p, made, files=False)  # another writer's index: only our empty folders go
+            raise
+        idx = None
         try:
             if (p / MANIFEST).exists():
                 _remove_index_files(p)
             idx = cls(p, cfg, None, encoder=encoder, reranker=reranker, device=device)
+            idx._lock = lock
+            idx._init_components(fresh=True)
+            idx._dirty = True
+            idx.commit()
         except BaseException:
+            # Leave nothing that only `rm -rf` could clear: the files written, and the
+            # folders made, go again (a failure here means no index was committed).
+            if idx is not None:
+                idx.close()
             lock.release()
+            _remove_created(p, made, files=True)
             raise
-        idx._lock = lock
-        idx._init_components(fresh=True)
-        idx._dirty = True
-        idx.commit()
         return idx
 
     @classmethod
@@ -1133,6 +1147,50 @@ def verify_files(path: Path, manifest: dict[str, Any]) -> None:
         if got != digest:
             raise IndexFormatError(f"{f}: checksum mismatch (file is corrupt or was changed: "
                                    f"sha256 {got[:12]}… expected {digest[:12]}…)")
+
+
+def _check_model_limits(cfg: PipelineConfig, encoder: Any = None, reranker: Any = None) -> None:
+    """Check the pipeline's token lengths against what its models can embed (their position
+    tables, read from ``config.json`` alone; no weights are loaded) before anything is written."""
+    from hybridrag.encoders.base import model_capacity, resolve_model_folder
+    from hybridrag.errors import ModelLoadError
+
+    checks: list[tuple[str, str, Any, list[tuple[str, int]]]] = []
+    if cfg.encoder.kind != "none":
+        e = cfg.encoder
+        checks.append(("encoder", e.model, encoder, [("chunking.max_tokens", cfg.chunking.max_tokens + 2),
+                                                     ("encoder.max_length", e.max_length),
+                                                     ("encoder.query_max_length", e.query_max_length)]))
+    if cfg.rerank.enabled:
+        checks.append(("reranker", cfg.rerank.model, reranker, [("rerank.max_length", cfg.rerank.max_length)]))
+    for role, model, given, lengths in checks:
+        capacity = getattr(given, "capacity", None)
+        if given is not None and not isinstance(capacity, int):
+            continue  # a model passed in already loaded, that does not say: its own checks apply
+        if given is None:
+            from transformers import AutoConfig
+
+            folder = resolve_model_folder(resolve_model_path(model))
+            try:
+                capacity = model_capacity(AutoConfig.from_pretrained(folder))
+            except (OSError, ValueError, KeyError) as exc:
+                raise ModelLoadError(f"{role} model {model!r}: cannot read its config.json ({exc})") from None
+        for key, need in lengths:
+            if need > capacity:
+                value = need - 2 if key == "chunking.max_tokens" else need
+                extra = " plus 2 special tokens" if key == "chunking.max_tokens" else ""
+                raise ConfigError(f"{key} = {value}{extra} is more than the {capacity} tokens the {role} model "
+                                  f"{model!r} can embed (its max_position_embeddings); lower {key}")
+
+
+def _remove_created(p: Path, made: Sequence[Path], files: bool) -> None:
+    """Undo a failed create: the index files and lock file (``files``), the folders it made."""
+    with contextlib.suppress(OSError):
+        if files:
+            _remove_index_files(p)
+            (p / LOCKFILE).unlink(missing_ok=True)
+        for d in made:  # deepest first; a folder someone else filled meanwhile stays
+            d.rmdir()
 
 
 def _remove_index_files(p: Path) -> None:

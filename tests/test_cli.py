@@ -295,3 +295,25 @@ def test_interrupt_commits_what_was_processed(tmp_path, capsys, pipeline_file, s
     idx.close()
     code, out, _ = run_cli(capsys, "ingest", src, "--index", idx_dir, "-q")  # the rerun completes the rest
     assert code == 0 and f"ingested {n - kept} document(s)" in out and f"{kept} unchanged" in out
+
+
+def test_empty_index_is_recreated_with_a_fixed_pipeline(tmp_path, capsys, pipeline_file, corpus):
+    from hybridrag.index import HybridIndex
+
+    idx_dir = tmp_path / "idx"
+    bad = tmp_path / "too-long.toml"  # max_tokens over the tiny BERT's 512 positions
+    bad.write_text(pipeline_file.read_text().replace("max_length = 128", "max_length = 1024")
+                   .replace("max_tokens = 100", "max_tokens = 1000"))
+    code, _, err = run_cli(capsys, "ingest", corpus, "--index", idx_dir, "--pipeline", bad, "-q")
+    assert code == 2 and "chunking.max_tokens = 1000 plus 2 special tokens is more than the 512 tokens" in err
+    assert not idx_dir.exists()
+    # An index left empty (another pipeline, no documents) gives way to the pipeline asked for.
+    other = tmp_path / "other.toml"
+    other.write_text(pipeline_file.read_text().replace('name = "tiny"', 'name = "tiny-other"'))
+    HybridIndex.create(idx_dir, str(other)).close()
+    code, out, err = run_cli(capsys, "ingest", corpus, "--index", idx_dir, "--pipeline", pipeline_file, "-q")
+    assert code == 0 and "holds no documents: re-creating it with pipeline 'tiny'" in err
+    assert "ingested 3 document(s)" in out
+    # One with documents is refused, with the command that clears it.
+    code, _, err = run_cli(capsys, "ingest", corpus, "--index", idx_dir, "--pipeline", other, "-q")
+    assert code == 2 and f"rm -r '{idx_dir}'" in err

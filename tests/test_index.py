@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hybridrag import Document, DocumentError, IndexFormatError, IndexLockedError
+from hybridrag.errors import ModelLoadError
 from hybridrag.index import HybridIndex, check_index
 
 TEXTS = [
@@ -357,3 +359,31 @@ def test_errors_skip_writes_the_good_documents_and_lists_the_bad(tmp_path, m3_di
     with pytest.raises(ValueError, match="errors"):
         idx.upsert(batch, errors="ignore")
     idx.close()
+
+
+def test_create_checks_lengths_against_the_model_and_leaves_nothing_on_failure(tmp_path, bert_dir, m3_dir):
+    from hybridrag import ConfigError
+
+    # tiny BERT: 512 positions (tests/tiny_models.py); tiny M3 (XLM-R): 1026 - pad 1 - 1 = 1024
+    pipe = {"name": "too-long", "encoder": {"kind": "dense", "model": str(bert_dir), "max_length": 1024},
+            "chunking": {"max_tokens": 1000, "overlap": 10}, "sparse": {"enabled": False},
+            "colbert": {"enabled": False}, "fusion": {"weights": {"dense": 1.0}}}
+    target = tmp_path / "new" / "idx"
+    with pytest.raises(ConfigError, match=r"chunking.max_tokens = 1000 plus 2 special tokens is more than the 512"):
+        HybridIndex.create(target, pipe)
+    assert not (tmp_path / "new").exists()  # nothing written, no folder left
+    with pytest.raises(ConfigError, match=r"encoder.max_length = 1030 is more than the 1024 tokens"):
+        HybridIndex.create(target, m3_pipeline(m3_dir, encoder={"max_length": 1030}))
+    pipe["encoder"]["max_length"] = 512
+    pipe["chunking"]["max_tokens"] = 510
+    idx = HybridIndex.create(target, pipe)  # the fixed pipeline is accepted in the same place
+    idx.add(docs(3))
+    idx.close()
+    # A failure after the folder was made (here: the encoder cannot load) removes what was written.
+    broken = tmp_path / "broken"
+    shutil.copytree(bert_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    pipe["encoder"]["model"] = str(broken)
+    with pytest.raises(ModelLoadError, match="could not load model weights"):
+        HybridIndex.create(tmp_path / "other" / "idx", pipe)
+    assert not (tmp_path / "other").exists()
