@@ -20,16 +20,32 @@ Ids: a whole-file document's id is its path relative to the folder it was found 
 CSV rows) take their id from ``id_field`` (BEIR's ``_id`` is recognised too), else
 ``"<relative path>#<n>"`` with ``n`` the 1-based line, list position or row number.
 Records with a title (``title_field``, BEIR's ``title``) get ``title + "\\n\\n" + text``.
+With several roots, the paths in ids (and in ``metadata["source"]``) start with the
+root's name, or as many of its last folder names as tell it from the other roots
+(:func:`root_labels`: ``projA/README.md``, ``a/docs/x.md`` beside ``b/docs/x.md``); they
+depend on the set of roots only, so a rerun with the same roots gives the same ids. One
+root gives the ids above. ``metadata["root"]`` is the absolute folder that
+``metadata["source"]`` is relative to: ``root / source`` is the file (what ``hybridrag
+ingest --prune`` checks).
 
 Nothing is dropped silently: every file is either yielded or listed in a
 :class:`SkipReport` with its reason (binary, unreadable, empty, too large, unsupported
-extension, bad json, bad record, bad csv, symlink outside root, excluded, ...). One bad
-file never stops the walk. A document whose text is over ``max_bytes`` (UTF-8) is
+extension, bad json, bad record, bad csv, duplicate id, symlink outside root, excluded,
+...) and, for a record, its line (row, list position). One bad file or record never
+stops the walk. Every yielded document is one :meth:`HybridIndex.add` accepts
+(checked by :func:`hybridrag.index.as_document`: ids without NUL or lone surrogates,
+metadata at most 64 levels deep) and its id is unique in the walk (a later duplicate is
+skipped, naming where the first was read). JSON with ``NaN``/``Infinity`` or nested too
+deeply to parse is "bad json". A document whose text is over ``max_bytes`` (UTF-8) is
 skipped as "too large", never truncated; files over ``max_file_bytes`` are not read at
-all (JSON lines are streamed, so only each line is limited).
+all (JSON lines are streamed, so only each line is limited, and a longer line is read
+past, never held).
 
-Text encodings: UTF-8 (with or without BOM), UTF-16/32 with a BOM, then
-``charset-normalizer`` when installed, else Latin-1, which never fails.
+Text encodings: UTF-8 (with or without BOM), UTF-16/32 with a BOM; data that is UTF-8
+but for a few bad bytes (at least 80% of its non-ASCII sequences valid,
+``NEARLY_UTF8_SHARE``) is read as UTF-8 with those bytes replaced by U+FFFD and a
+warning in ``SkipReport.warnings`` giving the count (for JSON lines, per line); other
+data goes to ``charset-normalizer`` when installed, else Latin-1, which never fails.
 
 Covered by ``tests/test_sources.py``.
 """
