@@ -1,7 +1,9 @@
 """The ``hybridrag`` command line: ingest, query, eval, info, check, rebuild.
 
 Errors a user can cause print one line (``hybridrag: error: ...``) and exit with
-status 2, without a traceback. Long work shows a progress bar (chunks/s) on stderr.
+status 2, without a traceback; an interrupt (SIGINT, and SIGTERM during ``ingest``,
+which first commits what it processed) exits with 130. Long work shows a progress bar
+(chunks/s) on stderr.
 Tested in ``tests/test_cli.py`` through the installed entry point.
 """
 from __future__ import annotations
