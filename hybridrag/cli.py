@@ -1,7 +1,9 @@
 """The ``hybridrag`` command line: ingest, query, eval, info, check, rebuild.
 
 Errors a user can cause print one line (``hybridrag: error: ...``) and exit with
-status 2, without a traceback. Long work shows a progress bar (chunks/s) on stderr.
+status 2, without a traceback; an interrupt (SIGINT, and SIGTERM during ``ingest``,
+which first commits what it processed) exits with 130. Long work shows a progress bar
+(chunks/s) on stderr.
 Tested in ``tests/test_cli.py`` through the installed entry point.
 """
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -18,6 +21,7 @@ from typing import Any
 from hybridrag.errors import HybridRAGError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def _fail(msg: str) -> int:
@@ -41,19 +45,92 @@ def _parse_filters(items: Sequence[str] | None) -> dict[str, Any] | None:
 
 
 def _open_or_create(index_dir: str, pipeline: str | None) -> Any:
-    from hybridrag.index import MANIFEST, HybridIndex
+    from hybridrag.index import MANIFEST, HybridIndex, _as_pipeline
 
     if (Path(index_dir) / MANIFEST).exists():
         idx = HybridIndex.load(index_dir)
         if pipeline is not None:
-            from hybridrag.index import _as_pipeline
-
             wanted = _as_pipeline(pipeline)
             if wanted.to_dict() != idx.pipeline.to_dict():
+                if idx.docstore.count_documents() == 0:
+                    # Nothing would be lost: an index left empty (e.g. by a run whose pipeline
+                    # was then fixed) is made again with the pipeline asked for.
+                    old = idx.pipeline.name
+                    idx.close()
+                    print(f"hybridrag: index {index_dir!r} holds no documents: re-creating it with pipeline "
+                          f"{wanted.name!r} (was {old!r})", file=sys.stderr)
+                    return HybridIndex.create(index_dir, wanted, overwrite=True)
+                idx.close()
                 raise HybridRAGError(f"index {index_dir!r} was built with pipeline {idx.pipeline.name!r}; "
-                                     f"--pipeline {pipeline!r} differs (use a new --index directory)")
+                                     f"--pipeline {pipeline!r} differs (use a new --index directory, or "
+                                     f"remove this one first: rm -r {index_dir!r})")
         return idx
     return HybridIndex.create(index_dir, pipeline or "offline")
+
+
+# Skips that mean a record or document was refused (what --strict stops at), as opposed
+# to files that are not documents at all (binary, unsupported, empty, excluded...).
+_RECORD_REASONS = ("bad json", "bad record", "bad csv", "duplicate id", "too large")
+
+
+def _doc_location(doc: Any) -> tuple[str, int | None]:
+    """The file (and line/row) a document from ``iter_documents`` was read from."""
+    meta = doc.metadata
+    path = str(Path(meta["root"]) / meta["source"]) if "root" in meta and "source" in meta else doc.id
+    line = meta.get("position") if meta.get("format") in ("jsonl", "json", "csv") else None
+    return path, line if isinstance(line, int) else None
+
+
+def _files_gone(idx: Any, roots: Sequence[str]) -> list[str]:
+    """Ids of indexed documents read from a file under one of ``roots`` (folders) that no
+    longer exists (their metadata ``root``/``source`` name the file)."""
+    import numpy as np
+
+    ds = idx.docstore
+    size = ds.next_slot()
+    gone: set[str] = set()
+    for root in roots:
+        r = os.path.abspath(root)
+        ancestors = [r, *map(str, Path(r).parents)]
+        mask = ds.filter_mask({"root": {"$in": ancestors}}, size)
+        mask |= ds.filter_mask({"root": {"$gte": r + "/", "$lt": r + "0"}}, size)  # roots below r
+        slots = np.flatnonzero(mask)
+        for start in range(0, len(slots), 1000):
+            for row in ds.get(slots[start:start + 1000]):
+                meta = row["metadata"]
+                source = meta.get("source")
+                if row["doc_id"] in gone or not isinstance(source, str):
+                    continue
+                path = os.path.abspath(os.path.join(meta["root"], source))
+                if (path == r or path.startswith(r + os.sep)) and not os.path.lexists(path):
+                    gone.add(row["doc_id"])
+    return sorted(gone)
+
+
+class _Interrupt:
+    """SIGINT/SIGTERM during an ingest: the first asks the run to stop after the batch in
+    hand (then what was processed is committed); a second stops at once (KeyboardInterrupt:
+    the uncommitted work is rolled back, what was committed stays)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Interrupt":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print("\nhybridrag: interrupted: finishing the current batch and committing "
+              "(interrupt again to stop at once and keep only what was committed)", file=sys.stderr)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -64,54 +141,114 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     for p in args.paths:
         if not os.path.exists(p):
             return _fail(f"no such file or directory: {p!r}")
+    if args.batch_size < 1 or args.commit_every < 1 or args.commit_seconds < 0:
+        return _fail("--batch-size and --commit-every must be >= 1, --commit-seconds >= 0")
     idx = _open_or_create(args.index, args.pipeline)
     report = SkipReport()
     t0 = time.perf_counter()
     total_added = total_unchanged = total_chunks = 0
+    kept_docs = kept_chunks = 0  # committed by this run
     empty: list[str] = []
+    pruned: list[str] = []
     bar = tqdm(unit=" chunks", desc="ingest", disable=args.quiet, dynamic_ncols=True, smoothing=0.1)
     batch: list[Any] = []
     since_commit = 0
+    last_commit = time.monotonic()
+    commit_cost = 0.0
+
+    def commit() -> None:
+        nonlocal since_commit, last_commit, commit_cost, kept_docs, kept_chunks
+        t = time.monotonic()
+        idx.commit()
+        commit_cost = time.monotonic() - t
+        last_commit = time.monotonic()
+        since_commit = 0
+        kept_docs, kept_chunks = total_added, total_chunks
 
     def flush() -> None:
         nonlocal total_added, total_unchanged, total_chunks, since_commit, batch
         if not batch:
             return
-        res = idx.upsert(batch, commit=False, batch_size=args.batch_size, progress=bar.update)
+        res = idx.upsert(batch, commit=False, batch_size=args.batch_size, progress=bar.update,
+                         errors="raise" if args.strict else "skip")
+        for pos, _, reason in res.failed:
+            path, line = _doc_location(batch[pos])
+            report.add(path, "refused by the index", reason, line)
         total_added += len(res.added)
         total_unchanged += len(res.unchanged)
         total_chunks += res.chunks
         empty.extend(res.empty)
         since_commit += res.chunks
         batch = []
-        if since_commit >= args.commit_every:
-            idx.commit()
-            since_commit = 0
+        if args.strict:
+            return  # all or nothing: one commit at the end
+        # Commit by size, and by time so that a crash loses seconds of work; never more
+        # often than 10x the last commit's own duration (a commit rewrites store files).
+        due = args.commit_seconds and time.monotonic() - last_commit >= max(args.commit_seconds, 10 * commit_cost)
+        if since_commit >= args.commit_every or (due and since_commit):
+            commit()
 
+    def strict_check(seen: int) -> None:
+        for item in report.skipped[seen:]:
+            if item.reason in _RECORD_REASONS:
+                raise HybridRAGError(f"--strict: {item}; nothing of this run was committed")
+
+    interrupted: _Interrupt | None = None
+    aborted = False
     try:
-        for doc in iter_documents(args.paths, include=args.include or None, exclude=args.exclude or None,
-                                  report=report, max_bytes=idx.pipeline.chunking.max_document_bytes,
-                                  id_field=args.id_field, text_field=args.text_field,
-                                  csv_text_column=args.text_column, csv_id_column=args.id_column):
-            batch.append(doc)
-            if len(batch) >= args.batch_size:
-                flush()
-        flush()
-        idx.commit()
+        with _Interrupt() as interrupted:
+            seen = 0
+            for doc in iter_documents(args.paths, include=args.include or None, exclude=args.exclude or None,
+                                      report=report, max_bytes=idx.pipeline.chunking.max_document_bytes,
+                                      id_field=args.id_field, text_field=args.text_field,
+                                      csv_text_column=args.text_column, csv_id_column=args.id_column):
+                if args.strict:
+                    strict_check(seen)
+                    seen = len(report.skipped)
+                batch.append(doc)
+                if len(batch) >= args.batch_size:
+                    flush()
+                if interrupted.signum is not None:
+                    break
+            if args.strict:
+                strict_check(seen)
+            flush()
+            if args.prune and interrupted.signum is None:
+                pruned = _files_gone(idx, [p for p in args.paths if os.path.isdir(p)])
+                if pruned:
+                    idx.delete(pruned, commit=False)
+            commit()
+    except KeyboardInterrupt:
+        aborted = True  # a second interrupt: the write in hand was rolled back
     finally:
         bar.close()
         idx.close()
+    if aborted:
+        print(f"interrupted: kept {kept_docs} document(s) ({kept_chunks} chunks) committed before the "
+              "interrupt; rerun to continue (unchanged documents are skipped)")
+        return EXIT_INTERRUPTED
     dt = time.perf_counter() - t0
-    print(f"ingested {total_added} document(s) ({total_chunks} chunks) into {args.index} in {dt:.1f}s "
-          f"({total_chunks / dt if dt > 0 else 0:.0f} chunks/s); {total_unchanged} unchanged, "
-          f"{len(empty)} with no text")
-    if report.skipped:
-        print(f"skipped {len(report.skipped)} file(s)/record(s):")
-        for item in report.skipped[:50]:
-            print(f"  {item.path}: {item.reason}")
-        if len(report.skipped) > 50:
-            print(f"  ... and {len(report.skipped) - 50} more")
-    return 0
+    if interrupted is not None and interrupted.signum is not None:
+        print(f"interrupted: kept {kept_docs} document(s) ({kept_chunks} chunks) committed in {dt:.1f}s; "
+              "rerun to continue (unchanged documents are skipped)")
+    else:
+        print(f"ingested {total_added} document(s) ({total_chunks} chunks) into {args.index} in {dt:.1f}s "
+              f"({total_chunks / dt if dt > 0 else 0:.0f} chunks/s); {total_unchanged} unchanged, "
+              f"{len(empty)} with no text" + (f", {len(pruned)} pruned" if args.prune else ""))
+    if pruned:
+        print(f"pruned {len(pruned)} document(s) whose file is gone:")
+        for doc_id in pruned[:50]:
+            print(f"  {doc_id}")
+        if len(pruned) > 50:
+            print(f"  ... and {len(pruned) - 50} more")
+    for title, items in (("skipped", report.skipped), ("warnings for", report.warnings)):
+        if items:
+            print(f"{title} {len(items)} file(s)/record(s):")
+            for item in items[:50]:
+                print(f"  {item}")
+            if len(items) > 50:
+                print(f"  ... and {len(items) - 50} more")
+    return EXIT_INTERRUPTED if interrupted is not None and interrupted.signum is not None else 0
 
 
 def _print_hits(hits: Sequence[Any], explain: bool) -> None:
@@ -209,7 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"hybridrag {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("ingest", help="add files/folders (.txt .md .html .pdf .json .jsonl .csv) to an index")
+    s = sub.add_parser(
+        "ingest", help="add files/folders (.txt .md .html .pdf .json .jsonl .csv) to an index",
+        description="Add files and folders to an index (created if missing). A bad file or record is "
+                    "skipped and reported with its file and line; the rest is indexed. Document ids: "
+                    "the path relative to the folder (record ids from --id-field); with several PATHs, "
+                    "paths are prefixed with each folder's name (or as many parent names as make it "
+                    "unique: a/docs, b/docs), so give the same PATHs on every run. Ctrl-C (or SIGTERM) "
+                    "commits what was processed and exits with status 130; a rerun skips unchanged "
+                    "documents.")
     s.add_argument("paths", nargs="+", metavar="PATH")
     s.add_argument("--index", required=True, metavar="DIR")
     s.add_argument("--pipeline", default=None,
@@ -223,6 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--commit-every", type=int, default=20000, metavar="CHUNKS",
                    help="commit (make visible, crash-safe) every this many chunks")
+    s.add_argument("--commit-seconds", type=float, default=30.0, metavar="S",
+                   help="also commit after this many seconds of work (at least 10x the last commit's "
+                        "duration), so a crash loses at most about that much; 0: by chunks only")
+    s.add_argument("--strict", action="store_true",
+                   help="all or nothing: stop at the first bad record or refused document (exit 2) and "
+                        "commit nothing of this run")
+    s.add_argument("--prune", action="store_true",
+                   help="sync: also delete indexed documents whose file under the given folders is gone")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_ingest)
 
@@ -289,7 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _fail(str(e))
     except KeyboardInterrupt:
-        return _fail("interrupted")
+        print("hybridrag: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

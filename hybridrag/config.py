@@ -270,6 +270,10 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
     if not 0 <= cfg.chunking.overlap < cfg.chunking.max_tokens:
         raise ConfigError(f"chunking.overlap = {cfg.chunking.overlap} must be >= 0 and < chunking.max_tokens "
                           f"({cfg.chunking.max_tokens})")
+    if cfg.encoder.kind != "none" and cfg.chunking.max_tokens + 2 > cfg.encoder.max_length:
+        raise ConfigError(f"chunking.max_tokens = {cfg.chunking.max_tokens} does not fit encoder.max_length = "
+                          f"{cfg.encoder.max_length} (2 positions go to special tokens); lower chunking.max_tokens "
+                          f"to {cfg.encoder.max_length - 2} or less")
     _positive(cfg.chunking.max_document_bytes, "chunking.max_document_bytes")
     _positive(cfg.chunking.max_chunks_per_document, "chunking.max_chunks_per_document")
     for m in ("dense", "sparse", "bm25"):

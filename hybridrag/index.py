@@ -54,6 +54,9 @@ DOCSTORE = "docstore.sqlite"
 LOCKFILE = "LOCK"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 MAX_ID_CHARS = 1024
+# Metadata nested deeper than this is refused (DocumentError): JSON encoders, SQLite's json1
+# and every recursive walk would otherwise hit Python's recursion limit on hostile input.
+MAX_METADATA_DEPTH = 64
 # Every file a store writes carries "<mode>.g<generation>" in its name (the save tag).
 _STORE_FILE = re.compile(r"(dense|sparse|bm25|colbert)\.g\d+")
 # A reader retries its load while a writer's commits keep replacing the files it is opening
@@ -76,16 +79,33 @@ class AddResult:
     unchanged: list[str] = field(default_factory=list)  # skipped: same content hash already indexed
     chunks: int = 0                                      # chunks written
     empty: list[str] = field(default_factory=list)      # documents with no text to index
+    # errors="skip" only: (position in the call, id or None, reason) of each refused document
+    failed: list[tuple[int, str | None, str]] = field(default_factory=list)
 
     def merge(self, other: "AddResult") -> None:
         self.added += other.added
         self.unchanged += other.unchanged
         self.chunks += other.chunks
         self.empty += other.empty
+        self.failed += other.failed
+
+
+def _check_depth(metadata: Mapping[str, Any], what: str) -> None:
+    """Refuse metadata nested deeper than MAX_METADATA_DEPTH (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(metadata, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_METADATA_DEPTH:
+            raise DocumentError(f"{what}: metadata is nested more than {MAX_METADATA_DEPTH} levels deep")
+        if isinstance(value, Mapping):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def content_hash(text: str, metadata: Mapping[str, Any]) -> str:
     """sha256 of a document's text and metadata (what decides "unchanged")."""
+    _check_depth(metadata, "content_hash")
     h = hashlib.sha256()
     h.update(text.encode("utf-8", "surrogatepass"))
     h.update(b"\0")
@@ -116,10 +136,16 @@ def as_document(obj: Any, position: int = 0) -> Document:
                             f"characters without surrounding whitespace, got {doc.id!r:.80}")
     if "\0" in doc.id:
         raise DocumentError(f"document {position}: id contains a NUL character: {doc.id!r:.80}")
+    try:
+        doc.id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DocumentError(f"document {position}: id contains a lone surrogate (not valid UTF-8): "
+                            f"{doc.id!r:.80}") from None
     if not isinstance(doc.text, str):
         raise DocumentError(f"document {doc.id!r}: text must be a string, got {type(doc.text).__name__}")
     if not isinstance(doc.metadata, Mapping):
         raise DocumentError(f"document {doc.id!r}: metadata must be a dict, got {type(doc.metadata).__name__}")
+    _check_depth(doc.metadata, f"document {doc.id!r}")
     try:
         json.dumps(doc.metadata, allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -245,20 +271,34 @@ class HybridIndex:
             raise IndexFormatError(f"{str(p)!r} exists and is not a directory")
         if (p / MANIFEST).exists() and not overwrite:
             raise IndexFormatError(f"{str(p)!r} already holds an index; load it, or pass overwrite=True")
+        # Everything that can be known before the first write is checked first, so a pipeline
+        # that cannot work never leaves an index behind that refuses the fixed pipeline.
+        _check_model_limits(cfg, encoder, reranker)
+        made = [d for d in (p, *p.parents) if not d.exists()]
         p.mkdir(parents=True, exist_ok=True)
         lock = _Lock(p)
-        lock.acquire()  # before removing anything: a live writer's index is not overwritten
+        try:
+            lock.acquire()  # before removing anything: a live writer's index is not overwritten
+        except BaseException:
+            _remove_created(p, made, files=False)  # another writer's index: only our empty folders go
+            raise
+        idx = None
         try:
             if (p / MANIFEST).exists():
                 _remove_index_files(p)
             idx = cls(p, cfg, None, encoder=encoder, reranker=reranker, device=device)
+            idx._lock = lock
+            idx._init_components(fresh=True)
+            idx._dirty = True
+            idx.commit()
         except BaseException:
+            # Leave nothing that only `rm -rf` could clear: the files written, and the
+            # folders made, go again (a failure here means no index was committed).
+            if idx is not None:
+                idx.close()
             lock.release()
+            _remove_created(p, made, files=True)
             raise
-        idx._lock = lock
-        idx._init_components(fresh=True)
-        idx._dirty = True
-        idx.commit()
         return idx
 
     @classmethod
@@ -594,75 +634,111 @@ class HybridIndex:
             raise
 
     def add(self, documents: Iterable[Any], *, commit: bool = True, batch_size: int = 256,
-            progress: Any = None) -> AddResult:
+            progress: Any = None, errors: str = "raise") -> AddResult:
         """Add documents. A document whose id is already indexed with the same content is
-        skipped (``unchanged``); with different content it is an error: use :meth:`upsert`."""
-        return self._write_docs(documents, replace=False, commit=commit, batch_size=batch_size, progress=progress)
+        skipped (``unchanged``); with different content it is an error: use :meth:`upsert`.
+
+        ``errors="raise"`` (default): a bad document (malformed, a duplicate id within the
+        call, over ``chunking.max_document_bytes`` or ``max_chunks_per_document``) raises
+        :class:`DocumentError` naming it and nothing of the call is written.
+        ``errors="skip"``: such documents are left out and listed in ``AddResult.failed``
+        as ``(position in the call, id or None, reason)``; the others are written (a
+        repeated id keeps its first occurrence)."""
+        return self._write_docs(documents, replace=False, commit=commit, batch_size=batch_size, progress=progress,
+                                errors=errors)
 
     def upsert(self, documents: Iterable[Any], *, commit: bool = True, batch_size: int = 256,
-               progress: Any = None) -> AddResult:
-        """Add documents, replacing every chunk of a document whose content changed."""
-        return self._write_docs(documents, replace=True, commit=commit, batch_size=batch_size, progress=progress)
+               progress: Any = None, errors: str = "raise") -> AddResult:
+        """Add documents, replacing every chunk of a document whose content changed
+        (``errors`` as in :meth:`add`)."""
+        return self._write_docs(documents, replace=True, commit=commit, batch_size=batch_size, progress=progress,
+                                errors=errors)
 
     def _write_docs(self, documents: Iterable[Any], replace: bool, commit: bool, batch_size: int,
-                    progress: Any) -> AddResult:
+                    progress: Any, errors: str = "raise") -> AddResult:
         if isinstance(documents, (str, bytes, Mapping, Document)):
             raise TypeError("documents must be an iterable of documents (a list), not a single "
                             f"{type(documents).__name__}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        skip = errors == "skip"
         result = AddResult()
         with self._writing(), self._undo_on_error():
-            batch: list[Document] = []
-            seen: set[str] = set()
+            batch: list[tuple[int, Document]] = []
+            seen: dict[str, int] = {}
             for i, obj in enumerate(documents):
-                doc = as_document(obj, i)
-                if doc.id in seen:
-                    raise DocumentError(f"document id {doc.id!r} appears twice in one call")
-                seen.add(doc.id)
-                batch.append(doc)
+                try:
+                    doc = as_document(obj, i)
+                    if doc.id in seen:
+                        raise DocumentError(f"document id {doc.id!r} appears twice in one call "
+                                            f"(positions {seen[doc.id]} and {i})")
+                except (DocumentError, TypeError) as e:
+                    if not skip:
+                        raise
+                    raw = obj.get("id") if isinstance(obj, Mapping) else getattr(obj, "id", None)
+                    result.failed.append((i, raw if isinstance(raw, str) else None, str(e)))
+                    continue
+                seen[doc.id] = i
+                batch.append((i, doc))
                 if len(batch) >= batch_size:
-                    result.merge(self._write_batch(batch, replace, progress))
+                    result.merge(self._write_batch(batch, replace, progress, skip))
                     batch = []
             if batch:
-                result.merge(self._write_batch(batch, replace, progress))
+                result.merge(self._write_batch(batch, replace, progress, skip))
             if commit:
                 self.commit()
         return result
 
-    def _write_batch(self, docs: list[Document], replace: bool, progress: Any) -> AddResult:
+    def _write_batch(self, docs: list[tuple[int, Document]], replace: bool, progress: Any,
+                     skip: bool = False) -> AddResult:
+        # Every per-document check runs before anything is written, so a refused document
+        # (errors="skip") leaves the batch's other documents to be written whole.
         res = AddResult()
         limit = self.pipeline.chunking.max_document_bytes
-        todo: list[Document] = []
+        todo: list[tuple[int, Document]] = []
         hashes: dict[str, str] = {}
-        for doc in docs:
+
+        def refuse(pos: int, doc: Document, msg: str) -> None:
+            if not skip:
+                raise DocumentError(msg)
+            res.failed.append((pos, doc.id, msg))
+
+        for pos, doc in docs:
             size = len(doc.text.encode("utf-8", "surrogatepass"))
             if size > limit:
-                raise DocumentError(f"document {doc.id!r} is {size} bytes, over chunking.max_document_bytes = "
-                                    f"{limit}; split it or raise the limit")
+                refuse(pos, doc, f"document {doc.id!r} is {size} bytes, over chunking.max_document_bytes = "
+                                 f"{limit}; split it or raise the limit")
+                continue
             h = content_hash(doc.text, doc.metadata)
             old = self.docstore.doc_hash(doc.id)
             if old == h:
                 res.unchanged.append(doc.id)
                 continue
             if old is not None and not replace:
-                raise DocumentError(f"document {doc.id!r} is already indexed with other content; use upsert()")
+                refuse(pos, doc, f"document {doc.id!r} is already indexed with other content; use upsert()")
+                continue
             hashes[doc.id] = h
-            todo.append(doc)
-        if not todo:
-            return res
-        gen = self._gen + 1
+            todo.append((pos, doc))
         chunks: list[Chunk] = []
         maxc = self.pipeline.chunking.max_chunks_per_document
-        for doc in todo:
+        kept: list[Document] = []
+        for pos, doc in todo:
             cs = self.chunker.chunk(doc.id, doc.text, dict(doc.metadata))
             if len(cs) > maxc:
-                raise DocumentError(f"document {doc.id!r} gives {len(cs)} chunks, over "
-                                    f"chunking.max_chunks_per_document = {maxc}")
+                refuse(pos, doc, f"document {doc.id!r} gives {len(cs)} chunks, over "
+                                 f"chunking.max_chunks_per_document = {maxc}")
+                del hashes[doc.id]
+                continue
             if not cs:
                 res.empty.append(doc.id)
             chunks.extend(cs)
-        replaced = [d.id for d in todo if self.docstore.doc_hash(d.id) is not None]
+            kept.append(doc)
+        if not kept:
+            return res
+        gen = self._gen + 1
+        replaced = [d.id for d in kept if self.docstore.doc_hash(d.id) is not None]
         if replaced:
             self._remove_slots(self.docstore.delete_docs(replaced, gen))
         start = self.docstore.next_slot()
@@ -671,7 +747,7 @@ class HybridIndex:
             self._encode_into_stores([c.text for c in chunks], slots)
         self.docstore.add_chunks(chunks, slots, gen, hashes)
         self._dirty = True
-        res.added = [d.id for d in todo]
+        res.added = [d.id for d in kept]
         res.chunks = len(chunks)
         if progress is not None:
             progress(len(chunks))
@@ -1070,6 +1146,50 @@ def verify_files(path: Path, manifest: dict[str, Any]) -> None:
         if got != digest:
             raise IndexFormatError(f"{f}: checksum mismatch (file is corrupt or was changed: "
                                    f"sha256 {got[:12]}… expected {digest[:12]}…)")
+
+
+def _check_model_limits(cfg: PipelineConfig, encoder: Any = None, reranker: Any = None) -> None:
+    """Check the pipeline's token lengths against what its models can embed (their position
+    tables, read from ``config.json`` alone; no weights are loaded) before anything is written."""
+    from hybridrag.encoders.base import model_capacity, resolve_model_folder
+    from hybridrag.errors import ModelLoadError
+
+    checks: list[tuple[str, str, Any, list[tuple[str, int]]]] = []
+    if cfg.encoder.kind != "none":
+        e = cfg.encoder
+        checks.append(("encoder", e.model, encoder, [("chunking.max_tokens", cfg.chunking.max_tokens + 2),
+                                                     ("encoder.max_length", e.max_length),
+                                                     ("encoder.query_max_length", e.query_max_length)]))
+    if cfg.rerank.enabled:
+        checks.append(("reranker", cfg.rerank.model, reranker, [("rerank.max_length", cfg.rerank.max_length)]))
+    for role, model, given, lengths in checks:
+        capacity = getattr(given, "capacity", None)
+        if given is not None and not isinstance(capacity, int):
+            continue  # a model passed in already loaded, that does not say: its own checks apply
+        if given is None:
+            from transformers import AutoConfig
+
+            folder = resolve_model_folder(resolve_model_path(model))
+            try:
+                capacity = model_capacity(AutoConfig.from_pretrained(folder))
+            except (OSError, ValueError, KeyError) as exc:
+                raise ModelLoadError(f"{role} model {model!r}: cannot read its config.json ({exc})") from None
+        for key, need in lengths:
+            if need > capacity:
+                value = need - 2 if key == "chunking.max_tokens" else need
+                extra = " plus 2 special tokens" if key == "chunking.max_tokens" else ""
+                raise ConfigError(f"{key} = {value}{extra} is more than the {capacity} tokens the {role} model "
+                                  f"{model!r} can embed (its max_position_embeddings); lower {key}")
+
+
+def _remove_created(p: Path, made: Sequence[Path], files: bool) -> None:
+    """Undo a failed create: the index files and lock file (``files``), the folders it made."""
+    with contextlib.suppress(OSError):
+        if files:
+            _remove_index_files(p)
+            (p / LOCKFILE).unlink(missing_ok=True)
+        for d in made:  # deepest first; a folder someone else filled meanwhile stays
+            d.rmdir()
 
 
 def _remove_index_files(p: Path) -> None:

@@ -20,16 +20,32 @@ Ids: a whole-file document's id is its path relative to the folder it was found 
 CSV rows) take their id from ``id_field`` (BEIR's ``_id`` is recognised too), else
 ``"<relative path>#<n>"`` with ``n`` the 1-based line, list position or row number.
 Records with a title (``title_field``, BEIR's ``title``) get ``title + "\\n\\n" + text``.
+With several roots, the paths in ids (and in ``metadata["source"]``) start with the
+root's name, or as many of its last folder names as tell it from the other roots
+(:func:`root_labels`: ``projA/README.md``, ``a/docs/x.md`` beside ``b/docs/x.md``); they
+depend on the set of roots only, so a rerun with the same roots gives the same ids. One
+root gives the ids above. ``metadata["root"]`` is the absolute folder that
+``metadata["source"]`` is relative to: ``root / source`` is the file (what ``hybridrag
+ingest --prune`` checks).
 
 Nothing is dropped silently: every file is either yielded or listed in a
 :class:`SkipReport` with its reason (binary, unreadable, empty, too large, unsupported
-extension, bad json, bad record, bad csv, symlink outside root, excluded, ...). One bad
-file never stops the walk. A document whose text is over ``max_bytes`` (UTF-8) is
+extension, bad json, bad record, bad csv, duplicate id, symlink outside root, excluded,
+...) and, for a record, its line (row, list position). One bad file or record never
+stops the walk. Every yielded document is one :meth:`HybridIndex.add` accepts
+(checked by :func:`hybridrag.index.as_document`: ids without NUL or lone surrogates,
+metadata at most 64 levels deep) and its id is unique in the walk (a later duplicate is
+skipped, naming where the first was read). JSON with ``NaN``/``Infinity`` or nested too
+deeply to parse is "bad json". A document whose text is over ``max_bytes`` (UTF-8) is
 skipped as "too large", never truncated; files over ``max_file_bytes`` are not read at
-all (JSON lines are streamed, so only each line is limited).
+all (JSON lines are streamed, so only each line is limited, and a longer line is read
+past, never held).
 
-Text encodings: UTF-8 (with or without BOM), UTF-16/32 with a BOM, then
-``charset-normalizer`` when installed, else Latin-1, which never fails.
+Text encodings: UTF-8 (with or without BOM), UTF-16/32 with a BOM; data that is UTF-8
+but for a few bad bytes (at least 80% of its non-ASCII sequences valid,
+``NEARLY_UTF8_SHARE``) is read as UTF-8 with those bytes replaced by U+FFFD and a
+warning in ``SkipReport.warnings`` giving the count (for JSON lines, per line); other
+data goes to ``charset-normalizer`` when installed, else Latin-1, which never fails.
 
 Covered by ``tests/test_sources.py``.
 """
@@ -54,7 +70,7 @@ from hybridrag.types import Document
 
 __all__ = [
     "SUPPORTED_EXTENSIONS", "SkipReport", "SkippedFile", "decode_bytes", "html_to_text",
-    "iter_documents", "join_title_text", "read_pdf_text",
+    "iter_documents", "join_title_text", "read_pdf_text", "root_labels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,11 +94,22 @@ BAD_CSV = "bad csv"
 SYMLINK_OUTSIDE = "symlink outside root"
 SYMLINK_LOOP = "symlink loop"
 EXCLUDED = "excluded"
+DUPLICATE_ID = "duplicate id"
 NOT_INCLUDED = "not included"
 MISSING_DEPENDENCY = "missing dependency"
 NOT_A_FILE = "not a regular file"
 
 PDF_HINT = "pip install 'hybridrag[pdf]'"
+
+# Warnings (``SkipReport.warnings``): the document is kept, something in it was repaired.
+REPLACED_BYTES = "invalid UTF-8 replaced"
+
+# A file that fails strict UTF-8 is still read as UTF-8 (bad bytes -> U+FFFD, with a
+# warning) when at least this share of its non-ASCII sequences are valid UTF-8. Legacy
+# encodings rarely form valid UTF-8 sequences by chance: 0% for cp1252/Latin-1/cp1251/
+# ISO 8859-7 text, 12-24% for Shift-JIS, GBK and EUC-KR text (measured on sample
+# sentences, see the commit that added this), so they still go through detection.
+NEARLY_UTF8_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -101,15 +128,23 @@ class SkippedFile:
 
 @dataclass
 class SkipReport:
-    """Every file or record that :func:`iter_documents` did not turn into a document."""
+    """Every file or record that :func:`iter_documents` did not turn into a document, and
+    ``warnings``: documents that were kept but repaired (invalid UTF-8 bytes replaced)."""
 
     skipped: list[SkippedFile] = field(default_factory=list)
+    warnings: list[SkippedFile] = field(default_factory=list)
 
     def add(self, path: PathLike, reason: str, detail: str = "", line: int | None = None) -> None:
         """Record one skip (and log it at debug level)."""
         entry = SkippedFile(os.fspath(path), reason, detail, line)
         self.skipped.append(entry)
         logger.debug("skipped %s", entry)
+
+    def warn(self, path: PathLike, reason: str, detail: str = "", line: int | None = None) -> None:
+        """Record one warning about a document that was kept (logged at debug level)."""
+        entry = SkippedFile(os.fspath(path), reason, detail, line)
+        self.warnings.append(entry)
+        logger.debug("warning %s", entry)
 
     def by_reason(self) -> dict[str, int]:
         """How many skips per reason."""
@@ -184,28 +219,56 @@ def _detect_with_charset_normalizer(data: bytes) -> str | None:
     return best.encoding
 
 
-def decode_bytes(data: bytes) -> tuple[str, str]:
-    """Decode ``data`` and return ``(text, encoding)``; never raises.
+def _nearly_utf8(data: bytes) -> tuple[str, int] | None:
+    """``(text, bad bytes)`` when ``data`` is UTF-8 but for a few bad bytes (replaced by
+    U+FFFD): at least NEARLY_UTF8_SHARE of its non-ASCII sequences decode; else None."""
+    text = data.decode("utf-8", "replace")
+    replaced = text.count("\ufffd") - data.count(b"\xef\xbf\xbd")  # less the U+FFFD already there
+    valid = sum(1 for ch in text if ord(ch) > 127) - replaced
+    if replaced <= 0 or valid < NEARLY_UTF8_SHARE * (valid + replaced):
+        return None
+    # Each U+FFFD stands for one or more bad bytes and re-encodes as 3 bytes.
+    return text, len(data) - len(text.encode("utf-8", "surrogatepass")) + 3 * replaced
 
-    Order: a BOM (UTF-8/16/32), strict UTF-8, charset-normalizer if installed, Latin-1.
-    """
+
+def _decode(data: bytes) -> tuple[str, str, int]:
+    """``decode_bytes`` plus how many invalid UTF-8 bytes were replaced (0 unless nearly UTF-8)."""
     bom = _bom_encoding(data)
     if bom is not None:
         try:
-            return data.decode(bom), bom
+            return data.decode(bom), bom, 0
         except UnicodeDecodeError:
             pass
     try:
-        return data.decode("utf-8"), "utf-8"
+        return data.decode("utf-8"), "utf-8", 0
     except UnicodeDecodeError:
         pass
+    nearly = _nearly_utf8(data)
+    if nearly is not None:
+        return nearly[0], "utf-8", nearly[1]
     guess = _detect_with_charset_normalizer(data)
     if guess is not None:
         try:
-            return data.decode(guess), guess
+            return data.decode(guess), guess, 0
         except (UnicodeDecodeError, LookupError):
             pass
-    return data.decode("latin-1"), "latin-1"
+    return data.decode("latin-1"), "latin-1", 0
+
+
+def decode_bytes(data: bytes) -> tuple[str, str]:
+    """Decode ``data`` and return ``(text, encoding)``; never raises.
+
+    Order: a BOM (UTF-8/16/32), strict UTF-8, UTF-8 with the few invalid bytes replaced
+    by U+FFFD when the data is nearly all UTF-8 (``NEARLY_UTF8_SHARE`` of its non-ASCII
+    sequences valid), charset-normalizer if installed, Latin-1.
+    """
+    text, encoding, _ = _decode(data)
+    return text, encoding
+
+
+def _warn_replaced(report: SkipReport, path: Path, replaced: int, line: int | None = None) -> None:
+    if replaced:
+        report.warn(path, REPLACED_BYTES, f"{replaced} byte(s) that are not valid UTF-8 became U+FFFD", line)
 
 
 def _looks_binary(head: bytes) -> bool:
@@ -292,20 +355,20 @@ def html_to_text(html: str) -> tuple[str, str]:
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
 
 
-def _decode_html(data: bytes) -> tuple[str, str]:
+def _decode_html(data: bytes) -> tuple[str, str, int]:
     if _bom_encoding(data) is None:
         try:
-            return data.decode("utf-8"), "utf-8"
+            return data.decode("utf-8"), "utf-8", 0
         except UnicodeDecodeError:
             pass
         match = _META_CHARSET.search(data[:4096])
         if match:
             declared = match.group(1).decode("ascii", "replace")
             try:
-                return data.decode(declared), declared
+                return data.decode(declared), declared, 0
             except (UnicodeDecodeError, LookupError):
                 pass
-    return decode_bytes(data)
+    return _decode(data)
 
 
 # ---------------------------------------------------------------- PDF
@@ -464,6 +527,22 @@ def _check_text(text: str, opts: _Options, line: int | None = None) -> None:
         raise _Skip(TOO_LARGE, f"text is {size} bytes, max_bytes is {opts.max_bytes}", line)
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (not a finite number)")
+
+
+def _parse_json(text: str, line: int | None = None) -> Any:
+    """``json.loads`` that refuses NaN/Infinity and reports too-deep nesting as bad json."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise _Skip(BAD_JSON, exc.msg, exc.lineno if line is None else line) from None
+    except ValueError as exc:
+        raise _Skip(BAD_JSON, str(exc), line) from None
+    except RecursionError:
+        raise _Skip(BAD_JSON, "nested too deeply to parse", line) from None
+
+
 def _record_document(obj: Any, rel: str, position: int, fmt: str, opts: _Options,
                      default_id: str | None = None) -> Document:
     """A JSON/CSV record to a Document; raises _Skip(BAD_RECORD/EMPTY/TOO_LARGE)."""
@@ -504,63 +583,92 @@ def _iter_jsonl(path: Path, rel: str, opts: _Options, report: SkipReport) -> Ite
     bom = _bom_encoding(head)
     yielded = 0
     if bom in ("utf-16", "utf-32"):
-        lines: Iterator[tuple[int, str]] = _text_lines(path, bom)
+        lines: Iterator[tuple[int, str | int, int]] = _text_lines(path, bom, opts.max_file_bytes)
     else:
-        lines = _byte_lines(path, head)
-    for lineno, line in lines:
-        if not line.strip():
-            continue
+        lines = _byte_lines(path, head, opts.max_file_bytes)
+    for lineno, line, replaced in lines:
         try:
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise _Skip(BAD_JSON, exc.msg, lineno) from None
-            doc = _record_document(obj, rel, lineno, "jsonl", opts)
+            if isinstance(line, int):
+                raise _Skip(TOO_LARGE, f"line is over {line} bytes, max_file_bytes is {opts.max_file_bytes}",
+                            lineno)
+            if not line.strip():
+                continue
+            doc = _record_document(_parse_json(line, lineno), rel, lineno, "jsonl", opts)
         except _Skip as skip:
             report.add(path, skip.reason, skip.detail, skip.line)
             continue
+        _warn_replaced(report, path, replaced, lineno)
         yielded += 1
         yield doc
     if not yielded:
         raise _Skip(EMPTY, "no documents in file")
 
 
-def _text_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
-    with open(path, encoding=encoding, errors="replace", newline=None) as fh:
-        for lineno, line in enumerate(fh, start=1):
+def _bounded_lines(fh: Any, limit: int) -> Iterator[tuple[int, Any]]:
+    """``(line number, line)`` of a file object, or ``(line number, size so far)`` for a line
+    longer than ``limit`` (read past in pieces, never held whole)."""
+    lineno = 0
+    while True:
+        line = fh.readline(limit + 1)
+        if not line:
+            return
+        lineno += 1
+        newline = b"\n" if isinstance(line, bytes) else "\n"
+        if len(line) <= limit or line.endswith(newline):
             yield lineno, line
+            continue
+        size = len(line)
+        while line and not line.endswith(newline):
+            line = fh.readline(1 << 20)
+            size += len(line)
+        yield lineno, size
 
 
-def _byte_lines(path: Path, head: bytes) -> Iterator[tuple[int, str]]:
+def _text_lines(path: Path, encoding: str, limit: int) -> Iterator[tuple[int, str | int, int]]:
+    with open(path, encoding=encoding, errors="replace", newline=None) as fh:
+        for lineno, line in _bounded_lines(fh, limit):
+            yield lineno, line, 0
+
+
+def _byte_lines(path: Path, head: bytes, limit: int) -> Iterator[tuple[int, str | int, int]]:
     # ASCII-compatible encodings: split on b"\n" and decode line by line, so a huge file
-    # is never held in memory and one badly encoded line cannot spoil the rest.
+    # is never held in memory and one badly encoded line cannot spoil the rest. Yields
+    # (line number, text or the size of an over-long line, invalid UTF-8 bytes replaced).
     fallback = None
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
         if exc.start < len(head) - 4:  # not just a character cut at the sniff boundary
-            fallback = _detect_with_charset_normalizer(head)
+            nearly = _nearly_utf8(head.rsplit(b"\n", 1)[0])  # whole lines: no cut character
+            fallback = None if nearly else _detect_with_charset_normalizer(head)
     with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+        for lineno, raw in _bounded_lines(fh, limit):
+            if isinstance(raw, int):
+                yield lineno, raw, 0
+                continue
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8):]
             try:
-                yield lineno, raw.decode("utf-8")
+                yield lineno, raw.decode("utf-8"), 0
+                continue
             except UnicodeDecodeError:
-                try:
-                    yield lineno, raw.decode(fallback or "latin-1")
-                except (UnicodeDecodeError, LookupError):
-                    yield lineno, raw.decode("latin-1")
+                pass
+            nearly = _nearly_utf8(raw) if fallback is None else None
+            if nearly is not None:
+                yield lineno, nearly[0], nearly[1]
+                continue
+            try:
+                yield lineno, raw.decode(fallback or "latin-1"), 0
+            except (UnicodeDecodeError, LookupError):
+                yield lineno, raw.decode("latin-1"), 0
 
 
 def _iter_json(path: Path, rel: str, opts: _Options, report: SkipReport) -> Iterator[Document]:
-    text, _ = decode_bytes(_read_all(path, opts))
+    text, _, replaced = _decode(_read_all(path, opts))
     if not text.strip():
         raise _Skip(EMPTY, "no text")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _Skip(BAD_JSON, exc.msg, exc.lineno) from None
+    data = _parse_json(text)
+    _warn_replaced(report, path, replaced)
     if isinstance(data, dict):
         yield _record_document(data, rel, 1, "json", opts, default_id=rel)
         return
@@ -580,9 +688,10 @@ def _iter_json(path: Path, rel: str, opts: _Options, report: SkipReport) -> Iter
 
 
 def _iter_csv(path: Path, rel: str, opts: _Options, report: SkipReport) -> Iterator[Document]:
-    text, _ = decode_bytes(_read_all(path, opts))
+    text, _, replaced = _decode(_read_all(path, opts))
     if not text.strip():
         raise _Skip(EMPTY, "no text")
+    _warn_replaced(report, path, replaced)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = reader.fieldnames or []
     text_col = opts.csv_text_column or opts.text_field
@@ -612,7 +721,7 @@ def _iter_csv(path: Path, rel: str, opts: _Options, report: SkipReport) -> Itera
         raise _Skip(EMPTY, "no rows with text")
 
 
-def _file_document(path: Path, rel: str, ext: str, opts: _Options) -> Document:
+def _file_document(path: Path, rel: str, ext: str, opts: _Options, report: SkipReport) -> Document:
     if ext == ".pdf":
         try:
             text, meta = read_pdf_text(path)
@@ -626,16 +735,18 @@ def _file_document(path: Path, rel: str, ext: str, opts: _Options) -> Document:
         return Document(rel, text, {"source": rel, "format": "pdf", **meta})
     data = _read_all(path, opts)
     if ext in (".html", ".htm"):
-        html, encoding = _decode_html(data)
+        html, encoding, replaced = _decode_html(data)
         text, title = html_to_text(html)
         _check_text(text, opts)
+        _warn_replaced(report, path, replaced)
         meta: dict[str, Any] = {"source": rel, "format": "html", "encoding": encoding}
         if title:
             meta["title"] = title
         return Document(rel, text, meta)
-    text, encoding = decode_bytes(data)
+    text, encoding, replaced = _decode(data)
     text = _normalise_newlines(text)
     _check_text(text, opts)
+    _warn_replaced(report, path, replaced)
     return Document(rel, text, {"source": rel, "format": ext.lstrip("."), "encoding": encoding})
 
 
@@ -656,7 +767,7 @@ def _documents_from_file(path: Path, rel: str, opts: _Options, report: SkipRepor
     elif ext == ".csv":
         yield from _iter_csv(path, rel, opts, report)
     else:
-        yield _file_document(path, rel, ext, opts)
+        yield _file_document(path, rel, ext, opts, report)
 
 
 def iter_documents(
@@ -708,18 +819,59 @@ def iter_documents(
     return _generate(roots, opts, report)
 
 
+def root_labels(roots: Sequence[PathLike]) -> list[str]:
+    """The id prefix of each root when several are read together: its name, or as many of
+    its last path components as make it unique among the roots (``a/docs``, ``b/docs``).
+    Depends only on the set of roots, so a rerun with the same roots gives the same ids."""
+    parts = [Path(os.path.abspath(r)).parts[1:] or (os.path.abspath(r),) for r in roots]
+    labels = []
+    for i, mine in enumerate(parts):
+        others = [p for j, p in enumerate(parts) if j != i and p != mine]
+        k = 1
+        while k < len(mine) and any(p[-k:] == mine[-k:] for p in others):
+            k += 1
+        labels.append("/".join(mine[-k:]))
+    return labels
+
+
 def _generate(roots: list[Path], opts: _Options, report: SkipReport | None) -> Iterator[Document]:
+    from hybridrag.errors import DocumentError
+    from hybridrag.index import as_document
+
     own = report is None
     rep = SkipReport() if report is None else report
-    for root in roots:
-        if root.is_dir():
-            files: Iterable[tuple[Path, str]] = _walk(root, opts, rep)
+    unique = list(dict.fromkeys(Path(os.path.abspath(r)) for r in roots))  # a root given twice is read once
+    labels = root_labels(unique) if len(unique) > 1 else [None] * len(unique)
+    first_seen: dict[str, str] = {}  # document id -> where it was first read
+    for root, label in zip(unique, labels):
+        is_dir = root.is_dir()
+        # ``base / metadata["source"]`` is the file: the root itself for one folder, the
+        # folder above the label (``a/docs``) when the ids carry one.
+        depth = 0 if label is None and is_dir else (label or root.name).count("/") + 1
+        base = root.parents[depth - 1] if depth else root
+        prefix = "" if label is None else label + "/"
+        if is_dir:
+            files: Iterable[tuple[Path, str]] = ((p, prefix + rel) for p, rel in _walk(root, opts, rep))
         else:
-            files = [(root, root.name)]
+            files = [(root, label or root.name)]
         for path, rel in files:
             before = len(rep)
             try:
-                yield from _documents_from_file(path, rel, opts, rep)
+                for doc in _documents_from_file(path, rel, opts, rep):
+                    line = doc.metadata.get("position") if doc.metadata.get("format") in ("jsonl", "json", "csv") \
+                        else None
+                    doc = Document(doc.id, doc.text, {**doc.metadata, "root": str(base)})
+                    try:
+                        as_document(doc)
+                    except DocumentError as exc:
+                        rep.add(path, BAD_RECORD, str(exc), line)
+                        continue
+                    where = f"{path}:{line}" if line is not None else str(path)
+                    if doc.id in first_seen:
+                        rep.add(path, DUPLICATE_ID, f"{doc.id!r} was first read at {first_seen[doc.id]}", line)
+                        continue
+                    first_seen[doc.id] = where
+                    yield doc
             except _Skip as skip:
                 rep.add(path, skip.reason, skip.detail, skip.line)
             except OSError as exc:

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -132,3 +136,184 @@ def test_ingest_csv_and_json_columns(tmp_path, pipeline_file):
     assert hits[0]["text"] == "Calcium intake and bone health"
     hits = json.loads(hybridrag("query", idx, "vitamin latitude", "-k", "1", "--json").stdout)
     assert hits[0]["doc_id"].endswith("r1") and hits[0]["text"] == "Vitamin D and latitude"
+
+
+# ---------------------------------------------------------------- a real folder (in process: fast)
+
+def run_cli(capsys, *args):
+    from hybridrag.cli import main
+
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def limited_pipeline(tmp_path, pipeline_file, **chunking):
+    p = tmp_path / "limited.toml"
+    extra = "".join(f"{k} = {v}\n" for k, v in chunking.items())
+    p.write_text(pipeline_file.read_text().replace("overlap = 10\n", "overlap = 10\n" + extra))
+    return p
+
+
+def index_ids(idx_dir):
+    from hybridrag.index import HybridIndex
+
+    idx = HybridIndex.load(idx_dir)
+    try:
+        return sorted(idx.docstore.doc_ids_for_slots(idx.docstore.live_slots())), idx
+    finally:
+        pass
+
+
+def test_bad_records_are_skipped_with_file_line_and_reason(tmp_path, capsys, pipeline_file):
+    from test_sources import EXPECTED_REASON, write_bad_corpus
+
+    src = tmp_path / "src"
+    bad_at = write_bad_corpus(src)
+    (src / "products.csv").write_text("name,price\nchair,10\n")
+    good = ("Le café est très bon, déjà payé. " * 20).encode()
+    (src / "mostly.txt").write_bytes(good[:50] + b"\xff" + good[50:])
+    pipe = limited_pipeline(tmp_path, pipeline_file, max_document_bytes=2000)
+    code, out, _ = run_cli(capsys, "ingest", src, "--index", tmp_path / "idx", "--pipeline", pipe, "-q")
+    assert code == 0, out
+    ids, idx = index_ids(tmp_path / "idx")
+    assert ids == sorted([f"g{i}" for i in range(100)] + ["other-1", "mostly.txt"])
+    assert idx.search("good record number 42 about topic42", k=1, modes=["bm25"])[0].doc_id == "g42"
+    idx.close()
+    assert "ingested 102 document(s)" in out
+    for line, kind in bad_at.items():
+        assert f"data.jsonl:{line}: {EXPECTED_REASON[kind]} (" in out, kind  # file:line: reason (detail)
+    assert "products.csv: bad csv (no text column 'text'; columns: ['name', 'price'])" in out
+    assert "mostly.txt: invalid UTF-8 replaced (1 byte(s)" in out
+    # --strict keeps the all-or-nothing behaviour: the first bad record stops the run, nothing is kept
+    code, out, err = run_cli(capsys, "ingest", src, "--index", tmp_path / "strict", "--pipeline", pipe, "-q",
+                             "--strict")
+    assert code == 2 and "--strict" in err and "data.jsonl:5: duplicate id" in err
+    assert index_ids(tmp_path / "strict")[0] == []
+
+
+def test_a_document_the_index_refuses_does_not_stop_the_run(tmp_path, capsys, pipeline_file):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.txt").write_text("Vitamin D and bone health in older adults. " * 400)  # over 3 chunks
+    for i in range(5):
+        (src / f"small{i}.txt").write_text(f"small document {i}")
+    pipe = limited_pipeline(tmp_path, pipeline_file, max_chunks_per_document=3)
+    code, out, _ = run_cli(capsys, "ingest", src, "--index", tmp_path / "idx", "--pipeline", pipe, "-q",
+                           "--batch-size", "3")
+    assert code == 0
+    ids, idx = index_ids(tmp_path / "idx")
+    idx.close()
+    assert ids == [f"small{i}.txt" for i in range(5)]
+    assert "big.txt: refused by the index (document 'big.txt' gives" in out
+    assert "max_chunks_per_document = 3" in out
+
+
+def test_several_folders_with_the_same_file_names(tmp_path, capsys, pipeline_file):
+    for proj in ("projA", "projB", "x/docs", "y/docs"):
+        (tmp_path / proj).mkdir(parents=True)
+        (tmp_path / proj / "README.md").write_text(f"readme of {proj}")
+    roots = [tmp_path / p for p in ("projA", "projB", "x/docs", "y/docs")]
+    idx_dir = tmp_path / "idx"
+    code, out, _ = run_cli(capsys, "ingest", *roots, "--index", idx_dir, "--pipeline", pipeline_file, "-q")
+    assert code == 0 and "ingested 4 document(s)" in out
+    ids, idx = index_ids(idx_dir)
+    idx.close()
+    assert ids == ["projA/README.md", "projB/README.md", "x/docs/README.md", "y/docs/README.md"]
+    code, out, _ = run_cli(capsys, "ingest", *roots, "--index", idx_dir, "-q")
+    assert "ingested 0 document(s)" in out and "4 unchanged" in out
+
+
+def test_prune_deletes_documents_whose_file_is_gone(tmp_path, capsys, pipeline_file):
+    src, other = tmp_path / "src", tmp_path / "other"
+    for folder in (src, src / "sub", other):
+        folder.mkdir()
+    for name in ("keep.txt", "gone.txt", "sub/gone2.md"):
+        (src / name).write_text(f"text of {name}")
+    (src / "recs.jsonl").write_text('{"id": "r1", "text": "record one"}\n')
+    (other / "elsewhere.txt").write_text("another folder's file")
+    idx_dir = tmp_path / "idx"
+    run_cli(capsys, "ingest", src, "--index", idx_dir, "--pipeline", pipeline_file, "-q")
+    run_cli(capsys, "ingest", other, "--index", idx_dir, "-q")
+    (src / "gone.txt").unlink()
+    (src / "sub" / "gone2.md").unlink()
+    (src / "recs.jsonl").unlink()
+    (other / "elsewhere.txt").unlink()  # gone too, but not under the folder pruned below
+    code, out, _ = run_cli(capsys, "ingest", src, "--index", idx_dir, "-q")  # without --prune: nothing deleted
+    assert len(index_ids(idx_dir)[0]) == 5
+    index_ids(idx_dir)[1].close()
+    (src / "new.txt").write_text("a new file")
+    code, out, _ = run_cli(capsys, "ingest", src, "--index", idx_dir, "-q", "--prune")
+    assert code == 0 and "3 pruned" in out
+    assert "pruned 3 document(s) whose file is gone:\n  gone.txt\n  r1\n  sub/gone2.md\n" in out
+    ids, idx = index_ids(idx_dir)
+    idx.close()
+    assert ids == ["elsewhere.txt", "keep.txt", "new.txt"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_commits_what_was_processed(tmp_path, capsys, pipeline_file, signum):
+    from hybridrag.index import HybridIndex
+
+    src = tmp_path / "src"
+    src.mkdir()
+    n = 400
+    for i in range(n):
+        (src / f"f{i:04d}.txt").write_text(f"document {i} about subject{i}")
+    idx_dir = tmp_path / "idx"
+    exe = shutil.which("hybridrag") or os.path.join(os.path.dirname(sys.executable), "hybridrag")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("HYBRIDRAG_DEBUG", None)
+    # One document per batch and no commit by count or time: only the interrupt commits.
+    proc = subprocess.Popen([exe, "ingest", str(src), "--index", str(idx_dir), "--pipeline", str(pipeline_file),
+                             "--batch-size", "1", "--commit-seconds", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    progress = bytearray()
+    reader = threading.Thread(target=lambda: [progress.extend(b) for b in iter(lambda: proc.stderr.read(1), b"")],
+                              daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300
+    while not re.search(rb"\b([2-9]\d) chunks \[", bytes(progress)):  # 20..99 chunks processed
+        assert proc.poll() is None, f"ended before the interrupt: {bytes(progress)[-500:]!r}"
+        assert time.monotonic() < deadline, bytes(progress)[-500:]
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    out = proc.stdout.read().decode()
+    assert proc.wait(timeout=300) == 130, out
+    reader.join(timeout=10)
+    m = re.search(r"interrupted: kept (\d+) document\(s\) \((\d+) chunks\) committed", out)
+    assert m, out
+    kept = int(m[1])
+    assert 20 <= kept < n and int(m[2]) == kept
+    idx = HybridIndex.load(idx_dir)
+    ids = sorted(idx.docstore.doc_ids_for_slots(idx.docstore.live_slots()))
+    assert ids == [f"f{i:04d}.txt" for i in range(kept)]  # the walk is sorted: the first `kept` files
+    rows = idx.docstore.get(idx.docstore.live_slots())
+    assert sorted(r["text"] for r in rows) == sorted(f"document {i} about subject{i}" for i in range(kept))
+    last = kept - 1
+    assert idx.search(f"subject{last}", k=1, modes=["bm25"])[0].doc_id == f"f{last:04d}.txt"
+    idx.close()
+    code, out, _ = run_cli(capsys, "ingest", src, "--index", idx_dir, "-q")  # the rerun completes the rest
+    assert code == 0 and f"ingested {n - kept} document(s)" in out and f"{kept} unchanged" in out
+
+
+def test_empty_index_is_recreated_with_a_fixed_pipeline(tmp_path, capsys, pipeline_file, corpus):
+    from hybridrag.index import HybridIndex
+
+    idx_dir = tmp_path / "idx"
+    bad = tmp_path / "too-long.toml"  # max_tokens over the tiny BERT's 512 positions
+    bad.write_text(pipeline_file.read_text().replace("max_length = 128", "max_length = 1024")
+                   .replace("max_tokens = 100", "max_tokens = 1000"))
+    code, _, err = run_cli(capsys, "ingest", corpus, "--index", idx_dir, "--pipeline", bad, "-q")
+    assert code == 2 and "chunking.max_tokens = 1000 plus 2 special tokens is more than the 512 tokens" in err
+    assert not idx_dir.exists()
+    # An index left empty (another pipeline, no documents) gives way to the pipeline asked for.
+    other = tmp_path / "other.toml"
+    other.write_text(pipeline_file.read_text().replace('name = "tiny"', 'name = "tiny-other"'))
+    HybridIndex.create(idx_dir, str(other)).close()
+    code, out, err = run_cli(capsys, "ingest", corpus, "--index", idx_dir, "--pipeline", pipeline_file, "-q")
+    assert code == 0 and "holds no documents: re-creating it with pipeline 'tiny'" in err
+    assert "ingested 3 document(s)" in out
+    # One with documents is refused, with the command that clears it.
+    code, _, err = run_cli(capsys, "ingest", corpus, "--index", idx_dir, "--pipeline", other, "-q")
+    assert code == 2 and f"rm -r '{idx_dir}'" in err

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hybridrag import Document, DocumentError, IndexFormatError, IndexLockedError
+from hybridrag.errors import ModelLoadError
 from hybridrag.index import HybridIndex, check_index
 
 TEXTS = [
@@ -314,3 +316,74 @@ def test_pq_colbert_index_scores_decoded_tokens_and_survives_reload(tmp_path, m3
     assert again.stores["colbert"].trained
     assert [(h.chunk_id, h.score) for h in again.search(QUERIES[0], k=5)] == [(h.chunk_id, h.score) for h in hits]
     again.close()
+
+
+def _nested(depth):
+    root = cur = {}
+    for _ in range(depth - 1):
+        cur["a"] = {}
+        cur = cur["a"]
+    return root
+
+
+def test_deep_metadata_and_lone_surrogate_ids_are_document_errors(index):
+    from hybridrag.index import MAX_METADATA_DEPTH, as_document, content_hash
+
+    deep = {"id": "deep", "text": "x", "metadata": {"m": _nested(5000)}}
+    with pytest.raises(DocumentError, match=r"'deep'.*nested more than"):
+        as_document(deep)
+    with pytest.raises(DocumentError, match="nested more than"):
+        content_hash("x", deep["metadata"])
+    with pytest.raises(DocumentError, match=r"'deep'.*nested"):
+        index.add([deep])
+    as_document({"id": "ok", "text": "x", "metadata": _nested(MAX_METADATA_DEPTH)})  # the limit itself is fine
+    with pytest.raises(DocumentError, match="lone surrogate"):
+        index.add([{"id": "x\ud800", "text": "x"}])
+    assert index.docstore.doc_hash("deep") is None
+
+
+def test_errors_skip_writes_the_good_documents_and_lists_the_bad(tmp_path, m3_dir):
+    idx = HybridIndex.create(tmp_path / "i", m3_pipeline(m3_dir, chunking={"max_document_bytes": 200}))
+    batch = [{"id": "g0", "text": "good zero"}, {"id": "", "text": "no id"},
+             {"id": "big", "text": "vitamin " * 100}, {"id": "g0", "text": "again"},
+             {"id": "g1", "text": "good one", "metadata": {"m": _nested(100)}}, {"id": "g2", "text": "good two"}]
+    with pytest.raises(DocumentError):
+        idx.upsert(batch)
+    assert len(idx) == 0  # errors="raise" writes nothing of the call
+    res = idx.upsert(batch, errors="skip", batch_size=2)
+    assert res.added == ["g0", "g2"]
+    assert sorted((pos, doc_id) for pos, doc_id, _ in res.failed) == [(1, ""), (2, "big"), (3, "g0"), (4, "g1")]
+    reasons = {pos: msg for pos, _, msg in res.failed}
+    assert "twice" in reasons[3] and "800 bytes" in reasons[2] and "200" in reasons[2]
+    assert idx.docstore.count_documents() == 2 and idx.search("good two", k=1)[0].doc_id == "g2"
+    with pytest.raises(ValueError, match="errors"):
+        idx.upsert(batch, errors="ignore")
+    idx.close()
+
+
+def test_create_checks_lengths_against_the_model_and_leaves_nothing_on_failure(tmp_path, bert_dir, m3_dir):
+    from hybridrag import ConfigError
+
+    # tiny BERT: 512 positions (tests/tiny_models.py); tiny M3 (XLM-R): 1026 - pad 1 - 1 = 1024
+    pipe = {"name": "too-long", "encoder": {"kind": "dense", "model": str(bert_dir), "max_length": 1024},
+            "chunking": {"max_tokens": 1000, "overlap": 10}, "sparse": {"enabled": False},
+            "colbert": {"enabled": False}, "fusion": {"weights": {"dense": 1.0}}}
+    target = tmp_path / "new" / "idx"
+    with pytest.raises(ConfigError, match=r"chunking.max_tokens = 1000 plus 2 special tokens is more than the 512"):
+        HybridIndex.create(target, pipe)
+    assert not (tmp_path / "new").exists()  # nothing written, no folder left
+    with pytest.raises(ConfigError, match=r"encoder.max_length = 1030 is more than the 1024 tokens"):
+        HybridIndex.create(target, m3_pipeline(m3_dir, encoder={"max_length": 1030}))
+    pipe["encoder"]["max_length"] = 512
+    pipe["chunking"]["max_tokens"] = 510
+    idx = HybridIndex.create(target, pipe)  # the fixed pipeline is accepted in the same place
+    idx.add(docs(3))
+    idx.close()
+    # A failure after the folder was made (here: the encoder cannot load) removes what was written.
+    broken = tmp_path / "broken"
+    shutil.copytree(bert_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    pipe["encoder"]["model"] = str(broken)
+    with pytest.raises(ModelLoadError, match="could not load model weights"):
+        HybridIndex.create(tmp_path / "other" / "idx", pipe)
+    assert not (tmp_path / "other").exists()

@@ -24,6 +24,7 @@ from hybridrag.sources import (
     iter_documents,
     join_title_text,
     read_pdf_text,
+    root_labels,
 )
 from hybridrag.types import Document
 
@@ -113,7 +114,8 @@ def test_txt_and_md(tmp_path: Path) -> None:
     assert sorted(docs) == ["a.txt", "notes/b.md"]
     assert docs["a.txt"].text == "line one\nline two\nline three\n"  # newlines normalised, nothing else
     assert docs["notes/b.md"].text == "# Title\n\nSome *markdown* text.\n"
-    assert docs["a.txt"].metadata == {"source": "a.txt", "format": "txt", "encoding": "utf-8"}
+    assert docs["a.txt"].metadata == {"source": "a.txt", "format": "txt", "encoding": "utf-8",
+                                      "root": str(tmp_path)}
     assert docs["notes/b.md"].metadata["format"] == "md"
     assert not report and report.summary() == "0 skipped"
 
@@ -129,10 +131,31 @@ def test_walk_is_sorted_and_deterministic(tmp_path: Path) -> None:
 def test_file_named_directly_and_several_roots(tmp_path: Path) -> None:
     f = write(tmp_path / "deep" / "x.txt", "hello")
     other = write(tmp_path / "other" / "y.md", "world")
-    docs, _ = collect([f, other.parent])
-    assert sorted(docs) == ["x.txt", "y.md"]
+    docs, _ = collect([f, other.parent])  # several roots: ids carry the root's name
+    assert sorted(docs) == ["other/y.md", "x.txt"]
     docs, _ = collect(str(f))
     assert list(docs) == ["x.txt"]
+    for doc in docs.values():  # root / source is the file the document came from
+        assert Path(doc.metadata["root"]) / doc.metadata["source"] == f
+
+
+def test_several_roots_never_collide(tmp_path: Path) -> None:
+    for proj in ("projA", "projB", "x/docs", "y/docs"):
+        write(tmp_path / proj / "README.md", f"readme of {proj}")
+        write(tmp_path / proj / "data.jsonl", json.dumps({"text": f"record of {proj}"}) + "\n")
+    roots = [tmp_path / p for p in ("projA", "projB", "x/docs", "y/docs")]
+    docs, report = collect(roots)
+    assert not report
+    assert sorted(docs) == sorted(f"{label}/{name}" for label in ("projA", "projB", "x/docs", "y/docs")
+                                  for name in ("README.md", "data.jsonl#1"))
+    assert docs["x/docs/README.md"].text == "readme of x/docs"
+    for doc in docs.values():
+        assert (Path(doc.metadata["root"]) / doc.metadata["source"].split("#")[0]).is_file()
+    again, _ = collect(list(reversed(roots)))  # same roots, same ids, whatever the order
+    assert sorted(again) == sorted(docs)
+    assert root_labels(["/a/docs", "/b/docs", "/c/notes"]) == ["a/docs", "b/docs", "notes"]
+    one, _ = collect(tmp_path / "projA")  # one root: ids as before, relative to it
+    assert sorted(one) == ["README.md", "data.jsonl#1"]
 
 
 def test_html_reduced_to_text(tmp_path: Path) -> None:
@@ -176,7 +199,8 @@ def test_pdf_text(tmp_path: Path) -> None:
     assert not report
     doc = docs["paper.pdf"]
     assert doc.text == "Hybrid retrieval in PDF form.\nSecond line (with parens).\n\nPage two text."
-    assert doc.metadata == {"source": "paper.pdf", "format": "pdf", "pages": 2, "title": "A Paper"}
+    assert doc.metadata == {"source": "paper.pdf", "format": "pdf", "pages": 2, "title": "A Paper",
+                            "root": str(tmp_path)}
     # The helper agrees with pypdf itself.
     import pypdf
 
@@ -220,7 +244,8 @@ def test_json_object_and_list(tmp_path: Path) -> None:
     docs, report = collect(tmp_path)
     assert sorted(docs) == ["7", "a", "many.json#2", "one.json"]
     assert docs["one.json"].text == "single object"
-    assert docs["one.json"].metadata == {"source": "one.json", "format": "json", "position": 1, "lang": "en"}
+    assert docs["one.json"].metadata == {"source": "one.json", "format": "json", "position": 1, "lang": "en",
+                                         "root": str(tmp_path)}
     assert docs["a"].metadata["year"] == 2020
     assert docs["7"].text == "T\n\nwith title" and docs["7"].metadata["title"] == "T"
     assert reasons(report) == {"many.json:4": "bad record", "many.json:5": "bad record"}
@@ -239,7 +264,7 @@ def test_beir_corpus_jsonl(tmp_path: Path) -> None:
     assert docs["4983"].text == join_title_text("Microstructural development", "Alterations of the architecture.")
     assert docs["4983"].text == "Microstructural development\n\nAlterations of the architecture."
     assert docs["4983"].metadata == {"source": "corpus.jsonl", "format": "jsonl", "position": 1,
-                                     "title": "Microstructural development", "pmid": 1}
+                                     "title": "Microstructural development", "pmid": 1, "root": str(tmp_path)}
     assert docs["5836"].text == "No title here." and "title" not in docs["5836"].metadata
     assert docs["7912"].text == "Only title\n\n"
     assert not report
@@ -300,7 +325,8 @@ def test_csv_with_chosen_text_column(tmp_path: Path) -> None:
     docs, report = collect(tmp_path, csv_text_column="body", csv_id_column="key")
     assert sorted(docs) == ["k1", "k2"]
     assert docs["k1"].text == "T1\n\nfirst, with comma"
-    assert docs["k1"].metadata == {"source": "t.csv", "format": "csv", "position": 1, "title": "T1", "year": "2020"}
+    assert docs["k1"].metadata == {"source": "t.csv", "format": "csv", "position": 1, "title": "T1", "year": "2020",
+                                   "root": str(tmp_path)}
     assert docs["k2"].text == "multi\nline"
     assert reasons(report) == {"t.csv:3": "empty"}
     # Without an id column: row numbers.
@@ -534,3 +560,116 @@ def test_skipped_file_str() -> None:
     assert report.by_reason() == {"bad json": 1, "binary": 1}
     assert report.summary() == "2 skipped: bad json 1, binary 1"
     assert len(report) == 2 and bool(report)
+
+
+# --------------------------------------------------------------------------- bad records among good ones
+
+def bad_jsonl_lines() -> dict[str, bytes]:
+    """One JSON line of each kind of bad record, by the reason it must be skipped for."""
+    deep = "[" * 100_000 + "]" * 100_000
+    return {
+        "duplicate id (in the file)": json.dumps({"id": "g0", "text": "again"}).encode(),
+        "duplicate id (across files)": json.dumps({"id": "other-1", "text": "again"}).encode(),
+        "NUL in id": json.dumps({"id": "a\u0000b", "text": "t"}).encode(),
+        "lone surrogate in id": b'{"id": "x\\ud800", "text": "t"}',
+        "NaN field": b'{"id": "nan", "text": "t", "score": NaN}',
+        "Infinity field": b'{"id": "inf", "text": "t", "score": -Infinity}',
+        "deep nesting (parse)": ('{"id": "deep", "text": "t", "m": ' + deep + "}").encode(),
+        "deep nesting (metadata)": ('{"id": "deep2", "text": "t", "m": ' + "[" * 200 + "]" * 200 + "}").encode(),
+        "non-object line": b"[1, 2, 3]",
+        "invalid JSON": b'{"id": "broken", "text": ',
+        "missing text": json.dumps({"id": "notext", "body": "x"}).encode(),
+        "non-string id": json.dumps({"id": [1], "text": "t"}).encode(),
+        "huge line": json.dumps({"id": "huge", "text": "x" * 300_000}).encode(),
+    }
+
+
+EXPECTED_REASON = {
+    "duplicate id (in the file)": "duplicate id", "duplicate id (across files)": "duplicate id",
+    "NUL in id": "bad record", "lone surrogate in id": "bad record", "NaN field": "bad json",
+    "Infinity field": "bad json", "deep nesting (parse)": "bad json", "deep nesting (metadata)": "bad record",
+    "non-object line": "bad record", "invalid JSON": "bad json", "missing text": "bad record",
+    "non-string id": "bad record", "huge line": "too large",
+}
+
+
+def write_bad_corpus(folder: Path) -> dict[int, str]:
+    """``folder/data.jsonl``: 100 good records with every kind of bad record between them
+    (and ``folder/a_other.jsonl``, read first, holding id ``other-1``); returns
+    ``{line: kind}`` of the bad lines."""
+    write(folder / "a_other.jsonl", json.dumps({"id": "other-1", "text": "first reading"}) + "\n")
+    lines: list[bytes] = []
+    bad_at: dict[int, str] = {}
+    bad = list(bad_jsonl_lines().items())
+    for i in range(100):
+        lines.append(json.dumps({"id": f"g{i}", "text": f"good record number {i} about topic{i}"}).encode())
+        if i % 7 == 3 and bad:
+            kind, line = bad.pop(0)
+            lines.append(line)
+            bad_at[len(lines)] = kind
+    assert not bad
+    write(folder / "data.jsonl", b"\n".join(lines) + b"\n")
+    return bad_at
+
+
+def test_every_kind_of_bad_record_is_skipped_with_its_line(tmp_path: Path) -> None:
+    bad_at = write_bad_corpus(tmp_path)
+    docs, report = collect(tmp_path, max_bytes=2000, max_file_bytes=250_000)
+    assert sorted(docs) == sorted([f"g{i}" for i in range(100)] + ["other-1"])
+    assert docs["other-1"].text == "first reading" and docs["g0"].text == "good record number 0 about topic0"
+    assert reasons(report) == {f"data.jsonl:{line}": EXPECTED_REASON[kind] for line, kind in bad_at.items()}
+    by_line = {s.line: s for s in report}
+    dup = next(line for line, kind in bad_at.items() if kind == "duplicate id (across files)")
+    assert "a_other.jsonl:1" in by_line[dup].detail
+    nested = next(line for line, kind in bad_at.items() if kind == "deep nesting (metadata)")
+    assert "nested more than" in by_line[nested].detail and "'deep2'" in by_line[nested].detail
+    surrogate = next(line for line, kind in bad_at.items() if kind == "lone surrogate in id")
+    assert "surrogate" in by_line[surrogate].detail
+
+
+def test_deeply_nested_json_file_is_bad_json(tmp_path: Path) -> None:
+    write(tmp_path / "deep.json", "[" * 100_000 + "]" * 100_000)
+    docs, report = collect(tmp_path)
+    assert not docs and reasons(report) == {"deep.json": "bad json"}
+
+
+# --------------------------------------------------------------------------- nearly-UTF-8 files
+
+def test_nearly_utf8_file_is_utf8_with_a_warning(tmp_path: Path) -> None:
+    good = ("Le café est très bon, déjà payé. " * 20).encode("utf-8")
+    write(tmp_path / "mostly.txt", good[:100] + b"\xff\xfe" + good[100:300] + b"\xe9" + good[300:])
+    write(tmp_path / "lines.jsonl", json.dumps({"id": "j1", "text": "déjà"}, ensure_ascii=False).encode()
+          + b"\n" + b'{"id": "j2", "text": "caf\xc3\xa9 cr\xc3\xa8me br\xc3\xbbl\xc3\xa9e na\xc3\xafve \x81"}\n')
+    docs, report = collect(tmp_path)
+    assert not report.skipped
+    text = docs["mostly.txt"].text
+    assert text.count("\ufffd") == 3 and text.replace("\ufffd", "") == good.decode("utf-8")
+    assert docs["mostly.txt"].metadata["encoding"] == "utf-8"
+    assert docs["j2"].text == "café crème brûlée naïve \ufffd"
+    warned = {(Path(w.path).name, w.line): w for w in report.warnings}
+    assert set(warned) == {("mostly.txt", None), ("lines.jsonl", 2)}
+    assert warned[("mostly.txt", None)].detail.startswith("3 byte(s)")
+    assert warned[("lines.jsonl", 2)].detail.startswith("1 byte(s)")
+
+
+@pytest.mark.parametrize("text,encoding", [
+    (FRENCH + " « Œuvre » — “quotes”", "cp1252"),
+    ("日本語のテキストには単語の区切りがありません。東京都渋谷区で会議を開催します。", "shift_jis"),
+    ("Съешь же ещё этих мягких французских булок, да выпей чаю.", "cp1251"),
+])
+def test_legacy_encodings_still_detected(tmp_path: Path, text: str, encoding: str) -> None:
+    write(tmp_path / "legacy.txt", text * 5, encoding=encoding)
+    docs, report = collect(tmp_path)
+    assert docs["legacy.txt"].text == text * 5
+    assert not report.warnings and not report.skipped
+
+
+def test_record_over_max_bytes_and_line_over_max_file_bytes(tmp_path: Path) -> None:
+    write(tmp_path / "r.jsonl", "\n".join([json.dumps({"id": "big", "text": "y" * 3000}),
+                                          json.dumps({"id": "huge", "text": "z" * 30_000}),
+                                          json.dumps({"id": "ok", "text": "fine"})]) + "\n")
+    docs, report = collect(tmp_path, max_bytes=2000, max_file_bytes=20_000)
+    assert list(docs) == ["ok"]
+    details = {s.line: (s.reason, s.detail) for s in report}
+    assert details[1] == ("too large", "text is 3000 bytes, max_bytes is 2000")
+    assert details[2][0] == "too large" and "max_file_bytes is 20000" in details[2][1]
