@@ -161,6 +161,9 @@ class HybridRAGRetriever(BaseRetriever):
 
     Args:
         index: an open :class:`HybridIndex`, or the path of one to load.
+        url: instead of ``index``, a ``hybridrag serve`` server (``http://127.0.0.1:8000``),
+            searched through :class:`hybridrag.client.RemoteIndex`; ``api_key`` its key
+            (default ``$HYBRIDRAG_API_KEY``).
         similarity_top_k: number of nodes per query (``k`` of ``HybridIndex.search``).
         filters: metadata conditions applied before top-k: hybridrag's dict
             (``{"year": {"$gte": 2020}}``) or LlamaIndex ``MetadataFilters`` (AND only).
@@ -170,17 +173,26 @@ class HybridRAGRetriever(BaseRetriever):
 
     def __init__(
         self,
-        index: HybridIndex | str | os.PathLike[str],
+        index: HybridIndex | str | os.PathLike[str] | None = None,
         similarity_top_k: int = 10,
         filters: MetadataFilters | Mapping[str, Any] | None = None,
         search_kwargs: Mapping[str, Any] | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
+        url: str | None = None,
+        api_key: str | None = None,
     ) -> None:
-        if isinstance(index, (str, os.PathLike)):
+        if url is not None:
+            from hybridrag.client import RemoteIndex
+
+            if index is not None:
+                raise ValueError("pass index or url, not both")
+            index = RemoteIndex(url, api_key=api_key)
+        elif isinstance(index, (str, os.PathLike)):
             index = HybridIndex.load(index)
         elif not isinstance(index, HybridIndex):
-            raise TypeError(f"index must be a HybridIndex or the path of one, got {type(index).__name__}")
+            raise TypeError(f"index must be a HybridIndex or the path of one (or pass url=...), "
+                            f"got {type(index).__name__}")
         self.index = index
         self.similarity_top_k = _check_top_k(similarity_top_k, "similarity_top_k")
         self.filters = _check_filters(filters)
