@@ -333,6 +333,8 @@ def test_concurrent_requests_are_batched_into_search_batch_with_the_same_results
 
     def spy(self, queries, *a, **kw):
         calls.append(len(queries))
+        if "boom" in queries:   # a failure inside one call of a group
+            raise ValueError("boom")
         return real(self, queries, *a, **kw)
 
     async def main():
@@ -340,7 +342,7 @@ def test_concurrent_requests_are_batched_into_search_batch_with_the_same_results
         try:
             reqs = [engine.search([q], k=3) for q in QUERIES] + \
                    [engine.search([q], k=3, modes=["bm25"]) for q in QUERIES] + \
-                   [engine.search(["vitamin"], k=3, filters={"n": {"$regex": 1}})]
+                   [engine.search(["vitamin"], k=3, filters={"n": {"$regex": 1}}), engine.search(["boom"], k=3)]
             return await asyncio.gather(*reqs, return_exceptions=True)
         finally:
             await engine.stop()
@@ -350,10 +352,12 @@ def test_concurrent_requests_are_batched_into_search_batch_with_the_same_results
         out = asyncio.run(main())
     finally:
         HybridIndex.search_batch = real
-    # two option groups of 5 queries in one call each (+ the bad filter alone, then retried alone)
-    assert sorted(calls) == [1, len(QUERIES), len(QUERIES)]
-    assert isinstance(out[-1], ValueError) and "$regex" in str(out[-1])
     n = len(QUERIES)
+    # one call per option group: the bad filter's alone; the default group (with "boom") fails
+    # as a whole and is retried request by request, so only "boom" fails
+    assert sorted(calls) == sorted([n + 1, n, 1] + [1] * (n + 1))
+    assert isinstance(out[-2], ValueError) and "$regex" in str(out[-2])
+    assert isinstance(out[-1], ValueError) and str(out[-1]) == "boom"
     for i, q in enumerate(QUERIES):
         for res, opts in ((out[i], {}), (out[n + i], {"modes": ["bm25"]})):
             want = local.search(q, k=3, **opts)
@@ -415,6 +419,44 @@ def test_writable_server_writes_and_serves_its_own_commit(tmp_path):
         assert groups() == {1, 7, 8}
     finally:
         s.stop()
+
+
+def test_a_swap_never_closes_the_generation_a_running_batch_reads(tmp_path):
+    """A commit lands and the server swaps generations while a batch is inside search_batch:
+    that batch finishes on its own (old) generation; the next one reads the new one."""
+    from hybridrag.server.engine import Engine
+
+    path = tmp_path / "idx"
+    writer = HybridIndex.create(path, BM25_ONLY)
+    writer.add(cwk.group_docs(0))
+    engine = Engine(path, reload_interval_ms=60_000)   # no polling: the swap happens below only
+    real = HybridIndex.search_batch
+    swapped: list[int] = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        def spy(self, queries, *a, **kw):
+            if not swapped:   # on the search thread, mid-batch: commit, then wait for the swap
+                writer.add(cwk.group_docs(1))
+                swapped.append(asyncio.run_coroutine_threadsafe(engine.reload(), loop).result(timeout=60))
+            return real(self, queries, *a, **kw)
+
+        HybridIndex.search_batch = spy
+        await engine.start()
+        try:
+            return await engine.search(["common"], k=50), await engine.search(["common"], k=50)
+        finally:
+            await engine.stop()
+
+    try:
+        first, second = asyncio.run(main())
+    finally:
+        HybridIndex.search_batch = real
+        writer.close()
+    assert swapped == [3]
+    assert first.generation == 2 and {h.metadata["group"] for h in first.hits[0]} == {0}
+    assert second.generation == 3 and {h.metadata["group"] for h in second.hits[0]} == {0, 1}
 
 
 def test_hot_reload_while_another_process_commits(tmp_path):
