@@ -143,6 +143,8 @@ def main() -> None:
     ap.add_argument("--write-docs", type=int, default=200, help="documents the writer upserts in phase 4")
     ap.add_argument("--commit-docs", type=int, default=20, help="writer commits every this many documents")
     ap.add_argument("--time-limit", type=float, default=240.0, help="seconds per phase at most")
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="torch intra-op threads in every process (OMP_NUM_THREADS); 0: torch's default")
     ap.add_argument("--index", type=Path, default=None, help="reuse/keep the index here (else a temp dir)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -150,9 +152,17 @@ def main() -> None:
         [str(ROOT), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)])}
     os.environ["HF_HUB_OFFLINE"] = "1"
     table = Table()
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+        env["OMP_NUM_THREADS"] = str(args.torch_threads)
+    import torch
+
+    table("setup", "setup", "torch intra-op threads per process", str(torch.get_num_threads()))
     tmp = tempfile.TemporaryDirectory()
     index = args.index or Path(tmp.name) / "idx"
-    part = f"scifact first {args.docs} docs, offline pipeline"
+    part = f"{args.beir.name} first {args.docs} docs, offline pipeline"
     if not (index / "manifest.json").exists():
         t = time.perf_counter()
         idx = HybridIndex.create(index, ROOT / "pipelines" / "offline.toml")
@@ -208,13 +218,21 @@ def main() -> None:
             "import sys, json; from hybridrag.index import HybridIndex; sys.path.insert(0, sys.argv[4]);"
             "from bench_serve import corpus_docs; from pathlib import Path;"
             "idx = HybridIndex.load(sys.argv[1]); docs = corpus_docs(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[5]));"
-            "step = int(sys.argv[6]);"
+            "step = int(sys.argv[6]); idx.encoder; print('ready', flush=True);"
             "[idx.upsert(docs[i:i + step]) for i in range(0, len(docs), step)]; print(idx.generation); idx.close()")
         gen0 = remote.health()["generation"]
         writer = subprocess.Popen([sys.executable, "-c", writer_code, str(index), str(args.beir), str(args.docs),
                                    str(Path(__file__).parent), str(args.write_docs), str(args.commit_docs)],
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
+            assert writer.stdout is not None
+            seen = []   # wait until the writer's model is loaded, so that its commits overlap the clients
+            for line in writer.stdout:
+                seen.append(line.decode(errors="replace"))
+                if seen[-1].startswith("ready"):
+                    break
+            else:
+                raise RuntimeError(f"writer failed: {''.join(seen)[-2000:]}")
             during = run_clients(url, queries, args.k, args.clients, args.requests, args.time_limit)
             w_out = writer.communicate(timeout=args.time_limit + 300)[0].decode()
         finally:

@@ -535,3 +535,14 @@ def test_import_hint_without_fastapi(monkeypatch, index_path, capsys):
         build(index_path)
     assert cli.main(["serve", str(index_path)]) == 2
     assert "pip install 'hybridrag[serve]'" in capsys.readouterr().err
+
+
+def test_serve_command_rejects_bad_limits(index_path, capsys):
+    from hybridrag import cli
+
+    assert cli.main(["serve", str(index_path), "--max-k", "0"]) == 2
+    assert "--max-k must be a positive integer, got 0" in capsys.readouterr().err
+    assert cli.main(["serve", str(index_path), "--max-batch", "0"]) == 2
+    assert "max_batch must be >= 1, got 0" in capsys.readouterr().err
+    assert cli.main(["serve", str(index_path / "nope")]) == 2
+    assert "no index at" in capsys.readouterr().err

@@ -138,6 +138,7 @@ class _Gate:
                 while True:
                     msg = await receive()
                     if msg["type"] == "http.disconnect":
+                        status[0] = 499   # the client went away before sending its body (nginx's code)
                         return
                     body = msg.get("body", b"")
                     size += len(body)
