@@ -29,11 +29,13 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from common import ROOT, Table, fmt_lat, latencies
 
+from hybridrag.cli import quiet_model_loading
 from hybridrag.client import RemoteIndex
 from hybridrag.index import HybridIndex
 
@@ -49,10 +51,11 @@ def read_jsonl(path: Path, n: int | None = None) -> list[dict]:
     return out
 
 
-def corpus_docs(beir: Path, start: int, n: int) -> list[dict]:
+def corpus_docs(beir: Path, start: int, n: int, rev: str = "") -> list[dict]:
+    """Documents start..start+n of the corpus; ``rev`` (metadata) makes an upsert replace them."""
     rows = read_jsonl(beir / "corpus.jsonl", start + n)[start:]
     return [{"id": r["_id"], "text": (r.get("title", "") + "\n\n" + r["text"]).strip(),
-             "metadata": {"title": r.get("title", "")}} for r in rows]
+             "metadata": {"title": r.get("title", ""), **({"rev": rev} if rev else {})}} for r in rows]
 
 
 def free_port() -> int:
@@ -80,24 +83,26 @@ def start_server(index: Path, port: int, env: dict, log: Path, extra: list[str])
 
 
 def run_clients(url: str, queries: list[str], k: int, clients: int, requests: int,
-                time_limit: float) -> dict:
-    """``clients`` threads x ``requests`` one-query requests; per-request latencies, errors,
-    results by query index, generations seen."""
+                time_limit: float, until: Any = None) -> dict:
+    """``clients`` threads x ``requests`` one-query requests (with ``until``: on until it
+    returns True, at most 100x as many); per-request latencies, errors, results by query
+    index, generations seen. Throughput counts from the moment all clients are connected."""
     lat: list[float] = []
     errors: list[str] = []
     results: dict[int, list[tuple[str, float]]] = {}
     gens: set[int] = set()
     lock = threading.Lock()
     deadline = time.monotonic() + time_limit
-    barrier = threading.Barrier(clients)
+    start: list[float] = []
+    barrier = threading.Barrier(clients, action=lambda: start.append(time.perf_counter()))
 
     def client(c: int) -> None:
         remote = RemoteIndex(url, timeout=60)
         remote.search(queries[c % len(queries)], k=k)   # connect before the clock starts
         barrier.wait()
         mine = []
-        for i in range(requests):
-            if time.monotonic() > deadline:
+        for i in range(requests if until is None else 100 * requests):
+            if time.monotonic() > deadline or (until is not None and i >= requests and until()):
                 break
             qi = (c * requests + i) % len(queries)
             t = time.perf_counter()
@@ -115,15 +120,25 @@ def run_clients(url: str, queries: list[str], k: int, clients: int, requests: in
             lat.extend(mine)
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=time_limit + 120)
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - start[0]
     a = np.array(lat) if lat else np.array([np.nan])
     return {"n": len(lat), "errors": errors, "p50": 1000 * float(np.percentile(a, 50)),
             "p99": 1000 * float(np.percentile(a, 99)), "qps": len(lat) / wall, "results": results, "gens": gens}
+
+
+def batch_counts(url: str) -> tuple[float, float]:
+    """(search_batch calls, queries in them) so far, from the server's /metrics."""
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    got = {}
+    for line in text.splitlines():
+        if line.startswith(("hybridrag_search_batch_queries_count", "hybridrag_search_batch_queries_sum")):
+            name, value = line.split()
+            got[name] = float(value)
+    return got.get("hybridrag_search_batch_queries_count", 0.0), got.get("hybridrag_search_batch_queries_sum", 0.0)
 
 
 def compare(results: dict[int, list[tuple[str, float]]], want: dict[int, list[tuple[str, float]]]) -> str:
@@ -145,12 +160,15 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=240.0, help="seconds per phase at most")
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="torch intra-op threads in every process (OMP_NUM_THREADS); 0: torch's default")
-    ap.add_argument("--index", type=Path, default=None, help="reuse/keep the index here (else a temp dir)")
+    ap.add_argument("--index", type=Path, default=None,
+                    help="build (or reuse) the index here and keep it (else a temp dir); phase 4 leaves the "
+                         "writer's documents in it, so a reused index holds more than --docs")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)])}
     os.environ["HF_HUB_OFFLINE"] = "1"
+    quiet_model_loading()   # model-load reports off the output, as on the command line
     table = Table()
     if args.torch_threads:
         import torch
@@ -191,38 +209,34 @@ def main() -> None:
     try:
         # 2. one client, one query per request
         remote = RemoteIndex(url)
+        remote.search(queries[0], k=args.k)   # the server loads its model at the first query
         one = run_clients(url, queries, args.k, 1, len(queries), args.time_limit)
         table(part, "server, 1 client", "one query per request",
               f"p50 {one['p50']:.2f} ms; p99 {one['p99']:.2f} ms; {one['qps']:,.0f} q/s; {len(one['errors'])} errors")
         table(part, "server, 1 client", "vs library one query per call", compare(one["results"], want))
 
         # 3. concurrent clients
+        calls0, queries0 = batch_counts(url)
         many = run_clients(url, queries, args.k, args.clients, args.requests, args.time_limit)
+        calls1, queries1 = batch_counts(url)
         name = f"server, {args.clients} clients x {args.requests}"
         table(part, name, "one query per request",
               f"p50 {many['p50']:.2f} ms; p99 {many['p99']:.2f} ms; {many['qps']:,.0f} q/s; "
               f"{len(many['errors'])} errors")
         table(part, name, "vs library one query per call", compare(many["results"], want))
-        metrics = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
-        cnt = sum_ = 0.0
-        for line in metrics.splitlines():
-            if line.startswith("hybridrag_search_batch_queries_count"):
-                cnt = float(line.split()[-1])
-            if line.startswith("hybridrag_search_batch_queries_sum"):
-                sum_ = float(line.split()[-1])
-        table(part, "server (all phases so far)", "search_batch calls; mean queries per call",
-              f"{cnt:,.0f}; {sum_ / max(cnt, 1):.2f}")
+        table(part, name, "search_batch calls; mean queries per call (batcher)",
+              f"{calls1 - calls0:,.0f}; {(queries1 - queries0) / max(calls1 - calls0, 1):.2f}")
 
         # 4. the same while a writer process upserts and commits
         writer_code = (
             "import sys, json; from hybridrag.index import HybridIndex; sys.path.insert(0, sys.argv[4]);"
             "from bench_serve import corpus_docs; from pathlib import Path;"
-            "idx = HybridIndex.load(sys.argv[1]); docs = corpus_docs(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[5]));"
+            "idx = HybridIndex.load(sys.argv[1]); docs = corpus_docs(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[5]), rev=sys.argv[7]);"
             "step = int(sys.argv[6]); idx.encoder; print('ready', flush=True);"
             "[idx.upsert(docs[i:i + step]) for i in range(0, len(docs), step)]; print(idx.generation); idx.close()")
         gen0 = remote.health()["generation"]
         writer = subprocess.Popen([sys.executable, "-c", writer_code, str(index), str(args.beir), str(args.docs),
-                                   str(Path(__file__).parent), str(args.write_docs), str(args.commit_docs)],
+                                   str(Path(__file__).parent), str(args.write_docs), str(args.commit_docs), time.strftime("%Y%m%d%H%M%S")],
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             assert writer.stdout is not None
@@ -233,7 +247,9 @@ def main() -> None:
                     break
             else:
                 raise RuntimeError(f"writer failed: {''.join(seen)[-2000:]}")
-            during = run_clients(url, queries, args.k, args.clients, args.requests, args.time_limit)
+            # the clients go on until the writer is done (bounded in count and time)
+            during = run_clients(url, queries, args.k, args.clients, args.requests, args.time_limit,
+                                 until=lambda: writer.poll() is not None)
             w_out = writer.communicate(timeout=args.time_limit + 300)[0].decode()
         finally:
             if writer.poll() is None:
