@@ -307,14 +307,14 @@ def test_connectors_point_at_a_server(server, local):
     from langchain_hybridrag import HybridRAGRetriever as LCRetriever
     from llama_index.retrievers.hybridrag import HybridRAGRetriever as LIRetriever
 
+    remote = LIRetriever(url=server.url, similarity_top_k=4, filters={"group": "even"})
+    here = LIRetriever(local, similarity_top_k=4, filters={"group": "even"})
+    remote_lc = LCRetriever(url=server.url, k=3, search_kwargs={"fusion": "rrf"})
+    here_lc = LCRetriever(index=local, k=3, search_kwargs={"fusion": "rrf"})
     for q in QUERIES:
-        remote = LIRetriever(url=server.url, similarity_top_k=4, filters={"group": "even"})
-        here = LIRetriever(local, similarity_top_k=4, filters={"group": "even"})
         got, want = remote.retrieve(q), here.retrieve(q)
         assert [(n.node.node_id, n.score, n.node.metadata) for n in got] == \
             [(n.node.node_id, n.score, n.node.metadata) for n in want]
-        remote_lc = LCRetriever(url=server.url, k=3, search_kwargs={"fusion": "rrf"})
-        here_lc = LCRetriever(index=local, k=3, search_kwargs={"fusion": "rrf"})
         got_lc, want_lc = remote_lc.invoke(q), here_lc.invoke(q)
         assert [(d.id, d.metadata) for d in got_lc] == [(d.id, d.metadata) for d in want_lc]
     with pytest.raises(ValueError, match="not both"):
@@ -537,8 +537,12 @@ def test_import_hint_without_fastapi(monkeypatch, index_path, capsys):
     assert "pip install 'hybridrag[serve]'" in capsys.readouterr().err
 
 
-def test_serve_command_rejects_bad_limits(index_path, capsys):
+def test_serve_command_defaults_and_bad_limits(index_path, capsys):
     from hybridrag import cli
+
+    args = cli.build_parser().parse_args(["serve", str(index_path)])
+    assert (args.host, args.port, args.writable, args.api_key) == ("127.0.0.1", 8000, False, None)
+    assert cli.build_parser().parse_args(["serve", "x", "--writable"]).writable is True
 
     assert cli.main(["serve", str(index_path), "--max-k", "0"]) == 2
     assert "--max-k must be a positive integer, got 0" in capsys.readouterr().err
