@@ -406,14 +406,14 @@ def test_writable_server_writes_and_serves_its_own_commit(tmp_path):
         assert groups() == {0}
         assert r.commit() == 3 and groups() == {0, 1}
         assert r.delete(filters={"group": 0}) == cwk.GROUP_SIZE and groups() == {1}
+        # the lock is released after each commit: another writer may write in between
+        other = HybridIndex.load(path)
+        other.upsert(cwk.group_docs(7))
+        other.close()
         with pytest.raises(ValueError, match="needs 'id' and 'text'"):
             r.add([{"id": "x"}])
         with pytest.raises(ValueError, match="delete\\(\\) needs ids or filters"):
             r.delete()
-        # the lock is released after each commit: another process may write in between
-        other = HybridIndex.load(path)
-        other.upsert(cwk.group_docs(7))
-        other.close()
         r.upsert(cwk.group_docs(8))
         assert cwk.check_view(HybridIndex.load(path)) == 3
         assert groups() == {1, 7, 8}
@@ -457,6 +457,31 @@ def test_a_swap_never_closes_the_generation_a_running_batch_reads(tmp_path):
     assert swapped == [3]
     assert first.generation == 2 and {h.metadata["group"] for h in first.hits[0]} == {0}
     assert second.generation == 3 and {h.metadata["group"] for h in second.hits[0]} == {0, 1}
+
+
+def test_an_unreadable_manifest_keeps_the_served_generation_and_reloads_later(tmp_path):
+    path = tmp_path / "idx"
+    writer = HybridIndex.create(path, BM25_ONLY)
+    writer.add(cwk.group_docs(0))
+    app, engine = build(path, reload_interval_ms=20)
+    s = Server(app)
+    try:
+        good = (path / "manifest.json").read_text()
+        (path / "manifest.json").write_text("{ not json")
+        deadline = time.monotonic() + 30
+        while engine.metrics.reloads.values.get(("error",), 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.metrics.reloads.values.get(("error",), 0) >= 1
+        remote = RemoteIndex(s.url)
+        assert len(remote.search("common", k=50)) == cwk.GROUP_SIZE and remote.generation == 2
+        (path / "manifest.json").write_text(good)
+        writer.add(cwk.group_docs(1))   # generation 3: the poller is still at work
+        while engine.generation != 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(remote.search("common", k=50)) == 2 * cwk.GROUP_SIZE and remote.generation == 3
+    finally:
+        s.stop()
+        writer.close()
 
 
 def test_hot_reload_while_another_process_commits(tmp_path):

@@ -172,7 +172,13 @@ class Engine:
             await asyncio.sleep(self.reload_interval_s)
             sig = self._manifest_signature()
             if sig is not None and sig != self._signature:
-                await self.reload()
+                try:
+                    await self.reload()
+                except Exception:  # noqa: BLE001 - the poller must outlive a bad manifest; logged
+                    self._signature = sig
+                    logger.exception("hybridrag serve: reload of %s failed", self.path)
+                    if self.metrics is not None:
+                        self.metrics.reload("error")
 
     async def reload(self) -> int:
         """Load the index's committed generation if it is not the one served; returns the
