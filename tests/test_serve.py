@@ -202,6 +202,9 @@ def test_stats_and_health(server, local):
     assert status == 200 and st["generation"] == local.generation and st["chunks"] == len(local)
     assert st["writable"] is False and st["limits"]["max_k"] == 50
     assert call(server.url, "GET", "/health")[1] == {"status": "ok", "generation": local.generation}
+    status, spec, _ = call(server.url, "GET", "/openapi.json")   # FastAPI's OpenAPI (the /docs page)
+    assert status == 200 and {"/search", "/upsert", "/metrics"} <= set(spec["paths"])
+    assert call(server.url, "GET", "/docs")[0] == 200
 
 
 def parse_prometheus(text: str) -> dict[str, dict[tuple, float]]:
@@ -364,6 +367,23 @@ def test_concurrent_requests_are_batched_into_search_batch_with_the_same_results
             # a batch pads queries to one length: encoder outputs move in the last float bits
             assert_same_ranking([(h.chunk_id, h.score) for h in res.hits[0]], [(h.chunk_id, h.score) for h in want],
                                 tol=1e-5)
+
+
+def test_a_full_queue_answers_overloaded_naming_the_flag(index_path):
+    from hybridrag.server.engine import Engine, Overloaded, SearchResult
+
+    engine = Engine(index_path, limits=Limits(max_queue=2))
+
+    async def main():
+        await engine.start()
+        try:   # the three are queued before the batcher runs: the third finds the queue full
+            return await asyncio.gather(*(engine.search([q], k=1) for q in QUERIES[:3]), return_exceptions=True)
+        finally:
+            await engine.stop()
+
+    out = asyncio.run(main())
+    assert isinstance(out[0], SearchResult) and isinstance(out[1], SearchResult)
+    assert isinstance(out[2], Overloaded) and "(limit 2, --max-queue)" in str(out[2])
 
 
 def test_many_clients_at_once_get_the_library_results(server, local):
