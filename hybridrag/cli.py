@@ -1,4 +1,4 @@
-"""The ``hybridrag`` command line: ingest, query, eval, info, check, rebuild.
+"""The ``hybridrag`` command line: ingest, query, eval, info, check, rebuild, serve.
 
 Errors a user can cause print one line (``hybridrag: error: ...``) and exit with
 status 2, without a traceback; an interrupt (SIGINT, and SIGTERM during ``ingest``,
@@ -339,6 +339,21 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hybridrag.server import run   # FastAPI/uvicorn are imported here only (hybridrag[serve])
+    from hybridrag.server.config import BatchConfig, Limits
+
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_k=args.max_k, max_depth=args.max_depth,
+                    max_queries=args.max_queries, max_documents=args.max_documents, max_queue=args.max_queue)
+    for name, value in vars(limits).items():
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    run(args.index, host=args.host, port=args.port, writable=args.writable, api_key=args.api_key,
+        limits=limits, batching=BatchConfig(wait_ms=args.batch_wait_ms, max_batch=args.max_batch),
+        reload_interval_ms=args.reload_ms, log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hybridrag import __version__
 
@@ -416,6 +431,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pipeline", default=None,
                    help="the index's pipeline, needed only when its manifest is lost or corrupt")
     s.set_defaults(func=cmd_rebuild)
+
+    from hybridrag.server.config import BatchConfig, Limits
+
+    lim, bat = Limits(), BatchConfig()
+    s = sub.add_parser("serve", help="serve an index over HTTP (pip install 'hybridrag[serve]'; docs/SERVE.md)")
+    s.add_argument("index", metavar="DIR")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--writable", action="store_true",
+                   help="enable POST /add /upsert /delete /commit (default: read-only)")
+    s.add_argument("--read-only", dest="writable", action="store_false", help="the default")
+    s.add_argument("--api-key", default=None,
+                   help="require this key (Authorization: Bearer KEY or X-API-Key: KEY); default $HYBRIDRAG_API_KEY")
+    s.add_argument("--max-k", type=int, default=lim.max_k)
+    s.add_argument("--max-depth", type=int, default=lim.max_depth, help="largest depth and rerank_k")
+    s.add_argument("--max-queries", type=int, default=lim.max_queries, help="queries in one request")
+    s.add_argument("--max-documents", type=int, default=lim.max_documents, help="documents in one write request")
+    s.add_argument("--max-body-bytes", type=int, default=lim.max_body_bytes)
+    s.add_argument("--max-queue", type=int, default=lim.max_queue, help="queries waiting before 503")
+    s.add_argument("--max-batch", type=int, default=bat.max_batch, help="queries per search_batch call")
+    s.add_argument("--batch-wait-ms", type=float, default=bat.wait_ms,
+                   help="longest wait for more requests to batch after the first")
+    s.add_argument("--reload-ms", type=float, default=200.0, help="how often to look for a newer commit")
+    s.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--access-log", action="store_true")
+    s.set_defaults(func=cmd_serve)
     return p
 
 

@@ -1048,6 +1048,11 @@ class HybridIndex:
             "models": {k: v.get("name") for k, v in m.get("models", {}).items()},
         }
 
+    @property
+    def generation(self) -> int:
+        """The committed generation this object reads (``manifest.json``'s ``generation``)."""
+        return self._gen
+
     def __len__(self) -> int:
         return self.docstore.count()
 

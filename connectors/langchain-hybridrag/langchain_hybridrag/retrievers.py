@@ -21,8 +21,9 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document as LCDocument
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from hybridrag.client import RemoteIndex
 from hybridrag.index import AddResult, HybridIndex
 from hybridrag.types import Document, Hit
 from hybridrag.integrations import (
@@ -79,10 +80,13 @@ class HybridRAGRetriever(BaseRetriever):
     :meth:`from_documents`. ``invoke(query)`` returns up to ``k`` documents, best first;
     ``invoke(query, k=..., filters=..., modes=...)`` overrides any setting for one call.
 
+    ``HybridRAGRetriever(url="http://127.0.0.1:8000", api_key=...)`` searches a
+    ``hybridrag serve`` server instead (through :class:`hybridrag.client.RemoteIndex`).
+
     Attributes:
         index: the open :class:`HybridIndex`; given a path, the index this process already
             has open there (shared with every retriever and writer of that path), else it is
-            loaded.
+            loaded; or a :class:`~hybridrag.client.RemoteIndex` (what ``url=`` gives).
         k: documents per query.
         filters: metadata conditions applied before top-k (``{"year": {"$gte": 2020}}``).
         search_kwargs: pipeline overrides (``modes``, ``fusion``, ``weights``, ``depth``,
@@ -91,15 +95,26 @@ class HybridRAGRetriever(BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    index: HybridIndex
+    index: HybridIndex | RemoteIndex
     k: int = 4
     filters: dict[str, Any] | None = None
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _url_to_index(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "url" in data:
+            data = dict(data)
+            url, api_key = data.pop("url"), data.pop("api_key", None)
+            if data.get("index") is not None:
+                raise ValueError("pass index or url, not both")
+            data["index"] = RemoteIndex(url, api_key=api_key)
+        return data
+
     @field_validator("index", mode="before")
     @classmethod
-    def _validate_index(cls, value: Any) -> HybridIndex:
-        return open_index(value)
+    def _validate_index(cls, value: Any) -> HybridIndex | RemoteIndex:
+        return value if isinstance(value, RemoteIndex) else open_index(value)
 
     @field_validator("k")
     @classmethod

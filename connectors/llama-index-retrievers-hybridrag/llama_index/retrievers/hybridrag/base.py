@@ -145,6 +145,9 @@ class HybridRAGRetriever(BaseRetriever):
         index: an open :class:`HybridIndex`, or the path of one: the index this process
             already has open there (shared with every retriever and writer of that path),
             else it is loaded.
+        url: instead of ``index``, a ``hybridrag serve`` server (``http://127.0.0.1:8000``),
+            searched through :class:`hybridrag.client.RemoteIndex`; ``api_key`` its key
+            (default ``$HYBRIDRAG_API_KEY``).
         similarity_top_k: number of nodes per query (``k`` of ``HybridIndex.search``).
         filters: metadata conditions applied before top-k: hybridrag's dict
             (``{"year": {"$gte": 2020}}``) or LlamaIndex ``MetadataFilters`` (AND only).
@@ -154,17 +157,27 @@ class HybridRAGRetriever(BaseRetriever):
 
     def __init__(
         self,
-        index: IndexLike,
+        index: IndexLike | None = None,
         similarity_top_k: int = 10,
         filters: MetadataFilters | Mapping[str, Any] | None = None,
         search_kwargs: Mapping[str, Any] | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
+        url: str | None = None,
+        api_key: str | None = None,
     ) -> None:
+        if url is not None:
+            from hybridrag.client import RemoteIndex
+
+            if index is not None:
+                raise ValueError("pass index or url, not both")
+            remote: RemoteIndex | None = RemoteIndex(url, api_key=api_key)
+        else:
+            remote = None
         self.similarity_top_k = check_top_k(similarity_top_k, "similarity_top_k")
         self.filters = _check_filters(filters)
         self.search_kwargs = check_search_kwargs(search_kwargs, "similarity_top_k")
-        self.index = open_index(index)
+        self.index = remote if remote is not None else open_index(index)
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @classmethod
