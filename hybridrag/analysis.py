@@ -27,8 +27,8 @@ import regex
 
 from hybridrag.errors import ConfigError
 
-__all__ = ["AUTO_LANGUAGES", "Analyzer", "ENGLISH_STOPWORDS", "SNOWBALL_LANGUAGES", "SubwordAnalyzer", "UnicodeAnalyzer",
-           "WordAnalyzer", "analyzer_from_config", "languages_by_script"]
+__all__ = ["AUTO_LANGUAGES", "Analyzer", "ENGLISH_STOPWORDS", "SNOWBALL_LANGUAGES", "SubwordAnalyzer",
+           "UnicodeAnalyzer", "WordAnalyzer", "analyzer_from_config", "languages_by_script"]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -51,7 +51,8 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     return out
 
 
-def _stopword_set(stopwords: str | Iterable[str] | None, lowercase: bool) -> tuple[str | list[str] | None, frozenset[str]]:
+def _stopword_set(stopwords: str | Iterable[str] | None,
+                  lowercase: bool) -> tuple[str | list[str] | None, frozenset[str]]:
     """(the spec to persist, the set to filter with) for ``None``, ``"english"`` or a list of words."""
     if stopwords is None:
         return None, frozenset()
