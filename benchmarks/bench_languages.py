@@ -9,8 +9,12 @@
     Han and Thai characters only, other words whole: the tokens of ``BASELINES.md``).
 (b) Tokens/s of the offline pipeline's analysers (English stopwords + stemming) on the
     SciFact corpus: ``word`` vs ``unicode``, best of 3.
+(c) Alternatives not adopted, only with ``--parts c`` and the packages installed
+    (``pip install jieba py3langid``): BM25 on MLQA zh with jieba's words instead of
+    bigrams, and py3langid's accuracy and time per text on each language's queries and
+    paragraphs (what per-document language identification would cost).
 
-    python benchmarks/bench_languages.py [--data ../shared/data] [--langs ar,de,...]
+    python benchmarks/bench_languages.py [--data ../shared/data] [--langs ar,de,...] [--parts a,b,c]
 """
 from __future__ import annotations
 
@@ -125,6 +129,45 @@ def part_speed(data: Path, table: Table) -> None:
         table(part, name, "terms/s (best of 3)", f"{n / best:,.0f} ({n:,} terms in {best:.2f} s)")
 
 
+def part_alternatives(data: Path, langs: list[str], table: Table) -> None:
+    import jieba
+    import py3langid
+
+    jieba.setLogLevel(60)
+
+    class Jieba:
+        def __init__(self, search: bool) -> None:
+            self.cut = jieba.lcut_for_search if search else jieba.lcut
+
+        def tokenize(self, texts):
+            return [[t.lower() for t in self.cut(x) if _REF_WORD.fullmatch(t)] for x in texts]
+
+    d = load_beir(data / "mlqa" / "zh")
+    doc_ids = list(d.corpus)
+    doc_texts = [d.corpus[i]["text"] for i in doc_ids]
+    qids = list(d.queries)
+    qtexts = [d.queries[q] for q in qids]
+    for name, an in (("unicode (bigrams)", UnicodeAnalyzer()), ("jieba lcut", Jieba(False)),
+                     ("jieba lcut_for_search", Jieba(True))):
+        table("(c) mlqa zh", f"hybridrag bm25, {name}", "nDCG@10",
+              f"{hybridrag_bm25(an, doc_ids, doc_texts, qids, qtexts, d.qrels):.4f}")
+    for lang in langs:
+        d = load_beir(data / "mlqa" / lang)
+        paragraphs = [x["text"] for x in d.corpus.values()]
+        an = UnicodeAnalyzer(language=SNOWBALL.get(lang))
+        an.tokenize(paragraphs[:10])
+        t0 = time.perf_counter()
+        an.tokenize(paragraphs)
+        table(f"(c) mlqa {lang}", "unicode analyser (own stemmer) on paragraphs", "ms/text",
+              f"{(time.perf_counter() - t0) / len(paragraphs) * 1e3:.2f}")
+        py3langid.classify(paragraphs[0])   # loads its model
+        for what, texts in (("queries", list(d.queries.values())), ("paragraphs", paragraphs)):
+            t0 = time.perf_counter()
+            right = sum(py3langid.classify(t)[0] == lang for t in texts)
+            ms = (time.perf_counter() - t0) / len(texts) * 1e3
+            table(f"(c) mlqa {lang}", f"py3langid on {what}", "accuracy, ms/text", f"{right / len(texts):.3f}, {ms:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -137,6 +180,8 @@ def main() -> None:
         part_languages(args.data, args.langs.split(","), table)
     if "b" in parts:
         part_speed(args.data, table)
+    if "c" in parts:
+        part_alternatives(args.data, args.langs.split(","), table)
     table.print()
 
 
