@@ -246,3 +246,19 @@ def test_new_index_uses_the_unicode_analyser(tmp_path):
         assert [h.doc_id for h in idx.search("检索", k=3)] == ["d0"]
     finally:
         idx.close()
+
+
+def test_unicode_pipeline_with_only_stemmer_stems_by_it(tmp_path):
+    """A pipeline file written for the word analyser (``stemmer = "english"``) that now gets
+    the unicode default keeps its stemming."""
+    from hybridrag.index import HybridIndex
+
+    path = tmp_path / "idx"
+    _build(path, {**BM25_ONLY, "bm25": {"enabled": True, "stemmer": "english", "stopwords": "english"}})
+    idx = HybridIndex.load(path)
+    try:
+        assert isinstance(idx.bm25.analyzer, UnicodeAnalyzer)
+        assert idx.bm25.analyzer.language == ["english"]
+        assert [h.doc_id for h in idx.search("deficient adult", k=3)] == ["d2"]   # stems match
+    finally:
+        idx.close()
