@@ -96,6 +96,10 @@ def test_each_script_stemmed_by_its_language():
     assert got[1] != "бегущими"
     # a language list without Cyrillic leaves Cyrillic words as they are
     assert terms("бегущими", language=["english", "arabic"]) == ["бегущими"]
+    # one language: words of other scripts are left as they are too
+    assert terms("running бегущими", language="russian") == [
+        "running", Stemmer.Stemmer("russian").stemWord("бегущими")]
+    assert terms("running бегущими", language="english")[1] == "бегущими"
 
 
 def test_auto_picks_a_language_per_script():
