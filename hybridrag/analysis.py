@@ -1,21 +1,34 @@
 """Text analysers: turn texts into lists of terms for lexical (BM25) indexing.
 
-* :class:`WordAnalyzer`    - Unicode word tokens (regex ``\\w+``), optional lowercasing,
-  stopword removal and Snowball stemming (PyStemmer).
+* :class:`UnicodeAnalyzer` - script-aware (the default of new pipelines): NFKC, lowercase;
+  scripts written without spaces (Han, Hiragana, Katakana, Hangul, Thai, Lao, Khmer,
+  Myanmar) become overlapping character bigrams, every other script Unicode words
+  (combining marks stay with their base), optionally stemmed per script's language.
+* :class:`WordAnalyzer`    - Python ``re`` word tokens (``\\w+``), optional lowercasing,
+  stopword removal and Snowball stemming (PyStemmer). A run of Chinese or Thai becomes
+  one term and Indic vowel signs split words: use it for space-separated Latin text only
+  (indexes built with it keep it).
 * :class:`SubwordAnalyzer` - the tokens of a Hugging Face tokenizer, without special
-  tokens; use it for scripts without spaces between words (Chinese, Japanese, Thai).
+  tokens. It is only as good as the tokenizer's vocabulary: an English WordPiece vocabulary
+  maps most Chinese characters and all of Thai to ``[UNK]`` (it warns then); prefer
+  :class:`UnicodeAnalyzer` for scripts without spaces.
 
-Both are rebuilt from ``config()`` with :func:`analyzer_from_config`.
-Tested by ``tests/test_bm25.py``.
+All are rebuilt from ``config()`` with :func:`analyzer_from_config`.
+Tested by ``tests/test_analysis.py`` and ``tests/test_bm25.py``.
 """
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Sequence
+import unicodedata
+import warnings
+from typing import Any, Iterable, Sequence, Union
+
+import regex
 
 from hybridrag.errors import ConfigError
 
-__all__ = ["ENGLISH_STOPWORDS", "SubwordAnalyzer", "WordAnalyzer", "analyzer_from_config"]
+__all__ = ["AUTO_LANGUAGES", "Analyzer", "ENGLISH_STOPWORDS", "SNOWBALL_LANGUAGES", "SubwordAnalyzer",
+           "UnicodeAnalyzer", "WordAnalyzer", "analyzer_from_config", "languages_by_script"]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -38,6 +51,34 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     return out
 
 
+def _stopword_set(stopwords: str | Iterable[str] | None,
+                  lowercase: bool) -> tuple[str | list[str] | None, frozenset[str]]:
+    """(the spec to persist, the set to filter with) for ``None``, ``"english"`` or a list of words."""
+    if stopwords is None:
+        return None, frozenset()
+    if isinstance(stopwords, str):
+        if stopwords != "english":
+            raise ConfigError(f"stopwords={stopwords!r} is not a known list; use None, 'english' or a list of words")
+        return "english", frozenset(ENGLISH_STOPWORDS)
+    words = list(stopwords)
+    for w in words:
+        if not isinstance(w, str):
+            raise TypeError(f"stopwords must be strings, got {w!r}")
+    return words, (frozenset(w.lower() for w in words) if lowercase else frozenset(words))
+
+
+def _snowball(language: str, what: str) -> Any:
+    """A PyStemmer Snowball stemmer for ``language`` (``what`` names the setting in errors)."""
+    try:
+        import Stemmer  # PyStemmer
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("pip install 'hybridrag[stem]'") from exc
+    langs = Stemmer.algorithms()
+    if language not in langs:
+        raise ConfigError(f"{what}={language!r} is not a Snowball language; choose one of {sorted(langs)}")
+    return Stemmer.Stemmer(language)
+
+
 class WordAnalyzer:
     """Split on Unicode word boundaries (``\\w+``), then lowercase, drop stopwords, stem.
 
@@ -56,35 +97,13 @@ class WordAnalyzer:
         if not isinstance(lowercase, bool):
             raise TypeError(f"lowercase must be a bool, got {lowercase!r}")
         self.lowercase = lowercase
-        self._stopwords_spec: str | list[str] | None
-        if stopwords is None:
-            self._stopwords_spec = None
-            self._stop: frozenset[str] = frozenset()
-        elif isinstance(stopwords, str):
-            if stopwords != "english":
-                raise ConfigError(f"stopwords={stopwords!r} is not a known list; use None, 'english' or a list of words")
-            self._stopwords_spec = "english"
-            self._stop = frozenset(ENGLISH_STOPWORDS)
-        else:
-            words = list(stopwords)
-            for w in words:
-                if not isinstance(w, str):
-                    raise TypeError(f"stopwords must be strings, got {w!r}")
-            self._stopwords_spec = words
-            self._stop = frozenset(w.lower() for w in words) if lowercase else frozenset(words)
+        self._stopwords_spec, self._stop = _stopword_set(stopwords, lowercase)
         self.stemmer = stemmer
         self._stem = None
         if stemmer is not None:
             if not isinstance(stemmer, str):
                 raise TypeError(f"stemmer must be None or a language name such as 'english', got {stemmer!r}")
-            try:
-                import Stemmer  # PyStemmer
-            except ImportError as exc:  # pragma: no cover - depends on the environment
-                raise ImportError("pip install 'hybridrag[stem]'") from exc
-            langs = Stemmer.algorithms()
-            if stemmer not in langs:
-                raise ConfigError(f"stemmer={stemmer!r} is not a Snowball language; choose one of {sorted(langs)}")
-            self._stem = Stemmer.Stemmer(stemmer)
+            self._stem = _snowball(stemmer, "stemmer")
 
     def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
         """Terms of each text, in order (repeats kept)."""
@@ -105,8 +124,202 @@ class WordAnalyzer:
                                            "stemmer": self.stemmer}}
 
 
+# Scripts written without spaces between words, as code point ranges of their word
+# characters (letters, digits, combining marks; not punctuation such as "。" or "๏"). Their
+# runs become overlapping character bigrams (as Lucene's CJKAnalyzer): without a dictionary
+# a word boundary cannot be found, and bigrams match any word of two or more characters
+# with no vocabulary to maintain. Han, Hiragana and Katakana form one run (Japanese mixes
+# them inside words; "ー" U+30FC lengthens katakana words; U+3099/U+309A are kana voicing
+# marks; variation selectors follow Han). Ranges, not regex script properties: a
+# property class is several times slower to scan.
+_NOSPACE_SCRIPTS = {
+    "Han+Kana": ("\u2e80-\u2fd5\u3005\u3007\u3021-\u3029\u3038-\u303b\u3041-\u3096\u3099-\u309f"
+                 "\u30a1-\u30fa\u30fc-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+                 "\ufe00-\ufe0f\U0001b000-\U0001b16f\U00020000-\U0003ffff\U000e0100-\U000e01ef"),
+    "Hangul": "\u1100-\u11ff\u3131-\u318e\ua960-\ua97c\uac00-\ud7a3\ud7b0-\ud7fb",
+    "Thai": "\u0e01-\u0e3a\u0e40-\u0e4e\u0e50-\u0e59",
+    "Lao": "\u0e81-\u0ec6\u0ec8-\u0ece\u0ed0-\u0ed9\u0edc-\u0edf",
+    "Khmer": "\u1780-\u17d3\u17d7\u17dc\u17dd\u17e0-\u17e9",
+    "Myanmar": "\u1000-\u1049\u1050-\u109f\ua9e0-\ua9fe\uaa60-\uaa7f",
+}
+_NOSPACE_CHAR = re.compile("[" + "".join(_NOSPACE_SCRIPTS.values()) + "]")
+# Splits a word into (other, run, other, run, ..., other): one capture per no-space run,
+# a run being of one script only.
+_NOSPACE_SPLIT = re.compile("(" + "|".join(f"[{r}]+" for r in _NOSPACE_SCRIPTS.values()) + ")")
+# regex's \w (unlike re's) includes combining marks (Unicode category M), so Hindi and
+# Arabic vowel signs stay inside their word; it also includes the no-space scripts,
+# which _NOSPACE_SPLIT then takes out of the words that hold them.
+_UWORD = regex.compile(r"\w+")
+_UNIT = regex.compile(r"\P{M}\p{M}*|\p{M}+")   # a base character with its marks
+_MARK = regex.compile(r"\p{M}")
+
+# The script each Snowball language is written in (Latin unless listed), and the language
+# "auto" picks for a script.
+_SNOWBALL_SCRIPT = {
+    "arabic": "Arabic", "persian": "Arabic", "armenian": "Armenian", "greek": "Greek",
+    "hindi": "Devanagari", "nepali": "Devanagari", "russian": "Cyrillic", "serbian": "Cyrillic",
+    "tamil": "Tamil", "yiddish": "Hebrew",
+}
+AUTO_LANGUAGES: dict[str, str] = {
+    "Latin": "english", "Cyrillic": "russian", "Greek": "greek", "Arabic": "arabic",
+    "Armenian": "armenian", "Devanagari": "hindi", "Tamil": "tamil",
+}
+
+
+# PyStemmer's Snowball algorithms (Stemmer.algorithms() of PyStemmer 2.2+), so a pipeline
+# can be checked without PyStemmer installed.
+SNOWBALL_LANGUAGES: tuple[str, ...] = (
+    "arabic", "armenian", "basque", "catalan", "czech", "danish", "dutch", "dutch_porter", "english",
+    "esperanto", "estonian", "finnish", "french", "german", "greek", "hindi", "hungarian", "indonesian",
+    "irish", "italian", "lithuanian", "nepali", "norwegian", "persian", "polish", "porter", "portuguese",
+    "romanian", "russian", "serbian", "sesotho", "spanish", "swedish", "tamil", "turkish", "yiddish",
+)
+
+
+def languages_by_script(languages: Sequence[str]) -> dict[str, str]:
+    """``{script: language}`` for a list of Snowball languages (one per script) or ``["auto"]``.
+
+    Raises :class:`ConfigError` for two languages of one script, ``"auto"`` beside others,
+    or a name that is not a Snowball language.
+    """
+    for lang in languages:
+        if not isinstance(lang, str):
+            raise TypeError(f"language must be a name or a list of names, got {lang!r}")
+    if "auto" in languages:
+        if len(languages) > 1:
+            raise ConfigError(f"language 'auto' cannot be listed with other languages, got {list(languages)}")
+        return dict(AUTO_LANGUAGES)
+    by_script: dict[str, str] = {}
+    for lang in languages:
+        if lang not in SNOWBALL_LANGUAGES:
+            raise ConfigError(f"language {lang!r} is not a Snowball language nor 'auto'; "
+                              f"choose from {list(SNOWBALL_LANGUAGES)}")
+        script = _SNOWBALL_SCRIPT.get(lang, "Latin")
+        if script in by_script:
+            raise ConfigError(f"languages {by_script[script]!r} and {lang!r} are both written in {script} "
+                              "script; list one language per script")
+        by_script[script] = lang
+    return by_script
+
+
+class UnicodeAnalyzer:
+    """Script-aware analyser: NFKC, lowercase, bigrams for scripts without spaces, stemmed words.
+
+    Text is NFKC-normalised (fullwidth ``Ａ`` -> ``A``, ligatures split) and lowercased, then
+    cut into runs by script:
+
+    * Han + Hiragana + Katakana, Hangul, Thai, Lao, Khmer, Myanmar: overlapping bigrams of
+      characters (``"检索系统"`` -> ``检索 索系 系统``); a run of one character is one term.
+      A character's combining marks stay with it.
+    * every other script: Unicode words (letters, digits, ``_`` and combining marks), so
+      ``"हिन्दी"`` stays one word where ``re``'s ``\\w+`` splits it at each vowel sign.
+
+    ``language``: None (no stemming), a Snowball language name (``"english"``), a list of
+    them (one per script, e.g. ``["english", "russian", "arabic"]``), or ``"auto"`` (each
+    script its usual language: :data:`AUTO_LANGUAGES`). A word is stemmed by the language
+    of its script, found from its first character; words of other scripts are kept as
+    they are. ``stopwords``: None, ``"english"`` or a list of words, removed before stemming.
+    Stemming needs ``pip install 'hybridrag[stem]'``.
+    """
+
+    def __init__(
+        self,
+        lowercase: bool = True,
+        language: str | Iterable[str] | None = None,
+        stopwords: str | Iterable[str] | None = None,
+    ) -> None:
+        if not isinstance(lowercase, bool):
+            raise TypeError(f"lowercase must be a bool, got {lowercase!r}")
+        self.lowercase = lowercase
+        self._stopwords_spec, self._stop = _stopword_set(stopwords, lowercase)
+        if language is None or isinstance(language, str):
+            langs = [language] if language else []
+        else:
+            langs = list(language)
+        by_script = languages_by_script(langs)
+        self.language: list[str] = langs
+        # script -> (a pattern matching one character of it, its stemmer)
+        self._stemmers = [(regex.compile(rf"\p{{Script={script}}}"), _snowball(lang, "language"))
+                          for script, lang in by_script.items()]
+        self._stemmer_of_char: dict[str, Any] = {}
+
+    def _stemmer_for(self, ch: str) -> Any:
+        try:
+            return self._stemmer_of_char[ch]
+        except KeyError:
+            found = next((stem for pat, stem in self._stemmers if pat.match(ch)), None)
+            if len(self._stemmer_of_char) < 65536:
+                self._stemmer_of_char[ch] = found
+            return found
+
+    def _stem_words(self, words: list[str]) -> list[str]:
+        if len(self._stemmers) == 1:
+            # A Snowball stemmer leaves words of other scripts as they are (its suffix rules
+            # name its own letters only), so one stemmer needs no per-word script check.
+            return self._stemmers[0][1].stemWords(words)
+        out = []
+        for w in words:
+            stem = self._stemmer_for(w[0])
+            out.append(stem.stemWord(w) if stem is not None else w)
+        return out
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
+        """Terms of each text, in order of appearance (repeats kept)."""
+        out: list[list[str]] = []
+        stop = self._stop
+        for text in _check_texts(texts):
+            text = unicodedata.normalize("NFKC", text)
+            if self.lowercase:
+                text = text.lower()
+            toks = _UWORD.findall(text)
+            # isascii first: most texts of most corpora, and ASCII holds no no-space script.
+            if text.isascii() or _NOSPACE_CHAR.search(text) is None:
+                out.append(self._finish_words(toks, stop))
+                continue
+            terms: list[str] = []
+            words: list[str] = []
+            for tok in toks:
+                if _NOSPACE_CHAR.search(tok) is None:
+                    words.append(tok)
+                    continue
+                parts = _NOSPACE_SPLIT.split(tok)
+                for i, part in enumerate(parts):
+                    if not part:
+                        continue
+                    if i % 2 == 0:
+                        words.append(part)
+                        continue
+                    if words:
+                        terms.extend(self._finish_words(words, stop))
+                        words = []
+                    units = _UNIT.findall(part) if _MARK.search(part) else part
+                    if len(units) == 1:
+                        terms.append(part)
+                    else:
+                        terms.extend([units[j] + units[j + 1] for j in range(len(units) - 1)])
+            if words:
+                terms.extend(self._finish_words(words, stop))
+            out.append(terms)
+        return out
+
+    def _finish_words(self, words: list[str], stop: frozenset[str]) -> list[str]:
+        if stop:
+            words = [w for w in words if w not in stop]
+        return self._stem_words(words) if self._stemmers else words
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable settings; ``UnicodeAnalyzer(**cfg["params"])`` rebuilds it."""
+        return {"type": "unicode", "params": {"lowercase": self.lowercase, "language": list(self.language),
+                                              "stopwords": self._stopwords_spec}}
+
+
 class SubwordAnalyzer:
-    """Terms are a Hugging Face tokenizer's tokens (no special tokens), e.g. for CJK/Thai.
+    """Terms are a Hugging Face tokenizer's tokens (no special tokens).
+
+    Only as good as the tokenizer's vocabulary for the corpus's scripts: a multilingual
+    one (XLM-R's, BGE-M3's) has pieces for Chinese and Thai, an English WordPiece (MiniLM, BERT) maps
+    most Chinese characters and a whole Thai phrase to ``[UNK]``; prefer
+    :class:`UnicodeAnalyzer` unless the terms must be the encoder's tokens.
 
     ``tokenizer`` is a tokenizer object or a name/path for ``AutoTokenizer``; only a
     name/path can be persisted in ``config()``.
@@ -126,29 +339,52 @@ class SubwordAnalyzer:
         self.tokenizer = tokenizer
         self.lowercase = lowercase
         self._special = set(getattr(tokenizer, "all_special_tokens", []) or [])
+        self._unk: str | None = getattr(tokenizer, "unk_token", None)
+        self._warned = False
 
     def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
-        """Subword tokens of each text, special tokens dropped."""
+        """Subword tokens of each text, special tokens dropped.
+
+        Warns (once per analyser, :class:`UserWarning`) at the first text whose tokens are
+        mostly the tokenizer's unknown token: its vocabulary does not cover that script, so
+        those words cannot be told apart; :class:`UnicodeAnalyzer` can.
+        """
         texts = _check_texts(texts)
         if self.lowercase:
             texts = [t.lower() for t in texts]
-        special = self._special
-        return [[t for t in self.tokenizer.tokenize(text) if t not in special] for text in texts]
+        special, unk = self._special, self._unk
+        out = []
+        for text in texts:
+            toks = self.tokenizer.tokenize(text)
+            if not self._warned and unk is not None and toks and 2 * toks.count(unk) > len(toks):
+                self._warned = True
+                warnings.warn(
+                    f"subword analyser: {toks.count(unk)} of the {len(toks)} tokens of {text[:40]!r} are the "
+                    f"unknown token {unk!r} of tokenizer {self.name_or_path!r}, so BM25 cannot tell those words "
+                    "apart; use the script-aware analyser instead ([bm25] analyzer = \"unicode\", "
+                    "UnicodeAnalyzer)", UserWarning, stacklevel=2)
+            out.append([t for t in toks if t not in special])
+        return out
 
     def config(self) -> dict[str, Any]:
         """Settings; the tokenizer is recorded by name/path (needed to rebuild it)."""
         return {"type": "subword", "params": {"tokenizer": self.name_or_path, "lowercase": self.lowercase}}
 
 
-def analyzer_from_config(cfg: dict[str, Any]) -> WordAnalyzer | SubwordAnalyzer:
+Analyzer = Union["UnicodeAnalyzer", "WordAnalyzer", "SubwordAnalyzer"]
+
+
+def analyzer_from_config(cfg: dict[str, Any]) -> Analyzer:
     """Rebuild an analyser from its ``config()``."""
     if not isinstance(cfg, dict) or "type" not in cfg:
         raise ConfigError(f"analyzer config must be a dict with a 'type', got {cfg!r}")
     kind, params = cfg["type"], dict(cfg.get("params", {}))
+    if kind == "unicode":
+        return UnicodeAnalyzer(**params)
     if kind == "word":
         return WordAnalyzer(**params)
     if kind == "subword":
         if not params.get("tokenizer"):
             raise ConfigError("subword analyzer config has no tokenizer name/path; pass the tokenizer object instead")
         return SubwordAnalyzer(**params)
-    raise ConfigError(f"analyzer type {kind!r} is unknown; choose 'word' or 'subword'")
+    raise ConfigError(f"analyzer type {kind!r} is unknown; choose 'unicode', 'word' or 'subword'")

@@ -66,9 +66,10 @@ class SparseConfig:
 @dataclass
 class BM25Config:
     enabled: bool = False
-    analyzer: str = "word"  # "word" | "subword"
+    analyzer: str = "unicode"  # "unicode" | "word" | "subword" (indexes written before "unicode": "word")
+    language: list[str] = field(default_factory=list)  # unicode: Snowball language(s), one per script, or "auto"
     stopwords: str = ""  # "" | "english"
-    stemmer: str = ""  # "" | "english"
+    stemmer: str = ""  # "" | "english" (word analyser; unicode takes it as language when that is empty)
     variant: str = "okapi"  # "okapi" | "lucene"
     k1: float = 1.5
     b: float = 0.75
@@ -109,6 +110,12 @@ class MilvusConfig:
     collection: str = "hybridrag"
 
 
+# Defaults that changed: (section, key) -> the default before, which an index stored
+# without the key was built with. Pipelines written to a manifest hold every key, so this
+# only matters for hand-made or older manifests; a new pipeline gets today's default.
+STORED_DEFAULTS: dict[tuple[str, str], Any] = {("bm25", "analyzer"): "word"}
+
+
 @dataclass
 class PipelineConfig:
     name: str = "custom"
@@ -135,6 +142,22 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any], source: str = "manifest") -> "PipelineConfig":
+        """Rebuild the pipeline an index stored (:meth:`to_dict` in its manifest).
+
+        A key whose default changed after an index was written is read with the default
+        in force then, so an old index keeps answering as it did (:data:`STORED_DEFAULTS`).
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a table, got {type(data).__name__} {data!r}")
+        data = dict(data)
+        for (section, key), old in STORED_DEFAULTS.items():
+            sec = data.get(section, {})
+            if isinstance(sec, dict) and key not in sec:
+                data[section] = {**sec, key: old}
+        return cls.from_dict(data, source=source)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "pipeline") -> "PipelineConfig":
@@ -205,6 +228,13 @@ def _type_name(t: Any) -> str:
 
 def _coerce(value: Any, t: Any, where: str) -> Any:
     origin = get_origin(t)
+    if origin is list:
+        (it,) = get_args(t)
+        if isinstance(value, str):   # one name stands for a list of one ("" for none)
+            value = [value] if value else []
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list (or one {_type_name(it)}), got {value!r}")
+        return [_coerce(v, it, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         _, vt = get_args(t)
         if not isinstance(value, dict):
@@ -278,7 +308,8 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
     _positive(cfg.chunking.max_chunks_per_document, "chunking.max_chunks_per_document")
     for m in ("dense", "sparse", "bm25"):
         _positive(getattr(cfg, m).depth, f"{m}.depth")
-    _choice(cfg.bm25.analyzer, ("word", "subword"), "bm25.analyzer")
+    _choice(cfg.bm25.analyzer, ("unicode", "word", "subword"), "bm25.analyzer")
+    _check_languages(cfg.bm25)
     _choice(cfg.bm25.stopwords, ("", "english"), "bm25.stopwords")
     _choice(cfg.bm25.stemmer, ("", "english"), "bm25.stemmer")
     _choice(cfg.bm25.variant, ("okapi", "lucene"), "bm25.variant")
@@ -318,6 +349,21 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
         raise ConfigError(f"fusion.weights has no weight for enabled mode(s) {missing}")
     if sum(cfg.fusion.weights[m] for m in cfg.modes) <= 0:
         raise ConfigError(f"fusion.weights of the enabled modes {cfg.modes} sum to 0")
+
+
+def _check_languages(c: BM25Config) -> None:
+    from hybridrag.analysis import languages_by_script
+
+    try:
+        languages_by_script(c.language)
+    except ConfigError as e:
+        raise ConfigError(f"bm25.language: {e}") from None
+    if c.language and c.analyzer != "unicode":
+        raise ConfigError(f"bm25.language = {c.language!r} needs bm25.analyzer = 'unicode' "
+                          f"(the {c.analyzer!r} analyser takes bm25.stemmer)")
+    if c.language and c.stemmer and c.stemmer not in c.language:
+        raise ConfigError(f"bm25.stemmer = {c.stemmer!r} is not in bm25.language = {c.language!r}; "
+                          "with the unicode analyser set bm25.language only")
 
 
 def resolve_model_path(spec: str) -> str:

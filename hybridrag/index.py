@@ -339,7 +339,7 @@ class HybridIndex:
               device: str | None) -> "HybridIndex":
         if verify:
             verify_files(p, manifest)
-        cfg = PipelineConfig.from_dict(manifest["pipeline"], source=f"{p / MANIFEST}")
+        cfg = PipelineConfig.from_stored(manifest["pipeline"], source=f"{p / MANIFEST}")
         import sqlite3
 
         try:
@@ -417,7 +417,7 @@ class HybridIndex:
             if pipeline is None:
                 raise
             manifest = None
-        cfg = _as_pipeline(pipeline) if pipeline is not None else PipelineConfig.from_dict(
+        cfg = _as_pipeline(pipeline) if pipeline is not None else PipelineConfig.from_stored(
             manifest["pipeline"], source=f"{p / MANIFEST}")  # type: ignore[index]
         if not (p / DOCSTORE).is_file():
             raise IndexFormatError(f"{p / DOCSTORE}: missing; there is nothing to rebuild the index from")
@@ -568,13 +568,16 @@ class HybridIndex:
     @property
     def bm25(self) -> Any:
         if self._bm25 is None:
-            from hybridrag.analysis import SubwordAnalyzer, WordAnalyzer
+            from hybridrag.analysis import SubwordAnalyzer, UnicodeAnalyzer, WordAnalyzer
             from hybridrag.encoders.bm25 import BM25Encoder
 
             c = self.pipeline.bm25
             saved = (self._manifest or {}).get("bm25_vocab")
             if c.analyzer == "subword":
                 analyzer: Any = SubwordAnalyzer(self.encoder.tokenizer)
+            elif c.analyzer == "unicode":
+                analyzer = UnicodeAnalyzer(lowercase=True, language=c.language or c.stemmer or None,
+                                           stopwords=c.stopwords or None)
             else:
                 analyzer = WordAnalyzer(lowercase=True, stopwords=c.stopwords or None, stemmer=c.stemmer or None)
             enc = BM25Encoder(analyzer, variant=c.variant, k1=c.k1, b=c.b, epsilon=c.epsilon)

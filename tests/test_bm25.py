@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from hybridrag.analysis import SubwordAnalyzer, WordAnalyzer, analyzer_from_config
+from hybridrag.analysis import SubwordAnalyzer, UnicodeAnalyzer, WordAnalyzer, analyzer_from_config
 from hybridrag.encoders.bm25 import BM25Encoder
 from hybridrag.errors import ConfigError, IndexFormatError
 from hybridrag.stores.sparse import SparseIndex
@@ -39,11 +39,14 @@ def all_scores(idx: SparseIndex, rows: list[dict[int, float]], n: int) -> list[n
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("analyzer", ["word", "subword"])
+@pytest.mark.parametrize("analyzer", ["word", "subword", "unicode"])
 def test_okapi_equals_rank_bm25(analyzer):
     import rank_bm25
     if analyzer == "word":
         an, corpus, queries = WordAnalyzer(), ENGLISH, QUERIES
+    elif analyzer == "unicode":   # words, stems and CJK bigrams in one vocabulary
+        an, corpus = UnicodeAnalyzer(language="english"), list(dict.fromkeys(CORPUS)) + ENGLISH
+        queries = ["混合检索", "中文文本 单词", "retrieving retrieval", "日本語", "the cat", "الاسترجاع"]
     else:   # multilingual: Chinese, Japanese, Arabic, emoji, French
         an, corpus = SubwordAnalyzer(_xlmr_tokenizer()), list(dict.fromkeys(CORPUS))
         queries = ["混合检索", "中文文本 单词", "retrieval retrieval search", "日本語", "🚀 fun"]

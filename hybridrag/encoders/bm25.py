@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from hybridrag.analysis import SubwordAnalyzer, WordAnalyzer, analyzer_from_config
+from hybridrag.analysis import Analyzer, UnicodeAnalyzer, WordAnalyzer, analyzer_from_config
 from hybridrag.errors import ConfigError, IndexFormatError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,7 +28,10 @@ VARIANTS = ("okapi", "lucene")
 
 
 class BM25Encoder:
-    """Term-count encoder for BM25 (``variant``: ``"okapi"`` = rank_bm25, ``"lucene"`` = bm25s/Lucene)."""
+    """Term-count encoder for BM25 (``variant``: ``"okapi"`` = rank_bm25, ``"lucene"`` = bm25s/Lucene).
+
+    ``analyzer``: default :class:`~hybridrag.analysis.UnicodeAnalyzer` (no stemming).
+    """
 
     tokenizer = None   # no Hugging Face tokenizer of its own (CONTRACTS: None for the word analyser)
     dim = None
@@ -36,7 +39,7 @@ class BM25Encoder:
 
     def __init__(
         self,
-        analyzer: WordAnalyzer | SubwordAnalyzer | None = None,
+        analyzer: Analyzer | None = None,
         variant: str = "okapi",
         k1: float = 1.5,
         b: float = 0.75,
@@ -47,7 +50,7 @@ class BM25Encoder:
         for name, v in (("k1", k1), ("b", b), ("epsilon", epsilon)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ConfigError(f"{name} must be a finite number, got {v!r}")
-        self.analyzer = analyzer if analyzer is not None else WordAnalyzer()
+        self.analyzer = analyzer if analyzer is not None else UnicodeAnalyzer()
         if not hasattr(self.analyzer, "tokenize"):
             raise TypeError(f"analyzer must have tokenize(texts), got {type(self.analyzer).__name__}")
         self.variant, self.k1, self.b, self.epsilon = variant, float(k1), float(b), float(epsilon)
@@ -98,15 +101,17 @@ class BM25Encoder:
                 "analyzer": self.analyzer.config()}
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], analyzer: WordAnalyzer | SubwordAnalyzer | None = None) -> "BM25Encoder":
+    def from_config(cls, cfg: dict[str, Any], analyzer: Analyzer | None = None) -> "BM25Encoder":
         """Rebuild from :meth:`config` (pass ``analyzer`` when it cannot be rebuilt by name)."""
         if not isinstance(cfg, dict):
             raise ConfigError(f"BM25 config must be a dict, got {type(cfg).__name__}")
         unknown = set(cfg) - {"type", "variant", "k1", "b", "epsilon", "analyzer"}
         if unknown:
             raise ConfigError(f"unknown BM25 config keys {sorted(unknown)}; valid: variant, k1, b, epsilon, analyzer")
-        if analyzer is None and "analyzer" in cfg:
-            analyzer = analyzer_from_config(cfg["analyzer"])
+        if analyzer is None:
+            # config() always records the analyser; one without it predates the unicode
+            # default and was built with the word analyser.
+            analyzer = analyzer_from_config(cfg["analyzer"]) if "analyzer" in cfg else WordAnalyzer()
         return cls(analyzer, **{k: cfg[k] for k in ("variant", "k1", "b", "epsilon") if k in cfg})
 
     # ------------------------------------------------------------------ vocabulary
@@ -137,7 +142,7 @@ class BM25Encoder:
 
     @classmethod
     def load(cls, directory: str | Path, files: dict[str, str], config: dict[str, Any],
-             analyzer: WordAnalyzer | SubwordAnalyzer | None = None) -> "BM25Encoder":
+             analyzer: Analyzer | None = None) -> "BM25Encoder":
         """Rebuild from :meth:`config` and the files :meth:`save` wrote."""
         enc = cls.from_config(config, analyzer=analyzer)
         if "vocabulary" not in files:
