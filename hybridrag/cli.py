@@ -61,9 +61,13 @@ def _open_or_create(index_dir: str, pipeline: str | None) -> Any:
                           f"{wanted.name!r} (was {old!r})", file=sys.stderr)
                     return HybridIndex.create(index_dir, wanted, overwrite=True)
                 idx.close()
+                from hybridrag.config import pipeline_differences
+
+                diff = "; ".join(pipeline_differences(idx.pipeline, wanted))
                 raise HybridRAGError(f"index {index_dir!r} was built with pipeline {idx.pipeline.name!r}; "
-                                     f"--pipeline {pipeline!r} differs (use a new --index directory, or "
-                                     f"remove this one first: rm -r {index_dir!r})")
+                                     f"--pipeline {pipeline!r} differs in {diff}. Leave out --pipeline to "
+                                     "add to the index with its own pipeline, use a new --index directory, "
+                                     f"or remove this one first: rm -r {index_dir!r}")
         return idx
     return HybridIndex.create(index_dir, pipeline or "offline")
 

@@ -19,6 +19,7 @@ import dataclasses
 import importlib.util
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -188,6 +189,20 @@ class PipelineConfig:
                     raise ConfigError(f"unknown pipeline section {section!r} in override {dotted!r}")
                 d[section][key] = value
         return PipelineConfig.from_dict(d, source="override")
+
+
+def pipeline_differences(stored: "PipelineConfig", given: "PipelineConfig") -> list[str]:
+    """The settings in which two pipelines differ, as ``"section.key (old there, new given)"``."""
+    a_all, b_all = stored.to_dict(), given.to_dict()
+    out = []
+    for section in sorted(set(a_all) | set(b_all)):
+        a, b = a_all.get(section), b_all.get(section)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += [f"{section}.{k} ({a.get(k)!r} there, {b.get(k)!r} given)"
+                    for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(f"{section} ({a!r} there, {b!r} given)")
+    return out
 
 
 def shipped_pipelines() -> dict[str, Path]:

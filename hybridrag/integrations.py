@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Union
 
+from hybridrag.config import pipeline_differences
 from hybridrag.errors import ConfigError
 from hybridrag.index import MANIFEST, AddResult, HybridIndex, _as_pipeline, read_manifest
 from hybridrag.types import Document
@@ -136,18 +137,6 @@ def upsert(index: IndexLike, documents: list[Document]) -> AddResult:
         opened.close()
 
 
-def _differences(stored: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
-    out = []
-    for section in sorted(set(stored) | set(given)):
-        a, b = stored.get(section), given.get(section)
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            out += [f"{section}.{k} ({a.get(k)!r} there, {b.get(k)!r} given)"
-                    for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        elif a != b:
-            out.append(f"{section} ({a!r} there, {b!r} given)")
-    return out
-
-
 def index_with_documents(path: str | os.PathLike[str], pipeline: Any, documents: list[Document], *,
                          overwrite: bool = False, **create_kwargs: Any) -> HybridIndex:
     """The index at ``path`` for ``pipeline`` with ``documents`` upserted into it.
@@ -175,7 +164,7 @@ def index_with_documents(path: str | os.PathLike[str], pipeline: Any, documents:
             index = HybridIndex.load(path, **create_kwargs)
         elif index is None:
             index = HybridIndex.create(path, cfg, **create_kwargs)
-        diff = _differences(index.pipeline.to_dict(), cfg.to_dict())
+        diff = pipeline_differences(index.pipeline, cfg)
         if diff:
             if opened_here:
                 index.close()

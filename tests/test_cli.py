@@ -317,3 +317,7 @@ def test_empty_index_is_recreated_with_a_fixed_pipeline(tmp_path, capsys, pipeli
     # One with documents is refused, with the command that clears it.
     code, _, err = run_cli(capsys, "ingest", corpus, "--index", idx_dir, "--pipeline", other, "-q")
     assert code == 2 and f"rm -r '{idx_dir}'" in err
+    # ...naming what differs, and that leaving out --pipeline keeps adding with the index's own.
+    assert "differs in name ('tiny' there, 'tiny-other' given)" in err and "Leave out --pipeline" in err
+    code, out, _ = run_cli(capsys, "ingest", corpus, "--index", idx_dir, "-q")
+    assert code == 0 and "3 unchanged" in out
