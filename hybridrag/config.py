@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -65,7 +66,11 @@ class BM25Config:
     analyzer: str = "word"  # "word" | "subword"
     stopwords: str = ""  # "" | "english"
     stemmer: str = ""  # "" | "english"
-    variant: str = "okapi"  # "okapi" | "lucene"
+    # "lucene" (idf log(1 + (N-n+.5)/(n+.5)) > 0 for every term) | "okapi" (rank_bm25: idf
+    # log((N-n+.5)/(n+.5)) is 0 for a term in half the documents, below 0 past that, floored at
+    # epsilon * mean idf, so on small corpora common query terms score nothing); indexes keep
+    # the variant they were built with (the manifest stores it).
+    variant: str = "lucene"
     k1: float = 1.5
     b: float = 0.75
     epsilon: float = 0.25
@@ -242,7 +247,7 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
     _choice(cfg.bm25.stopwords, ("", "english"), "bm25.stopwords")
     _choice(cfg.bm25.stemmer, ("", "english"), "bm25.stemmer")
     _choice(cfg.bm25.variant, ("okapi", "lucene"), "bm25.variant")
-    if cfg.bm25.k1 < 0 or not 0 <= cfg.bm25.b <= 1 or cfg.bm25.epsilon < 0:
+    if not (0 <= cfg.bm25.k1 < math.inf and 0 <= cfg.bm25.b <= 1 and 0 <= cfg.bm25.epsilon < math.inf):
         raise ConfigError(f"bm25: need k1 >= 0, 0 <= b <= 1, epsilon >= 0; got k1={cfg.bm25.k1}, "
                           f"b={cfg.bm25.b}, epsilon={cfg.bm25.epsilon}")
     _choice(cfg.colbert.encoding, ("fp16", "int8", "pq", "fp32"), "colbert.encoding")
@@ -271,8 +276,8 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
     for mode, w in cfg.fusion.weights.items():
         if mode not in MODES:
             raise ConfigError(f"fusion.weights: unknown mode {mode!r}; valid modes: {MODES}")
-        if w < 0:
-            raise ConfigError(f"fusion.weights.{mode} = {w} must be >= 0")
+        if not math.isfinite(w) or w < 0:
+            raise ConfigError(f"fusion.weights.{mode} = {w} must be a finite number >= 0")
     missing = [m for m in cfg.modes if m not in cfg.fusion.weights]
     if missing:
         raise ConfigError(f"fusion.weights has no weight for enabled mode(s) {missing}")

