@@ -11,7 +11,7 @@ from hybridrag.errors import (
     IndexLockedError,
     ModelLoadError,
 )
-from hybridrag.types import Chunk, Document, Hit
+from hybridrag.types import Chunk, Document, Hit, SearchResults
 
 __version__ = "0.1.0"
 
@@ -20,5 +20,5 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "Chunk", "ConfigError", "Document", "DocumentError", "Hit", "HybridRAGError",
-    "IndexFormatError", "IndexLockedError", "ModelLoadError", "__version__",
+    "IndexFormatError", "IndexLockedError", "ModelLoadError", "SearchResults", "__version__",
 ]
