@@ -28,7 +28,10 @@ with ``op`` in ``$eq $ne $in $nin $gt $gte $lt $lte``, ANDed over fields. Fields
 metadata keys (``json_extract``), or the columns ``doc_id`` / ``chunk_id``. Values
 compare only with values of the same JSON type (numbers with numbers, strings with
 strings, booleans with booleans), so ``{"year": {"$gte": 2020}}`` never matches the
-string ``"2021"``. ``$ne`` / ``$nin`` also match chunks without the field.
+string ``"2021"``. ``$ne`` / ``$nin`` also match chunks without the field. ``$in`` /
+``$nin`` take any number of values (one JSON array parameter per type, not one SQL term per
+value). Integers must fit in 64 bits and strings and field names must be valid Unicode (no
+lone surrogates): anything else raises ``ValueError`` naming the field and value.
 
 Tests: ``tests/test_docstore.py``.
 """
