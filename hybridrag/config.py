@@ -23,6 +23,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from hybridrag.errors import ConfigError
 
 MODES = ("dense", "sparse", "bm25", "colbert")
+_MILVUS_MAX_HITS = 16384   # hybridrag.stores.milvus.MAX_HITS (importing it would import pymilvus)
 
 
 @dataclass
@@ -242,7 +243,10 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
     _positive(cfg.chunking.max_document_bytes, "chunking.max_document_bytes")
     _positive(cfg.chunking.max_chunks_per_document, "chunking.max_chunks_per_document")
     for m in ("dense", "sparse", "bm25"):
-        _positive(getattr(cfg, m).depth, f"{m}.depth")
+        # Larger depths are capped at the index's chunk count when searching; Milvus itself
+        # refuses a search limit past _MILVUS_MAX_HITS, so its stores cannot go further.
+        remote = cfg.milvus.enabled and m in ("dense", "sparse")
+        _positive(getattr(cfg, m).depth, f"{m}.depth", _MILVUS_MAX_HITS if remote else None)
     _choice(cfg.bm25.analyzer, ("word", "subword"), "bm25.analyzer")
     _choice(cfg.bm25.stopwords, ("", "english"), "bm25.stopwords")
     _choice(cfg.bm25.stemmer, ("", "english"), "bm25.stemmer")

@@ -46,6 +46,8 @@ def test_defaults_are_m3_weighted():
     ({"fusion": {"weights": {"dense": 1, "sparse": 1, "colbert": -0.5}}}, "fusion.weights.colbert"),
     ({"bm25": {"k1": float("nan")}}, "k1=nan"),
     ({"bm25": {"epsilon": float("inf")}}, "epsilon=inf"),
+    # Milvus refuses a search limit past 16384: a deeper first stage would fail every query
+    ({"milvus": {"enabled": True, "uri": "m.db"}, "dense": {"depth": 16385}}, "dense.depth = 16385"),
 ])
 def test_bad_config_names_the_key(data, needle):
     with pytest.raises(ConfigError) as e:
@@ -87,3 +89,10 @@ def test_non_finite_weight_in_a_toml_file_names_the_key(tmp_path):
 def test_bm25_default_variant_is_lucene():
     # okapi's idf is <= 0 for a term in half the documents or more: see test_bm25.py
     assert PipelineConfig().bm25.variant == "lucene"
+
+
+def test_milvus_max_hits_matches_the_store():
+    pytest.importorskip("pymilvus")
+    from hybridrag.config import _MILVUS_MAX_HITS
+    from hybridrag.stores.milvus import MAX_HITS
+    assert _MILVUS_MAX_HITS == MAX_HITS
