@@ -916,7 +916,7 @@ class HybridIndex:
 
     def _plan(self, k: int, modes: Sequence[str] | None, fusion: str | None, weights: Mapping[str, float] | None,
               depth: int | Mapping[str, int] | None, rerank: bool | None, rerank_k: int | None,
-              rrf_k: int | None, live: int | None = None) -> planner.QueryPlan:
+              rrf_k: int | None, live: int) -> planner.QueryPlan:
         """The plan for one call; ``k``, depths and ``rerank_k`` are capped at ``live`` chunks
         (at least 1), so no store allocates more than the index holds."""
         cfg = self.pipeline
@@ -952,7 +952,7 @@ class HybridIndex:
                     depths[m] = d
             else:
                 depths = {m: depth for m in depths}
-        cap = max(1, self.docstore.count() if live is None else live)
+        cap = max(1, live)
         k = min(k, cap)
         for m, d in depths.items():
             if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
