@@ -16,7 +16,7 @@ from hybridrag.errors import (
     IndexLockedError,
     ModelLoadError,
 )
-from hybridrag.types import Chunk, Document, Hit
+from hybridrag.types import Chunk, Document, Hit, SearchResults
 
 __version__ = "0.1.0"
 
@@ -53,5 +53,5 @@ def __dir__() -> list[str]:
 __all__ = [
     "AddResult", "Chunk", "ConfigError", "Document", "DocumentError", "Hit", "HybridIndex",
     "HybridRAGError", "IndexFormatError", "IndexLockedError", "ModelLoadError", "PipelineConfig",
-    "__version__", "load_pipeline",
+    "SearchResults", "__version__", "load_pipeline",
 ]

@@ -277,6 +277,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.no_rerank:
         overrides["rerank"] = False
     hits = idx.search(args.question, k=args.k, filters=_parse_filters(args.filter), **overrides)
+    for note in hits.notes:   # why hits are missing (no query terms for a mode, a filter key no document has)
+        print(f"note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
     else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from hybridrag.errors import ConfigError
 
 MODES = ("dense", "sparse", "bm25", "colbert")
+_MILVUS_MAX_HITS = 16384   # hybridrag.stores.milvus.MAX_HITS (importing it would import pymilvus)
 
 
 @dataclass
@@ -71,7 +73,11 @@ class BM25Config:
     language: list[str] = field(default_factory=list)  # unicode: Snowball language(s), one per script, or "auto"
     stopwords: str = ""  # "" | "english"
     stemmer: str = ""  # "" | "english" (word analyser; unicode takes it as language when that is empty)
-    variant: str = "okapi"  # "okapi" | "lucene"
+    # "lucene" (idf log(1 + (N-n+.5)/(n+.5)) > 0 for every term) | "okapi" (rank_bm25: idf
+    # log((N-n+.5)/(n+.5)) is 0 for a term in half the documents, below 0 past that, floored at
+    # epsilon * mean idf, so on small corpora common query terms score nothing); indexes keep
+    # the variant they were built with (the manifest stores it).
+    variant: str = "lucene"
     k1: float = 1.5
     b: float = 0.75
     epsilon: float = 0.25
@@ -322,13 +328,16 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
     _positive(cfg.chunking.max_document_bytes, "chunking.max_document_bytes")
     _positive(cfg.chunking.max_chunks_per_document, "chunking.max_chunks_per_document")
     for m in ("dense", "sparse", "bm25"):
-        _positive(getattr(cfg, m).depth, f"{m}.depth")
+        # Larger depths are capped at the index's chunk count when searching; Milvus itself
+        # refuses a search limit past _MILVUS_MAX_HITS, so its stores cannot go further.
+        remote = cfg.milvus.enabled and m in ("dense", "sparse")
+        _positive(getattr(cfg, m).depth, f"{m}.depth", _MILVUS_MAX_HITS if remote else None)
     _choice(cfg.bm25.analyzer, ("unicode", "word", "subword"), "bm25.analyzer")
     _check_languages(cfg.bm25)
     _choice(cfg.bm25.stopwords, ("", "english"), "bm25.stopwords")
     _choice(cfg.bm25.stemmer, ("", "english"), "bm25.stemmer")
     _choice(cfg.bm25.variant, ("okapi", "lucene"), "bm25.variant")
-    if cfg.bm25.k1 < 0 or not 0 <= cfg.bm25.b <= 1 or cfg.bm25.epsilon < 0:
+    if not (0 <= cfg.bm25.k1 < math.inf and 0 <= cfg.bm25.b <= 1 and 0 <= cfg.bm25.epsilon < math.inf):
         raise ConfigError(f"bm25: need k1 >= 0, 0 <= b <= 1, epsilon >= 0; got k1={cfg.bm25.k1}, "
                           f"b={cfg.bm25.b}, epsilon={cfg.bm25.epsilon}")
     _choice(cfg.colbert.encoding, ("fp16", "int8", "pq", "fp32"), "colbert.encoding")
@@ -357,8 +366,8 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
     for mode, w in cfg.fusion.weights.items():
         if mode not in MODES:
             raise ConfigError(f"fusion.weights: unknown mode {mode!r}; valid modes: {MODES}")
-        if w < 0:
-            raise ConfigError(f"fusion.weights.{mode} = {w} must be >= 0")
+        if not math.isfinite(w) or w < 0:
+            raise ConfigError(f"fusion.weights.{mode} = {w} must be a finite number >= 0")
     missing = [m for m in cfg.modes if m not in cfg.fusion.weights]
     if missing:
         raise ConfigError(f"fusion.weights has no weight for enabled mode(s) {missing}")

@@ -25,10 +25,11 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from hybridrag.errors import (
     IndexLockedError,
 )
 from hybridrag.search import planner
-from hybridrag.types import Chunk, Document, Hit
+from hybridrag.types import Chunk, Document, Hit, SearchResults
 
 logger = logging.getLogger(__name__)
 
@@ -646,14 +647,18 @@ class HybridIndex:
         :class:`DocumentError` naming it and nothing of the call is written.
         ``errors="skip"``: such documents are left out and listed in ``AddResult.failed``
         as ``(position in the call, id or None, reason)``; the others are written (a
-        repeated id keeps its first occurrence)."""
+        repeated id keeps its first occurrence).
+        ``progress``: ``None``/``False`` (quiet), ``True`` (a tqdm bar on stderr counting
+        documents, with a total when ``documents`` has a length), or a callable called with
+        the number of chunks each batch wrote (e.g. a tqdm bar's ``update``).
+        """
         return self._write_docs(documents, replace=False, commit=commit, batch_size=batch_size, progress=progress,
                                 errors=errors)
 
     def upsert(self, documents: Iterable[Any], *, commit: bool = True, batch_size: int = 256,
                progress: Any = None, errors: str = "raise") -> AddResult:
         """Add documents, replacing every chunk of a document whose content changed
-        (``errors`` as in :meth:`add`)."""
+        (``errors`` and ``progress`` as in :meth:`add`)."""
         return self._write_docs(documents, replace=True, commit=commit, batch_size=batch_size, progress=progress,
                                 errors=errors)
 
@@ -667,8 +672,20 @@ class HybridIndex:
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
         skip = errors == "skip"
+        bar = None
+        if progress is True:
+            from tqdm import tqdm
+
+            total = len(documents) if isinstance(documents, Sized) else None
+            bar = tqdm(total=total, unit=" docs", desc="add" if not replace else "upsert", dynamic_ncols=True)
+            progress = None
+        elif progress is False:
+            progress = None
+        elif progress is not None and not callable(progress):
+            raise TypeError(f"progress must be True, False, None or a callable taking a chunk count, "
+                            f"got {type(progress).__name__} {progress!r}")
         result = AddResult()
-        with self._writing(), self._undo_on_error():
+        with contextlib.nullcontext() if bar is None else bar, self._writing(), self._undo_on_error():
             batch: list[tuple[int, Document]] = []
             seen: dict[str, int] = {}
             for i, obj in enumerate(documents):
@@ -687,9 +704,13 @@ class HybridIndex:
                 batch.append((i, doc))
                 if len(batch) >= batch_size:
                     result.merge(self._write_batch(batch, replace, progress, skip))
+                    if bar is not None:
+                        bar.update(len(batch))
                     batch = []
             if batch:
                 result.merge(self._write_batch(batch, replace, progress, skip))
+                if bar is not None:
+                    bar.update(len(batch))
             if commit:
                 self.commit()
         return result
@@ -899,7 +920,8 @@ class HybridIndex:
         self.close()
 
     # ------------------------------------------------------------------ search
-    def search(self, query: str, k: int = 10, filters: Mapping[str, Any] | None = None, **overrides: Any) -> list[Hit]:
+    def search(self, query: str, k: int = 10, filters: Mapping[str, Any] | None = None,
+               **overrides: Any) -> SearchResults:
         """Search one query; see :meth:`search_batch`."""
         if not isinstance(query, str):
             raise TypeError(f"query must be a string, got {type(query).__name__}")
@@ -908,36 +930,54 @@ class HybridIndex:
     def search_batch(self, queries: Sequence[str], k: int = 10, filters: Mapping[str, Any] | None = None,
                      *, modes: Sequence[str] | None = None, fusion: str | None = None,
                      weights: Mapping[str, float] | None = None, depth: int | Mapping[str, int] | None = None,
-                     rerank: bool | None = None, rerank_k: int | None = None, rrf_k: int | None = None) -> list[list[Hit]]:
-        """Search a batch of queries; returns one list of up to ``k`` :class:`Hit` per query.
+                     rerank: bool | None = None, rerank_k: int | None = None,
+                     rrf_k: int | None = None) -> list[SearchResults]:
+        """Search a batch of queries; returns one :class:`SearchResults` (a ``list`` of up to
+        ``k`` :class:`Hit`, best first) per query.
 
         Overrides (per call, the pipeline is unchanged): ``modes`` (a subset of the
-        index's enabled modes), ``fusion`` (weighted | relative | rrf), ``weights``,
-        ``depth`` (first-stage candidates per mode), ``rerank`` / ``rerank_k``.
-        ``filters`` restrict hits to chunks whose metadata match before top-k.
+        index's enabled modes), ``fusion`` (weighted | relative | rrf), ``weights``
+        (finite numbers >= 0), ``depth`` (first-stage candidates per mode), ``rerank`` /
+        ``rerank_k``. ``filters`` restrict hits to chunks whose metadata match before top-k.
+
+        ``k``, ``depth`` and ``rerank_k`` are capped at the number of live chunks, so the
+        memory a search takes follows the index, never these numbers (``k=10**9`` returns
+        every matching chunk). A mode that retrieves by terms (``bm25``, ``sparse``)
+        retrieves nothing for a query with no term it knows (only punctuation, or words
+        no document has); ``dense`` always returns the nearest chunks. Each result's
+        ``notes`` says why hits are missing: a term mode without query terms, a filter
+        key that no document has, a filter that matches nothing.
         """
         if isinstance(queries, str) or not isinstance(queries, Sequence):
             raise TypeError("queries must be a list of strings (use search() for one query)")
+        from hybridrag.stores.docstore import check_unicode
+
         for i, q in enumerate(queries):
             if not isinstance(q, str):
                 raise TypeError(f"query {i} must be a string, got {type(q).__name__}")
             if not q.strip():
                 raise ValueError(f"query {i} is empty: {q!r}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            check_unicode(q, f"query {i}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be a positive integer, got {type(k).__name__} {k!r}")
+        if k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        plan = self._plan(k, modes, fusion, weights, depth, rerank, rerank_k, rrf_k)
+        live = self.docstore.count()
+        plan = self._plan(int(k), modes, fusion, weights, depth, rerank, rerank_k, rrf_k, live=live)
         if not queries:
             return []
-        if self.docstore.count() == 0:
-            return [[] for _ in queries]
+        if live == 0:
+            return [SearchResults((), ["the index holds no chunks"]) for _ in queries]
         allowed = None
         if filters:
             allowed = self.docstore.filter_mask(filters, self.docstore.next_slot())
             if not allowed.any():
-                return [[] for _ in queries]
+                notes = [f"no document has metadata key {f!r}" for f in self.docstore.missing_keys(list(filters))]
+                notes = notes or [f"no chunk matches the filters {dict(filters)!r}"]
+                return [SearchResults((), notes) for _ in queries]
         reps = self._encode_queries(list(queries), plan.modes)
         ranked = planner.run(plan, reps, self.stores, allowed=allowed)
-        out: list[list[Hit]] = []
+        out: list[SearchResults] = []
         for qi, cand in enumerate(ranked):
             if plan.rerank and len(cand.slots):
                 top = cand.take(plan.rerank_k)
@@ -949,17 +989,19 @@ class HybridIndex:
                 order = np.lexsort((top.slots, -rs))
                 top = top.reorder(order)
                 rs = rs[order]
-                final = top.take(k)
-                hits = self._hits(final, final.fused, rerank_scores=rs[:k])
+                final = top.take(plan.k)
+                hits = self._hits(final, final.fused, rerank_scores=rs[:plan.k])
             else:
-                final = cand.take(k)
+                final = cand.take(plan.k)
                 hits = self._hits(final, final.fused)
-            out.append(hits)
+            out.append(SearchResults(hits, _term_notes(plan, reps, qi)))
         return out
 
     def _plan(self, k: int, modes: Sequence[str] | None, fusion: str | None, weights: Mapping[str, float] | None,
               depth: int | Mapping[str, int] | None, rerank: bool | None, rerank_k: int | None,
-              rrf_k: int | None) -> planner.QueryPlan:
+              rrf_k: int | None, live: int) -> planner.QueryPlan:
+        """The plan for one call; ``k``, depths and ``rerank_k`` are capped at ``live`` chunks
+        (at least 1), so no store allocates more than the index holds."""
         cfg = self.pipeline
         enabled = cfg.modes
         if modes is None:
@@ -973,6 +1015,13 @@ class HybridIndex:
             use = [m for m in enabled if m in modes]
             if not any(m in planner.FIRST_STAGE for m in use):
                 raise ValueError(f"modes {list(modes)}: colbert only rescores; add one of dense/sparse/bm25")
+        if weights is not None:
+            if not isinstance(weights, Mapping):
+                raise TypeError(f"weights must be a dict of mode -> number, got {type(weights).__name__}")
+            for m, v in weights.items():
+                if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                        or not math.isfinite(v) or v < 0:
+                    raise ValueError(f"weights[{m!r}] = {v!r}: a fusion weight must be a finite number >= 0")
         w = dict(cfg.fusion.weights if weights is None else weights)
         missing = [m for m in use if m not in w]
         if missing:
@@ -986,20 +1035,22 @@ class HybridIndex:
                     depths[m] = d
             else:
                 depths = {m: depth for m in depths}
+        cap = max(1, live)
+        k = min(k, cap)
         for m, d in depths.items():
-            if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+            if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
                 raise ValueError(f"depth for {m!r} must be a positive integer, got {d!r}")
-            depths[m] = max(d, k)
+            depths[m] = min(max(int(d), k), cap)
         method = fusion or cfg.fusion.method
         if method not in ("weighted", "relative", "rrf"):
             raise ValueError(f"unknown fusion {method!r}; choose weighted, relative or rrf")
         do_rerank = cfg.rerank.enabled if rerank is None else bool(rerank)
         rk = cfg.rerank.k if rerank_k is None else rerank_k
-        if isinstance(rk, bool) or not isinstance(rk, int) or rk < 1:
+        if isinstance(rk, bool) or not isinstance(rk, (int, np.integer)) or rk < 1:
             raise ValueError(f"rerank_k must be a positive integer, got {rk!r}")
         return planner.QueryPlan(modes=use, depths=depths, fusion=method, weights=w,
                                  rrf_k=cfg.fusion.rrf_k if rrf_k is None else rrf_k, k=k,
-                                 rerank=do_rerank, rerank_k=max(rk, k))
+                                 rerank=do_rerank, rerank_k=min(max(int(rk), k), cap))
 
     def _encode_queries(self, queries: list[str], modes: Sequence[str]) -> dict[str, Any]:
         reps: dict[str, Any] = {}
@@ -1061,6 +1112,17 @@ class HybridIndex:
 
     def __repr__(self) -> str:
         return f"HybridIndex({str(self.path)!r}, pipeline={self.pipeline.name!r}, chunks={len(self)})"
+
+
+def _term_notes(plan: planner.QueryPlan, reps: Mapping[str, Any], qi: int) -> list[str]:
+    """A note per first-stage mode that matches terms and got none from query ``qi``."""
+    notes = []
+    for m in plan.first_stage:
+        if m in ("bm25", "sparse") and not any(reps[m][qi].values()):
+            why = ("none of its words is in the index vocabulary" if m == "bm25"
+                   else "the encoder gave it no lexical weights")
+            notes.append(f"no query terms for {m!r} ({why}): it retrieved nothing")
+    return notes
 
 
 def _jsonable(obj: Any) -> Any:

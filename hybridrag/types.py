@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 
 @dataclass(frozen=True)
@@ -59,3 +59,18 @@ class Hit:
             "score": self.score, "metadata": self.metadata, "span": list(self.span),
             "scores": self.scores, "ranks": self.ranks,
         }
+
+
+class SearchResults(list):  # type: ignore[type-arg]  # list[Hit]
+    """The hits of one query, best first: a plain ``list`` of :class:`Hit` (compare, slice,
+    serialise it as one) that also carries ``notes``, a tuple of sentences saying why fewer
+    hits, or none, came back than were asked for: e.g. ``"no query terms for 'bm25': ..."``
+    or ``"no document has metadata key 'colour'"``. Empty when there is nothing to say.
+    """
+
+    def __init__(self, hits: Iterable[Hit] = (), notes: Iterable[str] = ()) -> None:
+        super().__init__(hits)
+        self.notes: tuple[str, ...] = tuple(notes)
+
+    def __repr__(self) -> str:
+        return f"SearchResults({list.__repr__(self)}, notes={self.notes!r})"

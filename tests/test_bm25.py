@@ -66,7 +66,7 @@ def test_okapi_equals_rank_bm25(analyzer):
 def test_okapi_equals_rank_bm25_after_incremental_adds_and_deletes():
     import rank_bm25
     an = WordAnalyzer()
-    enc = BM25Encoder(an)
+    enc = BM25Encoder(an, variant="okapi")
     idx = SparseIndex(**enc.store_config())
     idx.add(np.arange(5), enc.encode_documents(ENGLISH[:5]))
     idx.search(enc.encode_queries(["cat"]), 3)
@@ -104,7 +104,7 @@ def test_lucene_equals_bm25s():
 def test_top_k_matches_rank_bm25_order():
     import rank_bm25
     an = WordAnalyzer()
-    enc = BM25Encoder(an)
+    enc = BM25Encoder(an, variant="okapi")
     idx = bm25_index(enc, ENGLISH)
     ref = rank_bm25.BM25Okapi(an.tokenize(ENGLISH))
     scores, slots = idx.search(enc.encode_queries(QUERIES), 4)
@@ -181,3 +181,66 @@ def test_encode_returns_encode_output():
     out = enc.encode(["x y y"])
     assert isinstance(out, base.EncodeOutput) and out.sparse == [{0: 1.0, 1: 2.0}] and out.dense is None
     assert enc.encode(["y q"], is_query=True).sparse == [{1: 1.0}]
+
+
+HALF = ["the cat sat", "a dog ran", "cat and dog", "a bird flew"]   # "cat": 2 of 4 documents
+
+
+def _bm25_pipeline(**bm25):
+    return {"name": "bm25", "encoder": {"kind": "none"}, "dense": {"enabled": False},
+            "sparse": {"enabled": False}, "colbert": {"enabled": False},
+            "bm25": {"enabled": True, **bm25}, "fusion": {"weights": {"bm25": 1.0}}}
+
+
+@pytest.mark.parity
+def test_default_finds_a_term_in_half_the_documents(tmp_path):
+    """Okapi's idf log((N-n+.5)/(n+.5)) is 0 when n = N/2 (rank_bm25 scores every document 0);
+    the default (lucene) idf log(1 + ...) is > 0 for every term, as bm25s scores it."""
+    import bm25s
+    import rank_bm25
+
+    from hybridrag.index import HybridIndex
+
+    an = WordAnalyzer()
+    assert not rank_bm25.BM25Okapi(an.tokenize(HALF)).get_scores(["cat"]).any()
+    enc = BM25Encoder(an)
+    ids = [[enc.vocabulary.setdefault(t, len(enc.vocabulary)) for t in doc] for doc in an.tokenize(HALF)]
+    ref = bm25s.BM25(method="lucene", k1=1.5, b=0.75)
+    ref.index(bm25s.tokenization.Tokenized(ids=ids, vocab={str(i): i for i in range(len(enc.vocabulary))}),
+              show_progress=False)
+    want = ref.get_scores([enc.vocabulary["cat"]])
+    idx = HybridIndex.create(tmp_path / "i", _bm25_pipeline())
+    try:
+        idx.add([{"id": f"d{i}", "text": t} for i, t in enumerate(HALF)])
+        hits = idx.search("cat", k=4)
+        assert sorted(h.doc_id for h in hits) == ["d0", "d2"]
+        for h in hits:
+            assert h.scores["bm25"] == pytest.approx(want[int(h.doc_id[1:])], rel=1e-5)
+    finally:
+        idx.close()
+
+
+@pytest.mark.parity
+def test_okapi_stays_available_and_an_index_keeps_its_variant(tmp_path):
+    """An index keeps the variant it was built with: the manifest stores the whole pipeline
+    (every key, the default included), so indexes built when okapi was the default reload as okapi."""
+    import rank_bm25
+
+    from hybridrag.index import HybridIndex
+
+    corpus = [t for t in ENGLISH if t]
+    ref = rank_bm25.BM25Okapi(WordAnalyzer().tokenize(corpus))
+    idx = HybridIndex.create(tmp_path / "i", _bm25_pipeline(variant="okapi"))
+    idx.add([{"id": f"d{i}", "text": t} for i, t in enumerate(corpus)])
+    idx.close()
+    manifest = json.loads((tmp_path / "i" / "manifest.json").read_text())
+    assert manifest["pipeline"]["bm25"]["variant"] == "okapi"
+    assert manifest["stores"]["bm25"]["config"]["weighting"] == "bm25okapi"
+    idx = HybridIndex.load(tmp_path / "i")
+    try:
+        assert idx.pipeline.bm25.variant == "okapi"
+        got = {h.doc_id: h.scores["bm25"] for h in idx.search("cat dog", k=len(corpus))}
+        want = ref.get_scores(["cat", "dog"])
+        assert got and all(s == pytest.approx(want[int(d[1:])], rel=1e-5) for d, s in got.items())
+    finally:
+        idx.close()

@@ -74,6 +74,16 @@ def test_ingest_query_info_check(tmp_path, pipeline_file, corpus):
     assert hits[0]["doc_id"] == "a.txt" and set(hits[0]["scores"]) == {"dense", "bm25", "fused"}
     r = hybridrag("query", idx, "aspirin heart", "--explain")
     assert "bm25=" in r.stdout and "b.md" in r.stdout
+    # why nothing (or less) came back goes to stderr; a big $in works; a bad value is one line
+    r = hybridrag("query", idx, "vitamin", "--filter", "colour=red")
+    assert "note: no document has metadata key 'colour'" in r.stderr and "a.txt" not in r.stdout
+    r = hybridrag("query", idx, "?!", "--json")
+    assert "note: no query terms for 'bm25'" in r.stderr and json.loads(r.stdout)   # dense still ranks
+    ids = json.dumps({"$in": [f"{i}.txt" for i in range(5000)] + ["a.txt"]})
+    r = hybridrag("query", idx, "vitamin", "--json", "--filter", f"doc_id={ids}")
+    assert [h["doc_id"] for h in json.loads(r.stdout)] == ["a.txt"]
+    r = hybridrag("query", idx, "vitamin", "--filter", f"n={2**64}", check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and str(2**64) in r.stderr
     r = hybridrag("info", idx, "--json")
     assert json.loads(r.stdout)["documents"] == 3
     assert hybridrag("check", idx).stdout.strip().endswith("ok")

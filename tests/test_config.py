@@ -40,6 +40,14 @@ def test_defaults_are_m3_weighted():
     ({"colbert": {"pq_train_tokens": 100}}, "colbert.pq_train_tokens"),
     ({"colbert": {"pq_train_tokens": 300000}}, "colbert.pq_train_pool = 262144"),
     ({"colbert": {"pq_train_pool": 10.5}}, "colbert.pq_train_pool"),
+    # not finite or negative: accepted at create before, every query then failed in fusion
+    ({"fusion": {"weights": {"dense": float("nan"), "sparse": 1, "colbert": 1}}}, "fusion.weights.dense"),
+    ({"fusion": {"weights": {"dense": 1, "sparse": float("inf"), "colbert": 1}}}, "fusion.weights.sparse"),
+    ({"fusion": {"weights": {"dense": 1, "sparse": 1, "colbert": -0.5}}}, "fusion.weights.colbert"),
+    ({"bm25": {"k1": float("nan")}}, "k1=nan"),
+    ({"bm25": {"epsilon": float("inf")}}, "epsilon=inf"),
+    # Milvus refuses a search limit past 16384: a deeper first stage would fail every query
+    ({"milvus": {"enabled": True, "uri": "m.db"}, "dense": {"depth": 16385}}, "dense.depth = 16385"),
 ])
 def test_bad_config_names_the_key(data, needle):
     with pytest.raises(ConfigError) as e:
@@ -83,3 +91,22 @@ def test_load_pipeline_by_shipped_name_or_path(tmp_path, monkeypatch):
         load_pipeline("no-such-pipeline")
     with pytest.raises(ConfigError, match="not found"):
         load_pipeline("offline.toml")                     # a .toml spec is always a path
+
+
+def test_non_finite_weight_in_a_toml_file_names_the_key(tmp_path):
+    p = tmp_path / "p.toml"
+    p.write_text("[fusion]\nweights = { dense = nan, sparse = 0.2, colbert = 0.4 }\n")
+    with pytest.raises(ConfigError, match=r"fusion\.weights\.dense = nan"):
+        PipelineConfig.from_toml(p)
+
+
+def test_bm25_default_variant_is_lucene():
+    # okapi's idf is <= 0 for a term in half the documents or more: see test_bm25.py
+    assert PipelineConfig().bm25.variant == "lucene"
+
+
+def test_milvus_max_hits_matches_the_store():
+    pytest.importorskip("pymilvus")
+    from hybridrag.config import _MILVUS_MAX_HITS
+    from hybridrag.stores.milvus import MAX_HITS
+    assert _MILVUS_MAX_HITS == MAX_HITS

@@ -486,3 +486,54 @@ def test_filter_mask_size(store: DocStore) -> None:
     for bad in (-1, 2.0, True):
         with pytest.raises(ValueError, match="size"):
             store.filter_mask({"lang": "en"}, size=bad)  # type: ignore[arg-type]
+
+
+def test_large_in_lists_match_reference(filled: tuple[DocStore, dict[int, dict[str, Any]]]) -> None:
+    """$in / $nin with thousands of values (one SQL term per value overflowed SQLite's expression
+    depth of 1000 at 997 values): the same matches as the reference, for ids, numbers, strings
+    and mixed-type lists."""
+    store, recs = filled
+    rng = random.Random(2)
+    ids = [f"d{i}" for i in range(5000)]
+    rng.shuffle(ids)
+    pool = [*range(-2500, 2500), *(x / 4 for x in range(-400, 400)), "en", "2021", "Alpha", "", True, None, 0.25]
+    filters: list[dict[str, Any]] = [
+        {"doc_id": {"$in": ids}}, {"doc_id": {"$nin": ids[:4000]}},
+        {"chunk_id": {"$in": [f"d{i}#{j}" for i in range(1000) for j in range(5)]}},
+        {"year": {"$in": list(range(-2000, 3000))}}, {"year": {"$nin": list(range(2000, 7000))}},
+        {"score": {"$in": [x / 4 for x in range(-8000, 8000)]}},
+        {"lang": {"$in": [f"w{i}" for i in range(5000)] + ["en", 1]}},
+    ] + [{rng.choice(["year", "lang", "flag", "score", "title"]): {rng.choice(["$in", "$nin"]): rng.sample(pool, 3000)}}
+         for _ in range(20)]
+    n = store.next_slot()
+    for f in filters:
+        expected = np.zeros(n, dtype=bool)
+        for s, rec in recs.items():
+            expected[s] = ref_match(rec, f)
+        assert np.array_equal(store.filter_mask(f), expected), str(f)[:80]
+    assert store.filter_mask({"doc_id": {"$in": ids}}).sum() == len(recs)
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 10**30])
+def test_integers_outside_64_bits_are_named(store: DocStore, value: int) -> None:
+    store.add_chunks([chunk("d", 0, n=1)], [0], gen=0)
+    for f in ({"n": value}, {"n": {"$gt": value}}, {"n": {"$in": [1, value]}}, {"n": {"$nin": [value]}}):
+        with pytest.raises(ValueError, match=str(value)):
+            store.filter_mask(f)
+    assert store.filter_mask({"n": {"$in": [2**63 - 1, -(2**63), 1]}}).tolist() == [True]
+
+
+def test_lone_surrogates_in_filters_are_named(store: DocStore) -> None:
+    store.add_chunks([chunk("d", 0, lang="en")], [0], gen=0)
+    for f, name in (({"lang": "e\ud800"}, "'lang'"), ({"lang": {"$in": ["en", "\udcff"]}}, "'lang'"),
+                    ({"doc_id": {"$gte": "\ud800"}}, "'doc_id'"), ({"la\udc80ng": "en"}, "field name")):
+        with pytest.raises(ValueError, match=f"{name}.*lone surrogate"):
+            store.filter_mask(f)
+
+
+def test_missing_keys(filled: tuple[DocStore, dict[int, dict[str, Any]]]) -> None:
+    store, recs = filled
+    have = {k for rec in recs.values() for k in rec["metadata"]}
+    assert store.missing_keys(["year", "colour", "doc_id", "chunk_id", "title", "tag"]) == \
+        [k for k in ["year", "colour", "title", "tag"] if k not in have]
+    assert "colour" not in have and "year" in have

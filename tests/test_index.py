@@ -387,3 +387,114 @@ def test_create_checks_lengths_against_the_model_and_leaves_nothing_on_failure(t
     with pytest.raises(ModelLoadError, match="could not load model weights"):
         HybridIndex.create(tmp_path / "other" / "idx", pipe)
     assert not (tmp_path / "other").exists()
+
+
+# ---------------------------------------------------------------------------------- odd questions
+
+
+def bm25_pipeline(**bm25):
+    return {"name": "bm25", "encoder": {"kind": "none"}, "dense": {"enabled": False},
+            "sparse": {"enabled": False}, "colbert": {"enabled": False},
+            "bm25": {"enabled": True, **bm25}, "fusion": {"weights": {"bm25": 1.0}}}
+
+
+def _spy_searches(idx, monkeypatch):
+    """Record the k every store search is asked for and the size of the arrays it returns."""
+    seen = []
+    for store in idx.stores.values():
+        def spy(q, k, *a, _orig=store.search, **kw):
+            scores, slots = _orig(q, k, *a, **kw)
+            seen.append((k, scores.size, slots.size))
+            return scores, slots
+        monkeypatch.setattr(store, "search", spy)
+    return seen
+
+
+def test_k_and_depth_are_capped_at_the_live_chunks(index, monkeypatch):
+    """Memory follows the index, never k or depth (k=10**9 on 3 documents was killed at ~20 GB)."""
+    import tracemalloc
+
+    n = len(index)
+    seen = _spy_searches(index, monkeypatch)
+    tracemalloc.start()
+    try:
+        hits = index.search("vitamin D", k=10**7, depth=10**7, rerank_k=10**7)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seen and all(k <= n and s <= n and i <= n for k, s, i in seen)
+    assert peak < 16 * 2**20   # uncapped: 120 MB per store for the (1, 10**7) score and slot arrays
+    assert [h.chunk_id for h in hits] == [h.chunk_id for h in index.search("vitamin D", k=n, depth=n)]
+    assert len(hits) == n      # dense ranks every chunk
+
+
+def test_depth_in_a_pipeline_is_capped_too(tmp_path, monkeypatch):
+    idx = HybridIndex.create(tmp_path / "i", bm25_pipeline(depth=10**7))
+    try:
+        idx.add(docs(3))
+        seen = _spy_searches(idx, monkeypatch)
+        assert [h.doc_id for h in idx.search("vitamin bone", k=10**7)] == ["d0"]
+        assert seen and all(k <= 3 and s <= 3 for k, s, _ in seen)
+    finally:
+        idx.close()
+
+
+@pytest.mark.parametrize("k, error", [(2.0, TypeError), (True, TypeError), ("3", TypeError), (None, TypeError),
+                                      (0, ValueError), (-1, ValueError)])
+def test_k_must_be_a_positive_int(index, k, error):
+    with pytest.raises(error, match=f"k must be a positive integer.*{k!r}"):
+        index.search("x", k=k)
+    assert len(index.search("x", k=np.int64(2))) == 2
+
+
+@pytest.mark.parametrize("w", [float("nan"), float("inf"), -0.5, "1", True])
+def test_bad_per_call_weights_are_named(index, w):
+    with pytest.raises(ValueError, match=r"weights\['dense'\].*finite number >= 0"):
+        index.search("x", weights={"dense": w, "sparse": 0.2, "colbert": 0.4, "bm25": 0.0})
+
+
+def test_lone_surrogates_in_queries_are_named(index):
+    with pytest.raises(ValueError, match="query 1 contains the lone surrogate"):
+        index.search_batch(["fine", "bad \udcff bytes"])
+
+
+def test_results_say_why_hits_are_missing(tmp_path, index):
+    from hybridrag import SearchResults
+
+    # Only punctuation: the term modes have nothing to match; dense still ranks neighbours.
+    res = index.search("?!", k=3)
+    assert isinstance(res, SearchResults) and isinstance(res, list) and len(res) == 3
+    assert all("bm25" not in h.ranks for h in res)
+    assert any("no query terms for 'bm25'" in n for n in res.notes)
+    assert index.search("vitamin D", k=3).notes == ()
+    # A filter on a key no document has, and one that matches nothing.
+    res = index.search("vitamin", filters={"colour": "red", "group": "even"})
+    assert res == [] and res.notes == ("no document has metadata key 'colour'",)
+    res = index.search("vitamin", filters={"group": "blue"})
+    assert res == [] and len(res.notes) == 1 and "no chunk matches" in res.notes[0]
+    # A BM25-only index: nothing, and why.
+    idx = HybridIndex.create(tmp_path / "b", bm25_pipeline())
+    try:
+        idx.add(docs(4))
+        res = idx.search("?! ...")
+        assert res == [] and res.notes == (
+            "no query terms for 'bm25' (none of its words is in the index vocabulary): it retrieved nothing",)
+    finally:
+        idx.close()
+
+
+def test_progress_true_shows_a_bar_with_a_total(tmp_path, capsys):
+    idx = HybridIndex.create(tmp_path / "i", bm25_pipeline())
+    try:
+        assert idx.add(docs(5), progress=True, batch_size=2).chunks == 5
+        err = capsys.readouterr().err
+        assert "5/5" in err and "docs" in err
+        calls = []
+        idx.upsert([{"id": "x", "text": "one"}, {"id": "y", "text": "two"}], progress=calls.append)
+        assert calls == [2]
+        idx.add([{"id": "z", "text": "quiet"}], progress=False)
+        assert capsys.readouterr().err == ""
+        with pytest.raises(TypeError, match="progress.*'yes'"):
+            idx.add([{"id": "w", "text": "x"}], progress="yes")
+    finally:
+        idx.close()

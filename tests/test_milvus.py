@@ -68,6 +68,10 @@ def test_filter_expression_translation() -> None:
     ({"x": {}}, ValueError, ["'x'", "empty"]),
     ({"x": object()}, TypeError, ["'x'"]),
     ({"x": 2**70}, ValueError, ["'x'", "64-bit"]),
+    # lone surrogates: pymilvus raised MilvusException wrapping a UnicodeEncodeError at search
+    ({"x": "a\ud800"}, ValueError, ["'x'", "lone surrogate"]),
+    ({"x": {"$in": ["a", "\udcff"]}}, ValueError, ["'x'", "lone surrogate"]),
+    ({"x\udc80": 1}, ValueError, ["field name", "lone surrogate"]),
 ])
 def test_filter_expression_errors(filters: dict, error: type, words: list[str]) -> None:
     with pytest.raises(error) as info:
@@ -84,6 +88,10 @@ METADATA = [
     for i in range(60)
 ]
 FILTERS = [
+    # thousands of values (e.g. "these 5,000 documents"): the same rows as the docstore
+    {"year": {"$in": list(range(-2000, 3000))}},
+    {"lang": {"$nin": [f"w{i}" for i in range(5000)] + ["en"]}},
+    {"score": {"$in": [round(0.1 * i, 1) for i in range(-2500, 2500)]}},
     {"lang": "en"},
     {"lang": 'q"uote'},
     {"lang": "b\\s"},

@@ -28,7 +28,8 @@ VARIANTS = ("okapi", "lucene")
 
 
 class BM25Encoder:
-    """Term-count encoder for BM25 (``variant``: ``"okapi"`` = rank_bm25, ``"lucene"`` = bm25s/Lucene).
+    """Term-count encoder for BM25 (``variant``: ``"lucene"`` = bm25s/Lucene, the default, or
+    ``"okapi"`` = rank_bm25, whose idf is <= 0 for a term in half the documents or more).
 
     ``analyzer``: default :class:`~hybridrag.analysis.UnicodeAnalyzer` (no stemming).
     """
@@ -40,7 +41,7 @@ class BM25Encoder:
     def __init__(
         self,
         analyzer: Analyzer | None = None,
-        variant: str = "okapi",
+        variant: str = "lucene",
         k1: float = 1.5,
         b: float = 0.75,
         epsilon: float = 0.25,

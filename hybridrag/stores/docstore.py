@@ -28,7 +28,10 @@ with ``op`` in ``$eq $ne $in $nin $gt $gte $lt $lte``, ANDed over fields. Fields
 metadata keys (``json_extract``), or the columns ``doc_id`` / ``chunk_id``. Values
 compare only with values of the same JSON type (numbers with numbers, strings with
 strings, booleans with booleans), so ``{"year": {"$gte": 2020}}`` never matches the
-string ``"2021"``. ``$ne`` / ``$nin`` also match chunks without the field.
+string ``"2021"``. ``$ne`` / ``$nin`` also match chunks without the field. ``$in`` /
+``$nin`` take any number of values (one JSON array parameter per type, not one SQL term per
+value). Integers must fit in 64 bits and strings and field names must be valid Unicode (no
+lone surrogates): anything else raises ``ValueError`` naming the field and value.
 
 Tests: ``tests/test_docstore.py``.
 """
@@ -47,12 +50,13 @@ import numpy as np
 from hybridrag.errors import DocumentError, IndexFormatError
 from hybridrag.types import Chunk
 
-__all__ = ["DocStore", "FILTER_OPERATORS"]
+__all__ = ["DocStore", "FILTER_OPERATORS", "check_unicode"]
 
 FILTER_OPERATORS = ("$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte")
 _RANGE_SQL = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 _COLUMNS = ("doc_id", "chunk_id")
 _BATCH = 500  # SQL variables per IN (...) list
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1   # SQLite INTEGER
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -106,6 +110,18 @@ def _check_id(value: Any, what: str) -> str:
     except UnicodeEncodeError as exc:
         raise DocumentError(f"{what} {value!r} is not valid UTF-8 (lone surrogate)") from exc
     return value
+
+
+def check_unicode(text: str, what: str) -> str:
+    """``text``, or ``ValueError`` naming ``what`` when it holds a surrogate code point (a lone
+    surrogate from a bad decode: not Unicode text, UTF-8 cannot encode it, so no index term,
+    SQLite parameter or Milvus expression can hold it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} contains the lone surrogate {text[exc.start]!r} at position {exc.start}, "
+                         f"which is not valid Unicode text: {text!r:.80}") from None
+    return text
 
 
 def _check_json(value: Any, path: str) -> None:
@@ -601,6 +617,23 @@ class DocStore:
         return mask
 
 
+    def missing_keys(self, fields: Sequence[str]) -> list[str]:
+        """The metadata keys among ``fields`` that no live chunk has (``doc_id`` / ``chunk_id``,
+        columns, are never missing): what ``search`` tells a user whose filter matched nothing."""
+        out = []
+        with self._lock:
+            live, lp = self._live()
+            for field in fields:
+                if field in _COLUMNS:
+                    continue
+                _, typ, p = _field_expr(field)
+                row = self._conn.execute(f"SELECT 1 FROM chunks WHERE {live} AND {typ} IS NOT NULL LIMIT 1",
+                                         [*lp, *p]).fetchone()
+                if row is None:
+                    out.append(field)
+        return out
+
+
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
 
@@ -627,6 +660,7 @@ def _field_expr(field: Any) -> tuple[str, str | None, list[Any]]:
         raise ValueError(f"unknown top-level filter operator {field!r}; fields are combined with AND")
     if field in _COLUMNS:
         return field, None, []
+    check_unicode(field, "filter field name")
     if any(c in field for c in '"\\') or any(ord(c) < 32 for c in field):
         raise ValueError(f"filter field {field!r} contains a quote, backslash or control character")
     path = f'$."{field}"'
@@ -638,11 +672,17 @@ def _scalar_kind(value: Any, op: str, field: str) -> str:
         return "null"
     if isinstance(value, bool):
         return "bool"
-    if isinstance(value, (int, float, np.integer, np.floating)):
+    if isinstance(value, (int, np.integer)):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise ValueError(f"filter {field!r} {op}: the integer {value!r} does not fit in 64 bits "
+                             f"(SQLite's range is {_INT_MIN} to {_INT_MAX})")
+        return "num"
+    if isinstance(value, (float, np.floating)):
         if not math.isfinite(value):
             raise ValueError(f"filter {field!r} {op}: {value!r} is not a finite number")
         return "num"
     if isinstance(value, str):
+        check_unicode(value, f"filter {field!r} {op} value")
         return "str"
     raise TypeError(
         f"filter {field!r} {op}: value must be str, int, float, bool or None, got {type(value).__name__} {value!r}"
@@ -667,6 +707,48 @@ def _eq(field: str, value: Any, op: str) -> tuple[str, list[Any]]:
     return f"({typ} {_TYPE_SQL[kind]} AND {expr} = ?)", [*p, *p, val]
 
 
+def _in(field: str, values: Iterable[Any], op: str) -> tuple[str, list[Any]]:
+    """``$in``: true when the field equals one of ``values`` under :func:`_eq`'s rules.
+
+    Numbers and strings (any count) are looked up in one JSON array parameter each
+    (``IN (SELECT value FROM json_each(?))``): SQL has a limit of 1000 on expression depth
+    and 32766 on parameters, so one ``OR`` term or one ``?`` per value fails at around a
+    thousand values. A JSON array carries integers and strings exactly; floats go as their
+    shortest round-trip text, which SQLite parses back to the same double. Booleans and
+    null (at most three values) keep their own terms."""
+    expr, typ, p = _field_expr(field)
+    nums: list[Any] = []
+    strs: list[str] = []
+    others: list[Any] = []
+    for v in values:
+        kind = _scalar_kind(v, op, field)
+        if kind == "num":
+            nums.append(v.item() if isinstance(v, np.generic) else v)
+        elif kind == "str":
+            strs.append(v)
+        else:
+            others.append(v)
+    if typ is None and (nums or others):
+        raise TypeError(f"filter {field!r} {op}: {field} is a string column, got {(nums + others)[0]!r}")
+    parts: list[str] = []
+    params: list[Any] = []
+    for kind, group in (("num", nums), ("str", strs)):
+        if not group:
+            continue
+        arr = json.dumps(group, ensure_ascii=False, allow_nan=False)
+        if typ is None:
+            parts.append(f"{expr} IN (SELECT value FROM json_each(?))")
+            params.append(arr)
+        else:
+            parts.append(f"({typ} {_TYPE_SQL[kind]} AND {expr} IN (SELECT value FROM json_each(?)))")
+            params += [*p, *p, arr]
+    for v in dict.fromkeys(others):   # True, False, None: each once
+        sql, ps = _eq(field, v, op)
+        parts.append(sql)
+        params += ps
+    return ("(" + " OR ".join(parts) + ")" if parts else "0"), params
+
+
 def _field_clause(field: Any, cond: Any) -> tuple[str, list[Any]]:
     """One field's condition as SQL: a scalar (equality) or an ``{op: value}`` dict."""
     _field_expr(field)  # check the name first: {"$or": [...]} must not be told to use $in
@@ -689,9 +771,7 @@ def _field_clause(field: Any, cond: Any) -> tuple[str, list[Any]]:
         elif op in ("$in", "$nin"):
             if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple, set, frozenset)):
                 raise TypeError(f"filter {field!r} {op}: value must be a list, got {type(value).__name__} {value!r}")
-            subs = [_eq(field, v, op) for v in value]
-            sql = "(" + " OR ".join(s for s, _ in subs) + ")" if subs else "0"
-            p = [x for _, ps in subs for x in ps]
+            sql, p = _in(field, value, op)
             if op == "$nin":
                 sql = f"NOT COALESCE({sql}, 0)"
         else:

@@ -78,6 +78,7 @@ from hybridrag.stores.base import (
     empty_results,
     new_file,
 )
+from hybridrag.stores.docstore import check_unicode
 from hybridrag.stores.sparse import _rows_to_coo
 
 __all__ = [
@@ -141,7 +142,7 @@ def _literal(value: Any, field: str, op: str) -> tuple[str, str]:
             raise ValueError(f"filter {field!r} {op}: {value!r} is not a finite number")
         return repr(value), "num"
     if isinstance(value, str):
-        return _quote(value), "str"
+        return _quote(check_unicode(value, f"filter {field!r} {op} value")), "str"
     raise TypeError(
         f"filter {field!r} {op}: value must be str, int, float or bool, got {type(value).__name__} {value!r}"
     )
@@ -152,6 +153,7 @@ def _path(field: Any, json_field: str) -> str:
         raise TypeError(f"filter field names must be non-empty str, got {field!r}")
     if field.startswith("$"):
         raise ValueError(f"unknown top-level filter operator {field!r}; fields are combined with AND")
+    check_unicode(field, "filter field name")
     if any(c in field for c in '"\\') or any(ord(c) < 32 for c in field):
         raise ValueError(f"filter field {field!r} contains a quote, backslash or control character")
     return f'{json_field}["{field}"]'
