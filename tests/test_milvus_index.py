@@ -186,6 +186,19 @@ def test_opening_a_copy_never_changes_the_original(tmp_path, m3_dir, m3_encoder,
         _assert_complete(idx, everything)
     finally:
         idx.close()
+    # rebuild gives the copy collections of its own (the original's are left alone)
+    cp = HybridIndex.rebuild(copy, encoder=m3_encoder)
+    try:
+        cp.add([{"id": "x", "text": "written to the copy", "metadata": {}}])
+        _assert_complete(cp, [f"d{i}" for i in range(6)] + ["x"])
+    finally:
+        cp.close()
+    for path, ids in ((orig, everything), (copy, [f"d{i}" for i in range(6)] + ["x"])):
+        idx = HybridIndex.load(path, encoder=m3_encoder)
+        try:
+            _assert_complete(idx, ids)
+        finally:
+            idx.close()
 
 
 def test_create_overwrite_replaces_the_old_index_only_once_the_new_one_commits(tmp_path, m3_dir, m3_encoder):

@@ -17,7 +17,8 @@ How Milvus (Lite) traits are handled
 ------------------------------------
 * ``uri`` is a local ``*.db`` path (Milvus Lite, one process per data file) or an
   ``http(s)://`` URI plus ``token`` for a server or cluster. The token is never written
-  to disk: ``load`` takes it from ``config["token"]`` or the ``MILVUS_TOKEN`` variable.
+  to disk, and ``load`` follows a uri only when the caller names it (or it is a Lite
+  file inside the index directory): :func:`resolve_connection`.
 * Every search and query names its ``output_fields`` (Milvus returns every field
   otherwise). Searches fetch the stored vectors of their hits and re-score them
   exactly on the client (the same code as ``score``), then order by score descending
@@ -40,13 +41,17 @@ How Milvus (Lite) traits are handled
   ``slot in [...]`` filters whose results are merged, so ``k`` hits come back when
   ``k`` exist.
 
-Persistence: Milvus holds the vectors. ``save`` writes one small JSON file
-(``milvus-dense-<tag>.json`` / ``milvus-sparse-<tag>.json``) with the collection, the URI
-(relative when the Milvus Lite file lies inside the index directory), the row count,
-the largest slot and the config. ``load`` reconnects, checks the collection, deletes
-rows added after that save (slots above the saved largest slot: writes the manifest
-never committed), and raises :class:`~hybridrag.errors.IndexFormatError` when the
-collection is missing or its row count differs.
+Persistence: Milvus holds the vectors. Every row carries ``gen``, the store generation it
+was written at. ``save`` writes one small JSON file (``milvus-dense-<tag>.json`` /
+``milvus-sparse-<tag>.json``) with the collection, the URI (relative when the Milvus Lite
+file lies inside the index directory), the generation it makes visible, the row count,
+the largest slot, the slots removed since the last commit and the config. ``load`` opens
+that state read-only (rows of later generations and removed slots are filtered out of
+every search, score and count; nothing in Milvus is changed) and raises
+:class:`~hybridrag.errors.IndexFormatError` when the collection is missing or its visible
+row count differs. The first write of a loaded store deletes rows no commit made visible;
+removed rows are purged by the commit after the one that recorded the removal
+(docs/MILVUS.md, "Commit protocol").
 
 Tests: ``tests/test_milvus.py``, ``tests/test_store_conformance.py``.
 """
