@@ -298,3 +298,47 @@ def test_index_on_a_lite_file_outside_its_directory_needs_the_uri_at_load(tmp_pa
     HybridIndex.load(p, encoder=m3_encoder, milvus_uri=lite).close()
     monkeypatch.setenv("HYBRIDRAG_MILVUS_URI", lite)
     HybridIndex.load(p, encoder=m3_encoder).close()
+
+
+def test_commit_that_fails_before_the_manifest_swap_can_be_retried(tmp_path, m3_dir, m3_encoder, monkeypatch):
+    # The stores were saved but the manifest swap failed: readers keep the last commit (the
+    # uncommitted delete included), and a later commit publishes everything once.
+    import os
+
+    idx = HybridIndex.create(tmp_path / "i", _mv(m3_dir), encoder=m3_encoder)
+    try:
+        idx.add(docs(6))
+        idx.delete(["d0"], commit=False)
+        idx.add([{"id": "n1", "text": "first uncommitted document", "metadata": {}}], commit=False)
+        real = os.replace
+
+        def fail(src, dst, **kw):
+            if str(dst) == str(tmp_path / "i" / "manifest.json"):
+                raise OSError("injected: disk full")
+            real(src, dst, **kw)
+
+        monkeypatch.setattr(os, "replace", fail)
+        with pytest.raises(OSError, match="injected"):
+            idx.commit()
+        monkeypatch.undo()
+        r = HybridIndex.load(tmp_path / "i", encoder=m3_encoder)
+        try:
+            _assert_complete(r, [f"d{i}" for i in range(6)])
+        finally:
+            r.close()
+        idx.add([{"id": "n2", "text": "second uncommitted document", "metadata": {}}], commit=False)
+        idx.commit()
+        want = [f"d{i}" for i in range(1, 6)] + ["n1", "n2"]
+        _assert_complete(idx, want)
+        idx.delete(["d1"])  # the next commit purges d0's rows from Milvus
+        want.remove("d1")
+        _assert_complete(idx, want)
+    finally:
+        idx.close()
+    again = HybridIndex.load(tmp_path / "i", encoder=m3_encoder)
+    try:
+        _assert_complete(again, want)
+        d0 = again.stores["dense"]
+        assert d0._live_count() == len(again) + 1  # d1's row waits for the next commit's purge
+    finally:
+        again.close()
