@@ -252,6 +252,9 @@ class HybridIndex:
         self._manifest = manifest
         self._gen = int(manifest["generation"]) if manifest else 0
         self._dirty = False
+        # Milvus connection settings the user gave (never read from the index alone).
+        self._milvus_conn: dict[str, str] = {}
+        self._milvus_from_index = False  # the [milvus] section came from the manifest
         from hybridrag.stores.docstore import DocStore
 
         self.docstore = DocStore(path / DOCSTORE)
@@ -283,32 +286,55 @@ class HybridIndex:
         except BaseException:
             _remove_created(p, made, files=False)  # another writer's index: only our empty folders go
             raise
+        import sqlite3
+
+        existed = (p / MANIFEST).exists()
         idx = None
         try:
-            if (p / MANIFEST).exists():
+            old = _milvus_collections(p)
+            try:
+                idx = cls(p, cfg, None, encoder=encoder, reranker=reranker, device=device)
+            except sqlite3.DatabaseError:  # the old docstore is unreadable: nothing to keep
                 _remove_index_files(p)
-            idx = cls(p, cfg, None, encoder=encoder, reranker=reranker, device=device)
+                idx = cls(p, cfg, None, encoder=encoder, reranker=reranker, device=device)
             idx._lock = lock
+            # The new stores first: a pipeline that cannot be built leaves an old index whole.
+            # Its manifest is only replaced by the new one's commit, and its Milvus collections
+            # are dropped after that.
             idx._init_components(fresh=True)
+            if existed:
+                from hybridrag.stores.docstore import DocStore
+
+                idx.docstore.close()
+                _remove_index_files(p)
+                idx.docstore = DocStore(p / DOCSTORE)
             idx._dirty = True
             idx.commit()
         except BaseException:
-            # Leave nothing that only `rm -rf` could clear: the files written, and the
-            # folders made, go again (a failure here means no index was committed).
+            # Leave nothing that only `rm -rf` could clear: a new index's files and the
+            # folders made go again (a failure here means no index was committed); an index
+            # being overwritten keeps its manifest, and create(overwrite=True) can run again.
             if idx is not None:
                 idx.close()
             lock.release()
-            _remove_created(p, made, files=True)
+            if not existed:
+                _remove_created(p, made, files=True)
             raise
+        idx._drop_milvus_collections(old)
+        return idx
         return idx
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, verify: bool = True, encoder: Any = None,
-             reranker: Any = None, device: str | None = None) -> "HybridIndex":
+             reranker: Any = None, device: str | None = None, milvus_uri: str | None = None,
+             milvus_token: str | None = None) -> "HybridIndex":
         """Open the last committed state of the index at ``path``.
 
         ``verify`` checks every store file against the manifest's sha256 (reads each file
         once); a mismatch raises :class:`IndexFormatError` naming the file.
+        ``milvus_uri`` / ``milvus_token`` (else ``$HYBRIDRAG_MILVUS_URI`` / ``$MILVUS_TOKEN``):
+        where a Milvus-backed index's vectors are; required unless they are in a Milvus Lite
+        file inside ``path`` (docs/MILVUS.md, "Security").
         """
         p = Path(path)
         deadline = time.monotonic() + _LOAD_PATIENCE_S
@@ -316,7 +342,8 @@ class HybridIndex:
         while True:
             manifest = _require_manifest(p)
             try:
-                return cls._open(p, manifest, verify, encoder, reranker, device)
+                return cls._open(p, manifest, verify, encoder, reranker, device,
+                                 {k: v for k, v in (("uri", milvus_uri), ("token", milvus_token)) if v})
             except (IndexFormatError, OSError, _Stale):
                 # A writer may have committed and collected the files of the manifest we read
                 # between our reading it and opening them: open the new generation instead.
@@ -337,7 +364,7 @@ class HybridIndex:
 
     @classmethod
     def _open(cls, p: Path, manifest: dict[str, Any], verify: bool, encoder: Any, reranker: Any,
-              device: str | None) -> "HybridIndex":
+              device: str | None, milvus_conn: dict[str, str] | None = None) -> "HybridIndex":
         if verify:
             verify_files(p, manifest)
         cfg = PipelineConfig.from_stored(manifest["pipeline"], source=f"{p / MANIFEST}")
@@ -347,6 +374,7 @@ class HybridIndex:
             idx = cls(p, cfg, manifest, encoder=encoder, reranker=reranker, device=device)
         except sqlite3.DatabaseError as e:
             raise IndexFormatError(f"{p / DOCSTORE}: docstore is unreadable or corrupt ({e})") from None
+        idx._milvus_conn = dict(milvus_conn or {})
         try:
             idx._check_docstore(verify)
             idx._init_components(fresh=False)
@@ -400,7 +428,8 @@ class HybridIndex:
 
     @classmethod
     def rebuild(cls, path: str | os.PathLike[str], *, pipeline: Any = None, encoder: Any = None,
-                device: str | None = None, batch_size: int = 256) -> "HybridIndex":
+                device: str | None = None, batch_size: int = 256, milvus_uri: str | None = None,
+                milvus_token: str | None = None) -> "HybridIndex":
         """Recover damaged or missing store files: re-encode every committed chunk text in the
         docstore into fresh stores and commit them as a new generation.
 
@@ -408,6 +437,9 @@ class HybridIndex:
         with) when the manifest itself is lost or corrupt. The docstore must be intact: a
         docstore that fails SQLite's integrity check or the manifest's content checksum raises
         :class:`IndexFormatError`. Returns the index, holding the writer lock (close it).
+        A Milvus-backed index gets new collections (``milvus_uri`` / ``milvus_token`` as in
+        :meth:`load` unless ``pipeline`` names them); the old ones it owns are dropped after
+        the commit.
         """
         import sqlite3
 
@@ -426,8 +458,11 @@ class HybridIndex:
             idx = cls(p, cfg, None, encoder=encoder, device=device)
         except sqlite3.DatabaseError as e:
             raise IndexFormatError(f"{p / DOCSTORE}: docstore is unreadable or corrupt ({e})") from None
+        idx._milvus_conn = {k: v for k, v in (("uri", milvus_uri), ("token", milvus_token)) if v}
+        idx._milvus_from_index = pipeline is None
         try:
             idx._lock.acquire()
+            old = _milvus_collections(p)
             ds = idx.docstore
             problems = ds.integrity_problems()
             if problems:
@@ -450,6 +485,7 @@ class HybridIndex:
                 idx._encode_into_stores([r["text"] for r in ds.get(part)], part)
             idx._dirty = True
             idx.commit()
+            idx._drop_milvus_collections(old)
         except sqlite3.DatabaseError as e:
             idx.close()
             raise IndexFormatError(f"{p / DOCSTORE}: docstore is unreadable or corrupt ({e})") from None
@@ -477,8 +513,10 @@ class HybridIndex:
             if cfg.milvus.enabled and ("dense" in modes or "sparse" in modes):
                 from hybridrag.stores.milvus import milvus_stores
 
-                remote = milvus_stores(cfg.milvus, enc.dim if "dense" in modes else None, self.path)
+                remote = milvus_stores(cfg.milvus, enc.dim if "dense" in modes else None, self.path,
+                                       from_index=self._milvus_from_index, **self._milvus_conn)
                 self.stores.update({m: remote[m] for m in ("dense", "sparse") if m in modes})
+                self._milvus_conn = remote["sparse"].connection()
             if "dense" in modes and "dense" not in self.stores:
                 self.stores["dense"] = FaissStore(enc.dim, factory=cfg.dense.index)
             if "sparse" in modes and "sparse" not in self.stores:
@@ -511,7 +549,11 @@ class HybridIndex:
             files = entry["files"]
             for name in files.values():
                 _check_name(self.path, name)
-            self.stores[mode] = self._store_class(mode).load(self.path, files, entry.get("config", {}))
+            config = entry.get("config", {})
+            if self.pipeline.milvus.enabled and mode in ("dense", "sparse"):
+                # where Milvus is comes from the user, never from the manifest (docs/MILVUS.md)
+                config = {**{k: v for k, v in config.items() if k not in ("uri", "token")}, **self._milvus_conn}
+            self.stores[mode] = self._store_class(mode).load(self.path, files, config)
         # Read the BM25 vocabulary now, not at the first search: a writer may collect the
         # file once it commits a newer generation.
         self._bm25_vocab = None
@@ -869,7 +911,7 @@ class HybridIndex:
                 "generation": gen,
                 "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "pipeline": self.pipeline.to_dict(),
+                "pipeline": _pipeline_for_disk(self.pipeline),
                 "models": models,
                 "counts": {"documents": self.docstore.count_documents(), "chunks": self.docstore.count(),
                            "next_slot": self.docstore.next_slot()},
@@ -891,7 +933,18 @@ class HybridIndex:
             self._manifest = manifest
             self._gen = gen
             self._dirty = False
+            for store in self.stores.values():
+                done = getattr(store, "committed", None)  # Milvus: the saved generation is now live
+                if done is not None:
+                    done()
             self._collect_garbage()
+
+    def _drop_milvus_collections(self, names: list[str]) -> None:
+        """Drop the Milvus collections of the index this one replaced (create/rebuild)."""
+        for store in self.stores.values():
+            if names and hasattr(store, "drop_collections"):
+                store.drop_collections(names)
+                return
 
     def _collect_garbage(self) -> None:
         keep = set((self._manifest or {}).get("checksums", {})) | {MANIFEST, DOCSTORE, LOCKFILE}
@@ -1129,6 +1182,26 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def _pipeline_for_disk(cfg: PipelineConfig) -> dict[str, Any]:
+    """The pipeline as the manifest records it: without the Milvus token (a secret)."""
+    d = cfg.to_dict()
+    if d.get("milvus", {}).get("token"):
+        d["milvus"]["token"] = ""
+    return d
+
+
+def _milvus_collections(path: Path) -> list[str]:
+    """The Milvus collections the committed index at ``path`` uses (none if unreadable)."""
+    try:
+        m = read_manifest(path, missing_ok=True)
+    except IndexFormatError:
+        return []
+    if m is None or not m["pipeline"].get("milvus", {}).get("enabled"):
+        return []
+    return [str(e.get("config", {}).get("collection")) for mode, e in m["stores"].items()
+            if mode in ("dense", "sparse") and isinstance(e, dict)]
+
+
 def _as_pipeline(p: Any) -> PipelineConfig:
     if isinstance(p, PipelineConfig):
         return p
@@ -1263,8 +1336,10 @@ def _remove_created(p: Path, made: Sequence[Path], files: bool) -> None:
 
 
 def _remove_index_files(p: Path) -> None:
+    """Remove an old index's docstore and store files; its manifest stays until the new
+    index's commit replaces it (so a failed create never leaves a directory without one)."""
     for f in p.iterdir():
-        if f.is_file() and (f.name in (MANIFEST, f"{MANIFEST}.tmp") or f.name.startswith(DOCSTORE)
+        if f.is_file() and (f.name == f"{MANIFEST}.tmp" or f.name.startswith(DOCSTORE)
                             or _STORE_FILE.search(f.name)):
             f.unlink()
 

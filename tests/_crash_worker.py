@@ -12,10 +12,19 @@ appending ``k`` to LOG (fsynced) after step ``k`` has committed.
 * ``replace:N`` - before the N-th ``os.replace`` (store files and the manifest swap).
 * ``npsave:N`` - in the middle of the N-th ``numpy.save`` (half the bytes written).
 * ``Class.method:N`` - on entry to that method (store saves, docstore writes, garbage
-  collection after the manifest swap), e.g. ``SparseIndex.save:2``.
+  collection after the manifest swap, Milvus store calls and ``MilvusClient`` writes),
+  e.g. ``SparseIndex.save:2``.
 
 ``HYBRIDRAG_CRASH_COUNT=FILE`` instead counts the calls of every target and writes them
 as JSON to FILE at the end (the test uses it to draw N).
+
+``python tests/_crash_worker.py --zygote PIPELINE_JSON SEED`` imports the libraries, loads
+the model and encodes every chunk of ``make_steps(SEED)`` once (:class:`CachedEncoder`),
+then forks one worker per request (a JSON line ``{"args": [INDEX, SEED, LOG], "env": {...}}``
+on stdin), answering ``{"pid": P}`` and then ``{"rc": RC}`` (``-9`` when killed): the
+Milvus trials use it, as a fresh interpreter per trial spends most of its time importing
+torch and transformers and encoding the same texts again. The kill points are in storage
+and commits, which run for real.
 """
 from __future__ import annotations
 
@@ -40,6 +49,15 @@ METHODS = {
     "DocStore.purge": "hybridrag.stores.docstore",
     "HybridIndex._collect_garbage": "hybridrag.index",
     "HybridIndex.commit": "hybridrag.index",
+    # the Milvus backend: store calls, and each Milvus write (insert batch, delete, flush)
+    "MilvusDenseStore.add": "hybridrag.stores.milvus",
+    "MilvusSparseStore.add": "hybridrag.stores.milvus",
+    "MilvusSparseStore.remove": "hybridrag.stores.milvus",
+    "MilvusDenseStore.save": "hybridrag.stores.milvus",
+    "MilvusSparseStore.committed": "hybridrag.stores.milvus",
+    "MilvusClient.insert": "pymilvus",
+    "MilvusClient.delete": "pymilvus",
+    "MilvusClient.flush": "pymilvus",
 }
 
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
@@ -178,7 +196,9 @@ def install(spec: str | None, counter: Counter[str] | None) -> None:
             cls = getattr(importlib.import_module(module), cls_name)
         except ImportError:
             continue
-        real = getattr(cls, meth)
+        real = getattr(cls, meth, None)
+        if real is None:  # a method this version of the code does not have
+            continue
 
         def wrapper(*a: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
             if hit(_name):
@@ -206,5 +226,97 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+class CachedEncoder:
+    """An encoder whose ``encode`` remembers each text's output (same texts, same vectors:
+    the encoder is deterministic); everything else is the wrapped encoder's."""
+
+    def __init__(self, encoder: Any) -> None:
+        self._enc = encoder
+        self._cache: dict[tuple[Any, ...], tuple[Any, Any, Any]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._enc, name)
+
+    def encode(self, texts: Any, **kw: Any) -> Any:
+        import numpy as np
+
+        from hybridrag.encoders.base import EncodeOutput
+
+        opts = (kw.get("max_length"), kw.get("dense", True), kw.get("sparse", True), kw.get("colbert", True))
+        todo = [t for t in dict.fromkeys(texts) if (t, *opts) not in self._cache]
+        if todo:
+            out = self._enc.encode(todo, **kw)
+            for i, t in enumerate(todo):
+                self._cache[(t, *opts)] = tuple(None if part is None else part[i]
+                                                for part in (out.dense, out.sparse, out.colbert))
+        rows = [self._cache[(t, *opts)] for t in texts]
+        dense, sparse, colbert = opts[1:]
+        return EncodeOutput(
+            dense=(np.stack([r[0] for r in rows]) if rows else np.zeros((0, self._enc.dim), np.float32))
+            if dense else None,
+            sparse=[r[1] for r in rows] if sparse else None,
+            colbert=[r[2] for r in rows] if colbert else None)
+
+
+def warm_encoder(pipeline: dict[str, Any], seed: int, scratch: Path) -> CachedEncoder:
+    """The pipeline's M3 encoder with every chunk of ``make_steps(seed)`` encoded."""
+    from hybridrag.encoders.m3 import M3Encoder
+    from hybridrag.index import HybridIndex
+
+    enc = CachedEncoder(M3Encoder.from_pretrained(pipeline["encoder"]["model"]))
+    local = dict(pipeline, milvus={"enabled": False})
+    idx = HybridIndex.create(scratch, local, encoder=enc)
+    try:
+        e = idx.pipeline.encoder
+        flags = idx._encode_flags([m for m in ("dense", "sparse", "colbert") if m in idx.pipeline.modes])
+        for st in make_steps(seed):
+            for batch in st.get("batches", []):
+                texts = [c.text for d in batch for c in idx.chunker.chunk(d["id"], d["text"], dict(d["metadata"]))]
+                enc.encode(texts, max_length=e.max_length, batch_size=e.batch_size, **flags)
+    finally:
+        idx.close()
+    return enc
+
+
+def zygote(pipeline_json: str, seed: int) -> int:
+    import atexit
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(1)  # no intra-op thread pool in the parent of fork()
+    import pymilvus  # noqa: F401  (imported only: no channel or server before fork)
+
+    from hybridrag.encoders.m3 import M3Encoder
+
+    with tempfile.TemporaryDirectory() as scratch:
+        enc = warm_encoder(json.loads(Path(pipeline_json).read_text()), seed, Path(scratch) / "warm")
+    M3Encoder.from_pretrained = classmethod(lambda cls, *a, **k: enc)  # type: ignore[method-assign]
+    for line in sys.stdin:
+        req = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            rc = 1
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+                os.environ.update(req["env"])
+                rc = main(req["args"])
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                atexit._run_exitfuncs()  # Milvus Lite stops its server, as at a normal exit
+                os._exit(rc)
+        print(json.dumps({"pid": pid}), flush=True)
+        _, status = os.waitpid(pid, 0)
+        rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        print(json.dumps({"rc": rc}), flush=True)
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--zygote"]:
+        sys.exit(zygote(sys.argv[2], int(sys.argv[3])))
     sys.exit(main(sys.argv[1:]))

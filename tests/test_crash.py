@@ -9,12 +9,19 @@ ingest again must complete it without duplicates.
 CI runs ``HYBRIDRAG_CRASH_TRIALS`` (default 30) bm25-only trials plus 4 trials with the
 tiny tri-modal M3 pipeline; the longer run is
 ``HYBRIDRAG_CRASH_TRIALS=300 pytest tests/test_crash.py`` (a fifth of them M3).
+
+The Milvus backend (dense and sparse vectors in Milvus Lite, inside the index directory)
+gets the same trials: 3 in the fast tier, ``HYBRIDRAG_MILVUS_CRASH_TRIALS`` (default 30)
+in the ``slow`` tier, each killed inside a Milvus insert, delete or flush, a store call,
+or at a random time.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,16 +57,21 @@ BM25_TARGETS = ["fsync", "replace", "npsave", "SparseIndex.save", "BM25Encoder.s
                 "DocStore.add_chunks", "DocStore.delete_docs", "DocStore.commit_generation", "DocStore.purge",
                 "HybridIndex._collect_garbage", "HybridIndex.commit", "time"]
 M3_TARGETS = ["FaissStore.save", "MultiVectorStore.save", "fsync", "time", "SparseIndex.save", "replace"]
+MILVUS_TARGETS = ["MilvusClient.insert", "MilvusClient.delete", "MilvusSparseStore.add", "MilvusSparseStore.remove",
+                  "MilvusClient.flush", "MilvusDenseStore.save", "DocStore.commit_generation", "replace",
+                  "MilvusSparseStore.committed", "MilvusDenseStore.add", "time"]
+MILVUS_TRIALS = int(os.environ.get("HYBRIDRAG_MILVUS_CRASH_TRIALS", "30"))
 
 
-def m3_pipeline(m3_dir: Path) -> dict[str, Any]:
+def m3_pipeline(m3_dir: Path, milvus: bool = False) -> dict[str, Any]:
     return {
         "name": "crash-m3",
         "encoder": {"kind": "m3", "model": str(m3_dir), "max_length": 64, "query_max_length": 32, "batch_size": 8},
         "chunking": {"max_tokens": 24, "overlap": 4},
         "dense": {"enabled": True, "depth": 50}, "sparse": {"enabled": True, "depth": 50},
-        "bm25": {"enabled": True, "depth": 50}, "colbert": {"enabled": True},
+        "bm25": {"enabled": True, "depth": 50}, "colbert": {"enabled": not milvus},
         "fusion": {"method": "weighted", "weights": {"dense": 0.3, "sparse": 0.2, "colbert": 0.3, "bm25": 0.2}},
+        "milvus": {"enabled": milvus},
     }
 
 
@@ -77,6 +89,60 @@ def run_worker(index: Path, seed: int, log: Path, env_extra: dict[str, str],
     if proc.returncode not in (0, -signal.SIGKILL):
         raise AssertionError(f"worker failed ({proc.returncode}): {err.decode()[-3000:]}")
     return proc.returncode
+
+
+class Zygote:
+    """``run_worker`` through one ``_crash_worker.py --zygote`` process that forks each worker
+    from a process that has already imported torch and loaded the model."""
+
+    def __init__(self, pipeline: dict[str, Any], seed: int, tmp: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        self.err = tmp / "zygote.err"
+        (tmp / "zygote.json").write_text(json.dumps(pipeline))
+        self.proc = subprocess.Popen([sys.executable, str(WORKER), "--zygote", str(tmp / "zygote.json"), str(seed)],
+                                     env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.err, "wb"),
+                                     text=True, bufsize=1)
+
+    def _read(self, timeout: float | None) -> dict[str, int] | None:
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            return None
+        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            raise AssertionError(f"crash zygote died: {self.err.read_text()[-3000:]}")
+        return json.loads(line)
+
+    def __call__(self, index: Path, seed: int, log: Path, env_extra: dict[str, str],
+                 kill_after: float | None = None) -> int:
+        self.proc.stdin.write(json.dumps({"args": [str(index), str(seed), str(log)], "env": env_extra}) + "\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+        pid = self._read(300)["pid"]  # type: ignore[index]
+        out = self._read(kill_after) if kill_after is not None else None
+        if out is None and kill_after is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if out is None:
+            out = self._read(300)
+        rc = out["rc"]  # type: ignore[index]
+        if rc not in (0, -signal.SIGKILL):
+            raise AssertionError(f"worker failed ({rc}): {self.err.read_text()[-3000:]}")
+        return rc
+
+    def close(self) -> None:
+        self.proc.stdin.close()  # type: ignore[union-attr]
+        self.proc.wait(timeout=60)
+
+
+def release_milvus_lite(index: Path) -> None:
+    """Milvus Lite keeps a data file locked by the process that opened it until that process
+    exits (closing the clients is not enough): free it for the worker process."""
+    if (index / "milvus.db").exists():
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(str(index / "milvus.db"))
 
 
 def last_logged(log: Path) -> int:
@@ -131,7 +197,13 @@ def assert_state(idx: HybridIndex, state: dict[str, dict[str, Any]], steps: list
 
 
 def crash_trials(tmp_path: Path, pipeline: dict[str, Any], targets: list[str], trials: int, seed: int,
-                 encoder: Any = None, data_seeds: tuple[int, ...] = (1, 2, 3)) -> Counter[str]:
+                 encoder: Any = None, data_seeds: tuple[int, ...] = (1, 2, 3), worker: Any = None) -> Counter[str]:
+    run_worker_ = worker or run_worker
+    # Every trial starts from a copy of one new, empty index (a Milvus Lite file inside the
+    # directory is copied with it, so each trial has its own collections).
+    template = tmp_path / "empty"
+    HybridIndex.create(template, pipeline, encoder=encoder).close()
+    release_milvus_lite(template)
     rng = random.Random(seed)
     # Count every target's calls in one uninterrupted run per data seed (the steps differ by
     # seed), then kill trial t at a seeded N-th call of its target.
@@ -139,9 +211,9 @@ def crash_trials(tmp_path: Path, pipeline: dict[str, Any], targets: list[str], t
     durations: dict[int, float] = {}
     for data_seed in data_seeds:
         d = tmp_path / f"count{data_seed}"
-        HybridIndex.create(d, pipeline, encoder=encoder).close()
+        shutil.copytree(template, d)
         t0 = time.monotonic()
-        rc = run_worker(d, data_seed, tmp_path / f"count{data_seed}.log",
+        rc = run_worker_(d, data_seed, tmp_path / f"count{data_seed}.log",
                         {"HYBRIDRAG_CRASH_COUNT": str(tmp_path / f"count{data_seed}.json")})
         durations[data_seed] = time.monotonic() - t0
         assert rc == 0
@@ -151,15 +223,15 @@ def crash_trials(tmp_path: Path, pipeline: dict[str, Any], targets: list[str], t
         data_seed = data_seeds[t % len(data_seeds)]
         target = targets[t % len(targets)]
         d = tmp_path / f"t{t}"
-        HybridIndex.create(d, pipeline, encoder=encoder).close()
+        shutil.copytree(template, d)
         log = tmp_path / f"t{t}.log"
         if target == "time":
-            rc = run_worker(d, data_seed, log, {}, kill_after=rng.uniform(0.3, durations[data_seed]))
+            rc = run_worker_(d, data_seed, log, {}, kill_after=rng.uniform(0.3, durations[data_seed]))
         else:
             total = counts[data_seed].get(target, 0)
             assert total > 0, f"target {target} is never called by the ingest"
             n = rng.randint(1, total)
-            rc = run_worker(d, data_seed, log, {"HYBRIDRAG_CRASH_AT": f"{target}:{n}"})
+            rc = run_worker_(d, data_seed, log, {"HYBRIDRAG_CRASH_AT": f"{target}:{n}"})
             assert rc == -signal.SIGKILL, f"{target}:{n} was not reached"
         done[target if rc != 0 else "time (finished)"] += 1
         steps = cw.make_steps(data_seed)
@@ -193,6 +265,7 @@ def crash_trials(tmp_path: Path, pipeline: dict[str, Any], targets: list[str], t
         finally:
             again.close()
         assert check_index(d) == []
+        release_milvus_lite(d)
     return done
 
 
@@ -220,3 +293,38 @@ def test_worker_counts_are_deterministic():
     states = cw.expected_states(cw.make_steps(7))
     assert states[0] == {} and len(states[-1]) > 0
     assert np.all([isinstance(k, str) for k in states[-1]])
+
+
+@pytest.fixture(scope="module")
+def milvus_crash_env(tmp_path_factory: pytest.TempPathFactory, m3_dir: Path) -> Any:
+    """The Milvus pipeline, a zygote forking the workers, and the test's encoder, both with
+    every chunk of the steps already encoded (shared by the two Milvus tiers)."""
+    pytest.importorskip("milvus_lite")
+    tmp = tmp_path_factory.mktemp("milvus-crash")
+    pipeline = m3_pipeline(m3_dir, milvus=True)
+    zygote = Zygote(pipeline, 1, tmp)
+    enc = cw.warm_encoder(pipeline, 1, tmp / "warm")  # the re-ingest after each kill encodes nothing new
+    yield pipeline, zygote, enc
+    zygote.close()
+
+
+def _milvus_crash(tmp_path: Path, env: Any, trials: int, seed: int) -> Counter[str]:
+    pipeline, zygote, enc = env
+    done = crash_trials(tmp_path, pipeline, MILVUS_TARGETS, trials, seed, encoder=enc, data_seeds=(1,),
+                        worker=zygote)
+    assert sum(done.values()) == trials
+    print(f"crash trials (milvus): {dict(done)}")
+    return done
+
+
+def test_sigkill_during_milvus_ingest_leaves_last_committed_state(tmp_path, milvus_crash_env):
+    # ingest, upsert and delete of the worker's steps, killed in Milvus writes (issue 24, F2)
+    _milvus_crash(tmp_path, milvus_crash_env, 3, SEED + 2)
+
+
+@pytest.mark.slow
+def test_sigkill_during_milvus_ingest_many_trials(tmp_path, milvus_crash_env):
+    done = _milvus_crash(tmp_path, milvus_crash_env, MILVUS_TRIALS, SEED + 3)
+    if MILVUS_TRIALS >= len(MILVUS_TARGETS):
+        for t in MILVUS_TARGETS[:-1]:  # every injected point was reached
+            assert done[t] >= 1, (t, done)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -254,16 +255,26 @@ def test_load_checks_collection_and_rows(uri: str, tmp_path: Path) -> None:
     files = store.save(tmp_path, "g1")
     doc = json.loads((tmp_path / files["milvus"]).read_text())
     assert doc["collection"] == name and doc["rows"] == 6 and doc["max_slot"] == 5
-    # Rows added after the save were never committed: load drops them.
+    # Rows added and removed after the save were never committed: a loaded store does not
+    # see them, and loading changes nothing in Milvus.
     store.add(np.array([6, 7]), np.ones((2, 4), np.float32))
-    loaded = MilvusDenseStore.load(tmp_path, files, store.config())
-    assert len(loaded) == 6
-    assert set(loaded.search(np.ones(4, np.float32), 10)[1][0].tolist()) == {0, 1, 2, 3, -1}
-    # A delete after the save cannot be undone: the row count no longer matches.
     store.remove(np.array([0]))
-    with pytest.raises(IndexFormatError, match="holds 5 rows but the index recorded 6"):
-        MilvusDenseStore.load(tmp_path, files, store.config())
+    assert len(store) == 7
+    for _ in range(2):
+        loaded = MilvusDenseStore.load(tmp_path, files, store.config())
+        assert len(loaded) == 6
+        assert set(loaded.search(np.ones(4, np.float32), 10)[1][0].tolist()) == {0, 1, 2, 3, -1}
+        np.testing.assert_array_equal(loaded.score(np.ones(4, np.float32), [np.array([0, 6])])[0],
+                                      np.array([1, -np.inf], np.float32))
+    assert len(store) == 7 and set(store.search(np.ones(4, np.float32), 10)[1][0].tolist()) == {1, 2, 3, 6, 7, -1}
+    # A save with the removal makes it visible; Milvus still holds the row until the next commit.
+    files2 = store.save(tmp_path, "g2")
+    assert len(MilvusDenseStore.load(tmp_path, files2, store.config())) == 7
+    # Rows deleted behind the index's back: the count no longer matches.
     client = MilvusClient(uri)
+    client.delete(name, filter="slot in [1, 2]")
+    with pytest.raises(IndexFormatError, match="holds 4 rows of generation 1 but the index recorded 6"):
+        MilvusDenseStore.load(tmp_path, files, store.config())
     client.drop_collection(name)
     with pytest.raises(IndexFormatError, match=f"{name}.*does not exist"):
         MilvusDenseStore.load(tmp_path, files, store.config())
@@ -275,7 +286,9 @@ def test_save_writes_relative_uri_inside_index_dir(tmp_path: Path) -> None:
     stores = milvus_stores({"enabled": True, "uri": "", "token": "", "collection": "hr"}, 4, tmp_path)
     assert set(stores) == {"dense", "sparse"}
     assert Path(stores["dense"].uri) == tmp_path / "milvus.db"
-    assert stores["sparse"].collection == "hr_sparse"
+    # each call makes new collections <collection>_<random id>_<kind>
+    assert re.fullmatch(r"hr_[0-9a-f]{12}_sparse", stores["sparse"].collection)
+    assert stores["dense"].collection[:-6] == stores["sparse"].collection[:-7]
     stores["dense"].add(np.arange(2), np.eye(2, 4, dtype=np.float32))
     stores["sparse"].add(np.arange(2), [{1: 1.0}, {}])
     files = {role: s.save(tmp_path, "g1") for role, s in stores.items()}
@@ -295,3 +308,24 @@ def test_missing_pymilvus_gives_install_hint(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delitem(sys.modules, "hybridrag.stores.milvus", raising=False)
     with pytest.raises(ImportError, match=r'pip install "hybridrag\[milvus\]"'):
         importlib.import_module("hybridrag.stores.milvus")
+
+
+def test_connection_comes_from_the_user_not_the_index_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hybridrag.stores.milvus import resolve_connection
+
+    monkeypatch.delenv("HYBRIDRAG_MILVUS_URI", raising=False)
+    monkeypatch.setenv("MILVUS_TOKEN", "tok")
+    # a Lite file inside the index directory: followed, and no token is sent
+    assert resolve_connection("milvus.db", tmp_path) == (str((tmp_path / "milvus.db").resolve()), None, True)
+    # a server, an absolute Lite path or a path leaving the directory: not followed
+    for stored in ("http://evil:19530", "https://h", str(tmp_path.parent / "x.db"), "../x.db", "a/../../x.db"):
+        with pytest.raises(ConfigError, match=r"milvus_uri=.*HYBRIDRAG_MILVUS_URI"):
+            resolve_connection(stored, tmp_path)
+    (tmp_path / "link.db").symlink_to(tmp_path.parent / "target.db")
+    with pytest.raises(ConfigError, match="outside the index directory"):
+        resolve_connection("link.db", tmp_path)
+    # the user names it (argument or environment): followed, with the token
+    assert resolve_connection("http://evil:19530", tmp_path, "http://mine:19530") == ("http://mine:19530", "tok", False)
+    assert resolve_connection("x", tmp_path, "http://mine:19530", "t2")[1] == "t2"
+    monkeypatch.setenv("HYBRIDRAG_MILVUS_URI", "http://env:19530")
+    assert resolve_connection("http://evil:19530", tmp_path) == ("http://env:19530", "tok", False)

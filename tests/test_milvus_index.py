@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from _ranking import assert_same_ranking
+from hybridrag.errors import ConfigError, IndexFormatError
 from hybridrag.index import HybridIndex
 from test_index import QUERIES, docs, m3_pipeline
 
@@ -63,3 +64,281 @@ def test_milvus_top10_equals_local(tmp_path, m3_dir):
     finally:
         again.close()
         ref.close()
+
+
+# --------------------------------------------------------------------------- commit protocol (issue 24)
+
+
+@pytest.fixture(scope="module")
+def m3_encoder(m3_dir):
+    from hybridrag.encoders.m3 import M3Encoder
+
+    return M3Encoder.from_pretrained(str(m3_dir))
+
+
+def _mv(m3_dir, **milvus):
+    return m3_pipeline(m3_dir, milvus={"enabled": True, "collection": "c", **milvus})
+
+
+def _assert_complete(idx, ids):
+    """The index holds exactly documents ``ids``, and every chunk has its Milvus vectors."""
+    live = idx.docstore.live_slots()
+    assert {r["doc_id"] for r in idx.docstore.get(live)} == set(ids)
+    q = idx.encoder.encode_queries(["vitamin"], max_length=32)
+    for mode in ("dense", "sparse"):
+        store = idx.stores[mode]
+        assert len(store) == len(live), mode
+        rep = q.dense if mode == "dense" else q.sparse
+        scores = store.score(rep, [np.asarray(live)])[0]
+        assert np.isfinite(scores).all(), f"{mode}: slots without a vector: {np.asarray(live)[~np.isfinite(scores)]}"
+
+
+def test_reader_load_keeps_a_live_writers_uncommitted_rows(tmp_path, m3_dir, m3_encoder):
+    # F1: a reader's load used to delete every Milvus row above the saved slot count.
+    w = HybridIndex.create(tmp_path / "i", _mv(m3_dir), encoder=m3_encoder)
+    try:
+        w.add(docs(8))
+        w.add([dict(d, id=f"n{d['id']}") for d in docs(8)], commit=False)  # in Milvus, not committed
+        r = HybridIndex.load(tmp_path / "i", encoder=m3_encoder)
+        try:
+            _assert_complete(r, [f"d{i}" for i in range(8)])  # the reader sees the committed state only
+        finally:
+            r.close()
+        w.commit()
+        _assert_complete(w, [f"d{i}" for i in range(8)] + [f"nd{i}" for i in range(8)])
+    finally:
+        w.close()
+    again = HybridIndex.load(tmp_path / "i", encoder=m3_encoder)
+    try:
+        _assert_complete(again, [f"d{i}" for i in range(8)] + [f"nd{i}" for i in range(8)])
+    finally:
+        again.close()
+
+
+def test_failed_upsert_leaves_the_committed_state_and_the_next_write_recovers(tmp_path, m3_dir, m3_encoder,
+                                                                            monkeypatch):
+    # F2: the upsert deleted the old rows in Milvus, then failed: the index no longer loaded.
+    from hybridrag.stores.milvus import MilvusSparseStore
+
+    idx = HybridIndex.create(tmp_path / "i", _mv(m3_dir), encoder=m3_encoder)
+    idx.add(docs(6))
+
+    def boom(*a, **k):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(MilvusSparseStore, "add", boom)
+    changed = [{"id": "d1", "text": "Milvus keeps the last committed state.", "metadata": {}}]
+    with pytest.raises(RuntimeError, match="injected"):
+        idx.upsert(changed)
+    monkeypatch.undo()
+    _assert_complete(idx, [f"d{i}" for i in range(6)])
+    idx.close()
+    again = HybridIndex.load(tmp_path / "i", encoder=m3_encoder)
+    try:
+        _assert_complete(again, [f"d{i}" for i in range(6)])
+        assert again.docstore.get(again.docstore.live_slots())[1]["text"] == docs(6)[1]["text"]
+        again.upsert(changed)  # no rebuild needed
+        _assert_complete(again, [f"d{i}" for i in range(6)])
+        assert "Milvus" in again.search("Milvus committed state", k=1, modes=["dense", "sparse"])[0].text
+    finally:
+        again.close()
+    last = HybridIndex.load(tmp_path / "i", encoder=m3_encoder)
+    try:
+        _assert_complete(last, [f"d{i}" for i in range(6)])
+    finally:
+        last.close()
+
+
+def test_opening_a_copy_never_changes_the_original(tmp_path, m3_dir, m3_encoder, monkeypatch):
+    # F3: loading a backup copy deleted the live index's newer rows; a writer on the copy
+    # must be refused (the collection belongs to the original directory).
+    import shutil
+
+    lite = str(tmp_path / "shared" / "milvus.db")  # outside both index directories
+    orig, copy = tmp_path / "orig", tmp_path / "copy"
+    idx = HybridIndex.create(orig, _mv(m3_dir, uri=lite), encoder=m3_encoder)
+    idx.add(docs(6))
+    idx.close()
+    shutil.copytree(orig, copy)
+    monkeypatch.setenv("HYBRIDRAG_MILVUS_URI", lite)
+    idx = HybridIndex.load(orig, encoder=m3_encoder)
+    idx.add([dict(d, id=f"n{d['id']}") for d in docs(4)])
+    idx.close()
+    everything = [f"d{i}" for i in range(6)] + [f"nd{i}" for i in range(4)]
+    cp = HybridIndex.load(copy, encoder=m3_encoder)
+    try:
+        _assert_complete(cp, [f"d{i}" for i in range(6)])
+    finally:
+        cp.close()
+    idx = HybridIndex.load(orig, encoder=m3_encoder)
+    try:
+        _assert_complete(idx, everything)
+    finally:
+        idx.close()
+    cp = HybridIndex.load(copy, encoder=m3_encoder)
+    try:
+        with pytest.raises(IndexFormatError, match="another index directory"):
+            cp.add([{"id": "x", "text": "written to the copy", "metadata": {}}])
+    finally:
+        cp.close()
+    idx = HybridIndex.load(orig, encoder=m3_encoder)
+    try:
+        _assert_complete(idx, everything)
+    finally:
+        idx.close()
+    # rebuild gives the copy collections of its own (the original's are left alone)
+    cp = HybridIndex.rebuild(copy, encoder=m3_encoder)
+    try:
+        cp.add([{"id": "x", "text": "written to the copy", "metadata": {}}])
+        _assert_complete(cp, [f"d{i}" for i in range(6)] + ["x"])
+    finally:
+        cp.close()
+    for path, ids in ((orig, everything), (copy, [f"d{i}" for i in range(6)] + ["x"])):
+        idx = HybridIndex.load(path, encoder=m3_encoder)
+        try:
+            _assert_complete(idx, ids)
+        finally:
+            idx.close()
+
+
+def test_create_overwrite_replaces_the_old_index_only_once_the_new_one_commits(tmp_path, m3_dir, m3_encoder):
+    # F5: create(overwrite=True) removed the old manifest and docstore, then failed on the
+    # old Milvus collections.
+    from pymilvus import MilvusClient
+
+    p = tmp_path / "i"
+    idx = HybridIndex.create(p, _mv(m3_dir), encoder=m3_encoder)
+    idx.add(docs(6))
+    old = {s.collection for s in idx.stores.values() if hasattr(s, "collection")}
+    idx.close()
+    # A new pipeline that cannot be built: the old index stays whole.
+    with pytest.raises(ConfigError, match=".db"):
+        HybridIndex.create(p, _mv(m3_dir, uri="vectors.sqlite"), overwrite=True, encoder=m3_encoder)
+    idx = HybridIndex.load(p, encoder=m3_encoder)
+    _assert_complete(idx, [f"d{i}" for i in range(6)])
+    idx.close()
+    idx = HybridIndex.create(p, _mv(m3_dir), overwrite=True, encoder=m3_encoder)
+    try:
+        assert len(idx) == 0
+        idx.add(docs(2))
+        _assert_complete(idx, ["d0", "d1"])
+        new = {s.collection for s in idx.stores.values() if hasattr(s, "collection")}
+        assert not new & old
+    finally:
+        idx.close()
+    client = MilvusClient(str(p / "milvus.db"))
+    try:
+        left = set(client.list_collections())
+    finally:
+        client.close()
+    assert new <= left and not old & left  # the replaced index's collections were dropped
+    again = HybridIndex.load(p, encoder=m3_encoder)
+    try:
+        _assert_complete(again, ["d0", "d1"])
+    finally:
+        again.close()
+
+
+def _tamper(path, mutate):
+    """Edit an index's Milvus store files as an attacker with write access would, keeping
+    the manifest's checksums valid."""
+    import json
+
+    from hybridrag.index import MANIFEST, _manifest_digest, _manifest_text, _sha256
+
+    m = json.loads((path / MANIFEST).read_text())
+    for mode in ("dense", "sparse"):
+        f = path / m["stores"][mode]["files"]["milvus"]
+        doc = json.loads(f.read_text())
+        mutate(doc)
+        f.write_text(json.dumps(doc))
+        m["checksums"][f.name] = _sha256(f)
+    m["manifest_sha256"] = _manifest_digest(m)
+    (path / MANIFEST).write_text(_manifest_text(m))
+
+
+def test_milvus_token_is_not_written_into_the_index(tmp_path, m3_dir, m3_encoder):
+    p = tmp_path / "i"
+    idx = HybridIndex.create(p, _mv(m3_dir, token="s3cret-token"), encoder=m3_encoder)
+    idx.add(docs(3))
+    idx.close()
+    assert "s3cret-token" not in "".join(f.read_text(errors="replace") for f in p.iterdir() if f.is_file())
+
+
+def test_connection_settings_are_not_read_from_the_index_directory(tmp_path, m3_dir, m3_encoder):
+    # F8: a uri stored in the index directory was followed on load (files created anywhere,
+    # any server contacted with $MILVUS_TOKEN).
+    p = tmp_path / "i"
+    idx = HybridIndex.create(p, _mv(m3_dir), encoder=m3_encoder)
+    idx.add(docs(3))
+    idx.close()
+    elsewhere = tmp_path / "elsewhere"
+    _tamper(p, lambda doc: doc.update(uri=str(elsewhere / "x.db")))
+    with pytest.raises(ConfigError, match="milvus_uri=.*HYBRIDRAG_MILVUS_URI"):
+        HybridIndex.load(p, encoder=m3_encoder)
+    _tamper(p, lambda doc: doc.update(uri="../elsewhere/x.db"))
+    with pytest.raises(ConfigError, match="outside the index directory"):
+        HybridIndex.load(p, encoder=m3_encoder)
+    assert not elsewhere.exists()
+    # The user names where Milvus is: then it is followed.
+    idx = HybridIndex.load(p, encoder=m3_encoder, milvus_uri=str(p / "milvus.db"))
+    try:
+        _assert_complete(idx, ["d0", "d1", "d2"])
+    finally:
+        idx.close()
+
+
+def test_index_on_a_lite_file_outside_its_directory_needs_the_uri_at_load(tmp_path, m3_dir, m3_encoder,
+                                                                           monkeypatch):
+    lite = str(tmp_path / "vectors" / "milvus.db")
+    p = tmp_path / "i"
+    HybridIndex.create(p, _mv(m3_dir, uri=lite), encoder=m3_encoder).close()
+    with pytest.raises(ConfigError, match="outside the index directory"):
+        HybridIndex.load(p, encoder=m3_encoder)
+    HybridIndex.load(p, encoder=m3_encoder, milvus_uri=lite).close()
+    monkeypatch.setenv("HYBRIDRAG_MILVUS_URI", lite)
+    HybridIndex.load(p, encoder=m3_encoder).close()
+
+
+def test_commit_that_fails_before_the_manifest_swap_can_be_retried(tmp_path, m3_dir, m3_encoder, monkeypatch):
+    # The stores were saved but the manifest swap failed: readers keep the last commit (the
+    # uncommitted delete included), and a later commit publishes everything once.
+    import os
+
+    idx = HybridIndex.create(tmp_path / "i", _mv(m3_dir), encoder=m3_encoder)
+    try:
+        idx.add(docs(6))
+        idx.delete(["d0"], commit=False)
+        idx.add([{"id": "n1", "text": "first uncommitted document", "metadata": {}}], commit=False)
+        real = os.replace
+
+        def fail(src, dst, **kw):
+            if str(dst) == str(tmp_path / "i" / "manifest.json"):
+                raise OSError("injected: disk full")
+            real(src, dst, **kw)
+
+        monkeypatch.setattr(os, "replace", fail)
+        with pytest.raises(OSError, match="injected"):
+            idx.commit()
+        monkeypatch.undo()
+        r = HybridIndex.load(tmp_path / "i", encoder=m3_encoder)
+        try:
+            _assert_complete(r, [f"d{i}" for i in range(6)])
+        finally:
+            r.close()
+        idx.add([{"id": "n2", "text": "second uncommitted document", "metadata": {}}], commit=False)
+        idx.commit()
+        want = [f"d{i}" for i in range(1, 6)] + ["n1", "n2"]
+        _assert_complete(idx, want)
+        idx.delete(["d1"])  # the next commit purges d0's rows from Milvus
+        want.remove("d1")
+        _assert_complete(idx, want)
+    finally:
+        idx.close()
+    again = HybridIndex.load(tmp_path / "i", encoder=m3_encoder)
+    try:
+        _assert_complete(again, want)
+        d0 = again.stores["dense"]
+        assert d0._live_count() == len(again) + 1  # d1's row waits for the next commit's purge
+    finally:
+        again.close()

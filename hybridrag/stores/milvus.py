@@ -17,7 +17,8 @@ How Milvus (Lite) traits are handled
 ------------------------------------
 * ``uri`` is a local ``*.db`` path (Milvus Lite, one process per data file) or an
   ``http(s)://`` URI plus ``token`` for a server or cluster. The token is never written
-  to disk: ``load`` takes it from ``config["token"]`` or the ``MILVUS_TOKEN`` variable.
+  to disk, and ``load`` follows a uri only when the caller names it (or it is a Lite
+  file inside the index directory): :func:`resolve_connection`.
 * Every search and query names its ``output_fields`` (Milvus returns every field
   otherwise). Searches fetch the stored vectors of their hits and re-score them
   exactly on the client (the same code as ``score``), then order by score descending
@@ -40,13 +41,17 @@ How Milvus (Lite) traits are handled
   ``slot in [...]`` filters whose results are merged, so ``k`` hits come back when
   ``k`` exist.
 
-Persistence: Milvus holds the vectors. ``save`` writes one small JSON file
-(``milvus-dense-<tag>.json`` / ``milvus-sparse-<tag>.json``) with the collection, the URI
-(relative when the Milvus Lite file lies inside the index directory), the row count,
-the largest slot and the config. ``load`` reconnects, checks the collection, deletes
-rows added after that save (slots above the saved largest slot: writes the manifest
-never committed), and raises :class:`~hybridrag.errors.IndexFormatError` when the
-collection is missing or its row count differs.
+Persistence: Milvus holds the vectors. Every row carries ``gen``, the store generation it
+was written at. ``save`` writes one small JSON file (``milvus-dense-<tag>.json`` /
+``milvus-sparse-<tag>.json``) with the collection, the URI (relative when the Milvus Lite
+file lies inside the index directory), the generation it makes visible, the row count,
+the largest slot, the slots removed since the last commit and the config. ``load`` opens
+that state read-only (rows of later generations and removed slots are filtered out of
+every search, score and count; nothing in Milvus is changed) and raises
+:class:`~hybridrag.errors.IndexFormatError` when the collection is missing or its visible
+row count differs. The first write of a loaded store deletes rows no commit made visible;
+removed rows are purged by the commit after the one that recorded the removal
+(docs/MILVUS.md, "Commit protocol").
 
 Tests: ``tests/test_milvus.py``, ``tests/test_store_conformance.py``.
 """
@@ -56,6 +61,7 @@ import json
 import logging
 import math
 import os
+import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -85,6 +91,8 @@ __all__ = [
     "MilvusDenseStore",
     "MilvusSparseStore",
     "milvus_stores",
+    "resolve_connection",
+    "directory_owner",
     "filter_expression",
     "DENSE_INDEX_TYPES",
     "SPARSE_INDEX_TYPES",
@@ -94,7 +102,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Largest ``limit`` a Milvus server accepts for one search.
 MAX_HITS = 16384
 #: Term id stored for a sparse row without weights (Milvus rejects empty sparse rows).
@@ -105,6 +113,11 @@ _SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
 _PK = "slot"
 _VEC = "vector"
 _META = "metadata"
+_GEN = "gen"  # the store generation a row was written at (readers see committed ones only)
+_OWNER = "hybridrag.owner"  # collection property: the index directory that writes it
+#: Environment variable naming the Milvus URI when ``load`` is not given one.
+URI_ENV = "HYBRIDRAG_MILVUS_URI"
+TOKEN_ENV = "MILVUS_TOKEN"
 _INSERT_BATCH = 1000
 _ID_CHUNK = 16384  # slots per "slot in [...]" expression
 _TIE_MARGIN = 8
@@ -218,6 +231,63 @@ def _is_server(uri: str) -> bool:
     return uri.startswith(_SERVER_SCHEMES)
 
 
+def _inside(uri: str, directory: Path) -> bool:
+    """Whether ``uri`` is a Milvus Lite file inside ``directory`` (symbolic links resolved)."""
+    if _is_server(uri):
+        return False
+    try:
+        Path(uri).expanduser().resolve().relative_to(Path(directory).resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def directory_owner(directory: Path) -> str:
+    """The identity of an index directory that a collection records as its writer.
+
+    Device and inode: a renamed directory keeps them, a copy (a backup, a ``cp -r``) does
+    not, so a writer on a copy is refused instead of changing the original's collection.
+    """
+    st = os.stat(directory)
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def resolve_connection(stored: Any, directory: Path, uri: str | None = None,
+                       token: str | None = None) -> tuple[str, str | None, bool]:
+    """``(uri, token, private)`` for an index whose files name Milvus at ``stored``.
+
+    Connection settings come from the user, never from the index directory alone:
+    ``uri`` (an argument, else ``$HYBRIDRAG_MILVUS_URI``) wins; without it only a Milvus
+    Lite file inside ``directory`` is opened (``stored`` relative, resolving inside it).
+    A server or a Lite file elsewhere raises :class:`ConfigError` saying how to pass it.
+    ``token`` (else ``$MILVUS_TOKEN``) goes only to a URI the user named. ``private``
+    is True for a Lite file inside ``directory`` (copied with it, so owned by it).
+    """
+    directory = Path(directory)
+    uri = uri or os.environ.get(URI_ENV) or None
+    if uri is not None:
+        if not isinstance(uri, str):
+            raise ConfigError(f"milvus uri must be a str, got {uri!r}")
+        if not _is_server(uri):
+            uri = str(Path(uri).expanduser().resolve())
+        return uri, token or os.environ.get(TOKEN_ENV) or None, _inside(uri, directory)
+    if not isinstance(stored, str) or not stored:
+        raise IndexFormatError(f"{directory}: the index names no Milvus uri ({stored!r})")
+    where = None
+    if _is_server(stored):
+        where = "a Milvus server"
+    elif Path(stored).expanduser().is_absolute() or not _inside(str(directory / stored), directory):
+        where = "a Milvus Lite file outside the index directory"
+    if where is not None:
+        raise ConfigError(
+            f"the index at {str(directory)!r} keeps its vectors in {where} ({stored!r}); hybridrag does not "
+            "follow connection settings read from an index directory. If you trust it, pass it: "
+            f"HybridIndex.load(path, milvus_uri={stored!r}) (and milvus_token=... for a server), "
+            f"or set {URI_ENV} (and {TOKEN_ENV})"
+        )
+    return str((directory / stored).resolve()), None, True
+
+
 def _connect(uri: str, token: str | None) -> Any:
     if _is_server(uri):
         return MilvusClient(uri=uri, token=token or "")
@@ -259,6 +329,7 @@ class _MilvusStore:
         search_params: dict[str, Any] | None,
         max_filter_ids: int,
         overwrite: bool,
+        owner: str | None = None,
         _attach: bool = False,
     ) -> None:
         if not isinstance(uri, str) or not uri:
@@ -278,9 +349,20 @@ class _MilvusStore:
         self.search_params = dict(search_params or {})
         self.max_filter_ids = int(max_filter_ids)
         self._token = token
+        self._owner = owner
         self._client = _connect(uri, token)
         self._max_slot = -1
         self._count: int | None = None
+        # Commit state (see "Commit protocol" in docs/MILVUS.md): rows carry the store
+        # generation they were written at (_next); a reader sees gen <= _gen (committed), the
+        # writer also its own later rows. Removed rows stay in Milvus, hidden, until the
+        # commit after the one that recorded the removal purges them.
+        self._gen = 0
+        self._next = 1
+        self._writer = not _attach  # a loaded store turns writer at its first write
+        self._removed: set[int] = set()  # removed since the last commit (visible to readers)
+        self._purge: set[int] = set()  # removed by the last commit, still in Milvus
+        self._saved: tuple[int, set[int]] | None = None
         if self._client.has_collection(collection):
             self._check_collection()
             self._client.load_collection(collection)
@@ -307,11 +389,14 @@ class _MilvusStore:
     def _create(self) -> None:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field(_PK, DataType.INT64, is_primary=True)
+        schema.add_field(_GEN, DataType.INT64)
         self._vector_field(schema)
         schema.add_field(_META, DataType.JSON)
         ip = self._client.prepare_index_params()
         ip.add_index(field_name=_VEC, index_type=self.index_type, metric_type="IP", params=self._build_params())
-        self._client.create_collection(self.collection, schema=schema, index_params=ip, consistency_level="Strong")
+        props = {_OWNER: self._owner} if self._owner else {}
+        self._client.create_collection(self.collection, schema=schema, index_params=ip, consistency_level="Strong",
+                                       properties=props)
         self._check_collection()
         self._count = 0
 
@@ -327,11 +412,14 @@ class _MilvusStore:
         fields = {f["name"]: f for f in desc.get("fields", [])}
         want_type, want_params = self._expected_vector()
         pk, vec = fields.get(_PK), fields.get(_VEC)
+        gen = fields.get(_GEN)
         if pk is None or not pk.get("is_primary") or pk.get("type") != DataType.INT64 or vec is None \
-                or vec.get("type") != want_type or _META not in fields:
+                or vec.get("type") != want_type or _META not in fields or gen is None \
+                or gen.get("type") != DataType.INT64:
             raise IndexFormatError(
                 f"Milvus collection {self.collection!r} does not have the {self._kind} schema "
-                f"({_PK} INT64 primary key, {_VEC} {want_type.name}, {_META} JSON); fields: {sorted(fields)}"
+                f"({_PK} INT64 primary key, {_GEN} INT64, {_VEC} {want_type.name}, {_META} JSON); "
+                f"fields: {sorted(fields)}"
             )
         for key, val in want_params.items():
             got = vec.get("params", {}).get(key)
@@ -365,22 +453,57 @@ class _MilvusStore:
 
     def __len__(self) -> int:
         if self._count is None:
-            self._count = self._live_count()
+            self._count = self._visible_count()
         return self._count
 
-    def _live_count(self) -> int:
-        res = self._client.query(self.collection, filter="", output_fields=["count(*)"])
+    def _live_count(self, expr: str = "") -> int:
+        res = self._client.query(self.collection, filter=expr, output_fields=["count(*)"])
         return int(res[0]["count(*)"]) if res else 0
 
-    def _present(self, slots: np.ndarray) -> np.ndarray:
-        """The slots among ``slots`` that are stored (unique, sorted)."""
+    def _visible(self) -> str:
+        """The rows this store sees: committed ones, plus its own writes when it is the writer."""
+        return f"{_GEN} <= {self._next if self._writer else self._gen}"
+
+    def _hidden(self) -> set[int]:
+        return self._purge | self._removed
+
+    def _visible_count(self) -> int:
+        hidden = self._hidden()
+        n = self._live_count(self._visible())
+        if hidden:
+            n -= self._present(np.fromiter(hidden, np.int64, len(hidden)), self._visible()).shape[0]
+        return n
+
+    def _present(self, slots: np.ndarray, expr: str = "") -> np.ndarray:
+        """The slots among ``slots`` that are stored (unique, sorted), among rows matching ``expr``."""
         found: list[int] = []
         uniq = np.unique(slots)
         for s in range(0, uniq.shape[0], _ID_CHUNK):
             chunk = uniq[s : s + _ID_CHUNK]
-            res = self._client.query(self.collection, filter=f"{_PK} in {_slot_list(chunk)}", output_fields=[_PK])
+            res = self._client.query(self.collection, filter=self._and(expr, f"{_PK} in {_slot_list(chunk)}"),
+                                     output_fields=[_PK])
             found += [int(r[_PK]) for r in res]
         return np.array(sorted(found), dtype=np.int64)
+
+    def _begin_write(self) -> None:
+        """Turn a loaded store into the writer: called (under the index's write lock) before
+        its first change. Refuses a collection another index directory writes, then deletes
+        the rows no commit made visible (a dead or failed writer's leftovers)."""
+        if self._writer:
+            return
+        if self._owner is not None:
+            props = self._client.describe_collection(self.collection).get("properties") or {}
+            if props.get(_OWNER, self._owner) != self._owner:  # no owner: made by the store API
+                raise IndexFormatError(
+                    f"Milvus collection {self.collection!r} at {self.uri!r} is written by another index "
+                    f"directory (owner {props.get(_OWNER)!r}, this one is {self._owner!r}): this index is a copy "
+                    "or a backup of it. Open it read-only, or give the copy its own collections with "
+                    "HybridIndex.rebuild(path, milvus_uri=...)"
+                )
+        self._client.delete(self.collection, filter=f"{_GEN} > {self._gen}")
+        self._next = self._gen + 1
+        self._writer = True
+        self._count = None
 
     def add(self, slots: np.ndarray, data: Any, metadata: Sequence[Mapping[str, Any]] | None = None) -> None:
         """Add rows ``data`` under ``slots``; ``metadata[i]`` (a JSON dict) is stored for filtering."""
@@ -397,13 +520,15 @@ class _MilvusStore:
             return
         if np.unique(slots).shape[0] != n:
             raise ValueError("slots contain duplicates; each row needs its own slot")
+        self._begin_write()
         live = self._present(slots)
         if live.shape[0]:
             raise ValueError(f"slots already present: {live[:10].tolist()}; remove them first")
         for s in range(0, n, _INSERT_BATCH):
             e = min(s + _INSERT_BATCH, n)
             batch = [
-                {_PK: int(slots[i]), _VEC: rows[i], _META: dict(metadata[i]) if metadata is not None else {}}
+                {_PK: int(slots[i]), _GEN: self._next, _VEC: rows[i],
+                 _META: dict(metadata[i]) if metadata is not None else {}}
                 for i in range(s, e)
             ]
             self._client.insert(self.collection, batch)
@@ -412,12 +537,17 @@ class _MilvusStore:
             self._count += n
 
     def remove(self, slots: np.ndarray) -> None:
-        """Delete rows by slot; unknown slots are ignored."""
+        """Delete rows by slot; unknown slots are ignored.
+
+        The rows disappear from this store at once; in Milvus they stay (readers of the
+        committed state still need them) until the commit after the one that saves the
+        removal purges them.
+        """
         slots = np.unique(as_slots(slots))
         if slots.shape[0] == 0:
             return
-        for s in range(0, slots.shape[0], _ID_CHUNK):
-            self._client.delete(self.collection, filter=f"{_PK} in {_slot_list(slots[s : s + _ID_CHUNK])}")
+        self._begin_write()
+        self._removed |= set(self._present(slots, self._visible()).tolist()) - self._purge
         self._count = None
 
     def score(self, queries: Any, candidates: list[np.ndarray]) -> list[np.ndarray]:
@@ -428,6 +558,8 @@ class _MilvusStore:
         cands = [as_slots(c, "candidates") for c in candidates]
         allc = np.unique(np.concatenate(cands)) if cands else np.zeros(0, np.int64)
         vecs = self._fetch(allc)
+        for h in self._hidden() & vecs.keys():
+            del vecs[h]
         out = []
         for q, cand in zip(local, cands):
             res = np.full(cand.shape[0], -np.inf, dtype=np.float32)
@@ -441,7 +573,8 @@ class _MilvusStore:
         out: dict[int, Any] = {}
         for s in range(0, slots.shape[0], _ID_CHUNK):
             chunk = slots[s : s + _ID_CHUNK]
-            res = self._client.query(self.collection, filter=f"{_PK} in {_slot_list(chunk)}", output_fields=[_PK, _VEC])
+            res = self._client.query(self.collection, filter=self._and(self._visible(), f"{_PK} in {_slot_list(chunk)}"),
+                                     output_fields=[_PK, _VEC])
             for r in res:
                 out[int(r[_PK])] = r[_VEC]
         return out
@@ -460,6 +593,10 @@ class _MilvusStore:
             raise ValueError(f"k must be <= {MAX_HITS} (the largest Milvus search limit), got {k}")
         mq, local = self._prepare_queries(queries)
         allowed = check_allowed(allowed, self._max_slot + 1)
+        hidden = [h for h in self._hidden() if h <= self._max_slot]
+        if hidden:  # removed rows still in Milvus: filtered out like a mask
+            allowed = np.ones(self._max_slot + 1, bool) if allowed is None else allowed.copy()
+            allowed[hidden] = False
         nq = len(local)
         out_s, out_i = empty_results(nq, k)
         if where is None or where == "":
@@ -499,7 +636,7 @@ class _MilvusStore:
 
     @staticmethod
     def _and(a: str, b: str) -> str:
-        return f"{a} and {b}" if a else b
+        return f"{a} and {b}" if a and b else a or b
 
     def _merged(self, mq: Any, q: Any, k: int, exprs: list[str]) -> list[tuple[float, int]]:
         hits: list[tuple[float, int]] = []
@@ -537,7 +674,7 @@ class _MilvusStore:
     ) -> tuple[list[tuple[float, int]], bool, bool]:
         """One Milvus search; returns (sorted exact hits, Milvus ran out of rows, top-k is settled)."""
         res = self._client.search(
-            self.collection, data=[mq], anns_field=_VEC, limit=limit, filter=expr,
+            self.collection, data=[mq], anns_field=_VEC, limit=limit, filter=self._and(self._visible(), expr),
             output_fields=[_VEC], search_params={"metric_type": "IP", "params": dict(self.search_params)},
         )[0]
         exhausted = len(res) < limit
@@ -568,15 +705,26 @@ class _MilvusStore:
         return f"milvus-{self._kind}-{tag}.json"
 
     def save(self, directory: Path, tag: str) -> dict[str, str]:
-        """Flush, then write the NEW file ``milvus-<kind>-<tag>.json``; returns ``{"milvus": name}``."""
+        """Flush, then write the NEW file ``milvus-<kind>-<tag>.json``; returns ``{"milvus": name}``.
+
+        Called by the writer (under the index's write lock) before it swaps the manifest:
+        the file names the store generation whose rows it makes visible and the rows
+        removed since the last commit. Rows removed by the last commit are purged from
+        Milvus first (that commit is on disk, so no committed state needs them any more).
+        """
         if not isinstance(tag, str) or not tag or "/" in tag or "\\" in tag:
             raise ValueError(f"tag must be a non-empty file-name-safe str, got {tag!r}")
         directory = Path(directory)
         name = self._file_name(tag)
         if (directory / name).exists():
             raise FileExistsError(f"{directory / name} already exists; save with a new tag")
+        self._begin_write()
+        purge = np.array(sorted(self._purge), dtype=np.int64)
+        for s in range(0, purge.shape[0], _ID_CHUNK):
+            self._client.delete(self.collection, filter=f"{_PK} in {_slot_list(purge[s : s + _ID_CHUNK])}")
+        self._purge = set()
         self._client.flush(self.collection)
-        self._count = self._live_count()
+        self._count = self._visible_count()
         uri = self.uri
         if not _is_server(uri):
             path = Path(uri).expanduser().resolve()
@@ -584,24 +732,42 @@ class _MilvusStore:
                 uri = str(path.relative_to(directory.resolve()))
             except ValueError:
                 uri = str(path)
+        gen = self._next
         doc = {
             "format_version": FORMAT_VERSION, "kind": self._kind, "collection": self.collection, "uri": uri,
-            "rows": self._count, "max_slot": self._max_slot, "config": self.config(),
+            "rows": self._count, "max_slot": self._max_slot, "generation": gen,
+            "removed": sorted(self._removed), "config": self.config(),
         }
 
         def _w(path: Path) -> None:
             path.write_text(json.dumps(doc, indent=1, sort_keys=True), encoding="utf-8")
 
         new_file(directory, name, _w)
+        self._saved = (gen, set(self._removed))
+        self._next = gen + 1  # later writes are not part of this save
         return {"milvus": name}
+
+    def committed(self) -> None:
+        """The manifest naming the last ``save`` is on disk: its generation is now the
+        committed one, and the rows it removed may be purged by the next ``save``."""
+        if self._saved is None:
+            return
+        self._gen, removed = self._saved
+        self._purge = removed
+        self._removed -= removed
+        self._saved = None
 
     @classmethod
     def load(cls, directory: Path, files: dict[str, str], config: dict) -> Self:
-        """Reconnect to the collection ``save`` recorded; check it exists and holds the saved rows.
+        """Open the committed state ``save`` recorded, read-only until the first write.
 
-        Rows added after that save (slots above the saved largest slot) were never
-        committed and are deleted. ``config["token"]`` (or ``$MILVUS_TOKEN``) is the
-        server token; it is never persisted.
+        Milvus is not changed: rows written after that save (a live writer's work in
+        progress, or a dead writer's leftovers) stay invisible, and are deleted only by
+        the next writer's first write. The connection comes from the caller, never from
+        the file alone (:func:`resolve_connection`): ``config["uri"]`` / ``config["token"]``
+        or ``$HYBRIDRAG_MILVUS_URI`` / ``$MILVUS_TOKEN``; without them only a Milvus Lite
+        file inside ``directory`` is opened. Raises :class:`IndexFormatError` when the
+        collection is missing or does not hold the saved rows.
         """
         directory = Path(directory)
         if "milvus" not in files:
@@ -612,35 +778,56 @@ class _MilvusStore:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
             version, kind, coll = doc["format_version"], doc["kind"], doc["collection"]
-            uri, rows, max_slot = doc["uri"], int(doc["rows"]), int(doc["max_slot"])
         except (ValueError, KeyError, TypeError) as exc:
             raise IndexFormatError(f"cannot read Milvus store file {path}: {exc}") from exc
-        if version > FORMAT_VERSION:
+        if not isinstance(version, int) or version > FORMAT_VERSION:
             raise IndexFormatError(f"Milvus store format {version} is newer than this library reads "
                                    f"({FORMAT_VERSION}); upgrade hybridrag")
+        if version < FORMAT_VERSION:
+            raise IndexFormatError(f"{path}: Milvus store format {version} has no commit generations; "
+                                   "re-create its collections with `hybridrag rebuild`")
         if kind != cls._kind:
             raise IndexFormatError(f"{path} describes a Milvus {kind} store, not {cls._kind}")
-        if not _is_server(uri) and not Path(uri).is_absolute():
-            uri = str(directory / uri)
+        try:
+            rows, max_slot, gen = int(doc["rows"]), int(doc["max_slot"]), int(doc["generation"])
+            removed = {int(x) for x in doc["removed"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IndexFormatError(f"cannot read Milvus store file {path}: {exc}") from exc
+        uri, token, private = resolve_connection(doc.get("uri"), directory, config.get("uri"), config.get("token"))
         kw = {key: v for key, v in {**doc.get("config", {}), **config}.items() if key in cls._params}
-        kw.update(uri=uri, collection=coll, token=config.get("token") or os.environ.get("MILVUS_TOKEN"))
+        kw.update(uri=uri, collection=coll, token=token, owner=None if private else directory_owner(directory))
         try:
             store = cls(**kw, _attach=True)
         except TypeError as exc:
             raise IndexFormatError(f"bad {cls.__name__} config {config!r}: {exc}") from exc
-        store._max_slot = max_slot
-        extra = store._client.query(store.collection, filter=f"{_PK} > {max_slot}", output_fields=[_PK])
-        if extra:
-            logger.warning("Milvus collection %r: deleting %d rows added after the committed save",
-                           coll, len(extra))
-            store._client.delete(store.collection, filter=f"{_PK} > {max_slot}")
-        store._count = store._live_count()
+        store._max_slot, store._gen, store._next, store._purge = max_slot, gen, gen + 1, removed
+        store._count = store._visible_count()
         if store._count != rows:
             raise IndexFormatError(
-                f"Milvus collection {coll!r} at {uri!r} holds {store._count} rows but the index recorded {rows}; "
-                "it was changed after this index was committed (another writer, or an uncommitted delete)"
+                f"Milvus collection {coll!r} at {uri!r} holds {store._count} rows of generation {gen} but the index "
+                f"recorded {rows}; it was changed after this index was committed (purged by a newer commit of "
+                "the index this one was copied from, or changed outside hybridrag)"
             )
         return store
+
+    def connection(self) -> dict[str, str]:
+        """``{"uri", "token"}`` to reopen this store's Milvus (``{}`` for a private Lite file)."""
+        if self._owner is None and not _is_server(self.uri):
+            return {}
+        return {"uri": self.uri, **({"token": self._token} if self._token else {})}
+
+    def drop_collections(self, names: Sequence[str]) -> list[str]:
+        """Drop the named collections of this Milvus that this index directory owns (its
+        collections before a ``create(overwrite=True)`` or a rebuild); returns those dropped."""
+        out = []
+        for name in names:
+            if name == self.collection or not self._client.has_collection(name):
+                continue
+            props = self._client.describe_collection(name).get("properties") or {}
+            if props.get(_OWNER) == self._owner:
+                self._client.drop_collection(name)
+                out.append(name)
+        return out
 
     _params: tuple[str, ...] = ()
 
@@ -669,6 +856,8 @@ class MilvusDenseStore(_MilvusStore):
         search_params: search parameters (e.g. ``{"ef": 128}`` or ``{"nprobe": 16}``).
         max_filter_ids: largest ``allowed`` set sent to Milvus as an id list.
         overwrite: drop an existing non-empty collection of that name instead of raising.
+        owner: recorded in a new collection's properties (``directory_owner`` of the index
+            that writes it); a store loaded with another owner refuses to write. Not persisted.
     """
 
     _kind = "dense"
@@ -686,13 +875,14 @@ class MilvusDenseStore(_MilvusStore):
         search_params: dict[str, Any] | None = None,
         max_filter_ids: int = 16384,
         overwrite: bool = False,
+        owner: str | None = None,
         _attach: bool = False,
     ) -> None:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ConfigError(f"dim must be an int >= 1, got {dim!r}")
         self.dim = int(dim)
         super().__init__(uri, token, collection, index_type, index_params, search_params, max_filter_ids,
-                         overwrite, _attach)
+                         overwrite, owner, _attach)
 
     def _vector_field(self, schema: Any) -> None:
         schema.add_field(_VEC, DataType.FLOAT_VECTOR, dim=self.dim)
@@ -749,10 +939,11 @@ class MilvusSparseStore(_MilvusStore):
         search_params: dict[str, Any] | None = None,
         max_filter_ids: int = 16384,
         overwrite: bool = False,
+        owner: str | None = None,
         _attach: bool = False,
     ) -> None:
         super().__init__(uri, token, collection, index_type, index_params, search_params, max_filter_ids,
-                         overwrite, _attach)
+                         overwrite, owner, _attach)
         self.search_params.setdefault("drop_ratio_search", 0.0)
 
     def _vector_field(self, schema: Any) -> None:
@@ -808,32 +999,46 @@ class MilvusSparseStore(_MilvusStore):
 # --------------------------------------------------------------------------- factory
 
 
-def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path) -> dict[str, _MilvusStore]:
-    """``{"dense": MilvusDenseStore, "sparse": MilvusSparseStore}`` from a ``[milvus]`` section.
+def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path, *, uri: str | None = None,
+                  token: str | None = None, from_index: bool = False) -> dict[str, _MilvusStore]:
+    """``{"dense": MilvusDenseStore, "sparse": MilvusSparseStore}`` on NEW collections.
 
-    ``cfg`` is the section as a dict (or a ``MilvusConfig``): ``uri`` (``""`` or a
-    relative path = a Milvus Lite file inside ``index_dir``, default ``milvus.db``; an
-    absolute ``.db`` path; or ``http(s)://host:port``), ``token``, ``collection`` (the
-    stores use ``<collection>_dense`` and ``<collection>_sparse``). ``"dense"`` is left
-    out when ``dim`` is None (an encoder without a dense output).
+    ``cfg`` is the ``[milvus]`` section as a dict (or a ``MilvusConfig``): ``uri`` (``""``
+    or a relative path = a Milvus Lite file inside ``index_dir``, default ``milvus.db``; an
+    absolute ``.db`` path; or ``http(s)://host:port``), ``token``, ``collection``. Each call
+    creates fresh collections ``<collection>_<id>_dense`` / ``<collection>_<id>_sparse``
+    (``<id>`` random), so an index being built never touches the collections of the one
+    it replaces. ``"dense"`` is left out when ``dim`` is None (an encoder without a dense
+    output). ``uri`` / ``token`` given here override the section; with ``from_index``
+    (the section was read from an index directory) its uri and token are not trusted and
+    :func:`resolve_connection` applies.
     """
     if not isinstance(cfg, Mapping):
         cfg = {key: getattr(cfg, key) for key in ("enabled", "uri", "token", "collection") if hasattr(cfg, key)}
     unknown = set(cfg) - {"enabled", "uri", "token", "collection"}
     if unknown:
         raise ConfigError(f"unknown [milvus] settings {sorted(unknown)}; valid: enabled, uri, token, collection")
-    uri = cfg.get("uri") or ""
-    token = cfg.get("token") or None
+    stored = cfg.get("uri") or ""
     coll = cfg.get("collection") or "hybridrag"
-    if not isinstance(uri, str):
-        raise ConfigError(f"[milvus] uri must be a str, got {uri!r}")
-    if not _is_server(uri):
-        path = Path(uri or "milvus.db").expanduser()
-        if not path.is_absolute():
-            path = Path(index_dir) / path
-        uri = str(path)
+    if not isinstance(stored, str):
+        raise ConfigError(f"[milvus] uri must be a str, got {stored!r}")
+    if from_index:
+        where, token, private = resolve_connection(stored or "milvus.db", Path(index_dir), uri, token)
+    else:
+        token = token or cfg.get("token") or None
+        where = uri or stored
+        if not _is_server(where):
+            path = Path(where or "milvus.db").expanduser()
+            if not path.is_absolute() and not uri:
+                path = Path(index_dir) / path
+            where = str(path)
+        elif token is None:
+            token = os.environ.get(TOKEN_ENV) or None
+        private = _inside(where, Path(index_dir))
+    owner = None if private else directory_owner(Path(index_dir))
+    uid = uuid.uuid4().hex[:12]
     out: dict[str, _MilvusStore] = {}
     if dim is not None:
-        out["dense"] = MilvusDenseStore(dim, uri=uri, token=token, collection=f"{coll}_dense")
-    out["sparse"] = MilvusSparseStore(uri=uri, token=token, collection=f"{coll}_sparse")
+        out["dense"] = MilvusDenseStore(dim, uri=where, token=token, collection=f"{coll}_{uid}_dense", owner=owner)
+    out["sparse"] = MilvusSparseStore(uri=where, token=token, collection=f"{coll}_{uid}_sparse", owner=owner)
     return out
