@@ -44,6 +44,7 @@ from hybridrag.errors import (
     IndexLockedError,
 )
 from hybridrag.search import planner
+from hybridrag.search.fusion import FUSION_METHODS
 from hybridrag.types import Chunk, Document, Hit
 
 logger = logging.getLogger(__name__)
@@ -827,7 +828,7 @@ class HybridIndex:
         """Search a batch of queries; returns one list of up to ``k`` :class:`Hit` per query.
 
         Overrides (per call, the pipeline is unchanged): ``modes`` (a subset of the
-        index's enabled modes), ``fusion`` (weighted | relative | rrf), ``weights``,
+        index's enabled modes), ``fusion`` (weighted | relative | rrf | adaptive), ``weights``,
         ``depth`` (first-stage candidates per mode), ``rerank`` / ``rerank_k``.
         ``filters`` restrict hits to chunks whose metadata match before top-k.
         """
@@ -851,7 +852,10 @@ class HybridIndex:
             if not allowed.any():
                 return [[] for _ in queries]
         reps = self._encode_queries(list(queries), plan.modes)
-        ranked = planner.run(plan, reps, self.stores, allowed=allowed)
+        coverage = None
+        if plan.fusion == "adaptive" and any(m in planner.NEURAL for m in plan.modes):
+            coverage = planner.query_coverage(self.encoder.tokenizer, list(queries))
+        ranked = planner.run(plan, reps, self.stores, allowed=allowed, coverage=coverage)
         out: list[list[Hit]] = []
         for qi, cand in enumerate(ranked):
             if plan.rerank and len(cand.slots):
@@ -906,8 +910,8 @@ class HybridIndex:
                 raise ValueError(f"depth for {m!r} must be a positive integer, got {d!r}")
             depths[m] = max(d, k)
         method = fusion or cfg.fusion.method
-        if method not in ("weighted", "relative", "rrf"):
-            raise ValueError(f"unknown fusion {method!r}; choose weighted, relative or rrf")
+        if method not in FUSION_METHODS:
+            raise ValueError(f"unknown fusion {method!r}; choose one of {FUSION_METHODS}")
         do_rerank = cfg.rerank.enabled if rerank is None else bool(rerank)
         rk = cfg.rerank.k if rerank_k is None else rerank_k
         if isinstance(rk, bool) or not isinstance(rk, int) or rk < 1:
@@ -945,7 +949,8 @@ class HybridIndex:
                 final = scores["rerank"]
             ranks = {m: int(r[i]) for m, r in cand.ranks.items() if r[i] > 0}
             hits.append(Hit(chunk_id=row["chunk_id"], doc_id=row["doc_id"], text=row["text"], score=final,
-                            metadata=row["metadata"], span=(row["start"], row["end"]), scores=scores, ranks=ranks))
+                            metadata=row["metadata"], span=(row["start"], row["end"]), scores=scores, ranks=ranks,
+                            weights=dict(cand.weights)))
         return hits
 
     # ------------------------------------------------------------------ info

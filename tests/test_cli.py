@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,6 +71,11 @@ def test_ingest_query_info_check(tmp_path, pipeline_file, corpus):
     assert hits[0]["doc_id"] == "a.txt" and set(hits[0]["scores"]) == {"dense", "bm25", "fused"}
     r = hybridrag("query", idx, "aspirin heart", "--explain")
     assert "bm25=" in r.stdout and "b.md" in r.stdout
+    assert "weights: dense=0.500  bm25=0.500" in r.stdout
+    # adaptive fusion shows the weights it chose for this query
+    r = hybridrag("query", idx, "aspirin heart", "--fusion", "adaptive", "--explain")
+    shown = re.findall(r"weights: dense=([0-9.]+)  bm25=([0-9.]+)", r.stdout)
+    assert shown and abs(sum(map(float, shown[0])) - 1.0) < 2e-3
     r = hybridrag("info", idx, "--json")
     assert json.loads(r.stdout)["documents"] == 3
     assert hybridrag("check", idx).stdout.strip().endswith("ok")
