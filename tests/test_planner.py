@@ -62,17 +62,18 @@ def _wordpiece(vocab: list[str]):
 
 
 def test_query_coverage_counts_words_the_vocabulary_reads() -> None:
-    tok = _wordpiece(["[UNK]", "cat", "dog", "##s", "run", "##n", "##i", "##ng", "中"])
+    tok = _wordpiece(["[UNK]", "cat", "dog", "##s", "run", "##n", "##i", "##ng", "中", "t", "##a", "##c"])
     texts = [
-        "Cats, dogs!",       # cat ##s, dog ##s: 2 of 2 words in <= 2 pieces
-        "running cat",       # run ##n ##i ##ng (4 pieces) is not covered: 1 of 2
+        "Cats, dogs!",       # cat ##s, dog ##s: 4 characters in 2 pieces, covered: 2 of 2
+        "running cat",       # run ##n ##i ##ng: 7 characters in 4 pieces (< 2 each): 1 of 2
+        "tac cat",           # t ##a ##c: spelled letter by letter: 1 of 2
         "Katze läuft",       # unknown words: 0 of 2
         "中文 cat",           # ideographs are words of their own: 中 yes, 文 unk, cat yes: 2 of 3
         "?!",                # no word at all
         "कुत्ता dog",          # Devanagari letters and vowel signs form one (unknown) word: 1 of 2
     ]
     got = planner.query_coverage(tok, texts)
-    np.testing.assert_allclose(got, [1.0, 0.5, 0.0, 2 / 3, 0.0, 0.5])
+    np.testing.assert_allclose(got, [1.0, 0.5, 0.5, 0.0, 2 / 3, 0.0, 0.5])
     assert planner._words("कुत्ता dog") == ["कुत्ता", "dog"]
 
 

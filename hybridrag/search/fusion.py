@@ -44,8 +44,9 @@ import numpy as np
 FUSION_METHODS = ("weighted", "relative", "rrf", "adaptive")
 
 # adaptive: coverage at or below COVERAGE_LOW gives a mode no weight, at or above
-# COVERAGE_HIGH its full weight (measured on MLQA: an English-only MiniLM covers a median
-# 0.38 of Hindi query words, 0.25 of Arabic, 0.71 of German; benchmarks/bench_fusion_languages.py).
+# COVERAGE_HIGH its full weight. The English-only MiniLM of pipelines/offline.toml covers a
+# median 0.2 of the words of MLQA's Hindi queries, 0 of Arabic, 1.0 of German and Spanish
+# (benchmarks/bench_fusion_languages.py prints it per language).
 COVERAGE_LOW = 0.3
 COVERAGE_HIGH = 0.8
 EVIDENCE_DEPTH = 100

@@ -36,7 +36,7 @@ from hybridrag.search import fusion as fusion_mod
 
 FIRST_STAGE = ("dense", "sparse", "bm25")
 NEURAL = ("dense", "sparse", "colbert")
-MAX_PIECES = 2  # a word the model splits into more pieces than this is not covered
+MIN_CHARS_PER_PIECE = 2.0  # a word split into shorter pieces than this (on average) is not covered
 
 
 def _is_ideograph(ch: str) -> bool:
@@ -68,9 +68,14 @@ def _words(text: str) -> list[str]:
 
 def query_coverage(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
     """Share of each text's words (:func:`_words`) that ``tokenizer`` encodes without an
-    unknown token in at most :data:`MAX_PIECES` pieces: float64 ``[n]``, 0 for a text with
-    no word. An English-only vocabulary covers most English words and few Hindi, Arabic or
-    Chinese ones, so ``adaptive`` fusion uses it to tell whether the model read the query.
+    unknown token, in one piece or in pieces of at least :data:`MIN_CHARS_PER_PIECE`
+    characters on average: float64 ``[n]``, 0 for a text with no word.
+
+    A vocabulary that does not know a script spells its words out letter by letter (an
+    English WordPiece vocabulary on Hindi or Arabic) or gives ``[UNK]`` (on most Chinese
+    characters); rare words of a language it knows still come in pieces of a few letters
+    ("bisphenol" -> bis ##phe ##no ##l). ``adaptive`` fusion uses this to tell whether
+    the model read the query.
     """
     per_text = [_words(t) for t in texts]
     flat = [w for ws in per_text for w in ws]
@@ -78,7 +83,8 @@ def query_coverage(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
     ok = []
     if flat:
         enc = tokenizer(flat, add_special_tokens=False)["input_ids"]
-        ok = [0 < len(ids) <= MAX_PIECES and unk not in ids for ids in enc]
+        ok = [0 < len(ids) and unk not in ids and (len(ids) == 1 or len(w) / len(ids) >= MIN_CHARS_PER_PIECE)
+              for w, ids in zip(flat, enc)]
     out = np.zeros(len(texts), dtype=np.float64)
     pos = 0
     for i, ws in enumerate(per_text):
