@@ -7,7 +7,8 @@ candidates of every test query are collected once (first stages at depth 300, ex
 scores in every mode, as ``hybridrag eval`` does), and each fusion method re-fuses them
 with the pipeline's weights (``hybridrag/eval/fusion_eval.py``; its runs equal
 ``hybridrag eval``'s, checked in ``tests/test_index.py``). Also prints the median share
-of query words the dense model's vocabulary covers (``planner.query_coverage``).
+of query words the dense model's vocabulary covers (``planner.query_coverage``) and of
+query terms found in the BM25 vocabulary (``planner.term_coverage``).
 
     python benchmarks/bench_fusion_languages.py --work /tmp/fusion-idx \\
         --mlqa ../shared/data/mlqa --beir ../shared/data/beir/scifact ../shared/data/beir/nfcorpus
@@ -55,8 +56,8 @@ def measure(idx_dir: Path, beir: Path) -> dict[str, float]:
            "dense": nd(fusion_eval.mode_run(cands, "dense"))}
     for m in METHODS:
         row[m] = nd(fusion_eval.fused_run(cands, m, weights, rrf_k=index.pipeline.fusion.rrf_k))
-    cov = [qc.coverage for qc in cands if qc.coverage is not None]
-    row["coverage"] = float(np.median(cov)) if cov else float("nan")
+    for m in ("dense", "bm25"):
+        row[f"cov_{m}"] = float(np.median([qc.coverage[m] for qc in cands]))
     index.close()
     return row
 
@@ -76,13 +77,14 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     cols = ["bm25", "dense", *METHODS]
     print(f"<!-- {time.strftime('%Y-%m-%d %H:%M')} pipeline {args.pipeline} -->")
-    print("| set | queries | dense coverage (median) | " + " | ".join(cols) + " | adaptive - best single |")
+    print("| set | queries | coverage dense / bm25 (median) | " + " | ".join(cols) + " | adaptive - best single |")
     print("|---|---:|---:|" + "---:|" * (len(cols) + 1))
     for name, folder in sets:
         row = measure(ensure_index(args.work, name, folder, args.pipeline), folder)
         best = max(row["bm25"], row["dense"])
         cells = " | ".join(f"{row[c]:.4f}" for c in cols)
-        print(f"| {name} | {row['queries']} | {row['coverage']:.2f} | {cells} | {row['adaptive'] - best:+.4f} |",
+        cov = f"{row['cov_dense']:.2f} / {row['cov_bm25']:.2f}"
+        print(f"| {name} | {row['queries']} | {cov} | {cells} | {row['adaptive'] - best:+.4f} |",
               flush=True)
     return 0
 

@@ -852,9 +852,7 @@ class HybridIndex:
             if not allowed.any():
                 return [[] for _ in queries]
         reps = self._encode_queries(list(queries), plan.modes)
-        coverage = None
-        if plan.fusion == "adaptive" and any(m in planner.NEURAL for m in plan.modes):
-            coverage = planner.query_coverage(self.encoder.tokenizer, list(queries))
+        coverage = self._coverage(list(queries), plan.modes) if plan.fusion == "adaptive" else None
         ranked = planner.run(plan, reps, self.stores, allowed=allowed, coverage=coverage)
         out: list[list[Hit]] = []
         for qi, cand in enumerate(ranked):
@@ -919,6 +917,17 @@ class HybridIndex:
         return planner.QueryPlan(modes=use, depths=depths, fusion=method, weights=w,
                                  rrf_k=cfg.fusion.rrf_k if rrf_k is None else rrf_k, k=k,
                                  rerank=do_rerank, rerank_k=max(rk, k))
+
+    def _coverage(self, queries: list[str], modes: Sequence[str]) -> dict[str, np.ndarray]:
+        """How well each mode's vocabulary covers each query (for adaptive fusion)."""
+        cov: dict[str, np.ndarray] = {}
+        neural = [m for m in modes if m in planner.NEURAL]
+        if neural:
+            c = planner.query_coverage(self.encoder.tokenizer, queries)
+            cov.update({m: c for m in neural})
+        if "bm25" in modes:
+            cov["bm25"] = planner.term_coverage(self.bm25.analyzer.tokenize(queries), self.bm25.vocabulary)
+        return cov
 
     def _encode_queries(self, queries: list[str], modes: Sequence[str]) -> dict[str, Any]:
         reps: dict[str, Any] = {}

@@ -294,8 +294,8 @@ def test_dense_pipeline_with_bm25_and_relative_fusion(tmp_path, bert_dir):
 
 def test_adaptive_fusion_in_the_index_uses_the_query_coverage(tmp_path, bert_dir):
     """``fusion="adaptive"``: the hits' fused scores are fusion.adaptive over the exact
-    per-mode scores, with the coverage of the query by the dense model's tokenizer, and the
-    hits carry the weights it chose."""
+    per-mode scores, with the coverage of the query by the dense model's tokenizer and by
+    the BM25 vocabulary, and the hits carry the weights it chose."""
     from hybridrag.search import fusion, planner
 
     p = {"name": "tiny-dense", "encoder": {"kind": "dense", "model": str(bert_dir), "max_length": 128},
@@ -305,13 +305,13 @@ def test_adaptive_fusion_in_the_index_uses_the_query_coverage(tmp_path, bert_dir
     idx = HybridIndex.create(tmp_path / "d", p)
     idx.add(docs())
     for q in ("vitamin bone fractures", "Vitamin-D Knochenbrüche कुत्ता 中文"):
-        cov = float(planner.query_coverage(idx.encoder.tokenizer, [q])[0])
+        cov = {"dense": float(planner.query_coverage(idx.encoder.tokenizer, [q])[0]),
+               "bm25": float(planner.term_coverage(idx.bm25.analyzer.tokenize([q]), idx.bm25.vocabulary)[0])}
         hits = idx.search(q, k=200, depth=200)  # every chunk: the whole candidate set
         scores = {m: np.array([h.scores[m] for h in hits]) for m in ("dense", "bm25")}
-        want = fusion.adaptive(np.arange(len(hits)), scores, {"dense": 0.5, "bm25": 0.5}, {"dense": cov})
+        want = fusion.adaptive(np.arange(len(hits)), scores, {"dense": 0.5, "bm25": 0.5}, cov)
         np.testing.assert_allclose([h.scores["fused"] for h in hits], want, atol=1e-9)
-        assert hits[0].weights == pytest.approx(fusion.adaptive_weights(scores, {"dense": 0.5, "bm25": 0.5},
-                                                                        {"dense": cov}))
+        assert hits[0].weights == pytest.approx(fusion.adaptive_weights(scores, {"dense": 0.5, "bm25": 0.5}, cov))
     idx.close()
 
 

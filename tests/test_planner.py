@@ -77,6 +77,12 @@ def test_query_coverage_counts_words_the_vocabulary_reads() -> None:
     assert planner._words("कुत्ता dog") == ["कुत्ता", "dog"]
 
 
+def test_term_coverage_is_the_share_of_terms_in_the_vocabulary() -> None:
+    vocab = {"bone": 0, "vitamin": 1, "d": 2}
+    got = planner.term_coverage([["vitamin", "d", "bone"], ["vitamin", "knochen"], [], ["维生素"]], vocab)
+    np.testing.assert_allclose(got, [1.0, 0.5, 0.0, 0.0])
+
+
 def test_run_returns_the_weights_fusion_used() -> None:
     rng = np.random.default_rng(5)
     n, d = 300, 8
@@ -92,7 +98,7 @@ def test_run_returns_the_weights_fusion_used() -> None:
     for c in planner.run(plan, queries, stores):
         assert c.weights == {"dense": 0.25, "bm25": 0.75}
     plan.fusion = "adaptive"
-    out = planner.run(plan, queries, stores, coverage=np.array([0.0, 1.0, 0.55]))
+    out = planner.run(plan, queries, stores, coverage={"dense": np.array([0.0, 1.0, 0.55])})
     assert out[0].weights["dense"] == 0.0  # the dense model read none of query 0
     for c, cov in zip(out, [0.0, 1.0, 0.55]):
         assert c.weights == pytest.approx(fusion.adaptive_weights(c.scores, plan.weights, {"dense": cov}))

@@ -30,7 +30,7 @@ class QueryCandidates:
     qid: str
     doc_ids: np.ndarray  # object [m]
     cand: planner.Candidates
-    coverage: float | None = None  # planner.query_coverage with the encoder's tokenizer
+    coverage: dict[str, float] | None = None  # per mode, as HybridIndex._coverage gives it
 
 
 def collect(index: Any, qids: Sequence[str], texts: Sequence[str], depth: int = CHUNK_DEPTH,
@@ -41,12 +41,12 @@ def collect(index: Any, qids: Sequence[str], texts: Sequence[str], depth: int = 
         batch = list(texts[start:start + batch_size])
         plan = index._plan(depth, None, None, None, depth, False, None, None)
         reps = index._encode_queries(batch, plan.modes)
-        neural = any(m in planner.NEURAL for m in plan.modes)
-        cov = planner.query_coverage(index.encoder.tokenizer, batch) if neural else [None] * len(batch)
-        for qid, cand, c in zip(qids[start:start + batch_size], planner.run(plan, reps, index.stores), cov):
+        cov = index._coverage(batch, plan.modes)
+        ranked = planner.run(plan, reps, index.stores)
+        for i, (qid, cand) in enumerate(zip(qids[start:start + batch_size], ranked)):
             rows = index.docstore.get(cand.slots)
             out.append(QueryCandidates(qid, np.array([r["doc_id"] for r in rows], dtype=object), cand,
-                                       None if c is None else float(c)))
+                                       {m: float(c[i]) for m, c in cov.items()}))
     return out
 
 
@@ -81,7 +81,6 @@ def fused_run(cands: Sequence[QueryCandidates], method: str, weights: Mapping[st
     run = {}
     for qc in cands:
         c = qc.cand
-        cov = None if qc.coverage is None else {m: qc.coverage for m in c.scores if m in planner.NEURAL}
-        fused = fusion_mod.fuse(method, c.slots, c.scores, weights, rrf_k=rrf_k, coverage=cov)
+        fused = fusion_mod.fuse(method, c.slots, c.scores, weights, rrf_k=rrf_k, coverage=qc.coverage)
         run[qc.qid] = _doc_run(qc.doc_ids, np.lexsort((c.slots, -fused)))
     return run

@@ -66,6 +66,14 @@ def _words(text: str) -> list[str]:
     return words
 
 
+def term_coverage(tokens: Sequence[Sequence[str]], vocabulary: Mapping[str, int]) -> np.ndarray:
+    """Share of each query's analysed terms (BM25) that occur in the index's vocabulary:
+    float64 ``[n]``, 0 for a query with no term. An analyser that cannot split a language
+    into the words its documents use (Chinese without segmentation) matches few terms."""
+    return np.array([sum(t in vocabulary for t in toks) / len(toks) if len(toks) else 0.0 for toks in tokens],
+                    dtype=np.float64)
+
+
 def query_coverage(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
     """Share of each text's words (:func:`_words`) that ``tokenizer`` encodes without an
     unknown token, in one piece or in pieces of at least :data:`MIN_CHARS_PER_PIECE`
@@ -150,14 +158,15 @@ def _ranks(hits: np.ndarray, slots: np.ndarray) -> np.ndarray:
 
 
 def run(plan: QueryPlan, queries: Mapping[str, Sequence[Any]], stores: Mapping[str, Any],
-        allowed: np.ndarray | None = None, coverage: np.ndarray | None = None) -> list[Candidates]:
+        allowed: np.ndarray | None = None, coverage: Mapping[str, np.ndarray] | None = None) -> list[Candidates]:
     """Execute ``plan`` for a batch.
 
     ``queries[mode]`` holds the encoded queries for that mode (a float32 ``[nq, d]`` array
     for dense, a list of ``dict[int, float]`` for sparse/bm25, a list of ``[t, d]`` arrays
     for colbert). ``stores[mode]`` follows the store protocol in ``docs/CONTRACTS.md``.
-    ``coverage`` (``[nq]``, from :func:`query_coverage` with the encoder's tokenizer) is
-    how well the neural modes' model covers each query; ``adaptive`` fusion uses it.
+    ``coverage[mode]`` (``[nq]``; :func:`query_coverage` with the encoder's tokenizer for
+    the neural modes, :func:`term_coverage` for bm25) is how well each mode's vocabulary
+    covers each query; ``adaptive`` fusion uses it (a mode absent from it counts as 1).
     """
     first = plan.first_stage
     if not first:
@@ -182,7 +191,7 @@ def run(plan: QueryPlan, queries: Mapping[str, Sequence[Any]], stores: Mapping[s
     for qi in range(nq):
         slots = unions[qi]
         per_mode = {m: exact[m][qi] for m in plan.modes}
-        cov = None if coverage is None else {m: float(coverage[qi]) for m in plan.modes if m in NEURAL}
+        cov = None if coverage is None else {m: float(coverage[m][qi]) for m in plan.modes if m in coverage}
         fused = fusion_mod.fuse(plan.fusion, slots, per_mode, plan.weights, rrf_k=plan.rrf_k, coverage=cov)
         used = fusion_mod.effective_weights(plan.fusion, per_mode, plan.weights, coverage=cov)
         ranks = {m: _ranks(stage[m][1][qi], slots) for m in first}
