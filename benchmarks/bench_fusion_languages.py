@@ -5,7 +5,7 @@ given pipeline (default ``pipelines/offline.toml``: BM25 + the English-only
 all-MiniLM-L6-v2) is built once under ``--work`` (or reused if it is there), the
 candidates of every test query are collected once (first stages at depth 300, exact
 scores in every mode, as ``hybridrag eval`` does), and each fusion method re-fuses them
-with the pipeline's weights (``hybridrag/eval/fusion_eval.py``; its runs equal
+with the pipeline's weights (``min-max``: the ``relative`` of before issue 22) (``hybridrag/eval/fusion_eval.py``; its runs equal
 ``hybridrag eval``'s, checked in ``tests/test_index.py``). Also prints the median share
 of query words the dense model's vocabulary covers (``planner.query_coverage``) and of
 query terms found in the BM25 vocabulary (``planner.term_coverage``).
@@ -32,6 +32,19 @@ from hybridrag.eval.metrics import evaluate  # noqa: E402
 from hybridrag.index import HybridIndex  # noqa: E402
 
 METHODS = ("weighted", "relative", "rrf", "adaptive")
+
+
+def minmax_run(cands, weights):
+    """The ``relative`` fusion before issue 22 (min-max per mode over the candidates), for comparison."""
+    run = {}
+    for qc in cands:
+        c = qc.cand
+        fused = np.zeros(len(c.slots))
+        for m, s in c.scores.items():
+            span = s.max() - s.min() if len(s) else 0.0
+            fused += weights[m] * ((s - s.min()) / span if span > 0 else np.zeros_like(s))
+        run[qc.qid] = fusion_eval._doc_run(qc.doc_ids, np.lexsort((c.slots, -fused)))
+    return run
 LANGS = ("ar", "de", "en", "es", "hi", "vi", "zh")
 
 
@@ -54,6 +67,7 @@ def measure(idx_dir: Path, beir: Path) -> dict[str, float]:
     nd = lambda run: float(evaluate(run, qrels, ["ndcg@10"])["ndcg@10"])  # noqa: E731
     row = {"queries": len(qids), "bm25": nd(fusion_eval.mode_run(cands, "bm25")),
            "dense": nd(fusion_eval.mode_run(cands, "dense"))}
+    row["min-max"] = nd(minmax_run(cands, weights))
     for m in METHODS:
         row[m] = nd(fusion_eval.fused_run(cands, m, weights, rrf_k=index.pipeline.fusion.rrf_k))
     for m in ("dense", "bm25"):
@@ -75,7 +89,7 @@ def main() -> int:
         sets += [(f"mlqa-{lang}", args.mlqa / lang) for lang in args.langs.split(",")]
     sets += [(p.name, p) for p in args.beir]
     args.work.mkdir(parents=True, exist_ok=True)
-    cols = ["bm25", "dense", *METHODS]
+    cols = ["bm25", "dense", "min-max", *METHODS]
     print(f"<!-- {time.strftime('%Y-%m-%d %H:%M')} pipeline {args.pipeline} -->")
     print("| set | queries | coverage dense / bm25 (median) | " + " | ".join(cols) + " | adaptive - best single |")
     print("|---|---:|---:|" + "---:|" * (len(cols) + 1))
