@@ -5,8 +5,9 @@ given pipeline (default ``pipelines/offline.toml``: BM25 + the English-only
 all-MiniLM-L6-v2) is built once under ``--work`` (or reused if it is there), the
 candidates of every test query are collected once (first stages at depth 300, exact
 scores in every mode, as ``hybridrag eval`` does), and each fusion method re-fuses them
-with the pipeline's weights (``min-max``: the ``relative`` of before issue 22) (``hybridrag/eval/fusion_eval.py``; its runs equal
-``hybridrag eval``'s, checked in ``tests/test_index.py``). Also prints the median share
+with the pipeline's weights (``min-max``: the ``relative`` of before issue 22; re-fusing
+is ``hybridrag/eval/fusion_eval.py``, whose runs equal ``hybridrag eval``'s, checked in
+``tests/test_index.py``). Also prints the median share
 of query words the dense model's vocabulary covers (``planner.query_coverage``) and of
 query terms found in the BM25 vocabulary (``planner.term_coverage``).
 
