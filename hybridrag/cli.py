@@ -263,6 +263,8 @@ def _print_hits(hits: Sequence[Any], explain: bool) -> None:
         if explain:
             parts = [f"{m}={v:.4f}" + (f" (#{h.ranks[m]})" if m in h.ranks else "") for m, v in h.scores.items()]
             print("     " + "  ".join(parts))
+            if h.weights:
+                print("     weights: " + "  ".join(f"{m}={w:.3f}" for m, w in h.weights.items()))
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -408,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--filter", action="append", metavar="KEY=VALUE")
     s.add_argument("--modes", help="comma-separated subset of the index's modes")
-    s.add_argument("--fusion", choices=["weighted", "relative", "rrf"])
+    s.add_argument("--fusion", choices=["weighted", "relative", "rrf", "adaptive"])
     s.add_argument("--no-rerank", action="store_true")
     s.set_defaults(func=cmd_query)
 

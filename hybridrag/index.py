@@ -45,6 +45,7 @@ from hybridrag.errors import (
     IndexLockedError,
 )
 from hybridrag.search import planner
+from hybridrag.search.fusion import FUSION_METHODS
 from hybridrag.types import Chunk, Document, Hit, SearchResults
 
 logger = logging.getLogger(__name__)
@@ -989,7 +990,7 @@ class HybridIndex:
         ``k`` :class:`Hit`, best first) per query.
 
         Overrides (per call, the pipeline is unchanged): ``modes`` (a subset of the
-        index's enabled modes), ``fusion`` (weighted | relative | rrf), ``weights``
+        index's enabled modes), ``fusion`` (weighted | relative | rrf | adaptive), ``weights``
         (finite numbers >= 0), ``depth`` (first-stage candidates per mode), ``rerank`` /
         ``rerank_k``. ``filters`` restrict hits to chunks whose metadata match before top-k.
 
@@ -1029,7 +1030,8 @@ class HybridIndex:
                 notes = notes or [f"no chunk matches the filters {dict(filters)!r}"]
                 return [SearchResults((), notes) for _ in queries]
         reps = self._encode_queries(list(queries), plan.modes)
-        ranked = planner.run(plan, reps, self.stores, allowed=allowed)
+        coverage = self._coverage(list(queries), plan.modes) if plan.fusion == "adaptive" else None
+        ranked = planner.run(plan, reps, self.stores, allowed=allowed, coverage=coverage)
         out: list[SearchResults] = []
         for qi, cand in enumerate(ranked):
             if plan.rerank and len(cand.slots):
@@ -1095,8 +1097,8 @@ class HybridIndex:
                 raise ValueError(f"depth for {m!r} must be a positive integer, got {d!r}")
             depths[m] = min(max(int(d), k), cap)
         method = fusion or cfg.fusion.method
-        if method not in ("weighted", "relative", "rrf"):
-            raise ValueError(f"unknown fusion {method!r}; choose weighted, relative or rrf")
+        if method not in FUSION_METHODS:
+            raise ValueError(f"unknown fusion {method!r}; choose one of {FUSION_METHODS}")
         do_rerank = cfg.rerank.enabled if rerank is None else bool(rerank)
         rk = cfg.rerank.k if rerank_k is None else rerank_k
         if isinstance(rk, bool) or not isinstance(rk, (int, np.integer)) or rk < 1:
@@ -1104,6 +1106,17 @@ class HybridIndex:
         return planner.QueryPlan(modes=use, depths=depths, fusion=method, weights=w,
                                  rrf_k=cfg.fusion.rrf_k if rrf_k is None else rrf_k, k=k,
                                  rerank=do_rerank, rerank_k=min(max(int(rk), k), cap))
+
+    def _coverage(self, queries: list[str], modes: Sequence[str]) -> dict[str, np.ndarray]:
+        """How well each mode's vocabulary covers each query (for adaptive fusion)."""
+        cov: dict[str, np.ndarray] = {}
+        neural = [m for m in modes if m in planner.NEURAL]
+        if neural:
+            c = planner.query_coverage(self.encoder.tokenizer, queries)
+            cov.update({m: c for m in neural})
+        if "bm25" in modes:
+            cov["bm25"] = planner.term_coverage(self.bm25.analyzer.tokenize(queries), self.bm25.vocabulary)
+        return cov
 
     def _encode_queries(self, queries: list[str], modes: Sequence[str]) -> dict[str, Any]:
         reps: dict[str, Any] = {}
@@ -1134,7 +1147,8 @@ class HybridIndex:
                 final = scores["rerank"]
             ranks = {m: int(r[i]) for m, r in cand.ranks.items() if r[i] > 0}
             hits.append(Hit(chunk_id=row["chunk_id"], doc_id=row["doc_id"], text=row["text"], score=final,
-                            metadata=row["metadata"], span=(row["start"], row["end"]), scores=scores, ranks=ranks))
+                            metadata=row["metadata"], span=(row["start"], row["end"]), scores=scores, ranks=ranks,
+                            weights=dict(cand.weights)))
         return hits
 
     # ------------------------------------------------------------------ info

@@ -41,7 +41,8 @@ class Hit:
     ``scores`` holds the exact per-mode scores (``dense``, ``sparse``, ``bm25``,
     ``colbert``, ``fused``, ``rerank`` as applicable) and ``ranks`` the 1-based rank
     the chunk had in each first-stage retriever that returned it (absent when that
-    retriever did not return it).
+    retriever did not return it). ``weights`` holds the weight fusion gave each mode for
+    this query (summing to 1; per query with ``adaptive`` fusion).
     """
 
     chunk_id: str
@@ -52,12 +53,13 @@ class Hit:
     span: tuple[int, int] = (0, 0)
     scores: dict[str, float] = field(default_factory=dict)
     ranks: dict[str, int] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "chunk_id": self.chunk_id, "doc_id": self.doc_id, "text": self.text,
             "score": self.score, "metadata": self.metadata, "span": list(self.span),
-            "scores": self.scores, "ranks": self.ranks,
+            "scores": self.scores, "ranks": self.ranks, "weights": self.weights,
         }
 
 

@@ -74,6 +74,7 @@ def test_ingest_query_info_check(tmp_path, pipeline_file, corpus):
     assert hits[0]["doc_id"] == "a.txt" and set(hits[0]["scores"]) == {"dense", "bm25", "fused"}
     r = hybridrag("query", idx, "aspirin heart", "--explain")
     assert "bm25=" in r.stdout and "b.md" in r.stdout
+    assert "weights: dense=0.500  bm25=0.500" in r.stdout
     # why nothing (or less) came back goes to stderr; a big $in works; a bad value is one line
     r = hybridrag("query", idx, "vitamin", "--filter", "colour=red")
     assert "note: no document has metadata key 'colour'" in r.stderr and "a.txt" not in r.stdout
@@ -84,6 +85,10 @@ def test_ingest_query_info_check(tmp_path, pipeline_file, corpus):
     assert [h["doc_id"] for h in json.loads(r.stdout)] == ["a.txt"]
     r = hybridrag("query", idx, "vitamin", "--filter", f"n={2**64}", check=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr and str(2**64) in r.stderr
+    # adaptive fusion shows the weights it chose for this query
+    r = hybridrag("query", idx, "aspirin heart", "--fusion", "adaptive", "--explain")
+    shown = re.findall(r"weights: dense=([0-9.]+)  bm25=([0-9.]+)", r.stdout)
+    assert shown and abs(sum(map(float, shown[0])) - 1.0) < 2e-3
     r = hybridrag("info", idx, "--json")
     assert json.loads(r.stdout)["documents"] == 3
     assert hybridrag("check", idx).stdout.strip().endswith("ok")

@@ -290,6 +290,30 @@ def test_dense_pipeline_with_bm25_and_relative_fusion(tmp_path, bert_dir):
     hits = idx.search("vitamin bone fractures", k=3)
     assert hits[0].doc_id in {"d0", "d11"}
     assert set(hits[0].scores) == {"dense", "bm25", "fused"}
+    assert hits[0].weights == {"dense": 0.5, "bm25": 0.5}
+    idx.close()
+
+
+def test_adaptive_fusion_in_the_index_uses_the_query_coverage(tmp_path, bert_dir):
+    """``fusion="adaptive"``: the hits' fused scores are fusion.adaptive over the exact
+    per-mode scores, with the coverage of the query by the dense model's tokenizer and by
+    the BM25 vocabulary, and the hits carry the weights it chose."""
+    from hybridrag.search import fusion, planner
+
+    p = {"name": "tiny-dense", "encoder": {"kind": "dense", "model": str(bert_dir), "max_length": 128},
+         "chunking": {"max_tokens": 100, "overlap": 10}, "sparse": {"enabled": False},
+         "bm25": {"enabled": True}, "colbert": {"enabled": False},
+         "fusion": {"method": "adaptive", "weights": {"dense": 0.5, "bm25": 0.5}}}
+    idx = HybridIndex.create(tmp_path / "d", p)
+    idx.add(docs())
+    for q in ("vitamin bone fractures", "Vitamin-D Knochenbrüche कुत्ता 中文"):
+        cov = {"dense": float(planner.query_coverage(idx.encoder.tokenizer, [q])[0]),
+               "bm25": float(planner.term_coverage(idx.bm25.analyzer.tokenize([q]), idx.bm25.vocabulary)[0])}
+        hits = idx.search(q, k=200, depth=200)  # every chunk: the whole candidate set
+        scores = {m: np.array([h.scores[m] for h in hits]) for m in ("dense", "bm25")}
+        want = fusion.adaptive(np.arange(len(hits)), scores, {"dense": 0.5, "bm25": 0.5}, cov)
+        np.testing.assert_allclose([h.scores["fused"] for h in hits], want, atol=1e-9)
+        assert hits[0].weights == pytest.approx(fusion.adaptive_weights(scores, {"dense": 0.5, "bm25": 0.5}, cov))
     idx.close()
 
 
@@ -498,3 +522,31 @@ def test_progress_true_shows_a_bar_with_a_total(tmp_path, capsys):
             idx.add([{"id": "w", "text": "x"}], progress="yes")
     finally:
         idx.close()
+
+
+def test_fusion_eval_runs_equal_hybridrag_evals(tmp_path, bert_dir):
+    """hybridrag/eval/fusion_eval.py re-fuses stored candidates; its runs must equal those
+    of ``hybridrag eval`` (ablation._runs), which searches again for each setting."""
+    from hybridrag.eval import ablation, fusion_eval
+
+    p = {"name": "tiny-dense", "encoder": {"kind": "dense", "model": str(bert_dir), "max_length": 128},
+         "chunking": {"max_tokens": 40, "overlap": 5}, "sparse": {"enabled": False},
+         "bm25": {"enabled": True}, "colbert": {"enabled": False},
+         "fusion": {"method": "relative", "weights": {"dense": 0.5, "bm25": 0.5}}}
+    idx = HybridIndex.create(tmp_path / "d", p)
+    idx.add(docs())
+    qids = [f"q{i}" for i in range(len(QUERIES))]
+    cands = fusion_eval.collect(idx, qids, QUERIES)  # the same depth as hybridrag eval
+    for mode in ("dense", "bm25"):
+        want = ablation._runs(idx, qids, QUERIES, 64, False, mode, modes=[mode], weights={mode: 1.0},
+                              fusion="weighted", rerank=False)
+        assert _ranked(fusion_eval.mode_run(cands, mode)) == _ranked(want)
+    for method in ("weighted", "relative", "rrf", "adaptive"):
+        w = {"dense": 0.3, "bm25": 0.7}
+        want = ablation._runs(idx, qids, QUERIES, 64, False, method, fusion=method, weights=w, rerank=False)
+        assert _ranked(fusion_eval.fused_run(cands, method, w)) == _ranked(want)
+    idx.close()
+
+
+def _ranked(run):
+    return {q: sorted(d, key=lambda x: -d[x]) for q, d in run.items()}

@@ -13,7 +13,9 @@ Steps for each query:
    that did not retrieve a candidate still gives its real score, never a stand-in 0;
    ColBERT MaxSim runs here on the candidate set only;
 4. :func:`hybridrag.search.fusion.fuse` combines them; candidates are sorted by fused
-   score (ties: smaller slot first).
+   score (ties: smaller slot first). The weights fusion gave each mode for the query
+   (per query for ``adaptive``, from the scores and the query's :func:`query_coverage`)
+   are kept for explain output.
 
 Reranking with a cross-encoder needs the chunk texts, so :class:`hybridrag.index.HybridIndex`
 does it after this step. Tested in ``tests/test_index.py`` (the planner against brute
@@ -26,11 +28,78 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import unicodedata
+
 import numpy as np
 
 from hybridrag.search import fusion as fusion_mod
 
 FIRST_STAGE = ("dense", "sparse", "bm25")
+NEURAL = ("dense", "sparse", "colbert")
+MIN_CHARS_PER_PIECE = 2.0  # a word split into shorter pieces than this (on average) is not covered
+
+
+def _is_ideograph(ch: str) -> bool:
+    o = ord(ch)
+    return 0x3400 <= o <= 0x4DBF or 0x4E00 <= o <= 0x9FFF or 0xF900 <= o <= 0xFAFF or 0x3040 <= o <= 0x30FF \
+        or 0x20000 <= o <= 0x2FFFF
+
+
+def _words(text: str) -> list[str]:
+    """Runs of letters, marks and digits; each CJK ideograph or kana is a word of its own
+    (as the tokenizers of BERT and XLM-R treat them)."""
+    words: list[str] = []
+    cur: list[str] = []
+    for ch in text:
+        if _is_ideograph(ch):
+            if cur:
+                words.append("".join(cur))
+                cur = []
+            words.append(ch)
+        elif unicodedata.category(ch)[0] in "LMN":
+            cur.append(ch)
+        elif cur:
+            words.append("".join(cur))
+            cur = []
+    if cur:
+        words.append("".join(cur))
+    return words
+
+
+def term_coverage(tokens: Sequence[Sequence[str]], vocabulary: Mapping[str, int]) -> np.ndarray:
+    """Share of each query's analysed terms (BM25) that occur in the index's vocabulary:
+    float64 ``[n]``, 0 for a query with no term. An analyser that cannot split a language
+    into the words its documents use (Chinese without segmentation) matches few terms."""
+    return np.array([sum(t in vocabulary for t in toks) / len(toks) if len(toks) else 0.0 for toks in tokens],
+                    dtype=np.float64)
+
+
+def query_coverage(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
+    """Share of each text's words (:func:`_words`) that ``tokenizer`` encodes without an
+    unknown token, in one piece or in pieces of at least :data:`MIN_CHARS_PER_PIECE`
+    characters on average: float64 ``[n]``, 0 for a text with no word.
+
+    A vocabulary that does not know a script spells its words out letter by letter (an
+    English WordPiece vocabulary on Hindi or Arabic) or gives ``[UNK]`` (on most Chinese
+    characters); rare words of a language it knows still come in pieces of a few letters
+    ("bisphenol" -> bis ##phe ##no ##l). ``adaptive`` fusion uses this to tell whether
+    the model read the query.
+    """
+    per_text = [_words(t) for t in texts]
+    flat = [w for ws in per_text for w in ws]
+    unk = getattr(tokenizer, "unk_token_id", None)
+    ok = []
+    if flat:
+        enc = tokenizer(flat, add_special_tokens=False)["input_ids"]
+        ok = [0 < len(ids) and unk not in ids and (len(ids) == 1 or len(w) / len(ids) >= MIN_CHARS_PER_PIECE)
+              for w, ids in zip(flat, enc)]
+    out = np.zeros(len(texts), dtype=np.float64)
+    pos = 0
+    for i, ws in enumerate(per_text):
+        if ws:
+            out[i] = sum(ok[pos:pos + len(ws)]) / len(ws)
+        pos += len(ws)
+    return out
 
 
 @dataclass
@@ -57,21 +126,23 @@ class Candidates:
 
     ``slots`` int64 ``[m]``; ``fused`` float64 ``[m]``; ``scores[mode]`` float64 ``[m]``;
     ``ranks[mode]`` int64 ``[m]`` with the 1-based first-stage rank, 0 where that mode did
-    not retrieve the candidate.
+    not retrieve the candidate; ``weights[mode]`` the weight fusion gave the mode for this
+    query (summing to 1; see :func:`hybridrag.search.fusion.effective_weights`).
     """
 
     slots: np.ndarray
     fused: np.ndarray
     scores: dict[str, np.ndarray]
     ranks: dict[str, np.ndarray]
+    weights: dict[str, float] = field(default_factory=dict)
 
     def take(self, n: int) -> "Candidates":
         return Candidates(self.slots[:n], self.fused[:n], {m: s[:n] for m, s in self.scores.items()},
-                          {m: r[:n] for m, r in self.ranks.items()})
+                          {m: r[:n] for m, r in self.ranks.items()}, self.weights)
 
     def reorder(self, order: np.ndarray) -> "Candidates":
         return Candidates(self.slots[order], self.fused[order], {m: s[order] for m, s in self.scores.items()},
-                          {m: r[order] for m, r in self.ranks.items()})
+                          {m: r[order] for m, r in self.ranks.items()}, self.weights)
 
 
 def _ranks(hits: np.ndarray, slots: np.ndarray) -> np.ndarray:
@@ -87,12 +158,15 @@ def _ranks(hits: np.ndarray, slots: np.ndarray) -> np.ndarray:
 
 
 def run(plan: QueryPlan, queries: Mapping[str, Sequence[Any]], stores: Mapping[str, Any],
-        allowed: np.ndarray | None = None) -> list[Candidates]:
+        allowed: np.ndarray | None = None, coverage: Mapping[str, np.ndarray] | None = None) -> list[Candidates]:
     """Execute ``plan`` for a batch.
 
     ``queries[mode]`` holds the encoded queries for that mode (a float32 ``[nq, d]`` array
     for dense, a list of ``dict[int, float]`` for sparse/bm25, a list of ``[t, d]`` arrays
     for colbert). ``stores[mode]`` follows the store protocol in ``docs/CONTRACTS.md``.
+    ``coverage[mode]`` (``[nq]``; :func:`query_coverage` with the encoder's tokenizer for
+    the neural modes, :func:`term_coverage` for bm25) is how well each mode's vocabulary
+    covers each query; ``adaptive`` fusion uses it (a mode absent from it counts as 1).
     """
     first = plan.first_stage
     if not first:
@@ -117,8 +191,10 @@ def run(plan: QueryPlan, queries: Mapping[str, Sequence[Any]], stores: Mapping[s
     for qi in range(nq):
         slots = unions[qi]
         per_mode = {m: exact[m][qi] for m in plan.modes}
-        fused = fusion_mod.fuse(plan.fusion, slots, per_mode, plan.weights, rrf_k=plan.rrf_k)
+        cov = None if coverage is None else {m: float(coverage[m][qi]) for m in plan.modes if m in coverage}
+        fused = fusion_mod.fuse(plan.fusion, slots, per_mode, plan.weights, rrf_k=plan.rrf_k, coverage=cov)
+        used = fusion_mod.effective_weights(plan.fusion, per_mode, plan.weights, coverage=cov)
         ranks = {m: _ranks(stage[m][1][qi], slots) for m in first}
         order = np.lexsort((slots, -fused))
-        out.append(Candidates(slots, fused, per_mode, ranks).reorder(order))
+        out.append(Candidates(slots, fused, per_mode, ranks, used).reorder(order))
     return out
