@@ -482,6 +482,12 @@ def quiet_model_loading() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Stored text is printed as stored: a lone surrogate (valid in a Python str, kept by the
+    # docstore) is written as its \\uXXXX escape (in --json output, the same escape JSON
+    # uses) instead of failing the whole command with UnicodeEncodeError.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     if not os.environ.get("HYBRIDRAG_DEBUG"):
         quiet_model_loading()
     try:

@@ -137,6 +137,18 @@ def test_model_not_found_offline(tmp_path, corpus):
     assert "Traceback" not in r.stderr
 
 
+def test_query_prints_stored_lone_surrogates_as_escapes(tmp_path, pipeline_file):
+    from hybridrag import HybridIndex
+
+    idx = tmp_path / "idx"
+    with HybridIndex.create(idx, str(pipeline_file)) as index:   # the docstore keeps such text as given
+        index.add([{"id": "s", "text": "vitamin \ud800 bone"}, {"id": "t", "text": "heart attack"}])
+    r = hybridrag("query", idx, "vitamin bone", "--explain")
+    assert "vitamin \\ud800 bone" in r.stdout                    # was UnicodeEncodeError, exit 2
+    hits = json.loads(hybridrag("query", idx, "vitamin bone", "--json").stdout)
+    assert hits[0]["text"] == "vitamin \ud800 bone"              # JSON's own escape: read back exactly
+
+
 def test_ingest_csv_and_json_columns(tmp_path, pipeline_file):
     src = tmp_path / "src"
     src.mkdir()
