@@ -483,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Stored text is printed as stored: a lone surrogate (valid in a Python str, kept by the
-    # docstore) is written as its \\uXXXX escape (in --json output, the same escape JSON
+    # docstore) is written as its \uXXXX escape (in --json output, the same escape JSON
     # uses) instead of failing the whole command with UnicodeEncodeError.
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
