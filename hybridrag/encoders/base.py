@@ -68,8 +68,7 @@ def resolve_device(device: Any, dtype: Any = None) -> str:
             return "cpu"
         name = str(device)
         if not name.startswith("cpu"):
-            raise ConfigError(f"dtype 'int8' (dynamic int8 quantization) runs on the CPU only, not on device "
-                              f"{name!r}; use dtype 'fp16' or 'bf16' on a GPU, or device 'cpu'")
+            raise _int8_off_cpu(name)
     import torch
 
     if device is None:
@@ -98,8 +97,7 @@ def resolve_dtype(dtype: Any, device: str) -> "torch.dtype":
 
     if is_int8(dtype):
         if not str(device).startswith("cpu"):
-            raise ConfigError(f"dtype 'int8' (dynamic int8 quantization) runs on the CPU only, not on device "
-                              f"{device!r}; use dtype 'fp16' or 'bf16' on a GPU, or device 'cpu'")
+            raise _int8_off_cpu(device)
         return torch.float32  # what the layers int8 leaves alone (embeddings, norms, heads) compute in
     if dtype is None:
         return torch.float16 if device.startswith("cuda") else torch.float32
@@ -111,6 +109,11 @@ def resolve_dtype(dtype: Any, device: str) -> "torch.dtype":
         return getattr(torch, _DTYPE_NAMES[dtype.lower()])
     raise ValueError(f"dtype {dtype!r} is not supported; choose one of 'fp32', 'fp16', 'bf16', 'int8' "
                      "or a torch.dtype")
+
+
+def _int8_off_cpu(device: str) -> ConfigError:
+    return ConfigError(f"dtype 'int8' (dynamic int8 quantization) runs on the CPU only, not on device "
+                       f"{device!r}; use dtype 'fp16' or 'bf16' on a GPU, or device 'cpu'")
 
 
 def is_int8(dtype: Any) -> bool:
