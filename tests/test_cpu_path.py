@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-import tiny_models
 from hybridrag.config import PipelineConfig
 from hybridrag.encoders import DenseEncoder, M3Encoder
 from hybridrag.encoders.base import QueryCache, quantize_int8
@@ -23,8 +22,6 @@ from hybridrag.index import HybridIndex
 from hybridrag.rerankers.cross_encoder import CrossEncoderReranker
 from test_index import QUERIES, TEXTS, docs, m3_pipeline
 from test_reranker import _scale_weights
-
-
 
 
 def _linears(model: torch.nn.Module) -> tuple[int, int]:
