@@ -129,14 +129,14 @@ def test_int8_minilm_stays_close_to_fp32(minilm_dir):
     q8 = DenseEncoder.from_pretrained(minilm_dir, dtype="int8")
     a, b = ref.encode(corpus).dense, q8.encode(corpus).dense
     cos = _cos(a, b)
-    # Measured on these 22 texts (per-channel int8): min 0.918 (an empty string), mean 0.966.
+    # Measured on these 22 texts (per-channel int8): min 0.918 (the empty string), mean 0.962.
     assert cos.min() > 0.90 and cos.mean() > 0.95
     qa, qb = ref.encode_queries(QUERIES).dense, q8.encode_queries(QUERIES).dense
     sa, sb = qa @ a.T, qb @ b.T
-    assert np.abs(sa - sb).max() < 0.15  # cosine scores in [-1, 1]
+    assert np.abs(sa - sb).max() < 0.15  # cosine scores in [-1, 1]; measured 0.076
     top_a, top_b = np.argsort(-sa, axis=1)[:, :10], np.argsort(-sb, axis=1)[:, :10]
     overlap = [len(set(x) & set(y)) for x, y in zip(top_a, top_b)]
-    assert min(overlap) >= 8 and np.mean(overlap) >= 9
+    assert min(overlap) >= 8 and np.mean(overlap) >= 9  # measured [9, 9, 10, 10, 8]
     assert (top_a[:, 0] == top_b[:, 0]).all()
 
 
