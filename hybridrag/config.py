@@ -29,6 +29,8 @@ from hybridrag.errors import ConfigError
 
 MODES = ("dense", "sparse", "bm25", "colbert")
 _MILVUS_MAX_HITS = 16384   # hybridrag.stores.milvus.MAX_HITS (importing it would import pymilvus)
+#: Values of ``encoder.dtype`` and ``rerank.dtype``: "" (fp16 on CUDA, fp32 on CPU), "int8" the CPU path.
+DTYPES = ("", "fp32", "fp16", "bf16", "int8")
 
 
 @dataclass
@@ -39,7 +41,8 @@ class EncoderConfig:
     query_max_length: int = 512
     batch_size: int = 16
     device: str = ""  # "" = auto (cuda when available)
-    dtype: str = ""  # "" = fp16 on CUDA, fp32 on CPU
+    dtype: str = ""  # "" = fp16 on CUDA, fp32 on CPU; "int8" = CPU path (int8 Linear layers)
+    query_cache: int = 1024  # query encodings kept (LRU); 0 = off
     pooling: str = ""  # dense encoders: "" = from the model folder
     normalize: bool = True
     query_instruction: str = ""
@@ -107,6 +110,7 @@ class RerankConfig:
     max_length: int = 512
     batch_size: int = 32
     normalize: bool = False
+    dtype: str = ""  # "" = fp16 on CUDA, fp32 on CPU; "int8" = CPU path (int8 Linear layers)
 
 
 @dataclass
@@ -312,7 +316,15 @@ def _positive(value: int, key: str, maximum: int | None = None) -> None:
 
 def _validate(cfg: PipelineConfig, source: str) -> None:
     _choice(cfg.encoder.kind, ("m3", "dense", "none"), "encoder.kind")
-    _choice(cfg.encoder.dtype, ("", "fp32", "fp16", "bf16"), "encoder.dtype")
+    _choice(cfg.encoder.dtype, DTYPES, "encoder.dtype")
+    _choice(cfg.rerank.dtype, DTYPES, "rerank.dtype")
+    if cfg.encoder.query_cache < 0:
+        raise ConfigError(f"encoder.query_cache = {cfg.encoder.query_cache} must be >= 0 (0 = off)")
+    for key in ("encoder", "rerank"):
+        dev = getattr(cfg, key).device if key == "encoder" else cfg.encoder.device
+        if getattr(cfg, key).dtype == "int8" and dev.startswith("cuda"):
+            raise ConfigError(f"{key}.dtype = 'int8' (dynamic int8 quantization) runs on the CPU only, "
+                              f"but encoder.device = {dev!r}; use 'fp16' or 'bf16' on a GPU")
     _choice(cfg.encoder.pooling, ("", "cls", "mean"), "encoder.pooling")
     _positive(cfg.encoder.max_length, "encoder.max_length", 8192)
     _positive(cfg.encoder.query_max_length, "encoder.query_max_length", 8192)

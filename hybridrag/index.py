@@ -578,13 +578,15 @@ class HybridIndex:
             if e.kind == "m3":
                 from hybridrag.encoders.m3 import M3Encoder
 
-                self._encoder = M3Encoder.from_pretrained(path, device=self._device, dtype=dtype)
+                self._encoder = M3Encoder.from_pretrained(path, device=self._device, dtype=dtype,
+                                                          query_cache=e.query_cache)
             else:
                 from hybridrag.encoders.dense import DenseEncoder
 
                 self._encoder = DenseEncoder.from_pretrained(
                     path, device=self._device, dtype=dtype, pooling=e.pooling or None,
-                    normalize=e.normalize, query_instruction=e.query_instruction or None)
+                    normalize=e.normalize, query_instruction=e.query_instruction or None,
+                    query_cache=e.query_cache)
             self._check_model(path)
         return self._encoder
 
@@ -606,7 +608,7 @@ class HybridIndex:
             from hybridrag.rerankers.cross_encoder import CrossEncoderReranker
 
             self._reranker = CrossEncoderReranker.from_pretrained(
-                resolve_model_path(r.model), device=self._device, max_length=r.max_length)
+                resolve_model_path(r.model), device=self._device, dtype=r.dtype or None, max_length=r.max_length)
         return self._reranker
 
     @property

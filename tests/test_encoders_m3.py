@@ -407,8 +407,11 @@ def test_device_and_dtype_choice() -> None:
     assert base.resolve_dtype(None, "cpu") == torch.float32
     assert base.resolve_dtype(None, "cuda") == torch.float16
     assert base.resolve_dtype("bf16", "cuda") == torch.bfloat16
-    with pytest.raises(ValueError, match="int8"):
-        base.resolve_dtype("int8", "cpu")
+    assert base.resolve_dtype("int8", "cpu") == torch.float32  # the CPU path: int8 Linears, fp32 elsewhere
+    with pytest.raises(ValueError, match="CPU only"):
+        base.resolve_dtype("int8", "cuda")
+    with pytest.raises(ValueError, match="int4"):
+        base.resolve_dtype("int4", "cpu")
     with pytest.raises(ValueError, match="nonsense"):
         base.resolve_device("nonsense")
     if not torch.cuda.is_available():

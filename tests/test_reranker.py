@@ -199,8 +199,8 @@ def test_bad_settings(rr: CrossEncoderReranker, _rr_dir: Path) -> None:
         CrossEncoderReranker.from_pretrained(_rr_dir, max_length=2)
     with pytest.raises(TypeError, match="max_length"):
         CrossEncoderReranker.from_pretrained(_rr_dir, max_length="512")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="dtype 'int8'"):
-        CrossEncoderReranker.from_pretrained(_rr_dir, dtype="int8")
+    with pytest.raises(ValueError, match="dtype 'int4'"):  # int8 is the CPU path (tests/test_cpu_path.py)
+        CrossEncoderReranker.from_pretrained(_rr_dir, dtype="int4")
     with pytest.raises(ValueError, match="top_k"):
         rr.rerank("q", ["a"], top_k=-1)
     with pytest.raises(TypeError, match=r"passages\[1\]"):

@@ -1,7 +1,9 @@
-"""Shared encoder machinery: output type, device/dtype choice, input checks,
-model-folder resolution, and length-sorted dynamic-padding batching.
+"""Shared encoder machinery: output type, device/dtype choice (and the CPU int8 path),
+input checks, model-folder resolution, length-sorted dynamic-padding batching and the
+query-encoding cache.
 
-Covered by ``tests/test_encoders_m3.py`` and ``tests/test_encoders_dense.py``.
+Covered by ``tests/test_encoders_m3.py``, ``tests/test_encoders_dense.py`` and
+``tests/test_cpu_path.py`` (int8 parity, query cache).
 """
 from __future__ import annotations
 
@@ -10,12 +12,14 @@ import logging
 import os
 import re
 import threading
+import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from hybridrag.errors import ModelLoadError
+from hybridrag.errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -53,12 +57,24 @@ class EncodeOutput:
 # --------------------------------------------------------------------------- devices
 
 
-def resolve_device(device: str | None) -> str:
-    """``None`` -> ``"cuda"`` when CUDA is available, else ``"cpu"``; otherwise checked as given."""
+def resolve_device(device: Any, dtype: Any = None) -> str:
+    """``None`` -> ``"cuda"`` when CUDA is available, else ``"cpu"``; otherwise checked as given.
+
+    With ``dtype="int8"`` (the CPU path, :func:`quantize_int8`) ``None`` means ``"cpu"``,
+    and a CUDA device raises :class:`ConfigError`: int8 dynamic quantization has CPU kernels only.
+    """
+    if is_int8(dtype):
+        if device is None:
+            return "cpu"
+        name = str(device)
+        if not name.startswith("cpu"):
+            raise _int8_off_cpu(name)
     import torch
 
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(device, torch.device):
+        device = str(device)
     if not isinstance(device, str):
         raise TypeError(f"device must be a str such as 'cpu' or 'cuda:0', got {type(device).__name__}")
     try:
@@ -74,10 +90,15 @@ def resolve_dtype(dtype: Any, device: str) -> "torch.dtype":
     """Pick the compute dtype: fp16 on CUDA and fp32 on CPU by default.
 
     ``dtype`` may be None, a ``torch.dtype`` or one of ``fp32``/``fp16``/``bf16``
-    (also ``float32``/``float16``/``bfloat16``).
+    (also ``float32``/``float16``/``bfloat16``), or ``int8``: float32 for the model, whose
+    Linear layers :func:`quantize_int8` then replaces (CPU only: :class:`ConfigError` elsewhere).
     """
     import torch
 
+    if is_int8(dtype):
+        if not str(device).startswith("cpu"):
+            raise _int8_off_cpu(device)
+        return torch.float32  # what the layers int8 leaves alone (embeddings, norms, heads) compute in
     if dtype is None:
         return torch.float16 if device.startswith("cuda") else torch.float32
     if isinstance(dtype, torch.dtype):
@@ -86,7 +107,48 @@ def resolve_dtype(dtype: Any, device: str) -> "torch.dtype":
         return dtype
     if isinstance(dtype, str) and dtype.lower() in _DTYPE_NAMES:
         return getattr(torch, _DTYPE_NAMES[dtype.lower()])
-    raise ValueError(f"dtype {dtype!r} is not supported; choose one of 'fp32', 'fp16', 'bf16' or a torch.dtype")
+    raise ValueError(f"dtype {dtype!r} is not supported; choose one of 'fp32', 'fp16', 'bf16', 'int8' "
+                     "or a torch.dtype")
+
+
+def _int8_off_cpu(device: str) -> ConfigError:
+    return ConfigError(f"dtype 'int8' (dynamic int8 quantization) runs on the CPU only, not on device "
+                       f"{device!r}; use dtype 'fp16' or 'bf16' on a GPU, or device 'cpu'")
+
+
+def is_int8(dtype: Any) -> bool:
+    """True for the dtype setting ``"int8"`` (any case): the CPU path of :func:`quantize_int8`."""
+    return isinstance(dtype, str) and dtype.strip().lower() == "int8"
+
+
+def quantize_int8(model: "torch.nn.Module") -> "torch.nn.Module":
+    """Replace every ``torch.nn.Linear`` inside ``model`` by a dynamically quantized int8 one.
+
+    Weights are stored as int8 with one scale per output channel (with one scale per tensor,
+    all-MiniLM-L6-v2's cosine to fp32 fell to 0.72 on the texts of ``tests/test_cpu_path.py``;
+    per channel, 0.92); each call quantizes its activations on the
+    fly and runs an int8 matrix product (fbgemm/oneDNN kernels), returning float32. Embeddings,
+    layer norms and ``model`` itself when it is a bare Linear stay float32. CPU only. Returns
+    the quantized module (``model`` is left unchanged). Used right after loading by the M3 and
+    dense encoders (:func:`load_transformer`) and by the cross-encoder reranker.
+
+    ``torch.ao.quantization.quantize_dynamic`` is deprecated in favour of torchao's
+    ``quantize_``, but torchao 0.18's int8 dynamic path gave no speed-up on a CPU in eager
+    mode (benchmarks/results/cpu-int8_torchao-vs-torch-ao.txt), so this keeps torch's kernels
+    and silences their deprecation notices for this call only.
+    """
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*torch\.ao\.quantization is deprecated")
+        warnings.filterwarnings("ignore", message=r"(?s).*quantized tensor creation functions")
+        try:
+            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+        except ImportError as exc:  # pragma: no cover - a future torch without it
+            raise ConfigError(f"dtype 'int8' needs torch.ao.quantization.quantize_dynamic, which torch "
+                              f"{torch.__version__} lacks; use dtype 'fp32'") from exc
+        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8,
+                                inplace=False)
 
 
 def dtype_name(dtype: "torch.dtype") -> str:
@@ -220,8 +282,9 @@ def load_tokenizer(folder: str, name: str) -> Any:
         raise ModelLoadError(f"could not load a tokenizer for {name!r} from {folder}: {exc}") from exc
 
 
-def load_transformer(folder: str, name: str, dtype: "torch.dtype", device: str) -> Any:
-    """Load an ``AutoModel`` (no task head) from ``folder`` in eval mode on ``device``.
+def load_transformer(folder: str, name: str, dtype: "torch.dtype", device: str, int8: bool = False) -> Any:
+    """Load an ``AutoModel`` (no task head) from ``folder`` in eval mode on ``device``;
+    ``int8=True`` then quantizes its Linear layers (:func:`quantize_int8`).
 
     Checkpoint weights the body does not use (a pooler, a pre-training or task head) are
     expected here and not reported; missing or mismatched weights are (see :func:`load_pretrained`).
@@ -235,7 +298,8 @@ def load_transformer(folder: str, name: str, dtype: "torch.dtype", device: str) 
             model = load_pretrained(AutoModel, folder, expected_unused=".", dtype=dtype)
     except Exception as exc:
         raise ModelLoadError(f"could not load model weights for {name!r} from {folder}: {exc}") from exc
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    return quantize_int8(model) if int8 else model
 
 
 # The functions that log transformers' weight-loading report: 5.x's table ("LOAD REPORT"),
@@ -462,3 +526,113 @@ def l2_normalize(x: "torch.Tensor", eps: float = 1e-12) -> "torch.Tensor":
     import torch.nn.functional as F
 
     return F.normalize(x, p=2.0, dim=-1, eps=eps)
+
+
+# --------------------------------------------------------------------------- query cache
+
+#: Default number of query encodings an encoder keeps (``[encoder] query_cache``).
+QUERY_CACHE_SIZE = 1024
+#: Bytes of arrays a query cache holds at most, whatever its entry count (long ColBERT
+#: queries of a large model take up to ~2 MB each).
+QUERY_CACHE_MAX_BYTES = 256 * 2**20
+
+
+def check_query_cache(size: Any) -> int:
+    """Check a query-cache size: an int >= 0 (0 switches the cache off)."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
+        raise ValueError(f"query_cache must be an int >= 0 (0 = off), got {size!r}")
+    return int(size)
+
+
+class QueryCache:
+    """A bounded, thread-safe LRU cache of query encodings, one per encoder.
+
+    Keyed by the exact query text and the settings that change its encoding (max length and
+    the requested outputs; the model, dtype and instruction are the encoder's own). At most
+    ``size`` entries and :data:`QUERY_CACHE_MAX_BYTES` of arrays; the least recently used go
+    first. Entries are stored read-only and handed out as copies, so a caller that writes into
+    a result cannot change what the next caller gets. ``hits``/``misses`` count lookups.
+    """
+
+    def __init__(self, size: int = QUERY_CACHE_SIZE, max_bytes: int = QUERY_CACHE_MAX_BYTES) -> None:
+        self.size = check_query_cache(size)
+        self.max_bytes = int(max_bytes)
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[tuple[Any, ...], tuple[Any, Any, Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        """Drop every entry (and reset the counters)."""
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+            self.hits = self.misses = 0
+
+    def encode(self, texts: list[str], settings: tuple[Any, ...], flags: tuple[bool, bool, bool],
+               encode: Callable[[list[str]], EncodeOutput]) -> EncodeOutput:
+        """``encode(texts)``, with the texts seen before under ``settings`` taken from the cache.
+
+        ``flags`` = (dense, sparse, colbert) as passed to ``encode``. Texts not cached are
+        encoded together, once each even when repeated in ``texts``.
+        """
+        if self.size == 0 or not texts:
+            return encode(texts)
+        keys = [(t, settings) for t in texts]
+        found: dict[tuple[Any, ...], tuple[Any, Any, Any, int]] = {}
+        with self._lock:
+            for k in keys:
+                entry = self._items.get(k)
+                if entry is not None:
+                    self._items.move_to_end(k)
+                    found[k] = entry
+            self.hits += sum(1 for k in keys if k in found)
+        missing = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in found))
+        if missing:
+            out = encode(missing)
+            new = {}
+            for i, text in enumerate(missing):
+                new[(text, settings)] = _cache_entry(out, i)
+            found.update(new)
+            with self._lock:
+                self.misses += len(missing)
+                for k, entry in new.items():
+                    self._put(k, entry)
+        dense, sparse, colbert = flags
+        entries = [found[k] for k in keys]
+        return EncodeOutput(
+            dense=np.stack([e[0] for e in entries]) if dense else None,
+            sparse=[dict(e[1]) for e in entries] if sparse else None,
+            colbert=[e[2].copy() for e in entries] if colbert else None,
+        )
+
+    def _put(self, key: tuple[Any, ...], entry: tuple[Any, Any, Any, int]) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= old[3]
+        if entry[3] > self.max_bytes:
+            return
+        self._items[key] = entry
+        self._bytes += entry[3]
+        while len(self._items) > self.size or self._bytes > self.max_bytes:
+            _, dropped = self._items.popitem(last=False)
+            self._bytes -= dropped[3]
+
+
+def _cache_entry(out: EncodeOutput, i: int) -> tuple[Any, Any, Any, int]:
+    """Row ``i`` of ``out`` as read-only copies, with its size in bytes."""
+    dense = None if out.dense is None else np.array(out.dense[i])
+    sparse = None if out.sparse is None else dict(out.sparse[i])
+    colbert = None if out.colbert is None else np.array(out.colbert[i])
+    size = 0
+    for arr in (dense, colbert):
+        if arr is not None:
+            arr.setflags(write=False)
+            size += arr.nbytes
+    if sparse is not None:
+        size += 16 * len(sparse)
+    return dense, sparse, colbert, size

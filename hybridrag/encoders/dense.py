@@ -20,12 +20,16 @@ import numpy as np
 
 from hybridrag.encoders.base import (
     MAX_LENGTH_LIMIT,
+    QUERY_CACHE_SIZE,
     EncodeOutput,
+    QueryCache,
     check_batch_size,
     check_max_length,
+    check_query_cache,
     check_texts,
     dtype_name,
     host_copy,
+    is_int8,
     l2_normalize,
     load_tokenizer,
     load_transformer,
@@ -86,12 +90,19 @@ def _pooling_from_st(cfg: dict[str, Any], folder: str) -> str:
     return aliases[modes[0]]
 
 
+def _requested(dtype: Any, torch_dtype: Any) -> str | None:
+    """The dtype setting as persisted: None (the device's default), ``"int8"`` or a torch dtype name."""
+    if dtype is None:
+        return None
+    return "int8" if is_int8(dtype) else dtype_name(torch_dtype)
+
+
 class DenseEncoder:
     """A single-vector encoder (optionally also token vectors) over any encoder-only model."""
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str, device: str, dtype: Any, pooling: str,
                  normalize: bool, query_instruction: str | None, max_length: int,
-                 requested_dtype: str | None = None) -> None:
+                 requested_dtype: str | None = None, query_cache: int = QUERY_CACHE_SIZE) -> None:
         """Wrap loaded parts; prefer :meth:`from_pretrained`."""
         self.model = model
         self.tokenizer = tokenizer
@@ -104,12 +115,16 @@ class DenseEncoder:
         self.max_length = max_length
         self.capacity = model_capacity(model.config)
         self._requested_dtype = requested_dtype
+        #: Linear layers run in int8 (``dtype="int8"``, the CPU path).
+        self.int8 = is_int8(requested_dtype)
+        #: Cache of :meth:`encode_queries` results (``query_cache`` entries; 0 = off).
+        self.query_cache = QueryCache(query_cache)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str], device: str | None = None, dtype: Any = None,
                         pooling: str | None = None, normalize: bool | None = None,
                         query_instruction: str | None = None, max_length: int | None = None,
-                        **kw: Any) -> "DenseEncoder":
+                        query_cache: int = QUERY_CACHE_SIZE, **kw: Any) -> "DenseEncoder":
         """Load a model folder (local path or Hugging Face id).
 
         ``pooling``/``normalize``/``max_length``: None reads them from the folder's
@@ -117,6 +132,9 @@ class DenseEncoder:
         (capped at 8192). An explicit value overrides the folder. ``query_instruction``
         is prepended to every query by :meth:`encode_queries` (e.g. ``"query: "`` for e5,
         ``"Represent this sentence for searching relevant passages: "`` for bge-en-v1.5).
+        ``dtype="int8"`` is the CPU path: the model's Linear layers are quantized to int8 after
+        loading (``device`` None then means the CPU; CUDA raises ConfigError). ``query_cache``:
+        how many query encodings to keep (0 = off; see :class:`QueryCache`).
         """
         if kw:
             raise TypeError(f"unexpected arguments for DenseEncoder.from_pretrained: {sorted(kw)}")
@@ -127,12 +145,13 @@ class DenseEncoder:
         if query_instruction is not None and not isinstance(query_instruction, str):
             raise TypeError(f"query_instruction must be a str or None, got {type(query_instruction).__name__}")
         name = os.fspath(name_or_path) if isinstance(name_or_path, os.PathLike) else name_or_path
-        dev = resolve_device(device)
+        query_cache = check_query_cache(query_cache)
+        dev = resolve_device(device, dtype)
         torch_dtype = resolve_dtype(dtype, dev)
         folder = resolve_model_folder(name)
         st = read_st_settings(folder)
         tokenizer = load_tokenizer(folder, name)
-        model = load_transformer(folder, name, torch_dtype, dev)
+        model = load_transformer(folder, name, torch_dtype, dev, int8=is_int8(dtype))
         capacity = model_capacity(model.config)
         if max_length is None:
             max_length = min(st.get("max_length", MAX_LENGTH_LIMIT), capacity, MAX_LENGTH_LIMIT)
@@ -141,7 +160,7 @@ class DenseEncoder:
                    pooling=pooling if pooling is not None else st.get("pooling", "cls"),
                    normalize=normalize if normalize is not None else st.get("normalize", True),
                    query_instruction=query_instruction, max_length=max_length,
-                   requested_dtype=None if dtype is None else dtype_name(torch_dtype))
+                   requested_dtype=_requested(dtype, torch_dtype), query_cache=query_cache)
 
     def config(self) -> dict[str, Any]:
         """JSON-serialisable settings that rebuild this encoder with :meth:`from_config`."""
@@ -198,12 +217,21 @@ class DenseEncoder:
 
     def encode_queries(self, texts: str | Sequence[str], *, max_length: int | None = None, batch_size: int = 32,
                        dense: bool = True, sparse: bool = False, colbert: bool = False) -> EncodeOutput:
-        """As :meth:`encode`, with ``query_instruction`` (if any) prepended to each text."""
+        """As :meth:`encode`, with ``query_instruction`` (if any) prepended to each text.
+
+        Results are cached per exact text and settings (:attr:`query_cache`); the arrays
+        returned are the caller's own copies."""
+        if sparse:
+            raise ValueError("DenseEncoder has no sparse output; pass sparse=False (use BM25 or M3 for lexical weights)")
         texts = check_texts(texts)
+        check_batch_size(batch_size)
         if self.query_instruction:
             texts = [self.query_instruction + t for t in texts]
-        return self.encode(texts, max_length=max_length, batch_size=batch_size, dense=dense, sparse=sparse,
-                           colbert=colbert)
+        settings = (self.max_length if max_length is None else max_length, dense, colbert)
+        return self.query_cache.encode(
+            texts, settings, (dense, False, colbert),
+            lambda todo: self.encode(todo, max_length=max_length, batch_size=batch_size, dense=dense,
+                                     colbert=colbert))
 
     def _run(self, features: list[dict[str, list[int]]], dense: bool,
              colbert: bool) -> Callable[[], list[tuple[Any, Any]]]:

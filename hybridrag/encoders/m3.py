@@ -14,12 +14,16 @@ import numpy as np
 
 from hybridrag.encoders.base import (
     MAX_LENGTH_LIMIT,
+    QUERY_CACHE_SIZE,
     EncodeOutput,
+    QueryCache,
     check_batch_size,
     check_max_length,
+    check_query_cache,
     check_texts,
     dtype_name,
     host_copy,
+    is_int8,
     l2_normalize,
     load_tokenizer,
     load_transformer,
@@ -71,7 +75,8 @@ class M3Encoder:
     """
 
     def __init__(self, model: Any, tokenizer: Any, colbert_linear: Any, sparse_linear: Any, *,
-                 name: str, device: str, dtype: Any, requested_dtype: str | None = None) -> None:
+                 name: str, device: str, dtype: Any, requested_dtype: str | None = None,
+                 query_cache: int = QUERY_CACHE_SIZE) -> None:
         """Wrap loaded parts; prefer :meth:`from_pretrained`."""
         self.model = model
         self.tokenizer = tokenizer
@@ -81,6 +86,10 @@ class M3Encoder:
         self.device = device
         self.dtype = dtype
         self._requested_dtype = requested_dtype
+        #: XLM-R's Linear layers run in int8 (``dtype="int8"``, the CPU path; the two heads stay fp32).
+        self.int8 = is_int8(requested_dtype)
+        #: Cache of :meth:`encode_queries` results (``query_cache`` entries; 0 = off).
+        self.query_cache = QueryCache(query_cache)
         self.capacity = model_capacity(model.config)
         ids = [tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id]
         self._unused_ids = frozenset(int(i) for i in ids if i is not None)
@@ -89,17 +98,21 @@ class M3Encoder:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str] = "BAAI/bge-m3", device: str | None = None,
-                        dtype: Any = None, **kw: Any) -> "M3Encoder":
+                        dtype: Any = None, query_cache: int = QUERY_CACHE_SIZE, **kw: Any) -> "M3Encoder":
         """Load an M3 folder (local path or Hugging Face id).
 
         ``device``: None picks CUDA when available. ``dtype``: None gives fp16 on CUDA
-        and fp32 on CPU; ``"bf16"``/``"fp16"``/``"fp32"`` or a torch dtype choose.
+        and fp32 on CPU; ``"bf16"``/``"fp16"``/``"fp32"`` or a torch dtype choose. ``"int8"`` is
+        the CPU path: XLM-R's Linear layers are quantized to int8 after loading (the small
+        colbert/sparse heads stay fp32; ``device`` None then means the CPU, CUDA raises
+        ConfigError). ``query_cache``: how many query encodings to keep (0 = off).
         Raises :class:`ModelLoadError` when the folder, weights or a head file is missing.
         """
         if kw:
             raise TypeError(f"unexpected arguments for M3Encoder.from_pretrained: {sorted(kw)}")
         name = os.fspath(name_or_path) if isinstance(name_or_path, os.PathLike) else name_or_path
-        dev = resolve_device(device)
+        query_cache = check_query_cache(query_cache)
+        dev = resolve_device(device, dtype)
         torch_dtype = resolve_dtype(dtype, dev)
         folder = resolve_model_folder(name)
         for head in ("colbert_linear.pt", "sparse_linear.pt"):
@@ -109,7 +122,7 @@ class M3Encoder:
                     f"(an M3 folder holds the XLM-R weights plus colbert_linear.pt and sparse_linear.pt)"
                 )
         tokenizer = load_tokenizer(folder, name)
-        model = load_transformer(folder, name, torch_dtype, dev)
+        model = load_transformer(folder, name, torch_dtype, dev, int8=is_int8(dtype))
         colbert_linear = _load_linear(os.path.join(folder, "colbert_linear.pt"), name, torch_dtype, dev)
         sparse_linear = _load_linear(os.path.join(folder, "sparse_linear.pt"), name, torch_dtype, dev)
         hidden = model.config.hidden_size
@@ -119,7 +132,8 @@ class M3Encoder:
                 f"{colbert_linear.out_features}, sparse {sparse_linear.in_features}->{sparse_linear.out_features})"
             )
         return cls(model, tokenizer, colbert_linear, sparse_linear, name=str(name), device=dev, dtype=torch_dtype,
-                   requested_dtype=None if dtype is None else dtype_name(torch_dtype))
+                   requested_dtype=None if dtype is None else "int8" if is_int8(dtype) else dtype_name(torch_dtype),
+                   query_cache=query_cache)
 
     def config(self) -> dict[str, Any]:
         """JSON-serialisable settings that rebuild this encoder with :meth:`from_config`."""
@@ -182,9 +196,16 @@ class M3Encoder:
 
     def encode_queries(self, texts: str | Sequence[str], *, max_length: int = 512, batch_size: int = 16,
                        dense: bool = True, sparse: bool = True, colbert: bool = True) -> EncodeOutput:
-        """Encode queries: as :meth:`encode` with ``max_length=512`` (BGE-M3 uses no query instruction)."""
-        return self.encode(texts, max_length=max_length, batch_size=batch_size, dense=dense, sparse=sparse,
-                           colbert=colbert)
+        """Encode queries: as :meth:`encode` with ``max_length=512`` (BGE-M3 uses no query instruction).
+
+        Results are cached per exact text and settings (:attr:`query_cache`); the arrays
+        returned are the caller's own copies."""
+        texts = check_texts(texts)
+        check_batch_size(batch_size)
+        return self.query_cache.encode(
+            texts, (max_length, dense, sparse, colbert), (dense, sparse, colbert),
+            lambda todo: self.encode(todo, max_length=max_length, batch_size=batch_size, dense=dense,
+                                     sparse=sparse, colbert=colbert))
 
     def _run(self, features: list[dict[str, list[int]]], dense: bool, sparse: bool,
              colbert: bool) -> Callable[[], list[tuple[Any, Any, Any]]]:

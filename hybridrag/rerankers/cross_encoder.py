@@ -20,7 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from hybridrag.encoders.base import dtype_name, load_pretrained, resolve_device, resolve_dtype, resolve_model_folder
+from hybridrag.encoders.base import (
+    dtype_name,
+    is_int8,
+    load_pretrained,
+    quantize_int8,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_folder,
+)
 from hybridrag.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -32,10 +40,10 @@ MIN_MAX_LENGTH = 8
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    # The encoders' rule (None -> CUDA when available; CUDA asked for but absent is an error);
-    # a torch.device is accepted too.
-    return torch.device(resolve_device(str(device) if isinstance(device, torch.device) else device))
+def _resolve_device(device: str | torch.device | None, dtype: Any = None) -> torch.device:
+    # The encoders' rule (None -> CUDA when available, the CPU for int8; CUDA asked for but
+    # absent is an error); a torch.device is accepted too.
+    return torch.device(resolve_device(str(device) if isinstance(device, torch.device) else device, dtype))
 
 
 def _check_max_length(max_length: Any) -> int:
@@ -69,11 +77,15 @@ class CrossEncoderReranker:
         max_length: int = 512,
     ) -> None:
         self.max_length = _check_max_length(max_length)
-        self.device = _resolve_device(device)
+        self.device = _resolve_device(device, dtype)
         self.dtype = resolve_dtype(dtype, str(self.device))
+        #: Linear layers run in int8 (``dtype="int8"``, the CPU path; :func:`quantize_int8`).
+        self.int8 = is_int8(dtype)
         self.name_or_path = str(name_or_path)
         self.tokenizer = tokenizer
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        if self.int8:
+            self.model = quantize_int8(self.model)
         self._backend = self._make_backend(tokenizer)
         pad_id = getattr(tokenizer, "pad_token_id", None)
         self._pad_id = int(pad_id) if pad_id is not None else 0
@@ -94,6 +106,10 @@ class CrossEncoderReranker:
     ) -> CrossEncoderReranker:
         """Load a cross-encoder from a local folder or a Hugging Face id.
 
+        ``dtype``: None gives fp16 on CUDA and fp32 on CPU; ``"int8"`` is the CPU path (the
+        model's Linear layers quantized to int8 after loading; ``device`` None then means the
+        CPU, a CUDA device raises ConfigError).
+
         Raises :class:`~hybridrag.errors.ModelLoadError` when the folder or id cannot be loaded.
         """
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -102,7 +118,7 @@ class CrossEncoderReranker:
             raise TypeError(f"name_or_path must be a str or path, got {type(name_or_path).__name__}")
         _check_max_length(max_length)
         name = os.fspath(name_or_path)
-        dev = _resolve_device(device)
+        dev = _resolve_device(device, dtype)
         torch_dtype = resolve_dtype(dtype, str(dev))
         path = Path(name).expanduser()
         looks_local = path.is_absolute() or name.startswith((".", "~")) or path.exists()
@@ -129,7 +145,8 @@ class CrossEncoderReranker:
             raise ModelLoadError(
                 f"reranker {name!r} has num_labels={num_labels}; a cross-encoder reranker needs exactly 1 logit"
             )
-        return cls(model, tokenizer, name_or_path=name, device=dev, dtype=torch_dtype, max_length=max_length)
+        return cls(model, tokenizer, name_or_path=name, device=dev, dtype="int8" if is_int8(dtype) else torch_dtype,
+                   max_length=max_length)
 
     def config(self) -> dict[str, Any]:
         """JSON-serialisable settings that rebuild this reranker with :meth:`from_config`."""
@@ -137,7 +154,7 @@ class CrossEncoderReranker:
             "class": type(self).__name__,
             "name_or_path": self.name_or_path,
             "max_length": self.max_length,
-            "dtype": dtype_name(self.dtype),
+            "dtype": "int8" if self.int8 else dtype_name(self.dtype),
         }
 
     @classmethod
@@ -148,8 +165,8 @@ class CrossEncoderReranker:
         unknown = set(cfg) - {"class", "name_or_path", "max_length", "dtype"}
         if unknown:
             raise ValueError(f"unknown reranker config keys {sorted(unknown)}")
-        dev = _resolve_device(device)
         dtype = cfg.get("dtype")
+        dev = _resolve_device(device, dtype)
         if dev.type == "cpu" and dtype in ("float16", "bfloat16"):
             dtype = None  # a GPU-saved half-precision setting falls back to fp32 on CPU
         return cls.from_pretrained(cfg["name_or_path"], device=dev, dtype=dtype, max_length=cfg.get("max_length", 512))
@@ -312,5 +329,5 @@ class CrossEncoderReranker:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name_or_path!r}, device={str(self.device)!r}, "
-                f"dtype={dtype_name(self.dtype)!r}, max_length={self.max_length})")
+                f"dtype={'int8' if self.int8 else dtype_name(self.dtype)!r}, max_length={self.max_length})")
 
