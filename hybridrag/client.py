@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from hybridrag import errors
-from hybridrag.types import Document, Hit
+from hybridrag.types import Document, Hit, SearchResults
 
 API_KEY_ENV = "HYBRIDRAG_API_KEY"
 
@@ -41,7 +41,8 @@ _RAISE_AS: dict[str, type[Exception]] = {
 def _hit(d: Mapping[str, Any]) -> Hit:
     return Hit(chunk_id=d["chunk_id"], doc_id=d["doc_id"], text=d["text"], score=float(d["score"]),
                metadata=dict(d.get("metadata") or {}), span=tuple(d.get("span", (0, 0))),  # type: ignore[arg-type]
-               scores=dict(d.get("scores") or {}), ranks=dict(d.get("ranks") or {}))
+               scores=dict(d.get("scores") or {}), ranks=dict(d.get("ranks") or {}),
+               weights=dict(d.get("weights") or {}))
 
 
 class RemoteIndex:
@@ -117,17 +118,18 @@ class RemoteIndex:
             self._local.conn = None
 
     # ------------------------------------------------------------------ search
-    def search(self, query: str, k: int = 10, filters: Mapping[str, Any] | None = None, **overrides: Any) -> list[Hit]:
+    def search(self, query: str, k: int = 10, filters: Mapping[str, Any] | None = None,
+               **overrides: Any) -> SearchResults:
         """Search one query; as :meth:`HybridIndex.search <hybridrag.index.HybridIndex.search>`."""
         if not isinstance(query, str):
             raise TypeError(f"query must be a string, got {type(query).__name__}")
         out = self._request("POST", "/search", {"query": query, "k": k, "filters": filters, "explain": True,
                                                 **overrides})
         self.generation = out["generation"]
-        return [_hit(h) for h in out["hits"]]
+        return SearchResults([_hit(h) for h in out["hits"]], out.get("notes", ()))
 
     def search_batch(self, queries: Sequence[str], k: int = 10, filters: Mapping[str, Any] | None = None,
-                     **overrides: Any) -> list[list[Hit]]:
+                     **overrides: Any) -> list[SearchResults]:
         """Search a batch in one request; as :meth:`HybridIndex.search_batch`."""
         if isinstance(queries, str) or not isinstance(queries, Sequence):
             raise TypeError("queries must be a list of strings (use search() for one query)")
@@ -136,7 +138,8 @@ class RemoteIndex:
         out = self._request("POST", "/search", {"queries": list(queries), "k": k, "filters": filters,
                                                 "explain": True, **overrides})
         self.generation = out["generation"]
-        return [[_hit(h) for h in hits] for hits in out["results"]]
+        notes = out.get("notes") or [()] * len(out["results"])
+        return [SearchResults([_hit(h) for h in hits], n) for hits, n in zip(out["results"], notes)]
 
     # ------------------------------------------------------------------ info
     def stats(self) -> dict[str, Any]:

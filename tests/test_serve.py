@@ -166,7 +166,7 @@ def test_search_equals_the_library(server, local):
     ({"query": "x", "kk": 3}, 422, "kk: Extra inputs are not permitted"),
     ({"query": "x", "k": "10"}, 422, "k: Input should be a valid integer"),
     ({"query": 5}, 422, "query: Input should be a valid string"),
-    ({"query": "x", "fusion": "max"}, 422, "fusion: Input should be 'weighted', 'relative' or 'rrf'"),
+    ({"query": "x", "fusion": "max"}, 422, "fusion: Input should be 'weighted', 'relative', 'rrf' or 'adaptive'"),
 ])
 def test_bad_search_requests_get_4xx_with_the_message(server, body, status, message):
     got, out, _ = call(server.url, "POST", "/search", body)
@@ -297,6 +297,13 @@ def test_remote_index_equals_the_library_and_raises_its_errors(server, local):
     want = local.search_batch(QUERIES, k=3, fusion="rrf")
     assert [[h.to_dict() for h in r] for r in got] == [[h.to_dict() for h in r] for r in want]
     assert remote.generation == local.generation
+    # why hits are missing travels too (SearchResults.notes), and adaptive fusion's weights
+    for q, kw in (("?!", {}), ("vitamin", {"filters": {"colour": "red"}}), ("vitamin", {"fusion": "adaptive"})):
+        got, want = remote.search(q, k=3, **kw), local.search(q, k=3, **kw)
+        assert got.notes == want.notes and [h.to_dict() for h in got] == [h.to_dict() for h in want]
+    assert any(remote.search("?!", k=3).notes) and remote.search("vitamin", fusion="adaptive")[0].weights
+    assert [r.notes for r in remote.search_batch(["?!", "vitamin"], k=3)] == \
+        [r.notes for r in local.search_batch(["?!", "vitamin"], k=3)]
     with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
         remote.search("x", k=0)
     with pytest.raises(ValueError, match="unknown fusion|fusion: Input should be"):

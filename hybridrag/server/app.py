@@ -51,7 +51,7 @@ class SearchRequest(BaseModel):
     k: int = Field(10, description="hits per query (at most --max-k)")
     filters: dict[str, Any] | None = Field(None, description='metadata conditions, e.g. {"year": {"$gte": 2020}}')
     modes: list[str] | None = Field(None, description="a subset of the index's modes")
-    fusion: Literal["weighted", "relative", "rrf"] | None = None
+    fusion: Literal["weighted", "relative", "rrf", "adaptive"] | None = None
     weights: dict[str, float] | None = None
     depth: int | dict[str, int] | None = Field(None, description="first-stage candidates per mode (at most --max-depth)")
     rerank: bool | None = None
@@ -78,7 +78,7 @@ class DeleteRequest(BaseModel):
 def _hit_json(h: Any, explain: bool) -> dict[str, Any]:
     d = h.to_dict()
     if not explain:
-        del d["scores"], d["ranks"]
+        del d["scores"], d["ranks"], d["weights"]
     return d
 
 
@@ -209,9 +209,10 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> Any:
         options = {n: getattr(req, n) for n in ("modes", "fusion", "weights", "depth", "rerank", "rerank_k", "rrf_k")}
         res = await engine.search(queries, k=req.k, filters=req.filters, **options)  # type: ignore[arg-type]
         rows = [[_hit_json(h, req.explain) for h in hits] for hits in res.hits]
+        notes = [list(getattr(hits, "notes", ())) for hits in res.hits]   # why hits are missing
         if req.query is not None:
-            return JSONResponse({"generation": res.generation, "hits": rows[0]})
-        return JSONResponse({"generation": res.generation, "results": rows})
+            return JSONResponse({"generation": res.generation, "hits": rows[0], "notes": notes[0]})
+        return JSONResponse({"generation": res.generation, "results": rows, "notes": notes})
 
     @app.post("/add", summary="Add documents (--writable)")
     async def add(req: WriteRequest) -> JSONResponse:
