@@ -239,15 +239,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"ingested {total_added} document(s) ({total_chunks} chunks) into {args.index} in {dt:.1f}s "
               f"({total_chunks / dt if dt > 0 else 0:.0f} chunks/s); {total_unchanged} unchanged, "
               f"{len(empty)} with no text" + (f", {len(pruned)} pruned" if args.prune else ""))
-    if pruned:
-        print(f"pruned {len(pruned)} document(s) whose file is gone:")
-        for doc_id in pruned[:50]:
-            print(f"  {doc_id}")
-        if len(pruned) > 50:
-            print(f"  ... and {len(pruned) - 50} more")
-    for title, items in (("skipped", report.skipped), ("warnings for", report.warnings)):
+    for title, items in ((f"pruned {len(pruned)} document(s) whose file is gone", pruned),
+                         (f"skipped {len(report.skipped)} file(s)/record(s)", report.skipped),
+                         (f"warnings for {len(report.warnings)} file(s)/record(s)", report.warnings)):
         if items:
-            print(f"{title} {len(items)} file(s)/record(s):")
+            print(f"{title}:")
             for item in items[:50]:
                 print(f"  {item}")
             if len(items) > 50:
