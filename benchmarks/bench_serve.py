@@ -163,6 +163,10 @@ def main() -> None:
     ap.add_argument("--index", type=Path, default=None,
                     help="build (or reuse) the index here and keep it (else a temp dir); phase 4 leaves the "
                          "writer's documents in it, so a reused index holds more than --docs")
+    ap.add_argument("--query-cache", type=int, default=0,
+                    help="encoder.query_cache of the index built (0: every request is encoded, as for "
+                         "queries never seen before; the default 1,024 would serve the repeated queries "
+                         "of this test from the cache)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(
@@ -183,13 +187,18 @@ def main() -> None:
     part = f"{args.beir.name} first {args.docs} docs, offline pipeline"
     if not (index / "manifest.json").exists():
         t = time.perf_counter()
-        idx = HybridIndex.create(index, ROOT / "pipelines" / "offline.toml")
+        from hybridrag.config import load_pipeline
+
+        cfg = load_pipeline(str(ROOT / "pipelines" / "offline.toml")).to_dict()
+        cfg["encoder"]["query_cache"] = args.query_cache
+        idx = HybridIndex.create(index, cfg)
         idx.upsert(corpus_docs(args.beir, 0, args.docs))
         idx.close()
         table(part, "setup", "index build s", f"{time.perf_counter() - t:.1f}")
     queries = [q["text"] for q in read_jsonl(args.beir / "queries.jsonl", args.queries)]
     lib = HybridIndex.load(index)
-    table(part, "setup", "chunks; queries; k", f"{len(lib)}; {len(queries)}; {args.k}")
+    table(part, "setup", "chunks; queries; k; encoder.query_cache",
+          f"{len(lib)}; {len(queries)}; {args.k}; {lib.pipeline.encoder.query_cache}")
 
     # 1. the library in process
     lib.search_batch(queries[:8], k=args.k)
