@@ -98,7 +98,8 @@ class _Gate:
         self.routes = routes
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
-        assert self.key is not None
+        if self.key is None:
+            raise RuntimeError("_authorised() called with no API key set")
         given = headers.get(b"x-api-key")
         auth = headers.get(b"authorization", b"")
         if given is None and auth[:7].lower() == b"bearer ":

@@ -183,7 +183,8 @@ class Engine:
     async def reload(self) -> int:
         """Load the index's committed generation if it is not the one served; returns the
         generation served afterwards. Searches go on from the old generation meanwhile."""
-        assert self._reload_lock is not None, "Engine.start() was not called"
+        if self._reload_lock is None:
+            raise RuntimeError("Engine.start() was not called")
         async with self._reload_lock:
             sig = self._manifest_signature()
             on_disk = read_manifest(self.path, missing_ok=True)
@@ -221,7 +222,8 @@ class Engine:
         if self._queued + len(queries) > self.limits.max_queue:
             raise Overloaded(f"{self._queued} queries are waiting (limit {self.limits.max_queue}, --max-queue); "
                              "retry later")
-        assert self._wake is not None and self._full is not None, "Engine.start() was not called"
+        if self._wake is None or self._full is None:
+            raise RuntimeError("Engine.start() was not called")
         fut = asyncio.get_running_loop().create_future()
         self._queue.append(_Request(list(queries), k, filters, {n: v for n, v in options.items() if v is not None},
                                     fut))
@@ -232,7 +234,8 @@ class Engine:
         return await fut
 
     async def _batch_loop(self) -> None:
-        assert self._wake is not None and self._full is not None
+        if self._wake is None or self._full is None:
+            raise RuntimeError("Engine.start() was not called")
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
