@@ -165,27 +165,15 @@ def test_opening_a_copy_never_changes_the_original(tmp_path, m3_dir, m3_encoder,
     idx.add([dict(d, id=f"n{d['id']}") for d in docs(4)])
     idx.close()
     everything = [f"d{i}" for i in range(6)] + [f"nd{i}" for i in range(4)]
-    cp = HybridIndex.load(copy, encoder=m3_encoder)
-    try:
+    with HybridIndex.load(copy, encoder=m3_encoder) as cp:
         _assert_complete(cp, [f"d{i}" for i in range(6)])
-    finally:
-        cp.close()
-    idx = HybridIndex.load(orig, encoder=m3_encoder)
-    try:
+    with HybridIndex.load(orig, encoder=m3_encoder) as idx:
         _assert_complete(idx, everything)
-    finally:
-        idx.close()
-    cp = HybridIndex.load(copy, encoder=m3_encoder)
-    try:
+    with HybridIndex.load(copy, encoder=m3_encoder) as cp:
         with pytest.raises(IndexFormatError, match="another index directory"):
             cp.add([{"id": "x", "text": "written to the copy", "metadata": {}}])
-    finally:
-        cp.close()
-    idx = HybridIndex.load(orig, encoder=m3_encoder)
-    try:
+    with HybridIndex.load(orig, encoder=m3_encoder) as idx:   # the refused write changed nothing
         _assert_complete(idx, everything)
-    finally:
-        idx.close()
     # rebuild gives the copy collections of its own (the original's are left alone)
     cp = HybridIndex.rebuild(copy, encoder=m3_encoder)
     try:
