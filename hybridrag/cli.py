@@ -313,6 +313,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"format     {st['format_version']} (written by hybridrag {st['library_version']})")
     for role, name in st["models"].items():
         print(f"{role:<10} {name}")
+    segs = st["segments"]
+    print(f"segments   {len(segs)}   deleted rows: {sum(s['deleted'] for s in segs)}"
+          + ("   (hybridrag optimize merges them)" if len(segs) > 1 else ""))
     for store, n in st["bytes"].items():
         print(f"  {store:<9} {n / 1e6:10.2f} MB")
     return 0
@@ -340,6 +343,22 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         idx.close()
     print(f"{args.index}: rebuilt {stats['chunks']} chunks of {stats['documents']} document(s) "
           f"from the docstore (generation {stats['generation']})")
+    return 0
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from hybridrag.index import HybridIndex
+
+    idx = HybridIndex.load(args.index)
+    try:
+        before = idx.stats()["segments"]
+        idx.optimize()
+        after = idx.stats()["segments"]
+    finally:
+        idx.close()
+    dead = sum(s["deleted"] for s in before)
+    print(f"{args.index}: {len(before)} segment{'s' * (len(before) != 1)} ({dead} deleted rows) merged into "
+          f"{len(after)} segment{'s' * (len(after) != 1)}")
     return 0
 
 
@@ -435,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pipeline", default=None,
                    help="the index's pipeline, needed only when its manifest is lost or corrupt")
     s.set_defaults(func=cmd_rebuild)
+
+    s = sub.add_parser("optimize", help="merge every segment into one, dropping deleted rows")
+    s.add_argument("index", metavar="DIR")
+    s.set_defaults(func=cmd_optimize)
 
     from hybridrag.server.config import BatchConfig, Limits
 

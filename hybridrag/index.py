@@ -45,22 +45,35 @@ from hybridrag.errors import (
     IndexLockedError,
 )
 from hybridrag.search import planner
+from hybridrag.storage.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    check_name as _check_name,
+    fsync_dir as _fsync_dir,
+    manifest_digest as _manifest_digest,
+    manifest_text as _manifest_text,
+    read_manifest,
+    sha256_file as _sha256,
+    verify_files,
+    write_manifest,
+)
+from hybridrag.storage.policy import TieredMergePolicy
+from hybridrag.storage.segments import SegmentedStore
+from hybridrag.storage.table import SegmentTable
 from hybridrag.search.fusion import FUSION_METHODS
 from hybridrag.types import Chunk, Document, Hit, SearchResults
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 DOCSTORE = "docstore.sqlite"
 LOCKFILE = "LOCK"
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 MAX_ID_CHARS = 1024
 # Metadata nested deeper than this is refused (DocumentError): JSON encoders, SQLite's json1
 # and every recursive walk would otherwise hit Python's recursion limit on hostile input.
 MAX_METADATA_DEPTH = 64
-# Every file a store writes carries "<mode>.g<generation>" in its name (the save tag).
-_STORE_FILE = re.compile(r"(dense|sparse|bm25|colbert)\.g\d+")
+# Every file of a segment carries "<mode>.s<n>" (format 1: "<mode>.g<generation>") in its name,
+# or is a segment's bookkeeping ("s<n>.slots.npy", "s<n>.del.g<generation>.npy").
+_STORE_FILE = re.compile(r"(dense|sparse|bm25|colbert)\.[gs]\d+|(^|\.)[gs]\d+\.(slots|del\.g\d+)\.npy")
 # A reader retries its load while a writer's commits keep replacing the files it is opening
 # (each retry opens the newer generation), for up to _LOAD_PATIENCE_S; a failure with no newer
 # generation (a damaged index, or a writer between its manifest swap and our read) is retried
@@ -158,20 +171,8 @@ def as_document(obj: Any, position: int = 0) -> Document:
     return doc
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _model_fingerprint(resolved: str) -> dict[str, Any]:
@@ -239,8 +240,10 @@ class HybridIndex:
     """
 
     def __init__(self, path: Path, pipeline: PipelineConfig, manifest: dict[str, Any] | None,
-                 encoder: Any = None, reranker: Any = None, device: str | None = None) -> None:
+                 encoder: Any = None, reranker: Any = None, device: str | None = None,
+                 read_only: bool = False) -> None:
         self.path = path
+        self._read_only = read_only
         self.pipeline = pipeline
         self._device = device or (pipeline.encoder.device or None)
         self._encoder = encoder
@@ -253,12 +256,18 @@ class HybridIndex:
         self._manifest = manifest
         self._gen = int(manifest["generation"]) if manifest else 0
         self._dirty = False
+        # The segments of the committed index and the slots written and deleted since.
+        self._table = SegmentTable([], 1)
+        self._vocab_files: list[str] = list((manifest or {}).get("bm25_vocab") or [])
+        self._vocab_saved = 0   # BM25 terms already in a committed vocabulary file
+        #: Which segments a commit merges afterwards (``None``: never; :meth:`optimize` still does).
+        self.merge_policy: TieredMergePolicy | None = TieredMergePolicy()
         # Milvus connection settings the user gave (never read from the index alone).
         self._milvus_conn: dict[str, str] = {}
         self._milvus_from_index = False  # the [milvus] section came from the manifest
         from hybridrag.stores.docstore import DocStore
 
-        self.docstore = DocStore(path / DOCSTORE)
+        self.docstore = DocStore(path / DOCSTORE, read_only=read_only)
 
     # ------------------------------------------------------------------ creation / loading
     @classmethod
@@ -326,13 +335,16 @@ class HybridIndex:
         return idx
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, verify: bool = True, encoder: Any = None,
+    def load(cls, path: str | os.PathLike[str], *, verify: bool = False, encoder: Any = None,
              reranker: Any = None, device: str | None = None, milvus_uri: str | None = None,
              milvus_token: str | None = None) -> "HybridIndex":
         """Open the last committed state of the index at ``path``.
 
-        ``verify`` checks every store file against the manifest's sha256 (reads each file
-        once); a mismatch raises :class:`IndexFormatError` naming the file.
+        Opening reads the manifest and maps the segment files; it checks their structure
+        (sizes, headers, offsets and ids within bounds), not every byte, so it takes about the
+        same time at any index size. ``verify=True`` also checks every file against the
+        manifest's sha256 (reading each once; ``hybridrag check`` does this and more); a
+        mismatch raises :class:`IndexFormatError` naming the file.
         ``milvus_uri`` / ``milvus_token`` (else ``$HYBRIDRAG_MILVUS_URI`` / ``$MILVUS_TOKEN``):
         where a Milvus-backed index's vectors are; required unless they are in a Milvus Lite
         file inside ``path`` (docs/MILVUS.md, "Security").
@@ -365,14 +377,15 @@ class HybridIndex:
 
     @classmethod
     def _open(cls, p: Path, manifest: dict[str, Any], verify: bool, encoder: Any, reranker: Any,
-              device: str | None, milvus_conn: dict[str, str] | None = None) -> "HybridIndex":
+              device: str | None, milvus_conn: dict[str, str] | None = None,
+              read_only: bool = False) -> "HybridIndex":
         if verify:
             verify_files(p, manifest)
         cfg = PipelineConfig.from_stored(manifest["pipeline"], source=f"{p / MANIFEST}")
         import sqlite3
 
         try:
-            idx = cls(p, cfg, manifest, encoder=encoder, reranker=reranker, device=device)
+            idx = cls(p, cfg, manifest, encoder=encoder, reranker=reranker, device=device, read_only=read_only)
         except sqlite3.DatabaseError as e:
             raise IndexFormatError(f"{p / DOCSTORE}: docstore is unreadable or corrupt ({e})") from None
         idx._milvus_conn = dict(milvus_conn or {})
@@ -381,7 +394,7 @@ class HybridIndex:
             idx._init_components(fresh=False)
             want = int(manifest.get("counts", {}).get("chunks", -1))
             for mode, store in idx.stores.items():
-                if want >= 0 and len(store) != want and not cfg.milvus.enabled:
+                if want >= 0 and len(store) != want and isinstance(store, SegmentedStore):
                     raise IndexFormatError(f"{p / MANIFEST}: store {mode!r} holds {len(store)} rows, the manifest "
                                            f"says {want} chunks")
         except BaseException:
@@ -394,7 +407,7 @@ class HybridIndex:
 
         ds = self.docstore
         try:
-            if ds.max_generation() > self._gen:
+            if ds.max_generation() > self._gen and not self._read_only:
                 # An uncommitted write left rows tagged with a later generation. Undo it when no
                 # live writer holds the lock; otherwise it is that writer's work in progress.
                 try:
@@ -478,7 +491,8 @@ class HybridIndex:
                 raise IndexFormatError(f"{p / DOCSTORE}: docstore content does not match the manifest; "
                                        "cannot rebuild from it")
             idx._gen = gen
-            idx._manifest = None if manifest is None else dict(manifest, bm25_vocab=None)
+            idx._manifest = None if manifest is None else dict(manifest, bm25_vocab=[])
+            idx._vocab_files = []
             idx._init_components(fresh=True)
             slots = ds.live_slots()
             for i in range(0, len(slots), batch_size):
@@ -500,36 +514,55 @@ class HybridIndex:
         return None if m is None else int(m["generation"])
 
     def _init_components(self, fresh: bool) -> None:
-        cfg = self.pipeline
-        modes = cfg.modes
+        """The stores: opened from the committed segments, or (``fresh``) new and empty."""
         if self._manifest is not None and not fresh:
             self._load_stores()
-        else:
-            self.stores = {}
-            from hybridrag.stores.faiss import FaissStore
-            from hybridrag.stores.multivector import MultiVectorStore
-            from hybridrag.stores.sparse import SparseIndex
+            return
+        cfg = self.pipeline
+        modes = cfg.modes
+        self.stores = {}
+        self._table = SegmentTable([], (self._manifest or {}).get("next_segment", 1))
+        self._vocab_saved = 0
+        enc = self.encoder if any(m in modes for m in ("dense", "sparse", "colbert")) else None
+        if cfg.milvus.enabled and ("dense" in modes or "sparse" in modes):
+            from hybridrag.stores.milvus import milvus_stores
 
-            enc = self.encoder if any(m in modes for m in ("dense", "sparse", "colbert")) else None
-            if cfg.milvus.enabled and ("dense" in modes or "sparse" in modes):
-                from hybridrag.stores.milvus import milvus_stores
+            remote = milvus_stores(cfg.milvus, enc.dim if "dense" in modes else None, self.path,
+                                   from_index=self._milvus_from_index, **self._milvus_conn)
+            self.stores.update({m: remote[m] for m in ("dense", "sparse") if m in modes})
+            self._milvus_conn = remote["sparse"].connection()
+        for mode in modes:
+            if mode not in self.stores:
+                self.stores[mode] = SegmentedStore({}, self._new_store(mode, enc), self._fresh_maker(mode))
 
-                remote = milvus_stores(cfg.milvus, enc.dim if "dense" in modes else None, self.path,
-                                       from_index=self._milvus_from_index, **self._milvus_conn)
-                self.stores.update({m: remote[m] for m in ("dense", "sparse") if m in modes})
-                self._milvus_conn = remote["sparse"].connection()
-            if "dense" in modes and "dense" not in self.stores:
-                self.stores["dense"] = FaissStore(enc.dim, factory=cfg.dense.index)
-            if "sparse" in modes and "sparse" not in self.stores:
-                self.stores["sparse"] = SparseIndex(weighting="none")
-            if "bm25" in modes:
-                self.stores["bm25"] = SparseIndex(weighting=f"bm25{cfg.bm25.variant}", k1=cfg.bm25.k1,
-                                                  b=cfg.bm25.b, epsilon=cfg.bm25.epsilon)
-            if "colbert" in modes:
-                dim = getattr(enc, "colbert_dim", None) or enc.dim
-                self.stores["colbert"] = MultiVectorStore(dim, encoding=cfg.colbert.encoding,
-                                                          pq_train_tokens=cfg.colbert.pq_train_tokens,
-                                                          pq_train_pool=cfg.colbert.pq_train_pool)
+    def _new_store(self, mode: str, enc: Any) -> Any:
+        """An empty store of ``mode`` as the pipeline configures it."""
+        from hybridrag.stores.faiss import FaissStore
+        from hybridrag.stores.multivector import MultiVectorStore
+        from hybridrag.stores.sparse import SparseIndex
+
+        cfg = self.pipeline
+        if mode == "dense":
+            return FaissStore(enc.dim, factory=cfg.dense.index)
+        if mode == "sparse":
+            return SparseIndex(weighting="none")
+        if mode == "bm25":
+            return SparseIndex(weighting=f"bm25{cfg.bm25.variant}", k1=cfg.bm25.k1, b=cfg.bm25.b,
+                               epsilon=cfg.bm25.epsilon)
+        dim = getattr(enc, "colbert_dim", None) or enc.dim
+        return MultiVectorStore(dim, encoding=cfg.colbert.encoding, pq_train_tokens=cfg.colbert.pq_train_tokens,
+                                pq_train_pool=cfg.colbert.pq_train_pool)
+
+    def _fresh_maker(self, mode: str, config: Mapping[str, Any] | None = None) -> Any:
+        """How a mode's next fresh part is made: like its newest part (same settings and trained
+        state: PQ codec, IVF quantizer) when the store kind can, else from its saved config."""
+        def make() -> Any:
+            store = self.stores[mode]
+            model = store.newest
+            if hasattr(model, "empty_like"):
+                return model.empty_like()
+            return _store_from_config(self._store_class(mode), config if config is not None else model.config())
+        return make
 
     def _store_class(self, mode: str) -> Any:
         from hybridrag.stores.faiss import FaissStore
@@ -543,29 +576,58 @@ class HybridIndex:
         return {"dense": FaissStore, "sparse": SparseIndex, "bm25": SparseIndex, "colbert": MultiVectorStore}[mode]
 
     def _load_stores(self) -> None:
-        if self._manifest is None:
+        """Open every committed segment of every store (memory-mapped; deletions applied in
+        memory); files are checked for structure, not hashed (``load(verify=True)`` hashes)."""
+        m = self._manifest
+        if m is None:
             raise IndexFormatError(f"{self.path / MANIFEST}: no committed manifest to load stores from")
         self.stores = {}
-        for mode, entry in self._manifest["stores"].items():
+        gen = self._gen
+        self._table = SegmentTable.open(self.path, m, legacy_slots=lambda: self.docstore.live_slots(as_of=gen))
+        for mode, entry in m["stores"].items():
+            cls, config = self._store_class(mode), entry.get("config", {})
+            parts: dict[str, Any] = {}
+            for seg in m["segments"]:
+                sid, files = seg["id"], seg["files"].get(mode)
+                if not isinstance(files, dict) or not files:
+                    raise IndexFormatError(f"{self.path / MANIFEST}: segment {sid!r} has no files for {mode!r}")
+                part = cls.load(self.path, files, config)
+                dead = self._table.deleted[sid]
+                if dead.size:
+                    part.remove(dead)
+                if len(part) != seg["rows"] - seg["deleted"]:
+                    raise IndexFormatError(f"{self.path / sorted(files.values())[0]}: store {mode!r} segment {sid!r} "
+                                           f"holds {len(part)} live rows, the manifest says "
+                                           f"{seg['rows'] - seg['deleted']}")
+                parts[sid] = part
+            self.stores[mode] = SegmentedStore(parts, None, self._fresh_maker(mode, config))
+            if parts:
+                self.stores[mode].fresh = self.stores[mode]._new_fresh()
+            else:
+                self.stores[mode].fresh = _store_from_config(cls, config)
+        for mode, entry in m.get("remote", {}).items():
             files = entry["files"]
-            for name in files.values():
-                _check_name(self.path, name)
-            config = entry.get("config", {})
-            if self.pipeline.milvus.enabled and mode in ("dense", "sparse"):
-                # where Milvus is comes from the user, never from the manifest (docs/MILVUS.md)
-                config = {**{k: v for k, v in config.items() if k not in ("uri", "token")}, **self._milvus_conn}
+            # where Milvus is comes from the user, never from the manifest (docs/MILVUS.md)
+            config = {**{k: v for k, v in entry.get("config", {}).items() if k not in ("uri", "token")},
+                      **self._milvus_conn}
             self.stores[mode] = self._store_class(mode).load(self.path, files, config)
-        # Read the BM25 vocabulary now, not at the first search: a writer may collect the
-        # file once it commits a newer generation.
+        # Read the BM25 vocabulary now, not at the first search: a writer may collect its files
+        # once it commits a newer generation.
         self._bm25_vocab = None
-        saved = self._manifest.get("bm25_vocab")
-        if saved:
+        self._vocab_files = list(m.get("bm25_vocab") or [])
+        if self._vocab_files:
             from hybridrag.encoders.bm25 import BM25Encoder
 
-            _check_name(self.path, saved)
+            terms: list[str] = []
             probe = BM25Encoder()
-            probe.load_vocabulary(self.path / saved)
-            self._bm25_vocab = dict(probe.vocabulary)
+            for name in self._vocab_files:
+                probe.load_vocabulary(self.path / name)
+                terms += sorted(probe.vocabulary, key=probe.vocabulary.__getitem__)
+            vocab = {t: i for i, t in enumerate(terms)}
+            if len(vocab) != len(terms):
+                raise IndexFormatError(f"{self.path / self._vocab_files[-1]}: BM25 vocabulary repeats a term")
+            self._bm25_vocab = vocab
+        self._vocab_saved = len(self._bm25_vocab or {})
 
     # ------------------------------------------------------------------ components
     @property
@@ -618,7 +680,6 @@ class HybridIndex:
             from hybridrag.encoders.bm25 import BM25Encoder
 
             c = self.pipeline.bm25
-            saved = (self._manifest or {}).get("bm25_vocab")
             if c.analyzer == "subword":
                 analyzer: Any = SubwordAnalyzer(self.encoder.tokenizer)
             elif c.analyzer == "unicode":
@@ -629,9 +690,6 @@ class HybridIndex:
             enc = BM25Encoder(analyzer, variant=c.variant, k1=c.k1, b=c.b, epsilon=c.epsilon)
             if self._bm25_vocab is not None:
                 enc.vocabulary = dict(self._bm25_vocab)
-            elif saved:
-                _check_name(self.path, saved)
-                enc.load_vocabulary(self.path / saved)
             self._bm25 = enc
         return self._bm25
 
@@ -837,6 +895,7 @@ class HybridIndex:
                 self.stores["colbert"].add(slots, out.colbert)
         if "bm25" in modes:
             self.stores["bm25"].add(slots, self.bm25.encode_documents(texts))
+        self._table.added(slots)
 
     def _encode_flags(self, neural: Sequence[str]) -> dict[str, bool]:
         flags = {"dense": "dense" in neural, "colbert": "colbert" in neural}
@@ -849,6 +908,7 @@ class HybridIndex:
         if arr.size:
             for store in self.stores.values():
                 store.remove(arr)
+            self._table.removed(arr)
 
     def delete(self, ids: Iterable[str] | str | None = None, filters: Mapping[str, Any] | None = None,
                *, commit: bool = True) -> int:
@@ -875,72 +935,199 @@ class HybridIndex:
                 self.commit()
         return len(present)
 
-    def commit(self) -> None:
-        """Write new store files and atomically swap the manifest. No-op when nothing changed."""
+    def commit(self, *, merge: bool = True) -> None:
+        """Make the writes since the last commit durable and visible: the new rows become one
+        new segment per store, deletions a small file per segment they touch, and the manifest
+        is swapped atomically (the commit point). Then, unless ``merge=False``, the segments the
+        :attr:`merge_policy` picks are merged, each merge a commit of its own. No-op when
+        nothing changed."""
         if not self._dirty:
             return
         with self._writing():
-            gen = self._gen + 1
-            tag = f"g{gen}"
-            self._collect_garbage()  # files a crashed commit of this generation left behind
-            stores_entry: dict[str, Any] = {}
+            self._collect_garbage()  # files a crashed commit left behind
+            new, dels = self._table.pending()
+            entries = [dict(e) for e in self._table.entries]
             checksums: dict[str, str] = {}
-            for mode, store in self.stores.items():
-                files = store.save(self.path, f"{mode}.{tag}")
-                for name in files.values():
-                    _check_name(self.path, name)
-                    f = self.path / name
-                    with open(f, "rb") as fh:
-                        os.fsync(fh.fileno())
-                    checksums[name] = _sha256(f)
-                stores_entry[mode] = {"files": files, "config": store.config(), "rows": len(store)}
-            bm25_vocab = None
+            gen = self._gen + 1
+            sealed: dict[str, dict[str, str]] = {}
+            sid = None
+            if new.size:
+                sid = self._table.new_id()
+                for mode, store in self._local_stores().items():
+                    sealed[mode] = self._save_part(store.fresh, f"{mode}.{sid}", checksums)
+                slots_file = self._written(SegmentTable.write_slots(self.path, sid, new), checksums)
+                entries.append({"id": sid, "rows": int(new.size), "deleted": 0, "slots": slots_file,
+                                "deletes": None, "files": sealed})
+            for e in entries:
+                if e.get("slots") is None and e["id"] in self._table.slots:   # a format-1 segment
+                    e["slots"] = self._written(SegmentTable.write_slots(
+                        self.path, e["id"], self._table.slots[e["id"]]), checksums)
+                if e["id"] in dels:
+                    e["deletes"] = self._written(SegmentTable.write_deletes(self.path, e["id"], gen, dels[e["id"]]),
+                                                 checksums)
+                    e["deleted"] = int(dels[e["id"]].size)
+            entries = [e for e in entries if e["rows"] > e["deleted"]]   # wholly deleted segments go
+            vocab_files = list(self._vocab_files)
+            if "bm25" in self.stores and len(self.bm25.vocabulary) > self._vocab_saved:
+                name = f"bm25.{sid or 'g%d' % gen}.vocab.json"
+                self._write_vocabulary(name, self._vocab_saved)
+                self._written(name, checksums)
+                vocab_files.append(name)
+            self._swap_manifest(gen, entries, vocab_files, checksums)
+            # The commit is durable: the in-memory state follows it.
+            live = {e["id"] for e in entries}
+            for mode, store in self._local_stores().items():
+                if sid is not None:
+                    store.seal(sid, self._open_part(mode, sealed[mode]))
+                else:
+                    store.fresh = store._new_fresh()   # rows added and deleted before this commit
+                store.parts = {k: v for k, v in store.parts.items() if k in live}
+            self._table.entries = entries
+            if sid is not None:
+                self._table.slots[sid], self._table.deleted[sid] = new, np.zeros(0, np.int64)
+            self._table.deleted.update(dels)
+            self._table.clear_pending()
+            self._vocab_files = vocab_files
             if "bm25" in self.stores:
-                bm25_vocab = f"bm25.{tag}.vocab.json"
-                self.bm25.save_vocabulary(self.path / bm25_vocab)
-                checksums[bm25_vocab] = _sha256(self.path / bm25_vocab)
-            models: dict[str, Any] = {}
-            if self.pipeline.encoder.kind != "none":
-                models["encoder"] = {"name": self.pipeline.encoder.model,
-                                     **_model_fingerprint(resolve_model_path(self.pipeline.encoder.model))}
-                if self._encoder is not None and hasattr(self._encoder, "config"):
-                    models["encoder"]["config"] = _jsonable(self._encoder.config())
-            if self.pipeline.rerank.enabled:
-                models["reranker"] = {"name": self.pipeline.rerank.model}
-            old = self._manifest or {}
-            manifest = {
-                "format_version": FORMAT_VERSION,
-                "library_version": __version__,
-                "generation": gen,
-                "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
-                "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "pipeline": _pipeline_for_disk(self.pipeline),
-                "models": models,
-                "counts": {"documents": self.docstore.count_documents(), "chunks": self.docstore.count(),
-                           "next_slot": self.docstore.next_slot()},
-                "stores": stores_entry,
-                "bm25_vocab": bm25_vocab,
-                "docstore": DOCSTORE,
-                "checksums": checksums,
-            }
-            manifest["docstore_sha256"] = self.docstore.content_checksum()
-            manifest["manifest_sha256"] = _manifest_digest(manifest)
-            self.docstore.commit_generation(gen)
-            tmp = self.path / f"{MANIFEST}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(_manifest_text(manifest))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path / MANIFEST)
-            _fsync_dir(self.path)
-            self._manifest = manifest
-            self._gen = gen
+                self._vocab_saved = len(self.bm25.vocabulary)
             self._dirty = False
-            for store in self.stores.values():
-                done = getattr(store, "committed", None)  # Milvus: the saved generation is now live
-                if done is not None:
-                    done()
             self._collect_garbage()
+            if merge and self.merge_policy is not None and all(  # TEMP until stores have merge()
+                    hasattr(type(st.newest), "merge") for st in self._local_stores().values()):
+                for group in self.merge_policy.select(self._table.infos()):
+                    self._merge(group)
+
+    def optimize(self) -> None:
+        """Commit pending writes, then merge every segment into one without deleted rows
+        (``hybridrag optimize``): the smallest index and the fastest searches. A merge is a
+        commit: readers keep their snapshot, a crash leaves the last commit whole."""
+        with self._writing():
+            self.commit(merge=False)
+            entries = self._table.entries
+            if len(entries) > 1 or any(e["deleted"] for e in entries):
+                self._merge([e["id"] for e in entries])
+
+    def _merge(self, ids: Sequence[str]) -> None:
+        """Merge segments ``ids`` into one new segment, as a commit."""
+        gen = self._gen + 1
+        checksums: dict[str, str] = {}
+        slots = np.concatenate([self._table.live_slots(i) for i in ids])
+        slots.sort()
+        entries = [dict(e) for e in self._table.entries]
+        sealed: dict[str, dict[str, str]] = {}
+        sid = self._table.new_id() if slots.size else None
+        if sid is not None:
+            for mode, store in self._local_stores().items():
+                parts = [store.parts[i] for i in ids]
+                merged = type(parts[0]).merge(parts)
+                if len(merged) != slots.size:
+                    raise RuntimeError(f"merging {mode!r} segments {list(ids)} gave {len(merged)} rows, "
+                                       f"expected {slots.size}")
+                sealed[mode] = self._save_part(merged, f"{mode}.{sid}", checksums)
+            entry = {"id": sid, "rows": int(slots.size), "deleted": 0, "deletes": None, "files": sealed,
+                     "slots": self._written(SegmentTable.write_slots(self.path, sid, slots), checksums)}
+            at = next(i for i, e in enumerate(entries) if e["id"] == ids[0])
+            entries.insert(at, entry)
+        entries = [e for e in entries if e["id"] not in ids]
+        self._swap_manifest(gen, entries, list(self._vocab_files), checksums)
+        for mode, store in self._local_stores().items():
+            if sid is not None:
+                store.replace(list(ids), sid, self._open_part(mode, sealed[mode]))
+            else:
+                store.parts = {k: v for k, v in store.parts.items() if k not in ids}
+        self._table.entries = entries
+        for i in ids:
+            self._table.slots.pop(i, None)
+            self._table.deleted.pop(i, None)
+        if sid is not None:
+            self._table.slots[sid], self._table.deleted[sid] = slots, np.zeros(0, np.int64)
+        self._collect_garbage()
+
+    def _local_stores(self) -> dict[str, SegmentedStore]:
+        return {m: s for m, s in self.stores.items() if isinstance(s, SegmentedStore)}
+
+    def _written(self, name: str, checksums: dict[str, str]) -> str:
+        """Record the sha256 of a file just written (fsynced) for the manifest."""
+        _check_name(self.path, name)
+        f = self.path / name
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+        checksums[name] = _sha256(f)
+        return name
+
+    def _save_part(self, store: Any, tag: str, checksums: dict[str, str]) -> dict[str, str]:
+        files = store.save(self.path, tag)
+        for name in files.values():
+            self._written(name, checksums)
+        return dict(files)
+
+    def _open_part(self, mode: str, files: Mapping[str, str]) -> Any:
+        """A segment just written, opened as a loader would (memory-mapped)."""
+        return self._store_class(mode).load(self.path, dict(files), self._manifest["stores"][mode]["config"])
+
+    def _write_vocabulary(self, name: str, start: int) -> None:
+        """The BM25 terms with ids ``start`` and up, as a JSON list in id order (a new file)."""
+        terms = [""] * (len(self.bm25.vocabulary) - start)
+        for t, i in self.bm25.vocabulary.items():
+            if i >= start:
+                terms[i - start] = t
+        from hybridrag.stores.base import new_file
+
+        def w(path: Path) -> None:
+            path.write_text(json.dumps(terms, ensure_ascii=False), encoding="utf-8")
+        new_file(self.path, name, w)
+
+    def _swap_manifest(self, gen: int, entries: list[dict[str, Any]], vocab_files: list[str],
+                       checksums: dict[str, str]) -> None:
+        """Write the manifest of generation ``gen`` (the commit point) and adopt it."""
+        old = self._manifest or {}
+        keep = {n for e in entries for n in [*(f for fs in e["files"].values() for f in fs.values()),
+                                             e.get("slots"), e.get("deletes")] if n}
+        keep.update(vocab_files)
+        sums = {n: d for n, d in old.get("checksums", {}).items() if n in keep}
+        sums.update({n: d for n, d in checksums.items() if n in keep})
+        remote: dict[str, Any] = {}
+        for mode, store in self.stores.items():
+            if not isinstance(store, SegmentedStore):
+                files = store.save(self.path, f"{mode}.g{gen}")
+                for name in files.values():
+                    self._written(name, sums)
+                remote[mode] = {"files": files, "config": store.config(), "rows": len(store)}
+        models: dict[str, Any] = {}
+        if self.pipeline.encoder.kind != "none":
+            models["encoder"] = {"name": self.pipeline.encoder.model,
+                                 **_model_fingerprint(resolve_model_path(self.pipeline.encoder.model))}
+            if self._encoder is not None and hasattr(self._encoder, "config"):
+                models["encoder"]["config"] = _jsonable(self._encoder.config())
+        if self.pipeline.rerank.enabled:
+            models["reranker"] = {"name": self.pipeline.rerank.model}
+        stores = {m: {"config": s.newest.config()} for m, s in self._local_stores().items()}
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "library_version": __version__,
+            "generation": gen,
+            "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "pipeline": _pipeline_for_disk(self.pipeline),
+            "models": models,
+            "counts": {"documents": self.docstore.count_documents(), "chunks": self.docstore.count(),
+                       "next_slot": self.docstore.next_slot()},
+            "stores": stores,
+            "remote": remote,
+            "segments": entries,
+            "next_segment": self._table.next_segment,
+            "bm25_vocab": vocab_files,
+            "docstore": DOCSTORE,
+            "checksums": sums,
+        }
+        self.docstore.commit_generation(gen)
+        write_manifest(self.path, manifest)
+        self._manifest = manifest
+        self._gen = gen
+        for store in self.stores.values():
+            done = getattr(store, "committed", None)  # Milvus: the saved generation is now live
+            if done is not None:
+                done()
 
     def _drop_milvus_collections(self, names: list[str]) -> None:
         """Drop the Milvus collections of the index this one replaced (create/rebuild)."""
@@ -1158,9 +1345,14 @@ class HybridIndex:
         """Counts, generation, pipeline name, modes and bytes on disk per store."""
         m = self._manifest or {}
         sizes: dict[str, int] = {}
-        for mode, entry in m.get("stores", {}).items():
-            sizes[mode] = sum((self.path / f).stat().st_size for f in entry["files"].values()
-                              if (self.path / f).exists())
+        files: dict[str, list[str]] = {}
+        for seg in m.get("segments", []):
+            for mode, fs in seg["files"].items():
+                files.setdefault(mode, []).extend(fs.values())
+        for mode, entry in m.get("remote", {}).items():
+            files.setdefault(mode, []).extend(entry["files"].values())
+        for mode, names in files.items():
+            sizes[mode] = sum((self.path / f).stat().st_size for f in names if (self.path / f).exists())
         db = self.path / DOCSTORE
         sizes["docstore"] = sum(f.stat().st_size for f in self.path.glob(DOCSTORE + "*")) if db.exists() else 0
         return {
@@ -1169,6 +1361,7 @@ class HybridIndex:
             "chunks": self.docstore.count(), "format_version": m.get("format_version", FORMAT_VERSION),
             "library_version": m.get("library_version", __version__), "bytes": sizes,
             "models": {k: v.get("name") for k, v in m.get("models", {}).items()},
+            "segments": [{"id": e["id"], "rows": e["rows"], "deleted": e["deleted"]} for e in m.get("segments", [])],
         }
 
     @property
@@ -1194,6 +1387,17 @@ def _term_notes(plan: planner.QueryPlan, reps: Mapping[str, Any], qi: int) -> li
     return notes
 
 
+def _store_from_config(cls: Any, config: Mapping[str, Any]) -> Any:
+    """An empty store of ``cls`` with the settings ``config()`` saved (unknown keys ignored)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    try:
+        return cls(**{k: v for k, v in config.items() if k in params})
+    except (TypeError, ValueError) as e:
+        raise IndexFormatError(f"bad {cls.__name__} settings in the manifest {dict(config)!r}: {e}") from None
+
+
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
@@ -1214,7 +1418,7 @@ def _milvus_collections(path: Path) -> list[str]:
         return []
     if m is None or not m["pipeline"].get("milvus", {}).get("enabled"):
         return []
-    return [str(e.get("config", {}).get("collection")) for mode, e in m["stores"].items()
+    return [str(e.get("config", {}).get("collection")) for mode, e in m.get("remote", {}).items()
             if mode in ("dense", "sparse") and isinstance(e, dict)]
 
 
@@ -1228,63 +1432,12 @@ def _as_pipeline(p: Any) -> PipelineConfig:
     raise TypeError(f"pipeline must be a path to a TOML file, a PipelineConfig or a dict, got {type(p).__name__}")
 
 
-def _check_name(directory: Path, name: str) -> None:
-    """A file named in a manifest must be a plain file name inside the index directory."""
-    if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in (".", ".."):
-        raise IndexFormatError(f"{directory / MANIFEST}: refusing file name {name!r} (not a plain file name "
-                               "inside the index directory)")
-    if (directory / name).is_symlink():
-        raise IndexFormatError(f"{directory / MANIFEST}: refusing file {name!r}: it is a symbolic link "
-                               "(index files must be plain files inside the index directory)")
 
 
-def _manifest_text(manifest: Mapping[str, Any]) -> str:
-    return json.dumps(manifest, indent=2, sort_keys=True)
 
 
-def _manifest_digest(manifest: Mapping[str, Any]) -> str:
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    return hashlib.sha256(_manifest_text(body).encode("utf-8")).hexdigest()
 
 
-def read_manifest(path: Path, missing_ok: bool = False) -> dict[str, Any] | None:  # type: ignore[return]
-    """Read and check ``manifest.json``; raises :class:`IndexFormatError` saying what is wrong."""
-    mf = path / MANIFEST
-    if not path.is_dir():
-        if missing_ok:
-            return None
-        raise IndexFormatError(f"{str(path)!r} is not an index: no such directory")
-    if not mf.is_file():
-        if missing_ok:
-            return None
-        raise IndexFormatError(f"{str(path)!r} is not an index: {MANIFEST} is missing")
-    try:
-        text = mf.read_text(encoding="utf-8")
-        m = json.loads(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise IndexFormatError(f"{mf}: unreadable manifest ({e})") from None
-    if not isinstance(m, dict):
-        raise IndexFormatError(f"{mf}: manifest is not a JSON object")
-    fv = m.get("format_version")
-    if fv != FORMAT_VERSION:
-        raise IndexFormatError(f"{mf}: format_version {fv!r} is not supported by hybridrag {__version__} "
-                               f"(reads format {FORMAT_VERSION}); rebuild the index or use the library version "
-                               f"that wrote it ({m.get('library_version', 'unknown')})")
-    for key in ("generation", "pipeline", "stores", "checksums"):
-        if key not in m:
-            raise IndexFormatError(f"{mf}: manifest lacks {key!r}")
-    if not isinstance(m["stores"], dict) or not isinstance(m["checksums"], dict):
-        raise IndexFormatError(f"{mf}: manifest 'stores'/'checksums' must be objects")
-    for name in m["checksums"]:
-        _check_name(path, name)
-    # The manifest checks itself: its sha256 (over the other keys) and its exact bytes, so a
-    # flipped byte that still parses as JSON (a digit, a key name, whitespace) is caught too.
-    if m.get("manifest_sha256") != _manifest_digest(m):
-        raise IndexFormatError(f"{mf}: manifest checksum mismatch (the file is corrupt or was edited)")
-    if text != _manifest_text(m):
-        raise IndexFormatError(f"{mf}: manifest bytes differ from what hybridrag writes (the file is corrupt "
-                               "or was edited)")
-    return m
 
 
 def _require_manifest(path: Path) -> dict[str, Any]:
@@ -1295,16 +1448,6 @@ def _require_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_files(path: Path, manifest: dict[str, Any]) -> None:
-    """Check every file the manifest names against its sha256."""
-    for name, digest in manifest["checksums"].items():
-        f = path / name
-        if not f.is_file():
-            raise IndexFormatError(f"{f}: file named in the manifest is missing")
-        got = _sha256(f)
-        if got != digest:
-            raise IndexFormatError(f"{f}: checksum mismatch (file is corrupt or was changed: "
-                                   f"sha256 {got[:12]}… expected {digest[:12]}…)")
 
 
 def _check_model_limits(cfg: PipelineConfig, encoder: Any = None, reranker: Any = None) -> None:
@@ -1363,42 +1506,82 @@ def _remove_index_files(p: Path) -> None:
 def check_index(path: str | os.PathLike[str]) -> list[str]:
     """Verify an index without changing it; returns a list of problems (empty = healthy).
 
-    Checks the manifest, every store file's sha256, SQLite's integrity check, and that
-    every store holds exactly the docstore's committed chunks.
+    Checks one committed generation as a whole: the manifest, every file's sha256, SQLite's
+    integrity check and every row's hash in the docstore, that the index opens as
+    :meth:`HybridIndex.load` opens it (so ``check`` and ``load`` refuse the same indexes), and
+    that every store holds exactly the docstore's live chunks. A writer that commits while
+    ``check`` runs may remove the files of the generation being checked: ``check`` then
+    checks the newer generation instead (for up to a minute), so it never reports a healthy
+    index as damaged.
     """
     p = Path(path)
-    problems: list[str] = []
+    deadline = time.monotonic() + _LOAD_PATIENCE_S
+    while True:
+        try:
+            manifest = _require_manifest(p)
+        except IndexFormatError as e:
+            return [str(e)]
+        problems = _check_generation(p, manifest)
+        if not problems:
+            return []
+        try:
+            now = read_manifest(p, missing_ok=True)
+        except IndexFormatError:
+            return problems
+        if now is None or now["generation"] == manifest["generation"] or time.monotonic() > deadline:
+            return problems
+
+
+def _check_generation(p: Path, manifest: dict[str, Any]) -> list[str]:
+    import sqlite3
+
     try:
-        manifest = _require_manifest(p)
         verify_files(p, manifest)
     except IndexFormatError as e:
         return [str(e)]
     from hybridrag.stores.docstore import DocStore
 
-    import sqlite3
-
     try:
         ds = DocStore(p / DOCSTORE, read_only=True)
     except (IndexFormatError, sqlite3.DatabaseError) as e:
         return [f"{p / DOCSTORE}: {e}"]
+    problems: list[str] = []
+    gen = int(manifest["generation"])
     try:
+        ds.as_of = gen
+        ds.pin()
         problems += [f"{p / DOCSTORE}: {msg}" for msg in ds.integrity_problems()]
         if problems:
             return problems
-        gen = int(manifest["generation"])
-        ds.as_of = gen
         digest = manifest.get("docstore_sha256")
         if digest is not None and ds.content_checksum() != digest:
             problems.append(f"{p / DOCSTORE}: docstore content does not match the manifest (generation {gen})")
+        verify_rows = getattr(ds, "verify_rows", None)
+        if verify_rows is not None:
+            problems += [f"{p / DOCSTORE}: {msg}" for msg in verify_rows(gen)]
         live = ds.live_slots(as_of=gen)
         want = int(manifest["counts"]["chunks"])
         if len(live) != want:
             problems.append(f"docstore holds {len(live)} committed chunks, manifest says {want}")
-        for mode, entry in manifest["stores"].items():
-            if entry.get("rows") is not None and int(entry["rows"]) != len(live):
-                problems.append(f"store {mode!r} holds {entry['rows']} rows, docstore {len(live)} chunks")
     except sqlite3.DatabaseError as e:
         problems.append(f"{p / DOCSTORE}: docstore is unreadable or corrupt ({e})")
     finally:
         ds.close()
+    if problems:
+        return problems
+    try:
+        idx = HybridIndex._open(p, manifest, False, None, None, None, read_only=True)
+    except (IndexFormatError, OSError, _Stale) as e:
+        return [str(e)]
+    try:
+        held = [idx._table.live_slots(e["id"]) for e in idx._table.entries]
+        slots = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+        if idx._local_stores() and not np.array_equal(slots, live):
+            problems.append(f"the segments hold {len(slots)} live rows, the docstore {len(live)} chunks, "
+                            "and they are not the same chunks")
+        for mode, entry in manifest.get("remote", {}).items():
+            if entry.get("rows") is not None and int(entry["rows"]) != len(live):
+                problems.append(f"store {mode!r} holds {entry['rows']} rows, docstore {len(live)} chunks")
+    finally:
+        idx.close()
     return problems

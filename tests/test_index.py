@@ -327,7 +327,7 @@ def test_pq_colbert_index_scores_decoded_tokens_and_survives_reload(tmp_path, m3
     idx.add(docs(400))
     store = idx.stores["colbert"]
     assert store.trained and store.bytes_per_token == idx.encoder.colbert_dim // 4
-    assert store._codec.unit   # M3 token vectors are unit-norm: scored at norm 1 after decoding
+    assert store.newest._codec.unit   # M3 token vectors are unit-norm: scored at norm 1 after decoding
     q = idx.encoder.encode_queries([QUERIES[0]], max_length=64).colbert[0]
     hits = idx.search(QUERIES[0], k=5)
     rows = {r["chunk_id"]: r["slot"] for r in idx.docstore.get(idx.docstore.live_slots())}

@@ -1,0 +1,1 @@
+"""Storage of an index on disk: the manifest, segments and their deletions, merges, the lock."""
