@@ -431,10 +431,14 @@ class HybridIndex:
                 problems = ds.integrity_problems(quick=True)
                 if problems:
                     raise IndexFormatError(f"{self.path / DOCSTORE}: docstore is corrupt: {'; '.join(problems[:3])}")
-                digest = (self._manifest or {}).get("docstore_sha256")
+                digest = (self._manifest or {}).get("docstore_sha256")   # format 1 only
                 if digest is not None and ds.content_checksum() != digest:
                     raise IndexFormatError(f"{self.path / DOCSTORE}: docstore content does not match the manifest "
                                            f"(generation {self._gen}): the file is corrupt or was changed")
+                verify_rows = getattr(ds, "verify_rows", None)
+                bad = verify_rows(self._gen) if verify_rows is not None else []
+                if bad:
+                    raise IndexFormatError(f"{self.path / DOCSTORE}: docstore is corrupt: {'; '.join(bad[:3])}")
             elif ds.count() != int((self._manifest or {}).get("counts", {}).get("chunks", ds.count())):
                 raise IndexFormatError(f"{self.path / DOCSTORE}: docstore does not hold the manifest's chunks")
         except sqlite3.DatabaseError as e:
@@ -1066,16 +1070,10 @@ class HybridIndex:
         return self._store_class(mode).load(self.path, dict(files), self._manifest["stores"][mode]["config"])
 
     def _write_vocabulary(self, name: str, start: int) -> None:
-        """The BM25 terms with ids ``start`` and up, as a JSON list in id order (a new file)."""
-        terms = [""] * (len(self.bm25.vocabulary) - start)
-        for t, i in self.bm25.vocabulary.items():
-            if i >= start:
-                terms[i - start] = t
+        """The BM25 terms with ids ``start`` and up, as a new file (fsynced, renamed into place)."""
         from hybridrag.stores.base import new_file
 
-        def w(path: Path) -> None:
-            path.write_text(json.dumps(terms, ensure_ascii=False), encoding="utf-8")
-        new_file(self.path, name, w)
+        new_file(self.path, name, lambda path: self.bm25.save_vocabulary(path, start))
 
     def _swap_manifest(self, gen: int, entries: list[dict[str, Any]], vocab_files: list[str],
                        checksums: dict[str, str]) -> None:

@@ -1,7 +1,8 @@
 """Corruption and safe loading (hybridrag/index.py, hybridrag/cli.py): a flipped byte or a
-truncation in every file of an index (each store file, the BM25 vocabulary, the docstore,
-the manifest) is caught at load with a message naming the file, and by ``hybridrag check``
-(exit 1); ``HybridIndex.rebuild`` / ``hybridrag rebuild`` recover the stores from the
+truncation in every file of an index (each segment file, the BM25 vocabulary, the docstore,
+the manifest) is caught by ``load(verify=True)`` with a message naming the file, and by
+``hybridrag check`` (exit 1); a plain ``load`` checks structure only, and a query on any
+damaged file raises ``IndexFormatError`` or answers, never crashes the process; ``HybridIndex.rebuild`` / ``hybridrag rebuild`` recover the stores from the
 docstore; manifest paths outside the directory are refused; no pickle in the package."""
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ def test_damage_to_any_file_is_detected_and_named(tmp_path, m3_index, how):
             _checkpoint(path)
             _damage(path / name, how, rng, rep)
             with pytest.raises(IndexFormatError, match=re.escape(name)):
-                HybridIndex.load(path, encoder=enc).close()
+                HybridIndex.load(path, encoder=enc, verify=True).close()
             problems = check_index(path)
             assert problems and any(name in p for p in problems), (name, problems)
             tried += 1
@@ -128,6 +129,68 @@ def test_damage_to_any_file_is_detected_and_named(tmp_path, m3_index, how):
     assert r.returncode == 1 and "manifest.json" in r.stdout, r.stdout + r.stderr
     assert _run_cli("check", str(src)).returncode == 0
     assert tried == REPS * len(names)
+
+
+_QUERY_DAMAGED = r"""
+import sys
+from pathlib import Path
+
+from hybridrag import HybridIndex, IndexFormatError
+
+enc = None
+if sys.argv[2] != "-":
+    from hybridrag.encoders.m3 import M3Encoder
+
+    enc = M3Encoder.from_pretrained(sys.argv[2])
+for d in sorted(Path(sys.argv[1]).iterdir()):
+    print("TRY", d.name, flush=True)
+    try:
+        idx = HybridIndex.load(d, encoder=enc)
+        try:
+            for q in ("vitamin bone", "fox river", "heart"):
+                idx.search(q, k=5)
+                idx.search(q, k=100, filters={"i": {"$gte": 0}})
+            idx.search_batch(["aspirin", "dense vectors"], k=3)
+        finally:
+            idx.close()
+        print("ANSWERED", d.name, flush=True)
+    except IndexFormatError as e:
+        print("REFUSED", d.name, "|", str(e).replace("\n", " "), flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["m3", "bm25"])
+def test_a_query_on_any_damaged_file_never_crashes(tmp_path, m3_index, m3_dir, kind):
+    """Every file of an index damaged in turn (flipped bytes, truncated), then loaded WITHOUT
+    verification and queried, as ``hybridrag query`` does: each copy is refused with an
+    IndexFormatError naming the damaged file, or answers; the process never dies (a
+    segmentation fault in a compiled kernel, a Python exception of another type)."""
+    if kind == "m3":
+        src, model = m3_index[0], str(m3_dir)
+    else:
+        src, model = tmp_path / "bm25", "-"
+        build(src, BM25)
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    rng = random.Random(23)
+    names = index_files(src)
+    for name in names:
+        for rep, how in enumerate(("flip", "flip", "truncate")):
+            path = copies / f"{name}-{how}{rep}"
+            shutil.copytree(src, path)
+            _checkpoint(path)
+            (path / "LOCK").unlink(missing_ok=True)
+            _damage(path / name, how, rng, rep)
+    r = subprocess.run([sys.executable, "-c", _QUERY_DAMAGED, str(copies), model], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=900)
+    tried = [line.split()[1] for line in r.stdout.splitlines() if line.startswith("TRY ")]
+    assert r.returncode == 0, f"died on {tried[-1:]} (exit {r.returncode}): {r.stderr[-3000:]}"
+    assert len(tried) == 3 * len(names)
+    for line in r.stdout.splitlines():
+        if line.startswith("REFUSED "):
+            copy, msg = line.split(" ", 2)[1], line.split("|", 1)[1]
+            damaged = copy.rsplit("-", 1)[0]
+            assert damaged in msg, line
 
 
 def test_rebuild_recovers_stores_from_the_docstore(tmp_path, m3_index):
@@ -194,7 +257,7 @@ def test_manifest_paths_outside_the_directory_are_refused(tmp_path):
     build(path, BM25)
     mf = path / "manifest.json"
     good = json.loads(mf.read_text())
-    store = good["stores"]["bm25"]["files"]
+    store = good["segments"][0]["files"]["bm25"]
     role, name = sorted(store.items())[0]
     outside = tmp_path / "outside.npy"
     shutil.copy(path / name, outside)
@@ -205,11 +268,11 @@ def test_manifest_paths_outside_the_directory_are_refused(tmp_path):
         with pytest.raises(IndexFormatError, match="refusing file name"):
             HybridIndex.load(path)
         m = json.loads(json.dumps(good))
-        m["stores"]["bm25"]["files"][role] = bad
+        m["segments"][0]["files"]["bm25"][role] = bad
         mf.write_text(json.dumps(m))
         with pytest.raises(IndexFormatError, match="manifest"):
             HybridIndex.load(path)
-    mf.write_text(json.dumps(dict(good, bm25_vocab="../x.json")))
+    mf.write_text(json.dumps(dict(good, bm25_vocab=["../x.json"])))
     with pytest.raises(IndexFormatError, match="manifest"):
         HybridIndex.load(path)
     # a symlink in place of a store file (even to an identical copy) is refused

@@ -236,7 +236,7 @@ def _tamper(path, mutate):
 
     m = json.loads((path / MANIFEST).read_text())
     for mode in ("dense", "sparse"):
-        f = path / m["stores"][mode]["files"]["milvus"]
+        f = path / m["remote"][mode]["files"]["milvus"]
         doc = json.loads(f.read_text())
         mutate(doc)
         f.write_text(json.dumps(doc))

@@ -117,11 +117,13 @@ class BM25Encoder:
 
     # ------------------------------------------------------------------ vocabulary
 
-    def save_vocabulary(self, path: str | Path) -> None:
-        """Write the vocabulary as a JSON list of terms in id order (to a new file)."""
-        terms = [""] * len(self.vocabulary)
+    def save_vocabulary(self, path: str | Path, start: int = 0) -> None:
+        """Write the terms with ids ``start`` and up as a JSON list in id order (to a new file):
+        an index writes, per commit, only the terms it added."""
+        terms = [""] * (len(self.vocabulary) - start)
         for term, tid in self.vocabulary.items():
-            terms[tid] = term
+            if tid >= start:
+                terms[tid - start] = term
         with open(path, "x", encoding="utf-8") as fh:
             json.dump(terms, fh, ensure_ascii=False)
 
