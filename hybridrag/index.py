@@ -29,8 +29,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +39,15 @@ from hybridrag import __version__
 from hybridrag.config import PipelineConfig, load_pipeline, resolve_model_path
 from hybridrag.errors import (
     ConfigError,
-    DocumentError,
     IndexFormatError,
     IndexLockedError,
 )
+from hybridrag import write
 from hybridrag.search import planner
 from hybridrag.storage.manifest import (
     FORMAT_VERSION,
     MANIFEST,
     check_name as _check_name,
-    fsync_dir as _fsync_dir,
-    manifest_digest as _manifest_digest,
-    manifest_text as _manifest_text,
     read_manifest,
     sha256_file as _sha256,
     verify_files,
@@ -61,16 +57,19 @@ from hybridrag.storage.policy import TieredMergePolicy
 from hybridrag.storage.segments import SegmentedStore
 from hybridrag.storage.table import SegmentTable
 from hybridrag.search.fusion import FUSION_METHODS
-from hybridrag.types import Chunk, Document, Hit, SearchResults
+from hybridrag.types import Hit, SearchResults
+from hybridrag.write import (  # noqa: F401 - re-exported: the documents' API lived here
+    MAX_ID_CHARS,
+    MAX_METADATA_DEPTH,
+    AddResult,
+    as_document,
+    content_hash,
+)
 
 logger = logging.getLogger(__name__)
 
 DOCSTORE = "docstore.sqlite"
 LOCKFILE = "LOCK"
-MAX_ID_CHARS = 1024
-# Metadata nested deeper than this is refused (DocumentError): JSON encoders, SQLite's json1
-# and every recursive walk would otherwise hit Python's recursion limit on hostile input.
-MAX_METADATA_DEPTH = 64
 # Every file of a segment carries "<mode>.s<n>" (format 1: "<mode>.g<generation>") in its name,
 # or is a segment's bookkeeping ("s<n>.slots.npy", "s<n>.del.g<generation>.npy").
 _STORE_FILE = re.compile(r"(dense|sparse|bm25|colbert)\.[gs]\d+|(^|\.)[gs]\d+\.(slots|del\.g\d+)\.npy")
@@ -84,95 +83,6 @@ _LOAD_SAME_GEN_RETRIES = 3
 
 class _Stale(Exception):
     """Internal: a concurrent commit overtook a load in progress (it is retried)."""
-
-
-@dataclass
-class AddResult:
-    """What one ``add``/``upsert`` call did."""
-
-    added: list[str] = field(default_factory=list)      # new or replaced document ids
-    unchanged: list[str] = field(default_factory=list)  # skipped: same content hash already indexed
-    chunks: int = 0                                      # chunks written
-    empty: list[str] = field(default_factory=list)      # documents with no text to index
-    # errors="skip" only: (position in the call, id or None, reason) of each refused document
-    failed: list[tuple[int, str | None, str]] = field(default_factory=list)
-
-    def merge(self, other: "AddResult") -> None:
-        self.added += other.added
-        self.unchanged += other.unchanged
-        self.chunks += other.chunks
-        self.empty += other.empty
-        self.failed += other.failed
-
-
-def _check_depth(metadata: Mapping[str, Any], what: str) -> None:
-    """Refuse metadata nested deeper than MAX_METADATA_DEPTH (checked without recursion)."""
-    stack: list[tuple[Any, int]] = [(metadata, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_METADATA_DEPTH:
-            raise DocumentError(f"{what}: metadata is nested more than {MAX_METADATA_DEPTH} levels deep")
-        if isinstance(value, Mapping):
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, (list, tuple)):
-            stack.extend((v, depth + 1) for v in value)
-
-
-def content_hash(text: str, metadata: Mapping[str, Any]) -> str:
-    """sha256 of a document's text and metadata (what decides "unchanged")."""
-    _check_depth(metadata, "content_hash")
-    h = hashlib.sha256()
-    h.update(text.encode("utf-8", "surrogatepass"))
-    h.update(b"\0")
-    h.update(json.dumps(metadata, sort_keys=True, ensure_ascii=True, default=str).encode())
-    return h.hexdigest()
-
-
-def as_document(obj: Any, position: int = 0) -> Document:
-    """Accept a :class:`Document`, a mapping with ``id``/``text``/``metadata``, or an object with
-    those attributes (e.g. a LlamaIndex or LangChain document adapted by a connector)."""
-    if isinstance(obj, Document):
-        doc = obj
-    elif isinstance(obj, Mapping):
-        unknown = set(obj) - {"id", "text", "metadata"}
-        if unknown:
-            raise DocumentError(f"document {position}: unknown key(s) {sorted(unknown)}; "
-                                "a document is {'id', 'text', 'metadata'}")
-        if "id" not in obj or "text" not in obj:
-            raise DocumentError(f"document {position}: needs 'id' and 'text', got keys {sorted(obj)}")
-        meta = obj.get("metadata")
-        # None means "no metadata"; any other non-mapping (a list, a string, 0) is an error
-        # below, never silently replaced by {}.
-        doc = Document(obj["id"], obj["text"], {} if meta is None else meta)
-    else:
-        raise TypeError(f"document {position}: expected a dict or hybridrag.Document, got {type(obj).__name__}")
-    if not isinstance(doc.id, str) or not doc.id or len(doc.id) > MAX_ID_CHARS or doc.id != doc.id.strip():
-        raise DocumentError(f"document {position}: id must be a non-empty string of at most {MAX_ID_CHARS} "
-                            f"characters without surrounding whitespace, got {doc.id!r:.80}")
-    if "\0" in doc.id:
-        raise DocumentError(f"document {position}: id contains a NUL character: {doc.id!r:.80}")
-    try:
-        doc.id.encode("utf-8")
-    except UnicodeEncodeError:
-        raise DocumentError(f"document {position}: id contains a lone surrogate (not valid UTF-8): "
-                            f"{doc.id!r:.80}") from None
-    if not isinstance(doc.text, str):
-        raise DocumentError(f"document {doc.id!r}: text must be a string, got {type(doc.text).__name__}")
-    if not isinstance(doc.metadata, Mapping):
-        raise DocumentError(f"document {doc.id!r}: metadata must be a dict, got {type(doc.metadata).__name__}")
-    _check_depth(doc.metadata, f"document {doc.id!r}")
-    try:
-        json.dumps(doc.metadata, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise DocumentError(f"document {doc.id!r}: metadata is not JSON-serialisable: {e}") from None
-    for key in doc.metadata:
-        if not isinstance(key, str):
-            raise DocumentError(f"document {doc.id!r}: metadata keys must be strings, got {key!r}")
-    return doc
-
-
-
-
 
 
 def _model_fingerprint(resolved: str) -> dict[str, Any]:
@@ -759,185 +669,26 @@ class HybridIndex:
         documents, with a total when ``documents`` has a length), or a callable called with
         the number of chunks each batch wrote (e.g. a tqdm bar's ``update``).
         """
-        return self._write_docs(documents, replace=False, commit=commit, batch_size=batch_size, progress=progress,
-                                errors=errors)
+        return write.write_docs(self, documents, replace=False, commit=commit, batch_size=batch_size,
+                                progress=progress, errors=errors)
 
     def upsert(self, documents: Iterable[Any], *, commit: bool = True, batch_size: int = 256,
                progress: Any = None, errors: str = "raise") -> AddResult:
         """Add documents, replacing every chunk of a document whose content changed
         (``errors`` and ``progress`` as in :meth:`add`)."""
-        return self._write_docs(documents, replace=True, commit=commit, batch_size=batch_size, progress=progress,
-                                errors=errors)
-
-    def _write_docs(self, documents: Iterable[Any], replace: bool, commit: bool, batch_size: int,
-                    progress: Any, errors: str = "raise") -> AddResult:
-        if isinstance(documents, (str, bytes, Mapping, Document)):
-            raise TypeError("documents must be an iterable of documents (a list), not a single "
-                            f"{type(documents).__name__}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if errors not in ("raise", "skip"):
-            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
-        skip = errors == "skip"
-        bar = None
-        if progress is True:
-            from tqdm import tqdm
-
-            total = len(documents) if isinstance(documents, Sized) else None
-            bar = tqdm(total=total, unit=" docs", desc="add" if not replace else "upsert", dynamic_ncols=True)
-            progress = None
-        elif progress is False:
-            progress = None
-        elif progress is not None and not callable(progress):
-            raise TypeError(f"progress must be True, False, None or a callable taking a chunk count, "
-                            f"got {type(progress).__name__} {progress!r}")
-        result = AddResult()
-        with contextlib.nullcontext() if bar is None else bar, self._writing(), self._undo_on_error():
-            batch: list[tuple[int, Document]] = []
-            seen: dict[str, int] = {}
-            for i, obj in enumerate(documents):
-                try:
-                    doc = as_document(obj, i)
-                    if doc.id in seen:
-                        raise DocumentError(f"document id {doc.id!r} appears twice in one call "
-                                            f"(positions {seen[doc.id]} and {i})")
-                except (DocumentError, TypeError) as e:
-                    if not skip:
-                        raise
-                    raw = obj.get("id") if isinstance(obj, Mapping) else getattr(obj, "id", None)
-                    result.failed.append((i, raw if isinstance(raw, str) else None, str(e)))
-                    continue
-                seen[doc.id] = i
-                batch.append((i, doc))
-                if len(batch) >= batch_size:
-                    result.merge(self._write_batch(batch, replace, progress, skip))
-                    if bar is not None:
-                        bar.update(len(batch))
-                    batch = []
-            if batch:
-                result.merge(self._write_batch(batch, replace, progress, skip))
-                if bar is not None:
-                    bar.update(len(batch))
-            if commit:
-                self.commit()
-        return result
-
-    def _write_batch(self, docs: list[tuple[int, Document]], replace: bool, progress: Any,
-                     skip: bool = False) -> AddResult:
-        # Every per-document check runs before anything is written, so a refused document
-        # (errors="skip") leaves the batch's other documents to be written whole.
-        res = AddResult()
-        limit = self.pipeline.chunking.max_document_bytes
-        todo: list[tuple[int, Document]] = []
-        hashes: dict[str, str] = {}
-
-        def refuse(pos: int, doc: Document, msg: str) -> None:
-            if not skip:
-                raise DocumentError(msg)
-            res.failed.append((pos, doc.id, msg))
-
-        for pos, doc in docs:
-            size = len(doc.text.encode("utf-8", "surrogatepass"))
-            if size > limit:
-                refuse(pos, doc, f"document {doc.id!r} is {size} bytes, over chunking.max_document_bytes = "
-                                 f"{limit}; split it or raise the limit")
-                continue
-            h = content_hash(doc.text, doc.metadata)
-            old = self.docstore.doc_hash(doc.id)
-            if old == h:
-                res.unchanged.append(doc.id)
-                continue
-            if old is not None and not replace:
-                refuse(pos, doc, f"document {doc.id!r} is already indexed with other content; use upsert()")
-                continue
-            hashes[doc.id] = h
-            todo.append((pos, doc))
-        chunks: list[Chunk] = []
-        maxc = self.pipeline.chunking.max_chunks_per_document
-        kept: list[Document] = []
-        for pos, doc in todo:
-            cs = self.chunker.chunk(doc.id, doc.text, dict(doc.metadata))
-            if len(cs) > maxc:
-                refuse(pos, doc, f"document {doc.id!r} gives {len(cs)} chunks, over "
-                                 f"chunking.max_chunks_per_document = {maxc}")
-                del hashes[doc.id]
-                continue
-            if not cs:
-                res.empty.append(doc.id)
-            chunks.extend(cs)
-            kept.append(doc)
-        if not kept:
-            return res
-        gen = self._gen + 1
-        replaced = [d.id for d in kept if self.docstore.doc_hash(d.id) is not None]
-        if replaced:
-            self._remove_slots(self.docstore.delete_docs(replaced, gen))
-        start = self.docstore.next_slot()
-        slots = np.arange(start, start + len(chunks), dtype=np.int64)
-        if chunks:
-            self._encode_into_stores([c.text for c in chunks], slots)
-        self.docstore.add_chunks(chunks, slots, gen, hashes)
-        self._dirty = True
-        res.added = [d.id for d in kept]
-        res.chunks = len(chunks)
-        if progress is not None:
-            progress(len(chunks))
-        return res
+        return write.write_docs(self, documents, replace=True, commit=commit, batch_size=batch_size,
+                                progress=progress, errors=errors)
 
     def _encode_into_stores(self, texts: list[str], slots: np.ndarray) -> None:
-        modes = self.pipeline.modes
-        neural = [m for m in ("dense", "sparse", "colbert") if m in modes]
-        if neural:
-            e = self.pipeline.encoder
-            out = self.encoder.encode(texts, max_length=e.max_length, batch_size=e.batch_size,
-                                      **self._encode_flags(neural))
-            if "dense" in modes:
-                self.stores["dense"].add(slots, out.dense)
-            if "sparse" in modes:
-                self.stores["sparse"].add(slots, out.sparse)
-            if "colbert" in modes:
-                self.stores["colbert"].add(slots, out.colbert)
-        if "bm25" in modes:
-            self.stores["bm25"].add(slots, self.bm25.encode_documents(texts))
-        self._table.added(slots)
-
-    def _encode_flags(self, neural: Sequence[str]) -> dict[str, bool]:
-        flags = {"dense": "dense" in neural, "colbert": "colbert" in neural}
-        if self.pipeline.encoder.kind == "m3":
-            flags["sparse"] = "sparse" in neural
-        return flags
+        write.encode_into_stores(self, texts, slots)
 
     def _remove_slots(self, slots: Sequence[int] | np.ndarray) -> None:
-        arr = np.asarray(list(slots), dtype=np.int64)
-        if arr.size:
-            for store in self.stores.values():
-                store.remove(arr)
-            self._table.removed(arr)
+        write.remove_slots(self, slots)
 
     def delete(self, ids: Iterable[str] | str | None = None, filters: Mapping[str, Any] | None = None,
                *, commit: bool = True) -> int:
         """Delete whole documents by id and/or by a metadata filter; returns how many documents."""
-        if ids is None and filters is None:
-            raise ValueError("delete() needs ids or filters (refusing to delete everything implicitly)")
-        if isinstance(ids, str):
-            ids = [ids]
-        targets: set[str] = set()
-        if ids is not None:
-            for i in ids:
-                if not isinstance(i, str):
-                    raise TypeError(f"document ids must be strings, got {i!r}")
-                targets.add(i)
-        with self._writing(), self._undo_on_error():
-            if filters is not None:
-                mask = self.docstore.filter_mask(filters, self.docstore.next_slot())
-                targets |= set(self.docstore.doc_ids_for_slots(np.flatnonzero(mask)))
-            present = [t for t in sorted(targets) if self.docstore.doc_hash(t) is not None]
-            if present:
-                self._remove_slots(self.docstore.delete_docs(present, self._gen + 1))
-                self._dirty = True
-            if commit:
-                self.commit()
-        return len(present)
+        return write.delete(self, ids, filters, commit)
 
     def commit(self, *, merge: bool = True) -> None:
         """Make the writes since the last commit durable and visible: the new rows become one
@@ -1311,7 +1062,7 @@ class HybridIndex:
         if neural:
             out = self.encoder.encode_queries(queries, max_length=self.pipeline.encoder.query_max_length,
                                               batch_size=self.pipeline.encoder.batch_size,
-                                              **self._encode_flags(neural))
+                                              **write.encode_flags(self, neural))
             if "dense" in modes:
                 reps["dense"] = out.dense
             if "sparse" in modes:

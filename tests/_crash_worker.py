@@ -263,6 +263,7 @@ class CachedEncoder:
 def warm_encoder(pipeline: dict[str, Any], seed: int, scratch: Path) -> CachedEncoder:
     """The pipeline's M3 encoder with every chunk of ``make_steps(seed)`` encoded."""
     from hybridrag.encoders.m3 import M3Encoder
+    from hybridrag import write
     from hybridrag.index import HybridIndex
 
     enc = CachedEncoder(M3Encoder.from_pretrained(pipeline["encoder"]["model"]))
@@ -270,7 +271,7 @@ def warm_encoder(pipeline: dict[str, Any], seed: int, scratch: Path) -> CachedEn
     idx = HybridIndex.create(scratch, local, encoder=enc)
     try:
         e = idx.pipeline.encoder
-        flags = idx._encode_flags([m for m in ("dense", "sparse", "colbert") if m in idx.pipeline.modes])
+        flags = write.encode_flags(idx, [m for m in ("dense", "sparse", "colbert") if m in idx.pipeline.modes])
         for st in make_steps(seed):
             for batch in st.get("batches", []):
                 texts = [c.text for d in batch for c in idx.chunker.chunk(d["id"], d["text"], dict(d["metadata"]))]

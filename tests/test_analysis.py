@@ -210,7 +210,9 @@ def _build(path, pipeline):
 
 def _drop_stored_keys(path, keys):
     """Rewrite the manifest as an older writer would have: without the given bm25 keys."""
-    from hybridrag.index import MANIFEST, _manifest_digest, _manifest_text
+    from hybridrag.storage.manifest import MANIFEST
+    from hybridrag.storage.manifest import manifest_digest as _manifest_digest
+    from hybridrag.storage.manifest import manifest_text as _manifest_text
 
     mf = path / MANIFEST
     m = json.loads(mf.read_text(encoding="utf-8"))

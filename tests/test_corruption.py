@@ -276,7 +276,7 @@ def test_manifest_paths_outside_the_directory_are_refused(tmp_path):
     with pytest.raises(IndexFormatError, match="manifest"):
         HybridIndex.load(path)
     # a symlink in place of a store file (even to an identical copy) is refused
-    from hybridrag.index import _manifest_text
+    from hybridrag.storage.manifest import manifest_text as _manifest_text
 
     mf.write_text(_manifest_text(good))
     HybridIndex.load(path).close()

@@ -232,7 +232,10 @@ def _tamper(path, mutate):
     the manifest's checksums valid."""
     import json
 
-    from hybridrag.index import MANIFEST, _manifest_digest, _manifest_text, _sha256
+    from hybridrag.storage.manifest import MANIFEST
+    from hybridrag.storage.manifest import manifest_digest as _manifest_digest
+    from hybridrag.storage.manifest import manifest_text as _manifest_text
+    from hybridrag.storage.manifest import sha256_file as _sha256
 
     m = json.loads((path / MANIFEST).read_text())
     for mode in ("dense", "sparse"):
