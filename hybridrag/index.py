@@ -20,8 +20,6 @@ brute force) and ``tests/test_cli.py``.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -46,6 +44,8 @@ from hybridrag.errors import (
 )
 from hybridrag.search import planner
 from hybridrag.search.fusion import FUSION_METHODS
+from hybridrag.storage.files import disk_full_errors as _disk_full
+from hybridrag.storage.lock import IndexLock as _Lock
 from hybridrag.types import Chunk, Document, Hit, SearchResults
 
 logger = logging.getLogger(__name__)
@@ -190,45 +190,6 @@ def _model_fingerprint(resolved: str) -> dict[str, Any]:
                 h.update(_sha256(f).encode())
         info["fingerprint"] = h.hexdigest()
     return info
-
-
-class _Lock:
-    """An exclusive writer lock: ``flock`` on ``LOCK`` (released by the kernel when the
-    holder dies, so a stale lock from a dead process is taken over) plus the holder's pid."""
-
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / LOCKFILE
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        if self.fd is not None:
-            return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                if holder == f"pid={os.getpid()} host={os.uname().nodename}":
-                    raise IndexLockedError(
-                        f"index {str(self.path.parent)!r} is being written by this process ({holder}) through "
-                        "another HybridIndex object of the same directory: write through that open object, "
-                        "or close() it first") from None
-                raise IndexLockedError(f"index {str(self.path.parent)!r} is being written by another process "
-                                       f"({holder}); wait for it to finish") from None
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid={os.getpid()} host={os.uname().nodename}".encode(), 0)
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self.fd, 0)
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
 
 
 class HybridIndex:
@@ -730,7 +691,8 @@ class HybridIndex:
             raise TypeError(f"progress must be True, False, None or a callable taking a chunk count, "
                             f"got {type(progress).__name__} {progress!r}")
         result = AddResult()
-        with contextlib.nullcontext() if bar is None else bar, self._writing(), self._undo_on_error():
+        with contextlib.nullcontext() if bar is None else bar, _disk_full(self.path, lambda: self._gen), \
+                self._writing(), self._undo_on_error():
             batch: list[tuple[int, Document]] = []
             seen: dict[str, int] = {}
             for i, obj in enumerate(documents):
@@ -863,7 +825,7 @@ class HybridIndex:
                 if not isinstance(i, str):
                     raise TypeError(f"document ids must be strings, got {i!r}")
                 targets.add(i)
-        with self._writing(), self._undo_on_error():
+        with _disk_full(self.path, lambda: self._gen), self._writing(), self._undo_on_error():
             if filters is not None:
                 mask = self.docstore.filter_mask(filters, self.docstore.next_slot())
                 targets |= set(self.docstore.doc_ids_for_slots(np.flatnonzero(mask)))
@@ -879,7 +841,7 @@ class HybridIndex:
         """Write new store files and atomically swap the manifest. No-op when nothing changed."""
         if not self._dirty:
             return
-        with self._writing():
+        with _disk_full(self.path, lambda: self._gen), self._writing():
             gen = self._gen + 1
             tag = f"g{gen}"
             self._collect_garbage()  # files a crashed commit of this generation left behind

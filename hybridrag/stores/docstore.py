@@ -33,14 +33,26 @@ string ``"2021"``. ``$ne`` / ``$nin`` also match chunks without the field. ``$in
 value). Integers must fit in 64 bits and strings and field names must be valid Unicode (no
 lone surrogates): anything else raises ``ValueError`` naming the field and value.
 
-Tests: ``tests/test_docstore.py``.
+Files
+-----
+``docstore.sqlite`` and SQLite's ``-wal``, ``-shm`` and ``-journal`` beside it must be absent or
+regular files: a symbolic link (even to a file inside the index) or any other kind of entry
+raises ``IndexFormatError`` naming it before SQLite opens anything, and the file SQLite opened
+must be the one checked (same inode), so no write ever lands outside the index directory.
+A write that finds the disk full raises :class:`hybridrag.errors.DiskFullError` (its
+transaction rolled back, nothing of it stored).
+
+Tests: ``tests/test_docstore.py``, ``tests/test_file_safety.py``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import sqlite3
+import stat
 import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -48,6 +60,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from hybridrag.errors import DocumentError, IndexFormatError
+from hybridrag.storage.files import check_plain_file, disk_full_errors, open_plain
 from hybridrag.types import Chunk
 
 __all__ = ["DocStore", "FILTER_OPERATORS", "check_unicode"]
@@ -87,6 +100,10 @@ CREATE TABLE IF NOT EXISTS documents (
 CREATE UNIQUE INDEX IF NOT EXISTS documents_live_id ON documents(doc_id) WHERE gen_deleted IS NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+# SQLite's files beside the database: none may be a link or a non-regular file.
+_SIDE_SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 
 def _encode_text(text: str) -> str | bytes:
@@ -191,21 +208,64 @@ class DocStore:
         # writer has added or tombstoned since are invisible to it.
         self.as_of: int | None = None
         self._pinned = False
-        if self.read_only:
-            if not self.path.is_file():
-                raise IndexFormatError(f"docstore {str(self.path)!r} does not exist")
-            uri = f"{self.path.resolve().as_uri()}?mode=ro"
-            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-        else:
-            self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
+        self._conn = self._connect()
+        if not self.read_only:
+            try:
+                with disk_full_errors(self.path):
+                    self._conn.execute("PRAGMA journal_mode=WAL")
+                    self._conn.execute("PRAGMA synchronous=FULL")
+                    self._conn.executescript(_SCHEMA)
+            except BaseException:
+                self._conn.close()
+                raise
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open the database file, refusing links and non-regular files (see "Files" above)."""
+        directory, name = self.path.parent, self.path.name
+        for suffix in _SIDE_SUFFIXES:
+            check_plain_file(directory, name + suffix)
+        if self.read_only and check_plain_file(directory, name) is None:
+            raise IndexFormatError(f"docstore {str(self.path)!r} does not exist")
+        # Our own descriptor (O_NOFOLLOW; created here when new, so SQLite never creates the
+        # path) pins the inode that SQLite must then have opened.
+        flags = os.O_RDONLY if self.read_only else os.O_RDWR | os.O_CREAT
+        fd = open_plain(directory, name, flags)
+        try:
+            want = os.fstat(fd)
+            if self.read_only:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+            else:
+                conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            try:
+                got = os.lstat(self.path)
+                if not stat.S_ISREG(got.st_mode) or (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
+                    raise IndexFormatError(f"{self.path}: the file was replaced while it was being opened; "
+                                           "refusing to use it")
+            except BaseException:
+                conn.close()
+                raise
+        finally:
+            os.close(fd)
+        return conn
 
     # ------------------------------------------------------------------ plumbing
 
-    def _tx(self) -> "_Transaction":
-        return _Transaction(self)
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, ``ROLLBACK`` on error); a full
+        disk raises ``DiskFullError`` with the transaction rolled back."""
+        conn = self._conn
+        with disk_full_errors(self.path):
+            self.unpin()  # a write ends any read snapshot (SQLite has no nested transactions)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled back itself (e.g. on SQLITE_FULL)
+                    conn.execute("ROLLBACK")
+                raise
 
     def _meta(self, key: str, default: int) -> int:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -632,21 +692,6 @@ class DocStore:
                 if row is None:
                     out.append(field)
         return out
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
-
-    def __init__(self, store: DocStore) -> None:
-        self.store = store
-        self.conn = store._conn
-
-    def __enter__(self) -> None:
-        self.store.unpin()  # a write ends any read snapshot (SQLite has no nested transactions)
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 # ---------------------------------------------------------------------- filter SQL
