@@ -376,6 +376,9 @@ def test_real_full_disk_via_the_cli(tmp_path):
     assert (tmp_path / "ingest.rc").read_text().strip() == "1", err
     assert err.count("\n") == 1 and err.startswith("hybridrag: error: ") and "Traceback" not in err
     assert "the disk is full" in err and "intact" in err
+    # a query while the disk is still full reads the last commit
+    assert (tmp_path / "fullq.rc").read_text().strip() == "0", (tmp_path / "fullq.err").read_text()
+    assert "d0" in (tmp_path / "fullq.out").read_text()
     assert (tmp_path / "load.rc").read_text().strip() == "0", r.stderr
     after = json.loads((tmp_path / "after.json").read_text())
     assert after == {"generation": 2, "ids": [f"d{i}" for i in range(6)], "top": ["d0"]}
