@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from hybridrag.errors import (
     ConfigError,
+    DiskFullError,
     DocumentError,
     HybridRAGError,
     IndexFormatError,
     IndexLockedError,
+    IndexWriteError,
     ModelLoadError,
 )
 from hybridrag.types import Chunk, Document, Hit, SearchResults
@@ -51,7 +53,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "AddResult", "Chunk", "ConfigError", "Document", "DocumentError", "Hit", "HybridIndex",
-    "HybridRAGError", "IndexFormatError", "IndexLockedError", "ModelLoadError", "PipelineConfig",
+    "AddResult", "Chunk", "ConfigError", "DiskFullError", "Document", "DocumentError", "Hit", "HybridIndex",
+    "HybridRAGError", "IndexFormatError", "IndexLockedError", "IndexWriteError", "ModelLoadError", "PipelineConfig",
     "SearchResults", "__version__", "load_pipeline",
 ]

@@ -1,7 +1,9 @@
 """The ``hybridrag`` command line: ingest, query, eval, info, check, rebuild, serve.
 
 Errors a user can cause print one line (``hybridrag: error: ...``) and exit with
-status 2, without a traceback; an interrupt (SIGINT, and SIGTERM during ``ingest``,
+status 2, without a traceback; a write the system refuses (the disk is full:
+:class:`hybridrag.errors.DiskFullError`, any :class:`~hybridrag.errors.IndexWriteError`) prints
+one line saying the last commit is intact and exits with status 1; an interrupt (SIGINT, and SIGTERM during ``ingest``,
 which first commits what it processed) exits with 130. Long work shows a progress bar
 (chunks/s) on stderr.
 Tested in ``tests/test_cli.py`` through the installed entry point.
@@ -18,8 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hybridrag.errors import HybridRAGError
+from hybridrag.errors import HybridRAGError, IndexWriteError
 
+EXIT_FAILURE = 1  # the system refused a write (disk full); the index keeps its last commit
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
@@ -511,10 +514,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet_model_loading()
     try:
         return int(args.func(args))
+    except IndexWriteError as e:
+        if os.environ.get("HYBRIDRAG_DEBUG"):
+            raise
+        print(f"hybridrag: error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
     except (HybridRAGError, ValueError, TypeError, FileNotFoundError, PermissionError, ImportError) as e:
         if os.environ.get("HYBRIDRAG_DEBUG"):
             raise
         return _fail(str(e))
+    except OSError as e:
+        from hybridrag.storage.files import is_disk_full
+
+        if not is_disk_full(e) or os.environ.get("HYBRIDRAG_DEBUG"):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"hybridrag: error: {where}the disk is full ({e.strerror})", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("hybridrag: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -28,3 +28,19 @@ class IndexLockedError(HybridRAGError, RuntimeError):
 
 class DocumentError(HybridRAGError, ValueError):
     """A document is malformed (bad id, text or metadata)."""
+
+
+class IndexWriteError(HybridRAGError, OSError):
+    """Writing an index failed for a reason outside hybridrag (the disk is full, an I/O error);
+    nothing of the failed write was committed: the index on disk is still at its last committed
+    generation. An ``OSError``, so code that catches ``OSError`` keeps catching it; ``errno`` and
+    ``filename`` are those of the failure, ``str()`` is the whole message."""
+
+    def __str__(self) -> str:
+        return str(self.strerror) if self.strerror is not None else super().__str__()
+
+
+class DiskFullError(IndexWriteError):
+    """The disk (``errno.ENOSPC``) or the user's disk quota (``errno.EDQUOT``) is full.
+    Raised by every index write (``add``, ``upsert``, ``delete``, ``commit``, ``create``);
+    the message names the file and says that the last commit is intact."""

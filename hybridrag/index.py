@@ -20,8 +20,6 @@ brute force) and ``tests/test_cli.py``.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -39,6 +37,7 @@ from hybridrag import __version__
 from hybridrag.config import PipelineConfig, load_pipeline, resolve_model_path
 from hybridrag.errors import (
     ConfigError,
+    DiskFullError,
     IndexFormatError,
     IndexLockedError,
 )
@@ -57,6 +56,8 @@ from hybridrag.storage.policy import TieredMergePolicy
 from hybridrag.storage.segments import SegmentedStore
 from hybridrag.storage.table import SegmentTable
 from hybridrag.search.fusion import FUSION_METHODS
+from hybridrag.storage.files import disk_full_errors as _disk_full
+from hybridrag.storage.lock import IndexLock as _Lock
 from hybridrag.types import Hit, SearchResults
 from hybridrag.write import (  # noqa: F401 - re-exported: the documents' API lived here
     MAX_ID_CHARS,
@@ -101,45 +102,6 @@ def _model_fingerprint(resolved: str) -> dict[str, Any]:
                 h.update(_sha256(f).encode())
         info["fingerprint"] = h.hexdigest()
     return info
-
-
-class _Lock:
-    """An exclusive writer lock: ``flock`` on ``LOCK`` (released by the kernel when the
-    holder dies, so a stale lock from a dead process is taken over) plus the holder's pid."""
-
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / LOCKFILE
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        if self.fd is not None:
-            return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                if holder == f"pid={os.getpid()} host={os.uname().nodename}":
-                    raise IndexLockedError(
-                        f"index {str(self.path.parent)!r} is being written by this process ({holder}) through "
-                        "another HybridIndex object of the same directory: write through that open object, "
-                        "or close() it first") from None
-                raise IndexLockedError(f"index {str(self.path.parent)!r} is being written by another process "
-                                       f"({holder}); wait for it to finish") from None
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid={os.getpid()} host={os.uname().nodename}".encode(), 0)
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self.fd, 0)
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
 
 
 class HybridIndex:
@@ -328,6 +290,8 @@ class HybridIndex:
                     try:
                         if ds.max_generation() > self._gen and self._on_disk_generation() == self._gen:
                             ds.rollback_to(self._gen)
+                    except DiskFullError:
+                        pass   # the rows stay, unseen: this view reads as of the committed generation
                     finally:
                         self._lock.release()
             # Reads see exactly the committed generation, from a pinned snapshot: rows a
@@ -698,7 +662,7 @@ class HybridIndex:
         nothing changed."""
         if not self._dirty:
             return
-        with self._writing():
+        with _disk_full(self.path, lambda: self._gen), self._writing():
             self._collect_garbage()  # files a crashed commit left behind
             new, dels = self._table.pending()
             entries = [dict(e) for e in self._table.entries]
@@ -869,6 +833,17 @@ class HybridIndex:
             "docstore": DOCSTORE,
             "checksums": sums,
         }
+        if old.get("format_version") == 1 and old.get("docstore_sha256"):
+            # The first commit of a format-1 index: its rows have no per-row hash yet; record
+            # them if the old manifest's whole-docstore checksum still vouches for them.
+            ds, view = self.docstore, self.docstore.as_of
+            ds.as_of = int(old["generation"])
+            try:
+                intact = ds.content_checksum() == old["docstore_sha256"]
+            finally:
+                ds.as_of = view
+            if intact:
+                ds.record_row_hashes()
         self.docstore.commit_generation(gen)
         write_manifest(self.path, manifest)
         self._manifest = manifest
@@ -888,7 +863,7 @@ class HybridIndex:
     def _collect_garbage(self) -> None:
         keep = set((self._manifest or {}).get("checksums", {})) | {MANIFEST, DOCSTORE, LOCKFILE}
         for f in self.path.iterdir():
-            if f.name in keep or f.name.startswith(DOCSTORE) or not f.is_file():
+            if f.name in keep or f.name.startswith(DOCSTORE) or not (f.is_file() or f.is_symlink()):
                 continue
             if _STORE_FILE.search(f.name) or f.name == f"{MANIFEST}.tmp":
                 with contextlib.suppress(OSError):

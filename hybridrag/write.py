@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from hybridrag.errors import DocumentError
+from hybridrag.storage.files import disk_full_errors
 from hybridrag.types import Chunk, Document
 
 MAX_ID_CHARS = 1024
@@ -136,7 +137,8 @@ def write_docs(idx: Any, documents: Iterable[Any], replace: bool, commit: bool, 
         raise TypeError(f"progress must be True, False, None or a callable taking a chunk count, "
                         f"got {type(progress).__name__} {progress!r}")
     result = AddResult()
-    with contextlib.nullcontext() if bar is None else bar, idx._writing(), idx._undo_on_error():
+    with contextlib.nullcontext() if bar is None else bar, disk_full_errors(idx.path, lambda: idx._gen), \
+            idx._writing(), idx._undo_on_error():
         batch: list[tuple[int, Document]] = []
         seen: dict[str, int] = {}
         for i, obj in enumerate(documents):
@@ -272,7 +274,7 @@ def delete(idx: Any, ids: Iterable[str] | str | None = None, filters: Mapping[st
             if not isinstance(i, str):
                 raise TypeError(f"document ids must be strings, got {i!r}")
             targets.add(i)
-    with idx._writing(), idx._undo_on_error():
+    with disk_full_errors(idx.path, lambda: idx._gen), idx._writing(), idx._undo_on_error():
         if filters is not None:
             mask = idx.docstore.filter_mask(filters, idx.docstore.next_slot())
             targets |= set(idx.docstore.doc_ids_for_slots(np.flatnonzero(mask)))

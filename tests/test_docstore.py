@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -537,3 +538,112 @@ def test_missing_keys(filled: tuple[DocStore, dict[int, dict[str, Any]]]) -> Non
     assert store.missing_keys(["year", "colour", "doc_id", "chunk_id", "title", "tag"]) == \
         [k for k in ["year", "colour", "title", "tag"] if k not in have]
     assert "colour" not in have and "year" in have
+
+
+# --------------------------------------------------------------------------- per-row hashes
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _raw(path: Path, sql: str, *params: Any) -> None:
+    """Change the file behind the store's back (as damage or an edit would)."""
+    con = sqlite3.connect(path)
+    con.execute(sql, params)
+    con.commit()
+    con.close()
+
+
+def test_verify_rows_names_every_changed_row(tmp_path: Path) -> None:
+    path = tmp_path / "d.sqlite"
+    with DocStore(path) as s:
+        s.add_chunks([chunk("a", i, k=i) for i in range(3)] + [chunk("b", 0, "lone \ud800")], [0, 1, 2, 3],
+                     gen=0, doc_hashes={"a": "ha", "b": "hb"})
+        s.delete_docs(["b"], gen=1)
+        assert s.verify_rows() == [] and s.verify_rows(as_of=0) == []
+    _raw(path, "UPDATE chunks SET text = 'changed' WHERE slot = 0")
+    _raw(path, "UPDATE chunks SET metadata = '{\"k\": 9}' WHERE slot = 1")
+    # text and its content_hash changed together: still caught by the row hash
+    _raw(path, "UPDATE chunks SET text = 'other', content_hash = ? WHERE slot = 2", sha("other"))
+    _raw(path, "UPDATE documents SET n_chunks = 7 WHERE doc_id = 'a'")
+    _raw(path, "UPDATE chunks SET ordinal = 5 WHERE slot = 3")   # tombstoned at gen 1
+    with DocStore(path, read_only=True) as s:
+        problems = s.verify_rows()
+        assert len(problems) == 4, problems
+        assert "slot 0 ('a#0'): text" in problems[0] and "slot 1 ('a#1'): ids, metadata" in problems[1]
+        assert "slot 2 ('a#2'): ids, metadata" in problems[2] and "document 'a'" in problems[3]
+        assert any("slot 3 ('b#0')" in p for p in s.verify_rows(as_of=0))  # live at generation 0
+
+
+def test_verify_rows_reports_a_count_past_twenty(tmp_path: Path) -> None:
+    path = tmp_path / "d.sqlite"
+    with DocStore(path) as s:
+        s.add_chunks([chunk("a", i) for i in range(30)], np.arange(30), gen=0)
+    _raw(path, "UPDATE chunks SET text = 'x'")
+    with DocStore(path) as s:
+        problems = s.verify_rows()
+    assert len(problems) == 21 and problems[-1] == "... and 10 more rows that do not match their recorded hashes"
+
+
+def test_a_write_hashes_only_its_own_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cost of recording hashes follows the change: adding rows hashes those rows only."""
+    from hybridrag.stores import docstore as mod
+
+    with DocStore(tmp_path / "d.sqlite") as s:
+        s.add_chunks([chunk("a", i) for i in range(50)], np.arange(50), gen=0)
+        seen: list[int] = []
+        real = mod._row_digest
+        monkeypatch.setattr(mod, "_row_digest", lambda fields: seen.append(1) or real(fields))
+        s.add_chunks([chunk("b", 0), chunk("b", 1)], [50, 51], gen=1)
+        s.commit_generation(1)
+        assert len(seen) == 3  # two chunks and their document
+        monkeypatch.setattr(mod, "_row_digest", real)
+        assert s.verify_rows() == []
+
+
+def _one(path: Path, sql: str, *params: Any) -> Any:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute(sql, params).fetchone()[0]
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("fixture", ["format1-bm25", "format1-m3"])
+def test_docstore_of_format1_opens_and_gets_row_hashes(tmp_path: Path, fixture: str) -> None:
+    src = FIXTURES / fixture / "docstore.sqlite"  # written before row hashes existed; only copied
+
+    def copy(name: str) -> Path:
+        (tmp_path / name).mkdir()
+        shutil.copyfile(src, tmp_path / name / "docstore.sqlite")
+        return tmp_path / name / "docstore.sqlite"
+
+    path = copy("a")
+    before = path.read_bytes()
+    with DocStore(path) as s:  # a writer that only reads changes nothing (no migration yet)
+        assert s.count() > 0 and s.verify_rows() == []
+    assert path.read_bytes() == before
+    old_slot = _one(path, "SELECT MIN(slot) FROM chunks WHERE gen_deleted IS NULL")
+    with DocStore(path) as s:
+        slot = s.next_slot()
+        s.add_chunks([chunk("new", 0)], [slot], gen=s.generation() + 1, doc_hashes={"new": "h"})
+        assert s.verify_rows() == []
+    _raw(path, "UPDATE chunks SET metadata = '{\"edited\": 1}' WHERE slot = ?", slot)
+    with DocStore(path) as s:  # the new row is covered whole
+        assert len(s.verify_rows()) == 1 and f"slot {slot} " in s.verify_rows()[0]
+    # old rows have no row hash ("not recorded"): their text is checked, their metadata is not
+    _raw(path, "UPDATE chunks SET metadata = '{\"edited\": 1}' WHERE slot = ?", old_slot)
+    with DocStore(path) as s:
+        assert len(s.verify_rows()) == 1
+    _raw(path, "UPDATE chunks SET text = 'edited' WHERE slot = ?", old_slot)
+    with DocStore(path) as s:
+        assert len(s.verify_rows()) == 2 and f"slot {old_slot} " in s.verify_rows()[0]
+    # after record_row_hashes, old rows are covered whole too
+    path = copy("b")
+    rows = _one(path, "SELECT (SELECT COUNT(*) FROM chunks) + (SELECT COUNT(*) FROM documents)")
+    with DocStore(path) as s:
+        docs = s.doc_count()
+        assert s.record_row_hashes() == rows
+        assert s.record_row_hashes() == 0 and s.verify_rows() == [] and s.doc_count() == docs
+    _raw(path, "UPDATE chunks SET metadata = '{\"edited\": 1}' WHERE slot = ?", old_slot)
+    with DocStore(path) as s:
+        assert len(s.verify_rows()) == 1 and "metadata" in s.verify_rows()[0]

@@ -8,6 +8,7 @@ See ``docs/CONTRACTS.md``. Covered by ``tests/test_store_conformance.py``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, runtime_checkable
@@ -329,6 +330,10 @@ def new_file(directory: Path | str, name: str, writer: Callable[[Path], None]) -
     if final.exists():
         raise FileExistsError(f"{final} already exists; save with a new tag")
     tmp = directory / f".{name}.tmp-{os.getpid()}"
+    # Whatever sits at the temporary name (a link planted there) goes first: the writer
+    # (numpy, FAISS) opens the name itself and must create a new file, not follow a link.
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
     try:
         writer(tmp)
         with open(tmp, "rb+") as fh:

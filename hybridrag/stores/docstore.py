@@ -33,14 +33,38 @@ string ``"2021"``. ``$ne`` / ``$nin`` also match chunks without the field. ``$in
 value). Integers must fit in 64 bits and strings and field names must be valid Unicode (no
 lone surrogates): anything else raises ``ValueError`` naming the field and value.
 
-Tests: ``tests/test_docstore.py``.
+Integrity
+---------
+Every row carries ``row_sha256``, a SHA-256 computed when the row is written (chunks: over
+slot, ids, ordinal, metadata, offsets, the text's own SHA-256 ``content_hash`` and
+``gen_added``; documents: over id, content hash, chunk count and ``gen_added``), so a write
+costs what it writes and nothing hashes the whole store. :meth:`DocStore.verify_rows`
+(``hybridrag check``, not load) recomputes them and reports every row that no longer matches.
+Docstores written before the column existed open unchanged: the column is added by the first
+write (``ALTER TABLE``, no row rewritten), their old rows keep ``NULL`` ("not recorded": their
+text is still checked against ``content_hash``, the rest is not) until
+:meth:`DocStore.record_row_hashes` fills them in.
+
+Files
+-----
+``docstore.sqlite`` and SQLite's ``-wal``, ``-shm`` and ``-journal`` beside it must be absent or
+regular files: a symbolic link (even to a file inside the index) or any other kind of entry
+raises ``IndexFormatError`` naming it before SQLite opens anything, and the file SQLite opened
+must be the one checked (same inode), so no write ever lands outside the index directory.
+A write that finds the disk full raises :class:`hybridrag.errors.DiskFullError` (its
+transaction rolled back, nothing of it stored).
+
+Tests: ``tests/test_docstore.py``, ``tests/test_file_safety.py``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import sqlite3
+import stat
 import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -48,6 +72,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from hybridrag.errors import DocumentError, IndexFormatError
+from hybridrag.storage.files import check_plain_file, disk_full_errors, open_plain
 from hybridrag.types import Chunk
 
 __all__ = ["DocStore", "FILTER_OPERATORS", "check_unicode"]
@@ -70,7 +95,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     "end" INTEGER NOT NULL,
     content_hash TEXT NOT NULL,
     gen_added INTEGER NOT NULL,
-    gen_deleted INTEGER
+    gen_deleted INTEGER,
+    row_sha256 TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS chunks_live_id ON chunks(chunk_id) WHERE gen_deleted IS NULL;
 CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
@@ -82,11 +108,41 @@ CREATE TABLE IF NOT EXISTS documents (
     content_hash TEXT,
     n_chunks INTEGER NOT NULL,
     gen_added INTEGER NOT NULL,
-    gen_deleted INTEGER
+    gen_deleted INTEGER,
+    row_sha256 TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS documents_live_id ON documents(doc_id) WHERE gen_deleted IS NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+# SQLite's files beside the database: none may be a link or a non-regular file.
+_SIDE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+# The rows :func:`_row_digest` covers, as SQL (text columns as their raw bytes, so a damaged byte
+# that is no longer UTF-8 is reported, not an exception), in the order of the digest.
+_CHUNK_ROW_SQL = ("slot, CAST(chunk_id AS BLOB), CAST(doc_id AS BLOB), ordinal, CAST(metadata AS BLOB), start, "
+                  '"end", CAST(content_hash AS BLOB), gen_added')
+_DOC_ROW_SQL = "CAST(doc_id AS BLOB), CAST(content_hash AS BLOB), n_chunks, gen_added"
+_MAX_REPORTED = 20  # verify_rows: rows named one by one, then a count
+
+
+def _row_digest(fields: Sequence[int | str | bytes | None]) -> str:
+    """SHA-256 (hex) of a row's fields, each tagged with its type and length (unambiguous)."""
+    h = hashlib.sha256()
+    for f in fields:
+        if f is None:
+            h.update(b"N")
+            continue
+        if isinstance(f, int):
+            tag, raw = b"I", str(f).encode("ascii")
+        elif isinstance(f, str):
+            tag, raw = b"B", f.encode("utf-8", "surrogatepass")
+        elif isinstance(f, (bytes, memoryview)):
+            tag, raw = b"B", bytes(f)
+        else:  # a value of a type the row never had (a damaged column): never equal to the recorded one
+            tag, raw = b"?", repr(f).encode("ascii", "backslashreplace")
+        h.update(tag + len(raw).to_bytes(8, "little") + raw)
+    return h.hexdigest()
 
 
 def _encode_text(text: str) -> str | bytes:
@@ -191,21 +247,82 @@ class DocStore:
         # writer has added or tombstoned since are invisible to it.
         self.as_of: int | None = None
         self._pinned = False
-        if self.read_only:
-            if not self.path.is_file():
-                raise IndexFormatError(f"docstore {str(self.path)!r} does not exist")
-            uri = f"{self.path.resolve().as_uri()}?mode=ro"
-            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-        else:
-            self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
+        self._row_hashes: bool | None = None  # whether the tables have row_sha256 (None: not looked)
+        self._conn = self._connect()
+        if not self.read_only:
+            try:
+                with disk_full_errors(self.path):
+                    self._conn.execute("PRAGMA journal_mode=WAL")
+                    self._conn.execute("PRAGMA synchronous=FULL")
+                    self._conn.executescript(_SCHEMA)
+            except BaseException:
+                self._conn.close()
+                raise
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open the database file, refusing links and non-regular files (see "Files" above)."""
+        directory, name = self.path.parent, self.path.name
+        for suffix in _SIDE_SUFFIXES:
+            check_plain_file(directory, name + suffix)
+        if self.read_only and check_plain_file(directory, name) is None:
+            raise IndexFormatError(f"docstore {str(self.path)!r} does not exist")
+        # Our own descriptor (O_NOFOLLOW; created here when new, so SQLite never creates the
+        # path) pins the inode that SQLite must then have opened.
+        flags = os.O_RDONLY if self.read_only else os.O_RDWR | os.O_CREAT
+        fd = open_plain(directory, name, flags)
+        try:
+            want = os.fstat(fd)
+            if self.read_only:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+            else:
+                conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            try:
+                got = os.lstat(self.path)
+                if not stat.S_ISREG(got.st_mode) or (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
+                    raise IndexFormatError(f"{self.path}: the file was replaced while it was being opened; "
+                                           "refusing to use it")
+            except BaseException:
+                conn.close()
+                raise
+        finally:
+            os.close(fd)
+        return conn
 
     # ------------------------------------------------------------------ plumbing
 
-    def _tx(self) -> "_Transaction":
-        return _Transaction(self)
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, ``ROLLBACK`` on error); a full
+        disk raises ``DiskFullError`` with the transaction rolled back."""
+        conn = self._conn
+        with disk_full_errors(self.path):
+            self.unpin()  # a write ends any read snapshot (SQLite has no nested transactions)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled back itself (e.g. on SQLITE_FULL)
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _has_row_hashes(self) -> bool:
+        if not self._row_hashes:
+            cols = {r[1] for r in self._conn.execute("PRAGMA table_info(chunks)")}
+            self._row_hashes = "row_sha256" in cols
+        return self._row_hashes
+
+    def _add_row_hash_columns(self) -> None:
+        """Inside a write transaction: give a docstore written before ``row_sha256`` the column
+        (``NULL`` in its old rows: "not recorded")."""
+        if self._has_row_hashes():
+            return
+        for table in ("chunks", "documents"):
+            cols = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+            if "row_sha256" not in cols:
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN row_sha256 TEXT")
+        self._row_hashes = None  # looked up again after the transaction (a rollback undoes it)
 
     def _meta(self, key: str, default: int) -> int:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -377,15 +494,15 @@ class DocStore:
                     raise DocumentError(f"{name} of chunk {cid!r} must be an int, got {v!r}")
             text = _encode_text(ch.text)
             raw = text if isinstance(text, bytes) else text.encode("utf-8")
-            rows.append((
-                slot, cid, did, int(ch.ordinal), text, _dump_metadata(ch.metadata, cid),
-                int(ch.start), int(ch.end), hashlib.sha256(raw).hexdigest(), gen,
-            ))
+            row = (slot, cid, did, int(ch.ordinal), _dump_metadata(ch.metadata, cid), int(ch.start), int(ch.end),
+                   hashlib.sha256(raw).hexdigest(), gen)
+            rows.append((*row, text, _row_digest(row)))
             per_doc[did] = per_doc.get(did, 0) + 1
         for did in doc_hashes:
             _check_id(did, "doc_id")
             per_doc.setdefault(did, 0)
         with self._lock, self._tx():
+            self._add_row_hash_columns()
             self._bump_gen(gen)
             if slot_list and min(slot_list) < self._next_slot():
                 raise ValueError(f"slot {min(slot_list)} is below next_slot() = {self._next_slot()}; slots are never reused")
@@ -399,15 +516,16 @@ class DocStore:
                     raise DocumentError(f"document {hit[0]!r} is already stored; delete it first")
             try:
                 self._conn.executemany(
-                    'INSERT INTO chunks(slot, chunk_id, doc_id, ordinal, text, metadata, start, "end", '
-                    "content_hash, gen_added) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    'INSERT INTO chunks(slot, chunk_id, doc_id, ordinal, metadata, start, "end", '
+                    "content_hash, gen_added, text, row_sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     rows,
                 )
             except sqlite3.IntegrityError as exc:
                 raise DocumentError(f"duplicate chunk id or slot: {exc}") from exc
+            docrows = [(d, doc_hashes.get(d), n, gen) for d, n in per_doc.items()]
             self._conn.executemany(
-                "INSERT INTO documents(doc_id, content_hash, n_chunks, gen_added) VALUES (?,?,?,?)",
-                [(d, doc_hashes.get(d), n, gen) for d, n in per_doc.items()],
+                "INSERT INTO documents(doc_id, content_hash, n_chunks, gen_added, row_sha256) VALUES (?,?,?,?,?)",
+                [(*r, _row_digest(r)) for r in docrows],
             )
 
     def delete_docs(self, doc_ids: Iterable[str], gen: int) -> np.ndarray:
@@ -589,6 +707,71 @@ class DocStore:
                 h.update(json.dumps(list(r), ensure_ascii=True).encode("ascii") + b"\n")
         return h.hexdigest()
 
+    def verify_rows(self, as_of: int | None = None) -> list[str]:
+        """Rows that no longer match the hashes recorded when they were written (empty: none).
+
+        Checks the chunks and documents live at generation ``as_of`` (default: this store's
+        view, see ``DocStore.as_of``): each chunk's text against its ``content_hash``, and each
+        row's fields against its ``row_sha256`` (rows written before that column existed have
+        none: only their text is checked). Reads every such row once (``hybridrag check``;
+        load does not call it). The first 20 bad rows are named (slot and chunk id, or doc
+        id), then a count of the rest."""
+        problems: list[str] = []
+        more = 0
+
+        def report(msg: str) -> None:
+            nonlocal more
+            if len(problems) < _MAX_REPORTED:
+                problems.append(msg)
+            else:
+                more += 1
+
+        with self._lock:
+            if as_of is None:
+                live, lp = self._live()
+            else:
+                g = _check_gen(as_of)
+                live, lp = "(gen_added <= ? AND (gen_deleted IS NULL OR gen_deleted > ?))", [g, g]
+            hashed = self._has_row_hashes()
+            rh = "row_sha256" if hashed else "NULL"
+            for r in self._conn.execute(
+                    f"SELECT {_CHUNK_ROW_SQL}, CAST(text AS BLOB), {rh} FROM chunks WHERE {live} ORDER BY slot", lp):
+                *fields, text, digest = r
+                name = f"chunk at slot {fields[0]} ({bytes(fields[1] or b'').decode('utf-8', 'replace')!r})"
+                if text is None or fields[7] is None \
+                        or hashlib.sha256(bytes(text)).hexdigest().encode("ascii") != bytes(fields[7]):
+                    report(f"{name}: text does not match its recorded hash (changed or damaged)")
+                elif digest is not None and digest != _row_digest(fields):
+                    report(f"{name}: ids, metadata or offsets do not match the row's recorded hash "
+                           "(changed or damaged)")
+            if hashed:
+                for r in self._conn.execute(
+                        f"SELECT {_DOC_ROW_SQL}, row_sha256 FROM documents WHERE {live} ORDER BY doc_id", lp):
+                    *fields, digest = r
+                    if digest is not None and digest != _row_digest(fields):
+                        doc = bytes(fields[0] or b"").decode("utf-8", "replace")
+                        report(f"document {doc!r}: its row does not match its recorded hash (changed or damaged)")
+        if more:
+            problems.append(f"... and {more} more rows that do not match their recorded hashes")
+        return problems
+
+    def record_row_hashes(self) -> int:
+        """Record ``row_sha256`` for the rows that have none (written before the column existed);
+        return how many. Run it only on rows known to be intact (e.g. after the manifest's
+        ``content_checksum`` of a format-1 index matched), since it vouches for what it finds."""
+        if self.read_only:
+            raise ValueError(f"{self.path}: record_row_hashes needs a writable docstore")
+        n = 0
+        with self._lock, self._tx():
+            self._add_row_hash_columns()
+            for table, sql, key in (("chunks", _CHUNK_ROW_SQL, "slot"), ("documents", _DOC_ROW_SQL, "id")):
+                todo = self._conn.execute(
+                    f"SELECT {key}, {sql} FROM {table} WHERE row_sha256 IS NULL").fetchall()
+                self._conn.executemany(f"UPDATE {table} SET row_sha256 = ? WHERE {key} = ?",
+                                       [(_row_digest(r[1:]), r[0]) for r in todo])
+                n += len(todo)
+        return n
+
     # ------------------------------------------------------------------ filters
 
     def filter_mask(self, filters: Mapping[str, Any], size: int | None = None) -> np.ndarray:
@@ -632,21 +815,6 @@ class DocStore:
                 if row is None:
                     out.append(field)
         return out
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
-
-    def __init__(self, store: DocStore) -> None:
-        self.store = store
-        self.conn = store._conn
-
-    def __enter__(self) -> None:
-        self.store.unpin()  # a write ends any read snapshot (SQLite has no nested transactions)
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 # ---------------------------------------------------------------------- filter SQL
