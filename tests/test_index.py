@@ -7,7 +7,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,0 +1,288 @@
+"""Commits and merges of an index's segments (called by :class:`hybridrag.index.HybridIndex`).
+
+A commit turns the rows added since the last one into one new segment per store, writes a
+new deletion list for each older segment that lost rows and the BM25 terms first seen, records
+the sha256 of every file it wrote, and swaps ``manifest.json`` (the commit point); then the
+merge policy may merge segments, each merge a commit of its own. See ``docs/DESIGN.md``,
+"On disk".
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybridrag import __version__
+from hybridrag.config import PipelineConfig, resolve_model_path
+from hybridrag.storage import opening
+from hybridrag.storage.files import disk_full_errors as _disk_full
+from hybridrag.storage.manifest import FORMAT_VERSION, MANIFEST, check_name as _check_name, sha256_file as _sha256
+from hybridrag.storage.manifest import write_manifest
+from hybridrag.storage.segments import SegmentedStore
+from hybridrag.storage.table import SegmentTable
+
+DOCSTORE = "docstore.sqlite"
+LOCKFILE = "LOCK"
+# Every file of a segment carries "<mode>.s<n>" (format 1: "<mode>.g<generation>") in its name,
+# or is a segment's bookkeeping ("s<n>.slots.npy", "s<n>.del.g<generation>.npy").
+STORE_FILE = re.compile(r"(dense|sparse|bm25|colbert)\.[gs]\d+|(^|\.)[gs]\d+\.(slots|del\.g\d+)\.npy")
+
+
+def commit(idx, *, merge: bool = True) -> None:
+    """Make the writes since the last commit durable and visible: the new rows become one
+    new segment per store, deletions a small file per segment they touch, and the manifest
+    is swapped atomically (the commit point). Then, unless ``merge=False``, the segments the
+    :attr:`merge_policy` picks are merged, each merge a commit of its own. No-op when
+    nothing changed."""
+    if not idx._dirty:
+        return
+    with _disk_full(idx.path, lambda: idx._gen), idx._writing():
+        idx._collect_garbage()  # files a crashed commit left behind
+        new, dels = idx._table.pending()
+        entries = [dict(e) for e in idx._table.entries]
+        checksums: dict[str, str] = {}
+        gen = idx._gen + 1
+        sealed: dict[str, dict[str, str]] = {}
+        sid = None
+        if new.size:
+            sid = idx._table.new_id()
+            for mode, store in idx._local_stores().items():
+                sealed[mode] = _save_part(idx, store.fresh, f"{mode}.{sid}", checksums)
+            slots_file = _written(idx, SegmentTable.write_slots(idx.path, sid, new), checksums)
+            entries.append({"id": sid, "rows": int(new.size), "deleted": 0, "slots": slots_file,
+                            "deletes": None, "files": sealed})
+        for e in entries:
+            if e.get("slots") is None and e["id"] in idx._table.slots:   # a format-1 segment
+                e["slots"] = _written(idx, SegmentTable.write_slots(
+                    idx.path, e["id"], idx._table.slots[e["id"]]), checksums)
+            if e["id"] in dels:
+                e["deletes"] = _written(idx, SegmentTable.write_deletes(idx.path, e["id"], gen, dels[e["id"]]),
+                                             checksums)
+                e["deleted"] = int(dels[e["id"]].size)
+        entries = [e for e in entries if e["rows"] > e["deleted"]]   # wholly deleted segments go
+        vocab_files = list(idx._vocab_files)
+        if "bm25" in idx.stores and len(idx.bm25.vocabulary) > idx._vocab_saved:
+            name = f"bm25.{sid or 'g%d' % gen}.vocab.json"
+            _write_vocabulary(idx, name, idx._vocab_saved)
+            _written(idx, name, checksums)
+            vocab_files.append(name)
+        _swap_manifest(idx, gen, entries, vocab_files, checksums)
+        # The commit is durable: the in-memory state follows it.
+        live = {e["id"] for e in entries}
+        for mode, store in idx._local_stores().items():
+            if sid is not None:
+                store.seal(sid, _open_part(idx, mode, sealed[mode]))
+            else:
+                store.fresh = store._new_fresh()   # rows added and deleted before this commit
+            store.parts = {k: v for k, v in store.parts.items() if k in live}
+        idx._table.entries = entries
+        if sid is not None:
+            idx._table.slots[sid], idx._table.deleted[sid] = new, np.zeros(0, np.int64)
+        idx._table.deleted.update(dels)
+        idx._table.clear_pending()
+        idx._vocab_files = vocab_files
+        if "bm25" in idx.stores:
+            idx._vocab_saved = len(idx.bm25.vocabulary)
+        idx._dirty = False
+        idx._collect_garbage()
+        if merge and idx.merge_policy is not None and all(  # TEMP until stores have merge()
+                hasattr(type(st.newest), "merge") for st in idx._local_stores().values()):
+            for group in idx.merge_policy.select(idx._table.infos()):
+                merge_segments(idx, group)
+
+
+def optimize(idx) -> None:
+    """Commit pending writes, then merge every segment into one without deleted rows
+    (``hybridrag optimize``): the smallest index and the fastest searches. A merge is a
+    commit: readers keep their snapshot, a crash leaves the last commit whole."""
+    with idx._writing():
+        idx.commit(merge=False)
+        entries = idx._table.entries
+        if len(entries) > 1 or any(e["deleted"] for e in entries):
+            merge_segments(idx, [e["id"] for e in entries])
+
+
+def merge_segments(idx, ids: Sequence[str]) -> None:
+    """Merge segments ``ids`` into one new segment, as a commit."""
+    gen = idx._gen + 1
+    checksums: dict[str, str] = {}
+    slots = np.concatenate([idx._table.live_slots(i) for i in ids])
+    slots.sort()
+    entries = [dict(e) for e in idx._table.entries]
+    sealed: dict[str, dict[str, str]] = {}
+    sid = idx._table.new_id() if slots.size else None
+    if sid is not None:
+        for mode, store in idx._local_stores().items():
+            parts = [store.parts[i] for i in ids]
+            merged = type(parts[0]).merge(parts)
+            if len(merged) != slots.size:
+                raise RuntimeError(f"merging {mode!r} segments {list(ids)} gave {len(merged)} rows, "
+                                   f"expected {slots.size}")
+            sealed[mode] = _save_part(idx, merged, f"{mode}.{sid}", checksums)
+        entry = {"id": sid, "rows": int(slots.size), "deleted": 0, "deletes": None, "files": sealed,
+                 "slots": _written(idx, SegmentTable.write_slots(idx.path, sid, slots), checksums)}
+        at = next(i for i, e in enumerate(entries) if e["id"] == ids[0])
+        entries.insert(at, entry)
+    entries = [e for e in entries if e["id"] not in ids]
+    _swap_manifest(idx, gen, entries, list(idx._vocab_files), checksums)
+    for mode, store in idx._local_stores().items():
+        if sid is not None:
+            store.replace(list(ids), sid, _open_part(idx, mode, sealed[mode]))
+        else:
+            store.parts = {k: v for k, v in store.parts.items() if k not in ids}
+    idx._table.entries = entries
+    for i in ids:
+        idx._table.slots.pop(i, None)
+        idx._table.deleted.pop(i, None)
+    if sid is not None:
+        idx._table.slots[sid], idx._table.deleted[sid] = slots, np.zeros(0, np.int64)
+    idx._collect_garbage()
+
+
+def _written(idx, name: str, checksums: dict[str, str]) -> str:
+    """Record the sha256 of a file just written (fsynced) for the manifest."""
+    _check_name(idx.path, name)
+    f = idx.path / name
+    with open(f, "rb") as fh:
+        os.fsync(fh.fileno())
+    checksums[name] = _sha256(f)
+    return name
+
+
+def _save_part(idx, store: Any, tag: str, checksums: dict[str, str]) -> dict[str, str]:
+    files = store.save(idx.path, tag)
+    for name in files.values():
+        _written(idx, name, checksums)
+    return dict(files)
+
+
+def _open_part(idx, mode: str, files: Mapping[str, str]) -> Any:
+    """A segment just written, opened as a loader would (memory-mapped)."""
+    return opening.store_class(idx, mode).load(idx.path, dict(files), idx._manifest["stores"][mode]["config"])
+
+
+def _write_vocabulary(idx, name: str, start: int) -> None:
+    """The BM25 terms with ids ``start`` and up, as a new file (fsynced, renamed into place)."""
+    from hybridrag.stores.base import new_file
+
+    new_file(idx.path, name, lambda path: idx.bm25.save_vocabulary(path, start))
+
+
+def _swap_manifest(idx, gen: int, entries: list[dict[str, Any]], vocab_files: list[str],
+                   checksums: dict[str, str]) -> None:
+    """Write the manifest of generation ``gen`` (the commit point) and adopt it."""
+    old = idx._manifest or {}
+    keep = {n for e in entries for n in [*(f for fs in e["files"].values() for f in fs.values()),
+                                         e.get("slots"), e.get("deletes")] if n}
+    keep.update(vocab_files)
+    sums = {n: d for n, d in old.get("checksums", {}).items() if n in keep}
+    sums.update({n: d for n, d in checksums.items() if n in keep})
+    remote: dict[str, Any] = {}
+    for mode, store in idx.stores.items():
+        if not isinstance(store, SegmentedStore):
+            files = store.save(idx.path, f"{mode}.g{gen}")
+            for name in files.values():
+                _written(idx, name, sums)
+            remote[mode] = {"files": files, "config": store.config(), "rows": len(store)}
+    models: dict[str, Any] = {}
+    if idx.pipeline.encoder.kind != "none":
+        models["encoder"] = {"name": idx.pipeline.encoder.model,
+                             **model_fingerprint(resolve_model_path(idx.pipeline.encoder.model))}
+        if idx._encoder is not None and hasattr(idx._encoder, "config"):
+            models["encoder"]["config"] = _jsonable(idx._encoder.config())
+    if idx.pipeline.rerank.enabled:
+        models["reranker"] = {"name": idx.pipeline.rerank.model}
+    stores = {m: {"config": s.newest.config()} for m, s in idx._local_stores().items()}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "generation": gen,
+        "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "pipeline": _pipeline_for_disk(idx.pipeline),
+        "models": models,
+        "counts": {"documents": idx.docstore.count_documents(), "chunks": idx.docstore.count(),
+                   "next_slot": idx.docstore.next_slot()},
+        "stores": stores,
+        "remote": remote,
+        "segments": entries,
+        "next_segment": idx._table.next_segment,
+        "bm25_vocab": vocab_files,
+        "docstore": DOCSTORE,
+        "checksums": sums,
+    }
+    if old.get("format_version") == 1 and old.get("docstore_sha256"):
+        # The first commit of a format-1 index: its rows have no per-row hash yet; record
+        # them if the old manifest's whole-docstore checksum still vouches for them.
+        ds, view = idx.docstore, idx.docstore.as_of
+        ds.as_of = int(old["generation"])
+        try:
+            intact = ds.content_checksum() == old["docstore_sha256"]
+        finally:
+            ds.as_of = view
+        if intact:
+            ds.record_row_hashes()
+    idx.docstore.commit_generation(gen)
+    write_manifest(idx.path, manifest)
+    idx._manifest = manifest
+    idx._gen = gen
+    for store in idx.stores.values():
+        done = getattr(store, "committed", None)  # Milvus: the saved generation is now live
+        if done is not None:
+            done()
+
+
+def drop_milvus_collections(idx, names: list[str]) -> None:
+    """Drop the Milvus collections of the index this one replaced (create/rebuild)."""
+    for store in idx.stores.values():
+        if names and hasattr(store, "drop_collections"):
+            store.drop_collections(names)
+            return
+
+
+def collect_garbage(idx) -> None:
+    keep = set((idx._manifest or {}).get("checksums", {})) | {MANIFEST, DOCSTORE, LOCKFILE}
+    for f in idx.path.iterdir():
+        if f.name in keep or f.name.startswith(DOCSTORE) or not (f.is_file() or f.is_symlink()):
+            continue
+        if STORE_FILE.search(f.name) or f.name == f"{MANIFEST}.tmp":
+            with contextlib.suppress(OSError):
+                f.unlink()
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _pipeline_for_disk(cfg: PipelineConfig) -> dict[str, Any]:
+    """The pipeline as the manifest records it: without the Milvus token (a secret)."""
+    d = cfg.to_dict()
+    if d.get("milvus", {}).get("token"):
+        d["milvus"]["token"] = ""
+    return d
+
+
+def model_fingerprint(resolved: str) -> dict[str, Any]:
+    """Name, revision and a hash of the config/tokenizer files of a local model folder."""
+    p = Path(resolved)
+    info: dict[str, Any] = {"resolved": resolved}
+    m = re.search(r"/snapshots/([0-9a-f]{40})", resolved)
+    if m:
+        info["revision"] = m.group(1)
+    if p.is_dir():
+        h = hashlib.sha256()
+        for name in ("config.json", "tokenizer.json", "colbert_linear.pt", "sparse_linear.pt"):
+            f = p / name
+            if f.is_file():
+                h.update(name.encode())
+                h.update(_sha256(f).encode())
+        info["fingerprint"] = h.hexdigest()
+    return info

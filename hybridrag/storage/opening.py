@@ -1,0 +1,494 @@
+"""Opening an index: create, load (the committed generation, retried while a writer moves
+on), rebuild from the docstore, and the stores of each mode built from the manifest's segments
+(called by :class:`hybridrag.index.HybridIndex`)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hybridrag.config import PipelineConfig, load_pipeline, resolve_model_path
+from hybridrag.errors import ConfigError, DiskFullError, IndexFormatError, IndexLockedError
+from hybridrag.storage import commit as commit_mod
+from hybridrag.storage.lock import IndexLock as _Lock
+from hybridrag.storage.manifest import MANIFEST, read_manifest, verify_files
+from hybridrag.storage.segments import SegmentedStore
+from hybridrag.storage.table import SegmentTable
+
+logger = logging.getLogger("hybridrag.index")
+
+DOCSTORE = "docstore.sqlite"
+# A reader retries its load while a writer's commits keep replacing the files it is opening
+# (each retry opens the newer generation), for up to _LOAD_PATIENCE_S; a failure with no newer
+# generation (a damaged index, or a writer between its manifest swap and our read) is retried
+# _LOAD_SAME_GEN_RETRIES times with a short sleep, then raised.
+_LOAD_PATIENCE_S = 60.0
+_LOAD_SAME_GEN_RETRIES = 3
+
+
+def open_index(cls, p: Path, manifest: dict[str, Any], verify: bool, encoder: Any, reranker: Any,
+          device: str | None, milvus_conn: dict[str, str] | None = None,
+          read_only: bool = False) -> Any:
+    if verify:
+        verify_files(p, manifest)
+    cfg = PipelineConfig.from_stored(manifest["pipeline"], source=f"{p / MANIFEST}")
+    import sqlite3
+
+    try:
+        idx = cls(p, cfg, manifest, encoder=encoder, reranker=reranker, device=device, read_only=read_only)
+    except sqlite3.DatabaseError as e:
+        raise IndexFormatError(f"{p / DOCSTORE}: docstore is unreadable or corrupt ({e})") from None
+    idx._milvus_conn = dict(milvus_conn or {})
+    try:
+        check_docstore(idx, verify)
+        init_components(idx, fresh=False)
+        want = int(manifest.get("counts", {}).get("chunks", -1))
+        for mode, store in idx.stores.items():
+            if want >= 0 and len(store) != want and isinstance(store, SegmentedStore):
+                raise IndexFormatError(f"{p / MANIFEST}: store {mode!r} holds {len(store)} rows, the manifest "
+                                       f"says {want} chunks")
+    except BaseException:
+        idx.close()
+        raise
+    return idx
+
+
+def check_docstore(idx, verify: bool = True) -> None:
+    import sqlite3
+
+    ds = idx.docstore
+    try:
+        if ds.max_generation() > idx._gen and not idx._read_only:
+            # An uncommitted write left rows tagged with a later generation. Undo it when no
+            # live writer holds the lock; otherwise it is that writer's work in progress.
+            try:
+                idx._lock.acquire()
+            except IndexLockedError:
+                pass
+            else:
+                try:
+                    if ds.max_generation() > idx._gen and idx._on_disk_generation() == idx._gen:
+                        ds.rollback_to(idx._gen)
+                except DiskFullError:
+                    pass   # the rows stay, unseen: this view reads as of the committed generation
+                finally:
+                    idx._lock.release()
+        # Reads see exactly the committed generation, from a pinned snapshot: rows a
+        # concurrent writer adds, deletes or purges later stay out of (or in) this view.
+        ds.as_of = idx._gen
+        ds.pin()
+        if ds.purged_generation() > idx._gen:
+            ds.unpin()
+            raise _Stale(f"{idx.path}: the docstore moved past generation {idx._gen} while loading")
+        if verify:
+            problems = ds.integrity_problems(quick=True)
+            if problems:
+                raise IndexFormatError(f"{idx.path / DOCSTORE}: docstore is corrupt: {'; '.join(problems[:3])}")
+            digest = (idx._manifest or {}).get("docstore_sha256")   # format 1 only
+            if digest is not None and ds.content_checksum() != digest:
+                raise IndexFormatError(f"{idx.path / DOCSTORE}: docstore content does not match the manifest "
+                                       f"(generation {idx._gen}): the file is corrupt or was changed")
+            verify_rows = getattr(ds, "verify_rows", None)
+            bad = verify_rows(idx._gen) if verify_rows is not None else []
+            if bad:
+                raise IndexFormatError(f"{idx.path / DOCSTORE}: docstore is corrupt: {'; '.join(bad[:3])}")
+        elif ds.count() != int((idx._manifest or {}).get("counts", {}).get("chunks", ds.count())):
+            raise IndexFormatError(f"{idx.path / DOCSTORE}: docstore does not hold the manifest's chunks")
+    except sqlite3.DatabaseError as e:
+        raise IndexFormatError(f"{idx.path / DOCSTORE}: docstore is unreadable or corrupt ({e})") from None
+
+
+def init_components(idx, fresh: bool) -> None:
+    """The stores: opened from the committed segments, or (``fresh``) new and empty."""
+    if idx._manifest is not None and not fresh:
+        load_stores(idx)
+        return
+    cfg = idx.pipeline
+    modes = cfg.modes
+    idx.stores = {}
+    idx._table = SegmentTable([], (idx._manifest or {}).get("next_segment", 1))
+    idx._vocab_saved = 0
+    enc = idx.encoder if any(m in modes for m in ("dense", "sparse", "colbert")) else None
+    if cfg.milvus.enabled and ("dense" in modes or "sparse" in modes):
+        from hybridrag.stores.milvus import milvus_stores
+
+        remote = milvus_stores(cfg.milvus, enc.dim if "dense" in modes else None, idx.path,
+                               from_index=idx._milvus_from_index, **idx._milvus_conn)
+        idx.stores.update({m: remote[m] for m in ("dense", "sparse") if m in modes})
+        idx._milvus_conn = remote["sparse"].connection()
+    for mode in modes:
+        if mode not in idx.stores:
+            idx.stores[mode] = SegmentedStore({}, new_store(idx, mode, enc), fresh_maker(idx, mode))
+
+
+def new_store(idx, mode: str, enc: Any) -> Any:
+    """An empty store of ``mode`` as the pipeline configures it."""
+    from hybridrag.stores.faiss import FaissStore
+    from hybridrag.stores.multivector import MultiVectorStore
+    from hybridrag.stores.sparse import SparseIndex
+
+    cfg = idx.pipeline
+    if mode == "dense":
+        return FaissStore(enc.dim, factory=cfg.dense.index)
+    if mode == "sparse":
+        return SparseIndex(weighting="none")
+    if mode == "bm25":
+        return SparseIndex(weighting=f"bm25{cfg.bm25.variant}", k1=cfg.bm25.k1, b=cfg.bm25.b,
+                           epsilon=cfg.bm25.epsilon)
+    dim = getattr(enc, "colbert_dim", None) or enc.dim
+    return MultiVectorStore(dim, encoding=cfg.colbert.encoding, pq_train_tokens=cfg.colbert.pq_train_tokens,
+                            pq_train_pool=cfg.colbert.pq_train_pool)
+
+
+def fresh_maker(idx, mode: str, config: Mapping[str, Any] | None = None) -> Any:
+    """How a mode's next fresh part is made: like its newest part (same settings and trained
+    state: PQ codec, IVF quantizer) when the store kind can, else from its saved config."""
+    def make() -> Any:
+        store = idx.stores[mode]
+        model = store.newest
+        if hasattr(model, "empty_like"):
+            return model.empty_like()
+        return _store_from_config(store_class(idx, mode), config if config is not None else model.config())
+    return make
+
+
+def store_class(idx, mode: str) -> Any:
+    from hybridrag.stores.faiss import FaissStore
+    from hybridrag.stores.multivector import MultiVectorStore
+    from hybridrag.stores.sparse import SparseIndex
+
+    if idx.pipeline.milvus.enabled and mode in ("dense", "sparse"):
+        from hybridrag.stores.milvus import MilvusDenseStore, MilvusSparseStore
+
+        return {"dense": MilvusDenseStore, "sparse": MilvusSparseStore}[mode]
+    return {"dense": FaissStore, "sparse": SparseIndex, "bm25": SparseIndex, "colbert": MultiVectorStore}[mode]
+
+
+def load_stores(idx) -> None:
+    """Open every committed segment of every store (memory-mapped; deletions applied in
+    memory); files are checked for structure, not hashed (``load(verify=True)`` hashes)."""
+    m = idx._manifest
+    if m is None:
+        raise IndexFormatError(f"{idx.path / MANIFEST}: no committed manifest to load stores from")
+    idx.stores = {}
+    gen = idx._gen
+    idx._table = SegmentTable.open(idx.path, m, legacy_slots=lambda: idx.docstore.live_slots(as_of=gen))
+    for mode, entry in m["stores"].items():
+        cls, config = store_class(idx, mode), entry.get("config", {})
+        parts: dict[str, Any] = {}
+        for seg in m["segments"]:
+            sid, files = seg["id"], seg["files"].get(mode)
+            if not isinstance(files, dict) or not files:
+                raise IndexFormatError(f"{idx.path / MANIFEST}: segment {sid!r} has no files for {mode!r}")
+            part = cls.load(idx.path, files, config)
+            dead = idx._table.deleted[sid]
+            if dead.size:
+                part.remove(dead)
+            if len(part) != seg["rows"] - seg["deleted"]:
+                raise IndexFormatError(f"{idx.path / sorted(files.values())[0]}: store {mode!r} segment {sid!r} "
+                                       f"holds {len(part)} live rows, the manifest says "
+                                       f"{seg['rows'] - seg['deleted']}")
+            parts[sid] = part
+        idx.stores[mode] = SegmentedStore(parts, None, fresh_maker(idx, mode, config))
+        if parts:
+            idx.stores[mode].fresh = idx.stores[mode]._new_fresh()
+        else:
+            idx.stores[mode].fresh = _store_from_config(cls, config)
+    for mode, entry in m.get("remote", {}).items():
+        files = entry["files"]
+        # where Milvus is comes from the user, never from the manifest (docs/MILVUS.md)
+        config = {**{k: v for k, v in entry.get("config", {}).items() if k not in ("uri", "token")},
+                  **idx._milvus_conn}
+        idx.stores[mode] = store_class(idx, mode).load(idx.path, files, config)
+    # Read the BM25 vocabulary now, not at the first search: a writer may collect its files
+    # once it commits a newer generation.
+    idx._bm25_vocab = None
+    idx._vocab_files = list(m.get("bm25_vocab") or [])
+    if idx._vocab_files:
+        from hybridrag.encoders.bm25 import BM25Encoder
+
+        terms: list[str] = []
+        probe = BM25Encoder()
+        for name in idx._vocab_files:
+            probe.load_vocabulary(idx.path / name)
+            terms += sorted(probe.vocabulary, key=probe.vocabulary.__getitem__)
+        vocab = {t: i for i, t in enumerate(terms)}
+        if len(vocab) != len(terms):
+            raise IndexFormatError(f"{idx.path / idx._vocab_files[-1]}: BM25 vocabulary repeats a term")
+        idx._bm25_vocab = vocab
+    idx._vocab_saved = len(idx._bm25_vocab or {})
+
+
+def create(cls, path: str | os.PathLike[str], pipeline: str | os.PathLike[str] | PipelineConfig | Mapping[str, Any],
+           *, overwrite: bool = False, encoder: Any = None, reranker: Any = None,
+           device: str | None = None) -> Any:
+    """Create an empty index at ``path`` for ``pipeline``: a shipped pipeline's name (``"offline"``,
+    ``"m3"``, ``"bm25-dense"``, ``"milvus"``), a TOML path, a :class:`PipelineConfig` or a dict.
+
+    ``encoder``/``reranker`` may pass already-loaded models to share between indexes.
+    """
+    cfg = _as_pipeline(pipeline)
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise IndexFormatError(f"{str(p)!r} exists and is not a directory")
+    if (p / MANIFEST).exists() and not overwrite:
+        raise IndexFormatError(f"{str(p)!r} already holds an index; load it, or pass overwrite=True")
+    # Everything that can be known before the first write is checked first, so a pipeline
+    # that cannot work never leaves an index behind that refuses the fixed pipeline.
+    _check_model_limits(cfg, encoder, reranker)
+    made = [d for d in (p, *p.parents) if not d.exists()]
+    p.mkdir(parents=True, exist_ok=True)
+    lock = _Lock(p)
+    try:
+        lock.acquire()  # before removing anything: a live writer's index is not overwritten
+    except BaseException:
+        _remove_created(p, made, files=False)  # another writer's index: only our empty folders go
+        raise
+    import sqlite3
+
+    existed = (p / MANIFEST).exists()
+    idx = None
+    try:
+        old = _milvus_collections(p)
+        try:
+            idx = cls(p, cfg, None, encoder=encoder, reranker=reranker, device=device)
+        except sqlite3.DatabaseError:  # the old docstore is unreadable: nothing to keep
+            _remove_index_files(p)
+            idx = cls(p, cfg, None, encoder=encoder, reranker=reranker, device=device)
+        idx._lock = lock
+        # The new stores first: a pipeline that cannot be built leaves an old index whole.
+        # Its manifest is only replaced by the new one's commit, and its Milvus collections
+        # are dropped after that.
+        init_components(idx, fresh=True)
+        if existed:
+            from hybridrag.stores.docstore import DocStore
+
+            idx.docstore.close()
+            _remove_index_files(p)
+            idx.docstore = DocStore(p / DOCSTORE)
+        idx._dirty = True
+        idx.commit()
+    except BaseException:
+        # Leave nothing that only `rm -rf` could clear: a new index's files and the
+        # folders made go again (a failure here means no index was committed); an index
+        # being overwritten keeps its manifest, and create(overwrite=True) can run again.
+        if idx is not None:
+            idx.close()
+        lock.release()
+        if not existed:
+            _remove_created(p, made, files=True)
+        raise
+    commit_mod.drop_milvus_collections(idx, old)
+    return idx
+    return idx
+
+
+def load(cls, path: str | os.PathLike[str], *, verify: bool = False, encoder: Any = None,
+         reranker: Any = None, device: str | None = None, milvus_uri: str | None = None,
+         milvus_token: str | None = None) -> Any:
+    """Open the last committed state of the index at ``path``.
+
+    Opening reads the manifest and maps the segment files; it checks their structure
+    (sizes, headers, offsets and ids within bounds), not every byte, so it takes about the
+    same time at any index size. ``verify=True`` also checks every file against the
+    manifest's sha256 (reading each once; ``hybridrag check`` does this and more); a
+    mismatch raises :class:`IndexFormatError` naming the file.
+    ``milvus_uri`` / ``milvus_token`` (else ``$HYBRIDRAG_MILVUS_URI`` / ``$MILVUS_TOKEN``):
+    where a Milvus-backed index's vectors are; required unless they are in a Milvus Lite
+    file inside ``path`` (docs/MILVUS.md, "Security").
+    """
+    p = Path(path)
+    deadline = time.monotonic() + _LOAD_PATIENCE_S
+    same_gen = 0
+    while True:
+        manifest = _require_manifest(p)
+        try:
+            return open_index(cls, p, manifest, verify, encoder, reranker, device,
+                             {k: v for k, v in (("uri", milvus_uri), ("token", milvus_token)) if v})
+        except (IndexFormatError, OSError, _Stale):
+            # A writer may have committed and collected the files of the manifest we read
+            # between our reading it and opening them: open the new generation instead.
+            # Every such retry means the writer made progress, so they are bounded by time,
+            # not by count (a reader slower than a fast writer's commits needs several).
+            now = read_manifest(p, missing_ok=True)
+            if now is None or time.monotonic() > deadline:
+                raise
+            if now.get("generation") == manifest["generation"]:
+                # Either the index is damaged (then every attempt fails the same way and
+                # the error is raised) or a writer is between its manifest swap and our
+                # next read: give it a moment, a few times at most.
+                same_gen += 1
+                if same_gen > _LOAD_SAME_GEN_RETRIES:
+                    raise
+                time.sleep(0.05 * same_gen)
+            logger.debug("index %s moved to generation %s while loading; retrying", p, now.get("generation"))
+
+
+def rebuild(cls, path: str | os.PathLike[str], *, pipeline: Any = None, encoder: Any = None,
+            device: str | None = None, batch_size: int = 256, milvus_uri: str | None = None,
+            milvus_token: str | None = None) -> Any:
+    """Recover damaged or missing store files: re-encode every committed chunk text in the
+    docstore into fresh stores and commit them as a new generation.
+
+    The pipeline comes from the manifest; pass ``pipeline`` (the one the index was built
+    with) when the manifest itself is lost or corrupt. The docstore must be intact: a
+    docstore that fails SQLite's integrity check or the manifest's content checksum raises
+    :class:`IndexFormatError`. Returns the index, holding the writer lock (close it).
+    A Milvus-backed index gets new collections (``milvus_uri`` / ``milvus_token`` as in
+    :meth:`load` unless ``pipeline`` names them); the old ones it owns are dropped after
+    the commit.
+    """
+    import sqlite3
+
+    p = Path(path)
+    try:
+        manifest = read_manifest(p)
+    except IndexFormatError:
+        if pipeline is None:
+            raise
+        manifest = None
+    cfg = _as_pipeline(pipeline) if pipeline is not None else PipelineConfig.from_stored(
+        manifest["pipeline"], source=f"{p / MANIFEST}")  # type: ignore[index]
+    if not (p / DOCSTORE).is_file():
+        raise IndexFormatError(f"{p / DOCSTORE}: missing; there is nothing to rebuild the index from")
+    try:
+        idx = cls(p, cfg, None, encoder=encoder, device=device)
+    except sqlite3.DatabaseError as e:
+        raise IndexFormatError(f"{p / DOCSTORE}: docstore is unreadable or corrupt ({e})") from None
+    idx._milvus_conn = {k: v for k, v in (("uri", milvus_uri), ("token", milvus_token)) if v}
+    idx._milvus_from_index = pipeline is None
+    try:
+        idx._lock.acquire()
+        old = _milvus_collections(p)
+        ds = idx.docstore
+        problems = ds.integrity_problems()
+        if problems:
+            raise IndexFormatError(f"{p / DOCSTORE}: docstore is corrupt, cannot rebuild from it: "
+                                   f"{'; '.join(problems[:3])}")
+        gen = int(manifest["generation"]) if manifest is not None else ds.committed_generation()
+        if gen < 0:
+            raise IndexFormatError(f"{p / DOCSTORE}: no committed generation to rebuild")
+        if ds.max_generation() > gen:
+            ds.rollback_to(gen)
+        if manifest is not None and manifest.get("docstore_sha256") not in (None, ds.content_checksum()):
+            raise IndexFormatError(f"{p / DOCSTORE}: docstore content does not match the manifest; "
+                                   "cannot rebuild from it")
+        idx._gen = gen
+        idx._manifest = None if manifest is None else dict(manifest, bm25_vocab=[])
+        idx._vocab_files = []
+        init_components(idx, fresh=True)
+        slots = ds.live_slots()
+        for i in range(0, len(slots), batch_size):
+            part = slots[i:i + batch_size]
+            idx._encode_into_stores([r["text"] for r in ds.get(part)], part)
+        idx._dirty = True
+        idx.commit()
+        commit_mod.drop_milvus_collections(idx, old)
+    except sqlite3.DatabaseError as e:
+        idx.close()
+        raise IndexFormatError(f"{p / DOCSTORE}: docstore is unreadable or corrupt ({e})") from None
+    except BaseException:
+        idx.close()
+        raise
+    return idx
+
+
+def _store_from_config(cls: Any, config: Mapping[str, Any]) -> Any:
+    """An empty store of ``cls`` with the settings ``config()`` saved (unknown keys ignored)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    try:
+        return cls(**{k: v for k, v in config.items() if k in params})
+    except (TypeError, ValueError) as e:
+        raise IndexFormatError(f"bad {cls.__name__} settings in the manifest {dict(config)!r}: {e}") from None
+
+
+def _milvus_collections(path: Path) -> list[str]:
+    """The Milvus collections the committed index at ``path`` uses (none if unreadable)."""
+    try:
+        m = read_manifest(path, missing_ok=True)
+    except IndexFormatError:
+        return []
+    if m is None or not m["pipeline"].get("milvus", {}).get("enabled"):
+        return []
+    return [str(e.get("config", {}).get("collection")) for mode, e in m.get("remote", {}).items()
+            if mode in ("dense", "sparse") and isinstance(e, dict)]
+
+
+def _require_manifest(path: Path) -> dict[str, Any]:
+    """:func:`read_manifest` for callers that need one: a missing manifest is an error."""
+    manifest = read_manifest(path)
+    if manifest is None:  # read_manifest raises when missing_ok is False; kept explicit for -O
+        raise IndexFormatError(f"{str(path)!r} is not an index: {MANIFEST} is missing")
+    return manifest
+
+
+def _check_model_limits(cfg: PipelineConfig, encoder: Any = None, reranker: Any = None) -> None:
+    """Check the pipeline's token lengths against what its models can embed (their position
+    tables, read from ``config.json`` alone; no weights are loaded) before anything is written."""
+    from hybridrag.encoders.base import model_capacity, resolve_model_folder
+    from hybridrag.errors import ModelLoadError
+
+    checks: list[tuple[str, str, Any, list[tuple[str, int]]]] = []
+    if cfg.encoder.kind != "none":
+        e = cfg.encoder
+        checks.append(("encoder", e.model, encoder, [("chunking.max_tokens", cfg.chunking.max_tokens + 2),
+                                                     ("encoder.max_length", e.max_length),
+                                                     ("encoder.query_max_length", e.query_max_length)]))
+    if cfg.rerank.enabled:
+        checks.append(("reranker", cfg.rerank.model, reranker, [("rerank.max_length", cfg.rerank.max_length)]))
+    for role, model, given, lengths in checks:
+        capacity = getattr(given, "capacity", None)
+        if given is not None and not isinstance(capacity, int):
+            continue  # a model passed in already loaded, that does not say: its own checks apply
+        if given is None:
+            from transformers import AutoConfig
+
+            folder = resolve_model_folder(resolve_model_path(model))
+            try:
+                capacity = model_capacity(AutoConfig.from_pretrained(folder))
+            except (OSError, ValueError, KeyError) as exc:
+                raise ModelLoadError(f"{role} model {model!r}: cannot read its config.json ({exc})") from None
+        for key, need in lengths:
+            if need > capacity:
+                value = need - 2 if key == "chunking.max_tokens" else need
+                extra = " plus 2 special tokens" if key == "chunking.max_tokens" else ""
+                raise ConfigError(f"{key} = {value}{extra} is more than the {capacity} tokens the {role} model "
+                                  f"{model!r} can embed (its max_position_embeddings); lower {key}")
+
+
+def _remove_created(p: Path, made: Sequence[Path], files: bool) -> None:
+    """Undo a failed create: the index files and lock file (``files``), the folders it made."""
+    with contextlib.suppress(OSError):
+        if files:
+            _remove_index_files(p)
+            (p / commit_mod.LOCKFILE).unlink(missing_ok=True)
+        for d in made:  # deepest first; a folder someone else filled meanwhile stays
+            d.rmdir()
+
+
+def _remove_index_files(p: Path) -> None:
+    """Remove an old index's docstore and store files; its manifest stays until the new
+    index's commit replaces it (so a failed create never leaves a directory without one)."""
+    for f in p.iterdir():
+        if f.is_file() and (f.name == f"{MANIFEST}.tmp" or f.name.startswith(DOCSTORE)
+                            or commit_mod.STORE_FILE.search(f.name)):
+            f.unlink()
+
+
+class _Stale(Exception):
+    """Internal: a concurrent commit overtook a load in progress (it is retried)."""
+
+def _as_pipeline(p: Any) -> PipelineConfig:
+    if isinstance(p, PipelineConfig):
+        return p
+    if isinstance(p, Mapping):
+        return PipelineConfig.from_dict(dict(p))
+    if isinstance(p, (str, os.PathLike)):
+        return load_pipeline(p)
+    raise TypeError(f"pipeline must be a path to a TOML file, a PipelineConfig or a dict, got {type(p).__name__}")
