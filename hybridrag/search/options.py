@@ -90,8 +90,8 @@ class SearchOptions:
                         raise ValueError(f"depth for {m!r} must be a positive integer, got {d!r}")
                 self._set("depth", {m: int(d) for m, d in self.depth.items()})
             elif not _is_int(self.depth) or self.depth < 1:
-                raise ValueError(f"depth must be a positive integer or a dict of mode -> positive integer, "
-                                 f"got {self.depth!r}")
+                raise ValueError(f"depth must be a positive integer, got {self.depth!r} "
+                                 "(or give a dict of mode -> positive integer)")
             else:
                 self._set("depth", int(self.depth))
         if self.rerank is not None:
