@@ -462,6 +462,9 @@ def test_rerank_is_one_call_per_batch_and_each_text_is_read_once(tmp_path, m3_di
         batch = idx.search_batch(QUERIES, k=4, depth=6)
         assert len(counting.calls) == 1 and len(gets) == 1
         assert counting.calls[0] == 6 * len(QUERIES)     # rerank_k pairs per query, all in one call
+        gets.clear()
+        idx.search_batch(QUERIES, k=4, rerank=False)
+        assert len(gets) == 1 and len(counting.calls) == 1   # without rerank: one read for every query's hits
         counting.calls.clear()
         for q, got in zip(QUERIES, batch):
             one = idx.search(q, k=4, depth=6)
