@@ -32,11 +32,13 @@ _LAZY = {
     "AddResult": "hybridrag.index",
     "PipelineConfig": "hybridrag.config",
     "load_pipeline": "hybridrag.config",
+    "SearchOptions": "hybridrag.search.options",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from hybridrag.config import PipelineConfig, load_pipeline
     from hybridrag.index import AddResult, HybridIndex
+    from hybridrag.search.options import SearchOptions
 
 
 def __getattr__(name: str) -> Any:
@@ -55,5 +57,5 @@ def __dir__() -> list[str]:
 __all__ = [
     "AddResult", "Chunk", "ConfigError", "DiskFullError", "Document", "DocumentError", "Hit", "HybridIndex",
     "HybridRAGError", "IndexFormatError", "IndexLockedError", "IndexWriteError", "ModelLoadError", "PipelineConfig",
-    "SearchResults", "__version__", "load_pipeline",
+    "SearchOptions", "SearchResults", "__version__", "load_pipeline",
 ]

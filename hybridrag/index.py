@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -27,8 +26,9 @@ import numpy as np
 from hybridrag import __version__, write
 from hybridrag.config import PipelineConfig, resolve_model_path
 from hybridrag.errors import ConfigError, IndexFormatError, IndexLockedError
-from hybridrag.search import planner
-from hybridrag.search.fusion import FUSION_METHODS
+from hybridrag.search import encode, execute, planner
+from hybridrag.search.options import SearchOptions
+from hybridrag.search.plan import make_plan
 from hybridrag.storage import commit as commit_mod
 from hybridrag.storage import opening
 from hybridrag.storage.check import check_index  # noqa: F401 - the public name lived here
@@ -39,7 +39,7 @@ from hybridrag.storage.opening import _as_pipeline  # noqa: F401 - used by cli, 
 from hybridrag.storage.policy import TieredMergePolicy
 from hybridrag.storage.segments import SegmentedStore
 from hybridrag.storage.table import SegmentTable
-from hybridrag.types import Hit, SearchResults
+from hybridrag.types import SearchResults
 from hybridrag.write import (  # noqa: F401 - re-exported: the documents' API lived here
     MAX_ID_CHARS,
     MAX_METADATA_DEPTH,
@@ -341,17 +341,16 @@ class HybridIndex:
         return self.search_batch([query], k=k, filters=filters, **overrides)[0]
 
     def search_batch(self, queries: Sequence[str], k: int = 10, filters: Mapping[str, Any] | None = None,
-                     *, modes: Sequence[str] | None = None, fusion: str | None = None,
-                     weights: Mapping[str, float] | None = None, depth: int | Mapping[str, int] | None = None,
-                     rerank: bool | None = None, rerank_k: int | None = None,
-                     rrf_k: int | None = None) -> list[SearchResults]:
+                     *, options: SearchOptions | None = None, **overrides: Any) -> list[SearchResults]:
         """Search a batch of queries; returns one :class:`SearchResults` (a ``list`` of up to
         ``k`` :class:`Hit`, best first) per query.
 
         Overrides (per call, the pipeline is unchanged): ``modes`` (a subset of the
         index's enabled modes), ``fusion`` (weighted | relative | rrf | adaptive), ``weights``
         (finite numbers >= 0), ``depth`` (first-stage candidates per mode), ``rerank`` /
-        ``rerank_k``. ``filters`` restrict hits to chunks whose metadata match before top-k.
+        ``rerank_k``, ``rrf_k``. ``filters`` restrict hits to chunks whose metadata match
+        before top-k. ``options``: all of these as one
+        :class:`~hybridrag.search.options.SearchOptions` (then give none of them beside it).
 
         ``k``, ``depth`` and ``rerank_k`` are capped at the number of live chunks, so the
         memory a search takes follows the index, never these numbers (``k=10**9`` returns
@@ -359,156 +358,27 @@ class HybridIndex:
         retrieves nothing for a query with no term it knows (only punctuation, or words
         no document has); ``dense`` always returns the nearest chunks. Each result's
         ``notes`` says why hits are missing: a term mode without query terms, a filter
-        key that no document has, a filter that matches nothing.
+        key that no document has, a filter that matches nothing. The stages are in
+        :mod:`hybridrag.search.execute`.
         """
-        if isinstance(queries, str) or not isinstance(queries, Sequence):
-            raise TypeError("queries must be a list of strings (use search() for one query)")
-        from hybridrag.stores.docstore import check_unicode
-
-        for i, q in enumerate(queries):
-            if not isinstance(q, str):
-                raise TypeError(f"query {i} must be a string, got {type(q).__name__}")
-            if not q.strip():
-                raise ValueError(f"query {i} is empty: {q!r}")
-            check_unicode(q, f"query {i}")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"k must be a positive integer, got {type(k).__name__} {k!r}")
-        if k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        live = self.docstore.count()
-        plan = self._plan(int(k), modes, fusion, weights, depth, rerank, rerank_k, rrf_k, live=live)
-        if not queries:
-            return []
-        if live == 0:
-            return [SearchResults((), ["the index holds no chunks"]) for _ in queries]
-        allowed = None
-        if filters:
-            allowed = self.docstore.filter_mask(filters, self.docstore.next_slot())
-            if not allowed.any():
-                notes = [f"no document has metadata key {f!r}" for f in self.docstore.missing_keys(list(filters))]
-                notes = notes or [f"no chunk matches the filters {dict(filters)!r}"]
-                return [SearchResults((), notes) for _ in queries]
-        reps = self._encode_queries(list(queries), plan.modes)
-        coverage = self._coverage(list(queries), plan.modes) if plan.fusion == "adaptive" else None
-        ranked = planner.run(plan, reps, self.stores, allowed=allowed, coverage=coverage)
-        out: list[SearchResults] = []
-        for qi, cand in enumerate(ranked):
-            if plan.rerank and len(cand.slots):
-                top = cand.take(plan.rerank_k)
-                rows = self.docstore.get(top.slots)
-                r = self.pipeline.rerank
-                rs = np.asarray(self.reranker.compute_score([(queries[qi], row["text"]) for row in rows],
-                                                            normalize=r.normalize, batch_size=r.batch_size),
-                                dtype=np.float64)
-                order = np.lexsort((top.slots, -rs))
-                top = top.reorder(order)
-                rs = rs[order]
-                final = top.take(plan.k)
-                hits = self._hits(final, final.fused, rerank_scores=rs[:plan.k])
-            else:
-                final = cand.take(plan.k)
-                hits = self._hits(final, final.fused)
-            out.append(SearchResults(hits, _term_notes(plan, reps, qi)))
-        return out
+        queries = execute.check_queries(queries)
+        return execute.search_batch(self, queries, SearchOptions.build(options, k, filters, **overrides))
 
     def _plan(self, k: int, modes: Sequence[str] | None, fusion: str | None, weights: Mapping[str, float] | None,
               depth: int | Mapping[str, int] | None, rerank: bool | None, rerank_k: int | None,
               rrf_k: int | None, live: int) -> planner.QueryPlan:
-        """The plan for one call; ``k``, depths and ``rerank_k`` are capped at ``live`` chunks
-        (at least 1), so no store allocates more than the index holds."""
-        cfg = self.pipeline
-        enabled = cfg.modes
-        if modes is None:
-            use = list(enabled)
-        else:
-            if isinstance(modes, str):
-                modes = [modes]
-            bad = [m for m in modes if m not in enabled]
-            if bad:
-                raise ValueError(f"mode(s) {bad} are not enabled in this index; enabled: {enabled}")
-            use = [m for m in enabled if m in modes]
-            if not any(m in planner.FIRST_STAGE for m in use):
-                raise ValueError(f"modes {list(modes)}: colbert only rescores; add one of dense/sparse/bm25")
-        if weights is not None:
-            if not isinstance(weights, Mapping):
-                raise TypeError(f"weights must be a dict of mode -> number, got {type(weights).__name__}")
-            for m, v in weights.items():
-                if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
-                        or not math.isfinite(v) or v < 0:
-                    raise ValueError(f"weights[{m!r}] = {v!r}: a fusion weight must be a finite number >= 0")
-        w = dict(cfg.fusion.weights if weights is None else weights)
-        missing = [m for m in use if m not in w]
-        if missing:
-            raise ValueError(f"no fusion weight for mode(s) {missing}; weights given: {w}")
-        depths = {m: getattr(cfg, m).depth for m in use if m in planner.FIRST_STAGE}
-        if depth is not None:
-            if isinstance(depth, Mapping):
-                for m, d in depth.items():
-                    if m not in depths:
-                        raise ValueError(f"depth given for mode {m!r}, which is not a first stage here: {list(depths)}")
-                    depths[m] = d
-            else:
-                depths = {m: depth for m in depths}
-        cap = max(1, live)
-        k = min(k, cap)
-        for m, d in depths.items():
-            if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
-                raise ValueError(f"depth for {m!r} must be a positive integer, got {d!r}")
-            depths[m] = min(max(int(d), k), cap)
-        method = fusion or cfg.fusion.method
-        if method not in FUSION_METHODS:
-            raise ValueError(f"unknown fusion {method!r}; choose one of {FUSION_METHODS}")
-        do_rerank = cfg.rerank.enabled if rerank is None else bool(rerank)
-        rk = cfg.rerank.k if rerank_k is None else rerank_k
-        if isinstance(rk, bool) or not isinstance(rk, (int, np.integer)) or rk < 1:
-            raise ValueError(f"rerank_k must be a positive integer, got {rk!r}")
-        return planner.QueryPlan(modes=use, depths=depths, fusion=method, weights=w,
-                                 rrf_k=cfg.fusion.rrf_k if rrf_k is None else rrf_k, k=k,
-                                 rerank=do_rerank, rerank_k=min(max(int(rk), k), cap))
+        """The plan for one call (:func:`hybridrag.search.plan.make_plan`)."""
+        options = SearchOptions(k=k, modes=modes, fusion=fusion, weights=weights, depth=depth, rerank=rerank,
+                                rerank_k=rerank_k, rrf_k=rrf_k)
+        return make_plan(options, self.pipeline, live)
 
     def _coverage(self, queries: list[str], modes: Sequence[str]) -> dict[str, np.ndarray]:
-        """How well each mode's vocabulary covers each query (for adaptive fusion)."""
-        cov: dict[str, np.ndarray] = {}
-        neural = [m for m in modes if m in planner.NEURAL]
-        if neural:
-            c = planner.query_coverage(self.encoder.tokenizer, queries)
-            cov.update({m: c for m in neural})
-        if "bm25" in modes:
-            cov["bm25"] = planner.term_coverage(self.bm25.analyzer.tokenize(queries), self.bm25.vocabulary)
-        return cov
+        """How well each mode's vocabulary covers each query (:func:`hybridrag.search.encode.coverage`)."""
+        return encode.coverage(self, queries, modes)
 
     def _encode_queries(self, queries: list[str], modes: Sequence[str]) -> dict[str, Any]:
-        reps: dict[str, Any] = {}
-        neural = [m for m in ("dense", "sparse", "colbert") if m in modes]
-        if neural:
-            out = self.encoder.encode_queries(queries, max_length=self.pipeline.encoder.query_max_length,
-                                              batch_size=self.pipeline.encoder.batch_size,
-                                              **write.encode_flags(self, neural))
-            if "dense" in modes:
-                reps["dense"] = out.dense
-            if "sparse" in modes:
-                reps["sparse"] = out.sparse
-            if "colbert" in modes:
-                reps["colbert"] = out.colbert
-        if "bm25" in modes:
-            reps["bm25"] = self.bm25.encode_queries(queries)
-        return reps
-
-    def _hits(self, cand: planner.Candidates, fused: np.ndarray, rerank_scores: np.ndarray | None = None) -> list[Hit]:
-        rows = self.docstore.get(cand.slots)
-        hits = []
-        for i, row in enumerate(rows):
-            scores = {m: float(s[i]) for m, s in cand.scores.items()}
-            scores["fused"] = float(fused[i])
-            final = scores["fused"]
-            if rerank_scores is not None:
-                scores["rerank"] = float(rerank_scores[i])
-                final = scores["rerank"]
-            ranks = {m: int(r[i]) for m, r in cand.ranks.items() if r[i] > 0}
-            hits.append(Hit(chunk_id=row["chunk_id"], doc_id=row["doc_id"], text=row["text"], score=final,
-                            metadata=row["metadata"], span=(row["start"], row["end"]), scores=scores, ranks=ranks,
-                            weights=dict(cand.weights)))
-        return hits
+        """Each mode's encoded queries (:func:`hybridrag.search.encode.encode_queries`)."""
+        return encode.encode_queries(self, queries, modes)
 
     # ------------------------------------------------------------------ info
     def stats(self) -> dict[str, Any]:
@@ -546,12 +416,3 @@ class HybridIndex:
         return f"HybridIndex({str(self.path)!r}, pipeline={self.pipeline.name!r}, chunks={len(self)})"
 
 
-def _term_notes(plan: planner.QueryPlan, reps: Mapping[str, Any], qi: int) -> list[str]:
-    """A note per first-stage mode that matches terms and got none from query ``qi``."""
-    notes = []
-    for m in plan.first_stage:
-        if m in ("bm25", "sparse") and not any(reps[m][qi].values()):
-            why = ("none of its words is in the index vocabulary" if m == "bm25"
-                   else "the encoder gave it no lexical weights")
-            notes.append(f"no query terms for {m!r} ({why}): it retrieved nothing")
-    return notes

@@ -11,14 +11,14 @@
   :class:`~hybridrag.errors.ConfigError` naming the differences; ``overwrite=True`` rebuilds.
 - Stable ids for documents that have none (:func:`derived_id`), so re-ingesting the same
   loader output is idempotent.
-- The argument checks both retrievers make.
+- The argument checks both retrievers make, and their search call (:func:`search`: one
+  :class:`~hybridrag.search.options.SearchOptions` per query).
 
 Covered by ``tests/test_connectors.py``.
 """
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import threading
@@ -30,7 +30,8 @@ from typing import Any, Union
 from hybridrag.config import pipeline_differences
 from hybridrag.errors import ConfigError
 from hybridrag.index import MANIFEST, AddResult, HybridIndex, _as_pipeline, read_manifest
-from hybridrag.types import Document
+from hybridrag.search.options import OVERRIDES, SearchOptions
+from hybridrag.types import Document, SearchResults
 
 __all__ = [
     "SOURCE_KEYS",
@@ -42,6 +43,7 @@ __all__ = [
     "index_with_documents",
     "open_index",
     "override_names",
+    "search",
     "to_documents",
     "upsert",
 ]
@@ -244,9 +246,9 @@ def to_documents(records: Iterable[tuple[str | None, str, Mapping[str, Any]]]) -
 
 # ------------------------------------------------------------------ retriever arguments
 def override_names() -> frozenset[str]:
-    """Keyword-only search overrides that ``HybridIndex.search_batch`` accepts (modes, fusion, ...)."""
-    params = inspect.signature(HybridIndex.search_batch).parameters.values()
-    return frozenset(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    """The per-call search overrides beside ``k`` and ``filters`` (modes, fusion, ...): the
+    fields of :class:`~hybridrag.search.options.SearchOptions`."""
+    return frozenset(OVERRIDES)
 
 
 def check_top_k(value: Any, name: str) -> int:
@@ -257,7 +259,9 @@ def check_top_k(value: Any, name: str) -> int:
 
 
 def check_search_kwargs(search_kwargs: Any, top_k_name: str) -> dict[str, Any]:
-    """A copy of ``search_kwargs`` (``None`` = ``{}``) once every key is a search override."""
+    """A copy of ``search_kwargs`` (``None`` = ``{}``) once every key is a search override and
+    every value a valid one (checked by :class:`SearchOptions`, so a bad value fails when the
+    retriever is made, not at its first query)."""
     if search_kwargs is None:
         return {}
     if not isinstance(search_kwargs, Mapping):
@@ -267,4 +271,13 @@ def check_search_kwargs(search_kwargs: Any, top_k_name: str) -> dict[str, Any]:
     if bad:
         raise ValueError(f"unknown search override(s) {bad}; choose from {sorted(allowed)} "
                          f"(pass {top_k_name} and filters as their own arguments)")
+    SearchOptions(**search_kwargs)
     return dict(search_kwargs)
+
+
+def search(index: Any, query: str, options: SearchOptions) -> SearchResults:
+    """Search ``query`` with ``options`` in ``index``: a :class:`HybridIndex`, or a
+    :class:`hybridrag.client.RemoteIndex` (which sends the options as the request's fields)."""
+    if isinstance(index, HybridIndex):
+        return index.search(query, options=options)
+    return index.search(query, k=options.k, filters=options.filters, **options.overrides())

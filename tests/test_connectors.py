@@ -156,6 +156,32 @@ def test_llama_retriever_from_path_filters_and_overrides(index):
         HybridRAGRetriever(object())
 
 
+def test_retrievers_pass_one_search_options_and_check_override_values_up_front(index, monkeypatch):
+    from langchain_hybridrag import HybridRAGRetriever as LCRetriever
+    from llama_index.retrievers.hybridrag import HybridRAGRetriever
+
+    from hybridrag import SearchOptions
+
+    seen = []
+    search = index.search
+    monkeypatch.setattr(index, "search", lambda q, **kw: seen.append(kw) or search(q, **kw))
+    over = {"fusion": "rrf", "depth": 5}
+    HybridRAGRetriever(index, similarity_top_k=3, filters={"group": "odd"}, search_kwargs=over).retrieve("x")
+    LCRetriever(index=index, k=3, filters={"group": "odd"}, search_kwargs={"fusion": "relative"}).invoke(
+        "x", fusion="rrf", depth=5)
+    want = SearchOptions(k=3, filters={"group": "odd"}, fusion="rrf", depth=5)
+    assert seen == [{"options": want}, {"options": want}]
+    # a bad value fails when the retriever is made, naming it, not at its first query
+    for bad, named in [({"fusion": "max"}, "unknown fusion 'max'"), ({"depth": 0}, "depth must be a positive"),
+                       ({"weights": {"bm25": -1}}, r"weights\['bm25'\] = -1")]:
+        with pytest.raises(ValueError, match=named):
+            HybridRAGRetriever(index, search_kwargs=bad)
+        with pytest.raises(ValueError, match=named):
+            LCRetriever(index=index, search_kwargs=bad)
+    with pytest.raises(TypeError, match="rerank must be True or False"):
+        HybridRAGRetriever(index, search_kwargs={"rerank": "no"})
+
+
 def test_llama_aretrieve_equals_retrieve_and_runs_off_the_loop(index, monkeypatch):
     from llama_index.retrievers.hybridrag import HybridRAGRetriever
 

@@ -113,6 +113,15 @@ def test_search_batch_equals_search(index):
         # float bits: scores agree within 1e-5 and only near-ties may swap
         assert_same_ranking([(h.chunk_id, h.score) for h in hits], [(h.chunk_id, h.score) for h in single],
                             tol=1e-5)
+    # one SearchOptions value is the same call as its keyword arguments
+    from hybridrag import SearchOptions
+
+    opts = SearchOptions(k=4, depth=100, filters={"group": "even"}, fusion="rrf")
+    assert index.search_batch(QUERIES, options=opts) == index.search_batch(QUERIES, 4, {"group": "even"},
+                                                                           depth=100, fusion="rrf")
+    assert index.search(QUERIES[0], options=opts) == index.search_batch(QUERIES[:1], options=opts)[0]
+    with pytest.raises(TypeError, match="inside options"):
+        index.search_batch(QUERIES, k=3, options=opts)
 
 
 def test_hits_carry_text_metadata_span_and_ranks(index):
@@ -254,15 +263,20 @@ def test_bad_documents_and_queries(index):
     assert len(index.search(long_query, k=3)) == 3
 
 
-def test_rerank_orders_by_cross_encoder(tmp_path, m3_dir, reranker_dir):
-    import shutil
-
-    from hybridrag.rerankers.cross_encoder import CrossEncoderReranker
+@pytest.fixture
+def sharp_reranker(tmp_path, reranker_dir):
     from test_reranker import _scale_weights
 
     sharp = tmp_path / "sharp-reranker"  # spread-out weights: distinct scores, so order is meaningful
     shutil.copytree(reranker_dir, sharp)
     _scale_weights(sharp, seed=5)
+    return sharp
+
+
+def test_rerank_orders_by_cross_encoder(tmp_path, m3_dir, sharp_reranker):
+    from hybridrag.rerankers.cross_encoder import CrossEncoderReranker
+
+    sharp = sharp_reranker
     idx = HybridIndex.create(tmp_path / "r", m3_pipeline(m3_dir, rerank={"enabled": True, "model": str(sharp),
                                                                       "k": 6, "max_length": 128}))
     idx.add(docs())
@@ -413,6 +427,63 @@ def test_create_checks_lengths_against_the_model_and_leaves_nothing_on_failure(t
 
 
 # ---------------------------------------------------------------------------------- odd questions
+
+
+class _Counting:
+    """A reranker that counts its ``compute_score`` calls and the pairs it was given."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def compute_score(self, pairs, **kw):
+        self.calls.append(len(pairs))
+        return self.inner.compute_score(pairs, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_rerank_is_one_call_per_batch_and_each_text_is_read_once(tmp_path, m3_dir, sharp_reranker, monkeypatch):
+    """search_batch reranks every query with ONE compute_score call and reads the docstore
+    ONCE (texts for the reranker and rows for the hits); the hits equal one search per query
+    and the reference cross-encoder's order of the fused candidates."""
+    from hybridrag.rerankers.cross_encoder import CrossEncoderReranker
+
+    ref = CrossEncoderReranker.from_pretrained(str(sharp_reranker), max_length=128)
+    counting = _Counting(ref)
+    idx = HybridIndex.create(tmp_path / "r", m3_pipeline(m3_dir, rerank={"enabled": True, "model": str(sharp_reranker),
+                                                                      "k": 6, "max_length": 128}), reranker=counting)
+    try:
+        idx.add(docs())
+        gets = []
+        real_get = idx.docstore.get
+        monkeypatch.setattr(idx.docstore, "get", lambda slots: gets.append(len(slots)) or real_get(slots))
+        batch = idx.search_batch(QUERIES, k=4, depth=6)
+        assert len(counting.calls) == 1 and len(gets) == 1
+        assert counting.calls[0] == 6 * len(QUERIES)     # rerank_k pairs per query, all in one call
+        gets.clear()
+        idx.search_batch(QUERIES, k=4, rerank=False)
+        assert len(gets) == 1 and len(counting.calls) == 1   # without rerank: one read for every query's hits
+        counting.calls.clear()
+        for q, got in zip(QUERIES, batch):
+            one = idx.search(q, k=4, depth=6)
+            assert [h.chunk_id for h in got] == [h.chunk_id for h in one]
+            np.testing.assert_allclose([h.score for h in got], [h.score for h in one], atol=1e-5)
+            fused = idx.search(q, k=6, depth=6, rerank=False)
+            want = ref.compute_score([(q, h.text) for h in fused])
+            order = np.argsort(-want, kind="stable")[:4]
+            assert [h.chunk_id for h in got] == [fused[i].chunk_id for i in order]
+            np.testing.assert_allclose([h.scores["rerank"] for h in got], want[order], atol=1e-5)
+            np.testing.assert_allclose([h.scores["fused"] for h in got],
+                                       [fused[i].scores["fused"] for i in order], rtol=1e-12)
+        assert counting.calls == [6] * len(QUERIES)       # one call per single-query search
+        # Two queries with the same hits: each hit has its own metadata.
+        a, b = idx.search_batch(["vitamin D bone", "vitamin D bone"], k=2)
+        assert a[0].chunk_id == b[0].chunk_id and a[0].metadata == b[0].metadata
+        a[0].metadata["n"] = -1
+        assert b[0].metadata["n"] != -1
+    finally:
+        idx.close()
 
 
 def bm25_pipeline(**bm25):

@@ -103,3 +103,110 @@ def test_run_returns_the_weights_fusion_used() -> None:
     for c, cov in zip(out, [0.0, 1.0, 0.55]):
         assert c.weights == pytest.approx(fusion.adaptive_weights(c.scores, plan.weights, {"dense": cov}))
         np.testing.assert_allclose(c.fused, fusion.adaptive(c.slots, c.scores, plan.weights, {"dense": cov}))
+
+
+# ------------------------------------------------------------------ SearchOptions and the plan stage
+from hybridrag import SearchOptions  # noqa: E402  (the public name, exported lazily)
+from hybridrag.config import PipelineConfig  # noqa: E402
+from hybridrag.search.plan import make_plan  # noqa: E402
+
+
+@pytest.mark.parametrize("field, value, error, named", [
+    ("k", 0, ValueError, "k must be a positive integer, got 0"),
+    ("k", 2.0, TypeError, "k must be a positive integer, got float 2.0"),
+    ("k", True, TypeError, "k must be a positive integer, got bool True"),
+    ("k", None, TypeError, "k must be a positive integer, got NoneType None"),
+    ("filters", [("year", 2020)], TypeError, "filters must be a dict, got list"),
+    ("modes", 3, TypeError, "modes must be a mode name or a list of them, got 3"),
+    ("modes", ["dense", 1], TypeError, r"modes must be .*\['dense', 1\]"),
+    ("fusion", "max", ValueError, "unknown fusion 'max'; choose one of"),
+    ("weights", [1.0], TypeError, "weights must be a dict of mode -> number, got list"),
+    ("weights", {"dense": float("nan")}, ValueError, r"weights\['dense'\] = nan: a fusion weight must be"),
+    ("weights", {"dense": -1}, ValueError, r"weights\['dense'\] = -1"),
+    ("weights", {"dense": "1"}, ValueError, r"weights\['dense'\] = '1'"),
+    ("depth", 0, ValueError, "depth must be a positive integer, got 0"),
+    ("depth", "5", ValueError, "depth must be a positive integer, got '5'"),
+    ("depth", {"bm25": 2.5}, ValueError, "depth for 'bm25' must be a positive integer, got 2.5"),
+    ("rerank", "no", TypeError, "rerank must be True or False, got str 'no'"),
+    ("rerank_k", 0, ValueError, "rerank_k must be a positive integer, got 0"),
+    ("rerank_k", True, ValueError, "rerank_k must be a positive integer, got True"),
+    ("rrf_k", -1, ValueError, "rrf_k must be an integer >= 0, got -1"),
+    ("rrf_k", 1.5, ValueError, "rrf_k must be an integer >= 0, got 1.5"),
+])
+def test_search_options_name_each_bad_value(field, value, error, named) -> None:
+    with pytest.raises(error, match=named):
+        SearchOptions(**{field: value})
+    with pytest.raises(error, match=named):  # replace() checks again
+        SearchOptions().replace(**{field: value})
+
+
+def test_search_options_normalise_copy_and_are_frozen() -> None:
+    import dataclasses
+
+    weights = {"dense": 1, "bm25": np.float32(0.5)}
+    o = SearchOptions(k=np.int64(3), modes="dense", weights=weights, depth={"dense": np.int32(7)}, rerank=np.bool_(True))
+    assert (o.k, o.modes, o.depth, o.rerank) == (3, ("dense",), {"dense": 7}, True)
+    assert type(o.k) is int and type(o.depth["dense"]) is int and type(o.rerank) is bool
+    weights["dense"] = 9   # the caller's dict is not the options' dict
+    assert o.weights["dense"] == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.k = 5
+    assert o.overrides() == {"modes": ["dense"], "weights": {"dense": 1, "bm25": np.float32(0.5)},
+                             "depth": {"dense": 7}, "rerank": True}
+    assert SearchOptions().overrides() == {}
+
+
+def test_search_options_build_takes_options_or_keywords_not_both() -> None:
+    o = SearchOptions(k=3, fusion="rrf")
+    assert SearchOptions.build(o) is o
+    assert SearchOptions.build(None, 4, {"a": 1}, fusion="rrf", rerank=None) == SearchOptions(4, {"a": 1}, fusion="rrf")
+    with pytest.raises(TypeError, match=r"unknown search option\(s\) \['bogus', 'top_k'\]"):
+        SearchOptions.build(None, 3, top_k=3, bogus=1)
+    with pytest.raises(TypeError, match=r"pass the settings \['fusion', 'k'\] inside options"):
+        SearchOptions.build(o, 5, fusion="relative")
+    with pytest.raises(TypeError, match=r"\['filters'\] inside options"):
+        SearchOptions.build(o, filters={"a": 1})
+    with pytest.raises(TypeError, match="options must be a SearchOptions, got dict"):
+        SearchOptions.build({"k": 3})
+    with pytest.raises(TypeError, match=r"unknown search option\(s\) \['top_k'\]"):
+        o.replace(top_k=3)
+
+
+def _pipeline(**over):
+    p = {"name": "p", "encoder": {"kind": "m3", "model": "unused"},
+         "dense": {"enabled": True, "depth": 50}, "sparse": {"enabled": False}, "bm25": {"enabled": True, "depth": 20},
+         "colbert": {"enabled": True}, "rerank": {"enabled": False, "k": 30},
+         "fusion": {"method": "relative", "rrf_k": 7, "weights": {"dense": 1.0, "bm25": 0.5, "colbert": 1.0}}}
+    for key, v in over.items():
+        p[key].update(v)
+    return PipelineConfig.from_dict(p)
+
+
+def test_plan_takes_the_pipeline_for_what_options_leave_none() -> None:
+    plan = make_plan(SearchOptions(k=5), _pipeline(), live=1000)
+    assert (plan.modes, plan.depths, plan.fusion, plan.rrf_k, plan.k, plan.rerank, plan.rerank_k) == \
+        (["dense", "bm25", "colbert"], {"dense": 50, "bm25": 20}, "relative", 7, 5, False, 30)
+    assert plan.weights == {"dense": 1.0, "bm25": 0.5, "colbert": 1.0}
+    plan = make_plan(SearchOptions(k=5, modes=["bm25", "colbert"], fusion="rrf", rrf_k=0, depth={"bm25": 3},
+                                   rerank=True, rerank_k=2, weights={"bm25": 1, "colbert": 2}), _pipeline(), 1000)
+    # modes in the pipeline's order; depth and rerank_k raised to k
+    assert (plan.modes, plan.depths, plan.fusion, plan.rrf_k, plan.rerank, plan.rerank_k) == \
+        (["bm25", "colbert"], {"bm25": 5}, "rrf", 0, True, 5)
+
+
+def test_plan_caps_k_depth_and_rerank_k_at_the_live_chunks() -> None:
+    plan = make_plan(SearchOptions(k=10**9, depth=10**9, rerank_k=10**9), _pipeline(), live=12)
+    assert (plan.k, plan.depths, plan.rerank_k) == (12, {"dense": 12, "bm25": 12}, 12)
+    assert make_plan(SearchOptions(), _pipeline(), live=0).k == 1
+
+
+@pytest.mark.parametrize("options, named", [
+    (SearchOptions(modes=["splade"]), r"mode\(s\) \['splade'\] are not enabled in this index"),
+    (SearchOptions(modes=["sparse", "dense"]), r"mode\(s\) \['sparse'\] are not enabled"),
+    (SearchOptions(modes="colbert"), r"modes \['colbert'\]: colbert only rescores"),
+    (SearchOptions(weights={"dense": 1.0}), r"no fusion weight for mode\(s\) \['bm25', 'colbert'\]"),
+    (SearchOptions(depth={"colbert": 5}), "depth given for mode 'colbert', which is not a first stage here"),
+])
+def test_plan_names_what_the_index_does_not_have(options, named) -> None:
+    with pytest.raises(ValueError, match=named):
+        make_plan(options, _pipeline(), live=10)

@@ -67,3 +67,22 @@ def test_merge_topk_drops_padding_and_merges_in_order() -> None:
     ref = reference(np.concatenate([a_s, b_s], 1), np.concatenate([a_i, b_i], 1), 12)
     np.testing.assert_array_equal(got[1], ref[1])
     np.testing.assert_array_equal(got[0], ref[0])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rank_order_is_score_descending_then_smaller_slot(seed: int) -> None:
+    """The one tie rule, as the planner, the rerank stage and Milvus's hit lists use it:
+    float64 scores as given (no float32 rounding), 1-D and per row."""
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 4, 60) / 3 + np.where(rng.random(60) < 0.3, 1e-12, 0.0)  # ties, near-ties
+    slots = rng.permutation(1000)[:60]
+    want = sorted(range(60), key=lambda i: (-scores[i], slots[i]))
+    np.testing.assert_array_equal(base.rank_order(scores, slots), want)
+    rows = np.stack([scores, scores[::-1]])
+    got = base.rank_order(rows, np.broadcast_to(slots, rows.shape))
+    np.testing.assert_array_equal(got[1], sorted(range(60), key=lambda i: (-rows[1, i], slots[i])))
+    from hybridrag.stores.milvus import _by_rank
+
+    hits = [(float(s), int(i)) for s, i in zip(scores, slots)]
+    assert _by_rank(hits) == sorted(hits, key=lambda h: (-h[0], h[1]))
+    assert _by_rank([]) == [] and _by_rank(hits[:1]) == hits[:1]

@@ -19,6 +19,7 @@ import numpy as np
 from hybridrag.eval.ablation import DOC_DEPTH
 from hybridrag.search import fusion as fusion_mod
 from hybridrag.search import planner
+from hybridrag.stores.base import rank_order
 
 CHUNK_DEPTH = DOC_DEPTH * 3  # as hybridrag eval: k = depth = 300 chunks
 
@@ -70,7 +71,7 @@ def mode_run(cands: Sequence[QueryCandidates], mode: str) -> dict[str, dict[str,
     for qc in cands:
         c = qc.cand
         own = np.flatnonzero(c.ranks[mode] > 0)
-        order = own[np.lexsort((c.slots[own], -c.scores[mode][own]))]
+        order = own[rank_order(c.scores[mode][own], c.slots[own])]
         run[qc.qid] = _doc_run(qc.doc_ids, order)
     return run
 
@@ -82,5 +83,5 @@ def fused_run(cands: Sequence[QueryCandidates], method: str, weights: Mapping[st
     for qc in cands:
         c = qc.cand
         fused = fusion_mod.fuse(method, c.slots, c.scores, weights, rrf_k=rrf_k, coverage=qc.coverage)
-        run[qc.qid] = _doc_run(qc.doc_ids, np.lexsort((c.slots, -fused)))
+        run[qc.qid] = _doc_run(qc.doc_ids, rank_order(fused, c.slots))
     return run

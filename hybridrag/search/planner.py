@@ -17,8 +17,8 @@ Steps for each query:
    (per query for ``adaptive``, from the scores and the query's :func:`query_coverage`)
    are kept for explain output.
 
-Reranking with a cross-encoder needs the chunk texts, so :class:`hybridrag.index.HybridIndex`
-does it after this step. Tested in ``tests/test_index.py`` (the planner against brute
+Reranking with a cross-encoder needs the chunk texts: it is the next stage
+(:mod:`hybridrag.search.rerank`, run by :mod:`hybridrag.search.execute`). Tested in ``tests/test_index.py`` (the planner against brute
 force over every mode), ``tests/test_planner.py`` (first-stage ranks) and
 ``tests/test_fusion.py``.
 """
@@ -33,6 +33,7 @@ import unicodedata
 import numpy as np
 
 from hybridrag.search import fusion as fusion_mod
+from hybridrag.stores.base import rank_order
 
 FIRST_STAGE = ("dense", "sparse", "bm25")
 NEURAL = ("dense", "sparse", "colbert")
@@ -195,6 +196,6 @@ def run(plan: QueryPlan, queries: Mapping[str, Sequence[Any]], stores: Mapping[s
         fused = fusion_mod.fuse(plan.fusion, slots, per_mode, plan.weights, rrf_k=plan.rrf_k, coverage=cov)
         used = fusion_mod.effective_weights(plan.fusion, per_mode, plan.weights, coverage=cov)
         ranks = {m: _ranks(stage[m][1][qi], slots) for m in first}
-        order = np.lexsort((slots, -fused))
+        order = rank_order(fused, slots)
         out.append(Candidates(slots, fused, per_mode, ranks, used).reorder(order))
     return out

@@ -39,6 +39,7 @@ from typing import Any
 
 from hybridrag.errors import HybridRAGError, IndexFormatError
 from hybridrag.index import MANIFEST, HybridIndex, read_manifest
+from hybridrag.search.options import OVERRIDES, SearchOptions
 from hybridrag.server.config import BatchConfig, Limits
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class ReadOnlyError(HybridRAGError):
 
 
 # search_batch's keyword options a request may set (beside queries, k and filters)
-OPTION_NAMES = ("modes", "fusion", "weights", "depth", "rerank", "rerank_k", "rrf_k")
+OPTION_NAMES = OVERRIDES
 
 
 @dataclass
@@ -297,7 +298,7 @@ class Engine:
         queries = [q for r in reqs for q in r.queries]
         if self.metrics is not None:
             self.metrics.batch(len(queries))
-        return idx.search_batch(queries, k=r0.k, filters=r0.filters, **r0.options)
+        return idx.search_batch(queries, options=SearchOptions(k=r0.k, filters=r0.filters, **r0.options))
 
     def _one(self, idx: HybridIndex, r: _Request) -> Any:
         try:

@@ -164,8 +164,11 @@ def empty_results(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((nq, k), -np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
 
 
-def _sort_rows(scores: np.ndarray, slots: np.ndarray) -> np.ndarray:
-    """Per-row order by score descending, then slot ascending."""
+def rank_order(scores: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """The order that ranks entries by score descending, ties by the smaller slot: indices
+    along the last axis (``[m]`` for 1-D inputs, ``[nq, m]`` per row for 2-D; any float
+    dtype, compared as given). The one tie rule of every ranking: :func:`topk` sorts with
+    it, and so do the planner's fused ranking and the rerank stage."""
     return np.lexsort((slots, -scores), axis=-1)
 
 
@@ -198,7 +201,7 @@ def topk(scores: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.
     kk = min(k, n)
     if n <= _FULL_SORT_MAX:
         full = np.broadcast_to(slots, (nq, n)) if shared else slots
-        order = _sort_rows(s, full)[:, :kk]
+        order = rank_order(s, full)[:, :kk]
         ps, pslots = _row_take(s, order), _row_take(full, order)
     else:
         part = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < n else np.broadcast_to(np.arange(n), (nq, n))
@@ -213,10 +216,10 @@ def topk(scores: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.
                 for r in tied:
                     cand = np.flatnonzero(s[r] >= thr[r])
                     cslots = slots[cand] if shared else slots[r, cand]
-                    part[r] = cand[_sort_rows(s[r, cand], cslots)[:kk]]
+                    part[r] = cand[rank_order(s[r, cand], cslots)[:kk]]
                 ps = _row_take(s, part)
         pslots = slots[part] if shared else _row_take(slots, part)
-        order = _sort_rows(ps, pslots)
+        order = rank_order(ps, pslots)
         ps, pslots = _row_take(ps, order), _row_take(pslots, order)
     out_s[:, :kk] = ps
     out_i[:, :kk] = np.where(np.isneginf(ps), -1, pslots)

@@ -83,6 +83,7 @@ from hybridrag.stores.base import (
     check_k,
     empty_results,
     new_file,
+    rank_order,
 )
 from hybridrag.stores.docstore import check_unicode
 from hybridrag.stores.sparse import _rows_to_coo
@@ -225,6 +226,15 @@ def _slot_list(slots: np.ndarray) -> str:
 
 
 # --------------------------------------------------------------------------- connection
+
+
+def _by_rank(hits: list[tuple[float, int]]) -> list[tuple[float, int]]:
+    """``(score, slot)`` hits by score descending, ties by the smaller slot (the engine's one
+    tie rule, :func:`hybridrag.stores.base.rank_order`)."""
+    if len(hits) < 2:
+        return list(hits)
+    a = np.array(hits, dtype=np.float64)   # slots < 2**53 are exact in float64
+    return [hits[i] for i in rank_order(a[:, 0], a[:, 1])]
 
 
 def _is_server(uri: str) -> bool:
@@ -642,7 +652,7 @@ class _MilvusStore:
         hits: list[tuple[float, int]] = []
         for expr in exprs:
             hits += self._exact_topk(mq, q, k, expr, None)
-        hits.sort(key=lambda h: (-h[0], h[1]))
+        hits = _by_rank(hits)
         return hits[:k]
 
     def _post_filtered(self, mq: Any, q: Any, k: int, base: str, mask: np.ndarray) -> list[tuple[float, int]]:
@@ -686,7 +696,7 @@ class _MilvusStore:
                 if s > 0 or (s != 0 and not self._zero_is_miss)]
         if mask is not None:
             hits = [h for h in hits if h[1] < mask.shape[0] and mask[h[1]]]
-        hits.sort(key=lambda h: (-h[0], h[1]))
+        hits = _by_rank(hits)
         if exhausted:
             return hits, True, True
         if len(hits) < k:

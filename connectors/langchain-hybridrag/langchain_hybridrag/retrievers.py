@@ -34,9 +34,11 @@ from hybridrag.integrations import (
     index_with_documents,
     open_index,
     override_names,
+    search,
     to_documents,
     upsert,
 )
+from hybridrag.search.options import SearchOptions
 
 logger = logging.getLogger(__name__)
 
@@ -177,8 +179,8 @@ class HybridRAGRetriever(BaseRetriever):
                              f"{sorted({'k', 'filters'} | override_names())}")
         k = check_top_k(overrides["k"], "k") if "k" in overrides else self.k
         filters = _check_filters(overrides["filters"]) if "filters" in overrides else self.filters
-        search = {**self.search_kwargs, **{n: v for n, v in overrides.items() if n not in ("k", "filters")}}
-        return self.index.search(query, k=k, filters=filters, **search)
+        given = {n: v for n, v in overrides.items() if n not in ("k", "filters")}
+        return search(self.index, query, SearchOptions(k=k, filters=filters, **{**self.search_kwargs, **given}))
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any

@@ -40,9 +40,11 @@ from hybridrag.integrations import (
     check_top_k,
     index_with_documents,
     open_index,
+    search,
     to_documents,
     upsert,
 )
+from hybridrag.search.options import SearchOptions
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +213,8 @@ class HybridRAGRetriever(BaseRetriever):
         return "HybridRAGRetriever"
 
     def _search(self, query: str) -> list[Hit]:
-        return self.index.search(query, k=self.similarity_top_k, filters=self.filters, **self.search_kwargs)
+        options = SearchOptions(k=self.similarity_top_k, filters=self.filters, **self.search_kwargs)
+        return search(self.index, query, options)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         """Search the index with ``query_bundle.query_str``; nodes best first."""
