@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from hybridrag.errors import ConfigError
+from hybridrag.modes import MODES as _MODES
 
-MODES = ("dense", "sparse", "bm25", "colbert")
+MODES = tuple(_MODES)
 _MILVUS_MAX_HITS = 16384   # hybridrag.stores.milvus.MAX_HITS (importing it would import pymilvus)
 #: Values of ``encoder.dtype`` and ``rerank.dtype``: "" (fp16 on CUDA, fp32 on CPU), "int8" the CPU path.
 DTYPES = ("", "fp32", "fp16", "bf16", "int8")
@@ -59,6 +60,7 @@ class ChunkingConfig:
 @dataclass
 class DenseConfig:
     enabled: bool = True
+    backend: str = ""  # "" (faiss, or milvus when [milvus] enabled) | "faiss" | "milvus" (hybridrag/modes.py)
     index: str = "Flat"  # FAISS factory string
     depth: int = 100
 
@@ -66,12 +68,14 @@ class DenseConfig:
 @dataclass
 class SparseConfig:
     enabled: bool = True
+    backend: str = ""  # "" (inverted, or milvus when [milvus] enabled) | "inverted" | "milvus"
     depth: int = 100
 
 
 @dataclass
 class BM25Config:
     enabled: bool = False
+    backend: str = ""  # "" | "inverted"
     analyzer: str = "unicode"  # "unicode" | "word" | "subword" (indexes written before "unicode": "word")
     language: list[str] = field(default_factory=list)  # unicode: Snowball language(s), one per script, or "auto"
     stopwords: str = ""  # "" | "english"
@@ -90,6 +94,7 @@ class BM25Config:
 @dataclass
 class ColbertConfig:
     enabled: bool = True
+    backend: str = ""  # "" | "multivector"
     encoding: str = "fp16"  # "fp16" | "int8" | "pq" | "fp32"
     pq_train_tokens: int = 65536  # pq: tokens the codec is learned from, sampled from...
     pq_train_pool: int = 262144   # ...the first pq_train_pool tokens (fp16 until then)
@@ -149,7 +154,23 @@ class PipelineConfig:
     @property
     def first_stage_modes(self) -> list[str]:
         """Modes that retrieve candidates (ColBERT only rescores them)."""
-        return [m for m in self.modes if m != "colbert"]
+        return [m for m in self.modes if _MODES[m].first_stage]
+
+    def backend(self, mode: str) -> str:
+        """The backend that holds ``mode``: the section's ``backend``, else Milvus when
+        ``[milvus] enabled`` and Milvus can hold the mode, else the mode's default."""
+        chosen = getattr(self, mode).backend
+        if chosen:
+            return chosen
+        if self.milvus.enabled and "milvus" in _MODES[mode].backends:
+            return "milvus"
+        return _MODES[mode].backends[0]
+
+    def remote_modes(self) -> list[str]:
+        """Enabled modes held by a remote backend (Milvus), not in the index directory."""
+        from hybridrag.modes import BACKENDS
+
+        return [m for m in self.modes if not BACKENDS[self.backend(m)].local]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -342,7 +363,7 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
     for m in ("dense", "sparse", "bm25"):
         # Larger depths are capped at the index's chunk count when searching; Milvus itself
         # refuses a search limit past _MILVUS_MAX_HITS, so its stores cannot go further.
-        remote = cfg.milvus.enabled and m in ("dense", "sparse")
+        remote = cfg.backend(m) == "milvus"
         _positive(getattr(cfg, m).depth, f"{m}.depth", _MILVUS_MAX_HITS if remote else None)
     _choice(cfg.bm25.analyzer, ("unicode", "word", "subword"), "bm25.analyzer")
     _check_languages(cfg.bm25)
@@ -352,6 +373,8 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
     if not (0 <= cfg.bm25.k1 < math.inf and 0 <= cfg.bm25.b <= 1 and 0 <= cfg.bm25.epsilon < math.inf):
         raise ConfigError(f"bm25: need k1 >= 0, 0 <= b <= 1, epsilon >= 0; got k1={cfg.bm25.k1}, "
                           f"b={cfg.bm25.b}, epsilon={cfg.bm25.epsilon}")
+    for m, mode in _MODES.items():
+        _choice(getattr(cfg, m).backend, ("", *mode.backends), f"{m}.backend")
     _choice(cfg.colbert.encoding, ("fp16", "int8", "pq", "fp32"), "colbert.encoding")
     if cfg.colbert.pq_train_tokens < 4096:
         raise ConfigError(f"colbert.pq_train_tokens = {cfg.colbert.pq_train_tokens} must be >= 4096")

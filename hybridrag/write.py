@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from hybridrag.errors import DocumentError
+from hybridrag.modes import MODES
 from hybridrag.storage.files import disk_full_errors
 from hybridrag.types import Chunk, Document
 
@@ -231,27 +232,29 @@ def _write_batch(idx: Any, docs: list[tuple[int, Document]], replace: bool, prog
     return res
 
 def encode_into_stores(idx: Any, texts: list[str], slots: np.ndarray) -> None:
+    """Encode ``texts`` once (one encoder pass for every neural mode, BM25's analyser for the
+    others) and add the rows under ``slots`` to each enabled mode's store."""
     modes = idx.pipeline.modes
-    neural = [m for m in ("dense", "sparse", "colbert") if m in modes]
+    neural = [m for m in modes if MODES[m].neural]
     if neural:
         e = idx.pipeline.encoder
         out = idx.encoder.encode(texts, max_length=e.max_length, batch_size=e.batch_size,
-                                  **encode_flags(idx, neural))
-        if "dense" in modes:
-            idx.stores["dense"].add(slots, out.dense)
-        if "sparse" in modes:
-            idx.stores["sparse"].add(slots, out.sparse)
-        if "colbert" in modes:
-            idx.stores["colbert"].add(slots, out.colbert)
-    if "bm25" in modes:
-        idx.stores["bm25"].add(slots, idx.bm25.encode_documents(texts))
+                                 **encode_flags(idx, neural))
+        for m in neural:
+            idx.stores[m].add(slots, getattr(out, m))
+    for m in modes:
+        if not MODES[m].neural:   # BM25, the analysed mode
+            idx.stores[m].add(slots, idx.bm25.encode_documents(texts))
     idx._table.added(slots)
 
+
 def encode_flags(idx: Any, neural: Sequence[str]) -> dict[str, bool]:
+    """The encoder's switches for the ``neural`` modes wanted (``sparse`` only exists for M3)."""
     flags = {"dense": "dense" in neural, "colbert": "colbert" in neural}
     if idx.pipeline.encoder.kind == "m3":
         flags["sparse"] = "sparse" in neural
     return flags
+
 
 def remove_slots(idx: Any, slots: Sequence[int] | np.ndarray) -> None:
     arr = np.asarray(list(slots), dtype=np.int64)

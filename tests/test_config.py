@@ -110,3 +110,27 @@ def test_milvus_max_hits_matches_the_store():
     from hybridrag.config import _MILVUS_MAX_HITS
     from hybridrag.stores.milvus import MAX_HITS
     assert _MILVUS_MAX_HITS == MAX_HITS
+
+
+def test_each_mode_names_its_backend():
+    """Backends are chosen by name per mode (hybridrag/modes.py); [milvus] enabled is the short
+    form of backend = "milvus" for the modes Milvus can hold; a name a mode cannot use is refused."""
+    from hybridrag.modes import MODES, store_class
+
+    cfg = PipelineConfig.from_dict({"bm25": {"enabled": True}, "fusion": {"weights": {
+        "dense": 1, "sparse": 1, "colbert": 1, "bm25": 1}}})
+    assert {m: cfg.backend(m) for m in cfg.modes} == {
+        "dense": "faiss", "sparse": "inverted", "bm25": "inverted", "colbert": "multivector"}
+    assert cfg.remote_modes() == []
+    on = PipelineConfig.from_dict({"milvus": {"enabled": True}, "sparse": {"backend": "inverted"}})
+    assert (on.backend("dense"), on.backend("sparse"), on.backend("colbert")) == ("milvus", "inverted", "multivector")
+    assert on.remote_modes() == ["dense"]
+    assert store_class("faiss", "dense").__name__ == "FaissStore"
+    assert store_class("inverted", "bm25").__name__ == "SparseIndex"
+    for mode in MODES:
+        with pytest.raises(ConfigError, match=rf"{mode}\.backend = 'qdrant'"):
+            PipelineConfig.from_dict({"bm25": {"enabled": True}, mode: {"enabled": True, "backend": "qdrant"},
+                                      "fusion": {"weights": {"dense": 1, "sparse": 1, "colbert": 1, "bm25": 1}}})
+    with pytest.raises(ConfigError, match="bm25.backend = 'milvus'"):
+        PipelineConfig.from_dict({"bm25": {"enabled": True, "backend": "milvus"}, "fusion": {"weights": {
+            "dense": 1, "sparse": 1, "colbert": 1, "bm25": 1}}})

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from hybridrag import write
+from hybridrag.modes import MODES
 from hybridrag.search import planner
 
 
@@ -48,7 +49,7 @@ def term_notes(plan: planner.QueryPlan, reps: Mapping[str, Any], qi: int) -> lis
     """A note per first-stage mode that matches terms and got none from query ``qi``."""
     notes = []
     for m in plan.first_stage:
-        if m in ("bm25", "sparse") and not any(reps[m][qi].values()):
+        if MODES[m].by_terms and not any(reps[m][qi].values()):
             why = ("none of its words is in the index vocabulary" if m == "bm25"
                    else "the encoder gave it no lexical weights")
             notes.append(f"no query terms for {m!r} ({why}): it retrieved nothing")

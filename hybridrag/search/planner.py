@@ -32,11 +32,12 @@ import unicodedata
 
 import numpy as np
 
+from hybridrag import modes as _modes
 from hybridrag.search import fusion as fusion_mod
 from hybridrag.stores.base import rank_order
 
-FIRST_STAGE = ("dense", "sparse", "bm25")
-NEURAL = ("dense", "sparse", "colbert")
+FIRST_STAGE = _modes.FIRST_STAGE   # modes that retrieve candidates (hybridrag/modes.py)
+NEURAL = _modes.NEURAL             # modes the neural encoder's one pass gives
 MIN_CHARS_PER_PIECE = 2.0  # a word split into shorter pieces than this (on average) is not covered
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from hybridrag.config import PipelineConfig, load_pipeline, resolve_model_path
 from hybridrag.errors import ConfigError, DiskFullError, IndexFormatError, IndexLockedError
+from hybridrag.modes import MODES, new_store
+from hybridrag.modes import store_class as _store_class
 from hybridrag.storage import commit as commit_mod
 from hybridrag.storage.lock import IndexLock as _Lock
 from hybridrag.storage.manifest import MANIFEST, read_manifest, verify_files
@@ -112,36 +114,18 @@ def init_components(idx, fresh: bool) -> None:
     idx.stores = {}
     idx._table = SegmentTable([], (idx._manifest or {}).get("next_segment", 1))
     idx._vocab_saved = 0
-    enc = idx.encoder if any(m in modes for m in ("dense", "sparse", "colbert")) else None
-    if cfg.milvus.enabled and ("dense" in modes or "sparse" in modes):
+    enc = idx.encoder if any(MODES[m].neural for m in modes) else None
+    remote = cfg.remote_modes()
+    if remote:   # Milvus, the one remote backend: its stores share one connection
         from hybridrag.stores.milvus import milvus_stores
 
-        remote = milvus_stores(cfg.milvus, enc.dim if "dense" in modes else None, idx.path,
-                               from_index=idx._milvus_from_index, **idx._milvus_conn)
-        idx.stores.update({m: remote[m] for m in ("dense", "sparse") if m in modes})
-        idx._milvus_conn = remote["sparse"].connection()
+        made = milvus_stores(cfg.milvus, enc.dim if "dense" in remote else None, idx.path,
+                             from_index=idx._milvus_from_index, **idx._milvus_conn)
+        idx.stores.update({m: made[m] for m in remote})
+        idx._milvus_conn = made["sparse"].connection()
     for mode in modes:
         if mode not in idx.stores:
-            idx.stores[mode] = SegmentedStore({}, new_store(idx, mode, enc), fresh_maker(idx, mode))
-
-
-def new_store(idx, mode: str, enc: Any) -> Any:
-    """An empty store of ``mode`` as the pipeline configures it."""
-    from hybridrag.stores.faiss import FaissStore
-    from hybridrag.stores.multivector import MultiVectorStore
-    from hybridrag.stores.sparse import SparseIndex
-
-    cfg = idx.pipeline
-    if mode == "dense":
-        return FaissStore(enc.dim, factory=cfg.dense.index)
-    if mode == "sparse":
-        return SparseIndex(weighting="none")
-    if mode == "bm25":
-        return SparseIndex(weighting=f"bm25{cfg.bm25.variant}", k1=cfg.bm25.k1, b=cfg.bm25.b,
-                           epsilon=cfg.bm25.epsilon)
-    dim = getattr(enc, "colbert_dim", None) or enc.dim
-    return MultiVectorStore(dim, encoding=cfg.colbert.encoding, pq_train_tokens=cfg.colbert.pq_train_tokens,
-                            pq_train_pool=cfg.colbert.pq_train_pool)
+            idx.stores[mode] = SegmentedStore({}, new_store(mode, cfg, enc), fresh_maker(idx, mode))
 
 
 def fresh_maker(idx, mode: str, config: Mapping[str, Any] | None = None) -> Any:
@@ -157,15 +141,7 @@ def fresh_maker(idx, mode: str, config: Mapping[str, Any] | None = None) -> Any:
 
 
 def store_class(idx, mode: str) -> Any:
-    from hybridrag.stores.faiss import FaissStore
-    from hybridrag.stores.multivector import MultiVectorStore
-    from hybridrag.stores.sparse import SparseIndex
-
-    if idx.pipeline.milvus.enabled and mode in ("dense", "sparse"):
-        from hybridrag.stores.milvus import MilvusDenseStore, MilvusSparseStore
-
-        return {"dense": MilvusDenseStore, "sparse": MilvusSparseStore}[mode]
-    return {"dense": FaissStore, "sparse": SparseIndex, "bm25": SparseIndex, "colbert": MultiVectorStore}[mode]
+    return _store_class(idx.pipeline.backend(mode), mode)
 
 
 def load_stores(idx) -> None:
