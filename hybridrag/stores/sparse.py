@@ -166,6 +166,66 @@ class _Tier:
         return np.repeat(np.arange(self.vocab, dtype=np.int32), np.diff(self.indptr))
 
 
+class _SlotMap:
+    """Slot -> row by binary search over the slots in increasing order: memory follows the
+    rows, not the largest slot (a segment holds a few of an index's slots, and a damaged slot
+    file must not make a huge allocation). Appends of increasing slots (the engine's order)
+    cost amortised O(new rows); other orders rebuild (O(rows log rows)). Entries of removed
+    rows stay until the next rebuild: callers check that a row is alive."""
+
+    __slots__ = ("keys", "rows", "n")
+
+    def __init__(self, slots: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:
+        self.keys = np.zeros(0, dtype=np.int64)
+        self.rows = np.zeros(0, dtype=np.int64)
+        self.n = 0
+        if slots is not None and len(slots):
+            self.rebuild(slots, rows)
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.rows.nbytes
+
+    def rebuild(self, slots: np.ndarray, rows: np.ndarray) -> None:
+        """Hold exactly ``slots[i] -> rows[i]`` (slots distinct)."""
+        slots = np.asarray(slots, dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(slots) > 1 and not np.all(slots[1:] > slots[:-1]):
+            order = np.argsort(slots, kind="stable")
+            slots, rows = slots[order], rows[order]
+        self.keys, self.rows, self.n = slots.copy(), rows.copy(), len(slots)
+
+    def append(self, slots: np.ndarray, rows: np.ndarray) -> bool:
+        """Add entries whose slots all follow the last one, in increasing order; False (nothing
+        done) when they do not."""
+        m = len(slots)
+        if m == 0:
+            return True
+        if (self.n and slots[0] <= self.keys[self.n - 1]) or (m > 1 and not np.all(slots[1:] > slots[:-1])):
+            return False
+        if self.n + m > len(self.keys):
+            cap = max(self.n + m, 2 * len(self.keys), 1024)
+            for name in ("keys", "rows"):
+                new = np.empty(cap, dtype=np.int64)
+                new[: self.n] = getattr(self, name)[: self.n]
+                setattr(self, name, new)
+        self.keys[self.n:self.n + m] = slots
+        self.rows[self.n:self.n + m] = rows
+        self.n += m
+        return True
+
+    def lookup(self, slots: np.ndarray) -> np.ndarray:
+        """Row of each slot (int64), -1 for a slot never held."""
+        out = np.full(len(slots), -1, dtype=np.int64)
+        if self.n == 0 or len(slots) == 0:
+            return out
+        keys = self.keys[: self.n]
+        pos = np.minimum(np.searchsorted(keys, slots), self.n - 1)
+        hit = keys[pos] == slots
+        out[hit] = self.rows[pos[hit]]
+        return out
+
+
 def _build_tier(terms: np.ndarray, rows: np.ndarray, values: np.ndarray, vocab: int) -> _Tier:
     """CSR by term from (term, row, value) triples; rows must be non-decreasing."""
     order = np.argsort(terms, kind="stable")  # stable: keeps rows increasing within a term
@@ -336,7 +396,7 @@ class SparseIndex:
         self._row_slots = np.zeros(0, dtype=np.int64)     # row -> slot
         self._alive = np.zeros(0, dtype=bool)             # row -> live
         self._doclen = np.zeros(0, dtype=np.float64)      # row -> sum of counts (BM25)
-        self._slot_row = np.zeros(0, dtype=np.int64)      # slot -> row, -1 when absent
+        self._slots = _SlotMap()                          # slot -> row (also of removed rows)
         self._n_live = 0
         self._n_dead_main = 0
         self._main: _Tier | None = None                   # rows [0, _main_end)
@@ -347,6 +407,7 @@ class SparseIndex:
         self._stats_version = 0
         self._idf: np.ndarray | None = None
         self._idf_version = -1
+        self._global: tuple[int, np.ndarray, float] | None = None   # set_global_stats
         # Searches merge pending adds lazily (_flush): concurrent searches take turns at that,
         # so the first searches after an add may run on several threads at once.
         self._merge_lock = threading.RLock()
@@ -364,7 +425,7 @@ class SparseIndex:
     @property
     def nbytes(self) -> int:
         """Bytes held by the index arrays (postings, weights, per-row and per-slot arrays)."""
-        total = sum(a.nbytes for a in (self._row_slots, self._alive, self._doclen, self._slot_row))
+        total = sum(a.nbytes for a in (self._row_slots, self._alive, self._doclen)) + self._slots.nbytes
         for t in (self._main, self._delta):
             if t is not None:
                 total += t.indptr.nbytes + t.indices.nbytes + t.values.nbytes
@@ -391,9 +452,9 @@ class SparseIndex:
             return
         if len(np.unique(slots)) != n:
             raise ValueError("slots contain duplicates; each row needs its own slot")
-        known = slots[slots < len(self._slot_row)]
-        if len(known) and np.any(self._slot_row[known] >= 0):
-            dup = known[self._slot_row[known] >= 0][0]
+        held = self._live_rows_of(slots)
+        if np.any(held >= 0):
+            dup = slots[held >= 0][0]
             raise ValueError(f"slot {int(dup)} is already in the index; remove it first (slots are never reused)")
         nz = vals != 0
         rid, terms, vals = rid[nz], terms[nz], vals[nz]
@@ -403,13 +464,9 @@ class SparseIndex:
         self._alive[start:start + n] = True
         if self._bm25:
             self._doclen[start:start + n] = np.bincount(rid, weights=vals, minlength=n)
-        top = int(slots.max())
-        if top >= len(self._slot_row):
-            new = np.full(max(top + 1, 2 * len(self._slot_row)), -1, dtype=np.int64)
-            new[: len(self._slot_row)] = self._slot_row
-            self._slot_row = new
-        self._slot_row[slots] = np.arange(start, start + n)
         self._n_rows += n
+        if not self._slots.append(slots, np.arange(start, start + n)):
+            self._reindex_slots()
         self._n_live += n
         if len(terms):
             self._vocab = max(self._vocab, int(terms.max()) + 1)
@@ -418,14 +475,11 @@ class SparseIndex:
 
     def remove(self, slots: np.ndarray | Sequence[int]) -> None:
         """Drop rows by slot; unknown slots are ignored."""
-        slots = self._check_slots(slots)
-        slots = slots[slots < len(self._slot_row)]
-        rows = self._slot_row[slots]
+        rows = self._live_rows_of(self._check_slots(slots))
         rows = np.unique(rows[rows >= 0])
         if len(rows) == 0:
             return
         self._alive[rows] = False
-        self._slot_row[self._row_slots[rows]] = -1
         self._n_live -= len(rows)
         self._n_dead_main += int(np.count_nonzero(rows < self._main_end))
         self._stats_version += 1
@@ -625,10 +679,7 @@ class SparseIndex:
                          _kernels.readonly(w, np.float32)) for t, w in tiers] if _kernels.AVAILABLE else []
         out = []
         for i, cand in enumerate(candidates):
-            cand = self._check_slots(cand)
-            in_range = cand < len(self._slot_row)
-            rows = np.full(len(cand), -1, dtype=np.int64)
-            rows[in_range] = self._slot_row[cand[in_range]]
+            rows = self._live_rows_of(self._check_slots(cand))
             acc = np.zeros(len(cand), dtype=np.float32)
             a, e = q.indptr[i], q.indptr[i + 1]
             if kernel_tiers:
@@ -653,6 +704,125 @@ class SparseIndex:
                     acc[ok[hit]] += qw * w[lo + pos[hit]]
             acc[rows < 0] = -np.inf
             out.append(acc)
+        return out
+
+    # ------------------------------------------------------------------ segments
+
+    def empty_like(self) -> "SparseIndex":
+        """A new empty index with the same settings (weighting, k1, b, epsilon); global
+        statistics are not carried over (see :meth:`set_global_stats`)."""
+        return type(self)(self.weighting, self.k1, self.b, self.epsilon)
+
+    def term_stats(self) -> tuple[int, np.ndarray, float]:
+        """This index's own BM25 statistics over its live rows: ``(rows, df, total length)``;
+        ``df`` is float64 ``[vocab_size]``, the live rows holding each term; the total length
+        is the sum of the live rows' term counts (0 with weighting ``"none"``). Summed over
+        segments (``df`` zero-padded to the longest), they are the statistics of their union,
+        for :meth:`set_global_stats`. Ignores any statistics set there."""
+        self._flush()
+        return self._n_live, self._live_df(), self._live_length()
+
+    def set_global_stats(self, stats: tuple[int, np.ndarray, float] | None) -> None:
+        """Score with these BM25 statistics ``(rows N, df per term id, total length)`` (as
+        :meth:`term_stats` gives, summed over the segments of one index) instead of this index's
+        own: idf from N and df, avgdl = total / N. ``df`` may be longer or shorter than this
+        index's vocabulary (terms past it count as df 0). ``None``: back to the index's own
+        statistics. Later adds and removes do not change statistics set here. No effect on the
+        scores of weighting ``"none"``."""
+        if stats is None:
+            if self._global is not None:
+                self._global = None
+                self._stats_version += 1
+            return
+        if not isinstance(stats, tuple) or len(stats) != 3:
+            raise TypeError(f"stats must be a tuple (rows, df, total length) or None, got {type(stats).__name__}")
+        big_n, df, total = stats
+        if isinstance(big_n, bool) or not isinstance(big_n, _INT_TYPES) or big_n < 0:
+            raise ValueError(f"stats rows must be an int >= 0, got {big_n!r}")
+        if isinstance(total, bool) or not isinstance(total, _NUM_TYPES) or not math.isfinite(total) or total < 0:
+            raise ValueError(f"stats total length must be a finite number >= 0, got {total!r}")
+        df = np.array(df, dtype=np.float64)   # a copy: the caller's array may change
+        if df.ndim != 1:
+            raise ValueError(f"stats df must be 1-D (one count per term id), got shape {df.shape}")
+        if len(df) and not (np.all(np.isfinite(df)) and df.min() >= 0 and df.max() <= big_n):
+            raise ValueError(f"stats df must be finite counts in [0, rows={big_n}]; got values in "
+                             f"[{df.min()}, {df.max()}]")
+        g = self._global
+        if g is not None and g[0] == big_n and g[2] == float(total) and np.array_equal(g[1], df):
+            return   # unchanged: keep the computed weights
+        df.flags.writeable = False
+        self._global = (int(big_n), df, float(total))
+        self._stats_version += 1
+
+    @classmethod
+    def merge(cls, parts: Sequence["SparseIndex"]) -> "SparseIndex":
+        """One new in-memory index holding the live rows of ``parts`` (same settings, disjoint
+        slots), with their stored values bit for bit, so its search and score results equal
+        those of the parts merged (under the same statistics). Rows keep the parts' order.
+        Vectorised over postings: O(postings + parts x vocabulary). The parts are not changed
+        (their pending adds are merged into their tiers, as a search does)."""
+        parts = list(parts)
+        if not parts:
+            raise ValueError("merge needs at least one SparseIndex")
+        for p in parts:
+            if not isinstance(p, SparseIndex):
+                raise TypeError(f"merge takes SparseIndex parts, got {type(p).__name__}")
+        cfg = parts[0].config()
+        for p in parts[1:]:
+            if p.config() != cfg:
+                raise ValueError(f"cannot merge indexes with different settings: {cfg} and {p.config()}")
+        out = parts[0].empty_like()
+        slots_l, doclen_l = [], []
+        sources = []   # (indptr, rows within the part, values, row offset) per tier with postings
+        offset = 0
+        for p in parts:
+            p._flush()
+            n = p._n_rows
+            alive = p._alive[:n]
+            live = np.flatnonzero(alive)
+            slots_l.append(p._row_slots[live])
+            doclen_l.append(p._doclen[live])
+            remap = None if len(live) == n else np.cumsum(alive, dtype=np.int64) - 1
+            for t in (p._main, p._delta):
+                if t is None or t.nnz == 0:
+                    continue
+                if remap is None:
+                    sources.append((np.asarray(t.indptr, dtype=np.int64), t.indices, t.values, offset))
+                    continue
+                keep = alive[t.indices]
+                ck = np.zeros(t.nnz + 1, dtype=np.int64)
+                np.cumsum(keep, out=ck[1:])
+                sources.append((ck[t.indptr], remap[t.indices[keep]], t.values[keep], offset))
+            offset += len(live)
+        row_slots = np.concatenate(slots_l)
+        if len(np.unique(row_slots)) != len(row_slots):
+            raise ValueError("merge parts share slots; each live slot must be in one part only")
+        vocab = max(p._vocab for p in parts)
+        counts = np.zeros(vocab, dtype=np.int64)
+        for ip, *_ in sources:
+            counts[: len(ip) - 1] += np.diff(ip)
+        indptr = np.zeros(vocab + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        nnz = int(indptr[-1])
+        indices = np.empty(nnz, dtype=np.int32 if offset < 2**31 - 1 else np.int64)
+        values = np.empty(nnz, dtype=np.float32)
+        before = indptr[:-1].copy()   # where the next source's postings of each term go
+        for ip, rows, vals, off in sources:
+            v = len(ip) - 1
+            c = np.diff(ip)
+            pos = np.repeat(before[:v] - ip[:-1], c) + np.arange(len(rows), dtype=np.int64)   # ip[0] is 0
+            indices[pos] = rows + off if off else rows
+            values[pos] = vals
+            before[:v] += c
+        out._vocab = vocab
+        out._row_slots = row_slots
+        out._alive = np.ones(offset, dtype=bool)
+        out._doclen = np.concatenate(doclen_l).astype(np.float64, copy=False)
+        out._n_rows = out._n_live = offset
+        out._reindex_slots()
+        out._main = _Tier(indptr, indices, values) if nnz else None
+        out._main_end = out._delta_end = offset
+        out._stats_version += 1
         return out
 
     # ------------------------------------------------------------------ persistence
@@ -704,9 +874,7 @@ class SparseIndex:
         self._row_slots = np.array(slots, dtype=np.int64)
         self._alive = np.ones(n, dtype=bool)
         self._n_rows = self._n_live = n
-        if n:
-            self._slot_row = np.full(int(self._row_slots.max()) + 1, -1, dtype=np.int64)
-            self._slot_row[self._row_slots] = np.arange(n)
+        self._reindex_slots()
         if self._bm25:
             self._doclen = np.bincount(np.asarray(indices), weights=np.asarray(values, dtype=np.float64),
                                        minlength=n).astype(np.float64)
@@ -731,6 +899,19 @@ class SparseIndex:
         if a.min() < 0:
             raise ValueError(f"slots must be >= 0, got {int(a.min())}")
         return a.astype(np.int64, copy=False)
+
+    def _live_rows_of(self, slots: np.ndarray) -> np.ndarray:
+        """Row of each slot (int64), -1 for a slot that no live row holds."""
+        rows = self._slots.lookup(slots)
+        dead = rows >= 0
+        dead[dead] = ~self._alive[rows[dead]]
+        rows[dead] = -1
+        return rows
+
+    def _reindex_slots(self) -> None:
+        """Rebuild the slot map from the live rows."""
+        live = np.flatnonzero(self._alive[: self._n_rows])
+        self._slots = _SlotMap(self._row_slots[live], live)
 
     def _grow_rows(self, n: int) -> None:
         cap = len(self._row_slots)
@@ -779,8 +960,7 @@ class SparseIndex:
             self._doclen = self._doclen[keep]
             self._alive = np.ones(len(keep), dtype=bool)
             self._n_rows = len(keep)
-            self._slot_row[:] = -1
-            self._slot_row[self._row_slots] = np.arange(len(keep))
+            self._reindex_slots()
             self._stats_version += 1
         self._n_dead_main = 0
         self._main_end = self._delta_end = self._n_rows
@@ -842,9 +1022,7 @@ class SparseIndex:
             return t.values
         if t.stats_version != self._stats_version or t.weights is None:
             idf = self._idf_current()
-            n = self._n_rows
-            alive = self._alive[:n]
-            avgdl = float(self._doclen[:n][alive].sum()) / max(self._n_live, 1)
+            avgdl = self._avgdl()
             w = np.empty(t.nnz, dtype=np.float32)
             k1, b = self.k1, self.b
             plus = k1 + 1.0 if self.weighting == "bm25okapi" else 1.0
@@ -861,27 +1039,54 @@ class SparseIndex:
             t.weights, t.stats_version = w, self._stats_version
         return t.weights
 
-    def _idf_current(self) -> np.ndarray:
-        if self._idf is not None and self._idf_version == self._stats_version:
-            return self._idf
+    def _live_df(self) -> np.ndarray:
+        """Live rows holding each term (float64 [vocab]); tiers flushed beforehand."""
         n = self._n_rows
         alive = self._alive[:n]
+        all_alive = self._n_live == n
         df = np.zeros(self._vocab, dtype=np.float64)
         for t in (self._main, self._delta):
             if t is None:
                 continue
+            if all_alive:   # no removed rows (a freshly loaded segment): O(vocab)
+                df[: t.vocab] += np.diff(t.indptr)
+                continue
             ck = np.zeros(t.nnz + 1, dtype=np.int64)
             np.cumsum(alive[t.indices], out=ck[1:])
             df[: t.vocab] += np.diff(ck[t.indptr])
-        big_n = float(self._n_live)
+        return df
+
+    def _live_length(self) -> float:
+        """Total length (sum of term counts) of the live rows."""
+        n = self._n_rows
+        return float(self._doclen[:n][self._alive[:n]].sum())
+
+    def _avgdl(self) -> float:
+        if self._global is not None:
+            big_n, _, total = self._global
+            return total / max(big_n, 1)
+        return self._live_length() / max(self._n_live, 1)
+
+    def _idf_current(self) -> np.ndarray:
+        if self._idf is not None and self._idf_version == self._stats_version:
+            return self._idf
+        if self._global is not None:
+            n_live, df, _ = self._global
+        else:
+            n_live, df = self._n_live, self._live_df()
+        big_n = float(n_live)
         present = df > 0
         if self.weighting == "bm25okapi":
-            idf = np.zeros(self._vocab, dtype=np.float64)
+            idf = np.zeros(len(df), dtype=np.float64)
             idf[present] = np.log(big_n - df[present] + 0.5) - np.log(df[present] + 0.5)
             if present.any():
+                # the average over every term of the statistics (all segments' terms when global)
                 eps = self.epsilon * (idf[present].sum() / np.count_nonzero(present))
                 idf[present & (idf < 0)] = eps
         else:
             idf = np.where(present, np.log1p((big_n - df + 0.5) / (df + 0.5)), 0.0)
+        if len(idf) != self._vocab:   # global statistics over another vocabulary: terms past it have df 0
+            idf = idf[: self._vocab] if len(idf) > self._vocab else np.concatenate(
+                [idf, np.zeros(self._vocab - len(idf))])
         self._idf, self._idf_version = idf, self._stats_version
         return idf
