@@ -231,7 +231,7 @@ def test_save_load_round_trip_mmap(tmp_path, weighting):
     idx.add(np.arange(120), docs)
     idx.remove(np.array([5, 6, 7]))
     files = idx.save(tmp_path, "t1")
-    assert set(files) == {"indptr", "indices", "values", "slots"}
+    assert set(files) == {"indptr", "indices", "values", "slots"} | ({"doclen"} if weighting != "none" else set())
     for f in files.values():
         assert (tmp_path / f).exists() and f.endswith(".npy")
         np.load(tmp_path / f, mmap_mode="r", allow_pickle=False)
@@ -247,6 +247,54 @@ def test_save_load_round_trip_mmap(tmp_path, weighting):
     assert len(back) == 117
     with pytest.raises(IndexFormatError):
         SparseIndex.load(tmp_path, {"indptr": files["indptr"]}, idx.config())
+
+
+@pytest.mark.parametrize("weighting", ["bm25okapi", "bm25lucene"])
+def test_load_takes_lengths_from_their_file(tmp_path, monkeypatch, weighting):
+    """A BM25 index saves each row's length: load reads it instead of summing every posting
+    (np.bincount is not called), and files written before it existed (no ``doclen``) still load,
+    their lengths summed from the postings; both answer as the index saved."""
+    docs = random_rows(300, 13, ints=True)
+    qs = random_rows(20, 14, ints=True)
+    idx = SparseIndex(weighting)
+    idx.add(np.arange(300), docs)
+    idx.remove(np.arange(0, 300, 4))
+    files = idx.save(tmp_path, "a")
+    want = idx.search(qs, 10)
+    old = {r: f for r, f in files.items() if r != "doclen"}
+    real = np.bincount
+    calls = []
+    monkeypatch.setattr(np, "bincount", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    back = SparseIndex.load(tmp_path, files, idx.config())
+    assert not calls
+    older = SparseIndex.load(tmp_path, old, idx.config())
+    assert calls
+    for b in (back, older):
+        np.testing.assert_array_equal(b._doclen, idx._doclen[: len(idx)])
+        got = b.search(qs, 10)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_load_opens_format1_files_without_lengths():
+    """The BM25 store of tests/fixtures/format1-bm25 (written before the doclen file) loads and
+    scores as an index built from its own postings."""
+    import json
+    from pathlib import Path
+
+    d = Path(__file__).parent / "fixtures" / "format1-bm25"
+    entry = json.loads((d / "manifest.json").read_text())["stores"]["bm25"]
+    assert "doclen" not in entry["files"]
+    back = SparseIndex.load(d, entry["files"], entry["config"])
+    assert len(back) == entry["rows"]
+    m = sp.csr_matrix((np.load(d / entry["files"]["values"]), np.load(d / entry["files"]["indices"]),
+                       np.load(d / entry["files"]["indptr"]))).T.tocsr()   # rows x terms
+    fresh = SparseIndex(**{k: entry["config"][k] for k in ("weighting", "k1", "b", "epsilon")})
+    fresh.add(np.load(d / entry["files"]["slots"]), m)
+    qs = [{int(t): 1.0} for t in range(back.vocab_size)] + [{0: 1.0, 1: 2.0, 5: 1.0}]
+    cands = [np.arange(20)] * len(qs)
+    for g, w in zip(back.score(qs, cands), fresh.score(qs, cands)):
+        np.testing.assert_array_equal(g, w)
 
 
 def test_bad_input():

@@ -49,6 +49,7 @@ import scipy.sparse as sp
 
 from hybridrag.errors import ConfigError, IndexFormatError
 from hybridrag.stores import _kernels
+from hybridrag.stores.base import write_npy
 
 try:   # one C pass ``y[rows] += q * w`` without temporaries; private scipy API, so guarded
     from scipy.sparse._sparsetools import csc_matvec as _csc_matvec
@@ -374,6 +375,97 @@ def _dense_top_k(acc: np.ndarray, k: int, row_slots: np.ndarray) -> tuple[np.nda
     rank = np.arange(len(qi)) - np.searchsorted(qi, np.arange(c))[qi]
     keep = rank < k
     return qi[keep], rank[keep], sc[keep], slots[keep]
+
+
+# ---------------------------------------------------------------------- loading checks
+
+_CHECK_CHUNK = 1 << 22   # postings per step of the load checks (bounded temporaries)
+
+
+def _open_npy(directory: Path, files: dict[str, str], role: str) -> np.ndarray:
+    """The ``.npy`` of ``role``, memory-mapped read-only; any unreadable file (missing, bad
+    header, truncated) raises IndexFormatError naming it."""
+    if role not in files:
+        raise IndexFormatError(f"sparse index files lack {role!r}; got roles {sorted(files)}")
+    path = directory / files[role]
+    if not path.is_file():
+        raise IndexFormatError(f"sparse index file {path} is missing")
+    try:
+        a = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser raises many types (ValueError, EOFError, tokenize.TokenError...)
+        raise IndexFormatError(f"sparse index file {path} is unreadable: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(a, np.ndarray) or a.ndim != 1:
+        raise IndexFormatError(f"sparse index file {path} holds shape {getattr(a, 'shape', None)}; expected 1-D")
+    return a
+
+
+def _check_slots_file(slots: np.ndarray, path: Path) -> int:
+    """Number of rows; raises unless slots are int64, >= 0 and distinct."""
+    if slots.dtype != np.int64:
+        raise IndexFormatError(f"sparse index file {path}: slots have dtype {slots.dtype}, expected int64")
+    n = len(slots)
+    if n:
+        s = np.asarray(slots)
+        if s.min() < 0:
+            raise IndexFormatError(f"sparse index file {path}: negative slot {int(s.min())}")
+        if not np.all(s[1:] > s[:-1]):   # saved in increasing order unless adds came out of order
+            srt = np.sort(s)
+            if np.any(srt[1:] == srt[:-1]):
+                raise IndexFormatError(f"sparse index file {path}: slot {int(srt[1:][srt[1:] == srt[:-1]][0])} "
+                                       "is held by two rows")
+    return n
+
+
+def _check_postings(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, n_rows: int, bm25: bool,
+                    paths: dict[str, Path]) -> None:
+    """Raises IndexFormatError (naming the file) unless the postings are a valid CSR by term
+    over ``n_rows`` rows; see :meth:`SparseIndex.load`."""
+    def bad(role: str, what: str) -> IndexFormatError:
+        return IndexFormatError(f"sparse index file {paths[role]}: {what}")
+
+    if indptr.dtype != np.int64:
+        raise bad("indptr", f"dtype {indptr.dtype}, expected int64")
+    if indices.dtype not in (np.int32, np.int64):
+        raise bad("indices", f"dtype {indices.dtype}, expected int32 or int64")
+    if values.dtype != np.float32:
+        raise bad("values", f"dtype {values.dtype}, expected float32")
+    nnz = len(indices)
+    if len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != nnz:
+        raise bad("indptr", f"offsets must run from 0 to {nnz} (the postings in {paths['indices'].name}), "
+                            f"got {int(indptr[0]) if len(indptr) else None}..{int(indptr[-1]) if len(indptr) else None}")
+    ip = np.asarray(indptr)
+    if np.any(ip[1:] < ip[:-1]):
+        raise bad("indptr", "offsets decrease")
+    if len(values) != nnz:
+        raise bad("values", f"{len(values)} values for {nnz} postings")
+    for a in range(0, nnz, _CHECK_CHUNK):
+        e = min(a + _CHECK_CHUNK, nnz)
+        rows = np.asarray(indices[max(a - 1, 0):e])
+        if rows.min() < 0 or rows.max() >= n_rows:
+            raise bad("indices", f"row ids must be in [0, {n_rows}), got {int(rows.min())}..{int(rows.max())}")
+        # rows increase within a term: a decrease (or repeat) is allowed only where a term starts
+        down = np.flatnonzero(rows[1:] <= rows[:-1]) + max(a - 1, 0) + 1   # positions p with rows[p] <= rows[p-1]
+        if len(down):
+            starts = ip[np.searchsorted(ip, down[0]):np.searchsorted(ip, down[-1], side="right")]
+            if not np.isin(down, starts).all():
+                raise bad("indices", "row ids do not increase within a term")
+        v = np.asarray(values[a:e])
+        if bm25:
+            if not np.all(v > 0) or not np.all(np.isfinite(v)):
+                raise bad("values", "term counts must be finite and > 0")
+        elif not np.all(np.isfinite(v)):
+            raise bad("values", "weights must be finite")
+
+
+def _check_doclen(doclen: np.ndarray, n_rows: int, path: Path) -> np.ndarray:
+    if doclen.dtype != np.float64 or len(doclen) != n_rows:
+        raise IndexFormatError(f"sparse index file {path}: {len(doclen)} lengths of dtype {doclen.dtype}, "
+                               f"expected {n_rows} float64")
+    d = np.array(doclen)
+    if n_rows and not (d.min() >= 0 and np.isfinite(d.sum())):
+        raise IndexFormatError(f"sparse index file {path}: lengths must be finite and >= 0")
+    return d
+
 
 
 class SparseIndex:
@@ -833,49 +925,56 @@ class SparseIndex:
                 "k1": self.k1, "b": self.b, "epsilon": self.epsilon}
 
     def save(self, directory: str | Path, tag: str) -> dict[str, str]:
-        """Write the live rows to new ``.npy`` files named with ``tag``; returns ``{role: filename}``."""
+        """Write the live rows to new ``.npy`` files named with ``tag``; returns ``{role: filename}``.
+
+        Roles: ``indptr`` (int64 [vocab + 1]), ``indices`` (row of each posting, int32, or int64
+        from 2**31 rows), ``values`` (float32), ``slots`` (int64, one per row) and, for BM25,
+        ``doclen`` (float64, each row's length), so that :meth:`load` does not sum every posting."""
         if not isinstance(tag, str) or not tag or "/" in tag or "\\" in tag:
             raise ValueError(f"tag must be a non-empty file-name-safe str, got {tag!r}")
-        directory = Path(directory)
         self._consolidate()
         main = self._main if self._main is not None else _Tier(np.zeros(self._vocab + 1, np.int64),
                                                                np.zeros(0, np.int32), np.zeros(0, np.float32))
         arrays = {"indptr": main.padded_indptr(self._vocab), "indices": main.indices, "values": main.values,
                   "slots": self._row_slots[: self._n_rows]}
-        files: dict[str, str] = {}
-        for role, arr in arrays.items():
-            name = f"sparse-{tag}-{role}.npy"
-            with open(directory / name, "xb") as fh:   # never overwrite a file a manifest may reference
-                np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
-            files[role] = name
-        return files
+        if self._bm25:
+            arrays["doclen"] = self._doclen[: self._n_rows]
+        # new_file refuses to overwrite (a manifest may reference the file) and renames into place
+        return {role: write_npy(directory, f"sparse-{tag}-{role}.npy", arr) for role, arr in arrays.items()}
 
     @classmethod
     def load(cls, directory: str | Path, files: dict[str, str], config: dict[str, Any]) -> "SparseIndex":
-        """Open an index written by :meth:`save`; postings are memory-mapped read-only."""
+        """Open an index written by :meth:`save`; postings are memory-mapped read-only.
+
+        Cost: the structural checks below, vectorised over the index arrays (one pass over
+        ``indices`` and ``values``, none over a per-posting sum: document lengths come from the
+        ``doclen`` file; files written before it existed get them summed from the postings).
+        A file that fails them raises :class:`IndexFormatError` naming it, so that no later
+        search, score or remove can read out of bounds (the compiled kernels do no bounds
+        checks): ``indptr`` 1-D int64 from 0, non-decreasing, up to ``len(indices)``; rows
+        ``indices`` int32/int64 in ``[0, len(slots))``, increasing within each term; ``values``
+        float32 of the same length, finite (BM25: > 0, stored counts); ``slots`` int64,
+        non-negative, distinct; ``doclen`` float64, one per row, finite, >= 0. Damage these
+        checks cannot see (a changed weight, count or length) gives wrong but finite scores."""
         if config.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
             raise IndexFormatError(f"sparse index format {config.get('format_version')} is newer than "
                                    f"this library reads ({FORMAT_VERSION}); upgrade hybridrag")
         self = cls(**{k: config[k] for k in ("weighting", "k1", "b", "epsilon") if k in config})
         directory = Path(directory)
-        arr = {}
-        for role in ("indptr", "indices", "values", "slots"):
-            if role not in files:
-                raise IndexFormatError(f"sparse index files lack {role!r}; got roles {sorted(files)}")
-            path = directory / files[role]
-            if not path.exists():
-                raise IndexFormatError(f"sparse index file {path} is missing")
-            arr[role] = np.load(path, mmap_mode="r", allow_pickle=False)
+        roles = ("indptr", "indices", "values", "slots") + (("doclen",) if self._bm25 and "doclen" in files else ())
+        arr = {role: _open_npy(directory, files, role) for role in roles}
         indptr, indices, values, slots = arr["indptr"], arr["indices"], arr["values"], arr["slots"]
-        n = len(slots)
-        if indptr.ndim != 1 or len(indptr) < 1 or int(indptr[-1]) != len(indices) or len(values) != len(indices):
-            raise IndexFormatError(f"sparse index files in {directory} are inconsistent (indptr/indices/values lengths)")
+        n = _check_slots_file(slots, directory / files["slots"])
+        _check_postings(indptr, indices, values, n, self._bm25,
+                        {role: directory / files[role] for role in ("indptr", "indices", "values")})
         self._vocab = len(indptr) - 1
         self._row_slots = np.array(slots, dtype=np.int64)
         self._alive = np.ones(n, dtype=bool)
         self._n_rows = self._n_live = n
         self._reindex_slots()
-        if self._bm25:
+        if "doclen" in arr:
+            self._doclen = _check_doclen(arr["doclen"], n, directory / files["doclen"])
+        elif self._bm25:   # written before the doclen file: sum the counts (one pass over the postings)
             self._doclen = np.bincount(np.asarray(indices), weights=np.asarray(values, dtype=np.float64),
                                        minlength=n).astype(np.float64)
         else:
