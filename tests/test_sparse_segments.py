@@ -247,3 +247,30 @@ def test_segments_equal_bm25s_lucene():
             np.testing.assert_allclose(g[keep], ref.get_scores(qids), rtol=1e-5, atol=1e-6)
         else:
             assert not g[keep].any()
+
+
+@pytest.mark.parametrize("weighting", ["none", "bm25lucene"])
+def test_remove_after_load_touches_no_file(tmp_path, weighting):
+    """The engine applies a segment's deletions with remove() right after load: the files stay
+    as written (same bytes), the postings stay memory-mapped, and the results are those of an
+    index that never held the removed rows."""
+    import hashlib
+
+    docs, qs = corpus(95, n=600)
+    idx = SparseIndex(weighting)
+    idx.add(np.arange(600), docs)
+    files = idx.save(tmp_path, "s1")
+    digest = {f: hashlib.sha256((tmp_path / f).read_bytes()).hexdigest() for f in files.values()}
+    back = SparseIndex.load(tmp_path, files, idx.config())
+    gone = np.r_[0:600:9, 5000]   # 5000: never held
+    back.remove(gone)
+    assert len(back) == 600 - len(range(0, 600, 9))
+    want = SparseIndex(weighting)
+    keep = np.setdiff1d(np.arange(600), gone)
+    want.add(keep, [docs[j] for j in keep])
+    for k in (3, 40):
+        got, ref = back.search(qs, k), want.search(qs, k)
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1])
+    assert isinstance(back._main.indices, np.memmap) and isinstance(back._main.values, np.memmap)
+    assert {f: hashlib.sha256((tmp_path / f).read_bytes()).hexdigest() for f in files.values()} == digest
