@@ -19,20 +19,31 @@ into the main tier when it passes a quarter of its size, so appends cost
 amortised O(new postings). A hit is a live row with a nonzero score (a row that
 shares no term with the query is not returned; its exact score is 0).
 
-Queries with many postings are scored into a dense per-row accumulator. With numba
-installed (a dependency) and fewer than 500k rows, one compiled call per batch does
-that work (:mod:`hybridrag.stores._kernels`; with several threads, one call per thread on
-runs of queries of about equal work, after one shared set-up); otherwise numpy and
-scipy's C loop do, in chunks of queries. Both give the same arrays bit for bit.
+Queries are scored by scipy's sparse product (query x postings), except, with numba
+installed (a dependency), those whose postings reach 1/32 of the rows: one compiled call per
+batch scores those into a dense per-row accumulator (:mod:`hybridrag.stores._kernels`; with
+several threads, one call per thread on runs of queries of about equal work, after one shared
+set-up; BM25 indexes from 100k rows are pruned). Both give the same arrays bit for bit. (A
+third path, numpy/scipy dense accumulation, was removed: with numba it ran only for
+non-BM25 indexes of 500k rows and more, and without numba it was no faster than the sparse
+product on a 50k-chunk BM25 index, inside the noise of the public ``HybridIndex.search`` call.)
 ``score`` (exact scores of given slots, the planner's step after the first stage) finds each
 candidate's postings by binary search; with numba one compiled call per query
 (``_kernels.score_rows``), else a few numpy calls per query term; also bit for bit the same.
+
+Segments (the engine's immutable parts of an index): :meth:`SparseIndex.empty_like`,
+:meth:`SparseIndex.merge` (one index from several, stored values kept), and
+:meth:`SparseIndex.term_stats` / :meth:`SparseIndex.set_global_stats`, so that BM25 scores
+each segment with the statistics of the whole index (segmented results equal one index's).
+:meth:`SparseIndex.load` checks the files' structure (IndexFormatError naming the file), so
+no damaged file can make a query read out of bounds.
 
 Threads: concurrent ``search`` / ``score`` calls are safe (the lazy merge of pending adds
 that the first search after an ``add`` does is locked); ``add`` / ``remove`` must not run
 while another thread searches the same store.
 
-Tested by ``tests/test_sparse_store.py`` and ``tests/test_bm25.py``.
+Tested by ``tests/test_sparse_store.py``, ``tests/test_sparse_segments.py``,
+``tests/test_sparse_damage.py`` and ``tests/test_bm25.py``.
 """
 from __future__ import annotations
 
@@ -40,7 +51,6 @@ import itertools
 import math
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -51,44 +61,19 @@ from hybridrag.errors import ConfigError, IndexFormatError
 from hybridrag.stores import _kernels
 from hybridrag.stores.base import write_npy
 
-try:   # one C pass ``y[rows] += q * w`` without temporaries; private scipy API, so guarded
-    from scipy.sparse._sparsetools import csc_matvec as _csc_matvec
-except ImportError:  # pragma: no cover - other scipy layouts
-    _csc_matvec = None
-
 __all__ = ["SparseIndex", "WEIGHTINGS"]
 
 WEIGHTINGS = ("none", "bm25okapi", "bm25lucene")
 FORMAT_VERSION = 1
 
 _INT_TYPES = (int, np.integer)
-# A query whose postings reach 1/_DENSE_RATIO of the rows is scored into a dense per-row
-# accumulator (O(postings + rows)) instead of a sparse product (tens of ns per posting).
+# With the numba kernel, a query whose postings reach 1/_DENSE_RATIO of the rows is scored into
+# a dense per-row accumulator (O(postings + rows)) instead of a sparse product (tens of ns per
+# posting).
 _DENSE_RATIO = 32
-# search(threads=None) splits dense-accumulated queries over every core only when each thread
-# gets >= _MIN_PER_THREAD of them and, on the numpy path, there are >= _THREAD_MIN_ROWS rows:
-# below that its per-query Python work (which holds the GIL) outweighs the numpy passes
-# (benchmarks/bench_sparse.py). The numba kernel holds no GIL, so it splits at any size.
+# search(threads=None) splits the kernel's queries over every core when each thread gets
+# >= _MIN_PER_THREAD of them (the kernel holds no GIL).
 _MIN_PER_THREAD = 8
-_THREAD_MIN_ROWS = 100_000
-_BLOCK = 256   # rows per block for the block-max top-k of a dense accumulator
-# Dense-accumulated queries are scored in chunks of at most this many float32 accumulator
-# cells (4 MiB, one row per query; larger chunks fall out of cache) and about as many
-# postings: small corpora get hundreds of queries per chunk, so the per-query Python work
-# stays small (benchmarks/bench_sparse.py).
-_CHUNK_CELLS = 1 << 20
-# Posting lists averaging this many entries are accumulated in place, one C call per query
-# term; shorter ones are first copied together so that a query needs one call (the copy
-# costs about as much per posting as the accumulation itself).
-_COPY_MAX = 512
-_TINY = np.float32(np.nextafter(np.float32(0), np.float32(1)))   # smallest positive float32
-# The numba kernel (when installed) scores every BM25 index, and other indexes below this
-# many rows. Measured (benchmarks/bench_sparse.py; docs/CHANGELOG-performance.md, section 1):
-# well ahead of the numpy path on small corpora; at 1M rows (a 4 MB accumulator, past the L2
-# cache) it is ahead for BM25, where idf makes the pruning of _kernels._maxscore pay, while for
-# learned weights without such skew (the synthetic M3-like rows, not pruned) scipy's loop was
-# as fast or faster.
-_KERNEL_MAX_ROWS = 500_000
 # BM25 indexes of at least this many rows are pruned (_kernels._maxscore). Measured with
 # benchmarks/bench_sparse.py (docs/CHANGELOG-performance.md, section 1, "BM25 with pruning"):
 # ahead at 100k and 1M rows; on SciFact (5k) and 10k rows its per-query set-up cost more than
@@ -339,44 +324,6 @@ def _top_k(scores: np.ndarray, cols: np.ndarray, row_slots: np.ndarray, k: int) 
     return sel[order], slots[order]
 
 
-def _accumulate(y: np.ndarray, rows: np.ndarray, w: np.ndarray, ptr: np.ndarray, qw: np.ndarray) -> None:
-    """``y[rows[ptr[j]:ptr[j+1]]] += qw[j] * w[ptr[j]:ptr[j+1]]`` for each term j in order, float32:
-    the same products and summation order as the sparse product (rows distinct within a term)."""
-    if _csc_matvec is not None:   # one C pass over all the terms of a query
-        _csc_matvec(len(y), len(qw), ptr, rows, w, qw, y)
-        return
-    for j in range(len(qw)):
-        a, e = ptr[j], ptr[j + 1]
-        y[rows[a:e]] += w[a:e] * qw[j]
-
-
-def _dense_top_k(acc: np.ndarray, k: int, row_slots: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Top-k positive entries of each row of ``acc`` (c, npad), npad a multiple of _BLOCK and
-    zero past the last row: ``(query, rank, score, slot)`` of every hit, ordered by score
-    desc, slot asc within a query.
-
-    The k-th largest block maximum m of a query is a lower bound of its k-th largest score,
-    so every entry that can be in its top k lies in a block whose maximum is >= m; only
-    those blocks are ranked. All queries of the chunk are handled by the same numpy calls.
-    """
-    c, npad = acc.shape
-    nb = npad // _BLOCK
-    blocks = acc.reshape(c, nb, _BLOCK)
-    bmax = blocks.max(axis=2)
-    m = np.partition(bmax, nb - k, axis=1)[:, nb - k] if nb >= k else np.zeros(c, dtype=np.float32)
-    m = np.maximum(m, _TINY)   # a hit has a score > 0
-    qb, bb = np.nonzero(bmax >= m[:, None])
-    data = blocks[qb, bb]                       # (query, block) pairs x _BLOCK
-    pi, off = np.nonzero(data >= m[qb][:, None])
-    qi, sc = qb[pi], data[pi, off]
-    slots = row_slots[bb[pi] * _BLOCK + off]
-    order = np.lexsort((slots, -sc, qi))
-    qi, sc, slots = qi[order], sc[order], slots[order]
-    rank = np.arange(len(qi)) - np.searchsorted(qi, np.arange(c))[qi]
-    keep = rank < k
-    return qi[keep], rank[keep], sc[keep], slots[keep]
-
-
 # ---------------------------------------------------------------------- loading checks
 
 _CHECK_CHUNK = 1 << 22   # postings per step of the load checks (bounded temporaries)
@@ -584,11 +531,10 @@ class SparseIndex:
 
         ``queries``: list of ``{term id: weight}`` (BM25: query term counts) or a
         scipy sparse matrix. ``allowed``: boolean mask by slot, or None.
-        ``threads``: threads for the queries scored by dense accumulation (those whose
-        postings reach 1/32 of the rows; the numba kernel and the numpy passes release
-        the GIL). ``None`` uses every core when each thread gets >= 8 such queries (on
-        the numpy path only for indexes of >= 100k rows); ``1`` scores everything on the
-        calling thread. Results do not depend on it.
+        ``threads``: threads for the queries the numba kernel scores by dense accumulation
+        (those whose postings reach 1/32 of the rows; the kernel releases the GIL). ``None``
+        uses every core when each thread gets >= 8 such queries; ``1`` scores everything on
+        the calling thread. Results do not depend on it.
         """
         k = _check_k(k)
         threads = _check_threads(threads)
@@ -600,7 +546,9 @@ class SparseIndex:
             self._valid_rows(allowed)   # still reject a bad mask
             return out_s, out_i
         self._flush()   # may renumber rows: mask after
-        heavy = self._heavy_queries(q)
+        # with the compiled kernel, queries with many postings go to it; all others (every
+        # query without numba) are scored by scipy's sparse product
+        heavy = self._heavy_queries(q) if _kernels.AVAILABLE else np.zeros(nq, dtype=bool)
         light = np.flatnonzero(~heavy)
         results = []   # sparse products of the light queries, one per tier
         if len(light):
@@ -609,17 +557,10 @@ class SparseIndex:
         all_valid = allowed is None and self._n_live == self._n_rows
         if heavy.any():
             which = np.flatnonzero(heavy)
-            # with the compiled kernel no Python work per query holds the GIL: threads pay off at any size
-            min_rows = 0 if self._use_kernel() else _THREAD_MIN_ROWS
-            nt = threads or (min(_NCPU, len(which) // _MIN_PER_THREAD)
-                             if self._n_rows >= min_rows else 1)
-            mask = None if all_valid else valid
-            if nt > 1 and len(which) > 1 and not self._use_kernel():
-                parts = np.array_split(which, min(nt, len(which)))
-                with ThreadPoolExecutor(len(parts)) as pool:
-                    list(pool.map(lambda p: self._search_dense(q, p, k, mask, out_s, out_i), parts))
-            else:   # the kernel splits its one call itself, after the shared set-up
-                self._search_dense(q, which, k, mask, out_s, out_i, threads=nt)
+            # no Python work per query holds the GIL in the kernel: threads pay off at any size;
+            # the kernel splits its one call itself, after the shared set-up
+            nt = threads or max(1, min(_NCPU, len(which) // _MIN_PER_THREAD))
+            self._search_dense(q, which, k, None if all_valid else valid, out_s, out_i, threads=nt)
         for j, i in enumerate(light):   # j: row of ``ql`` and ``results``; i: output row
             cols_l, data_l = [], []
             for r in results:
@@ -652,10 +593,6 @@ class SparseIndex:
             out.append((t, w))
         return out
 
-    def _use_kernel(self) -> bool:
-        """Whether dense-accumulated queries go through the numba kernel (see _KERNEL_MAX_ROWS)."""
-        return _kernels.AVAILABLE and (self._bm25 or self._n_rows < _KERNEL_MAX_ROWS)
-
     def _heavy_queries(self, q: _Queries) -> np.ndarray:
         """Queries (bool [nq]) to score with a dense accumulator: positive weights, many postings."""
         tiers = self._tiers_nonneg()
@@ -679,22 +616,16 @@ class SparseIndex:
 
     def _search_dense(self, q: _Queries, which: np.ndarray, k: int, valid: np.ndarray | None,
                       out_s: np.ndarray, out_i: np.ndarray, threads: int = 1) -> None:
-        """Top-k of queries ``which`` by dense accumulation (weights all >= 0; see _heavy_queries).
-
-        With numba installed, one compiled call does it all (``_kernels.dense_top_k``; ``threads``
-        runs of it at once; the numpy path ignores ``threads``).
-        Otherwise queries go in chunks of at most _CHUNK_CELLS accumulator cells (one row per
-        query) and about as many postings, so the Python work per query is one C call and the
-        top-k is vectorised over the chunk."""
+        """Top-k of queries ``which`` by dense accumulation in the numba kernel, one compiled
+        call for them all (``_kernels.dense_top_k``; weights all >= 0, see _heavy_queries;
+        ``threads`` runs of it at once)."""
         tiers = self._tiers_nonneg() or []
         if len(which) == 0 or not tiers:
             return
-        npad = -(-max(self._n_rows, 1) // _BLOCK) * _BLOCK
-        buf = np.empty((max(1, min(len(which), _CHUNK_CELLS // npad)), npad), dtype=np.float32)
         invalid = None if valid is None else np.flatnonzero(~valid)
         # (query, term) pairs, query-major, term ids ascending within a query; pair_start[j]:
         # first pair of query which[j]. Per tier, a pair's postings are lo:hi (empty for a term
-        # the tier does not hold) and cum[p] counts the postings of the pairs before p.
+        # the tier does not hold).
         qlen = np.diff(q.indptr)[which]
         pair_start = np.zeros(len(which) + 1, dtype=np.int64)
         np.cumsum(qlen, out=pair_start[1:])
@@ -702,62 +633,20 @@ class SparseIndex:
         terms, qws = q.indices[pos], q.data[pos]
         spans = []
         for t, w in tiers:
-            lo = t.indptr[np.minimum(terms, t.vocab)]
-            hi = t.indptr[np.minimum(terms + 1, t.vocab)]
-            cum = np.zeros(len(terms) + 1, dtype=np.int64)
-            np.cumsum(hi - lo, out=cum[1:])
-            spans.append((t, w, lo, hi, cum))
-        if self._use_kernel():   # one compiled call for all the queries (same results)
-            tiers_k = [(t.indices, w, lo, hi) for t, w, lo, hi, _ in spans]
-            ub = None
-            if self._bm25 and self._n_rows >= _PRUNE_MIN_ROWS:
-                # per pair, its largest addend, for the kernel's pruning: idf makes BM25's bounds
-                # skewed enough for it to pay; on the synthetic M3-like rows (no such skew) it was
-                # slower in development runs, so other weightings are not pruned
-                ub = np.zeros(len(terms), dtype=np.float32)
-                for t, w, *_ in spans:
-                    if t.vocab:
-                        ub = np.maximum(ub, t.max_weights(w)[np.minimum(terms, t.vocab - 1)] * (terms < t.vocab))
-                ub *= qws
-            _kernels.dense_top_k(self._n_rows, k, pair_start, qws, tiers_k, self._row_slots, invalid, out_s, out_i,
-                                 which, threads=threads, ub=ub)
-            return
-        postings = sum(cum[pair_start] for *_, cum in spans)   # postings before each query
-        a = 0
-        while a < len(which):
-            e = int(np.searchsorted(postings, postings[a] + _CHUNK_CELLS, side="right")) - 1
-            e = max(a + 1, min(e, a + len(buf)))
-            acc = buf[: e - a]
-            acc.fill(0)
-            p0, p1 = int(pair_start[a]), int(pair_start[e])
-            bounds = (pair_start[a:e + 1] - p0).tolist()   # pairs of query a + j: bounds[j]:bounds[j + 1]
-            for t, w, lo, hi, cum in spans:
-                n_post = int(cum[p1] - cum[p0])
-                if n_post == 0:
-                    continue
-                if n_post >= _COPY_MAX * (p1 - p0) and t.nnz < 2**31:
-                    # long posting lists: one C call per (query, term) on the stored arrays
-                    lohi = np.stack([lo[p0:p1], hi[p0:p1]], axis=1).astype(t.indices.dtype)
-                    for j in range(e - a):
-                        for p in range(bounds[j], bounds[j + 1]):
-                            if lohi[p, 1] > lohi[p, 0]:
-                                _accumulate(acc[j], t.indices, w, lohi[p], qws[p0 + p:p0 + p + 1])
-                    continue
-                # short ones: copied together, then one C call per query, into its row of ``acc``
-                ptr = cum[p0:p1 + 1] - cum[p0]
-                ptr = ptr.astype(t.indices.dtype) if ptr[-1] < 2**31 else ptr
-                spans_l = list(zip(lo[p0:p1].tolist(), hi[p0:p1].tolist()))
-                rows = np.concatenate([t.indices[x:y] for x, y in spans_l]).astype(ptr.dtype, copy=False)
-                ws = np.concatenate([w[x:y] for x, y in spans_l])
-                for j in range(e - a):
-                    s, f = bounds[j], bounds[j + 1]
-                    _accumulate(acc[j], rows, ws, ptr[s:f + 1], qws[p0 + s:p0 + f])
-            if invalid is not None:
-                acc[:, invalid] = 0
-            qi, rank, sc, slots = _dense_top_k(acc, k, self._row_slots)
-            out_s[which[a + qi], rank] = sc
-            out_i[which[a + qi], rank] = slots
-            a = e
+            spans.append((t, w, t.indptr[np.minimum(terms, t.vocab)], t.indptr[np.minimum(terms + 1, t.vocab)]))
+        tiers_k = [(t.indices, w, lo, hi) for t, w, lo, hi in spans]
+        ub = None
+        if self._bm25 and self._n_rows >= _PRUNE_MIN_ROWS:
+            # per pair, its largest addend, for the kernel's pruning: idf makes BM25's bounds
+            # skewed enough for it to pay; on the synthetic M3-like rows (no such skew) it was
+            # slower in development runs, so other weightings are not pruned
+            ub = np.zeros(len(terms), dtype=np.float32)
+            for t, w, *_ in spans:
+                if t.vocab:
+                    ub = np.maximum(ub, t.max_weights(w)[np.minimum(terms, t.vocab - 1)] * (terms < t.vocab))
+            ub *= qws
+        _kernels.dense_top_k(self._n_rows, k, pair_start, qws, tiers_k, self._row_slots, invalid, out_s, out_i,
+                             which, threads=threads, ub=ub)
 
     def score(self, queries: Any, candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Exact scores (float32) of the given slots per query; 0 for no shared term,
