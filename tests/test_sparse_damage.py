@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hybridrag.errors import IndexFormatError
 from hybridrag.stores.sparse import SparseIndex
 from tests.test_sparse_store import random_rows
 
@@ -94,3 +95,48 @@ def test_damaged_files_fail_to_load_or_give_finite_results(tmp_path, weighting):
     hl = header_len(tmp_path / files["indices"])
     assert outcome[f"indices:flipff@{hl + 3}"] == "FORMAT"
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _rewrite(path: Path, fn) -> None:
+    a = np.load(path)
+    path.unlink()
+    np.save(path, fn(a.copy()), allow_pickle=False)
+
+
+def _set(i, v):
+    def f(a):
+        a[i] = v
+        return a
+    return f
+
+
+@pytest.mark.parametrize("role, change, why", [
+    ("indptr", _set(0, 1), "from 0"),
+    ("indptr", _set(-1, 10**6), "from 0"),
+    ("indptr", _set(5, 0), "decrease"),
+    ("indptr", lambda a: a.astype(np.int32), "int64"),
+    ("indices", _set(0, -1), r"\[0, 342\)"),   # 342 live rows were saved
+    ("indices", _set(3, 342), r"\[0, 342\)"),
+    ("indices", lambda a: a[::-1].copy(), "increase within a term"),
+    ("indices", lambda a: a.astype(np.float64), "int32 or int64"),
+    ("values", _set(2, np.nan), "finite"),
+    ("values", _set(2, np.inf), "finite"),
+    ("values", _set(2, 0.0), "> 0"),
+    ("values", _set(2, -1.0), "> 0"),
+    ("values", lambda a: a[:-1], "values for"),
+    ("values", lambda a: a.astype(np.float64), "float32"),
+    ("slots", lambda a: _set(1, a[0])(a), "held by two rows"),
+    ("slots", _set(7, -3), "negative"),
+    ("slots", lambda a: a.reshape(-1, 2), "1-D"),
+    ("doclen", _set(4, -1.0), ">= 0"),
+    ("doclen", _set(4, np.inf), "finite"),
+    ("doclen", lambda a: a[:-1], "expected 342"),
+])
+def test_each_check_names_the_file(tmp_path, role, change, why):
+    """Each structural check of load: a file changed in that one way raises IndexFormatError
+    naming the file and what is wrong."""
+    files, config, _ = build(tmp_path, "bm25okapi")
+    _rewrite(tmp_path / files[role], change)
+    with pytest.raises(IndexFormatError, match=why) as err:
+        SparseIndex.load(tmp_path, files, config)
+    assert files[role] in str(err.value) or role == "indptr" and "from 0" in why

@@ -385,23 +385,21 @@ def _check_postings(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
         raise bad("indptr", "offsets decrease")
     if len(values) != nnz:
         raise bad("values", f"{len(values)} values for {nnz} postings")
+    starts = ip[1:-1]   # where each term but the first begins: the row ids may go down there
     for a in range(0, nnz, _CHECK_CHUNK):
         e = min(a + _CHECK_CHUNK, nnz)
-        rows = np.asarray(indices[max(a - 1, 0):e])
+        lo = max(a - 1, 0)   # one posting of overlap: the order check spans chunk borders
+        rows = np.asarray(indices[lo:e])
         if rows.min() < 0 or rows.max() >= n_rows:
             raise bad("indices", f"row ids must be in [0, {n_rows}), got {int(rows.min())}..{int(rows.max())}")
-        # rows increase within a term: a decrease (or repeat) is allowed only where a term starts
-        down = np.flatnonzero(rows[1:] <= rows[:-1]) + max(a - 1, 0) + 1   # positions p with rows[p] <= rows[p-1]
-        if len(down):
-            starts = ip[np.searchsorted(ip, down[0]):np.searchsorted(ip, down[-1], side="right")]
-            if not np.isin(down, starts).all():
-                raise bad("indices", "row ids do not increase within a term")
+        up = rows[1:] > rows[:-1]   # up[i]: posting lo + 1 + i has a larger row than the one before
+        up[starts[np.searchsorted(starts, lo, side="right"):np.searchsorted(starts, e)] - lo - 1] = True
+        if not up.all():
+            raise bad("indices", "row ids do not increase within a term")
         v = np.asarray(values[a:e])
-        if bm25:
-            if not np.all(v > 0) or not np.all(np.isfinite(v)):
-                raise bad("values", "term counts must be finite and > 0")
-        elif not np.all(np.isfinite(v)):
-            raise bad("values", "weights must be finite")
+        lowest, highest = v.min(), v.max()   # NaN propagates into both
+        if not (math.isfinite(lowest) and math.isfinite(highest)) or (bm25 and not lowest > 0):
+            raise bad("values", "term counts must be finite and > 0" if bm25 else "weights must be finite")
 
 
 def _check_doclen(doclen: np.ndarray, n_rows: int, path: Path) -> np.ndarray:
