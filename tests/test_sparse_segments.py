@@ -6,6 +6,7 @@ rank_bm25 / bm25s scores; ``SparseIndex.merge`` must keep every stored value."""
 from __future__ import annotations
 
 import functools
+import itertools
 
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ def segmented(weighting: str, docs: list[dict[int, float]], cuts: tuple[int, ...
     first segment in two tiers (a later add) to also cover the delta tier."""
     parts = []
     bounds = (0, *cuts, len(docs))
-    for a, e in zip(bounds, bounds[1:]):
+    for a, e in itertools.pairwise(bounds):
         p = SparseIndex(weighting, **kw)
         half = (a + e) // 2 if not parts else e
         p.add(np.arange(a, half), docs[a:half])

@@ -159,7 +159,7 @@ class _SlotMap:
     cost amortised O(new rows); other orders rebuild (O(rows log rows)). Entries of removed
     rows stay until the next rebuild: callers check that a row is alive."""
 
-    __slots__ = ("keys", "rows", "n")
+    __slots__ = ("keys", "n", "rows")
 
     def __init__(self, slots: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:
         self.keys = np.zeros(0, dtype=np.int64)
@@ -339,7 +339,7 @@ def _open_npy(directory: Path, files: dict[str, str], role: str) -> np.ndarray:
         raise IndexFormatError(f"sparse index file {path} is missing")
     try:
         a = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - numpy's header parser raises many types (ValueError, EOFError, tokenize.TokenError...)
+    except Exception as exc:   # numpy's header parser raises many types (ValueError, EOFError, tokenize.TokenError...)
         raise IndexFormatError(f"sparse index file {path} is unreadable: {type(exc).__name__}: {exc}") from exc
     if not isinstance(a, np.ndarray) or a.ndim != 1:
         raise IndexFormatError(f"sparse index file {path} holds shape {getattr(a, 'shape', None)}; expected 1-D")
@@ -687,7 +687,7 @@ class SparseIndex:
 
     # ------------------------------------------------------------------ segments
 
-    def empty_like(self) -> "SparseIndex":
+    def empty_like(self) -> SparseIndex:
         """A new empty index with the same settings (weighting, k1, b, epsilon); global
         statistics are not carried over (see :meth:`set_global_stats`)."""
         return type(self)(self.weighting, self.k1, self.b, self.epsilon)
@@ -734,7 +734,7 @@ class SparseIndex:
         self._stats_version += 1
 
     @classmethod
-    def merge(cls, parts: Sequence["SparseIndex"]) -> "SparseIndex":
+    def merge(cls, parts: Sequence[SparseIndex]) -> SparseIndex:
         """One new in-memory index holding the live rows of ``parts`` (same settings, disjoint
         slots), with their stored values bit for bit, so its search and score results equal
         those of the parts merged (under the same statistics). Rows keep the parts' order.
