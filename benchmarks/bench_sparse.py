@@ -39,7 +39,7 @@ import synth  # noqa: E402
 from hybridrag.analysis import WordAnalyzer  # noqa: E402
 from hybridrag.encoders.bm25 import BM25Encoder  # noqa: E402
 from hybridrag.stores import _kernels  # noqa: E402
-from hybridrag.stores.sparse import _KERNEL_MAX_ROWS, SparseIndex  # noqa: E402
+from hybridrag.stores.sparse import SparseIndex  # noqa: E402
 
 row = Table()
 NCPU = os.cpu_count() or 1
@@ -340,9 +340,9 @@ def main() -> None:
     ap.add_argument("--milvus-nq", type=int, default=0,
                     help="queries timed on Milvus Lite in part c (0: --nq; the first ones of the same set)")
     args = ap.parse_args()
-    row("setup", "hybridrag SparseIndex", "dense-accumulation path (HYBRIDRAG_NUMBA=0 forces numpy)",
-        f"numba kernel for BM25, and below {_KERNEL_MAX_ROWS:,} rows otherwise; numpy else" if _kernels.AVAILABLE
-        else "numpy (numba not installed or disabled)")
+    row("setup", "hybridrag SparseIndex", "dense-accumulation path (HYBRIDRAG_NUMBA=0: sparse product only)",
+        "numba kernel for queries with many postings, sparse product else" if _kernels.AVAILABLE
+        else "sparse product (numba not installed or disabled)")
     if args.beir is not None:
         part_beir(args.beir)
     for n in args.n:

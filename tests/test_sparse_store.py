@@ -17,7 +17,8 @@ from hybridrag.stores.sparse import SparseIndex
 
 @pytest.fixture(params=["numba", "numpy"])
 def dense_path(request, monkeypatch):
-    """Run a test on the compiled kernel (numba, a dependency) and on the numpy path."""
+    """Run a test with the compiled kernel (numba, a dependency) and without (every query by
+    scipy's sparse product)."""
     if request.param == "numba":
         if not _kernels.AVAILABLE:
             pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
@@ -231,7 +232,7 @@ def test_save_load_round_trip_mmap(tmp_path, weighting):
     idx.add(np.arange(120), docs)
     idx.remove(np.array([5, 6, 7]))
     files = idx.save(tmp_path, "t1")
-    assert set(files) == {"indptr", "indices", "values", "slots"}
+    assert set(files) == {"indptr", "indices", "values", "slots"} | ({"doclen"} if weighting != "none" else set())
     for f in files.values():
         assert (tmp_path / f).exists() and f.endswith(".npy")
         np.load(tmp_path / f, mmap_mode="r", allow_pickle=False)
@@ -247,6 +248,54 @@ def test_save_load_round_trip_mmap(tmp_path, weighting):
     assert len(back) == 117
     with pytest.raises(IndexFormatError):
         SparseIndex.load(tmp_path, {"indptr": files["indptr"]}, idx.config())
+
+
+@pytest.mark.parametrize("weighting", ["bm25okapi", "bm25lucene"])
+def test_load_takes_lengths_from_their_file(tmp_path, monkeypatch, weighting):
+    """A BM25 index saves each row's length: load reads it instead of summing every posting
+    (np.bincount is not called), and files written before it existed (no ``doclen``) still load,
+    their lengths summed from the postings; both answer as the index saved."""
+    docs = random_rows(300, 13, ints=True)
+    qs = random_rows(20, 14, ints=True)
+    idx = SparseIndex(weighting)
+    idx.add(np.arange(300), docs)
+    idx.remove(np.arange(0, 300, 4))
+    files = idx.save(tmp_path, "a")
+    want = idx.search(qs, 10)
+    old = {r: f for r, f in files.items() if r != "doclen"}
+    real = np.bincount
+    calls = []
+    monkeypatch.setattr(np, "bincount", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    back = SparseIndex.load(tmp_path, files, idx.config())
+    assert not calls
+    older = SparseIndex.load(tmp_path, old, idx.config())
+    assert calls
+    for b in (back, older):
+        np.testing.assert_array_equal(b._doclen, idx._doclen[: len(idx)])
+        got = b.search(qs, 10)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_load_opens_format1_files_without_lengths():
+    """The BM25 store of tests/fixtures/format1-bm25 (written before the doclen file) loads and
+    scores as an index built from its own postings."""
+    import json
+    from pathlib import Path
+
+    d = Path(__file__).parent / "fixtures" / "format1-bm25"
+    entry = json.loads((d / "manifest.json").read_text())["stores"]["bm25"]
+    assert "doclen" not in entry["files"]
+    back = SparseIndex.load(d, entry["files"], entry["config"])
+    assert len(back) == entry["rows"]
+    m = sp.csr_matrix((np.load(d / entry["files"]["values"]), np.load(d / entry["files"]["indices"]),
+                       np.load(d / entry["files"]["indptr"]))).T.tocsr()   # rows x terms
+    fresh = SparseIndex(**{k: entry["config"][k] for k in ("weighting", "k1", "b", "epsilon")})
+    fresh.add(np.load(d / entry["files"]["slots"]), m)
+    qs = [{int(t): 1.0} for t in range(back.vocab_size)] + [{0: 1.0, 1: 2.0, 5: 1.0}]
+    cands = [np.arange(20)] * len(qs)
+    for g, w in zip(back.score(qs, cands), fresh.score(qs, cands)):
+        np.testing.assert_array_equal(g, w)
 
 
 def test_bad_input():
@@ -394,13 +443,10 @@ def test_bad_threads_named(bad):
 
 
 @pytest.mark.parametrize("weighting", ["none", "bm25okapi", "bm25lucene"])
-@pytest.mark.parametrize("cells", [1 << 20, 600])
-@pytest.mark.parametrize("copy_max", [512, 1])
-def test_dense_accumulation_equals_sparse_product(monkeypatch, dense_path, weighting, cells, copy_max):
-    """Queries scored by dense accumulation (in chunks of queries; cells=600 forces one or two
-    queries per chunk; copy_max=1 accumulates every posting list in place, 512 copies these
-    short ones together) give the sparse product's arrays bit for bit: same scores, same
-    (score desc, slot asc) order, with two tiers, deletes, ties and an allowed mask."""
+def test_dense_accumulation_equals_sparse_product(monkeypatch, dense_path, weighting):
+    """Queries scored by dense accumulation (the kernel) give the sparse product's arrays bit
+    for bit: same scores, same (score desc, slot asc) order, with two tiers, deletes, ties and
+    an allowed mask; with weighting 'none' both equal brute force."""
     import hybridrag.stores.sparse as sparse_mod
 
     docs = random_rows(500, 21, vocab=30, nnz=8, ints=True) + [{1: 2.0, 2: 1.0}] * 12   # ties
@@ -412,8 +458,6 @@ def test_dense_accumulation_equals_sparse_product(monkeypatch, dense_path, weigh
     idx.add(np.arange(600, 660), random_rows(60, 23, vocab=40, nnz=8, ints=True))   # a second tier
     idx.remove(np.arange(0, 512, 7))
     allowed = np.arange(660) % 5 != 1
-    monkeypatch.setattr(sparse_mod, "_CHUNK_CELLS", cells)
-    monkeypatch.setattr(sparse_mod, "_COPY_MAX", copy_max)
     for mask in (None, allowed):
         for k in (1, 10, 100):
             monkeypatch.setattr(sparse_mod, "_DENSE_RATIO", 10**9)   # every query with a hit: dense
@@ -460,41 +504,17 @@ def test_one_query_takes_the_path_it_takes_in_a_batch(monkeypatch, ratio):
         np.testing.assert_array_equal(ids[0], got_batch[1][i])
 
 
-@pytest.mark.parametrize("copy_max", [512, 1])
-def test_dense_accumulation_without_scipy_kernel(monkeypatch, copy_max):
-    """The numpy fallback used when scipy's private csc_matvec is missing gives the same
-    arrays as the C kernel, in both copy modes."""
-    import hybridrag.stores.sparse as sparse_mod
-
-    docs = random_rows(400, 31, vocab=25, nnz=8, ints=True)
-    qs = random_rows(30, 32, vocab=25, nnz=8, ints=True)
-    idx = SparseIndex("bm25lucene")
-    idx.add(np.arange(400), docs)
-    monkeypatch.setattr(sparse_mod, "_DENSE_RATIO", 10**9)
-    monkeypatch.setattr(sparse_mod, "_COPY_MAX", copy_max)
-    monkeypatch.setattr(_kernels, "AVAILABLE", False)   # the numpy path, with and without scipy's C loop
-    idx._flush()
-    assert idx._heavy_queries(idx._query_matrix(qs)).sum() >= 25
-    with_kernel = idx.search(qs, 10, threads=1)
-    monkeypatch.setattr(sparse_mod, "_csc_matvec", None)
-    fallback = idx.search(qs, 10, threads=1)
-    np.testing.assert_array_equal(with_kernel[0], fallback[0])
-    np.testing.assert_array_equal(with_kernel[1], fallback[1])
-
-
 _rows = st.lists(st.dictionaries(st.integers(0, 40), st.integers(1, 5).map(float), max_size=8), min_size=1, max_size=60)
 
 
 @settings(max_examples=int(os.environ.get("HYBRIDRAG_FUZZ_EXAMPLES", "50")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(docs=_rows, queries=_rows, more=_rows, k=st.integers(1, 12), drop=st.sets(st.integers(0, 130), max_size=20),
-       weighting=st.sampled_from(["none", "bm25okapi", "bm25lucene"]), cells=st.sampled_from([300, 1 << 20]),
-       copy_max=st.sampled_from([1, 512]))
-def test_dense_and_sparse_paths_agree_fuzz(monkeypatch, dense_path, docs, queries, more, k, drop, weighting, cells,
-                                           copy_max):
+       weighting=st.sampled_from(["none", "bm25okapi", "bm25lucene"]))
+def test_dense_and_sparse_paths_agree_fuzz(monkeypatch, dense_path, docs, queries, more, k, drop, weighting):
     """Random corpora (two tiers, deletes, repeated rows and ties), random queries: the
-    dense-accumulation path, in any chunking and copy mode, returns the sparse product's
-    arrays exactly; with weighting 'none' both equal brute force."""
+    dense-accumulation path (the kernel) returns the sparse product's arrays exactly; with
+    weighting 'none' both equal brute force."""
     import hybridrag.stores.sparse as sparse_mod
 
     idx = SparseIndex(weighting)
@@ -503,8 +523,6 @@ def test_dense_and_sparse_paths_agree_fuzz(monkeypatch, dense_path, docs, querie
     idx._consolidate()
     idx.add(np.arange(len(more)) * 2 + 1, more)      # odd slots: a second tier
     idx.remove(np.array(sorted(drop), dtype=np.int64))
-    monkeypatch.setattr(sparse_mod, "_CHUNK_CELLS", cells)
-    monkeypatch.setattr(sparse_mod, "_COPY_MAX", copy_max)
     monkeypatch.setattr(sparse_mod, "_DENSE_RATIO", 10**9)
     dense = idx.search(queries, k, threads=1)
     monkeypatch.setattr(sparse_mod, "_DENSE_RATIO", 0)
@@ -520,11 +538,10 @@ def test_dense_and_sparse_paths_agree_fuzz(monkeypatch, dense_path, docs, querie
 
 
 @pytest.mark.parametrize("weighting", ["none", "bm25okapi"])
-def test_compiled_kernel_is_used_below_the_row_limit(monkeypatch, weighting):
-    """With numba installed the dense-accumulated queries of an index below _KERNEL_MAX_ROWS
-    go through the compiled kernel, once per batch (not per query); at the limit the numpy
-    path scores, except for BM25, which the kernel (with its pruning) scores at any size; with
-    the kernel off, the numpy path; all give the same arrays."""
+def test_compiled_kernel_scores_heavy_queries_once_per_batch(monkeypatch, weighting):
+    """With numba the queries with many postings go through the compiled kernel, once per
+    batch (not per query), whatever the index's size; with the kernel off none do (every query
+    is a sparse product); both give brute force's hits (weighting 'none') and the same arrays."""
     import hybridrag.stores.sparse as sparse_mod
 
     if not _kernels.AVAILABLE:
@@ -535,19 +552,19 @@ def test_compiled_kernel_is_used_below_the_row_limit(monkeypatch, weighting):
     idx.add(np.arange(300), docs)
     calls = []
     real = _kernels.dense_top_k
-    monkeypatch.setattr(_kernels, "dense_top_k", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(_kernels, "dense_top_k", lambda *a, **kw: calls.append(len(a[9])) or real(*a, **kw))
     got = idx.search(qs, 10, threads=1)
-    assert len(calls) == 1
-    monkeypatch.setattr(sparse_mod, "_KERNEL_MAX_ROWS", 300)   # at the limit
-    large = idx.search(qs, 10, threads=1)
-    assert len(calls) == (2 if weighting == "bm25okapi" else 1)
-    monkeypatch.setattr(sparse_mod, "_KERNEL_MAX_ROWS", 10**9)
+    assert len(calls) == 1 and calls[0] >= 15   # one call for the batch's heavy queries
+    monkeypatch.setattr(sparse_mod, "_PRUNE_MIN_ROWS", 0)   # BM25: the pruned kernel
+    pruned = idx.search(qs, 10, threads=1)
     monkeypatch.setattr(_kernels, "AVAILABLE", False)
     off = idx.search(qs, 10, threads=1)
-    assert len(calls) == (2 if weighting == "bm25okapi" else 1)
-    for ref in (large, off):
+    assert len(calls) == 2
+    for ref in (pruned, off):
         np.testing.assert_array_equal(got[0], ref[0])
         np.testing.assert_array_equal(got[1], ref[1])
+    if weighting == "none":
+        assert_topk(*got, brute(qs, docs, list(range(300)), 10))
 
 
 @pytest.mark.parametrize("weighting", ["none", "bm25lucene"])
@@ -613,10 +630,10 @@ def pruned_index(monkeypatch) -> tuple[SparseIndex, list[dict[int, float]]]:
 
 
 @pytest.mark.parametrize("k", [1, 10, 60])
-def test_pruned_kernel_equals_the_numpy_path(monkeypatch, k):
+def test_pruned_kernel_equals_the_sparse_product(monkeypatch, k):
     """The kernel's pruning (_kernels._maxscore: postings skipped once they cannot change the
-    top k, candidates re-scored exactly) gives the numpy path's arrays bit for bit: two
-    tiers, removed rows, a mask, one thread and two."""
+    top k, candidates re-scored exactly) gives the sparse product's arrays bit for bit (the
+    path without numba): two tiers, removed rows, a mask, one thread and two."""
     if not _kernels.AVAILABLE:
         pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
     idx, qs = pruned_index(monkeypatch)

@@ -3,17 +3,15 @@ of :class:`hybridrag.stores.multivector.MultiVectorStore` (:func:`pq_scores`) an
 exact re-score of :class:`hybridrag.stores.faiss.FaissStore`'s ANN hits (:func:`rescore_top_k`);
 numba, with numpy as the fallback of each.
 
-With numba (a dependency; the kernel is skipped if it is missing) the queries that a BM25
-index, or another index of fewer than 500k rows, scores by dense accumulation go through
-:func:`dense_top_k` in one compiled call per batch: accumulate, block-max top-k and reset per
-query, with no Python work per query (``sparse._KERNEL_MAX_ROWS`` says why other large
-indexes keep the numpy path). Given upper bounds (BM25 indexes from 100k rows,
-``sparse._PRUNE_MIN_ROWS``), queries of several terms skip the postings that cannot change
-their top k (:func:`_maxscore`). Scores and ordering are bit-identical to the numpy path (same
+With numba (a dependency; the kernel is skipped if it is missing) the queries with many
+postings (``sparse._DENSE_RATIO``) go through :func:`dense_top_k` in one compiled call per
+batch: accumulate, block-max top-k and reset per query, with no Python work per query. Given
+upper bounds (BM25 indexes from 100k rows, ``sparse._PRUNE_MIN_ROWS``), queries of several
+terms skip the postings that cannot change their top k (:func:`_maxscore`). Scores and
+ordering are bit-identical to scipy's sparse product, the path of every other query (same
 float32 products, same summation order per row, ties by slot ascending: rows scored in
-another order are re-scored in this one); ``tests/test_sparse_store.py`` runs the equality
-tests on both paths. ``HYBRIDRAG_NUMBA=0`` in the environment turns the
-kernel off. It is compiled when this module is first imported (seconds, once; later
+another order are re-scored in this one); ``tests/test_sparse_store.py`` checks the equality.
+``HYBRIDRAG_NUMBA=0`` in the environment turns the kernel off. It is compiled when this module is first imported (seconds, once; later
 imports load it from numba's on-disk cache); see :func:`_compile_now` for why not lazily.
 """
 from __future__ import annotations

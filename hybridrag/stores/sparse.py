@@ -19,20 +19,31 @@ into the main tier when it passes a quarter of its size, so appends cost
 amortised O(new postings). A hit is a live row with a nonzero score (a row that
 shares no term with the query is not returned; its exact score is 0).
 
-Queries with many postings are scored into a dense per-row accumulator. With numba
-installed (a dependency) and fewer than 500k rows, one compiled call per batch does
-that work (:mod:`hybridrag.stores._kernels`; with several threads, one call per thread on
-runs of queries of about equal work, after one shared set-up); otherwise numpy and
-scipy's C loop do, in chunks of queries. Both give the same arrays bit for bit.
+Queries are scored by scipy's sparse product (query x postings), except, with numba
+installed (a dependency), those whose postings reach 1/32 of the rows: one compiled call per
+batch scores those into a dense per-row accumulator (:mod:`hybridrag.stores._kernels`; with
+several threads, one call per thread on runs of queries of about equal work, after one shared
+set-up; BM25 indexes from 100k rows are pruned). Both give the same arrays bit for bit. (A
+third path, numpy/scipy dense accumulation, was removed: with numba it ran only for
+non-BM25 indexes of 500k rows and more, and without numba it was no faster than the sparse
+product on a 50k-chunk BM25 index, inside the noise of the public ``HybridIndex.search`` call.)
 ``score`` (exact scores of given slots, the planner's step after the first stage) finds each
 candidate's postings by binary search; with numba one compiled call per query
 (``_kernels.score_rows``), else a few numpy calls per query term; also bit for bit the same.
+
+Segments (the engine's immutable parts of an index): :meth:`SparseIndex.empty_like`,
+:meth:`SparseIndex.merge` (one index from several, stored values kept), and
+:meth:`SparseIndex.term_stats` / :meth:`SparseIndex.set_global_stats`, so that BM25 scores
+each segment with the statistics of the whole index (segmented results equal one index's).
+:meth:`SparseIndex.load` checks the files' structure (IndexFormatError naming the file), so
+no damaged file can make a query read out of bounds.
 
 Threads: concurrent ``search`` / ``score`` calls are safe (the lazy merge of pending adds
 that the first search after an ``add`` does is locked); ``add`` / ``remove`` must not run
 while another thread searches the same store.
 
-Tested by ``tests/test_sparse_store.py`` and ``tests/test_bm25.py``.
+Tested by ``tests/test_sparse_store.py``, ``tests/test_sparse_segments.py``,
+``tests/test_sparse_damage.py`` and ``tests/test_bm25.py``.
 """
 from __future__ import annotations
 
@@ -40,7 +51,6 @@ import itertools
 import math
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -49,11 +59,7 @@ import scipy.sparse as sp
 
 from hybridrag.errors import ConfigError, IndexFormatError
 from hybridrag.stores import _kernels
-
-try:   # one C pass ``y[rows] += q * w`` without temporaries; private scipy API, so guarded
-    from scipy.sparse._sparsetools import csc_matvec as _csc_matvec
-except ImportError:  # pragma: no cover - other scipy layouts
-    _csc_matvec = None
+from hybridrag.stores.base import write_npy
 
 __all__ = ["SparseIndex", "WEIGHTINGS"]
 
@@ -61,33 +67,13 @@ WEIGHTINGS = ("none", "bm25okapi", "bm25lucene")
 FORMAT_VERSION = 1
 
 _INT_TYPES = (int, np.integer)
-# A query whose postings reach 1/_DENSE_RATIO of the rows is scored into a dense per-row
-# accumulator (O(postings + rows)) instead of a sparse product (tens of ns per posting).
+# With the numba kernel, a query whose postings reach 1/_DENSE_RATIO of the rows is scored into
+# a dense per-row accumulator (O(postings + rows)) instead of a sparse product (tens of ns per
+# posting).
 _DENSE_RATIO = 32
-# search(threads=None) splits dense-accumulated queries over every core only when each thread
-# gets >= _MIN_PER_THREAD of them and, on the numpy path, there are >= _THREAD_MIN_ROWS rows:
-# below that its per-query Python work (which holds the GIL) outweighs the numpy passes
-# (benchmarks/bench_sparse.py). The numba kernel holds no GIL, so it splits at any size.
+# search(threads=None) splits the kernel's queries over every core when each thread gets
+# >= _MIN_PER_THREAD of them (the kernel holds no GIL).
 _MIN_PER_THREAD = 8
-_THREAD_MIN_ROWS = 100_000
-_BLOCK = 256   # rows per block for the block-max top-k of a dense accumulator
-# Dense-accumulated queries are scored in chunks of at most this many float32 accumulator
-# cells (4 MiB, one row per query; larger chunks fall out of cache) and about as many
-# postings: small corpora get hundreds of queries per chunk, so the per-query Python work
-# stays small (benchmarks/bench_sparse.py).
-_CHUNK_CELLS = 1 << 20
-# Posting lists averaging this many entries are accumulated in place, one C call per query
-# term; shorter ones are first copied together so that a query needs one call (the copy
-# costs about as much per posting as the accumulation itself).
-_COPY_MAX = 512
-_TINY = np.float32(np.nextafter(np.float32(0), np.float32(1)))   # smallest positive float32
-# The numba kernel (when installed) scores every BM25 index, and other indexes below this
-# many rows. Measured (benchmarks/bench_sparse.py; docs/CHANGELOG-performance.md, section 1):
-# well ahead of the numpy path on small corpora; at 1M rows (a 4 MB accumulator, past the L2
-# cache) it is ahead for BM25, where idf makes the pruning of _kernels._maxscore pay, while for
-# learned weights without such skew (the synthetic M3-like rows, not pruned) scipy's loop was
-# as fast or faster.
-_KERNEL_MAX_ROWS = 500_000
 # BM25 indexes of at least this many rows are pruned (_kernels._maxscore). Measured with
 # benchmarks/bench_sparse.py (docs/CHANGELOG-performance.md, section 1, "BM25 with pruning"):
 # ahead at 100k and 1M rows; on SciFact (5k) and 10k rows its per-query set-up cost more than
@@ -164,6 +150,66 @@ class _Tier:
     def terms(self) -> np.ndarray:
         """Term id of every posting (int32 [nnz])."""
         return np.repeat(np.arange(self.vocab, dtype=np.int32), np.diff(self.indptr))
+
+
+class _SlotMap:
+    """Slot -> row by binary search over the slots in increasing order: memory follows the
+    rows, not the largest slot (a segment holds a few of an index's slots, and a damaged slot
+    file must not make a huge allocation). Appends of increasing slots (the engine's order)
+    cost amortised O(new rows); other orders rebuild (O(rows log rows)). Entries of removed
+    rows stay until the next rebuild: callers check that a row is alive."""
+
+    __slots__ = ("keys", "n", "rows")
+
+    def __init__(self, slots: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:
+        self.keys = np.zeros(0, dtype=np.int64)
+        self.rows = np.zeros(0, dtype=np.int64)
+        self.n = 0
+        if slots is not None and len(slots):
+            self.rebuild(slots, rows)
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.rows.nbytes
+
+    def rebuild(self, slots: np.ndarray, rows: np.ndarray) -> None:
+        """Hold exactly ``slots[i] -> rows[i]`` (slots distinct)."""
+        slots = np.asarray(slots, dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(slots) > 1 and not np.all(slots[1:] > slots[:-1]):
+            order = np.argsort(slots, kind="stable")
+            slots, rows = slots[order], rows[order]
+        self.keys, self.rows, self.n = slots.copy(), rows.copy(), len(slots)
+
+    def append(self, slots: np.ndarray, rows: np.ndarray) -> bool:
+        """Add entries whose slots all follow the last one, in increasing order; False (nothing
+        done) when they do not."""
+        m = len(slots)
+        if m == 0:
+            return True
+        if (self.n and slots[0] <= self.keys[self.n - 1]) or (m > 1 and not np.all(slots[1:] > slots[:-1])):
+            return False
+        if self.n + m > len(self.keys):
+            cap = max(self.n + m, 2 * len(self.keys), 1024)
+            for name in ("keys", "rows"):
+                new = np.empty(cap, dtype=np.int64)
+                new[: self.n] = getattr(self, name)[: self.n]
+                setattr(self, name, new)
+        self.keys[self.n:self.n + m] = slots
+        self.rows[self.n:self.n + m] = rows
+        self.n += m
+        return True
+
+    def lookup(self, slots: np.ndarray) -> np.ndarray:
+        """Row of each slot (int64), -1 for a slot never held."""
+        out = np.full(len(slots), -1, dtype=np.int64)
+        if self.n == 0 or len(slots) == 0:
+            return out
+        keys = self.keys[: self.n]
+        pos = np.minimum(np.searchsorted(keys, slots), self.n - 1)
+        hit = keys[pos] == slots
+        out[hit] = self.rows[pos[hit]]
+        return out
 
 
 def _build_tier(terms: np.ndarray, rows: np.ndarray, values: np.ndarray, vocab: int) -> _Tier:
@@ -278,42 +324,93 @@ def _top_k(scores: np.ndarray, cols: np.ndarray, row_slots: np.ndarray, k: int) 
     return sel[order], slots[order]
 
 
-def _accumulate(y: np.ndarray, rows: np.ndarray, w: np.ndarray, ptr: np.ndarray, qw: np.ndarray) -> None:
-    """``y[rows[ptr[j]:ptr[j+1]]] += qw[j] * w[ptr[j]:ptr[j+1]]`` for each term j in order, float32:
-    the same products and summation order as the sparse product (rows distinct within a term)."""
-    if _csc_matvec is not None:   # one C pass over all the terms of a query
-        _csc_matvec(len(y), len(qw), ptr, rows, w, qw, y)
-        return
-    for j in range(len(qw)):
-        a, e = ptr[j], ptr[j + 1]
-        y[rows[a:e]] += w[a:e] * qw[j]
+# ---------------------------------------------------------------------- loading checks
+
+_CHECK_CHUNK = 1 << 22   # postings per step of the load checks (bounded temporaries)
 
 
-def _dense_top_k(acc: np.ndarray, k: int, row_slots: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Top-k positive entries of each row of ``acc`` (c, npad), npad a multiple of _BLOCK and
-    zero past the last row: ``(query, rank, score, slot)`` of every hit, ordered by score
-    desc, slot asc within a query.
+def _open_npy(directory: Path, files: dict[str, str], role: str) -> np.ndarray:
+    """The ``.npy`` of ``role``, memory-mapped read-only; any unreadable file (missing, bad
+    header, truncated) raises IndexFormatError naming it."""
+    if role not in files:
+        raise IndexFormatError(f"sparse index files lack {role!r}; got roles {sorted(files)}")
+    path = directory / files[role]
+    if not path.is_file():
+        raise IndexFormatError(f"sparse index file {path} is missing")
+    try:
+        a = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:   # numpy's header parser raises many types (ValueError, EOFError, tokenize.TokenError...)
+        raise IndexFormatError(f"sparse index file {path} is unreadable: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(a, np.ndarray) or a.ndim != 1:
+        raise IndexFormatError(f"sparse index file {path} holds shape {getattr(a, 'shape', None)}; expected 1-D")
+    return a
 
-    The k-th largest block maximum m of a query is a lower bound of its k-th largest score,
-    so every entry that can be in its top k lies in a block whose maximum is >= m; only
-    those blocks are ranked. All queries of the chunk are handled by the same numpy calls.
-    """
-    c, npad = acc.shape
-    nb = npad // _BLOCK
-    blocks = acc.reshape(c, nb, _BLOCK)
-    bmax = blocks.max(axis=2)
-    m = np.partition(bmax, nb - k, axis=1)[:, nb - k] if nb >= k else np.zeros(c, dtype=np.float32)
-    m = np.maximum(m, _TINY)   # a hit has a score > 0
-    qb, bb = np.nonzero(bmax >= m[:, None])
-    data = blocks[qb, bb]                       # (query, block) pairs x _BLOCK
-    pi, off = np.nonzero(data >= m[qb][:, None])
-    qi, sc = qb[pi], data[pi, off]
-    slots = row_slots[bb[pi] * _BLOCK + off]
-    order = np.lexsort((slots, -sc, qi))
-    qi, sc, slots = qi[order], sc[order], slots[order]
-    rank = np.arange(len(qi)) - np.searchsorted(qi, np.arange(c))[qi]
-    keep = rank < k
-    return qi[keep], rank[keep], sc[keep], slots[keep]
+
+def _check_slots_file(slots: np.ndarray, path: Path) -> int:
+    """Number of rows; raises unless slots are int64, >= 0 and distinct."""
+    if slots.dtype != np.int64:
+        raise IndexFormatError(f"sparse index file {path}: slots have dtype {slots.dtype}, expected int64")
+    n = len(slots)
+    if n:
+        s = np.asarray(slots)
+        if s.min() < 0:
+            raise IndexFormatError(f"sparse index file {path}: negative slot {int(s.min())}")
+        if not np.all(s[1:] > s[:-1]):   # saved in increasing order unless adds came out of order
+            srt = np.sort(s)
+            if np.any(srt[1:] == srt[:-1]):
+                raise IndexFormatError(f"sparse index file {path}: slot {int(srt[1:][srt[1:] == srt[:-1]][0])} "
+                                       "is held by two rows")
+    return n
+
+
+def _check_postings(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, n_rows: int, bm25: bool,
+                    paths: dict[str, Path]) -> None:
+    """Raises IndexFormatError (naming the file) unless the postings are a valid CSR by term
+    over ``n_rows`` rows; see :meth:`SparseIndex.load`."""
+    def bad(role: str, what: str) -> IndexFormatError:
+        return IndexFormatError(f"sparse index file {paths[role]}: {what}")
+
+    if indptr.dtype != np.int64:
+        raise bad("indptr", f"dtype {indptr.dtype}, expected int64")
+    if indices.dtype not in (np.int32, np.int64):
+        raise bad("indices", f"dtype {indices.dtype}, expected int32 or int64")
+    if values.dtype != np.float32:
+        raise bad("values", f"dtype {values.dtype}, expected float32")
+    nnz = len(indices)
+    if len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != nnz:
+        raise bad("indptr", f"offsets must run from 0 to {nnz} (the postings in {paths['indices'].name}), "
+                            f"got {int(indptr[0]) if len(indptr) else None}..{int(indptr[-1]) if len(indptr) else None}")
+    ip = np.asarray(indptr)
+    if np.any(ip[1:] < ip[:-1]):
+        raise bad("indptr", "offsets decrease")
+    if len(values) != nnz:
+        raise bad("values", f"{len(values)} values for {nnz} postings")
+    starts = ip[1:-1]   # where each term but the first begins: the row ids may go down there
+    for a in range(0, nnz, _CHECK_CHUNK):
+        e = min(a + _CHECK_CHUNK, nnz)
+        lo = max(a - 1, 0)   # one posting of overlap: the order check spans chunk borders
+        rows = np.asarray(indices[lo:e])
+        if rows.min() < 0 or rows.max() >= n_rows:
+            raise bad("indices", f"row ids must be in [0, {n_rows}), got {int(rows.min())}..{int(rows.max())}")
+        up = rows[1:] > rows[:-1]   # up[i]: posting lo + 1 + i has a larger row than the one before
+        up[starts[np.searchsorted(starts, lo, side="right"):np.searchsorted(starts, e)] - lo - 1] = True
+        if not up.all():
+            raise bad("indices", "row ids do not increase within a term")
+        v = np.asarray(values[a:e])
+        lowest, highest = v.min(), v.max()   # NaN propagates into both
+        if not (math.isfinite(lowest) and math.isfinite(highest)) or (bm25 and not lowest > 0):
+            raise bad("values", "term counts must be finite and > 0" if bm25 else "weights must be finite")
+
+
+def _check_doclen(doclen: np.ndarray, n_rows: int, path: Path) -> np.ndarray:
+    if doclen.dtype != np.float64 or len(doclen) != n_rows:
+        raise IndexFormatError(f"sparse index file {path}: {len(doclen)} lengths of dtype {doclen.dtype}, "
+                               f"expected {n_rows} float64")
+    d = np.array(doclen)
+    if n_rows and not (d.min() >= 0 and np.isfinite(d.sum())):
+        raise IndexFormatError(f"sparse index file {path}: lengths must be finite and >= 0")
+    return d
+
 
 
 class SparseIndex:
@@ -336,7 +433,7 @@ class SparseIndex:
         self._row_slots = np.zeros(0, dtype=np.int64)     # row -> slot
         self._alive = np.zeros(0, dtype=bool)             # row -> live
         self._doclen = np.zeros(0, dtype=np.float64)      # row -> sum of counts (BM25)
-        self._slot_row = np.zeros(0, dtype=np.int64)      # slot -> row, -1 when absent
+        self._slots = _SlotMap()                          # slot -> row (also of removed rows)
         self._n_live = 0
         self._n_dead_main = 0
         self._main: _Tier | None = None                   # rows [0, _main_end)
@@ -347,6 +444,7 @@ class SparseIndex:
         self._stats_version = 0
         self._idf: np.ndarray | None = None
         self._idf_version = -1
+        self._global: tuple[int, np.ndarray, float] | None = None   # set_global_stats
         # Searches merge pending adds lazily (_flush): concurrent searches take turns at that,
         # so the first searches after an add may run on several threads at once.
         self._merge_lock = threading.RLock()
@@ -364,7 +462,7 @@ class SparseIndex:
     @property
     def nbytes(self) -> int:
         """Bytes held by the index arrays (postings, weights, per-row and per-slot arrays)."""
-        total = sum(a.nbytes for a in (self._row_slots, self._alive, self._doclen, self._slot_row))
+        total = sum(a.nbytes for a in (self._row_slots, self._alive, self._doclen)) + self._slots.nbytes
         for t in (self._main, self._delta):
             if t is not None:
                 total += t.indptr.nbytes + t.indices.nbytes + t.values.nbytes
@@ -391,9 +489,9 @@ class SparseIndex:
             return
         if len(np.unique(slots)) != n:
             raise ValueError("slots contain duplicates; each row needs its own slot")
-        known = slots[slots < len(self._slot_row)]
-        if len(known) and np.any(self._slot_row[known] >= 0):
-            dup = known[self._slot_row[known] >= 0][0]
+        held = self._live_rows_of(slots)
+        if np.any(held >= 0):
+            dup = slots[held >= 0][0]
             raise ValueError(f"slot {int(dup)} is already in the index; remove it first (slots are never reused)")
         nz = vals != 0
         rid, terms, vals = rid[nz], terms[nz], vals[nz]
@@ -403,13 +501,9 @@ class SparseIndex:
         self._alive[start:start + n] = True
         if self._bm25:
             self._doclen[start:start + n] = np.bincount(rid, weights=vals, minlength=n)
-        top = int(slots.max())
-        if top >= len(self._slot_row):
-            new = np.full(max(top + 1, 2 * len(self._slot_row)), -1, dtype=np.int64)
-            new[: len(self._slot_row)] = self._slot_row
-            self._slot_row = new
-        self._slot_row[slots] = np.arange(start, start + n)
         self._n_rows += n
+        if not self._slots.append(slots, np.arange(start, start + n)):
+            self._reindex_slots()
         self._n_live += n
         if len(terms):
             self._vocab = max(self._vocab, int(terms.max()) + 1)
@@ -418,14 +512,11 @@ class SparseIndex:
 
     def remove(self, slots: np.ndarray | Sequence[int]) -> None:
         """Drop rows by slot; unknown slots are ignored."""
-        slots = self._check_slots(slots)
-        slots = slots[slots < len(self._slot_row)]
-        rows = self._slot_row[slots]
+        rows = self._live_rows_of(self._check_slots(slots))
         rows = np.unique(rows[rows >= 0])
         if len(rows) == 0:
             return
         self._alive[rows] = False
-        self._slot_row[self._row_slots[rows]] = -1
         self._n_live -= len(rows)
         self._n_dead_main += int(np.count_nonzero(rows < self._main_end))
         self._stats_version += 1
@@ -438,11 +529,10 @@ class SparseIndex:
 
         ``queries``: list of ``{term id: weight}`` (BM25: query term counts) or a
         scipy sparse matrix. ``allowed``: boolean mask by slot, or None.
-        ``threads``: threads for the queries scored by dense accumulation (those whose
-        postings reach 1/32 of the rows; the numba kernel and the numpy passes release
-        the GIL). ``None`` uses every core when each thread gets >= 8 such queries (on
-        the numpy path only for indexes of >= 100k rows); ``1`` scores everything on the
-        calling thread. Results do not depend on it.
+        ``threads``: threads for the queries the numba kernel scores by dense accumulation
+        (those whose postings reach 1/32 of the rows; the kernel releases the GIL). ``None``
+        uses every core when each thread gets >= 8 such queries; ``1`` scores everything on
+        the calling thread. Results do not depend on it.
         """
         k = _check_k(k)
         threads = _check_threads(threads)
@@ -454,7 +544,9 @@ class SparseIndex:
             self._valid_rows(allowed)   # still reject a bad mask
             return out_s, out_i
         self._flush()   # may renumber rows: mask after
-        heavy = self._heavy_queries(q)
+        # with the compiled kernel, queries with many postings go to it; all others (every
+        # query without numba) are scored by scipy's sparse product
+        heavy = self._heavy_queries(q) if _kernels.AVAILABLE else np.zeros(nq, dtype=bool)
         light = np.flatnonzero(~heavy)
         results = []   # sparse products of the light queries, one per tier
         if len(light):
@@ -463,17 +555,10 @@ class SparseIndex:
         all_valid = allowed is None and self._n_live == self._n_rows
         if heavy.any():
             which = np.flatnonzero(heavy)
-            # with the compiled kernel no Python work per query holds the GIL: threads pay off at any size
-            min_rows = 0 if self._use_kernel() else _THREAD_MIN_ROWS
-            nt = threads or (min(_NCPU, len(which) // _MIN_PER_THREAD)
-                             if self._n_rows >= min_rows else 1)
-            mask = None if all_valid else valid
-            if nt > 1 and len(which) > 1 and not self._use_kernel():
-                parts = np.array_split(which, min(nt, len(which)))
-                with ThreadPoolExecutor(len(parts)) as pool:
-                    list(pool.map(lambda p: self._search_dense(q, p, k, mask, out_s, out_i), parts))
-            else:   # the kernel splits its one call itself, after the shared set-up
-                self._search_dense(q, which, k, mask, out_s, out_i, threads=nt)
+            # no Python work per query holds the GIL in the kernel: threads pay off at any size;
+            # the kernel splits its one call itself, after the shared set-up
+            nt = threads or max(1, min(_NCPU, len(which) // _MIN_PER_THREAD))
+            self._search_dense(q, which, k, None if all_valid else valid, out_s, out_i, threads=nt)
         for j, i in enumerate(light):   # j: row of ``ql`` and ``results``; i: output row
             cols_l, data_l = [], []
             for r in results:
@@ -506,10 +591,6 @@ class SparseIndex:
             out.append((t, w))
         return out
 
-    def _use_kernel(self) -> bool:
-        """Whether dense-accumulated queries go through the numba kernel (see _KERNEL_MAX_ROWS)."""
-        return _kernels.AVAILABLE and (self._bm25 or self._n_rows < _KERNEL_MAX_ROWS)
-
     def _heavy_queries(self, q: _Queries) -> np.ndarray:
         """Queries (bool [nq]) to score with a dense accumulator: positive weights, many postings."""
         tiers = self._tiers_nonneg()
@@ -533,22 +614,16 @@ class SparseIndex:
 
     def _search_dense(self, q: _Queries, which: np.ndarray, k: int, valid: np.ndarray | None,
                       out_s: np.ndarray, out_i: np.ndarray, threads: int = 1) -> None:
-        """Top-k of queries ``which`` by dense accumulation (weights all >= 0; see _heavy_queries).
-
-        With numba installed, one compiled call does it all (``_kernels.dense_top_k``; ``threads``
-        runs of it at once; the numpy path ignores ``threads``).
-        Otherwise queries go in chunks of at most _CHUNK_CELLS accumulator cells (one row per
-        query) and about as many postings, so the Python work per query is one C call and the
-        top-k is vectorised over the chunk."""
+        """Top-k of queries ``which`` by dense accumulation in the numba kernel, one compiled
+        call for them all (``_kernels.dense_top_k``; weights all >= 0, see _heavy_queries;
+        ``threads`` runs of it at once)."""
         tiers = self._tiers_nonneg() or []
         if len(which) == 0 or not tiers:
             return
-        npad = -(-max(self._n_rows, 1) // _BLOCK) * _BLOCK
-        buf = np.empty((max(1, min(len(which), _CHUNK_CELLS // npad)), npad), dtype=np.float32)
         invalid = None if valid is None else np.flatnonzero(~valid)
         # (query, term) pairs, query-major, term ids ascending within a query; pair_start[j]:
         # first pair of query which[j]. Per tier, a pair's postings are lo:hi (empty for a term
-        # the tier does not hold) and cum[p] counts the postings of the pairs before p.
+        # the tier does not hold).
         qlen = np.diff(q.indptr)[which]
         pair_start = np.zeros(len(which) + 1, dtype=np.int64)
         np.cumsum(qlen, out=pair_start[1:])
@@ -556,62 +631,20 @@ class SparseIndex:
         terms, qws = q.indices[pos], q.data[pos]
         spans = []
         for t, w in tiers:
-            lo = t.indptr[np.minimum(terms, t.vocab)]
-            hi = t.indptr[np.minimum(terms + 1, t.vocab)]
-            cum = np.zeros(len(terms) + 1, dtype=np.int64)
-            np.cumsum(hi - lo, out=cum[1:])
-            spans.append((t, w, lo, hi, cum))
-        if self._use_kernel():   # one compiled call for all the queries (same results)
-            tiers_k = [(t.indices, w, lo, hi) for t, w, lo, hi, _ in spans]
-            ub = None
-            if self._bm25 and self._n_rows >= _PRUNE_MIN_ROWS:
-                # per pair, its largest addend, for the kernel's pruning: idf makes BM25's bounds
-                # skewed enough for it to pay; on the synthetic M3-like rows (no such skew) it was
-                # slower in development runs, so other weightings are not pruned
-                ub = np.zeros(len(terms), dtype=np.float32)
-                for t, w, *_ in spans:
-                    if t.vocab:
-                        ub = np.maximum(ub, t.max_weights(w)[np.minimum(terms, t.vocab - 1)] * (terms < t.vocab))
-                ub *= qws
-            _kernels.dense_top_k(self._n_rows, k, pair_start, qws, tiers_k, self._row_slots, invalid, out_s, out_i,
-                                 which, threads=threads, ub=ub)
-            return
-        postings = sum(cum[pair_start] for *_, cum in spans)   # postings before each query
-        a = 0
-        while a < len(which):
-            e = int(np.searchsorted(postings, postings[a] + _CHUNK_CELLS, side="right")) - 1
-            e = max(a + 1, min(e, a + len(buf)))
-            acc = buf[: e - a]
-            acc.fill(0)
-            p0, p1 = int(pair_start[a]), int(pair_start[e])
-            bounds = (pair_start[a:e + 1] - p0).tolist()   # pairs of query a + j: bounds[j]:bounds[j + 1]
-            for t, w, lo, hi, cum in spans:
-                n_post = int(cum[p1] - cum[p0])
-                if n_post == 0:
-                    continue
-                if n_post >= _COPY_MAX * (p1 - p0) and t.nnz < 2**31:
-                    # long posting lists: one C call per (query, term) on the stored arrays
-                    lohi = np.stack([lo[p0:p1], hi[p0:p1]], axis=1).astype(t.indices.dtype)
-                    for j in range(e - a):
-                        for p in range(bounds[j], bounds[j + 1]):
-                            if lohi[p, 1] > lohi[p, 0]:
-                                _accumulate(acc[j], t.indices, w, lohi[p], qws[p0 + p:p0 + p + 1])
-                    continue
-                # short ones: copied together, then one C call per query, into its row of ``acc``
-                ptr = cum[p0:p1 + 1] - cum[p0]
-                ptr = ptr.astype(t.indices.dtype) if ptr[-1] < 2**31 else ptr
-                spans_l = list(zip(lo[p0:p1].tolist(), hi[p0:p1].tolist()))
-                rows = np.concatenate([t.indices[x:y] for x, y in spans_l]).astype(ptr.dtype, copy=False)
-                ws = np.concatenate([w[x:y] for x, y in spans_l])
-                for j in range(e - a):
-                    s, f = bounds[j], bounds[j + 1]
-                    _accumulate(acc[j], rows, ws, ptr[s:f + 1], qws[p0 + s:p0 + f])
-            if invalid is not None:
-                acc[:, invalid] = 0
-            qi, rank, sc, slots = _dense_top_k(acc, k, self._row_slots)
-            out_s[which[a + qi], rank] = sc
-            out_i[which[a + qi], rank] = slots
-            a = e
+            spans.append((t, w, t.indptr[np.minimum(terms, t.vocab)], t.indptr[np.minimum(terms + 1, t.vocab)]))
+        tiers_k = [(t.indices, w, lo, hi) for t, w, lo, hi in spans]
+        ub = None
+        if self._bm25 and self._n_rows >= _PRUNE_MIN_ROWS:
+            # per pair, its largest addend, for the kernel's pruning: idf makes BM25's bounds
+            # skewed enough for it to pay; on the synthetic M3-like rows (no such skew) it was
+            # slower in development runs, so other weightings are not pruned
+            ub = np.zeros(len(terms), dtype=np.float32)
+            for t, w, *_ in spans:
+                if t.vocab:
+                    ub = np.maximum(ub, t.max_weights(w)[np.minimum(terms, t.vocab - 1)] * (terms < t.vocab))
+            ub *= qws
+        _kernels.dense_top_k(self._n_rows, k, pair_start, qws, tiers_k, self._row_slots, invalid, out_s, out_i,
+                             which, threads=threads, ub=ub)
 
     def score(self, queries: Any, candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Exact scores (float32) of the given slots per query; 0 for no shared term,
@@ -625,10 +658,7 @@ class SparseIndex:
                          _kernels.readonly(w, np.float32)) for t, w in tiers] if _kernels.AVAILABLE else []
         out = []
         for i, cand in enumerate(candidates):
-            cand = self._check_slots(cand)
-            in_range = cand < len(self._slot_row)
-            rows = np.full(len(cand), -1, dtype=np.int64)
-            rows[in_range] = self._slot_row[cand[in_range]]
+            rows = self._live_rows_of(self._check_slots(cand))
             acc = np.zeros(len(cand), dtype=np.float32)
             a, e = q.indptr[i], q.indptr[i + 1]
             if kernel_tiers:
@@ -655,6 +685,125 @@ class SparseIndex:
             out.append(acc)
         return out
 
+    # ------------------------------------------------------------------ segments
+
+    def empty_like(self) -> SparseIndex:
+        """A new empty index with the same settings (weighting, k1, b, epsilon); global
+        statistics are not carried over (see :meth:`set_global_stats`)."""
+        return type(self)(self.weighting, self.k1, self.b, self.epsilon)
+
+    def term_stats(self) -> tuple[int, np.ndarray, float]:
+        """This index's own BM25 statistics over its live rows: ``(rows, df, total length)``;
+        ``df`` is float64 ``[vocab_size]``, the live rows holding each term; the total length
+        is the sum of the live rows' term counts (0 with weighting ``"none"``). Summed over
+        segments (``df`` zero-padded to the longest), they are the statistics of their union,
+        for :meth:`set_global_stats`. Ignores any statistics set there."""
+        self._flush()
+        return self._n_live, self._live_df(), self._live_length()
+
+    def set_global_stats(self, stats: tuple[int, np.ndarray, float] | None) -> None:
+        """Score with these BM25 statistics ``(rows N, df per term id, total length)`` (as
+        :meth:`term_stats` gives, summed over the segments of one index) instead of this index's
+        own: idf from N and df, avgdl = total / N. ``df`` may be longer or shorter than this
+        index's vocabulary (terms past it count as df 0). ``None``: back to the index's own
+        statistics. Later adds and removes do not change statistics set here. No effect on the
+        scores of weighting ``"none"``."""
+        if stats is None:
+            if self._global is not None:
+                self._global = None
+                self._stats_version += 1
+            return
+        if not isinstance(stats, tuple) or len(stats) != 3:
+            raise TypeError(f"stats must be a tuple (rows, df, total length) or None, got {type(stats).__name__}")
+        big_n, df, total = stats
+        if isinstance(big_n, bool) or not isinstance(big_n, _INT_TYPES) or big_n < 0:
+            raise ValueError(f"stats rows must be an int >= 0, got {big_n!r}")
+        if isinstance(total, bool) or not isinstance(total, _NUM_TYPES) or not math.isfinite(total) or total < 0:
+            raise ValueError(f"stats total length must be a finite number >= 0, got {total!r}")
+        df = np.array(df, dtype=np.float64)   # a copy: the caller's array may change
+        if df.ndim != 1:
+            raise ValueError(f"stats df must be 1-D (one count per term id), got shape {df.shape}")
+        if len(df) and not (np.all(np.isfinite(df)) and df.min() >= 0 and df.max() <= big_n):
+            raise ValueError(f"stats df must be finite counts in [0, rows={big_n}]; got values in "
+                             f"[{df.min()}, {df.max()}]")
+        g = self._global
+        if g is not None and g[0] == big_n and g[2] == float(total) and np.array_equal(g[1], df):
+            return   # unchanged: keep the computed weights
+        df.flags.writeable = False
+        self._global = (int(big_n), df, float(total))
+        self._stats_version += 1
+
+    @classmethod
+    def merge(cls, parts: Sequence[SparseIndex]) -> SparseIndex:
+        """One new in-memory index holding the live rows of ``parts`` (same settings, disjoint
+        slots), with their stored values bit for bit, so its search and score results equal
+        those of the parts merged (under the same statistics). Rows keep the parts' order.
+        Vectorised over postings: O(postings + parts x vocabulary). The parts are not changed
+        (their pending adds are merged into their tiers, as a search does)."""
+        parts = list(parts)
+        if not parts:
+            raise ValueError("merge needs at least one SparseIndex")
+        for p in parts:
+            if not isinstance(p, SparseIndex):
+                raise TypeError(f"merge takes SparseIndex parts, got {type(p).__name__}")
+        cfg = parts[0].config()
+        for p in parts[1:]:
+            if p.config() != cfg:
+                raise ValueError(f"cannot merge indexes with different settings: {cfg} and {p.config()}")
+        out = parts[0].empty_like()
+        slots_l, doclen_l = [], []
+        sources = []   # (indptr, rows within the part, values, row offset) per tier with postings
+        offset = 0
+        for p in parts:
+            p._flush()
+            n = p._n_rows
+            alive = p._alive[:n]
+            live = np.flatnonzero(alive)
+            slots_l.append(p._row_slots[live])
+            doclen_l.append(p._doclen[live])
+            remap = None if len(live) == n else np.cumsum(alive, dtype=np.int64) - 1
+            for t in (p._main, p._delta):
+                if t is None or t.nnz == 0:
+                    continue
+                if remap is None:
+                    sources.append((np.asarray(t.indptr, dtype=np.int64), t.indices, t.values, offset))
+                    continue
+                keep = alive[t.indices]
+                ck = np.zeros(t.nnz + 1, dtype=np.int64)
+                np.cumsum(keep, out=ck[1:])
+                sources.append((ck[t.indptr], remap[t.indices[keep]], t.values[keep], offset))
+            offset += len(live)
+        row_slots = np.concatenate(slots_l)
+        if len(np.unique(row_slots)) != len(row_slots):
+            raise ValueError("merge parts share slots; each live slot must be in one part only")
+        vocab = max(p._vocab for p in parts)
+        counts = np.zeros(vocab, dtype=np.int64)
+        for ip, *_ in sources:
+            counts[: len(ip) - 1] += np.diff(ip)
+        indptr = np.zeros(vocab + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        nnz = int(indptr[-1])
+        indices = np.empty(nnz, dtype=np.int32 if offset < 2**31 - 1 else np.int64)
+        values = np.empty(nnz, dtype=np.float32)
+        before = indptr[:-1].copy()   # where the next source's postings of each term go
+        for ip, rows, vals, off in sources:
+            v = len(ip) - 1
+            c = np.diff(ip)
+            pos = np.repeat(before[:v] - ip[:-1], c) + np.arange(len(rows), dtype=np.int64)   # ip[0] is 0
+            indices[pos] = rows + off if off else rows
+            values[pos] = vals
+            before[:v] += c
+        out._vocab = vocab
+        out._row_slots = row_slots
+        out._alive = np.ones(offset, dtype=bool)
+        out._doclen = np.concatenate(doclen_l).astype(np.float64, copy=False)
+        out._n_rows = out._n_live = offset
+        out._reindex_slots()
+        out._main = _Tier(indptr, indices, values) if nnz else None
+        out._main_end = out._delta_end = offset
+        out._stats_version += 1
+        return out
+
     # ------------------------------------------------------------------ persistence
 
     def config(self) -> dict[str, Any]:
@@ -663,51 +812,56 @@ class SparseIndex:
                 "k1": self.k1, "b": self.b, "epsilon": self.epsilon}
 
     def save(self, directory: str | Path, tag: str) -> dict[str, str]:
-        """Write the live rows to new ``.npy`` files named with ``tag``; returns ``{role: filename}``."""
+        """Write the live rows to new ``.npy`` files named with ``tag``; returns ``{role: filename}``.
+
+        Roles: ``indptr`` (int64 [vocab + 1]), ``indices`` (row of each posting, int32, or int64
+        from 2**31 rows), ``values`` (float32), ``slots`` (int64, one per row) and, for BM25,
+        ``doclen`` (float64, each row's length), so that :meth:`load` does not sum every posting."""
         if not isinstance(tag, str) or not tag or "/" in tag or "\\" in tag:
             raise ValueError(f"tag must be a non-empty file-name-safe str, got {tag!r}")
-        directory = Path(directory)
         self._consolidate()
         main = self._main if self._main is not None else _Tier(np.zeros(self._vocab + 1, np.int64),
                                                                np.zeros(0, np.int32), np.zeros(0, np.float32))
         arrays = {"indptr": main.padded_indptr(self._vocab), "indices": main.indices, "values": main.values,
                   "slots": self._row_slots[: self._n_rows]}
-        files: dict[str, str] = {}
-        for role, arr in arrays.items():
-            name = f"sparse-{tag}-{role}.npy"
-            with open(directory / name, "xb") as fh:   # never overwrite a file a manifest may reference
-                np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
-            files[role] = name
-        return files
+        if self._bm25:
+            arrays["doclen"] = self._doclen[: self._n_rows]
+        # new_file refuses to overwrite (a manifest may reference the file) and renames into place
+        return {role: write_npy(directory, f"sparse-{tag}-{role}.npy", arr) for role, arr in arrays.items()}
 
     @classmethod
     def load(cls, directory: str | Path, files: dict[str, str], config: dict[str, Any]) -> "SparseIndex":
-        """Open an index written by :meth:`save`; postings are memory-mapped read-only."""
+        """Open an index written by :meth:`save`; postings are memory-mapped read-only.
+
+        Cost: the structural checks below, vectorised over the index arrays (one pass over
+        ``indices`` and ``values``, none over a per-posting sum: document lengths come from the
+        ``doclen`` file; files written before it existed get them summed from the postings).
+        A file that fails them raises :class:`IndexFormatError` naming it, so that no later
+        search, score or remove can read out of bounds (the compiled kernels do no bounds
+        checks): ``indptr`` 1-D int64 from 0, non-decreasing, up to ``len(indices)``; rows
+        ``indices`` int32/int64 in ``[0, len(slots))``, increasing within each term; ``values``
+        float32 of the same length, finite (BM25: > 0, stored counts); ``slots`` int64,
+        non-negative, distinct; ``doclen`` float64, one per row, finite, >= 0. Damage these
+        checks cannot see (a changed weight, count or length) gives wrong but finite scores."""
         if config.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
             raise IndexFormatError(f"sparse index format {config.get('format_version')} is newer than "
                                    f"this library reads ({FORMAT_VERSION}); upgrade hybridrag")
         self = cls(**{k: config[k] for k in ("weighting", "k1", "b", "epsilon") if k in config})
         directory = Path(directory)
-        arr = {}
-        for role in ("indptr", "indices", "values", "slots"):
-            if role not in files:
-                raise IndexFormatError(f"sparse index files lack {role!r}; got roles {sorted(files)}")
-            path = directory / files[role]
-            if not path.exists():
-                raise IndexFormatError(f"sparse index file {path} is missing")
-            arr[role] = np.load(path, mmap_mode="r", allow_pickle=False)
+        roles = ("indptr", "indices", "values", "slots") + (("doclen",) if self._bm25 and "doclen" in files else ())
+        arr = {role: _open_npy(directory, files, role) for role in roles}
         indptr, indices, values, slots = arr["indptr"], arr["indices"], arr["values"], arr["slots"]
-        n = len(slots)
-        if indptr.ndim != 1 or len(indptr) < 1 or int(indptr[-1]) != len(indices) or len(values) != len(indices):
-            raise IndexFormatError(f"sparse index files in {directory} are inconsistent (indptr/indices/values lengths)")
+        n = _check_slots_file(slots, directory / files["slots"])
+        _check_postings(indptr, indices, values, n, self._bm25,
+                        {role: directory / files[role] for role in ("indptr", "indices", "values")})
         self._vocab = len(indptr) - 1
         self._row_slots = np.array(slots, dtype=np.int64)
         self._alive = np.ones(n, dtype=bool)
         self._n_rows = self._n_live = n
-        if n:
-            self._slot_row = np.full(int(self._row_slots.max()) + 1, -1, dtype=np.int64)
-            self._slot_row[self._row_slots] = np.arange(n)
-        if self._bm25:
+        self._reindex_slots()
+        if "doclen" in arr:
+            self._doclen = _check_doclen(arr["doclen"], n, directory / files["doclen"])
+        elif self._bm25:   # written before the doclen file: sum the counts (one pass over the postings)
             self._doclen = np.bincount(np.asarray(indices), weights=np.asarray(values, dtype=np.float64),
                                        minlength=n).astype(np.float64)
         else:
@@ -731,6 +885,19 @@ class SparseIndex:
         if a.min() < 0:
             raise ValueError(f"slots must be >= 0, got {int(a.min())}")
         return a.astype(np.int64, copy=False)
+
+    def _live_rows_of(self, slots: np.ndarray) -> np.ndarray:
+        """Row of each slot (int64), -1 for a slot that no live row holds."""
+        rows = self._slots.lookup(slots)
+        dead = rows >= 0
+        dead[dead] = ~self._alive[rows[dead]]
+        rows[dead] = -1
+        return rows
+
+    def _reindex_slots(self) -> None:
+        """Rebuild the slot map from the live rows."""
+        live = np.flatnonzero(self._alive[: self._n_rows])
+        self._slots = _SlotMap(self._row_slots[live], live)
 
     def _grow_rows(self, n: int) -> None:
         cap = len(self._row_slots)
@@ -779,8 +946,7 @@ class SparseIndex:
             self._doclen = self._doclen[keep]
             self._alive = np.ones(len(keep), dtype=bool)
             self._n_rows = len(keep)
-            self._slot_row[:] = -1
-            self._slot_row[self._row_slots] = np.arange(len(keep))
+            self._reindex_slots()
             self._stats_version += 1
         self._n_dead_main = 0
         self._main_end = self._delta_end = self._n_rows
@@ -842,9 +1008,7 @@ class SparseIndex:
             return t.values
         if t.stats_version != self._stats_version or t.weights is None:
             idf = self._idf_current()
-            n = self._n_rows
-            alive = self._alive[:n]
-            avgdl = float(self._doclen[:n][alive].sum()) / max(self._n_live, 1)
+            avgdl = self._avgdl()
             w = np.empty(t.nnz, dtype=np.float32)
             k1, b = self.k1, self.b
             plus = k1 + 1.0 if self.weighting == "bm25okapi" else 1.0
@@ -861,27 +1025,54 @@ class SparseIndex:
             t.weights, t.stats_version = w, self._stats_version
         return t.weights
 
-    def _idf_current(self) -> np.ndarray:
-        if self._idf is not None and self._idf_version == self._stats_version:
-            return self._idf
+    def _live_df(self) -> np.ndarray:
+        """Live rows holding each term (float64 [vocab]); tiers flushed beforehand."""
         n = self._n_rows
         alive = self._alive[:n]
+        all_alive = self._n_live == n
         df = np.zeros(self._vocab, dtype=np.float64)
         for t in (self._main, self._delta):
             if t is None:
                 continue
+            if all_alive:   # no removed rows (a freshly loaded segment): O(vocab)
+                df[: t.vocab] += np.diff(t.indptr)
+                continue
             ck = np.zeros(t.nnz + 1, dtype=np.int64)
             np.cumsum(alive[t.indices], out=ck[1:])
             df[: t.vocab] += np.diff(ck[t.indptr])
-        big_n = float(self._n_live)
+        return df
+
+    def _live_length(self) -> float:
+        """Total length (sum of term counts) of the live rows."""
+        n = self._n_rows
+        return float(self._doclen[:n][self._alive[:n]].sum())
+
+    def _avgdl(self) -> float:
+        if self._global is not None:
+            big_n, _, total = self._global
+            return total / max(big_n, 1)
+        return self._live_length() / max(self._n_live, 1)
+
+    def _idf_current(self) -> np.ndarray:
+        if self._idf is not None and self._idf_version == self._stats_version:
+            return self._idf
+        if self._global is not None:
+            n_live, df, _ = self._global
+        else:
+            n_live, df = self._n_live, self._live_df()
+        big_n = float(n_live)
         present = df > 0
         if self.weighting == "bm25okapi":
-            idf = np.zeros(self._vocab, dtype=np.float64)
+            idf = np.zeros(len(df), dtype=np.float64)
             idf[present] = np.log(big_n - df[present] + 0.5) - np.log(df[present] + 0.5)
             if present.any():
+                # the average over every term of the statistics (all segments' terms when global)
                 eps = self.epsilon * (idf[present].sum() / np.count_nonzero(present))
                 idf[present & (idf < 0)] = eps
         else:
             idf = np.where(present, np.log1p((big_n - df + 0.5) / (df + 0.5)), 0.0)
+        if len(idf) != self._vocab:   # global statistics over another vocabulary: terms past it have df 0
+            idf = idf[: self._vocab] if len(idf) > self._vocab else np.concatenate(
+                [idf, np.zeros(self._vocab - len(idf))])
         self._idf, self._idf_version = idf, self._stats_version
         return idf
