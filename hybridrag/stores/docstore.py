@@ -247,6 +247,11 @@ class DocStore:
         # writer has added or tombstoned since are invisible to it.
         self.as_of: int | None = None
         self._pinned = False
+        # count() is asked by every search: it is kept per (view, writes seen), so a search
+        # pays one SQL COUNT per commit, not per call (29 of 35 ms of a BM25 search at 50k
+        # chunks before). Every write transaction, pin and unpin moves _version.
+        self._version = 0
+        self._count: tuple[Any, int] | None = None
         self._row_hashes: bool | None = None  # whether the tables have row_sha256 (None: not looked)
         self._conn = self._connect()
         if not self.read_only:
@@ -298,6 +303,7 @@ class DocStore:
         conn = self._conn
         with disk_full_errors(self.path):
             self.unpin()  # a write ends any read snapshot (SQLite has no nested transactions)
+            self._version += 1
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield
@@ -306,6 +312,8 @@ class DocStore:
                 if conn.in_transaction:  # SQLite may have rolled back itself (e.g. on SQLITE_FULL)
                     conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._version += 1
 
     def _has_row_hashes(self) -> bool:
         if not self._row_hashes:
@@ -346,6 +354,7 @@ class DocStore:
         concurrent writer purges stay visible to this connection until :meth:`unpin`."""
         with self._lock:
             if not self._pinned:
+                self._version += 1
                 self._conn.execute("BEGIN")
                 self._conn.execute("SELECT COUNT(*) FROM meta").fetchone()  # starts the read transaction
                 self._pinned = True
@@ -354,6 +363,7 @@ class DocStore:
         """End the snapshot taken by :meth:`pin` (no-op when not pinned)."""
         with self._lock:
             if self._pinned:
+                self._version += 1
                 self._pinned = False
                 self._conn.execute("COMMIT")
 
@@ -654,10 +664,15 @@ class DocStore:
         return problems
 
     def count(self) -> int:
-        """Number of live chunks."""
+        """Number of live chunks (in this store's view; see ``as_of``)."""
         with self._lock:
+            key = (self.as_of, self._pinned, self._version)
+            if self._count is not None and self._count[0] == key:
+                return self._count[1]
             live, lp = self._live()
-            return int(self._conn.execute(f"SELECT COUNT(*) FROM chunks WHERE {live}", lp).fetchone()[0])
+            n = int(self._conn.execute(f"SELECT COUNT(*) FROM chunks WHERE {live}", lp).fetchone()[0])
+            self._count = (key, n)
+            return n
 
     def count_documents(self) -> int:
         """Number of live documents."""
