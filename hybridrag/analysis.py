@@ -13,7 +13,7 @@
   maps most Chinese characters and all of Thai to ``[UNK]`` (it warns then); prefer
   :class:`UnicodeAnalyzer` for scripts without spaces.
 
-All are rebuilt from ``config()`` with :func:`analyzer_from_config`.
+An index builds its analyser from its pipeline's ``[bm25]`` section (``HybridIndex.bm25``).
 Tested by ``tests/test_analysis.py`` and ``tests/test_bm25.py``.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import regex
 from hybridrag.errors import ConfigError
 
 __all__ = ["AUTO_LANGUAGES", "Analyzer", "ENGLISH_STOPWORDS", "SNOWBALL_LANGUAGES", "SubwordAnalyzer",
-           "UnicodeAnalyzer", "WordAnalyzer", "analyzer_from_config", "languages_by_script"]
+           "UnicodeAnalyzer", "WordAnalyzer", "languages_by_script"]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -51,20 +51,19 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     return out
 
 
-def _stopword_set(stopwords: str | Iterable[str] | None,
-                  lowercase: bool) -> tuple[str | list[str] | None, frozenset[str]]:
-    """(the spec to persist, the set to filter with) for ``None``, ``"english"`` or a list of words."""
+def _stopword_set(stopwords: str | Iterable[str] | None, lowercase: bool) -> frozenset[str]:
+    """The set to filter with for ``None``, ``"english"`` or a list of words."""
     if stopwords is None:
-        return None, frozenset()
+        return frozenset()
     if isinstance(stopwords, str):
         if stopwords != "english":
             raise ConfigError(f"stopwords={stopwords!r} is not a known list; use None, 'english' or a list of words")
-        return "english", frozenset(ENGLISH_STOPWORDS)
+        return frozenset(ENGLISH_STOPWORDS)
     words = list(stopwords)
     for w in words:
         if not isinstance(w, str):
             raise TypeError(f"stopwords must be strings, got {w!r}")
-    return words, (frozenset(w.lower() for w in words) if lowercase else frozenset(words))
+    return frozenset(w.lower() for w in words) if lowercase else frozenset(words)
 
 
 def _snowball(language: str, what: str) -> Any:
@@ -97,7 +96,7 @@ class WordAnalyzer:
         if not isinstance(lowercase, bool):
             raise TypeError(f"lowercase must be a bool, got {lowercase!r}")
         self.lowercase = lowercase
-        self._stopwords_spec, self._stop = _stopword_set(stopwords, lowercase)
+        self._stop = _stopword_set(stopwords, lowercase)
         self.stemmer = stemmer
         self._stem = None
         if stemmer is not None:
@@ -117,11 +116,6 @@ class WordAnalyzer:
                 toks = stem.stemWords(toks)
             out.append(toks)
         return out
-
-    def config(self) -> dict[str, Any]:
-        """JSON-serialisable settings; ``WordAnalyzer(**cfg["params"])`` rebuilds it."""
-        return {"type": "word", "params": {"lowercase": self.lowercase, "stopwords": self._stopwords_spec,
-                                           "stemmer": self.stemmer}}
 
 
 # Scripts written without spaces between words, as code point ranges of their word
@@ -231,7 +225,7 @@ class UnicodeAnalyzer:
         if not isinstance(lowercase, bool):
             raise TypeError(f"lowercase must be a bool, got {lowercase!r}")
         self.lowercase = lowercase
-        self._stopwords_spec, self._stop = _stopword_set(stopwords, lowercase)
+        self._stop = _stopword_set(stopwords, lowercase)
         if language is None or isinstance(language, str):
             langs = [language] if language else []
         else:
@@ -307,11 +301,6 @@ class UnicodeAnalyzer:
             words = [w for w in words if w not in stop]
         return self._stem_words(words) if self._stemmers else words
 
-    def config(self) -> dict[str, Any]:
-        """JSON-serialisable settings; ``UnicodeAnalyzer(**cfg["params"])`` rebuilds it."""
-        return {"type": "unicode", "params": {"lowercase": self.lowercase, "language": list(self.language),
-                                              "stopwords": self._stopwords_spec}}
-
 
 class SubwordAnalyzer:
     """Terms are a Hugging Face tokenizer's tokens (no special tokens).
@@ -321,8 +310,7 @@ class SubwordAnalyzer:
     most Chinese characters and a whole Thai phrase to ``[UNK]``; prefer
     :class:`UnicodeAnalyzer` unless the terms must be the encoder's tokens.
 
-    ``tokenizer`` is a tokenizer object or a name/path for ``AutoTokenizer``; only a
-    name/path can be persisted in ``config()``.
+    ``tokenizer`` is a tokenizer object or a name/path for ``AutoTokenizer``.
     """
 
     def __init__(self, tokenizer: Any, lowercase: bool = False) -> None:
@@ -366,25 +354,5 @@ class SubwordAnalyzer:
             out.append([t for t in toks if t not in special])
         return out
 
-    def config(self) -> dict[str, Any]:
-        """Settings; the tokenizer is recorded by name/path (needed to rebuild it)."""
-        return {"type": "subword", "params": {"tokenizer": self.name_or_path, "lowercase": self.lowercase}}
-
 
 Analyzer = Union["UnicodeAnalyzer", "WordAnalyzer", "SubwordAnalyzer"]
-
-
-def analyzer_from_config(cfg: dict[str, Any]) -> Analyzer:
-    """Rebuild an analyser from its ``config()``."""
-    if not isinstance(cfg, dict) or "type" not in cfg:
-        raise ConfigError(f"analyzer config must be a dict with a 'type', got {cfg!r}")
-    kind, params = cfg["type"], dict(cfg.get("params", {}))
-    if kind == "unicode":
-        return UnicodeAnalyzer(**params)
-    if kind == "word":
-        return WordAnalyzer(**params)
-    if kind == "subword":
-        if not params.get("tokenizer"):
-            raise ConfigError("subword analyzer config has no tokenizer name/path; pass the tokenizer object instead")
-        return SubwordAnalyzer(**params)
-    raise ConfigError(f"analyzer type {kind!r} is unknown; choose 'unicode', 'word' or 'subword'")

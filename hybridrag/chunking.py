@@ -138,38 +138,6 @@ class Chunker:
         self.slice_chars = slice_chars
         self._counter: _HFCounter | _WordCounter = _WordCounter() if tokenizer is None else _HFCounter(tokenizer)
 
-    # ------------------------------------------------------------------ persistence
-    def config(self) -> dict[str, Any]:
-        """JSON-serialisable settings; the tokenizer is recorded by name and passed back to :meth:`from_config`."""
-        name = None
-        if self.tokenizer is not None:
-            name = getattr(self.tokenizer, "name_or_path", None) or type(self.tokenizer).__name__
-        return {
-            "max_tokens": self.max_tokens,
-            "overlap": self.overlap,
-            "split_headings": self.split_headings,
-            "slice_chars": self.slice_chars,
-            "tokenizer": name,
-        }
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], tokenizer: Any = None) -> Chunker:
-        """Rebuild from :meth:`config` output, with the pipeline's tokenizer (``None``: word counter)."""
-        if not isinstance(cfg, Mapping):
-            raise TypeError(f"chunker config must be a mapping, got {type(cfg).__name__}")
-        unknown = set(cfg) - {"max_tokens", "overlap", "split_headings", "slice_chars", "tokenizer"}
-        if unknown:
-            raise ValueError(f"unknown chunker config keys {sorted(unknown)}")
-        if cfg.get("tokenizer") is not None and tokenizer is None:
-            raise ValueError(f"chunker config names tokenizer {cfg['tokenizer']!r}; pass that tokenizer")
-        return cls(
-            tokenizer,
-            max_tokens=cfg.get("max_tokens", 512),
-            overlap=cfg.get("overlap", 64),
-            split_headings=cfg.get("split_headings", True),
-            slice_chars=cfg.get("slice_chars", DEFAULT_SLICE_CHARS),
-        )
-
     # ------------------------------------------------------------------ public API
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text`` as this chunker counts them (no special tokens)."""
@@ -207,7 +175,9 @@ class Chunker:
         return chunks
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(tokenizer={self.config()['tokenizer']!r}, "
+        tok = self.tokenizer
+        name = None if tok is None else getattr(tok, "name_or_path", None) or type(tok).__name__
+        return (f"{type(self).__name__}(tokenizer={name!r}, "
                 f"max_tokens={self.max_tokens}, overlap={self.overlap})")
 
     # ------------------------------------------------------------------ structure

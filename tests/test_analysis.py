@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from hybridrag.analysis import SubwordAnalyzer, UnicodeAnalyzer, WordAnalyzer, analyzer_from_config
+from hybridrag.analysis import SubwordAnalyzer, UnicodeAnalyzer, WordAnalyzer
 from hybridrag.config import PipelineConfig
 from hybridrag.errors import ConfigError
 from tests.test_config import PIPELINES
@@ -126,15 +126,6 @@ def test_bad_arguments_are_type_errors():
         UnicodeAnalyzer(language=[3])
     with pytest.raises(TypeError, match="single str"):
         UnicodeAnalyzer().tokenize("not a list")
-
-
-def test_config_round_trip():
-    an = UnicodeAnalyzer(language=["english", "russian"], stopwords="english")
-    cfg = json.loads(json.dumps(an.config()))
-    again = analyzer_from_config(cfg)
-    assert isinstance(again, UnicodeAnalyzer) and again.config() == an.config()
-    text = ["The runners бегущими 检索系统"]
-    assert again.tokenize(text) == an.tokenize(text)
 
 
 # ---------------------------------------------------------------- subword warning
@@ -266,5 +257,28 @@ def test_unicode_pipeline_with_only_stemmer_stems_by_it(tmp_path):
         assert isinstance(idx.bm25.analyzer, UnicodeAnalyzer)
         assert idx.bm25.analyzer.language == ["english"]
         assert [h.doc_id for h in idx.search("deficient adult", k=3)] == ["d2"]   # stems match
+    finally:
+        idx.close()
+
+
+@pytest.mark.parametrize("bm25, ref", [
+    ({"language": ["english", "russian"], "stopwords": "english"},
+     lambda: UnicodeAnalyzer(language=["english", "russian"], stopwords="english")),
+    ({"analyzer": "word", "stopwords": "english", "stemmer": "english"},
+     lambda: WordAnalyzer(stopwords="english", stemmer="english")),
+])
+def test_index_reopens_the_analyser_with_its_settings(tmp_path, bm25, ref):
+    """An index stores its pipeline and rebuilds its BM25 analyser from it on load: the same
+    languages, stopwords and stemmer, so queries are analysed as the documents were."""
+    from hybridrag.index import HybridIndex
+
+    path = tmp_path / "idx"
+    _build(path, {**BM25_ONLY, "bm25": {"enabled": True, **bm25}})
+    text = ["The runners бегущими 检索系统"]
+    want = ref().tokenize(text)
+    assert want != UnicodeAnalyzer().tokenize(text)   # the settings change the terms
+    idx = HybridIndex.load(path)
+    try:
+        assert type(idx.bm25.analyzer) is type(ref()) and idx.bm25.analyzer.tokenize(text) == want
     finally:
         idx.close()

@@ -270,19 +270,23 @@ def test_deterministic_ids_and_chunks(xlmr_tok: Any) -> None:
     assert meta == {"k": 1} and chunks[1].metadata == {"k": 1}
 
 
-def test_config_round_trip(xlmr_tok: Any) -> None:
-    c = Chunker(xlmr_tok, max_tokens=64, overlap=16, split_headings=False, slice_chars=5000)
-    cfg = c.config()
-    assert cfg["max_tokens"] == 64 and cfg["overlap"] == 16 and cfg["split_headings"] is False
-    again = Chunker.from_config(cfg, tokenizer=xlmr_tok)
-    assert again.config() == cfg
-    assert again.chunk("d", MARKDOWN) == c.chunk("d", MARKDOWN)
-    with pytest.raises(ValueError, match="tokenizer"):
-        Chunker.from_config(cfg)  # names a tokenizer, none given
-    with pytest.raises(ValueError, match="bogus"):
-        Chunker.from_config({**cfg, "bogus": 1}, tokenizer=xlmr_tok)
-    with pytest.raises(TypeError, match="mapping"):
-        Chunker.from_config([("max_tokens", 8)])  # type: ignore[arg-type]
+def test_index_reopens_the_chunker_with_its_settings(tmp_path: Path, m3_dir: Path) -> None:
+    """An index stores its pipeline and rebuilds its chunker from it on load: the same sizes,
+    counted with the encoder's tokenizer, so documents added later are cut as before."""
+    from transformers import AutoTokenizer
+
+    from hybridrag.index import HybridIndex
+
+    pipe = {"name": "tiny-m3", "encoder": {"kind": "m3", "model": str(m3_dir), "max_length": 128},
+            "chunking": {"max_tokens": 16, "overlap": 4}}
+    with HybridIndex.create(tmp_path / "i", pipe) as idx:
+        idx.add([{"id": "d0", "text": "first"}])
+    want = Chunker(AutoTokenizer.from_pretrained(m3_dir), max_tokens=16, overlap=4).chunk("d", MARKDOWN)
+    assert want != Chunker(None, max_tokens=16, overlap=4).chunk("d", MARKDOWN)   # the tokenizer matters
+    with HybridIndex.load(tmp_path / "i") as idx:
+        assert (idx.chunker.max_tokens, idx.chunker.overlap) == (16, 4)
+        assert idx.chunker.chunk("d", MARKDOWN) == want
+    assert repr(Chunker(None, max_tokens=16, overlap=4)) == "Chunker(tokenizer=None, max_tokens=16, overlap=4)"
 
 
 # --------------------------------------------------------------------------- up to 8192 tokens

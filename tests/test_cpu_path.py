@@ -59,8 +59,6 @@ def test_int8_encoders_replace_every_body_linear_and_stay_close(kind, m3_dir, be
     a, b = ref.encode(TEXTS), q8.encode(TEXTS)
     assert not np.array_equal(a.dense, b.dense)  # int8 did change the computation
     assert _cos(a.dense, b.dense).min() > 0.999
-    again = cls.from_config(q8.config())  # the setting survives a config round trip
-    assert again.int8 and _linears(again.model) == (0, n_float)
 
 
 def test_int8_reranker_replaces_linears_and_scores_stay_close(sharp_reranker):
@@ -68,13 +66,12 @@ def test_int8_reranker_replaces_linears_and_scores_stay_close(sharp_reranker):
     q8 = CrossEncoderReranker.from_pretrained(sharp_reranker, dtype="int8")
     n_float = _linears(ref.model)[0]
     assert n_float > 0 and _linears(q8.model) == (0, n_float)
-    assert q8.config()["dtype"] == "int8" and "int8" in repr(q8)
+    assert q8.int8 and "int8" in repr(q8)
     pairs = [(q, t) for q in QUERIES for t in TEXTS]
     a, b = ref.compute_score(pairs), q8.compute_score(pairs)
     assert np.ptp(a) > 0.5
     # Measured 0.14 max on these 60 pairs (scores spread over 1.0): bound at a quarter of the spread.
     assert 0 < np.abs(a - b).max() < 0.25 * np.ptp(a)
-    assert CrossEncoderReranker.from_config(q8.config()).int8
 
 
 def test_quantize_int8_leaves_its_input_alone():
@@ -112,9 +109,34 @@ def test_index_persists_int8_and_query_cache_settings(tmp_path, m3_dir, sharp_re
     idx = HybridIndex.load(tmp_path / "i")
     assert idx.pipeline.encoder.dtype == "int8" and idx.pipeline.rerank.dtype == "int8"
     assert idx.encoder.int8 and idx.encoder.query_cache.size == 7 and idx.reranker.int8
+    assert _linears(idx.encoder.model)[0] == 0 and _linears(idx.reranker.model)[0] == 0
+    # the manifest records the encoder's settings (encoder.config()) beside the pipeline
+    assert _manifest(tmp_path / "i")["models"]["encoder"]["config"]["dtype"] == "int8"
     again = idx.search("vitamin D bone", k=3)
     assert [(h.chunk_id, h.score) for h in again] == [(h.chunk_id, h.score) for h in first]
     idx.close()
+
+
+def test_dense_index_keeps_int8(tmp_path, bert_dir):
+    pipe = {"name": "tiny-dense-int8",
+            "encoder": {"kind": "dense", "model": str(bert_dir), "max_length": 128, "dtype": "int8"},
+            "chunking": {"max_tokens": 100, "overlap": 10}, "sparse": {"enabled": False},
+            "colbert": {"enabled": False}, "fusion": {"method": "weighted", "weights": {"dense": 1.0}}}
+    with HybridIndex.create(tmp_path / "d", pipe) as idx:
+        idx.add(docs())
+        first = idx.search("vitamin D bone", k=3)
+    with HybridIndex.load(tmp_path / "d") as idx:
+        assert idx.encoder.int8 and _linears(idx.encoder.model) == (0, _linears(
+            DenseEncoder.from_pretrained(bert_dir, device="cpu").model)[0])
+        assert [(h.chunk_id, h.score) for h in idx.search("vitamin D bone", k=3)] == \
+            [(h.chunk_id, h.score) for h in first]
+    assert _manifest(tmp_path / "d")["models"]["encoder"]["config"]["dtype"] == "int8"
+
+
+def _manifest(path: Path) -> dict:
+    import json
+
+    return json.loads((path / "manifest.json").read_text(encoding="utf-8"))
 
 
 # ----------------------------------------------------------------------------- int8, real weights

@@ -12,7 +12,7 @@ import torch
 
 import tiny_models
 from hybridrag.encoders import DenseEncoder
-from hybridrag.errors import ConfigError, ModelLoadError
+from hybridrag.errors import ModelLoadError
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -206,10 +206,24 @@ def test_unsupported_st_pooling_is_reported(bert_dir: Path, tmp_path: Path) -> N
         DenseEncoder.from_pretrained(folder, device="cpu")
 
 
-def test_config_round_trip(enc: DenseEncoder) -> None:
-    cfg = enc.config()
-    assert json.loads(json.dumps(cfg)) == cfg
-    again = DenseEncoder.from_config(cfg, device="cpu")
-    np.testing.assert_array_equal(again.encode(TEXTS).dense, enc.encode(TEXTS).dense)
-    with pytest.raises(ConfigError):
-        DenseEncoder.from_config({"type": "m3", "name_or_path": enc.name})
+def test_index_reopens_the_encoder_with_its_settings(tmp_path: Path, bert_dir: Path) -> None:
+    """An index stores its pipeline and rebuilds its encoder from it on load: the same pooling,
+    normalisation and query instruction, so queries encode as they did when it was built."""
+    from hybridrag.index import HybridIndex
+
+    settings = {"pooling": "cls", "normalize": False, "query_instruction": "query: "}
+    pipe = {"name": "tiny-dense", "encoder": {"kind": "dense", "model": str(bert_dir), "max_length": 128, **settings},
+            "chunking": {"max_tokens": 100, "overlap": 10}, "sparse": {"enabled": False},
+            "colbert": {"enabled": False}, "fusion": {"method": "weighted", "weights": {"dense": 1.0}}}
+    with HybridIndex.create(tmp_path / "d", pipe) as idx:
+        idx.add([{"id": "d0", "text": TEXTS[0]}])
+    want = DenseEncoder.from_pretrained(bert_dir, device="cpu", **settings).encode_queries(["fox"]).dense
+    default = DenseEncoder.from_pretrained(bert_dir, device="cpu").encode_queries(["fox"]).dense
+    assert not np.allclose(want, default)   # the settings change the encoding
+    with HybridIndex.load(tmp_path / "d") as idx:
+        enc = idx.encoder
+        assert (enc.pooling, enc.normalize, enc.query_instruction) == ("cls", False, "query: ")
+        np.testing.assert_array_equal(enc.encode_queries(["fox"]).dense, want)
+        # the manifest keeps encoder.config() as a record of the model it was built with
+        manifest = json.loads((tmp_path / "d" / "manifest.json").read_text(encoding="utf-8"))
+        assert manifest["models"]["encoder"]["config"] == enc.config()

@@ -1,7 +1,6 @@
 """CrossEncoderReranker: inputs, scores and errors; parity with FlagEmbedding.FlagReranker."""
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -230,13 +229,22 @@ def test_odd_text_does_not_crash(rr: CrossEncoderReranker) -> None:
     assert out.shape == (4,) and np.all(np.isfinite(out))
 
 
-def test_config_round_trip(rr: CrossEncoderReranker) -> None:
-    cfg = json.loads(json.dumps(rr.config()))
-    assert cfg["max_length"] == 512 and cfg["dtype"] == "float32"
-    again = CrossEncoderReranker.from_config(cfg, device="cpu")
-    np.testing.assert_allclose(again.compute_score(PAIRS), rr.compute_score(PAIRS), atol=1e-6)
-    with pytest.raises(ValueError, match="unknown"):
-        CrossEncoderReranker.from_config({**cfg, "bogus": 1})
+def test_index_reopens_the_reranker_with_its_settings(tmp_path: Path, _rr_dir: Path,
+                                                      rr: CrossEncoderReranker) -> None:
+    """An index stores its pipeline and rebuilds its reranker from it on load (model, max_length)."""
+    from hybridrag.index import HybridIndex
+
+    pipe = {"name": "bm25-rerank", "encoder": {"kind": "none"}, "chunking": {"max_tokens": 64, "overlap": 0},
+            "dense": {"enabled": False}, "sparse": {"enabled": False}, "colbert": {"enabled": False},
+            "bm25": {"enabled": True}, "fusion": {"method": "weighted", "weights": {"bm25": 1.0}},
+            "rerank": {"enabled": True, "model": str(_rr_dir), "max_length": 64, "k": 5}}
+    with HybridIndex.create(tmp_path / "i", pipe) as idx:
+        idx.add([{"id": "d0", "text": LATIN}])
+    want = CrossEncoderReranker.from_pretrained(_rr_dir, device="cpu", max_length=64).compute_score(PAIRS)
+    assert not np.allclose(want, rr.compute_score(PAIRS))   # max_length changes the scores
+    with HybridIndex.load(tmp_path / "i") as idx:
+        assert idx.reranker.max_length == 64
+        np.testing.assert_allclose(idx.reranker.compute_score(PAIRS), want, atol=1e-6)
 
 
 def test_load_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,8 @@
 """BM25 as a sparse encoder: texts -> ``{term id: count}``.
 
 The encoder only analyses text and keeps the term vocabulary (str -> int id, grown
-as documents are added, persisted as JSON). The BM25 weighting itself (k1, b,
+as documents are added, persisted as JSON by an index: :meth:`BM25Encoder.save_vocabulary`).
+An index rebuilds the encoder and its analyser from its pipeline's ``[bm25]`` section. The BM25 weighting itself (k1, b,
 epsilon, idf) lives in :class:`hybridrag.stores.sparse.SparseIndex`, so BM25 runs
 on the same inverted index as BGE-M3 lexical weights; :meth:`BM25Encoder.store_config`
 gives the matching store settings.
@@ -16,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from hybridrag.analysis import Analyzer, UnicodeAnalyzer, WordAnalyzer, analyzer_from_config
+from hybridrag.analysis import Analyzer, UnicodeAnalyzer
 from hybridrag.errors import ConfigError, IndexFormatError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,25 +97,6 @@ class BM25Encoder:
         """Keyword arguments of the :class:`SparseIndex` that scores this encoder's output."""
         return {"weighting": f"bm25{self.variant}", "k1": self.k1, "b": self.b, "epsilon": self.epsilon}
 
-    def config(self) -> dict[str, Any]:
-        """JSON-serialisable settings (the vocabulary is saved separately, see :meth:`save`)."""
-        return {"type": "bm25", "variant": self.variant, "k1": self.k1, "b": self.b, "epsilon": self.epsilon,
-                "analyzer": self.analyzer.config()}
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any], analyzer: Analyzer | None = None) -> "BM25Encoder":
-        """Rebuild from :meth:`config` (pass ``analyzer`` when it cannot be rebuilt by name)."""
-        if not isinstance(cfg, dict):
-            raise ConfigError(f"BM25 config must be a dict, got {type(cfg).__name__}")
-        unknown = set(cfg) - {"type", "variant", "k1", "b", "epsilon", "analyzer"}
-        if unknown:
-            raise ConfigError(f"unknown BM25 config keys {sorted(unknown)}; valid: variant, k1, b, epsilon, analyzer")
-        if analyzer is None:
-            # config() always records the analyser; one without it predates the unicode
-            # default and was built with the word analyser.
-            analyzer = analyzer_from_config(cfg["analyzer"]) if "analyzer" in cfg else WordAnalyzer()
-        return cls(analyzer, **{k: cfg[k] for k in ("variant", "k1", "b", "epsilon") if k in cfg})
-
     # ------------------------------------------------------------------ vocabulary
 
     def save_vocabulary(self, path: str | Path, start: int = 0) -> None:
@@ -136,19 +118,3 @@ class BM25Encoder:
         if not isinstance(terms, list) or not all(isinstance(t, str) for t in terms) or len(set(terms)) != len(terms):
             raise IndexFormatError(f"BM25 vocabulary {path} must be a JSON list of distinct strings")
         self.vocabulary = {t: i for i, t in enumerate(terms)}
-
-    def save(self, directory: str | Path, tag: str) -> dict[str, str]:
-        """Write the vocabulary to a new file named with ``tag``; returns ``{role: filename}``."""
-        name = f"bm25-{tag}-vocabulary.json"
-        self.save_vocabulary(Path(directory) / name)
-        return {"vocabulary": name}
-
-    @classmethod
-    def load(cls, directory: str | Path, files: dict[str, str], config: dict[str, Any],
-             analyzer: Analyzer | None = None) -> "BM25Encoder":
-        """Rebuild from :meth:`config` and the files :meth:`save` wrote."""
-        enc = cls.from_config(config, analyzer=analyzer)
-        if "vocabulary" not in files:
-            raise IndexFormatError(f"BM25 files lack 'vocabulary'; got roles {sorted(files)}")
-        enc.load_vocabulary(Path(directory) / files["vocabulary"])
-        return enc

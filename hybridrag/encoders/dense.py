@@ -41,7 +41,7 @@ from hybridrag.encoders.base import (
     run_sorted_batches,
     tokenize,
 )
-from hybridrag.errors import ConfigError, ModelLoadError
+from hybridrag.errors import ModelLoadError
 
 __all__ = ["DenseEncoder", "POOLING_MODES"]
 
@@ -163,22 +163,11 @@ class DenseEncoder:
                    requested_dtype=_requested(dtype, torch_dtype), query_cache=query_cache)
 
     def config(self) -> dict[str, Any]:
-        """JSON-serialisable settings that rebuild this encoder with :meth:`from_config`."""
+        """JSON-serialisable settings of this encoder, a record that an index writes into its
+        manifest (``models.encoder.config``). An index is reopened from its pipeline, not from this."""
         return {"type": "dense", "name_or_path": self.name, "dtype": self._requested_dtype,
                 "pooling": self.pooling, "normalize": self.normalize,
                 "query_instruction": self.query_instruction, "max_length": self.max_length, "dim": self.dim}
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any], device: str | None = None) -> "DenseEncoder":
-        """Rebuild from :meth:`config` output (``device`` is chosen at load time, not persisted)."""
-        if not isinstance(cfg, dict) or cfg.get("type", "dense") != "dense" or "name_or_path" not in cfg:
-            raise ConfigError(f"not a DenseEncoder config (needs type 'dense' and name_or_path): {cfg!r}")
-        enc = cls.from_pretrained(cfg["name_or_path"], device=device, dtype=cfg.get("dtype"),
-                                  pooling=cfg.get("pooling"), normalize=cfg.get("normalize"),
-                                  query_instruction=cfg.get("query_instruction"), max_length=cfg.get("max_length"))
-        if cfg.get("dim") is not None and cfg["dim"] != enc.dim:
-            raise ConfigError(f"{cfg['name_or_path']!r} now has dim={enc.dim}, config says {cfg['dim']}")
-        return enc
 
     @property
     def dim(self) -> int:

@@ -35,7 +35,7 @@ from hybridrag.encoders.base import (
     run_sorted_batches,
     tokenize,
 )
-from hybridrag.errors import ConfigError, ModelLoadError
+from hybridrag.errors import ModelLoadError
 
 __all__ = ["M3Encoder", "colbert_score", "dense_score", "lexical_score"]
 
@@ -136,20 +136,10 @@ class M3Encoder:
                    query_cache=query_cache)
 
     def config(self) -> dict[str, Any]:
-        """JSON-serialisable settings that rebuild this encoder with :meth:`from_config`."""
+        """JSON-serialisable settings of this encoder, a record that an index writes into its
+        manifest (``models.encoder.config``). An index is reopened from its pipeline, not from this."""
         return {"type": "m3", "name_or_path": self.name, "dtype": self._requested_dtype,
                 "dim": self.dim, "colbert_dim": self.colbert_dim}
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any], device: str | None = None) -> "M3Encoder":
-        """Rebuild from :meth:`config` output (``device`` is chosen at load time, not persisted)."""
-        if not isinstance(cfg, dict) or cfg.get("type", "m3") != "m3" or "name_or_path" not in cfg:
-            raise ConfigError(f"not an M3Encoder config (needs type 'm3' and name_or_path): {cfg!r}")
-        enc = cls.from_pretrained(cfg["name_or_path"], device=device, dtype=cfg.get("dtype"))
-        for key in ("dim", "colbert_dim"):
-            if cfg.get(key) is not None and cfg[key] != getattr(enc, key):
-                raise ConfigError(f"{cfg['name_or_path']!r} now has {key}={getattr(enc, key)}, config says {cfg[key]}")
-        return enc
 
     @property
     def dim(self) -> int:

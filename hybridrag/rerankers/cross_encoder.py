@@ -148,29 +148,6 @@ class CrossEncoderReranker:
         return cls(model, tokenizer, name_or_path=name, device=dev, dtype="int8" if is_int8(dtype) else torch_dtype,
                    max_length=max_length)
 
-    def config(self) -> dict[str, Any]:
-        """JSON-serialisable settings that rebuild this reranker with :meth:`from_config`."""
-        return {
-            "class": type(self).__name__,
-            "name_or_path": self.name_or_path,
-            "max_length": self.max_length,
-            "dtype": "int8" if self.int8 else dtype_name(self.dtype),
-        }
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any], device: str | torch.device | None = None) -> CrossEncoderReranker:
-        """Rebuild from :meth:`config` output; ``device`` is chosen at load time, not persisted."""
-        if not isinstance(cfg, dict) or "name_or_path" not in cfg:
-            raise ValueError(f"reranker config must be a dict with 'name_or_path', got {cfg!r}")
-        unknown = set(cfg) - {"class", "name_or_path", "max_length", "dtype"}
-        if unknown:
-            raise ValueError(f"unknown reranker config keys {sorted(unknown)}")
-        dtype = cfg.get("dtype")
-        dev = _resolve_device(device, dtype)
-        if dev.type == "cpu" and dtype in ("float16", "bfloat16"):
-            dtype = None  # a GPU-saved half-precision setting falls back to fp32 on CPU
-        return cls.from_pretrained(cfg["name_or_path"], device=dev, dtype=dtype, max_length=cfg.get("max_length", 512))
-
     # ------------------------------------------------------------------ inputs
     @staticmethod
     def _make_backend(tokenizer: Any) -> Any | None:
