@@ -14,25 +14,22 @@ force, persistence, filters), ``tests/test_segments.py`` and ``tests/test_cli.py
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hybridrag import __version__, write
-from hybridrag.config import PipelineConfig, resolve_model_path
-from hybridrag.errors import ConfigError, IndexFormatError, IndexLockedError
+from hybridrag import __version__, components, write
+from hybridrag.config import PipelineConfig
 from hybridrag.search import encode, execute, planner
 from hybridrag.search.options import SearchOptions
 from hybridrag.search.plan import make_plan
 from hybridrag.storage import commit as commit_mod
 from hybridrag.storage import opening
 from hybridrag.storage.check import check_index  # noqa: F401 - the public name lived here
-from hybridrag.storage.commit import model_fingerprint as _model_fingerprint
 from hybridrag.storage.lock import IndexLock as _Lock
 from hybridrag.storage.manifest import FORMAT_VERSION, MANIFEST, read_manifest  # noqa: F401 - cli, server
 from hybridrag.storage.opening import _as_pipeline  # noqa: F401 - used by cli, integrations
@@ -90,7 +87,6 @@ class HybridIndex:
 
         self.docstore = DocStore(path / DOCSTORE, read_only=read_only)
 
-    # ------------------------------------------------------------------ creation / loading
     # ------------------------------------------------------------------ creation / loading
     @classmethod
     def create(cls, path: str | os.PathLike[str], pipeline: str | os.PathLike[str] | PipelineConfig | Mapping[str, Any],
@@ -153,111 +149,36 @@ class HybridIndex:
     def encoder(self) -> Any:
         """The neural encoder (M3Encoder or DenseEncoder), loaded on first use."""
         if self._encoder is None and self.pipeline.encoder.kind != "none":
-            e = self.pipeline.encoder
-            path = resolve_model_path(e.model)
-            dtype = e.dtype or None
-            if e.kind == "m3":
-                from hybridrag.encoders.m3 import M3Encoder
-
-                self._encoder = M3Encoder.from_pretrained(path, device=self._device, dtype=dtype,
-                                                          query_cache=e.query_cache)
-            else:
-                from hybridrag.encoders.dense import DenseEncoder
-
-                self._encoder = DenseEncoder.from_pretrained(
-                    path, device=self._device, dtype=dtype, pooling=e.pooling or None,
-                    normalize=e.normalize, query_instruction=e.query_instruction or None,
-                    query_cache=e.query_cache)
-            self._check_model(path)
+            self._encoder = components.load_encoder(self.pipeline, self._device, self._manifest)
         return self._encoder
-
-    def _check_model(self, resolved: str) -> None:
-        if self._manifest is None:
-            return
-        saved = self._manifest.get("models", {}).get("encoder", {})
-        now = _model_fingerprint(resolved)
-        if saved.get("fingerprint") and now.get("fingerprint") and saved["fingerprint"] != now["fingerprint"]:
-            raise IndexFormatError(
-                f"the encoder at {resolved!r} is not the one this index was built with "
-                f"({saved.get('resolved')!r}, revision {saved.get('revision', 'unknown')}); "
-                "queries would not match the stored vectors")
 
     @property
     def reranker(self) -> Any:
+        """The cross-encoder, loaded on first use."""
         if self._reranker is None:
-            r = self.pipeline.rerank
-            from hybridrag.rerankers.cross_encoder import CrossEncoderReranker
-
-            self._reranker = CrossEncoderReranker.from_pretrained(
-                resolve_model_path(r.model), device=self._device, dtype=r.dtype or None, max_length=r.max_length)
+            self._reranker = components.load_reranker(self.pipeline, self._device)
         return self._reranker
 
     @property
     def bm25(self) -> Any:
+        """The BM25 analyser and vocabulary (the committed one, then grown by writes)."""
         if self._bm25 is None:
-            from hybridrag.analysis import SubwordAnalyzer, UnicodeAnalyzer, WordAnalyzer
-            from hybridrag.encoders.bm25 import BM25Encoder
-
-            c = self.pipeline.bm25
-            if c.analyzer == "subword":
-                analyzer: Any = SubwordAnalyzer(self.encoder.tokenizer)
-            elif c.analyzer == "unicode":
-                analyzer = UnicodeAnalyzer(lowercase=True, language=c.language or c.stemmer or None,
-                                           stopwords=c.stopwords or None)
-            else:
-                analyzer = WordAnalyzer(lowercase=True, stopwords=c.stopwords or None, stemmer=c.stemmer or None)
-            enc = BM25Encoder(analyzer, variant=c.variant, k1=c.k1, b=c.b, epsilon=c.epsilon)
-            if self._bm25_vocab is not None:
-                enc.vocabulary = dict(self._bm25_vocab)
-            self._bm25 = enc
+            self._bm25 = components.make_bm25(self.pipeline, lambda: self.encoder, self._bm25_vocab)
         return self._bm25
 
     @property
     def chunker(self) -> Any:
+        """The token-aware chunker (the encoder's tokenizer when there is one)."""
         if self._chunker is None:
-            from hybridrag.chunking import Chunker
-
-            c = self.pipeline.chunking
-            tok = self.encoder.tokenizer if self.pipeline.encoder.kind != "none" else None
-            if tok is not None and c.max_tokens + 2 > self.pipeline.encoder.max_length:
-                raise ConfigError(
-                    f"chunking.max_tokens = {c.max_tokens} does not fit encoder.max_length = "
-                    f"{self.pipeline.encoder.max_length} (2 positions go to special tokens)")
-            self._chunker = Chunker(tokenizer=tok, max_tokens=c.max_tokens, overlap=c.overlap)
+            self._chunker = components.make_chunker(self.pipeline, lambda: self.encoder)
         return self._chunker
 
     # ------------------------------------------------------------------ writes
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        self._lock.acquire()
-        on_disk = read_manifest(self.path, missing_ok=True) if self._manifest is not None else None
-        if on_disk is not None and int(on_disk["generation"]) != self._gen:
-            raise IndexLockedError(
-                f"index {str(self.path)!r} was changed by another writer (generation {on_disk['generation']} "
-                f"on disk, {self._gen} here); load it again before writing")
-        if self.docstore.as_of is not None:
-            # This index was opened as a reader: switch to the writer's view, first undoing what
-            # a writer that died after we loaded left uncommitted.
-            self.docstore.unpin()
-            self.docstore.as_of = None
-            if not self._dirty and self.docstore.max_generation() > self._gen:
-                self.docstore.rollback_to(self._gen)
-        yield
+    def _writing(self) -> Any:
+        return commit_mod.writing(self)
 
-    @contextlib.contextmanager
-    def _undo_on_error(self) -> Iterator[None]:
-        """A write that fails part-way may have changed the in-memory stores and docstore rows:
-        go back to the last committed state (uncommitted earlier writes are dropped too)."""
-        try:
-            yield
-        except BaseException:
-            if self._manifest is not None and self._lock.fd is not None:
-                logger.warning("write to %s failed; rolling back to generation %d", self.path, self._gen)
-                self.docstore.rollback_to(self._gen)
-                self._bm25 = None
-                self._init_components(fresh=False)
-                self._dirty = False
-            raise
+    def _undo_on_error(self) -> Any:
+        return commit_mod.undo_on_error(self)
 
     def add(self, documents: Iterable[Any], *, commit: bool = True, batch_size: int = 256,
             progress: Any = None, errors: str = "raise") -> AddResult:

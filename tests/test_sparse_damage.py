@@ -131,6 +131,9 @@ def _set(i, v):
     ("doclen", _set(4, -1.0), ">= 0"),
     ("doclen", _set(4, np.inf), "finite"),
     ("doclen", lambda a: a[:-1], "expected 342"),
+    ("terms", _set(0, -1), "term ids must increase"),
+    ("terms", _set(-1, 1 << 40), "term ids must increase"),   # would ask for 8 TiB of offsets
+    ("terms", lambda a: a[:-1], "offsets"),
 ])
 def test_each_check_names_the_file(tmp_path, role, change, why):
     """Each structural check of load: a file changed in that one way raises IndexFormatError

@@ -232,7 +232,7 @@ def test_save_load_round_trip_mmap(tmp_path, weighting):
     idx.add(np.arange(120), docs)
     idx.remove(np.array([5, 6, 7]))
     files = idx.save(tmp_path, "t1")
-    assert set(files) == {"indptr", "indices", "values", "slots"} | ({"doclen"} if weighting != "none" else set())
+    assert set(files) == {"terms", "indptr", "indices", "values", "slots"} | ({"doclen"} if weighting != "none" else set())
     for f in files.values():
         assert (tmp_path / f).exists() and f.endswith(".npy")
         np.load(tmp_path / f, mmap_mode="r", allow_pickle=False)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,15 @@ import numpy as np
 
 from hybridrag import __version__
 from hybridrag.config import PipelineConfig, resolve_model_path
+from hybridrag.errors import IndexLockedError
 from hybridrag.storage import opening
 from hybridrag.storage.files import disk_full_errors as _disk_full
 from hybridrag.storage.manifest import FORMAT_VERSION, MANIFEST, check_name as _check_name, sha256_file as _sha256
-from hybridrag.storage.manifest import write_manifest
+from hybridrag.storage.manifest import read_manifest, write_manifest
 from hybridrag.storage.segments import SegmentedStore
 from hybridrag.storage.table import SegmentTable
+
+logger = logging.getLogger("hybridrag.index")
 
 DOCSTORE = "docstore.sqlite"
 LOCKFILE = "LOCK"
@@ -286,3 +290,36 @@ def model_fingerprint(resolved: str) -> dict[str, Any]:
                 h.update(_sha256(f).encode())
         info["fingerprint"] = h.hexdigest()
     return info
+
+
+@contextlib.contextmanager
+def writing(idx) -> Iterator[None]:
+    idx._lock.acquire()
+    on_disk = read_manifest(idx.path, missing_ok=True) if idx._manifest is not None else None
+    if on_disk is not None and int(on_disk["generation"]) != idx._gen:
+        raise IndexLockedError(
+            f"index {str(idx.path)!r} was changed by another writer (generation {on_disk['generation']} "
+            f"on disk, {idx._gen} here); load it again before writing")
+    if idx.docstore.as_of is not None:
+        # This index was opened as a reader: switch to the writer's view, first undoing what
+        # a writer that died after we loaded left uncommitted.
+        idx.docstore.unpin()
+        idx.docstore.as_of = None
+        if not idx._dirty and idx.docstore.max_generation() > idx._gen:
+            idx.docstore.rollback_to(idx._gen)
+    yield
+
+@contextlib.contextmanager
+def undo_on_error(idx) -> Iterator[None]:
+    """A write that fails part-way may have changed the in-memory stores and docstore rows:
+    go back to the last committed state (uncommitted earlier writes are dropped too)."""
+    try:
+        yield
+    except BaseException:
+        if idx._manifest is not None and idx._lock.fd is not None:
+            logger.warning("write to %s failed; rolling back to generation %d", idx.path, idx._gen)
+            idx.docstore.rollback_to(idx._gen)
+            idx._bm25 = None
+            idx._init_components(fresh=False)
+            idx._dirty = False
+        raise

@@ -329,6 +329,30 @@ def _top_k(scores: np.ndarray, cols: np.ndarray, row_slots: np.ndarray, k: int) 
 _CHECK_CHUNK = 1 << 22   # postings per step of the load checks (bounded temporaries)
 
 
+def _expand_offsets(terms: np.ndarray, offsets: np.ndarray, nnz: int, terms_path: Path,
+                    offsets_path: Path) -> np.ndarray:
+    """Per-term offsets over every term id up to the largest present, from the ``terms`` that
+    have postings and their ``offsets`` (``len(terms) + 1``, from 0 to ``nnz``); checked so
+    that a damaged file cannot ask for unbounded memory."""
+    if terms.dtype != np.int64 or offsets.dtype != np.int64 or len(offsets) != len(terms) + 1:
+        raise IndexFormatError(f"sparse index file {offsets_path}: {len(offsets)} offsets of dtype {offsets.dtype} "
+                               f"for {len(terms)} terms of dtype {terms.dtype} in {terms_path.name}")
+    t, o = np.asarray(terms), np.asarray(offsets)
+    if len(o) < 1 or o[0] != 0 or o[-1] != nnz or np.any(o[1:] <= o[:-1]):
+        raise IndexFormatError(f"sparse index file {offsets_path}: offsets must rise from 0 to {nnz}, one or "
+                               "more postings per term (they decrease or stand still)")
+    # Term ids are increasing; a vocabulary far larger than the terms stored is damage.
+    limit = max(1 << 24, 64 * len(t))
+    if len(t) and (t[0] < 0 or t[-1] >= limit or np.any(t[1:] <= t[:-1])):
+        raise IndexFormatError(f"sparse index file {terms_path}: term ids must increase, from 0, below {limit}")
+    vocab = int(t[-1]) + 1 if len(t) else 0
+    counts = np.zeros(vocab, dtype=np.int64)
+    counts[t] = np.diff(o)
+    full = np.zeros(vocab + 1, dtype=np.int64)
+    np.cumsum(counts, out=full[1:])
+    return full
+
+
 def _open_npy(directory: Path, files: dict[str, str], role: str) -> np.ndarray:
     """The ``.npy`` of ``role``, memory-mapped read-only; any unreadable file (missing, bad
     header, truncated) raises IndexFormatError naming it."""
@@ -822,7 +846,13 @@ class SparseIndex:
         self._consolidate()
         main = self._main if self._main is not None else _Tier(np.zeros(self._vocab + 1, np.int64),
                                                                np.zeros(0, np.int32), np.zeros(0, np.float32))
-        arrays = {"indptr": main.padded_indptr(self._vocab), "indices": main.indices, "values": main.values,
+        # Only the terms that have postings are written (a segment of one document in a large
+        # index would otherwise write one offset per vocabulary term): ``terms`` and their offsets.
+        counts = np.diff(main.indptr)
+        terms = np.flatnonzero(counts)
+        offsets = np.zeros(len(terms) + 1, dtype=np.int64)
+        np.cumsum(counts[terms], out=offsets[1:])
+        arrays = {"terms": terms.astype(np.int64), "indptr": offsets, "indices": main.indices, "values": main.values,
                   "slots": self._row_slots[: self._n_rows]}
         if self._bm25:
             arrays["doclen"] = self._doclen[: self._n_rows]
@@ -851,6 +881,9 @@ class SparseIndex:
         roles = ("indptr", "indices", "values", "slots") + (("doclen",) if self._bm25 and "doclen" in files else ())
         arr = {role: _open_npy(directory, files, role) for role in roles}
         indptr, indices, values, slots = arr["indptr"], arr["indices"], arr["values"], arr["slots"]
+        if "terms" in files:   # offsets of the terms present only (see save)
+            indptr = _expand_offsets(_open_npy(directory, files, "terms"), indptr, len(indices),
+                                     directory / files["terms"], directory / files["indptr"])
         n = _check_slots_file(slots, directory / files["slots"])
         _check_postings(indptr, indices, values, n, self._bm25,
                         {role: directory / files[role] for role in ("indptr", "indices", "values")})
