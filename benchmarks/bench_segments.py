@@ -39,7 +39,9 @@ folder, this script and ``common.py`` copied beside it) and prints before (REF) 
 working tree) side by side; a format-1 engine has no segments, merge policy or ``optimize``:
 those rows say "n/a" for it, and its one store is the comparison for the 1- and 20-segment
 rows. ``--baseline-sizes`` separately, since the old engine rewrites every file at each commit.
-Raw results (every sample) go to ``benchmarks/results/segments_<date>_<commit>.md``.
+Raw results (every sample) go to ``benchmarks/results/segments_<date>_<commit>.md``. On a shared
+machine set ``OMP_WAIT_POLICY=PASSIVE`` (FAISS's OpenMP threads otherwise spin while waiting for a
+core, and search times triple); the thread settings are recorded with the results.
 Never part of the test suite.
 """
 from __future__ import annotations
@@ -63,9 +65,12 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import ROOT, Table, fmt_lat, latencies, paired_latencies, peak_rss_mib  # noqa: E402
+from common import ROOT, Table, latencies, paired_latencies, peak_rss_mib, rss_mib  # noqa: E402
 
 INTRINSIC = 64
+# Thread settings recorded with the results: on a shared machine FAISS's OpenMP threads spin while
+# waiting for cores (run with OMP_WAIT_POLICY=PASSIVE, or OMP_NUM_THREADS=1, there).
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 BLOCK = 1000   # documents are generated per block of this many, so any range is reproducible
 
 
@@ -270,8 +275,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             res["add_commit_s"] = adds[-max(1, min(len(adds), 10)):]
             res["add_commit_all_s"] = list(adds)
             res["segments_grown"] = _segments(g) if has_segments else None
-            print(f"[worker] {n:,} chunks in {res['grow_s']:.1f} s; segments {res['segments_grown']}",
-                  file=sys.stderr, flush=True)
+            print(f"[worker] {n:,} chunks in {res['grow_s']:.1f} s; segments {res['segments_grown']}; "
+                  f"RSS {rss_mib():,.0f} MiB", file=sys.stderr, flush=True)
             res["lat_grown"] = latencies(lambda i: g.search(queries[i], k=10), len(queries))
             res["disk_bytes"] = _disk_bytes(grown)
             # 1-document upserts, each a different document, each committed
@@ -301,11 +306,14 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 first_q.append(time.perf_counter() - t)
                 r.close()
             res.update(load_s=loads, first_search_s=first_q)
-            # the same N documents as exactly --segments segments, and as one
+            # the same N documents as exactly --segments segments, and as one; the grown index is
+            # closed meanwhile (its memory would add to theirs) and opened again to grow further
+            g.close()
             if has_segments:
                 res.update(_segment_counts(HybridIndex, enc, corpus, queries, n, work, args))
             else:
                 res.update(_one_store(HybridIndex, enc, corpus, queries, n, work, args))
+            g = HybridIndex.load(grown, encoder=enc)
             out["checkpoints"][str(n)] = res
             print(f"[worker] {n:,} done; peak RSS {peak_rss_mib():,.0f} MiB", file=sys.stderr, flush=True)
         g.close()
@@ -313,6 +321,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     out["peak_rss_mib"] = peak_rss_mib()
+    out["env"] = {k: os.environ[k] for k in THREAD_ENV if k in os.environ}
     return out
 
 
@@ -339,6 +348,8 @@ def _segment_counts(HybridIndex: Any, enc: Any, corpus: Corpus, queries: list[st
     many, one = work / f"many-{n}", work / f"one-{n}"
     w, _ = _build(HybridIndex, enc, corpus, n, many, args.segments, policy_off=True, step=args.batch)
     res["segments_many"] = _segments(w)
+    print(f"[worker] {n:,} chunks as {res['segments_many']} segments; RSS {rss_mib():,.0f} MiB", file=sys.stderr,
+          flush=True)
     w.close()
     shutil.copytree(many, one)
     o = HybridIndex.load(one, encoder=enc)
@@ -354,6 +365,8 @@ def _segment_counts(HybridIndex: Any, enc: Any, corpus: Corpus, queries: list[st
         o, _ = _build(HybridIndex, enc, corpus, n, one, 1, policy_off=True, step=args.batch)
         res["one_from"] = "one commit of the N documents (optimize failed)"
     res["segments_one"] = _segments(o)
+    print(f"[worker] {n:,} chunks as {res['segments_one']} segment(s); RSS {rss_mib():,.0f} MiB", file=sys.stderr,
+          flush=True)
     o.close()
     rm, ro = HybridIndex.load(many, encoder=enc), HybridIndex.load(one, encoder=enc)
     lm, lo = paired_latencies([lambda i: rm.search(queries[i], k=10), lambda i: ro.search(queries[i], k=10)],
@@ -538,6 +551,8 @@ def main() -> None:
     if a["segments_engine"] and not a["stores_merge"]:
         notes.append("Note: the stores have no merge() yet: the engine skips automatic merges and optimize() "
                      "fails, so the grown index keeps every commit as a segment.")
+    env = ", ".join(f"{k}={v}" for k, v in a.get("env", {}).items()) or "none set"
+    notes.append(f"Thread settings (environment): {env}.")
     print("\n" + "\n".join(notes))
     row.print()
     date = time.strftime("%Y-%m-%d")
