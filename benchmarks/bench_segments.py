@@ -507,7 +507,9 @@ def main() -> None:
         return
     if not args.sizes or min(args.sizes) < args.segments:
         ap.error(f"--sizes must be >= --segments ({args.segments}), got {args.sizes}")
-    head = _git("rev-parse", "--short", "HEAD")
+    # "after" is named by the last commit of the engine (hybridrag/), plus "+changes" when the
+    # working tree changes it
+    head = _git("log", "-1", "--format=%h", "--", "hybridrag")
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "hybridrag"))
     after_name = head + ("+changes" if dirty else "")
     tmp = Path(tempfile.mkdtemp(prefix="bench-segments-run-", dir=args.dir))
