@@ -576,7 +576,9 @@ def _write_result(out: Path, args: argparse.Namespace, row: Table, results: dict
     if args.note:
         lines += [args.note, ""]
     argv = [a for i, a in enumerate(sys.argv[1:]) if a != "--note" and (i == 0 or sys.argv[i] != "--note")]
-    lines += [f"`python benchmarks/bench_segments.py {shlex.join(argv)}`" + (" --note ..." if args.note else ""), "",
+    env = "".join(f"{k}={shlex.quote(os.environ[k])} " for k in THREAD_ENV if k in os.environ)
+    lines += [f"`{env}python benchmarks/bench_segments.py {shlex.join(argv)}" + (" --note ...`" if args.note else "`"),
+              "",
               *[x for note in notes for x in (note, "")], f"Growth in batches of {args.batch:,} documents (one add + commit each, default merge "
               "policy); relative fusion 0.5/0.5, depth 100.", "",
               buf.getvalue().strip(), "", "Raw samples (seconds; bytes):", "", "```json",
