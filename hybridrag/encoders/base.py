@@ -421,7 +421,7 @@ def pad_batch(tokenizer: Any, features: list[dict[str, list[int]]], device: str)
     """Pad tokenized examples on the right to the batch's longest; int64 tensors on ``device``.
 
     Always right padding (the encoders slice ``[:length]`` per row), whatever the
-    tokenizer's ``padding_side``. Filled with numpy, several times faster than
+    tokenizer's ``padding_side``. Filled with numpy, faster than
     ``tokenizer.pad`` on the Python lists, which took a large share of ``encode`` on a GPU
     (docs/CHANGELOG-performance.md, engine change 7). ``attention_mask`` is added when missing; keys
     other than ``input_ids``, ``attention_mask``, ``token_type_ids`` and

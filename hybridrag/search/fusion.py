@@ -47,9 +47,10 @@ import numpy as np
 FUSION_METHODS = ("weighted", "relative", "rrf", "adaptive")
 
 # adaptive: coverage at or below COVERAGE_LOW gives a mode no weight, at or above
-# COVERAGE_HIGH its full weight. The English-only MiniLM of pipelines/offline.toml covers a
-# median 0.2 of the words of MLQA's Hindi queries, 0 of Arabic, 1.0 of German and Spanish;
-# the BM25 vocabulary 0.83-1.0 of their terms (benchmarks/bench_fusion_languages.py).
+# COVERAGE_HIGH its full weight. The English-only MiniLM of pipelines/offline.toml covers few
+# of the words of MLQA's Hindi and Arabic queries and all of German and Spanish, the
+# BM25 vocabulary most terms of every language: the bounds sit between those groups (medians
+# per language: benchmarks/bench_fusion_languages.py, benchmarks/results/fusion_languages.md).
 COVERAGE_LOW = 0.3
 COVERAGE_HIGH = 0.8
 EVIDENCE_DEPTH = 100

@@ -11,7 +11,7 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 
-# Seconds; request latencies from a cached BM25 hit (~0.1 ms) to a reranked batch (seconds).
+# Seconds; request latencies from a cached BM25 hit (well under a millisecond) to a reranked batch (seconds).
 LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                       1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)

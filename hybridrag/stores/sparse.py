@@ -24,9 +24,8 @@ installed (a dependency), those whose postings reach 1/32 of the rows: one compi
 batch scores those into a dense per-row accumulator (:mod:`hybridrag.stores._kernels`; with
 several threads, one call per thread on runs of queries of about equal work, after one shared
 set-up; BM25 indexes from 100k rows are pruned). Both give the same arrays bit for bit. (A
-third path, numpy/scipy dense accumulation, was removed: with numba it ran only for
-non-BM25 indexes of 500k rows and more, and without numba it was no faster than the sparse
-product on a 50k-chunk BM25 index, inside the noise of the public ``HybridIndex.search`` call.)
+third path, numpy/scipy dense accumulation, was removed: with numba it served only large
+non-BM25 indexes, and without numba it measured no faster than the sparse product.)
 ``score`` (exact scores of given slots, the planner's step after the first stage) finds each
 candidate's postings by binary search; with numba one compiled call per query
 (``_kernels.score_rows``), else a few numpy calls per query term; also bit for bit the same.
@@ -74,10 +73,11 @@ _DENSE_RATIO = 32
 # search(threads=None) splits the kernel's queries over every core when each thread gets
 # >= _MIN_PER_THREAD of them (the kernel holds no GIL).
 _MIN_PER_THREAD = 8
-# BM25 indexes of at least this many rows are pruned (_kernels._maxscore). Measured with
-# benchmarks/bench_sparse.py (docs/CHANGELOG-performance.md, section 1, "BM25 with pruning"):
-# ahead at 100k and 1M rows; on SciFact (5k) and 10k rows its per-query set-up cost more than
-# the postings it skipped.
+# BM25 indexes of at least this many rows are pruned (_kernels._maxscore): with pruning at every
+# size, benchmarks/bench_sparse.py measured it faster at 100k and 1M rows and slower on smaller
+# corpora, where its per-query set-up cost more than the postings it skipped
+# (docs/CHANGELOG-performance.md, section 1, "BM25 with pruning"; today's figures:
+# docs/BENCHMARKS.md, section 1).
 _PRUNE_MIN_ROWS = 100_000
 _NUM_TYPES = (int, float, np.integer, np.floating)
 _NCPU = os.cpu_count() or 1   # read once: os.cpu_count() reads /sys on every call
@@ -87,7 +87,8 @@ class _Queries:
     """Queries as CSR arrays: ``indptr`` int64 [nq + 1], term ids ``indices`` (sorted within a
     row) and float32 ``data``; unknown terms and zero weights dropped. The heavy queries and
     ``score`` read the arrays; only the light queries' sparse products need a scipy matrix
-    (:meth:`csr`), whose constructor alone took ~1/6 of a one-query BM25 search."""
+    (:meth:`csr`), whose constructor's format checks were a large share of a one-query BM25
+    search (docs/CHANGELOG-performance.md, engine change 19)."""
 
     __slots__ = ("indptr", "indices", "data", "vocab")
 
