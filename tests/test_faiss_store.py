@@ -98,14 +98,14 @@ def test_hnsw_tombstones_and_filters_return_k_hits() -> None:
     assert sorted(i[0, :3].tolist()) == [1, 11, 2999] and (i[:, 3:] == -1).all()
 
 
-@pytest.mark.parametrize(("factory", "kernel"), [("Flat", "faiss_top_k"), ("HNSW16", "faiss_top_k"),
+@pytest.mark.parametrize(("factory", "kernel"), [("Flat", None), ("HNSW16", "rescore_top_k"),
                                                  ("IVF8,Flat", "rescore_top_k")])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_compiled_rescore_equals_the_numpy_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                factory: str, kernel: str, metric: str) -> None:
-    """The ANN hits' top-k by a numba kernel against the numpy path (which re-scores every hit
-    from the stored vectors): FAISS's own distances for Flat and HNSW (``faiss_top_k``), an
-    exact re-score for other indexes (``rescore_top_k``). On a store whose rows are split
+                                                factory: str, kernel: str | None, metric: str) -> None:
+    """The ANN hits' top-k by the numba kernel ``rescore_top_k`` against the numpy path (both
+    re-score every hit from the stored vectors); Flat has no FAISS index and no kernel (exact
+    brute force). On a store whose rows are split
     between a memory-mapped base and an appended tail, with removed rows, a filter, ties
     (duplicated vectors) and k beyond what the filter lets through."""
     if not _kernels.AVAILABLE:
@@ -132,58 +132,8 @@ def test_compiled_rescore_equals_the_numpy_path(tmp_path: Path, monkeypatch: pyt
         np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
         passing = live if mask is None else live[mask[live]]
         assert ((got[1] >= 0).sum(1) == min(k, len(passing))).all()
-    assert calls and set(calls) == {kernel}, f"compiled path {kernel} expected, took {sorted(set(calls))}"
-
-
-@pytest.mark.parametrize("factory", ["Flat", "HNSW16"])
-@pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_one_query_takes_faiss_order_only_when_no_fetched_scores_tie(monkeypatch: pytest.MonkeyPatch,
-                                                                    factory: str, metric: str) -> None:
-    """A single query whose fetched FAISS scores are all distinct takes FAISS's order directly
-    (``_untied_hits``); exact ties, near ties at the k-th score on Flat, and too few hits go
-    to the general path. Either way the answer equals the general path's (slots after a
-    permutation, ties by slot, near ties answered exactly)."""
-    x, q = data(3000), data(20, seed=4)
-    x[1500:1510] = x[:10]                                            # exact ties under two slots
-    x[2000:2030] = x[7] + np.float32(1e-6) * data(30, seed=9)    # near ties around x[7]
-    slots = np.random.default_rng(3).permutation(10_000)[:3000]
-    store = FaissStore(16, factory, metric=metric, exact_below=0)
-    store.add(slots, x)
-    exact = FaissStore(16, factory, metric=metric, exact_below=10**9)   # never searches FAISS
-    exact.add(slots, x)
-    queries = np.concatenate([q, x[[0, 5, 7, 2000]]])
-    taken: list[bool] = []
-    real = FaissStore._untied_hits
-    monkeypatch.setattr(FaissStore, "_untied_hits", lambda *a: taken.append((r := real(*a)) is not None) or r)
-    for k in (10, 1):
-        for qi in queries:
-            got = store.search(qi, k)
-            with monkeypatch.context() as m:
-                m.setattr(FaissStore, "_untied_hits", lambda *a: None)
-                ref = store.search(qi, k)
-            np.testing.assert_array_equal(got[1], ref[1])
-            np.testing.assert_array_equal(got[0], ref[0])
-        if factory == "Flat":   # exact: the tied and near-tied queries as the store's brute force
-            np.testing.assert_array_equal(store.search(queries[20:], k)[1], exact.search(queries[20:], k)[1])
-    # k=10: most random queries fetch distinct scores (some meet a duplicated pair); the
-    # queries equal to duplicated vectors tie at the top.
-    assert sum(taken[:20]) >= 14 and taken[20:22] == [False, False]
-    if factory == "Flat":
-        assert taken[22:24] == [False, False]                               # near ties at x[7]
-    # Near ties at 384 dimensions, where FAISS's float32 sums and the exact path's round
-    # differently: the k-th score is within 1e-5 of the last fetched, so Flat answers exactly.
-    if factory == "Flat":
-        wide = data(2000, 384, seed=11)
-        wide[1000:1040] = wide[7] + np.float32(1e-7) * data(40, 384, seed=12)
-        near = FaissStore(384, factory, metric=metric, exact_below=0)
-        near.add(np.arange(2000), wide)
-        ex = FaissStore(384, factory, metric=metric, exact_below=10**9)
-        ex.add(np.arange(2000), wide)
-        np.testing.assert_array_equal(near.search(wide[7], 10)[1], ex.search(wide[7], 10)[1])
-    # Fewer than k hits fetched (FAISS pads with -1): never taken as they are.
-    d = np.arange(18, 0, -1, dtype=np.float32)[None, :]
-    r = np.r_[np.arange(9), np.full(9, -1)][None, :]
-    assert real(store, d, r, 10, False) is None and real(store, d, r, 9, False) is not None
+    want = set() if kernel is None else {kernel}
+    assert set(calls) == want, f"compiled path {kernel} expected, took {sorted(set(calls))}"
 
 
 @pytest.mark.parametrize("l2", [False, True])

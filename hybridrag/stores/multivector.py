@@ -67,8 +67,10 @@ from hybridrag.stores.base import (
     check_allowed,
     check_k,
     empty_results,
+    load_array,
     load_npy,
     topk,
+    widen,
     write_npy,
     write_npy_blocks,
 )
@@ -88,26 +90,6 @@ def _grow(arr: np.ndarray, n: int, fill: Any) -> np.ndarray:
         return arr
     out = np.full(max(n, 2 * arr.shape[0], 1024), fill, dtype=arr.dtype)
     out[: arr.shape[0]] = arr
-    return out
-
-
-def _widen(t: np.ndarray) -> np.ndarray:
-    """``t`` as float32. numpy converts float16 element by element (slower than the GEMM
-    that follows; docs/CHANGELOG-performance.md, engine change 3); torch, already a dependency,
-    uses the CPU's F16C conversion instructions and gives the same values."""
-    if t.dtype != np.float16:
-        return t.astype(np.float32, copy=False)
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return t.astype(np.float32)
-    out = np.empty(t.shape, dtype=np.float32)
-    src, dst = torch.from_numpy(np.ascontiguousarray(t)), torch.from_numpy(out)
-    # Pieces below torch's parallel grain size (32768 elements) run on the calling thread:
-    # waking an intra-op thread pool per query costs more than the conversion itself.
-    rows = max(1, 32768 // max(1, t.shape[1]))
-    for i in range(0, t.shape[0], rows):
-        dst[i:i + rows].copy_(src[i:i + rows])
     return out
 
 
@@ -294,11 +276,11 @@ class MultiVectorStore:
         rows = _token_index(self._offsets[live], self._lengths[live])
         rng = np.random.default_rng(0)
         pick = rows[np.sort(rng.choice(rows.shape[0], size=self.pq_train_tokens, replace=False))]
-        codec = PQCodec.fit(_widen(self._tokens.take(pick)), self.dim // _PQ_SUB)
+        codec = PQCodec.fit(widen(self._tokens.take(pick)), self.dim // _PQ_SUB)
         coded = AppendableArray(codec.n_bytes, np.uint8)
         unit = True
         for _, blk in self._tokens.blocks(self.block_tokens):
-            x = _widen(blk)
+            x = widen(blk)
             unit = unit and _off_unit(x)[0].shape[0] == 0
             coded.append(codec.encode(x))
         codec.unit = unit
@@ -316,7 +298,7 @@ class MultiVectorStore:
             return t.astype(np.float32) @ (q * self._scale).T
         if t.dtype == np.uint8:
             return self._codec.scores(q, t)
-        return _widen(t) @ q.T
+        return widen(t) @ q.T
 
     def decode(self, slot: int) -> np.ndarray:
         """The stored token vectors of ``slot`` as float32 ``(n_tokens, dim)`` (as scored)."""
