@@ -874,7 +874,7 @@ def _copy_codes(dst: Any, srcs: list[Any], keeps: list[np.ndarray], n: int) -> b
         cs = inner.code_size
         codes = [faiss.vector_to_array(_chain(s)[-1].codes).reshape(-1, cs)[keep] for s, keep in zip(srcs, keeps)]
         all_codes = np.ascontiguousarray(np.concatenate(codes)) if codes else np.zeros((0, cs), np.uint8)
-        inner.add_sa_codes(n, faiss.swig_ptr(all_codes), None)
+        inner.add_sa_codes(all_codes)
     else:
         return False
     for idx in _chain(dst):
