@@ -396,8 +396,10 @@ def load_array(
     name = files.get(role, role)
     try:
         arr = load_npy(directory, files, role, mmap=mmap)
-    except (OSError, EOFError) as exc:
-        raise IndexFormatError(f"cannot read {name}: {exc}") from exc
+    except IndexFormatError:
+        raise
+    except Exception as exc:   # noqa: BLE001 - numpy's header parser raises many kinds on damage
+        raise IndexFormatError(f"cannot read {name}: {type(exc).__name__}: {exc}") from exc
     if arr.dtype.kind not in kinds or arr.dtype.hasobject or arr.ndim != ndim or (
         shape is not None and any(w is not None and w != got for w, got in zip(shape, arr.shape))
     ):

@@ -52,6 +52,8 @@ Tests: ``tests/test_faiss_store.py``, ``tests/test_store_segments.py``,
 from __future__ import annotations
 
 import logging
+import os
+import struct
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -594,6 +596,7 @@ class FaissStore:
         name = files.get("index")
         if name is None or not (directory / name).is_file():
             raise IndexFormatError(f"missing FAISS index file in {files!r}")
+        _precheck_sizes(directory / name)
         try:
             index = faiss.read_index(str(directory / name))
         except (RuntimeError, MemoryError, ValueError) as exc:
@@ -739,6 +742,56 @@ class FaissStore:
         sc[~valid] = -np.inf
         out_s, out_i = topk(sc, np.where(valid, self._row_slot[safe], -1), k)
         return out_s, out_i, np.where(valid, sc, np.inf).min(1)
+
+
+def _precheck_sizes(path: Path) -> None:
+    """Walk the array sizes of an ``IndexHNSWFlat`` file (the HNSW factories' index) before
+    FAISS reads it: FAISS allocates (and zero-fills) each array as its size field says, up to
+    2**40 elements, before it finds the file too short, so one damaged size field cost
+    seconds and gigabytes. Other index types are read as they are (their sizes are checked
+    by FAISS and then by :func:`_check_inside`)."""
+    with open(path, "rb") as fh:
+        data = fh.read(4)
+        if data != b"IHNf":
+            return
+        size = os.fstat(fh.fileno()).st_size
+        pos = 4
+
+        def take(fmt: str) -> int:
+            nonlocal pos
+            fh.seek(pos)
+            raw = fh.read(struct.calcsize(fmt))
+            if len(raw) != struct.calcsize(fmt):
+                raise IndexFormatError(f"FAISS index {path.name} ends at byte {pos}")
+            pos += len(raw)
+            return struct.unpack("<" + fmt, raw)[0]
+
+        def header() -> None:
+            nonlocal pos
+            pos += 4 + 8 + 16 + 1   # d, ntotal, two unused fields, is_trained
+            if take("i") > 1:       # metric type; some carry a float argument
+                pos += 4
+
+        def array(item: int) -> None:
+            nonlocal pos
+            n = take("Q")
+            if n * item > size - pos:
+                raise IndexFormatError(f"FAISS index {path.name}: an array of {n} items at byte {pos - 8} "
+                                       f"runs past the end of the file ({size} bytes)")
+            pos += n * item
+
+        header()
+        for item in (8, 4, 4, 8, 4):   # assign_probas, cum_nneighbor_per_level, levels, offsets, neighbors
+            array(item)
+        pos += 20                      # entry_point, max_level, efConstruction, efSearch, unused
+        fh.seek(pos)
+        if fh.read(4) not in (b"IxFI", b"IxF2"):
+            raise IndexFormatError(f"FAISS index {path.name}: HNSW storage at byte {pos} is not a flat index")
+        pos += 4
+        header()
+        array(4)
+        if pos != size:
+            raise IndexFormatError(f"FAISS index {path.name} has {size - pos} bytes after its end")
 
 
 def _chain(index: Any) -> list[Any]:

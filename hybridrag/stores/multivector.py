@@ -540,8 +540,11 @@ class MultiVectorStore:
         return files
 
     @classmethod
-    def load(cls, directory: Path, files: dict[str, str], config: dict) -> Self:
-        """Open a saved store; token vectors are memory-mapped read-only."""
+    def load(cls, directory: Path, files: dict[str, str], config: dict, *,
+             slot_limit: int | None = None) -> Self:
+        """Open a saved store; token vectors are memory-mapped read-only (not read; the
+        other files' structure is checked); ``slot_limit``: slots in the files must be
+        below it (the engine's next slot), else ``IndexFormatError``."""
         if config.get("encoding") == "pq" and "pq_train_pool" not in config:
             # Saved before the pool existed: such a store learned its codec at pq_train_tokens.
             config = {**config, "pq_train_pool": config.get("pq_train_tokens", 65536)}
@@ -570,6 +573,9 @@ class MultiVectorStore:
                 live.any() and (offsets[live].min() < 0 or (offsets[live] > n_tok - lengths[live]).any())):
             raise IndexFormatError(f"{files['offsets']}/{files['lengths']} point outside the {n_tok} tokens of "
                                    f"{files['tokens']}")
+        if slot_limit is not None and offsets.shape[0] > slot_limit:
+            raise IndexFormatError(f"{files['offsets']} holds slots up to {offsets.shape[0] - 1}, "
+                                   f"beyond the limit {slot_limit}")
         store._tokens = AppendableArray(width, dtype, base=tokens)
         store._offsets = offsets
         store._lengths = lengths
