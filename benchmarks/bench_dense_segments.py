@@ -11,6 +11,9 @@ Part ``hybrid``: a ``HybridIndex`` with only a dense mode (a random 2-layer BERT
 384 from ``tests/tiny_models.py``, Flat index) over ``--docs`` short generated documents;
 ``index.search(query, k=10)`` one query per call, p50 over ``--nq`` queries after a warm-up.
 
+Part ``store``: ``FaissStore.search`` alone on a Flat store of ``--docs`` x 384 rows, one
+query per call (the dense store's share of the ``hybrid`` figure).
+
 Run it once per checkout (PYTHONPATH first) to compare two versions on the same machine.
 Never part of the test suite.
 """
@@ -105,9 +108,34 @@ def part_hybrid(docs: int, nq: int) -> None:
         idx.close()
 
 
+def part_store(n: int, d: int, nq: int, rounds: int) -> None:
+    """The dense store's share of a search: ``FaissStore.search`` alone (Flat, one query per
+    call, k=10), p50 of each of ``rounds`` passes over the queries."""
+    from hybridrag.stores.faiss import FaissStore
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = rng.standard_normal((nq, d), dtype=np.float32)
+    store = FaissStore(d)
+    store.add(np.arange(n), x)
+    for i in range(10):
+        store.search(q[i], 10)
+    p50s = []
+    for _ in range(rounds):
+        lat = []
+        for i in range(nq):
+            t = time.perf_counter()
+            store.search(q[i], 10)
+            lat.append(time.perf_counter() - t)
+        p50s.append(np.percentile(lat, 50) * 1e3)
+    print(f"store n={n} d={d}: FaissStore.search k=10 one query per call, p50 per pass (ms): "
+          + " ".join(f"{v:.3f}" for v in p50s))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", default="load,hybrid")
+    ap.add_argument("--part", default="load,hybrid,store")
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--d", type=int, default=1024)
     ap.add_argument("--docs", type=int, default=20_000)
@@ -119,6 +147,8 @@ def main() -> None:
         part_load(args.n, args.d, args.nq, args.rounds)
     if "hybrid" in parts:
         part_hybrid(args.docs, args.nq)
+    if "store" in parts:
+        part_store(args.docs, 384, args.nq, args.rounds)
 
 
 if __name__ == "__main__":

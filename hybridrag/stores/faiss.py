@@ -5,11 +5,19 @@ Design
 * The store keeps the float vectors themselves (float32, or float16 with
   ``vector_dtype="float16"``). They give exact ``score()`` of candidates, exact re-scoring
   of ANN hits, brute-force search while a trained index is still buffering, and rebuilds.
-* ``Flat`` has no FAISS index: search is exact brute force over the kept vectors (one GEMM
-  per block of rows), which are the only copy, memory-mapped after ``load``; so opening a
-  Flat store reads three ``.npy`` headers and its small row files. (A FAISS ``IndexFlat``
-  held a second copy that ``load`` read whole into memory, for the same search.) With a GPU,
-  unfiltered searches go to a GPU ``IndexFlat`` built from the vectors on first use.
+* ``Flat`` has no FAISS index: the kept vectors are the only copy, memory-mapped after
+  ``load``, so opening a Flat store reads the vectors' ``.npy`` header and its small row
+  files. (A FAISS ``IndexFlat`` held a second copy, written beside them and read whole into
+  memory at load, for the same search.) float32 vectors are searched in place by FAISS's
+  exact k-NN kernel (``knn_inner_product`` / ``knn_L2sqr``, what ``IndexFlat.search`` runs;
+  a filter is an ``IDSelectorBitmap``), its hits re-scored as below, and a query whose
+  k-th score ties with the last fetched one is answered by brute force (ties go to the
+  smaller slot); float16 vectors, and rows split between a loaded file and later adds, by
+  numpy brute force (one GEMM per block). At 100k x 1024 ``load`` went from 283-405 ms and
+  +391 MiB resident to 18-26 ms and +0 MiB, one query (k=10) 60-63 ms -> 43-64 ms; at 20k
+  x 384 one query 0.76-0.78 ms -> 0.78-0.80 ms single-threaded
+  (``benchmarks/bench_dense_segments.py``, a shared 2-core machine). With a GPU, unfiltered
+  searches go to a GPU ``IndexFlat`` built from the vectors on first use.
 * Other factories keep a FAISS index whose ids are internal *row* numbers; ``row -> slot``
   and ``slot -> row`` arrays map them to engine slots. Removal is a tombstone (the row's
   live bit is cleared) and every search on a store with tombstones or an ``allowed`` mask
@@ -40,9 +48,11 @@ alike. ``merge(parts)`` builds one store from the live rows of several: the kept
 are copied as stored; a trained IVF index (array inverted lists) or a flat-code index
 (``PQ``, ``SQ``...) gets the parts' codes copied entry by entry (renumbered rows), so codes
 and ANN distances stay those of the parts; HNSW (its graph depends on every row) and any
-other index are rebuilt from the kept vectors (float32 as kept). Parts trained separately
-(different trained states) are re-coded with the first trained part's state. Flat has
-nothing but the vectors. ``load`` checks the files' structure (shapes, dtypes, slots;
+other index are rebuilt from the kept vectors (float32 as kept). Parts not all trained
+alike (one still buffering, or trained separately) are re-coded from their kept vectors with
+the first trained part's state. Flat has nothing but the vectors. Scores after a merge equal
+the parts' to float32 rounding (BLAS rounds a dot product by the row's place in the block,
+as it already does between two ``score`` calls with different candidates). ``load`` checks the files' structure (shapes, dtypes, slots;
 the FAISS index's dimension, size, ids and HNSW links) without reading the vectors, so a
 damaged file raises ``IndexFormatError`` naming it instead of crashing a later search.
 
@@ -439,7 +449,7 @@ class FaissStore:
             not self._ready
             or n_ok <= self.exact_below
             or (rowmask is not None and n_ok < _BRUTE_FRACTION * self._n_rows)
-            or (self._index is None and (rowmask is not None or self._gpu() is None))
+            or (self._index is None and self._knn_vectors() is None and (rowmask is not None or self._gpu() is None))
         ):
             return self._brute(q, k, rowmask)
         return self._ann(q, k, rowmask, n_ok)
@@ -682,6 +692,8 @@ class FaissStore:
         try:
             if gpu is not None:
                 _, rows = gpu.search(q, kf)
+            elif self._index is None:
+                rows = self._flat_knn(q, kf, rowmask)
             else:
                 bitmap = None if rowmask is None else np.packbits(rowmask, bitorder="little")
                 params, _keep = self._params(bitmap, kf)
@@ -712,6 +724,34 @@ class FaissStore:
             r = np.flatnonzero(redo)
             out_s[r], out_i[r] = self._brute(q[r], k, rowmask)
         return out_s, out_i
+
+    def _knn_vectors(self) -> np.ndarray | None:
+        """Flat: the kept vectors as one float32 array (FAISS's exact k-NN kernel then searches
+        them in place), or None (float16, or rows split between a loaded file and later adds:
+        numpy brute force)."""
+        if self.vector_dtype != "float32":
+            return None
+        base, tail = self._vecs.parts()
+        if tail.shape[0] == 0:
+            return base
+        return tail if base.shape[0] == 0 else None
+
+    def _flat_knn(self, q: np.ndarray, kf: int, rowmask: np.ndarray | None) -> np.ndarray:
+        """Rows of the ``kf`` best kept vectors per query by FAISS's exact k-NN kernel (what
+        ``IndexFlat.search`` runs) over the vectors in place, memory-mapped or not."""
+        xb = self._knn_vectors()
+        nq = q.shape[0]
+        dist = np.empty((nq, kf), dtype=np.float32)
+        rows = np.empty((nq, kf), dtype=np.int64)
+        bitmap = None if rowmask is None else np.packbits(rowmask, bitorder="little")
+        sel = None if bitmap is None else faiss.IDSelectorBitmap(self._n_rows, faiss.swig_ptr(bitmap))
+        args = (faiss.swig_ptr(q), faiss.swig_ptr(xb), self.dim, nq, xb.shape[0], kf,
+                faiss.swig_ptr(dist), faiss.swig_ptr(rows))
+        if self.metric == "ip":
+            faiss.knn_inner_product(*args, sel)
+        else:
+            faiss.knn_L2sqr(*args, None, sel)
+        return rows
 
     def _views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(base, tail)`` rows and ``row -> slot``, read-only, as the compiled re-score takes

@@ -46,7 +46,17 @@ with ``np.maximum.reduceat`` over the offsets, summed over query tokens and divi
 the number of query tokens. ``search`` is brute-force MaxSim over every live chunk
 (the planner only calls ``score``).
 
-Tests: ``tests/test_multivector.py``, ``tests/test_store_conformance.py``.
+Segments: each segment of an index holds one store. ``empty_like()`` gives an empty store
+with the same settings, int8 scale and pq codec, so a new segment stores tokens exactly as the
+others; ``merge(parts)`` copies the live chunks' stored rows as they are (codes, not decoded
+values). Two pq cases change stored values, as ``add`` would: untrained parts joining a
+trained one have their fp16 tokens coded, and untrained parts whose live tokens reach
+``pq_train_pool`` learn the codec. ``load`` checks dtypes, shapes, offsets and lengths
+against the token count, the scale and the codec without reading the tokens; a token that
+damage turned into NaN or infinity makes its chunk score ``-inf`` (absent).
+
+Tests: ``tests/test_multivector.py``, ``tests/test_store_segments.py``,
+``tests/test_store_damage.py``, ``tests/test_store_conformance.py``.
 """
 from __future__ import annotations
 
