@@ -13,10 +13,11 @@ Design
   a filter is an ``IDSelectorBitmap``), its hits re-scored as below, and a query whose
   k-th score ties with the last fetched one is answered by brute force (ties go to the
   smaller slot); float16 vectors, and rows split between a loaded file and later adds, by
-  numpy brute force (one GEMM per block). At 100k x 1024 ``load`` went from 283-405 ms and
-  +391 MiB resident to 18-26 ms and +0 MiB, one query (k=10) 60-63 ms -> 43-64 ms; at 20k
-  x 384 one query 0.76-0.78 ms -> 0.78-0.80 ms single-threaded
-  (``benchmarks/bench_dense_segments.py``, a shared 2-core machine). With a GPU, unfiltered
+  numpy brute force (one GEMM per block). Single-threaded (``OMP_NUM_THREADS=1``) on a
+  shared 2-core machine, ``benchmarks/bench_dense_segments.py``, against the store that held
+  an ``IndexFlat``: at 100k x 1024 float32 ``load`` 267-275 ms and +391 MiB resident ->
+  17-18 ms and +0 MiB, one query (k=10) p50 17-25 ms -> 16-23 ms (3 runs each); at 20k x 384
+  one query p50 0.76-0.78 ms -> 0.78-0.80 ms. With a GPU, unfiltered
   searches go to a GPU ``IndexFlat`` built from the vectors on first use.
 * Other factories keep a FAISS index whose ids are internal *row* numbers; ``row -> slot``
   and ``slot -> row`` arrays map them to engine slots. Removal is a tombstone (the row's
