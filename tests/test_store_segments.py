@@ -94,7 +94,7 @@ def test_faiss_flat_merge_equals_the_union_and_keeps_vectors(tmp_path: Path, met
 def test_faiss_trained_merge_copies_the_codes(tmp_path: Path, factory: str) -> None:
     """empty_like carries the trained index (a new segment is trained at once and codes alike);
     merge copies every live row's code (IVF: list and code) from its part."""
-    parts, live, x = faiss_parts(tmp_path, factory=factory, min_train=600, nprobe=4, exact_below=0)
+    parts, live, _ = faiss_parts(tmp_path, factory=factory, min_train=600, nprobe=4, exact_below=0)
     a, b = parts
     assert a._index.is_trained and b._index.is_trained and b._index.ntotal == 500
     assert _trained_state(a._index) == _trained_state(b._index)

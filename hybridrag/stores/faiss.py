@@ -65,8 +65,9 @@ from __future__ import annotations
 import logging
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import faiss
 import numpy as np
@@ -85,8 +86,8 @@ from hybridrag.stores.base import (
     merge_topk,
     new_file,
     topk,
-    write_npy,
     widen,
+    write_npy,
     write_npy_blocks,
 )
 
@@ -625,7 +626,7 @@ class FaissStore:
                                    f"match {n} rows")
         try:
             _check_inside(index, chain, n)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise IndexFormatError(f"FAISS index {name}: {exc}") from exc
         return index
 
@@ -882,7 +883,7 @@ def _check_one(idx: Any, n: int) -> None:
             _check_one(q, idx.nlist)
         inv = faiss.downcast_InvertedLists(idx.invlists)
         if not isinstance(inv, faiss.ArrayInvertedLists):
-            raise ValueError(f"inverted lists of type {type(inv).__name__}, expected ArrayInvertedLists")
+            raise TypeError(f"inverted lists of type {type(inv).__name__}, expected ArrayInvertedLists")
         if inv.nlist != idx.nlist or inv.code_size != idx.code_size:
             raise ValueError(f"inverted lists ({inv.nlist} lists, code size {inv.code_size}) do not match the "
                              f"index ({idx.nlist}, {idx.code_size})")
