@@ -72,6 +72,18 @@ def damages(size: int) -> list[tuple[str, int, int]]:
     return out
 
 
+def hnsw_links(data: bytes) -> tuple[int, int]:
+    """(byte offset, count) of the int32 link array of an ``IndexHNSWFlat`` file (its layout as
+    ``FaissStore._precheck_sizes`` walks it)."""
+    import struct
+
+    pos = 4 + 4 + 8 + 16 + 1
+    pos += 4 + (4 if struct.unpack_from("<i", data, pos)[0] > 1 else 0)
+    for item in (8, 4, 4, 8):
+        pos += 8 + struct.unpack_from("<Q", data, pos)[0] * item
+    return pos + 8, struct.unpack_from("<Q", data, pos)[0]
+
+
 def check(store: object, queries: object, k: int = 10) -> None:
     allowed = np.ones(LIMIT * 4, dtype=bool)
     for mask in (None, allowed):
@@ -101,12 +113,19 @@ def main(name: str) -> int:
         n_cases = n_error = 0
         for role, fname in sorted(files.items()):
             original = (good / fname).read_bytes()
-            for kind, pos, mask in damages(len(original)):
+            cases = damages(len(original))
+            if role == "index" and original[:4] == b"IHNf":
+                # Links to nodes that do not exist, in the first, middle and last node's lists.
+                at, count = hnsw_links(original)
+                cases += [("link", at + 4 * j, 0) for j in (0, count // 2, count - 1)]
+            for kind, pos, mask in cases:
                 case = f"{name} {role} {kind} @{pos}" + (f" ^{mask:#x}" if kind == "xor" else "")
                 print(case, flush=True)
                 data = bytearray(original[:pos] if kind == "truncate" else original)
                 if kind == "xor":
                     data[pos] ^= mask
+                elif kind == "link":
+                    data[pos:pos + 4] = (10 * N + 7).to_bytes(4, "little")
                 (work / fname).write_bytes(bytes(data))
                 n_cases += 1
                 try:
