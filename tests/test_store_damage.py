@@ -1,7 +1,7 @@
 """Damaged store files never crash or hang the process: for every file ``save`` wrote
 (FaissStore Flat, Flat l2 fp16, HNSW and IVF-PQ; MultiVectorStore fp16, int8 and pq), flipped
 bytes and truncations either raise ``IndexFormatError`` at ``load`` or give sane results on
-search, score and remove (``tests/store_damage_worker.py``, run in a subprocess so that a
+search, score and remove (``tests/_store_damage_worker.py``, run in a subprocess so that a
 segfault fails the test instead of killing the runner)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-WORKER = Path(__file__).with_name("store_damage_worker.py")
+WORKER = Path(__file__).with_name("_store_damage_worker.py")
 ROOT = Path(__file__).resolve().parent.parent
 
 

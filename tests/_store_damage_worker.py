@@ -4,7 +4,7 @@ time, then load, search, score and remove. Each case must raise ``IndexFormatErr
 load or give sane results: slots ``-1`` or below the slot limit, scores finite (``-inf``
 only for absent hits). Prints each case before running it, so a crash names it.
 
-    python tests/store_damage_worker.py CONFIG     (CONFIG: a key of CONFIGS)
+    python tests/_store_damage_worker.py CONFIG     (CONFIG: a key of CONFIGS)
 """
 from __future__ import annotations
 
