@@ -123,8 +123,12 @@ def part(n: int, d: int, nq: int, hnsw_max: int, ef: int, rounds: int, batch_rou
 def same_index(name: str, label: str, store: FaissStore, q: np.ndarray, nl: int, rounds: int) -> None:
     """One query per call: the store's search against a raw FAISS search (k=10, FAISS's
     Python API) on the store's own FAISS index object, so both read the same memory (and, for
-    HNSW, the same graph): what is left is the engine's own work."""
+    HNSW, the same graph): what is left is the engine's own work. (Flat: the store searches
+    its vectors by brute force; raw FAISS an IndexFlat holding a copy of them.)"""
     index = store._index
+    if index is None:   # Flat keeps no FAISS index: raw FAISS gets an IndexFlat of the same vectors
+        index = faiss.IndexFlatIP(store.dim)
+        index.add(np.ascontiguousarray(store._vecs.slice(0, store._n_rows), dtype=np.float32))
     if hasattr(faiss.downcast_index(index), "hnsw"):
         faiss.downcast_index(index).hnsw.efSearch = store.ef_search   # the raw call's setting
     lr, le = paired_latencies([lambda i: index.search(q[i:i + 1], 10), lambda i: store.search(q[i:i + 1], 10)], nl,

@@ -98,14 +98,14 @@ def test_hnsw_tombstones_and_filters_return_k_hits() -> None:
     assert sorted(i[0, :3].tolist()) == [1, 11, 2999] and (i[:, 3:] == -1).all()
 
 
-@pytest.mark.parametrize(("factory", "kernel"), [("Flat", "faiss_top_k"), ("HNSW16", "faiss_top_k"),
+@pytest.mark.parametrize(("factory", "kernel"), [("Flat", None), ("HNSW16", "rescore_top_k"),
                                                  ("IVF8,Flat", "rescore_top_k")])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_compiled_rescore_equals_the_numpy_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                factory: str, kernel: str, metric: str) -> None:
-    """The ANN hits' top-k by a numba kernel against the numpy path (which re-scores every hit
-    from the stored vectors): FAISS's own distances for Flat and HNSW (``faiss_top_k``), an
-    exact re-score for other indexes (``rescore_top_k``). On a store whose rows are split
+                                                factory: str, kernel: str | None, metric: str) -> None:
+    """The ANN hits' top-k by the numba kernel ``rescore_top_k`` against the numpy path (both
+    re-score every hit from the stored vectors); Flat has no FAISS index and no kernel (exact
+    brute force). On a store whose rows are split
     between a memory-mapped base and an appended tail, with removed rows, a filter, ties
     (duplicated vectors) and k beyond what the filter lets through."""
     if not _kernels.AVAILABLE:
@@ -120,7 +120,7 @@ def test_compiled_rescore_equals_the_numpy_path(tmp_path: Path, monkeypatch: pyt
     live = np.setdiff1d(np.r_[np.arange(0, 4000, 2), np.arange(5000, 6000)], np.arange(0, 400, 4))
     allowed = np.random.default_rng(5).random(6000) < 0.5
     calls: list[str] = []
-    for name in ("faiss_top_k", "rescore_top_k"):
+    for name in ("rescore_top_k",):
         real = getattr(_kernels, name)
         monkeypatch.setattr(_kernels, name, lambda *a, _f=real, _n=name: calls.append(_n) or _f(*a))
     for k, mask in ((10, None), (1, None), (25, allowed), (10, np.arange(6000) < 30)):
@@ -132,58 +132,8 @@ def test_compiled_rescore_equals_the_numpy_path(tmp_path: Path, monkeypatch: pyt
         np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
         passing = live if mask is None else live[mask[live]]
         assert ((got[1] >= 0).sum(1) == min(k, len(passing))).all()
-    assert calls and set(calls) == {kernel}, f"compiled path {kernel} expected, took {sorted(set(calls))}"
-
-
-@pytest.mark.parametrize("factory", ["Flat", "HNSW16"])
-@pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_one_query_takes_faiss_order_only_when_no_fetched_scores_tie(monkeypatch: pytest.MonkeyPatch,
-                                                                    factory: str, metric: str) -> None:
-    """A single query whose fetched FAISS scores are all distinct takes FAISS's order directly
-    (``_untied_hits``); exact ties, near ties at the k-th score on Flat, and too few hits go
-    to the general path. Either way the answer equals the general path's (slots after a
-    permutation, ties by slot, near ties answered exactly)."""
-    x, q = data(3000), data(20, seed=4)
-    x[1500:1510] = x[:10]                                            # exact ties under two slots
-    x[2000:2030] = x[7] + np.float32(1e-6) * data(30, seed=9)    # near ties around x[7]
-    slots = np.random.default_rng(3).permutation(10_000)[:3000]
-    store = FaissStore(16, factory, metric=metric, exact_below=0)
-    store.add(slots, x)
-    exact = FaissStore(16, factory, metric=metric, exact_below=10**9)   # never searches FAISS
-    exact.add(slots, x)
-    queries = np.concatenate([q, x[[0, 5, 7, 2000]]])
-    taken: list[bool] = []
-    real = FaissStore._untied_hits
-    monkeypatch.setattr(FaissStore, "_untied_hits", lambda *a: taken.append((r := real(*a)) is not None) or r)
-    for k in (10, 1):
-        for qi in queries:
-            got = store.search(qi, k)
-            with monkeypatch.context() as m:
-                m.setattr(FaissStore, "_untied_hits", lambda *a: None)
-                ref = store.search(qi, k)
-            np.testing.assert_array_equal(got[1], ref[1])
-            np.testing.assert_array_equal(got[0], ref[0])
-        if factory == "Flat":   # exact: the tied and near-tied queries as the store's brute force
-            np.testing.assert_array_equal(store.search(queries[20:], k)[1], exact.search(queries[20:], k)[1])
-    # k=10: most random queries fetch distinct scores (some meet a duplicated pair); the
-    # queries equal to duplicated vectors tie at the top.
-    assert sum(taken[:20]) >= 14 and taken[20:22] == [False, False]
-    if factory == "Flat":
-        assert taken[22:24] == [False, False]                               # near ties at x[7]
-    # Near ties at 384 dimensions, where FAISS's float32 sums and the exact path's round
-    # differently: the k-th score is within 1e-5 of the last fetched, so Flat answers exactly.
-    if factory == "Flat":
-        wide = data(2000, 384, seed=11)
-        wide[1000:1040] = wide[7] + np.float32(1e-7) * data(40, 384, seed=12)
-        near = FaissStore(384, factory, metric=metric, exact_below=0)
-        near.add(np.arange(2000), wide)
-        ex = FaissStore(384, factory, metric=metric, exact_below=10**9)
-        ex.add(np.arange(2000), wide)
-        np.testing.assert_array_equal(near.search(wide[7], 10)[1], ex.search(wide[7], 10)[1])
-    # Fewer than k hits fetched (FAISS pads with -1): never taken as they are.
-    d = np.arange(18, 0, -1, dtype=np.float32)[None, :]
-    r = np.r_[np.arange(9), np.full(9, -1)][None, :]
-    assert real(store, d, r, 10, False) is None and real(store, d, r, 9, False) is not None
+    want = set() if kernel is None else {kernel}
+    assert set(calls) == want, f"compiled path {kernel} expected, took {sorted(set(calls))}"
 
 
 @pytest.mark.parametrize("l2", [False, True])
@@ -223,54 +173,6 @@ def test_rescore_kernel_drops_missing_and_filtered_hits(l2: bool) -> None:
     for need in (0, min(kept_per_query), max(kept_per_query) + 1):
         assert _kernels.rescore_top_k(rows, base, tail, q, slot, mask, l2, 12, need=need)[3] == \
             sum(n < need for n in kept_per_query)
-
-
-@pytest.mark.parametrize("l2", [False, True])
-def test_faiss_top_k_kernel_maps_rows_and_orders_ties_by_slot(l2: bool) -> None:
-    """``_kernels.faiss_top_k`` itself, on what a real FAISS Flat index returns: scores are its
-    distances (negated for L2) and equal numpy's exact scores, rows become slots, ties (equal
-    vectors under slots in the other order than their rows) go to the smaller slot, -1 labels
-    (k beyond the rows) pad the end, ``lowest`` is the smallest fetched score and ``redo``
-    lists the queries with fewer than ``need`` hits."""
-    if not _kernels.AVAILABLE:
-        pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
-    x, q = data(30, 8), data(4, 8, seed=9)
-    x[20:25] = x[:5]  # row 20+i ties with row i
-    slot = np.r_[np.arange(100, 120), np.arange(10, 20)]   # ...under a smaller slot
-    index = faiss.IndexFlatL2(8) if l2 else faiss.IndexFlatIP(8)
-    index.add(x)
-    for kf, k in ((34, 12), (34, 32), (30, 30), (8, 5)):
-        dist, rows = index.search(q, kf)
-        got_s, got_i, low, redo = _kernels.faiss_top_k(dist, rows, slot, l2, k, need=k)
-        sc = -((x[None, :, :] - q[:, None, :]) ** 2).sum(2) if l2 else q @ x.T
-        for i in range(4):
-            fetched = rows[i][rows[i] >= 0]
-            hits = sorted(zip(-sc[i, fetched], slot[fetched]))[:k]
-            want_i = [int(s) for _, s in hits]
-            # Equal vectors give bit-equal FAISS distances, so ties are exact ties here.
-            np.testing.assert_array_equal(got_i[i, : len(hits)], want_i)
-            np.testing.assert_allclose(got_s[i, : len(hits)], [-a for a, _ in hits], rtol=1e-5, atol=1e-5)
-            assert (got_i[i, len(hits):] == -1).all() and (got_s[i, len(hits):] == -np.inf).all()
-            assert low[i] == pytest.approx(-dist[i, len(fetched) - 1] if l2 else dist[i, len(fetched) - 1])
-        kept = min(k, kf, 30)
-        assert redo.tolist() == ([0, 1, 2, 3] if kept < k else [])
-        for need in (kept, kept + 1):
-            assert _kernels.faiss_top_k(dist, rows, slot, l2, k, need=need)[3].tolist() == \
-                ([0, 1, 2, 3] if need > kept else [])
-
-
-def test_faiss_top_k_kernel_flags_a_kth_score_tied_with_the_last_fetched() -> None:
-    """With ``tie_check``, a query whose k-th score equals (within 1e-5 relative) the lowest
-    fetched score is listed for an exact search; others are not, and without the check none is."""
-    if not _kernels.AVAILABLE:
-        pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
-    dist = np.array([[5, 4, 3, 2, 1], [5, 4, 3, 2, 2], [5, 4, 3, 2, 2 - 1e-6], [5, 4, 3, 2, 1.9]], dtype=np.float32)
-    rows = np.tile(np.arange(5), (4, 1))
-    slot = np.arange(5)
-    assert _kernels.faiss_top_k(dist, rows, slot, False, 4, 4, tie_check=True)[3].tolist() == [1, 2]
-    assert _kernels.faiss_top_k(dist, rows, slot, False, 4, 4)[3].tolist() == []
-    # L2 distances ascend: the same ties, read as negated distances.
-    assert _kernels.faiss_top_k(-dist, rows, slot, True, 4, 4, tie_check=True)[3].tolist() == [1, 2]
 
 
 def test_ivfpq_buffers_until_trained() -> None:
@@ -366,7 +268,6 @@ def test_gpu_flag_on_cpu() -> None:
     store = FaissStore(8, use_gpu="auto")  # never breaks on a CPU-only build
     store.add(np.arange(10), data(10, 8))
     assert store.search(data(1, 8), 3)[1].shape == (1, 3)
-    import faiss
 
     if faiss.get_num_gpus() == 0:
         with pytest.raises(ConfigError, match="GPU"):

@@ -663,7 +663,7 @@ def test_pq_bad_settings_and_files(tmp_path: Path) -> None:
         with pytest.raises(IndexFormatError, match=match):
             MultiVectorStore.load(tmp_path, {**files, role: "bad.npy"}, store.config())
     np.save(tmp_path / "flag.npy", np.array([2.0, 1.0], dtype=np.float32))
-    with pytest.raises(IndexFormatError, match=r"pq_unit file holds \[2\.0, 1\.0\]"):
+    with pytest.raises(IndexFormatError, match=r"pq_unit file flag.npy holds \[2\.0, 1\.0\]"):
         MultiVectorStore.load(tmp_path, {**files, "pq_unit": "flag.npy"}, store.config())
     with pytest.raises(ValueError, match="NaN"):
         store.add([500], [np.full((2, 32), np.nan, dtype=np.float32)])

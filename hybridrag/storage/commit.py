@@ -97,8 +97,7 @@ def commit(idx, *, merge: bool = True) -> None:
             idx._vocab_saved = len(idx.bm25.vocabulary)
         idx._dirty = False
         idx._collect_garbage()
-        if merge and idx.merge_policy is not None and all(  # TEMP until stores have merge()
-                hasattr(type(st.newest), "merge") for st in idx._local_stores().values()):
+        if merge and idx.merge_policy is not None:
             for group in idx.merge_policy.select(idx._table.infos()):
                 merge_segments(idx, group)
 
@@ -170,7 +169,8 @@ def _save_part(idx, store: Any, tag: str, checksums: dict[str, str]) -> dict[str
 
 def _open_part(idx, mode: str, files: Mapping[str, str]) -> Any:
     """A segment just written, opened as a loader would (memory-mapped)."""
-    return opening.store_class(idx, mode).load(idx.path, dict(files), idx._manifest["stores"][mode]["config"])
+    return opening.store_class(idx, mode).load(idx.path, dict(files), idx._manifest["stores"][mode]["config"],
+                                               slot_limit=int(idx._manifest["counts"]["next_slot"]))
 
 
 def _write_vocabulary(idx, name: str, start: int) -> None:

@@ -153,6 +153,7 @@ def load_stores(idx) -> None:
     idx.stores = {}
     gen = idx._gen
     idx._table = SegmentTable.open(idx.path, m, legacy_slots=lambda: idx.docstore.live_slots(as_of=gen))
+    limit = int(m.get("counts", {}).get("next_slot", 0))   # a slot at or past it is damage
     for mode, entry in m["stores"].items():
         cls, config = store_class(idx, mode), entry.get("config", {})
         parts: dict[str, Any] = {}
@@ -160,7 +161,7 @@ def load_stores(idx) -> None:
             sid, files = seg["id"], seg["files"].get(mode)
             if not isinstance(files, dict) or not files:
                 raise IndexFormatError(f"{idx.path / MANIFEST}: segment {sid!r} has no files for {mode!r}")
-            part = cls.load(idx.path, files, config)
+            part = cls.load(idx.path, files, config, slot_limit=limit)
             dead = idx._table.deleted[sid]
             if dead.size:
                 part.remove(dead)

@@ -41,7 +41,7 @@ except ImportError:  # numba missing or disabled: the numpy path is used
 
 AVAILABLE = njit is not None
 # A k-th score this close (relative) to the lowest fetched one counts as tied with it: the
-# dense store then answers that query exactly (faiss_top_k here, FaissStore._ann otherwise).
+# dense store then answers that query exactly (FaissStore._ann).
 TIE_RTOL = 1e-5
 
 if njit is not None:
@@ -513,30 +513,6 @@ if njit is not None:
         return True
 
     @njit(cache=True, nogil=True)
-    def _faiss_top_k(dist, rows, row_slot, l2, k, need, tie_check, out_s, out_i, lowest, redo):  # pragma: no cover - compiled
-        """Top-k of hits whose FAISS distances are already exact (``Flat``, ``HNSW...,Flat``):
-        ``dist``/``rows`` ``(nq, kf)`` as FAISS returns them (labels -1: none, at the end).
-        Scores are the distances (negated when ``l2``); rows map to slots; ties by slot
-        ascending. Fills ``out_*`` (padded with -inf / -1) and ``lowest[i]`` as
-        :func:`_rescore_top_k` does, and ``redo[:n]`` with the queries that kept fewer than
-        ``need`` hits or (``tie_check``) whose k-th score ties with the lowest fetched one
-        (within :data:`TIE_RTOL`); returns ``n``."""
-        nq, kf = rows.shape
-        n_redo = 0
-        neg = np.empty(kf, dtype=np.float32)
-        for i in range(nq):
-            if l2:
-                for j in range(kf):
-                    neg[j] = -dist[i, j]
-            n, low = _top_of_hits(neg if l2 else dist[i], rows[i], row_slot, k, out_s[i], out_i[i])
-            lowest[i] = low
-            kth = np.float64(out_s[i, k - 1])
-            if n < need or (tie_check and kth - low <= TIE_RTOL * (1.0 + abs(kth))):
-                redo[n_redo] = i
-                n_redo += 1
-        return n_redo
-
-    @njit(cache=True, nogil=True)
     def _score_rows(terms, qws, ip0, r0, w0, ip1, r1, w1, cand, acc):  # pragma: no cover - compiled
         """``acc[j] += qws[a] * w`` for each query term ``terms[a]`` (in order) and each tier (0,
         then 1) holding a posting of row ``cand[j]`` (< 0: skipped), ``w`` that posting's
@@ -685,35 +661,6 @@ def rescore_top_k(rows: np.ndarray, base: np.ndarray, tail: np.ndarray, q: np.nd
     return out_s, out_i, lowest, int(short)
 
 
-def faiss_top_k(dist: np.ndarray, rows: np.ndarray, row_slot: np.ndarray, l2: bool, k: int, need: int = 0,
-                tie_check: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Top-``k`` ``(scores, slots, lowest, redo)`` taken from FAISS's own distances, for
-    indexes whose distances are exact float32 ones over the same vectors the store keeps
-    (``Flat``, ``HNSW..,Flat``): no vector is read again (compiled kernel; callers check
-    :data:`AVAILABLE`). ``scores``, ``slots`` and ``lowest`` as :func:`rescore_top_k`;
-    ``redo`` (int64) lists the queries an exact search must answer instead: fewer than
-    ``need`` hits, or, with ``tie_check``, a k-th score that ties with the lowest fetched one
-    (a smaller slot of equal score may lie past the hits). ``dist`` and ``rows`` are taken as
-    FAISS returns them (writable float32 and int64, C order; others are copied to that);
-    ``row_slot`` read-only, as :func:`readonly` makes it."""
-    nq = rows.shape[0]
-    out_s = np.empty((nq, k), dtype=np.float32)
-    out_i = np.empty((nq, k), dtype=np.int64)
-    lowest = np.empty(nq, dtype=np.float64)
-    redo = np.empty(nq, dtype=np.int64)
-    n = _faiss_top_k(_writable(dist, np.float32), _writable(rows, np.int64), _ro(row_slot, np.int64), bool(l2),
-                     k, need, bool(tie_check), out_s, out_i, lowest, redo)
-    return out_s, out_i, lowest, redo[:n]
-
-
-def _writable(a: np.ndarray, dtype: type) -> np.ndarray:
-    """``a`` if it is a writable C-contiguous ``dtype`` array (FAISS's outputs are), else a
-    copy that is: one numba type for every call."""
-    if a.flags.writeable and a.flags.c_contiguous and a.dtype == dtype:
-        return a
-    return np.array(a, dtype=dtype, order="C")
-
-
 def all_finite(a: np.ndarray) -> bool:
     """Whether every value of the C-contiguous float32 array ``a`` is finite: one compiled
     pass with numba (faster than ``np.isfinite(a).all()`` for a query vector, and without
@@ -792,8 +739,6 @@ def _compile_now() -> None:
                [(np.array([0, 2]), rows, np.ones(2, dtype=np.float32))], np.arange(2), np.zeros(2, dtype=np.float32))
     one = np.ones((1, 2), dtype=np.float32)
     rescore_top_k(np.zeros((1, 1), dtype=np.int64), one, one[:0], one, np.zeros(1, dtype=np.int64), None, False, 1)
-    faiss_top_k(np.zeros((1, 1), dtype=np.float32), np.zeros((1, 1), dtype=np.int64), np.zeros(1, dtype=np.int64),
-                False, 1)
     all_finite(one)
     all_finite(_ro(one))   # memory-mapped or read-only inputs
 

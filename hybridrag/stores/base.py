@@ -35,6 +35,8 @@ __all__ = [
     "new_file",
     "write_npy",
     "load_npy",
+    "load_array",
+    "widen",
 ]
 
 
@@ -389,3 +391,51 @@ def load_npy(directory: Path | str, files: dict[str, str], role: str, mmap: bool
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as exc:
         raise IndexFormatError(f"cannot read {path}: {exc}") from exc
+
+
+def load_array(
+    directory: Path | str, files: dict[str, str], role: str, *, kinds: str, ndim: int,
+    mmap: bool = False, shape: tuple[int | None, ...] | None = None,
+) -> np.ndarray:
+    """:func:`load_npy` plus the structural checks every store's ``load`` needs: the dtype's
+    kind is one of ``kinds`` (numpy kind letters, e.g. ``"iu"``), ``ndim`` dimensions and,
+    where ``shape`` gives a size (``None``: any), that size. Reads only the ``.npy`` header
+    when ``mmap``; any mismatch or unreadable file raises ``IndexFormatError`` naming it."""
+    name = files.get(role, role)
+    try:
+        arr = load_npy(directory, files, role, mmap=mmap)
+    except IndexFormatError:
+        raise
+    except Exception as exc:   # noqa: BLE001 - numpy's header parser raises many kinds on damage
+        raise IndexFormatError(f"cannot read {name}: {type(exc).__name__}: {exc}") from exc
+    if arr.dtype.kind not in kinds or arr.dtype.hasobject or arr.ndim != ndim or (
+        shape is not None and any(w is not None and w != got for w, got in zip(shape, arr.shape))
+    ):
+        want = "x".join("n" if w is None else str(w) for w in shape) if shape else f"{ndim}-D"
+        raise IndexFormatError(
+            f"{name} holds a {arr.dtype} array of shape {arr.shape}, expected dtype kind "
+            f"{kinds!r} and shape ({want})"
+        )
+    return arr
+
+
+def widen(t: np.ndarray) -> np.ndarray:
+    """``t`` as float32 (a view when it already is). numpy converts float16 element by element
+    (slower than the GEMM that follows; docs/CHANGELOG-performance.md, engine change 3); torch,
+    already a dependency, uses the CPU's F16C conversion instructions and gives the same values."""
+    if t.dtype != np.float16:
+        return np.asarray(t, dtype=np.float32)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return t.astype(np.float32)
+    if not t.flags.writeable or not t.flags.c_contiguous:
+        t = np.array(t)   # torch takes writable memory only (a memory map's rows are read-only)
+    out = np.empty(t.shape, dtype=np.float32)
+    src, dst = torch.from_numpy(t), torch.from_numpy(out)
+    # Pieces below torch's parallel grain size (32768 elements) run on the calling thread:
+    # waking an intra-op thread pool per query costs more than the conversion itself.
+    rows = max(1, 32768 // max(1, t.shape[1] if t.ndim > 1 else 1))
+    for i in range(0, t.shape[0], rows):
+        dst[i:i + rows].copy_(src[i:i + rows])
+    return out

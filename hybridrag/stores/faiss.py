@@ -3,17 +3,29 @@
 Design
 ------
 * The store keeps the float vectors themselves (float32, or float16 with
-  ``vector_dtype="float16"``) next to the FAISS index. They give exact ``score()`` of
-  candidates, exact re-scoring of ANN hits, brute-force search while a trained index
-  is still buffering, and rebuilds.
-* FAISS ids are internal *row* numbers; ``row -> slot`` and ``slot -> row`` arrays map
-  them to engine slots. Removal is a tombstone (the row's live bit is cleared) and
-  every search on a store with tombstones or an ``allowed`` mask passes an
-  ``IDSelectorBitmap`` in FAISS ``SearchParameters``, so removed or disallowed slots
-  are never returned and top-k is taken after the filter. This works the same for
-  Flat, IVF and HNSW (which cannot remove). Tombstoned rows are dropped by a rebuild
-  when more than half the rows are dead, and at ``save`` (always for Flat, else when
-  at least a quarter are dead).
+  ``vector_dtype="float16"``). They give exact ``score()`` of candidates, exact re-scoring
+  of ANN hits, brute-force search while a trained index is still buffering, and rebuilds.
+* ``Flat`` has no FAISS index: the kept vectors are the only copy, memory-mapped after
+  ``load``, so opening a Flat store reads the vectors' ``.npy`` header and its small row
+  files. (A FAISS ``IndexFlat`` held a second copy, written beside them and read whole into
+  memory at load, for the same search.) float32 vectors are searched in place by FAISS's
+  exact k-NN kernel (``knn_inner_product`` / ``knn_L2sqr``, what ``IndexFlat.search`` runs;
+  a filter is an ``IDSelectorBitmap``), its hits re-scored as below, and a query whose
+  k-th score ties with the last fetched one is answered by brute force (ties go to the
+  smaller slot); float16 vectors, and rows split between a loaded file and later adds, by
+  numpy brute force (one GEMM per block). Single-threaded (``OMP_NUM_THREADS=1``) on a
+  shared 2-core machine, ``benchmarks/bench_dense_segments.py``, against the store that held
+  an ``IndexFlat``: at 100k x 1024 float32 ``load`` 267-275 ms and +391 MiB resident ->
+  17-18 ms and +0 MiB, one query (k=10) p50 17-25 ms -> 16-23 ms (3 runs each); at 20k x 384
+  one query p50 0.76-0.78 ms -> 0.78-0.80 ms. With a GPU, unfiltered
+  searches go to a GPU ``IndexFlat`` built from the vectors on first use.
+* Other factories keep a FAISS index whose ids are internal *row* numbers; ``row -> slot``
+  and ``slot -> row`` arrays map them to engine slots. Removal is a tombstone (the row's
+  live bit is cleared) and every search on a store with tombstones or an ``allowed`` mask
+  passes an ``IDSelectorBitmap`` in FAISS ``SearchParameters``, so removed or disallowed
+  slots are never returned and top-k is taken after the filter. Tombstoned rows are dropped
+  by a rebuild when more than half the rows are dead, and at ``save`` (always for Flat and
+  untrained stores, else when at least a quarter are dead).
 * Indexes that need training (IVF, PQ, SQ) buffer vectors until ``min_train`` live
   vectors exist (default ``max(256, 39 * max(nlist, ksub))``, FAISS's own guidance);
   until then search is exact brute force over the buffered vectors. They are then
@@ -21,25 +33,39 @@ Design
 * A query falls back to exact brute force when few rows pass the filter
   (``<= exact_below``, or under 2% of the rows), or when the ANN index returned fewer
   than ``min(k, rows allowed)`` hits, so ``k`` hits come back whenever ``k`` exist.
-  Exact (``Flat``) search also falls back per query when a tie at the k-th score
-  might reach past the fetched hits, so ties always go to the smaller slot.
 * Scores: ``metric="ip"`` gives the inner product; ``metric="l2"`` gives the negative
-  squared L2 distance (so larger is better, as everywhere in hybridrag). Search
-  scores equal ``score()`` to float32 rounding: ANN hits are re-scored from the stored
-  vectors (with numba, float32 vectors are re-scored and ranked in one compiled pass,
-  ``_kernels.rescore_top_k``, whose sums run in another order than numpy's), except
-  where FAISS's own distances are already exact over the same float32 vectors (``Flat``
-  and ``HNSW<M>`` with ``vector_dtype="float32"``, searched on the CPU with numba): those
-  are taken as they are (``_kernels.faiss_top_k``: rows to slots, ties by slot).
-* GPU: with ``use_gpu="auto"`` (or ``True``) and ``faiss.get_num_gpus() > 0`` the
-  index is copied with ``index_cpu_to_all_gpus`` for unfiltered searches; filtered
-  searches and index types the GPU build cannot hold run on the CPU index.
+  squared L2 distance (so larger is better, as everywhere in hybridrag). Search scores
+  equal ``score()`` to float32 rounding: ANN hits are re-scored from the kept vectors
+  (with numba, float32 vectors in one compiled pass, ``_kernels.rescore_top_k``).
+  A score that is not finite (only damaged files give one: added vectors are checked)
+  counts as absent.
 
-Tests: ``tests/test_faiss_store.py``, ``tests/test_store_conformance.py``.
+Segments
+--------
+Each segment of an index holds one ``FaissStore`` over its own rows. ``empty_like()`` gives
+a fresh store with the same settings and the same trained state (the IVF coarse quantiser,
+PQ/SQ codebooks, OPQ rotation: the trained index, emptied), so every segment codes vectors
+alike. ``merge(parts)`` builds one store from the live rows of several: the kept vectors
+are copied as stored; a trained IVF index (array inverted lists) or a flat-code index
+(``PQ``, ``SQ``...) gets the parts' codes copied entry by entry (renumbered rows), so codes
+and ANN distances stay those of the parts; HNSW (its graph depends on every row) and any
+other index are rebuilt from the kept vectors (float32 as kept). Parts not all trained
+alike (one still buffering, or trained separately) are re-coded from their kept vectors with
+the first trained part's state. Flat has nothing but the vectors. Scores after a merge equal
+the parts' to float32 rounding (BLAS rounds a dot product by the row's place in the block,
+as it already does between two ``score`` calls with different candidates). ``load`` checks the files' structure (shapes, dtypes, slots;
+the FAISS index's dimension, size, ids and HNSW links) without reading the vectors, so a
+damaged file raises ``IndexFormatError`` naming it instead of crashing a later search.
+
+Tests: ``tests/test_faiss_store.py``, ``tests/test_store_segments.py``,
+``tests/test_store_damage.py``, ``tests/test_store_conformance.py``.
 """
 from __future__ import annotations
 
 import logging
+import os
+import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +82,11 @@ from hybridrag.stores.base import (
     check_allowed,
     check_k,
     empty_results,
-    load_npy,
+    load_array,
     merge_topk,
     new_file,
     topk,
+    widen,
     write_npy,
     write_npy_blocks,
 )
@@ -74,6 +101,7 @@ _BLOCK_ROWS = 65536  # rows per brute-force block: bounds the (nq, block) score 
 _QUERY_BLOCK = 256  # queries per exact re-scoring block
 _BRUTE_FRACTION = 0.02  # filters passing fewer rows than this go to brute force
 _TIE_MARGIN = 8  # extra hits fetched so ties at the k-th score can be resolved
+_MAX_SLOT = 1 << 40  # slots at or above this in a file are damage (the slot map is dense)
 _GPU_COUNT: int | None = None  # faiss.get_num_gpus(), once per process (FaissStore._num_gpus)
 
 
@@ -149,12 +177,12 @@ class FaissStore:
         self.exact_below = int(exact_below)
         self.refine_factor = int(refine_factor)
 
-        self._index = self._new_index()
-        info = self._inspect(self._index)
+        index = self._new_index()
+        info = self._inspect(index)
         self._is_flat = info["flat"]
-        # The store's vectors are the float32 ones FAISS holds: its distances are the scores.
-        self._faiss_scores = info["exact"] and vector_dtype == "float32"
-        self._needs_training = not self._index.is_trained
+        # Flat: the kept vectors are the index (see the module doc).
+        self._index: Any = None if self._is_flat else index
+        self._needs_training = not index.is_trained
         floor = max(info["nlist"], info["ksub"], 1)
         if min_train is None:
             min_train = max(256, 39 * floor) if self._needs_training else 0
@@ -184,6 +212,7 @@ class FaissStore:
         # _ready, kept between searches (reading it from the SWIG index on every query showed
         # in profile_dense_call.py); None after the index or the rows change.
         self._ready_cache: bool | None = None
+        self._sq_norms = np.zeros(0, dtype=np.float32)  # l2 brute force: |v|^2 of the first rows
 
     # ------------------------------------------------------------------ index helpers
 
@@ -222,12 +251,8 @@ class FaissStore:
         except RuntimeError:
             nlist = 0
         pq = getattr(inner, "pq", None)
-        top = faiss.downcast_index(index)
         return {
-            "flat": isinstance(inner, faiss.IndexFlat),
-            # FAISS's distances are exact float32 ones over the vectors as added (no transform,
-            # no codes): its top hits need no re-scoring.
-            "exact": isinstance(top, (faiss.IndexFlat, faiss.IndexHNSWFlat)),
+            "flat": isinstance(faiss.downcast_index(index), faiss.IndexFlat),
             "nlist": nlist,
             "ksub": int(pq.ksub) if pq is not None else 0,
         }
@@ -236,7 +261,8 @@ class FaissStore:
     def _ready(self) -> bool:
         """True when every row is in the FAISS index (trained, or needs no training)."""
         if self._ready_cache is None:
-            self._ready_cache = bool(self._index.is_trained) and self._index.ntotal == self._n_rows
+            self._ready_cache = self._index is None or (
+                bool(self._index.is_trained) and self._index.ntotal == self._n_rows)
         return self._ready_cache
 
     def _add_to_index(self, index: Any, start: int, stop: int) -> None:
@@ -267,7 +293,8 @@ class FaissStore:
             self._n_rows = keep.shape[0]
             self._slot_row[:] = -1
             self._slot_row[self._row_slot] = np.arange(self._n_rows)
-        if self._index.ntotal != self._n_rows or not self._index.is_trained:
+            self._sq_norms = self._sq_norms[:0]
+        if self._index is not None and (self._index.ntotal != self._n_rows or not self._index.is_trained):
             if self._needs_training and self._index.is_trained:
                 index = faiss.clone_index(self._index)
                 index.reset()
@@ -329,7 +356,11 @@ class FaissStore:
             return None
         if self._gpu_index is None:
             try:
-                gpu = faiss.index_cpu_to_all_gpus(self._index)
+                index = self._index
+                if index is None:   # Flat: a GPU copy of the vectors (the CPU one is dropped)
+                    index = faiss.IndexFlat(self.dim, _METRICS[self.metric])
+                    self._add_to_index(index, 0, self._n_rows)
+                gpu = faiss.index_cpu_to_all_gpus(index)
                 if hasattr(gpu, "nprobe"):
                     gpu.nprobe = self.nprobe
                 self._gpu_index = gpu
@@ -372,14 +403,18 @@ class FaissStore:
         self._n_live += n
         self._max_slot = max(self._max_slot, int(slots.max()))
         self._gpu_index = None
-        if self._index.is_trained:
+        if self._index is None:
+            pass
+        elif self._index.is_trained:
             self._index.add(vecs)
         elif self._n_live >= self.min_train:
             self._train_and_fill()
         self._ready_cache = None
 
     def remove(self, slots: np.ndarray) -> None:
-        """Tombstone ``slots``; unknown or already removed slots are ignored."""
+        """Tombstone ``slots``; unknown or already removed slots are ignored. In memory only:
+        a loaded store's files are never touched, and it keeps its tombstones (no rebuild of
+        the index or copy of the memory-mapped vectors; a merge drops them)."""
         slots = as_slots(slots)
         slots = np.unique(slots[slots < self._slot_row.shape[0]])
         rows = self._slot_row[slots]
@@ -391,7 +426,7 @@ class FaissStore:
         self._n_live -= rows.shape[0]
         self._gpu_index = None
         dead = self._n_rows - self._n_live
-        if dead > max(1024, self._n_live):
+        if dead > max(1024, self._n_live) and self._vecs.parts()[0].shape[0] == 0:
             self._compact_rows()
 
     def search(
@@ -416,6 +451,7 @@ class FaissStore:
             not self._ready
             or n_ok <= self.exact_below
             or (rowmask is not None and n_ok < _BRUTE_FRACTION * self._n_rows)
+            or (self._index is None and self._knn_vectors() is None and (rowmask is not None or self._gpu() is None))
         ):
             return self._brute(q, k, rowmask)
         return self._ann(q, k, rowmask, n_ok)
@@ -435,6 +471,7 @@ class FaissStore:
             ok = rows >= 0
             if ok.any():
                 res[ok] = self._scores(qi[None, :], self._vecs.take(rows[ok]))[0]
+                res[~np.isfinite(res)] = -np.inf   # damaged vectors only (see the module doc)
             out.append(res)
         return out
 
@@ -448,11 +485,64 @@ class FaissStore:
             "exact_below": self.exact_below, "refine_factor": self.refine_factor,
         }
 
+    def empty_like(self) -> Self:
+        """An empty store with this one's settings and trained state (the trained FAISS
+        index, emptied): a new segment codes vectors as this one does."""
+        new = type(self)(**self.config())
+        if self._index is not None and self._needs_training and self._index.is_trained:
+            index = faiss.clone_index(self._index)
+            index.reset()
+            new._index = index
+        return new
+
+    @classmethod
+    def merge(cls, parts: Sequence[FaissStore]) -> Self:
+        """One in-memory store holding the live rows of ``parts`` (same settings, disjoint
+        slots), rows in part order. Kept vectors are copied as stored; FAISS codes are
+        copied where the parts share a trained state, else the index is rebuilt from the
+        kept vectors (see the module doc)."""
+        parts = list(parts)
+        if not parts or not all(isinstance(p, FaissStore) for p in parts):
+            raise TypeError(f"merge takes a non-empty sequence of FaissStore, got {parts!r}")
+        cfg = parts[0].config()
+        for p in parts[1:]:
+            if p.config() != cfg:
+                raise ValueError(f"cannot merge stores of different settings: {p.config()} vs {cfg}")
+        trained = [p for p in parts if p._index is not None and p._needs_training and p._index.is_trained]
+        out = (trained[0] if trained else parts[0]).empty_like()
+        keeps = [np.flatnonzero(p._live[: p._n_rows]) for p in parts]
+        slots = np.concatenate([p._row_slot[keep] for p, keep in zip(parts, keeps)])
+        if np.unique(slots).shape[0] != slots.shape[0]:
+            raise ValueError("the parts hold a slot in common; merge needs disjoint slots")
+        for p, keep in zip(parts, keeps):
+            for s in range(0, keep.shape[0], _BLOCK_ROWS):
+                out._vecs.append(p._vecs.take(keep[s : s + _BLOCK_ROWS]))
+        n = slots.shape[0]
+        out._row_slot = slots
+        out._live = np.ones(n, dtype=bool)
+        out._n_rows = out._n_live = n
+        out._max_slot = int(slots.max()) if n else -1
+        out._slot_row = np.full(out._max_slot + 1, -1, dtype=np.int64)
+        out._slot_row[slots] = np.arange(n)
+        if out._index is not None:
+            state = _trained_state(out._index) if trained else None
+            if not (trained and all(p._ready and _trained_state(p._index) == state for p in parts)
+                    and _copy_codes(out._index, [p._index for p in parts], keeps, n)):
+                if out._index.ntotal:
+                    out._index.reset()
+                if out._index.is_trained:
+                    out._add_to_index(out._index, 0, n)
+                elif n >= out.min_train:
+                    out._train_and_fill()
+        out._ready_cache = None
+        return out
+
     def save(self, directory: Path, tag: str) -> dict[str, str]:
-        """Write NEW files ``{tag}.faiss.*`` into ``directory``; return ``{role: filename}``."""
+        """Write NEW files ``{tag}.faiss.*`` into ``directory``; return ``{role: filename}``
+        (``vectors``, ``rows``, ``live``, and ``index`` except for Flat)."""
         directory = Path(directory)
         dead = self._n_rows - self._n_live
-        if dead and (self._is_flat or not self._ready or dead * 4 >= self._n_rows):
+        if dead and (self._index is None or not self._ready or dead * 4 >= self._n_rows):
             self._compact_rows()
         n = self._n_rows
         files = {
@@ -462,49 +552,45 @@ class FaissStore:
             ),
             "rows": write_npy(directory, f"{tag}.faiss.rows.npy", self._row_slot[:n]),
             "live": write_npy(directory, f"{tag}.faiss.live.npy", self._live[:n]),
-            "index": new_file(
-                directory, f"{tag}.faiss.index", lambda p: faiss.write_index(self._index, str(p))
-            ),
         }
+        if self._index is not None:
+            files["index"] = new_file(
+                directory, f"{tag}.faiss.index", lambda p: faiss.write_index(self._index, str(p))
+            )
         return files
 
     @classmethod
-    def load(cls, directory: Path, files: dict[str, str], config: dict) -> Self:
-        """Open a saved store: vectors memory-mapped (read-only), FAISS index read into memory."""
+    def load(cls, directory: Path, files: dict[str, str], config: dict, *,
+             slot_limit: int | None = None) -> Self:
+        """Open a saved store: vectors memory-mapped (read-only), a FAISS index (not Flat) read
+        into memory. Structure is checked, the vectors are not read (see the module doc);
+        ``slot_limit``: slots in the files must be below it (the engine's next slot), else
+        ``IndexFormatError``. An ``index`` file of a Flat store saved before is ignored."""
         try:
             store = cls(**config)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise IndexFormatError(f"bad FaissStore config {config!r}: {exc}") from exc
         directory = Path(directory)
-        vecs = load_npy(directory, files, "vectors", mmap=True)
-        rows = np.array(load_npy(directory, files, "rows"))
-        live = np.array(load_npy(directory, files, "live"))
-        if not np.issubdtype(rows.dtype, np.integer) or live.dtype != np.bool_:
-            raise IndexFormatError(f"store files have rows dtype {rows.dtype} and live dtype {live.dtype}, "
-                                   "expected int64 and bool")
-        rows = rows.astype(np.int64)
-        if rows.size and (rows.min() < 0 or np.unique(rows[live]).shape[0] != int(live.sum())):
-            raise IndexFormatError("store rows hold negative or duplicate live slots")
-        if "index" not in files or not (directory / files["index"]).is_file():
-            raise IndexFormatError(f"missing FAISS index file in {files!r}")
-        try:
-            index = faiss.read_index(str(directory / files["index"]))
-        except RuntimeError as exc:
-            raise IndexFormatError(f"cannot read FAISS index {files['index']}: {exc}") from exc
+        vecs = load_array(directory, files, "vectors", kinds="f", ndim=2, mmap=True, shape=(None, store.dim))
+        if vecs.dtype != np.dtype(store.vector_dtype):
+            raise IndexFormatError(f"{files['vectors']} holds {vecs.dtype} vectors, expected {store.vector_dtype}")
+        rows = np.array(load_array(directory, files, "rows", kinds="iu", ndim=1)).astype(np.int64)
+        # A bool .npy may hold any byte after damage: nonzero is live.
+        live = np.array(load_array(directory, files, "live", kinds="b", ndim=1)).view(np.uint8) != 0
         n = rows.shape[0]
-        if vecs.ndim != 2 or vecs.shape[0] != n or live.shape != (n,):
-            raise IndexFormatError(
-                f"inconsistent store files: vectors {vecs.shape}, rows {rows.shape}, live {live.shape}"
-            )
-        if index.d != store.dim or (index.is_trained and index.ntotal != n) or (
-            not index.is_trained and index.ntotal != 0
-        ):
-            raise IndexFormatError(
-                f"FAISS index (d={index.d}, ntotal={index.ntotal}) does not match {n} rows of dim {store.dim}"
-            )
+        if vecs.shape[0] != n or live.shape[0] != n:
+            raise IndexFormatError(f"{files['vectors']} ({vecs.shape[0]} rows), {files['rows']} ({n}) and "
+                                   f"{files['live']} ({live.shape[0]}) disagree")
+        limit = _MAX_SLOT if slot_limit is None else min(int(slot_limit), _MAX_SLOT)
+        if n and (rows.min() < 0 or rows.max() >= limit):
+            raise IndexFormatError(f"{files['rows']} holds slots outside [0, {limit}): "
+                                   f"{int(rows.min())}..{int(rows.max())}")
+        if np.unique(rows[live]).shape[0] != int(live.sum()):
+            raise IndexFormatError(f"{files['rows']} holds a live slot twice")
+        if store._index is not None:
+            store._index = store._read_index(directory, files, n)
         store._vecs = AppendableArray(store.dim, store.vector_dtype, base=vecs)
         store._kernel_views = None
-        store._index = index
         store._ready_cache = None
         store._row_slot = rows
         store._live = live
@@ -515,110 +601,159 @@ class FaissStore:
         store._slot_row[rows[live]] = np.flatnonzero(live)
         return store
 
+    def _read_index(self, directory: Path, files: dict[str, str], n: int) -> Any:
+        """The saved FAISS index, checked against this store (type, dimension, metric, size)
+        and, where a damaged one could make FAISS read out of bounds, inside: IVF lists and
+        ids, HNSW links and levels, flat codes."""
+        name = files.get("index")
+        if name is None or not (directory / name).is_file():
+            raise IndexFormatError(f"missing FAISS index file in {files!r}")
+        _precheck_sizes(directory / name)
+        try:
+            index = faiss.read_index(str(directory / name))
+        except (RuntimeError, MemoryError, ValueError) as exc:
+            raise IndexFormatError(f"cannot read FAISS index {name}: {exc}") from exc
+        fresh = self._new_index()
+        chain, want = _chain(index), _chain(fresh)
+        if [type(i) for i in chain] != [type(i) for i in want] or any(
+            i.d != j.d or i.metric_type != j.metric_type for i, j in zip(chain, want)
+        ):
+            raise IndexFormatError(f"FAISS index {name} is a {[type(i).__name__ for i in chain]} of d={index.d}, "
+                                   f"expected {[type(i).__name__ for i in want]} of d={self.dim} for {self.factory!r}")
+        trained = bool(index.is_trained)
+        if (not trained and (not self._needs_training or index.ntotal != 0)) or (trained and index.ntotal != n):
+            raise IndexFormatError(f"FAISS index {name} (trained: {trained}, ntotal={index.ntotal}) does not "
+                                   f"match {n} rows")
+        try:
+            _check_inside(index, chain, n)
+        except (ValueError, TypeError) as exc:
+            raise IndexFormatError(f"FAISS index {name}: {exc}") from exc
+        return index
+
     # ------------------------------------------------------------------ search internals
 
-    def _scores(self, q: np.ndarray, vecs: np.ndarray) -> np.ndarray:
-        """Score matrix ``(nq, n)`` of float32 queries against stored vectors."""
-        v = np.asarray(vecs, dtype=np.float32)
+    def _norms(self) -> np.ndarray:
+        """``|v|^2`` of every row (l2 brute force), computed once per row, on first use."""
+        have = self._sq_norms.shape[0]
+        if have < self._n_rows:
+            parts = [self._sq_norms]
+            for s in range(have, self._n_rows, _BLOCK_ROWS):
+                v = widen(self._vecs.slice(s, min(s + _BLOCK_ROWS, self._n_rows)))
+                parts.append(np.einsum("ij,ij->i", v, v))
+            self._sq_norms = np.concatenate(parts)
+        return self._sq_norms
+
+    def _scores(self, q: np.ndarray, vecs: np.ndarray, sq: np.ndarray | None = None) -> np.ndarray:
+        """Score matrix ``(nq, n)`` of float32 queries against stored vectors (``sq``: their
+        squared norms, when known)."""
+        v = widen(vecs)
         ip = q @ v.T
         if self.metric == "ip":
             return ip
-        return 2.0 * ip - (q * q).sum(1)[:, None] - (v * v).sum(1)[None, :]
+        if sq is None:
+            sq = np.einsum("ij,ij->i", v, v)
+        return 2.0 * ip - (q * q).sum(1)[:, None] - sq[None, :]
+
+    def _top_block(self, sc: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``topk`` of one block of scores; +inf (only damaged vectors give one) counts as absent."""
+        got = topk(sc, slots, k)
+        if k and np.isposinf(got[0][:, 0]).any():
+            sc[np.isposinf(sc)] = -np.inf
+            got = topk(sc, slots, k)
+        return got
 
     def _brute(self, q: np.ndarray, k: int, rowmask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k over the stored vectors (rows outside ``rowmask`` excluded)."""
         best = empty_results(q.shape[0], k)
         n = self._n_rows
+        sq = self._norms() if self.metric == "l2" else None
         if rowmask is not None and rowmask.sum() * 8 < n:
             # A selective filter: gather only the allowed rows.
             rows = np.flatnonzero(rowmask)
             for s in range(0, rows.shape[0], _BLOCK_ROWS):
                 r = rows[s : s + _BLOCK_ROWS]
-                best = merge_topk(best, topk(self._scores(q, self._vecs.take(r)), self._row_slot[r], k), k)
+                sc = self._scores(q, self._vecs.take(r), None if sq is None else sq[r])
+                best = merge_topk(best, self._top_block(sc, self._row_slot[r], k), k)
             return best
         for start, blk in self._vecs.blocks(_BLOCK_ROWS):
-            stop = min(start + blk.shape[0], n)
-            sc = self._scores(q, blk[: stop - start])
+            stop = start + blk.shape[0]
+            sc = self._scores(q, blk, None if sq is None else sq[start:stop])
             if rowmask is not None:
                 sc[:, ~rowmask[start:stop]] = -np.inf
-            best = merge_topk(best, topk(sc, self._row_slot[start:stop], k), k)
+            got = self._top_block(sc, self._row_slot[start:stop], k)
+            best = got if start == 0 else merge_topk(best, got, k)
         return best
 
     def _ann(
         self, q: np.ndarray, k: int, rowmask: np.ndarray | None, n_ok: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Search the FAISS index, re-score hits exactly (or take its distances where they are
-        exact), fall back to brute force per query."""
+        """Search the FAISS index (or a Flat store's GPU copy), re-score the hits exactly from
+        the kept vectors, fall back to brute force per query."""
         kf = min(n_ok, max(k * self.refine_factor, k + _TIE_MARGIN))
-        bitmap = None if rowmask is None else np.packbits(rowmask, bitorder="little")
-        params, _keep = self._params(bitmap, kf)
         gpu = self._gpu() if rowmask is None and kf <= 2048 else None
         try:
             if gpu is not None:
-                dist, rows = gpu.search(q, kf)
+                _, rows = gpu.search(q, kf)
+            elif self._index is None:
+                rows = self._flat_knn(q, kf, rowmask)
             else:
-                dist, rows = _search(self._index, q, kf, params)
+                bitmap = None if rowmask is None else np.packbits(rowmask, bitorder="little")
+                params, _keep = self._params(bitmap, kf)
+                _, rows = self._index.search(q, kf, params=params)
         except RuntimeError as exc:  # an index type without SearchParameters support
             logger.debug("FAISS search failed on %r, using brute force: %s", self.factory, exc)
             return self._brute(q, k, rowmask)
         need = min(k, n_ok)
-        if self._faiss_scores and gpu is None and q.shape[0] == 1 and kf >= k:
-            got = self._untied_hits(dist, rows, k, self._is_flat and kf < n_ok)
-            if got is not None:
-                return got
-        if self._faiss_scores and gpu is None and _kernels.AVAILABLE:
-            # Flat or HNSW-Flat on the CPU: FAISS's distances are the exact scores (to float32
-            # rounding, as the re-score's), so only rows -> slots and ties remain to be done;
-            # the kernel also picks the queries to redo exactly (the checks below, which cost
-            # as much again in numpy with the caches cold after a Flat search).
-            out_s, out_i, _, redo_q = _kernels.faiss_top_k(dist, rows, self._views()[2], self.metric == "l2",
-                                                           k, need, self._is_flat and kf < n_ok)
-            if redo_q.shape[0]:
-                out_s[redo_q], out_i[redo_q] = self._brute(q[redo_q], k, rowmask)
-            return out_s, out_i
         if _kernels.AVAILABLE and self._vecs.dtype == np.float32:
             rows = np.asarray(rows, dtype=np.int64)
             rows.flags.writeable = False   # FAISS's fresh output: the kernel then takes it as it is
             # One compiled pass instead of _rescore's ~30 numpy calls, which were most of the
             # per-query overhead against raw FAISS (docs/CHANGELOG-performance.md, change 12).
             base, tail, row_slot = self._views()
-            out_s, out_i, lowest, short = _kernels.rescore_top_k(rows, base, tail, q, row_slot, rowmask,
-                                                                 self.metric == "l2", k, need)
+            out_s, out_i, lowest, _ = _kernels.rescore_top_k(rows, base, tail, q, row_slot, rowmask,
+                                                             self.metric == "l2", k, need)
         else:
             out_s, out_i, lowest = self._rescore(q, rows, rowmask, k)
-            short = 1   # not counted on this path: check every query below
-        # Fewer than min(k, n_ok) hits (topk pads at the end) -> brute force for that query.
-        redo = out_i[:, need - 1] < 0 if short else None
-        if self._is_flat and kf < n_ok:
-            # The k-th score ties with the last fetched one: a smaller slot with the same
-            # score may lie past the fetched hits.
+        # Fewer than min(k, n_ok) hits (topk pads at the end), or a score that is not finite
+        # (damaged vectors, which brute force counts absent) -> brute force for that query.
+        redo = (out_i[:, need - 1] < 0) | ((out_i >= 0) & ~np.isfinite(out_s)).any(axis=1)
+        if self._index is None and kf < n_ok:
+            # Flat on the GPU: the k-th score ties with the last fetched one, so a smaller
+            # slot with the same score may lie past the fetched hits.
             kth = out_s[:, k - 1]
-            tie = kth - lowest <= _kernels.TIE_RTOL * (1.0 + np.abs(kth))
-            redo = tie if redo is None else redo | tie
-        if redo is None:
-            return out_s, out_i
+            redo |= kth - lowest <= _kernels.TIE_RTOL * (1.0 + np.abs(kth))
         if redo.any():
             r = np.flatnonzero(redo)
             out_s[r], out_i[r] = self._brute(q[r], k, rowmask)
         return out_s, out_i
 
-    def _untied_hits(self, dist: np.ndarray, rows: np.ndarray, k: int,
-                     tie_check: bool) -> tuple[np.ndarray, np.ndarray] | None:
-        """One query's top-``k`` straight from FAISS's exact, sorted distances (``Flat``,
-        ``HNSW..,Flat`` on the CPU), or ``None`` when the general path must decide: fewer than
-        ``k`` hits, two fetched scores equal (ties go by slot there), or (``tie_check``) a
-        k-th score tied with the last fetched (a smaller slot may lie past the hits). With
-        none of those FAISS's order is the engine's and only rows -> slots remain: a few
-        Python operations on the k+8 hits cost less than the compiled call with the caches
-        cold after the search (engine change 17 in docs/CHANGELOG-performance.md; the
-        current overhead: docs/BENCHMARKS.md, section 3)."""
-        d = dist[0].tolist()
-        if rows[0, k - 1] < 0 or len(set(d)) < len(d):
+    def _knn_vectors(self) -> np.ndarray | None:
+        """Flat: the kept vectors as one float32 array (FAISS's exact k-NN kernel then searches
+        them in place), or None (float16, or rows split between a loaded file and later adds:
+        numpy brute force)."""
+        if self.vector_dtype != "float32":
             return None
-        if tie_check and abs(d[k - 1] - d[-1]) <= _kernels.TIE_RTOL * (1.0 + abs(d[k - 1])):
-            return None
-        top = dist[:, :k]
-        return (-top if self.metric == "l2" else top.copy()), self._row_slot[rows[:, :k]]
+        base, tail = self._vecs.parts()
+        if tail.shape[0] == 0:
+            return base
+        return tail if base.shape[0] == 0 else None
+
+    def _flat_knn(self, q: np.ndarray, kf: int, rowmask: np.ndarray | None) -> np.ndarray:
+        """Rows of the ``kf`` best kept vectors per query by FAISS's exact k-NN kernel (what
+        ``IndexFlat.search`` runs) over the vectors in place, memory-mapped or not."""
+        xb = self._knn_vectors()
+        nq = q.shape[0]
+        dist = np.empty((nq, kf), dtype=np.float32)
+        rows = np.empty((nq, kf), dtype=np.int64)
+        bitmap = None if rowmask is None else np.packbits(rowmask, bitorder="little")
+        sel = None if bitmap is None else faiss.IDSelectorBitmap(self._n_rows, faiss.swig_ptr(bitmap))
+        args = (faiss.swig_ptr(q), faiss.swig_ptr(xb), self.dim, nq, xb.shape[0], kf,
+                faiss.swig_ptr(dist), faiss.swig_ptr(rows))
+        if self.metric == "ip":
+            faiss.knn_inner_product(*args, sel)
+        else:
+            faiss.knn_L2sqr(*args, None, sel)
+        return rows
 
     def _views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(base, tail)`` rows and ``row -> slot``, read-only, as the compiled re-score takes
@@ -651,13 +786,192 @@ class FaissStore:
         return out_s, out_i, np.where(valid, sc, np.inf).min(1)
 
 
-def _search(index: Any, q: np.ndarray, kf: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``index.search(q, kf, params=params)`` through FAISS's C++ entry point: ``q`` is already
-    the C-contiguous float32 ``(nq, d)`` array the index takes (``as_matrix``), so the Python
-    wrapper's conversions and checks are skipped (engine change 17 in
-    docs/CHANGELOG-performance.md; the current overhead: docs/BENCHMARKS.md, section 3)."""
-    nq = q.shape[0]
-    dist = np.empty((nq, kf), dtype=np.float32)
-    rows = np.empty((nq, kf), dtype=np.int64)
-    index.search_c(nq, faiss.swig_ptr(q), kf, faiss.swig_ptr(dist), faiss.swig_ptr(rows), params)
-    return dist, rows
+def _precheck_sizes(path: Path) -> None:
+    """Walk the array sizes of an ``IndexHNSWFlat`` file (the HNSW factories' index) before
+    FAISS reads it: FAISS allocates (and zero-fills) each array as its size field says, up to
+    2**40 elements, before it finds the file too short, so one damaged size field cost
+    seconds and gigabytes. Other index types are read as they are (their sizes are checked
+    by FAISS and then by :func:`_check_inside`)."""
+    with open(path, "rb") as fh:
+        data = fh.read(4)
+        if data != b"IHNf":
+            return
+        size = os.fstat(fh.fileno()).st_size
+        pos = 4
+
+        def take(fmt: str) -> int:
+            nonlocal pos
+            fh.seek(pos)
+            raw = fh.read(struct.calcsize(fmt))
+            if len(raw) != struct.calcsize(fmt):
+                raise IndexFormatError(f"FAISS index {path.name} ends at byte {pos}")
+            pos += len(raw)
+            return struct.unpack("<" + fmt, raw)[0]
+
+        def header() -> None:
+            nonlocal pos
+            pos += 4 + 8 + 16 + 1   # d, ntotal, two unused fields, is_trained
+            if take("i") > 1:       # metric type; some carry a float argument
+                pos += 4
+
+        def array(item: int) -> None:
+            nonlocal pos
+            n = take("Q")
+            if n * item > size - pos:
+                raise IndexFormatError(f"FAISS index {path.name}: an array of {n} items at byte {pos - 8} "
+                                       f"runs past the end of the file ({size} bytes)")
+            pos += n * item
+
+        header()
+        for item in (8, 4, 4, 8, 4):   # assign_probas, cum_nneighbor_per_level, levels, offsets, neighbors
+            array(item)
+        pos += 20                      # entry_point, max_level, efConstruction, efSearch, unused
+        fh.seek(pos)
+        if fh.read(4) not in (b"IxFI", b"IxF2"):
+            raise IndexFormatError(f"FAISS index {path.name}: HNSW storage at byte {pos} is not a flat index")
+        pos += 4
+        header()
+        array(4)
+        if pos != size:
+            raise IndexFormatError(f"FAISS index {path.name} has {size - pos} bytes after its end")
+
+
+def _chain(index: Any) -> list[Any]:
+    """``index`` and the indexes its ``IndexPreTransform`` wrappers hold, outermost first
+    (downcast to their concrete types)."""
+    out = [faiss.downcast_index(index)]
+    while isinstance(out[-1], faiss.IndexPreTransform):
+        out.append(faiss.downcast_index(out[-1].index))
+    return out
+
+
+def _size(v: Any) -> int:
+    return int(v.size())
+
+
+def _check_inside(index: Any, chain: list[Any], n: int) -> None:
+    """Raise ``ValueError`` where a read index could make FAISS read out of bounds: sizes of
+    transforms, codebooks, codes, IVF lists and ids, HNSW links (``n`` rows)."""
+    for outer in chain[:-1]:
+        d = outer.d
+        for t in range(outer.chain.size()):
+            vt = faiss.downcast_VectorTransform(outer.chain.at(t))
+            if vt.d_in != d:
+                raise ValueError(f"transform {t} takes d={vt.d_in}, expected {d}")
+            if isinstance(vt, faiss.LinearTransform) and (
+                    _size(vt.A) != vt.d_in * vt.d_out or _size(vt.b) not in (0, vt.d_out)):
+                raise ValueError(f"transform {t} has {_size(vt.A)} matrix values for {vt.d_in}x{vt.d_out}")
+            d = vt.d_out
+        if d != chain[-1].d or outer.ntotal != chain[-1].ntotal:
+            raise ValueError(f"transforms end at d={d}, index d={chain[-1].d}")
+    _check_one(chain[-1], n)
+
+
+def _check_one(idx: Any, n: int) -> None:
+    idx = faiss.downcast_index(idx)
+    if idx.ntotal != n:
+        raise ValueError(f"{type(idx).__name__} holds {idx.ntotal} vectors, expected {n}")
+    pq = getattr(idx, "pq", None)
+    if pq is not None and (pq.ksub != 1 << pq.nbits or pq.M * pq.dsub != pq.d
+                           or _size(pq.centroids) != pq.d * pq.ksub):
+        raise ValueError(f"PQ codebook of {_size(pq.centroids)} values for M={pq.M} nbits={pq.nbits} d={pq.d}")
+    if isinstance(idx, faiss.IndexIVF):
+        q = faiss.downcast_index(idx.quantizer)
+        if q.d != idx.d:
+            raise ValueError(f"coarse quantiser d={q.d}, index d={idx.d}")
+        if idx.is_trained:
+            _check_one(q, idx.nlist)
+        inv = faiss.downcast_InvertedLists(idx.invlists)
+        if not isinstance(inv, faiss.ArrayInvertedLists):
+            raise TypeError(f"inverted lists of type {type(inv).__name__}, expected ArrayInvertedLists")
+        if inv.nlist != idx.nlist or inv.code_size != idx.code_size:
+            raise ValueError(f"inverted lists ({inv.nlist} lists, code size {inv.code_size}) do not match the "
+                             f"index ({idx.nlist}, {idx.code_size})")
+        ids = [faiss.rev_swig_ptr(inv.get_ids(li), inv.list_size(li)).copy()
+               for li in range(inv.nlist) if inv.list_size(li)]
+        ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+        if ids.shape[0] != n or (n and (ids.min() < 0 or ids.max() >= n
+                                        or np.bincount(ids, minlength=n).max() != 1)):
+            raise ValueError(f"inverted lists hold {ids.shape[0]} ids, expected rows 0..{n - 1} once each")
+        return
+    if hasattr(idx, "hnsw"):
+        _check_hnsw(idx.hnsw, n)
+        _check_one(idx.storage, n)
+        return
+    if isinstance(idx, faiss.IndexFlatCodes) and _size(idx.codes) != n * idx.code_size:
+        raise ValueError(f"{_size(idx.codes)} code bytes for {n} vectors of {idx.code_size} bytes")
+
+
+def _check_hnsw(h: Any, n: int) -> None:
+    """HNSW links: every node's level and link range, every link to a node on that level."""
+    levels = faiss.vector_to_array(h.levels).astype(np.int64)
+    offsets = faiss.vector_to_array(h.offsets).astype(np.int64)
+    links = faiss.vector_to_array(h.neighbors).astype(np.int64)
+    cum = faiss.vector_to_array(h.cum_nneighbor_per_level).astype(np.int64)
+    if levels.shape != (n,) or offsets.shape != (n + 1,) or cum.shape[0] < 2 or cum[0] != 0 \
+            or (np.diff(cum) < 0).any():
+        raise ValueError(f"HNSW levels/offsets of {levels.shape[0]}/{offsets.shape[0]} nodes, expected {n}")
+    if n == 0:
+        if h.entry_point != -1 or links.shape[0] != 0:
+            raise ValueError("an empty HNSW graph has an entry point or links")
+        return
+    if levels.min() < 1 or levels.max() >= cum.shape[0] or offsets[0] != 0 \
+            or (np.diff(offsets) != cum[levels]).any() or offsets[-1] != links.shape[0]:
+        raise ValueError("HNSW levels and link offsets disagree")
+    if not 0 <= h.entry_point < n or h.max_level != levels[h.entry_point] - 1:
+        raise ValueError(f"HNSW entry point {h.entry_point} (max level {h.max_level}) is not a top node")
+    if links.min() < -1 or links.max() >= n:
+        raise ValueError(f"HNSW links point outside 0..{n - 1}")
+    # A link listed at level l must reach a node that has level l (else FAISS reads its
+    # links past its range).
+    owner = np.repeat(np.arange(n), np.diff(offsets))
+    level = np.searchsorted(cum, np.arange(links.shape[0]) - offsets[owner], side="right") - 1
+    ok = links >= 0
+    if (levels[links[ok]] <= level[ok]).any():
+        raise ValueError("HNSW links reach nodes below their level")
+
+
+def _trained_state(index: Any) -> bytes:
+    """The trained part of an index (quantisers, codebooks, transforms) as bytes: the index
+    emptied and serialised."""
+    empty = faiss.clone_index(index)
+    empty.reset()
+    return faiss.serialize_index(empty).tobytes()
+
+
+def _copy_codes(dst: Any, srcs: list[Any], keeps: list[np.ndarray], n: int) -> bool:
+    """Fill the empty trained ``dst`` with the codes of rows ``keeps[i]`` of ``srcs[i]`` (same
+    trained state), renumbered in order; False (``dst`` untouched) for an index whose codes
+    this cannot copy (HNSW, other inverted-list kinds)."""
+    inner = _chain(dst)[-1]
+    if isinstance(inner, faiss.IndexIVF):
+        out = faiss.downcast_InvertedLists(inner.invlists)
+        ins = [faiss.downcast_InvertedLists(faiss.extract_index_ivf(s).invlists) for s in srcs]
+        if not isinstance(out, faiss.ArrayInvertedLists) or not all(isinstance(i, faiss.ArrayInvertedLists) for i in ins):
+            return False
+        cs, base = inner.code_size, 0
+        for inv, keep, src in zip(ins, keeps, srcs):
+            renum = np.full(src.ntotal, -1, dtype=np.int64)
+            renum[keep] = base + np.arange(keep.shape[0])
+            base += keep.shape[0]
+            for li in range(inv.nlist):
+                size = inv.list_size(li)
+                if size == 0:
+                    continue
+                ids = renum[faiss.rev_swig_ptr(inv.get_ids(li), size)]
+                codes = faiss.rev_swig_ptr(inv.get_codes(li), size * cs).reshape(size, cs)
+                ok = ids >= 0
+                if ok.any():
+                    new_ids = np.ascontiguousarray(ids[ok])
+                    new_codes = np.ascontiguousarray(codes[ok])
+                    out.add_entries(li, new_ids.shape[0], faiss.swig_ptr(new_ids), faiss.swig_ptr(new_codes))
+    elif isinstance(inner, faiss.IndexFlatCodes) and not hasattr(inner, "hnsw"):
+        cs = inner.code_size
+        codes = [faiss.vector_to_array(_chain(s)[-1].codes).reshape(-1, cs)[keep] for s, keep in zip(srcs, keeps)]
+        all_codes = np.ascontiguousarray(np.concatenate(codes)) if codes else np.zeros((0, cs), np.uint8)
+        inner.add_sa_codes(all_codes)
+    else:
+        return False
+    for idx in _chain(dst):
+        idx.ntotal = n
+    return True

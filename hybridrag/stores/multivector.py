@@ -46,7 +46,17 @@ with ``np.maximum.reduceat`` over the offsets, summed over query tokens and divi
 the number of query tokens. ``search`` is brute-force MaxSim over every live chunk
 (the planner only calls ``score``).
 
-Tests: ``tests/test_multivector.py``, ``tests/test_store_conformance.py``.
+Segments: each segment of an index holds one store. ``empty_like()`` gives an empty store
+with the same settings, int8 scale and pq codec, so a new segment stores tokens exactly as the
+others; ``merge(parts)`` copies the live chunks' stored rows as they are (codes, not decoded
+values). Two pq cases change stored values, as ``add`` would: untrained parts joining a
+trained one have their fp16 tokens coded, and untrained parts whose live tokens reach
+``pq_train_pool`` learn the codec. ``load`` checks dtypes, shapes, offsets and lengths
+against the token count, the scale and the codec without reading the tokens; a token that
+damage turned into NaN or infinity makes its chunk score ``-inf`` (absent).
+
+Tests: ``tests/test_multivector.py``, ``tests/test_store_segments.py``,
+``tests/test_store_damage.py``, ``tests/test_store_conformance.py``.
 """
 from __future__ import annotations
 
@@ -58,6 +68,7 @@ import numpy as np
 
 from hybridrag.errors import ConfigError, IndexFormatError
 from hybridrag.stores._pq import K as _PQ_K
+from hybridrag.stores._pq import MAX_WIDTH as _PQ_MAX_WIDTH
 from hybridrag.stores._pq import PQCodec
 from hybridrag.stores.base import (
     AppendableArray,
@@ -67,8 +78,9 @@ from hybridrag.stores.base import (
     check_allowed,
     check_k,
     empty_results,
-    load_npy,
+    load_array,
     topk,
+    widen,
     write_npy,
     write_npy_blocks,
 )
@@ -91,26 +103,6 @@ def _grow(arr: np.ndarray, n: int, fill: Any) -> np.ndarray:
     return out
 
 
-def _widen(t: np.ndarray) -> np.ndarray:
-    """``t`` as float32. numpy converts float16 element by element (slower than the GEMM
-    that follows; docs/CHANGELOG-performance.md, engine change 3); torch, already a dependency,
-    uses the CPU's F16C conversion instructions and gives the same values."""
-    if t.dtype != np.float16:
-        return t.astype(np.float32, copy=False)
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return t.astype(np.float32)
-    out = np.empty(t.shape, dtype=np.float32)
-    src, dst = torch.from_numpy(np.ascontiguousarray(t)), torch.from_numpy(out)
-    # Pieces below torch's parallel grain size (32768 elements) run on the calling thread:
-    # waking an intra-op thread pool per query costs more than the conversion itself.
-    rows = max(1, 32768 // max(1, t.shape[1]))
-    for i in range(0, t.shape[0], rows):
-        dst[i:i + rows].copy_(src[i:i + rows])
-    return out
-
-
 def _off_unit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``x`` (float32) whose norm is not 1 within ``_UNIT_TOL``, and every row's norm."""
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))
@@ -124,35 +116,43 @@ def _token_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts - seg, lengths) + np.arange(total, dtype=np.int64)
 
 
+def _same_codec(a: PQCodec, b: PQCodec) -> bool:
+    return a is b or (a.unit == b.unit and np.array_equal(a.widths, b.widths)
+                      and np.array_equal(a.centroids, b.centroids)
+                      and (a.rotation is None) == (b.rotation is None)
+                      and (a.rotation is None or np.array_equal(a.rotation, b.rotation)))
+
+
 def _load_codec(directory: Path, files: dict[str, str], dim: int) -> PQCodec:
     """The saved pq codec; ``codebook`` is the plain 4-dimensional PQ that stores saved before."""
     unit = False
     if "pq_unit" in files:
-        flag = np.array(load_npy(directory, files, "pq_unit"), dtype=np.float32)
+        flag = np.array(load_array(directory, files, "pq_unit", kinds="f", ndim=1), dtype=np.float32)
         if flag.shape != (1,) or flag[0] != 1.0:
-            raise IndexFormatError(f"pq_unit file holds {flag.tolist()}, expected [1.0]")
+            raise IndexFormatError(f"pq_unit file {files['pq_unit']} holds {flag.tolist()[:4]}, expected [1.0]")
         unit = True
     if "codebook" in files:
-        codebook = np.array(load_npy(directory, files, "codebook"), dtype=np.float32)
+        codebook = np.array(load_array(directory, files, "codebook", kinds="f", ndim=2), dtype=np.float32)
         want = (dim // _PQ_SUB * _PQ_K, _PQ_SUB)
         if codebook.shape != want or not np.isfinite(codebook).all():
-            raise IndexFormatError(f"pq codebook has shape {codebook.shape} (finite: "
+            raise IndexFormatError(f"{files['codebook']}: pq codebook has shape {codebook.shape} (finite: "
                                    f"{bool(np.isfinite(codebook).all())}), expected {want}, finite")
         return PQCodec.legacy(codebook, unit)
-    widths = np.array(load_npy(directory, files, "pq_widths"))
-    centroids = np.array(load_npy(directory, files, "pq_centroids"), dtype=np.float32)
-    rotation = np.array(load_npy(directory, files, "pq_rotation"), dtype=np.float32) if "pq_rotation" in files else None
+    widths = np.array(load_array(directory, files, "pq_widths", kinds="iu", ndim=1))
+    centroids = np.array(load_array(directory, files, "pq_centroids", kinds="f", ndim=1), dtype=np.float32)
+    rotation = (np.array(load_array(directory, files, "pq_rotation", kinds="f", ndim=2), dtype=np.float32)
+                if "pq_rotation" in files else None)
     n_bytes = dim // _PQ_SUB
     if (widths.shape != (n_bytes,) or widths.dtype.kind not in "iu" or widths.min(initial=1) < 1
-            or int(widths.sum()) != dim):
-        raise IndexFormatError(f"pq widths {widths.tolist()[:8]}... (shape {widths.shape}) must be {n_bytes} "
-                               f"positive ints summing to dim {dim}")
+            or widths.max(initial=1) > _PQ_MAX_WIDTH or int(widths.sum()) != dim):
+        raise IndexFormatError(f"{files['pq_widths']}: pq widths {widths.tolist()[:8]}... (shape {widths.shape}) must be {n_bytes} "
+                               f"ints in 1..{_PQ_MAX_WIDTH} summing to dim {dim}")
     if centroids.shape != (_PQ_K * dim,) or not np.isfinite(centroids).all():
-        raise IndexFormatError(f"pq centroids have shape {centroids.shape} (finite: "
+        raise IndexFormatError(f"{files['pq_centroids']}: pq centroids have shape {centroids.shape} (finite: "
                                f"{bool(np.isfinite(centroids).all())}), expected ({_PQ_K * dim},), finite")
     if rotation is not None and (rotation.shape != (dim, dim) or not np.isfinite(rotation).all()
                                  or not np.allclose(rotation.T @ rotation, np.eye(dim), atol=1e-3)):
-        raise IndexFormatError(f"pq rotation has shape {rotation.shape}; expected an orthogonal ({dim}, {dim}) matrix")
+        raise IndexFormatError(f"{files['pq_rotation']}: pq rotation has shape {rotation.shape}; expected an orthogonal ({dim}, {dim}) matrix")
     return PQCodec(widths, centroids, rotation, unit)
 
 
@@ -294,11 +294,11 @@ class MultiVectorStore:
         rows = _token_index(self._offsets[live], self._lengths[live])
         rng = np.random.default_rng(0)
         pick = rows[np.sort(rng.choice(rows.shape[0], size=self.pq_train_tokens, replace=False))]
-        codec = PQCodec.fit(_widen(self._tokens.take(pick)), self.dim // _PQ_SUB)
+        codec = PQCodec.fit(widen(self._tokens.take(pick)), self.dim // _PQ_SUB)
         coded = AppendableArray(codec.n_bytes, np.uint8)
         unit = True
         for _, blk in self._tokens.blocks(self.block_tokens):
-            x = _widen(blk)
+            x = widen(blk)
             unit = unit and _off_unit(x)[0].shape[0] == 0
             coded.append(codec.encode(x))
         codec.unit = unit
@@ -316,7 +316,7 @@ class MultiVectorStore:
             return t.astype(np.float32) @ (q * self._scale).T
         if t.dtype == np.uint8:
             return self._codec.scores(q, t)
-        return _widen(t) @ q.T
+        return widen(t) @ q.T
 
     def decode(self, slot: int) -> np.ndarray:
         """The stored token vectors of ``slot`` as float32 ``(n_tokens, dim)`` (as scored)."""
@@ -411,6 +411,7 @@ class MultiVectorStore:
             sim = self._decode_scores(q, t)  # (tokens in block, tq)
             seg = np.cumsum(plen[a:b]) - plen[a:b]
             out[pos[a:b]] = np.maximum.reduceat(sim, seg, axis=0).sum(axis=1) / tq
+        out[~np.isfinite(out)] = -np.inf   # only damaged token files give one: absent
         return out
 
     def search(
@@ -440,6 +441,80 @@ class MultiVectorStore:
             cfg["int8_scale"] = self._scale.tolist()
         return cfg
 
+    def _live_blocks(self, live: np.ndarray) -> Any:
+        """The stored token rows of slots ``live`` (in that order), as blocks of about
+        ``block_tokens`` rows."""
+        plen = self._lengths[live]
+        starts = self._offsets[live]
+        ends = np.cumsum(plen)
+        a = 0
+        while a < live.shape[0]:
+            base = ends[a - 1] if a else 0
+            b = max(int(np.searchsorted(ends, base + self.block_tokens, side="right")), a + 1)
+            yield self._tokens.take(_token_index(starts[a:b], plen[a:b]))
+            a = b
+
+    def empty_like(self) -> Self:
+        """An empty store with this one's settings and encoding state (the int8 scale, the pq
+        codec), so a new segment stores tokens exactly as this one does."""
+        new = type(self)(**self.config())
+        new._codec = self._codec
+        if self._scale is not None:
+            new._scale = self._scale.copy()
+        new._tokens = AppendableArray(*new._layout())
+        return new
+
+    @classmethod
+    def merge(cls, parts: Sequence[MultiVectorStore]) -> Self:
+        """One in-memory store holding the live chunks of ``parts`` (same settings and int8
+        scale, disjoint slots): stored token rows are copied as they are, so every score is
+        unchanged. pq: parts sharing a codec (or none trained) are copied; an untrained
+        part's fp16 tokens are coded with the trained parts' codec (as training codes the
+        buffered tokens), and untrained parts whose live tokens reach ``pq_train_pool``
+        learn the codec (as ``add`` would), the two cases where scores change."""
+        parts = list(parts)
+        if not parts or not all(isinstance(p, MultiVectorStore) for p in parts):
+            raise TypeError(f"merge takes a non-empty sequence of MultiVectorStore, got {parts!r}")
+        cfg = parts[0].config()
+        for p in parts[1:]:
+            if p.config() != cfg:
+                raise ValueError(f"cannot merge stores of different settings: {p.config()} vs {cfg}")
+        scales = [p._scale for p in parts if p._scale is not None and p._n_live]
+        if any(not np.array_equal(sc, scales[0]) for sc in scales):
+            raise ValueError("cannot merge int8 stores quantised with different scales (make new segments "
+                             "with empty_like, or pass int8_scale)")
+        codecs = [p._codec for p in parts if p._codec is not None]
+        if any(not _same_codec(c, codecs[0]) for c in codecs):
+            raise ValueError("cannot merge pq stores with different codecs")
+        ref = next((p for p in parts if p._codec is not None), None) or next(
+            (p for p in parts if p._scale is not None and p._n_live), parts[0])
+        out = ref.empty_like()
+        lives = [np.flatnonzero(p._lengths[: p._max_slot + 1] > 0) for p in parts]
+        slots = np.concatenate(lives)
+        if np.unique(slots).shape[0] != slots.shape[0]:
+            raise ValueError("the parts hold a slot in common; merge needs disjoint slots")
+        top = int(slots.max()) + 1 if slots.shape[0] else 0
+        out._offsets = np.full(top, -1, dtype=np.int64)
+        out._lengths = np.zeros(top, dtype=np.int64)
+        for p, live in zip(parts, lives):
+            plen = p._lengths[live]
+            start = len(out._tokens)
+            for blk in p._live_blocks(live):
+                if out._codec is not None and blk.dtype != np.uint8:
+                    x = widen(blk)
+                    if out._codec.unit and _off_unit(x)[0].shape[0]:
+                        raise ValueError("an untrained part holds tokens that are not unit-norm; they cannot "
+                                         "join the unit-norm pq codec of the others")
+                    blk = out._codec.encode(x)
+                out._tokens.append(blk)
+            out._offsets[live] = start + np.cumsum(plen) - plen
+            out._lengths[live] = plen
+            out.clipped += p.clipped
+        out._n_live = slots.shape[0]
+        out._max_slot = top - 1
+        out._maybe_train()
+        return out
+
     def save(self, directory: Path, tag: str) -> dict[str, str]:
         """Write NEW compacted files ``{tag}.mv.*.npy``; return ``{role: filename}``."""
         directory = Path(directory)
@@ -454,19 +529,8 @@ class MultiVectorStore:
             live = np.flatnonzero(lengths > 0)
             plen = lengths[live]
             n_tok = int(plen.sum())
-            starts = offsets[live]
             offsets[live] = np.cumsum(plen) - plen
-
-            def _gather() -> Any:
-                ends = np.cumsum(plen)
-                a = 0
-                while a < live.shape[0]:
-                    base = ends[a - 1] if a else 0
-                    b = max(int(np.searchsorted(ends, base + self.block_tokens, side="right")), a + 1)
-                    yield self._tokens.take(_token_index(starts[a:b], plen[a:b]))
-                    a = b
-
-            blocks = _gather()
+            blocks = self._live_blocks(live)
         files = {
             "tokens": write_npy_blocks(directory, f"{tag}.mv.tokens.npy", (n_tok, width), dtype, blocks),
             "offsets": write_npy(directory, f"{tag}.mv.offsets.npy", offsets),
@@ -486,8 +550,11 @@ class MultiVectorStore:
         return files
 
     @classmethod
-    def load(cls, directory: Path, files: dict[str, str], config: dict) -> Self:
-        """Open a saved store; token vectors are memory-mapped read-only."""
+    def load(cls, directory: Path, files: dict[str, str], config: dict, *,
+             slot_limit: int | None = None) -> Self:
+        """Open a saved store; token vectors are memory-mapped read-only (not read; the
+        other files' structure is checked); ``slot_limit``: slots in the files must be
+        below it (the engine's next slot), else ``IndexFormatError``."""
         if config.get("encoding") == "pq" and "pq_train_pool" not in config:
             # Saved before the pool existed: such a store learned its codec at pq_train_tokens.
             config = {**config, "pq_train_pool": config.get("pq_train_tokens", 65536)}
@@ -495,24 +562,41 @@ class MultiVectorStore:
             store = cls(**config)
         except TypeError as exc:
             raise IndexFormatError(f"bad MultiVectorStore config {config!r}: {exc}") from exc
+        directory = Path(directory)
         if store.encoding == "pq" and ("codebook" in files or "pq_centroids" in files):
-            store._codec = _load_codec(directory, files, store.dim)
-        tokens = load_npy(directory, files, "tokens", mmap=True)
-        offsets = np.array(load_npy(directory, files, "offsets"), dtype=np.int64)
-        lengths = np.array(load_npy(directory, files, "lengths"), dtype=np.int64)
-        if offsets.shape != lengths.shape or offsets.ndim != 1:
-            raise IndexFormatError(f"offsets {offsets.shape} and lengths {lengths.shape} disagree")
+            try:
+                store._codec = _load_codec(directory, files, store.dim)
+            except (OSError, EOFError) as exc:
+                raise IndexFormatError(f"cannot read the pq codec files {files!r}: {exc}") from exc
+        width, dtype = store._layout()
+        tokens = load_array(directory, files, "tokens", kinds="fiu", ndim=2, mmap=True, shape=(None, width))
+        if tokens.dtype != np.dtype(dtype):
+            raise IndexFormatError(f"{files['tokens']} holds {tokens.dtype} tokens, expected {np.dtype(dtype)}")
+        offsets = np.array(load_array(directory, files, "offsets", kinds="iu", ndim=1)).astype(np.int64)
+        lengths = np.array(load_array(directory, files, "lengths", kinds="iu", ndim=1)).astype(np.int64)
+        n_tok = tokens.shape[0]
+        if offsets.shape != lengths.shape:
+            raise IndexFormatError(f"{files['offsets']} {offsets.shape} and {files['lengths']} {lengths.shape} disagree")
         live = lengths > 0
-        if live.any() and (offsets[live].min() < 0 or (offsets + lengths)[live].max() > tokens.shape[0]):
-            raise IndexFormatError(f"offsets/lengths point outside the {tokens.shape[0]} stored tokens")
-        store._tokens = AppendableArray(*store._layout(), base=tokens)
+        # Compared without adding (offsets + lengths could overflow int64).
+        if lengths.min(initial=0) < 0 or lengths.max(initial=0) > n_tok or (
+                live.any() and (offsets[live].min() < 0 or (offsets[live] > n_tok - lengths[live]).any())):
+            raise IndexFormatError(f"{files['offsets']}/{files['lengths']} point outside the {n_tok} tokens of "
+                                   f"{files['tokens']}")
+        if slot_limit is not None and offsets.shape[0] > slot_limit:
+            raise IndexFormatError(f"{files['offsets']} holds slots up to {offsets.shape[0] - 1}, "
+                                   f"beyond the limit {slot_limit}")
+        store._tokens = AppendableArray(width, dtype, base=tokens)
         store._offsets = offsets
         store._lengths = lengths
         store._n_live = int(live.sum())
         store._max_slot = offsets.shape[0] - 1
         if store.encoding == "int8":
-            scale = np.array(load_npy(directory, files, "scale"), dtype=np.float32)
-            if scale.shape not in ((0,), (store.dim,)):
-                raise IndexFormatError(f"int8 scale has shape {scale.shape}, expected ({store.dim},)")
+            scale = np.array(load_array(directory, files, "scale", kinds="f", ndim=1), dtype=np.float32)
+            if scale.shape not in ((0,), (store.dim,)) or not (np.isfinite(scale).all() and (scale > 0).all()):
+                raise IndexFormatError(f"{files['scale']}: int8 scale of shape {scale.shape} must be ({store.dim},), "
+                                       "finite and > 0")
+            if scale.shape[0] == 0 and store._n_live:
+                raise IndexFormatError(f"{files['scale']} is empty but the store holds int8 tokens")
             store._scale = scale if scale.shape[0] else None
         return store

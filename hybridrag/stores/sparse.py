@@ -861,7 +861,8 @@ class SparseIndex:
         return {role: write_npy(directory, f"sparse-{tag}-{role}.npy", arr) for role, arr in arrays.items()}
 
     @classmethod
-    def load(cls, directory: str | Path, files: dict[str, str], config: dict[str, Any]) -> "SparseIndex":
+    def load(cls, directory: str | Path, files: dict[str, str], config: dict[str, Any], *,
+             slot_limit: int | None = None) -> "SparseIndex":
         """Open an index written by :meth:`save`; postings are memory-mapped read-only.
 
         Cost: the structural checks below, vectorised over the index arrays (one pass over
@@ -886,6 +887,9 @@ class SparseIndex:
             indptr = _expand_offsets(_open_npy(directory, files, "terms"), indptr, len(indices),
                                      directory / files["terms"], directory / files["indptr"])
         n = _check_slots_file(slots, directory / files["slots"])
+        if slot_limit is not None and n and int(np.max(slots)) >= slot_limit:
+            raise IndexFormatError(f"sparse index file {directory / files['slots']}: slot {int(np.max(slots))} "
+                                   f"is past the index's last slot ({slot_limit - 1})")
         _check_postings(indptr, indices, values, n, self._bm25,
                         {role: directory / files[role] for role in ("indptr", "indices", "values")})
         self._vocab = len(indptr) - 1
