@@ -59,6 +59,7 @@ Tests: ``tests/test_docstore.py``, ``tests/test_file_safety.py``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -234,6 +235,20 @@ def _check_gen(gen: Any) -> int:
         raise ValueError(f"gen must be >= 0, got {gen}")
     return int(gen)
 
+
+
+def _read(method: Any) -> Any:
+    """A read of the docstore: SQLite reporting a damaged file (a malformed page, a text that is
+    not UTF-8) or a stored value that no longer parses becomes IndexFormatError naming the file,
+    not a raw error from the middle of a query."""
+    @functools.wraps(method)
+    def wrapper(self: "DocStore", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.DatabaseError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise IndexFormatError(f"{self.path}: docstore is damaged ({type(e).__name__}: {e}); "
+                                   "`hybridrag check` says what is damaged") from None
+    return wrapper
 
 class DocStore:
     """SQLite store of chunks (by slot) and documents, with generation-tagged writes."""
@@ -464,6 +479,7 @@ class DocStore:
         top = -1 if row[0] is None else int(row[0])
         return max(top + 1, self._meta("slot_floor", 0))
 
+    @_read
     def next_slot(self) -> int:
         """The first slot never used by any stored chunk (live or tombstoned)."""
         with self._lock:
@@ -565,11 +581,13 @@ class DocStore:
                 f"SELECT slot FROM chunks WHERE {live} AND doc_id IN ({q})", [*lp, *batch])]
         return np.array(sorted(out), dtype=np.int64)
 
+    @_read
     def slots_for_docs(self, doc_ids: Iterable[str]) -> np.ndarray:
         """Live slots of the chunks of ``doc_ids`` (sorted; unknown ids ignored)."""
         with self._lock:
             return self._slots_for(list(dict.fromkeys(doc_ids)))
 
+    @_read
     def get(self, slots: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
         """Live chunk records for ``slots``, in the given order; ``KeyError`` names absent slots."""
         want = [int(s) for s in np.asarray(slots, dtype=np.int64).reshape(-1)] if len(slots) else []
@@ -593,6 +611,7 @@ class DocStore:
             raise KeyError(f"slots not in the docstore (absent or deleted): {missing[:10]}")
         return [found[s] for s in want]
 
+    @_read
     def doc_hash(self, doc_id: str) -> str | None:
         """Content hash of live document ``doc_id`` (``None`` when absent)."""
         with self._lock:
@@ -602,6 +621,7 @@ class DocStore:
             ).fetchone()
         return None if row is None else row[0]
 
+    @_read
     def has_doc(self, doc_id: str) -> bool:
         """Whether ``doc_id`` is live."""
         with self._lock:
@@ -610,6 +630,7 @@ class DocStore:
                 f"SELECT 1 FROM documents WHERE {live} AND doc_id = ?", (*lp, doc_id)
             ).fetchone() is not None
 
+    @_read
     def live_slots(self, as_of: int | None = None) -> np.ndarray:
         """Live slots, sorted; with ``as_of``, the slots live at generation ``as_of``
         (default: this store's view, see ``DocStore.as_of``)."""
@@ -625,6 +646,7 @@ class DocStore:
                 ).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 
+    @_read
     def doc_ids_for_slots(self, slots: Sequence[int] | np.ndarray) -> list[str]:
         """Distinct doc ids of the live chunks at ``slots`` (sorted; absent slots ignored)."""
         want = list(dict.fromkeys(int(s) for s in np.asarray(slots, dtype=np.int64).reshape(-1)))
@@ -663,6 +685,7 @@ class DocStore:
                 problems.append(f"{bad} live documents have a chunk count that disagrees with their chunks")
         return problems
 
+    @_read
     def count(self) -> int:
         """Number of live chunks (in this store's view; see ``as_of``)."""
         with self._lock:
@@ -678,6 +701,7 @@ class DocStore:
         """Number of live documents."""
         return self.doc_count()
 
+    @_read
     def doc_count(self) -> int:
         """Number of live documents."""
         with self._lock:
@@ -789,6 +813,7 @@ class DocStore:
 
     # ------------------------------------------------------------------ filters
 
+    @_read
     def filter_mask(self, filters: Mapping[str, Any], size: int | None = None) -> np.ndarray:
         """Boolean mask by slot (length ``size``, default ``next_slot()``) of live chunks matching ``filters``."""
         if not isinstance(filters, Mapping):
@@ -815,6 +840,7 @@ class DocStore:
         return mask
 
 
+    @_read
     def missing_keys(self, fields: Sequence[str]) -> list[str]:
         """The metadata keys among ``fields`` that no live chunk has (``doc_id`` / ``chunk_id``,
         columns, are never missing): what ``search`` tells a user whose filter matched nothing."""
