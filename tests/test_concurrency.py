@@ -56,8 +56,13 @@ def test_readers_see_whole_commits_while_another_process_writes(tmp_path):
     # mismatch" (gh-106905), a bug outside the engine.
     warm = HybridIndex.create(tmp_path / "warm", PIPELINE)
     warm.add(cwk.group_docs(0))
+    warm.add(cwk.group_docs(1))   # two segments: the merged search path too
     cwk.check_view(warm)
     warm.close()
+    warm = HybridIndex.load(tmp_path / "warm")   # the reader's path, then check's
+    cwk.check_view(warm)
+    warm.close()
+    assert check_index(tmp_path / "warm") == []
     HybridIndex.create(path, PIPELINE).close()
     first = HybridIndex.load(path)  # loaded at generation 1 (empty) and kept: must keep working
     early = None

@@ -4,6 +4,7 @@ on), rebuild from the docstore, and the stores of each mode built from the manif
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -98,8 +99,12 @@ def check_docstore(idx, verify: bool = True) -> None:
             bad = verify_rows(idx._gen) if verify_rows is not None else []
             if bad:
                 raise IndexFormatError(f"{idx.path / DOCSTORE}: docstore is corrupt: {'; '.join(bad[:3])}")
-        elif ds.count() != int((idx._manifest or {}).get("counts", {}).get("chunks", ds.count())):
-            raise IndexFormatError(f"{idx.path / DOCSTORE}: docstore does not hold the manifest's chunks")
+            if ds.count() != int((idx._manifest or {}).get("counts", {}).get("chunks", ds.count())):
+                raise IndexFormatError(f"{idx.path / DOCSTORE}: docstore does not hold the manifest's chunks")
+        elif idx._manifest is not None and "chunks" in idx._manifest.get("counts", {}):
+            # The committed view holds the manifest's count (the segments were checked against it);
+            # counting a large docstore's rows here would be most of a load's time.
+            ds.assume_count(int(idx._manifest["counts"]["chunks"]))
     except sqlite3.DatabaseError as e:
         raise IndexFormatError(f"{idx.path / DOCSTORE}: docstore is unreadable or corrupt ({e})") from None
 
@@ -186,13 +191,16 @@ def load_stores(idx) -> None:
     idx._bm25_vocab = None
     idx._vocab_files = list(m.get("bm25_vocab") or [])
     if idx._vocab_files:
-        from hybridrag.encoders.bm25 import BM25Encoder
-
         terms: list[str] = []
-        probe = BM25Encoder()
         for name in idx._vocab_files:
-            probe.load_vocabulary(idx.path / name)
-            terms += sorted(probe.vocabulary, key=probe.vocabulary.__getitem__)
+            path = idx.path / name
+            try:
+                part = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise IndexFormatError(f"{path}: unreadable BM25 vocabulary ({e})") from None
+            if not isinstance(part, list) or not all(isinstance(t, str) for t in part):
+                raise IndexFormatError(f"{path}: a BM25 vocabulary must be a JSON list of strings")
+            terms += part
         vocab = {t: i for i, t in enumerate(terms)}
         if len(vocab) != len(terms):
             raise IndexFormatError(f"{idx.path / idx._vocab_files[-1]}: BM25 vocabulary repeats a term")

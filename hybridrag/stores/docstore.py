@@ -117,6 +117,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
+# Indexes added after the first docstores were written (max_generation reads them): created by
+# the first write transaction, so that opening an old docstore to read changes nothing.
+_LATER_INDEXES = ("CREATE INDEX IF NOT EXISTS documents_gen_added ON documents(gen_added)",
+                  "CREATE INDEX IF NOT EXISTS documents_gen_deleted ON documents(gen_deleted)")
+
 # SQLite's files beside the database: none may be a link or a non-regular file.
 _SIDE_SUFFIXES = ("", "-wal", "-shm", "-journal")
 # The rows :func:`_row_digest` covers, as SQL (text columns as their raw bytes, so a damaged byte
@@ -266,6 +271,7 @@ class DocStore:
         # pays one SQL COUNT per commit, not per call (29 of 35 ms of a BM25 search at 50k
         # chunks before). Every write transaction, pin and unpin moves _version.
         self._version = 0
+        self._indexed = False
         self._count: tuple[Any, int] | None = None
         self._row_hashes: bool | None = None  # whether the tables have row_sha256 (None: not looked)
         self._conn = self._connect()
@@ -321,6 +327,10 @@ class DocStore:
             self._version += 1
             conn.execute("BEGIN IMMEDIATE")
             try:
+                if not self._indexed:   # docstores written before these indexes get them at their first write
+                    for sql in _LATER_INDEXES:
+                        conn.execute(sql)
+                    self._indexed = True
                 yield
                 conn.execute("COMMIT")
             except BaseException:
@@ -356,6 +366,32 @@ class DocStore:
             "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, int(value)),
         )
+
+    # Live rows of the newest view, kept in ``meta`` by every write (so that a commit, which
+    # records them in the manifest, does not count every row of a large index); recounted
+    # after a rollback and for docstores written before they were kept.
+    def _adjust_live(self, chunks: int, documents: int) -> None:
+        c, d = self._meta("live_chunks", -1), self._meta("live_documents", -1)
+        if c < 0 or d < 0:
+            self._recount_live()
+            return
+        self._set_meta("live_chunks", c + chunks)
+        self._set_meta("live_documents", d + documents)
+
+    def _recount_live(self) -> None:
+        for key, table in (("live_chunks", "chunks"), ("live_documents", "documents")):
+            n = self._conn.execute(f"SELECT COUNT(*) FROM {table} WHERE gen_deleted IS NULL").fetchone()[0]
+            self._set_meta(key, int(n))
+
+    def _live_total(self, key: str, table: str) -> int:
+        """Live rows of ``table`` in this store's view: the kept count for the newest view of a
+        writer, a SQL COUNT otherwise."""
+        if self.as_of is None and not self.read_only:
+            n = self._meta(key, -1)
+            if n >= 0:
+                return n
+        live, lp = self._live()
+        return int(self._conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {live}", lp).fetchone()[0])
 
     def _live(self, alias: str = "") -> tuple[str, list[int]]:
         """SQL condition (and parameters) for "row is live in this store's view" (see ``as_of``)."""
@@ -454,6 +490,7 @@ class DocStore:
                 self._conn.execute(f"UPDATE {table} SET gen_deleted = NULL WHERE gen_deleted > ?", (gen,))
             self._set_meta("gen", min(gen, self._meta("gen", -1)))
             self._set_meta("committed", min(gen, self._meta("committed", -1)))
+            self._recount_live()
 
     def purged_generation(self) -> int:
         """The newest generation whose tombstones were purged (-1 if none). A view ``as_of``
@@ -553,6 +590,7 @@ class DocStore:
                 "INSERT INTO documents(doc_id, content_hash, n_chunks, gen_added, row_sha256) VALUES (?,?,?,?,?)",
                 [(*r, _row_digest(r)) for r in docrows],
             )
+            self._adjust_live(len(rows), len(docrows))
 
     def delete_docs(self, doc_ids: Iterable[str], gen: int) -> np.ndarray:
         """Tombstone the live chunks of ``doc_ids`` at ``gen``; return their slots (sorted)."""
@@ -561,13 +599,15 @@ class DocStore:
         with self._lock, self._tx():
             self._bump_gen(gen)
             slots = self._slots_for(ids)
+            gone = {"chunks": 0, "documents": 0}
             for batch in _batches(ids):
                 q = ",".join("?" * len(batch))
                 for table in ("chunks", "documents"):
-                    self._conn.execute(
+                    gone[table] += self._conn.execute(
                         f"UPDATE {table} SET gen_deleted = ? WHERE gen_deleted IS NULL AND doc_id IN ({q})",
                         [gen, *batch],
-                    )
+                    ).rowcount
+            self._adjust_live(-gone["chunks"], -gone["documents"])
         return slots
 
     # ------------------------------------------------------------------ reads
@@ -685,6 +725,12 @@ class DocStore:
                 problems.append(f"{bad} live documents have a chunk count that disagrees with their chunks")
         return problems
 
+    def assume_count(self, n: int) -> None:
+        """Take ``n`` as the live chunks of the present view (the engine knows it from the
+        manifest of the generation this view reads), until the next write or snapshot change."""
+        with self._lock:
+            self._count = ((self.as_of, self._pinned, self._version), int(n))
+
     @_read
     def count(self) -> int:
         """Number of live chunks (in this store's view; see ``as_of``)."""
@@ -692,8 +738,7 @@ class DocStore:
             key = (self.as_of, self._pinned, self._version)
             if self._count is not None and self._count[0] == key:
                 return self._count[1]
-            live, lp = self._live()
-            n = int(self._conn.execute(f"SELECT COUNT(*) FROM chunks WHERE {live}", lp).fetchone()[0])
+            n = self._live_total("live_chunks", "chunks")
             self._count = (key, n)
             return n
 
@@ -705,8 +750,7 @@ class DocStore:
     def doc_count(self) -> int:
         """Number of live documents."""
         with self._lock:
-            live, lp = self._live()
-            return int(self._conn.execute(f"SELECT COUNT(*) FROM documents WHERE {live}", lp).fetchone()[0])
+            return self._live_total("live_documents", "documents")
 
     def checksum(self) -> str:
         """SHA-256 over the live chunks and documents (stable across processes)."""
