@@ -117,11 +117,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
-# Indexes added after the first docstores were written (max_generation reads them): created by
-# the first write transaction, so that opening an old docstore to read changes nothing.
-_LATER_INDEXES = ("CREATE INDEX IF NOT EXISTS documents_gen_added ON documents(gen_added)",
-                  "CREATE INDEX IF NOT EXISTS documents_gen_deleted ON documents(gen_deleted)")
-
 # SQLite's files beside the database: none may be a link or a non-regular file.
 _SIDE_SUFFIXES = ("", "-wal", "-shm", "-journal")
 # The rows :func:`_row_digest` covers, as SQL (text columns as their raw bytes, so a damaged byte
@@ -271,7 +266,6 @@ class DocStore:
         # pays one SQL COUNT per commit, not per call (29 of 35 ms of a BM25 search at 50k
         # chunks before). Every write transaction, pin and unpin moves _version.
         self._version = 0
-        self._indexed = False
         self._count: tuple[Any, int] | None = None
         self._row_hashes: bool | None = None  # whether the tables have row_sha256 (None: not looked)
         self._conn = self._connect()
@@ -327,10 +321,6 @@ class DocStore:
             self._version += 1
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if not self._indexed:   # docstores written before these indexes get them at their first write
-                    for sql in _LATER_INDEXES:
-                        conn.execute(sql)
-                    self._indexed = True
                 yield
                 conn.execute("COMMIT")
             except BaseException:
@@ -451,10 +441,12 @@ class DocStore:
         Greater than the manifest's committed generation after an interrupted write.
         """
         with self._lock:
+            # Both chunk generations are indexed; a document's generations are those of the
+            # write that recorded them, which also set meta "gen" (the table has no index on them:
+            # one on gen_deleted led SQLite to scan every live document for a lookup by doc_id).
             row = self._conn.execute(
                 "SELECT MAX(g) FROM (SELECT MAX(gen_added) AS g FROM chunks UNION ALL "
-                "SELECT MAX(gen_deleted) FROM chunks UNION ALL SELECT MAX(gen_added) FROM documents "
-                "UNION ALL SELECT MAX(gen_deleted) FROM documents)"
+                "SELECT MAX(gen_deleted) FROM chunks)"
             ).fetchone()
             return max(-1 if row[0] is None else int(row[0]), self._meta("gen", -1))
 
