@@ -316,17 +316,7 @@ def load(cls, path: str | os.PathLike[str], *, verify: bool = False, encoder: An
 def rebuild(cls, path: str | os.PathLike[str], *, pipeline: Any = None, encoder: Any = None,
             device: str | None = None, batch_size: int = 256, milvus_uri: str | None = None,
             milvus_token: str | None = None) -> Any:
-    """Recover damaged or missing store files: re-encode every committed chunk text in the
-    docstore into fresh stores and commit them as a new generation.
-
-    The pipeline comes from the manifest; pass ``pipeline`` (the one the index was built
-    with) when the manifest itself is lost or corrupt. The docstore must be intact: a
-    docstore that fails SQLite's integrity check or the manifest's content checksum raises
-    :class:`IndexFormatError`. Returns the index, holding the writer lock (close it).
-    A Milvus-backed index gets new collections (``milvus_uri`` / ``milvus_token`` as in
-    :meth:`load` unless ``pipeline`` names them); the old ones it owns are dropped after
-    the commit.
-    """
+    """:meth:`hybridrag.index.HybridIndex.rebuild` (documented there)."""
     import sqlite3
 
     p = Path(path)

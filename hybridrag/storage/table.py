@@ -92,7 +92,9 @@ class SegmentTable:
         if gone.size:
             for e in self.entries:
                 sid = e["id"]
-                hit = np.intersect1d(gone, self.slots[sid], assume_unique=True)
+                held = self.slots[sid]   # sorted: a binary search per deleted slot, not a sort of the segment
+                pos = np.minimum(np.searchsorted(held, gone), max(len(held) - 1, 0))
+                hit = gone[held[pos] == gone] if len(held) else gone[:0]
                 hit = hit[~np.isin(hit, self.deleted[sid])]
                 if hit.size:
                     dels[sid] = np.union1d(self.deleted[sid], hit)
