@@ -336,9 +336,14 @@ class DocStore:
             self._row_hashes = "row_sha256" in cols
         return self._row_hashes
 
-    def _add_row_hash_columns(self) -> None:
-        """Inside a write transaction: give a docstore written before ``row_sha256`` the column
-        (``NULL`` in its old rows: "not recorded")."""
+    def _upgrade_schema(self) -> None:
+        """Inside a write transaction: bring an older docstore up to date (opening one changes
+        nothing in it). ``row_sha256`` columns (``NULL`` in old rows: "not recorded"), and an
+        index of the tombstoned documents only (partial: the purge at each commit finds them
+        without scanning every document; a full index on ``gen_deleted`` made SQLite scan every
+        live document for a lookup by ``doc_id``)."""
+        self._conn.execute("CREATE INDEX IF NOT EXISTS documents_tombstones ON documents(gen_deleted) "
+                           "WHERE gen_deleted IS NOT NULL")
         if self._has_row_hashes():
             return
         for table in ("chunks", "documents"):
@@ -497,6 +502,7 @@ class DocStore:
             # Slots are never reused: remember the high-water mark before rows disappear.
             self._set_meta("slot_floor", self._next_slot())
             self._set_meta("purged", max(gen, self._meta("purged", -1)))
+            self._upgrade_schema()
             n = self._conn.execute("DELETE FROM chunks WHERE gen_deleted <= ?", (gen,)).rowcount
             self._conn.execute("DELETE FROM documents WHERE gen_deleted <= ?", (gen,))
         return n
@@ -557,7 +563,7 @@ class DocStore:
             _check_id(did, "doc_id")
             per_doc.setdefault(did, 0)
         with self._lock, self._tx():
-            self._add_row_hash_columns()
+            self._upgrade_schema()
             self._bump_gen(gen)
             if slot_list and min(slot_list) < self._next_slot():
                 raise ValueError(f"slot {min(slot_list)} is below next_slot() = {self._next_slot()}; slots are never reused")
@@ -838,7 +844,7 @@ class DocStore:
             raise ValueError(f"{self.path}: record_row_hashes needs a writable docstore")
         n = 0
         with self._lock, self._tx():
-            self._add_row_hash_columns()
+            self._upgrade_schema()
             for table, sql, key in (("chunks", _CHUNK_ROW_SQL, "slot"), ("documents", _DOC_ROW_SQL, "id")):
                 todo = self._conn.execute(
                     f"SELECT {key}, {sql} FROM {table} WHERE row_sha256 IS NULL").fetchall()
