@@ -27,7 +27,7 @@ from hybridrag.errors import IndexLockedError
 from hybridrag.storage import opening
 from hybridrag.storage.files import disk_full_errors as _disk_full
 from hybridrag.storage.manifest import FORMAT_VERSION, MANIFEST, check_name as _check_name, sha256_file as _sha256
-from hybridrag.storage.manifest import read_manifest, write_manifest
+from hybridrag.storage.manifest import read_generation, write_manifest
 from hybridrag.storage.segments import SegmentedStore
 from hybridrag.storage.table import SegmentTable
 
@@ -295,10 +295,10 @@ def model_fingerprint(resolved: str) -> dict[str, Any]:
 @contextlib.contextmanager
 def writing(idx) -> Iterator[None]:
     idx._lock.acquire()
-    on_disk = read_manifest(idx.path, missing_ok=True) if idx._manifest is not None else None
-    if on_disk is not None and int(on_disk["generation"]) != idx._gen:
+    on_disk = read_generation(idx.path) if idx._manifest is not None else None
+    if on_disk is not None and on_disk != idx._gen:
         raise IndexLockedError(
-            f"index {str(idx.path)!r} was changed by another writer (generation {on_disk['generation']} "
+            f"index {str(idx.path)!r} was changed by another writer (generation {on_disk} "
             f"on disk, {idx._gen} here); load it again before writing")
     if idx.docstore.as_of is not None:
         # This index was opened as a reader: switch to the writer's view, first undoing what

@@ -148,7 +148,7 @@ def read_manifest(path: Path, missing_ok: bool = False) -> dict[str, Any] | None
         raise IndexFormatError(f"{mf}: format_version {fv!r} is not supported by hybridrag {__version__} "
                                f"(reads formats {list(READS)}); rebuild the index or use the library version "
                                f"that wrote it ({m.get('library_version', 'unknown')})")
-    if isinstance(m.get("checksums"), dict):
+    if isinstance(m.get("checksums"), dict):   # before anything else opens a named file
         for name in m["checksums"]:
             check_name(path, name)
     # The manifest checks itself: its sha256 (over the other keys) and its exact bytes, so a
@@ -170,10 +170,7 @@ def read_manifest(path: Path, missing_ok: bool = False) -> dict[str, Any] | None
                 if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
                     raise IndexFormatError(f"{mf}: a store entry lacks its files")
             m = _upgrade_v1(m)
-        for name in m["checksums"]:
-            check_name(path, name)
-        for name in _segment_names(m):
-            check_name(path, name)
+        for name in _segment_names(m):   # every one was checked above, as a checksum's name
             if name not in m["checksums"]:
                 raise IndexFormatError(f"{mf}: file {name!r} has no checksum in the manifest")
         for seg in m["segments"]:
@@ -188,6 +185,22 @@ def read_manifest(path: Path, missing_ok: bool = False) -> dict[str, Any] | None
     except (KeyError, TypeError, AttributeError) as e:
         raise IndexFormatError(f"{mf}: malformed manifest ({type(e).__name__}: {e})") from None
     return m
+
+
+def read_generation(path: Path) -> int | None:
+    """The generation of the manifest on disk (``None``: there is none), read without the
+    checks of :func:`read_manifest`: a writer compares it with its own before a commit that
+    replaces the manifest anyway (``load`` and ``check`` read it whole)."""
+    mf = path / MANIFEST
+    if mf.is_symlink():
+        raise IndexFormatError(f"{mf}: refusing a manifest that is a symbolic link")
+    try:
+        m = json.loads(mf.read_bytes())
+        return int(m["generation"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError, RecursionError) as e:
+        raise IndexFormatError(f"{mf}: unreadable manifest ({type(e).__name__}: {e})") from None
 
 
 def verify_files(path: Path, manifest: Mapping[str, Any]) -> None:
