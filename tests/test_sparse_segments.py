@@ -181,6 +181,39 @@ def test_term_stats_count_live_rows():
     assert total == sum(sum(d.values()) for d in live)
 
 
+@pytest.mark.parametrize("weighting", ["bm25okapi", "bm25lucene"])
+def test_statistics_and_weights_follow_removes_one_at_a_time(weighting):
+    """An upsert's commit removes a row or two from a large segment: the statistics are updated
+    from the removed rows' postings (the compiled kernel) and the weights recomputed for the
+    terms a query needs. Both must equal an index built from the live rows alone, after every
+    remove, for terms searched before and after it."""
+    docs = random_rows(3000, 93, vocab=40, nnz=12, ints=True)
+    qs = random_rows(30, 94, vocab=40, nnz=3, ints=True)
+    idx = SparseIndex(weighting)
+    idx.add(np.arange(3000), docs)
+    idx.search(qs[:5], 10)   # tiers built, the first queries' weights filled
+    live = np.ones(3000, dtype=bool)
+    # ... then a third of the rows (a recount; the tiers are compacted), then one row again
+    removes = [[7], [2999], [0, 1500], [7], [1200], list(range(100, 130)), list(range(1, 3000, 3)), [1502], [2]]
+    for step, gone in enumerate(removes):
+        idx.remove(gone)
+        live[gone] = False
+        keep = np.flatnonzero(live)
+        fresh = SparseIndex(weighting)
+        fresh.add(keep, [docs[j] for j in keep])
+        n, df, total = idx.term_stats()
+        want = fresh.term_stats()
+        assert n == want[0] and total == want[2]
+        np.testing.assert_array_equal(df, want[1])
+        for batch in (qs[:5], qs[5 + step:12 + step]):   # terms filled before the remove, and new ones
+            got, exp = idx.search(batch, 20), fresh.search(batch, 20)
+            np.testing.assert_array_equal(got[0], exp[0])
+            np.testing.assert_array_equal(got[1], exp[1])
+        cands = [np.arange(0, 3000, 7)] * 5
+        for g, w in zip(idx.score(qs[:5], cands), fresh.score(qs[:5], cands)):
+            np.testing.assert_array_equal(g, w)
+
+
 @pytest.mark.parametrize("bad, err", [([1, np.ones(2), 1.0], TypeError), ((1, np.ones(2)), TypeError),
                                       ((-1, np.ones(2), 1.0), ValueError), ((True, np.ones(2), 1.0), ValueError),
                                       ((2, np.ones((2, 2)), 1.0), ValueError), ((2, [1.0, np.nan], 1.0), ValueError),

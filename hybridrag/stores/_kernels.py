@@ -546,6 +546,45 @@ if njit is not None:
                         acc[j] += qw * w[left]
 
 
+if njit is not None:
+
+    @njit(cache=True, nogil=True)
+    def _rows_per_term(indptr, rows, removed, out):  # pragma: no cover - compiled
+        """``out[t] +=`` how many of ``removed`` (sorted, distinct) term ``t``'s postings hold."""
+        for t in range(indptr.shape[0] - 1):
+            lo = indptr[t]
+            hi = indptr[t + 1]
+            if lo == hi:
+                continue
+            first = rows[lo]
+            last = rows[hi - 1]
+            for j in range(removed.shape[0]):
+                row = removed[j]
+                if row < first:
+                    continue
+                if row > last:
+                    break
+                left = lo
+                right = hi
+                while left < right:
+                    mid = (left + right) >> 1
+                    if rows[mid] < row:
+                        left = mid + 1
+                    else:
+                        right = mid
+                if rows[left] == row:   # left < hi: row <= last
+                    out[t] += 1.0
+                lo = left   # the next removed rows are larger
+
+
+def rows_per_term(indptr: np.ndarray, rows: np.ndarray, removed: np.ndarray, out: np.ndarray) -> None:
+    """Add to ``out`` (float64 [terms]) how many of the rows ``removed`` (sorted, distinct) each
+    term's postings hold (``indptr``/``rows``: postings by term, rows increasing within a term).
+    O(terms x removed x log postings): for a few removed rows, much less than a pass over the
+    postings (compiled kernel; callers check :data:`AVAILABLE`)."""
+    _rows_per_term(_ro(indptr, np.int64), _ro(rows), _ro(removed, np.int64), out)
+
+
 def score_rows(terms: np.ndarray, qws: np.ndarray, tiers: list[tuple], cand: np.ndarray, acc: np.ndarray) -> None:
     """Add one query's exact scores of the rows ``cand`` (int64; < 0: skipped) to ``acc``
     (float32), as :func:`_score_rows`; ``tiers``: one or two ``(indptr, rows, weights)``
@@ -721,7 +760,7 @@ if hasattr(os, "register_at_fork"):
 
 def _compile_now() -> None:
     """Compile (or load from numba's cache) the kernels (int32 posting rows; pq scores; dense
-    re-score; sparse scores of given rows) at import.
+    re-score; sparse scores of given rows; rows per term) at import.
 
     Lazily, the first search would compile it; several threads searching at once could then
     run numba's lowering (which calls ``ast.parse``) beside other ``ast`` users, and CPython
@@ -741,6 +780,7 @@ def _compile_now() -> None:
     rescore_top_k(np.zeros((1, 1), dtype=np.int64), one, one[:0], one, np.zeros(1, dtype=np.int64), None, False, 1)
     all_finite(one)
     all_finite(_ro(one))   # memory-mapped or read-only inputs
+    rows_per_term(np.array([0, 2]), rows, np.arange(1), np.zeros(1))
 
 if AVAILABLE:
     try:

@@ -58,7 +58,7 @@ import scipy.sparse as sp
 
 from hybridrag.errors import ConfigError, IndexFormatError
 from hybridrag.stores import _kernels
-from hybridrag.stores.base import write_npy
+from hybridrag.stores.base import SlotMap, write_npy
 
 __all__ = ["SparseIndex", "WEIGHTINGS"]
 
@@ -112,13 +112,17 @@ class _Queries:
 class _Tier:
     """Postings of a set of rows: CSR arrays of a ``(vocab, n_rows)`` matrix."""
 
-    __slots__ = ("indptr", "indices", "values", "weights", "stats_version", "nonneg", "nonneg_of", "maxw", "maxw_of")
+    __slots__ = ("indptr", "indices", "values", "weights", "filled", "stats_version", "nonneg", "nonneg_of",
+                 "maxw", "maxw_of")
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
         self.indptr = indptr          # int64 [vocab + 1]
         self.indices = indices        # int32/int64 [nnz], row ids, increasing within a term
         self.values = values          # float32 [nnz]
-        self.weights: np.ndarray | None = None   # float32 [nnz] document-side weights (BM25)
+        # BM25: document-side weights, computed per term when a query first needs them under the
+        # current statistics (``filled``, bool [vocab]; ``maxw`` then holds the term's largest)
+        self.weights: np.ndarray | None = None   # float32 [nnz]
+        self.filled: np.ndarray | None = None
         self.stats_version = -1
         self.nonneg = False
         self.nonneg_of: np.ndarray | None = None   # the weights array ``nonneg`` was computed for
@@ -139,7 +143,10 @@ class _Tier:
         return np.concatenate([self.indptr, np.full(vocab - self.vocab, self.indptr[-1], dtype=self.indptr.dtype)])
 
     def max_weights(self, w: np.ndarray) -> np.ndarray:
-        """Largest of ``w`` (one weight per posting) over each term's postings, 0 for a term with none."""
+        """Largest of ``w`` (one weight per posting) over each term's postings, 0 for a term with none
+        (BM25 weights: kept per term as they are filled, valid for the filled terms)."""
+        if self.filled is not None and w is self.weights:
+            return self.maxw
         if self.maxw_of is not w:
             out = np.zeros(self.vocab, dtype=np.float32)
             has = np.flatnonzero(np.diff(self.indptr) > 0)
@@ -151,66 +158,6 @@ class _Tier:
     def terms(self) -> np.ndarray:
         """Term id of every posting (int32 [nnz])."""
         return np.repeat(np.arange(self.vocab, dtype=np.int32), np.diff(self.indptr))
-
-
-class _SlotMap:
-    """Slot -> row by binary search over the slots in increasing order: memory follows the
-    rows, not the largest slot (a segment holds a few of an index's slots, and a damaged slot
-    file must not make a huge allocation). Appends of increasing slots (the engine's order)
-    cost amortised O(new rows); other orders rebuild (O(rows log rows)). Entries of removed
-    rows stay until the next rebuild: callers check that a row is alive."""
-
-    __slots__ = ("keys", "n", "rows")
-
-    def __init__(self, slots: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:
-        self.keys = np.zeros(0, dtype=np.int64)
-        self.rows = np.zeros(0, dtype=np.int64)
-        self.n = 0
-        if slots is not None and len(slots):
-            self.rebuild(slots, rows)
-
-    @property
-    def nbytes(self) -> int:
-        return self.keys.nbytes + self.rows.nbytes
-
-    def rebuild(self, slots: np.ndarray, rows: np.ndarray) -> None:
-        """Hold exactly ``slots[i] -> rows[i]`` (slots distinct)."""
-        slots = np.asarray(slots, dtype=np.int64)
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(slots) > 1 and not np.all(slots[1:] > slots[:-1]):
-            order = np.argsort(slots, kind="stable")
-            slots, rows = slots[order], rows[order]
-        self.keys, self.rows, self.n = slots.copy(), rows.copy(), len(slots)
-
-    def append(self, slots: np.ndarray, rows: np.ndarray) -> bool:
-        """Add entries whose slots all follow the last one, in increasing order; False (nothing
-        done) when they do not."""
-        m = len(slots)
-        if m == 0:
-            return True
-        if (self.n and slots[0] <= self.keys[self.n - 1]) or (m > 1 and not np.all(slots[1:] > slots[:-1])):
-            return False
-        if self.n + m > len(self.keys):
-            cap = max(self.n + m, 2 * len(self.keys), 1024)
-            for name in ("keys", "rows"):
-                new = np.empty(cap, dtype=np.int64)
-                new[: self.n] = getattr(self, name)[: self.n]
-                setattr(self, name, new)
-        self.keys[self.n:self.n + m] = slots
-        self.rows[self.n:self.n + m] = rows
-        self.n += m
-        return True
-
-    def lookup(self, slots: np.ndarray) -> np.ndarray:
-        """Row of each slot (int64), -1 for a slot never held."""
-        out = np.full(len(slots), -1, dtype=np.int64)
-        if self.n == 0 or len(slots) == 0:
-            return out
-        keys = self.keys[: self.n]
-        pos = np.minimum(np.searchsorted(keys, slots), self.n - 1)
-        hit = keys[pos] == slots
-        out[hit] = self.rows[pos[hit]]
-        return out
 
 
 def _build_tier(terms: np.ndarray, rows: np.ndarray, values: np.ndarray, vocab: int) -> _Tier:
@@ -458,7 +405,7 @@ class SparseIndex:
         self._row_slots = np.zeros(0, dtype=np.int64)     # row -> slot
         self._alive = np.zeros(0, dtype=bool)             # row -> live
         self._doclen = np.zeros(0, dtype=np.float64)      # row -> sum of counts (BM25)
-        self._slots = _SlotMap()                          # slot -> row (also of removed rows)
+        self._slots = SlotMap()                          # slot -> row (also of removed rows)
         self._n_live = 0
         self._n_dead_main = 0
         self._main: _Tier | None = None                   # rows [0, _main_end)
@@ -468,7 +415,12 @@ class SparseIndex:
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (rows, terms, values)
         self._stats_version = 0
         self._idf: np.ndarray | None = None
+        self._idf_nonneg = True
         self._idf_version = -1
+        # (live rows, df, total length) of the live rows (term_stats), and the rows removed since
+        # it was computed, applied when it is next needed (_own_stats)
+        self._own: tuple[int, np.ndarray, float] | None = None
+        self._own_gone: list[np.ndarray] = []
         self._global: tuple[int, np.ndarray, float] | None = None   # set_global_stats
         # Searches merge pending adds lazily (_flush): concurrent searches take turns at that,
         # so the first searches after an add may run on several threads at once.
@@ -533,6 +485,7 @@ class SparseIndex:
         if len(terms):
             self._vocab = max(self._vocab, int(terms.max()) + 1)
             self._pending.append((rid + start, terms, vals))
+        self._own, self._own_gone = None, []
         self._stats_version += 1
 
     def remove(self, slots: np.ndarray | Sequence[int]) -> None:
@@ -541,6 +494,10 @@ class SparseIndex:
         rows = np.unique(rows[rows >= 0])
         if len(rows) == 0:
             return
+        if self._own is None and self._n_live == self._n_rows and not self._pending:
+            self._own_stats()   # no row removed yet (a loaded segment): O(terms + rows)
+        if self._own is not None:
+            self._own_gone.append(rows)
         self._alive[rows] = False
         self._n_live -= len(rows)
         self._n_dead_main += int(np.count_nonzero(rows < self._main_end))
@@ -569,6 +526,7 @@ class SparseIndex:
             self._valid_rows(allowed)   # still reject a bad mask
             return out_s, out_i
         self._flush()   # may renumber rows: mask after
+        self._prepare(q.indices)
         # with the compiled kernel, queries with many postings go to it; all others (every
         # query without numba) are scored by scipy's sparse product
         heavy = self._heavy_queries(q) if _kernels.AVAILABLE else np.zeros(nq, dtype=bool)
@@ -604,6 +562,11 @@ class SparseIndex:
 
     def _tiers_nonneg(self) -> list[tuple[_Tier, np.ndarray]] | None:
         """(tier, weights) pairs when every stored weight is >= 0 (else None: scores may cancel)."""
+        if self._bm25:   # a weight is its term's idf times a positive factor
+            self._idf_current()
+            if not self._idf_nonneg:
+                return None
+            return [(t, self._tier_weights(t)) for t in (self._main, self._delta) if t is not None]
         out = []
         for t in (self._main, self._delta):
             if t is None:
@@ -678,6 +641,7 @@ class SparseIndex:
         if len(candidates) != q.nq:
             raise ValueError(f"got {len(candidates)} candidate arrays for {q.nq} queries")
         self._flush()
+        self._prepare(q.indices)
         tiers = [(t, self._tier_weights(t)) for t in (self._main, self._delta) if t is not None]
         kernel_tiers = [(_kernels.readonly(t.indptr, np.int64), _kernels.readonly(t.indices, t.indices.dtype),
                          _kernels.readonly(w, np.float32)) for t, w in tiers] if _kernels.AVAILABLE else []
@@ -724,7 +688,7 @@ class SparseIndex:
         segments (``df`` zero-padded to the longest), they are the statistics of their union,
         for :meth:`set_global_stats`. Ignores any statistics set there."""
         self._flush()
-        return self._n_live, self._live_df(), self._live_length()
+        return self._own_stats()
 
     def set_global_stats(self, stats: tuple[int, np.ndarray, float] | None) -> None:
         """Score with these BM25 statistics ``(rows N, df per term id, total length)`` (as
@@ -935,7 +899,7 @@ class SparseIndex:
     def _reindex_slots(self) -> None:
         """Rebuild the slot map from the live rows."""
         live = np.flatnonzero(self._alive[: self._n_rows])
-        self._slots = _SlotMap(self._row_slots[live], live)
+        self._slots = SlotMap(self._row_slots[live], live)
 
     def _grow_rows(self, n: int) -> None:
         cap = len(self._row_slots)
@@ -977,6 +941,8 @@ class SparseIndex:
         n = self._n_rows
         alive = self._alive[:n]
         if n and not alive.all():
+            if self._own_gone:   # row numbers change below
+                self._own_stats()
             if self._main is not None:
                 self._main, _ = _compact_tier(self._main, alive)
             keep = np.flatnonzero(alive)
@@ -1041,27 +1007,80 @@ class SparseIndex:
         return out
 
     def _tier_weights(self, t: _Tier) -> np.ndarray:
-        """Document-side weights of a tier's postings (the values themselves when weighting='none')."""
-        if not self._bm25:
-            return t.values
-        if t.stats_version != self._stats_version or t.weights is None:
-            idf = self._idf_current()
-            avgdl = self._avgdl()
-            w = np.empty(t.nnz, dtype=np.float32)
-            k1, b = self.k1, self.b
-            plus = k1 + 1.0 if self.weighting == "bm25okapi" else 1.0
-            chunk = 1 << 22
-            terms = t.terms()
-            for s in range(0, t.nnz, chunk):
-                e = min(s + chunk, t.nnz)
-                tf = t.values[s:e].astype(np.float64)
-                if avgdl > 0:
-                    norm = k1 * (1.0 - b + b * self._doclen[t.indices[s:e]] / avgdl)
-                else:
-                    norm = np.full(e - s, k1 * (1.0 - b))
-                w[s:e] = idf[terms[s:e]] * (tf * plus / (tf + norm))
-            t.weights, t.stats_version = w, self._stats_version
-        return t.weights
+        """Document-side weights of a tier's postings: the values themselves when weighting='none';
+        BM25: valid for the terms :meth:`_prepare` was given under the current statistics."""
+        return t.weights if self._bm25 and t.weights is not None else t.values
+
+    def _prepare(self, terms: np.ndarray) -> None:
+        """BM25: compute the weights of the postings of ``terms`` (and each one's largest) that
+        are not current. A change of statistics (every commit changes N and avgdl) costs the
+        next searches the postings of their own terms, not a pass over the whole index."""
+        if not self._bm25 or len(terms) == 0:
+            return
+        with self._merge_lock:
+            for t in (self._main, self._delta):
+                if t is not None:
+                    self._fill(t, terms)
+
+    def _fill(self, t: _Tier, terms: np.ndarray) -> None:
+        if t.weights is None or t.stats_version != self._stats_version:
+            if t.weights is None:
+                t.weights = np.empty(t.nnz, dtype=np.float32)
+            t.filled = np.zeros(t.vocab, dtype=bool)
+            t.maxw = np.zeros(t.vocab, dtype=np.float32)
+            t.stats_version = self._stats_version
+        todo = terms[terms < t.vocab]
+        todo = np.unique(todo[~t.filled[todo]])
+        if len(todo) == 0:
+            return
+        lo = t.indptr[todo]
+        n = t.indptr[todo + 1] - lo
+        has = n > 0
+        t.filled[todo] = True
+        todo, lo, n = todo[has], lo[has], n[has]
+        if len(todo) == 0:
+            return
+        starts = np.zeros(len(n), dtype=np.int64)
+        np.cumsum(n[:-1], out=starts[1:])
+        pos = np.repeat(lo - starts, n) + np.arange(int(n.sum()), dtype=np.int64)
+        idf = self._idf_current()
+        avgdl = self._avgdl()
+        k1, b = self.k1, self.b
+        plus = k1 + 1.0 if self.weighting == "bm25okapi" else 1.0
+        tf = t.values[pos].astype(np.float64)
+        if avgdl > 0:
+            norm = k1 * (1.0 - b + b * self._doclen[t.indices[pos]] / avgdl)
+        else:
+            norm = np.full(len(pos), k1 * (1.0 - b))
+        w = (np.repeat(idf[todo], n) * (tf * plus / (tf + norm))).astype(np.float32)
+        t.weights[pos] = w
+        t.maxw[todo] = np.maximum.reduceat(w, starts)
+
+    def _own_stats(self) -> tuple[int, np.ndarray, float]:
+        """(live rows, df, total length) of this index's own live rows (tiers flushed)."""
+        if self._own is not None and self._own_gone:
+            gone = np.unique(np.concatenate(self._own_gone))
+            self._own_gone = []
+            tiers = [t for t in (self._main, self._delta) if t is not None]
+            # With the compiled kernel a few removed rows' postings are found by binary search
+            # per term, much less than the pass over every posting a recount makes: the first
+            # search after an upsert's commit then costs milliseconds, not a second at 1M rows.
+            if _kernels.AVAILABLE and len(gone) * self._vocab * 3 <= sum(t.nnz for t in tiers):
+                n_live, df, total = self._own
+                removed = np.zeros(len(df), dtype=np.float64)
+                for t in tiers:
+                    _kernels.rows_per_term(t.indptr, t.indices, gone, removed[: t.vocab])
+                df = df - removed
+                df.flags.writeable = False
+                self._own = (n_live - len(gone), df, total - float(self._doclen[gone].sum()))
+            else:
+                self._own = None
+        if self._own is None:
+            df = self._live_df()
+            df.flags.writeable = False
+            self._own = (self._n_live, df, self._live_length())
+            self._own_gone = []
+        return self._own
 
     def _live_df(self) -> np.ndarray:
         """Live rows holding each term (float64 [vocab]); tiers flushed beforehand."""
@@ -1089,7 +1108,8 @@ class SparseIndex:
         if self._global is not None:
             big_n, _, total = self._global
             return total / max(big_n, 1)
-        return self._live_length() / max(self._n_live, 1)
+        n_live, _, total = self._own_stats()
+        return total / max(n_live, 1)
 
     def _idf_current(self) -> np.ndarray:
         if self._idf is not None and self._idf_version == self._stats_version:
@@ -1097,7 +1117,7 @@ class SparseIndex:
         if self._global is not None:
             n_live, df, _ = self._global
         else:
-            n_live, df = self._n_live, self._live_df()
+            n_live, df, _ = self._own_stats()
         big_n = float(n_live)
         present = df > 0
         if self.weighting == "bm25okapi":
@@ -1113,4 +1133,5 @@ class SparseIndex:
             idf = idf[: self._vocab] if len(idf) > self._vocab else np.concatenate(
                 [idf, np.zeros(self._vocab - len(idf))])
         self._idf, self._idf_version = idf, self._stats_version
+        self._idf_nonneg = bool(len(idf) == 0 or idf.min() >= 0)
         return idf
