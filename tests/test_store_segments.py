@@ -73,8 +73,8 @@ def test_faiss_flat_merge_equals_the_union_and_keeps_vectors(tmp_path: Path, met
     assert len(merged) == live.shape[0] and merged._index is None
     for p in parts:   # stored vectors bit-identical, slot by slot
         own = p._row_slot[np.flatnonzero(p._live[: p._n_rows])]
-        np.testing.assert_array_equal(merged._vecs.take(merged._slot_row[own]).view(np.uint8),
-                                      p._vecs.take(p._slot_row[own]).view(np.uint8))
+        np.testing.assert_array_equal(merged._vecs.take(merged._live_rows_of(own)).view(np.uint8),
+                                      p._vecs.take(p._live_rows_of(own)).view(np.uint8))
     q = vecs(7, seed=3)
     allowed = np.random.default_rng(4).random(2600) < 0.6
     for k, mask in ((10, None), (1, None), (40, allowed), (5, np.arange(2600) < 40)):

@@ -37,6 +37,7 @@ __all__ = [
     "load_npy",
     "load_array",
     "widen",
+    "SlotMap",
 ]
 
 
@@ -439,3 +440,63 @@ def widen(t: np.ndarray) -> np.ndarray:
     for i in range(0, t.shape[0], rows):
         dst[i:i + rows].copy_(src[i:i + rows])
     return out
+
+
+class SlotMap:
+    """Slot -> row by binary search over the slots in increasing order: memory follows the
+    rows, not the largest slot (a segment holds a few of an index's slots, and a damaged slot
+    file must not make a huge allocation). Appends of increasing slots (the engine's order)
+    cost amortised O(new rows); other orders rebuild (O(rows log rows)). Entries of removed
+    rows stay until the next rebuild: callers check that a row is alive."""
+
+    __slots__ = ("keys", "n", "rows")
+
+    def __init__(self, slots: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:
+        self.keys = np.zeros(0, dtype=np.int64)
+        self.rows = np.zeros(0, dtype=np.int64)
+        self.n = 0
+        if slots is not None and len(slots):
+            self.rebuild(slots, rows)
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.rows.nbytes
+
+    def rebuild(self, slots: np.ndarray, rows: np.ndarray) -> None:
+        """Hold exactly ``slots[i] -> rows[i]`` (slots distinct)."""
+        slots = np.asarray(slots, dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(slots) > 1 and not np.all(slots[1:] > slots[:-1]):
+            order = np.argsort(slots, kind="stable")
+            slots, rows = slots[order], rows[order]
+        self.keys, self.rows, self.n = slots.copy(), rows.copy(), len(slots)
+
+    def append(self, slots: np.ndarray, rows: np.ndarray) -> bool:
+        """Add entries whose slots all follow the last one, in increasing order; False (nothing
+        done) when they do not."""
+        m = len(slots)
+        if m == 0:
+            return True
+        if (self.n and slots[0] <= self.keys[self.n - 1]) or (m > 1 and not np.all(slots[1:] > slots[:-1])):
+            return False
+        if self.n + m > len(self.keys):
+            cap = max(self.n + m, 2 * len(self.keys), 1024)
+            for name in ("keys", "rows"):
+                new = np.empty(cap, dtype=np.int64)
+                new[: self.n] = getattr(self, name)[: self.n]
+                setattr(self, name, new)
+        self.keys[self.n:self.n + m] = slots
+        self.rows[self.n:self.n + m] = rows
+        self.n += m
+        return True
+
+    def lookup(self, slots: np.ndarray) -> np.ndarray:
+        """Row of each slot (int64), -1 for a slot never held."""
+        out = np.full(len(slots), -1, dtype=np.int64)
+        if self.n == 0 or len(slots) == 0:
+            return out
+        keys = self.keys[: self.n]
+        pos = np.minimum(np.searchsorted(keys, slots), self.n - 1)
+        hit = keys[pos] == slots
+        out[hit] = self.rows[pos[hit]]
+        return out

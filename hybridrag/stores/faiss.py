@@ -77,6 +77,7 @@ from hybridrag.stores import _kernels
 from hybridrag.stores.base import (
     AppendableArray,
     Self,
+    SlotMap,
     as_matrix,
     as_slots,
     check_allowed,
@@ -198,7 +199,7 @@ class FaissStore:
         self._vecs = AppendableArray(self.dim, self.vector_dtype)
         self._row_slot = np.zeros(0, dtype=np.int64)  # capacity-managed; first _n_rows used
         self._live = np.zeros(0, dtype=bool)
-        self._slot_row = np.zeros(0, dtype=np.int64)  # slot -> row, -1 when absent
+        self._slots = SlotMap()  # slot -> row (memory follows the rows; callers check _live)
         self._n_rows = 0
         self._n_live = 0
         self._max_slot = -1
@@ -291,8 +292,7 @@ class FaissStore:
             self._row_slot = self._row_slot[keep].copy()
             self._live = np.ones(keep.shape[0], dtype=bool)
             self._n_rows = keep.shape[0]
-            self._slot_row[:] = -1
-            self._slot_row[self._row_slot] = np.arange(self._n_rows)
+            self._slots = SlotMap(self._row_slot, np.arange(self._n_rows))
             self._sq_norms = self._sq_norms[:0]
         if self._index is not None and (self._index.ntotal != self._n_rows or not self._index.is_trained):
             if self._needs_training and self._index.is_trained:
@@ -385,8 +385,7 @@ class FaissStore:
             return
         if np.unique(slots).shape[0] != slots.shape[0]:
             raise ValueError("slots contain duplicates")
-        known = slots[slots < self._slot_row.shape[0]]
-        live = known[self._slot_row[known] >= 0]
+        live = slots[self._live_rows_of(slots) >= 0]
         if live.shape[0]:
             raise ValueError(f"slots already present: {live[:10].tolist()}; remove them first")
         n = slots.shape[0]
@@ -397,8 +396,9 @@ class FaissStore:
         self._live = _grow(self._live, stop, False)
         self._row_slot[start:stop] = slots
         self._live[start:stop] = True
-        self._slot_row = _grow(self._slot_row, int(slots.max()) + 1, -1)
-        self._slot_row[slots] = np.arange(start, stop)
+        if not self._slots.append(slots, np.arange(start, stop)):
+            live = np.flatnonzero(self._live[:stop])
+            self._slots = SlotMap(self._row_slot[live], live)
         self._n_rows = stop
         self._n_live += n
         self._max_slot = max(self._max_slot, int(slots.max()))
@@ -411,18 +411,23 @@ class FaissStore:
             self._train_and_fill()
         self._ready_cache = None
 
+    def _live_rows_of(self, slots: np.ndarray) -> np.ndarray:
+        """Row of each slot (int64), -1 for a slot that no live row holds."""
+        rows = self._slots.lookup(slots)
+        held = rows >= 0
+        rows[held] = np.where(self._live[rows[held]], rows[held], -1)
+        return rows
+
     def remove(self, slots: np.ndarray) -> None:
         """Tombstone ``slots``; unknown or already removed slots are ignored. In memory only:
         a loaded store's files are never touched, and it keeps its tombstones (no rebuild of
         the index or copy of the memory-mapped vectors; a merge drops them)."""
         slots = as_slots(slots)
-        slots = np.unique(slots[slots < self._slot_row.shape[0]])
-        rows = self._slot_row[slots]
+        rows = self._live_rows_of(np.unique(slots))
         rows = rows[rows >= 0]
         if rows.shape[0] == 0:
             return
         self._live[rows] = False
-        self._slot_row[self._row_slot[rows]] = -1
         self._n_live -= rows.shape[0]
         self._gpu_index = None
         dead = self._n_rows - self._n_live
@@ -465,9 +470,7 @@ class FaissStore:
         for qi, cand in zip(q, candidates):
             cand = as_slots(cand, "candidates")
             res = np.full(cand.shape[0], -np.inf, dtype=np.float32)
-            rows = np.full(cand.shape[0], -1, dtype=np.int64)
-            inside = cand < self._slot_row.shape[0]
-            rows[inside] = self._slot_row[cand[inside]]
+            rows = self._live_rows_of(cand)
             ok = rows >= 0
             if ok.any():
                 res[ok] = self._scores(qi[None, :], self._vecs.take(rows[ok]))[0]
@@ -522,8 +525,7 @@ class FaissStore:
         out._live = np.ones(n, dtype=bool)
         out._n_rows = out._n_live = n
         out._max_slot = int(slots.max()) if n else -1
-        out._slot_row = np.full(out._max_slot + 1, -1, dtype=np.int64)
-        out._slot_row[slots] = np.arange(n)
+        out._slots = SlotMap(slots, np.arange(n))
         if out._index is not None:
             state = _trained_state(out._index) if trained else None
             if not (trained and all(p._ready and _trained_state(p._index) == state for p in parts)
@@ -599,8 +601,7 @@ class FaissStore:
         store._n_rows = n
         store._n_live = int(live.sum())
         store._max_slot = int(rows.max()) if n else -1
-        store._slot_row = np.full(store._max_slot + 1, -1, dtype=np.int64)
-        store._slot_row[rows[live]] = np.flatnonzero(live)
+        store._slots = SlotMap(rows[live], np.flatnonzero(live))
         return store
 
     def _read_index(self, directory: Path, files: dict[str, str], n: int) -> Any:
