@@ -7,8 +7,9 @@ postings plus one ``indptr`` entry per term, never ``vocab x docs``.
 * ``weighting="none"``: the stored values are the weights; score = dot product
   (M3 lexical matching).
 * ``weighting="bm25okapi"`` / ``"bm25lucene"``: the stored values are term counts;
-  the index keeps document lengths and computes the document-side BM25 weight of
-  every posting whenever the corpus statistics changed (one vectorised O(nnz) pass).
+  the index keeps document lengths and computes the document-side BM25 weights of a
+  term's postings when a query first needs them under the current corpus statistics
+  (every commit changes them: a search then pays for its own terms' postings only).
   The query side is the query's term counts (a repeated query term counts twice).
   ``bm25okapi`` equals ``rank_bm25.BM25Okapi``; ``bm25lucene`` equals
   ``bm25s.BM25(method="lucene")`` (idf ``log(1 + (N-df+.5)/(df+.5))``, no ``k1+1``
