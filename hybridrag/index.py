@@ -20,13 +20,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from hybridrag import __version__, components, write
+from hybridrag import components, write
 from hybridrag.config import PipelineConfig
-from hybridrag.search import encode, execute, planner
+from hybridrag.search import execute
 from hybridrag.search.options import SearchOptions
-from hybridrag.search.plan import make_plan
 from hybridrag.storage import commit as commit_mod
 from hybridrag.storage import opening
 from hybridrag.storage.check import check_index  # noqa: F401 - the public name lived here
@@ -137,13 +134,6 @@ class HybridIndex:
         return opening.rebuild(cls, path, pipeline=pipeline, encoder=encoder, device=device, batch_size=batch_size,
                                milvus_uri=milvus_uri, milvus_token=milvus_token)
 
-    def _init_components(self, fresh: bool) -> None:
-        opening.init_components(self, fresh)
-
-    def _on_disk_generation(self) -> int | None:
-        m = read_manifest(self.path, missing_ok=True)
-        return None if m is None else int(m["generation"])
-
     # ------------------------------------------------------------------ components
     @property
     def encoder(self) -> Any:
@@ -205,23 +195,16 @@ class HybridIndex:
         return write.write_docs(self, documents, replace=True, commit=commit, batch_size=batch_size,
                                 progress=progress, errors=errors)
 
-    def _encode_into_stores(self, texts: list[str], slots: np.ndarray) -> None:
-        write.encode_into_stores(self, texts, slots)
-
-    def _remove_slots(self, slots: Sequence[int] | np.ndarray) -> None:
-        write.remove_slots(self, slots)
-
     def delete(self, ids: Iterable[str] | str | None = None, filters: Mapping[str, Any] | None = None,
                *, commit: bool = True) -> int:
         """Delete whole documents by id and/or by a metadata filter; returns how many documents."""
         return write.delete(self, ids, filters, commit)
 
     def commit(self, *, merge: bool = True) -> None:
-        """Make the writes since the last commit durable and visible: the new rows become one
-        new segment per store, deletions a small file per segment they touch, and the manifest
-        is swapped atomically (the commit point). Then, unless ``merge=False``, the segments
-        :attr:`merge_policy` picks are merged, each merge a commit of its own. No-op when
-        nothing changed."""
+        """Make the writes since the last commit durable and visible (one new segment per store,
+        a deletion list per segment that lost rows, then the atomic manifest swap), then merge
+        the segments :attr:`merge_policy` picks unless ``merge=False`` (each merge a commit).
+        No-op when nothing changed. See :func:`hybridrag.storage.commit.commit`."""
         commit_mod.commit(self, merge=merge)
 
     def optimize(self) -> None:
@@ -285,45 +268,10 @@ class HybridIndex:
         queries = execute.check_queries(queries)
         return execute.search_batch(self, queries, SearchOptions.build(options, k, filters, **overrides))
 
-    def _plan(self, k: int, modes: Sequence[str] | None, fusion: str | None, weights: Mapping[str, float] | None,
-              depth: int | Mapping[str, int] | None, rerank: bool | None, rerank_k: int | None,
-              rrf_k: int | None, live: int) -> planner.QueryPlan:
-        """The plan for one call (:func:`hybridrag.search.plan.make_plan`)."""
-        options = SearchOptions(k=k, modes=modes, fusion=fusion, weights=weights, depth=depth, rerank=rerank,
-                                rerank_k=rerank_k, rrf_k=rrf_k)
-        return make_plan(options, self.pipeline, live)
-
-    def _coverage(self, queries: list[str], modes: Sequence[str]) -> dict[str, np.ndarray]:
-        """How well each mode's vocabulary covers each query (:func:`hybridrag.search.encode.coverage`)."""
-        return encode.coverage(self, queries, modes)
-
-    def _encode_queries(self, queries: list[str], modes: Sequence[str]) -> dict[str, Any]:
-        """Each mode's encoded queries (:func:`hybridrag.search.encode.encode_queries`)."""
-        return encode.encode_queries(self, queries, modes)
-
     # ------------------------------------------------------------------ info
     def stats(self) -> dict[str, Any]:
-        """Counts, generation, pipeline name, modes and bytes on disk per store."""
-        m = self._manifest or {}
-        sizes: dict[str, int] = {}
-        files: dict[str, list[str]] = {}
-        for seg in m.get("segments", []):
-            for mode, fs in seg["files"].items():
-                files.setdefault(mode, []).extend(fs.values())
-        for mode, entry in m.get("remote", {}).items():
-            files.setdefault(mode, []).extend(entry["files"].values())
-        for mode, names in files.items():
-            sizes[mode] = sum((self.path / f).stat().st_size for f in names if (self.path / f).exists())
-        db = self.path / DOCSTORE
-        sizes["docstore"] = sum(f.stat().st_size for f in self.path.glob(DOCSTORE + "*")) if db.exists() else 0
-        return {
-            "path": str(self.path), "pipeline": self.pipeline.name, "modes": self.pipeline.modes,
-            "generation": self._gen, "documents": self.docstore.count_documents(),
-            "chunks": self.docstore.count(), "format_version": m.get("format_version", FORMAT_VERSION),
-            "library_version": m.get("library_version", __version__), "bytes": sizes,
-            "models": {k: v.get("name") for k, v in m.get("models", {}).items()},
-            "segments": [{"id": e["id"], "rows": e["rows"], "deleted": e["deleted"]} for e in m.get("segments", [])],
-        }
+        """Counts, generation, pipeline name, modes, segments and bytes on disk per store."""
+        return opening.stats(self)
 
     @property
     def generation(self) -> int:

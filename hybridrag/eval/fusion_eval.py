@@ -18,7 +18,9 @@ import numpy as np
 
 from hybridrag.eval.ablation import DOC_DEPTH
 from hybridrag.search import fusion as fusion_mod
-from hybridrag.search import planner
+from hybridrag.search import encode, planner
+from hybridrag.search.options import SearchOptions
+from hybridrag.search.plan import make_plan
 from hybridrag.stores.base import rank_order
 
 CHUNK_DEPTH = DOC_DEPTH * 3  # as hybridrag eval: k = depth = 300 chunks
@@ -31,7 +33,7 @@ class QueryCandidates:
     qid: str
     doc_ids: np.ndarray  # object [m]
     cand: planner.Candidates
-    coverage: dict[str, float] | None = None  # per mode, as HybridIndex._coverage gives it
+    coverage: dict[str, float] | None = None  # per mode, as hybridrag.search.encode.coverage gives it
 
 
 def collect(index: Any, qids: Sequence[str], texts: Sequence[str], depth: int = CHUNK_DEPTH,
@@ -40,9 +42,9 @@ def collect(index: Any, qids: Sequence[str], texts: Sequence[str], depth: int = 
     out: list[QueryCandidates] = []
     for start in range(0, len(texts), batch_size):
         batch = list(texts[start:start + batch_size])
-        plan = index._plan(depth, None, None, None, depth, False, None, None, live=index.docstore.count())
-        reps = index._encode_queries(batch, plan.modes)
-        cov = index._coverage(batch, plan.modes)
+        plan = make_plan(SearchOptions(k=depth, depth=depth, rerank=False), index.pipeline, index.docstore.count())
+        reps = encode.encode_queries(index, batch, plan.modes)
+        cov = encode.coverage(index, batch, plan.modes)
         ranked = planner.run(plan, reps, index.stores)
         for i, (qid, cand) in enumerate(zip(qids[start:start + batch_size], ranked)):
             rows = index.docstore.get(cand.slots)

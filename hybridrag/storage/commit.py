@@ -320,6 +320,6 @@ def undo_on_error(idx) -> Iterator[None]:
             logger.warning("write to %s failed; rolling back to generation %d", idx.path, idx._gen)
             idx.docstore.rollback_to(idx._gen)
             idx._bm25 = None
-            idx._init_components(fresh=False)
+            opening.init_components(idx, fresh=False)
             idx._dirty = False
         raise

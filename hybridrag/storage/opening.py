@@ -12,13 +12,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hybridrag import __version__, write
 from hybridrag.config import PipelineConfig, load_pipeline, resolve_model_path
 from hybridrag.errors import ConfigError, DiskFullError, IndexFormatError, IndexLockedError
 from hybridrag.modes import MODES, new_store
 from hybridrag.modes import store_class as _store_class
 from hybridrag.storage import commit as commit_mod
 from hybridrag.storage.lock import IndexLock as _Lock
-from hybridrag.storage.manifest import MANIFEST, read_manifest, verify_files
+from hybridrag.storage.manifest import FORMAT_VERSION, MANIFEST, read_generation, read_manifest, verify_files
 from hybridrag.storage.segments import SegmentedStore
 from hybridrag.storage.table import SegmentTable
 
@@ -74,7 +75,7 @@ def check_docstore(idx, verify: bool = True) -> None:
                 pass
             else:
                 try:
-                    if ds.max_generation() > idx._gen and idx._on_disk_generation() == idx._gen:
+                    if ds.max_generation() > idx._gen and read_generation(idx.path) == idx._gen:
                         ds.rollback_to(idx._gen)
                 except DiskFullError:
                     pass   # the rows stay, unseen: this view reads as of the committed generation
@@ -359,7 +360,7 @@ def rebuild(cls, path: str | os.PathLike[str], *, pipeline: Any = None, encoder:
         slots = ds.live_slots()
         for i in range(0, len(slots), batch_size):
             part = slots[i:i + batch_size]
-            idx._encode_into_stores([r["text"] for r in ds.get(part)], part)
+            write.encode_into_stores(idx, [r["text"] for r in ds.get(part)], part)
         idx._dirty = True
         idx.commit()
         commit_mod.drop_milvus_collections(idx, old)
@@ -467,3 +468,26 @@ def _as_pipeline(p: Any) -> PipelineConfig:
     if isinstance(p, (str, os.PathLike)):
         return load_pipeline(p)
     raise TypeError(f"pipeline must be a path to a TOML file, a PipelineConfig or a dict, got {type(p).__name__}")
+
+
+def stats(idx) -> dict[str, Any]:
+    """:meth:`HybridIndex.stats`: counts, generation, pipeline, modes, segments, bytes per store."""
+    m = idx._manifest or {}
+    files: dict[str, list[str]] = {}
+    for seg in m.get("segments", []):
+        for mode, fs in seg["files"].items():
+            files.setdefault(mode, []).extend(fs.values())
+    for mode, entry in m.get("remote", {}).items():
+        files.setdefault(mode, []).extend(entry["files"].values())
+    sizes = {mode: sum((idx.path / f).stat().st_size for f in names if (idx.path / f).exists())
+             for mode, names in files.items()}
+    db = idx.path / DOCSTORE
+    sizes["docstore"] = sum(f.stat().st_size for f in idx.path.glob(db.name + "*")) if db.exists() else 0
+    return {
+        "path": str(idx.path), "pipeline": idx.pipeline.name, "modes": idx.pipeline.modes,
+        "generation": idx._gen, "documents": idx.docstore.count_documents(),
+        "chunks": idx.docstore.count(), "format_version": m.get("format_version", FORMAT_VERSION),
+        "library_version": m.get("library_version", __version__), "bytes": sizes,
+        "models": {k: v.get("name") for k, v in m.get("models", {}).items()},
+        "segments": [{"id": e["id"], "rows": e["rows"], "deleted": e["deleted"]} for e in m.get("segments", [])],
+    }
