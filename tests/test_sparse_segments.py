@@ -308,3 +308,29 @@ def test_remove_after_load_touches_no_file(tmp_path, weighting):
         np.testing.assert_array_equal(got[1], ref[1])
     assert isinstance(back._main.indices, np.memmap) and isinstance(back._main.values, np.memmap)
     assert {f: hashlib.sha256((tmp_path / f).read_bytes()).hexdigest() for f in files.values()} == digest
+
+
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+def test_queries_converted_once_for_every_segment(weighting):
+    """A segmented store converts a batch of queries once (``queries_for``) and each segment
+    takes the terms it knows: a segment that never saw a query's term answers as it does
+    given the query itself (the older segments here know only terms below 20 and 40)."""
+    parts = []
+    for j, vocab in enumerate((20, 40, 70)):
+        p = SparseIndex(weighting)
+        p.add(np.arange(100 * j, 100 * j + 100), random_rows(100, 60 + j, vocab=vocab, nnz=6, ints=True))
+        parts.append(p)
+    parts[1].remove([105, 150])
+    stats = summed_stats(parts)
+    for p in parts:
+        p.set_global_stats(stats)
+    qs = random_rows(30, 70, vocab=70, nnz=4, ints=True) + [{65: 1.0}, {}, {3: 1.0, 69: 2.0}]
+    shared = SparseIndex.queries_for(qs, parts)
+    cands = [np.arange(0, 300, 3)] * len(qs)
+    for p in parts:
+        for got, want in zip(p.search(shared, 15), p.search(qs, 15)):
+            np.testing.assert_array_equal(got, want)
+        for got, want in zip(p.score(shared, cands), p.score(qs, cands)):
+            np.testing.assert_array_equal(got, want)
+    only_new = parts[2].search(shared, 15)[0][-3], parts[0].search(shared, 15)[0][-3]   # the query {65: 1.0}
+    assert np.isfinite(only_new[0]).any() and not np.isfinite(only_new[1]).any()

@@ -449,6 +449,8 @@ def test_dense_accumulation_equals_sparse_product(monkeypatch, dense_path, weigh
     an allowed mask; with weighting 'none' both equal brute force."""
     import hybridrag.stores.sparse as sparse_mod
 
+    monkeypatch.setattr(sparse_mod, "_SMALL_ROWS", -1)   # routing by _DENSE_RATIO alone
+
     docs = random_rows(500, 21, vocab=30, nnz=8, ints=True) + [{1: 2.0, 2: 1.0}] * 12   # ties
     qs = random_rows(40, 22, vocab=30, nnz=8, ints=True) + [{1: 1.0, 2: 1.0}, {7: 3.0}]
     idx = SparseIndex(weighting)
@@ -478,6 +480,8 @@ def test_one_query_takes_the_path_it_takes_in_a_batch(monkeypatch, ratio):
     terms that only the second tier holds, unknown terms and empty queries included; and it gets
     the batch's hits, which are brute force's (weighting 'none')."""
     import hybridrag.stores.sparse as sparse_mod
+
+    monkeypatch.setattr(sparse_mod, "_SMALL_ROWS", -1)   # routing by _DENSE_RATIO alone
 
     docs = random_rows(300, 41, vocab=60, nnz=10)
     more = random_rows(40, 42, vocab=90, nnz=10)     # the second tier also holds terms 60..89
@@ -516,6 +520,8 @@ def test_dense_and_sparse_paths_agree_fuzz(monkeypatch, dense_path, docs, querie
     dense-accumulation path (the kernel) returns the sparse product's arrays exactly; with
     weighting 'none' both equal brute force."""
     import hybridrag.stores.sparse as sparse_mod
+
+    monkeypatch.setattr(sparse_mod, "_SMALL_ROWS", -1)   # routing by _DENSE_RATIO alone
 
     idx = SparseIndex(weighting)
     idx.add(np.arange(len(docs)) * 2, docs)          # even slots
@@ -576,6 +582,8 @@ def test_block_max_pruning_on_many_blocks(monkeypatch, dense_path, weighting):
     maxima (a bug that returned wrong top-10s for 6% of SciFact's queries). With a second
     tier and with masked rows."""
     import hybridrag.stores.sparse as sparse_mod
+
+    monkeypatch.setattr(sparse_mod, "_SMALL_ROWS", -1)   # routing by _DENSE_RATIO alone
 
     docs = random_rows(4000, 51, vocab=400, nnz=8, ints=weighting != "none")
     few = random_rows(40, 52, vocab=400, nnz=3, ints=weighting != "none")

@@ -107,6 +107,12 @@ class SegmentedStore:
                 p.set_global_stats(total)
         self._stats_key = key
 
+    @staticmethod
+    def _converted(queries: Any, live: list[Any]) -> Any:
+        """The queries converted once for every part, where the store kind can (``queries_for``)."""
+        convert = getattr(type(live[0]), "queries_for", None)
+        return queries if convert is None else convert(queries, live)
+
     def search(self, queries: Any, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         live = self._live()
         if not live:
@@ -115,6 +121,7 @@ class SegmentedStore:
         self._share_stats(live)
         if len(live) == 1:
             return live[0].search(queries, k, allowed=allowed)
+        queries = self._converted(queries, live)
         res = [p.search(queries, k, allowed=allowed) for p in live]
         scores = np.concatenate([r[0] for r in res], axis=1)
         slots = np.concatenate([r[1] for r in res], axis=1)
@@ -125,6 +132,8 @@ class SegmentedStore:
         if not live:
             return [np.full(len(c), -np.inf, dtype=np.float32) for c in candidates]
         self._share_stats(live)
+        if len(live) > 1:
+            queries = self._converted(queries, live)
         out = [np.asarray(s) for s in live[0].score(queries, candidates)]
         for p in live[1:]:
             out = [np.maximum(a, np.asarray(b)) for a, b in zip(out, p.score(queries, candidates))]

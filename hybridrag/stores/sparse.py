@@ -71,6 +71,9 @@ _INT_TYPES = (int, np.integer)
 # a dense per-row accumulator (O(postings + rows)) instead of a sparse product (tens of ns per
 # posting).
 _DENSE_RATIO = 32
+# ... and so is every query of an index of at most this many rows (a small segment of a large
+# index): there the scipy product's fixed cost per call was most of a search.
+_SMALL_ROWS = 1 << 16
 # search(threads=None) splits the kernel's queries over every core when each thread gets
 # >= _MIN_PER_THREAD of them (the kernel holds no GIL).
 _MIN_PER_THREAD = 8
@@ -103,6 +106,18 @@ class _Queries:
     @property
     def nnz(self) -> int:
         return self.indices.shape[0]
+
+    def within(self, vocab: int) -> "_Queries":
+        """These queries for an index of ``vocab`` terms: the terms at or past it dropped (a
+        segment that never saw them)."""
+        vocab = max(vocab, 1)
+        if self.nnz and int(self.indices.max()) >= vocab:
+            keep = self.indices < vocab
+            rid = np.repeat(np.arange(self.nq, dtype=np.int64), np.diff(self.indptr))
+            indptr = np.zeros(self.nq + 1, dtype=np.int64)
+            np.cumsum(np.bincount(rid[keep], minlength=self.nq), out=indptr[1:])
+            return _Queries(indptr, self.indices[keep], self.data[keep], vocab)
+        return self if vocab == self.vocab else _Queries(self.indptr, self.indices, self.data, vocab)
 
     def csr(self, rows: np.ndarray | None = None) -> sp.csr_matrix:
         """The queries (or those of ``rows``) as a scipy CSR ``(n, vocab)`` matrix."""
@@ -253,6 +268,21 @@ def _rows_to_coo(rows: Any, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     if not np.all(np.isfinite(vals)):
         raise ValueError(f"{what}: weights must be finite, got {vals[~np.isfinite(vals)][0]!r}")
     return rid, terms, vals, n
+
+
+def _to_queries(queries: Any, vocab: int) -> _Queries:
+    """Queries as CSR arrays (nq, vocab), float32, sorted term ids; terms >= ``vocab`` dropped."""
+    rid, terms, vals, nq = _rows_to_coo(queries, "queries")
+    keep = (terms < vocab) & (vals != 0)
+    rid, terms, vals = rid[keep], terms[keep], vals[keep]
+    vocab = max(vocab, 1)
+    # rid is non-decreasing and (rid, term) pairs are distinct (dict keys; a scipy input had
+    # its duplicates summed): sorting terms within each row is all a CSR needs
+    order = np.argsort(rid * vocab + terms, kind="stable")
+    indptr = np.zeros(nq + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rid, minlength=nq), out=indptr[1:])
+    idx_t = np.int32 if vocab < 2**31 else np.int64
+    return _Queries(indptr, terms[order].astype(idx_t), vals[order].astype(np.float32), vocab)
 
 
 def _top_k(scores: np.ndarray, cols: np.ndarray, row_slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -594,7 +624,7 @@ class SparseIndex:
         np.cumsum(cum, out=cum)
         a, e = q.indptr[:-1], q.indptr[1:]
         per_q = cum[e] - cum[a]
-        heavy = (per_q > 0) & (per_q * _DENSE_RATIO >= max(self._n_rows, 1))
+        heavy = (per_q > 0) & ((per_q * _DENSE_RATIO >= max(self._n_rows, 1)) | (self._n_rows <= _SMALL_ROWS))
         if q.data.min() <= 0:   # rare (BM25 query weights are counts): drop those queries
             nonpos = np.zeros(q.nnz + 1, dtype=np.int64)
             np.cumsum(q.data <= 0, out=nonpos[1:])
@@ -981,19 +1011,17 @@ class SparseIndex:
         out[inside] = allowed[slots[inside]]
         return out & valid
 
+    @classmethod
+    def queries_for(cls, queries: Any, parts: Sequence[SparseIndex]) -> _Queries:
+        """``queries`` converted once for a search of several segments of one index (each
+        segment's ``search`` / ``score`` takes the terms it knows)."""
+        return _to_queries(queries, max(p._vocab for p in parts))
+
     def _query_matrix(self, queries: Any) -> _Queries:
         """Queries as CSR arrays (nq, vocab), float32, sorted term ids; unknown terms dropped."""
-        rid, terms, vals, nq = _rows_to_coo(queries, "queries")
-        keep = (terms < self._vocab) & (vals != 0)
-        rid, terms, vals = rid[keep], terms[keep], vals[keep]
-        vocab = max(self._vocab, 1)
-        # rid is non-decreasing and (rid, term) pairs are distinct (dict keys; a scipy input had
-        # its duplicates summed): sorting terms within each row is all a CSR needs
-        order = np.argsort(rid * vocab + terms, kind="stable")
-        indptr = np.zeros(nq + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rid, minlength=nq), out=indptr[1:])
-        idx_t = np.int32 if vocab < 2**31 else np.int64
-        return _Queries(indptr, terms[order].astype(idx_t), vals[order].astype(np.float32), vocab)
+        if isinstance(queries, _Queries):
+            return queries.within(self._vocab)
+        return _to_queries(queries, self._vocab)
 
     def _tier_products(self, q: sp.csr_matrix) -> list[tuple[sp.csr_matrix, sp.csr_matrix]]:
         self._flush()
