@@ -378,3 +378,38 @@ def test_non_finite_queries_and_vectors_are_refused_on_both_paths(monkeypatch: p
     ok.flags.writeable = False
     assert store.search(ok, 2)[1].shape == (2, 2)
     assert store.search(np.full((1, 4), 3e38, dtype=np.float32), 1)[1][0, 0] >= 0   # large is fine
+
+
+def test_a_few_queries_run_faiss_on_one_thread_and_restore_the_setting(monkeypatch):
+    """A search of a few queries runs FAISS with one OpenMP thread (this thread's setting only,
+    restored afterwards); a batch of at least 20 queries keeps the caller's setting. The
+    results are the same either way (an HNSW index's search too)."""
+    import hybridrag.stores.faiss as faiss_mod
+
+    seen: list[int] = []
+    real_knn = faiss.knn_inner_product
+
+    def knn(*a):
+        seen.append(faiss.omp_get_max_threads())
+        return real_knn(*a)
+
+    monkeypatch.setattr(faiss_mod.faiss, "knn_inner_product", knn)
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((3000, 16)).astype(np.float32)
+    qs = rng.standard_normal((25, 16)).astype(np.float32)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        for factory in ("Flat", "HNSW8"):
+            store = FaissStore(16, factory=factory)
+            store.add(np.arange(3000), data)
+            seen.clear()
+            one = store.search(qs[:3], 10)
+            assert faiss.omp_get_max_threads() == 2
+            many = store.search(qs, 10)
+            assert faiss.omp_get_max_threads() == 2
+            np.testing.assert_array_equal(one[1], many[1][:3])
+            if factory == "Flat":
+                assert seen == [1, 2], seen
+    finally:
+        faiss.omp_set_num_threads(before)

@@ -62,6 +62,7 @@ Tests: ``tests/test_faiss_store.py``, ``tests/test_store_segments.py``,
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -102,6 +103,9 @@ _BLOCK_ROWS = 65536  # rows per brute-force block: bounds the (nq, block) score 
 _QUERY_BLOCK = 256  # queries per exact re-scoring block
 _BRUTE_FRACTION = 0.02  # filters passing fewer rows than this go to brute force
 _TIE_MARGIN = 8  # extra hits fetched so ties at the k-th score can be resolved
+# A search of fewer queries than this (FAISS's own threshold for its BLAS path) runs FAISS on
+# the calling thread only: see _few_threads.
+_FEW_QUERIES = 20
 _MAX_SLOT = 1 << 40  # slots at or above this in a file are damage (the slot map is dense)
 _GPU_COUNT: int | None = None  # faiss.get_num_gpus(), once per process (FaissStore._num_gpus)
 
@@ -114,6 +118,27 @@ def _grow(arr: np.ndarray, n: int, fill: Any) -> np.ndarray:
     out = np.full(cap, fill, dtype=arr.dtype)
     out[: arr.shape[0]] = arr
     return out
+
+
+@contextlib.contextmanager
+def _few_threads(nq: int) -> Any:
+    """FAISS's OpenMP threads for a search of ``nq`` queries: one when there are few (OpenMP's
+    setting is per thread, so only this thread's calls change, and it is restored). One query
+    scans the vectors at memory speed on one core; split over the cores, it waited for the
+    slowest of them, several times longer as soon as another process (or another search)
+    used a core. Concurrent searches still use every core (docs/BENCHMARKS.md, section 11)."""
+    if nq >= _FEW_QUERIES:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    if before == 1:
+        yield
+        return
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 class FaissStore:
@@ -698,11 +723,13 @@ class FaissStore:
             if gpu is not None:
                 _, rows = gpu.search(q, kf)
             elif self._index is None:
-                rows = self._flat_knn(q, kf, rowmask)
+                with _few_threads(q.shape[0]):
+                    rows = self._flat_knn(q, kf, rowmask)
             else:
                 bitmap = None if rowmask is None else np.packbits(rowmask, bitorder="little")
                 params, _keep = self._params(bitmap, kf)
-                _, rows = self._index.search(q, kf, params=params)
+                with _few_threads(q.shape[0]):
+                    _, rows = self._index.search(q, kf, params=params)
         except RuntimeError as exc:  # an index type without SearchParameters support
             logger.debug("FAISS search failed on %r, using brute force: %s", self.factory, exc)
             return self._brute(q, k, rowmask)
