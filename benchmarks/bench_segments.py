@@ -32,7 +32,32 @@ merge policy). At each size N of ``--sizes`` (documents 0..N-1 are in the index)
   two (``common.paired_latencies``) so that load from other processes hits both alike. Where
   ``optimize()`` fails (stores without ``merge()`` yet) the row says so and the one-segment
   index is written instead as one commit of the N documents;
-* bytes on disk of the grown index.
+* bytes on disk of the grown index;
+* BM25-only p50/p99 on the grown index (``search(q, k=10, modes=["bm25"])``), the row to compare
+  with a peer that has only BM25.
+
+Peer (``--peers tantivy``, the default when ``tantivy`` is importable; ``--peers none`` skips it;
+``pip install 'hybridrag[bench]'``): tantivy, a Lucene-like engine with immutable segments, delete
+bitsets and a background merge policy, in a worker process of its own, grown at each size N from
+the same documents in the same ``--batch`` commits (schema: ``id`` raw tokenizer, stored; ``text``
+its ``default`` tokenizer, which for these lowercase letter words gives the same tokens as the word
+analyser (the worker checks it: a row), term frequencies without positions; ``writer(num_threads=1)``
+so that one commit makes one segment; the default LogMergePolicy, merging in background threads).
+Its rows, system "tantivy 0.27", under the engine's metric names where they measure the same:
+
+* 1-document update + commit (``delete_documents_by_term`` on the id, ``add_document`` of the same
+  new text as the engine's upsert, ``commit``, as a user calls it: background merges not waited
+  for); bytes that commit wrote (new files + ``meta.json`` + ``.managed.json``; ``wchar``: both
+  count merge files written meanwhile);
+* ``tantivy.Index.open``: first and median of ``--loads``; the first search after it;
+* BM25 p50/p99 as grown (``parse_query`` + top-10 with ``count=False`` + each hit's stored id,
+  one query per call) and its segment count; segments after the upserts;
+* the mean overlap of its top-10 ids with the engine's BM25-only top-10 on the first 20 queries
+  (BM25 variants differ: k1 1.2 vs 1.5, quantised lengths; not expected to be 1);
+* merge to one segment: n/a (tantivy-py 0.27 has no ``merge``); instead the time of
+  ``garbage_collect_files()`` and of ``wait_merging_threads()`` after the upserts, with the
+  segments and bytes on disk after it;
+* growth (add + commit of a batch), bytes on disk as grown, peak RSS of its worker.
 
 ``--baseline-ref REF`` runs the same script on the code of git REF (``git archive`` into a temp
 folder, this script and ``common.py`` copied beside it) and prints before (REF) and after (the
@@ -48,6 +73,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import shlex
@@ -72,6 +98,7 @@ INTRINSIC = 64
 # waiting for cores (run with OMP_WAIT_POLICY=PASSIVE, or OMP_NUM_THREADS=1, there).
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 BLOCK = 1000   # documents are generated per block of this many, so any range is reproducible
+OVERLAP_QUERIES = 20   # queries whose top-10 ids a peer and the engine's BM25 are compared on
 
 
 # --------------------------------------------------------------------------- data
@@ -278,6 +305,14 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             print(f"[worker] {n:,} chunks in {res['grow_s']:.1f} s; segments {res['segments_grown']}; "
                   f"RSS {rss_mib():,.0f} MiB", file=sys.stderr, flush=True)
             res["lat_grown"] = latencies(lambda i: g.search(queries[i], k=10), len(queries))
+            # BM25 alone, as a peer that has only BM25 searches, and its top-10 for the overlap row
+            try:
+                res["lat_grown_bm25"] = latencies(lambda i: g.search(queries[i], k=10, modes=["bm25"]),
+                                                  len(queries))
+                res["top10_bm25"] = [[h.doc_id for h in g.search(q, k=10, modes=["bm25"])]
+                                     for q in queries[:OVERLAP_QUERIES]]
+            except Exception as e:   # noqa: BLE001 - an older engine without per-call modes
+                res["lat_grown_bm25"] = f"n/a ({type(e).__name__}: {str(e)[:120]})"
             res["disk_bytes"] = _disk_bytes(grown)
             # 1-document upserts, each a different document, each committed
             times, new_bytes, wbytes = [], [], []
@@ -404,12 +439,177 @@ def _same_top10(a: Any, b: Any, queries: list[str]) -> dict[str, float]:
     return {"same_ids": same / len(queries), "max_score_diff": diff}
 
 
+# --------------------------------------------------------------------------- peer: tantivy (worker)
+TANTIVY_HEAP = 128_000_000   # tantivy-py's default writer heap
+
+
+def _tantivy_version() -> str:
+    from importlib.metadata import version
+
+    return version("tantivy")
+
+
+def tantivy_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """The same documents, batches, upserts and queries in a tantivy index on disk (no hybridrag
+    import: a process of its own). Schema: ``id`` raw and stored, ``text`` indexed with the
+    ``default`` tokenizer, term frequencies without positions (BM25 needs no positions)."""
+    import re
+
+    import tantivy
+
+    out: dict[str, Any] = {"system": f"tantivy {_tantivy_version()}", "checkpoints": {}}
+    corpus = Corpus(args.vocab, args.seed)
+    queries = corpus.queries(args.queries)
+    # tantivy's "default" tokenizer splits on what is not alphanumeric, drops tokens longer than
+    # 40 bytes and lowercases; the engine's word analyser (no stopwords, no stemmer) lowercases
+    # and takes \w+ runs. For these lowercase letter words both give the same tokens: checked
+    # here on the first documents and the queries, with the same chain built explicitly.
+    analyser = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple()).filter(
+        tantivy.Filter.remove_long(40)).filter(tantivy.Filter.lowercase()).build()
+    sample = [d["text"] for d in corpus.docs(0, min(1000, min(args.sizes)))] + queries
+    out["tokens_same"] = sum(analyser.analyze(t) == re.findall(r"\w+", t.lower()) for t in sample) / len(sample)
+    print(f"[tantivy] {out['system']}; tokens as the word analyser's: {out['tokens_same']:.3f} of {len(sample)} "
+          "texts", file=sys.stderr, flush=True)
+    sb = tantivy.SchemaBuilder()
+    sb.add_text_field("id", stored=True, tokenizer_name="raw")
+    sb.add_text_field("text", tokenizer_name="default", index_option="freq")
+    schema = sb.build()
+
+    def doc(d: dict[str, Any]) -> Any:
+        return tantivy.Document(id=d["id"], text=d["text"])
+
+    def search(index: Any, searcher: Any, q: str) -> list[str]:
+        # count=False: the engine returns no total hit count either; the ids are what a caller uses
+        hits = searcher.search(index.parse_query(q, ["text"]), 10, count=False).hits
+        return [searcher.doc(a).get_first("id") for _, a in hits]
+
+    work = Path(tempfile.mkdtemp(prefix="bench-segments-tantivy-", dir=args.dir))
+    try:
+        grown = work / "grown"
+        grown.mkdir()
+        index = tantivy.Index(schema, path=str(grown), reuse=False)
+        have, adds = 0, []
+        for ci, n in enumerate(sorted(args.sizes)):
+            res: dict[str, Any] = {}
+            # one indexing thread: one commit makes one segment, as the engine's; merges run in
+            # tantivy's background threads (default LogMergePolicy). A new writer per checkpoint:
+            # the last one was consumed by wait_merging_threads().
+            w = index.writer(heap_size=TANTIVY_HEAP, num_threads=1)
+            t_grow = time.perf_counter()
+            while have < n:
+                step = min(args.batch, n - have)
+                docs = corpus.docs(have, have + step)
+                t = time.perf_counter()
+                for d in docs:
+                    w.add_document(doc(d))
+                w.commit()
+                adds.append(time.perf_counter() - t)
+                have += step
+            res["grow_s"] = time.perf_counter() - t_grow
+            res["add_commit_s"] = adds[-max(1, min(len(adds), 10)):]
+            res["add_commit_all_s"] = list(adds)
+            index.reload()
+            s = index.searcher()
+            res["segments_grown"] = s.num_segments
+            print(f"[tantivy] {n:,} chunks in {res['grow_s']:.1f} s; segments {res['segments_grown']}; "
+                  f"RSS {rss_mib():,.0f} MiB", file=sys.stderr, flush=True)
+            res["lat_grown_bm25"] = latencies(lambda i: search(index, s, queries[i]), len(queries))
+            res["top10_bm25"] = [search(index, s, q) for q in queries[:OVERLAP_QUERIES]]
+            res["disk_bytes"] = _disk_bytes(grown)
+            # 1-document updates, the engine's documents and texts: delete by id term, add, commit
+            times, new_bytes, wbytes = [], [], []
+            for j in range(args.upserts):
+                i = (j * 7919 + n // 3) % n
+                d = corpus.changed(i, ci)
+                before = _listing(grown)
+                w0 = _wchar()
+                t = time.perf_counter()
+                w.delete_documents_by_term("id", d["id"])
+                w.add_document(doc(d))
+                w.commit()
+                times.append(time.perf_counter() - t)
+                w1 = _wchar()
+                after = _listing(grown)
+                # meta.json is tantivy's manifest; .managed.json (the files it manages) is rewritten too
+                new_bytes.append(sum(sz for f, sz in after.items() if f not in before)
+                                 + after.get("meta.json", 0) + after.get(".managed.json", 0))
+                wbytes.append(w1 - w0 if w0 >= 0 else -1)
+            index.reload()
+            res.update(upsert_s=times, upsert_new_file_bytes=new_bytes, upsert_wchar=wbytes,
+                       segments_after_upserts=index.searcher().num_segments)
+            # no merge() in tantivy-py: what there is, files collected and the background merges waited for
+            t = time.perf_counter()
+            w.garbage_collect_files()
+            res["gc_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            w.wait_merging_threads()
+            res["wait_merges_s"] = time.perf_counter() - t
+            del w
+            index.reload()
+            res["segments_after_merges"] = index.searcher().num_segments
+            res["disk_bytes_after_merges"] = _disk_bytes(grown)
+            loads, first_q = [], []
+            for _ in range(args.loads):
+                t = time.perf_counter()
+                r = tantivy.Index.open(str(grown))
+                loads.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                search(r, r.searcher(), queries[0])
+                first_q.append(time.perf_counter() - t)
+                del r
+            res.update(load_s=loads, first_search_s=first_q)
+            out["checkpoints"][str(n)] = res
+            print(f"[tantivy] {n:,} done; peak RSS {peak_rss_mib():,.0f} MiB", file=sys.stderr, flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    out["peak_rss_mib"] = peak_rss_mib()
+    return out
+
+
+def _overlap(a: list[list[str]], b: list[list[str]]) -> float:
+    """Mean share of ``b``'s top-10 ids that ``a``'s top-10 has, over the queries both answered."""
+    pairs = list(zip(a, b))
+    return sum(len(set(x) & set(y)) / max(len(y), 1) for x, y in pairs) / max(len(pairs), 1)
+
+
+def _peer_metrics(c: dict[str, Any] | None, engine: dict[str, Any] | None) -> dict[str, str]:
+    """The table's values of one checkpoint of the tantivy worker, under the engine's metric
+    names where it has an equivalent."""
+    if c is None:
+        return {}
+    m: dict[str, str] = {}
+    up = c["upsert_s"]
+    m["1-doc upsert + commit, median / max of %d (ms)" % len(up)] = f"{_ms(statistics.median(up))} / {_ms(max(up))}"
+    m["bytes written by that commit: new files + manifest, median (KiB)"] = \
+        _kib(statistics.median(c["upsert_new_file_bytes"])) + " (new files + meta.json + .managed.json)"
+    m["bytes written by that commit: all write() calls, median (KiB)"] = _kib(statistics.median(c["upsert_wchar"]))
+    ld = c["load_s"]
+    m["load: first / median of %d (ms)" % len(ld)] = f"{_ms(ld[0])} / {_ms(statistics.median(ld))} (Index.open)"
+    m["first search after load (ms), median"] = _ms(statistics.median(c["first_search_s"]))
+    m["BM25 p50 / p99 (ms), as grown"] = f"{_p(c['lat_grown_bm25'])} ({c['segments_grown']} segments)"
+    if engine is not None and "top10_bm25" in engine:
+        m["top-10 ids vs the engine's BM25-only top-10 (mean overlap, %d queries)" % len(c["top10_bm25"])] = \
+            f"{_overlap(c['top10_bm25'], engine['top10_bm25']):.3f}"
+    m["merge to one segment (s)"] = "n/a (tantivy-py 0.27 has no merge(); background LogMergePolicy only)"
+    m["garbage_collect_files() after the upserts (s)"] = f"{c['gc_s']:.3f}"
+    m["wait_merging_threads() after the upserts (s); segments, MiB on disk after"] = \
+        f"{c['wait_merges_s']:.3f}; {c['segments_after_merges']}, {c['disk_bytes_after_merges'] / 2**20:,.1f}"
+    m["segments after the upserts"] = str(c["segments_after_upserts"])
+    adds = c["add_commit_s"]
+    m["growth: add + commit of a batch, median / max of the last %d (s)" % len(adds)] = \
+        f"{statistics.median(adds):.2f} / {max(adds):.2f}"
+    m["bytes on disk (MiB)"] = f"{c['disk_bytes'] / 2**20:,.1f}"
+    return m
+
+
 # --------------------------------------------------------------------------- orchestration (parent)
 def _git(*a: str, cwd: Path = ROOT) -> str:
     return subprocess.run(["git", *a], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def _run_worker(code_root: Path, script: Path, sizes: list[int], args: argparse.Namespace, out_json: Path) -> dict:
+def _run_worker(code_root: Path, script: Path, sizes: list[int], args: argparse.Namespace, out_json: Path,
+                peer: str = "") -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(code_root), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, str(script), "--worker", str(out_json), "--sizes", ",".join(map(str, sizes)),
            "--batch", str(args.batch), "--dim", str(args.dim), "--queries", str(args.queries),
@@ -419,6 +619,8 @@ def _run_worker(code_root: Path, script: Path, sizes: list[int], args: argparse.
         cmd += ["--dir", args.dir]
     if args.keep:
         cmd.append("--keep")
+    if peer:
+        cmd += ["--peer-worker", peer]
     print(f"# {' '.join(cmd)}  (PYTHONPATH={code_root})", file=sys.stderr, flush=True)
     subprocess.run(cmd, env=env, cwd=code_root, check=True)
     return json.loads(out_json.read_text())
@@ -463,6 +665,8 @@ def _metrics(c: dict[str, Any] | None, engine_segments: bool) -> dict[str, str]:
     seg = c.get("segments_grown")
     m["hybrid p50 / p99 (ms), as grown"] = \
         f"{_p(c['lat_grown'])} ({'%d segments' % seg if seg is not None else 'one store'})"
+    if "lat_grown_bm25" in c:
+        m["BM25 p50 / p99 (ms), as grown"] = _p(c["lat_grown_bm25"])
     m["hybrid p50 / p99 (ms), 1 segment"] = _p(c["lat_one"]) + ("" if engine_segments else " (one store)")
     if engine_segments:
         m["hybrid p50 / p99 (ms), %s segments" % c["segments_many"]] = _p(c["lat_many"])
@@ -497,16 +701,27 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the index folders")
     ap.add_argument("--note", default="", help="a line for the result file (e.g. machine busy)")
     ap.add_argument("--out", default="", help="result file (default benchmarks/results/segments_<date>_<commit>.md)")
+    ap.add_argument("--peers", default="", help="'tantivy' or 'none' (default: tantivy when it is importable)")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--peer-worker", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
         args.sizes = "10000,100000"
     args.sizes = [int(s) for s in str(args.sizes).split(",") if s]
     if args.worker:
-        Path(args.worker).write_text(json.dumps(worker(args)))
+        Path(args.worker).write_text(json.dumps(tantivy_worker(args) if args.peer_worker == "tantivy" else worker(args)))
         return
     if not args.sizes or min(args.sizes) < args.segments:
         ap.error(f"--sizes must be >= --segments ({args.segments}), got {args.sizes}")
+    has_tantivy = importlib.util.find_spec("tantivy") is not None
+    if args.peers == "":
+        args.peers = "tantivy" if has_tantivy else "none"
+        if not has_tantivy:
+            print("# tantivy is not installed (pip install 'hybridrag[bench]'): no peer", file=sys.stderr)
+    if args.peers not in ("tantivy", "none"):
+        ap.error(f"--peers must be 'tantivy' or 'none', got {args.peers!r}")
+    if args.peers == "tantivy" and not has_tantivy:
+        ap.error("--peers tantivy: tantivy is not installed; pip install 'hybridrag[bench]'")
     # "after" is named by the last commit of the engine (hybridrag/), plus "+changes" when the
     # working tree changes it
     head = _git("log", "-1", "--format=%h", "--", "hybridrag")
@@ -521,11 +736,15 @@ def main() -> None:
             script = _export(ref, tmp / f"ref-{ref}")
             bsizes = [int(s) for s in args.baseline_sizes.split(",") if s]
             results["before"] = _run_worker(tmp / f"ref-{ref}", script, bsizes, args, tmp / "before.json")
+        if args.peers == "tantivy":
+            results["tantivy"] = _run_worker(ROOT, Path(__file__).resolve(), args.sizes, args, tmp / "tantivy.json",
+                                             peer="tantivy")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     before_name = _git("rev-parse", "--short", args.baseline_ref) if args.baseline_ref else ""
     row = Table()
-    a, b = results["after"], results.get("before")
+    a, b, tv = results["after"], results.get("before"), results.get("tantivy")
+    tv_name = "tantivy " + ".".join(tv["system"].split()[1].split(".")[:2]) if tv else ""
     for n in args.sizes:
         ma = _metrics(a["checkpoints"].get(str(n)), a["segments_engine"])
         mb = _metrics(b["checkpoints"].get(str(n)), b["segments_engine"]) if b else {}
@@ -540,8 +759,15 @@ def main() -> None:
                 key = "hybrid p50 / p99 (ms), 1 segment"
             vb = mb.get(key, "n/a (not run)" if not mb else "n/a (format 1)")
             row(f"{n:,} chunks", system, k, f"{vb} → {va}")
+        if tv:
+            for k, v in _peer_metrics(tv["checkpoints"].get(str(n)), a["checkpoints"].get(str(n))).items():
+                row(f"{n:,} chunks", tv_name, k, v)
     rss = f"{b['peak_rss_mib']:,.0f} → {a['peak_rss_mib']:,.0f}" if b else f"{a['peak_rss_mib']:,.0f}"
     row("whole run", f"{before_name} → {after_name}" if b else after_name, "peak RSS of the worker (MiB)", rss)
+    if tv:
+        row("whole run", tv_name, "peak RSS of the worker (MiB)", f"{tv['peak_rss_mib']:,.0f}")
+        row("whole run", tv_name, "texts whose tantivy tokens equal the word analyser's (share)",
+            f"{tv['tokens_same']:.3f}")
     notes = [f"Dense vectors: {args.dim}-d from a fake encoder (a hash of the text; no model), so that 1M chunks "
              f"fit a small machine; BM25 word analyser; top-10, relative fusion; {args.queries} queries, one per call."]
     if b:
@@ -553,6 +779,16 @@ def main() -> None:
     if a["segments_engine"] and not a["stores_merge"]:
         notes.append("Note: the stores have no merge() yet: the engine skips automatic merges and optimize() "
                      "fails, so the grown index keeps every commit as a segment.")
+    if tv:
+        notes.append(f"Peer: {tv['system']} (a process of its own), the same documents, batches, upserts and queries; "
+                     "schema: id (raw tokenizer, stored), text (default tokenizer: the same tokens as the word analyser "
+                     "for these lowercase letter words; term frequencies, no positions); writer(num_threads=1, "
+                     "128 MB heap): one commit = one segment; the default LogMergePolicy merges in background "
+                     "threads, so its commit times exclude merges and its bytes rows count merge files that appeared "
+                     "meanwhile. Its p50 is BM25 only (parse_query + top-10 with count=False + the stored id of each "
+                     "hit; BM25 k1 1.2, b 0.75, quantised lengths; the engine's k1 1.5, b 0.75): compare it with the "
+                     "engine's BM25 row, not the hybrid ones. No merge API in tantivy-py, so no 1- or 20-segment "
+                     "rows; its bytes on disk: inverted index and ids only (the engine's: also texts and vectors).")
     env = ", ".join(f"{k}={v}" for k, v in a.get("env", {}).items()) or "none set"
     notes.append(f"Thread settings (environment): {env}.")
     print("\n" + "\n".join(notes))
