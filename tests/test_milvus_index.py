@@ -227,6 +227,64 @@ def test_create_overwrite_replaces_the_old_index_only_once_the_new_one_commits(t
         again.close()
 
 
+def _collections(index_dir):
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(str(index_dir / "milvus.db"))
+    try:
+        return set(client.list_collections())
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("milvus", [False, True], ids=["local", "milvus"])
+def test_create_overwrite_that_fails_at_its_commit_keeps_the_old_index(tmp_path, m3_dir, m3_encoder, monkeypatch,
+                                                                       milvus):
+    # F5: create(overwrite=True) removed the old docstore and segment files before the new
+    # index's commit; a failure (or a crash) in that commit left a manifest naming missing files.
+    import os
+
+    from hybridrag.index import check_index
+
+    p = tmp_path / "i"
+    pipe = _mv(m3_dir) if milvus else m3_pipeline(m3_dir)
+    idx = HybridIndex.create(p, pipe, encoder=m3_encoder)
+    idx.add(docs(6))
+    before = _collections(p) if milvus else None
+    idx.close()
+    real = os.replace
+
+    def fail(src, dst, **kw):
+        if str(dst) == str(p / "manifest.json"):
+            raise OSError("injected: disk full")
+        return real(src, dst, **kw)
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="injected"):
+        HybridIndex.create(p, pipe, overwrite=True, encoder=m3_encoder)
+    monkeypatch.undo()
+    assert check_index(p) == []
+    if milvus:
+        assert _collections(p) == before   # the failed create's collections were dropped
+    idx = HybridIndex.load(p, encoder=m3_encoder)
+    try:
+        _assert_complete(idx, [f"d{i}" for i in range(6)])
+    finally:
+        idx.close()
+    idx = HybridIndex.create(p, pipe, overwrite=True, encoder=m3_encoder)   # and it can be replaced after all
+    try:
+        assert len(idx) == 0 and idx.docstore.count_documents() == 0
+        idx.add(docs(2))
+    finally:
+        idx.close()
+    assert check_index(p) == []
+    idx = HybridIndex.load(p, encoder=m3_encoder)
+    try:
+        _assert_complete(idx, ["d0", "d1"])
+    finally:
+        idx.close()
+
+
 def _tamper(path, mutate):
     """Edit an index's Milvus store files as an attacker with write access would, keeping
     the manifest's checksums valid."""

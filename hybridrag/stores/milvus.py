@@ -839,6 +839,11 @@ class _MilvusStore:
                 out.append(name)
         return out
 
+    def drop(self) -> None:
+        """Drop this store's collection (a new index whose first commit failed: no manifest
+        names it)."""
+        self._client.drop_collection(self.collection)
+
     _params: tuple[str, ...] = ()
 
     def config(self) -> dict:  # pragma: no cover - abstract
