@@ -392,3 +392,72 @@ def test_commit_that_fails_before_the_manifest_swap_can_be_retried(tmp_path, m3_
         assert d0._live_count() == len(again) + 1  # d1's row waits for the next commit's purge
     finally:
         again.close()
+
+
+# --------------------------------------------------------------------------- a real Milvus server
+
+
+def _on_server(m3_dir, uri):
+    # Milvus 2.3 (the server the tests can start) has no sparse vectors: dense in Milvus,
+    # lexical weights in the local inverted index.
+    return m3_pipeline(m3_dir, milvus={"enabled": True, "uri": uri, "collection": "srv"},
+                       sparse={"backend": "inverted"})
+
+
+def test_server_reader_process_sees_the_committed_state_and_deletes_nothing(tmp_path, m3_dir, m3_encoder,
+                                                                           milvus_server):
+    # F1 against a real server, reader and writer in two processes.
+    from _milvus_server import peer
+
+    p = tmp_path / "i"
+    first = [f"d{i}" for i in range(8)]
+    w = HybridIndex.create(p, _on_server(m3_dir, milvus_server), encoder=m3_encoder)
+    try:
+        assert type(w.stores["dense"]).__name__ == "MilvusDenseStore"
+        w.add(docs(8))
+        w.add([dict(d, id=f"n{d['id']}") for d in docs(8)], commit=False)  # in Milvus, not committed
+        got = peer("read", p, milvus_server)
+        assert got == {"docs": sorted(first), "rows": 8, "complete": True}
+        w.commit()
+        everything = first + [f"nd{i}" for i in range(8)]
+        _assert_complete(w, everything)
+    finally:
+        w.close()
+    again = HybridIndex.load(p, encoder=m3_encoder, milvus_uri=milvus_server)
+    try:
+        _assert_complete(again, everything)
+    finally:
+        again.close()
+
+
+def test_server_copy_opened_by_another_process_never_changes_the_original(tmp_path, m3_dir, m3_encoder,
+                                                                           milvus_server):
+    # F3 against a real server: a backup copy is opened (and written to) by another process
+    # while the original's writer has committed and uncommitted rows.
+    import shutil
+
+    from _milvus_server import peer
+
+    orig, copy = tmp_path / "orig", tmp_path / "copy"
+    idx = HybridIndex.create(orig, _on_server(m3_dir, milvus_server), encoder=m3_encoder)
+    idx.add(docs(6))
+    idx.close()
+    shutil.copytree(orig, copy)
+    idx = HybridIndex.load(orig, encoder=m3_encoder, milvus_uri=milvus_server)
+    try:
+        idx.add([dict(d, id=f"n{d['id']}") for d in docs(4)])
+        idx.add([{"id": "pending", "text": "not committed yet", "metadata": {}}], commit=False)
+        got = peer("write", copy, milvus_server)
+        assert {k: got[k] for k in ("docs", "rows", "complete")} == {"docs": [f"d{i}" for i in range(6)],
+                                                                     "rows": 6, "complete": True}
+        assert got["error"] == "IndexFormatError" and "another index directory" in got["message"]
+        idx.commit()
+        everything = [f"d{i}" for i in range(6)] + [f"nd{i}" for i in range(4)] + ["pending"]
+        _assert_complete(idx, everything)
+    finally:
+        idx.close()
+    again = HybridIndex.load(orig, encoder=m3_encoder, milvus_uri=milvus_server)
+    try:
+        _assert_complete(again, everything)
+    finally:
+        again.close()

@@ -125,9 +125,9 @@ def init_components(idx, fresh: bool) -> None:
         from hybridrag.stores.milvus import milvus_stores
 
         made = milvus_stores(cfg.milvus, enc.dim if "dense" in remote else None, idx.path,
-                             from_index=idx._milvus_from_index, **idx._milvus_conn)
+                             from_index=idx._milvus_from_index, modes=remote, **idx._milvus_conn)
         idx.stores.update({m: made[m] for m in remote})
-        idx._milvus_conn = made["sparse"].connection()
+        idx._milvus_conn = made[remote[0]].connection()
     for mode in modes:
         if mode not in idx.stores:
             idx.stores[mode] = SegmentedStore({}, new_store(mode, cfg, enc), fresh_maker(idx, mode))

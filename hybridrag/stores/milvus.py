@@ -1015,7 +1015,8 @@ class MilvusSparseStore(_MilvusStore):
 
 
 def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path, *, uri: str | None = None,
-                  token: str | None = None, from_index: bool = False) -> dict[str, _MilvusStore]:
+                  token: str | None = None, from_index: bool = False,
+                  modes: Sequence[str] = ("dense", "sparse")) -> dict[str, _MilvusStore]:
     """``{"dense": MilvusDenseStore, "sparse": MilvusSparseStore}`` on NEW collections.
 
     ``cfg`` is the ``[milvus]`` section as a dict (or a ``MilvusConfig``): ``uri`` (``""``
@@ -1024,7 +1025,9 @@ def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path
     creates fresh collections ``<collection>_<id>_dense`` / ``<collection>_<id>_sparse``
     (``<id>`` random), so an index being built never touches the collections of the one
     it replaces. ``"dense"`` is left out when ``dim`` is None (an encoder without a dense
-    output). ``uri`` / ``token`` given here override the section; with ``from_index``
+    output) or not in ``modes`` (the modes the pipeline keeps in Milvus: a dense-only
+    pipeline runs on a Milvus without sparse vectors, such as 2.3). ``uri`` / ``token``
+    given here override the section; with ``from_index``
     (the section was read from an index directory) its uri and token are not trusted and
     :func:`resolve_connection` applies.
     """
@@ -1053,7 +1056,8 @@ def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path
     owner = None if private else directory_owner(Path(index_dir))
     uid = uuid.uuid4().hex[:12]
     out: dict[str, _MilvusStore] = {}
-    if dim is not None:
+    if dim is not None and "dense" in modes:
         out["dense"] = MilvusDenseStore(dim, uri=where, token=token, collection=f"{coll}_{uid}_dense", owner=owner)
-    out["sparse"] = MilvusSparseStore(uri=where, token=token, collection=f"{coll}_{uid}_sparse", owner=owner)
+    if "sparse" in modes:
+        out["sparse"] = MilvusSparseStore(uri=where, token=token, collection=f"{coll}_{uid}_sparse", owner=owner)
     return out
