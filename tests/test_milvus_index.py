@@ -189,6 +189,34 @@ def test_opening_a_copy_never_changes_the_original(tmp_path, m3_dir, m3_encoder,
             idx.close()
 
 
+def test_a_copy_opened_on_the_originals_own_lite_file_cannot_write_to_it(tmp_path, m3_dir, m3_encoder):
+    # F3 through a uri the user names: the copy is pointed at the Milvus Lite file inside the
+    # original (whose collections carried no owner, so the copy's writer purged the
+    # original's newer rows and wrote its own into the original's collections).
+    import shutil
+
+    orig, copy = tmp_path / "orig", tmp_path / "copy"
+    idx = HybridIndex.create(orig, _mv(m3_dir), encoder=m3_encoder)
+    idx.add(docs(6))
+    idx.close()
+    shutil.copytree(orig, copy)
+    idx = HybridIndex.load(orig, encoder=m3_encoder)
+    idx.add([dict(d, id=f"n{d['id']}") for d in docs(4)])
+    idx.close()
+    cp = HybridIndex.load(copy, encoder=m3_encoder, milvus_uri=str(orig / "milvus.db"))
+    try:
+        _assert_complete(cp, [f"d{i}" for i in range(6)])   # reading it is fine
+        with pytest.raises(IndexFormatError, match="another index directory"):
+            cp.add([{"id": "x", "text": "written to the copy", "metadata": {}}])
+    finally:
+        cp.close()
+    with HybridIndex.load(orig, encoder=m3_encoder) as idx:
+        _assert_complete(idx, [f"d{i}" for i in range(6)] + [f"nd{i}" for i in range(4)])
+    with HybridIndex.load(copy, encoder=m3_encoder) as cp:   # its own file: a writer as before
+        cp.add([{"id": "x", "text": "written to the copy", "metadata": {}}])
+        _assert_complete(cp, [f"d{i}" for i in range(6)] + ["x"])
+
+
 def test_create_overwrite_replaces_the_old_index_only_once_the_new_one_commits(tmp_path, m3_dir, m3_encoder):
     # F5: create(overwrite=True) removed the old manifest and docstore, then failed on the
     # old Milvus collections.

@@ -360,6 +360,9 @@ class _MilvusStore:
         self.max_filter_ids = int(max_filter_ids)
         self._token = token
         self._owner = owner
+        # A Milvus Lite file inside the index directory that opens it: copied with the
+        # directory, so the collections in it are the directory's own whatever owner they name.
+        self._private = False
         self._client = _connect(uri, token)
         self._max_slot = -1
         self._count: int | None = None
@@ -501,7 +504,7 @@ class _MilvusStore:
         the rows no commit made visible (a dead or failed writer's leftovers)."""
         if self._writer:
             return
-        if self._owner is not None:
+        if self._owner is not None and not self._private:
             props = self._client.describe_collection(self.collection).get("properties") or {}
             if props.get(_OWNER, self._owner) != self._owner:  # no owner: made by the store API
                 raise IndexFormatError(
@@ -805,12 +808,13 @@ class _MilvusStore:
             raise IndexFormatError(f"cannot read Milvus store file {path}: {exc}") from exc
         uri, token, private = resolve_connection(doc.get("uri"), directory, config.get("uri"), config.get("token"))
         kw = {key: v for key, v in {**doc.get("config", {}), **config}.items() if key in cls._params}
-        kw.update(uri=uri, collection=coll, token=token, owner=None if private else directory_owner(directory))
+        kw.update(uri=uri, collection=coll, token=token, owner=directory_owner(directory))
         try:
             store = cls(**kw, _attach=True)
         except TypeError as exc:
             raise IndexFormatError(f"bad {cls.__name__} config {config!r}: {exc}") from exc
         store._max_slot, store._gen, store._next, store._purge = max_slot, gen, gen + 1, removed
+        store._private = private
         store._count = store._visible_count()
         if store._count != rows:
             raise IndexFormatError(
@@ -822,7 +826,7 @@ class _MilvusStore:
 
     def connection(self) -> dict[str, str]:
         """``{"uri", "token"}`` to reopen this store's Milvus (``{}`` for a private Lite file)."""
-        if self._owner is None and not _is_server(self.uri):
+        if self._private or (self._owner is None and not _is_server(self.uri)):
             return {}
         return {"uri": self.uri, **({"token": self._token} if self._token else {})}
 
@@ -834,7 +838,7 @@ class _MilvusStore:
             if name == self.collection or not self._client.has_collection(name):
                 continue
             props = self._client.describe_collection(name).get("properties") or {}
-            if props.get(_OWNER) == self._owner:
+            if self._private or props.get(_OWNER) == self._owner:
                 self._client.drop_collection(name)
                 out.append(name)
         return out
@@ -1053,11 +1057,15 @@ def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path
         elif token is None:
             token = os.environ.get(TOKEN_ENV) or None
         private = _inside(where, Path(index_dir))
-    owner = None if private else directory_owner(Path(index_dir))
+    # Every collection an index makes names its directory as owner, a private Lite file's
+    # too: a copy pointed at the original's own file by a uri the user names is then refused.
+    owner = directory_owner(Path(index_dir))
     uid = uuid.uuid4().hex[:12]
     out: dict[str, _MilvusStore] = {}
     if dim is not None and "dense" in modes:
         out["dense"] = MilvusDenseStore(dim, uri=where, token=token, collection=f"{coll}_{uid}_dense", owner=owner)
     if "sparse" in modes:
         out["sparse"] = MilvusSparseStore(uri=where, token=token, collection=f"{coll}_{uid}_sparse", owner=owner)
+    for store in out.values():
+        store._private = private
     return out
