@@ -217,6 +217,34 @@ def test_a_copy_opened_on_the_originals_own_lite_file_cannot_write_to_it(tmp_pat
         _assert_complete(cp, [f"d{i}" for i in range(6)] + ["x"])
 
 
+def test_an_older_copy_that_passes_the_owner_check_still_cannot_write(tmp_path, m3_dir, m3_encoder, monkeypatch):
+    # F3 where the directory identity cannot tell the copy apart (a backup restored on another
+    # machine or container can get the original's device and inode): the collection records
+    # the newest generation committed into it, and a writer whose manifest is older is refused.
+    import shutil
+
+    from hybridrag.stores import milvus
+
+    monkeypatch.setattr(milvus, "directory_owner", lambda directory: "same-device-and-inode")
+    lite = str(tmp_path / "shared" / "milvus.db")
+    orig, copy = tmp_path / "orig", tmp_path / "copy"
+    idx = HybridIndex.create(orig, _mv(m3_dir, uri=lite), encoder=m3_encoder)
+    idx.add(docs(6))
+    idx.close()
+    shutil.copytree(orig, copy)
+    monkeypatch.setenv("HYBRIDRAG_MILVUS_URI", lite)
+    with HybridIndex.load(orig, encoder=m3_encoder) as idx:
+        idx.add([dict(d, id=f"n{d['id']}") for d in docs(4)])
+    with HybridIndex.load(copy, encoder=m3_encoder) as cp:
+        _assert_complete(cp, [f"d{i}" for i in range(6)])   # reading it is fine
+        with pytest.raises(IndexFormatError, match="older copy"):
+            cp.add([{"id": "x", "text": "written to the copy", "metadata": {}}])
+    with HybridIndex.load(orig, encoder=m3_encoder) as idx:
+        _assert_complete(idx, [f"d{i}" for i in range(6)] + [f"nd{i}" for i in range(4)])
+        idx.add([{"id": "y", "text": "the original still writes", "metadata": {}}])
+        _assert_complete(idx, [f"d{i}" for i in range(6)] + [f"nd{i}" for i in range(4)] + ["y"])
+
+
 def test_create_overwrite_replaces_the_old_index_only_once_the_new_one_commits(tmp_path, m3_dir, m3_encoder):
     # F5: create(overwrite=True) removed the old manifest and docstore, then failed on the
     # old Milvus collections.

@@ -116,6 +116,7 @@ _VEC = "vector"
 _META = "metadata"
 _GEN = "gen"  # the store generation a row was written at (readers see committed ones only)
 _OWNER = "hybridrag.owner"  # collection property: the index directory that writes it
+_COMMITTED = "hybridrag.committed"  # collection property: the newest store generation a commit published
 #: Environment variable naming the Milvus URI when ``load`` is not given one.
 URI_ENV = "HYBRIDRAG_MILVUS_URI"
 TOKEN_ENV = "MILVUS_TOKEN"
@@ -506,17 +507,37 @@ class _MilvusStore:
             return
         if self._owner is not None and not self._private:
             props = self._client.describe_collection(self.collection).get("properties") or {}
-            if props.get(_OWNER, self._owner) != self._owner:  # no owner: made by the store API
+            # An index writes only collections that name its directory (a collection without
+            # an owner was made by the store API, or by an older version in a private Lite file).
+            if props.get(_OWNER) != self._owner:
                 raise IndexFormatError(
                     f"Milvus collection {self.collection!r} at {self.uri!r} is written by another index "
                     f"directory (owner {props.get(_OWNER)!r}, this one is {self._owner!r}): this index is a copy "
                     "or a backup of it. Open it read-only, or give the copy its own collections with "
                     "HybridIndex.rebuild(path, milvus_uri=...)"
                 )
+        self._check_not_stale()
         self._client.delete(self.collection, filter=f"{_GEN} > {self._gen}")
         self._next = self._gen + 1
         self._writer = True
         self._count = None
+
+    def _check_not_stale(self) -> None:
+        """Refuse to write when a commit newer than this store's was published into the
+        collection: this directory is an older copy of the one that writes it (a backup, or a
+        restore whose device and inode happen to match the original's)."""
+        props = self._client.describe_collection(self.collection).get("properties") or {}
+        try:
+            done = int(props.get(_COMMITTED, -1))
+        except (TypeError, ValueError):
+            done = -1
+        if done > self._gen:
+            raise IndexFormatError(
+                f"Milvus collection {self.collection!r} at {self.uri!r} holds commits up to store generation "
+                f"{done}, this index directory only {self._gen}: it is an older copy (a backup) of the index that "
+                "writes the collection. Open it read-only, or give it its own collections with "
+                "HybridIndex.rebuild(path, milvus_uri=...)"
+            )
 
     def add(self, slots: np.ndarray, data: Any, metadata: Sequence[Mapping[str, Any]] | None = None) -> None:
         """Add rows ``data`` under ``slots``; ``metadata[i]`` (a JSON dict) is stored for filtering."""
@@ -732,6 +753,7 @@ class _MilvusStore:
         if (directory / name).exists():
             raise FileExistsError(f"{directory / name} already exists; save with a new tag")
         self._begin_write()
+        self._check_not_stale()   # a copy may have committed since this writer began
         purge = np.array(sorted(self._purge), dtype=np.int64)
         for s in range(0, purge.shape[0], _ID_CHUNK):
             self._client.delete(self.collection, filter=f"{_PK} in {_slot_list(purge[s : s + _ID_CHUNK])}")
@@ -769,6 +791,12 @@ class _MilvusStore:
         self._purge = removed
         self._removed -= removed
         self._saved = None
+        try:
+            # Advisory (the manifest is the commit point): a property left behind by a failure
+            # here only weakens the check on older copies until the next commit sets it.
+            self._client.alter_collection_properties(self.collection, properties={_COMMITTED: str(self._gen)})
+        except Exception as exc:  # noqa: BLE001 - any client error: the commit stands
+            logger.debug("could not record commit %d on Milvus collection %r: %s", self._gen, self.collection, exc)
 
     @classmethod
     def load(cls, directory: Path, files: dict[str, str], config: dict) -> Self:
