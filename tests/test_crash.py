@@ -15,7 +15,7 @@ gets the same trials: 3 in the fast tier, ``HYBRIDRAG_MILVUS_CRASH_TRIALS`` (def
 in the ``slow`` tier, each killed inside a Milvus insert, delete or flush, a store call,
 or at a random time.
 
-``create(overwrite=True)`` of a full index is killed too (local stores and Milvus, a few
+``create(overwrite=True)`` of a full index is killed too (local stores and Milvus, 3
 trials each in CI, ``HYBRIDRAG_OVERWRITE_CRASH_TRIALS`` for more): the index then holds
 either the old documents, whole, or the new empty index, never a manifest naming missing
 files (issue 24, F5).
@@ -337,12 +337,13 @@ def test_sigkill_during_milvus_ingest_many_trials(tmp_path, milvus_crash_env):
 
 # --------------------------------------------------------------------------- create(overwrite=True)
 
-OVERWRITE_TARGETS = ["DocStore.delete_all", "DocStore.commit_generation", "fsync", "replace",
-                     "HybridIndex._collect_garbage", "time"]
-MILVUS_OVERWRITE_TARGETS = ["DocStore.delete_all", "MilvusDenseStore.save", "MilvusClient.flush",
-                            "DocStore.commit_generation", "replace", "MilvusSparseStore.committed",
-                            "MilvusClient.drop_collection", "time"]
-OVERWRITE_TRIALS = os.environ.get("HYBRIDRAG_OVERWRITE_CRASH_TRIALS")
+# The first three of each list are the CI trials: the manifest swap, a store's save before
+# it, and a point after it.
+OVERWRITE_TARGETS = ["replace", "DocStore.commit_generation", "HybridIndex._collect_garbage", "DocStore.delete_all",
+                     "fsync", "time"]
+MILVUS_OVERWRITE_TARGETS = ["replace", "MilvusDenseStore.save", "MilvusSparseStore.committed", "DocStore.delete_all",
+                            "MilvusClient.flush", "DocStore.commit_generation", "MilvusClient.drop_collection", "time"]
+OVERWRITE_TRIALS = int(os.environ.get("HYBRIDRAG_OVERWRITE_CRASH_TRIALS", "3"))
 
 
 def overwrite_trials(tmp_path: Path, pipeline: dict[str, Any], targets: list[str], trials: int, seed: int,
@@ -403,7 +404,7 @@ def overwrite_trials(tmp_path: Path, pipeline: dict[str, Any], targets: list[str
 
 
 def test_sigkill_during_create_overwrite_keeps_the_old_index(tmp_path):
-    trials = int(OVERWRITE_TRIALS or len(OVERWRITE_TARGETS))
+    trials = OVERWRITE_TRIALS
     done = overwrite_trials(tmp_path, BM25_PIPELINE, OVERWRITE_TARGETS, trials, SEED + 4)
     print(f"overwrite crash trials: {dict(done)}")
     assert sum(done.values()) == trials
@@ -412,7 +413,7 @@ def test_sigkill_during_create_overwrite_keeps_the_old_index(tmp_path):
 
 def test_sigkill_during_milvus_create_overwrite_keeps_the_old_index(tmp_path, milvus_crash_env):
     pipeline, zygote, enc = milvus_crash_env
-    trials = int(OVERWRITE_TRIALS or len(MILVUS_OVERWRITE_TARGETS))
+    trials = OVERWRITE_TRIALS
     done = overwrite_trials(tmp_path, pipeline, MILVUS_OVERWRITE_TARGETS, trials, SEED + 5, encoder=enc,
                             worker=zygote)
     print(f"overwrite crash trials (milvus): {dict(done)}")

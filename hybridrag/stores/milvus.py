@@ -49,9 +49,11 @@ the largest slot, the slots removed since the last commit and the config. ``load
 that state read-only (rows of later generations and removed slots are filtered out of
 every search, score and count; nothing in Milvus is changed) and raises
 :class:`~hybridrag.errors.IndexFormatError` when the collection is missing or its visible
-row count differs. The first write of a loaded store deletes rows no commit made visible;
-removed rows are purged by the commit after the one that recorded the removal
-(docs/MILVUS.md, "Commit protocol").
+row count differs. The first write of a loaded store checks that the collection names this
+index directory as owner (unless it is in a Milvus Lite file inside the directory) and
+holds no commit newer than this store's (``hybridrag.committed``, set by every commit),
+then deletes rows no commit made visible; removed rows are purged by the commit after the
+one that recorded the removal (docs/MILVUS.md, "Commit protocol").
 
 Tests: ``tests/test_milvus.py``, ``tests/test_store_conformance.py``.
 """
