@@ -35,6 +35,9 @@ def unavailable() -> str | None:
         import milvus  # noqa: F401
     except ImportError:
         return "the Milvus server binary comes with the PyPI package milvus==2.3.5: pip install 'milvus==2.3.5'"
+    run = PID_FILE.parent
+    if not (os.access(run, os.W_OK) if run.exists() else os.access(run.parent, os.W_OK)):
+        return f"the Milvus 2.3 server writes its pid file in {run}, which this user cannot write"
     return None
 
 

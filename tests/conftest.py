@@ -69,7 +69,8 @@ def installed_wheel(tmp_path_factory: pytest.TempPathFactory):
 def milvus_server(tmp_path_factory: pytest.TempPathFactory):
     """The URI of a real Milvus standalone server on 127.0.0.1 (tests/_milvus_server.py),
     started once per session; skipped only where its binary cannot run (not Linux x86_64,
-    or the ``milvus`` package missing). A server that fails to start fails the tests."""
+    the ``milvus`` package missing, or ``/run/milvus`` not writable for its pid file). A
+    server that fails to start fails the tests."""
     import _milvus_server
 
     why = _milvus_server.unavailable()

@@ -509,9 +509,9 @@ class _MilvusStore:
             return
         if self._owner is not None and not self._private:
             props = self._client.describe_collection(self.collection).get("properties") or {}
-            # An index writes only collections that name its directory (a collection without
-            # an owner was made by the store API, or by an older version in a private Lite file).
-            if props.get(_OWNER) != self._owner:
+            # A collection without an owner was made by the store API (or, before every index
+            # recorded one, in a private Lite file): the newest-commit check below still applies.
+            if props.get(_OWNER, self._owner) != self._owner:
                 raise IndexFormatError(
                     f"Milvus collection {self.collection!r} at {self.uri!r} is written by another index "
                     f"directory (owner {props.get(_OWNER)!r}, this one is {self._owner!r}): this index is a copy "
