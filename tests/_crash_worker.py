@@ -15,6 +15,10 @@ appending ``k`` to LOG (fsynced) after step ``k`` has committed.
   collection after the manifest swap, Milvus store calls and ``MilvusClient`` writes),
   e.g. ``SparseIndex.save:2``.
 
+``HYBRIDRAG_CRASH_OP=overwrite`` replaces the index with an empty one of the same pipeline
+(``HybridIndex.create(INDEX, pipeline, overwrite=True)``) instead of applying the steps,
+and appends ``len(make_steps(SEED))`` to LOG once that create has returned.
+
 ``HYBRIDRAG_CRASH_COUNT=FILE`` instead counts the calls of every target and writes them
 as JSON to FILE at the end (the test uses it to draw N).
 
@@ -45,6 +49,7 @@ METHODS = {
     "BM25Encoder.save_vocabulary": "hybridrag.encoders.bm25",
     "DocStore.add_chunks": "hybridrag.stores.docstore",
     "DocStore.delete_docs": "hybridrag.stores.docstore",
+    "DocStore.delete_all": "hybridrag.stores.docstore",
     "DocStore.commit_generation": "hybridrag.stores.docstore",
     "DocStore.purge": "hybridrag.stores.docstore",
     "HybridIndex._collect_garbage": "hybridrag.index",
@@ -58,6 +63,7 @@ METHODS = {
     "MilvusClient.insert": "pymilvus",
     "MilvusClient.delete": "pymilvus",
     "MilvusClient.flush": "pymilvus",
+    "MilvusClient.drop_collection": "pymilvus",
 }
 
 _LOG_FSYNC = os.fsync   # taken before install() patches os.fsync
@@ -220,7 +226,16 @@ def main(argv: list[str]) -> int:
     steps = make_steps(int(seed))
     idx = HybridIndex.load(index)
     try:
-        apply_steps(idx, steps, Path(log))
+        if os.environ.get("HYBRIDRAG_CRASH_OP") == "overwrite":
+            pipeline = idx.pipeline
+            idx.close()
+            HybridIndex.create(index, pipeline, overwrite=True).close()
+            with open(log, "a") as f:
+                f.write(f"{len(steps)}\n")
+                f.flush()
+                _LOG_FSYNC(f.fileno())
+        else:
+            apply_steps(idx, steps, Path(log))
     finally:
         idx.close()
     if count_file:

@@ -63,3 +63,21 @@ def installed_wheel(tmp_path_factory: pytest.TempPathFactory):
     py = _install.fresh_venv(base / "venv")
     _install.pip_install(py, str(wheel))
     return _install.Installed(python=py, wheel=wheel)
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory):
+    """The URI of a real Milvus standalone server on 127.0.0.1 (tests/_milvus_server.py),
+    started once per session; skipped only where its binary cannot run (not Linux x86_64,
+    the ``milvus`` package missing, or ``/run/milvus`` not writable for its pid file). A
+    server that fails to start fails the tests."""
+    import _milvus_server
+
+    why = _milvus_server.unavailable()
+    if why:
+        pytest.skip(why)
+    server = _milvus_server.start(tmp_path_factory.mktemp("milvus-server"))
+    try:
+        yield server.uri
+    finally:
+        server.stop()

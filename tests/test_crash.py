@@ -14,6 +14,11 @@ The Milvus backend (dense and sparse vectors in Milvus Lite, inside the index di
 gets the same trials: 3 in the fast tier, ``HYBRIDRAG_MILVUS_CRASH_TRIALS`` (default 30)
 in the ``slow`` tier, each killed inside a Milvus insert, delete or flush, a store call,
 or at a random time.
+
+``create(overwrite=True)`` of a full index is killed too (local stores and Milvus, 3
+trials each in CI, ``HYBRIDRAG_OVERWRITE_CRASH_TRIALS`` for more): the index then holds
+either the old documents, whole, or the new empty index, never a manifest naming missing
+files (issue 24, F5).
 """
 from __future__ import annotations
 
@@ -328,3 +333,89 @@ def test_sigkill_during_milvus_ingest_many_trials(tmp_path, milvus_crash_env):
     if MILVUS_TRIALS >= len(MILVUS_TARGETS):
         for t in MILVUS_TARGETS[:-1]:  # every injected point was reached
             assert done[t] >= 1, (t, done)
+
+
+# --------------------------------------------------------------------------- create(overwrite=True)
+
+# The first three of each list are the CI trials: the manifest swap, a store's save before
+# it, and a point after it.
+OVERWRITE_TARGETS = ["replace", "DocStore.commit_generation", "HybridIndex._collect_garbage", "DocStore.delete_all",
+                     "fsync", "time"]
+MILVUS_OVERWRITE_TARGETS = ["replace", "MilvusDenseStore.save", "MilvusSparseStore.committed", "DocStore.delete_all",
+                            "MilvusClient.flush", "DocStore.commit_generation", "MilvusClient.drop_collection", "time"]
+OVERWRITE_TRIALS = int(os.environ.get("HYBRIDRAG_OVERWRITE_CRASH_TRIALS", "3"))
+
+
+def overwrite_trials(tmp_path: Path, pipeline: dict[str, Any], targets: list[str], trials: int, seed: int,
+                     encoder: Any = None, worker: Any = None) -> Counter[str]:
+    """Kill ``create(overwrite=True)`` of an index holding every step's documents."""
+    run = worker or run_worker
+    steps = cw.make_steps(1)
+    states = cw.expected_states(steps)
+    full = tmp_path / "full"
+    HybridIndex.create(full, pipeline, encoder=encoder).close()
+    release_milvus_lite(full)
+    assert run(full, 1, tmp_path / "full.log", {}) == 0
+    op = {"HYBRIDRAG_CRASH_OP": "overwrite"}
+    d = tmp_path / "count"
+    shutil.copytree(full, d)
+    t0 = time.monotonic()
+    assert run(d, 1, tmp_path / "count.log", {**op, "HYBRIDRAG_CRASH_COUNT": str(tmp_path / "count.json")}) == 0
+    duration = time.monotonic() - t0
+    counts = json.loads((tmp_path / "count.json").read_text())
+    rng = random.Random(seed)
+    done: Counter[str] = Counter()
+    for t in range(trials):
+        target = targets[t % len(targets)]
+        d, log = tmp_path / f"o{t}", tmp_path / f"o{t}.log"
+        shutil.copytree(full, d)
+        if target == "time":
+            rc = run(d, 1, log, op, kill_after=rng.uniform(0.05, duration))
+        else:
+            assert counts.get(target, 0) > 0, f"target {target} is never called by create(overwrite=True)"
+            rc = run(d, 1, log, {**op, "HYBRIDRAG_CRASH_AT": f"{target}:{rng.randint(1, counts[target])}"})
+            assert rc == -signal.SIGKILL, f"{target} was not reached"
+        assert check_index(d) == [], f"trial {t} ({target})"
+        idx = HybridIndex.load(d, encoder=encoder)
+        try:
+            held = index_docs(idx)
+            if held or last_logged(log) != len(steps):
+                # killed before the new manifest: the old index, whole (an empty index means
+                # the kill came after the swap)
+                if held:
+                    assert_state(idx, states[-1], steps)
+                    done[f"{target} (old kept)"] += 1
+                else:
+                    done[f"{target} (new committed)"] += 1
+            else:
+                assert len(idx) == 0
+                done["finished"] += 1
+        finally:
+            idx.close()
+        idx = HybridIndex.create(d, pipeline, overwrite=True, encoder=encoder)   # and it can be replaced
+        try:
+            idx.add([{"id": "after", "text": "alpha bravo after the crash", "metadata": {}}])
+            assert index_docs(idx).keys() == {"after"}
+        finally:
+            idx.close()
+        assert check_index(d) == []
+        release_milvus_lite(d)
+    return done
+
+
+def test_sigkill_during_create_overwrite_keeps_the_old_index(tmp_path):
+    trials = OVERWRITE_TRIALS
+    done = overwrite_trials(tmp_path, BM25_PIPELINE, OVERWRITE_TARGETS, trials, SEED + 4)
+    print(f"overwrite crash trials: {dict(done)}")
+    assert sum(done.values()) == trials
+    assert any(k.endswith("(old kept)") for k in done)
+
+
+def test_sigkill_during_milvus_create_overwrite_keeps_the_old_index(tmp_path, milvus_crash_env):
+    pipeline, zygote, enc = milvus_crash_env
+    trials = OVERWRITE_TRIALS
+    done = overwrite_trials(tmp_path, pipeline, MILVUS_OVERWRITE_TARGETS, trials, SEED + 5, encoder=enc,
+                            worker=zygote)
+    print(f"overwrite crash trials (milvus): {dict(done)}")
+    assert sum(done.values()) == trials
+    assert any(k.endswith("(old kept)") for k in done)

@@ -189,6 +189,62 @@ def test_opening_a_copy_never_changes_the_original(tmp_path, m3_dir, m3_encoder,
             idx.close()
 
 
+def test_a_copy_opened_on_the_originals_own_lite_file_cannot_write_to_it(tmp_path, m3_dir, m3_encoder):
+    # F3 through a uri the user names: the copy is pointed at the Milvus Lite file inside the
+    # original (whose collections carried no owner, so the copy's writer purged the
+    # original's newer rows and wrote its own into the original's collections).
+    import shutil
+
+    orig, copy = tmp_path / "orig", tmp_path / "copy"
+    idx = HybridIndex.create(orig, _mv(m3_dir), encoder=m3_encoder)
+    idx.add(docs(6))
+    idx.close()
+    shutil.copytree(orig, copy)
+    idx = HybridIndex.load(orig, encoder=m3_encoder)
+    idx.add([dict(d, id=f"n{d['id']}") for d in docs(4)])
+    idx.close()
+    cp = HybridIndex.load(copy, encoder=m3_encoder, milvus_uri=str(orig / "milvus.db"))
+    try:
+        _assert_complete(cp, [f"d{i}" for i in range(6)])   # reading it is fine
+        with pytest.raises(IndexFormatError, match="another index directory"):
+            cp.add([{"id": "x", "text": "written to the copy", "metadata": {}}])
+    finally:
+        cp.close()
+    with HybridIndex.load(orig, encoder=m3_encoder) as idx:
+        _assert_complete(idx, [f"d{i}" for i in range(6)] + [f"nd{i}" for i in range(4)])
+    with HybridIndex.load(copy, encoder=m3_encoder) as cp:   # its own file: a writer as before
+        cp.add([{"id": "x", "text": "written to the copy", "metadata": {}}])
+        _assert_complete(cp, [f"d{i}" for i in range(6)] + ["x"])
+
+
+def test_an_older_copy_that_passes_the_owner_check_still_cannot_write(tmp_path, m3_dir, m3_encoder, monkeypatch):
+    # F3 where the directory identity cannot tell the copy apart (a backup restored on another
+    # machine or container can get the original's device and inode): the collection records
+    # the newest generation committed into it, and a writer whose manifest is older is refused.
+    import shutil
+
+    from hybridrag.stores import milvus
+
+    monkeypatch.setattr(milvus, "directory_owner", lambda directory: "same-device-and-inode")
+    lite = str(tmp_path / "shared" / "milvus.db")
+    orig, copy = tmp_path / "orig", tmp_path / "copy"
+    idx = HybridIndex.create(orig, _mv(m3_dir, uri=lite), encoder=m3_encoder)
+    idx.add(docs(6))
+    idx.close()
+    shutil.copytree(orig, copy)
+    monkeypatch.setenv("HYBRIDRAG_MILVUS_URI", lite)
+    with HybridIndex.load(orig, encoder=m3_encoder) as idx:
+        idx.add([dict(d, id=f"n{d['id']}") for d in docs(4)])
+    with HybridIndex.load(copy, encoder=m3_encoder) as cp:
+        _assert_complete(cp, [f"d{i}" for i in range(6)])   # reading it is fine
+        with pytest.raises(IndexFormatError, match="older copy"):
+            cp.add([{"id": "x", "text": "written to the copy", "metadata": {}}])
+    with HybridIndex.load(orig, encoder=m3_encoder) as idx:
+        _assert_complete(idx, [f"d{i}" for i in range(6)] + [f"nd{i}" for i in range(4)])
+        idx.add([{"id": "y", "text": "the original still writes", "metadata": {}}])
+        _assert_complete(idx, [f"d{i}" for i in range(6)] + [f"nd{i}" for i in range(4)] + ["y"])
+
+
 def test_create_overwrite_replaces_the_old_index_only_once_the_new_one_commits(tmp_path, m3_dir, m3_encoder):
     # F5: create(overwrite=True) removed the old manifest and docstore, then failed on the
     # old Milvus collections.
@@ -225,6 +281,64 @@ def test_create_overwrite_replaces_the_old_index_only_once_the_new_one_commits(t
         _assert_complete(again, ["d0", "d1"])
     finally:
         again.close()
+
+
+def _collections(index_dir):
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(str(index_dir / "milvus.db"))
+    try:
+        return set(client.list_collections())
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("milvus", [False, True], ids=["local", "milvus"])
+def test_create_overwrite_that_fails_at_its_commit_keeps_the_old_index(tmp_path, m3_dir, m3_encoder, monkeypatch,
+                                                                       milvus):
+    # F5: create(overwrite=True) removed the old docstore and segment files before the new
+    # index's commit; a failure (or a crash) in that commit left a manifest naming missing files.
+    import os
+
+    from hybridrag.index import check_index
+
+    p = tmp_path / "i"
+    pipe = _mv(m3_dir) if milvus else m3_pipeline(m3_dir)
+    idx = HybridIndex.create(p, pipe, encoder=m3_encoder)
+    idx.add(docs(6))
+    before = _collections(p) if milvus else None
+    idx.close()
+    real = os.replace
+
+    def fail(src, dst, **kw):
+        if str(dst) == str(p / "manifest.json"):
+            raise OSError("injected: disk full")
+        return real(src, dst, **kw)
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="injected"):
+        HybridIndex.create(p, pipe, overwrite=True, encoder=m3_encoder)
+    monkeypatch.undo()
+    assert check_index(p) == []
+    if milvus:
+        assert _collections(p) == before   # the failed create's collections were dropped
+    idx = HybridIndex.load(p, encoder=m3_encoder)
+    try:
+        _assert_complete(idx, [f"d{i}" for i in range(6)])
+    finally:
+        idx.close()
+    idx = HybridIndex.create(p, pipe, overwrite=True, encoder=m3_encoder)   # and it can be replaced after all
+    try:
+        assert len(idx) == 0 and idx.docstore.count_documents() == 0
+        idx.add(docs(2))
+    finally:
+        idx.close()
+    assert check_index(p) == []
+    idx = HybridIndex.load(p, encoder=m3_encoder)
+    try:
+        _assert_complete(idx, ["d0", "d1"])
+    finally:
+        idx.close()
 
 
 def _tamper(path, mutate):
@@ -332,5 +446,74 @@ def test_commit_that_fails_before_the_manifest_swap_can_be_retried(tmp_path, m3_
         _assert_complete(again, want)
         d0 = again.stores["dense"]
         assert d0._live_count() == len(again) + 1  # d1's row waits for the next commit's purge
+    finally:
+        again.close()
+
+
+# --------------------------------------------------------------------------- a real Milvus server
+
+
+def _on_server(m3_dir, uri):
+    # Milvus 2.3 (the server the tests can start) has no sparse vectors: dense in Milvus,
+    # lexical weights in the local inverted index.
+    return m3_pipeline(m3_dir, milvus={"enabled": True, "uri": uri, "collection": "srv"},
+                       sparse={"backend": "inverted"})
+
+
+def test_server_reader_process_sees_the_committed_state_and_deletes_nothing(tmp_path, m3_dir, m3_encoder,
+                                                                           milvus_server):
+    # F1 against a real server, reader and writer in two processes.
+    from _milvus_server import peer
+
+    p = tmp_path / "i"
+    first = [f"d{i}" for i in range(8)]
+    w = HybridIndex.create(p, _on_server(m3_dir, milvus_server), encoder=m3_encoder)
+    try:
+        assert type(w.stores["dense"]).__name__ == "MilvusDenseStore"
+        w.add(docs(8))
+        w.add([dict(d, id=f"n{d['id']}") for d in docs(8)], commit=False)  # in Milvus, not committed
+        got = peer("read", p, milvus_server)
+        assert got == {"docs": sorted(first), "rows": 8, "complete": True}
+        w.commit()
+        everything = first + [f"nd{i}" for i in range(8)]
+        _assert_complete(w, everything)
+    finally:
+        w.close()
+    again = HybridIndex.load(p, encoder=m3_encoder, milvus_uri=milvus_server)
+    try:
+        _assert_complete(again, everything)
+    finally:
+        again.close()
+
+
+def test_server_copy_opened_by_another_process_never_changes_the_original(tmp_path, m3_dir, m3_encoder,
+                                                                           milvus_server):
+    # F3 against a real server: a backup copy is opened (and written to) by another process
+    # while the original's writer has committed and uncommitted rows.
+    import shutil
+
+    from _milvus_server import peer
+
+    orig, copy = tmp_path / "orig", tmp_path / "copy"
+    idx = HybridIndex.create(orig, _on_server(m3_dir, milvus_server), encoder=m3_encoder)
+    idx.add(docs(6))
+    idx.close()
+    shutil.copytree(orig, copy)
+    idx = HybridIndex.load(orig, encoder=m3_encoder, milvus_uri=milvus_server)
+    try:
+        idx.add([dict(d, id=f"n{d['id']}") for d in docs(4)])
+        idx.add([{"id": "pending", "text": "not committed yet", "metadata": {}}], commit=False)
+        got = peer("write", copy, milvus_server)
+        assert {k: got[k] for k in ("docs", "rows", "complete")} == {"docs": [f"d{i}" for i in range(6)],
+                                                                     "rows": 6, "complete": True}
+        assert got["error"] == "IndexFormatError" and "another index directory" in got["message"]
+        idx.commit()
+        everything = [f"d{i}" for i in range(6)] + [f"nd{i}" for i in range(4)] + ["pending"]
+        _assert_complete(idx, everything)
+    finally:
+        idx.close()
+    again = HybridIndex.load(orig, encoder=m3_encoder, milvus_uri=milvus_server)
+    try:
+        _assert_complete(again, everything)
     finally:
         again.close()

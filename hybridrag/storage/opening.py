@@ -126,9 +126,9 @@ def init_components(idx, fresh: bool) -> None:
         from hybridrag.stores.milvus import milvus_stores
 
         made = milvus_stores(cfg.milvus, enc.dim if "dense" in remote else None, idx.path,
-                             from_index=idx._milvus_from_index, **idx._milvus_conn)
+                             from_index=idx._milvus_from_index, modes=remote, **idx._milvus_conn)
         idx.stores.update({m: made[m] for m in remote})
-        idx._milvus_conn = made["sparse"].connection()
+        idx._milvus_conn = made[remote[0]].connection()
     for mode in modes:
         if mode not in idx.stores:
             idx.stores[mode] = SegmentedStore({}, new_store(mode, cfg, enc), fresh_maker(idx, mode))
@@ -238,19 +238,23 @@ def create(cls, path: str | os.PathLike[str], pipeline: str | os.PathLike[str] |
 
     existed = (p / MANIFEST).exists()
     idx = None
+    previous = None
     try:
         old = _milvus_collections(p)
+        with contextlib.suppress(IndexFormatError):   # unreadable: there is no index to keep
+            previous = read_manifest(p, missing_ok=True)
         try:
             idx = cls(p, cfg, None, encoder=encoder, reranker=reranker, device=device)
         except sqlite3.DatabaseError:  # the old docstore is unreadable: nothing to keep
+            previous = None
             _remove_index_files(p)
             idx = cls(p, cfg, None, encoder=encoder, reranker=reranker, device=device)
         idx._lock = lock
         # The new stores first: a pipeline that cannot be built leaves an old index whole.
-        # Its manifest is only replaced by the new one's commit, and its Milvus collections
-        # are dropped after that.
         init_components(idx, fresh=True)
-        if existed:
+        if previous is not None:
+            _replace_previous(idx, previous)
+        elif existed:
             from hybridrag.stores.docstore import DocStore
 
             idx.docstore.close()
@@ -261,8 +265,11 @@ def create(cls, path: str | os.PathLike[str], pipeline: str | os.PathLike[str] |
     except BaseException:
         # Leave nothing that only `rm -rf` could clear: a new index's files and the
         # folders made go again (a failure here means no index was committed); an index
-        # being overwritten keeps its manifest, and create(overwrite=True) can run again.
+        # being overwritten stays whole until the new one's manifest replaces its own.
         if idx is not None:
+            if not _committed_since(p, previous):
+                with contextlib.suppress(Exception):
+                    _undo_create(idx, previous)
             idx.close()
         lock.release()
         if not existed:
@@ -270,7 +277,40 @@ def create(cls, path: str | os.PathLike[str], pipeline: str | os.PathLike[str] |
         raise
     commit_mod.drop_milvus_collections(idx, old)
     return idx
-    return idx
+
+
+def _replace_previous(idx, previous: dict[str, Any]) -> None:
+    """Make the new, empty index one commit on top of the index it replaces (as Lucene's
+    ``OpenMode.CREATE``): every old row is tombstoned at the next generation and segment ids
+    go on, so the old files stay, still named by the old manifest, until the new manifest
+    replaces it; garbage collection after that commit removes them."""
+    gen = int(previous["generation"])
+    ds = idx.docstore
+    if ds.max_generation() > gen:
+        ds.rollback_to(gen)   # a dead writer's uncommitted rows (the lock is ours)
+    ds.delete_all(gen + 1)
+    idx._gen = gen
+    idx._manifest = {"generation": gen, "checksums": dict(previous["checksums"])}
+    idx._table = SegmentTable([], previous.get("next_segment", 1))
+
+
+def _committed_since(p: Path, previous: dict[str, Any] | None) -> bool:
+    """Whether a manifest newer than ``previous`` (None: any manifest) is on disk."""
+    try:
+        now = read_manifest(p, missing_ok=True)
+    except IndexFormatError:
+        return False
+    return now is not None and (previous is None or now["generation"] != previous["generation"])
+
+
+def _undo_create(idx, previous: dict[str, Any] | None) -> None:
+    """A create that failed before its commit: drop the Milvus collections it made (nothing
+    refers to them) and restore the replaced index's docstore rows."""
+    for store in idx.stores.values():
+        if not isinstance(store, SegmentedStore) and hasattr(store, "drop"):
+            store.drop()
+    if previous is not None:
+        idx.docstore.rollback_to(int(previous["generation"]))
 
 
 def load(cls, path: str | os.PathLike[str], *, verify: bool = False, encoder: Any = None,

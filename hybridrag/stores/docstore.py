@@ -608,6 +608,21 @@ class DocStore:
             self._adjust_live(-gone["chunks"], -gone["documents"])
         return slots
 
+    def delete_all(self, gen: int) -> int:
+        """Tombstone every live chunk and document at ``gen``; return how many documents.
+
+        ``create(overwrite=True)`` replaces an index this way, as one commit: until the new
+        manifest is on disk the old generation's rows stay readable (and ``rollback_to``
+        restores them after a failure or a crash).
+        """
+        gen = _check_gen(gen)
+        with self._lock, self._tx():
+            self._bump_gen(gen)
+            gone = [self._conn.execute(f"UPDATE {table} SET gen_deleted = ? WHERE gen_deleted IS NULL",
+                                       (gen,)).rowcount for table in ("chunks", "documents")]
+            self._adjust_live(-gone[0], -gone[1])
+        return gone[1]
+
     # ------------------------------------------------------------------ reads
 
     def _slots_for(self, doc_ids: Sequence[str]) -> np.ndarray:

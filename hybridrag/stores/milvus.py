@@ -49,9 +49,11 @@ the largest slot, the slots removed since the last commit and the config. ``load
 that state read-only (rows of later generations and removed slots are filtered out of
 every search, score and count; nothing in Milvus is changed) and raises
 :class:`~hybridrag.errors.IndexFormatError` when the collection is missing or its visible
-row count differs. The first write of a loaded store deletes rows no commit made visible;
-removed rows are purged by the commit after the one that recorded the removal
-(docs/MILVUS.md, "Commit protocol").
+row count differs. The first write of a loaded store checks that the collection names this
+index directory as owner (unless it is in a Milvus Lite file inside the directory) and
+holds no commit newer than this store's (``hybridrag.committed``, set by every commit),
+then deletes rows no commit made visible; removed rows are purged by the commit after the
+one that recorded the removal (docs/MILVUS.md, "Commit protocol").
 
 Tests: ``tests/test_milvus.py``, ``tests/test_store_conformance.py``.
 """
@@ -116,6 +118,7 @@ _VEC = "vector"
 _META = "metadata"
 _GEN = "gen"  # the store generation a row was written at (readers see committed ones only)
 _OWNER = "hybridrag.owner"  # collection property: the index directory that writes it
+_COMMITTED = "hybridrag.committed"  # collection property: the newest store generation a commit published
 #: Environment variable naming the Milvus URI when ``load`` is not given one.
 URI_ENV = "HYBRIDRAG_MILVUS_URI"
 TOKEN_ENV = "MILVUS_TOKEN"
@@ -360,6 +363,9 @@ class _MilvusStore:
         self.max_filter_ids = int(max_filter_ids)
         self._token = token
         self._owner = owner
+        # A Milvus Lite file inside the index directory that opens it: copied with the
+        # directory, so the collections in it are the directory's own whatever owner they name.
+        self._private = False
         self._client = _connect(uri, token)
         self._max_slot = -1
         self._count: int | None = None
@@ -501,19 +507,39 @@ class _MilvusStore:
         the rows no commit made visible (a dead or failed writer's leftovers)."""
         if self._writer:
             return
-        if self._owner is not None:
+        if self._owner is not None and not self._private:
             props = self._client.describe_collection(self.collection).get("properties") or {}
-            if props.get(_OWNER, self._owner) != self._owner:  # no owner: made by the store API
+            # A collection without an owner was made by the store API (or, before every index
+            # recorded one, in a private Lite file): the newest-commit check below still applies.
+            if props.get(_OWNER, self._owner) != self._owner:
                 raise IndexFormatError(
                     f"Milvus collection {self.collection!r} at {self.uri!r} is written by another index "
                     f"directory (owner {props.get(_OWNER)!r}, this one is {self._owner!r}): this index is a copy "
                     "or a backup of it. Open it read-only, or give the copy its own collections with "
                     "HybridIndex.rebuild(path, milvus_uri=...)"
                 )
+        self._check_not_stale()
         self._client.delete(self.collection, filter=f"{_GEN} > {self._gen}")
         self._next = self._gen + 1
         self._writer = True
         self._count = None
+
+    def _check_not_stale(self) -> None:
+        """Refuse to write when a commit newer than this store's was published into the
+        collection: this directory is an older copy of the one that writes it (a backup, or a
+        restore whose device and inode happen to match the original's)."""
+        props = self._client.describe_collection(self.collection).get("properties") or {}
+        try:
+            done = int(props.get(_COMMITTED, -1))
+        except (TypeError, ValueError):
+            done = -1
+        if done > self._gen:
+            raise IndexFormatError(
+                f"Milvus collection {self.collection!r} at {self.uri!r} holds commits up to store generation "
+                f"{done}, this index directory only {self._gen}: it is an older copy (a backup) of the index that "
+                "writes the collection. Open it read-only, or give it its own collections with "
+                "HybridIndex.rebuild(path, milvus_uri=...)"
+            )
 
     def add(self, slots: np.ndarray, data: Any, metadata: Sequence[Mapping[str, Any]] | None = None) -> None:
         """Add rows ``data`` under ``slots``; ``metadata[i]`` (a JSON dict) is stored for filtering."""
@@ -729,6 +755,7 @@ class _MilvusStore:
         if (directory / name).exists():
             raise FileExistsError(f"{directory / name} already exists; save with a new tag")
         self._begin_write()
+        self._check_not_stale()   # a copy may have committed since this writer began
         purge = np.array(sorted(self._purge), dtype=np.int64)
         for s in range(0, purge.shape[0], _ID_CHUNK):
             self._client.delete(self.collection, filter=f"{_PK} in {_slot_list(purge[s : s + _ID_CHUNK])}")
@@ -766,6 +793,12 @@ class _MilvusStore:
         self._purge = removed
         self._removed -= removed
         self._saved = None
+        try:
+            # Advisory (the manifest is the commit point): a property left behind by a failure
+            # here only weakens the check on older copies until the next commit sets it.
+            self._client.alter_collection_properties(self.collection, properties={_COMMITTED: str(self._gen)})
+        except Exception as exc:  # noqa: BLE001 - any client error: the commit stands
+            logger.debug("could not record commit %d on Milvus collection %r: %s", self._gen, self.collection, exc)
 
     @classmethod
     def load(cls, directory: Path, files: dict[str, str], config: dict) -> Self:
@@ -805,12 +838,13 @@ class _MilvusStore:
             raise IndexFormatError(f"cannot read Milvus store file {path}: {exc}") from exc
         uri, token, private = resolve_connection(doc.get("uri"), directory, config.get("uri"), config.get("token"))
         kw = {key: v for key, v in {**doc.get("config", {}), **config}.items() if key in cls._params}
-        kw.update(uri=uri, collection=coll, token=token, owner=None if private else directory_owner(directory))
+        kw.update(uri=uri, collection=coll, token=token, owner=directory_owner(directory))
         try:
             store = cls(**kw, _attach=True)
         except TypeError as exc:
             raise IndexFormatError(f"bad {cls.__name__} config {config!r}: {exc}") from exc
         store._max_slot, store._gen, store._next, store._purge = max_slot, gen, gen + 1, removed
+        store._private = private
         store._count = store._visible_count()
         if store._count != rows:
             raise IndexFormatError(
@@ -822,7 +856,7 @@ class _MilvusStore:
 
     def connection(self) -> dict[str, str]:
         """``{"uri", "token"}`` to reopen this store's Milvus (``{}`` for a private Lite file)."""
-        if self._owner is None and not _is_server(self.uri):
+        if self._private or (self._owner is None and not _is_server(self.uri)):
             return {}
         return {"uri": self.uri, **({"token": self._token} if self._token else {})}
 
@@ -834,10 +868,15 @@ class _MilvusStore:
             if name == self.collection or not self._client.has_collection(name):
                 continue
             props = self._client.describe_collection(name).get("properties") or {}
-            if props.get(_OWNER) == self._owner:
+            if self._private or props.get(_OWNER) == self._owner:
                 self._client.drop_collection(name)
                 out.append(name)
         return out
+
+    def drop(self) -> None:
+        """Drop this store's collection (a new index whose first commit failed: no manifest
+        names it)."""
+        self._client.drop_collection(self.collection)
 
     _params: tuple[str, ...] = ()
 
@@ -1010,7 +1049,8 @@ class MilvusSparseStore(_MilvusStore):
 
 
 def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path, *, uri: str | None = None,
-                  token: str | None = None, from_index: bool = False) -> dict[str, _MilvusStore]:
+                  token: str | None = None, from_index: bool = False,
+                  modes: Sequence[str] = ("dense", "sparse")) -> dict[str, _MilvusStore]:
     """``{"dense": MilvusDenseStore, "sparse": MilvusSparseStore}`` on NEW collections.
 
     ``cfg`` is the ``[milvus]`` section as a dict (or a ``MilvusConfig``): ``uri`` (``""``
@@ -1019,7 +1059,9 @@ def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path
     creates fresh collections ``<collection>_<id>_dense`` / ``<collection>_<id>_sparse``
     (``<id>`` random), so an index being built never touches the collections of the one
     it replaces. ``"dense"`` is left out when ``dim`` is None (an encoder without a dense
-    output). ``uri`` / ``token`` given here override the section; with ``from_index``
+    output) or not in ``modes`` (the modes the pipeline keeps in Milvus: a dense-only
+    pipeline runs on a Milvus without sparse vectors, such as 2.3). ``uri`` / ``token``
+    given here override the section; with ``from_index``
     (the section was read from an index directory) its uri and token are not trusted and
     :func:`resolve_connection` applies.
     """
@@ -1045,10 +1087,15 @@ def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path
         elif token is None:
             token = os.environ.get(TOKEN_ENV) or None
         private = _inside(where, Path(index_dir))
-    owner = None if private else directory_owner(Path(index_dir))
+    # Every collection an index makes names its directory as owner, a private Lite file's
+    # too: a copy pointed at the original's own file by a uri the user names is then refused.
+    owner = directory_owner(Path(index_dir))
     uid = uuid.uuid4().hex[:12]
     out: dict[str, _MilvusStore] = {}
-    if dim is not None:
+    if dim is not None and "dense" in modes:
         out["dense"] = MilvusDenseStore(dim, uri=where, token=token, collection=f"{coll}_{uid}_dense", owner=owner)
-    out["sparse"] = MilvusSparseStore(uri=where, token=token, collection=f"{coll}_{uid}_sparse", owner=owner)
+    if "sparse" in modes:
+        out["sparse"] = MilvusSparseStore(uri=where, token=token, collection=f"{coll}_{uid}_sparse", owner=owner)
+    for store in out.values():
+        store._private = private
     return out
