@@ -255,6 +255,27 @@ def _disk_bytes(d: Path) -> int:
     return sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
 
 
+def _updates(args: argparse.Namespace, corpus: "Corpus", n: int, ci: int, directory: Path, update: Any,
+             rewritten: tuple[str, ...]) -> dict[str, list]:
+    """``--upserts`` one-document updates (``update(doc)`` commits), each of a different document
+    with new text: the time of each, the bytes of the files it created plus the ``rewritten``
+    ones (the manifest), and every byte the process wrote meanwhile (``wchar``)."""
+    times, new_bytes, wbytes = [], [], []
+    for j in range(args.upserts):
+        doc = corpus.changed((j * 7919 + n // 3) % n, ci)
+        before = _listing(directory)
+        w0 = _wchar()
+        t = time.perf_counter()
+        update(doc)
+        times.append(time.perf_counter() - t)
+        w1 = _wchar()
+        after = _listing(directory)
+        new_bytes.append(sum(sz for f, sz in after.items() if f not in before)
+                         + sum(after.get(f, 0) for f in rewritten))
+        wbytes.append(w1 - w0 if w0 >= 0 else -1)
+    return {"upsert_s": times, "upsert_new_file_bytes": new_bytes, "upsert_wchar": wbytes}
+
+
 def _segments(idx: Any) -> int | None:
     segs = idx.stats().get("segments")
     return None if segs is None else len(segs)
@@ -315,20 +336,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 res["lat_grown_bm25"] = f"n/a ({type(e).__name__}: {str(e)[:120]})"
             res["disk_bytes"] = _disk_bytes(grown)
             # 1-document upserts, each a different document, each committed
-            times, new_bytes, wbytes = [], [], []
-            for j in range(args.upserts):
-                i = (j * 7919 + n // 3) % n
-                doc = corpus.changed(i, ci)
-                before = _listing(grown)
-                w0 = _wchar()
-                t = time.perf_counter()
-                g.upsert([doc])
-                times.append(time.perf_counter() - t)
-                w1 = _wchar()
-                after = _listing(grown)
-                new_bytes.append(sum(s for f, s in after.items() if f not in before) + after.get("manifest.json", 0))
-                wbytes.append(w1 - w0 if w0 >= 0 else -1)
-            res.update(upsert_s=times, upsert_new_file_bytes=new_bytes, upsert_wchar=wbytes,
+            res.update(_updates(args, corpus, n, ci, grown, lambda d: g.upsert([d]), ("manifest.json",)),
                        segments_after_upserts=_segments(g) if has_segments else None)
             # load, as a user calls it
             loads, first_q = [], []
@@ -517,26 +525,16 @@ def tantivy_worker(args: argparse.Namespace) -> dict[str, Any]:
             res["top10_bm25"] = [search(index, s, q) for q in queries[:OVERLAP_QUERIES]]
             res["disk_bytes"] = _disk_bytes(grown)
             # 1-document updates, the engine's documents and texts: delete by id term, add, commit
-            times, new_bytes, wbytes = [], [], []
-            for j in range(args.upserts):
-                i = (j * 7919 + n // 3) % n
-                d = corpus.changed(i, ci)
-                before = _listing(grown)
-                w0 = _wchar()
-                t = time.perf_counter()
-                w.delete_documents_by_term("id", d["id"])
-                w.add_document(doc(d))
-                w.commit()
-                times.append(time.perf_counter() - t)
-                w1 = _wchar()
-                after = _listing(grown)
-                # meta.json is tantivy's manifest; .managed.json (the files it manages) is rewritten too
-                new_bytes.append(sum(sz for f, sz in after.items() if f not in before)
-                                 + after.get("meta.json", 0) + after.get(".managed.json", 0))
-                wbytes.append(w1 - w0 if w0 >= 0 else -1)
+
+            def update(d: dict[str, Any], writer: Any = w) -> None:
+                writer.delete_documents_by_term("id", d["id"])
+                writer.add_document(doc(d))
+                writer.commit()
+
+            # meta.json is tantivy's manifest; .managed.json (the files it manages) is rewritten too
+            res.update(_updates(args, corpus, n, ci, grown, update, ("meta.json", ".managed.json")))
             index.reload()
-            res.update(upsert_s=times, upsert_new_file_bytes=new_bytes, upsert_wchar=wbytes,
-                       segments_after_upserts=index.searcher().num_segments)
+            res["segments_after_upserts"] = index.searcher().num_segments
             # no merge() in tantivy-py: what there is, files collected and the background merges waited for
             t = time.perf_counter()
             w.garbage_collect_files()
