@@ -218,6 +218,19 @@ def test_add_search_matches_brute_force(backend: Backend) -> None:
         assert_same_topk(backend, store.search(backend.pack(q), k), q, rows, k)
 
 
+@pytest.mark.parametrize("be", [pytest.param(b, id=b.name, marks=b.marks) for b in BACKENDS if b.rows is dense_rows])
+def test_a_dense_row_scoring_exactly_zero_is_a_hit(be: Backend) -> None:
+    """A dense store's hit is any live row, whatever its score: a vector orthogonal to the
+    query (0.0 exactly) ranks between the positive and the negative ones, as in FAISS (the
+    Milvus store dropped it)."""
+    e = np.eye(DIM, dtype=np.float32)
+    store = be.make()
+    store.add(np.arange(4, dtype=np.int64), be.pack([2 * e[0], e[1], -e[0], e[2] + e[0]]))
+    scores, slots = store.search(be.pack([e[0]]), 4)
+    assert slots[0].tolist() == [0, 3, 1, 2]
+    np.testing.assert_allclose(scores[0], [2, 1, 0, -1], atol=be.tol)
+
+
 def test_k_larger_than_store_is_padded(backend: Backend) -> None:
     store, rows, rng = build(backend, n=5)
     q = backend.rows(rng, 2)

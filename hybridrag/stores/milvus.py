@@ -718,8 +718,9 @@ class _MilvusStore:
         dist = [float(h["distance"]) for h in res]
         vecs = [h["entity"][_VEC] for h in res]
         scores = self._rescore(q, vecs) if vecs else np.zeros(0, np.float32)
-        hits = [(float(s), sl) for s, sl in zip(scores, slots)
-                if s > 0 or (s != 0 and not self._zero_is_miss)]
+        # a dense hit is any live row, whatever its score (as FAISS's); a term store's is a row
+        # with a nonzero score (one sharing no term with the query scores 0 and is no hit)
+        hits = [(float(s), sl) for s, sl in zip(scores, slots) if s != 0 or not self._zero_is_miss]
         if mask is not None:
             hits = [h for h in hits if h[1] < mask.shape[0] and mask[h[1]]]
         hits = _by_rank(hits)
