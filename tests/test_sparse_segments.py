@@ -334,3 +334,24 @@ def test_queries_converted_once_for_every_segment(weighting):
             np.testing.assert_array_equal(got, want)
     only_new = parts[2].search(shared, 15)[0][-3], parts[0].search(shared, 15)[0][-3]   # the query {65: 1.0}
     assert np.isfinite(only_new[0]).any() and not np.isfinite(only_new[1]).any()
+
+
+def test_a_search_keeps_its_weights_when_the_statistics_change():
+    """Another thread's search may change the statistics (a segmented store shares the index's
+    statistics at search time, after a commit): the weights a search already holds stay as
+    they were; the next search gets new ones, computed under the new statistics."""
+    docs = random_rows(500, 97, vocab=30, nnz=8, ints=True)
+    idx = SparseIndex("bm25lucene")
+    idx.add(np.arange(500), docs)
+    idx.search([{1: 1.0}], 1)
+    q = idx._query_matrix([{1: 1.0, 2: 1.0}])
+    held = idx._prepare(q.indices)
+    before = [w.copy() for _, w, _ in held]
+    n, df, total = idx.term_stats()
+    idx.set_global_stats((n + 100, df + 7, total + 900.0))
+    again = idx._prepare(q.indices)
+    for (t, w, _), (t2, w2, _), old in zip(held, again, before):
+        assert w is not w2
+        np.testing.assert_array_equal(w, old)
+        a, e = t.indptr[1], t.indptr[3]   # the postings of terms 1 and 2
+        assert not np.array_equal(w2[a:e], old[a:e])

@@ -668,8 +668,12 @@ def test_pruning_skips_postings(monkeypatch):
         pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
     idx, qs = pruned_index(monkeypatch)
     exact = idx.search(qs, 10, threads=1)
-    real = sparse_mod._Tier.max_weights
-    monkeypatch.setattr(sparse_mod._Tier, "max_weights", lambda self, w: real(self, w) * np.float32(0.01))
+    real = sparse_mod.SparseIndex._prepare   # BM25: each term's largest weight comes with the weights
+
+    def understated(self, terms):
+        return [(t, w, mw * np.float32(0.01)) for t, w, mw in real(self, terms)]
+
+    monkeypatch.setattr(sparse_mod.SparseIndex, "_prepare", understated)
     wrong = idx.search(qs, 10, threads=1)
     assert (wrong[1] != exact[1]).any(axis=1).sum() >= 10
     monkeypatch.setattr(sparse_mod, "_PRUNE_MIN_ROWS", 10**9)   # below the limit: not pruned

@@ -125,21 +125,30 @@ class _Queries:
         return m if rows is None else m[rows]
 
 
+class _Filled:
+    """A tier's BM25 weights under one version of the statistics: computed per term when a
+    query first needs them (``filled``), with each term's largest (``maxw``). A change of
+    statistics makes a new one, so a search running meanwhile keeps the one it started with."""
+
+    __slots__ = ("version", "weights", "filled", "maxw")
+
+    def __init__(self, version: int, nnz: int, vocab: int) -> None:
+        self.version = version
+        self.weights = np.empty(nnz, dtype=np.float32)
+        self.filled = np.zeros(vocab, dtype=bool)
+        self.maxw = np.zeros(vocab, dtype=np.float32)
+
+
 class _Tier:
     """Postings of a set of rows: CSR arrays of a ``(vocab, n_rows)`` matrix."""
 
-    __slots__ = ("indptr", "indices", "values", "weights", "filled", "stats_version", "nonneg", "nonneg_of",
-                 "maxw", "maxw_of")
+    __slots__ = ("indptr", "indices", "values", "bm25", "nonneg", "nonneg_of", "maxw", "maxw_of")
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
         self.indptr = indptr          # int64 [vocab + 1]
         self.indices = indices        # int32/int64 [nnz], row ids, increasing within a term
         self.values = values          # float32 [nnz]
-        # BM25: document-side weights, computed per term when a query first needs them under the
-        # current statistics (``filled``, bool [vocab]; ``maxw`` then holds the term's largest)
-        self.weights: np.ndarray | None = None   # float32 [nnz]
-        self.filled: np.ndarray | None = None
-        self.stats_version = -1
+        self.bm25: _Filled | None = None          # BM25 weights under the current statistics
         self.nonneg = False
         self.nonneg_of: np.ndarray | None = None   # the weights array ``nonneg`` was computed for
         self.maxw: np.ndarray | None = None        # float32 [vocab]: largest weight of each term's postings
@@ -159,10 +168,7 @@ class _Tier:
         return np.concatenate([self.indptr, np.full(vocab - self.vocab, self.indptr[-1], dtype=self.indptr.dtype)])
 
     def max_weights(self, w: np.ndarray) -> np.ndarray:
-        """Largest of ``w`` (one weight per posting) over each term's postings, 0 for a term with none
-        (BM25 weights: kept per term as they are filled, valid for the filled terms)."""
-        if self.filled is not None and w is self.weights:
-            return self.maxw
+        """Largest of ``w`` (one weight per posting) over each term's postings, 0 for a term with none."""
         if self.maxw_of is not w:
             out = np.zeros(self.vocab, dtype=np.float32)
             has = np.flatnonzero(np.diff(self.indptr) > 0)
@@ -474,8 +480,8 @@ class SparseIndex:
         for t in (self._main, self._delta):
             if t is not None:
                 total += t.indptr.nbytes + t.indices.nbytes + t.values.nbytes
-                if t.weights is not None and t.weights is not t.values:
-                    total += t.weights.nbytes
+                if t.bm25 is not None:
+                    total += t.bm25.weights.nbytes
         total += sum(r.nbytes + tt.nbytes + v.nbytes for r, tt, v in self._pending)
         return int(total)
 
@@ -557,14 +563,14 @@ class SparseIndex:
             self._valid_rows(allowed)   # still reject a bad mask
             return out_s, out_i
         self._flush()   # may renumber rows: mask after
-        self._prepare(q.indices)
+        snap = self._prepare(q.indices)
         # with the compiled kernel, queries with many postings go to it; all others (every
         # query without numba) are scored by scipy's sparse product
-        heavy = self._heavy_queries(q) if _kernels.AVAILABLE else np.zeros(nq, dtype=bool)
+        heavy = self._heavy_queries(q, snap) if _kernels.AVAILABLE else np.zeros(nq, dtype=bool)
         light = np.flatnonzero(~heavy)
         results = []   # sparse products of the light queries, one per tier
         if len(light):
-            results = [t_q @ w for t_q, w in self._tier_products(q.csr(None if len(light) == nq else light))]
+            results = [t_q @ w for t_q, w in self._tier_products(q.csr(None if len(light) == nq else light), snap)]
         valid = self._valid_rows(allowed)
         all_valid = allowed is None and self._n_live == self._n_rows
         if heavy.any():
@@ -572,7 +578,7 @@ class SparseIndex:
             # no Python work per query holds the GIL in the kernel: threads pay off at any size;
             # the kernel splits its one call itself, after the shared set-up
             nt = threads or max(1, min(_NCPU, len(which) // _MIN_PER_THREAD))
-            self._search_dense(q, which, k, None if all_valid else valid, out_s, out_i, threads=nt)
+            self._search_dense(q, which, k, None if all_valid else valid, out_s, out_i, threads=nt, snap=snap)
         for j, i in enumerate(light):   # j: row of ``ql`` and ``results``; i: output row
             cols_l, data_l = [], []
             for r in results:
@@ -591,34 +597,29 @@ class SparseIndex:
             out_i[i, : len(sel)] = slots
         return out_s, out_i
 
-    def _tiers_nonneg(self) -> list[tuple[_Tier, np.ndarray]] | None:
-        """(tier, weights) pairs when every stored weight is >= 0 (else None: scores may cancel)."""
+    def _tiers_nonneg(self, snap: list[tuple[_Tier, np.ndarray, np.ndarray | None]]
+                      ) -> list[tuple[_Tier, np.ndarray, np.ndarray | None]] | None:
+        """``snap`` (see :meth:`_prepare`) when every weight is >= 0 (else None: scores may cancel)."""
         if self._bm25:   # a weight is its term's idf times a positive factor
-            self._idf_current()
-            if not self._idf_nonneg:
-                return None
-            return [(t, self._tier_weights(t)) for t in (self._main, self._delta) if t is not None]
-        out = []
-        for t in (self._main, self._delta):
-            if t is None:
-                continue
-            w = self._tier_weights(t)
+            with self._merge_lock:
+                self._idf_current()
+                return snap if self._idf_nonneg else None
+        for t, w, _ in snap:
             if t.nonneg_of is not w:
                 t.nonneg, t.nonneg_of = bool(len(w) == 0 or w.min() >= 0), w
             if not t.nonneg:
                 return None
-            out.append((t, w))
-        return out
+        return snap
 
-    def _heavy_queries(self, q: _Queries) -> np.ndarray:
+    def _heavy_queries(self, q: _Queries, snap: list | None = None) -> np.ndarray:
         """Queries (bool [nq]) to score with a dense accumulator: positive weights, many postings."""
-        tiers = self._tiers_nonneg()
+        tiers = self._tiers_nonneg(self._prepare(q.indices) if snap is None else snap)
         if tiers is None or q.nnz == 0:
             return np.zeros(q.nq, dtype=bool)
         # Per query, from cumulative sums over its (term, weight) pairs: its postings in every
         # tier (a term a tier lacks maps to indptr[vocab] twice: none) and its weights <= 0.
         cum = np.zeros(q.nnz + 1, dtype=np.int64)
-        for t, _ in tiers:
+        for t, _, _ in tiers:
             lo = np.minimum(q.indices, t.vocab)
             cum[1:] += t.indptr[np.minimum(lo + 1, t.vocab)] - t.indptr[lo]
         np.cumsum(cum, out=cum)
@@ -632,11 +633,11 @@ class SparseIndex:
         return heavy
 
     def _search_dense(self, q: _Queries, which: np.ndarray, k: int, valid: np.ndarray | None,
-                      out_s: np.ndarray, out_i: np.ndarray, threads: int = 1) -> None:
+                      out_s: np.ndarray, out_i: np.ndarray, threads: int = 1, snap: list | None = None) -> None:
         """Top-k of queries ``which`` by dense accumulation in the numba kernel, one compiled
         call for them all (``_kernels.dense_top_k``; weights all >= 0, see _heavy_queries;
         ``threads`` runs of it at once)."""
-        tiers = self._tiers_nonneg() or []
+        tiers = self._tiers_nonneg(self._prepare(q.indices) if snap is None else snap) or []
         if len(which) == 0 or not tiers:
             return
         invalid = None if valid is None else np.flatnonzero(~valid)
@@ -649,18 +650,19 @@ class SparseIndex:
         pos = np.repeat(q.indptr[which] - pair_start[:-1], qlen) + np.arange(pair_start[-1])
         terms, qws = q.indices[pos], q.data[pos]
         spans = []
-        for t, w in tiers:
-            spans.append((t, w, t.indptr[np.minimum(terms, t.vocab)], t.indptr[np.minimum(terms + 1, t.vocab)]))
-        tiers_k = [(t.indices, w, lo, hi) for t, w, lo, hi in spans]
+        for t, w, mw in tiers:
+            spans.append((t, w, mw, t.indptr[np.minimum(terms, t.vocab)], t.indptr[np.minimum(terms + 1, t.vocab)]))
+        tiers_k = [(t.indices, w, lo, hi) for t, w, _, lo, hi in spans]
         ub = None
         if self._bm25 and self._n_rows >= _PRUNE_MIN_ROWS:
             # per pair, its largest addend, for the kernel's pruning: idf makes BM25's bounds
             # skewed enough for it to pay; on the synthetic M3-like rows (no such skew) it was
             # slower in development runs, so other weightings are not pruned
             ub = np.zeros(len(terms), dtype=np.float32)
-            for t, w, *_ in spans:
+            for t, w, mw, *_ in spans:
                 if t.vocab:
-                    ub = np.maximum(ub, t.max_weights(w)[np.minimum(terms, t.vocab - 1)] * (terms < t.vocab))
+                    mw = t.max_weights(w) if mw is None else mw
+                    ub = np.maximum(ub, mw[np.minimum(terms, t.vocab - 1)] * (terms < t.vocab))
             ub *= qws
         _kernels.dense_top_k(self._n_rows, k, pair_start, qws, tiers_k, self._row_slots, invalid, out_s, out_i,
                              which, threads=threads, ub=ub)
@@ -672,8 +674,7 @@ class SparseIndex:
         if len(candidates) != q.nq:
             raise ValueError(f"got {len(candidates)} candidate arrays for {q.nq} queries")
         self._flush()
-        self._prepare(q.indices)
-        tiers = [(t, self._tier_weights(t)) for t in (self._main, self._delta) if t is not None]
+        tiers = [(t, w) for t, w, _ in self._prepare(q.indices)]
         kernel_tiers = [(_kernels.readonly(t.indptr, np.int64), _kernels.readonly(t.indices, t.indices.dtype),
                          _kernels.readonly(w, np.float32)) for t, w in tiers] if _kernels.AVAILABLE else []
         out = []
@@ -730,8 +731,9 @@ class SparseIndex:
         scores of weighting ``"none"``."""
         if stats is None:
             if self._global is not None:
-                self._global = None
-                self._stats_version += 1
+                with self._merge_lock:
+                    self._global = None
+                    self._stats_version += 1
             return
         if not isinstance(stats, tuple) or len(stats) != 3:
             raise TypeError(f"stats must be a tuple (rows, df, total length) or None, got {type(stats).__name__}")
@@ -750,8 +752,9 @@ class SparseIndex:
         if g is not None and g[0] == big_n and g[2] == float(total) and np.array_equal(g[1], df):
             return   # unchanged: keep the computed weights
         df.flags.writeable = False
-        self._global = (int(big_n), df, float(total))
-        self._stats_version += 1
+        with self._merge_lock:   # not in the middle of a search's _prepare
+            self._global = (int(big_n), df, float(total))
+            self._stats_version += 1
 
     @classmethod
     def merge(cls, parts: Sequence[SparseIndex]) -> SparseIndex:
@@ -1023,52 +1026,43 @@ class SparseIndex:
             return queries.within(self._vocab)
         return _to_queries(queries, self._vocab)
 
-    def _tier_products(self, q: sp.csr_matrix) -> list[tuple[sp.csr_matrix, sp.csr_matrix]]:
-        self._flush()
+    def _tier_products(self, q: sp.csr_matrix, snap: list) -> list[tuple[sp.csr_matrix, sp.csr_matrix]]:
         out = []
-        for t in (self._main, self._delta):
-            if t is None:
-                continue
-            w = self._tier_weights(t)
+        for t, w, _ in snap:
             mat = sp.csr_matrix((w, t.indices, t.indptr), shape=(t.vocab, self._n_rows), copy=False)
             qt = q[:, : t.vocab] if q.shape[1] != t.vocab else q
             out.append((qt, mat))
         return out
 
-    def _tier_weights(self, t: _Tier) -> np.ndarray:
-        """Document-side weights of a tier's postings: the values themselves when weighting='none';
-        BM25: valid for the terms :meth:`_prepare` was given under the current statistics."""
-        return t.weights if self._bm25 and t.weights is not None else t.values
-
-    def _prepare(self, terms: np.ndarray) -> None:
-        """BM25: compute the weights of the postings of ``terms`` (and each one's largest) that
-        are not current. A change of statistics (every commit changes N and avgdl) costs the
-        next searches the postings of their own terms, not a pass over the whole index."""
-        if not self._bm25 or len(terms) == 0:
-            return
+    def _prepare(self, terms: np.ndarray) -> list[tuple[_Tier, np.ndarray, np.ndarray | None]]:
+        """``(tier, weights, each term's largest weight or None)`` of every tier, for one search:
+        the stored values (weighting 'none'), or BM25 weights with those of ``terms`` computed
+        if they are not yet under the current statistics. A change of statistics (every commit
+        changes N and avgdl) costs the next searches the postings of their own terms, not a pass
+        over the whole index; a search keeps the arrays it got here to its end."""
+        tiers = [t for t in (self._main, self._delta) if t is not None]
+        if not self._bm25:
+            return [(t, t.values, None) for t in tiers]
         with self._merge_lock:
-            for t in (self._main, self._delta):
-                if t is not None:
-                    self._fill(t, terms)
+            out = []
+            for t in tiers:
+                f = self._fill(t, terms)
+                out.append((t, f.weights, f.maxw))
+            return out
 
-    def _fill(self, t: _Tier, terms: np.ndarray) -> None:
-        if t.weights is None or t.stats_version != self._stats_version:
-            if t.weights is None:
-                t.weights = np.empty(t.nnz, dtype=np.float32)
-            t.filled = np.zeros(t.vocab, dtype=bool)
-            t.maxw = np.zeros(t.vocab, dtype=np.float32)
-            t.stats_version = self._stats_version
+    def _fill(self, t: _Tier, terms: np.ndarray) -> _Filled:
+        f = t.bm25
+        if f is None or f.version != self._stats_version:
+            f = t.bm25 = _Filled(self._stats_version, t.nnz, t.vocab)
         todo = terms[terms < t.vocab]
-        todo = np.unique(todo[~t.filled[todo]])
-        if len(todo) == 0:
-            return
+        todo = np.unique(todo[~f.filled[todo]])
         lo = t.indptr[todo]
         n = t.indptr[todo + 1] - lo
         has = n > 0
-        t.filled[todo] = True
+        f.filled[todo] = True   # (under the lock: no search reads these terms before they are written)
         todo, lo, n = todo[has], lo[has], n[has]
         if len(todo) == 0:
-            return
+            return f
         starts = np.zeros(len(n), dtype=np.int64)
         np.cumsum(n[:-1], out=starts[1:])
         pos = np.repeat(lo - starts, n) + np.arange(int(n.sum()), dtype=np.int64)
@@ -1082,8 +1076,9 @@ class SparseIndex:
         else:
             norm = np.full(len(pos), k1 * (1.0 - b))
         w = (np.repeat(idf[todo], n) * (tf * plus / (tf + norm))).astype(np.float32)
-        t.weights[pos] = w
-        t.maxw[todo] = np.maximum.reduceat(w, starts)
+        f.weights[pos] = w
+        f.maxw[todo] = np.maximum.reduceat(w, starts)
+        return f
 
     def _own_stats(self) -> tuple[int, np.ndarray, float]:
         """(live rows, df, total length) of this index's own live rows (tiers flushed)."""
