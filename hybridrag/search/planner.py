@@ -10,8 +10,9 @@ Steps for each query:
    candidates, restricted to the ``allowed`` slots (filters are applied before top-k);
 2. candidates = the union of those slots;
 3. every candidate is scored exactly in every enabled mode (``store.score``), so a mode
-   that did not retrieve a candidate still gives its real score, never a stand-in 0;
-   ColBERT MaxSim runs here on the candidate set only;
+   that did not retrieve a candidate still gives its real score, never a stand-in 0
+   (a store whose search scores are exact, ``search_scores_exact``, scores only the
+   candidates other modes brought); ColBERT MaxSim runs here on the candidate set only;
 4. :func:`hybridrag.search.fusion.fuse` combines them; candidates are sorted by fused
    score (ties: smaller slot first). The weights fusion gave each mode for the query
    (per query for ``adaptive``, from the scores and the query's :func:`query_coverage`)
