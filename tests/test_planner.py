@@ -51,6 +51,56 @@ def test_run_gives_each_candidate_its_rank_in_each_first_stage() -> None:
         assert (c.ranks["dense"] > 0).sum() == (d_hits[i] >= 0).sum()
 
 
+class _Counting:
+    """A store that passes everything to ``store`` and keeps the candidates ``score`` got."""
+
+    def __init__(self, store, exact: bool) -> None:
+        self.store, self.search_scores_exact, self.scored = store, exact, []
+
+    def search(self, *a, **kw):
+        return self.store.search(*a, **kw)
+
+    def score(self, queries, candidates):
+        self.scored.append([np.asarray(c).copy() for c in candidates])
+        return self.store.score(queries, candidates)
+
+
+def test_run_rescores_only_what_an_exact_store_did_not_find_itself() -> None:
+    """A store whose search scores are exact (the sparse index) is asked to score only the
+    candidates other modes brought, and not at all in a one-mode search; the candidates, their
+    scores and ranks are those of rescoring every candidate, bit for bit."""
+    rng = np.random.default_rng(7)
+    n, d = 500, 8
+    dense = FaissStore(d)
+    dense.add(np.arange(n), rng.standard_normal((n, d)).astype(np.float32))
+    sparse = SparseIndex("bm25okapi")
+    sparse.add(np.arange(n), [{int(t): float(rng.integers(1, 4)) for t in rng.choice(60, 6, replace=False)}
+                              for _ in range(n)])
+    qd = rng.standard_normal((5, d)).astype(np.float32)
+    qs = [{int(t): 1.0 for t in rng.choice(60, 3, replace=False)} for _ in range(5)]
+    for modes in (["bm25"], ["dense", "bm25"]):
+        plan = planner.QueryPlan(modes=modes, depths={m: 25 for m in modes}, weights={m: 1.0 for m in modes},
+                                 fusion="relative")
+        got = {}
+        for exact in (True, False):
+            store = _Counting(sparse, exact)
+            got[exact] = (planner.run(plan, {"dense": qd, "bm25": qs}, {"dense": dense, "bm25": store}), store)
+        (fast, counted), (ref, _) = got[True], got[False]
+        own = sparse.search(qs, 25)[1]
+        if modes == ["bm25"]:
+            assert counted.scored == []
+        else:
+            assert len(counted.scored) == 1
+            for qi, c in enumerate(counted.scored[0]):
+                assert len(c) and not np.isin(c, own[qi]).any()
+        for a, b in zip(fast, ref):
+            np.testing.assert_array_equal(a.slots, b.slots)
+            np.testing.assert_array_equal(a.fused, b.fused)
+            for m in modes:
+                np.testing.assert_array_equal(a.scores[m], b.scores[m])
+                np.testing.assert_array_equal(a.ranks[m], b.ranks[m])
+
+
 def _wordpiece(vocab: list[str]):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

@@ -637,6 +637,21 @@ def pruned_index(monkeypatch) -> tuple[SparseIndex, list[dict[int, float]]]:
     return idx, qs
 
 
+def test_search_scores_are_score_bit_for_bit(monkeypatch, dense_path):
+    """``search_scores_exact``: what the planner relies on to take a mode's own first-stage
+    scores instead of rescoring them: two tiers, removed rows, the kernel's pruning, a mask."""
+    assert SparseIndex.search_scores_exact
+    idx, qs = pruned_index(monkeypatch)
+    mask = np.random.default_rng(55).random(4600) < 0.6
+    for allowed in (None, mask):
+        for q in (qs, qs[:1]):   # a batch and one query: each may take another path
+            s, i = idx.search(q, 60, allowed=allowed)
+            got = idx.score(q, [row[row >= 0] for row in i])
+            assert sum(len(g) for g in got) > 0.9 * i.size
+            for row, g in zip(s, got):
+                np.testing.assert_array_equal(row[: len(g)], g)
+
+
 @pytest.mark.parametrize("k", [1, 10, 60])
 def test_pruned_kernel_equals_the_sparse_product(monkeypatch, k):
     """The kernel's pruning (_kernels._maxscore: postings skipped once they cannot change the

@@ -23,7 +23,7 @@ def fetch_rows(docstore: Any, cands: Sequence[Candidates]) -> dict[int, dict[str
     if not parts:
         return {}
     slots = np.unique(np.concatenate(parts))
-    return {int(s): row for s, row in zip(slots, docstore.get(slots))}
+    return dict(zip(slots.tolist(), docstore.get(slots)))
 
 
 def to_hits(cand: Candidates, rows: Mapping[int, Mapping[str, Any]],
@@ -34,22 +34,25 @@ def to_hits(cand: Candidates, rows: Mapping[int, Mapping[str, Any]],
 
     ``given``: the slots whose row already went into a hit of this call (updated here); such
     a hit gets a copy of the metadata, so that two queries' hits never share one dict."""
+    # Python numbers from each array once (``tolist``: the values ``float(a[i])`` gives),
+    # not numpy scalars element by element
+    per_mode = [(m, s.tolist()) for m, s in cand.scores.items()]
+    fused = cand.fused.tolist()
+    rerank = None if rerank_scores is None else np.asarray(rerank_scores, dtype=np.float64).tolist()
+    ranks = [(m, r.tolist()) for m, r in cand.ranks.items()]
     hits = []
-    for i, slot in enumerate(cand.slots):
-        row = rows[int(slot)]
+    for i, slot in enumerate(cand.slots.tolist()):
+        row = rows[slot]
         metadata = row["metadata"]
         if given is not None:
-            if int(slot) in given:
+            if slot in given:
                 metadata = copy.deepcopy(metadata)
-            given.add(int(slot))
-        scores = {m: float(s[i]) for m, s in cand.scores.items()}
-        scores["fused"] = float(cand.fused[i])
-        final = scores["fused"]
-        if rerank_scores is not None:
-            scores["rerank"] = float(rerank_scores[i])
-            final = scores["rerank"]
-        ranks = {m: int(r[i]) for m, r in cand.ranks.items() if r[i] > 0}
+            given.add(slot)
+        scores = {m: s[i] for m, s in per_mode}
+        scores["fused"] = final = fused[i]
+        if rerank is not None:
+            scores["rerank"] = final = rerank[i]
         hits.append(Hit(chunk_id=row["chunk_id"], doc_id=row["doc_id"], text=row["text"], score=final,
-                        metadata=metadata, span=(row["start"], row["end"]), scores=scores, ranks=ranks,
-                        weights=dict(cand.weights)))
+                        metadata=metadata, span=(row["start"], row["end"]), scores=scores,
+                        ranks={m: r[i] for m, r in ranks if r[i] > 0}, weights=dict(cand.weights)))
     return hits

@@ -10,8 +10,9 @@ Steps for each query:
    candidates, restricted to the ``allowed`` slots (filters are applied before top-k);
 2. candidates = the union of those slots;
 3. every candidate is scored exactly in every enabled mode (``store.score``), so a mode
-   that did not retrieve a candidate still gives its real score, never a stand-in 0;
-   ColBERT MaxSim runs here on the candidate set only;
+   that did not retrieve a candidate still gives its real score, never a stand-in 0
+   (a store whose search scores are exact, ``search_scores_exact``, scores only the
+   candidates other modes brought); ColBERT MaxSim runs here on the candidate set only;
 4. :func:`hybridrag.search.fusion.fuse` combines them; candidates are sorted by fused
    score (ties: smaller slot first). The weights fusion gave each mode for the query
    (per query for ``adaptive``, from the scores and the query's :func:`query_coverage`)
@@ -159,6 +160,32 @@ def _ranks(hits: np.ndarray, slots: np.ndarray) -> np.ndarray:
     return np.where(found, order[pos] + 1, 0).astype(np.int64)
 
 
+def _exact_scores(store: Any, queries: Sequence[Any], unions: list[np.ndarray],
+                  stage: tuple[np.ndarray, np.ndarray] | None, ranks: list[np.ndarray] | None) -> list[np.ndarray]:
+    """Each query's exact score (float64) of every slot of its ``unions`` in one mode.
+
+    A store whose ``search`` returns the exact scores (``search_scores_exact``: the ones
+    ``score`` gives, bit for bit) already scored the candidates it retrieved itself: ``stage``
+    (its ``(scores, slots)``) and ``ranks`` (each union slot's 1-based rank in it, 0 where
+    absent) give those, and ``score`` runs on the others only, once per call and not at all
+    when there is none (a one-mode search: every candidate is its own).
+    """
+    if stage is None or ranks is None or not getattr(store, "search_scores_exact", False):
+        return [np.asarray(s, dtype=np.float64) for s in store.score(queries, unions)]
+    out = []
+    rest: list[np.ndarray] = []
+    for qi, (u, r) in enumerate(zip(unions, ranks)):
+        got = np.empty(len(u), dtype=np.float64)
+        own = r > 0
+        got[own] = stage[0][qi][r[own] - 1]
+        out.append(got)
+        rest.append(u[~own])
+    if any(len(x) for x in rest):
+        for qi, s in enumerate(store.score(queries, rest)):
+            out[qi][ranks[qi] == 0] = np.asarray(s, dtype=np.float64)
+    return out
+
+
 def run(plan: QueryPlan, queries: Mapping[str, Sequence[Any]], stores: Mapping[str, Any],
         allowed: np.ndarray | None = None, coverage: Mapping[str, np.ndarray] | None = None) -> list[Candidates]:
     """Execute ``plan`` for a batch.
@@ -185,9 +212,10 @@ def run(plan: QueryPlan, queries: Mapping[str, Sequence[Any]], stores: Mapping[s
         u = np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
         unions.append(u[u >= 0].astype(np.int64))
 
+    ranks = {m: [_ranks(stage[m][1][qi], unions[qi]) for qi in range(nq)] for m in first}
     exact: dict[str, list[np.ndarray]] = {}
     for mode in plan.modes:
-        exact[mode] = [np.asarray(s, dtype=np.float64) for s in stores[mode].score(queries[mode], unions)]
+        exact[mode] = _exact_scores(stores[mode], queries[mode], unions, stage.get(mode), ranks.get(mode))
 
     out: list[Candidates] = []
     for qi in range(nq):
@@ -196,7 +224,7 @@ def run(plan: QueryPlan, queries: Mapping[str, Sequence[Any]], stores: Mapping[s
         cov = None if coverage is None else {m: float(coverage[m][qi]) for m in plan.modes if m in coverage}
         fused = fusion_mod.fuse(plan.fusion, slots, per_mode, plan.weights, rrf_k=plan.rrf_k, coverage=cov)
         used = fusion_mod.effective_weights(plan.fusion, per_mode, plan.weights, coverage=cov)
-        ranks = {m: _ranks(stage[m][1][qi], slots) for m in first}
         order = rank_order(fused, slots)
-        out.append(Candidates(slots, fused, per_mode, ranks, used).reorder(order))
+        out.append(Candidates(slots, fused, per_mode, {m: r[qi] for m, r in ranks.items()}, used)
+                   .reorder(order))
     return out

@@ -643,7 +643,7 @@ class DocStore:
     @_read
     def get(self, slots: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
         """Live chunk records for ``slots``, in the given order; ``KeyError`` names absent slots."""
-        want = [int(s) for s in np.asarray(slots, dtype=np.int64).reshape(-1)] if len(slots) else []
+        want = np.asarray(slots, dtype=np.int64).reshape(-1).tolist() if len(slots) else []
         found: dict[int, dict[str, Any]] = {}
         uniq = list(dict.fromkeys(want))
         with self._lock:

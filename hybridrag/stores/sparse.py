@@ -425,6 +425,12 @@ def _check_doclen(doclen: np.ndarray, n_rows: int, path: Path) -> np.ndarray:
 class SparseIndex:
     """Exact top-k over sparse vectors with an inverted index (see the module docstring)."""
 
+    #: ``search`` returns, for each slot it returns, the score ``score`` gives it, bit for bit
+    #: (both sum a row's postings term by term in float32 with the same weights): the planner
+    #: takes a mode's first-stage scores as exact and rescoring only what other modes found
+    #: (``tests/test_sparse_store.py::test_search_scores_are_score_bit_for_bit``).
+    search_scores_exact = True
+
     def __init__(self, weighting: str = "none", k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25) -> None:
         if weighting not in WEIGHTINGS:
             raise ConfigError(f"weighting={weighting!r} is unknown; choose one of {list(WEIGHTINGS)}")
