@@ -576,12 +576,7 @@ def _peer_metrics(c: dict[str, Any] | None, engine: dict[str, Any] | None) -> di
     names where it has an equivalent."""
     if c is None:
         return {}
-    m: dict[str, str] = {}
-    up = c["upsert_s"]
-    m["1-doc upsert + commit, median / max of %d (ms)" % len(up)] = f"{_ms(statistics.median(up))} / {_ms(max(up))}"
-    m["bytes written by that commit: new files + manifest, median (KiB)"] = \
-        _kib(statistics.median(c["upsert_new_file_bytes"])) + " (new files + meta.json + .managed.json)"
-    m["bytes written by that commit: all write() calls, median (KiB)"] = _kib(statistics.median(c["upsert_wchar"]))
+    m = _update_metrics(c, " (new files + meta.json + .managed.json)")
     ld = c["load_s"]
     m["load: first / median of %d (ms)" % len(ld)] = f"{_ms(ld[0])} / {_ms(statistics.median(ld))} (Index.open)"
     m["first search after load (ms), median"] = _ms(statistics.median(c["first_search_s"]))
@@ -647,16 +642,22 @@ def _p(d: Any) -> str:
     return d if isinstance(d, str) else f"{d['p50']:.2f} / {d['p99']:.2f}"
 
 
+def _update_metrics(c: dict[str, Any], files_note: str = "") -> dict[str, str]:
+    """The rows of the one-document updates (see :func:`_updates`)."""
+    up = c["upsert_s"]
+    return {
+        "1-doc upsert + commit, median / max of %d (ms)" % len(up): f"{_ms(statistics.median(up))} / {_ms(max(up))}",
+        "bytes written by that commit: new files + manifest, median (KiB)":
+            _kib(statistics.median(c["upsert_new_file_bytes"])) + files_note,
+        "bytes written by that commit: all write() calls, median (KiB)": _kib(statistics.median(c["upsert_wchar"])),
+    }
+
+
 def _metrics(c: dict[str, Any] | None, engine_segments: bool) -> dict[str, str]:
     """The table's values of one checkpoint of one worker (metric -> text)."""
     if c is None:
         return {}
-    m: dict[str, str] = {}
-    up = c["upsert_s"]
-    m["1-doc upsert + commit, median / max of %d (ms)" % len(up)] = f"{_ms(statistics.median(up))} / {_ms(max(up))}"
-    m["bytes written by that commit: new files + manifest, median (KiB)"] = \
-        _kib(statistics.median(c["upsert_new_file_bytes"]))
-    m["bytes written by that commit: all write() calls, median (KiB)"] = _kib(statistics.median(c["upsert_wchar"]))
+    m = _update_metrics(c)
     ld = c["load_s"]
     m["load: first / median of %d (ms)" % len(ld)] = f"{_ms(ld[0])} / {_ms(statistics.median(ld))}"
     m["first search after load (ms), median"] = _ms(statistics.median(c["first_search_s"]))

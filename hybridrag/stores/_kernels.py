@@ -564,17 +564,8 @@ if njit is not None:
                     continue
                 if row > last:
                     break
-                left = lo
-                right = hi
-                while left < right:
-                    mid = (left + right) >> 1
-                    if rows[mid] < row:
-                        left = mid + 1
-                    else:
-                        right = mid
-                if rows[left] == row:   # left < hi: row <= last
+                if _find(rows, lo, hi, row) >= 0:
                     out[t] += 1.0
-                lo = left   # the next removed rows are larger
 
 
 def rows_per_term(indptr: np.ndarray, rows: np.ndarray, removed: np.ndarray, out: np.ndarray) -> None:
