@@ -589,11 +589,7 @@ def _peer_metrics(c: dict[str, Any] | None, engine: dict[str, Any] | None) -> di
     m["wait_merging_threads() after the upserts (s); segments, MiB on disk after"] = \
         f"{c['wait_merges_s']:.3f}; {c['segments_after_merges']}, {c['disk_bytes_after_merges'] / 2**20:,.1f}"
     m["segments after the upserts"] = str(c["segments_after_upserts"])
-    adds = c["add_commit_s"]
-    m["growth: add + commit of a batch, median / max of the last %d (s)" % len(adds)] = \
-        f"{statistics.median(adds):.2f} / {max(adds):.2f}"
-    m["bytes on disk (MiB)"] = f"{c['disk_bytes'] / 2**20:,.1f}"
-    return m
+    return m | _growth_metrics(c)
 
 
 # --------------------------------------------------------------------------- orchestration (parent)
@@ -642,6 +638,14 @@ def _p(d: Any) -> str:
     return d if isinstance(d, str) else f"{d['p50']:.2f} / {d['p99']:.2f}"
 
 
+def _growth_metrics(c: dict[str, Any]) -> dict[str, str]:
+    """The rows of the growth: add + commit of a batch, bytes on disk."""
+    adds = c["add_commit_s"]
+    return {"growth: add + commit of a batch, median / max of the last %d (s)" % len(adds):
+            f"{statistics.median(adds):.2f} / {max(adds):.2f}",
+            "bytes on disk (MiB)": f"{c['disk_bytes'] / 2**20:,.1f}"}
+
+
 def _update_metrics(c: dict[str, Any], files_note: str = "") -> dict[str, str]:
     """The rows of the one-document updates (see :func:`_updates`)."""
     up = c["upsert_s"]
@@ -675,11 +679,7 @@ def _metrics(c: dict[str, Any] | None, engine_segments: bool) -> dict[str, str]:
         o = c["optimize_s"]
         m["merge time: optimize() of %s segments (s)" % c["segments_many"]] = o if isinstance(o, str) else f"{o:.2f}"
         m["segments after the upserts"] = str(c["segments_after_upserts"])
-    adds = c["add_commit_s"]
-    m["growth: add + commit of a batch, median / max of the last %d (s)" % len(adds)] = \
-        f"{statistics.median(adds):.2f} / {max(adds):.2f}"
-    m["bytes on disk (MiB)"] = f"{c['disk_bytes'] / 2**20:,.1f}"
-    return m
+    return m | _growth_metrics(c)
 
 
 def main() -> None:

@@ -460,6 +460,15 @@ def _on_server(m3_dir, uri):
                        sparse={"backend": "inverted"})
 
 
+def _assert_complete_on_reload(path, encoder, uri, want) -> None:
+    """A fresh load of ``path`` holds exactly ``want``, every one findable."""
+    again = HybridIndex.load(path, encoder=encoder, milvus_uri=uri)
+    try:
+        _assert_complete(again, want)
+    finally:
+        again.close()
+
+
 def test_server_reader_process_sees_the_committed_state_and_deletes_nothing(tmp_path, m3_dir, m3_encoder,
                                                                            milvus_server):
     # F1 against a real server, reader and writer in two processes.
@@ -479,11 +488,7 @@ def test_server_reader_process_sees_the_committed_state_and_deletes_nothing(tmp_
         _assert_complete(w, everything)
     finally:
         w.close()
-    again = HybridIndex.load(p, encoder=m3_encoder, milvus_uri=milvus_server)
-    try:
-        _assert_complete(again, everything)
-    finally:
-        again.close()
+    _assert_complete_on_reload(p, m3_encoder, milvus_server, everything)
 
 
 def test_server_copy_opened_by_another_process_never_changes_the_original(tmp_path, m3_dir, m3_encoder,
@@ -512,8 +517,4 @@ def test_server_copy_opened_by_another_process_never_changes_the_original(tmp_pa
         _assert_complete(idx, everything)
     finally:
         idx.close()
-    again = HybridIndex.load(orig, encoder=m3_encoder, milvus_uri=milvus_server)
-    try:
-        _assert_complete(again, everything)
-    finally:
-        again.close()
+    _assert_complete_on_reload(orig, m3_encoder, milvus_server, everything)
