@@ -303,3 +303,29 @@ def test_no_pickle_in_the_package():
                 bad.append(f"{f}:{i}: {line.strip()}")
     assert not bad, "\n".join(bad)
     assert "torch.load" in (pkg / "encoders" / "m3.py").read_text()  # the scan looks where loads are
+
+
+def test_check_reports_a_file_that_vanishes_while_it_reads_it(tmp_path, monkeypatch):
+    """A writer's commit may collect a file between check's test that it exists and its read
+    (seen in tests/test_concurrency.py): check reports it, or checks the newer generation,
+    and never raises the OS error."""
+    import hybridrag.storage.manifest as manifest_mod
+
+    pipeline = {"name": "vanish", "encoder": {"kind": "none"}, "dense": {"enabled": False},
+                "sparse": {"enabled": False}, "colbert": {"enabled": False}, "bm25": {"enabled": True},
+                "fusion": {"method": "weighted", "weights": {"bm25": 1.0}}}
+    idx = HybridIndex.create(tmp_path / "idx", pipeline)
+    idx.add([{"id": f"d{i}", "text": f"text number {i}", "metadata": {}} for i in range(5)])
+    idx.close()
+    real = manifest_mod.sha256_file
+    gone: list[str] = []
+
+    def vanishing(path):
+        if not gone and "sparse-bm25" in Path(path).name:
+            gone.append(Path(path).name)
+            Path(path).unlink()
+        return real(path)
+
+    monkeypatch.setattr(manifest_mod, "sha256_file", vanishing)
+    problems = check_index(tmp_path / "idx")
+    assert gone and len(problems) == 1 and gone[0] in problems[0], problems

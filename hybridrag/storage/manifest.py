@@ -209,7 +209,10 @@ def verify_files(path: Path, manifest: Mapping[str, Any]) -> None:
         f = path / name
         if not f.is_file():
             raise IndexFormatError(f"{f}: file named in the manifest is missing")
-        got = sha256_file(f)
+        try:
+            got = sha256_file(f)
+        except OSError as e:   # e.g. collected by a writer's commit since the check above
+            raise IndexFormatError(f"{f}: cannot read a file named in the manifest ({e})") from None
         if got != digest:
             raise IndexFormatError(f"{f}: checksum mismatch (file is corrupt or was changed: "
                                    f"sha256 {got[:12]}… expected {digest[:12]}…)")
