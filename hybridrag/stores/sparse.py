@@ -1087,7 +1087,12 @@ class SparseIndex:
         return f
 
     def _own_stats(self) -> tuple[int, np.ndarray, float]:
-        """(live rows, df, total length) of this index's own live rows (tiers flushed)."""
+        """(live rows, df, total length) of this index's own live rows (tiers flushed). Under
+        the lock: concurrent first searches after a load must not apply removed rows twice."""
+        with self._merge_lock:
+            return self._own_stats_unlocked()
+
+    def _own_stats_unlocked(self) -> tuple[int, np.ndarray, float]:
         if self._own is not None and self._own_gone:
             gone = np.unique(np.concatenate(self._own_gone))
             self._own_gone = []
