@@ -149,18 +149,25 @@ def test_failed_upsert_leaves_the_committed_state_and_the_next_write_recovers(tm
         last.close()
 
 
-def test_opening_a_copy_never_changes_the_original(tmp_path, m3_dir, m3_encoder, monkeypatch):
-    # F3: loading a backup copy deleted the live index's newer rows; a writer on the copy
-    # must be refused (the collection belongs to the original directory).
+def _original_and_its_copy(tmp_path, m3_dir, m3_encoder, monkeypatch):
+    """An index of 6 documents in a Milvus Lite file outside both directories, and a copy of
+    its directory; the file is named by the environment, as a user would for both."""
     import shutil
 
-    lite = str(tmp_path / "shared" / "milvus.db")  # outside both index directories
+    lite = str(tmp_path / "shared" / "milvus.db")
     orig, copy = tmp_path / "orig", tmp_path / "copy"
     idx = HybridIndex.create(orig, _mv(m3_dir, uri=lite), encoder=m3_encoder)
     idx.add(docs(6))
     idx.close()
     shutil.copytree(orig, copy)
     monkeypatch.setenv("HYBRIDRAG_MILVUS_URI", lite)
+    return orig, copy
+
+
+def test_opening_a_copy_never_changes_the_original(tmp_path, m3_dir, m3_encoder, monkeypatch):
+    # F3: loading a backup copy deleted the live index's newer rows; a writer on the copy
+    # must be refused (the collection belongs to the original directory).
+    orig, copy = _original_and_its_copy(tmp_path, m3_dir, m3_encoder, monkeypatch)
     idx = HybridIndex.load(orig, encoder=m3_encoder)
     idx.add([dict(d, id=f"n{d['id']}") for d in docs(4)])
     idx.close()
@@ -221,18 +228,11 @@ def test_an_older_copy_that_passes_the_owner_check_still_cannot_write(tmp_path, 
     # F3 where the directory identity cannot tell the copy apart (a backup restored on another
     # machine or container can get the original's device and inode): the collection records
     # the newest generation committed into it, and a writer whose manifest is older is refused.
-    import shutil
 
     from hybridrag.stores import milvus
 
     monkeypatch.setattr(milvus, "directory_owner", lambda directory: "same-device-and-inode")
-    lite = str(tmp_path / "shared" / "milvus.db")
-    orig, copy = tmp_path / "orig", tmp_path / "copy"
-    idx = HybridIndex.create(orig, _mv(m3_dir, uri=lite), encoder=m3_encoder)
-    idx.add(docs(6))
-    idx.close()
-    shutil.copytree(orig, copy)
-    monkeypatch.setenv("HYBRIDRAG_MILVUS_URI", lite)
+    orig, copy = _original_and_its_copy(tmp_path, m3_dir, m3_encoder, monkeypatch)
     with HybridIndex.load(orig, encoder=m3_encoder) as idx:
         idx.add([dict(d, id=f"n{d['id']}") for d in docs(4)])
     with HybridIndex.load(copy, encoder=m3_encoder) as cp:
