@@ -228,7 +228,6 @@ def test_an_older_copy_that_passes_the_owner_check_still_cannot_write(tmp_path, 
     # F3 where the directory identity cannot tell the copy apart (a backup restored on another
     # machine or container can get the original's device and inode): the collection records
     # the newest generation committed into it, and a writer whose manifest is older is refused.
-
     from hybridrag.stores import milvus
 
     monkeypatch.setattr(milvus, "directory_owner", lambda directory: "same-device-and-inode")
