@@ -357,16 +357,16 @@ def test_kernel_runs_split_by_work_cover_every_query():
     hi = np.array([100, 1, 1, 1, 1, 1, 1])   # one heavy pair, then light ones
     pair_start = np.array([0, 1, 3, 5, 7])   # 4 queries
     for n in (2, 3, 4):
-        b = _kernels._split(pair_start, [(None, None, lo, hi)], n, 1000)
+        b = _kernels._split(pair_start, lo[None], hi[None], n, 1000)
         assert b[0] == 0 and b[-1] == 4 and all(x < y for x, y in zip(b, b[1:]))
         assert b[1] == 1   # the heavy first query is a run of its own
-    assert _kernels._split(pair_start, [(None, None, lo, hi), (None, None, lo, lo)], 9, 1000)[-1] == 4
+    assert _kernels._split(pair_start, np.stack([lo, lo]), np.stack([hi, lo]), 9, 1000)[-1] == 4
     # 7 queries of 6, 1, 1, ... postings: by postings alone the first is half the work; when
     # each also passes over the rows (4 rows: 4 postings per row or more), the cut moves later
     lo7, hi7 = np.zeros(7, dtype=np.int64), np.array([6, 1, 1, 1, 1, 1, 1])
     ps7 = np.arange(8)
-    assert _kernels._split(ps7, [(None, None, lo7, hi7)], 2, 1000) == [0, 1, 7]
-    assert _kernels._split(ps7, [(None, None, lo7, hi7)], 2, 4) == [0, 3, 7]
+    assert _kernels._split(ps7, lo7[None], hi7[None], 2, 1000) == [0, 1, 7]
+    assert _kernels._split(ps7, lo7[None], hi7[None], 2, 4) == [0, 3, 7]
 
 
 @pytest.mark.parametrize("weighting", ["none", "bm25okapi"])
@@ -558,7 +558,7 @@ def test_compiled_kernel_scores_heavy_queries_once_per_batch(monkeypatch, weight
     idx.add(np.arange(300), docs)
     calls = []
     real = _kernels.dense_top_k
-    monkeypatch.setattr(_kernels, "dense_top_k", lambda *a, **kw: calls.append(len(a[9])) or real(*a, **kw))
+    monkeypatch.setattr(_kernels, "dense_top_k", lambda *a, **kw: calls.append(len(a[8])) or real(*a, **kw))
     got = idx.search(qs, 10, threads=1)
     assert len(calls) == 1 and calls[0] >= 15   # one call for the batch's heavy queries
     monkeypatch.setattr(sparse_mod, "_PRUNE_MIN_ROWS", 0)   # BM25: the pruned kernel

@@ -5,11 +5,13 @@ never modified); deletions of rows in older segments are kept by the engine as a
 slots per segment and applied in memory when the segment is opened. A :class:`SegmentedStore`
 answers the store protocol (``docs/CONTRACTS.md``) over all its parts:
 
-* ``search``: each part's top-k (the global ``allowed`` mask applies to every part), merged
-  into one top-k with ties broken by the smaller slot, so the result equals that of one store
-  holding every live row (tested against brute force in ``tests/test_segments.py``);
-* ``score``: a slot lives in exactly one part; every other part scores it ``-inf``, so the
-  element-wise maximum is its score;
+* ``search``: the store kind's ``search_parts`` where it has one (the sparse index, ``Flat``
+  dense stores: every part in one compiled pass with one top k), else each part's top-k (the
+  global ``allowed`` mask applies to every part) merged into one top-k with ties broken by
+  the smaller slot; either way the result equals that of one store holding every live row
+  (tested against brute force in ``tests/test_segments.py``, ``tests/test_segment_search.py``);
+* ``score``: ``score_parts`` likewise, else: a slot lives in exactly one part; every other
+  part scores it ``-inf``, so the element-wise maximum is its score;
 * BM25 parts share the statistics of the whole index (live rows, document frequencies, total
   length), so a term's idf and the average length are the ones a single store would use.
 """
@@ -32,6 +34,7 @@ class SegmentedStore:
         self.fresh = fresh
         self._new_fresh = new_fresh
         self._stats_key: tuple | None = None
+        self._cache: dict = {}   # kept for the store kind's search_parts / score_parts
 
     # ------------------------------------------------------------------ structure
     def _all(self) -> Iterator[Any]:
@@ -122,6 +125,11 @@ class SegmentedStore:
         if len(live) == 1:
             return live[0].search(queries, k, allowed=allowed)
         queries = self._converted(queries, live)
+        whole = getattr(type(live[0]), "search_parts", None)   # the parts searched as one
+        if whole is not None:
+            got = whole(live, queries, k, allowed=allowed, cache=self._cache)
+            if got is not None:
+                return got
         res = [p.search(queries, k, allowed=allowed) for p in live]
         scores = np.concatenate([r[0] for r in res], axis=1)
         slots = np.concatenate([r[1] for r in res], axis=1)
@@ -134,6 +142,11 @@ class SegmentedStore:
         self._share_stats(live)
         if len(live) > 1:
             queries = self._converted(queries, live)
+            whole = getattr(type(live[0]), "score_parts", None)
+            if whole is not None:
+                got = whole(live, queries, candidates, cache=self._cache)
+                if got is not None:
+                    return got
         out = [np.asarray(s) for s in live[0].score(queries, candidates)]
         for p in live[1:]:
             out = [np.maximum(a, np.asarray(b)) for a, b in zip(out, p.score(queries, candidates))]

@@ -11,6 +11,11 @@ terms skip the postings that cannot change their top k (:func:`_maxscore`). Scor
 ordering are bit-identical to scipy's sparse product, the path of every other query (same
 float32 products, same summation order per row, ties by slot ascending: rows scored in
 another order are re-scored in this one); ``tests/test_sparse_store.py`` checks the equality.
+The sparse kernels take a set of posting tiers of one or several segments (see the comment
+above :func:`_slot_of`), so several segments are searched in one pass; :func:`flat_top_k` does
+the same for ``Flat`` dense segments. Arrays of several segments are passed as numba typed
+lists, made once per set of arrays (:func:`array_list`) and passed as separate arguments (a
+tuple holding typed lists costs ~25 us per call to unbox).
 ``HYBRIDRAG_NUMBA=0`` in the environment turns the kernel off. It is compiled when this module is first imported (seconds, once; later
 imports load it from numba's on-disk cache); see :func:`_compile_now` for why not lazily.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -50,59 +56,94 @@ if njit is not None:
     # Index arithmetic is done in uint64: numba checks signed indices for wrap-around on every
     # access, which made the posting loop slower than scipy's csc_matvec.
 
-    @njit(cache=True, nogil=True)
-    def _better(v, s, v2, s2):  # pragma: no cover - compiled
-        """Score desc, slot asc."""
-        return v > v2 or (v == v2 and s < s2)
+    # A set of posting tiers, as every kernel below takes it: ``tiers = (R, W, LO, HI, OFF, END,
+    # RS)``. Tier ``t`` holds postings ``R[t]`` (rows local to its segment, increasing within a
+    # term) with weights ``W[t]``; a (query, term) pair ``p`` has postings ``LO[t, p]:HI[t, p]``
+    # of it. Its rows are the index's rows ``OFF[t]:END[t]`` (local row + ``OFF[t]``; the tiers
+    # of one segment share its range) and ``RS[t][local row]`` is a row's slot. One segment is
+    # its tiers at offset 0; several are laid end to end, so that their search is one pass with
+    # one top k, as if they were one index (``SparseIndex.search_parts``).
 
     @njit(cache=True, nogil=True)
-    def _accumulate(acc, rows, w, lo, hi, a, e, qws):  # pragma: no cover - compiled
-        """``acc[rows[x]] += w[x] * qws[p]`` for the postings lo[p]:hi[p] of pairs a:e, in order."""
-        for p in range(a, e):
-            qw = qws[p]
-            x, stop = uint64(lo[p]), uint64(hi[p])
-            while x < stop:
-                acc[uint64(rows[x])] += w[x] * qw
-                x += uint64(1)
+    def _slot_of(tiers, r):  # pragma: no cover - compiled
+        _, _, _, _, OFF, END, RS = tiers
+        for t in range(OFF.shape[0]):
+            if OFF[t] <= r < END[t]:
+                return RS[t][r - OFF[t]]
+        return np.int64(-1)
 
     @njit(cache=True, nogil=True)
-    def _accumulate_max(acc, bmax, rows, w, lo, hi, a, e, qws):  # pragma: no cover - compiled
+    def _pair_postings(tiers, p):  # pragma: no cover - compiled
+        LO, HI = tiers[2], tiers[3]
+        n = 0
+        for t in range(LO.shape[0]):
+            n += HI[t, p] - LO[t, p]
+        return n
+
+    @njit(cache=True, nogil=True)
+    def _accumulate(acc, tiers, a, e, qws):  # pragma: no cover - compiled
+        """``acc[OFF[t] + rows[x]] += w[x] * qws[p]`` for the postings of pairs a:e, tier by tier, in order."""
+        R, W, LO, HI, OFF = tiers[0], tiers[1], tiers[2], tiers[3], tiers[4]
+        for t in range(LO.shape[0]):
+            rows, w, lo, hi = R[t], W[t], LO[t], HI[t]
+            off = uint64(OFF[t])
+            for p in range(a, e):
+                qw = qws[p]
+                x, stop = uint64(lo[p]), uint64(hi[p])
+                while x < stop:
+                    acc[off + uint64(rows[x])] += w[x] * qw
+                    x += uint64(1)
+
+    @njit(cache=True, nogil=True)
+    def _accumulate_max(acc, bmax, tiers, a, e, qws):  # pragma: no cover - compiled
         """As :func:`_accumulate`, keeping ``bmax[r // BLOCK]`` >= ``acc[r]`` on the way (scores only
         grow: weights are >= 0), so a query with few postings needs no pass over every row."""
+        R, W, LO, HI, OFF = tiers[0], tiers[1], tiers[2], tiers[3], tiers[4]
         shift = uint64(_SHIFT)
-        for p in range(a, e):
-            qw = qws[p]
-            x, stop = uint64(lo[p]), uint64(hi[p])
+        for t in range(LO.shape[0]):
+            rows, w, lo, hi = R[t], W[t], LO[t], HI[t]
+            off = uint64(OFF[t])
+            for p in range(a, e):
+                qw = qws[p]
+                x, stop = uint64(lo[p]), uint64(hi[p])
+                while x < stop:
+                    r = off + uint64(rows[x])
+                    v = acc[r] + w[x] * qw
+                    acc[r] = v
+                    b = r >> shift
+                    m = bmax[b]
+                    bmax[b] = v if v > m else m
+                    x += uint64(1)
+
+    @njit(cache=True, nogil=True)
+    def _zero(acc, tiers, a, e):  # pragma: no cover - compiled
+        R, LO, HI, OFF = tiers[0], tiers[2], tiers[3], tiers[4]
+        for t in range(LO.shape[0]):
+            rows, lo, hi = R[t], LO[t], HI[t]
+            off = uint64(OFF[t])
+            for p in range(a, e):
+                x, stop = uint64(lo[p]), uint64(hi[p])
+                while x < stop:
+                    acc[off + uint64(rows[x])] = 0
+                    x += uint64(1)
+
+    @njit(cache=True, nogil=True)
+    def _accumulate_track(acc, touched, nt, tiers, p, qw):  # pragma: no cover - compiled
+        """As :func:`_accumulate` for pair ``p``, appending to ``touched[nt:]`` each row whose
+        score turns positive; returns the new count."""
+        R, W, LO, HI, OFF = tiers[0], tiers[1], tiers[2], tiers[3], tiers[4]
+        for t in range(LO.shape[0]):
+            rows, w = R[t], W[t]
+            off = uint64(OFF[t])
+            x, stop = uint64(LO[t, p]), uint64(HI[t, p])
             while x < stop:
-                r = uint64(rows[x])
-                v = acc[r] + w[x] * qw
+                r = off + uint64(rows[x])
+                old = acc[r]
+                v = old + w[x] * qw
                 acc[r] = v
-                b = r >> shift
-                m = bmax[b]
-                bmax[b] = v if v > m else m
+                touched[nt] = r   # branch-free: the slot is kept only when the row is new
+                nt += (old == 0) & (v > 0)
                 x += uint64(1)
-
-    @njit(cache=True, nogil=True)
-    def _zero(acc, rows, lo, hi, a, e):  # pragma: no cover - compiled
-        for p in range(a, e):
-            x, stop = uint64(lo[p]), uint64(hi[p])
-            while x < stop:
-                acc[uint64(rows[x])] = 0
-                x += uint64(1)
-
-    @njit(cache=True, nogil=True)
-    def _accumulate_track(acc, touched, nt, rows, w, lo, hi, qw):  # pragma: no cover - compiled
-        """As :func:`_accumulate` for one pair, appending to ``touched[nt:]`` each row whose score
-        turns positive; returns the new count."""
-        x, stop = uint64(lo), uint64(hi)
-        while x < stop:
-            r = uint64(rows[x])
-            old = acc[r]
-            v = old + w[x] * qw
-            acc[r] = v
-            touched[nt] = r   # branch-free: the slot is kept only when the row is new
-            nt += (old == 0) & (v > 0)
-            x += uint64(1)
         return nt
 
     @njit(cache=True, nogil=True)
@@ -120,34 +161,40 @@ if njit is not None:
         return np.int64(-1)
 
     @njit(cache=True, nogil=True)
-    def _gallop_add(rows, w, lo, hi, qw, cand, cval, nc):  # pragma: no cover - compiled
-        """``cval[j] += w[x] * qw`` where ``rows[x] == cand[j]`` (x in lo:hi), for candidates
-        ``cand[:nc]`` in increasing order: one forward galloping search through the postings,
-        so far fewer cache misses than a binary search per candidate."""
-        x, stop = uint64(lo), uint64(hi)
-        for j in range(nc):
-            if x >= stop:
-                return
-            r = cand[j]
-            if rows[x] < r:   # gallop: rows[base] < r; find the first position >= r
-                base = x
-                step = uint64(1)
-                b = x + step
-                while b < stop and rows[b] < r:
-                    base = b
-                    step <<= uint64(1)
+    def _gallop_add(tiers, p, qw, cand, cval, nc):  # pragma: no cover - compiled
+        """``cval[j] += w[x] * qw`` where a posting ``x`` of pair ``p`` holds row ``cand[j]``, for
+        candidates ``cand[:nc]`` in increasing order: per tier one forward galloping search
+        through the postings, so far fewer cache misses than a binary search per candidate."""
+        R, W, LO, HI, OFF, END = tiers[0], tiers[1], tiers[2], tiers[3], tiers[4], tiers[5]
+        for t in range(LO.shape[0]):
+            rows, w = R[t], W[t]
+            off, end = OFF[t], END[t]
+            x, stop = uint64(LO[t, p]), uint64(HI[t, p])
+            for j in range(nc):
+                if x >= stop or cand[j] >= end:
+                    break
+                r = cand[j] - off
+                if r < 0:
+                    continue
+                if rows[x] < r:   # gallop: rows[base] < r; find the first position >= r
+                    base = x
+                    step = uint64(1)
                     b = x + step
-                if b > stop:
-                    b = stop
-                x = base + uint64(1)
-                while x < b:
-                    mid = (x + b) >> uint64(1)
-                    if rows[mid] < r:
-                        x = mid + uint64(1)
-                    else:
-                        b = mid
-            if x < stop and rows[x] == r:
-                cval[j] += w[x] * qw
+                    while b < stop and rows[b] < r:
+                        base = b
+                        step <<= uint64(1)
+                        b = x + step
+                    if b > stop:
+                        b = stop
+                    x = base + uint64(1)
+                    while x < b:
+                        mid = (x + b) >> uint64(1)
+                        if rows[mid] < r:
+                            x = mid + uint64(1)
+                        else:
+                            b = mid
+                if x < stop and rows[x] == r:
+                    cval[j] += w[x] * qw
 
     @njit(cache=True, nogil=True)
     def _lookup_cost(n, nc):  # pragma: no cover - compiled
@@ -158,19 +205,26 @@ if njit is not None:
         return _GALLOP * nc * np.log2(2.0 + n / nc)
 
     @njit(cache=True, nogil=True)
-    def _exact(r, a, e, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2):  # pragma: no cover - compiled
-        """Row ``r``'s score summed as the accumulation sums it (tier 1's pairs in order, then
-        tier 2's), so bit-identical to it; one binary search per pair."""
+    def _exact(r, a, e, qws, tiers):  # pragma: no cover - compiled
+        """Row ``r``'s score summed as the accumulation sums it (its tiers in order, each tier's
+        pairs in order), so bit-identical to it; one binary search per pair."""
+        R, W, LO, HI, OFF, END = tiers[0], tiers[1], tiers[2], tiers[3], tiers[4], tiers[5]
         s = np.float32(0)
-        for p in range(a, e):
-            x = _find(rows1, lo1[p], hi1[p], r)
-            if x >= 0:
-                s += w1[x] * qws[p]
-        for p in range(a, e):
-            x = _find(rows2, lo2[p], hi2[p], r)
-            if x >= 0:
-                s += w2[x] * qws[p]
+        for t in range(LO.shape[0]):
+            if r < OFF[t] or r >= END[t]:
+                continue
+            rows, w, lo, hi = R[t], W[t], LO[t], HI[t]
+            lr = r - OFF[t]
+            for p in range(a, e):
+                x = _find(rows, lo[p], hi[p], lr)
+                if x >= 0:
+                    s += w[x] * qws[p]
         return s
+
+    @njit(cache=True, nogil=True)
+    def _better(v, s, v2, s2):  # pragma: no cover - compiled
+        """Score desc, slot asc."""
+        return v > v2 or (v == v2 and s < s2)
 
     @njit(cache=True, nogil=True)
     def _insert(v, s, n, k, tv, ts):  # pragma: no cover - compiled
@@ -201,7 +255,7 @@ if njit is not None:
             bmax[b] = m
 
     @njit(cache=True, nogil=True)
-    def _scan_top_k(acc, bmax, nb, k, row_slots, tv, ts):  # pragma: no cover - compiled
+    def _scan_top_k(acc, bmax, nb, k, tiers, tv, ts):  # pragma: no cover - compiled
         """Top-k of ``acc`` into tv/ts (returns the number of hits): the k-th largest block
         maximum bounds the k-th largest score from below, so only blocks reaching it are read."""
         thr = np.partition(bmax[:nb], nb - k)[nb - k] if nb > k else np.float32(0)
@@ -217,13 +271,12 @@ if njit is not None:
             while r < stop:
                 v = acc[r]
                 if v >= thr:
-                    n = _insert(v, row_slots[r], n, k, tv, ts)
+                    n = _insert(v, _slot_of(tiers, np.int64(r)), n, k, tv, ts)
                 r += uint64(1)
         return n
 
     @njit(cache=True, nogil=True)
-    def _exact_top_k(cand, cval, nc, k, eps, a, e, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
-                     row_slots, tv, ts):  # pragma: no cover - compiled
+    def _exact_top_k(cand, cval, nc, k, eps, a, e, qws, tiers, tv, ts):  # pragma: no cover - compiled
         """Top-k of the candidate rows ``cand[:nc]`` whose scores ``cval`` were summed in another
         order (within a relative ``eps`` of the exact sums): every candidate that can be in the
         exact top k is re-scored exactly, then ranked. Returns the number of hits."""
@@ -235,14 +288,13 @@ if njit is not None:
         for j in range(nc):
             if cval[j] >= bound:
                 r = cand[j]
-                v = _exact(r, a, e, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2)
+                v = _exact(r, a, e, qws, tiers)
                 if v > 0:
-                    n = _insert(v, row_slots[r], n, k, tv, ts)
+                    n = _insert(v, _slot_of(tiers, r), n, k, tv, ts)
         return n
 
     @njit(cache=True, nogil=True)
-    def _maxscore(acc, bmax, touched, cand, cval, ok, n_rows, k, a, e, qws, ub, rows1, w1, lo1, hi1,
-                  rows2, w2, lo2, hi2, row_slots, invalid, tv, ts):  # pragma: no cover - compiled
+    def _maxscore(acc, bmax, touched, cand, cval, ok, n_rows, k, a, e, qws, ub, tiers, invalid, tv, ts):  # pragma: no cover - compiled
         """One query, exact, by MaxScore-style pruning (Turtle and Flood, 1995): its pairs are
         accumulated by decreasing upper bound ``ub`` (the pair's largest possible addend); once
         the k-th best partial score among the rows seen so far exceeds what the remaining pairs
@@ -259,7 +311,7 @@ if njit is not None:
         for i in range(m - 1, -1, -1):
             p = order[i]
             rem[i] = rem[i + 1] + np.float64(ub[p])
-            remp[i] = remp[i + 1] + (hi1[p] - lo1[p]) + (hi2[p] - lo2[p])
+            remp[i] = remp[i + 1] + _pair_postings(tiers, p)
         # skip the attempt when too few postings lie past the point where the remaining bound
         # drops below half the total (no earlier pair can be skipped: theta <= what was added)
         i = 0
@@ -276,14 +328,12 @@ if njit is not None:
         reach = np.inf         # theta can gain at most what the pairs since the last test add
         for i in range(m):
             p = order[i]
-            if tracking and nt + (hi1[p] - lo1[p]) + (hi2[p] - lo2[p]) > cap:
+            if tracking and nt + _pair_postings(tiers, p) > cap:
                 tracking = False   # (listing them would cost more than it can save)
             if tracking:
-                nt = _accumulate_track(acc, touched, nt, rows1, w1, lo1[p], hi1[p], qws[p])
-                nt = _accumulate_track(acc, touched, nt, rows2, w2, lo2[p], hi2[p], qws[p])
+                nt = _accumulate_track(acc, touched, nt, tiers, p, qws[p])
             else:
-                _accumulate(acc, rows1, w1, lo1, hi1, p, p + 1, qws)
-                _accumulate(acc, rows2, w2, lo2, hi2, p, p + 1, qws)
+                _accumulate(acc, tiers, p, p + 1, qws)
             rest = rem[i + 1] * (1 + eps)
             # worth testing: postings enough left to skip, and the k-th best partial score could
             # already exceed the rest (it is at most the pairs done in all, and at most the last
@@ -322,7 +372,8 @@ if njit is not None:
             cost = 0.0
             for i2 in range(i + 1, m):
                 p2 = order[i2]
-                cost += _lookup_cost(hi1[p2] - lo1[p2], nc) + _lookup_cost(hi2[p2] - lo2[p2], nc)
+                for t in range(tiers[2].shape[0]):
+                    cost += _lookup_cost(tiers[3][t, p2] - tiers[2][t, p2], nc)
             if cost < 0.8 * remp[i + 1]:   # finding the candidates is cheaper than accumulating the rest
                 stop_at = i + 1
                 break
@@ -340,12 +391,10 @@ if njit is not None:
                 cval[j] = acc[cand[j]]
             for i in range(stop_at, m):
                 p = order[i]
-                _gallop_add(rows1, w1, lo1[p], hi1[p], qws[p], cand, cval, nc)
-                _gallop_add(rows2, w2, lo2[p], hi2[p], qws[p], cand, cval, nc)
+                _gallop_add(tiers, p, qws[p], cand, cval, nc)
             for j in range(nt):
                 acc[touched[j]] = 0
-            return _exact_top_k(cand, cval, nc, k, eps, a, e, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
-                                row_slots, tv, ts)
+            return _exact_top_k(cand, cval, nc, k, eps, a, e, qws, tiers, tv, ts)
         # many rows scored: the k-th largest block maximum is at most the k-th best sum in this
         # order, so every row that can be in the exact top k is within rounding of it or above:
         # those rows are the candidates (one pass over the blocks that reach it)
@@ -370,38 +419,34 @@ if njit is not None:
                     nc += 1
                 r += uint64(1)
         acc[:] = 0
-        return _exact_top_k(cand, cval, nc, k, eps, a, e, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
-                            row_slots, tv, ts)
+        return _exact_top_k(cand, cval, nc, k, eps, a, e, qws, tiers, tv, ts)
 
     @njit(cache=True, nogil=True)
-    def _one_query(acc, bmax, nb, n_rows, k, a, e, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
-                   row_slots, invalid, tv, ts):  # pragma: no cover - compiled
+    def _one_query(acc, bmax, nb, n_rows, k, a, e, qws, tiers, invalid, tv, ts):  # pragma: no cover - compiled
         """One query, every posting read in order: accumulate, block-max top-k, reset."""
         n_post = 0
         for p in range(a, e):
-            n_post += (hi1[p] - lo1[p]) + (hi2[p] - lo2[p])
+            n_post += _pair_postings(tiers, p)
         sparse = 4 * n_post < n_rows and len(invalid) == 0
         if sparse:   # block maxima kept while accumulating: O(postings), not O(rows)
             bmax[:] = 0   # (they may hold the previous query's maxima: a memset of rows / 256)
-            _accumulate_max(acc, bmax, rows1, w1, lo1, hi1, a, e, qws)
-            _accumulate_max(acc, bmax, rows2, w2, lo2, hi2, a, e, qws)
+            _accumulate_max(acc, bmax, tiers, a, e, qws)
         else:
-            _accumulate(acc, rows1, w1, lo1, hi1, a, e, qws)
-            _accumulate(acc, rows2, w2, lo2, hi2, a, e, qws)
+            _accumulate(acc, tiers, a, e, qws)
             for r in invalid:
                 acc[uint64(r)] = 0
             _block_maxima(acc, bmax, nb)
-        n = _scan_top_k(acc, bmax, nb, k, row_slots, tv, ts)
+        n = _scan_top_k(acc, bmax, nb, k, tiers, tv, ts)
         if sparse:   # few postings: undo them; else one memset
-            _zero(acc, rows1, lo1, hi1, a, e)
-            _zero(acc, rows2, lo2, hi2, a, e)
+            _zero(acc, tiers, a, e)
         else:
             acc[:] = 0
         return n
 
     @njit(cache=True, nogil=True)
-    def _dense_top_k(n_rows, k, pair_start, qws, ub, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
-                     row_slots, invalid, ok, out_s, out_i, out_rows):  # pragma: no cover - compiled
+    def _dense_top_k(n_rows, k, pair_start, qws, ub, R, W, LO, HI, OFF, END, RS, invalid, ok, out_s, out_i,
+                     out_rows):  # pragma: no cover - compiled
+        tiers = (R, W, LO, HI, OFF, END, RS)   # (a tuple of typed lists as an argument: ~25 us per call to unbox)
         nb = (n_rows + BLOCK - 1) // BLOCK
         acc = np.zeros(nb * BLOCK, dtype=np.float32)
         bmax = np.empty(nb, dtype=np.float32)
@@ -419,11 +464,9 @@ if njit is not None:
             a, e = pair_start[qi], pair_start[qi + 1]
             n = -1
             if prune and e - a > 1:
-                n = _maxscore(acc, bmax, touched, cand, cval, ok, n_rows, k, a, e, qws, ub, rows1, w1, lo1, hi1,
-                              rows2, w2, lo2, hi2, row_slots, invalid, tv, ts)
+                n = _maxscore(acc, bmax, touched, cand, cval, ok, n_rows, k, a, e, qws, ub, tiers, invalid, tv, ts)
             if n < 0:
-                n = _one_query(acc, bmax, nb, n_rows, k, a, e, qws, rows1, w1, lo1, hi1, rows2, w2, lo2, hi2,
-                               row_slots, invalid, tv, ts)
+                n = _one_query(acc, bmax, nb, n_rows, k, a, e, qws, tiers, invalid, tv, ts)
             o = out_rows[qi]
             for j in range(n):
                 out_s[o, j] = tv[j]
@@ -505,6 +548,60 @@ if njit is not None:
         return short
 
     @njit(cache=True, nogil=True)
+    def _flat_top_k(VECS, RS, RSOFF, ALIVE, all_alive, allowed, q, l2, k, out_s, out_i):  # pragma: no cover - compiled
+        """Exact top-``k`` of queries ``q`` over float32 vectors in pieces (one or more
+        segments' rows, each in one or two arrays): piece ``p``'s row ``r`` is ``VECS[p][r]``,
+        its slot ``RS[p][RSOFF[p] + r]``, live when ``all_alive[p]`` or ``ALIVE[p][RSOFF[p] + r]``;
+        with a non-empty ``allowed`` (by slot) only allowed slots count. Scores as
+        :func:`_rescore_top_k` computes them; not finite (damaged vectors): absent. Fills
+        ``out_s``/``out_i`` (which hold -inf / -1), ties by slot ascending."""
+        use_allowed = allowed.shape[0] > 0
+        for i in range(q.shape[0]):
+            qi = q[i]
+            qq = _dot(qi, qi) if l2 else np.float32(0)
+            tv = out_s[i]
+            ts = out_i[i]
+            n = 0
+            for p in range(len(VECS)):
+                x, rs, al = VECS[p], RS[p], ALIVE[p]
+                ro = RSOFF[p]
+                every = all_alive[p]
+                for r in range(x.shape[0]):
+                    lr = ro + r
+                    if not every and not al[lr]:
+                        continue
+                    s = rs[lr]
+                    if use_allowed and (s >= allowed.shape[0] or not allowed[s]):
+                        continue
+                    v = _dot(qi, x[r])
+                    if l2:
+                        v = np.float32(2) * v - qq - _dot(x[r], x[r])
+                    if not np.isfinite(v):
+                        continue
+                    if n < k or _better(v, s, tv[k - 1], ts[k - 1]):
+                        n = _insert(v, s, n, k, tv, ts)
+
+    @njit(cache=True, nogil=True)
+    def _flat_scores(VECS, OFF, q, rows, l2, out):  # pragma: no cover - compiled
+        """``out[j]``: the score (as :func:`_flat_top_k`'s) of index row ``rows[j]``, piece ``p``
+        holding rows ``OFF[p]:OFF[p] + len(VECS[p])``; -inf for -1 or a score not finite."""
+        qq = _dot(q, q) if l2 else np.float32(0)
+        out[:] = -np.inf
+        for p in range(len(VECS)):
+            x = VECS[p]
+            lo, hi = OFF[p], OFF[p] + x.shape[0]
+            for j in range(rows.shape[0]):
+                r = rows[j]
+                if r < lo or r >= hi:
+                    continue
+                v = x[r - lo]
+                s = _dot(q, v)
+                if l2:
+                    s = np.float32(2) * s - qq - _dot(v, v)
+                if np.isfinite(s):
+                    out[j] = s
+
+    @njit(cache=True, nogil=True)
     def _all_finite(a):  # pragma: no cover - compiled
         """True when no value of the 1-D float32 ``a`` is NaN or infinite (stops at the first)."""
         for i in range(a.shape[0]):
@@ -513,40 +610,81 @@ if njit is not None:
         return True
 
     @njit(cache=True, nogil=True)
-    def _score_rows(terms, qws, ip0, r0, w0, ip1, r1, w1, cand, acc):  # pragma: no cover - compiled
-        """``acc[j] += qws[a] * w`` for each query term ``terms[a]`` (in order) and each tier (0,
-        then 1) holding a posting of row ``cand[j]`` (< 0: skipped), ``w`` that posting's
-        weight: the numpy path of ``SparseIndex.score`` in the same order and precision. A
-        tier's term ``t`` has postings ``ip[t]:ip[t + 1]`` of ``r`` (rows increasing, found by
-        binary search) and ``w``; terms past a tier's vocabulary have none."""
+    def _score_rows(terms, qws, IP, R, W, OFF, END, cand, acc):  # pragma: no cover - compiled
+        """``acc[j] += qws[a] * w`` for each query term ``terms[a]`` (in order) and each tier
+        holding a posting of row ``cand[j]`` (an index row, see the tiers above; < 0: skipped),
+        ``w`` that posting's weight: the numpy path of ``SparseIndex.score`` in the same order
+        and precision. Tier ``t``'s term ``x`` has postings ``IP[t][x]:IP[t][x + 1]`` of ``R[t]``
+        (rows increasing, found by binary search); terms past a tier's vocabulary have none."""
         for a in range(terms.shape[0]):
-            t = terms[a]
+            x = terms[a]
             qw = qws[a]
-            for tier in range(2):
-                ip, r, w = (ip0, r0, w0) if tier == 0 else (ip1, r1, w1)
-                if t >= ip.shape[0] - 1:
+            for t in range(OFF.shape[0]):
+                ip = IP[t]
+                if x >= ip.shape[0] - 1:
                     continue
-                lo = ip[t]
-                hi = ip[t + 1]
+                lo = ip[x]
+                hi = ip[x + 1]
                 if lo == hi:
                     continue
+                r, w = R[t], W[t]
+                off, end = OFF[t], END[t]
                 for j in range(cand.shape[0]):
                     row = cand[j]
-                    if row < 0:
+                    if row < off or row >= end:
                         continue
-                    left = lo
-                    right = hi
-                    while left < right:
-                        mid = (left + right) >> 1
-                        if r[mid] < row:
-                            left = mid + 1
-                        else:
-                            right = mid
-                    if left < hi and r[left] == row:
-                        acc[j] += qw * w[left]
+                    pos = _find(r, lo, hi, row - off)
+                    if pos >= 0:
+                        acc[j] += qw * w[pos]
 
+    @njit(cache=True, nogil=True)
+    def _bm25_fill(indptr, rows, values, doclen, idf, avgdl, k1, b, plus, terms, filled, weights, maxw):  # pragma: no cover - compiled
+        """BM25 weights of the postings of each of ``terms`` not yet ``filled`` (and its largest
+        in ``maxw``): the numpy path of ``SparseIndex._fill``, the same float64 operations in
+        the same order, so the same float32 weights."""
+        vocab = indptr.shape[0] - 1
+        for i in range(terms.shape[0]):
+            x = terms[i]
+            if x >= vocab or filled[x]:
+                continue
+            filled[x] = True
+            lo, hi = indptr[x], indptr[x + 1]
+            if lo == hi:
+                continue
+            m = np.float32(-np.inf)
+            for j in range(lo, hi):
+                tf = np.float64(values[j])
+                if avgdl > 0:
+                    norm = k1 * (1.0 - b + b * doclen[rows[j]] / avgdl)
+                else:
+                    norm = k1 * (1.0 - b)
+                w = np.float32(idf[x] * (tf * plus / (tf + norm)))
+                weights[j] = w
+                m = max(m, w)
+            maxw[x] = m
 
-if njit is not None:
+    @njit(cache=True, nogil=True)
+    def _locate(KEYS, KROWS, NKEYS, ALIVE, OFF, slots, out):  # pragma: no cover - compiled
+        """``out[j]``: the index row of ``slots[j]`` (segment ``s``'s row + ``OFF[s]``) over
+        segments whose slot maps are ``KEYS[s][:NKEYS[s]]`` (increasing) -> ``KROWS[s]``, or -1
+        when no segment holds it alive (``ALIVE[s][row]``). Segments in the outer loop: an item
+        of a typed list costs a reference count each time it is taken."""
+        out[:] = -1
+        for s in range(OFF.shape[0]):
+            n = NKEYS[s]
+            if n == 0:
+                continue
+            keys, krows, alive = KEYS[s], KROWS[s], ALIVE[s]
+            first, last = keys[0], keys[n - 1]
+            for j in range(slots.shape[0]):
+                x = slots[j]
+                if out[j] >= 0 or x < first or x > last:
+                    continue
+                pos = _find(keys, 0, n, x)
+                if pos >= 0:
+                    row = krows[pos]
+                    if alive[row]:
+                        out[j] = OFF[s] + row
 
     @njit(cache=True, nogil=True)
     def _rows_per_term(indptr, rows, removed, out):  # pragma: no cover - compiled
@@ -576,16 +714,75 @@ def rows_per_term(indptr: np.ndarray, rows: np.ndarray, removed: np.ndarray, out
     _rows_per_term(_ro(indptr, np.int64), _ro(rows), _ro(removed, np.int64), out)
 
 
-def score_rows(terms: np.ndarray, qws: np.ndarray, tiers: list[tuple], cand: np.ndarray, acc: np.ndarray) -> None:
-    """Add one query's exact scores of the rows ``cand`` (int64; < 0: skipped) to ``acc``
-    (float32), as :func:`_score_rows`; ``tiers``: one or two ``(indptr, rows, weights)``
-    (made :func:`readonly` once by a caller that scores several queries)."""
-    t = [(_ro(ip, np.int64), _ro(r), _ro(w, np.float32)) for ip, r, w in tiers]
-    if len(t) == 1:
-        ip, r, w = t[0]
-        t.append((ip[:1], r[:0], w[:0]))   # an empty second tier: vocabulary 0
-    (ip0, r0, w0), (ip1, r1, w1) = t
-    _score_rows(_ro(terms), _ro(qws, np.float32), ip0, r0, w0, ip1, r1, w1, _ro(cand, np.int64), acc)
+def score_rows(terms: np.ndarray, qws: np.ndarray, tiers: tuple, cand: np.ndarray, acc: np.ndarray) -> None:
+    """Add one query's exact scores of the index rows ``cand`` (int64; < 0: skipped) to ``acc``
+    (float32), as :func:`_score_rows`; ``tiers``: ``(IP, R, W, OFF, END)`` (typed lists of
+    each tier's indptr, rows and weights; offsets and ends), made once by a caller that scores
+    several queries (:func:`array_list`)."""
+    _score_rows(_ro(terms), _ro(qws, np.float32), *tiers, _ro(cand, np.int64), acc)
+
+
+def flat_top_k(vecs: Any, slots: Any, slot_off: np.ndarray, alive: Any, all_alive: np.ndarray,
+               allowed: np.ndarray | None, q: np.ndarray, l2: bool, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, slots)`` ``(nq, k)``: :func:`_flat_top_k` (typed lists from :func:`array_list`)."""
+    nq = q.shape[0]
+    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    out_i = np.full((nq, k), -1, dtype=np.int64)
+    if k:
+        _flat_top_k(vecs, slots, _ro(slot_off, np.int64), alive, _ro(all_alive, np.bool_),
+                    _ro(_NO_MASK if allowed is None else allowed, np.bool_), _ro(q, np.float32), bool(l2), k,
+                    out_s, out_i)
+    return out_s, out_i
+
+
+def flat_scores(vecs: Any, off: np.ndarray, q: np.ndarray, rows: np.ndarray, l2: bool) -> np.ndarray:
+    """float32 scores of index rows ``rows`` for one query ``q``: :func:`_flat_scores`."""
+    out = np.empty(len(rows), dtype=np.float32)
+    _flat_scores(vecs, _ro(off, np.int64), _ro(q, np.float32), _ro(rows, np.int64), bool(l2), out)
+    return out
+
+
+def bm25_fill(indptr: np.ndarray, rows: np.ndarray, values: np.ndarray, doclen: np.ndarray, idf: np.ndarray,
+              avgdl: float, k1: float, b: float, plus: float, terms: np.ndarray, filled: np.ndarray,
+              weights: np.ndarray, maxw: np.ndarray) -> None:
+    """:func:`_bm25_fill` (``filled``, ``weights``, ``maxw`` are written in place)."""
+    _bm25_fill(_ro(indptr, np.int64), _ro(rows), _ro(values, np.float32), _ro(doclen, np.float64),
+               _ro(idf, np.float64), float(avgdl), float(k1), float(b), float(plus), _ro(terms), filled, weights, maxw)
+
+
+def locate(keys: Any, rows: Any, n_keys: np.ndarray, alive: Any, off: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """Index row (int64) of each of ``slots`` over several segments, -1 where none holds it
+    alive: :func:`_locate` (``keys``, ``rows``, ``alive``: typed lists, see :func:`array_list`)."""
+    out = np.empty(len(slots), dtype=np.int64)
+    _locate(keys, rows, _ro(n_keys, np.int64), alive, _ro(off, np.int64), _ro(slots, np.int64), out)
+    return out
+
+
+def array_list(cache: dict, name: str, arrays: Sequence[np.ndarray], dtype: Any) -> Any:
+    """A numba typed list of read-only views of ``arrays`` (as ``dtype``), kept in ``cache``
+    under ``name`` and reused while the same arrays (by identity) are asked for: building one
+    costs 20-70 us, more than a small search, and a search of several segments passes a few
+    per store. Arrays changed in place are seen through the views."""
+    got = cache.get(name)
+    if got is not None and len(got[0]) == len(arrays) and all(x is y for x, y in zip(got[0], arrays)):
+        return got[1]
+    from numba import from_dtype, typed, types
+
+    views = []
+    for x in arrays:
+        v = _ro(x, dtype)
+        views.append(v if type(v) is np.ndarray else v.view(np.ndarray))   # np.memmap -> ndarray
+    lst = typed.List.empty_list(types.Array(from_dtype(np.dtype(dtype)), views[0].ndim if views else 1, "C",
+                                            readonly=True))
+    for v in views:
+        lst.append(v)
+    cache[name] = (tuple(arrays), lst)
+    return lst
+
+
+def rows_dtype(arrays: Sequence[np.ndarray]) -> type:
+    """int32 unless one of the posting row arrays is int64 (> 2**31 rows)."""
+    return np.int64 if any(a.dtype == np.int64 for a in arrays) else np.int32
 
 
 def _ro(a: np.ndarray, dtype: type | None = None) -> np.ndarray:
@@ -599,32 +796,31 @@ def _ro(a: np.ndarray, dtype: type | None = None) -> np.ndarray:
     return v
 
 
-def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, tiers: list[tuple],
-                row_slots: np.ndarray, invalid: np.ndarray | None, out_s: np.ndarray, out_i: np.ndarray,
+def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, tiers: tuple,
+                invalid: np.ndarray | None, out_s: np.ndarray, out_i: np.ndarray,
                 out_rows: np.ndarray, threads: int = 1, ub: np.ndarray | None = None) -> None:
     """Top-k by dense accumulation of the queries whose (query, term) pairs are
     ``pair_start[j]:pair_start[j + 1]`` (weights ``qws``), written to rows ``out_rows`` of
-    ``out_s`` / ``out_i`` (which hold -inf / -1 beforehand). ``tiers``: one or two
-    ``(rows, weights, lo, hi)``: a pair's postings are ``lo[p]:hi[p]`` of the tier's arrays
-    (rows increasing). ``invalid``: rows that may not be returned (or None). ``ub``: per pair,
-    its largest addend (``qws[p]`` times the largest weight of its postings); given, queries of
+    ``out_s`` / ``out_i`` (which hold -inf / -1 beforehand). ``tiers``: ``(R, W, LO, HI, OFF,
+    END, RS)`` as the kernels take them (see the comment above :func:`_slot_of`; typed lists
+    from :func:`array_list`; ``LO``/``HI`` int64 ``[tiers, pairs]``), over ``n_rows`` index
+    rows. ``invalid``: index rows that may not be returned (or None). ``ub``: per pair, its
+    largest addend (``qws[p]`` times the largest weight of its postings); given, queries of
     several terms skip the postings that cannot change their top k (see :func:`_maxscore`; same
     results). ``threads`` > 1 splits the queries into runs of about equal estimated work (see
     :func:`_split`; four per thread with ``ub``), which the calling thread and ``threads - 1``
     workers of a shared pool take in turn (each run writes its own rows)."""
     if not AVAILABLE:
         raise RuntimeError("the numba kernel is not available")
-    t = [(_ro(r), _ro(w, np.float32), _ro(lo, np.int64), _ro(hi, np.int64)) for r, w, lo, hi in tiers]
-    if len(t) == 1:
-        r, w, lo, _ = t[0]
-        t.append((r[:0], w[:0], lo, lo))   # an empty second tier
+    R, W, LO, HI, OFF, END, RS = tiers
+    t = (R, W, _ro(LO, np.int64), _ro(HI, np.int64), _ro(OFF, np.int64), _ro(END, np.int64), RS)
     inv = _ro(np.zeros(0, dtype=np.int64) if invalid is None else invalid, np.int64)
     ok = np.zeros(0, dtype=np.bool_)   # the pruned path's mask of returnable rows (empty: all)
     if ub is not None and invalid is not None and len(invalid):
         ok = np.ones(int(n_rows), dtype=np.bool_)
         ok[invalid] = False
     ok = _ro(ok)
-    ps, rs, qw = _ro(pair_start, np.int64), _ro(row_slots, np.int64), _ro(qws, np.float32)
+    ps, qw = _ro(pair_start, np.int64), _ro(qws, np.float32)
     ubs = _ro(np.zeros(0, dtype=np.float32) if ub is None else ub, np.float32)
     rows = _ro(out_rows, np.int64)
     nq = len(ps) - 1
@@ -632,7 +828,7 @@ def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, ti
     # with several threads: runs of about equal estimated work, taken in turn by whichever
     # thread is free; four per thread when pruning makes a query's real work hard to foresee
     per = 4 if len(ubs) else 1
-    bounds = _split(ps, t, min(per * n, nq), int(n_rows)) if n > 1 else [0, nq]
+    bounds = _split(ps, t[2], t[3], min(per * n, nq), int(n_rows)) if n > 1 else [0, nq]
     taken = iter(range(len(bounds) - 1))
     lock = threading.Lock()
 
@@ -643,8 +839,7 @@ def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, ti
             if j is None:
                 return
             a, e = bounds[j], bounds[j + 1]
-            _dense_top_k(int(n_rows), int(k), ps[a:e + 1], qw, ubs, *t[0], *t[1], rs, inv, ok, out_s, out_i,
-                         rows[a:e])
+            _dense_top_k(int(n_rows), int(k), ps[a:e + 1], qw, ubs, *t, inv, ok, out_s, out_i, rows[a:e])
 
     futures = []
     for _ in range(n - 1):
@@ -707,14 +902,13 @@ def readonly(a: np.ndarray, dtype: type) -> np.ndarray:
     return _ro(a, dtype)
 
 
-def _split(pair_start: np.ndarray, tiers: list[tuple], n: int, n_rows: int) -> list[int]:
+def _split(pair_start: np.ndarray, lo: np.ndarray, hi: np.ndarray, n: int, n_rows: int) -> list[int]:
     """Query boundaries ``[0, ..., nq]`` cutting the queries into ``n`` runs of about equal
-    work (``pair_start[0]`` is 0). A query's work is its postings, plus half the rows when it
-    makes a pass over them (at 4 postings per row or more, as :func:`_dense_top_k` decides; the
-    pass costs about half a scattered posting per row)."""
-    per_pair = np.zeros(int(pair_start[-1]), dtype=np.int64)
-    for _, _, lo, hi in tiers:
-        per_pair += hi - lo
+    work (``pair_start[0]`` is 0; ``lo``/``hi``: each tier's postings per pair). A query's
+    work is its postings, plus half the rows when it makes a pass over them (at 4 postings per
+    row or more, as :func:`_dense_top_k` decides; the pass costs about half a scattered posting
+    per row)."""
+    per_pair = (hi - lo).sum(axis=0)
     cum = np.zeros(len(per_pair) + 1, dtype=np.int64)
     np.cumsum(per_pair, out=cum[1:])
     postings = np.diff(cum[pair_start])
@@ -759,14 +953,26 @@ def _compile_now() -> None:
     build AST objects at once (seen in CI in tests/test_concurrency.py; python/cpython#106905).
     Imports run one at a time, usually before a program starts its threads."""
     rows = np.array([0, 1], dtype=np.int32)
-    dense_top_k(2, 1, np.array([0, 1]), np.ones(1, dtype=np.float32),
-                [(rows, np.ones(2, dtype=np.float32), np.array([0]), np.array([2]))],
-                np.arange(2), None, np.full((1, 1), -np.inf, dtype=np.float32), np.full((1, 1), -1),
-                np.arange(1), ub=np.ones(1, dtype=np.float32))
+    cache: dict = {}
+    one = np.ones(2, dtype=np.float32)
+    slots = np.arange(2)
+    R, W = array_list(cache, "r", [rows], np.int32), array_list(cache, "w", [one], np.float32)
+    RS = array_list(cache, "s", [slots], np.int64)
+    lo, hi, off, end = np.zeros((1, 1), dtype=np.int64), np.full((1, 1), 2), np.zeros(1, dtype=np.int64), np.full(1, 2)
+    dense_top_k(2, 1, np.array([0, 1]), one[:1], (R, W, lo, hi, off, end, RS), None,
+                np.full((1, 1), -np.inf, dtype=np.float32), np.full((1, 1), -1), np.arange(1), ub=one[:1])
+    IP = array_list(cache, "ip", [np.array([0, 2])], np.int64)
+    score_rows(np.zeros(1, dtype=np.int32), one[:1], (IP, R, W, off, end), np.arange(2), np.zeros(2, dtype=np.float32))
+    alive = array_list(cache, "a", [np.ones(2, dtype=bool)], np.bool_)
+    locate(RS, RS, np.full(1, 2), alive, off, slots)
+    v2 = array_list(cache, "v", [np.ones((2, 2), dtype=np.float32)], np.float32)
+    flat_top_k(v2, RS, np.zeros(1, dtype=np.int64), alive, np.ones(1, dtype=bool), None, np.ones((1, 2), np.float32),
+               False, 1)
+    flat_scores(v2, off, np.ones(2, dtype=np.float32), slots, False)
+    bm25_fill(np.array([0, 2]), rows, one, np.ones(2), np.ones(1), 1.0, 1.5, 0.75, 2.5, np.zeros(1, dtype=np.int32),
+              np.zeros(1, dtype=bool), np.zeros(2, dtype=np.float32), np.zeros(1, dtype=np.float32))
     pq_scores(np.zeros((1, 1), dtype=np.uint8), np.ones((256, 1), dtype=np.float32),
               np.ones(256, dtype=np.float32), True)
-    score_rows(np.zeros(1, dtype=np.int32), np.ones(1, dtype=np.float32),
-               [(np.array([0, 2]), rows, np.ones(2, dtype=np.float32))], np.arange(2), np.zeros(2, dtype=np.float32))
     one = np.ones((1, 2), dtype=np.float32)
     rescore_top_k(np.zeros((1, 1), dtype=np.int64), one, one[:0], one, np.zeros(1, dtype=np.int64), None, False, 1)
     all_finite(one)

@@ -235,6 +235,7 @@ class FaissStore:
         self._plain_params: dict[tuple[int, int, int], tuple[Any, list[Any]]] = {}
         # (base, tail, row_slot) as the compiled re-score takes them; reset when rows change.
         self._kernel_views: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._lists: dict = {}   # the kernels' typed lists of this store's arrays (_kernels.array_list)
         # _ready, kept between searches (reading it from the SWIG index on every query showed
         # in profile_dense_call.py); None after the index or the rows change.
         self._ready_cache: bool | None = None
@@ -491,6 +492,14 @@ class FaissStore:
         q = as_matrix(queries, self.dim)
         if len(candidates) != q.shape[0]:
             raise ValueError(f"got {q.shape[0]} queries but {len(candidates)} candidate lists")
+        if self._flat_kernel():
+            # the scores search() gives (its exact re-score, or the one-pass scan of several
+            # segments): a chunk's dense score does not depend on the stage that found it
+            base, tail, _ = self._views()
+            vecs = _kernels.array_list(self._lists, "vecs", [base, tail], np.float32)
+            off = np.array([0, base.shape[0]], dtype=np.int64)
+            return [_kernels.flat_scores(vecs, off, qi, self._live_rows_of(as_slots(c, "candidates")),
+                                         self.metric == "l2") for qi, c in zip(q, candidates)]
         out = []
         for qi, cand in zip(q, candidates):
             cand = as_slots(cand, "candidates")
@@ -502,6 +511,71 @@ class FaissStore:
                 res[~np.isfinite(res)] = -np.inf   # damaged vectors only (see the module doc)
             out.append(res)
         return out
+
+    def _flat_kernel(self) -> bool:
+        """Whether this store's searches of a few queries can scan its vectors in the compiled
+        kernels: a ``Flat`` store on the CPU with float32 vectors and numba."""
+        return (_kernels.AVAILABLE and self._index is None and self.vector_dtype == "float32"
+                and self._gpu() is None)
+
+    def _pieces(self, offset: int) -> list[tuple[np.ndarray, int, np.ndarray, int]]:
+        """``(vectors, first index row, row -> slot, its first row)`` of this store's rows,
+        placed at index rows ``offset:``, as the compiled scan takes them."""
+        base, tail, row_slot = self._views()
+        return [(v, offset + start, row_slot, start) for v, start in ((base, 0), (tail, base.shape[0]))
+                if v.shape[0]]
+
+    @classmethod
+    def search_parts(cls, parts: Sequence[FaissStore], queries: Any, k: int, allowed: np.ndarray | None = None,
+                     cache: dict | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`search` over several ``Flat`` segments of one index as over one store holding
+        their rows: one compiled pass over every segment's vectors with one top k (a FAISS
+        call and a re-score per segment cost their set-up each, most of a small segment's
+        search). The scores are those of the exact re-score of one store's hits. None (the
+        caller searches each segment) for other stores, and for batches of ``_FEW_QUERIES``
+        queries or more (FAISS's BLAS path per segment is faster there)."""
+        first = parts[0] if parts else None
+        if first is None or not all(p._flat_kernel() and p.metric == first.metric for p in parts):
+            return None
+        q = as_matrix(queries, first.dim)
+        k = check_k(k)
+        if q.shape[0] >= _FEW_QUERIES:
+            return None
+        allowed = check_allowed(allowed, max(p._max_slot for p in parts) + 1)
+        cache = {} if cache is None else cache
+        pieces = [piece for p in parts for piece in p._pieces(0)]
+        owner = [p for p in parts for _ in p._pieces(0)]
+        vecs = _kernels.array_list(cache, "vecs", [x[0] for x in pieces], np.float32)
+        slots = _kernels.array_list(cache, "slots", [x[2] for x in pieces], np.int64)
+        alive = _kernels.array_list(cache, "alive", [p._live for p in owner], np.bool_)
+        every = np.array([p._n_live == p._n_rows for p in owner], dtype=bool)
+        return _kernels.flat_top_k(vecs, slots, np.array([x[3] for x in pieces], dtype=np.int64), alive, every,
+                                   allowed, q, first.metric == "l2", k)
+
+    @classmethod
+    def score_parts(cls, parts: Sequence[FaissStore], queries: Any, candidates: list[np.ndarray],
+                    cache: dict | None = None) -> list[np.ndarray] | None:
+        """:meth:`score` over several ``Flat`` segments of one index (each slot found in the
+        segment holding it alive, its score as :meth:`search_parts` gives it); None for other stores."""
+        first = parts[0] if parts else None
+        if first is None or not all(p._flat_kernel() and p.metric == first.metric for p in parts):
+            return None
+        q = as_matrix(queries, first.dim)
+        if len(candidates) != q.shape[0]:
+            raise ValueError(f"got {q.shape[0]} queries but {len(candidates)} candidate lists")
+        cache = {} if cache is None else cache
+        offs = np.cumsum([0] + [p._n_rows for p in parts[:-1]]).astype(np.int64)
+        pieces = [piece for p, o in zip(parts, offs.tolist()) for piece in p._pieces(o)]
+        vecs = _kernels.array_list(cache, "vecs", [x[0] for x in pieces], np.float32)
+        keys = _kernels.array_list(cache, "keys", [p._slots.keys for p in parts], np.int64)
+        krows = _kernels.array_list(cache, "krows", [p._slots.rows for p in parts], np.int64)
+        alive = _kernels.array_list(cache, "live", [p._live for p in parts], np.bool_)
+        n_keys = np.array([p._slots.n for p in parts], dtype=np.int64)
+        start = np.array([x[1] for x in pieces], dtype=np.int64)
+        l2 = first.metric == "l2"
+        return [_kernels.flat_scores(vecs, start, qi, _kernels.locate(keys, krows, n_keys, alive, offs,
+                                                                      as_slots(c, "candidates")), l2)
+                for qi, c in zip(q, candidates)]
 
     def config(self) -> dict:
         """Settings persisted with the index; ``FaissStore(**config())`` rebuilds an empty store."""

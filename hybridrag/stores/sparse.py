@@ -314,6 +314,55 @@ def _top_k(scores: np.ndarray, cols: np.ndarray, row_slots: np.ndarray, k: int) 
 _CHECK_CHUNK = 1 << 22   # postings per step of the load checks (bounded temporaries)
 
 
+def _kernel_search(items: list[tuple], n_rows: int, q: _Queries, which: np.ndarray, k: int,
+                   invalid: np.ndarray | None, out_s: np.ndarray, out_i: np.ndarray, threads: int, prune: bool,
+                   cache: dict) -> None:
+    """Top-k of queries ``which`` of ``q`` over the tiers ``items`` (``(tier, weights, largest
+    weight per term or None, offset, end, row -> slot)``: one segment's at offset 0, or
+    several segments' laid end to end over ``n_rows`` index rows) in one compiled call
+    (``_kernels.dense_top_k``; every weight >= 0). ``invalid``: index rows not to return.
+    ``prune``: give the kernel each pair's largest addend (BM25 from ``_PRUNE_MIN_ROWS`` rows)."""
+    # (query, term) pairs, query-major, term ids ascending within a query; pair_start[j]:
+    # first pair of query which[j]. Per tier, a pair's postings are lo:hi (empty for a term
+    # the tier does not hold).
+    qlen = np.diff(q.indptr)[which]
+    pair_start = np.zeros(len(which) + 1, dtype=np.int64)
+    np.cumsum(qlen, out=pair_start[1:])
+    pos = np.repeat(q.indptr[which] - pair_start[:-1], qlen) + np.arange(pair_start[-1])
+    terms, qws = q.indices[pos], q.data[pos]
+    lo = np.empty((len(items), len(terms)), dtype=np.int64)
+    hi = np.empty((len(items), len(terms)), dtype=np.int64)
+    ub = np.zeros(len(terms), dtype=np.float32) if prune else None
+    for j, (t, w, mw, *_) in enumerate(items):
+        lo[j] = t.indptr[np.minimum(terms, t.vocab)]
+        hi[j] = t.indptr[np.minimum(terms + 1, t.vocab)]
+        if ub is not None and t.vocab:
+            # per pair, its largest addend, for the kernel's pruning: idf makes BM25's bounds
+            # skewed enough for it to pay; on the synthetic M3-like rows (no such skew) it was
+            # slower in development runs, so other weightings are not pruned
+            mw = t.max_weights(w) if mw is None else mw
+            np.maximum(ub, mw[np.minimum(terms, t.vocab - 1)] * (terms < t.vocab), out=ub)
+    if ub is not None:
+        ub *= qws
+    rows = [t.indices for t, *_ in items]
+    R = _kernels.array_list(cache, "rows", rows, _kernels.rows_dtype(rows))
+    W = _kernels.array_list(cache, "weights", [it[1] for it in items], np.float32)
+    RS = _kernels.array_list(cache, "slots", [it[5] for it in items], np.int64)
+    off = np.array([it[3] for it in items], dtype=np.int64)
+    end = np.array([it[4] for it in items], dtype=np.int64)
+    _kernels.dense_top_k(n_rows, k, pair_start, qws, (R, W, lo, hi, off, end, RS), invalid, out_s, out_i, which,
+                         threads=threads, ub=ub)
+
+
+def _score_tiers(items: list[tuple], cache: dict) -> tuple:
+    """``items`` (as :func:`_kernel_search` takes them) as ``_kernels.score_rows`` takes them."""
+    rows = [t.indices for t, *_ in items]
+    return (_kernels.array_list(cache, "indptr", [t.indptr for t, *_ in items], np.int64),
+            _kernels.array_list(cache, "rows", rows, _kernels.rows_dtype(rows)),
+            _kernels.array_list(cache, "weights", [it[1] for it in items], np.float32),
+            np.array([it[3] for it in items], dtype=np.int64), np.array([it[4] for it in items], dtype=np.int64))
+
+
 def _expand_offsets(terms: np.ndarray, offsets: np.ndarray, nnz: int, terms_path: Path,
                     offsets_path: Path) -> np.ndarray:
     """Per-term offsets over every term id up to the largest present, from the ``terms`` that
@@ -468,6 +517,7 @@ class SparseIndex:
         # Searches merge pending adds lazily (_flush): concurrent searches take turns at that,
         # so the first searches after an add may run on several threads at once.
         self._merge_lock = threading.RLock()
+        self._lists: dict = {}   # the kernels' typed lists of this index's arrays (_kernels.array_list)
 
     # ------------------------------------------------------------------ sizes
 
@@ -647,31 +697,93 @@ class SparseIndex:
         if len(which) == 0 or not tiers:
             return
         invalid = None if valid is None else np.flatnonzero(~valid)
-        # (query, term) pairs, query-major, term ids ascending within a query; pair_start[j]:
-        # first pair of query which[j]. Per tier, a pair's postings are lo:hi (empty for a term
-        # the tier does not hold).
-        qlen = np.diff(q.indptr)[which]
-        pair_start = np.zeros(len(which) + 1, dtype=np.int64)
-        np.cumsum(qlen, out=pair_start[1:])
-        pos = np.repeat(q.indptr[which] - pair_start[:-1], qlen) + np.arange(pair_start[-1])
-        terms, qws = q.indices[pos], q.data[pos]
-        spans = []
-        for t, w, mw in tiers:
-            spans.append((t, w, mw, t.indptr[np.minimum(terms, t.vocab)], t.indptr[np.minimum(terms + 1, t.vocab)]))
-        tiers_k = [(t.indices, w, lo, hi) for t, w, _, lo, hi in spans]
-        ub = None
-        if self._bm25 and self._n_rows >= _PRUNE_MIN_ROWS:
-            # per pair, its largest addend, for the kernel's pruning: idf makes BM25's bounds
-            # skewed enough for it to pay; on the synthetic M3-like rows (no such skew) it was
-            # slower in development runs, so other weightings are not pruned
-            ub = np.zeros(len(terms), dtype=np.float32)
-            for t, w, mw, *_ in spans:
-                if t.vocab:
-                    mw = t.max_weights(w) if mw is None else mw
-                    ub = np.maximum(ub, mw[np.minimum(terms, t.vocab - 1)] * (terms < t.vocab))
-            ub *= qws
-        _kernels.dense_top_k(self._n_rows, k, pair_start, qws, tiers_k, self._row_slots, invalid, out_s, out_i,
-                             which, threads=threads, ub=ub)
+        _kernel_search(self._kernel_items(tiers, 0), self._n_rows, q, which, k, invalid, out_s, out_i, threads,
+                       self._bm25 and self._n_rows >= _PRUNE_MIN_ROWS, self._lists)
+
+    @classmethod
+    def search_parts(cls, parts: Sequence[SparseIndex], queries: Any, k: int, allowed: np.ndarray | None = None,
+                     cache: dict | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`search` over several segments of one index (sharing its statistics, see
+        :meth:`set_global_stats`) as over one index holding their rows: their tiers laid end
+        to end in one compiled pass with one top k, so a search of many small segments costs
+        about what one of their total size does (a search per segment and a merge cost their
+        Python set-up each and find each segment's own top k). ``cache``: a dict kept by the
+        caller across searches of the same segments (the kernels' typed lists). None when the
+        kernel is off or a weight is negative: the caller then searches each segment."""
+        k = _check_k(k)
+        if not _kernels.AVAILABLE or not parts:
+            return None
+        q = queries if isinstance(queries, _Queries) else cls.queries_for(queries, parts)
+        nq = q.nq
+        out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+        out_i = np.full((nq, k), -1, dtype=np.int64)
+        if k == 0 or nq == 0 or q.nnz == 0:
+            for p in parts:
+                p._valid_rows(allowed)   # still reject a bad mask
+            return out_s, out_i
+        if q.data.min() <= 0:
+            return None
+        items: list[tuple] = []
+        invalid = []
+        n = 0
+        for p in parts:
+            p._flush()   # may renumber rows: offsets and masks after
+            snap = p._tiers_nonneg(p._prepare(q.indices))
+            if snap is None:
+                return None
+            valid = p._valid_rows(allowed)
+            if allowed is not None or p._n_live != p._n_rows:
+                invalid.append(np.flatnonzero(~valid) + n)
+            items += p._kernel_items(snap, n)
+            n += p._n_rows
+        if not items or n == 0:
+            return out_s, out_i
+        nt = max(1, min(_NCPU, nq // _MIN_PER_THREAD))
+        prune = parts[0]._bm25 and n >= _PRUNE_MIN_ROWS
+        _kernel_search(items, n, q, np.arange(nq), k, np.concatenate(invalid) if invalid else None, out_s, out_i,
+                       nt, prune, {} if cache is None else cache)
+        return out_s, out_i
+
+    @classmethod
+    def score_parts(cls, parts: Sequence[SparseIndex], queries: Any, candidates: Sequence[np.ndarray],
+                    cache: dict | None = None) -> list[np.ndarray] | None:
+        """:meth:`score` over several segments of one index, as :meth:`search_parts`: each slot
+        found in the segment that holds it alive and scored in one compiled call per query.
+        None when the kernel is off (the caller then scores each segment)."""
+        if not _kernels.AVAILABLE or not parts:
+            return None
+        q = queries if isinstance(queries, _Queries) else cls.queries_for(queries, parts)
+        if len(candidates) != q.nq:
+            raise ValueError(f"got {len(candidates)} candidate arrays for {q.nq} queries")
+        cache = {} if cache is None else cache
+        items: list[tuple] = []
+        offs = []
+        n = 0
+        for p in parts:
+            p._flush()
+            items += p._kernel_items(p._prepare(q.indices), n)
+            offs.append(n)
+            n += p._n_rows
+        tiers = _score_tiers(items, cache)
+        keys = _kernels.array_list(cache, "keys", [p._slots.keys for p in parts], np.int64)
+        krows = _kernels.array_list(cache, "krows", [p._slots.rows for p in parts], np.int64)
+        alive = _kernels.array_list(cache, "alive", [p._alive for p in parts], np.bool_)
+        n_keys = np.array([p._slots.n for p in parts], dtype=np.int64)
+        off = np.array(offs, dtype=np.int64)
+        out = []
+        for i, cand in enumerate(candidates):
+            rows = _kernels.locate(keys, krows, n_keys, alive, off, cls._check_slots(cand))
+            acc = np.zeros(len(rows), dtype=np.float32)
+            a, e = q.indptr[i], q.indptr[i + 1]
+            _kernels.score_rows(q.indices[a:e], q.data[a:e], tiers, rows, acc)
+            acc[rows < 0] = -np.inf
+            out.append(acc)
+        return out
+
+    def _kernel_items(self, snap: list, offset: int) -> list[tuple]:
+        """Each tier of ``snap`` (see :meth:`_prepare`) as ``_kernel_search`` takes it, its rows
+        placed at index rows ``offset:offset + rows``."""
+        return [(t, w, mw, offset, offset + self._n_rows, self._row_slots) for t, w, mw in snap]
 
     def score(self, queries: Any, candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Exact scores (float32) of the given slots per query; 0 for no shared term,
@@ -680,15 +792,15 @@ class SparseIndex:
         if len(candidates) != q.nq:
             raise ValueError(f"got {len(candidates)} candidate arrays for {q.nq} queries")
         self._flush()
-        tiers = [(t, w) for t, w, _ in self._prepare(q.indices)]
-        kernel_tiers = [(_kernels.readonly(t.indptr, np.int64), _kernels.readonly(t.indices, t.indices.dtype),
-                         _kernels.readonly(w, np.float32)) for t, w in tiers] if _kernels.AVAILABLE else []
+        snap = self._prepare(q.indices)
+        tiers = [(t, w) for t, w, _ in snap]
+        kernel_tiers = _score_tiers(self._kernel_items(snap, 0), self._lists) if _kernels.AVAILABLE else None
         out = []
         for i, cand in enumerate(candidates):
             rows = self._live_rows_of(self._check_slots(cand))
             acc = np.zeros(len(cand), dtype=np.float32)
             a, e = q.indptr[i], q.indptr[i + 1]
-            if kernel_tiers:
+            if kernel_tiers is not None:
                 # One compiled call: the numpy loop below costs ~8 numpy calls per query term.
                 _kernels.score_rows(q.indices[a:e], q.data[a:e], kernel_tiers, rows, acc)
                 acc[rows < 0] = -np.inf
@@ -1060,6 +1172,12 @@ class SparseIndex:
         f = t.bm25
         if f is None or f.version != self._stats_version:
             f = t.bm25 = _Filled(self._stats_version, t.nnz, t.vocab)
+        k1, b = self.k1, self.b
+        plus = k1 + 1.0 if self.weighting == "bm25okapi" else 1.0
+        if _kernels.AVAILABLE:   # one compiled call (the numpy path below: ~20 numpy calls per tier)
+            _kernels.bm25_fill(t.indptr, t.indices, t.values, self._doclen, self._idf_current(), self._avgdl(),
+                               k1, b, plus, terms, f.filled, f.weights, f.maxw)
+            return f
         todo = terms[terms < t.vocab]
         todo = np.unique(todo[~f.filled[todo]])
         lo = t.indptr[todo]
@@ -1074,8 +1192,6 @@ class SparseIndex:
         pos = np.repeat(lo - starts, n) + np.arange(int(n.sum()), dtype=np.int64)
         idf = self._idf_current()
         avgdl = self._avgdl()
-        k1, b = self.k1, self.b
-        plus = k1 + 1.0 if self.weighting == "bm25okapi" else 1.0
         tf = t.values[pos].astype(np.float64)
         if avgdl > 0:
             norm = k1 * (1.0 - b + b * self._doclen[t.indices[pos]] / avgdl)
