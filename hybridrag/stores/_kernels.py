@@ -65,6 +65,29 @@ if njit is not None:
     # one top k, as if they were one index (``SparseIndex.search_parts``).
 
     @njit(cache=True, nogil=True)
+    def _spans(IP, MW, terms, qws, prune, LO, HI, ub):  # pragma: no cover - compiled
+        """Per tier ``t`` and (query, term) pair ``p``: the pair's postings ``LO[t, p]:HI[t, p]``
+        (``IP[t]``: the tier's indptr; none for a term past its vocabulary) and, with ``prune``,
+        ``ub[p]``: the largest addend the pair can give (``qws[p]`` times the largest weight of
+        its term in any tier, ``MW[t]``); ``ub`` holds zeros beforehand."""
+        for t in range(LO.shape[0]):
+            ip = IP[t]
+            vocab = ip.shape[0] - 1
+            mw = MW[t]
+            for p in range(terms.shape[0]):
+                x = terms[p]
+                if x < vocab:
+                    LO[t, p] = ip[x]
+                    HI[t, p] = ip[x + 1]
+                    if prune and mw[x] > ub[p]:
+                        ub[p] = mw[x]
+                else:
+                    LO[t, p] = HI[t, p] = ip[vocab]
+        if prune:
+            for p in range(terms.shape[0]):
+                ub[p] *= qws[p]
+
+    @njit(cache=True, nogil=True)
     def _slot_of(tiers, r):  # pragma: no cover - compiled
         _, _, _, _, OFF, END, RS = tiers
         for t in range(OFF.shape[0]):
@@ -742,6 +765,18 @@ def flat_scores(vecs: Any, off: np.ndarray, q: np.ndarray, rows: np.ndarray, l2:
     return out
 
 
+def spans(IP: Any, MW: Any, terms: np.ndarray, qws: np.ndarray,
+          prune: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(LO, HI, ub or None)``: :func:`_spans` over ``len(IP)`` tiers (typed lists of each
+    tier's indptr and largest weight per term, see :func:`array_list`)."""
+    nt, npairs = len(IP), len(terms)
+    lo = np.empty((nt, npairs), dtype=np.int64)
+    hi = np.empty((nt, npairs), dtype=np.int64)
+    ub = np.zeros(npairs, dtype=np.float32)
+    _spans(IP, MW, _ro(terms), _ro(qws, np.float32), bool(prune), lo, hi, ub)
+    return lo, hi, (ub if prune else None)
+
+
 def bm25_fill(indptr: np.ndarray, rows: np.ndarray, values: np.ndarray, doclen: np.ndarray, idf: np.ndarray,
               avgdl: float, k1: float, b: float, plus: float, terms: np.ndarray, filled: np.ndarray,
               weights: np.ndarray, maxw: np.ndarray) -> None:
@@ -962,6 +997,7 @@ def _compile_now() -> None:
     dense_top_k(2, 1, np.array([0, 1]), one[:1], (R, W, lo, hi, off, end, RS), None,
                 np.full((1, 1), -np.inf, dtype=np.float32), np.full((1, 1), -1), np.arange(1), ub=one[:1])
     IP = array_list(cache, "ip", [np.array([0, 2])], np.int64)
+    spans(IP, W, np.zeros(1, dtype=np.int32), one[:1], True)
     score_rows(np.zeros(1, dtype=np.int32), one[:1], (IP, R, W, off, end), np.arange(2), np.zeros(2, dtype=np.float32))
     alive = array_list(cache, "a", [np.ones(2, dtype=bool)], np.bool_)
     locate(RS, RS, np.full(1, 2), alive, off, slots)

@@ -543,8 +543,11 @@ class FaissStore:
             return None
         allowed = check_allowed(allowed, max(p._max_slot for p in parts) + 1)
         cache = {} if cache is None else cache
-        pieces = [piece for p in parts for piece in p._pieces(0)]
-        owner = [p for p in parts for _ in p._pieces(0)]
+        pieces, owner = [], []
+        for p in parts:
+            mine = p._pieces(0)
+            pieces += mine
+            owner += [p] * len(mine)
         vecs = _kernels.array_list(cache, "vecs", [x[0] for x in pieces], np.float32)
         slots = _kernels.array_list(cache, "slots", [x[2] for x in pieces], np.int64)
         alive = _kernels.array_list(cache, "alive", [p._live for p in owner], np.bool_)

@@ -330,20 +330,14 @@ def _kernel_search(items: list[tuple], n_rows: int, q: _Queries, which: np.ndarr
     np.cumsum(qlen, out=pair_start[1:])
     pos = np.repeat(q.indptr[which] - pair_start[:-1], qlen) + np.arange(pair_start[-1])
     terms, qws = q.indices[pos], q.data[pos]
-    lo = np.empty((len(items), len(terms)), dtype=np.int64)
-    hi = np.empty((len(items), len(terms)), dtype=np.int64)
-    ub = np.zeros(len(terms), dtype=np.float32) if prune else None
-    for j, (t, w, mw, *_) in enumerate(items):
-        lo[j] = t.indptr[np.minimum(terms, t.vocab)]
-        hi[j] = t.indptr[np.minimum(terms + 1, t.vocab)]
-        if ub is not None and t.vocab:
-            # per pair, its largest addend, for the kernel's pruning: idf makes BM25's bounds
-            # skewed enough for it to pay; on the synthetic M3-like rows (no such skew) it was
-            # slower in development runs, so other weightings are not pruned
-            mw = t.max_weights(w) if mw is None else mw
-            np.maximum(ub, mw[np.minimum(terms, t.vocab - 1)] * (terms < t.vocab), out=ub)
-    if ub is not None:
-        ub *= qws
+    ip = _kernels.array_list(cache, "indptr", [t.indptr for t, *_ in items], np.int64)
+    # per pair, its largest addend, for the kernel's pruning: idf makes BM25's bounds skewed
+    # enough for it to pay; on the synthetic M3-like rows (no such skew) it was slower in
+    # development runs, so other weightings are not pruned
+    mw = _kernels.array_list(cache, "maxw", [t.max_weights(w) if m is None else m for t, w, m, *_ in items],
+                             np.float32) if prune else _kernels.array_list(cache, "weights", [it[1] for it in items],
+                                                                           np.float32)
+    lo, hi, ub = _kernels.spans(ip, mw, terms, qws, prune)
     rows = [t.indices for t, *_ in items]
     R = _kernels.array_list(cache, "rows", rows, _kernels.rows_dtype(rows))
     W = _kernels.array_list(cache, "weights", [it[1] for it in items], np.float32)
@@ -518,6 +512,7 @@ class SparseIndex:
         # so the first searches after an add may run on several threads at once.
         self._merge_lock = threading.RLock()
         self._lists: dict = {}   # the kernels' typed lists of this index's arrays (_kernels.array_list)
+        self._prepared: tuple | None = None   # the last _prepare: (its key, its result)
 
     # ------------------------------------------------------------------ sizes
 
@@ -1162,10 +1157,18 @@ class SparseIndex:
         if not self._bm25:
             return [(t, t.values, None) for t in tiers]
         with self._merge_lock:
+            # the same terms again under the same statistics (a search, then the score of
+            # other modes' candidates): nothing to fill
+            key = (self._stats_version, *tiers, terms.tobytes())
+            last = self._prepared
+            if last is not None and len(last[0]) == len(key) and all(
+                    a is b or (type(a) is not _Tier and a == b) for a, b in zip(last[0], key)):
+                return last[1]
             out = []
             for t in tiers:
                 f = self._fill(t, terms)
                 out.append((t, f.weights, f.maxw))
+            self._prepared = (key, out)
             return out
 
     def _fill(self, t: _Tier, terms: np.ndarray) -> _Filled:
