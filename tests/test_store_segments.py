@@ -302,3 +302,27 @@ def test_multivector_remove_after_load_leaves_files(tmp_path: Path) -> None:
     loaded.remove(np.arange(80))
     assert isinstance(loaded._tokens.parts()[0], np.memmap) and len(loaded) == 20
     assert digests(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- files
+
+
+@pytest.mark.parametrize("dtype, shape", [("float32", (700, 16)), ("float16", (5, 3)), ("int8", (0, 4)),
+                                          ("int64", (9,))])
+def test_write_npy_blocks_writes_what_np_save_would(tmp_path: Path, dtype: str, shape: tuple) -> None:
+    """Row blocks streamed through write() calls make a file np.load reads (also memory-mapped)
+    as the array np.save would have written; blocks that do not fill the shape exactly are
+    refused and leave no file."""
+    from hybridrag.stores.base import write_npy_blocks
+
+    a = (np.random.default_rng(1).standard_normal(shape) * 50).astype(dtype)
+    write_npy_blocks(tmp_path, "x.npy", shape, dtype, (a[s:s + 256] for s in range(0, max(len(a), 1), 256)))
+    for mode in (None, "r"):
+        got = np.load(tmp_path / "x.npy", mmap_mode=mode)
+        assert got.dtype == a.dtype and got.shape == a.shape
+        np.testing.assert_array_equal(got, a)
+    short_or_long = ([a[:-1]], [a, a[:1]]) if len(a) else ([np.zeros((1, *shape[1:]), dtype)],)
+    for bad in short_or_long:
+        with pytest.raises(RuntimeError, match="rows into|does not fit"):
+            write_npy_blocks(tmp_path, "y.npy", shape, dtype, iter(bad))
+        assert not any(p.name.startswith((".y.npy", "y.npy")) for p in tmp_path.iterdir())

@@ -365,18 +365,29 @@ def write_npy_blocks(
     directory: Path | str, name: str, shape: tuple[int, ...], dtype: np.dtype | str,
     blocks: Iterator[np.ndarray],
 ) -> str:
-    """Stream row blocks into a NEW ``.npy`` of ``shape`` without holding it all in memory."""
+    """Stream row blocks into a NEW ``.npy`` of ``shape`` without holding it all in memory.
+
+    The blocks go through ``write()`` calls, not a writable memory map: the kernel then caches
+    the file in large pages where it can (with ext4 on Linux 6.18, 840 of 977 MiB of twenty
+    segments' vectors were mapped as 2 MB pages against none when written through a map), and
+    a scan of the memory-mapped vectors ran 41 ms against 54 ms
+    (docs/CHANGELOG-performance.md, section 12)."""
+    dt = np.dtype(dtype)
 
     def _w(path: Path) -> None:
-        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=shape)
-        pos = 0
-        for blk in blocks:
-            out[pos : pos + blk.shape[0]] = blk
-            pos += blk.shape[0]
+        with open(path, "wb") as fh:
+            np.lib.format.write_array_header_1_0(
+                fh, {"descr": np.lib.format.dtype_to_descr(dt), "fortran_order": False, "shape": tuple(shape)})
+            pos = 0
+            for blk in blocks:
+                blk = np.ascontiguousarray(blk, dtype=dt)
+                if blk.shape[1:] != tuple(shape[1:]) or pos + blk.shape[0] > shape[0]:
+                    raise RuntimeError(f"block of shape {blk.shape} does not fit {name} of shape {shape} at row {pos}")
+                if blk.size:
+                    fh.write(memoryview(blk.reshape(-1)).cast("B"))
+                pos += blk.shape[0]
         if pos != shape[0]:
             raise RuntimeError(f"wrote {pos} rows into {name}, expected {shape[0]}")
-        out.flush()
-        del out
 
     return new_file(directory, name, _w)
 
