@@ -96,14 +96,6 @@ if njit is not None:
         return np.int64(-1)
 
     @njit(cache=True, nogil=True)
-    def _pair_postings(tiers, p):  # pragma: no cover - compiled
-        LO, HI = tiers[2], tiers[3]
-        n = 0
-        for t in range(LO.shape[0]):
-            n += HI[t, p] - LO[t, p]
-        return n
-
-    @njit(cache=True, nogil=True)
     def _accumulate(acc, tiers, a, e, qws):  # pragma: no cover - compiled
         """``acc[OFF[t] + rows[x]] += w[x] * qws[p]`` for the postings of pairs a:e, tier by tier, in order."""
         R, W, LO, HI, OFF = tiers[0], tiers[1], tiers[2], tiers[3], tiers[4]
@@ -280,7 +272,10 @@ if njit is not None:
     @njit(cache=True, nogil=True)
     def _scan_top_k(acc, bmax, nb, k, tiers, tv, ts):  # pragma: no cover - compiled
         """Top-k of ``acc`` into tv/ts (returns the number of hits): the k-th largest block
-        maximum bounds the k-th largest score from below, so only blocks reaching it are read."""
+        maximum bounds the k-th largest score from below, so only blocks reaching it are read.
+        A row's slot is looked up only when it makes the top list, by a call out of the scan's
+        loop (a typed list's item taken in the loop made every row pay reference counting)."""
+        OFF, END, RS = tiers[4], tiers[5], tiers[6]
         thr = np.partition(bmax[:nb], nb - k)[nb - k] if nb > k else np.float32(0)
         if thr < _TINY:
             thr = _TINY   # a hit has a score > 0
@@ -293,10 +288,18 @@ if njit is not None:
             stop = r + ublock
             while r < stop:
                 v = acc[r]
-                if v >= thr:
-                    n = _insert(v, _slot_of(tiers, np.int64(r)), n, k, tv, ts)
+                if v >= thr and (n < k or v >= tv[k - 1]):
+                    n = _insert(v, _slot_in(OFF, END, RS, np.int64(r)), n, k, tv, ts)
                 r += uint64(1)
         return n
+
+    @njit(cache=True, nogil=True, inline="never")
+    def _slot_in(OFF, END, RS, g):  # pragma: no cover - compiled
+        """Slot of index row ``g`` (see the tiers above)."""
+        for t in range(OFF.shape[0]):
+            if OFF[t] <= g < END[t]:
+                return RS[t][g - OFF[t]]
+        return np.int64(-1)
 
     @njit(cache=True, nogil=True)
     def _exact_top_k(cand, cval, nc, k, eps, a, e, qws, tiers, tv, ts):  # pragma: no cover - compiled
@@ -328,13 +331,18 @@ if njit is not None:
         ``acc`` all zero; returns the number of hits written to tv/ts, or -1 without touching
         anything when the bounds show that too few postings could be skipped."""
         m = e - a
+        LO, HI = tiers[2], tiers[3]
+        npost = np.zeros(e, dtype=np.int64)   # postings of each pair (a:e), in all tiers
+        for t in range(LO.shape[0]):
+            for p in range(a, e):
+                npost[p] += HI[t, p] - LO[t, p]
         order = np.argsort(-ub[a:e]) + a
         rem = np.zeros(m + 1, dtype=np.float64)     # upper bound of what pairs order[i:] can add
         remp = np.zeros(m + 1, dtype=np.int64)      # their postings
         for i in range(m - 1, -1, -1):
             p = order[i]
             rem[i] = rem[i + 1] + np.float64(ub[p])
-            remp[i] = remp[i + 1] + _pair_postings(tiers, p)
+            remp[i] = remp[i + 1] + npost[p]
         # skip the attempt when too few postings lie past the point where the remaining bound
         # drops below half the total (no earlier pair can be skipped: theta <= what was added)
         i = 0
@@ -351,7 +359,7 @@ if njit is not None:
         reach = np.inf         # theta can gain at most what the pairs since the last test add
         for i in range(m):
             p = order[i]
-            if tracking and nt + _pair_postings(tiers, p) > cap:
+            if tracking and nt + npost[p] > cap:
                 tracking = False   # (listing them would cost more than it can save)
             if tracking:
                 nt = _accumulate_track(acc, touched, nt, tiers, p, qws[p])
@@ -447,9 +455,11 @@ if njit is not None:
     @njit(cache=True, nogil=True)
     def _one_query(acc, bmax, nb, n_rows, k, a, e, qws, tiers, invalid, tv, ts):  # pragma: no cover - compiled
         """One query, every posting read in order: accumulate, block-max top-k, reset."""
+        LO, HI = tiers[2], tiers[3]
         n_post = 0
-        for p in range(a, e):
-            n_post += _pair_postings(tiers, p)
+        for t in range(LO.shape[0]):
+            for p in range(a, e):
+                n_post += HI[t, p] - LO[t, p]
         sparse = 4 * n_post < n_rows and len(invalid) == 0
         if sparse:   # block maxima kept while accumulating: O(postings), not O(rows)
             bmax[:] = 0   # (they may hold the previous query's maxima: a memset of rows / 256)
