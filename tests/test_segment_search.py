@@ -17,7 +17,7 @@ from hybridrag.stores import _kernels
 from hybridrag.stores.faiss import FaissStore
 from hybridrag.stores.sparse import SparseIndex
 from tests.test_sparse_segments import corpus, score_parts, search_parts, segmented, summed_stats
-from tests.test_store_segments import same_scores, union_score, union_search, vecs
+from tests.test_store_segments import faiss_parts, same_scores, union_score, union_search, vecs
 
 pytestmark = pytest.mark.skipif(not _kernels.AVAILABLE, reason="the numba kernels are off")
 
@@ -85,16 +85,11 @@ def test_sparse_one_pass_declines_what_it_cannot_do(monkeypatch):
 
 
 def faiss_case(tmp_path: Path, metric: str) -> tuple[list[FaissStore], FaissStore]:
-    """A memory-mapped segment and an in-memory one, both with removals, and a third holding
-    a removed slot again and copies of other rows' vectors (ties); one store of the live rows."""
+    """``faiss_parts``' memory-mapped and in-memory segments (both with removals) and a third
+    holding a removed slot again and copies of other rows' vectors (ties); one store of the
+    live rows."""
+    (a, b), _, _ = faiss_parts(tmp_path, metric=metric)
     x = vecs(1200)
-    a = FaissStore(16, metric=metric)
-    a.add(np.arange(0, 1400, 2)[:700], x[:700])
-    a = FaissStore.load(tmp_path, a.save(tmp_path, "dense.s1"), a.config())
-    b = a.empty_like()
-    b.add(np.arange(2000, 2500), x[700:])
-    a.remove(np.arange(0, 300, 6))
-    b.remove(np.arange(2000, 2100, 3))
     c = a.empty_like()
     c.add(np.array([0, 2600, 2601]), np.r_[x[[5, 800]], x[[5]]])   # slot 0 again; two ties with slot 10
     parts = [a, b, c]

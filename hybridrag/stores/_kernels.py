@@ -12,7 +12,7 @@ ordering are bit-identical to scipy's sparse product, the path of every other qu
 float32 products, same summation order per row, ties by slot ascending: rows scored in
 another order are re-scored in this one); ``tests/test_sparse_store.py`` checks the equality.
 The sparse kernels take a set of posting tiers of one or several segments (see the comment
-above :func:`_slot_of`), so several segments are searched in one pass; :func:`flat_top_k` does
+above :func:`_accumulate`), so several segments are searched in one pass; :func:`flat_top_k` does
 the same for ``Flat`` dense segments. Arrays of several segments are passed as numba typed
 lists, made once per set of arrays (:func:`array_list`) and passed as separate arguments (a
 tuple holding typed lists costs ~25 us per call to unbox).
@@ -86,14 +86,6 @@ if njit is not None:
         if prune:
             for p in range(terms.shape[0]):
                 ub[p] *= qws[p]
-
-    @njit(cache=True, nogil=True)
-    def _slot_of(tiers, r):  # pragma: no cover - compiled
-        _, _, _, _, OFF, END, RS = tiers
-        for t in range(OFF.shape[0]):
-            if OFF[t] <= r < END[t]:
-                return RS[t][r - OFF[t]]
-        return np.int64(-1)
 
     @njit(cache=True, nogil=True)
     def _accumulate(acc, tiers, a, e, qws):  # pragma: no cover - compiled
@@ -316,7 +308,7 @@ if njit is not None:
                 r = cand[j]
                 v = _exact(r, a, e, qws, tiers)
                 if v > 0:
-                    n = _insert(v, _slot_of(tiers, r), n, k, tv, ts)
+                    n = _insert(v, _slot_in(tiers[4], tiers[5], tiers[6], r), n, k, tv, ts)
         return n
 
     @njit(cache=True, nogil=True)
@@ -847,7 +839,7 @@ def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, ti
     """Top-k by dense accumulation of the queries whose (query, term) pairs are
     ``pair_start[j]:pair_start[j + 1]`` (weights ``qws``), written to rows ``out_rows`` of
     ``out_s`` / ``out_i`` (which hold -inf / -1 beforehand). ``tiers``: ``(R, W, LO, HI, OFF,
-    END, RS)`` as the kernels take them (see the comment above :func:`_slot_of`; typed lists
+    END, RS)`` as the kernels take them (see the comment above :func:`_accumulate`; typed lists
     from :func:`array_list`; ``LO``/``HI`` int64 ``[tiers, pairs]``), over ``n_rows`` index
     rows. ``invalid``: index rows that may not be returned (or None). ``ub``: per pair, its
     largest addend (``qws[p]`` times the largest weight of its postings); given, queries of
