@@ -52,7 +52,8 @@ def bm25s_from_weights(idx: SparseIndex, method: str, backend: str = "numpy"):
     idx._flush()
     idx._consolidate()
     t = idx._main
-    w = idx._tier_weights(t)
+    # every term's weights under the current statistics (filled on first use otherwise)
+    w = np.array(next(wt for tier, wt, _ in idx._prepare(np.arange(t.vocab, dtype=np.int32)) if tier is t))
     r = bm25s.BM25(method=method, backend=backend)
     r.scores = {"data": w, "indices": t.indices.astype(np.int32), "indptr": t.indptr, "num_docs": len(idx)}
     r.vocab_dict = {str(i): i for i in range(t.vocab)}
