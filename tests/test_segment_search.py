@@ -134,3 +134,29 @@ def test_flat_one_pass_declines_what_it_cannot_do(tmp_path):
     assert FaissStore.score_parts([*parts, FaissStore(16, metric="l2")], vecs(1), [[1]]) is None
     with pytest.raises(ValueError, match="allowed"):
         FaissStore.search_parts(parts, vecs(1), 5, allowed=np.ones(10, dtype=bool))
+
+
+def test_merged_away_segments_are_not_kept_by_the_search_cache():
+    """The typed lists a store keeps across searches hold its segments' arrays (memory maps of
+    their files): a merge, a seal and close drop them, so a merged-away segment's memory and
+    mapped files go when nothing else holds them; search results do not change."""
+    import gc
+    import weakref
+
+    parts, whole, qs, _ = sparse_case("bm25okapi")
+    store = SegmentedStore({str(i): p for i, p in enumerate(parts)}, SparseIndex("bm25okapi"),
+                           lambda: SparseIndex("bm25okapi"))
+    before = store.search(qs, 10)
+    assert store._cache   # the one-pass search keeps its typed lists
+    gone = weakref.ref(parts[1]._main.indices)
+    merged = SparseIndex.merge(parts[1:3])
+    store.replace(["1", "2"], "m", merged)
+    assert store._cache == {}
+    del parts[1:3]
+    gc.collect()
+    assert gone() is None
+    after = store.search(qs, 10)
+    np.testing.assert_array_equal(before[1], after[1])
+    np.testing.assert_array_equal(before[0], after[0])
+    store.close()
+    assert store._cache == {}

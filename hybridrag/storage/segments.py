@@ -67,6 +67,7 @@ class SegmentedStore:
         self.parts[segment_id] = part
         self.fresh = self._new_fresh()
         self._stats_key = None
+        self._cache = {}   # (its typed lists hold the old fresh part's arrays)
 
     def replace(self, old: Sequence[str], segment_id: str, part: Any) -> None:
         """Segments ``old`` were merged into ``segment_id`` (``part``), placed where the first was."""
@@ -78,6 +79,7 @@ class SegmentedStore:
                 keep[sid] = p
         self.parts = keep
         self._stats_key = None
+        self._cache = {}   # its typed lists must not keep the merged segments' mapped files open
 
     # ------------------------------------------------------------------ writes
     def add(self, slots: np.ndarray, data: Any) -> None:
@@ -153,6 +155,7 @@ class SegmentedStore:
         return out
 
     def close(self) -> None:
+        self._cache = {}
         for p in self._all():
             closer = getattr(p, "close", None)
             if callable(closer):
