@@ -495,11 +495,7 @@ class FaissStore:
         if self._flat_kernel():
             # the scores search() gives (its exact re-score, or the one-pass scan of several
             # segments): a chunk's dense score does not depend on the stage that found it
-            base, tail, _ = self._views()
-            vecs = _kernels.array_list(self._lists, "vecs", [base, tail], np.float32)
-            off = np.array([0, base.shape[0]], dtype=np.int64)
-            return [_kernels.flat_scores(vecs, off, qi, self._live_rows_of(as_slots(c, "candidates")),
-                                         self.metric == "l2") for qi, c in zip(q, candidates)]
+            return type(self).score_parts([self], q, candidates, cache=self._lists)
         out = []
         for qi, cand in zip(q, candidates):
             cand = as_slots(cand, "candidates")
@@ -548,6 +544,8 @@ class FaissStore:
             mine = p._pieces(0)
             pieces += mine
             owner += [p] * len(mine)
+        if not pieces:   # no rows at all
+            return empty_results(q.shape[0], k)
         vecs = _kernels.array_list(cache, "vecs", [x[0] for x in pieces], np.float32)
         slots = _kernels.array_list(cache, "slots", [x[2] for x in pieces], np.int64)
         alive = _kernels.array_list(cache, "alive", [p._live for p in owner], np.bool_)
@@ -569,6 +567,8 @@ class FaissStore:
         cache = {} if cache is None else cache
         offs = np.cumsum([0] + [p._n_rows for p in parts[:-1]]).astype(np.int64)
         pieces = [piece for p, o in zip(parts, offs.tolist()) for piece in p._pieces(o)]
+        if not pieces:   # no rows at all
+            return [np.full(len(as_slots(c, "candidates")), -np.inf, dtype=np.float32) for c in candidates]
         vecs = _kernels.array_list(cache, "vecs", [x[0] for x in pieces], np.float32)
         keys = _kernels.array_list(cache, "keys", [p._slots.keys for p in parts], np.int64)
         krows = _kernels.array_list(cache, "krows", [p._slots.rows for p in parts], np.int64)
