@@ -8,6 +8,7 @@ of one slot already varies in the last bit with the other candidates scored besi
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import faiss
@@ -307,16 +308,35 @@ def test_multivector_remove_after_load_leaves_files(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- files
 
 
-@pytest.mark.parametrize("dtype, shape", [("float32", (700, 16)), ("float16", (5, 3)), ("int8", (0, 4)),
-                                          ("int64", (9,))])
-def test_write_npy_blocks_writes_what_np_save_would(tmp_path: Path, dtype: str, shape: tuple) -> None:
-    """Row blocks streamed through write() calls make a file np.load reads (also memory-mapped)
-    as the array np.save would have written; blocks that do not fill the shape exactly are
-    refused and leave no file."""
-    from hybridrag.stores.base import write_npy_blocks
+@pytest.mark.parametrize("dtype, shape, block", [("float32", (700, 16), 256), ("float16", (5, 3), 256),
+                                                 ("int8", (0, 4), 256), ("int64", (9,), 256), (">i8", (9,), 2),
+                                                 ("float32", (6000, 256), 999), ("float32", (3000, 256), 1)])
+def test_write_npy_blocks_writes_what_np_save_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     dtype: str, shape: tuple, block: int) -> None:
+    """Row blocks streamed through writev() calls make the bytes np.save writes (np.load reads
+    them, also memory-mapped), whatever the block size; every write but the last ends at a
+    2 MB file offset, the first carries the header (the page cache then holds large files in
+    2 MB pages); blocks that do not fill the shape exactly are refused and leave no file."""
+    from hybridrag.stores import base
+    from hybridrag.stores.base import write_npy, write_npy_blocks
 
+    ends, real = [], os.writev
+
+    def writev(fd: int, bufs: list) -> int:
+        n = real(fd, bufs)
+        ends.append(os.lseek(fd, 0, os.SEEK_CUR))
+        return n
+
+    monkeypatch.setattr(base.os, "writev", writev)
     a = (np.random.default_rng(1).standard_normal(shape) * 50).astype(dtype)
-    write_npy_blocks(tmp_path, "x.npy", shape, dtype, (a[s:s + 256] for s in range(0, max(len(a), 1), 256)))
+    write_npy_blocks(tmp_path, "x.npy", shape, dtype, (a[s:s + block] for s in range(0, max(len(a), 1), block)))
+    np.save(tmp_path / "ref.npy", a)
+    assert (tmp_path / "x.npy").read_bytes() == (tmp_path / "ref.npy").read_bytes()
+    assert ends and ends[-1] == (tmp_path / "x.npy").stat().st_size
+    assert all(e % (2 << 20) == 0 for e in ends[:-1]), ends
+    assert len(ends) <= (tmp_path / "x.npy").stat().st_size // (2 << 20) + 1
+    write_npy(tmp_path, "w.npy", a)
+    assert (tmp_path / "w.npy").read_bytes() == (tmp_path / "ref.npy").read_bytes()
     for mode in (None, "r"):
         got = np.load(tmp_path / "x.npy", mmap_mode=mode)
         assert got.dtype == a.dtype and got.shape == a.shape
