@@ -84,6 +84,54 @@ def test_sparse_one_pass_declines_what_it_cannot_do(monkeypatch):
         np.testing.assert_array_equal(got[1], whole.search(q, 7)[1])
 
 
+@pytest.mark.parametrize("weighting", ["none", "bm25okapi"])
+def test_sparse_view_kept_across_searches_follows_every_change(weighting):
+    """The caller's cache keeps the segments' layout between searches; a removal, an add (to a
+    segment's pending rows, then merged into its tiers by the search), new statistics and two
+    threads searching at once all give what one index of the live rows gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts, whole, qs, _ = sparse_case(weighting)
+    cache: dict = {}
+    cands = [np.r_[0, 13, 7, 450, 899, 5000, 5001, np.arange(100, 140)]] * len(qs)
+
+    def same() -> None:
+        for p in parts:
+            p.set_global_stats(summed_stats(parts))
+        for k in (10, 300):
+            got, ref = SparseIndex.search_parts(parts, qs, k, cache=cache), whole.search(qs, k)
+            np.testing.assert_array_equal(got[1], ref[1])
+            np.testing.assert_array_equal(got[0], ref[0])
+        for a, b in zip(SparseIndex.score_parts(parts, qs, cands, cache=cache), whole.score(qs, cands)):
+            np.testing.assert_array_equal(a, b)
+
+    same()
+    view = cache["view"]
+    same()
+    assert cache["view"] is view   # nothing changed: the same layout
+    for p in parts:
+        p.remove([100, 101, 899])
+    whole.remove([100, 101, 899])
+    same()
+    docs = corpus(84, n=10)[0][6:]
+    parts[1].add([5000, 5001], docs[:2])
+    whole.add([5000, 5001], docs[:2])
+    parts[-1].add([5002, 5003], docs[2:])
+    whole.add([5002, 5003], docs[2:])
+    same()
+    assert cache["view"] is not view
+    ref = whole.search(qs, 10)
+    for p in parts:   # new statistics: every weight is computed again, by the threads below
+        p.set_global_stats(None)
+    for p in parts:
+        p.set_global_stats(summed_stats(parts))
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda b: SparseIndex.search_parts(parts, qs[b:b + 3], 10, cache=cache),
+                            range(0, len(qs), 3)))
+    np.testing.assert_array_equal(np.concatenate([g[1] for g in got]), ref[1])
+    np.testing.assert_array_equal(np.concatenate([g[0] for g in got]), ref[0])
+
+
 def faiss_case(tmp_path: Path, metric: str) -> tuple[list[FaissStore], FaissStore]:
     """``faiss_parts``' memory-mapped and in-memory segments (both with removals) and a third
     holding a removed slot again and copies of other rows' vectors (ties); one store of the
@@ -120,6 +168,37 @@ def test_flat_segments_in_one_pass_equal_one_store(tmp_path, metric):
     s, i = FaissStore.search_parts(parts, q, 10)
     for row in range(q.shape[0]):   # search and score agree bit for bit
         np.testing.assert_array_equal(FaissStore.score_parts(parts, q[row:row + 1], [i[row]])[0], s[row])
+
+
+def test_flat_view_kept_across_searches_follows_every_change(tmp_path):
+    """The caller's cache keeps the segments' pieces between searches; a removal and an add
+    give what one store of the live rows gives."""
+    parts, whole = faiss_case(tmp_path, "ip")
+    cache: dict = {}
+    q = vecs(3, seed=7)
+    cands = [np.r_[0, 6, 10, 2001, 2601, 3000, 3001, np.arange(1000, 1040, 2)]] * 3
+
+    def same() -> None:
+        got, ref = FaissStore.search_parts(parts, q, 30, cache=cache), whole.search(q, 30)
+        np.testing.assert_array_equal(got[1], ref[1])
+        same_scores(got[0], ref[0])
+        for a, b in zip(FaissStore.score_parts(parts, q, cands, cache=cache), whole.score(q, cands)):
+            np.testing.assert_array_equal(a, b)
+
+    same()
+    view = cache["flat_view"]
+    same()
+    assert cache["flat_view"] is view
+    top = FaissStore.search_parts(parts, q, 3, cache=cache)[1][:, 0]
+    for p in parts:
+        p.remove(top)
+    whole.remove(top)
+    same()
+    new = vecs(2, seed=9) * 3   # far from the others: the new top hits
+    parts[-1].add([3000, 3001], new)
+    whole.add([3000, 3001], new)
+    same()
+    assert set(FaissStore.search_parts(parts, new, 1, cache=cache)[1][:, 0]) == {3000, 3001}
 
 
 def test_flat_one_pass_declines_what_it_cannot_do(tmp_path):

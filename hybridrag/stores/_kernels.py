@@ -689,6 +689,12 @@ if njit is not None:
             maxw[x] = m
 
     @njit(cache=True, nogil=True)
+    def _bm25_fill_tiers(IP, R, V, DL, IDF, AVG, k1, b, plus, FILLED, W, MW, terms):  # pragma: no cover - compiled
+        """:func:`_bm25_fill` of ``terms`` in each tier ``t`` (its arrays the ``t``-th of each list)."""
+        for t in range(len(IP)):
+            _bm25_fill(IP[t], R[t], V[t], DL[t], IDF[t], AVG[t], k1, b, plus, terms, FILLED[t], W[t], MW[t])
+
+    @njit(cache=True, nogil=True)
     def _locate(KEYS, KROWS, NKEYS, ALIVE, OFF, slots, out):  # pragma: no cover - compiled
         """``out[j]``: the index row of ``slots[j]`` (segment ``s``'s row + ``OFF[s]``) over
         segments whose slot maps are ``KEYS[s][:NKEYS[s]]`` (increasing) -> ``KROWS[s]``, or -1
@@ -787,6 +793,14 @@ def bm25_fill(indptr: np.ndarray, rows: np.ndarray, values: np.ndarray, doclen: 
                _ro(idf, np.float64), float(avgdl), float(k1), float(b), float(plus), _ro(terms), filled, weights, maxw)
 
 
+def bm25_fill_tiers(IP: Any, R: Any, V: Any, DL: Any, IDF: Any, avgdl: np.ndarray, k1: float, b: float, plus: float,
+                    FILLED: Any, W: Any, MW: Any, terms: np.ndarray) -> None:
+    """:func:`_bm25_fill_tiers`: typed lists from :func:`array_list` (``FILLED``, ``W``, ``MW``
+    writable; written in place), one average length per tier."""
+    _bm25_fill_tiers(IP, R, V, DL, IDF, _ro(avgdl, np.float64), float(k1), float(b), float(plus), FILLED, W, MW,
+                     _ro(terms))
+
+
 def locate(keys: Any, rows: Any, n_keys: np.ndarray, alive: Any, off: np.ndarray, slots: np.ndarray) -> np.ndarray:
     """Index row (int64) of each of ``slots`` over several segments, -1 where none holds it
     alive: :func:`_locate` (``keys``, ``rows``, ``alive``: typed lists, see :func:`array_list`)."""
@@ -795,11 +809,12 @@ def locate(keys: Any, rows: Any, n_keys: np.ndarray, alive: Any, off: np.ndarray
     return out
 
 
-def array_list(cache: dict, name: str, arrays: Sequence[np.ndarray], dtype: Any) -> Any:
+def array_list(cache: dict, name: str, arrays: Sequence[np.ndarray], dtype: Any, writable: bool = False) -> Any:
     """A numba typed list of read-only views of ``arrays`` (as ``dtype``), kept in ``cache``
     under ``name`` and reused while the same arrays (by identity) are asked for: building one
     costs 20-70 us, more than a small search, and a search of several segments passes a few
-    per store. Arrays changed in place are seen through the views."""
+    per store. Arrays changed in place are seen through the views. ``writable``: the arrays
+    themselves (C-contiguous, of ``dtype``, writeable), for a kernel that writes them."""
     got = cache.get(name)
     if got is not None and len(got[0]) == len(arrays) and all(x is y for x, y in zip(got[0], arrays)):
         return got[1]
@@ -807,10 +822,16 @@ def array_list(cache: dict, name: str, arrays: Sequence[np.ndarray], dtype: Any)
 
     views = []
     for x in arrays:
-        v = _ro(x, dtype)
+        if writable:
+            if not (x.flags.writeable and x.flags.c_contiguous and x.dtype == dtype):
+                raise ValueError(f"{name}: a kernel writes these arrays in place; got dtype {x.dtype}, "
+                                 f"writeable {x.flags.writeable}")
+            v = x
+        else:
+            v = _ro(x, dtype)
         views.append(v if type(v) is np.ndarray else v.view(np.ndarray))   # np.memmap -> ndarray
     lst = typed.List.empty_list(types.Array(from_dtype(np.dtype(dtype)), views[0].ndim if views else 1, "C",
-                                            readonly=True))
+                                            readonly=not writable))
     for v in views:
         lst.append(v)
     cache[name] = (tuple(arrays), lst)

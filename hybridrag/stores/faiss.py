@@ -514,13 +514,6 @@ class FaissStore:
         return (_kernels.AVAILABLE and self._index is None and self.vector_dtype == "float32"
                 and self._gpu() is None)
 
-    def _pieces(self, offset: int) -> list[tuple[np.ndarray, int, np.ndarray, int]]:
-        """``(vectors, first index row, row -> slot, its first row)`` of this store's rows,
-        placed at index rows ``offset:``, as the compiled scan takes them."""
-        base, tail, row_slot = self._views()
-        return [(v, offset + start, row_slot, start) for v, start in ((base, 0), (tail, base.shape[0]))
-                if v.shape[0]]
-
     @classmethod
     def search_parts(cls, parts: Sequence[FaissStore], queries: Any, k: int, allowed: np.ndarray | None = None,
                      cache: dict | None = None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -529,55 +522,38 @@ class FaissStore:
         call and a re-score per segment cost their set-up each, most of a small segment's
         search). The scores are those of the exact re-score of one store's hits. None (the
         caller searches each segment) for other stores, and for batches of ``_FEW_QUERIES``
-        queries or more (FAISS's BLAS path per segment is faster there)."""
-        first = parts[0] if parts else None
-        if first is None or not all(p._flat_kernel() and p.metric == first.metric for p in parts):
+        queries or more (FAISS's BLAS path per segment is faster there). ``cache``: a dict
+        the caller keeps across calls on the same segments."""
+        view = _FlatView.of(parts, cache)
+        if view is None:
             return None
-        q = as_matrix(queries, first.dim)
+        q = as_matrix(queries, view.dim)
         k = check_k(k)
         if q.shape[0] >= _FEW_QUERIES:
             return None
-        allowed = check_allowed(allowed, max(p._max_slot for p in parts) + 1)
-        cache = {} if cache is None else cache
-        pieces, owner = [], []
-        for p in parts:
-            mine = p._pieces(0)
-            pieces += mine
-            owner += [p] * len(mine)
-        if not pieces:   # no rows at all
+        allowed = check_allowed(allowed, view.max_slot + 1)
+        if not view.vecs:   # no rows at all
             return empty_results(q.shape[0], k)
-        vecs = _kernels.array_list(cache, "vecs", [x[0] for x in pieces], np.float32)
-        slots = _kernels.array_list(cache, "slots", [x[2] for x in pieces], np.int64)
-        alive = _kernels.array_list(cache, "alive", [p._live for p in owner], np.bool_)
-        every = np.array([p._n_live == p._n_rows for p in owner], dtype=bool)
-        return _kernels.flat_top_k(vecs, slots, np.array([x[3] for x in pieces], dtype=np.int64), alive, every,
-                                   allowed, q, first.metric == "l2", k)
+        return _kernels.flat_top_k(view.vecs, view.slots, view.slot_off, view.alive, view.every, allowed, q,
+                                   view.l2, k)
 
     @classmethod
     def score_parts(cls, parts: Sequence[FaissStore], queries: Any, candidates: list[np.ndarray],
                     cache: dict | None = None) -> list[np.ndarray] | None:
         """:meth:`score` over several ``Flat`` segments of one index (each slot found in the
         segment holding it alive, its score as :meth:`search_parts` gives it); None for other stores."""
-        first = parts[0] if parts else None
-        if first is None or not all(p._flat_kernel() and p.metric == first.metric for p in parts):
+        view = _FlatView.of(parts, cache)
+        if view is None:
             return None
-        q = as_matrix(queries, first.dim)
+        q = as_matrix(queries, view.dim)
         if len(candidates) != q.shape[0]:
             raise ValueError(f"got {q.shape[0]} queries but {len(candidates)} candidate lists")
-        cache = {} if cache is None else cache
-        offs = np.cumsum([0] + [p._n_rows for p in parts[:-1]]).astype(np.int64)
-        pieces = [piece for p, o in zip(parts, offs.tolist()) for piece in p._pieces(o)]
-        if not pieces:   # no rows at all
+        if not view.vecs:   # no rows at all
             return [np.full(len(as_slots(c, "candidates")), -np.inf, dtype=np.float32) for c in candidates]
-        vecs = _kernels.array_list(cache, "vecs", [x[0] for x in pieces], np.float32)
-        keys = _kernels.array_list(cache, "keys", [p._slots.keys for p in parts], np.int64)
-        krows = _kernels.array_list(cache, "krows", [p._slots.rows for p in parts], np.int64)
-        alive = _kernels.array_list(cache, "live", [p._live for p in parts], np.bool_)
-        n_keys = np.array([p._slots.n for p in parts], dtype=np.int64)
-        start = np.array([x[1] for x in pieces], dtype=np.int64)
-        l2 = first.metric == "l2"
-        return [_kernels.flat_scores(vecs, start, qi, _kernels.locate(keys, krows, n_keys, alive, offs,
-                                                                      as_slots(c, "candidates")), l2)
+        keys, krows, n_keys, alive, offs = view.locate_args
+        return [_kernels.flat_scores(view.vecs, view.start, qi,
+                                     _kernels.locate(keys, krows, n_keys, alive, offs, as_slots(c, "candidates")),
+                                     view.l2)
                 for qi, c in zip(q, candidates)]
 
     def config(self) -> dict:
@@ -891,6 +867,67 @@ class FaissStore:
         sc[~valid] = -np.inf
         out_s, out_i = topk(sc, np.where(valid, self._row_slot[safe], -1), k)
         return out_s, out_i, np.where(valid, sc, np.inf).min(1)
+
+
+class _FlatView:
+    """``Flat`` CPU float32 segments of one index (``parts``) as the compiled scans take them:
+    every part's vectors in pieces (each part's rows in one or two arrays), their row -> slot
+    maps, live rows and slot maps, as typed lists. Kept in the caller's cache and used while no
+    part changed (``key``: each part's row views, remade by every add, and its live count)."""
+
+    __slots__ = ("key", "dim", "l2", "max_slot", "vecs", "slots", "slot_off", "alive", "every", "start",
+                 "locate_args")
+
+    @staticmethod
+    def key_of(parts: Sequence[FaissStore]) -> list:
+        return [(p, p._kernel_views, p._n_live) for p in parts]
+
+    def current(self, parts: Sequence[FaissStore]) -> bool:
+        """Whether ``parts`` are the parts this view was made of, unchanged since."""
+        key = self.key
+        return len(key) == len(parts) and all(
+            a is p and v is p._kernel_views and n == p._n_live for (a, v, n), p in zip(key, parts))
+
+    @classmethod
+    def of(cls, parts: Sequence[FaissStore], cache: dict | None) -> _FlatView | None:
+        """The view of ``parts`` from ``cache`` (a new one when a part changed); None when a
+        part is not such a store or the metrics differ."""
+        got = None if cache is None else cache.get("flat_view")
+        if got is not None and got.current(parts):
+            return got
+        first = parts[0] if parts else None
+        if first is None or not all(p._flat_kernel() and p.metric == first.metric for p in parts):
+            return None
+        got = cls(parts, {} if cache is None else cache)
+        if cache is not None:
+            cache["flat_view"] = got
+        return got
+
+    def __init__(self, parts: Sequence[FaissStore], cache: dict) -> None:
+        first = parts[0]
+        self.dim, self.l2 = first.dim, first.metric == "l2"
+        self.max_slot = max(p._max_slot for p in parts)
+        pieces, owner, offset = [], [], 0
+        for p in parts:
+            base, tail, row_slot = p._views()
+            for v, start in ((base, 0), (tail, base.shape[0])):
+                if v.shape[0]:
+                    pieces.append((v, offset + start, row_slot, start))
+                    owner.append(p)
+            offset += p._n_rows
+        self.key = self.key_of(parts)   # (after _views(): an add leaves them to be remade)
+        al = _kernels.array_list
+        self.vecs = al(cache, "vecs", [x[0] for x in pieces], np.float32) if pieces else None
+        self.slots = al(cache, "slots", [x[2] for x in pieces], np.int64) if pieces else None
+        self.alive = al(cache, "alive", [p._live for p in owner], np.bool_) if pieces else None
+        self.slot_off = np.array([x[3] for x in pieces], dtype=np.int64)
+        self.every = np.array([p._n_live == p._n_rows for p in owner], dtype=bool)
+        self.start = np.array([x[1] for x in pieces], dtype=np.int64)
+        self.locate_args = (al(cache, "keys", [p._slots.keys for p in parts], np.int64),
+                            al(cache, "krows", [p._slots.rows for p in parts], np.int64),
+                            np.array([p._slots.n for p in parts], dtype=np.int64),
+                            al(cache, "live", [p._live for p in parts], np.bool_),
+                            np.cumsum([0] + [p._n_rows for p in parts[:-1]]).astype(np.int64))
 
 
 def _precheck_sizes(path: Path) -> None:

@@ -314,47 +314,147 @@ def _top_k(scores: np.ndarray, cols: np.ndarray, row_slots: np.ndarray, k: int) 
 _CHECK_CHUNK = 1 << 22   # postings per step of the load checks (bounded temporaries)
 
 
-def _kernel_search(items: list[tuple], n_rows: int, q: _Queries, which: np.ndarray, k: int,
-                   invalid: np.ndarray | None, out_s: np.ndarray, out_i: np.ndarray, threads: int, prune: bool,
-                   cache: dict) -> None:
-    """Top-k of queries ``which`` of ``q`` over the tiers ``items`` (``(tier, weights, largest
-    weight per term or None, offset, end, row -> slot)``: one segment's at offset 0, or
-    several segments' laid end to end over ``n_rows`` index rows) in one compiled call
-    (``_kernels.dense_top_k``; every weight >= 0). ``invalid``: index rows not to return.
-    ``prune``: give the kernel each pair's largest addend (BM25 from ``_PRUNE_MIN_ROWS`` rows)."""
-    # (query, term) pairs, query-major, term ids ascending within a query; pair_start[j]:
-    # first pair of query which[j]. Per tier, a pair's postings are lo:hi (empty for a term
-    # the tier does not hold).
-    qlen = np.diff(q.indptr)[which]
-    pair_start = np.zeros(len(which) + 1, dtype=np.int64)
-    np.cumsum(qlen, out=pair_start[1:])
-    pos = np.repeat(q.indptr[which] - pair_start[:-1], qlen) + np.arange(pair_start[-1])
-    terms, qws = q.indices[pos], q.data[pos]
-    ip = _kernels.array_list(cache, "indptr", [t.indptr for t, *_ in items], np.int64)
-    # per pair, its largest addend, for the kernel's pruning: idf makes BM25's bounds skewed
-    # enough for it to pay; on the synthetic M3-like rows (no such skew) it was slower in
-    # development runs, so other weightings are not pruned
-    mw = _kernels.array_list(cache, "maxw", [t.max_weights(w) if m is None else m for t, w, m, *_ in items],
-                             np.float32) if prune else _kernels.array_list(cache, "weights", [it[1] for it in items],
-                                                                           np.float32)
-    lo, hi, ub = _kernels.spans(ip, mw, terms, qws, prune)
-    rows = [t.indices for t, *_ in items]
-    R = _kernels.array_list(cache, "rows", rows, _kernels.rows_dtype(rows))
-    W = _kernels.array_list(cache, "weights", [it[1] for it in items], np.float32)
-    RS = _kernels.array_list(cache, "slots", [it[5] for it in items], np.int64)
-    off = np.array([it[3] for it in items], dtype=np.int64)
-    end = np.array([it[4] for it in items], dtype=np.int64)
-    _kernels.dense_top_k(n_rows, k, pair_start, qws, (R, W, lo, hi, off, end, RS), invalid, out_s, out_i, which,
-                         threads=threads, ub=ub)
+class _Layout:
+    """Tiers of one or more segments laid end to end over ``n`` index rows, as the kernels take
+    them. ``items``: per tier ``(tier, weights, largest weight per term or None, first row, end
+    row, row -> slot)`` (one segment's at row 0, or several segments' one after the other);
+    typed lists from ``cache`` (``_kernels.array_list``: rebuilt only for other arrays).
+    ``prune``: the kernel gets each (query, term) pair's largest addend (BM25 from
+    ``_PRUNE_MIN_ROWS`` rows): idf makes BM25's bounds skewed enough for it to pay; on the
+    synthetic M3-like rows (no such skew) it was slower in development runs, so other weightings
+    are not pruned."""
+
+    __slots__ = ("n", "prune", "IP", "R", "W", "MW", "RS", "off", "end")
+
+    def __init__(self, items: list[tuple], n_rows: int, cache: dict, prune: bool) -> None:
+        rows = [t.indices for t, *_ in items]
+        self.n, self.prune = n_rows, prune
+        self.IP = _kernels.array_list(cache, "indptr", [t.indptr for t, *_ in items], np.int64)
+        self.R = _kernels.array_list(cache, "rows", rows, _kernels.rows_dtype(rows))
+        self.W = _kernels.array_list(cache, "weights", [it[1] for it in items], np.float32)
+        self.MW = _kernels.array_list(cache, "maxw", [t.max_weights(w) if m is None else m for t, w, m, *_ in items],
+                                      np.float32) if prune else self.W
+        self.RS = _kernels.array_list(cache, "slots", [it[5] for it in items], np.int64)
+        self.off = np.array([it[3] for it in items], dtype=np.int64)
+        self.end = np.array([it[4] for it in items], dtype=np.int64)
+
+    def search(self, q: _Queries, which: np.ndarray, k: int, invalid: np.ndarray | None,
+               out_s: np.ndarray, out_i: np.ndarray, threads: int) -> None:
+        """Top-k of queries ``which`` of ``q`` in one compiled call (``_kernels.dense_top_k``;
+        every weight >= 0). ``invalid``: index rows not to return."""
+        # (query, term) pairs, query-major, term ids ascending within a query; pair_start[j]:
+        # first pair of query which[j]. Per tier, a pair's postings are lo:hi (empty for a term
+        # the tier does not hold).
+        qlen = np.diff(q.indptr)[which]
+        pair_start = np.zeros(len(which) + 1, dtype=np.int64)
+        np.cumsum(qlen, out=pair_start[1:])
+        pos = np.repeat(q.indptr[which] - pair_start[:-1], qlen) + np.arange(pair_start[-1])
+        terms, qws = q.indices[pos], q.data[pos]
+        lo, hi, ub = _kernels.spans(self.IP, self.MW, terms, qws, self.prune)
+        _kernels.dense_top_k(self.n, k, pair_start, qws, (self.R, self.W, lo, hi, self.off, self.end, self.RS),
+                             invalid, out_s, out_i, which, threads=threads, ub=ub)
+
+    def score(self, terms: np.ndarray, qws: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """float32 scores of index rows ``rows`` (< 0: -inf) for one query (``terms``, ``qws``)."""
+        acc = np.zeros(len(rows), dtype=np.float32)
+        _kernels.score_rows(terms, qws, (self.IP, self.R, self.W, self.off, self.end), rows, acc)
+        acc[rows < 0] = -np.inf
+        return acc
 
 
-def _score_tiers(items: list[tuple], cache: dict) -> tuple:
-    """``items`` (as :func:`_kernel_search` takes them) as ``_kernels.score_rows`` takes them."""
-    rows = [t.indices for t, *_ in items]
-    return (_kernels.array_list(cache, "indptr", [t.indptr for t, *_ in items], np.int64),
-            _kernels.array_list(cache, "rows", rows, _kernels.rows_dtype(rows)),
-            _kernels.array_list(cache, "weights", [it[1] for it in items], np.float32),
-            np.array([it[3] for it in items], dtype=np.int64), np.array([it[4] for it in items], dtype=np.int64))
+class _View:
+    """Segments of one index (``parts``) as one index, for :meth:`SparseIndex.search_parts` /
+    ``score_parts``; kept in the caller's cache and used while no part changed (``key``: each
+    part's statistics version, bumped by every add, remove and change of statistics, and its
+    tiers). Holds the tiers as a :class:`_Layout`, the dead rows, the slot maps, and, for BM25,
+    each tier's arrays for one compiled fill of a query's weights over every tier (a fill per
+    segment costs its Python set-up each)."""
+
+    __slots__ = ("key", "parts", "layout", "bm25", "nonneg", "invalid", "fill_args", "locate_args")
+
+    @staticmethod
+    def key_of(parts: Sequence[SparseIndex]) -> list:
+        return [(p, p._stats_version, p._main, p._delta) for p in parts]
+
+    def current(self, parts: Sequence[SparseIndex]) -> bool:
+        """Whether ``parts`` are the parts this view was made of, unchanged since."""
+        key = self.key
+        return len(key) == len(parts) and all(
+            a is p and v == p._stats_version and m is p._main and d is p._delta for (a, v, m, d), p in zip(key, parts))
+
+    def __init__(self, parts: Sequence[SparseIndex], cache: dict) -> None:
+        for p in parts:
+            p._flush()   # may renumber rows: everything below after it
+        self.key = self.key_of(parts)
+        self.parts = list(parts)
+        self.bm25 = parts[0]._bm25
+        items: list[tuple] = []
+        fill: list[tuple] = []
+        invalid, offs = [], []
+        nonneg = True
+        n = 0
+        for p in parts:
+            with p._merge_lock:
+                tiers = [t for t in (p._main, p._delta) if t is not None]
+                if p._bm25:
+                    idf, avgdl = p._idf_current(), p._avgdl()
+                    snap = []
+                    for t in tiers:
+                        f = t.bm25
+                        if f is None or f.version != p._stats_version:
+                            f = t.bm25 = _Filled(p._stats_version, t.nnz, t.vocab)
+                        snap.append((t, f.weights, f.maxw))
+                        fill.append((t, p._doclen, idf, avgdl, f))
+                else:
+                    snap = [(t, t.values, None) for t in tiers]
+                nonneg = nonneg and p._tiers_nonneg(snap) is not None
+                items += p._kernel_items(snap, n)
+            if p._n_live != p._n_rows:
+                invalid.append(np.flatnonzero(~p._alive[: p._n_rows]) + n)
+            offs.append(n)
+            n += p._n_rows
+        self.nonneg = nonneg
+        self.invalid = np.concatenate(invalid) if invalid else None
+        self.layout = _Layout(items, n, cache, self.bm25 and n >= _PRUNE_MIN_ROWS)
+        self.fill_args = None
+        if fill:
+            first = parts[0]
+            plus = first.k1 + 1.0 if first.weighting == "bm25okapi" else 1.0
+            al = _kernels.array_list
+            self.fill_args = (
+                self.layout.IP, self.layout.R,   # (every tier is filled: fill and items match)
+                al(cache, "fill.values", [t.values for t, *_ in fill], np.float32),
+                al(cache, "fill.doclen", [x[1] for x in fill], np.float64),
+                al(cache, "fill.idf", [x[2] for x in fill], np.float64),
+                np.array([x[3] for x in fill], dtype=np.float64), first.k1, first.b, plus,
+                al(cache, "fill.filled", [x[4].filled for x in fill], np.bool_, writable=True),
+                al(cache, "fill.weights", [x[4].weights for x in fill], np.float32, writable=True),
+                al(cache, "fill.maxw", [x[4].maxw for x in fill], np.float32, writable=True))
+        al = _kernels.array_list
+        self.locate_args = (al(cache, "keys", [p._slots.keys for p in parts], np.int64),
+                            al(cache, "krows", [p._slots.rows for p in parts], np.int64),
+                            np.array([p._slots.n for p in parts], dtype=np.int64),
+                            al(cache, "alive", [p._alive for p in parts], np.bool_),
+                            np.array(offs, dtype=np.int64))
+
+    def fill(self, terms: np.ndarray) -> None:
+        """BM25 weights of ``terms`` in every tier where not yet computed (one compiled call),
+        under every part's lock: no search reads a weight before it is written."""
+        if self.fill_args is None:
+            return
+        locks = [p._merge_lock for p in self.parts]
+        for lock in locks:
+            lock.acquire()
+        try:
+            _kernels.bm25_fill_tiers(*self.fill_args, terms)
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+
+    def rows_of(self, slots: np.ndarray) -> np.ndarray:
+        """Index row of each slot (-1 where no part holds it alive)."""
+        keys, krows, n_keys, alive, offs = self.locate_args
+        return _kernels.locate(keys, krows, n_keys, alive, offs, slots)
 
 
 def _expand_offsets(terms: np.ndarray, offsets: np.ndarray, nnz: int, terms_path: Path,
@@ -692,8 +792,8 @@ class SparseIndex:
         if len(which) == 0 or not tiers:
             return
         invalid = None if valid is None else np.flatnonzero(~valid)
-        _kernel_search(self._kernel_items(tiers, 0), self._n_rows, q, which, k, invalid, out_s, out_i, threads,
-                       self._bm25 and self._n_rows >= _PRUNE_MIN_ROWS, self._lists)
+        _Layout(self._kernel_items(tiers, 0), self._n_rows, self._lists,
+                self._bm25 and self._n_rows >= _PRUNE_MIN_ROWS).search(q, which, k, invalid, out_s, out_i, threads)
 
     @classmethod
     def search_parts(cls, parts: Sequence[SparseIndex], queries: Any, k: int, allowed: np.ndarray | None = None,
@@ -718,26 +818,32 @@ class SparseIndex:
             return out_s, out_i
         if q.data.min() <= 0:
             return None
-        items: list[tuple] = []
-        invalid = []
-        n = 0
-        for p in parts:
-            p._flush()   # may renumber rows: offsets and masks after
-            snap = p._tiers_nonneg(p._prepare(q.indices))
-            if snap is None:
-                return None
-            valid = p._valid_rows(allowed)
-            if allowed is not None or p._n_live != p._n_rows:
-                invalid.append(np.flatnonzero(~valid) + n)
-            items += p._kernel_items(snap, n)
-            n += p._n_rows
-        if not items or n == 0:
+        view = cls._view(parts, cache)
+        if not view.nonneg:
+            return None
+        if view.layout.n == 0 or not view.layout.off.shape[0]:
+            for p in parts:
+                p._valid_rows(allowed)
             return out_s, out_i
+        view.fill(q.indices)
+        if allowed is None:
+            invalid = view.invalid
+        else:
+            bad = [np.flatnonzero(~p._valid_rows(allowed)) + o for p, o in zip(parts, view.locate_args[4].tolist())]
+            invalid = np.concatenate(bad)
         nt = max(1, min(_NCPU, nq // _MIN_PER_THREAD))
-        prune = parts[0]._bm25 and n >= _PRUNE_MIN_ROWS
-        _kernel_search(items, n, q, np.arange(nq), k, np.concatenate(invalid) if invalid else None, out_s, out_i,
-                       nt, prune, {} if cache is None else cache)
+        view.layout.search(q, np.arange(nq), k, invalid, out_s, out_i, nt)
         return out_s, out_i
+
+    @classmethod
+    def _view(cls, parts: Sequence[SparseIndex], cache: dict | None) -> _View:
+        """The :class:`_View` of ``parts`` kept in ``cache`` (a new one when a part changed)."""
+        if cache is None:
+            return _View(parts, {})
+        got = cache.get("view")
+        if got is None or not got.current(parts):
+            got = cache["view"] = _View(parts, cache)
+        return got
 
     @classmethod
     def score_parts(cls, parts: Sequence[SparseIndex], queries: Any, candidates: Sequence[np.ndarray],
@@ -750,33 +856,16 @@ class SparseIndex:
         q = queries if isinstance(queries, _Queries) else cls.queries_for(queries, parts)
         if len(candidates) != q.nq:
             raise ValueError(f"got {len(candidates)} candidate arrays for {q.nq} queries")
-        cache = {} if cache is None else cache
-        items: list[tuple] = []
-        offs = []
-        n = 0
-        for p in parts:
-            p._flush()
-            items += p._kernel_items(p._prepare(q.indices), n)
-            offs.append(n)
-            n += p._n_rows
-        tiers = _score_tiers(items, cache)
-        keys = _kernels.array_list(cache, "keys", [p._slots.keys for p in parts], np.int64)
-        krows = _kernels.array_list(cache, "krows", [p._slots.rows for p in parts], np.int64)
-        alive = _kernels.array_list(cache, "alive", [p._alive for p in parts], np.bool_)
-        n_keys = np.array([p._slots.n for p in parts], dtype=np.int64)
-        off = np.array(offs, dtype=np.int64)
+        view = cls._view(parts, cache)
+        view.fill(q.indices)
         out = []
         for i, cand in enumerate(candidates):
-            rows = _kernels.locate(keys, krows, n_keys, alive, off, cls._check_slots(cand))
-            acc = np.zeros(len(rows), dtype=np.float32)
             a, e = q.indptr[i], q.indptr[i + 1]
-            _kernels.score_rows(q.indices[a:e], q.data[a:e], tiers, rows, acc)
-            acc[rows < 0] = -np.inf
-            out.append(acc)
+            out.append(view.layout.score(q.indices[a:e], q.data[a:e], view.rows_of(cls._check_slots(cand))))
         return out
 
     def _kernel_items(self, snap: list, offset: int) -> list[tuple]:
-        """Each tier of ``snap`` (see :meth:`_prepare`) as ``_kernel_search`` takes it, its rows
+        """Each tier of ``snap`` (see :meth:`_prepare`) as :class:`_Layout` takes it, its rows
         placed at index rows ``offset:offset + rows``."""
         return [(t, w, mw, offset, offset + self._n_rows, self._row_slots) for t, w, mw in snap]
 
@@ -789,17 +878,15 @@ class SparseIndex:
         self._flush()
         snap = self._prepare(q.indices)
         tiers = [(t, w) for t, w, _ in snap]
-        kernel_tiers = _score_tiers(self._kernel_items(snap, 0), self._lists) if _kernels.AVAILABLE else None
+        layout = _Layout(self._kernel_items(snap, 0), self._n_rows, self._lists, False) if _kernels.AVAILABLE else None
         out = []
         for i, cand in enumerate(candidates):
             rows = self._live_rows_of(self._check_slots(cand))
             acc = np.zeros(len(cand), dtype=np.float32)
             a, e = q.indptr[i], q.indptr[i + 1]
-            if kernel_tiers is not None:
+            if layout is not None:
                 # One compiled call: the numpy loop below costs ~8 numpy calls per query term.
-                _kernels.score_rows(q.indices[a:e], q.data[a:e], kernel_tiers, rows, acc)
-                acc[rows < 0] = -np.inf
-                out.append(acc)
+                out.append(layout.score(q.indices[a:e], q.data[a:e], rows))
                 continue
             ok = np.flatnonzero(rows >= 0)
             r_ok = rows[ok]
