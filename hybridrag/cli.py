@@ -365,6 +365,25 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_milvus_gc(args: argparse.Namespace) -> int:
+    from hybridrag.index import HybridIndex
+    from hybridrag.storage.commit import drop_stray_collections
+
+    idx = HybridIndex.load(args.index, verify=False)
+    try:
+        strays = drop_stray_collections(idx, committed=args.committed, dry_run=args.dry_run)
+    finally:
+        idx.close()
+    for s in strays:
+        state = "never committed" if s["committed"] is None else f"committed generation {s['committed']}"
+        action = "dropped" if s["dropped"] else "kept" + (
+            " (--dry-run)" if args.dry_run else "" if s["committed"] is None else " (pass --committed to drop it)")
+        print(f"{s['name']}: {s['rows']} rows, {state}: {action}")
+    print(f"{args.index}: {len(strays)} stray Milvus collection{'s' * (len(strays) != 1)}, "
+          f"{sum(s['dropped'] for s in strays)} dropped")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from hybridrag.server import run   # FastAPI/uvicorn are imported here only (hybridrag[serve])
     from hybridrag.server.config import BatchConfig, Limits
@@ -461,6 +480,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("optimize", help="merge every segment into one, dropping deleted rows")
     s.add_argument("index", metavar="DIR")
     s.set_defaults(func=cmd_optimize)
+
+    s = sub.add_parser("milvus-gc", help="drop Milvus collections this index made and no longer uses "
+                                         "(left by a create(overwrite=True) killed before its commit)")
+    s.add_argument("index", metavar="DIR")
+    s.add_argument("--dry-run", action="store_true", help="list them, drop nothing")
+    s.add_argument("--committed", action="store_true",
+                   help="also drop strays a commit once published (e.g. after restoring a backup in place)")
+    s.set_defaults(func=cmd_milvus_gc)
 
     from hybridrag.server.config import BatchConfig, Limits
 

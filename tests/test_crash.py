@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _crash_worker as cw  # noqa: E402
 
 from hybridrag.index import HybridIndex, check_index, content_hash  # noqa: E402
+from hybridrag.storage.commit import drop_stray_collections  # noqa: E402
 
 WORKER = Path(__file__).with_name("_crash_worker.py")
 TRIALS = int(os.environ.get("HYBRIDRAG_CRASH_TRIALS", "30"))
@@ -365,6 +366,7 @@ def overwrite_trials(tmp_path: Path, pipeline: dict[str, Any], targets: list[str
     counts = json.loads((tmp_path / "count.json").read_text())
     rng = random.Random(seed)
     done: Counter[str] = Counter()
+    gc_dropped: Counter[str] = Counter()
     for t in range(trials):
         target = targets[t % len(targets)]
         d, log = tmp_path / f"o{t}", tmp_path / f"o{t}.log"
@@ -390,6 +392,18 @@ def overwrite_trials(tmp_path: Path, pipeline: dict[str, Any], targets: list[str
             else:
                 assert len(idx) == 0
                 done["finished"] += 1
+            if any(hasattr(s, "collection") for s in idx.stores.values()):
+                # Milvus: what the killed create left is dropped by milvus-gc (never-committed
+                # collections only); every collection left is in use or a published one
+                strays = drop_stray_collections(idx)
+                remote = [s for s in idx.stores.values() if hasattr(s, "collection")]
+                used = {s.collection for s in remote}
+                left = set(remote[0]._client.list_collections())
+                assert all(s["dropped"] == (s["committed"] is None) for s in strays), strays
+                assert left - used == {s["name"] for s in strays if not s["dropped"]}, (left, used, strays)
+                if held:
+                    assert_state(idx, states[-1], steps)
+                gc_dropped[target] += sum(s["dropped"] for s in strays)
         finally:
             idx.close()
         idx = HybridIndex.create(d, pipeline, overwrite=True, encoder=encoder)   # and it can be replaced
@@ -400,6 +414,8 @@ def overwrite_trials(tmp_path: Path, pipeline: dict[str, Any], targets: list[str
             idx.close()
         assert check_index(d) == []
         release_milvus_lite(d)
+    if gc_dropped:
+        print(f"stray collections dropped by milvus-gc after the kill: {dict(gc_dropped)}")
     return done
 
 

@@ -340,6 +340,53 @@ def test_create_overwrite_that_fails_at_its_commit_keeps_the_old_index(tmp_path,
         idx.close()
 
 
+def test_milvus_gc_drops_only_the_collections_a_killed_create_left(tmp_path, m3_dir, m3_encoder, capsys):
+    # A create(overwrite=True) killed before its commit leaves its new, empty collections named by
+    # no manifest. `hybridrag milvus-gc` drops those: made by this directory (its created log),
+    # owned by it, never committed; a stray a commit once published is only listed (it may be the
+    # newer data of a backup restored in place) unless --committed; a collection of the same
+    # shape the directory never made is not touched.
+    from pymilvus import MilvusClient
+
+    from hybridrag.cli import main
+    from hybridrag.stores.milvus import milvus_stores
+
+    p = tmp_path / "i"
+    idx = HybridIndex.create(p, _mv(m3_dir), encoder=m3_encoder)
+    idx.add(docs(6))
+    used = {s.collection for s in idx.stores.values() if hasattr(s, "collection")}
+    cfg = idx.pipeline.milvus
+    idx.close()
+    killed = milvus_stores(cfg, m3_encoder.dim, p)   # what a killed create made, then nothing
+    once = milvus_stores(cfg, m3_encoder.dim, p)     # as if a commit had published it
+    for store in once.values():
+        store._client.alter_collection_properties(store.collection, properties={"hybridrag.committed": "3"})
+    for group in (killed, once):
+        for store in group.values():
+            store.close()
+    client = MilvusClient(str(p / "milvus.db"))
+    try:
+        client.create_collection("c_0123456789ab_dense", dimension=4)   # not in the created log
+    finally:
+        client.close()
+    strays = {s.collection for s in killed.values()} | {s.collection for s in once.values()}
+    assert main(["milvus-gc", str(p), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{name}: 0 rows" in out for name in strays) and "4 stray Milvus collections, 0 dropped" in out
+    assert _collections(p) == used | strays | {"c_0123456789ab_dense"}
+    assert main(["milvus-gc", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "committed generation 3: kept (pass --committed to drop it)" in out and "2 dropped" in out
+    assert _collections(p) == used | {once["dense"].collection, once["sparse"].collection, "c_0123456789ab_dense"}
+    assert main(["milvus-gc", str(p), "--committed"]) == 0
+    assert _collections(p) == used | {"c_0123456789ab_dense"}
+    again = HybridIndex.load(p, encoder=m3_encoder)
+    try:
+        _assert_complete(again, [f"d{i}" for i in range(6)])
+    finally:
+        again.close()
+
+
 def _tamper(path, mutate):
     """Edit an index's Milvus store files as an attacker with write access would, keeping
     the manifest's checksums valid."""

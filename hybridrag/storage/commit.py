@@ -323,3 +323,22 @@ def undo_on_error(idx) -> Iterator[None]:
             opening.init_components(idx, fresh=False)
             idx._dirty = False
         raise
+
+
+def drop_stray_collections(idx, *, committed: bool = False, dry_run: bool = False) -> list[dict[str, Any]]:
+    """Milvus collections this index directory made and no longer uses
+    (:func:`hybridrag.stores.milvus.stray_collections`), each with ``"dropped"``: those no commit
+    ever published (a ``create(overwrite=True)`` killed before its commit) are dropped, those a
+    commit published only with ``committed=True`` (a backup restored in place no longer names
+    the collections the index had moved on to: they may be the newer data), none with
+    ``dry_run``. Takes the writer lock first, so no create of this directory runs meanwhile."""
+    from hybridrag.stores.milvus import stray_collections
+
+    idx._lock.acquire()
+    out = stray_collections(idx.stores, idx.path)
+    client = next((s._client for s in idx.stores.values() if hasattr(s, "drop_collections")), None)
+    for stray in out:
+        stray["dropped"] = bool(not dry_run and client is not None and (stray["committed"] is None or committed))
+        if stray["dropped"]:
+            client.drop_collection(stray["name"])
+    return out

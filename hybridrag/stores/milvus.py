@@ -63,6 +63,7 @@ import json
 import logging
 import math
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -121,6 +122,12 @@ _OWNER = "hybridrag.owner"  # collection property: the index directory that writ
 _COMMITTED = "hybridrag.committed"  # collection property: the newest store generation a commit published
 #: Environment variable naming the Milvus URI when ``load`` is not given one.
 URI_ENV = "HYBRIDRAG_MILVUS_URI"
+# In the index directory: one JSON line per set of collections an index made, written before
+# Milvus is asked to create them, so that collections a killed create(overwrite=True) left
+# behind are known to be this directory's (stray_collections).
+CREATED_LOG = "milvus-created.jsonl"
+_CREATED_LOG_MAX = 1 << 20   # bytes read of it at most
+_MADE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*_[0-9a-f]{12}_(dense|sparse)$")
 TOKEN_ENV = "MILVUS_TOKEN"
 _INSERT_BATCH = 1000
 _ID_CHUNK = 16384  # slots per "slot in [...]" expression
@@ -1092,6 +1099,8 @@ def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path
     # too: a copy pointed at the original's own file by a uri the user names is then refused.
     owner = directory_owner(Path(index_dir))
     uid = uuid.uuid4().hex[:12]
+    kinds = [m for m in ("dense", "sparse") if m in modes and (m != "dense" or dim is not None)]
+    _record_created(Path(index_dir), [f"{coll}_{uid}_{m}" for m in kinds])
     out: dict[str, _MilvusStore] = {}
     if dim is not None and "dense" in modes:
         out["dense"] = MilvusDenseStore(dim, uri=where, token=token, collection=f"{coll}_{uid}_dense", owner=owner)
@@ -1099,4 +1108,68 @@ def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path
         out["sparse"] = MilvusSparseStore(uri=where, token=token, collection=f"{coll}_{uid}_sparse", owner=owner)
     for store in out.values():
         store._private = private
+    return out
+
+
+def _record_created(index_dir: Path, names: list[str]) -> None:
+    """Append ``names`` to the index directory's :data:`CREATED_LOG` (synced: a kill after
+    Milvus made them leaves them listed), never through a link."""
+    from hybridrag.storage.files import open_plain
+
+    if not names:
+        return
+    try:
+        fd = open_plain(index_dir, CREATED_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except FileNotFoundError:   # no index directory yet: nothing of it to clean up later
+        return
+    try:
+        os.write(fd, (json.dumps({"collections": names}) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def created_collections(index_dir: Path) -> set[str]:
+    """Names of the collections this index directory's :data:`CREATED_LOG` lists (well-formed
+    names only; a damaged line is skipped)."""
+    from hybridrag.storage.files import open_plain
+
+    try:
+        fd = open_plain(index_dir, CREATED_LOG, os.O_RDONLY)
+    except FileNotFoundError:
+        return set()
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(_CREATED_LOG_MAX)
+    out: set[str] = set()
+    for line in data.decode("utf-8", "replace").splitlines():
+        try:
+            names = json.loads(line).get("collections", [])
+        except (ValueError, AttributeError):
+            continue
+        out.update(n for n in names if isinstance(n, str) and _MADE_NAME.match(n))
+    return out
+
+
+def stray_collections(stores: Mapping[str, Any], index_dir: Path) -> list[dict[str, Any]]:
+    """Collections that this index directory made (its :data:`CREATED_LOG`), that it still owns
+    (``hybridrag.owner``, or a Milvus Lite file inside it) and that the index's current stores do
+    not use: what a ``create(overwrite=True)`` killed before its commit leaves behind, or an
+    older index's collections that a restored backup no longer names. Each as ``{"name",
+    "rows", "committed"}``: ``committed`` is the store generation a commit published on it,
+    None when none did (a create that never committed)."""
+    mine = [s for s in stores.values() if isinstance(s, _MilvusStore)]
+    if not mine:
+        return []
+    using = {s.collection for s in mine}
+    store = mine[0]
+    out = []
+    for name in sorted(created_collections(index_dir) - using):
+        if not store._client.has_collection(name):
+            continue
+        props = store._client.describe_collection(name).get("properties") or {}
+        if not (store._private or (store._owner is not None and props.get(_OWNER) == store._owner)):
+            continue
+        done = props.get(_COMMITTED)
+        rows = int(store._client.get_collection_stats(name).get("row_count", 0))
+        out.append({"name": name, "rows": rows, "committed": None if done is None else int(done)})
     return out
