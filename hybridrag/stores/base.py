@@ -385,7 +385,7 @@ def write_npy_blocks(
     a file in folios as large as the write that creates them and as the file offset's
     alignment allows, and a scan of memory-mapped vectors is faster on 2 MB pages (a first
     write of the 128-byte header alone leaves the file's first 2 MB in small folios;
-    docs/CHANGELOG-performance.md, section 12)."""
+    docs/CHANGELOG-performance.md, sections 12 and 13)."""
     dt = np.dtype(dtype)
 
     def _w(path: Path) -> None:
