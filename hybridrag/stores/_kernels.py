@@ -1030,6 +1030,12 @@ def _compile_now() -> None:
     flat_scores(v2, off, np.ones(2, dtype=np.float32), slots, False)
     bm25_fill(np.array([0, 2]), rows, one, np.ones(2), np.ones(1), 1.0, 1.5, 0.75, 2.5, np.zeros(1, dtype=np.int32),
               np.zeros(1, dtype=bool), np.zeros(2, dtype=np.float32), np.zeros(1, dtype=np.float32))
+    bm25_fill_tiers(IP, R, W, array_list(cache, "dl", [np.ones(2)], np.float64),
+                    array_list(cache, "idf", [np.ones(1)], np.float64), np.ones(1), 1.5, 0.75, 2.5,
+                    array_list(cache, "f", [np.zeros(1, dtype=bool)], np.bool_, writable=True),
+                    array_list(cache, "fw", [np.zeros(2, dtype=np.float32)], np.float32, writable=True),
+                    array_list(cache, "fm", [np.zeros(1, dtype=np.float32)], np.float32, writable=True),
+                    np.zeros(1, dtype=np.int32))
     pq_scores(np.zeros((1, 1), dtype=np.uint8), np.ones((256, 1), dtype=np.float32),
               np.ones(256, dtype=np.float32), True)
     one = np.ones((1, 2), dtype=np.float32)
