@@ -10,7 +10,8 @@ appending ``k`` to LOG (fsynced) after step ``k`` has committed.
   its size, so the kill lands in the middle of that file's write (store files, the BM25
   vocabulary, ``manifest.json.tmp``); a directory fsync just dies.
 * ``replace:N`` - before the N-th ``os.replace`` (store files and the manifest swap).
-* ``npsave:N`` - in the middle of the N-th ``numpy.save`` (half the bytes written).
+* ``writev:N`` - in the middle of the N-th ``os.writev`` (half its bytes written): the
+  store files' arrays (``.npy``) are written with it.
 * ``Class.method:N`` - on entry to that method (store saves, docstore writes, garbage
   collection after the manifest swap, Milvus store calls and ``MilvusClient`` writes),
   e.g. ``SparseIndex.save:2``.
@@ -32,7 +33,6 @@ and commits, which run for real.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -151,7 +151,6 @@ def _die() -> None:
 
 def install(spec: str | None, counter: Counter[str] | None) -> None:
     """Patch the targets: count calls, and die at the chosen one."""
-    import numpy as np
 
     target, n = (spec.rsplit(":", 1) if spec else (None, "0"))
     at = int(n)
@@ -165,7 +164,7 @@ def install(spec: str | None, counter: Counter[str] | None) -> None:
         hit.calls = getattr(hit, "calls", 0) + 1  # type: ignore[attr-defined]
         return hit.calls == at  # type: ignore[attr-defined]
 
-    real_fsync, real_replace, real_save = os.fsync, os.replace, np.save
+    real_fsync, real_replace, real_writev = os.fsync, os.replace, os.writev
 
     def fsync(fd: int) -> None:
         if hit("fsync"):
@@ -182,20 +181,14 @@ def install(spec: str | None, counter: Counter[str] | None) -> None:
             _die()
         real_replace(src, dst, **kw)
 
-    def npsave(file: Any, arr: Any, *a: Any, **kw: Any) -> None:
-        if hit("npsave"):
-            buf = io.BytesIO()
-            real_save(buf, arr, *a, **kw)
-            data = buf.getvalue()
-            if hasattr(file, "write"):
-                file.write(data[: len(data) // 2])
-                file.flush()
-            else:
-                Path(str(file)).write_bytes(data[: len(data) // 2])
+    def writev(fd: int, bufs: Any) -> int:
+        if hit("writev"):
+            data = b"".join(bytes(b) for b in bufs)
+            os.write(fd, data[: len(data) // 2])
             _die()
-        real_save(file, arr, *a, **kw)
+        return real_writev(fd, bufs)
 
-    os.fsync, os.replace, np.save = fsync, replace, npsave
+    os.fsync, os.replace, os.writev = fsync, replace, writev
     import importlib
 
     for name, module in METHODS.items():

@@ -59,7 +59,7 @@ BM25_PIPELINE = {
     "fusion": {"method": "weighted", "weights": {"bm25": 1.0}},
 }
 
-BM25_TARGETS = ["fsync", "replace", "npsave", "SparseIndex.save", "BM25Encoder.save_vocabulary",
+BM25_TARGETS = ["fsync", "replace", "writev", "SparseIndex.save", "BM25Encoder.save_vocabulary",
                 "DocStore.add_chunks", "DocStore.delete_docs", "DocStore.commit_generation", "DocStore.purge",
                 "HybridIndex._collect_garbage", "HybridIndex.commit", "time"]
 M3_TARGETS = ["FaissStore.save", "MultiVectorStore.save", "fsync", "time", "SparseIndex.save", "replace"]
