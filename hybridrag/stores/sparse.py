@@ -59,7 +59,7 @@ import scipy.sparse as sp
 
 from hybridrag.errors import ConfigError, IndexFormatError
 from hybridrag.stores import _kernels
-from hybridrag.stores.base import SlotMap, write_npy
+from hybridrag.stores.base import SlotMap, topk, write_npy
 
 __all__ = ["SparseIndex", "WEIGHTINGS"]
 
@@ -289,24 +289,6 @@ def _to_queries(queries: Any, vocab: int) -> _Queries:
     np.cumsum(np.bincount(rid, minlength=nq), out=indptr[1:])
     idx_t = np.int32 if vocab < 2**31 else np.int64
     return _Queries(indptr, terms[order].astype(idx_t), vals[order].astype(np.float32), vocab)
-
-
-def _top_k(scores: np.ndarray, cols: np.ndarray, row_slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best (score desc, slot asc) of rows ``cols``: (positions into ``scores``, their slots)."""
-    n = len(scores)
-    if n > k:
-        kth = np.partition(scores, n - k)[n - k]     # k-th largest value
-        above = np.flatnonzero(scores > kth)
-        tied = np.flatnonzero(scores == kth)
-        need = k - len(above)
-        if len(tied) > need:
-            tied = tied[np.argpartition(row_slots[cols[tied]], need - 1)[:need]] if need > 0 else tied[:0]
-        sel = np.concatenate([above, tied])
-    else:
-        sel = np.arange(n)
-    slots = row_slots[cols[sel]]
-    order = np.lexsort((slots, -scores[sel]))
-    return sel[order], slots[order]
 
 
 # ---------------------------------------------------------------------- loading checks
@@ -743,9 +725,8 @@ class SparseIndex:
                 cols, data = cols[m], data[m]
             if len(cols) == 0:
                 continue
-            sel, slots = _top_k(data, cols, self._row_slots, k)
-            out_s[i, : len(sel)] = data[sel]
-            out_i[i, : len(sel)] = slots
+            ts, ti = topk(data[None, :], self._row_slots[cols][None, :], k)
+            out_s[i], out_i[i] = ts[0], ti[0]
         return out_s, out_i
 
     def _tiers_nonneg(self, snap: list[tuple[_Tier, np.ndarray, np.ndarray | None]]
