@@ -320,7 +320,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"segments   {len(segs)}   deleted rows: {sum(s['deleted'] for s in segs)}"
           + ("   (hybridrag optimize merges them)" if len(segs) > 1 else ""))
     for store, n in st["bytes"].items():
+        if store in st["milvus"]:
+            continue
         print(f"  {store:<9} {n / 1e6:10.2f} MB")
+    for mode, d in st["milvus"].items():
+        size = "" if d["vector_bytes"] is None else f", {d['vector_bytes'] / 1e6:.2f} MB of vectors"
+        print(f"  {mode:<9} in Milvus ({d['where']}): collection {d['collection']}, {d['rows']} rows "
+              f"({d['rows_stored']} stored{size})")
     return 0
 
 

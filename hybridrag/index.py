@@ -270,7 +270,8 @@ class HybridIndex:
 
     # ------------------------------------------------------------------ info
     def stats(self) -> dict[str, Any]:
-        """Counts, generation, pipeline name, modes, segments and bytes on disk per store."""
+        """Counts, generation, pipeline name, modes, segments, bytes on disk per store and, for the
+        modes kept in Milvus, what Milvus holds (``milvus``: collection, rows, vector bytes)."""
         return opening.stats(self)
 
     @property

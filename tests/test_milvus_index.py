@@ -387,6 +387,30 @@ def test_milvus_gc_drops_only_the_collections_a_killed_create_left(tmp_path, m3_
         again.close()
 
 
+def test_stats_and_info_report_what_milvus_holds(tmp_path, m3_dir, m3_encoder, capsys):
+    from hybridrag.cli import main
+
+    p = tmp_path / "i"
+    idx = HybridIndex.create(p, _mv(m3_dir), encoder=m3_encoder)
+    try:
+        idx.add(docs(6))
+        n = len(idx.stores["dense"])
+        st = idx.stats()["milvus"]
+        dense, sparse = st["dense"], st["sparse"]
+        assert n > 0 and dense["rows"] == sparse["rows"] == dense["rows_stored"] == sparse["rows_stored"] == n
+        assert dense["vector_bytes"] == n * m3_encoder.dim * 4 and sparse["vector_bytes"] is None
+        assert dense["where"] == sparse["where"] == "milvus.db"
+        idx.delete(ids=["d0"], commit=False)   # hidden from searches, still stored until purged
+        after = idx.stats()["milvus"]["dense"]
+        assert after["rows"] == len(idx.stores["dense"]) < n and after["rows_stored"] == n
+    finally:
+        idx.close()
+    assert main(["info", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert f"dense     in Milvus (milvus.db): collection {dense['collection']}, {n} rows ({n} stored, " in out
+    assert f"sparse    in Milvus (milvus.db): collection {sparse['collection']}, {n} rows ({n} stored)" in out
+
+
 def _tamper(path, mutate):
     """Edit an index's Milvus store files as an attacker with write access would, keeping
     the manifest's checksums valid."""

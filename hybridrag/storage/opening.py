@@ -523,6 +523,7 @@ def stats(idx) -> dict[str, Any]:
              for mode, names in files.items()}
     db = idx.path / DOCSTORE
     sizes["docstore"] = sum(f.stat().st_size for f in idx.path.glob(db.name + "*")) if db.exists() else 0
+    remote = {mode: store.describe() for mode, store in idx.stores.items() if hasattr(store, "describe")}
     return {
         "path": str(idx.path), "pipeline": idx.pipeline.name, "modes": idx.pipeline.modes,
         "generation": idx._gen, "documents": idx.docstore.count_documents(),
@@ -530,4 +531,5 @@ def stats(idx) -> dict[str, Any]:
         "library_version": m.get("library_version", __version__), "bytes": sizes,
         "models": {k: v.get("name") for k, v in m.get("models", {}).items()},
         "segments": [{"id": e["id"], "rows": e["rows"], "deleted": e["deleted"]} for e in m.get("segments", [])],
+        "milvus": remote,
     }

@@ -862,6 +862,17 @@ class _MilvusStore:
             )
         return store
 
+    def describe(self) -> dict[str, Any]:
+        """What this store holds in Milvus, for ``stats()`` / ``hybridrag info``: the collection,
+        where it is (a server URI, or the Lite file's name), the rows this store sees, every row
+        the collection holds (also others' uncommitted rows and removed rows not yet purged),
+        and the bytes of their vectors where the row size is fixed (dense: 4 per dimension)."""
+        stored = self._live_count()
+        width = getattr(self, "dim", None)
+        return {"collection": self.collection, "where": self.uri if _is_server(self.uri) else Path(self.uri).name,
+                "rows": len(self), "rows_stored": stored,
+                "vector_bytes": None if width is None else stored * int(width) * 4}
+
     def connection(self) -> dict[str, str]:
         """``{"uri", "token"}`` to reopen this store's Milvus (``{}`` for a private Lite file)."""
         if self._private or (self._owner is None and not _is_server(self.uri)):
