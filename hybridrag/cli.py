@@ -11,6 +11,7 @@ Tested in ``tests/test_cli.py`` through the installed entry point.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -151,6 +152,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.commit_every < 1 or args.commit_seconds < 0:
         return _fail("--batch-size and --commit-every must be >= 1, --commit-seconds >= 0")
     idx = _open_or_create(args.index, args.pipeline)
+    pool = contextlib.ExitStack()
+    if args.encode_devices:
+        try:
+            pool.enter_context(idx.encoding_pool([d.strip() for d in args.encode_devices.split(",")]))
+        except BaseException:
+            idx.close()
+            raise
     report = SkipReport()
     t0 = time.perf_counter()
     total_added = total_unchanged = total_chunks = 0
@@ -229,6 +237,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         aborted = True  # a second interrupt: the write in hand was rolled back
     finally:
         bar.close()
+        pool.close()
         idx.close()
     if aborted:
         print(f"interrupted: kept {kept_docs} document(s) ({kept_chunks} chunks) committed before the "
@@ -432,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--text-column", default=None, metavar="COL", help=".csv column holding the text (default: --text-field)")
     s.add_argument("--id-column", default=None, metavar="COL", help=".csv column holding the id (default: row number)")
     s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--encode-devices", default=None, metavar="DEVICES",
+                   help="encode in one process per device, e.g. cuda:0,cuda:1 or cpu,cpu (one writer; "
+                        "each process loads the model)")
     s.add_argument("--commit-every", type=int, default=20000, metavar="CHUNKS",
                    help="commit (make visible, crash-safe) every this many chunks")
     s.add_argument("--commit-seconds", type=float, default=30.0, metavar="S",

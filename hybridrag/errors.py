@@ -26,6 +26,11 @@ class IndexLockedError(HybridRAGError, RuntimeError):
     """Another live process holds the index's write lock."""
 
 
+class EncoderPoolError(HybridRAGError, RuntimeError):
+    """A process of an encoder pool (``HybridIndex.encoding_pool``) died or could not start;
+    the write that was encoding rolled back."""
+
+
 class DocumentError(HybridRAGError, ValueError):
     """A document is malformed (bad id, text or metadata)."""
 

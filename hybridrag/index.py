@@ -207,6 +207,13 @@ class HybridIndex:
         No-op when nothing changed. See :func:`hybridrag.storage.commit.commit`."""
         commit_mod.commit(self, merge=merge)
 
+    def encoding_pool(self, devices: Sequence[str] | int) -> Any:
+        """A context in which this index's writes encode in several processes, one per device
+        (``["cuda:0", "cuda:1"]``; an int ``n``: ``n`` CPU processes), each loading the pipeline's
+        model; the rows stored are those of one in-process encoder. See
+        :mod:`hybridrag.encoders.pool`; ``hybridrag ingest --encode-devices``."""
+        return write.encoding_pool(self, devices)
+
     def optimize(self) -> None:
         """Commit pending writes, then merge every segment into one without deleted rows
         (``hybridrag optimize``): the smallest index and the fastest searches. A merge is a

@@ -289,3 +289,31 @@ def delete(idx: Any, ids: Iterable[str] | str | None = None, filters: Mapping[st
             idx.commit()
     return len(present)
 
+
+@contextlib.contextmanager
+def encoding_pool(idx: Any, devices: Sequence[str] | int) -> Any:
+    """:meth:`hybridrag.index.HybridIndex.encoding_pool` (documented there)."""
+    from hybridrag.encoders.pool import EncoderPool
+
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        devices = ["cpu"] * devices
+    own = idx._encoder
+    loaded: list[Any] = []
+
+    def local() -> Any:   # the in-process encoder, for anything but encode()
+        if own is not None:
+            return own
+        if not loaded:
+            from hybridrag import components
+
+            loaded.append(components.load_encoder(idx.pipeline, idx._device, idx._manifest))
+        return loaded[0]
+
+    pool = EncoderPool(idx.pipeline, devices, idx._manifest, local=local)
+    idx._encoder = pool
+    try:
+        yield pool
+    finally:
+        idx._encoder = own if own is not None else (loaded[0] if loaded else None)
+        pool.close()
+
