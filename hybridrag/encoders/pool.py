@@ -10,7 +10,8 @@ else the writer asks of an encoder (its dimensions, its config, query encoding) 
 in-process encoder, loaded only if asked for.
 
 Processes are started with ``spawn`` (CUDA cannot be used in a forked child), so the first
-batch waits for every process to import torch and load the model; a process that dies (out of
+batch waits for every process to import torch and load the model, and a script that starts a
+pool must do it under ``if __name__ == "__main__":`` (spawned processes import the script); a process that dies (out of
 memory, killed) makes the next ``encode`` raise :class:`EncoderPoolError`, the write raising
 it rolls back, and the pool is unusable (close it). On CPUs the processes share the cores:
 each uses ``cores // processes`` threads.
@@ -103,7 +104,8 @@ class EncoderPool:
             return _join([f.result() for f in futures])
         except BrokenProcessPool as e:
             raise EncoderPoolError(f"an encoder process (devices {self.devices}) died or failed to start: {e}; "
-                                   "close the pool") from None
+                                   "close the pool (a script that starts one must run under "
+                                   "`if __name__ == '__main__':`: its processes are spawned and import it)") from None
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or self.__dict__.get("_local") is None:
