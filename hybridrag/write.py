@@ -296,6 +296,10 @@ def encoding_pool(idx: Any, devices: Sequence[str] | int) -> Any:
     from hybridrag.encoders.pool import EncoderPool
 
     if isinstance(devices, int) and not isinstance(devices, bool):
+        if devices < 1:
+            from hybridrag.errors import ConfigError
+
+            raise ConfigError(f"encoding_pool needs at least one process, got {devices}")
         devices = ["cpu"] * devices
     own = idx._encoder
     loaded: list[Any] = []
@@ -316,4 +320,3 @@ def encoding_pool(idx: Any, devices: Sequence[str] | int) -> Any:
     finally:
         idx._encoder = own if own is not None else (loaded[0] if loaded else None)
         pool.close()
-

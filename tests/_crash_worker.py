@@ -151,7 +151,6 @@ def _die() -> None:
 
 def install(spec: str | None, counter: Counter[str] | None) -> None:
     """Patch the targets: count calls, and die at the chosen one."""
-
     target, n = (spec.rsplit(":", 1) if spec else (None, "0"))
     at = int(n)
 

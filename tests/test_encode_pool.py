@@ -61,6 +61,13 @@ def test_pool_errors_are_clear(tmp_path, m3_dir):
     for bad in ([], "cpu", [""], [1]):
         with pytest.raises(ConfigError, match="devices"):
             EncoderPool(pipe, bad)
+    idx = HybridIndex.create(tmp_path / "i", m3_pipeline(m3_dir))
+    try:
+        for bad in (0, -2):
+            with pytest.raises(ConfigError, match=f"at least one process, got {bad}"), idx.encoding_pool(bad):
+                pass
+    finally:
+        idx.close()
     bm25 = PipelineConfig.from_dict({"name": "bm25", "encoder": {"kind": "none"}, "dense": {"enabled": False},
                                      "sparse": {"enabled": False}, "colbert": {"enabled": False},
                                      "bm25": {"enabled": True}, "fusion": {"weights": {"bm25": 1.0}}})

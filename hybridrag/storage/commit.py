@@ -336,9 +336,9 @@ def drop_stray_collections(idx, *, committed: bool = False, dry_run: bool = Fals
 
     idx._lock.acquire()
     out = stray_collections(idx.stores, idx.path)
-    client = next((s._client for s in idx.stores.values() if hasattr(s, "drop_collections")), None)
+    store = next((s for s in idx.stores.values() if hasattr(s, "drop_collections")), None)
+    drop = [s["name"] for s in out if not dry_run and (s["committed"] is None or committed)]
+    dropped = set(store.drop_collections(drop)) if store is not None and drop else set()
     for stray in out:
-        stray["dropped"] = bool(not dry_run and client is not None and (stray["committed"] is None or committed))
-        if stray["dropped"]:
-            client.drop_collection(stray["name"])
+        stray["dropped"] = stray["name"] in dropped
     return out

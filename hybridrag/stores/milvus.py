@@ -886,11 +886,16 @@ class _MilvusStore:
         for name in names:
             if name == self.collection or not self._client.has_collection(name):
                 continue
-            props = self._client.describe_collection(name).get("properties") or {}
-            if self._private or props.get(_OWNER) == self._owner:
+            if self._owns(name):
                 self._client.drop_collection(name)
                 out.append(name)
         return out
+
+    def _owns(self, name: str) -> bool:
+        """Whether collection ``name`` of this Milvus is this index directory's (its owner
+        property, or any collection of a Lite file inside the directory)."""
+        props = self._client.describe_collection(name).get("properties") or {}
+        return self._private or (self._owner is not None and props.get(_OWNER) == self._owner)
 
     def drop(self) -> None:
         """Drop this store's collection (a new index whose first commit failed: no manifest
@@ -1110,13 +1115,13 @@ def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path
     # too: a copy pointed at the original's own file by a uri the user names is then refused.
     owner = directory_owner(Path(index_dir))
     uid = uuid.uuid4().hex[:12]
-    kinds = [m for m in ("dense", "sparse") if m in modes and (m != "dense" or dim is not None)]
-    _record_created(Path(index_dir), [f"{coll}_{uid}_{m}" for m in kinds])
+    names = {m: f"{coll}_{uid}_{m}" for m in ("dense", "sparse") if m in modes and (m != "dense" or dim is not None)}
+    _record_created(Path(index_dir), list(names.values()))
     out: dict[str, _MilvusStore] = {}
-    if dim is not None and "dense" in modes:
-        out["dense"] = MilvusDenseStore(dim, uri=where, token=token, collection=f"{coll}_{uid}_dense", owner=owner)
-    if "sparse" in modes:
-        out["sparse"] = MilvusSparseStore(uri=where, token=token, collection=f"{coll}_{uid}_sparse", owner=owner)
+    if "dense" in names:
+        out["dense"] = MilvusDenseStore(dim, uri=where, token=token, collection=names["dense"], owner=owner)
+    if "sparse" in names:
+        out["sparse"] = MilvusSparseStore(uri=where, token=token, collection=names["sparse"], owner=owner)
     for store in out.values():
         store._private = private
     return out
@@ -1177,10 +1182,11 @@ def stray_collections(stores: Mapping[str, Any], index_dir: Path) -> list[dict[s
     for name in sorted(created_collections(index_dir) - using):
         if not store._client.has_collection(name):
             continue
-        props = store._client.describe_collection(name).get("properties") or {}
-        if not (store._private or (store._owner is not None and props.get(_OWNER) == store._owner)):
+        if not store._owns(name):
             continue
-        done = props.get(_COMMITTED)
+        done = (store._client.describe_collection(name).get("properties") or {}).get(_COMMITTED)
         rows = int(store._client.get_collection_stats(name).get("row_count", 0))
-        out.append({"name": name, "rows": rows, "committed": None if done is None else int(done)})
+        # a damaged property still counts as published (kept unless --committed)
+        out.append({"name": name, "rows": rows,
+                    "committed": None if done is None else int(done) if str(done).isdigit() else str(done)})
     return out

@@ -352,7 +352,7 @@ class _View:
     each tier's arrays for one compiled fill of a query's weights over every tier (a fill per
     segment costs its Python set-up each)."""
 
-    __slots__ = ("key", "parts", "layout", "bm25", "nonneg", "invalid", "fill_args", "locate_args")
+    __slots__ = ("key", "parts", "layout", "bm25", "nonneg", "invalid", "offs", "fill_args", "locate_args")
 
     @staticmethod
     def key_of(parts: Sequence[SparseIndex]) -> list:
@@ -396,6 +396,7 @@ class _View:
             offs.append(n)
             n += p._n_rows
         self.nonneg = nonneg
+        self.offs = offs   # each part's first index row
         self.invalid = np.concatenate(invalid) if invalid else None
         self.layout = _Layout(items, n, cache, self.bm25 and n >= _PRUNE_MIN_ROWS)
         self.fill_args = None
@@ -810,7 +811,7 @@ class SparseIndex:
         if allowed is None:
             invalid = view.invalid
         else:
-            bad = [np.flatnonzero(~p._valid_rows(allowed)) + o for p, o in zip(parts, view.locate_args[4].tolist())]
+            bad = [np.flatnonzero(~p._valid_rows(allowed)) + o for p, o in zip(parts, view.offs)]
             invalid = np.concatenate(bad)
         nt = max(1, min(_NCPU, nq // _MIN_PER_THREAD))
         view.layout.search(q, np.arange(nq), k, invalid, out_s, out_i, nt)
