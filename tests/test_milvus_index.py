@@ -149,6 +149,36 @@ def test_failed_upsert_leaves_the_committed_state_and_the_next_write_recovers(tm
         last.close()
 
 
+def test_a_truncated_milvus_lite_index_file_is_rebuilt_on_load(tmp_path, m3_dir, m3_encoder):
+    # Milvus Lite writes each segment's vector index file in place; a process killed while
+    # writing one left a truncated file that failed every later load_collection (CI, crash
+    # trials). The file is derived from the segment's rows, so the store rebuilds it.
+    from hybridrag.storage.check import check_index
+
+    from test_crash import release_milvus_lite
+
+    d = tmp_path / "i"
+    idx = HybridIndex.create(d, _mv(m3_dir), encoder=m3_encoder)
+    idx.add(docs(8))
+    idx.commit()
+    before = [(h.chunk_id, h.score) for h in idx.search("vitamin", k=5, modes=["dense", "sparse"])]
+    idx.close()
+    release_milvus_lite(d)
+    sidecars = [f for f in (d / "milvus.db").rglob("*.idx") if f.is_file()] if (d / "milvus.db").is_dir() \
+        else [f for f in d.rglob("*.idx") if f.is_file()]
+    assert sidecars, sorted(str(f.relative_to(d)) for f in d.rglob("*") if f.is_file())
+    for f in sidecars:
+        f.write_bytes(f.read_bytes()[:20])
+    assert check_index(d) == []
+    release_milvus_lite(d)
+    again = HybridIndex.load(d, encoder=m3_encoder)
+    try:
+        _assert_complete(again, [f"d{i}" for i in range(8)])
+        assert [(h.chunk_id, h.score) for h in again.search("vitamin", k=5, modes=["dense", "sparse"])] == before
+    finally:
+        again.close()
+
+
 def _original_and_its_copy(tmp_path, m3_dir, m3_encoder, monkeypatch):
     """An index of 6 documents in a Milvus Lite file outside both directories, and a copy of
     its directory; the file is named by the environment, as a user would for both."""

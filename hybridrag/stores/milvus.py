@@ -71,7 +71,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 try:
-    from pymilvus import DataType, MilvusClient
+    from pymilvus import DataType, MilvusClient, MilvusException
 except ImportError as _exc:  # pymilvus missing, or blocked (sys.modules entry set to None)
     raise ImportError(
         'the Milvus backend needs pymilvus (and milvus-lite for local files): pip install "hybridrag[milvus]"'
@@ -388,7 +388,7 @@ class _MilvusStore:
         self._saved: tuple[int, set[int]] | None = None
         if self._client.has_collection(collection):
             self._check_collection()
-            self._client.load_collection(collection)
+            self._load_collection()
             if not _attach:
                 n = self._live_count()
                 if n and not overwrite:
@@ -422,6 +422,33 @@ class _MilvusStore:
                                        properties=props)
         self._check_collection()
         self._count = 0
+
+    def _load_collection(self) -> None:
+        try:
+            self._client.load_collection(self.collection)
+            return
+        except MilvusException as exc:
+            if _is_server(self.uri):
+                raise
+            first = exc
+        # Milvus Lite writes each segment's vector index file in place (no temporary file and
+        # rename), so a process killed while writing one leaves a truncated file that fails
+        # every later load. The file is derived from the segment's rows: drop the index (which
+        # deletes its files) and create it again with the same parameters; no row is touched.
+        try:
+            self._client.release_collection(self.collection)
+            self._client.drop_index(self.collection, _VEC)
+            ip = self._client.prepare_index_params()
+            ip.add_index(field_name=_VEC, index_type=self.index_type, metric_type="IP", params=self._build_params())
+            self._client.create_index(self.collection, ip)
+            self._client.load_collection(self.collection)
+        except MilvusException as exc:
+            raise IndexFormatError(
+                f"Milvus Lite cannot load collection {self.collection!r} of {self.uri!r} ({first}); "
+                f"rebuilding its vector index failed too: {exc}"
+            ) from exc
+        logger.warning("rebuilt the vector index of Milvus Lite collection %r (its file was damaged: %s)",
+                     self.collection, first)
 
     def _build_params(self) -> dict[str, Any]:
         return dict(self.index_params)
