@@ -514,6 +514,14 @@ class DocStore:
         top = -1 if row[0] is None else int(row[0])
         return max(top + 1, self._meta("slot_floor", 0))
 
+    def raise_slot_floor(self, n: int) -> None:
+        """Make :meth:`next_slot` at least ``n`` (a copy of an index keeps its source's slot
+        numbering, deleted slots included: ``HybridIndex.migrate``)."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        with self._lock, self._tx():
+            self._set_meta("slot_floor", max(int(n), self._next_slot()))
+
     @_read
     def next_slot(self) -> int:
         """The first slot never used by any stored chunk (live or tombstoned)."""
@@ -673,6 +681,15 @@ class DocStore:
                 f"SELECT content_hash FROM documents WHERE {live} AND doc_id = ?", (*lp, doc_id)
             ).fetchone()
         return None if row is None else row[0]
+
+    @_read
+    def documents(self) -> list[tuple[str, str | None, int]]:
+        """``(doc id, content hash, chunks)`` of every live document, by doc id (documents
+        with no chunk included): what :meth:`add_chunks` needs to copy them."""
+        with self._lock:
+            live, lp = self._live()
+            return [(r[0], r[1], int(r[2])) for r in self._conn.execute(
+                f"SELECT doc_id, content_hash, n_chunks FROM documents WHERE {live} ORDER BY doc_id", lp)]
 
     @_read
     def has_doc(self, doc_id: str) -> bool:

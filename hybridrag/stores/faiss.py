@@ -444,6 +444,16 @@ class FaissStore:
         rows[held] = np.where(self._live[rows[held]], rows[held], -1)
         return rows
 
+    def export(self, slots: np.ndarray) -> np.ndarray:
+        """The kept vectors of live ``slots``, in their order, as ``add`` takes them (float32
+        ``(n, dim)``; a ``float16`` store's values widened exactly): to copy rows into another
+        store (:meth:`hybridrag.index.HybridIndex.migrate`). ``KeyError`` names absent slots."""
+        slots = as_slots(slots)
+        rows = self._live_rows_of(slots)
+        if np.any(rows < 0):
+            raise KeyError(f"slots not in the store: {slots[rows < 0][:10].tolist()}")
+        return np.asarray(self._vecs.take(rows), dtype=np.float32)
+
     def remove(self, slots: np.ndarray) -> None:
         """Tombstone ``slots``; unknown or already removed slots are ignored. In memory only:
         a loaded store's files are never touched, and it keeps its tombstones (no rebuild of

@@ -639,6 +639,21 @@ class _MilvusStore:
             out.append(res)
         return out
 
+    def export(self, slots: np.ndarray) -> Any:
+        """The stored rows of visible ``slots``, in their order, as ``add`` takes them (dense:
+        float32 ``(n, dim)``; sparse: a list of ``{term id: weight}``): to copy rows into
+        another store (:meth:`hybridrag.index.HybridIndex.migrate`). ``KeyError`` names
+        absent slots."""
+        slots = as_slots(slots)
+        got = self._fetch(slots)
+        missing = [int(s) for s in slots.tolist() if int(s) not in got]
+        if missing:
+            raise KeyError(f"slots not in Milvus collection {self.collection!r}: {missing[:10]}")
+        return self._exported([got[int(s)] for s in slots.tolist()])
+
+    def _exported(self, vectors: list[Any]) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
     def _fetch(self, slots: np.ndarray) -> dict[int, Any]:
         out: dict[int, Any] = {}
         for s in range(0, slots.shape[0], _ID_CHUNK):
@@ -1000,6 +1015,9 @@ class MilvusDenseStore(_MilvusStore):
         q = as_matrix(queries, self.dim)
         return list(q), list(q)
 
+    def _exported(self, vectors: list[Any]) -> Any:
+        return np.asarray(vectors, dtype=np.float32).reshape(len(vectors), self.dim)
+
     def _rescore(self, q: Any, vectors: list[Any]) -> np.ndarray:
         v = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), self.dim)
         return (v.astype(np.float64) @ np.asarray(q, dtype=np.float64)).astype(np.float32)
@@ -1081,6 +1099,13 @@ class MilvusSparseStore(_MilvusStore):
         rows, _ = self._split(queries, "queries")
         local = [{t: v for t, v in r.items() if t < PLACEHOLDER_TERM} for r in rows]
         return [r if r else None for r in local], local
+
+    def _exported(self, vectors: list[Any]) -> Any:
+        out: list[dict[int, float]] = []
+        for v in vectors:
+            row = {int(t): float(w) for t, w in dict(v).items() if int(t) != PLACEHOLDER_TERM}
+            out.append(row)
+        return out
 
     def _rescore(self, q: Any, vectors: list[Any]) -> np.ndarray:
         out = np.zeros(len(vectors), dtype=np.float64)

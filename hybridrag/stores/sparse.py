@@ -577,6 +577,7 @@ class SparseIndex:
         self._slots = SlotMap()                          # slot -> row (also of removed rows)
         self._n_live = 0
         self._n_dead_main = 0
+        self._export_cache: tuple[int, sp.csr_matrix] | None = None   # export(): (stats version, rows)
         self._main: _Tier | None = None                   # rows [0, _main_end)
         self._delta: _Tier | None = None                  # rows [_main_end, _delta_end)
         self._main_end = 0
@@ -673,6 +674,30 @@ class SparseIndex:
         self._n_live -= len(rows)
         self._n_dead_main += int(np.count_nonzero(rows < self._main_end))
         self._stats_version += 1
+
+    def export(self, slots: np.ndarray | Sequence[int]) -> sp.csr_matrix:
+        """The stored rows of live ``slots``, in their order, as ``add`` takes them (a float32
+        CSR matrix ``(n, vocab_size)``; BM25 rows are term counts): to copy rows into another
+        store (:meth:`hybridrag.index.HybridIndex.migrate`). The first call makes a row-major
+        copy of the postings (as large as they are), kept until the rows change.
+        ``KeyError`` names absent slots."""
+        slots = self._check_slots(slots)
+        self._flush()
+        rows = self._live_rows_of(slots)
+        if np.any(rows < 0):
+            raise KeyError(f"slots not in the index: {slots[rows < 0][:10].tolist()}")
+        cached = self._export_cache
+        if cached is None or cached[0] != self._stats_version:
+            n, vocab = self._n_rows, max(self._vocab, 1)
+            by_row = sp.csr_matrix((n, vocab), dtype=np.float32)
+            for t in (self._main, self._delta):
+                if t is not None and t.nnz:
+                    by_term = sp.csr_matrix((t.values, t.indices, t.padded_indptr(vocab)), shape=(vocab, n))
+                    by_row = by_row + by_term.T.tocsr()
+            cached = self._export_cache = (self._stats_version, by_row)
+        out = cached[1][rows]
+        out.sort_indices()
+        return out
 
     # ------------------------------------------------------------------ reads
 
