@@ -380,6 +380,26 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from hybridrag.index import HybridIndex
+    from hybridrag.storage.manifest import read_manifest
+
+    total = int(read_manifest(Path(args.src))["counts"]["chunks"])
+    with tqdm(total=total, unit=" chunks", desc="migrate", disable=args.quiet, dynamic_ncols=True) as bar:
+        idx = HybridIndex.migrate(args.src, args.dst, to=args.to, milvus_uri=args.milvus_uri,
+                                  collection=args.collection, progress=bar.update)
+    try:
+        stats = idx.stats()
+    finally:
+        idx.close()
+    where = "Milvus" if args.to == "milvus" else "local stores"
+    print(f"{args.dst}: {stats['chunks']} chunks of {stats['documents']} document(s) from {args.src}, "
+          f"dense and sparse vectors in {where}; nothing re-encoded, {args.src} unchanged")
+    return 0
+
+
 def cmd_milvus_gc(args: argparse.Namespace) -> int:
     from hybridrag.index import HybridIndex
     from hybridrag.storage.commit import drop_stray_collections
@@ -498,6 +518,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("optimize", help="merge every segment into one, dropping deleted rows")
     s.add_argument("index", metavar="DIR")
     s.set_defaults(func=cmd_optimize)
+
+    s = sub.add_parser("migrate", help="copy an index into a new directory with its dense and sparse vectors "
+                                       "moved to Milvus (or back to local stores), re-encoding nothing")
+    s.add_argument("src", metavar="SRC")
+    s.add_argument("dst", metavar="DST", help="a new (or empty) directory")
+    s.add_argument("--to", choices=["milvus", "local"], default="milvus")
+    s.add_argument("--milvus-uri", default=None,
+                   help="the Milvus of DST (--to milvus; default $HYBRIDRAG_MILVUS_URI, else a Milvus Lite file "
+                        "inside DST) or of SRC (--to local); the token comes from $MILVUS_TOKEN")
+    s.add_argument("--collection", default=None, help="prefix of the new Milvus collections")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_migrate)
 
     s = sub.add_parser("milvus-gc", help="drop Milvus collections this index made and no longer uses "
                                          "(left by a create(overwrite=True) killed before its commit)")

@@ -134,6 +134,30 @@ class HybridIndex:
         return opening.rebuild(cls, path, pipeline=pipeline, encoder=encoder, device=device, batch_size=batch_size,
                                milvus_uri=milvus_uri, milvus_token=milvus_token)
 
+    @classmethod
+    def migrate(cls, src: str | os.PathLike[str], dst: str | os.PathLike[str], *, to: str = "milvus",
+                milvus_uri: str | None = None, milvus_token: str | None = None, collection: str | None = None,
+                encoder: Any = None, batch_size: int = 4096, progress: Any = None) -> "HybridIndex":
+        """Copy the committed index at ``src`` into the new directory ``dst`` with its dense and
+        learned-sparse vectors moved to Milvus (``to="milvus"``) or back to local stores
+        (``to="local"``); nothing is encoded again and ``src`` is only read.
+
+        Every slot, chunk, document and score stays: the stores that stay local are copied
+        segment by segment, byte for byte; the moved stores get the stored rows (FAISS's kept
+        vectors, the stored sparse weights), so ``dst`` returns the same top-k as ``src`` (within
+        the float rounding of Milvus's client-side rescoring, 1e-5). ``milvus_uri`` /
+        ``milvus_token``: the Milvus of ``dst`` (``to="milvus"``; default
+        ``$HYBRIDRAG_MILVUS_URI``, else a Milvus Lite file inside ``dst``) or of ``src``
+        (``to="local"``, as in :meth:`load`); ``collection`` names the new collections'
+        prefix. ``dst`` must not exist or be empty. One commit at the end; a failure removes
+        ``dst`` and drops the collections it made. Returns ``dst`` opened (close it).
+        ``progress(n)`` is called with the rows copied per segment.
+        """
+        from hybridrag.storage.migrate import migrate
+
+        return migrate(cls, src, dst, to=to, milvus_uri=milvus_uri, milvus_token=milvus_token,
+                       collection=collection, encoder=encoder, batch_size=batch_size, progress=progress)
+
     # ------------------------------------------------------------------ components
     @property
     def encoder(self) -> Any:
