@@ -286,6 +286,8 @@ def cmd_query(args: argparse.Namespace) -> int:
         overrides["fusion"] = args.fusion
     if args.no_rerank:
         overrides["rerank"] = False
+    if args.budget_ms is not None:
+        overrides["budget_ms"] = args.budget_ms
     hits = idx.search(args.question, k=args.k, filters=_parse_filters(args.filter), **overrides)
     for note in hits.notes:   # why hits are missing (no query terms for a mode, a filter key no document has)
         print(f"note: {note}", file=sys.stderr)
@@ -293,7 +295,25 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
     else:
         _print_hits(hits, args.explain)
+        if args.explain and hits.timing is not None:
+            print(_budget_line(hits.timing))
     return 0
+
+
+def _budget_line(t: dict[str, Any]) -> str:
+    """What a time budget chose and spent, in one line (``query --explain``)."""
+    parts = [f"budget {t['budget_ms']:,.0f} ms"]
+    if "retrieval_ms" in t:
+        parts.append(f"retrieval {t['retrieval_ms']:,.1f} ms")
+        if t.get("rerank_depth"):
+            parts.append(f"rerank top {t['rerank_depth']} at <= {t['rerank_max_length']} tokens: predicted "
+                         f"{t['predicted_rerank_ms']:,.1f} ms, took {t.get('rerank_ms', 0):,.1f} ms")
+        else:
+            parts.append("no rerank fits")
+        if "cost_model_ms" in t:
+            parts.append(f"cost model measured {t['cost_model_ms']:,.0f} ms")
+    parts.append(f"total {t['total_ms']:,.1f} ms")
+    return "budget: " + "; ".join(parts[1:]) + f" (of {t['budget_ms']:,.0f} ms)"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -487,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--modes", help="comma-separated subset of the index's modes")
     s.add_argument("--fusion", choices=["weighted", "relative", "rrf", "adaptive"])
     s.add_argument("--no-rerank", action="store_true")
+    s.add_argument("--budget-ms", type=float, default=None,
+                   help="time budget of the call: rerank as deep as the measured cost allows (0: none; "
+                        "default: the pipeline's rerank.budget_ms)")
     s.set_defaults(func=cmd_query)
 
     s = sub.add_parser("eval", help="nDCG@10, Recall@100, MRR@10 on a BEIR folder, per mode and fused")

@@ -116,6 +116,11 @@ class RerankConfig:
     batch_size: int = 32
     normalize: bool = False
     dtype: str = ""  # "" = fp16 on CUDA, fp32 on CPU; "int8" = CPU path (int8 Linear layers)
+    # A search call's time budget in ms (0: none): the planner reranks as many of the top k
+    # candidates, at up to max_length tokens (never below min_length), as the measured cost of
+    # the cross-encoder on this machine predicts fit in what retrieval left (docs/BUDGET.md).
+    budget_ms: float = 0.0
+    min_length: int = 64
 
 
 @dataclass
@@ -386,6 +391,9 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
         raise ConfigError(f"fusion.rrf_k = {cfg.fusion.rrf_k} must be >= 0")
     _positive(cfg.rerank.k, "rerank.k")
     _positive(cfg.rerank.max_length, "rerank.max_length", 8192)
+    _positive(cfg.rerank.min_length, "rerank.min_length", cfg.rerank.max_length)
+    if not 0 <= cfg.rerank.budget_ms < math.inf:
+        raise ConfigError(f"rerank.budget_ms = {cfg.rerank.budget_ms} must be a finite number >= 0 (0 = no budget)")
     if not cfg.modes:
         raise ConfigError(f"{source}: no retrieval mode is enabled (enable one of {MODES})")
     if not cfg.first_stage_modes:

@@ -68,11 +68,16 @@ class SearchResults(list):  # type: ignore[type-arg]  # list[Hit]
     serialise it as one) that also carries ``notes``, a tuple of sentences saying why fewer
     hits, or none, came back than were asked for: e.g. ``"no query terms for 'bm25': ..."``
     or ``"no document has metadata key 'colour'"``. Empty when there is nothing to say.
+    ``timing``: with a time budget, what the planner chose and spent (else ``None``).
     """
 
     def __init__(self, hits: Iterable[Hit] = (), notes: Iterable[str] = ()) -> None:
         super().__init__(hits)
         self.notes: tuple[str, ...] = tuple(notes)
+        # With a time budget: what the planner chose and spent (milliseconds), shared by the
+        # results of one call: budget_ms, retrieval_ms, rerank_depth, rerank_max_length,
+        # predicted_rerank_ms, rerank_ms, total_ms (docs/BUDGET.md). None without a budget.
+        self.timing: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"SearchResults({list.__repr__(self)}, notes={self.notes!r})"

@@ -183,9 +183,11 @@ class CrossEncoderReranker:
             out.append((q, p))
         return out
 
-    def _encode_pairs(self, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-        """Token ids and token type ids per pair, truncated as FlagReranker does."""
-        max_len = self.max_length
+    def _encode_pairs(self, pairs: list[tuple[str, str]], max_length: int | None = None
+                      ) -> list[tuple[list[int], list[int]]]:
+        """Token ids and token type ids per pair, truncated as FlagReranker does (to
+        ``max_length``, default the reranker's)."""
+        max_len = self.max_length if max_length is None else max_length
         q_max = max_len * 3 // 4
         queries = [_clean(q) for q, _ in pairs]
         passages = [_clean(p) for _, p in pairs]
@@ -237,22 +239,39 @@ class CrossEncoderReranker:
         return {k: v.to(self.device) for k, v in batch.items()}
 
     # ------------------------------------------------------------------ scoring
+    def _call_max_length(self, max_length: Any) -> int | None:
+        if max_length is None:
+            return None
+        if isinstance(max_length, bool) or not isinstance(max_length, int) \
+                or not MIN_MAX_LENGTH <= max_length <= self.max_length:
+            raise ValueError(f"max_length must be an int in [{MIN_MAX_LENGTH}, {self.max_length}] (the reranker's), "
+                             f"got {max_length!r}")
+        return max_length
+
+    def pair_lengths(self, pairs: Sequence[tuple[str, str]], max_length: int | None = None) -> list[int]:
+        """Tokens of each (query, passage) pair as :meth:`compute_score` would feed it (special
+        tokens included, truncated to ``max_length``, default the reranker's)."""
+        return [len(ids) for ids, _ in self._encode_pairs(self._check_pairs(pairs), self._call_max_length(max_length))]
+
     @torch.inference_mode()
     def compute_score(
-        self, pairs: Sequence[tuple[str, str]], *, normalize: bool = False, batch_size: int = 32
+        self, pairs: Sequence[tuple[str, str]], *, normalize: bool = False, batch_size: int = 32,
+        max_length: int | None = None,
     ) -> np.ndarray:
         """Score each (query, passage) pair: float32 ``[n]`` in input order.
 
-        Raw logits, or their sigmoid when ``normalize`` is true. Pairs are tokenized once,
+        Raw logits, or their sigmoid when ``normalize`` is true. Pairs are tokenized once
+        (truncated to ``max_length`` tokens, at most and by default the reranker's own),
         sorted by length and run in dynamically padded batches; a CUDA out-of-memory error
         halves the batch and retries.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        max_length = self._call_max_length(max_length)
         checked = self._check_pairs(pairs)
         if not checked:
             return np.zeros(0, dtype=np.float32)
-        items = self._encode_pairs(checked)
+        items = self._encode_pairs(checked, max_length)
         # Longest first: an OOM shows up on the first batch, and padding stays small.
         order = np.argsort([-len(ids) for ids, _ in items], kind="stable")
         scores = np.empty(len(items), dtype=np.float32)

@@ -7,6 +7,8 @@
 4. fetch the docstore rows of every candidate the call still needs, once
    (:func:`hybridrag.search.hits.fetch_rows`);
 5. rerank (:func:`hybridrag.search.rerank.rerank`), one cross-encoder call for the batch;
+   with a time budget, as deep and with passages as long as the time left allows
+   (:mod:`hybridrag.search.budget`);
 6. hits (:func:`hybridrag.search.hits.to_hits`), with notes saying why hits are missing.
 
 ``index`` is the :class:`~hybridrag.index.HybridIndex` searched. Tested in
@@ -14,9 +16,11 @@
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
+from hybridrag.search import budget as budget_mod
 from hybridrag.search import encode, planner
 from hybridrag.search import hits as hits_mod
 from hybridrag.search import rerank as rerank_mod
@@ -42,6 +46,7 @@ def check_queries(queries: Any) -> list[str]:
 
 def search_batch(index: Any, queries: list[str], options: SearchOptions) -> list[SearchResults]:
     """One :class:`SearchResults` per query of ``queries`` (checked by :func:`check_queries`)."""
+    t0 = time.perf_counter()
     live = index.docstore.count()
     plan = make_plan(options, index.pipeline, live)
     if not queries:
@@ -62,11 +67,30 @@ def search_batch(index: Any, queries: list[str], options: SearchOptions) -> list
     tops = [c.take(plan.rerank_k if plan.rerank else plan.k) for c in ranked]
     rows = hits_mod.fetch_rows(index.docstore, tops)
     given: set[int] = set()
+    timing: dict[str, Any] | None = None
+    extra: list[str] = []
+    if plan.budget_ms > 0:
+        timing = {"budget_ms": plan.budget_ms}
     if plan.rerank and rows:
         r = index.pipeline.rerank
-        reranked = rerank_mod.rerank(index.reranker, queries, tops, rows, normalize=r.normalize,
-                                     batch_size=r.batch_size)
-        found = [hits_mod.to_hits(top.take(plan.k), rows, rs[:plan.k], given) for top, rs in reranked]
+        depth, max_length, planned = plan.rerank_k, None, None
+        if timing is not None:
+            planned = budget_mod.plan_rerank(index.reranker, queries, tops, rows, plan, r, t0, timing, extra)
+            depth, max_length = planned.depth, planned.max_length
+        if depth:
+            t1 = time.perf_counter()
+            reranked = rerank_mod.rerank(index.reranker, queries, [t.take(depth) for t in tops], rows,
+                                         normalize=r.normalize, batch_size=r.batch_size, max_length=max_length)
+            if planned is not None:
+                budget_mod.observed(planned, timing, time.perf_counter() - t1)
+            found = [hits_mod.to_hits(top.take(plan.k), rows, rs[:plan.k], given) for top, rs in reranked]
+        else:
+            found = [hits_mod.to_hits(top.take(plan.k), rows, None, given) for top in tops]
     else:
         found = [hits_mod.to_hits(top, rows, None, given) for top in tops]
-    return [SearchResults(h, encode.term_notes(plan, reps, qi)) for qi, h in enumerate(found)]
+    if timing is not None:
+        timing["total_ms"] = (time.perf_counter() - t0) * 1000
+    out = [SearchResults(h, [*encode.term_notes(plan, reps, qi), *extra]) for qi, h in enumerate(found)]
+    for res in out:
+        res.timing = timing
+    return out

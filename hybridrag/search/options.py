@@ -23,7 +23,7 @@ import numpy as np
 from hybridrag.search.fusion import FUSION_METHODS
 
 #: The per-call overrides of the pipeline (every field but ``k`` and ``filters``).
-OVERRIDES: tuple[str, ...] = ("modes", "fusion", "weights", "depth", "rerank", "rerank_k", "rrf_k")
+OVERRIDES: tuple[str, ...] = ("modes", "fusion", "weights", "depth", "rerank", "rerank_k", "rrf_k", "budget_ms")
 DEFAULT_K = 10
 
 
@@ -41,7 +41,9 @@ class SearchOptions:
     ``weighted | relative | rrf | adaptive``. ``weights``: mode -> finite number >= 0.
     ``depth``: first-stage candidates per mode (a positive int, or mode -> positive int).
     ``rerank``: ``True``/``False``. ``rerank_k``: candidates reranked (positive int).
-    ``rrf_k``: the ``k`` of reciprocal rank fusion (int >= 0).
+    ``rrf_k``: the ``k`` of reciprocal rank fusion (int >= 0). ``budget_ms``: the call's time
+    budget in ms (a finite number >= 0; 0 = none): the rerank depth and passage length are
+    chosen to fit it (``rerank.budget_ms``; :mod:`hybridrag.search.budget`).
 
     ``k``, depths and ``rerank_k`` are capped at the index's live chunk count when the
     search is planned. Frozen: :meth:`replace` returns a changed copy (checked again).
@@ -56,6 +58,7 @@ class SearchOptions:
     rerank: bool | None = None
     rerank_k: int | None = None
     rrf_k: int | None = None
+    budget_ms: float | None = None
 
     def __post_init__(self) -> None:
         k = self.k
@@ -106,6 +109,12 @@ class SearchOptions:
             if not _is_int(self.rrf_k) or self.rrf_k < 0:
                 raise ValueError(f"rrf_k must be an integer >= 0, got {self.rrf_k!r}")
             self._set("rrf_k", int(self.rrf_k))
+        if self.budget_ms is not None:
+            b = self.budget_ms
+            if isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, float, np.integer, np.floating)) \
+                    or not math.isfinite(b) or b < 0:
+                raise ValueError(f"budget_ms must be a finite number >= 0 (0 = no budget), got {b!r}")
+            self._set("budget_ms", float(b))
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)  # normalising a frozen dataclass in __post_init__

@@ -50,4 +50,5 @@ def make_plan(options: SearchOptions, pipeline: PipelineConfig, live: int) -> Qu
     return QueryPlan(modes=use, depths=depths, fusion=options.fusion or pipeline.fusion.method, weights=w,
                      rrf_k=pipeline.fusion.rrf_k if options.rrf_k is None else options.rrf_k, k=k,
                      rerank=pipeline.rerank.enabled if options.rerank is None else options.rerank,
-                     rerank_k=min(max(int(rk), k), cap))
+                     rerank_k=min(max(int(rk), k), cap),
+                     budget_ms=pipeline.rerank.budget_ms if options.budget_ms is None else options.budget_ms)

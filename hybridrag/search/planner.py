@@ -117,6 +117,7 @@ class QueryPlan:
     k: int = 10
     rerank: bool = False
     rerank_k: int = 100
+    budget_ms: float = 0.0   # the call's time budget (0: none); see hybridrag.search.budget
 
     @property
     def first_stage(self) -> list[str]:

@@ -22,16 +22,19 @@ from hybridrag.stores.base import rank_order
 
 
 def rerank(reranker: Any, queries: Sequence[str], tops: Sequence[Candidates], rows: Mapping[int, Mapping[str, Any]],
-           *, normalize: bool, batch_size: int) -> list[tuple[Candidates, np.ndarray]]:
+           *, normalize: bool, batch_size: int, max_length: int | None = None) -> list[tuple[Candidates, np.ndarray]]:
     """Per query ``qi``: ``tops[qi]`` reordered by the cross-encoder score of
-    ``(queries[qi], text)``, and those scores (float64 ``[m]``, best first).
+    ``(queries[qi], text)``, and those scores (float64 ``[m]``, best first). ``max_length``
+    (a budget's choice) truncates the pairs below the reranker's own limit.
 
     ``rows[slot]["text"]`` is each candidate's passage. A call without candidates leaves
     ``reranker`` untouched (a lazily loaded model is not loaded for nothing)."""
     pairs = [(queries[qi], rows[int(s)]["text"]) for qi, top in enumerate(tops) for s in top.slots]
     if not pairs:
         return [(top, np.zeros(0, dtype=np.float64)) for top in tops]
-    scores = np.asarray(reranker.compute_score(pairs, normalize=normalize, batch_size=batch_size), dtype=np.float64)
+    kw = {} if max_length is None else {"max_length": max_length}
+    scores = np.asarray(reranker.compute_score(pairs, normalize=normalize, batch_size=batch_size, **kw),
+                        dtype=np.float64)
     if scores.shape != (len(pairs),):
         raise RuntimeError(f"the reranker returned {scores.shape} scores for {len(pairs)} pairs")
     out = []

@@ -57,6 +57,8 @@ class SearchRequest(BaseModel):
     rerank: bool | None = None
     rerank_k: int | None = None
     rrf_k: int | None = None
+    budget_ms: float | int | None = Field(None, description="the call's time budget in ms: rerank as deep as it allows "
+                                                            "(0: none; docs/BUDGET.md)")
     explain: bool = Field(False, description="add per-mode scores and first-stage ranks to each hit")
 
 
@@ -207,13 +209,16 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> Any:
         if (req.query is None) == (req.queries is None):
             raise ValueError("pass exactly one of 'query' (a string) or 'queries' (a list of strings)")
         queries = [req.query] if req.query is not None else req.queries
-        options = {n: getattr(req, n) for n in ("modes", "fusion", "weights", "depth", "rerank", "rerank_k", "rrf_k")}
+        options = {n: getattr(req, n) for n in ("modes", "fusion", "weights", "depth", "rerank", "rerank_k", "rrf_k",
+                                                "budget_ms")}
         res = await engine.search(queries, k=req.k, filters=req.filters, **options)  # type: ignore[arg-type]
         rows = [[_hit_json(h, req.explain) for h in hits] for hits in res.hits]
         notes = [list(getattr(hits, "notes", ())) for hits in res.hits]   # why hits are missing
+        timing = getattr(res.hits[0], "timing", None) if res.hits else None
+        extra = {"timing": timing} if timing is not None else {}   # with a budget: what it chose and spent
         if req.query is not None:
-            return JSONResponse({"generation": res.generation, "hits": rows[0], "notes": notes[0]})
-        return JSONResponse({"generation": res.generation, "results": rows, "notes": notes})
+            return JSONResponse({"generation": res.generation, "hits": rows[0], "notes": notes[0], **extra})
+        return JSONResponse({"generation": res.generation, "results": rows, "notes": notes, **extra})
 
     @app.post("/add", summary="Add documents (--writable)")
     async def add(req: WriteRequest) -> JSONResponse:
