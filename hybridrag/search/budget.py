@@ -8,7 +8,8 @@ for, ``k``) whose predicted time fits; when even ``k`` passages at ``max_length`
 it shortens the passages (halving the token limit, down to ``rerank.min_length``); when
 nothing fits, it does not rerank and says so in the results' notes.
 
-The prediction comes from a cost model of the cross-encoder on this machine
+The rerank is planned to fill :data:`HEADROOM` (85 %) of the time left, leaving room for
+the model's error. The prediction comes from a cost model of the cross-encoder on this machine
 (:class:`RerankCost`): the reranker sorts pairs by length and runs them in padded batches, so
 one call costs about ``a + sum over batches of rows x (b L + c L^2)`` seconds, ``L`` the
 batch's longest pair in tokens (``c`` is attention's quadratic share). ``a``, ``b`` and
@@ -47,6 +48,10 @@ __all__ = ["RerankCost", "BudgetChoice", "Planned", "calibrate", "rerank_cost", 
 CACHE_ENV = "HYBRIDRAG_CACHE_DIR"
 _FILE = "rerank-costs.json"
 _SCALE_BOUNDS = (0.25, 4.0)
+# The rerank is planned to fill this share of the time left: room for the model's error (the
+# full-size int8 cross-encoder on 2 CPUs ran 4 % over its prediction at the median and up to
+# 20 % over on single calls; bench_budget.py).
+HEADROOM = 0.85
 _LOCK = threading.Lock()
 _MODELS: dict[str, RerankCost] = {}
 
@@ -258,7 +263,8 @@ def plan_rerank(reranker: Any, queries: Sequence[str], tops: Sequence[Any], rows
     spent = time.perf_counter() - t0 - calib
     left = plan.budget_ms / 1000 - spent
     timing["retrieval_ms"] = spent * 1000
-    choice = choose(cost, lengths, plan.k, plan.rerank_k, top, min(rcfg.min_length, top), rcfg.batch_size, left)
+    choice = choose(cost, lengths, plan.k, plan.rerank_k, top, min(rcfg.min_length, top), rcfg.batch_size,
+                    left * HEADROOM)
     timing.update(rerank_depth=choice.depth, rerank_max_length=choice.max_length if choice.depth else None,
                   predicted_rerank_ms=choice.predicted_s * 1000 if choice.depth else 0.0)
     if not choice.depth:
