@@ -24,6 +24,13 @@ settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A budgeted search keeps its measured reranker costs in a cache file
+    (hybridrag/search/budget.py): never the user's own cache, even by a test that forgets."""
+    os.environ["HYBRIDRAG_CACHE_DIR"] = str(tmp_path_factory.mktemp("hybridrag-cache"))
+
+
 @pytest.fixture(scope="session")
 def m3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A BGE-M3-layout folder (XLM-R, hidden 32, colbert_linear.pt, sparse_linear.pt)."""

@@ -5,8 +5,8 @@ retrieval and fusion as always, then looks at the time left. The cross-encoder i
 stage whose cost the planner can choose, and by far the largest on a CPU, so the planner
 picks the largest rerank depth ``n`` (from the pipeline's ``rerank.k`` down to the hits asked
 for, ``k``) whose predicted time fits; when even ``k`` passages at ``max_length`` do not fit,
-it shortens the passages (halving the token limit, down to ``rerank.min_length``); when
-nothing fits, it does not rerank and says so in the results' notes.
+it shortens the passages (the longest token limit that fits, not below ``rerank.min_length``);
+when nothing fits, it does not rerank and says so in the results' notes.
 
 The rerank is planned to fill :data:`HEADROOM` (85 %) of the time left, leaving room for
 the model's error. The prediction comes from a cost model of the cross-encoder on this machine
@@ -200,8 +200,8 @@ def choose(cost: RerankCost, lengths: Sequence[Sequence[int]], k: int, rerank_k:
            min_length: int, batch_size: int, left_s: float) -> BudgetChoice:
     """The largest rerank depth ``n`` in ``[k, rerank_k]`` (the same for every query of the
     call) whose pairs, ``lengths[q][:n]`` tokens each at ``max_length``, are predicted to take
-    at most ``left_s``; else depth ``k`` at the longest token limit (``max_length`` halved
-    until ``min_length``) that fits; else depth 0. ``lengths[q]`` are query ``q``'s pair
+    at most ``left_s``; else depth ``k`` at the longest token limit in ``[min_length,
+    max_length)`` that fits; else depth 0. ``lengths[q]`` are query ``q``'s pair
     lengths at ``max_length``, best fused candidate first; a query with fewer candidates
     reranks all it has."""
 
@@ -218,12 +218,16 @@ def choose(cost: RerankCost, lengths: Sequence[Sequence[int]], k: int, rerank_k:
             else:
                 hi = mid - 1
         return BudgetChoice(lo, max_length, cost_of(lo, max_length))
-    cap = max_length
-    while cap > min_length:
-        cap = max(min_length, cap // 2)
-        if cost_of(lo, cap) <= left_s:
-            return BudgetChoice(lo, cap, cost_of(lo, cap))
-    return BudgetChoice(0, min_length, cost_of(lo, min_length))
+    if cost_of(lo, min_length) > left_s:
+        return BudgetChoice(0, min_length, cost_of(lo, min_length))
+    short, long_ = min_length, max_length - 1
+    while short < long_:   # the cost grows with the token limit: the longest that fits
+        mid = (short + long_ + 1) // 2
+        if cost_of(lo, mid) <= left_s:
+            short = mid
+        else:
+            long_ = mid - 1
+    return BudgetChoice(lo, short, cost_of(lo, short))
 
 
 @dataclass
