@@ -49,8 +49,8 @@ CACHE_ENV = "HYBRIDRAG_CACHE_DIR"
 _FILE = "rerank-costs.json"
 _SCALE_BOUNDS = (0.25, 4.0)
 # The rerank is planned to fill this share of the time left: room for the model's error (the
-# full-size int8 cross-encoder on 2 CPUs ran 4 % over its prediction at the median and up to
-# 20 % over on single calls; bench_budget.py).
+# full-size int8 cross-encoder on 2 CPUs ran 4 % over its prediction at the median, and 2 of 10
+# calls went over a 5 s budget planned to fill all of it; docs/BENCHMARKS.md section 12).
 HEADROOM = 0.85
 _LOCK = threading.Lock()
 _MODELS: dict[str, RerankCost] = {}
