@@ -208,26 +208,21 @@ def choose(cost: RerankCost, lengths: Sequence[Sequence[int]], k: int, rerank_k:
     def cost_of(n: int, cap: int) -> float:
         return cost.predict([min(v, cap) for ls in lengths for v in ls[:n]], batch_size)
 
-    lo = max(1, min(k, rerank_k))
-    if cost_of(lo, max_length) <= left_s:
-        hi = rerank_k
-        while lo < hi:   # the cost grows with n: the largest n that fits
+    def largest(lo: int, hi: int, fits: Any) -> int:
+        """The largest x in [lo, hi] with fits(x), given fits(lo) (the cost grows with x)."""
+        while lo < hi:
             mid = (lo + hi + 1) // 2
-            if cost_of(mid, max_length) <= left_s:
-                lo = mid
-            else:
-                hi = mid - 1
-        return BudgetChoice(lo, max_length, cost_of(lo, max_length))
-    if cost_of(lo, min_length) > left_s:
-        return BudgetChoice(0, min_length, cost_of(lo, min_length))
-    short, long_ = min_length, max_length - 1
-    while short < long_:   # the cost grows with the token limit: the longest that fits
-        mid = (short + long_ + 1) // 2
-        if cost_of(lo, mid) <= left_s:
-            short = mid
-        else:
-            long_ = mid - 1
-    return BudgetChoice(lo, short, cost_of(lo, short))
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        return lo
+
+    n = max(1, min(k, rerank_k))
+    if cost_of(n, max_length) <= left_s:
+        n = largest(n, rerank_k, lambda d: cost_of(d, max_length) <= left_s)
+        return BudgetChoice(n, max_length, cost_of(n, max_length))
+    if cost_of(n, min_length) > left_s:
+        return BudgetChoice(0, min_length, cost_of(n, min_length))
+    cap = largest(min_length, max_length - 1, lambda c: cost_of(n, c) <= left_s)
+    return BudgetChoice(n, cap, cost_of(n, cap))
 
 
 @dataclass
