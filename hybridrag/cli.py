@@ -312,6 +312,8 @@ def _budget_line(t: dict[str, Any]) -> str:
             parts.append("no rerank fits")
         if "cost_model_ms" in t:
             parts.append(f"cost model measured {t['cost_model_ms']:,.0f} ms")
+    if "models_loaded_ms" in t:
+        parts.append(f"models loaded {t['models_loaded_ms']:,.0f} ms (not counted)")
     parts.append(f"total {t['total_ms']:,.1f} ms")
     return "budget: " + "; ".join(parts[1:]) + f" (of {t['budget_ms']:,.0f} ms)"
 

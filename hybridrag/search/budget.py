@@ -43,7 +43,8 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RerankCost", "BudgetChoice", "Planned", "calibrate", "rerank_cost", "choose", "plan_rerank", "observed", "cache_file"]
+__all__ = ["RerankCost", "BudgetChoice", "Planned", "calibrate", "rerank_cost", "choose", "load_models", "plan_rerank",
+           "observed", "cache_file"]
 
 CACHE_ENV = "HYBRIDRAG_CACHE_DIR"
 _FILE = "rerank-costs.json"
@@ -223,6 +224,23 @@ def choose(cost: RerankCost, lengths: Sequence[Sequence[int]], k: int, rerank_k:
         return BudgetChoice(0, min_length, cost_of(n, min_length))
     cap = largest(min_length, max_length - 1, lambda c: cost_of(n, c) <= left_s)
     return BudgetChoice(n, cap, cost_of(n, cap))
+
+
+def load_models(index: Any, plan: Any) -> float:
+    """Load the models a budgeted call of ``plan`` needs (the encoder, the reranker) if they
+    are not loaded yet; return the seconds it took (0.0 when both were loaded). Loading is
+    once per process, so it is not counted against a budget."""
+    from hybridrag.modes import MODES
+
+    t = time.perf_counter()
+    took = False
+    if index._encoder is None and any(MODES[m].neural for m in plan.modes):
+        index.encoder   # noqa: B018 - loads it
+        took = True
+    if plan.rerank and index._reranker is None:
+        index.reranker   # noqa: B018 - loads it
+        took = True
+    return time.perf_counter() - t if took else 0.0
 
 
 @dataclass
