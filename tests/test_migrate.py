@@ -139,6 +139,10 @@ def test_a_failed_migration_leaves_no_directory_and_its_source_whole(tmp_path, s
     with pytest.raises(RuntimeError, match="injected"):
         HybridIndex.migrate(src, tmp_path / "mv")
     assert not (tmp_path / "mv").exists()
+    (tmp_path / "given").mkdir()   # an empty directory the user named stays, empty
+    with pytest.raises(RuntimeError, match="injected"):
+        HybridIndex.migrate(src, tmp_path / "given")
+    assert (tmp_path / "given").is_dir() and not any((tmp_path / "given").iterdir())
     assert _tree(src) == before
     monkeypatch.undo()
     ok = HybridIndex.migrate(src, tmp_path / "mv")   # and it can run again

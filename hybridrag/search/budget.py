@@ -126,6 +126,7 @@ def _from_entry(entry: Any) -> RerankCost | None:
 
 def _write_cache(path: Path, key: str, cost: RerankCost) -> None:
     """Add ``key`` to the cache file (atomically); a cache that cannot be written is skipped."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = _read_cache(path)
@@ -137,14 +138,16 @@ def _write_cache(path: Path, key: str, cost: RerankCost) -> None:
         os.replace(tmp, path)
     except OSError as e:
         logger.debug("cannot write the rerank cost cache %s: %s", path, e)
-        with contextlib.suppress(Exception):
-            os.unlink(tmp)  # type: ignore[possibly-undefined]
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def calibrate(reranker: Any, batch_size: int) -> RerankCost:
-    """Measure ``a``, ``b``, ``c`` of ``reranker`` with a few timed calls on made-up pairs
-    (after one warm-up call): one pair of about 16 tokens, one of about 128 and two of about
-    256 (each capped at the reranker's ``max_length``); least squares, every term >= 0."""
+    """Measure ``a``, ``b``, ``c`` of ``reranker`` with four timed calls on made-up pairs (after
+    one warm-up call): one pair of about 16 tokens, one of about 128, two of about 256 and the
+    16-token pair again (each capped at the reranker's ``max_length``); least squares, every
+    term >= 0."""
     from scipy.optimize import nnls
 
     top = int(getattr(reranker, "max_length", 512))

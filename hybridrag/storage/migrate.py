@@ -21,6 +21,7 @@ read.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -31,6 +32,7 @@ import numpy as np
 
 from hybridrag.errors import ConfigError
 from hybridrag.storage import commit as commit_mod
+from hybridrag.storage import opening
 from hybridrag.storage.files import open_for_write, open_plain
 from hybridrag.storage.segments import SegmentedStore
 from hybridrag.storage.table import SegmentTable
@@ -81,21 +83,12 @@ def migrate(cls: Any, src: str | os.PathLike[str], dst: str | os.PathLike[str], 
             _copy_index(source, target, batch_size, progress)
     except BaseException:
         if target is not None:
-            for store in target.stores.values():
-                if not isinstance(store, SegmentedStore) and hasattr(store, "drop"):
-                    try:
-                        store.drop()
-                    except Exception:  # noqa: BLE001 - the original error is the one to raise
-                        pass
+            with contextlib.suppress(Exception):   # the original error is the one to raise
+                opening._undo_create(target, None)   # drops the Milvus collections it made
             target.close()
-            if made:
-                shutil.rmtree(dst_p, ignore_errors=True)
-            else:
-                for f in list(dst_p.iterdir()):
-                    if f.is_dir() and not f.is_symlink():
-                        shutil.rmtree(f, ignore_errors=True)
-                    else:
-                        f.unlink()
+            shutil.rmtree(dst_p, ignore_errors=True)
+            if not made:
+                dst_p.mkdir(exist_ok=True)   # the empty directory the user gave stays
         raise
     finally:
         source.close()
