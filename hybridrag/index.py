@@ -77,6 +77,9 @@ class HybridIndex:
         self._vocab_saved = 0   # BM25 terms already in a committed vocabulary file
         #: Which segments a commit merges afterwards (``None``: never; :meth:`optimize` still does).
         self.merge_policy: TieredMergePolicy | None = TieredMergePolicy()
+        #: Merge in a thread of the index's own, installed by a later commit (``False``: in the commit).
+        self.merge_in_background = True
+        self._merge_job: Any = None
         # Milvus connection settings the user gave (never read from the index alone).
         self._milvus_conn: dict[str, str] = {}
         self._milvus_from_index = False  # the [milvus] section came from the manifest
@@ -244,6 +247,13 @@ class HybridIndex:
         commit: readers keep their snapshot, a crash leaves the last commit whole."""
         commit_mod.optimize(self)
 
+    def wait_for_merges(self) -> None:
+        """Wait for the background merge running now and install what it merged (each merge a
+        commit); with writes not yet committed, the next commit installs it instead."""
+        with self._writing():
+            if not self._dirty:
+                commit_mod.merges.finish(self, wait=True)
+
     def _collect_garbage(self) -> None:
         commit_mod.collect_garbage(self)
 
@@ -251,7 +261,9 @@ class HybridIndex:
         return {m: s for m, s in self.stores.items() if isinstance(s, SegmentedStore)}
 
     def close(self) -> None:
-        """Release the writer lock and the docstore connection (uncommitted writes are dropped)."""
+        """Install a background merge (waiting for it), then release the writer lock and the
+        docstore connection (uncommitted writes are dropped, a merge with them)."""
+        commit_mod.close_merges(self)
         self._lock.release()
         for store in self.stores.values():
             closer = getattr(store, "close", None)

@@ -153,6 +153,7 @@ def test_merge_policy_picks_full_tiers_and_deleted_segments():
 def test_automatic_merges_bound_the_segments_and_change_no_result(tmp_path):
     idx = HybridIndex.create(tmp_path / "i", BM25)
     idx.merge_policy = TieredMergePolicy(segments_per_tier=3, floor_rows=2)
+    idx.merge_in_background = False   # the bound after each commit (background: tests/test_background_merges.py)
     docs = corpus(60)
     for i in range(0, 60, 2):
         idx.add(docs[i:i + 2])

@@ -24,7 +24,7 @@ import numpy as np
 from hybridrag import __version__
 from hybridrag.config import PipelineConfig, resolve_model_path
 from hybridrag.errors import IndexLockedError
-from hybridrag.storage import opening
+from hybridrag.storage import merges, opening
 from hybridrag.storage.files import disk_full_errors as _disk_full
 from hybridrag.storage.manifest import FORMAT_VERSION, MANIFEST, check_name as _check_name, sha256_file as _sha256
 from hybridrag.storage.manifest import read_generation, write_manifest
@@ -38,6 +38,7 @@ LOCKFILE = "LOCK"
 # Every file of a segment carries "<mode>.s<n>" (format 1: "<mode>.g<generation>") in its name,
 # or is a segment's bookkeeping ("s<n>.slots.npy", "s<n>.del.g<generation>.npy").
 STORE_FILE = re.compile(r"(dense|sparse|bm25|colbert)\.[gs]\d+|(^|\.)[gs]\d+\.(slots|del\.g\d+)\.npy")
+SEGMENT_ID = re.compile(r"(?:^|\.)(s\d+)(?=[.-])")
 
 
 def commit(idx, *, merge: bool = True) -> None:
@@ -98,8 +99,7 @@ def commit(idx, *, merge: bool = True) -> None:
         idx._dirty = False
         idx._collect_garbage()
         if merge and idx.merge_policy is not None:
-            for group in idx.merge_policy.select(idx._table.infos()):
-                merge_segments(idx, group)
+            merges.after_commit(idx)
 
 
 def optimize(idx) -> None:
@@ -108,37 +108,80 @@ def optimize(idx) -> None:
     commit: readers keep their snapshot, a crash leaves the last commit whole."""
     with idx._writing():
         idx.commit(merge=False)
+        merges.finish(idx, wait=True)
         entries = idx._table.entries
         if len(entries) > 1 or any(e["deleted"] for e in entries):
             merge_segments(idx, [e["id"] for e in entries])
 
 
+def close_merges(idx) -> None:
+    """At close: install a running background merge when the writer has nothing uncommitted,
+    else drop it (its files are garbage for the next writer)."""
+    if idx._merge_job is None:
+        return
+    if idx._dirty or idx._lock.fd is None:
+        merges.cancel(idx)
+        return
+    try:
+        with idx._writing():
+            merges.finish(idx, wait=True)
+    except Exception as e:   # noqa: BLE001 - closing still releases the lock; the last commit is whole
+        logger.warning("installing a background merge of %s at close failed: %r", idx.path, e)
+        merges.cancel(idx)
+
+
 def merge_segments(idx, ids: Sequence[str]) -> None:
-    """Merge segments ``ids`` into one new segment, as a commit."""
-    gen = idx._gen + 1
+    """Merge segments ``ids`` into one new segment in the calling thread, as a commit."""
+    slots = np.sort(np.concatenate([idx._table.live_slots(i) for i in ids]))
     checksums: dict[str, str] = {}
-    slots = np.concatenate([idx._table.live_slots(i) for i in ids])
-    slots.sort()
-    entries = [dict(e) for e in idx._table.entries]
-    sealed: dict[str, dict[str, str]] = {}
-    sid = idx._table.new_id() if slots.size else None
-    if sid is not None:
+    sid, sealed, slots_file = None, {}, None
+    if slots.size:
+        sid = idx._table.new_id()
         for mode, store in idx._local_stores().items():
-            parts = [store.parts[i] for i in ids]
-            merged = type(parts[0]).merge(parts)
-            if len(merged) != slots.size:
-                raise RuntimeError(f"merging {mode!r} segments {list(ids)} gave {len(merged)} rows, "
-                                   f"expected {slots.size}")
-            sealed[mode] = _save_part(idx, merged, f"{mode}.{sid}", checksums)
-        entry = {"id": sid, "rows": int(slots.size), "deleted": 0, "deletes": None, "files": sealed,
-                 "slots": _written(idx, SegmentTable.write_slots(idx.path, sid, slots), checksums)}
-        at = next(i for i, e in enumerate(entries) if e["id"] == ids[0])
-        entries.insert(at, entry)
+            sealed[mode] = merged_part(idx.path, mode, [store.parts[i] for i in ids], sid, slots.size, checksums)
+        slots_file = record(idx.path, SegmentTable.write_slots(idx.path, sid, slots), checksums)
+    install_merge(idx, ids, sid, sealed, slots, slots_file, checksums)
+
+
+def merged_part(directory: Path, mode: str, parts: list[Any], sid: str, rows: int,
+                checksums: dict[str, str]) -> dict[str, str]:
+    """Merge one store's ``parts`` (their live rows) and write them as segment ``sid``'s files."""
+    merged = type(parts[0]).merge(parts)
+    if len(merged) != rows:
+        raise RuntimeError(f"merging {mode!r} segments gave {len(merged)} rows, expected {rows}")
+    files = merged.save(directory, f"{mode}.{sid}")
+    for name in files.values():
+        record(directory, name, checksums)
+    return dict(files)
+
+
+def install_merge(idx, ids: Sequence[str], sid: str | None, sealed: dict[str, dict[str, str]],
+                  slots: np.ndarray, slots_file: str | None, checksums: dict[str, str]) -> None:
+    """Replace segments ``ids`` by the merged segment ``sid`` (its files written, holding
+    ``slots``), as a commit. Rows deleted since the merge read its segments (a background
+    merge) get a deletion list on the merged segment: slots never move, so a slot deleted
+    in an old segment is the same slot in the merged one."""
+    present = [i for i in ids if i in idx._table.slots]   # a wholly deleted segment is gone
+    gen = idx._gen + 1
+    live = (np.concatenate([idx._table.live_slots(i) for i in present]) if present
+            else np.zeros(0, np.int64))
+    dels = np.setdiff1d(slots, live) if sid is not None else slots[:0]
+    entries = [dict(e) for e in idx._table.entries]
+    if sid is not None and present and dels.size < slots.size:
+        entry = {"id": sid, "rows": int(slots.size), "deleted": int(dels.size), "files": sealed, "slots": slots_file,
+                 "deletes": record(idx.path, SegmentTable.write_deletes(idx.path, sid, gen, dels), checksums)
+                 if dels.size else None}
+        entries.insert(next(i for i, e in enumerate(entries) if e["id"] == present[0]), entry)
+    else:
+        sid = None
     entries = [e for e in entries if e["id"] not in ids]
     _swap_manifest(idx, gen, entries, list(idx._vocab_files), checksums)
     for mode, store in idx._local_stores().items():
         if sid is not None:
-            store.replace(list(ids), sid, _open_part(idx, mode, sealed[mode]))
+            part = _open_part(idx, mode, sealed[mode])
+            if dels.size:
+                part.remove(dels)
+            store.replace(present, sid, part)
         else:
             store.parts = {k: v for k, v in store.parts.items() if k not in ids}
     idx._table.entries = entries
@@ -146,18 +189,22 @@ def merge_segments(idx, ids: Sequence[str]) -> None:
         idx._table.slots.pop(i, None)
         idx._table.deleted.pop(i, None)
     if sid is not None:
-        idx._table.slots[sid], idx._table.deleted[sid] = slots, np.zeros(0, np.int64)
+        idx._table.slots[sid], idx._table.deleted[sid] = slots, dels
     idx._collect_garbage()
 
 
-def _written(idx, name: str, checksums: dict[str, str]) -> str:
-    """Record the sha256 of a file just written (fsynced) for the manifest."""
-    _check_name(idx.path, name)
-    f = idx.path / name
+def record(directory: Path, name: str, checksums: dict[str, str]) -> str:
+    """Record the sha256 of a file just written in ``directory`` (fsynced) for the manifest."""
+    _check_name(directory, name)
+    f = directory / name
     with open(f, "rb") as fh:
         os.fsync(fh.fileno())
     checksums[name] = _sha256(f)
     return name
+
+
+def _written(idx, name: str, checksums: dict[str, str]) -> str:
+    return record(idx.path, name, checksums)
 
 
 def _save_part(idx, store: Any, tag: str, checksums: dict[str, str]) -> dict[str, str]:
@@ -254,8 +301,12 @@ def drop_milvus_collections(idx, names: list[str]) -> None:
 
 def collect_garbage(idx) -> None:
     keep = set((idx._manifest or {}).get("checksums", {})) | {MANIFEST, DOCSTORE, LOCKFILE}
+    busy = merges.reserved(idx)   # a background merge's sources and output
     for f in idx.path.iterdir():
         if f.name in keep or f.name.startswith(DOCSTORE) or not (f.is_file() or f.is_symlink()):
+            continue
+        seg = SEGMENT_ID.search(f.name) if busy else None
+        if seg is not None and seg.group(1) in busy:
             continue
         if STORE_FILE.search(f.name) or f.name == f"{MANIFEST}.tmp":
             with contextlib.suppress(OSError):
@@ -318,6 +369,7 @@ def undo_on_error(idx) -> Iterator[None]:
     except BaseException:
         if idx._manifest is not None and idx._lock.fd is not None:
             logger.warning("write to %s failed; rolling back to generation %d", idx.path, idx._gen)
+            merges.cancel(idx)   # the table is re-read: its reserved segment ids with it
             idx.docstore.rollback_to(idx._gen)
             idx._bm25 = None
             opening.init_components(idx, fresh=False)
