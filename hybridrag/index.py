@@ -229,8 +229,9 @@ class HybridIndex:
 
     def commit(self, *, merge: bool = True) -> None:
         """Make the writes since the last commit durable and visible (one new segment per store,
-        a deletion list per segment that lost rows, then the atomic manifest swap), then merge
-        the segments :attr:`merge_policy` picks unless ``merge=False`` (each merge a commit).
+        a deletion list per segment that lost rows, then the atomic manifest swap), then start
+        merging the segments :attr:`merge_policy` picks unless ``merge=False``: in a background
+        thread whose merged segments a later commit installs (:attr:`merge_in_background`).
         No-op when nothing changed. See :func:`hybridrag.storage.commit.commit`."""
         commit_mod.commit(self, merge=merge)
 

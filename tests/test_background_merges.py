@@ -175,3 +175,22 @@ def test_merges_in_the_commit_when_asked(tmp_path, m3_dir, enc):
         idx.add(docs[i:i + 4])
     assert idx._merge_job is None and len(idx.stats()["segments"]) == 1
     idx.close()
+
+
+def test_one_job_of_several_merges_installs_them_all(tmp_path, m3_dir, enc):
+    docs = corpus(14)
+    idx = HybridIndex.create(tmp_path / "i", pipeline(m3_dir), encoder=enc)
+    idx.merge_policy = None
+    for i in range(0, 12, 2):
+        idx.add(docs[i:i + 2])                      # six segments, no merge yet
+    idx.merge_policy = TieredMergePolicy(segments_per_tier=3, floor_rows=1)
+    idx.delete(["d0", "d7"])
+    idx.add(docs[12:14])                            # seven segments: two groups of three, one job
+    job = idx._merge_job
+    assert job is not None and len(job.groups) >= 2   # (a segment that lost d0 is rewritten alone)
+    idx.wait_for_merges()
+    assert idx._merge_job is None and len(idx.stats()["segments"]) < 7
+    final = [d for d in docs if d["id"] not in ("d0", "d7")]
+    _same_as_fresh(tmp_path, idx, final, m3_dir, enc, "fresh")
+    idx.close()
+    assert check_index(tmp_path / "i") == []

@@ -252,6 +252,19 @@ def test_rebuild_refuses_a_corrupt_docstore(tmp_path):
         HybridIndex.rebuild(path).close()
 
 
+@pytest.mark.parametrize("content", ['["vitamin", 7]', '{"vitamin": 0}', '["fox", "fox"]'])
+def test_a_vocabulary_of_the_wrong_shape_is_refused_by_name(tmp_path, content):
+    """Valid JSON that is not a list of distinct strings (a file written by something else,
+    whose checksum was updated too) is refused naming the file, at a plain load."""
+    path = tmp_path / "idx"
+    build(path, BM25)
+    m = json.loads((path / "manifest.json").read_text())
+    name = m["bm25_vocab"][-1]
+    (path / name).write_text(content)
+    with pytest.raises(IndexFormatError, match=re.escape(name)):
+        HybridIndex.load(path).close()
+
+
 def test_manifest_paths_outside_the_directory_are_refused(tmp_path):
     path = tmp_path / "idx"
     build(path, BM25)

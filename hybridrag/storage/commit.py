@@ -3,8 +3,8 @@
 A commit turns the rows added since the last one into one new segment per store, writes a
 new deletion list for each older segment that lost rows and the BM25 terms first seen, records
 the sha256 of every file it wrote, and swaps ``manifest.json`` (the commit point); then the
-merge policy may merge segments, each merge a commit of its own. See ``docs/DESIGN.md``,
-"On disk".
+merge policy may merge segments (in a background thread, :mod:`hybridrag.storage.merges`),
+each merge installed as a commit of its own. See ``docs/DESIGN.md``, "On disk".
 """
 from __future__ import annotations
 
@@ -44,9 +44,10 @@ SEGMENT_ID = re.compile(r"(?:^|\.)(s\d+)(?=[.-])")
 def commit(idx, *, merge: bool = True) -> None:
     """Make the writes since the last commit durable and visible: the new rows become one
     new segment per store, deletions a small file per segment they touch, and the manifest
-    is swapped atomically (the commit point). Then, unless ``merge=False``, the segments the
-    :attr:`merge_policy` picks are merged, each merge a commit of its own. No-op when
-    nothing changed."""
+    is swapped atomically (the commit point). Then, unless ``merge=False``, merges that
+    finished are installed and the segments the :attr:`merge_policy` picks are merged (in the
+    background, or here when ``merge_in_background`` is false), each merge a commit of its
+    own. No-op when nothing changed."""
     if not idx._dirty:
         return
     with _disk_full(idx.path, lambda: idx._gen), idx._writing():

@@ -107,15 +107,17 @@ def finish(idx: Any, *, wait: bool) -> None:
     if job is None or (job.thread.is_alive() and not wait):
         return
     job.thread.join()
-    idx._merge_job = None
     from hybridrag.storage.commit import install_merge
 
-    for r in job.done:
-        install_merge(idx, r["ids"], r["sid"], r["sealed"], r["slots"], r["slots_file"], r["checksums"])
+    try:   # the job stays reserved until every group is in: each install collects garbage
+        for r in job.done:
+            install_merge(idx, r["ids"], r["sid"], r["sealed"], r["slots"], r["slots_file"], r["checksums"])
+    finally:
+        idx._merge_job = None
     if job.error is not None:
         logger.warning("background merge of segments %s in %s failed: %r; they stay as they are",
                        [g["ids"] for g in job.groups[len(job.done):]], idx.path, job.error)
-        idx._collect_garbage()
+    idx._collect_garbage()
 
 
 def cancel(idx: Any) -> None:
