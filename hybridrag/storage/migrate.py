@@ -9,8 +9,9 @@ The copy keeps every slot, chunk, document and generation-independent fact of th
   segments: each segment's files are copied byte for byte (hashed as they are written), with
   its slots and deletion list, so scores are bit for bit those of the source;
 * a store that changes backend gets the stored rows of the live slots of each segment, read
-  with the stores' ``export`` (the kept float32/float16 vectors, the stored sparse weights)
-  and written with ``add``; from Milvus to local stores, one new part per source segment
+  with the stores' ``export`` (the kept float32/float16 vectors, the stored sparse weights,
+  the token vectors of a ``[colbert] backend = "milvus"`` index moved ``to="local"``) and
+  written with ``add``; from Milvus to local stores, one new part per source segment
   (a segment with deletions is then written compacted, every store of it, so all its stores
   hold the same rows);
 * the BM25 vocabulary files are copied, so the BM25 rows keep their term ids.
@@ -73,6 +74,8 @@ def migrate(cls: Any, src: str | os.PathLike[str], dst: str | os.PathLike[str], 
                               "Milvus would hold nothing of it")
         mv = cfg["milvus"]
         mv["enabled"] = to == "milvus"
+        if to == "local" and cfg["colbert"].get("backend") == "milvus":
+            cfg["colbert"]["backend"] = ""   # token vectors back to the local store too
         mv["uri"] = (milvus_uri or "") if to == "milvus" else ""
         mv["token"] = (milvus_token or "") if to == "milvus" else ""
         if collection is not None:
