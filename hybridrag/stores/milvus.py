@@ -1,7 +1,8 @@
-"""Dense and sparse first-stage stores in Milvus (Milvus Lite embedded, or a server by URI).
+"""Dense and sparse first-stage stores, and ColBERT token vectors, in Milvus (Milvus Lite
+embedded, or a server by URI).
 
-Two backends of the :class:`~hybridrag.stores.base.VectorStore` protocol, each on its own
-Milvus collection whose primary key is the engine slot (``INT64``):
+Two first-stage backends of the :class:`~hybridrag.stores.base.VectorStore` protocol, each on
+its own Milvus collection whose primary key is the engine slot (``INT64``):
 
 * :class:`MilvusDenseStore`: a ``FLOAT_VECTOR`` field, metric ``IP``; data in the
   format :class:`~hybridrag.stores.faiss.FaissStore` takes (float32 ``(n, dim)``).
@@ -10,7 +11,12 @@ Milvus collection whose primary key is the engine slot (``INT64``):
   :class:`~hybridrag.stores.sparse.SparseIndex` takes (a list of ``{term id: weight}`` or
   a scipy sparse matrix), weights must be ``>= 0`` (Milvus rejects negative weights).
 
-Both carry a ``metadata`` JSON field (optional ``metadata=`` argument of ``add``) that
+and :class:`MilvusColbertStore` (``[colbert] backend = "milvus"``): token vectors in rows of
+``tokens_per_row`` tokens keyed ``slot << 16 | row``, fetched by key for ``score`` (MaxSim on
+the client, equal to :class:`~hybridrag.stores.multivector.MultiVectorStore`'s), never searched
+by Milvus.
+
+The first two carry a ``metadata`` JSON field (optional ``metadata=`` argument of ``add``) that
 :func:`filter_expression` filters on, and ``search(..., where=...)`` pushes into Milvus.
 
 How Milvus (Lite) traits are handled
@@ -55,7 +61,8 @@ holds no commit newer than this store's (``hybridrag.committed``, set by every c
 then deletes rows no commit made visible; removed rows are purged by the commit after the
 one that recorded the removal (docs/MILVUS.md, "Commit protocol").
 
-Tests: ``tests/test_milvus.py``, ``tests/test_store_conformance.py``.
+Tests: ``tests/test_milvus.py``, ``tests/test_store_conformance.py``,
+``tests/test_milvus_colbert.py`` (the token collection).
 """
 from __future__ import annotations
 
