@@ -345,4 +345,39 @@ def test_migrate_to_local_moves_the_token_vectors(tmp_path, m3_dir, m3_encoder):
         for q in QUERIES:
             assert_same_ranking(_hits(b, q), _hits(a, q), tol=1e-5)
             got, want = _colbert_scores(b, q), _colbert_scores(a, q)
-            assert got.keys() == want.keys() and all(abs(got[c] - want[c]) <= 1e-5 for c in got)
+            assert got.keys() == want.keys() and all(abs(got[cid] - want[cid]) <= 1e-5 for cid in got)
+
+
+def test_migrate_to_milvus_with_colbert_moves_the_local_token_vectors_and_back(tmp_path, m3_dir, m3_encoder, capsys):
+    from hybridrag.cli import main
+    from hybridrag.storage.check import check_index
+
+    src = HybridIndex.create(tmp_path / "src", m3_pipeline(m3_dir, dense={"depth": 100}, sparse={"depth": 100}),
+                             encoder=m3_encoder)
+    src.add(docs(10))
+    src.delete(ids=["d2"])
+    src.upsert([{"id": "d5", "text": "The token vectors move to Milvus unchanged.", "metadata": {}}])
+    src.close()
+    with pytest.raises(ConfigError, match="to='milvus'"):
+        HybridIndex.migrate(tmp_path / "src", tmp_path / "bad", to="local", colbert=True)
+    assert main(["migrate", str(tmp_path / "src"), str(tmp_path / "mid"), "--colbert", "-q"]) == 0
+    assert "dense, sparse and ColBERT token vectors in Milvus" in capsys.readouterr().out
+    back = HybridIndex.migrate(tmp_path / "mid", tmp_path / "back", to="local", encoder=m3_encoder)
+    back.close()
+    for d in ("mid", "back"):
+        assert check_index(tmp_path / d) == []
+    with HybridIndex.load(tmp_path / "src", encoder=m3_encoder) as a, \
+            HybridIndex.load(tmp_path / "mid", encoder=m3_encoder) as b, \
+            HybridIndex.load(tmp_path / "back", encoder=m3_encoder) as c:
+        assert type(b.stores["colbert"]).__name__ == "MilvusColbertStore"
+        assert type(c.stores["colbert"]).__name__ == "SegmentedStore"
+        for other in (b, c):
+            for q in QUERIES:
+                assert_same_ranking(_hits(other, q), _hits(a, q), tol=1e-5)
+                got, want = _colbert_scores(other, q), _colbert_scores(a, q)
+                assert got.keys() == want.keys() and all(abs(got[cid] - want[cid]) <= 1e-5 for cid in got)
+        live = np.asarray(a.docstore.live_slots())
+        for s in live[:5].tolist():   # fp16 tokens arrive bit for bit
+            np.testing.assert_array_equal(b.stores["colbert"].export([s])[0], a.stores["colbert"].parts[
+                next(p for p, part in a.stores["colbert"].parts.items() if s < part._lengths.shape[0]
+                     and part._lengths[s] > 0)].decode(s))
