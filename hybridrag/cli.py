@@ -411,14 +411,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     total = int(read_manifest(Path(args.src))["counts"]["chunks"])
     with tqdm(total=total, unit=" chunks", desc="migrate", disable=args.quiet, dynamic_ncols=True) as bar:
         idx = HybridIndex.migrate(args.src, args.dst, to=args.to, milvus_uri=args.milvus_uri,
-                                  collection=args.collection, progress=bar.update)
+                                  collection=args.collection, progress=bar.update, colbert=args.colbert)
     try:
         stats = idx.stats()
     finally:
         idx.close()
     where = "Milvus" if args.to == "milvus" else "local stores"
+    what = "dense, sparse and ColBERT token" if "colbert" in stats["milvus"] else "dense and sparse"
     print(f"{args.dst}: {stats['chunks']} chunks of {stats['documents']} document(s) from {args.src}, "
-          f"dense and sparse vectors in {where}; nothing re-encoded, {args.src} unchanged")
+          f"{what} vectors in {where}; nothing re-encoded, {args.src} unchanged")
     return 0
 
 
@@ -553,6 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the Milvus of DST (--to milvus; default $HYBRIDRAG_MILVUS_URI, else a Milvus Lite file "
                         "inside DST) or of SRC (--to local); the token comes from $MILVUS_TOKEN")
     s.add_argument("--collection", default=None, help="prefix of the new Milvus collections")
+    s.add_argument("--colbert", action="store_true",
+                   help="--to milvus: move the ColBERT token vectors too ([colbert] backend = \"milvus\"; "
+                        "fp16 or fp32 stores); --to local always brings them back")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_migrate)
 

@@ -94,7 +94,7 @@ class BM25Config:
 @dataclass
 class ColbertConfig:
     enabled: bool = True
-    backend: str = ""  # "" | "multivector"
+    backend: str = ""  # "" | "multivector" | "milvus" (needs [milvus] enabled; fp16 or fp32 only)
     encoding: str = "fp16"  # "fp16" | "int8" | "pq" | "fp32"
     pq_train_tokens: int = 65536  # pq: tokens the codec is learned from, sampled from...
     pq_train_pool: int = 262144   # ...the first pq_train_pool tokens (fp16 until then)
@@ -163,11 +163,12 @@ class PipelineConfig:
 
     def backend(self, mode: str) -> str:
         """The backend that holds ``mode``: the section's ``backend``, else Milvus when
-        ``[milvus] enabled`` and Milvus can hold the mode, else the mode's default."""
+        ``[milvus] enabled`` and Milvus holds the mode by default (dense, sparse; not ColBERT),
+        else the mode's default."""
         chosen = getattr(self, mode).backend
         if chosen:
             return chosen
-        if self.milvus.enabled and "milvus" in _MODES[mode].backends:
+        if self.milvus.enabled and "milvus" in _MODES[mode].backends and _MODES[mode].milvus_default:
             return "milvus"
         return _MODES[mode].backends[0]
 
@@ -381,6 +382,13 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
     for m, mode in _MODES.items():
         _choice(getattr(cfg, m).backend, ("", *mode.backends), f"{m}.backend")
     _choice(cfg.colbert.encoding, ("fp16", "int8", "pq", "fp32"), "colbert.encoding")
+    if cfg.colbert.enabled and cfg.backend("colbert") == "milvus":
+        if not cfg.milvus.enabled:
+            raise ConfigError("colbert.backend = 'milvus' needs [milvus] enabled = true (the section says "
+                              "where Milvus is and names the index's collections)")
+        if cfg.colbert.encoding not in ("fp16", "fp32"):
+            raise ConfigError(f"colbert.encoding = {cfg.colbert.encoding!r} is a local-store encoding; the Milvus "
+                              "ColBERT store keeps 'fp16' or 'fp32' (or set colbert.backend = 'multivector')")
     if cfg.colbert.pq_train_tokens < 4096:
         raise ConfigError(f"colbert.pq_train_tokens = {cfg.colbert.pq_train_tokens} must be >= 4096")
     if cfg.colbert.pq_train_pool < cfg.colbert.pq_train_tokens:

@@ -140,7 +140,8 @@ class HybridIndex:
     @classmethod
     def migrate(cls, src: str | os.PathLike[str], dst: str | os.PathLike[str], *, to: str = "milvus",
                 milvus_uri: str | None = None, milvus_token: str | None = None, collection: str | None = None,
-                encoder: Any = None, batch_size: int = 4096, progress: Any = None) -> "HybridIndex":
+                encoder: Any = None, batch_size: int = 4096, progress: Any = None,
+                colbert: bool = False) -> "HybridIndex":
         """Copy the committed index at ``src`` into the new directory ``dst`` with its dense and
         learned-sparse vectors moved to Milvus (``to="milvus"``) or back to local stores
         (``to="local"``); nothing is encoded again and ``src`` is only read.
@@ -154,12 +155,15 @@ class HybridIndex:
         (``to="local"``, as in :meth:`load`); ``collection`` names the new collections'
         prefix. ``dst`` must not exist or be empty. One commit at the end; a failure removes
         ``dst`` and drops the collections it made. Returns ``dst`` opened (close it).
-        ``progress(n)`` is called with the rows copied per segment.
+        ``progress(n)`` is called with the rows copied per segment. ``colbert=True`` (with
+        ``to="milvus"``) moves the ColBERT token vectors too (``[colbert] backend = "milvus"``;
+        an fp16 or fp32 store only); ``to="local"`` always brings them back.
         """
         from hybridrag.storage.migrate import migrate
 
         return migrate(cls, src, dst, to=to, milvus_uri=milvus_uri, milvus_token=milvus_token,
-                       collection=collection, encoder=encoder, batch_size=batch_size, progress=progress)
+                       collection=collection, encoder=encoder, batch_size=batch_size, progress=progress,
+                       colbert=colbert)
 
     # ------------------------------------------------------------------ components
     @property

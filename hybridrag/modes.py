@@ -4,7 +4,9 @@ its backend's store file in ``hybridrag/stores/``; the engine, the write path an
 side read everything else from here.
 
 A pipeline picks each mode's backend by name (``[dense] backend = "faiss"``); ``[milvus]
-enabled = true`` is the short form of ``backend = "milvus"`` for the modes Milvus can hold.
+enabled = true`` is the short form of ``backend = "milvus"`` for the modes Milvus holds by
+default (dense and sparse; ColBERT's token vectors move to Milvus only with ``[colbert] backend =
+"milvus"``).
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ class Mode:
     by the encoder's single pass; otherwise BM25's own analyser makes them. ``first_stage``:
     it retrieves candidates (ColBERT only rescores them). ``by_terms``: it matches shared
     terms, so a query with no known term retrieves nothing. ``backends``: the backends that
-    can hold it, the default first.
+    can hold it, the default first. ``milvus_default``: ``[milvus] enabled`` alone moves it to
+    Milvus (when Milvus is among its backends); otherwise only its own ``backend = "milvus"``.
     """
 
     name: str
@@ -33,6 +36,7 @@ class Mode:
     backends: tuple[str, ...]
     #: the local store's settings from the pipeline and the loaded encoder
     settings: Callable[[Any, Any], dict[str, Any]]
+    milvus_default: bool = True
 
 
 @dataclass(frozen=True)
@@ -53,11 +57,14 @@ MODES: dict[str, Mode] = {
     "bm25": Mode("bm25", neural=False, first_stage=True, by_terms=True, backends=("inverted",),
                  settings=lambda cfg, enc: {"weighting": f"bm25{cfg.bm25.variant}", "k1": cfg.bm25.k1,
                                             "b": cfg.bm25.b, "epsilon": cfg.bm25.epsilon}),
-    "colbert": Mode("colbert", neural=True, first_stage=False, by_terms=False, backends=("multivector",),
+    "colbert": Mode("colbert", neural=True, first_stage=False, by_terms=False, backends=("multivector", "milvus"),
                     settings=lambda cfg, enc: {"dim": getattr(enc, "colbert_dim", None) or enc.dim,
                                                "encoding": cfg.colbert.encoding,
                                                "pq_train_tokens": cfg.colbert.pq_train_tokens,
-                                               "pq_train_pool": cfg.colbert.pq_train_pool}),
+                                               "pq_train_pool": cfg.colbert.pq_train_pool},
+                    # kept local unless asked: Milvus holds tokens as float32 rows, and fetching
+                    # a candidate's tokens from Milvus Lite costs more than scoring them
+                    milvus_default=False),
 }
 
 BACKENDS: dict[str, Backend] = {

@@ -9,8 +9,9 @@ The copy keeps every slot, chunk, document and generation-independent fact of th
   segments: each segment's files are copied byte for byte (hashed as they are written), with
   its slots and deletion list, so scores are bit for bit those of the source;
 * a store that changes backend gets the stored rows of the live slots of each segment, read
-  with the stores' ``export`` (the kept float32/float16 vectors, the stored sparse weights)
-  and written with ``add``; from Milvus to local stores, one new part per source segment
+  with the stores' ``export`` (the kept float32/float16 vectors, the stored sparse weights,
+  the token vectors of a ``[colbert] backend = "milvus"`` index moved ``to="local"``, or of the
+  local store moved with ``colbert=True``) and written with ``add``; from Milvus to local stores, one new part per source segment
   (a segment with deletions is then written compacted, every store of it, so all its stores
   hold the same rows);
 * the BM25 vocabulary files are copied, so the BM25 rows keep their term ids.
@@ -46,10 +47,13 @@ _TARGETS = ("milvus", "local")
 def migrate(cls: Any, src: str | os.PathLike[str], dst: str | os.PathLike[str], *, to: str = "milvus",
             milvus_uri: str | None = None, milvus_token: str | None = None, collection: str | None = None,
             encoder: Any = None, batch_size: int = 4096,
-            progress: Callable[[int], None] | None = None) -> Any:
+            progress: Callable[[int], None] | None = None, colbert: bool = False) -> Any:
     """:meth:`hybridrag.index.HybridIndex.migrate` (documented there)."""
     if to not in _TARGETS:
         raise ConfigError(f"to must be one of {list(_TARGETS)}, got {to!r}")
+    if colbert and to != "milvus":
+        raise ConfigError("colbert=True moves the ColBERT token vectors to Milvus: it needs to='milvus' "
+                          "(to='local' always brings them back)")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
     src_p, dst_p = Path(src), Path(dst)
@@ -73,6 +77,12 @@ def migrate(cls: Any, src: str | os.PathLike[str], dst: str | os.PathLike[str], 
                               "Milvus would hold nothing of it")
         mv = cfg["milvus"]
         mv["enabled"] = to == "milvus"
+        if to == "local" and cfg["colbert"].get("backend") == "milvus":
+            cfg["colbert"]["backend"] = ""   # token vectors back to the local store too
+        if colbert:
+            if not cfg["colbert"].get("enabled"):
+                raise ConfigError(f"{str(src_p)!r} has no colbert mode to move")
+            cfg["colbert"]["backend"] = "milvus"
         mv["uri"] = (milvus_uri or "") if to == "milvus" else ""
         mv["token"] = (milvus_token or "") if to == "milvus" else ""
         if collection is not None:

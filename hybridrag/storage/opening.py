@@ -126,7 +126,9 @@ def init_components(idx, fresh: bool) -> None:
         from hybridrag.stores.milvus import milvus_stores
 
         made = milvus_stores(cfg.milvus, enc.dim if "dense" in remote else None, idx.path,
-                             from_index=idx._milvus_from_index, modes=remote, **idx._milvus_conn)
+                             from_index=idx._milvus_from_index, modes=remote, **idx._milvus_conn,
+                             colbert_dim=MODES["colbert"].settings(cfg, enc)["dim"] if "colbert" in remote else None,
+                             colbert_encoding=cfg.colbert.encoding)
         idx.stores.update({m: made[m] for m in remote})
         idx._milvus_conn = made[remote[0]].connection()
     for mode in modes:
@@ -433,7 +435,7 @@ def _milvus_collections(path: Path) -> list[str]:
     if m is None or not m["pipeline"].get("milvus", {}).get("enabled"):
         return []
     return [str(e.get("config", {}).get("collection")) for mode, e in m.get("remote", {}).items()
-            if mode in ("dense", "sparse") and isinstance(e, dict)]
+            if mode in ("dense", "sparse", "colbert") and isinstance(e, dict)]
 
 
 def _require_manifest(path: Path) -> dict[str, Any]:

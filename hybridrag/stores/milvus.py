@@ -1,7 +1,8 @@
-"""Dense and sparse first-stage stores in Milvus (Milvus Lite embedded, or a server by URI).
+"""Dense and sparse first-stage stores, and ColBERT token vectors, in Milvus (Milvus Lite
+embedded, or a server by URI).
 
-Two backends of the :class:`~hybridrag.stores.base.VectorStore` protocol, each on its own
-Milvus collection whose primary key is the engine slot (``INT64``):
+Two first-stage backends of the :class:`~hybridrag.stores.base.VectorStore` protocol, each on
+its own Milvus collection whose primary key is the engine slot (``INT64``):
 
 * :class:`MilvusDenseStore`: a ``FLOAT_VECTOR`` field, metric ``IP``; data in the
   format :class:`~hybridrag.stores.faiss.FaissStore` takes (float32 ``(n, dim)``).
@@ -10,7 +11,12 @@ Milvus collection whose primary key is the engine slot (``INT64``):
   :class:`~hybridrag.stores.sparse.SparseIndex` takes (a list of ``{term id: weight}`` or
   a scipy sparse matrix), weights must be ``>= 0`` (Milvus rejects negative weights).
 
-Both carry a ``metadata`` JSON field (optional ``metadata=`` argument of ``add``) that
+and :class:`MilvusColbertStore` (``[colbert] backend = "milvus"``): token vectors in rows of
+``tokens_per_row`` tokens keyed ``slot << 16 | row``, fetched by key for ``score`` (MaxSim on
+the client, equal to :class:`~hybridrag.stores.multivector.MultiVectorStore`'s), never searched
+by Milvus.
+
+The first two carry a ``metadata`` JSON field (optional ``metadata=`` argument of ``add``) that
 :func:`filter_expression` filters on, and ``search(..., where=...)`` pushes into Milvus.
 
 How Milvus (Lite) traits are handled
@@ -55,7 +61,8 @@ holds no commit newer than this store's (``hybridrag.committed``, set by every c
 then deletes rows no commit made visible; removed rows are purged by the commit after the
 one that recorded the removal (docs/MILVUS.md, "Commit protocol").
 
-Tests: ``tests/test_milvus.py``, ``tests/test_store_conformance.py``.
+Tests: ``tests/test_milvus.py``, ``tests/test_store_conformance.py``,
+``tests/test_milvus_colbert.py`` (the token collection).
 """
 from __future__ import annotations
 
@@ -87,6 +94,7 @@ from hybridrag.stores.base import (
     empty_results,
     new_file,
     rank_order,
+    topk,
 )
 from hybridrag.stores.docstore import check_unicode
 from hybridrag.stores.sparse import _rows_to_coo
@@ -94,6 +102,7 @@ from hybridrag.stores.sparse import _rows_to_coo
 __all__ = [
     "MilvusDenseStore",
     "MilvusSparseStore",
+    "MilvusColbertStore",
     "milvus_stores",
     "resolve_connection",
     "directory_owner",
@@ -127,7 +136,7 @@ URI_ENV = "HYBRIDRAG_MILVUS_URI"
 # behind are known to be this directory's (stray_collections).
 CREATED_LOG = "milvus-created.jsonl"
 _CREATED_LOG_MAX = 1 << 20   # bytes read of it at most
-_MADE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*_[0-9a-f]{12}_(dense|sparse)$")
+_MADE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*_[0-9a-f]{12}_(dense|sparse|colbert)$")
 TOKEN_ENV = "MILVUS_TOKEN"
 _INSERT_BATCH = 1000
 _ID_CHUNK = 16384  # slots per "slot in [...]" expression
@@ -520,9 +529,13 @@ class _MilvusStore:
     def _hidden(self) -> set[int]:
         return self._purge | self._removed
 
+    def _count_filter(self) -> str:
+        """The rows :meth:`_visible_count` counts (one per slot)."""
+        return self._visible()
+
     def _visible_count(self) -> int:
         hidden = self._hidden()
-        n = self._live_count(self._visible())
+        n = self._live_count(self._count_filter())
         if hidden:
             n -= self._present(np.fromiter(hidden, np.int64, len(hidden)), visible=True).shape[0]
         return n
@@ -562,6 +575,11 @@ class _MilvusStore:
         self._next = self._gen + 1
         self._writer = True
         self._count = None
+
+    def _delete_slots(self, slots: np.ndarray) -> None:
+        """Delete every row of ``slots`` (sorted) from Milvus."""
+        for s in range(0, slots.shape[0], _ID_CHUNK):
+            self._client.delete(self.collection, filter=f"{_PK} in {_slot_list(slots[s : s + _ID_CHUNK])}")
 
     def _check_not_stale(self) -> None:
         """Refuse to write when a commit newer than this store's was published into the
@@ -815,9 +833,7 @@ class _MilvusStore:
             raise FileExistsError(f"{directory / name} already exists; save with a new tag")
         self._begin_write()
         self._check_not_stale()   # a copy may have committed since this writer began
-        purge = np.array(sorted(self._purge), dtype=np.int64)
-        for s in range(0, purge.shape[0], _ID_CHUNK):
-            self._client.delete(self.collection, filter=f"{_PK} in {_slot_list(purge[s : s + _ID_CHUNK])}")
+        self._delete_slots(np.array(sorted(self._purge), dtype=np.int64))
         self._purge = set()
         self._client.flush(self.collection)
         self._count = self._visible_count()
@@ -1130,22 +1146,333 @@ class MilvusSparseStore(_MilvusStore):
                 "max_filter_ids": self.max_filter_ids}
 
 
+# --------------------------------------------------------------------------- colbert
+
+
+#: Bits of a token collection key below the slot: ``key = slot << 16 | row``.
+_ROW_BITS = 16
+_KEY = "key"
+_ROW = "row"     # the row's number within its chunk (0: the chunk's first row)
+_NTOK = "n"      # token vectors in the row (the last row of a chunk may hold fewer)
+_NROWS = "nrows"  # rows of the chunk (on each of them): a reader asks for the rest by key
+_COLBERT_ENCODINGS = ("fp16", "fp32")
+
+
+class MilvusColbertStore(_MilvusStore):
+    """ColBERT token vectors in a Milvus collection, scored by MaxSim on the client.
+
+    Milvus (Lite 3.2.2, and servers before 2.6) has no list-of-vectors field, so a chunk is
+    stored as rows of ``tokens_per_row`` token vectors each (one ``FLOAT_VECTOR`` of
+    ``tokens_per_row * dim``; the chunk's last row zero-padded), primary key
+    ``key = slot << 16 | row``, with ``row`` (0 = the chunk's first) and ``n`` (tokens in the
+    row) and ``nrows`` (the chunk's rows). ColBERT only rescores candidates, so the collection
+    is never searched: its vector index is ``FLAT`` (Milvus needs one to load a collection).
+    ``score`` fetches the candidates' rows by key lists only, in two queries: the first rows
+    (``slot << 16``), which say how many rows each chunk has, then the others. Milvus Lite
+    answers ``key in [...]`` from its primary-key index and evaluates any other filter (key
+    ranges too) over every row of the collection (docs/MILVUS.md, "The ColBERT token
+    collection", has the measurements).
+
+    Scores equal :class:`~hybridrag.stores.multivector.MultiVectorStore` with the same
+    ``encoding`` (``fp16``, default: values rounded to float16 before they are stored as
+    float32, as the local store keeps them; or ``fp32``), same rows, same MaxSim code.
+    ``int8`` and ``pq`` are local-store encodings only (``ConfigError``).
+
+    Commit protocol, ownership, ``save`` / ``load`` / ``committed``: as
+    :class:`MilvusDenseStore` (rows carry ``gen``; visibility is checked on the client).
+
+    Args:
+        dim: token vector dimension.
+        encoding: ``"fp16"`` or ``"fp32"``.
+        tokens_per_row: token vectors per Milvus row (``tokens_per_row * dim <= 32768``, Milvus's
+            largest vector); more per row means fewer rows to fetch, and more padding.
+        uri, token, collection, overwrite, owner: as :class:`MilvusDenseStore`.
+    """
+
+    _kind = "colbert"
+    _index_types = ("FLAT",)
+    _params = ("dim", "encoding", "tokens_per_row", "uri", "collection")
+
+    def __init__(
+        self,
+        dim: int,
+        encoding: str = "fp16",
+        tokens_per_row: int = 8,
+        uri: str = "milvus.db",
+        token: str | None = None,
+        collection: str = "hybridrag_colbert",
+        overwrite: bool = False,
+        owner: str | None = None,
+        _attach: bool = False,
+    ) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ConfigError(f"dim must be an int >= 1, got {dim!r}")
+        if encoding not in _COLBERT_ENCODINGS:
+            raise ConfigError(f"the Milvus ColBERT store keeps encoding 'fp16' or 'fp32', got {encoding!r} "
+                              "(int8 and pq are encodings of the local store: [colbert] backend = \"multivector\")")
+        if (isinstance(tokens_per_row, bool) or not isinstance(tokens_per_row, (int, np.integer))
+                or tokens_per_row < 1 or tokens_per_row * dim > 32768):
+            raise ConfigError(f"tokens_per_row must be an int >= 1 with tokens_per_row * dim <= 32768 "
+                              f"(dim {dim}), got {tokens_per_row!r}")
+        self.dim = int(dim)
+        self.encoding = encoding
+        self.tokens_per_row = int(tokens_per_row)
+        super().__init__(uri, token, collection, "FLAT", None, None, 16384, overwrite, owner, _attach)
+
+    # ------------------------------------------------------------------ schema
+
+    def _create(self) -> None:
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field(_KEY, DataType.INT64, is_primary=True)
+        schema.add_field(_GEN, DataType.INT64)
+        schema.add_field(_ROW, DataType.INT64)
+        schema.add_field(_NTOK, DataType.INT64)
+        schema.add_field(_NROWS, DataType.INT64)
+        schema.add_field(_VEC, DataType.FLOAT_VECTOR, dim=self.tokens_per_row * self.dim)
+        ip = self._client.prepare_index_params()
+        ip.add_index(field_name=_VEC, index_type="FLAT", metric_type="IP", params={})
+        props = {_OWNER: self._owner} if self._owner else {}
+        self._client.create_collection(self.collection, schema=schema, index_params=ip, consistency_level="Strong",
+                                       properties=props)
+        self._check_collection()
+        self._count = 0
+
+    def _expected_vector(self) -> tuple[Any, dict[str, Any]]:
+        return DataType.FLOAT_VECTOR, {"dim": self.tokens_per_row * self.dim}
+
+    def _check_collection(self) -> None:
+        desc = self._client.describe_collection(self.collection)
+        fields = {f["name"]: f for f in desc.get("fields", [])}
+        key, vec = fields.get(_KEY), fields.get(_VEC)
+        ints = all(fields.get(f, {}).get("type") == DataType.INT64 for f in (_GEN, _ROW, _NTOK, _NROWS))
+        if key is None or not key.get("is_primary") or key.get("type") != DataType.INT64 or vec is None \
+                or vec.get("type") != DataType.FLOAT_VECTOR or not ints:
+            raise IndexFormatError(
+                f"Milvus collection {self.collection!r} does not have the colbert schema ({_KEY} INT64 primary "
+                f"key, {_GEN} / {_ROW} / {_NTOK} / {_NROWS} INT64, {_VEC} FLOAT_VECTOR); fields: {sorted(fields)}")
+        got = vec.get("params", {}).get("dim")
+        if got is not None and int(got) != self.tokens_per_row * self.dim:
+            raise IndexFormatError(f"Milvus collection {self.collection!r} has {_VEC} dim={got}, expected "
+                                   f"{self.tokens_per_row} tokens x {self.dim}")
+        indexes = self._client.list_indexes(self.collection, field_name=_VEC)
+        if not indexes:
+            raise ConfigError(f"Milvus collection {self.collection!r} has no index on {_VEC!r}")
+        info = self._client.describe_index(self.collection, index_name=indexes[0])
+        if str(info.get("index_type", "")).upper() != "FLAT" or str(info.get("state", "Finished")) == "Failed":
+            raise ConfigError(f"Milvus collection {self.collection!r} has index {info.get('index_type')!r} "
+                              f"(state {info.get('state')!r}); expected FLAT")
+
+    # ------------------------------------------------------------------ rows
+
+    def _tokens(self, x: Any, what: str) -> np.ndarray:
+        m = as_matrix(x, self.dim, what)
+        if self.encoding == "fp16":
+            if m.size and float(np.abs(m).max()) > float(np.finfo(np.float16).max):
+                raise ValueError(f"{what}: token values exceed the float16 range; use encoding='fp32'")
+            m = m.astype(np.float16).astype(np.float32)
+        return m
+
+    def _count_filter(self) -> str:
+        return f"{_ROW} == 0 and {self._visible()}"
+
+    def _present(self, slots: np.ndarray, visible: bool = False) -> np.ndarray:
+        """The slots among ``slots`` that are stored (their first rows, by key)."""
+        found: list[int] = []
+        uniq = np.unique(slots)
+        top = self._visible_gen()
+        for s in range(0, uniq.shape[0], _ID_CHUNK):
+            keys = uniq[s : s + _ID_CHUNK] << _ROW_BITS
+            res = self._client.query(self.collection, filter=f"{_KEY} in {_slot_list(keys)}",
+                                     output_fields=[_KEY, _GEN])
+            found += [int(r[_KEY]) >> _ROW_BITS for r in res if not visible or int(r[_GEN]) <= top]
+        return np.array(sorted(found), dtype=np.int64)
+
+    def add(self, slots: np.ndarray, data: Sequence[np.ndarray]) -> None:  # type: ignore[override]
+        """Add one ``(n_tokens_i, dim)`` array per slot (``1 <= n_tokens_i < 65536 * tokens_per_row``)."""
+        slots = as_slots(slots)
+        n = slots.shape[0]
+        if len(data) != n:
+            raise ValueError(f"got {n} slots but {len(data)} token arrays")
+        if n == 0:
+            return
+        if np.unique(slots).shape[0] != n:
+            raise ValueError("slots contain duplicates")
+        if int(slots.max()) >= 1 << (63 - _ROW_BITS):
+            raise ValueError(f"slot {int(slots.max())} is too large for the token collection's keys")
+        mats = []
+        P = self.tokens_per_row
+        for slot, x in zip(slots.tolist(), data):
+            m = self._tokens(x, f"token vectors of slot {slot}")
+            if m.shape[0] == 0:
+                raise ValueError(f"slot {slot} has no token vectors; every chunk needs >= 1")
+            if m.shape[0] > P << _ROW_BITS:
+                raise ValueError(f"slot {slot} has {m.shape[0]} token vectors; at most {P << _ROW_BITS}")
+            mats.append(m)
+        self._begin_write()
+        live = self._present(slots)
+        if live.shape[0]:
+            raise ValueError(f"slots already present: {live[:10].tolist()}; remove them first")
+        batch: list[dict[str, Any]] = []
+        width = P * self.dim
+        for slot, m in zip(slots.tolist(), mats):
+            nrows = -(-m.shape[0] // P)
+            for r, a in enumerate(range(0, m.shape[0], P)):
+                part = m[a : a + P]
+                vec = part.ravel()
+                if part.shape[0] < P:
+                    vec = np.concatenate([vec, np.zeros(width - vec.shape[0], np.float32)])
+                batch.append({_KEY: (slot << _ROW_BITS) | r, _GEN: self._next, _ROW: r,
+                              _NTOK: part.shape[0], _NROWS: nrows, _VEC: vec})
+                if len(batch) >= _INSERT_BATCH:
+                    self._client.insert(self.collection, batch)
+                    batch = []
+        if batch:
+            self._client.insert(self.collection, batch)
+        self._max_slot = max(self._max_slot, int(slots.max()))
+        if self._count is not None:
+            self._count += n
+
+    def _by_keys(self, keys: np.ndarray, fields: list[str]) -> list[dict[str, Any]]:
+        """The rows of ``keys`` (by primary key only: see the class doc)."""
+        out: list[dict[str, Any]] = []
+        for s in range(0, keys.shape[0], _ID_CHUNK):
+            out += list(self._client.query(self.collection, filter=f"{_KEY} in {_slot_list(keys[s : s + _ID_CHUNK])}",
+                                           output_fields=fields))
+        return out
+
+    def _delete_slots(self, slots: np.ndarray) -> None:
+        """Delete every row of ``slots``: their keys from the first rows' ``nrows``."""
+        first = self._by_keys(np.unique(slots) << _ROW_BITS, [_KEY, _NROWS])
+        keys = np.array([int(r[_KEY]) + i for r in first for i in range(int(r[_NROWS]))], dtype=np.int64)
+        for s in range(0, keys.shape[0], _ID_CHUNK):
+            self._client.delete(self.collection, filter=f"{_KEY} in {_slot_list(keys[s : s + _ID_CHUNK])}")
+
+    def _fetch(self, slots: np.ndarray) -> dict[int, np.ndarray]:  # type: ignore[override]
+        """``{slot: float32 (n_tokens, dim)}`` of the visible chunks among ``slots``: their first
+        rows by key, then their other rows by key (the generation is checked here, as in the
+        other stores)."""
+        top = self._visible_gen()
+        P, d = self.tokens_per_row, self.dim
+        fields = [_KEY, _GEN, _NTOK, _NROWS, _VEC]
+        first = [r for r in self._by_keys(np.unique(slots) << _ROW_BITS, fields) if int(r[_GEN]) <= top]
+        more = np.array([int(r[_KEY]) + i for r in first for i in range(1, int(r[_NROWS]))], dtype=np.int64)
+        res = first + ([r for r in self._by_keys(more, fields) if int(r[_GEN]) <= top] if more.shape[0] else [])
+        out: dict[int, np.ndarray] = {}
+        if not res:
+            return out
+        keys = np.array([int(r[_KEY]) for r in res], dtype=np.int64)
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        vecs = np.asarray([res[i][_VEC] for i in order.tolist()], dtype=np.float32).reshape(-1, P, d)
+        ntok = np.array([int(res[i][_NTOK]) for i in order.tolist()], dtype=np.int64)
+        nrows = np.array([int(res[i][_NROWS]) for i in order.tolist()], dtype=np.int64)
+        owner = keys >> _ROW_BITS
+        bounds = np.flatnonzero(np.diff(owner)) + 1
+        for a, b in zip(np.concatenate(([0], bounds)).tolist(), np.concatenate((bounds, [keys.shape[0]])).tolist()):
+            rows = keys[a:b] & ((1 << _ROW_BITS) - 1)
+            if b - a != nrows[a] or not np.array_equal(rows, np.arange(b - a)) \
+                    or ntok[a : b - 1].min(initial=P) < P:
+                continue   # not whole (rows deleted outside hybridrag): absent, as a damaged local chunk
+            out[int(owner[a])] = np.concatenate([vecs[i, : ntok[i]] for i in range(a, b)])
+        return out
+
+    def score(self, queries: Sequence[np.ndarray], candidates: Sequence[np.ndarray]) -> list[np.ndarray]:  # type: ignore[override]
+        """MaxSim of each query ``[tq, dim]`` against its candidate slots (as
+        :meth:`MultiVectorStore.score`); ``-inf`` for absent slots."""
+        if len(queries) != len(candidates):
+            raise ValueError(f"got {len(queries)} queries but {len(candidates)} candidate lists")
+        qs = []
+        for i, q in enumerate(queries):
+            m = as_matrix(q, self.dim, f"queries[{i}]")
+            if m.shape[0] == 0:
+                raise ValueError(f"queries[{i}] has no token vectors")
+            qs.append(m)
+        cands = [as_slots(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
+        allc = np.unique(np.concatenate(cands)) if cands else np.zeros(0, np.int64)
+        toks = self._fetch(allc) if allc.shape[0] else {}
+        for h in self._hidden() & toks.keys():
+            del toks[h]
+        out = []
+        for q, cand in zip(qs, cands):
+            res = np.full(cand.shape[0], -np.inf, dtype=np.float32)
+            pos = [i for i, s in enumerate(cand.tolist()) if s in toks]
+            if pos:
+                mats = [toks[int(cand[i])] for i in pos]
+                lens = np.array([m.shape[0] for m in mats], dtype=np.int64)
+                sim = np.concatenate(mats) @ q.T                 # (tokens, tq), as the local store
+                seg = np.cumsum(lens) - lens
+                res[pos] = np.maximum.reduceat(sim, seg, axis=0).sum(axis=1) / q.shape[0]
+            res[~np.isfinite(res)] = -np.inf
+            out.append(res)
+        return out
+
+    def search(self, queries: Sequence[np.ndarray], k: int, allowed: np.ndarray | None = None,  # type: ignore[override]
+               where: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Brute-force MaxSim top-``k`` over every visible chunk (as ``MultiVectorStore.search``;
+        the engine only calls :meth:`score`: ColBERT is not a first stage)."""
+        k = check_k(k)
+        allowed = check_allowed(allowed, self._max_slot + 1)
+        if where not in (None, ""):
+            raise ValueError("the ColBERT token collection holds no metadata to filter on")
+        nq = len(queries)
+        res = self._client.query(self.collection, filter=self._count_filter(), output_fields=[_KEY])
+        live = np.unique(np.array([int(r[_KEY]) >> _ROW_BITS for r in res], dtype=np.int64))
+        hidden = self._hidden()
+        live = np.array([s for s in live.tolist() if s not in hidden], dtype=np.int64)
+        if allowed is not None:
+            live = live[live < allowed.shape[0]]
+            live = live[allowed[live]]
+        if nq == 0 or k == 0 or live.shape[0] == 0:
+            [as_matrix(q, self.dim, f"queries[{i}]") for i, q in enumerate(queries)]
+            return empty_results(nq, k)
+        scores = np.stack(self.score(queries, [live] * nq))
+        return topk(scores, live, k)
+
+    def export(self, slots: np.ndarray) -> list[np.ndarray]:  # type: ignore[override]
+        """The stored token vectors of visible ``slots``, in their order, as float32
+        ``(n_tokens, dim)`` arrays (as ``add`` takes them); ``KeyError`` names absent slots."""
+        slots = as_slots(slots)
+        got = self._fetch(slots)
+        hidden = self._hidden()
+        missing = [int(s) for s in slots.tolist() if int(s) not in got or int(s) in hidden]
+        if missing:
+            raise KeyError(f"slots not in Milvus collection {self.collection!r}: {missing[:10]}")
+        return [got[int(s)] for s in slots.tolist()]
+
+    def describe(self) -> dict[str, Any]:
+        """As the other Milvus stores; ``rows`` are chunks, ``rows_stored`` Milvus rows (of
+        ``tokens_per_row`` tokens each, the chunks' removed and uncommitted ones too)."""
+        stored = self._live_count()
+        return {"collection": self.collection, "where": self.uri if _is_server(self.uri) else Path(self.uri).name,
+                "rows": len(self), "rows_stored": stored,
+                "vector_bytes": stored * self.tokens_per_row * self.dim * 4}
+
+    def config(self) -> dict:
+        """Settings persisted with the index; ``MilvusColbertStore(**config())`` opens an empty store."""
+        return {"dim": self.dim, "encoding": self.encoding, "tokens_per_row": self.tokens_per_row,
+                "uri": self.uri, "collection": self.collection}
+
+
 # --------------------------------------------------------------------------- factory
 
 
 def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path, *, uri: str | None = None,
                   token: str | None = None, from_index: bool = False,
-                  modes: Sequence[str] = ("dense", "sparse")) -> dict[str, _MilvusStore]:
-    """``{"dense": MilvusDenseStore, "sparse": MilvusSparseStore}`` on NEW collections.
+                  modes: Sequence[str] = ("dense", "sparse"), colbert_dim: int | None = None,
+                  colbert_encoding: str = "fp16") -> dict[str, _MilvusStore]:
+    """``{"dense": MilvusDenseStore, "sparse": MilvusSparseStore, "colbert": MilvusColbertStore}``
+    (those of ``modes``) on NEW collections.
 
     ``cfg`` is the ``[milvus]`` section as a dict (or a ``MilvusConfig``): ``uri`` (``""``
     or a relative path = a Milvus Lite file inside ``index_dir``, default ``milvus.db``; an
     absolute ``.db`` path; or ``http(s)://host:port``), ``token``, ``collection``. Each call
-    creates fresh collections ``<collection>_<id>_dense`` / ``<collection>_<id>_sparse``
+    creates fresh collections ``<collection>_<id>_dense`` / ``_sparse`` / ``_colbert``
     (``<id>`` random), so an index being built never touches the collections of the one
     it replaces. ``"dense"`` is left out when ``dim`` is None (an encoder without a dense
     output) or not in ``modes`` (the modes the pipeline keeps in Milvus: a dense-only
-    pipeline runs on a Milvus without sparse vectors, such as 2.3). ``uri`` / ``token``
+    pipeline runs on a Milvus without sparse vectors, such as 2.3); ``"colbert"`` (token vectors
+    of ``colbert_dim``, kept as ``colbert_encoding``) only when in ``modes`` (a pipeline's
+    ``[colbert] backend = "milvus"``) and ``colbert_dim`` is given. ``uri`` / ``token``
     given here override the section; with ``from_index``
     (the section was read from an index directory) its uri and token are not trusted and
     :func:`resolve_connection` applies.
@@ -1176,13 +1503,17 @@ def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path
     # too: a copy pointed at the original's own file by a uri the user names is then refused.
     owner = directory_owner(Path(index_dir))
     uid = uuid.uuid4().hex[:12]
-    names = {m: f"{coll}_{uid}_{m}" for m in ("dense", "sparse") if m in modes and (m != "dense" or dim is not None)}
+    width = {"dense": dim, "sparse": 0, "colbert": colbert_dim}
+    names = {m: f"{coll}_{uid}_{m}" for m in ("dense", "sparse", "colbert") if m in modes and width[m] is not None}
     _record_created(Path(index_dir), list(names.values()))
     out: dict[str, _MilvusStore] = {}
     if "dense" in names:
         out["dense"] = MilvusDenseStore(dim, uri=where, token=token, collection=names["dense"], owner=owner)
     if "sparse" in names:
         out["sparse"] = MilvusSparseStore(uri=where, token=token, collection=names["sparse"], owner=owner)
+    if "colbert" in names:
+        out["colbert"] = MilvusColbertStore(int(colbert_dim), encoding=colbert_encoding, uri=where,  # type: ignore[arg-type]
+                                            token=token, collection=names["colbert"], owner=owner)
     for store in out.values():
         store._private = private
     return out

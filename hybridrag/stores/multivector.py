@@ -330,6 +330,16 @@ class MultiVectorStore:
         t = t.astype(np.float32)
         return t * self._scale if self.encoding == "int8" else t
 
+    def export(self, slots: np.ndarray) -> list[np.ndarray]:
+        """The token vectors of ``slots`` as scored (float32 ``(n_tokens, dim)`` each, in their
+        order; fp16 and fp32 exactly as stored, int8 and pq decoded), in the form ``add`` takes:
+        to copy rows into another store (``HybridIndex.migrate``). ``KeyError`` names absent slots."""
+        slots = as_slots(slots)
+        missing = [int(s) for s in slots.tolist() if s >= self._lengths.shape[0] or self._lengths[s] == 0]
+        if missing:
+            raise KeyError(f"slots not in the store: {missing[:10]}")
+        return [self.decode(s) for s in slots.tolist()]
+
     # ------------------------------------------------------------------ protocol
 
     def __len__(self) -> int:
