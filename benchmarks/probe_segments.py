@@ -7,12 +7,17 @@ their time). Never part of the test suite.
     python benchmarks/probe_segments.py first-search /tmp/seg/bench-segments-*/grown
     python benchmarks/probe_segments.py flat-threads      # FAISS Flat scan: 1 vs 2 threads, 1 vs 20 arrays
     python benchmarks/probe_segments.py mapped DIR_ONE DIR_MANY   # 2 MB page mappings of vector files
+    python benchmarks/probe_segments.py paired 1000000 /tmp/pm   # 20 segments vs 1: hybrid and dense p50
 
 ``upserts`` and ``first-search`` use the benchmark's fake encoder and corpus (same seed), so the
 index must come from ``bench_segments.py`` with its defaults (256-d, 100k-word vocabulary).
 ``mapped`` scans every ``dense.*.vectors.npy`` of two index folders (e.g. one optimized into one
 segment and one of 20) through memory maps and prints FAISS's scan time and how much of each file
-the kernel mapped as 2 MB pages (``FilePmdMapped`` in ``/proc/self/smaps``).
+the kernel mapped as 2 MB pages (``FilePmdMapped`` in ``/proc/self/smaps``). ``paired N DIR``
+writes (once; kept in ``DIR/pm-N``) the benchmark's first N documents as 20 commits with merges
+off (``many``) and a copy of it after ``optimize()`` (``one``), then prints, twice, the p50 of
+200 hybrid queries (one per call, the two indexes interleaved query by query, as the benchmark's
+20-vs-1 rows) and the p50 of the dense store's search alone (100 queries, interleaved).
 """
 from __future__ import annotations
 
@@ -130,9 +135,44 @@ def mapped(one: str, many: str) -> None:
               f"mapped as 2 MB pages {pmd / 2**20:,.0f} MiB")
 
 
+def paired(n: int, where: str) -> None:
+    import shutil
+
+    from bench_segments import Corpus, FakeEncoder, _build
+    from common import paired_latencies
+    from hybridrag import HybridIndex
+
+    enc, corpus = FakeEncoder(256, seed=12345), Corpus(100_000, 0)
+    many, one = Path(where) / f"pm-{n}" / "many", Path(where) / f"pm-{n}" / "one"
+    if not (one / "manifest.json").exists():
+        shutil.rmtree(many.parent, ignore_errors=True)
+        w, _ = _build(HybridIndex, enc, corpus, n, many, 20, policy_off=True)
+        w.close()
+        shutil.copytree(many, one)
+        o = HybridIndex.load(one, encoder=enc)
+        o.optimize()
+        o.close()
+    qs = corpus.queries(200)
+    rm, ro = HybridIndex.load(many, encoder=enc), HybridIndex.load(one, encoder=enc)
+    for q in qs[:20]:
+        rm.search(q, k=10)
+        ro.search(q, k=10)
+    vecs = enc.vectors(qs[:100]).astype(np.float32)
+    dm, do = rm.stores["dense"], ro.stores["dense"]
+    for _ in range(2):
+        lm, lo = paired_latencies([lambda i: rm.search(qs[i], k=10), lambda i: ro.search(qs[i], k=10)], len(qs))
+        dlm, dlo = paired_latencies([lambda i: dm.search(vecs[i:i + 1], 100), lambda i: do.search(vecs[i:i + 1], 100)],
+                                    len(vecs))
+        print(f"{n:,} chunks: hybrid p50 20 segments {lm['p50']:.2f} ms, 1 segment {lo['p50']:.2f} ms "
+              f"({lm['p50'] / lo['p50']:.3f}x); dense store alone {dlm['p50']:.2f} / {dlo['p50']:.2f} ms "
+              f"({dlm['p50'] / dlo['p50']:.3f}x)")
+    rm.close()
+    ro.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=["upserts", "first-search", "flat-threads", "mapped"])
+    ap.add_argument("probe", choices=["upserts", "first-search", "flat-threads", "mapped", "paired"])
     ap.add_argument("paths", nargs="*")
     a = ap.parse_args()
     if a.probe == "upserts":
@@ -141,6 +181,8 @@ def main() -> None:
         first_search(a.paths[0])
     elif a.probe == "flat-threads":
         flat_threads()
+    elif a.probe == "paired":
+        paired(int(a.paths[0]), a.paths[1])
     else:
         mapped(a.paths[0], a.paths[1])
 
