@@ -1376,35 +1376,23 @@ class MilvusColbertStore(_MilvusStore):
             out[int(owner[a])] = np.concatenate([vecs[i, : ntok[i]] for i in range(a, b)])
         return out
 
-    def score(self, queries: Sequence[np.ndarray], candidates: Sequence[np.ndarray]) -> list[np.ndarray]:  # type: ignore[override]
-        """MaxSim of each query ``[tq, dim]`` against its candidate slots (as
-        :meth:`MultiVectorStore.score`); ``-inf`` for absent slots."""
-        if len(queries) != len(candidates):
-            raise ValueError(f"got {len(queries)} queries but {len(candidates)} candidate lists")
+    def _prepare_queries(self, queries: Any) -> tuple[list[Any], list[Any]]:
+        """Each query's ``[tq, dim]`` token vectors (``score`` is the base class's: MaxSim of each
+        query against its candidates, as :meth:`MultiVectorStore.score`; ``-inf`` for absent slots)."""
         qs = []
         for i, q in enumerate(queries):
             m = as_matrix(q, self.dim, f"queries[{i}]")
             if m.shape[0] == 0:
                 raise ValueError(f"queries[{i}] has no token vectors")
             qs.append(m)
-        cands = [as_slots(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
-        allc = np.unique(np.concatenate(cands)) if cands else np.zeros(0, np.int64)
-        toks = self._fetch(allc) if allc.shape[0] else {}
-        for h in self._hidden() & toks.keys():
-            del toks[h]
-        out = []
-        for q, cand in zip(qs, cands):
-            res = np.full(cand.shape[0], -np.inf, dtype=np.float32)
-            pos = [i for i, s in enumerate(cand.tolist()) if s in toks]
-            if pos:
-                mats = [toks[int(cand[i])] for i in pos]
-                lens = np.array([m.shape[0] for m in mats], dtype=np.int64)
-                sim = np.concatenate(mats) @ q.T                 # (tokens, tq), as the local store
-                seg = np.cumsum(lens) - lens
-                res[pos] = np.maximum.reduceat(sim, seg, axis=0).sum(axis=1) / q.shape[0]
-            res[~np.isfinite(res)] = -np.inf
-            out.append(res)
-        return out
+        return qs, qs
+
+    def _rescore(self, q: Any, mats: list[Any]) -> np.ndarray:
+        lens = np.array([m.shape[0] for m in mats], dtype=np.int64)
+        sim = np.concatenate(mats) @ q.T                 # (tokens, tq), as the local store
+        res = (np.maximum.reduceat(sim, np.cumsum(lens) - lens, axis=0).sum(axis=1) / q.shape[0]).astype(np.float32)
+        res[~np.isfinite(res)] = -np.inf
+        return res
 
     def search(self, queries: Sequence[np.ndarray], k: int, allowed: np.ndarray | None = None,  # type: ignore[override]
                where: Any = None) -> tuple[np.ndarray, np.ndarray]:
