@@ -60,6 +60,8 @@ METHODS = {
     "MilvusSparseStore.remove": "hybridrag.stores.milvus",
     "MilvusDenseStore.save": "hybridrag.stores.milvus",
     "MilvusSparseStore.committed": "hybridrag.stores.milvus",
+    "MilvusColbertStore.add": "hybridrag.stores.milvus",
+    "MilvusColbertStore.remove": "hybridrag.stores.milvus",
     "MilvusClient.insert": "pymilvus",
     "MilvusClient.delete": "pymilvus",
     "MilvusClient.flush": "pymilvus",
@@ -274,7 +276,8 @@ def warm_encoder(pipeline: dict[str, Any], seed: int, scratch: Path) -> CachedEn
     from hybridrag.index import HybridIndex
 
     enc = CachedEncoder(M3Encoder.from_pretrained(pipeline["encoder"]["model"]))
-    local = dict(pipeline, milvus={"enabled": False})
+    local = dict(pipeline, milvus={"enabled": False},   # the same encodings from local stores
+                 colbert={k: v for k, v in pipeline.get("colbert", {}).items() if k != "backend"})
     idx = HybridIndex.create(scratch, local, encoder=enc)
     try:
         e = idx.pipeline.encoder

@@ -67,15 +67,19 @@ MILVUS_TARGETS = ["MilvusClient.insert", "MilvusClient.delete", "MilvusSparseSto
                   "MilvusClient.flush", "MilvusDenseStore.save", "DocStore.commit_generation", "replace",
                   "MilvusSparseStore.committed", "MilvusDenseStore.add", "time"]
 MILVUS_TRIALS = int(os.environ.get("HYBRIDRAG_MILVUS_CRASH_TRIALS", "30"))
+# ColBERT token vectors in Milvus too ([colbert] backend = "milvus"): its writes and the others'
+MILVUS_COLBERT_TARGETS = ["MilvusColbertStore.add", "MilvusClient.insert", "MilvusClient.delete", "MilvusClient.flush",
+                          "MilvusColbertStore.remove", "replace", "DocStore.commit_generation", "time"]
 
 
-def m3_pipeline(m3_dir: Path, milvus: bool = False) -> dict[str, Any]:
+def m3_pipeline(m3_dir: Path, milvus: bool = False, colbert_in_milvus: bool = False) -> dict[str, Any]:
+    colbert = {"enabled": True, "backend": "milvus"} if colbert_in_milvus else {"enabled": not milvus}
     return {
         "name": "crash-m3",
         "encoder": {"kind": "m3", "model": str(m3_dir), "max_length": 64, "query_max_length": 32, "batch_size": 8},
         "chunking": {"max_tokens": 24, "overlap": 4},
         "dense": {"enabled": True, "depth": 50}, "sparse": {"enabled": True, "depth": 50},
-        "bm25": {"enabled": True, "depth": 50}, "colbert": {"enabled": not milvus},
+        "bm25": {"enabled": True, "depth": 50}, "colbert": colbert,
         "fusion": {"method": "weighted", "weights": {"dense": 0.3, "sparse": 0.2, "colbert": 0.3, "bm25": 0.2}},
         "milvus": {"enabled": milvus},
     }
@@ -314,9 +318,22 @@ def milvus_crash_env(tmp_path_factory: pytest.TempPathFactory, m3_dir: Path) -> 
     zygote.close()
 
 
-def _milvus_crash(tmp_path: Path, env: Any, trials: int, seed: int) -> Counter[str]:
+@pytest.fixture(scope="module")
+def milvus_colbert_crash_env(tmp_path_factory: pytest.TempPathFactory, m3_dir: Path) -> Any:
+    """As :func:`milvus_crash_env`, with the ColBERT token vectors in Milvus too."""
+    pytest.importorskip("milvus_lite")
+    tmp = tmp_path_factory.mktemp("milvus-colbert-crash")
+    pipeline = m3_pipeline(m3_dir, milvus=True, colbert_in_milvus=True)
+    zygote = Zygote(pipeline, 1, tmp)
+    enc = cw.warm_encoder(pipeline, 1, tmp / "warm")
+    yield pipeline, zygote, enc
+    zygote.close()
+
+
+def _milvus_crash(tmp_path: Path, env: Any, trials: int, seed: int,
+                  targets: list[str] = MILVUS_TARGETS) -> Counter[str]:
     pipeline, zygote, enc = env
-    done = crash_trials(tmp_path, pipeline, MILVUS_TARGETS, trials, seed, encoder=enc, data_seeds=(1,),
+    done = crash_trials(tmp_path, pipeline, targets, trials, seed, encoder=enc, data_seeds=(1,),
                         worker=zygote)
     assert sum(done.values()) == trials
     print(f"crash trials (milvus): {dict(done)}")
@@ -333,6 +350,19 @@ def test_sigkill_during_milvus_ingest_many_trials(tmp_path, milvus_crash_env):
     done = _milvus_crash(tmp_path, milvus_crash_env, MILVUS_TRIALS, SEED + 3)
     if MILVUS_TRIALS >= len(MILVUS_TARGETS):
         for t in MILVUS_TARGETS[:-1]:  # every injected point was reached
+            assert done[t] >= 1, (t, done)
+
+
+def test_sigkill_with_colbert_in_milvus_leaves_last_committed_state(tmp_path, milvus_colbert_crash_env):
+    # the token collection under the same kills (issue 24): its add, Milvus writes, the commit point
+    _milvus_crash(tmp_path, milvus_colbert_crash_env, 3, SEED + 6, MILVUS_COLBERT_TARGETS)
+
+
+@pytest.mark.slow
+def test_sigkill_with_colbert_in_milvus_many_trials(tmp_path, milvus_colbert_crash_env):
+    done = _milvus_crash(tmp_path, milvus_colbert_crash_env, MILVUS_TRIALS, SEED + 7, MILVUS_COLBERT_TARGETS)
+    if MILVUS_TRIALS >= len(MILVUS_COLBERT_TARGETS):
+        for t in MILVUS_COLBERT_TARGETS[:-1]:
             assert done[t] >= 1, (t, done)
 
 
