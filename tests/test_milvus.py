@@ -284,6 +284,45 @@ def test_load_checks_collection_and_rows(uri: str, tmp_path: Path) -> None:
         MilvusDenseStore.load(tmp_path, {}, store.config())
 
 
+def test_load_trusts_its_record_only_while_no_newer_commit_was_published(uri: str, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filtered count(*) reads every row in Milvus Lite, so load skips it when the collection's
+    last published commit is the one it opens; deletions behind the index's back and newer
+    commits (which may have purged rows this one shows) still get the exact count."""
+    from pymilvus import MilvusClient
+
+    exact: list[int] = []
+    real = MilvusDenseStore._visible_count
+    monkeypatch.setattr(MilvusDenseStore, "_visible_count", lambda self: exact.append(1) or real(self))
+    name = coll()
+    store = MilvusDenseStore(4, uri=uri, collection=name)
+    store.add(np.arange(6), np.eye(6, 4, dtype=np.float32))
+    g1 = store.save(tmp_path, "g1")
+    store.committed()
+    store.add(np.array([6, 7]), np.ones((2, 4), np.float32))   # a writer's uncommitted rows
+    exact.clear()
+    assert len(MilvusDenseStore.load(tmp_path, g1, store.config())) == 6 and exact == []
+    # A newer commit published (removing slot 0), then the one after it purges slot 0: a reader of
+    # g1 (an old copy) no longer finds every row it recorded, and the exact count says so.
+    store.remove(np.array([0]))
+    store.save(tmp_path, "g2")
+    store.committed()
+    store.save(tmp_path, "g3")
+    store.committed()
+    exact.clear()
+    with pytest.raises(IndexFormatError, match="holds 5 rows of generation 1 but the index recorded 6"):
+        MilvusDenseStore.load(tmp_path, g1, store.config())
+    assert exact == [1]
+    # Rows deleted behind the index's back, the newest commit's record: fewer rows than it
+    # recorded, so the exact count runs and finds them missing.
+    g4 = store.save(tmp_path, "g4")
+    store.committed()
+    MilvusClient(uri).delete(name, filter="slot in [1, 2, 3, 4, 5, 6, 7]")
+    with pytest.raises(IndexFormatError, match="holds 0 rows of generation 4 but the index recorded 7"):
+        MilvusDenseStore.load(tmp_path, g4, store.config())
+    MilvusClient(uri).drop_collection(name)
+
+
 def test_save_writes_relative_uri_inside_index_dir(tmp_path: Path) -> None:
     stores = milvus_stores({"enabled": True, "uri": "", "token": "", "collection": "hr"}, 4, tmp_path)
     assert set(stores) == {"dense", "sparse"}
