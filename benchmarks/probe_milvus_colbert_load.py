@@ -1,8 +1,15 @@
-"""What opening a ColBERT token collection in Milvus Lite costs (issue 24): the store's load
-counts the visible chunks with a filtered ``count(*)``, which Milvus Lite evaluates over every
-row. Never part of the test suite.
+"""What opening a Milvus-backed store costs in Milvus Lite (issue 24): load used to count the
+visible rows with a filtered ``count(*)``, which Milvus Lite evaluates over every row. Never part
+of the test suite.
 
     python benchmarks/probe_milvus_colbert_load.py --chunks 10000
+    python benchmarks/probe_milvus_colbert_load.py --index 50000
+
+``--index N``: the call a user makes, ``HybridIndex.load``, of an index of N synthetic documents
+(``bench_segments``' corpus and fake encoder, 1,024-d dense vectors in Milvus Lite, BM25 local;
+written once into ``--dir``), 3 times as the code is (the saved count trusted while the collection's
+published commit is the one opened) and 3 times with the exact filtered count forced (the code
+before), interleaved; then one search, so the loaded index is known to answer. Otherwise:
 
 Writes ``--chunks`` chunks of 20-60 random 128-d token vectors into a new Milvus Lite file (a
 temporary folder under ``--dir``) through ``MilvusColbertStore`` (rows of 8 tokens), commits them,
@@ -21,12 +28,51 @@ from pathlib import Path
 import numpy as np
 
 
+def index_load(n: int, where: str | None) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_segments import Corpus, FakeEncoder, pipeline
+
+    from hybridrag import HybridIndex
+    from hybridrag.stores.milvus import _MilvusStore
+
+    enc, corpus = FakeEncoder(1024), Corpus(100_000, 0)
+    d = Path(where or tempfile.gettempdir()) / f"probe-milvus-index-{n}"
+    if not (d / "manifest.json").exists():
+        shutil.rmtree(d, ignore_errors=True)
+        cfg = dict(pipeline(1024), milvus={"enabled": True})
+        t = time.perf_counter()
+        idx = HybridIndex.create(d, cfg, encoder=enc)
+        for lo in range(0, n, 10000):
+            idx.add(corpus.docs(lo, min(n, lo + 10000)), commit=False)
+        idx.commit()
+        idx.close()
+        print(f"built {n:,} documents (dense in Milvus Lite) in {time.perf_counter() - t:.1f} s")
+    fast = _MilvusStore._count_at_load
+    for _ in range(3):
+        for label, count in (("saved count trusted", fast), ("exact count (before)",
+                                                              lambda self, rows, gen: self._visible_count())):
+            _MilvusStore._count_at_load = count
+            t = time.perf_counter()
+            idx = HybridIndex.load(d, encoder=enc)
+            took = time.perf_counter() - t
+            hits = idx.search(corpus.queries(1)[0], k=10)
+            idx.close()
+            print(f"HybridIndex.load, {label}: {1000 * took:,.0f} ms ({len(hits)} hits)")
+    _MilvusStore._count_at_load = fast
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--index", type=int, default=0, help="time HybridIndex.load of an index of N documents")
     ap.add_argument("--chunks", type=int, default=10000)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--dir", default=None, help="where the temporary Milvus Lite file goes")
     a = ap.parse_args()
+    if a.index:
+        index_load(a.index, a.dir)
+        return
     from hybridrag.stores.milvus import MilvusColbertStore
 
     d = Path(tempfile.mkdtemp(prefix="probe-colbert-load-", dir=a.dir))

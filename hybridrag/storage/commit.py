@@ -150,10 +150,7 @@ def merged_part(directory: Path, mode: str, parts: list[Any], sid: str, rows: in
     merged = type(parts[0]).merge(parts)
     if len(merged) != rows:
         raise RuntimeError(f"merging {mode!r} segments gave {len(merged)} rows, expected {rows}")
-    files = merged.save(directory, f"{mode}.{sid}")
-    for name in files.values():
-        record(directory, name, checksums)
-    return dict(files)
+    return save_part(directory, merged, f"{mode}.{sid}", checksums)
 
 
 def install_merge(idx, ids: Sequence[str], sid: str | None, sealed: dict[str, dict[str, str]],
@@ -208,11 +205,16 @@ def _written(idx, name: str, checksums: dict[str, str]) -> str:
     return record(idx.path, name, checksums)
 
 
-def _save_part(idx, store: Any, tag: str, checksums: dict[str, str]) -> dict[str, str]:
-    files = store.save(idx.path, tag)
+def save_part(directory: Path, store: Any, tag: str, checksums: dict[str, str]) -> dict[str, str]:
+    """Write ``store`` as the files of ``tag`` and record their checksums."""
+    files = store.save(directory, tag)
     for name in files.values():
-        _written(idx, name, checksums)
+        record(directory, name, checksums)
     return dict(files)
+
+
+def _save_part(idx, store: Any, tag: str, checksums: dict[str, str]) -> dict[str, str]:
+    return save_part(idx.path, store, tag, checksums)
 
 
 def _open_part(idx, mode: str, files: Mapping[str, str]) -> Any:
