@@ -411,15 +411,32 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     total = int(read_manifest(Path(args.src))["counts"]["chunks"])
     with tqdm(total=total, unit=" chunks", desc="migrate", disable=args.quiet, dynamic_ncols=True) as bar:
         idx = HybridIndex.migrate(args.src, args.dst, to=args.to, milvus_uri=args.milvus_uri,
-                                  collection=args.collection, progress=bar.update, colbert=args.colbert)
+                                  collection=args.collection, progress=bar.update, colbert=args.colbert,
+                                  whole_index=args.whole_index)
     try:
         stats = idx.stats()
     finally:
         idx.close()
     where = "Milvus" if args.to == "milvus" else "local stores"
     what = "dense, sparse and ColBERT token" if "colbert" in stats["milvus"] else "dense and sparse"
+    if "docs" in stats["milvus"]:
+        what = "text, metadata, ids and " + what
     print(f"{args.dst}: {stats['chunks']} chunks of {stats['documents']} document(s) from {args.src}, "
           f"{what} vectors in {where}; nothing re-encoded, {args.src} unchanged")
+    return 0
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from hybridrag.index import HybridIndex
+
+    idx = HybridIndex.attach(args.index, collection=args.collection, milvus_uri=args.milvus_uri)
+    try:
+        st = idx.stats()
+    finally:
+        idx.close()
+    print(f"{args.index}: query node of {args.collection!r} at generation {st['generation']} ({st['chunks']} chunks "
+          f"of {st['documents']} document(s)); serve it, search it or load it with HybridIndex.load, giving the "
+          "Milvus URI each time (--milvus-uri is not stored)")
     return 0
 
 
@@ -557,8 +574,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--colbert", action="store_true",
                    help="--to milvus: move the ColBERT token vectors too ([colbert] backend = \"milvus\"; "
                         "fp16 or fp32 stores); --to local always brings them back")
+    s.add_argument("--whole-index", action="store_true",
+                   help="--to milvus: move everything, text, metadata and ids too ([milvus] whole_index; implies "
+                        "--colbert), so that query nodes can attach with only the collection prefix and the URI")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_migrate)
+
+    s = sub.add_parser("attach", help="make DIR a query node of an index published in Milvus "
+                                      "([milvus] whole_index): it holds only the collection prefix")
+    s.add_argument("index", metavar="DIR", help="a new (or empty) directory for the query node")
+    s.add_argument("--collection", required=True, help="the writer's [milvus] collection prefix")
+    s.add_argument("--milvus-uri", default=None, help="where Milvus is (default $HYBRIDRAG_MILVUS_URI; the "
+                                                      "token comes from $MILVUS_TOKEN)")
+    s.set_defaults(func=cmd_attach)
 
     s = sub.add_parser("milvus-gc", help="drop Milvus collections this index made and no longer uses "
                                          "(left by a create(overwrite=True) killed before its commit)")

@@ -129,6 +129,9 @@ class MilvusConfig:
     uri: str = ""  # a local file path -> Milvus Lite; http(s)://host:port -> server
     token: str = ""
     collection: str = "hybridrag"
+    # Text, metadata, ids and each commit's manifest in Milvus too: query nodes need only the
+    # collection prefix and the URI (HybridIndex.attach; docs/MILVUS.md, "The whole index in Milvus").
+    whole_index: bool = False
 
 
 # Defaults that changed: (section, key) -> the default before, which an index stored
@@ -389,6 +392,14 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
         if cfg.colbert.encoding not in ("fp16", "fp32"):
             raise ConfigError(f"colbert.encoding = {cfg.colbert.encoding!r} is a local-store encoding; the Milvus "
                               "ColBERT store keeps 'fp16' or 'fp32' (or set colbert.backend = 'multivector')")
+    if cfg.milvus.whole_index:
+        local = [m for m in cfg.modes if cfg.backend(m) != "milvus"]
+        if not cfg.milvus.enabled:
+            raise ConfigError("milvus.whole_index = true needs [milvus] enabled = true")
+        if local:
+            why = {"bm25": "BM25 has no Milvus backend yet: use the learned sparse mode ([sparse], M3)"}
+            raise ConfigError("milvus.whole_index = true keeps every mode in Milvus, but " + "; ".join(
+                f"{m} is local ({why.get(m, 'set [' + m + '] backend = ' + repr('milvus'))})" for m in local))
     if cfg.colbert.pq_train_tokens < 4096:
         raise ConfigError(f"colbert.pq_train_tokens = {cfg.colbert.pq_train_tokens} must be >= 4096")
     if cfg.colbert.pq_train_pool < cfg.colbert.pq_train_tokens:

@@ -56,7 +56,7 @@ class HybridIndex:
 
     def __init__(self, path: Path, pipeline: PipelineConfig, manifest: dict[str, Any] | None,
                  encoder: Any = None, reranker: Any = None, device: str | None = None,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, docstore: Any = None) -> None:
         self.path = path
         self._read_only = read_only
         self.pipeline = pipeline
@@ -83,9 +83,14 @@ class HybridIndex:
         # Milvus connection settings the user gave (never read from the index alone).
         self._milvus_conn: dict[str, str] = {}
         self._milvus_from_index = False  # the [milvus] section came from the manifest
-        from hybridrag.stores.docstore import DocStore
+        self._head: Any = None       # [milvus] whole_index: where commits are published (writer)
+        self._attached: Any = None   # a query node (attach): the head it reads
+        if docstore is not None:
+            self.docstore = docstore
+        else:
+            from hybridrag.stores.docstore import DocStore
 
-        self.docstore = DocStore(path / DOCSTORE, read_only=read_only)
+            self.docstore = DocStore(path / DOCSTORE, read_only=read_only)
 
     # ------------------------------------------------------------------ creation / loading
     @classmethod
@@ -120,6 +125,27 @@ class HybridIndex:
                             milvus_uri=milvus_uri, milvus_token=milvus_token)
 
     @classmethod
+    def attach(cls, path: str | os.PathLike[str], *, collection: str, milvus_uri: str | None = None,
+               milvus_token: str | None = None, encoder: Any = None, reranker: Any = None,
+               device: str | None = None) -> "HybridIndex":
+        """Open, as a query node, the index a writer publishes in Milvus (``[milvus] whole_index =
+        true``) under the collection prefix ``collection``: its newest published commit, read
+        entirely from Milvus (vectors, text, metadata, ids). ``path`` is the query node's own
+        directory (made if missing; it keeps one small file naming ``collection``, so
+        ``HybridIndex.load(path)`` and the CLI reopen it). ``milvus_uri`` / ``milvus_token``
+        (else ``$HYBRIDRAG_MILVUS_URI`` / ``$MILVUS_TOKEN``) are required: where Milvus is
+        always comes from the user. The index reads only; load it again to see newer commits
+        (:meth:`published_generation` says whether there are any) (docs/MILVUS.md, "The whole index in Milvus").
+        """
+        return opening.attach(cls, path, collection=collection, milvus_uri=milvus_uri, milvus_token=milvus_token,
+                              encoder=encoder, reranker=reranker, device=device)
+
+    def published_generation(self) -> int | None:
+        """A query node (:meth:`attach`): the newest generation the writer has published (None:
+        not a query node). Newer than :attr:`generation` when :meth:`attach` again would see more."""
+        return None if self._attached is None else self._attached.newest()
+
+    @classmethod
     def rebuild(cls, path: str | os.PathLike[str], *, pipeline: Any = None, encoder: Any = None,
                 device: str | None = None, batch_size: int = 256, milvus_uri: str | None = None,
                 milvus_token: str | None = None) -> "HybridIndex":
@@ -141,7 +167,7 @@ class HybridIndex:
     def migrate(cls, src: str | os.PathLike[str], dst: str | os.PathLike[str], *, to: str = "milvus",
                 milvus_uri: str | None = None, milvus_token: str | None = None, collection: str | None = None,
                 encoder: Any = None, batch_size: int = 4096, progress: Any = None,
-                colbert: bool = False) -> "HybridIndex":
+                colbert: bool = False, whole_index: bool = False) -> "HybridIndex":
         """Copy the committed index at ``src`` into the new directory ``dst`` with its dense and
         learned-sparse vectors moved to Milvus (``to="milvus"``) or back to local stores
         (``to="local"``); nothing is encoded again and ``src`` is only read.
@@ -157,13 +183,15 @@ class HybridIndex:
         ``dst`` and drops the collections it made. Returns ``dst`` opened (close it).
         ``progress(n)`` is called with the rows copied per segment. ``colbert=True`` (with
         ``to="milvus"``) moves the ColBERT token vectors too (``[colbert] backend = "milvus"``;
-        an fp16 or fp32 store only); ``to="local"`` always brings them back.
+        an fp16 or fp32 store only); ``to="local"`` always brings them back. ``whole_index=True``
+        (with ``to="milvus"``) moves everything, text, metadata and ids too (``[milvus] whole_index``;
+        ColBERT's token vectors with them), so that query nodes can :meth:`attach` to it.
         """
         from hybridrag.storage.migrate import migrate
 
         return migrate(cls, src, dst, to=to, milvus_uri=milvus_uri, milvus_token=milvus_token,
                        collection=collection, encoder=encoder, batch_size=batch_size, progress=progress,
-                       colbert=colbert)
+                       colbert=colbert, whole_index=whole_index)
 
     # ------------------------------------------------------------------ components
     @property
@@ -274,6 +302,9 @@ class HybridIndex:
             closer = getattr(store, "close", None)
             if callable(closer):
                 closer()
+        for head in (self._head, self._attached):
+            if head is not None:
+                head.close()
         self.docstore.close()
 
     def __enter__(self) -> "HybridIndex":

@@ -224,12 +224,23 @@ def _write_batch(idx: Any, docs: list[tuple[int, Document]], replace: bool, prog
     if chunks:
         encode_into_stores(idx, [c.text for c in chunks], slots)
     idx.docstore.add_chunks(chunks, slots, gen, hashes)
+    if "docs" in idx.stores and chunks:   # [milvus] whole_index: the chunks in Milvus too
+        idx.stores["docs"].add(slots, [chunk_record(c, hashes.get(c.doc_id)) for c in chunks])
     idx._dirty = True
     res.added = [d.id for d in kept]
     res.chunks = len(chunks)
     if progress is not None:
         progress(len(chunks))
     return res
+
+def chunk_record(c: Chunk, doc_hash: str | None) -> dict[str, Any]:
+    """What ``MilvusDocsStore.add`` takes for chunk ``c`` (``DocStore.get``'s keys and the
+    document's content hash)."""
+    raw = c.text.encode("utf-8", "surrogatepass")
+    return {"chunk_id": c.chunk_id, "doc_id": c.doc_id, "ordinal": int(c.ordinal), "text": c.text,
+            "metadata": dict(c.metadata), "start": int(c.start), "end": int(c.end),
+            "content_hash": hashlib.sha256(raw).hexdigest(), "doc_hash": doc_hash}
+
 
 def encode_into_stores(idx: Any, texts: list[str], slots: np.ndarray) -> None:
     """Encode ``texts`` once (one encoder pass for every neural mode, BM25's analyser for the

@@ -72,8 +72,15 @@ MILVUS_COLBERT_TARGETS = ["MilvusColbertStore.add", "MilvusClient.insert", "Milv
                           "MilvusColbertStore.remove", "replace", "DocStore.commit_generation", "time"]
 
 
-def m3_pipeline(m3_dir: Path, milvus: bool = False, colbert_in_milvus: bool = False) -> dict[str, Any]:
+def m3_pipeline(m3_dir: Path, milvus: bool = False, colbert_in_milvus: bool = False,
+                whole_index: bool = False) -> dict[str, Any]:
     colbert = {"enabled": True, "backend": "milvus"} if colbert_in_milvus else {"enabled": not milvus}
+    if whole_index:   # everything in Milvus: no BM25 (it has no Milvus backend)
+        p = m3_pipeline(m3_dir, True, True)
+        p["bm25"] = {"enabled": False}
+        p["fusion"]["weights"] = {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}
+        p["milvus"] = {"enabled": True, "whole_index": True, "collection": "crash"}
+        return p
     return {
         "name": "crash-m3",
         "encoder": {"kind": "m3", "model": str(m3_dir), "max_length": 64, "query_max_length": 32, "batch_size": 8},
@@ -191,6 +198,8 @@ def assert_state(idx: HybridIndex, state: dict[str, dict[str, Any]], steps: list
                 versions.setdefault(d["id"], set()).add(d["metadata"]["version"])
     probe = sorted(versions)[:: max(1, len(versions) // 8)]
     queries = [f"u{did}v{v}" for did in probe for v in sorted(versions[did])]
+    if "bm25" not in idx.pipeline.modes:   # whole_index: the rows above are the state; no term search
+        return
     results = idx.search_batch(queries, k=max(1, min(5, n)), modes=["bm25"]) if n else [[] for _ in queries]
     for q, hits in zip(queries, results):
         did, v = q[1:].rsplit("v", 1)
@@ -264,6 +273,11 @@ def crash_trials(tmp_path: Path, pipeline: dict[str, Any], targets: list[str], t
                     err = e
             if ok is None:
                 raise err
+            if pipeline.get("milvus", {}).get("whole_index"):
+                # a query node sees a whole commit: this one, or the one before when the kill came
+                # between the manifest swap and the publication (the next commit publishes it)
+                near = [states[i] for i in range(max(k, 0), min(k + 3, len(states)))]
+                _assert_query_node(d, t, encoder, near, steps, idx.generation)
             # the same ingest again completes it, without duplicates
             cw.apply_steps(idx, steps)
             assert_state(idx, states[-1], steps)
@@ -274,9 +288,35 @@ def crash_trials(tmp_path: Path, pipeline: dict[str, Any], targets: list[str], t
             assert_state(again, states[-1], steps)
         finally:
             again.close()
+        if pipeline.get("milvus", {}).get("whole_index"):
+            _assert_query_node(d, t, encoder, [states[-1]], steps, None)
         assert check_index(d) == []
         release_milvus_lite(d)
     return done
+
+
+def _assert_query_node(d: Path, t: int, encoder: Any, states: list[dict[str, Any]], steps: list[dict[str, Any]],
+                       gen: int | None) -> None:
+    """A query node attached to the index's Milvus holds one of ``states`` whole, at generation
+    ``gen`` or the one before (the kill came between the manifest swap and the publication)."""
+    q = HybridIndex.attach(d.parent / f"{d.name}-q{t}-{gen}", collection="crash",
+                           milvus_uri=str(d / "milvus.db"), encoder=encoder)
+    try:
+        assert gen is None or q.generation in (gen, gen - 1), (t, q.generation, gen)
+        held = set(index_docs(q))
+        match = [s for s in states if set(s) == held]
+        assert match, (f"trial {t}: the query node (generation {q.generation}) holds none of the expected states: "
+                       f"{sorted(held)} vs {[sorted(s) for s in states]}")
+        errors = []
+        for state in match:   # an upsert of changed content keeps the ids: try each version
+            try:
+                assert_state(q, state, steps)
+                return
+            except AssertionError as e:
+                errors.append(e)
+        raise errors[-1]
+    finally:
+        q.close()
 
 
 def test_sigkill_during_bm25_ingest_leaves_last_committed_state(tmp_path):
@@ -363,6 +403,36 @@ def test_sigkill_with_colbert_in_milvus_many_trials(tmp_path, milvus_colbert_cra
     done = _milvus_crash(tmp_path, milvus_colbert_crash_env, MILVUS_TRIALS, SEED + 7, MILVUS_COLBERT_TARGETS)
     if MILVUS_TRIALS >= len(MILVUS_COLBERT_TARGETS):
         for t in MILVUS_COLBERT_TARGETS[:-1]:
+            assert done[t] >= 1, (t, done)
+
+
+@pytest.fixture(scope="module")
+def milvus_whole_crash_env(tmp_path_factory: pytest.TempPathFactory, m3_dir: Path) -> Any:
+    """As :func:`milvus_crash_env`, with the whole index in Milvus ([milvus] whole_index)."""
+    pytest.importorskip("milvus_lite")
+    tmp = tmp_path_factory.mktemp("milvus-whole-crash")
+    pipeline = m3_pipeline(m3_dir, whole_index=True)
+    zygote = Zygote(pipeline, 1, tmp)
+    enc = cw.warm_encoder(pipeline, 1, tmp / "warm")
+    yield pipeline, zygote, enc
+    zygote.close()
+
+
+# the docs collection's writes, the publication into the head, and the rest
+MILVUS_WHOLE_TARGETS = ["MilvusDocsStore.add", "MilvusHead.publish", "MilvusClient.insert", "MilvusClient.delete",
+                        "MilvusClient.flush", "MilvusDocsStore.remove", "replace", "DocStore.commit_generation",
+                        "time"]
+
+
+def test_sigkill_with_the_whole_index_in_milvus_leaves_last_committed_state(tmp_path, milvus_whole_crash_env):
+    _milvus_crash(tmp_path, milvus_whole_crash_env, 3, SEED + 8, MILVUS_WHOLE_TARGETS)
+
+
+@pytest.mark.slow
+def test_sigkill_with_the_whole_index_in_milvus_many_trials(tmp_path, milvus_whole_crash_env):
+    done = _milvus_crash(tmp_path, milvus_whole_crash_env, MILVUS_TRIALS, SEED + 9, MILVUS_WHOLE_TARGETS)
+    if MILVUS_TRIALS >= len(MILVUS_WHOLE_TARGETS):
+        for t in MILVUS_WHOLE_TARGETS[:-1]:
             assert done[t] >= 1, (t, done)
 
 

@@ -162,6 +162,13 @@ class Engine:
 
     # ------------------------------------------------------------------ reload
     def _manifest_signature(self) -> tuple[int, int, int] | None:
+        if self.current._attached is not None:   # a query node: the newest generation published in Milvus
+            try:
+                newest = self.current.published_generation()
+            except Exception as e:  # noqa: BLE001 - Milvus unreachable for a moment: keep serving
+                logger.debug("hybridrag serve: cannot read the published generation: %s", e)
+                return None
+            return None if newest is None else (newest, 0, 0)
         try:
             st = os.stat(self.path / MANIFEST)
         except OSError:
@@ -170,8 +177,10 @@ class Engine:
 
     async def _poll_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.reload_interval_s)
-            sig = self._manifest_signature()
+            # a query node asks Milvus (a query, not a stat): at most once a second
+            attached = self.current._attached is not None
+            await asyncio.sleep(max(self.reload_interval_s, 1.0) if attached else self.reload_interval_s)
+            sig = await asyncio.to_thread(self._manifest_signature)
             if sig is not None and sig != self._signature:
                 try:
                     await self.reload()
@@ -187,15 +196,19 @@ class Engine:
         if self._reload_lock is None:
             raise RuntimeError("Engine.start() was not called")
         async with self._reload_lock:
-            sig = self._manifest_signature()
-            on_disk = read_manifest(self.path, missing_ok=True)
+            sig = await asyncio.to_thread(self._manifest_signature)
+            if self.current._attached is not None:
+                on_disk = None if sig is None else {"generation": sig[0]}
+            else:
+                on_disk = read_manifest(self.path, missing_ok=True)
             if on_disk is None or int(on_disk["generation"]) == self.current.generation:
                 self._signature = sig
                 return self.current.generation
             old = self.current
             try:
+                conn = {f"milvus_{k}": v for k, v in old._milvus_conn.items() if k in ("uri", "token")}
                 new = await asyncio.to_thread(HybridIndex.load, self.path, verify=False,
-                                              encoder=old._encoder, reranker=old._reranker)
+                                              encoder=old._encoder, reranker=old._reranker, **conn)
             except (HybridRAGError, OSError, ValueError) as e:
                 # keep serving the loaded generation; the next manifest change retries
                 logger.warning("hybridrag serve: could not load the new generation of %s: %s", self.path, e)

@@ -37,7 +37,7 @@ DOCSTORE = "docstore.sqlite"
 LOCKFILE = "LOCK"
 # Every file of a segment carries "<mode>.s<n>" (format 1: "<mode>.g<generation>") in its name,
 # or is a segment's bookkeeping ("s<n>.slots.npy", "s<n>.del.g<generation>.npy").
-STORE_FILE = re.compile(r"(dense|sparse|bm25|colbert)\.[gs]\d+|(^|\.)[gs]\d+\.(slots|del\.g\d+)\.npy")
+STORE_FILE = re.compile(r"(dense|sparse|bm25|colbert|docs)\.[gs]\d+|(^|\.)[gs]\d+\.(slots|del\.g\d+)\.npy")
 SEGMENT_ID = re.compile(r"(?:^|\.)(s\d+)(?=[.-])")
 
 
@@ -240,6 +240,10 @@ def _swap_manifest(idx, gen: int, entries: list[dict[str, Any]], vocab_files: li
     sums = {n: d for n, d in old.get("checksums", {}).items() if n in keep}
     sums.update({n: d for n, d in checksums.items() if n in keep})
     remote: dict[str, Any] = {}
+    if idx.pipeline.milvus.whole_index and idx._manifest is not None and "remote" in idx._manifest:
+        # Before this commit purges what its predecessor removed, Milvus must name that
+        # predecessor: a head one commit behind would show readers purged rows.
+        publish(idx, idx._manifest, retry=True)
     for mode, store in idx.stores.items():
         if not isinstance(store, SegmentedStore):
             files = store.save(idx.path, f"{mode}.g{gen}")
@@ -292,6 +296,45 @@ def _swap_manifest(idx, gen: int, entries: list[dict[str, Any]], vocab_files: li
         done = getattr(store, "committed", None)  # Milvus: the saved generation is now live
         if done is not None:
             done()
+    if idx.pipeline.milvus.whole_index:
+        publish(idx, manifest)
+
+
+def head_of(idx) -> Any:
+    """The index's :class:`~hybridrag.stores.milvus_docs.MilvusHead` (``[milvus] whole_index``),
+    opened on the docs collection's Milvus at first use."""
+    head = getattr(idx, "_head", None)
+    if head is None:
+        from hybridrag.stores.milvus_docs import MilvusHead
+
+        docs = idx.stores["docs"]
+        head = MilvusHead(docs.uri, docs._token, idx.pipeline.milvus.collection, owner=docs._owner,
+                          private=docs._private)
+        head.published = head.newest()
+        idx._head = head
+    return head
+
+
+def publish(idx, manifest: dict[str, Any], retry: bool = False) -> None:
+    """Publish ``manifest`` (with the records its Milvus stores saved) into the index's head
+    collection, unless it is the newest published one already. After the manifest swap
+    (``retry=False``) a failure is logged and left to the next commit, which publishes its
+    predecessor first (``retry=True``, where a failure raises before anything changes)."""
+    gen = int(manifest["generation"])
+    try:
+        head = head_of(idx)
+        if head.published == gen:
+            return
+        records = {}
+        for mode, entry in manifest.get("remote", {}).items():
+            path = idx.path / entry["files"]["milvus"]
+            records[mode] = json.loads(path.read_text(encoding="utf-8"))
+        head.publish(gen, {"manifest": manifest, "records": records})
+    except Exception as exc:
+        if retry:
+            raise
+        logger.warning("commit %d of %s is durable but could not be published to Milvus (%s); query nodes "
+                       "see the previous commit until the next commit publishes it", gen, idx.path, exc)
 
 
 def drop_milvus_collections(idx, names: list[str]) -> None:
@@ -348,6 +391,11 @@ def model_fingerprint(resolved: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def writing(idx) -> Iterator[None]:
+    if idx._attached is not None:
+        from hybridrag.errors import IndexWriteError
+
+        raise IndexWriteError(f"{idx.path} is a query node attached to Milvus (HybridIndex.attach): it reads "
+                              "only; write through the index directory that publishes the index")
     idx._lock.acquire()
     on_disk = read_generation(idx.path) if idx._manifest is not None else None
     if on_disk is not None and on_disk != idx._gen:

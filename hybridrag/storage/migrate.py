@@ -47,13 +47,17 @@ _TARGETS = ("milvus", "local")
 def migrate(cls: Any, src: str | os.PathLike[str], dst: str | os.PathLike[str], *, to: str = "milvus",
             milvus_uri: str | None = None, milvus_token: str | None = None, collection: str | None = None,
             encoder: Any = None, batch_size: int = 4096,
-            progress: Callable[[int], None] | None = None, colbert: bool = False) -> Any:
+            progress: Callable[[int], None] | None = None, colbert: bool = False,
+            whole_index: bool = False) -> Any:
     """:meth:`hybridrag.index.HybridIndex.migrate` (documented there)."""
     if to not in _TARGETS:
         raise ConfigError(f"to must be one of {list(_TARGETS)}, got {to!r}")
     if colbert and to != "milvus":
         raise ConfigError("colbert=True moves the ColBERT token vectors to Milvus: it needs to='milvus' "
                           "(to='local' always brings them back)")
+    if whole_index and to != "milvus":
+        raise ConfigError("whole_index=True moves the whole index (text, metadata, ids too) to Milvus: it needs "
+                          "to='milvus' (to='local' always brings everything back)")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
     src_p, dst_p = Path(src), Path(dst)
@@ -79,6 +83,9 @@ def migrate(cls: Any, src: str | os.PathLike[str], dst: str | os.PathLike[str], 
         mv["enabled"] = to == "milvus"
         if to == "local" and cfg["colbert"].get("backend") == "milvus":
             cfg["colbert"]["backend"] = ""   # token vectors back to the local store too
+        mv["whole_index"] = bool(whole_index)
+        if whole_index and cfg["colbert"].get("enabled"):
+            colbert = True
         if colbert:
             if not cfg["colbert"].get("enabled"):
                 raise ConfigError(f"{str(src_p)!r} has no colbert mode to move")
@@ -115,6 +122,7 @@ def _copy_index(source: Any, target: Any, batch_size: int, progress: Callable[[i
     to_local = [m for m in modes if isinstance(target.stores[m], SegmentedStore)
                 and not isinstance(source.stores[m], SegmentedStore)]
     table = source._table
+    doc_hashes = {d: h for d, h, _ in source.docstore.documents()} if "docs" in to_milvus else {}
     checksums: dict[str, str] = {}
     entries: list[dict[str, Any]] = []
     slots_of: dict[str, np.ndarray] = {}
@@ -149,7 +157,11 @@ def _copy_index(source: Any, target: Any, batch_size: int, progress: Callable[[i
             files[m] = commit_mod._save_part(target, part, f"{m}.{sid}", checksums)
         for m in to_milvus:
             for batch in _batches(live, batch_size):
-                target.stores[m].add(batch, source.stores[m].parts[sid].export(batch))
+                if m == "docs":   # the chunks' text, ids and metadata (whole_index)
+                    rows = source.docstore.get(batch)
+                    target.stores[m].add(batch, [dict(r, doc_hash=doc_hashes[r["doc_id"]]) for r in rows])
+                else:
+                    target.stores[m].add(batch, source.stores[m].parts[sid].export(batch))
         if progress is not None:
             progress(int(live.size))
         entry["files"] = files

@@ -121,7 +121,7 @@ def init_components(idx, fresh: bool) -> None:
     idx._table = SegmentTable([], (idx._manifest or {}).get("next_segment", 1))
     idx._vocab_saved = 0
     enc = idx.encoder if any(MODES[m].neural for m in modes) else None
-    remote = cfg.remote_modes()
+    remote = cfg.remote_modes() + (["docs"] if cfg.milvus.whole_index else [])
     if remote:   # Milvus, the one remote backend: its stores share one connection
         from hybridrag.stores.milvus import milvus_stores
 
@@ -149,6 +149,10 @@ def fresh_maker(idx, mode: str, config: Mapping[str, Any] | None = None) -> Any:
 
 
 def store_class(idx, mode: str) -> Any:
+    if mode == "docs":   # [milvus] whole_index: the chunks' text, ids and metadata
+        from hybridrag.stores.milvus_docs import MilvusDocsStore
+
+        return MilvusDocsStore
     return _store_class(idx.pipeline.backend(mode), mode)
 
 
@@ -330,6 +334,9 @@ def load(cls, path: str | os.PathLike[str], *, verify: bool = False, encoder: An
     file inside ``path`` (docs/MILVUS.md, "Security").
     """
     p = Path(path)
+    if not (p / MANIFEST).exists() and (p / POINTER).is_file():   # a query node (attach)
+        return attach(cls, p, collection=None, milvus_uri=milvus_uri, milvus_token=milvus_token,
+                      encoder=encoder, reranker=reranker, device=device)
     deadline = time.monotonic() + _LOAD_PATIENCE_S
     same_gen = 0
     while True:
@@ -436,6 +443,87 @@ def _milvus_collections(path: Path) -> list[str]:
         return []
     return [str(e.get("config", {}).get("collection")) for mode, e in m.get("remote", {}).items()
             if mode in ("dense", "sparse", "colbert") and isinstance(e, dict)]
+
+
+POINTER = "milvus-attach.json"   # a query node's directory: the collection prefix it reads
+
+
+def attach(cls, path: str | os.PathLike[str], *, collection: str | None, milvus_uri: str | None = None,
+           milvus_token: str | None = None, encoder: Any = None, reranker: Any = None,
+           device: str | None = None) -> Any:
+    """:meth:`hybridrag.index.HybridIndex.attach` (documented there); ``collection=None``: the
+    one ``path``'s pointer file names."""
+    from hybridrag.stores.milvus import TOKEN_ENV, URI_ENV, _is_server
+    from hybridrag.stores.milvus_docs import MilvusDocView, MilvusHead
+
+    p = Path(path)
+    if (p / MANIFEST).exists():
+        raise ConfigError(f"{str(p)!r} holds an index directory: open it with HybridIndex.load (attach makes "
+                          "a query node in a directory of its own)")
+    pointer = p / POINTER
+    if collection is None:
+        try:
+            collection = json.loads(pointer.read_text(encoding="utf-8"))["collection"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise IndexFormatError(f"{pointer}: not a query node's pointer file ({e})") from None
+    uri = milvus_uri or os.environ.get(URI_ENV) or None
+    if uri is None:
+        raise ConfigError(f"a query node needs to be told where Milvus is: pass milvus_uri=... (and milvus_token=... "
+                          f"for a server) or set {URI_ENV} (and {TOKEN_ENV})")
+    if not isinstance(uri, str):
+        raise ConfigError(f"milvus uri must be a str, got {uri!r}")
+    if not _is_server(uri):
+        uri = str(Path(uri).expanduser().resolve())
+    token = milvus_token or os.environ.get(TOKEN_ENV) or None
+    head = MilvusHead(uri, token, collection, create=False)
+    try:
+        got = head.latest()
+        if got is None:
+            raise IndexFormatError(f"nothing is published under collection prefix {collection!r} at {uri!r} yet")
+        gen, doc = got
+        try:
+            manifest, records = doc["manifest"], doc["records"]
+            cfg = PipelineConfig.from_stored(manifest["pipeline"], source=f"{head.name} generation {gen}")
+        except (KeyError, TypeError) as e:
+            raise IndexFormatError(f"Milvus collection {head.name!r}: generation {gen} is not a manifest ({e})") \
+                from None
+        p.mkdir(parents=True, exist_ok=True)
+        if not pointer.exists():
+            from hybridrag.stores.base import new_file
+
+            new_file(p, POINTER, lambda f: f.write_text(json.dumps({"collection": collection}), encoding="utf-8"))
+        idx = cls(p, cfg, manifest, encoder=encoder, reranker=reranker, device=device, read_only=True,
+                  docstore=_Closed())
+    except BaseException:
+        head.close()
+        raise
+    idx._attached = head
+    idx._milvus_conn = {"uri": uri, **({"token": token} if token else {})}
+    try:
+        for mode in manifest.get("remote", {}):
+            if mode not in records:
+                raise IndexFormatError(f"Milvus collection {head.name!r}: generation {gen} has no record of {mode!r}")
+            config = {**{k: v for k, v in records[mode].get("config", {}).items() if k not in ("uri", "token")},
+                      **idx._milvus_conn}
+            idx.stores[mode] = store_class(idx, mode).from_record(records[mode], p, config,
+                                                                  source=f"{head.name} generation {gen}")
+        if "docs" not in idx.stores or set(idx.stores) - {"docs"} != set(cfg.modes):
+            raise IndexFormatError(f"generation {gen} under {collection!r} does not hold the whole index in Milvus "
+                                   f"(stores {sorted(idx.stores)}, modes {cfg.modes})")
+        idx.docstore = MilvusDocView(idx.stores["docs"], manifest)
+    except BaseException:
+        idx.close()
+        raise
+    return idx
+
+
+class _Closed:
+    """A placeholder docstore while a query node's stores open."""
+
+    as_of = None
+
+    def close(self) -> None:
+        pass
 
 
 def _require_manifest(path: Path) -> dict[str, Any]:

@@ -136,7 +136,7 @@ URI_ENV = "HYBRIDRAG_MILVUS_URI"
 # behind are known to be this directory's (stray_collections).
 CREATED_LOG = "milvus-created.jsonl"
 _CREATED_LOG_MAX = 1 << 20   # bytes read of it at most
-_MADE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*_[0-9a-f]{12}_(dense|sparse|colbert)$")
+_MADE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*_[0-9a-f]{12}_(dense|sparse|colbert|docs)$")
 TOKEN_ENV = "MILVUS_TOKEN"
 _INSERT_BATCH = 1000
 _ID_CHUNK = 16384  # slots per "slot in [...]" expression
@@ -911,8 +911,19 @@ class _MilvusStore:
             raise IndexFormatError(f"missing Milvus store file {path}")
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise IndexFormatError(f"cannot read Milvus store file {path}: {exc}") from exc
+        return cls.from_record(doc, directory, config, source=str(path))
+
+    @classmethod
+    def from_record(cls, doc: Any, directory: Path, config: dict, source: str = "record") -> Self:
+        """Open the committed state described by ``doc`` (what ``save`` wrote; a query node
+        reads it from the index's head collection), as :meth:`load` does; ``directory`` is the
+        index directory, or the query node's for ``HybridIndex.attach``."""
+        directory, path = Path(directory), source
+        try:
             version, kind, coll = doc["format_version"], doc["kind"], doc["collection"]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise IndexFormatError(f"cannot read Milvus store file {path}: {exc}") from exc
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise IndexFormatError(f"Milvus store format {version} is newer than this library reads "
@@ -1174,7 +1185,44 @@ _NROWS = "nrows"  # rows of the chunk (on each of them): a reader asks for the r
 _COLBERT_ENCODINGS = ("fp16", "fp32")
 
 
-class MilvusColbertStore(_MilvusStore):
+class _RowsStore(_MilvusStore):
+    """A store whose slot may take several rows: primary key ``slot << _bits | row``, the row's
+    number in field ``_row_field`` (0: the first) and the slot's row count in ``_n_field`` (on the
+    first row at least). Read and deleted by key lists only (Milvus Lite answers ``key in [...]``
+    from its primary-key index and evaluates other filters over every row); a slot counts once,
+    by its first row."""
+
+    _bits = _ROW_BITS
+    _row_field = _ROW
+    _n_field = _NROWS
+
+    def _count_filter(self) -> str:
+        return f"{self._row_field} == 0 and {self._visible()}"
+
+    def _by_keys(self, keys: np.ndarray, fields: list[str]) -> list[dict[str, Any]]:
+        """The rows of ``keys`` (by primary key only)."""
+        out: list[dict[str, Any]] = []
+        for s in range(0, keys.shape[0], _ID_CHUNK):
+            out += list(self._client.query(self.collection, filter=f"{_KEY} in {_slot_list(keys[s : s + _ID_CHUNK])}",
+                                           output_fields=fields))
+        return out
+
+    def _present(self, slots: np.ndarray, visible: bool = False) -> np.ndarray:
+        """The slots among ``slots`` that are stored (their first rows, by key)."""
+        top = self._visible_gen()
+        res = self._by_keys(np.unique(slots) << self._bits, [_KEY, _GEN])
+        return np.array(sorted(int(r[_KEY]) >> self._bits for r in res if not visible or int(r[_GEN]) <= top),
+                        dtype=np.int64)
+
+    def _delete_slots(self, slots: np.ndarray) -> None:
+        """Delete every row of ``slots``: their keys from the first rows' counts."""
+        first = self._by_keys(np.unique(slots) << self._bits, [_KEY, self._n_field])
+        keys = np.array([int(r[_KEY]) + i for r in first for i in range(int(r[self._n_field]))], dtype=np.int64)
+        for s in range(0, keys.shape[0], _ID_CHUNK):
+            self._client.delete(self.collection, filter=f"{_KEY} in {_slot_list(keys[s : s + _ID_CHUNK])}")
+
+
+class MilvusColbertStore(_RowsStore):
     """ColBERT token vectors in a Milvus collection, scored by MaxSim on the client.
 
     Milvus (Lite 3.2.2, and servers before 2.6) has no list-of-vectors field, so a chunk is
@@ -1288,21 +1336,6 @@ class MilvusColbertStore(_MilvusStore):
             m = m.astype(np.float16).astype(np.float32)
         return m
 
-    def _count_filter(self) -> str:
-        return f"{_ROW} == 0 and {self._visible()}"
-
-    def _present(self, slots: np.ndarray, visible: bool = False) -> np.ndarray:
-        """The slots among ``slots`` that are stored (their first rows, by key)."""
-        found: list[int] = []
-        uniq = np.unique(slots)
-        top = self._visible_gen()
-        for s in range(0, uniq.shape[0], _ID_CHUNK):
-            keys = uniq[s : s + _ID_CHUNK] << _ROW_BITS
-            res = self._client.query(self.collection, filter=f"{_KEY} in {_slot_list(keys)}",
-                                     output_fields=[_KEY, _GEN])
-            found += [int(r[_KEY]) >> _ROW_BITS for r in res if not visible or int(r[_GEN]) <= top]
-        return np.array(sorted(found), dtype=np.int64)
-
     def add(self, slots: np.ndarray, data: Sequence[np.ndarray]) -> None:  # type: ignore[override]
         """Add one ``(n_tokens_i, dim)`` array per slot (``1 <= n_tokens_i < 65536 * tokens_per_row``)."""
         slots = as_slots(slots)
@@ -1347,21 +1380,6 @@ class MilvusColbertStore(_MilvusStore):
         self._max_slot = max(self._max_slot, int(slots.max()))
         if self._count is not None:
             self._count += n
-
-    def _by_keys(self, keys: np.ndarray, fields: list[str]) -> list[dict[str, Any]]:
-        """The rows of ``keys`` (by primary key only: see the class doc)."""
-        out: list[dict[str, Any]] = []
-        for s in range(0, keys.shape[0], _ID_CHUNK):
-            out += list(self._client.query(self.collection, filter=f"{_KEY} in {_slot_list(keys[s : s + _ID_CHUNK])}",
-                                           output_fields=fields))
-        return out
-
-    def _delete_slots(self, slots: np.ndarray) -> None:
-        """Delete every row of ``slots``: their keys from the first rows' ``nrows``."""
-        first = self._by_keys(np.unique(slots) << _ROW_BITS, [_KEY, _NROWS])
-        keys = np.array([int(r[_KEY]) + i for r in first for i in range(int(r[_NROWS]))], dtype=np.int64)
-        for s in range(0, keys.shape[0], _ID_CHUNK):
-            self._client.delete(self.collection, filter=f"{_KEY} in {_slot_list(keys[s : s + _ID_CHUNK])}")
 
     def _fetch(self, slots: np.ndarray) -> dict[int, np.ndarray]:  # type: ignore[override]
         """``{slot: float32 (n_tokens, dim)}`` of the visible chunks among ``slots``: their first
@@ -1482,10 +1500,12 @@ def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path
     :func:`resolve_connection` applies.
     """
     if not isinstance(cfg, Mapping):
-        cfg = {key: getattr(cfg, key) for key in ("enabled", "uri", "token", "collection") if hasattr(cfg, key)}
-    unknown = set(cfg) - {"enabled", "uri", "token", "collection"}
+        cfg = {key: getattr(cfg, key) for key in ("enabled", "uri", "token", "collection", "whole_index")
+               if hasattr(cfg, key)}
+    unknown = set(cfg) - {"enabled", "uri", "token", "collection", "whole_index"}
     if unknown:
-        raise ConfigError(f"unknown [milvus] settings {sorted(unknown)}; valid: enabled, uri, token, collection")
+        raise ConfigError(f"unknown [milvus] settings {sorted(unknown)}; valid: enabled, uri, token, collection, "
+                          "whole_index")
     stored = cfg.get("uri") or ""
     coll = cfg.get("collection") or "hybridrag"
     if not isinstance(stored, str):
@@ -1507,8 +1527,9 @@ def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path
     # too: a copy pointed at the original's own file by a uri the user names is then refused.
     owner = directory_owner(Path(index_dir))
     uid = uuid.uuid4().hex[:12]
-    width = {"dense": dim, "sparse": 0, "colbert": colbert_dim}
-    names = {m: f"{coll}_{uid}_{m}" for m in ("dense", "sparse", "colbert") if m in modes and width[m] is not None}
+    width = {"dense": dim, "sparse": 0, "colbert": colbert_dim, "docs": 0}
+    names = {m: f"{coll}_{uid}_{m}" for m in ("dense", "sparse", "colbert", "docs")
+             if m in modes and width[m] is not None}
     _record_created(Path(index_dir), list(names.values()))
     out: dict[str, _MilvusStore] = {}
     if "dense" in names:
@@ -1518,6 +1539,10 @@ def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path
     if "colbert" in names:
         out["colbert"] = MilvusColbertStore(int(colbert_dim), encoding=colbert_encoding, uri=where,  # type: ignore[arg-type]
                                             token=token, collection=names["colbert"], owner=owner)
+    if "docs" in names:
+        from hybridrag.stores.milvus_docs import MilvusDocsStore
+
+        out["docs"] = MilvusDocsStore(uri=where, token=token, collection=names["docs"], owner=owner)
     for store in out.values():
         store._private = private
     return out
