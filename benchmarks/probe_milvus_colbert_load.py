@@ -9,7 +9,9 @@ of the test suite.
 (``bench_segments``' corpus and fake encoder, 1,024-d dense vectors in Milvus Lite, BM25 local;
 written once into ``--dir``), 3 times as the code is (the saved count trusted while the collection's
 published commit is the one opened) and 3 times with the exact filtered count forced (the code
-before), interleaved; then one search, so the loaded index is known to answer. Otherwise:
+before), interleaved; then one search, so the loaded index is known to answer; then an upsert of
+one document and its commit, 3 times with the count the store keeps and 3 times with the exact
+filtered count forced in ``save`` (what every commit paid before), interleaved. Otherwise:
 
 Writes ``--chunks`` chunks of 20-60 random 128-d token vectors into a new Milvus Lite file (a
 temporary folder under ``--dir``) through ``MilvusColbertStore`` (rows of 8 tokens), commits them,
@@ -61,6 +63,27 @@ def index_load(n: int, where: str | None) -> None:
             idx.close()
             print(f"HybridIndex.load, {label}: {1000 * took:,.0f} ms ({len(hits)} hits)")
     _MilvusStore._count_at_load = fast
+    # A commit (the user's call: upsert one document, commit) with the store's kept count, and with
+    # the exact filtered count(*) each save made before (forced by forgetting the kept count).
+    save = _MilvusStore.save
+
+    def exact_save(self, directory, tag):
+        self._count = None
+        return save(self, directory, tag)
+
+    idx = HybridIndex.load(d, encoder=enc)
+    try:
+        for rep in range(3):
+            for label, fn in (("kept count", save), ("exact count (before)", exact_save)):
+                _MilvusStore.save = fn
+                doc = corpus.docs(rep, rep + 1)[0]
+                t = time.perf_counter()
+                idx.upsert([dict(doc, text=doc["text"] + f" probe {rep} {label}")])
+                took = time.perf_counter() - t
+                print(f"upsert of 1 document + commit, {label}: {1000 * took:,.0f} ms")
+    finally:
+        _MilvusStore.save = save
+        idx.close()
 
 
 def main() -> None:

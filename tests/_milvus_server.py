@@ -93,10 +93,28 @@ def peer(command: str, index: Path, uri: str, timeout: float = 300) -> Any:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+#: ``attach``: the queries and filters a query node answers (``tests/test_milvus_whole_index.py``)
+ATTACH_QUERIES = ["vitamin D bone fractures", "dense vectors FAISS", "heart attack aspirin", "fox dog"]
+ATTACH_FILTERS = [None, {"group": "even"}, {"n": {"$gte": 3}}, {"doc_id": {"$in": ["d1", "d2", "d5"]}}]
+
+
+def attached_answers(idx: Any) -> list[Any]:
+    """What a query node is compared on: every hit's chunk id, document, score, text, metadata."""
+    return [[[h.chunk_id, h.doc_id, round(h.score, 5), h.text, h.metadata] for h in idx.search(q, k=10, filters=f)]
+            for q in ATTACH_QUERIES for f in ATTACH_FILTERS]
+
+
 def _main(command: str, index: str, uri: str) -> Any:
     import numpy as np
 
     from hybridrag.index import HybridIndex
+
+    if command == "attach":   # a query node: a directory of its own, the collection prefix "srvw"
+        idx = HybridIndex.attach(index, collection="srvw", milvus_uri=uri)
+        try:
+            return {"generation": idx.generation, "answers": attached_answers(idx)}
+        finally:
+            idx.close()
 
     idx = HybridIndex.load(index, milvus_uri=uri)
     try:

@@ -284,6 +284,49 @@ def test_load_checks_collection_and_rows(uri: str, tmp_path: Path) -> None:
         MilvusDenseStore.load(tmp_path, {}, store.config())
 
 
+def test_a_writer_keeps_its_row_count_without_counting_milvus(uri: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit's save records the rows a reader will see; the writer keeps that count through
+    adds and removes (a filtered count(*) reads every row in Milvus Lite) and it always equals the
+    exact count, also across a load, duplicate and unknown removals, and removals of its own
+    uncommitted rows."""
+    exact: list[int] = []
+    real = MilvusDenseStore._visible_count
+    store = MilvusDenseStore(4, uri=uri, collection=coll())
+
+    def check() -> None:
+        assert len(store) == real(store)
+
+    store.add(np.arange(10), np.eye(10, 4, dtype=np.float32))
+    check()
+    monkeypatch.setattr(MilvusDenseStore, "_visible_count", lambda self: exact.append(1) or real(self))
+    store.save(tmp_path, "g1")
+    store.committed()
+    assert exact == []
+    for slots in ([1, 2], [2, 3, 10**6], [1]):   # removed twice, unknown, again
+        store.remove(np.array(slots))
+    store.add(np.array([20, 21]), np.ones((2, 4), np.float32))
+    store.remove(np.array([21]))                  # its own uncommitted row
+    store.save(tmp_path, "g2")
+    store.committed()
+    store.remove(np.array([4]))
+    store.save(tmp_path, "g3")                    # purges 1, 2, 3 and 21
+    store.committed()
+    assert exact == []
+    monkeypatch.setattr(MilvusDenseStore, "_visible_count", real)
+    check()
+    assert len(store) == 10 - 4 + 1
+    store.add(np.array([40]), np.ones((1, 4), np.float32))   # uncommitted when the next writer loads
+    again = MilvusDenseStore.load(tmp_path, store.save(tmp_path, "g4"), store.config())
+    store.committed()
+    store.add(np.array([41]), np.ones((1, 4), np.float32))   # a dead writer's row: the next one deletes it
+    assert len(again) == 8
+    again.remove(np.array([5]))                               # its first write: 41 goes, the count stands
+    again.add(np.array([30]), np.ones((1, 4), np.float32))
+    assert len(again) == real(again) == 8
+    again.close()
+
+
 def test_load_trusts_its_record_only_while_no_newer_commit_was_published(uri: str, tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A filtered count(*) reads every row in Milvus Lite, so load skips it when the collection's

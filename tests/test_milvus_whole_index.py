@@ -343,3 +343,36 @@ def test_a_served_query_node_swaps_in_new_commits(tmp_path, m3_dir, m3_encoder, 
         assert "fresh" in {h.doc_id for h in after.hits[0]} and after.generation == served
     finally:
         w.close()
+
+
+def test_server_query_node_in_another_process_serves_the_writers_commits(tmp_path, m3_dir, m3_encoder,
+                                                                          milvus_server):
+    # A real Milvus server (2.3: no sparse vectors, so dense + ColBERT in Milvus), the writer here,
+    # the query node in another process with only the collection prefix and the URI.
+    from _milvus_server import attached_answers, peer
+
+    pipe = _pipe(m3_dir, uri=milvus_server, collection="srvw")
+    pipe["sparse"] = {"enabled": False}
+    pipe["fusion"]["weights"] = {"dense": 0.6, "colbert": 0.4}
+    w = HybridIndex.create(tmp_path / "w", pipe, encoder=m3_encoder)
+    try:
+        assert {type(s).__name__ for s in w.stores.values()} == {"MilvusDenseStore", "MilvusColbertStore",
+                                                                  "MilvusDocsStore"}
+        w.add(docs(10))
+        w.upsert([{"id": "d2", "text": "a changed text about aspirin", "metadata": {"group": "even", "n": 2}}])
+        w.delete(ids=["d7"])
+        w.add([{"id": "pending", "text": "vitamin D, not committed", "metadata": {"n": 50}}], commit=False)
+        got = peer("attach", tmp_path / "q", milvus_server)
+        w_committed = HybridIndex.load(tmp_path / "w", encoder=m3_encoder, milvus_uri=milvus_server)
+        try:
+            assert got == {"generation": w_committed.generation,
+                           "answers": json.loads(json.dumps(attached_answers(w_committed)))}
+        finally:
+            w_committed.close()
+        w.commit()
+        got = peer("attach", tmp_path / "q2", milvus_server)
+        assert got["generation"] == w.generation
+        assert got["answers"] == json.loads(json.dumps(attached_answers(w)))
+        assert any(h[1] == "pending" for a in got["answers"] for h in a)
+    finally:
+        w.close()
