@@ -376,3 +376,41 @@ def test_server_query_node_in_another_process_serves_the_writers_commits(tmp_pat
         assert any(h[1] == "pending" for a in got["answers"] for h in a)
     finally:
         w.close()
+
+
+def test_rebuild_and_overwrite_replace_every_collection(tmp_path, m3_dir, m3_encoder):
+    from hybridrag.storage.check import check_index
+    from hybridrag.storage.commit import drop_stray_collections
+
+    p, uri = tmp_path / "w", str(tmp_path / "w" / "milvus.db")
+    w = HybridIndex.create(p, _pipe(m3_dir, collection="rb"), encoder=m3_encoder)
+    w.add(docs(8))
+    before = {s.collection for s in w.stores.values()}
+    w.close()
+    r = HybridIndex.rebuild(p, encoder=m3_encoder)   # re-encodes into new collections, docs included
+    try:
+        assert not before & {s.collection for s in r.stores.values()}
+        assert len(r.stores["docs"]) == len(r) == r.stores["docs"]._visible_count()
+        assert drop_stray_collections(r, dry_run=True) == []   # the old ones, docs too, were dropped
+    finally:
+        r.close()
+    assert check_index(p) == []
+    q = HybridIndex.attach(tmp_path / "q", collection="rb", milvus_uri=uri, encoder=m3_encoder)
+    ref = HybridIndex.load(p, encoder=m3_encoder)
+    try:
+        _same(q, ref)
+    finally:
+        q.close()
+        ref.close()
+    w = HybridIndex.create(p, _pipe(m3_dir, collection="rb"), encoder=m3_encoder, overwrite=True)
+    try:
+        w.add(docs(2))
+        assert drop_stray_collections(w, dry_run=True) == []
+    finally:
+        w.close()
+    q = HybridIndex.attach(tmp_path / "q2", collection="rb", milvus_uri=uri, encoder=m3_encoder)
+    try:
+        assert {h.doc_id for h in q.search("vitamin", k=20)} == {"d0", "d1"}
+        assert "docstore" not in q.stats()["bytes"]
+    finally:
+        q.close()

@@ -407,9 +407,13 @@ def rebuild(cls, path: str | os.PathLike[str], *, pipeline: Any = None, encoder:
         idx._vocab_files = []
         init_components(idx, fresh=True)
         slots = ds.live_slots()
+        hashes = {d: h for d, h, _ in ds.documents()} if "docs" in idx.stores else {}
         for i in range(0, len(slots), batch_size):
             part = slots[i:i + batch_size]
-            write.encode_into_stores(idx, [r["text"] for r in ds.get(part)], part)
+            rows = ds.get(part)
+            write.encode_into_stores(idx, [r["text"] for r in rows], part)
+            if "docs" in idx.stores:   # [milvus] whole_index: the chunks themselves, in new collections too
+                idx.stores["docs"].add(part, [dict(r, doc_hash=hashes.get(r["doc_id"])) for r in rows])
         idx._dirty = True
         idx.commit()
         commit_mod.drop_milvus_collections(idx, old)
@@ -442,7 +446,7 @@ def _milvus_collections(path: Path) -> list[str]:
     if m is None or not m["pipeline"].get("milvus", {}).get("enabled"):
         return []
     return [str(e.get("config", {}).get("collection")) for mode, e in m.get("remote", {}).items()
-            if mode in ("dense", "sparse", "colbert") and isinstance(e, dict)]
+            if mode in ("dense", "sparse", "colbert", "docs") and isinstance(e, dict)]
 
 
 POINTER = "milvus-attach.json"   # a query node's directory: the collection prefix it reads
@@ -612,7 +616,8 @@ def stats(idx) -> dict[str, Any]:
     sizes = {mode: sum((idx.path / f).stat().st_size for f in names if (idx.path / f).exists())
              for mode, names in files.items()}
     db = idx.path / DOCSTORE
-    sizes["docstore"] = sum(f.stat().st_size for f in idx.path.glob(db.name + "*")) if db.exists() else 0
+    if idx._attached is None:   # a query node has none: its chunks are the docs collection's
+        sizes["docstore"] = sum(f.stat().st_size for f in idx.path.glob(db.name + "*")) if db.exists() else 0
     remote = {mode: store.describe() for mode, store in idx.stores.items() if hasattr(store, "describe")}
     return {
         "path": str(idx.path), "pipeline": idx.pipeline.name, "modes": idx.pipeline.modes,
