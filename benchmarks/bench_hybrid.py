@@ -24,6 +24,12 @@ sparse field on the same vectors: ``hybrid_search`` with two AnnSearchRequests (
 ``--depth`` each) and ``WeightedRanker(1, 0.3)``, limit 10. Milvus does no ColBERT step,
 so the engine does strictly more work per query. Reported: p50 / p99 latency and QPS,
 one query per call, from the same run on the same vectors. Never part of the test suite.
+
+On Milvus (N <= ``--milvus-max``) the engine also runs on its Milvus stores (dense and sparse; ColBERT
+local); ``--whole-index`` adds the whole index in Milvus (ColBERT token rows and a docs collection
+of ~1.4 KB texts, what a ``[milvus] whole_index`` query node reads) beside the same path with a
+SQLite docstore, each timed with the fetch of the 10 hits' rows, and the bytes per chunk of each
+collection.
 """
 from __future__ import annotations
 
@@ -234,15 +240,83 @@ def engine_on_milvus(n: int, args: argparse.Namespace, dense: np.ndarray, sparse
                       ("sparse search", lambda i: ms.search(qs[i:i + 1], args.depth))):
         row(f"N={n:,} nq={nq}", f"  stage on Milvus: {label}", "one query per call",
             fmt_lat(latencies(fn, min(nq, 50))))
+    names = ["e_dense", "e_sparse"]
+    if args.whole_index:
+        names += whole_index(n, args, plan, queries, stores, uri, folder, top, nq)
     sizes = {}
-    for name in ("e_dense", "e_sparse"):
+    for name in names:
         found = [p for p in folder.rglob(name) if p.is_dir()]
         sizes[name] = sum(f.stat().st_size for p in found for f in p.rglob("*") if f.is_file())
     row(f"N={n:,}", "Milvus Lite on disk per chunk", "dense (dim x float32); sparse",
         f"{sizes['e_dense'] / n:,.0f} B ({dense.shape[1] * 4:,} B of vector); {sizes['e_sparse'] / n:,.0f} B "
         f"({sparse.nnz / n:.0f} weights per chunk)")
+    if args.whole_index:
+        row(f"N={n:,}", "Milvus Lite on disk per chunk", "ColBERT token rows; docs (text, metadata, ids)",
+            f"{sizes['e_colbert'] / n:,.0f} B ({cb.nbytes / n:,.0f} B in the local {args.colbert_encoding} store); "
+            f"{sizes['e_docs'] / n:,.0f} B ({TEXT_BYTES:,} B of text)")
     md.close()
     ms.close()
+
+
+TEXT_BYTES = 1400   # about a SciFact abstract
+
+
+def whole_index(n: int, args: argparse.Namespace, plan: Any, queries: tuple, stores: dict, uri: str,
+                folder: Path, top: np.ndarray, nq: int) -> list[str]:
+    """``--whole-index``: the ColBERT token vectors and the chunks' text, metadata and ids in Milvus
+    too (what a query node of ``[milvus] whole_index`` reads), against the local ColBERT store and
+    a SQLite docstore: the engine's path plus the fetch of the hits' rows (what ``search`` returns)."""
+    from hybridrag.stores.docstore import DocStore
+    from hybridrag.stores.milvus import MilvusColbertStore
+    from hybridrag.stores.milvus_docs import MilvusDocsStore
+    from hybridrag.types import Chunk
+    from hybridrag.write import chunk_record
+
+    qd, qs, qc = queries
+    cb = stores["colbert"]
+    rng = np.random.default_rng(5)
+    words = np.array([f"w{i}" for i in range(5000)])
+    t = time.perf_counter()
+    mc = MilvusColbertStore(cb.dim, encoding="fp32" if args.colbert_encoding == "fp32" else "fp16", uri=uri,
+                            collection="e_colbert")
+    mdoc = MilvusDocsStore(uri=uri, collection="e_docs")
+    ds = DocStore(folder / "docstore.sqlite")
+    for a in range(0, n, 1000):
+        sl = np.arange(a, min(n, a + 1000))
+        mc.add(sl, [cb.decode(int(s)) for s in sl])
+        chunks = [Chunk(chunk_id=f"c{s}", doc_id=f"d{s}", ordinal=0, start=0, end=TEXT_BYTES,
+                        text=" ".join(rng.choice(words, TEXT_BYTES // 6))[:TEXT_BYTES],
+                        metadata={"year": 2000 + int(s) % 25, "group": int(s) % 100}) for s in sl.tolist()]
+        mdoc.add(sl, [chunk_record(c, "h") for c in chunks])
+        ds.add_chunks(chunks, sl, 1, {c.doc_id: "h" for c in chunks})
+    mc.save(folder, "c")
+    mdoc.save(folder, "t")
+    ds.commit_generation(1)
+    row(f"N={n:,}", "whole index: ColBERT tokens + docs into Milvus (and a SQLite docstore)", "add + save s",
+        f"{time.perf_counter() - t:.1f}")
+    remote = dict(stores, colbert=mc)
+    for label, st, docs in (("dense + sparse in Milvus, ColBERT local, SQLite docstore (the Milvus backend)",
+                             stores, ds),
+                            ("the whole index in Milvus (a query node)", remote, mdoc)):
+        def one(i: int, st: dict = st, docs: Any = docs) -> None:
+            c = planner.run(plan, {"dense": qd[i:i + 1], "sparse": qs[i:i + 1], "colbert": qc[i:i + 1]}, st)[0]
+            docs.get(c.slots[:10])
+            top[i, : min(10, len(c.slots))] = c.slots[:10]
+
+        row(f"N={n:,} nq={nq}", f"hybridrag, {label}: planner.run + the hits' text", "one query per call",
+            fmt_lat(latencies(one, nq)))
+    cand = [np.unique(np.concatenate([stores["dense"].search(qd[i:i + 1], args.depth)[1][0],
+                                      stores["sparse"].search(qs[i:i + 1], args.depth)[1][0]]))
+            for i in range(min(nq, 20))]
+    for label, fn in (("ColBERT MaxSim of the union, tokens from Milvus", lambda i: mc.score(qc[i:i + 1], cand[i:i + 1])),
+                      ("ColBERT MaxSim of the union, local store", lambda i: cb.score(qc[i:i + 1], cand[i:i + 1])),
+                      ("the 10 hits' rows from the docs collection", lambda i: mdoc.get(cand[i][:10])),
+                      ("the 10 hits' rows from SQLite", lambda i: ds.get(cand[i][:10]))):
+        row(f"N={n:,} nq={len(cand)}", f"  stage: {label}", "one query per call", fmt_lat(latencies(fn, len(cand))))
+    mc.close()
+    mdoc.close()
+    ds.close()
+    return ["e_colbert", "e_docs"]
 
 
 def main() -> None:
@@ -260,6 +334,8 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=50, help="first-stage depth per mode")
     ap.add_argument("--nq", type=int, default=200)
     ap.add_argument("--milvus-max", type=int, default=100_000)
+    ap.add_argument("--whole-index", action="store_true",
+                    help="on the Milvus backend, also time the whole index in Milvus (ColBERT tokens, text)")
     ap.add_argument("--milvus-nq", type=int, default=0,
                     help="queries timed on Milvus Lite (0: --nq; the first ones of the same query set)")
     args = ap.parse_args()

@@ -345,29 +345,30 @@ def test_worker_counts_are_deterministic():
     assert np.all([isinstance(k, str) for k in states[-1]])
 
 
+def _crash_env(tmp_path_factory: pytest.TempPathFactory, name: str, pipeline: dict[str, Any]) -> Any:
+    """A Milvus pipeline, a zygote forking the workers, and the test's encoder, both with every
+    chunk of the steps already encoded (the re-ingest after each kill encodes nothing new)."""
+    pytest.importorskip("milvus_lite")
+    tmp = tmp_path_factory.mktemp(name)
+    zygote = Zygote(pipeline, 1, tmp)
+    enc = cw.warm_encoder(pipeline, 1, tmp / "warm")
+    return pipeline, zygote, enc
+
+
 @pytest.fixture(scope="module")
 def milvus_crash_env(tmp_path_factory: pytest.TempPathFactory, m3_dir: Path) -> Any:
-    """The Milvus pipeline, a zygote forking the workers, and the test's encoder, both with
-    every chunk of the steps already encoded (shared by the two Milvus tiers)."""
-    pytest.importorskip("milvus_lite")
-    tmp = tmp_path_factory.mktemp("milvus-crash")
-    pipeline = m3_pipeline(m3_dir, milvus=True)
-    zygote = Zygote(pipeline, 1, tmp)
-    enc = cw.warm_encoder(pipeline, 1, tmp / "warm")  # the re-ingest after each kill encodes nothing new
-    yield pipeline, zygote, enc
-    zygote.close()
+    """The Milvus pipeline's crash environment (shared by the two Milvus tiers)."""
+    env = _crash_env(tmp_path_factory, "milvus-crash", m3_pipeline(m3_dir, milvus=True))
+    yield env
+    env[1].close()
 
 
 @pytest.fixture(scope="module")
 def milvus_colbert_crash_env(tmp_path_factory: pytest.TempPathFactory, m3_dir: Path) -> Any:
     """As :func:`milvus_crash_env`, with the ColBERT token vectors in Milvus too."""
-    pytest.importorskip("milvus_lite")
-    tmp = tmp_path_factory.mktemp("milvus-colbert-crash")
-    pipeline = m3_pipeline(m3_dir, milvus=True, colbert_in_milvus=True)
-    zygote = Zygote(pipeline, 1, tmp)
-    enc = cw.warm_encoder(pipeline, 1, tmp / "warm")
-    yield pipeline, zygote, enc
-    zygote.close()
+    env = _crash_env(tmp_path_factory, "milvus-colbert-crash", m3_pipeline(m3_dir, milvus=True, colbert_in_milvus=True))
+    yield env
+    env[1].close()
 
 
 def _milvus_crash(tmp_path: Path, env: Any, trials: int, seed: int,
@@ -385,12 +386,16 @@ def test_sigkill_during_milvus_ingest_leaves_last_committed_state(tmp_path, milv
     _milvus_crash(tmp_path, milvus_crash_env, 3, SEED + 2)
 
 
+def _milvus_many(tmp_path: Path, env: Any, seed: int, targets: list[str]) -> None:
+    done = _milvus_crash(tmp_path, env, MILVUS_TRIALS, seed, targets)
+    if MILVUS_TRIALS >= len(targets):
+        for t in targets[:-1]:  # every injected point was reached
+            assert done[t] >= 1, (t, done)
+
+
 @pytest.mark.slow
 def test_sigkill_during_milvus_ingest_many_trials(tmp_path, milvus_crash_env):
-    done = _milvus_crash(tmp_path, milvus_crash_env, MILVUS_TRIALS, SEED + 3)
-    if MILVUS_TRIALS >= len(MILVUS_TARGETS):
-        for t in MILVUS_TARGETS[:-1]:  # every injected point was reached
-            assert done[t] >= 1, (t, done)
+    _milvus_many(tmp_path, milvus_crash_env, SEED + 3, MILVUS_TARGETS)
 
 
 def test_sigkill_with_colbert_in_milvus_leaves_last_committed_state(tmp_path, milvus_colbert_crash_env):
@@ -400,22 +405,15 @@ def test_sigkill_with_colbert_in_milvus_leaves_last_committed_state(tmp_path, mi
 
 @pytest.mark.slow
 def test_sigkill_with_colbert_in_milvus_many_trials(tmp_path, milvus_colbert_crash_env):
-    done = _milvus_crash(tmp_path, milvus_colbert_crash_env, MILVUS_TRIALS, SEED + 7, MILVUS_COLBERT_TARGETS)
-    if MILVUS_TRIALS >= len(MILVUS_COLBERT_TARGETS):
-        for t in MILVUS_COLBERT_TARGETS[:-1]:
-            assert done[t] >= 1, (t, done)
+    _milvus_many(tmp_path, milvus_colbert_crash_env, SEED + 7, MILVUS_COLBERT_TARGETS)
 
 
 @pytest.fixture(scope="module")
 def milvus_whole_crash_env(tmp_path_factory: pytest.TempPathFactory, m3_dir: Path) -> Any:
     """As :func:`milvus_crash_env`, with the whole index in Milvus ([milvus] whole_index)."""
-    pytest.importorskip("milvus_lite")
-    tmp = tmp_path_factory.mktemp("milvus-whole-crash")
-    pipeline = m3_pipeline(m3_dir, whole_index=True)
-    zygote = Zygote(pipeline, 1, tmp)
-    enc = cw.warm_encoder(pipeline, 1, tmp / "warm")
-    yield pipeline, zygote, enc
-    zygote.close()
+    env = _crash_env(tmp_path_factory, "milvus-whole-crash", m3_pipeline(m3_dir, whole_index=True))
+    yield env
+    env[1].close()
 
 
 # the docs collection's writes, the publication into the head, and the rest
@@ -430,10 +428,7 @@ def test_sigkill_with_the_whole_index_in_milvus_leaves_last_committed_state(tmp_
 
 @pytest.mark.slow
 def test_sigkill_with_the_whole_index_in_milvus_many_trials(tmp_path, milvus_whole_crash_env):
-    done = _milvus_crash(tmp_path, milvus_whole_crash_env, MILVUS_TRIALS, SEED + 9, MILVUS_WHOLE_TARGETS)
-    if MILVUS_TRIALS >= len(MILVUS_WHOLE_TARGETS):
-        for t in MILVUS_WHOLE_TARGETS[:-1]:
-            assert done[t] >= 1, (t, done)
+    _milvus_many(tmp_path, milvus_whole_crash_env, SEED + 9, MILVUS_WHOLE_TARGETS)
 
 
 # --------------------------------------------------------------------------- create(overwrite=True)

@@ -1219,6 +1219,29 @@ class _RowsStore(_MilvusStore):
         return np.array(sorted(int(r[_KEY]) >> self._bits for r in res if not visible or int(r[_GEN]) <= top),
                         dtype=np.int64)
 
+    def _create_unsearched(self, schema: Any) -> None:
+        """Create the collection with ``schema``: a ``FLAT`` index on its vector field (Milvus
+        needs one to load a collection; these collections are read by key, never searched)."""
+        ip = self._client.prepare_index_params()
+        ip.add_index(field_name=_VEC, index_type="FLAT", metric_type="IP", params={})
+        props = {_OWNER: self._owner} if self._owner else {}
+        self._client.create_collection(self.collection, schema=schema, index_params=ip, consistency_level="Strong",
+                                       properties=props)
+        self._check_collection()
+        self._count = 0
+
+    def _checked_slots(self, slots: Any, data: Sequence[Any], what: str) -> np.ndarray:
+        """``slots`` as int64, checked against ``data`` (one entry each) and the key layout."""
+        slots = as_slots(slots)
+        n = slots.shape[0]
+        if len(data) != n:
+            raise ValueError(f"got {n} slots but {len(data)} {what}")
+        if n and np.unique(slots).shape[0] != n:
+            raise ValueError("slots contain duplicates")
+        if n and int(slots.max()) >= 1 << (63 - self._bits):
+            raise ValueError(f"slot {int(slots.max())} is too large for the keys of {self._kind} collection")
+        return slots
+
     def _delete_slots(self, slots: np.ndarray) -> None:
         """Delete every row of ``slots``: their keys from the first rows' counts."""
         first = self._by_keys(np.unique(slots) << self._bits, [_KEY, self._n_field])
@@ -1298,13 +1321,7 @@ class MilvusColbertStore(_RowsStore):
         schema.add_field(_NTOK, DataType.INT64)
         schema.add_field(_NROWS, DataType.INT64)
         schema.add_field(_VEC, DataType.FLOAT_VECTOR, dim=self.tokens_per_row * self.dim)
-        ip = self._client.prepare_index_params()
-        ip.add_index(field_name=_VEC, index_type="FLAT", metric_type="IP", params={})
-        props = {_OWNER: self._owner} if self._owner else {}
-        self._client.create_collection(self.collection, schema=schema, index_params=ip, consistency_level="Strong",
-                                       properties=props)
-        self._check_collection()
-        self._count = 0
+        self._create_unsearched(schema)
 
     def _expected_vector(self) -> tuple[Any, dict[str, Any]]:
         return DataType.FLOAT_VECTOR, {"dim": self.tokens_per_row * self.dim}
@@ -1343,16 +1360,10 @@ class MilvusColbertStore(_RowsStore):
 
     def add(self, slots: np.ndarray, data: Sequence[np.ndarray]) -> None:  # type: ignore[override]
         """Add one ``(n_tokens_i, dim)`` array per slot (``1 <= n_tokens_i < 65536 * tokens_per_row``)."""
-        slots = as_slots(slots)
+        slots = self._checked_slots(slots, data, "token arrays")
         n = slots.shape[0]
-        if len(data) != n:
-            raise ValueError(f"got {n} slots but {len(data)} token arrays")
         if n == 0:
             return
-        if np.unique(slots).shape[0] != n:
-            raise ValueError("slots contain duplicates")
-        if int(slots.max()) >= 1 << (63 - _ROW_BITS):
-            raise ValueError(f"slot {int(slots.max())} is too large for the token collection's keys")
         mats = []
         P = self.tokens_per_row
         for slot, x in zip(slots.tolist(), data):

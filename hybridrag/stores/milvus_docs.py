@@ -252,13 +252,7 @@ class MilvusDocsStore(_RowsStore):
             schema.add_field(name, DataType.VARCHAR, max_length=128)
         schema.add_field(_META, DataType.JSON)
         schema.add_field(_VEC, DataType.FLOAT_VECTOR, dim=2)
-        ip = self._client.prepare_index_params()
-        ip.add_index(field_name=_VEC, index_type="FLAT", metric_type="IP", params={})
-        props = {_OWNER: self._owner} if self._owner else {}
-        self._client.create_collection(self.collection, schema=schema, index_params=ip, consistency_level="Strong",
-                                       properties=props)
-        self._check_collection()
-        self._count = 0
+        self._create_unsearched(schema)
 
     def _build_params(self) -> dict[str, Any]:
         return {}
@@ -281,16 +275,10 @@ class MilvusDocsStore(_RowsStore):
     def add(self, slots: np.ndarray, data: Sequence[Mapping[str, Any]]) -> None:  # type: ignore[override]
         """Add one chunk record per slot (class doc); ``DocumentError`` names a record Milvus
         cannot hold (an id over 65,535 bytes, a text over 255 VARCHARs)."""
-        slots = as_slots(slots)
+        slots = self._checked_slots(slots, data, "chunk records")
         n = slots.shape[0]
-        if len(data) != n:
-            raise ValueError(f"got {n} slots but {len(data)} chunk records")
         if n == 0:
             return
-        if np.unique(slots).shape[0] != n:
-            raise ValueError("slots contain duplicates")
-        if int(slots.max()) >= 1 << (63 - _PART_BITS):
-            raise ValueError(f"slot {int(slots.max())} is too large for the docs collection's keys")
         rows: list[dict[str, Any]] = []
         for slot, rec in zip(slots.tolist(), data):
             for f in (_DOC, _CHUNK):
