@@ -369,11 +369,14 @@ def test_server_query_node_in_another_process_serves_the_writers_commits(tmp_pat
                            "answers": json.loads(json.dumps(attached_answers(w_committed)))}
         finally:
             w_committed.close()
-        w.commit()
-        got = peer("attach", tmp_path / "q2", milvus_server)
-        assert got["generation"] == w.generation
-        assert got["answers"] == json.loads(json.dumps(attached_answers(w)))
-        assert any(h[1] == "pending" for a in got["answers"] for h in a)
+        w.commit()   # the commit reaches a query node (here in this process: one more is slow to start)
+        q = HybridIndex.attach(tmp_path / "q2", collection="srvw", milvus_uri=milvus_server, encoder=m3_encoder)
+        try:
+            assert q.generation == w.generation
+            assert json.loads(json.dumps(attached_answers(q))) == json.loads(json.dumps(attached_answers(w)))
+            assert any(h[1] == "pending" for a in attached_answers(q) for h in a)
+        finally:
+            q.close()
     finally:
         w.close()
 
@@ -414,3 +417,22 @@ def test_rebuild_and_overwrite_replace_every_collection(tmp_path, m3_dir, m3_enc
         assert "docstore" not in q.stats()["bytes"]
     finally:
         q.close()
+
+
+def test_two_index_directories_cannot_publish_under_one_prefix(tmp_path, m3_dir, m3_encoder):
+    shared = str(tmp_path / "shared" / "milvus.db")   # a Milvus both use (as a server would be)
+    a = HybridIndex.create(tmp_path / "a", _pipe(m3_dir, uri=shared, collection="same"), encoder=m3_encoder)
+    try:
+        a.add(docs(3))
+        with pytest.raises(IndexFormatError, match="give this index its own \\[milvus\\] collection prefix"):
+            HybridIndex.create(tmp_path / "b", _pipe(m3_dir, uri=shared, collection="same"), encoder=m3_encoder)
+        assert not (tmp_path / "b" / "manifest.json").exists()   # no index left behind
+        b = HybridIndex.create(tmp_path / "b", _pipe(m3_dir, uri=shared, collection="other"), encoder=m3_encoder)
+        b.close()
+        q = HybridIndex.attach(tmp_path / "q", collection="same", milvus_uri=shared, encoder=m3_encoder)
+        try:
+            assert {h.doc_id for h in q.search("x", k=10)} == {"d0", "d1", "d2"}
+        finally:
+            q.close()
+    finally:
+        a.close()

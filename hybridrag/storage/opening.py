@@ -131,6 +131,8 @@ def init_components(idx, fresh: bool) -> None:
                              colbert_encoding=cfg.colbert.encoding)
         idx.stores.update({m: made[m] for m in remote})
         idx._milvus_conn = made[remote[0]].connection()
+        if cfg.milvus.whole_index:   # before anything is written: the prefix must be this index's
+            commit_mod.head_of(idx).check_owner()
     for mode in modes:
         if mode not in idx.stores:
             idx.stores[mode] = SegmentedStore({}, new_store(mode, cfg, enc), fresh_maker(idx, mode))

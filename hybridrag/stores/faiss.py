@@ -494,6 +494,13 @@ class FaissStore:
             or (rowmask is not None and n_ok < _BRUTE_FRACTION * self._n_rows)
             or (self._index is None and self._knn_vectors() is None and (rowmask is not None or self._gpu() is None))
         ):
+            if self._flat_kernel():
+                # The compiled scan, as search_parts and score give it: BLAS may score two equal
+                # vectors a last bit apart by where they sit in a block (numpy 2.4 / OpenBLAS),
+                # and ties would then break against the slot rule. None for large batches.
+                got = type(self).search_parts([self], q, k, allowed=allowed, cache=self._lists)
+                if got is not None:
+                    return got
             return self._brute(q, k, rowmask)
         return self._ann(q, k, rowmask, n_ok)
 
