@@ -358,6 +358,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         size = "" if d["vector_bytes"] is None else f", {d['vector_bytes'] / 1e6:.2f} MB of vectors"
         print(f"  {mode:<9} in Milvus ({d['where']}): collection {d['collection']}, {d['rows']} rows "
               f"({d['rows_stored']} stored{size})")
+        if "terms_collection" in d:   # BM25 in Milvus: each term's df per commit
+            print(f"  {'':<9} terms: collection {d['terms_collection']}, {d['terms_stored']} term versions, "
+                  f"average length {d['avgdl']:.1f} (reference {d['avgdl_ref']:.1f})")
     return 0
 
 

@@ -75,7 +75,7 @@ class SparseConfig:
 @dataclass
 class BM25Config:
     enabled: bool = False
-    backend: str = ""  # "" | "inverted"
+    backend: str = ""  # "" | "inverted" | "milvus" (needs [milvus] enabled and variant "lucene")
     analyzer: str = "unicode"  # "unicode" | "word" | "subword" (indexes written before "unicode": "word")
     language: list[str] = field(default_factory=list)  # unicode: Snowball language(s), one per script, or "auto"
     stopwords: str = ""  # "" | "english"
@@ -392,14 +392,20 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
         if cfg.colbert.encoding not in ("fp16", "fp32"):
             raise ConfigError(f"colbert.encoding = {cfg.colbert.encoding!r} is a local-store encoding; the Milvus "
                               "ColBERT store keeps 'fp16' or 'fp32' (or set colbert.backend = 'multivector')")
+    if cfg.bm25.enabled and cfg.backend("bm25") == "milvus":
+        if not cfg.milvus.enabled:
+            raise ConfigError("bm25.backend = 'milvus' needs [milvus] enabled = true (the section says "
+                              "where Milvus is and names the index's collections)")
+        if cfg.bm25.variant != "lucene":
+            raise ConfigError(f"bm25.variant = {cfg.bm25.variant!r} has no Milvus backend (okapi's idf floor needs "
+                              "every term's df at each commit): use variant = 'lucene' or the local backend")
     if cfg.milvus.whole_index:
         local = [m for m in cfg.modes if cfg.backend(m) != "milvus"]
         if not cfg.milvus.enabled:
             raise ConfigError("milvus.whole_index = true needs [milvus] enabled = true")
         if local:
-            why = {"bm25": "BM25 has no Milvus backend yet: use the learned sparse mode ([sparse], M3)"}
             raise ConfigError("milvus.whole_index = true keeps every mode in Milvus, but " + "; ".join(
-                f"{m} is local ({why.get(m, 'set [' + m + '] backend = ' + repr('milvus'))})" for m in local))
+                f"{m} is local (set [{m}] backend = 'milvus')" for m in local))
     if cfg.colbert.pq_train_tokens < 4096:
         raise ConfigError(f"colbert.pq_train_tokens = {cfg.colbert.pq_train_tokens} must be >= 4096")
     if cfg.colbert.pq_train_pool < cfg.colbert.pq_train_tokens:

@@ -213,6 +213,13 @@ class HybridIndex:
         """The BM25 analyser and vocabulary (the committed one, then grown by writes)."""
         if self._bm25 is None:
             self._bm25 = components.make_bm25(self.pipeline, lambda: self.encoder, self._bm25_vocab)
+        store = self.stores.get("bm25")
+        if hasattr(store, "bind_vocabulary"):   # BM25 in Milvus: its terms collection is keyed by term
+            if self._attached is not None:      # a query node: the vocabulary is Milvus's
+                if self._bm25.vocabulary is not store.vocabulary():
+                    self._bm25.vocabulary = store.vocabulary()
+            elif store.bound is not self._bm25.vocabulary:
+                store.bind_vocabulary(self._bm25.vocabulary)
         return self._bm25
 
     @property

@@ -5,8 +5,8 @@ side read everything else from here.
 
 A pipeline picks each mode's backend by name (``[dense] backend = "faiss"``); ``[milvus]
 enabled = true`` is the short form of ``backend = "milvus"`` for the modes Milvus holds by
-default (dense and sparse; ColBERT's token vectors move to Milvus only with ``[colbert] backend =
-"milvus"``).
+default (dense and sparse; ColBERT's token vectors and BM25 move to Milvus only with their own
+``backend = "milvus"``).
 """
 from __future__ import annotations
 
@@ -54,9 +54,12 @@ MODES: dict[str, Mode] = {
                   settings=lambda cfg, enc: {"dim": enc.dim, "factory": cfg.dense.index}),
     "sparse": Mode("sparse", neural=True, first_stage=True, by_terms=True, backends=("inverted", "milvus"),
                    settings=lambda cfg, enc: {"weighting": "none"}),
-    "bm25": Mode("bm25", neural=False, first_stage=True, by_terms=True, backends=("inverted",),
+    "bm25": Mode("bm25", neural=False, first_stage=True, by_terms=True, backends=("inverted", "milvus"),
                  settings=lambda cfg, enc: {"weighting": f"bm25{cfg.bm25.variant}", "k1": cfg.bm25.k1,
-                                            "b": cfg.bm25.b, "epsilon": cfg.bm25.epsilon}),
+                                            "b": cfg.bm25.b, "epsilon": cfg.bm25.epsilon},
+                 # only with [bm25] backend = "milvus": an index made before BM25 had a Milvus
+                 # backend keeps its local BM25 under [milvus] enabled
+                 milvus_default=False),
     "colbert": Mode("colbert", neural=True, first_stage=False, by_terms=False, backends=("multivector", "milvus"),
                     settings=lambda cfg, enc: {"dim": getattr(enc, "colbert_dim", None) or enc.dim,
                                                "encoding": cfg.colbert.encoding,

@@ -65,6 +65,8 @@ METHODS = {
     "MilvusDocsStore.add": "hybridrag.stores.milvus_docs",
     "MilvusDocsStore.remove": "hybridrag.stores.milvus_docs",
     "MilvusHead.publish": "hybridrag.stores.milvus_docs",
+    "MilvusBm25Store._publish_terms": "hybridrag.stores.milvus_bm25",
+    "MilvusClient.upsert": "pymilvus",
     "MilvusClient.insert": "pymilvus",
     "MilvusClient.delete": "pymilvus",
     "MilvusClient.flush": "pymilvus",
@@ -280,7 +282,7 @@ def warm_encoder(pipeline: dict[str, Any], seed: int, scratch: Path) -> CachedEn
 
     enc = CachedEncoder(M3Encoder.from_pretrained(pipeline["encoder"]["model"]))
     local = dict(pipeline, milvus={"enabled": False},   # the same encodings from local stores
-                 colbert={k: v for k, v in pipeline.get("colbert", {}).items() if k != "backend"})
+                 **{m: {k: v for k, v in pipeline.get(m, {}).items() if k != "backend"} for m in ("colbert", "bm25")})
     idx = HybridIndex.create(scratch, local, encoder=enc)
     try:
         e = idx.pipeline.encoder

@@ -75,10 +75,9 @@ MILVUS_COLBERT_TARGETS = ["MilvusColbertStore.add", "MilvusClient.insert", "Milv
 def m3_pipeline(m3_dir: Path, milvus: bool = False, colbert_in_milvus: bool = False,
                 whole_index: bool = False) -> dict[str, Any]:
     colbert = {"enabled": True, "backend": "milvus"} if colbert_in_milvus else {"enabled": not milvus}
-    if whole_index:   # everything in Milvus: no BM25 (it has no Milvus backend)
+    if whole_index:   # everything in Milvus, BM25's rows and terms too
         p = m3_pipeline(m3_dir, True, True)
-        p["bm25"] = {"enabled": False}
-        p["fusion"]["weights"] = {"dense": 0.4, "sparse": 0.2, "colbert": 0.4}
+        p["bm25"] = {"enabled": True, "depth": 50, "backend": "milvus"}
         p["milvus"] = {"enabled": True, "whole_index": True, "collection": "crash"}
         return p
     return {
@@ -124,7 +123,10 @@ class Zygote:
     def _read(self, timeout: float | None) -> dict[str, int] | None:
         import select
 
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        # poll, not select: select() fails on descriptors past 1023, which a long test run reaches
+        poller = select.poll()
+        poller.register(self.proc.stdout, select.POLLIN)  # type: ignore[arg-type]
+        ready = poller.poll(None if timeout is None else int(timeout * 1000))
         if not ready:
             return None
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
@@ -416,8 +418,9 @@ def milvus_whole_crash_env(tmp_path_factory: pytest.TempPathFactory, m3_dir: Pat
     env[1].close()
 
 
-# the docs collection's writes, the publication into the head, and the rest
-MILVUS_WHOLE_TARGETS = ["MilvusDocsStore.add", "MilvusHead.publish", "MilvusClient.insert", "MilvusClient.delete",
+# the docs collection's writes, the publication into the head, BM25's terms, and the rest
+MILVUS_WHOLE_TARGETS = ["MilvusDocsStore.add", "MilvusHead.publish", "MilvusBm25Store._publish_terms",
+                        "MilvusClient.upsert", "MilvusClient.insert", "MilvusClient.delete",
                         "MilvusClient.flush", "MilvusDocsStore.remove", "replace", "DocStore.commit_generation",
                         "time"]
 

@@ -78,7 +78,11 @@ class BM25Encoder:
 
     def encode_queries(self, texts: Sequence[str]) -> list[dict[int, float]]:
         """Query term counts (a repeated term counts twice); unknown terms are dropped."""
-        return [self._counts(toks, False) for toks in self.analyzer.tokenize(texts)]
+        tokens = self.analyzer.tokenize(texts)
+        prefetch = getattr(self.vocabulary, "prefetch", None)
+        if prefetch is not None:   # a query node's vocabulary in Milvus: one lookup for the batch
+            prefetch({t for toks in tokens for t in toks})
+        return [self._counts(toks, False) for toks in tokens]
 
     def encode(self, texts: Sequence[str], *, is_query: bool = False, dense: bool = True, sparse: bool = True,
                colbert: bool = True, **_: Any) -> "EncodeOutput":

@@ -76,14 +76,17 @@ def migrate(cls: Any, src: str | os.PathLike[str], dst: str | os.PathLike[str], 
         if bool(cfg["milvus"]["enabled"]) == (to == "milvus"):
             where = "in Milvus" if to == "milvus" else "in local stores"
             raise ConfigError(f"{str(src_p)!r} already keeps its vectors {where}; nothing to migrate")
-        if not set(source.pipeline.modes) & {"dense", "sparse"}:
+        if not whole_index and not source.pipeline.remote_modes() and not set(source.pipeline.modes) & {"dense", "sparse"}:
             raise ConfigError(f"{str(src_p)!r} has no dense or sparse mode (modes {source.pipeline.modes}): "
                               "Milvus would hold nothing of it")
         mv = cfg["milvus"]
         mv["enabled"] = to == "milvus"
-        if to == "local" and cfg["colbert"].get("backend") == "milvus":
-            cfg["colbert"]["backend"] = ""   # token vectors back to the local store too
+        for m in ("colbert", "bm25"):
+            if to == "local" and cfg[m].get("backend") == "milvus":
+                cfg[m]["backend"] = ""   # token vectors and BM25 back to the local stores too
         mv["whole_index"] = bool(whole_index)
+        if whole_index and cfg["bm25"].get("enabled"):
+            cfg["bm25"]["backend"] = "milvus"
         if whole_index and cfg["colbert"].get("enabled"):
             colbert = True
         if colbert:
@@ -169,6 +172,8 @@ def _copy_index(source: Any, target: Any, batch_size: int, progress: Callable[[i
     vocab = [_copy_file(source.path, target.path, name, checksums) for name in source._vocab_files]
     target._vocab_files, target._bm25, target._bm25_vocab = vocab, None, source._bm25_vocab
     target._vocab_saved = source._vocab_saved
+    if "bm25" in target.stores:
+        target.bm25   # BM25 in Milvus: the store keys its terms by text, from this vocabulary
     target._table = SegmentTable(entries, table.next_segment)
     commit_mod._swap_manifest(target, gen, entries, vocab, checksums)
     # committed: the stores open the segments as a load would

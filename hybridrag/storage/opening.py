@@ -128,7 +128,8 @@ def init_components(idx, fresh: bool) -> None:
         made = milvus_stores(cfg.milvus, enc.dim if "dense" in remote else None, idx.path,
                              from_index=idx._milvus_from_index, modes=remote, **idx._milvus_conn,
                              colbert_dim=MODES["colbert"].settings(cfg, enc)["dim"] if "colbert" in remote else None,
-                             colbert_encoding=cfg.colbert.encoding)
+                             colbert_encoding=cfg.colbert.encoding,
+                             bm25={"k1": cfg.bm25.k1, "b": cfg.bm25.b, "variant": cfg.bm25.variant})
         idx.stores.update({m: made[m] for m in remote})
         idx._milvus_conn = made[remote[0]].connection()
         if cfg.milvus.whole_index:   # before anything is written: the prefix must be this index's
@@ -447,8 +448,11 @@ def _milvus_collections(path: Path) -> list[str]:
         return []
     if m is None or not m["pipeline"].get("milvus", {}).get("enabled"):
         return []
-    return [str(e.get("config", {}).get("collection")) for mode, e in m.get("remote", {}).items()
-            if mode in ("dense", "sparse", "colbert", "docs") and isinstance(e, dict)]
+    out = [str(e.get("config", {}).get("collection")) for mode, e in m.get("remote", {}).items()
+           if mode in ("dense", "sparse", "bm25", "colbert", "docs") and isinstance(e, dict)]
+    if isinstance(m.get("remote", {}).get("bm25"), dict):   # BM25's terms collection beside its rows
+        out.append(str(m["remote"]["bm25"].get("config", {}).get("collection")) + "_terms")
+    return out
 
 
 POINTER = "milvus-attach.json"   # a query node's directory: the collection prefix it reads

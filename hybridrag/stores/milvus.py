@@ -136,7 +136,7 @@ URI_ENV = "HYBRIDRAG_MILVUS_URI"
 # behind are known to be this directory's (stray_collections).
 CREATED_LOG = "milvus-created.jsonl"
 _CREATED_LOG_MAX = 1 << 20   # bytes read of it at most
-_MADE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*_[0-9a-f]{12}_(dense|sparse|colbert|docs)$")
+_MADE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*_[0-9a-f]{12}_(dense|sparse|colbert|docs|bm25|bm25_terms)$")
 TOKEN_ENV = "MILVUS_TOKEN"
 _INSERT_BATCH = 1000
 _ID_CHUNK = 16384  # slots per "slot in [...]" expression
@@ -433,8 +433,12 @@ class _MilvusStore:
         self._count = 0
 
     def _load_collection(self) -> None:
+        self._load_repairing(self.collection, _VEC, self.index_type, self._build_params())
+
+    def _load_repairing(self, name: str, field: str, index_type: str, params: dict[str, Any]) -> None:
+        """Load collection ``name``, whose vector ``field`` has index ``index_type`` (metric IP)."""
         try:
-            self._client.load_collection(self.collection)
+            self._client.load_collection(name)
             return
         except MilvusException as exc:
             if _is_server(self.uri):
@@ -445,19 +449,18 @@ class _MilvusStore:
         # every later load. The file is derived from the segment's rows: drop the index (which
         # deletes its files) and create it again with the same parameters; no row is touched.
         try:
-            self._client.release_collection(self.collection)
-            self._client.drop_index(self.collection, _VEC)
+            self._client.release_collection(name)
+            self._client.drop_index(name, field)
             ip = self._client.prepare_index_params()
-            ip.add_index(field_name=_VEC, index_type=self.index_type, metric_type="IP", params=self._build_params())
-            self._client.create_index(self.collection, ip)
-            self._client.load_collection(self.collection)
+            ip.add_index(field_name=field, index_type=index_type, metric_type="IP", params=params)
+            self._client.create_index(name, ip)
+            self._client.load_collection(name)
         except MilvusException as exc:
             raise IndexFormatError(
-                f"Milvus Lite cannot load collection {self.collection!r} of {self.uri!r} ({first}); "
+                f"Milvus Lite cannot load collection {name!r} of {self.uri!r} ({first}); "
                 f"rebuilding its vector index failed too: {exc}"
             ) from exc
-        logger.warning("rebuilt the vector index of Milvus Lite collection %r (its file was damaged: %s)",
-                     self.collection, first)
+        logger.warning("rebuilt the vector index of Milvus Lite collection %r (its file was damaged: %s)", name, first)
 
     def _build_params(self) -> dict[str, Any]:
         return dict(self.index_params)
@@ -507,6 +510,34 @@ class _MilvusStore:
 
     def _rescore(self, q: Any, vectors: list[Any]) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    #: the fields a fetch reads for rescoring and export (:meth:`_row_value` makes one value of them)
+    _out_fields: tuple[str, ...] = (_VEC,)
+
+    def _row_fields(self, row: Any) -> dict[str, Any]:
+        """The stored fields of one prepared row (besides key, generation and metadata)."""
+        return {_VEC: row}
+
+    def _row_value(self, entity: Mapping[str, Any]) -> Any:
+        """What :meth:`_rescore` and :meth:`_exported` take of a fetched row."""
+        return entity[_VEC]
+
+    def _added(self, rows: list[Any]) -> None:
+        """Called after ``add`` stored ``rows`` (prepared)."""
+
+    def _removing(self, slots: set[int]) -> None:
+        """Called by ``remove`` with the visible slots it is about to hide."""
+
+    def _unseen_bound(self, floor: float) -> float:
+        """The most a row Milvus ranked at or below ``floor`` can score exactly."""
+        return floor
+
+    def _record(self) -> dict[str, Any]:
+        """More of this store's state for the record ``save`` writes (:meth:`_restore` reads it)."""
+        return {}
+
+    def _restore(self, doc: Mapping[str, Any], source: str) -> None:
+        """Take back what :meth:`_record` added to the record."""
 
     # ------------------------------------------------------------------ protocol
 
@@ -636,7 +667,7 @@ class _MilvusStore:
         for s in range(0, n, _INSERT_BATCH):
             e = min(s + _INSERT_BATCH, n)
             batch = [
-                {_PK: int(slots[i]), _GEN: self._next, _VEC: rows[i],
+                {_PK: int(slots[i]), _GEN: self._next, **self._row_fields(rows[i]),
                  _META: dict(metadata[i]) if metadata is not None else {}}
                 for i in range(s, e)
             ]
@@ -644,6 +675,7 @@ class _MilvusStore:
         self._max_slot = max(self._max_slot, int(slots.max()))
         if self._count is not None:
             self._count += n
+        self._added(rows)
 
     def remove(self, slots: np.ndarray) -> None:
         """Delete rows by slot; unknown slots are ignored.
@@ -657,6 +689,7 @@ class _MilvusStore:
             return
         self._begin_write()
         gone = set(self._present(slots, visible=True).tolist()) - self._purge - self._removed
+        self._removing(gone)
         self._removed |= gone
         if self._count is not None:   # kept, not recounted: a filtered count(*) reads every row
             self._count -= len(gone)
@@ -703,10 +736,10 @@ class _MilvusStore:
         for s in range(0, slots.shape[0], _ID_CHUNK):
             chunk = slots[s : s + _ID_CHUNK]
             res = self._client.query(self.collection, filter=f"{_PK} in {_slot_list(chunk)}",
-                                     output_fields=[_PK, _GEN, _VEC])
+                                     output_fields=[_PK, _GEN, *self._out_fields])
             for r in res:
                 if int(r[_GEN]) <= top:
-                    out[int(r[_PK])] = r[_VEC]
+                    out[int(r[_PK])] = self._row_value(r)
         return out
 
     def search(
@@ -805,12 +838,13 @@ class _MilvusStore:
         """One Milvus search; returns (sorted exact hits, Milvus ran out of rows, top-k is settled)."""
         res = self._client.search(
             self.collection, data=[mq], anns_field=_VEC, limit=limit, filter=self._and(self._visible(), expr),
-            output_fields=[_VEC], search_params={"metric_type": "IP", "params": dict(self.search_params)},
+            output_fields=list(self._out_fields),
+            search_params={"metric_type": "IP", "params": dict(self.search_params)},
         )[0]
         exhausted = len(res) < limit
         slots = [int(h[_PK]) if _PK in h else int(h["id"]) for h in res]
         dist = [float(h["distance"]) for h in res]
-        vecs = [h["entity"][_VEC] for h in res]
+        vecs = [self._row_value(h["entity"]) for h in res]
         scores = self._rescore(q, vecs) if vecs else np.zeros(0, np.float32)
         # a dense hit is any live row, whatever its score (as FAISS's); a term store's is a row
         # with a nonzero score (one sharing no term with the query scores 0 and is no hit)
@@ -823,7 +857,7 @@ class _MilvusStore:
         if len(hits) < k:
             return hits, False, False
         # Rows not fetched score (by Milvus) at most min(dist); allow for rounding differences.
-        floor = min(dist)
+        floor = self._unseen_bound(min(dist))
         kth = hits[k - 1][0]
         safe = kth > floor + 1e-5 * max(1.0, abs(floor))
         return hits, False, safe
@@ -869,7 +903,7 @@ class _MilvusStore:
         doc = {
             "format_version": FORMAT_VERSION, "kind": self._kind, "collection": self.collection, "uri": uri,
             "rows": self._count, "max_slot": self._max_slot, "generation": gen,
-            "removed": sorted(self._removed), "config": self.config(),
+            "removed": sorted(self._removed), "config": self.config(), **self._record(),
         }
 
         def _w(path: Path) -> None:
@@ -952,6 +986,7 @@ class _MilvusStore:
             raise IndexFormatError(f"bad {cls.__name__} config {config!r}: {exc}") from exc
         store._max_slot, store._gen, store._next, store._purge = max_slot, gen, gen + 1, removed
         store._private = private
+        store._restore(doc, path)
         store._count = store._count_at_load(rows, gen)
         if store._count != rows:
             raise IndexFormatError(
@@ -960,6 +995,10 @@ class _MilvusStore:
                 "the index this one was copied from, or changed outside hybridrag)"
             )
         return store
+
+    def collections(self) -> list[str]:
+        """The Milvus collections this store keeps its rows in."""
+        return [self.collection]
 
     def describe(self) -> dict[str, Any]:
         """What this store holds in Milvus, for ``stats()`` / ``hybridrag info``: the collection,
@@ -1497,7 +1536,7 @@ class MilvusColbertStore(_RowsStore):
 def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path, *, uri: str | None = None,
                   token: str | None = None, from_index: bool = False,
                   modes: Sequence[str] = ("dense", "sparse"), colbert_dim: int | None = None,
-                  colbert_encoding: str = "fp16") -> dict[str, _MilvusStore]:
+                  colbert_encoding: str = "fp16", bm25: Mapping[str, Any] | None = None) -> dict[str, _MilvusStore]:
     """``{"dense": MilvusDenseStore, "sparse": MilvusSparseStore, "colbert": MilvusColbertStore}``
     (those of ``modes``) on NEW collections.
 
@@ -1543,15 +1582,20 @@ def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path
     # too: a copy pointed at the original's own file by a uri the user names is then refused.
     owner = directory_owner(Path(index_dir))
     uid = uuid.uuid4().hex[:12]
-    width = {"dense": dim, "sparse": 0, "colbert": colbert_dim, "docs": 0}
-    names = {m: f"{coll}_{uid}_{m}" for m in ("dense", "sparse", "colbert", "docs")
+    width = {"dense": dim, "sparse": 0, "colbert": colbert_dim, "docs": 0, "bm25": 0}
+    names = {m: f"{coll}_{uid}_{m}" for m in ("dense", "sparse", "bm25", "colbert", "docs")
              if m in modes and width[m] is not None}
-    _record_created(Path(index_dir), list(names.values()))
+    _record_created(Path(index_dir), list(names.values()) + ([names["bm25"] + "_terms"] if "bm25" in names else []))
     out: dict[str, _MilvusStore] = {}
     if "dense" in names:
         out["dense"] = MilvusDenseStore(dim, uri=where, token=token, collection=names["dense"], owner=owner)
     if "sparse" in names:
         out["sparse"] = MilvusSparseStore(uri=where, token=token, collection=names["sparse"], owner=owner)
+    if "bm25" in names:
+        from hybridrag.stores.milvus_bm25 import MilvusBm25Store
+
+        out["bm25"] = MilvusBm25Store(uri=where, token=token, collection=names["bm25"], owner=owner,
+                                      **{k: v for k, v in (bm25 or {}).items() if k in ("k1", "b", "variant")})
     if "colbert" in names:
         out["colbert"] = MilvusColbertStore(int(colbert_dim), encoding=colbert_encoding, uri=where,  # type: ignore[arg-type]
                                             token=token, collection=names["colbert"], owner=owner)
@@ -1613,7 +1657,7 @@ def stray_collections(stores: Mapping[str, Any], index_dir: Path) -> list[dict[s
     mine = [s for s in stores.values() if isinstance(s, _MilvusStore)]
     if not mine:
         return []
-    using = {s.collection for s in mine}
+    using = {name for s in mine for name in s.collections()}
     store = mine[0]
     out = []
     for name in sorted(created_collections(index_dir) - using):
@@ -1627,3 +1671,12 @@ def stray_collections(stores: Mapping[str, Any], index_dir: Path) -> list[dict[s
         out.append({"name": name, "rows": rows,
                     "committed": None if done is None else int(done) if str(done).isdigit() else str(done)})
     return out
+
+
+def __getattr__(name: str) -> Any:
+    # the BM25 store lives in its own module (it imports this one)
+    if name == "MilvusBm25Store":
+        from hybridrag.stores.milvus_bm25 import MilvusBm25Store
+
+        return MilvusBm25Store
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
