@@ -234,3 +234,22 @@ def test_bm25_in_milvus_settings_are_checked():
                                                       "fusion": {"weights": {"bm25": 0.5, "dense": 0.5}},
                                                       "milvus": {"enabled": True}})
     assert cfg.backend("bm25") == "inverted" and cfg.backend("dense") == "milvus"
+
+
+def test_bm25_in_milvus_without_the_whole_index_equals_the_local_store(tmp_path):
+    # the docstore and the vocabulary files stay in the directory; BM25's rows and df go to Milvus
+    p = bm25_pipeline(backend="milvus") | {"milvus": {"enabled": True, "collection": "half"}}
+    w = HybridIndex.create(tmp_path / "w", p)
+    loc = HybridIndex.create(tmp_path / "l", bm25_pipeline())
+    try:
+        for idx in (w, loc):
+            idx.add(docs(20))
+            idx.delete(["d1"])
+        w.close()
+        w = HybridIndex.load(tmp_path / "w")
+        assert type(w.stores["bm25"]).__name__ == "MilvusBm25Store" and "docs" not in w.stores
+        for query in QUERIES:
+            assert _hits(w, query, filters={"group": "even"}) == _hits(loc, query, filters={"group": "even"}), query
+    finally:
+        w.close()
+        loc.close()

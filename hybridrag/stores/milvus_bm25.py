@@ -165,7 +165,7 @@ class MilvusBm25Store(MilvusSparseStore):
     def _create_terms(self) -> None:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field(_TKEY, DataType.VARCHAR, is_primary=True, max_length=4 * _MAX_TERM + 16)
-        schema.add_field(_TERM, DataType.VARCHAR, max_length=4 * _MAX_TERM + 16)
+        schema.add_field(_TERM, DataType.VARCHAR, max_length=65535)
         schema.add_field(_TID, DataType.INT64)
         schema.add_field(_GEN, DataType.INT64)
         schema.add_field(_DF, DataType.INT64)
@@ -444,21 +444,25 @@ class MilvusBm25Store(MilvusSparseStore):
         if not self._delta:
             return
         tids = sorted(self._delta)
-        committed = self._committed_df(tids)
         terms = [self._term_of(t) for t in tids]
         keys = [term_key(t) for t in terms]
         versions = self._versions(keys)
-        rows = []
+        new, replace = [], []   # rows into an empty slot / over an older version
         for tid, term, key in zip(tids, terms, keys):
             row = self._committed_of(versions[key])
             slot = "0" if row is None or row[_TKEY][0] == "1" else "1"
-            df = committed[tid] + self._delta[tid]
+            df = (int(row[_DF]) if row is not None else 0) + self._delta[tid]
             if df < 0:
                 raise IndexFormatError(f"BM25 term {term!r}: df would fall to {df}; the terms collection "
                                        f"{self.terms_collection!r} does not match the rows")
-            rows.append({_TKEY: slot + key, _TERM: key, _TID: tid, _GEN: gen, _DF: df, _TDUMMY: [0.0, 0.0]})
-        for s in range(0, len(rows), _TERMS_BATCH):
-            self._client.upsert(self.terms_collection, rows[s : s + _TERMS_BATCH])
+            # the term itself (a restore of the vocabulary needs it), its key past 16,383 characters
+            out = {_TKEY: slot + key, _TERM: term if len(term) <= 16383 else key, _TID: tid, _GEN: gen, _DF: df, _TDUMMY: [0.0, 0.0]}
+            taken = any(r[_TKEY] == slot + key for r in versions[key])
+            (replace if taken else new).append(out)
+        for s in range(0, len(new), _TERMS_BATCH):   # (an insert costs Milvus Lite half an upsert)
+            self._client.insert(self.terms_collection, new[s : s + _TERMS_BATCH])
+        for s in range(0, len(replace), _TERMS_BATCH):
+            self._client.upsert(self.terms_collection, replace[s : s + _TERMS_BATCH])
         self._client.flush(self.terms_collection)
 
     def save(self, directory: Any, tag: str) -> dict[str, str]:
