@@ -253,3 +253,30 @@ def test_bm25_in_milvus_without_the_whole_index_equals_the_local_store(tmp_path)
     finally:
         w.close()
         loc.close()
+
+
+def test_truncated_milvus_lite_index_files_are_rebuilt_on_load(tmp_path):
+    # Milvus Lite writes a segment's vector index file in place: a kill can leave it truncated
+    # (a crash trial did, in the terms collection). The head, terms and docs collections rebuild it.
+    w = HybridIndex.create(tmp_path / "w", bm25_pipeline(backend="milvus") | WHOLE)
+    w.add(docs(12))
+    want = {q: _hits(w, q) for q in QUERIES}
+    w.close()
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_server(str(tmp_path / "w" / "milvus.db"))   # the next open reads the files
+    damaged = sorted((tmp_path / "w" / "milvus.db").rglob("*.flat.idx"))
+    assert {p.parts[-5].rsplit("_", 1)[-1] for p in damaged} >= {"head", "terms", "docs"}, damaged
+    for p in damaged:
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    q = HybridIndex.attach(tmp_path / "q", collection="c", milvus_uri=str(tmp_path / "w" / "milvus.db"))
+    try:
+        assert {query: _hits(q, query) for query in QUERIES} == want
+    finally:
+        q.close()
+    w = HybridIndex.load(tmp_path / "w")
+    try:
+        assert {query: _hits(w, query) for query in QUERIES} == want
+        w.add(docs(14)[12:])
+    finally:
+        w.close()

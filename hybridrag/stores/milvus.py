@@ -342,6 +342,35 @@ def _check_index_type(index_type: Any, valid: tuple[str, ...], store: str) -> st
 # --------------------------------------------------------------------------- base
 
 
+def load_repairing(client: Any, uri: str, name: str, field: str, index_type: str, params: dict[str, Any]) -> None:
+    """Load collection ``name`` of ``client`` (at ``uri``), whose vector ``field`` has index
+    ``index_type`` (metric IP) with ``params``."""
+    try:
+        client.load_collection(name)
+        return
+    except MilvusException as exc:
+        if _is_server(uri):
+            raise
+        first = exc
+    # Milvus Lite writes each segment's vector index file in place (no temporary file and
+    # rename), so a process killed while writing one leaves a truncated file that fails
+    # every later load. The file is derived from the segment's rows: drop the index (which
+    # deletes its files) and create it again with the same parameters; no row is touched.
+    try:
+        client.release_collection(name)
+        client.drop_index(name, field)
+        ip = client.prepare_index_params()
+        ip.add_index(field_name=field, index_type=index_type, metric_type="IP", params=params)
+        client.create_index(name, ip)
+        client.load_collection(name)
+    except MilvusException as exc:
+        raise IndexFormatError(
+            f"Milvus Lite cannot load collection {name!r} of {uri!r} ({first}); "
+            f"rebuilding its vector index failed too: {exc}"
+        ) from exc
+    logger.warning("rebuilt the vector index of Milvus Lite collection %r (its file was damaged: %s)", name, first)
+
+
 class _MilvusStore:
     """Shared logic of the two Milvus stores (one collection, primary key = slot)."""
 
@@ -436,31 +465,7 @@ class _MilvusStore:
         self._load_repairing(self.collection, _VEC, self.index_type, self._build_params())
 
     def _load_repairing(self, name: str, field: str, index_type: str, params: dict[str, Any]) -> None:
-        """Load collection ``name``, whose vector ``field`` has index ``index_type`` (metric IP)."""
-        try:
-            self._client.load_collection(name)
-            return
-        except MilvusException as exc:
-            if _is_server(self.uri):
-                raise
-            first = exc
-        # Milvus Lite writes each segment's vector index file in place (no temporary file and
-        # rename), so a process killed while writing one leaves a truncated file that fails
-        # every later load. The file is derived from the segment's rows: drop the index (which
-        # deletes its files) and create it again with the same parameters; no row is touched.
-        try:
-            self._client.release_collection(name)
-            self._client.drop_index(name, field)
-            ip = self._client.prepare_index_params()
-            ip.add_index(field_name=field, index_type=index_type, metric_type="IP", params=params)
-            self._client.create_index(name, ip)
-            self._client.load_collection(name)
-        except MilvusException as exc:
-            raise IndexFormatError(
-                f"Milvus Lite cannot load collection {name!r} of {self.uri!r} ({first}); "
-                f"rebuilding its vector index failed too: {exc}"
-            ) from exc
-        logger.warning("rebuilt the vector index of Milvus Lite collection %r (its file was damaged: %s)", name, first)
+        load_repairing(self._client, self.uri, name, field, index_type, params)
 
     def _build_params(self) -> dict[str, Any]:
         return dict(self.index_params)

@@ -49,6 +49,7 @@ from hybridrag.stores.milvus import (
     _literal,
     _quote,
     _slot_list,
+    load_repairing,
 )
 
 __all__ = ["MilvusDocsStore", "MilvusHead", "MilvusDocView", "matches", "HEAD_SUFFIX"]
@@ -436,7 +437,7 @@ class MilvusHead:
                                        f"(no collection {self.name!r}); is it the prefix of the writer's "
                                        "[milvus] collection, and does the writer use whole_index = true?")
             self._create()
-        self._client.load_collection(self.name)
+        load_repairing(self._client, uri, self.name, _VEC, "FLAT", {})   # (a kill may truncate Lite's index file)
 
     def _create(self) -> None:
         from pymilvus import DataType, MilvusClient
