@@ -206,12 +206,20 @@ def test_migrate_a_local_bm25_index_to_the_whole_index_and_back(tmp_path):
                 idx.close()
 
 
-def test_overwrite_replaces_the_terms_collection_too(tmp_path):
+def test_rebuild_and_overwrite_replace_the_terms_collection_too(tmp_path):
     p = tmp_path / "w"
     w = HybridIndex.create(p, bm25_pipeline(backend="milvus") | WHOLE)
     w.add(docs(5))
-    old = set(w.stores["bm25"].collections())
+    want = {q: _hits(w, q) for q in QUERIES}
+    first = set(w.stores["bm25"].collections())
     w.close()
+    w = HybridIndex.rebuild(p)   # re-encodes into new collections, the terms' too
+    try:
+        old = set(w.stores["bm25"].collections())
+        assert {q: _hits(w, q) for q in QUERIES} == want
+        assert not first & set(w.stores["bm25"]._client.list_collections())
+    finally:
+        w.close()
     w = HybridIndex.create(p, bm25_pipeline(backend="milvus") | WHOLE, overwrite=True)
     try:
         w.add(docs(2))
