@@ -411,7 +411,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from hybridrag.index import HybridIndex
     from hybridrag.storage.manifest import read_manifest
 
-    total = int(read_manifest(Path(args.src))["counts"]["chunks"])
+    m = read_manifest(Path(args.src), missing_ok=True)   # none in a query node's directory
+    total = int(m["counts"]["chunks"]) if m is not None else None
     with tqdm(total=total, unit=" chunks", desc="migrate", disable=args.quiet, dynamic_ncols=True) as bar:
         idx = HybridIndex.migrate(args.src, args.dst, to=args.to, milvus_uri=args.milvus_uri,
                                   collection=args.collection, progress=bar.update, colbert=args.colbert,
@@ -420,12 +421,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         stats = idx.stats()
     finally:
         idx.close()
+    names = {"dense": "dense vectors", "sparse": "sparse weights", "bm25": "BM25", "colbert": "ColBERT tokens",
+             "docs": "text, metadata and ids"}
+    moved = [names[m] for m in ("docs", "dense", "sparse", "bm25", "colbert")
+             if (m in stats["milvus"]) == (args.to == "milvus") and (m == "docs" or m in stats["modes"])]
     where = "Milvus" if args.to == "milvus" else "local stores"
-    what = "dense, sparse and ColBERT token" if "colbert" in stats["milvus"] else "dense and sparse"
-    if "docs" in stats["milvus"]:
-        what = "text, metadata, ids and " + what
     print(f"{args.dst}: {stats['chunks']} chunks of {stats['documents']} document(s) from {args.src}, "
-          f"{what} vectors in {where}; nothing re-encoded, {args.src} unchanged")
+          f"{', '.join(moved)} in {where}; nothing re-encoded, {args.src} unchanged")
     return 0
 
 

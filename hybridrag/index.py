@@ -185,7 +185,11 @@ class HybridIndex:
         ``to="milvus"``) moves the ColBERT token vectors too (``[colbert] backend = "milvus"``;
         an fp16 or fp32 store only); ``to="local"`` always brings them back. ``whole_index=True``
         (with ``to="milvus"``) moves everything, text, metadata and ids too (``[milvus] whole_index``;
-        ColBERT's token vectors with them), so that query nodes can :meth:`attach` to it.
+        ColBERT's token vectors and BM25 with them), so that query nodes can :meth:`attach` to it.
+        ``src`` may be a query node's directory (:meth:`attach`; ``milvus_uri`` is then the Milvus
+        of both): its published commit becomes a new writer's index (``whole_index=True`` and a
+        ``collection`` prefix of its own: the way back from a lost writer directory) or a local
+        one; documents without chunks are not carried (docs/MILVUS.md, "A lost writer directory").
         """
         from hybridrag.storage.migrate import migrate
 

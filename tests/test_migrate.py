@@ -158,7 +158,7 @@ def test_cli_migrate(tmp_path, source, capsys):
     src, want, _ = source
     assert main(["migrate", str(src), str(tmp_path / "mv"), "--collection", "cli", "-q"]) == 0
     out = capsys.readouterr().out
-    assert "dense and sparse vectors in Milvus" in out and "nothing re-encoded" in out
+    assert "dense vectors, sparse weights in Milvus" in out and "nothing re-encoded" in out
     release_milvus_lite(tmp_path / "mv")
     idx = HybridIndex.load(tmp_path / "mv")
     try:

@@ -288,3 +288,48 @@ def test_truncated_milvus_lite_index_files_are_rebuilt_on_load(tmp_path):
         w.add(docs(14)[12:])
     finally:
         w.close()
+
+
+def test_a_lost_writer_directory_is_made_again_from_a_query_node(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from hybridrag.cli import main
+
+    uri = str(tmp_path / "shared" / "milvus.db")   # Milvus outlives the writer's directory (a server would)
+    w = HybridIndex.create(tmp_path / "w", bm25_pipeline(backend="milvus")
+                           | {"milvus": {"enabled": True, "collection": "c", "whole_index": True, "uri": uri}})
+    loc = HybridIndex.create(tmp_path / "l", bm25_pipeline())
+    for idx in (w, loc):
+        idx.add(docs(20))
+        idx.upsert([{**docs(3)[2], "text": "fox fox over the lazy dog"}])
+        idx.delete(["d4"])
+    w.close()
+    shutil.rmtree(tmp_path / "w")                  # the writer's directory is lost
+    q = HybridIndex.attach(tmp_path / "q", collection="c", milvus_uri=uri)
+    q.close()
+    with pytest.raises(ConfigError, match="collection prefix of its own"):
+        HybridIndex.migrate(tmp_path / "q", tmp_path / "w2", to="milvus", whole_index=True, milvus_uri=uri)
+    w2 = HybridIndex.migrate(tmp_path / "q", tmp_path / "w2", to="milvus", whole_index=True, milvus_uri=uri,
+                             collection="c2")
+    back = HybridIndex.migrate(tmp_path / "q", tmp_path / "local", to="local", milvus_uri=uri)
+    monkeypatch.setenv("HYBRIDRAG_MILVUS_URI", uri)   # the command line's way
+    assert main(["migrate", str(tmp_path / "q"), str(tmp_path / "w3"), "--whole-index", "--collection", "c3",
+                 "-q"]) == 0
+    assert "text, metadata and ids, BM25 in Milvus; nothing re-encoded" in capsys.readouterr().out
+    HybridIndex.load(tmp_path / "w3").close()
+    q2 = None
+    try:
+        for query in QUERIES:
+            assert _hits(w2, query) == _hits(loc, query) == _hits(back, query), query
+        # the new writer goes on: unchanged documents are skipped, changed ones replaced
+        for idx in (w2, loc):
+            res = idx.upsert(docs(21))
+            idx.delete(["d6"])
+        assert sorted(res.added) == ["d2", "d20", "d4"] and len(res.unchanged) == 18 and w2.docstore.doc_hash("d0") == loc.docstore.doc_hash("d0")
+        q2 = HybridIndex.attach(tmp_path / "q2", collection="c2", milvus_uri=uri)
+        for query in QUERIES:
+            assert _hits(w2, query) == _hits(loc, query) == _hits(q2, query), query
+    finally:
+        for idx in (w2, loc, back, q2):
+            if idx is not None:
+                idx.close()

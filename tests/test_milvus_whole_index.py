@@ -203,6 +203,28 @@ def test_migrate_moves_the_whole_index_and_back(tmp_path, m3_dir, m3_encoder):
         HybridIndex.migrate(tmp_path / "src", tmp_path / "x", to="local", whole_index=True)
 
 
+def test_a_query_node_gives_a_new_writer_when_the_writers_directory_is_lost(tmp_path, m3_dir, m3_encoder):
+    import shutil
+
+    uri = str(tmp_path / "shared" / "milvus.db")   # Milvus outlives the writer's directory (a server would)
+    w = HybridIndex.create(tmp_path / "w", _pipe(m3_dir, uri=uri), encoder=m3_encoder)
+    w.add(docs(10))
+    w.upsert([{"id": "d2", "text": "changed text about aspirin", "metadata": {"n": 2, "group": "even"}}])
+    w.delete(ids=["d7"])
+    want = {(q, str(f)): _hits(w, q, filters=f) for q in QUERIES for f in FILTERS}
+    w.close()
+    shutil.rmtree(tmp_path / "w")
+    HybridIndex.attach(tmp_path / "q", collection="c", milvus_uri=uri, encoder=m3_encoder).close()
+    w2 = HybridIndex.migrate(tmp_path / "q", tmp_path / "w2", whole_index=True, milvus_uri=uri, collection="c2",
+                             encoder=m3_encoder)
+    try:   # the dense, sparse and ColBERT rows, text and metadata copied within Milvus, nothing encoded
+        assert {(q, str(f)): _hits(w2, q, filters=f) for q in QUERIES for f in FILTERS} == want
+        # the documents' hashes came with them: only d2 (changed), d7 (deleted) and d10 (new) are written
+        assert sorted(w2.upsert(docs(11)).unchanged) == sorted(f"d{i}" for i in range(10) if i not in (2, 7))
+    finally:
+        w2.close()
+
+
 # --------------------------------------------------------------------------- filters: the docstore's semantics
 
 

@@ -68,15 +68,29 @@ def migrate(cls: Any, src: str | os.PathLike[str], dst: str | os.PathLike[str], 
     made = not dst_p.exists()
     if to == "milvus":
         milvus_uri = milvus_uri or os.environ.get("HYBRIDRAG_MILVUS_URI") or None
+    # a query node (HybridIndex.attach): everything is read from Milvus, so its commit can become
+    # a writer's index again (a lost writer directory) or a local index
+    node = (src_p / opening.POINTER).is_file() and not (src_p / "manifest.json").exists()
     source = cls.load(src_p, encoder=encoder, **({"milvus_uri": milvus_uri, "milvus_token": milvus_token}
-                                                  if to == "local" else {}))
+                                                  if to == "local" or node else {}))
     target = None
     try:
         cfg = source.pipeline.to_dict()
-        if bool(cfg["milvus"]["enabled"]) == (to == "milvus"):
+        if node:
+            if to == "milvus" and not whole_index:
+                raise ConfigError(f"{str(src_p)!r} is a query node: a new writer's index from it keeps the whole "
+                                  "index in Milvus (whole_index=True, --whole-index) or is local (to='local')")
+            if to == "milvus" and (collection is None or collection == cfg["milvus"]["collection"]):
+                raise ConfigError(f"a new writer's index from the query node {str(src_p)!r} needs a collection "
+                                  f"prefix of its own (not {cfg['milvus']['collection']!r}, which the lost writer "
+                                  "owns): pass collection=... (--collection)")
+            source._table = _node_table(source)
+            source._vocab_files = []   # the writer's files, named by the published manifest
+        elif bool(cfg["milvus"]["enabled"]) == (to == "milvus"):
             where = "in Milvus" if to == "milvus" else "in local stores"
             raise ConfigError(f"{str(src_p)!r} already keeps its vectors {where}; nothing to migrate")
-        if not whole_index and not source.pipeline.remote_modes() and not set(source.pipeline.modes) & {"dense", "sparse"}:
+        if not node and not whole_index and not source.pipeline.remote_modes() \
+                and not set(source.pipeline.modes) & {"dense", "sparse"}:
             raise ConfigError(f"{str(src_p)!r} has no dense or sparse mode (modes {source.pipeline.modes}): "
                               "Milvus would hold nothing of it")
         mv = cfg["milvus"]
@@ -164,7 +178,8 @@ def _copy_index(source: Any, target: Any, batch_size: int, progress: Callable[[i
                     rows = source.docstore.get(batch)
                     target.stores[m].add(batch, [dict(r, doc_hash=doc_hashes[r["doc_id"]]) for r in rows])
                 else:
-                    target.stores[m].add(batch, source.stores[m].parts[sid].export(batch))
+                    src = source.stores[m]
+                    target.stores[m].add(batch, (src.parts[sid] if isinstance(src, SegmentedStore) else src).export(batch))
         if progress is not None:
             progress(int(live.size))
         entry["files"] = files
@@ -172,6 +187,14 @@ def _copy_index(source: Any, target: Any, batch_size: int, progress: Callable[[i
     vocab = [_copy_file(source.path, target.path, name, checksums) for name in source._vocab_files]
     target._vocab_files, target._bm25, target._bm25_vocab = vocab, None, source._bm25_vocab
     target._vocab_saved = source._vocab_saved
+    if source._attached is not None and "bm25" in source.stores:
+        # a query node has no vocabulary files: the terms collection names every term by id
+        terms = source.stores["bm25"].vocabulary_terms()
+        target._bm25_vocab = dict(zip(terms, range(len(terms))))
+        name = f"bm25.g{gen}.vocab.json"
+        commit_mod._write_vocabulary(target, name, 0)
+        commit_mod._written(target, name, checksums)
+        target._vocab_files, target._vocab_saved, vocab = [name], len(terms), [name]
     if "bm25" in target.stores:
         target.bm25   # BM25 in Milvus: the store keys its terms by text, from this vocabulary
     target._table = SegmentTable(entries, table.next_segment)
@@ -207,6 +230,16 @@ def _copy_docstore(source: Any, target: Any, gen: int, batch_size: int) -> None:
         target.docstore.add_chunks([], [], gen, empty)
     # the segments' slot lists name deleted slots too: they stay below next_slot()
     target.docstore.raise_slot_floor(int(source._manifest["counts"]["next_slot"]))
+
+
+def _node_table(node: Any) -> SegmentTable:
+    """A query node's committed chunks as one segment (it has no segment files; the slots are
+    the docs collection's live ones)."""
+    live = node.docstore.live_slots()
+    table = SegmentTable([{"id": "s1", "rows": int(live.size), "deleted": 0, "slots": None, "deletes": None,
+                           "files": {}}], 2)
+    table.slots["s1"], table.deleted["s1"] = live, np.zeros(0, np.int64)
+    return table
 
 
 def _whole_documents(ds: Any, slots: np.ndarray, batch_size: int) -> Iterator[list[dict[str, Any]]]:

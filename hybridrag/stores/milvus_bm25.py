@@ -48,7 +48,7 @@ import numpy as np
 from hybridrag.errors import ConfigError, IndexFormatError
 from hybridrag.stores.milvus import (
     _COMMITTED, _GEN, _OWNER, _VEC, PLACEHOLDER_TERM, DataType, MilvusClient, MilvusSparseStore,
-    _quote, logger,
+    _is_server, _quote, logger,
 )
 
 __all__ = ["MilvusBm25Store", "MilvusVocabulary"]
@@ -232,6 +232,31 @@ class MilvusBm25Store(MilvusSparseStore):
         if self._view is None:
             self._view = MilvusVocabulary(self)
         return self._view
+
+    def vocabulary_terms(self) -> list[str]:
+        """Every term of the committed generation in id order (a scan of the terms collection):
+        the vocabulary of a writer made from a query node (``hybridrag migrate``). An id no
+        committed version names (none should) gets a placeholder no analyser emits."""
+        best: dict[int, tuple[int, str]] = {}
+        where, fields = f"{_GEN} <= {self._gen}", [_TERM, _TID, _GEN]
+        if _is_server(self.uri):   # a server caps a query's rows: page through them
+            it = self._client.query_iterator(self.terms_collection, batch_size=4096, filter=where,
+                                             output_fields=fields)
+            batches: list[Any] = []
+            try:
+                while batch := it.next():
+                    batches.append(batch)
+            finally:
+                it.close()
+        else:                      # Milvus Lite returns them all to one query
+            batches = [self._client.query(self.terms_collection, filter=where, output_fields=fields)]
+        for batch in batches:
+            for r in batch:
+                tid, gen = int(r[_TID]), int(r[_GEN])
+                if tid not in best or best[tid][0] < gen:
+                    best[tid] = (gen, r[_TERM])
+        size = max(self._vocab_size, max(best, default=-1) + 1)
+        return [best[t][1] if t in best else f"\x00missing term {t}" for t in range(size)]
 
     def _versions(self, keys: list[str]) -> dict[str, list[dict[str, Any]]]:
         """Both stored versions of each term key (any generation)."""

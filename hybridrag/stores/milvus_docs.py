@@ -610,6 +610,15 @@ class MilvusDocView:
     def live_slots(self, as_of: int | None = None) -> np.ndarray:
         return np.array(sorted(r["slot"] for r in self.store.select({})), dtype=np.int64)
 
+    def documents(self) -> list[tuple[str, str | None, int]]:
+        """``(doc id, content hash, chunks)`` of every document with a chunk, by doc id, as
+        ``DocStore.documents`` gives them (a document without chunks has no row in Milvus)."""
+        out: dict[str, list[Any]] = {}
+        for r in self.store.select({}, fields=[_DOC_HASH]):
+            d = out.setdefault(r[_DOC], [r[_DOC_HASH] or None, 0])
+            d[1] += 1
+        return [(d, h, n) for d, (h, n) in sorted(out.items())]
+
     # what the engine asks of any docstore view
     def generation(self) -> int:
         return self._gen
