@@ -356,6 +356,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  {store:<9} {n / 1e6:10.2f} MB")
     for mode, d in st["milvus"].items():
         size = "" if d["vector_bytes"] is None else f", {d['vector_bytes'] / 1e6:.2f} MB of vectors"
+        if d.get("disk_bytes") is not None:   # Milvus Lite: the collections' files
+            size += f", {d['disk_bytes'] / 1e6:.2f} MB on disk"
         print(f"  {mode:<9} in Milvus ({d['where']}): collection {d['collection']}, {d['rows']} rows "
               f"({d['rows_stored']} stored{size})")
         if "terms_collection" in d:   # BM25 in Milvus: each term's df per commit

@@ -430,6 +430,9 @@ def test_stats_and_info_report_what_milvus_holds(tmp_path, m3_dir, m3_encoder, c
         assert n > 0 and dense["rows"] == sparse["rows"] == dense["rows_stored"] == sparse["rows_stored"] == n
         assert dense["vector_bytes"] == n * m3_encoder.dim * 4 and sparse["vector_bytes"] is None
         assert dense["where"] == sparse["where"] == "milvus.db"
+        # Milvus Lite: each collection's files, counted from its folder
+        folder = p / "milvus.db" / "collections" / sparse["collection"]
+        assert sparse["disk_bytes"] == sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) > 0
         idx.delete(ids=["d0"], commit=False)   # hidden from searches, still stored until purged
         after = idx.stats()["milvus"]["dense"]
         assert after["rows"] == len(idx.stores["dense"]) < n and after["rows_stored"] == n
@@ -438,7 +441,8 @@ def test_stats_and_info_report_what_milvus_holds(tmp_path, m3_dir, m3_encoder, c
     assert main(["info", str(p)]) == 0
     out = capsys.readouterr().out
     assert f"dense     in Milvus (milvus.db): collection {dense['collection']}, {n} rows ({n} stored, " in out
-    assert f"sparse    in Milvus (milvus.db): collection {sparse['collection']}, {n} rows ({n} stored)" in out
+    assert f"sparse    in Milvus (milvus.db): collection {sparse['collection']}, {n} rows ({n} stored, " in out
+    assert " MB on disk)" in out
 
 
 def _tamper(path, mutate):

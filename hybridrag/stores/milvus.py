@@ -371,6 +371,20 @@ def load_repairing(client: Any, uri: str, name: str, field: str, index_type: str
     logger.warning("rebuilt the vector index of Milvus Lite collection %r (its file was damaged: %s)", name, first)
 
 
+def lite_bytes(uri: str, names: Sequence[str]) -> int | None:
+    """Bytes on disk of collections ``names`` in the Milvus Lite file ``uri`` (its data, index
+    and manifest files; Milvus Lite 3.x keeps each collection in a folder of its own); None for
+    a server, which reports no sizes."""
+    if _is_server(uri):
+        return None
+    total = 0
+    for name in names:
+        folder = Path(uri) / "collections" / name
+        if folder.is_dir():
+            total += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    return total
+
+
 class _MilvusStore:
     """Shared logic of the two Milvus stores (one collection, primary key = slot)."""
 
@@ -1014,7 +1028,8 @@ class _MilvusStore:
         width = getattr(self, "dim", None)
         return {"collection": self.collection, "where": self.uri if _is_server(self.uri) else Path(self.uri).name,
                 "rows": len(self), "rows_stored": stored,
-                "vector_bytes": None if width is None else stored * int(width) * 4}
+                "vector_bytes": None if width is None else stored * int(width) * 4,
+                "disk_bytes": lite_bytes(self.uri, self.collections())}
 
     def connection(self) -> dict[str, str]:
         """``{"uri", "token"}`` to reopen this store's Milvus (``{}`` for a private Lite file)."""
@@ -1527,7 +1542,8 @@ class MilvusColbertStore(_RowsStore):
         stored = self._live_count()
         return {"collection": self.collection, "where": self.uri if _is_server(self.uri) else Path(self.uri).name,
                 "rows": len(self), "rows_stored": stored,
-                "vector_bytes": stored * self.tokens_per_row * self.dim * 4}
+                "vector_bytes": stored * self.tokens_per_row * self.dim * 4,
+                "disk_bytes": lite_bytes(self.uri, [self.collection])}
 
     def config(self) -> dict:
         """Settings persisted with the index; ``MilvusColbertStore(**config())`` opens an empty store."""

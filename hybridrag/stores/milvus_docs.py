@@ -49,6 +49,7 @@ from hybridrag.stores.milvus import (
     _literal,
     _quote,
     _slot_list,
+    lite_bytes,
     load_repairing,
 )
 
@@ -407,7 +408,8 @@ class MilvusDocsStore(_RowsStore):
         over 65,535 bytes takes several; removed and uncommitted ones too); no vector bytes."""
         stored = self._live_count()
         return {"collection": self.collection, "where": self.uri if _is_server(self.uri) else Path(self.uri).name,
-                "rows": len(self), "rows_stored": stored, "vector_bytes": None}
+                "rows": len(self), "rows_stored": stored, "vector_bytes": None,
+                "disk_bytes": lite_bytes(self.uri, [self.collection])}
 
     def config(self) -> dict:
         return {"uri": self.uri, "collection": self.collection}
