@@ -13,7 +13,9 @@ tiny tri-modal M3 pipeline; the longer run is
 The Milvus backend (dense and sparse vectors in Milvus Lite, inside the index directory)
 gets the same trials: 3 in the fast tier, ``HYBRIDRAG_MILVUS_CRASH_TRIALS`` (default 30)
 in the ``slow`` tier, each killed inside a Milvus insert, delete or flush, a store call,
-or at a random time.
+or at a random time; with ColBERT's token collection and with the whole index in Milvus, one
+trial per kill point there (``HYBRIDRAG_MILVUS_COLBERT_CRASH_TRIALS`` /
+``HYBRIDRAG_MILVUS_WHOLE_CRASH_TRIALS`` for more).
 
 ``create(overwrite=True)`` of a full index is killed too (local stores and Milvus, 3
 trials each in CI, ``HYBRIDRAG_OVERWRITE_CRASH_TRIALS`` for more): the index then holds
@@ -405,9 +407,14 @@ def test_sigkill_with_colbert_in_milvus_leaves_last_committed_state(tmp_path, mi
     _milvus_crash(tmp_path, milvus_colbert_crash_env, 3, SEED + 6, MILVUS_COLBERT_TARGETS)
 
 
+# One trial per kill point in CI (the Milvus writes these share with the dense and sparse
+# collections get HYBRIDRAG_MILVUS_CRASH_TRIALS above); HYBRIDRAG_MILVUS_COLBERT_CRASH_TRIALS for more.
+MILVUS_COLBERT_TRIALS = int(os.environ.get("HYBRIDRAG_MILVUS_COLBERT_CRASH_TRIALS", str(len(MILVUS_COLBERT_TARGETS))))
+
+
 @pytest.mark.slow
 def test_sigkill_with_colbert_in_milvus_many_trials(tmp_path, milvus_colbert_crash_env):
-    _milvus_many(tmp_path, milvus_colbert_crash_env, SEED + 7, MILVUS_COLBERT_TARGETS)
+    _milvus_many(tmp_path, milvus_colbert_crash_env, SEED + 7, MILVUS_COLBERT_TARGETS, MILVUS_COLBERT_TRIALS)
 
 
 @pytest.fixture(scope="module")
