@@ -361,7 +361,7 @@ def test_migrate_to_milvus_with_colbert_moves_the_local_token_vectors_and_back(t
     with pytest.raises(ConfigError, match="to='milvus'"):
         HybridIndex.migrate(tmp_path / "src", tmp_path / "bad", to="local", colbert=True)
     assert main(["migrate", str(tmp_path / "src"), str(tmp_path / "mid"), "--colbert", "-q"]) == 0
-    assert "dense, sparse and ColBERT token vectors in Milvus" in capsys.readouterr().out
+    assert "dense vectors, sparse weights, ColBERT tokens in Milvus; nothing re-encoded" in capsys.readouterr().out
     back = HybridIndex.migrate(tmp_path / "mid", tmp_path / "back", to="local", encoder=m3_encoder)
     back.close()
     for d in ("mid", "back"):
