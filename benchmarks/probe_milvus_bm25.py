@@ -52,6 +52,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=5183)
     ap.add_argument("--dir", default=None, help="where the temporary stores go (default: the system's)")
+    ap.add_argument("--drift", type=int, default=1,
+                    help="multiply the term counts of all rows but the first 1,000 by this (the average length "
+                         "moves away from the reference one, the first rows'); skips Milvus's own BM25")
     args = ap.parse_args()
 
     from hybridrag.encoders.bm25 import BM25Encoder
@@ -66,6 +69,8 @@ def main() -> None:
     n = args.docs
     base = enc.encode_documents(texts)
     rows = [base[i % len(base)] for i in range(n)]
+    if args.drift != 1:
+        rows = rows[:1000] + [{t: c * args.drift for t, c in r.items()} for r in rows[1000:]]
     queries = enc.encode_queries(qtexts)
     tmp = Path(tempfile.mkdtemp(dir=args.dir))
     try:
@@ -76,7 +81,7 @@ def main() -> None:
         m.bind_vocabulary(enc.vocabulary)
         t = time.perf_counter()
         for a in range(0, n, 1000):
-            m.add(slots[a:a + 1000], rows[a:a + 1000])
+            m.add(slots[a:a + 1000], rows[a:a + 1000])   # (the reference length: the first 1,000 rows')
         t_add = time.perf_counter() - t
         t = time.perf_counter()
         files = m.save(tmp, "g1")
@@ -84,7 +89,8 @@ def main() -> None:
         t_commit = time.perf_counter() - t
         print(f"{n:,} rows (SciFact, {sum(sum(r.values()) for r in rows) / n:.1f} terms each, "
               f"{len(enc.vocabulary):,} distinct), {len(queries)} queries; Milvus Lite add {t_add:.1f} s, "
-              f"first commit {t_commit:.1f} s")
+              f"first commit {t_commit:.1f} s; average length / reference length "
+              f"{m.describe()['avgdl'] / m.describe()['avgdl_ref']:.2f}")
         size = _size(tmp / "m.db")
         print(f"Milvus Lite file: {size / n:,.0f} bytes per row (rows and terms collections; "
               f"{m.describe()['terms_stored']:,} term versions)")
@@ -112,7 +118,8 @@ def main() -> None:
         print(f"upsert of {len(up)} rows with two commits: {(time.perf_counter() - t) * 1000:.0f} ms")
         r.close()
         m.close()
-        _native(tmp, texts, n, enc, qtexts, ref_i)
+        if args.drift == 1:
+            _native(tmp, texts, n, enc, qtexts, ref_i)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
