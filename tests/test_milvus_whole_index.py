@@ -44,9 +44,9 @@ FILTERS = [None, {"group": "even"}, {"n": {"$gte": 3, "$lt": 9}}, {"doc_id": {"$
            {"group": {"$ne": "odd"}, "n": {"$nin": [0, 2]}}]
 
 
-def _same(a, b):
+def _same(a, b, filters=FILTERS):
     for q in QUERIES + ["Milvus"]:
-        for f in FILTERS:
+        for f in filters:
             assert _hits(a, q, filters=f) == _hits(b, q, filters=f), (q, f)
 
 
@@ -90,7 +90,7 @@ def test_a_query_node_serves_what_the_writer_committed(tmp_path, m3_dir, m3_enco
         ref = HybridIndex.load(w_dir, encoder=m3_encoder)
         try:
             assert again.generation == w.generation
-            _same(again, ref)
+            _same(again, ref, FILTERS[:2])   # (every filter was compared above on the same collections)
             assert "later" in {h.doc_id for h in again.search("vitamin D", k=50)}
             st = again.stats()["milvus"]
             assert st["docs"]["rows"] == len(ref) and st["docs"]["rows_stored"] >= st["docs"]["rows"]
@@ -395,8 +395,9 @@ def test_server_query_node_in_another_process_serves_the_writers_commits(tmp_pat
         q = HybridIndex.attach(tmp_path / "q2", collection="srvw", milvus_uri=milvus_server, encoder=m3_encoder)
         try:
             assert q.generation == w.generation
-            assert json.loads(json.dumps(attached_answers(q))) == json.loads(json.dumps(attached_answers(w)))
-            assert any(h[1] == "pending" for a in attached_answers(q) for h in a)
+            got = json.loads(json.dumps(attached_answers(q)))   # (each filtered search costs the server ~1 s)
+            assert got == json.loads(json.dumps(attached_answers(w)))
+            assert any(h[1] == "pending" for a in got for h in a)
         finally:
             q.close()
     finally:
