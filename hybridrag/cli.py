@@ -425,8 +425,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         idx.close()
     names = {"dense": "dense vectors", "sparse": "sparse weights", "bm25": "BM25", "colbert": "ColBERT tokens",
              "docs": "text, metadata and ids"}
-    moved = [names[m] for m in ("docs", "dense", "sparse", "bm25", "colbert")
-             if (m in stats["milvus"]) == (args.to == "milvus") and (m == "docs" or m in stats["modes"])]
+    moved = [names[mode] for mode in ("docs", "dense", "sparse", "bm25", "colbert")
+             if (mode in stats["milvus"]) == (args.to == "milvus") and (mode == "docs" or mode in stats["modes"])]
     where = "Milvus" if args.to == "milvus" else "local stores"
     print(f"{args.dst}: {stats['chunks']} chunks of {stats['documents']} document(s) from {args.src}, "
           f"{', '.join(moved)} in {where}; nothing re-encoded, {args.src} unchanged")

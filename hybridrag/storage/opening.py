@@ -451,7 +451,9 @@ def _milvus_collections(path: Path) -> list[str]:
     out = [str(e.get("config", {}).get("collection")) for mode, e in m.get("remote", {}).items()
            if mode in ("dense", "sparse", "bm25", "colbert", "docs") and isinstance(e, dict)]
     if isinstance(m.get("remote", {}).get("bm25"), dict):   # BM25's terms collection beside its rows
-        out.append(str(m["remote"]["bm25"].get("config", {}).get("collection")) + "_terms")
+        from hybridrag.stores.milvus import bm25_terms_name
+
+        out.append(bm25_terms_name(str(m["remote"]["bm25"].get("config", {}).get("collection"))))
     return out
 
 

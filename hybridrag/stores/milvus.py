@@ -371,6 +371,11 @@ def load_repairing(client: Any, uri: str, name: str, field: str, index_type: str
     logger.warning("rebuilt the vector index of Milvus Lite collection %r (its file was damaged: %s)", name, first)
 
 
+def bm25_terms_name(collection: str) -> str:
+    """The name of the terms collection beside BM25's rows collection ``collection``."""
+    return f"{collection}_terms"
+
+
 def lite_bytes(uri: str, names: Sequence[str]) -> int | None:
     """Bytes on disk of collections ``names`` in the Milvus Lite file ``uri`` (its data, index
     and manifest files; Milvus Lite 3.x keeps each collection in a folder of its own); None for
@@ -476,10 +481,7 @@ class _MilvusStore:
         self._count = 0
 
     def _load_collection(self) -> None:
-        self._load_repairing(self.collection, _VEC, self.index_type, self._build_params())
-
-    def _load_repairing(self, name: str, field: str, index_type: str, params: dict[str, Any]) -> None:
-        load_repairing(self._client, self.uri, name, field, index_type, params)
+        load_repairing(self._client, self.uri, self.collection, _VEC, self.index_type, self._build_params())
 
     def _build_params(self) -> dict[str, Any]:
         return dict(self.index_params)
@@ -1606,7 +1608,7 @@ def milvus_stores(cfg: Mapping[str, Any] | Any, dim: int | None, index_dir: Path
     width = {"dense": dim, "sparse": 0, "colbert": colbert_dim, "docs": 0, "bm25": 0}
     names = {m: f"{coll}_{uid}_{m}" for m in ("dense", "sparse", "bm25", "colbert", "docs")
              if m in modes and width[m] is not None}
-    _record_created(Path(index_dir), list(names.values()) + ([names["bm25"] + "_terms"] if "bm25" in names else []))
+    _record_created(Path(index_dir), list(names.values()) + ([bm25_terms_name(names["bm25"])] if "bm25" in names else []))
     out: dict[str, _MilvusStore] = {}
     if "dense" in names:
         out["dense"] = MilvusDenseStore(dim, uri=where, token=token, collection=names["dense"], owner=owner)

@@ -48,7 +48,7 @@ import numpy as np
 from hybridrag.errors import ConfigError, IndexFormatError
 from hybridrag.stores.milvus import (
     _COMMITTED, _GEN, _OWNER, _VEC, PLACEHOLDER_TERM, DataType, MilvusClient, MilvusSparseStore,
-    _is_server, _quote, logger,
+    _is_server, _quote, bm25_terms_name, load_repairing, logger,
 )
 
 __all__ = ["MilvusBm25Store", "MilvusVocabulary"]
@@ -130,13 +130,12 @@ class MilvusBm25Store(MilvusSparseStore):
         if k1 < 0 or not 0 <= b <= 1:
             raise ConfigError(f"need k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
         self.k1, self.b, self.variant = float(k1), float(b), variant
-        self.terms_collection = f"{collection}_terms"
+        self.terms_collection = bm25_terms_name(collection)
         self._avgdl_ref = 0.0
         self._total = 0.0            # total length (sum of counts) of the committed live rows
         self._pending_total = 0.0    # its change since the last commit
         self._delta: dict[int, int] = {}   # df change since the last commit, per touched term id
         self._saved_state: tuple[float, dict[int, int]] | None = None
-        self._prepared: tuple[float, dict[int, int]] | None = None
         self._vocab: Mapping[str, int] | None = None   # bound: term -> id (an index's vocabulary)
         self._rev: list[str] = []                      # id -> term of the bound vocabulary
         self._vocab_size = 0
@@ -146,7 +145,6 @@ class MilvusBm25Store(MilvusSparseStore):
         self._df_at: dict[int, int] = {}                        # id -> df at _gen
         self._view: MilvusVocabulary | None = None
         self._keys = "terms"          # "ids": written without a vocabulary (the store API)
-        self._prepared_ref = 1.0
         super().__init__(uri, token, collection, index_type, index_params, search_params, max_filter_ids,
                          overwrite, owner, _attach)
 
@@ -185,7 +183,7 @@ class MilvusBm25Store(MilvusSparseStore):
         if not {_TKEY, _TERM, _TID, _GEN, _DF} <= fields:
             raise IndexFormatError(f"Milvus collection {self.terms_collection!r} does not have the BM25 terms "
                                    f"schema; fields: {sorted(fields)}")
-        self._load_repairing(self.terms_collection, _TDUMMY, "FLAT", {})
+        load_repairing(self._client, self.uri, self.terms_collection, _TDUMMY, "FLAT", {})
 
     def _check_collection(self) -> None:
         super()._check_collection()
@@ -349,7 +347,6 @@ class MilvusBm25Store(MilvusSparseStore):
         if m != n:
             raise ValueError(f"got {n} slots for {m} rows; pass one slot per row")
         out: list[Any] = []
-        delta: dict[int, int] = {}
         lengths = []
         for i, r in enumerate(rows):
             if r and max(r) >= PLACEHOLDER_TERM:
@@ -364,19 +361,18 @@ class MilvusBm25Store(MilvusSparseStore):
             lengths.append(float(sum(counts)))
             out.append((tids, counts))
         total = float(sum(lengths))
-        ref = self._avgdl_ref or (total / n if n and total else 1.0)
+        if not self._avgdl_ref and n:
+            # any reference keeps scores exact (only the search's depth depends on it): the first
+            # rows' mean length, fixed from here on (recorded by the next save)
+            self._avgdl_ref = total / n if total else 1.0
+        ref = self._avgdl_ref
         k1, b = self.k1, self.b
         prepared = []
         for (tids, counts), dl in zip(out, lengths):
             norm = k1 * (1.0 - b + b * dl / ref)
             vec = {t: float(np.float32(c / (c + norm))) for t, c in zip(tids, counts)} if tids else \
                 {PLACEHOLDER_TERM: 1.0}
-            for t in tids:
-                delta[t] = delta.get(t, 0) + 1
             prepared.append((vec, _pack(counts)))
-        self._prepared = (total, delta) if n else None
-        if n and not self._avgdl_ref:
-            self._prepared_ref = ref
         return prepared
 
     def _row_fields(self, row: Any) -> dict[str, Any]:
@@ -386,26 +382,19 @@ class MilvusBm25Store(MilvusSparseStore):
     def _row_value(self, entity: Mapping[str, Any]) -> Any:
         return entity[_VEC], entity[_TF]
 
+    def _tally(self, rows: Any, sign: int) -> None:
+        """Add (``sign`` 1) or take away (-1) rows ``(vector, tf)`` in the pending statistics."""
+        for vec, tf in rows:
+            self._pending_total += sign * float(sum(_unpack(tf)))
+            for t in _row_terms(vec):
+                self._delta[t] = self._delta.get(t, 0) + sign
+
     def _added(self, rows: list[Any]) -> None:
-        if self._prepared is None:
-            return
-        total, delta = self._prepared
-        self._prepared = None
-        if not self._avgdl_ref:
-            self._avgdl_ref = self._prepared_ref
-        self._pending_total += total
-        for t, d in delta.items():
-            self._delta[t] = self._delta.get(t, 0) + d
+        self._tally(rows, 1)
 
     def _removing(self, slots: set[int]) -> None:
-        if not slots:
-            return
-        got = self._fetch(np.array(sorted(slots), dtype=np.int64))
-        for vec, tf in got.values():
-            counts = _unpack(tf)
-            self._pending_total -= float(sum(counts))
-            for t in _row_terms(vec):
-                self._delta[t] = self._delta.get(t, 0) - 1
+        if slots:
+            self._tally(self._fetch(np.array(sorted(slots), dtype=np.int64)).values(), -1)
 
     def _exported(self, vectors: list[Any]) -> Any:
         out = []
