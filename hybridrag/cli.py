@@ -447,6 +447,20 @@ def cmd_attach(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_take_over(args: argparse.Namespace) -> int:
+    from hybridrag.index import HybridIndex
+
+    idx = HybridIndex.take_over(args.index, collection=args.collection, milvus_uri=args.milvus_uri)
+    try:
+        st = idx.stats()
+    finally:
+        idx.close()
+    print(f"{args.index}: the writer of {args.collection!r} from generation {st['generation']} ({st['chunks']} chunks "
+          f"of {st['documents']} document(s)); nothing copied or re-encoded, the lost writer's directory no longer "
+          "writes it. Load it with HybridIndex.load, giving the Milvus URI each time (--milvus-uri is not stored)")
+    return 0
+
+
 def cmd_milvus_gc(args: argparse.Namespace) -> int:
     from hybridrag.index import HybridIndex
     from hybridrag.storage.commit import drop_stray_collections
@@ -594,6 +608,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--milvus-uri", default=None, help="where Milvus is (default $HYBRIDRAG_MILVUS_URI; the "
                                                       "token comes from $MILVUS_TOKEN)")
     s.set_defaults(func=cmd_attach)
+
+    s = sub.add_parser("take-over", help="make DIR the writer of an index published in Milvus ([milvus] "
+                                         "whole_index) whose writer directory is lost, in place: same prefix, "
+                                         "nothing copied")
+    s.add_argument("index", metavar="DIR", help="a new (or empty) directory for the writer")
+    s.add_argument("--collection", required=True, help="the lost writer's [milvus] collection prefix")
+    s.add_argument("--milvus-uri", default=None, help="where Milvus is (default $HYBRIDRAG_MILVUS_URI; the "
+                                                      "token comes from $MILVUS_TOKEN)")
+    s.set_defaults(func=cmd_take_over)
 
     s = sub.add_parser("milvus-gc", help="drop Milvus collections this index made and no longer uses "
                                          "(left by a create(overwrite=True) killed before its commit)")

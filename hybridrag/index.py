@@ -140,6 +140,25 @@ class HybridIndex:
         return opening.attach(cls, path, collection=collection, milvus_uri=milvus_uri, milvus_token=milvus_token,
                               encoder=encoder, reranker=reranker, device=device)
 
+    @classmethod
+    def take_over(cls, path: str | os.PathLike[str], *, collection: str, milvus_uri: str | None = None,
+                  milvus_token: str | None = None, encoder: Any = None, batch_size: int = 4096) -> "HybridIndex":
+        """Make ``path`` the writer of the index published in Milvus under the collection prefix
+        ``collection`` (``[milvus] whole_index = true``), in place of a writer whose directory
+        is lost: its state is made again from the newest published commit (the docstore from
+        the docs collection, the BM25 vocabulary from the terms collection, the stores' records
+        from the head), then every collection of the index names ``path`` as its owner. No row
+        is copied or encoded, the prefix stays, query nodes keep working. A commit the lost
+        writer made but never published is dropped. ``path`` must not exist or be empty;
+        ``milvus_uri`` / ``milvus_token`` as in :meth:`attach`. The old writer must be
+        stopped (a writer still running on the old directory is refused at its next commit).
+        Returns the index opened as a writer (close it) (docs/MILVUS.md, "A lost writer directory").
+        """
+        from hybridrag.storage.takeover import take_over
+
+        return take_over(cls, path, collection=collection, milvus_uri=milvus_uri, milvus_token=milvus_token,
+                         encoder=encoder, batch_size=batch_size)
+
     def published_generation(self) -> int | None:
         """A query node (:meth:`attach`): the newest generation the writer has published (None:
         not a query node). Newer than :attr:`generation` when :meth:`attach` again would see more."""

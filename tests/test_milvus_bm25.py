@@ -333,3 +333,88 @@ def test_a_lost_writer_directory_is_made_again_from_a_query_node(tmp_path, monke
         for idx in (w2, loc, back, q2):
             if idx is not None:
                 idx.close()
+
+
+def test_a_lost_writer_directory_is_taken_over_in_place(tmp_path, monkeypatch, capsys):
+    """take_over: a new writer directory for the same collection prefix, made from Milvus alone;
+    the lost writer's unpublished commit is dropped, a query node keeps its prefix, and the old
+    writer (or any earlier one) is refused at its next write."""
+    import shutil
+
+    from hybridrag.cli import main
+    from hybridrag.errors import IndexFormatError
+    from hybridrag.stores.milvus_docs import MilvusHead
+
+    uri = str(tmp_path / "shared" / "milvus.db")   # Milvus outlives the writer's directory (a server would)
+    pipe = bm25_pipeline(backend="milvus") | {"milvus": {"enabled": True, "collection": "c", "whole_index": True,
+                                                         "uri": uri}}
+    w = HybridIndex.create(tmp_path / "w", pipe)
+    loc = HybridIndex.create(tmp_path / "l", bm25_pipeline())
+    for idx in (w, loc):
+        idx.add(docs(20))
+        idx.upsert([{**docs(3)[2], "text": "fox fox over the lazy dog"}])
+        idx.delete(["d4"])
+    # the writer's last commit is durable in its directory but never reaches the head
+    with monkeypatch.context() as mp:
+        mp.setattr(MilvusHead, "publish", lambda *a, **k: (_ for _ in ()).throw(OSError("network down")))
+        w.add([{"id": "lost", "text": "fox vitamin unpublished"}])
+    assert w.generation > HybridIndex.attach(tmp_path / "q", collection="c", milvus_uri=uri).generation
+    # the writer's machine is unreachable (its process may live on): a new writer takes over
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    with pytest.raises(ConfigError, match="not an empty directory"):
+        HybridIndex.take_over(tmp_path / "busy", collection="c", milvus_uri=uri)
+    with pytest.raises(IndexFormatError, match="no index is published under collection prefix 'nope'"):
+        HybridIndex.take_over(tmp_path / "t0", collection="nope", milvus_uri=uri)
+    assert not (tmp_path / "t0").exists()
+    t = HybridIndex.take_over(tmp_path / "t", collection="c", milvus_uri=uri)
+    q = t2 = None
+    try:
+        assert sorted(p.name for p in (tmp_path / "t").iterdir() if not p.name.startswith("docstore")) == sorted(
+            ["manifest.json", "s1.slots.npy", f"bm25.g{t.generation}.vocab.json", *(
+                e["files"]["milvus"] for e in t._manifest["remote"].values())])
+        assert t.docstore.doc_hash("lost") is None and t.docstore.doc_hash("d0") == loc.docstore.doc_hash("d0")
+        for query in QUERIES + ["unpublished"]:
+            assert _hits(t, query) == _hits(loc, query), query
+        # the old writer's process, still running, is refused at its next commit
+        with pytest.raises(IndexFormatError, match="another directory took it over"):
+            w.add([{"id": "zombie", "text": "fox zombie"}])
+        w.close()
+        shutil.rmtree(tmp_path / "w")
+        # the new writer goes on under the same prefix: unchanged documents skipped, its first
+        # write drops the lost commit's rows and terms
+        for idx in (t, loc):
+            res = idx.upsert(docs(21))
+            idx.delete(["d6"])
+        assert sorted(res.added) == ["d2", "d20", "d4"] and len(res.unchanged) == 18
+        q = HybridIndex.load(tmp_path / "q", milvus_uri=uri)   # the query node, as it was, sees the new commits
+        for query in QUERIES + ["unpublished", "zombie"]:
+            assert _hits(t, query) == _hits(loc, query) == _hits(q, query), query
+        monkeypatch.setenv("HYBRIDRAG_MILVUS_URI", uri)   # the command line's way, once more
+        assert main(["take-over", str(tmp_path / "t3"), "--collection", "c"]) == 0
+        assert "the writer of 'c' from generation" in capsys.readouterr().out
+        # a writer mid-session (its stores are writing) is refused at its commit, a writer
+        # loaded again at its first write
+        with pytest.raises(IndexFormatError, match="another directory took it over"):
+            t.add([{"id": "late", "text": "fox"}])
+        t.close()
+        t2 = HybridIndex.load(tmp_path / "t", milvus_uri=uri)
+        with pytest.raises(IndexFormatError, match="another directory took it over"):
+            t2.delete(["d1"])
+    finally:
+        for idx in (t, loc, q, t2):
+            if idx is not None:
+                idx.close()
+    from hybridrag.storage.check import check_index
+
+    assert check_index(tmp_path / "t3") == []   # files, checksums, row hashes, stores = docstore
+    t3 = HybridIndex.load(tmp_path / "t3")
+    loc = HybridIndex.load(tmp_path / "l")
+    try:
+        for idx in (t3, loc):
+            idx.add([{"id": "after", "text": "vitamin fox after the take over"}])
+        for query in QUERIES:
+            assert _hits(t3, query) == _hits(loc, query), query
+    finally:
+        t3.close()
+        loc.close()

@@ -223,6 +223,20 @@ def test_a_query_node_gives_a_new_writer_when_the_writers_directory_is_lost(tmp_
         assert sorted(w2.upsert(docs(11)).unchanged) == sorted(f"d{i}" for i in range(10) if i not in (2, 7))
     finally:
         w2.close()
+    # or in place (take_over): the same prefix and collections, every one of them (dense, sparse,
+    # ColBERT tokens, docs, head) now written by the new directory
+    t = HybridIndex.take_over(tmp_path / "t", collection="c", milvus_uri=uri, encoder=m3_encoder)
+    try:
+        assert {(q, str(f)): _hits(t, q, filters=f) for q in QUERIES for f in FILTERS} == want
+        assert sorted(t.upsert(docs(11)).unchanged) == sorted(f"d{i}" for i in range(10) if i not in (2, 7))
+        q = HybridIndex.load(tmp_path / "q", milvus_uri=uri, encoder=m3_encoder)
+        try:
+            for query in QUERIES:
+                assert _hits(q, query) == _hits(t, query), query
+        finally:
+            q.close()
+    finally:
+        t.close()
 
 
 # --------------------------------------------------------------------------- filters: the docstore's semantics

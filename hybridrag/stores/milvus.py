@@ -611,17 +611,6 @@ class _MilvusStore:
         the rows no commit made visible (a dead or failed writer's leftovers)."""
         if self._writer:
             return
-        if self._owner is not None and not self._private:
-            props = self._client.describe_collection(self.collection).get("properties") or {}
-            # A collection without an owner was made by the store API (or, before every index
-            # recorded one, in a private Lite file): the newest-commit check below still applies.
-            if props.get(_OWNER, self._owner) != self._owner:
-                raise IndexFormatError(
-                    f"Milvus collection {self.collection!r} at {self.uri!r} is written by another index "
-                    f"directory (owner {props.get(_OWNER)!r}, this one is {self._owner!r}): this index is a copy "
-                    "or a backup of it. Open it read-only, or give the copy its own collections with "
-                    "HybridIndex.rebuild(path, milvus_uri=...)"
-                )
         self._check_not_stale()
         self._client.delete(self.collection, filter=f"{_GEN} > {self._gen}")
         self._next = self._gen + 1
@@ -654,10 +643,25 @@ class _MilvusStore:
         return self._visible_count()
 
     def _check_not_stale(self) -> None:
-        """Refuse to write when a commit newer than this store's was published into the
-        collection: this directory is an older copy of the one that writes it (a backup, or a
-        restore whose device and inode happen to match the original's)."""
-        done = self._committed_generation()
+        """Refuse to write a collection another index directory writes (this index is a copy or
+        a backup of it, or another directory took it over: ``HybridIndex.take_over``), or one
+        where a commit newer than this store's was published (an older copy: a backup, or a
+        restore whose device and inode happen to match the original's). Called at the first
+        write and at every ``save``: one ``describe_collection``."""
+        props = self._client.describe_collection(self.collection).get("properties") or {}
+        # A collection without an owner was made by the store API (or, before every index
+        # recorded one, in a private Lite file): the newest-commit check below still applies.
+        if self._owner is not None and not self._private and props.get(_OWNER, self._owner) != self._owner:
+            raise IndexFormatError(
+                f"Milvus collection {self.collection!r} at {self.uri!r} is written by another index "
+                f"directory (owner {props.get(_OWNER)!r}, this one is {self._owner!r}): this index is a copy "
+                "or a backup of it, or another directory took it over. Open it read-only, or give the copy its "
+                "own collections with HybridIndex.rebuild(path, milvus_uri=...)"
+            )
+        try:
+            done = int(props.get(_COMMITTED, -1))
+        except (TypeError, ValueError):
+            done = -1
         if done > self._gen:
             raise IndexFormatError(
                 f"Milvus collection {self.collection!r} at {self.uri!r} holds commits up to store generation "

@@ -464,8 +464,8 @@ class MilvusHead:
         if props.get(_OWNER, self._owner) != self._owner:
             raise IndexFormatError(
                 f"Milvus collection {self.name!r} at {self.uri!r} is the head of an index another directory writes "
-                f"(owner {props.get(_OWNER)!r}, this one is {self._owner!r}): give this index its own [milvus] "
-                "collection prefix")
+                f"(owner {props.get(_OWNER)!r}, this one is {self._owner!r}): this directory is a copy, or another "
+                "directory took it over (HybridIndex.take_over); give this index its own [milvus] collection prefix")
 
     def _firsts(self) -> list[dict[str, Any]]:
         return list(self._client.query(self.name, filter=f"{_PART} == 0", output_fields=[_KEY, _GEN, _NPARTS]))
