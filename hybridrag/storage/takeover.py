@@ -76,12 +76,12 @@ def take_over(cls: Any, path: str | os.PathLike[str], *, collection: str, milvus
             _copy_docstore(node, SimpleNamespace(docstore=ds), gen, batch_size)
             ds.commit_generation(gen)
             counts = {"documents": ds.count_documents(), "chunks": ds.count(), "next_slot": ds.next_slot()}
+            live = ds.live_slots()
         finally:
             ds.close()
-        live = node.docstore.live_slots()
-        if counts["chunks"] != live.size:
-            raise IndexFormatError(f"the docs collection under {collection!r} holds {live.size} chunks of "
-                                   f"generation {gen}, {counts['chunks']} were copied")
+        if counts["chunks"] != int(manifest["counts"]["chunks"]):
+            raise IndexFormatError(f"generation {gen} under {collection!r} has {manifest['counts']['chunks']} chunks, "
+                                   f"its docs collection gave {counts['chunks']}")
         # the committed chunks as one segment (no local store files: every store is in Milvus)
         slots = commit_mod.record(p, SegmentTable.write_slots(p, "s1", live), checksums)
         manifest["segments"] = [{"id": "s1", "rows": int(live.size), "deleted": 0, "slots": slots,
