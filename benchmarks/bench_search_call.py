@@ -24,8 +24,9 @@ the engine's is reported, not expected to be 1).
 
 Rows per corpus, each measured ``--runs`` times (the machine is shared: every run is reported):
 p50 / p99 / q/s of one query per call for ``HybridIndex.search(q)`` (k=10; it also fetches each
-hit's text and metadata from SQLite), the sparse store alone on the same encoded queries at
-k=10 and at the pipeline's depth (100, what the call asks of it), bm25s and tantivy;
+hit's text and metadata from SQLite), the same call as it was before 2026-12-07 (its store asked
+for the pipeline's depth, 100, not k), the sparse store alone on the same encoded queries at
+k=10 (what the call asks of it now) and at the depth, bm25s and tantivy;
 ``search_batch`` of all queries in one call; the façade's share of the call,
 ``(call p50 - store p50) / call p50`` against both store rows. Raw results (the printed table)
 go to ``benchmarks/results/search-call_<date>_<commit>.md``. Never part of the test suite.
@@ -33,6 +34,7 @@ go to ``benchmarks/results/search-call_<date>_<commit>.md``. Never part of the t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -110,6 +112,20 @@ def _version(pkg: str) -> str:
     return version(pkg)
 
 
+@contextlib.contextmanager
+def deep_plan() -> Any:
+    """The planner as it was before 2026-12-07: a one-mode search asked its store for the
+    mode's depth (100), not for k (``hybridrag/search/plan.py``, ``_keeps_top_k``)."""
+    from hybridrag.search import plan
+
+    keep = plan._keeps_top_k
+    plan._keeps_top_k = lambda *a: False
+    try:
+        yield
+    finally:
+        plan._keeps_top_k = keep
+
+
 def fmt(lat: dict[str, float]) -> str:
     return f"{lat['p50']:.3f} / {lat['p99']:.3f} / {lat['qps']:,.0f}"
 
@@ -161,11 +177,14 @@ def part(name: str, idx: Any, queries: list[str], args: argparse.Namespace, peer
     for run in range(1, args.runs + 1):
         tag = f"run {run}: p50 / p99 ms / q/s"
         call = latencies(lambda i: idx.search(queries[i]), nq)
+        with deep_plan():
+            deep = latencies(lambda i: idx.search(queries[i]), nq)
         s10 = latencies(lambda i: store.search(enc[i:i + 1], 10), nq)
         sd = latencies(lambda i: store.search(enc[i:i + 1], depth), nq)
         row(name, "HybridIndex.search(q), k=10", tag, fmt(call))
-        row(name, "sparse store alone, k=10", tag, fmt(s10))
-        row(name, f"sparse store alone, k={depth} (the call's depth)", tag, fmt(sd))
+        row(name, f"HybridIndex.search(q), k=10, store asked for depth {depth} (before 2026-12-07)", tag, fmt(deep))
+        row(name, "sparse store alone, k=10 (what the call asks of it)", tag, fmt(s10))
+        row(name, f"sparse store alone, k={depth} (the pipeline's depth)", tag, fmt(sd))
         for pname, fn in peers.items():
             row(name, pname, tag, fmt(latencies(fn, nq)))
         t = time.perf_counter()
@@ -214,7 +233,6 @@ def main() -> None:
         part(f"synthetic N={n:,} vocab={args.vocab:,}", idx, corpus.queries(args.queries), args, peer_docs)
         idx.close()
     out = args.out or ROOT / "benchmarks" / "results" / f"search-call_{time.strftime('%Y-%m-%d')}_{commit}.md"
-    import contextlib
     import io
 
     buf = io.StringIO()

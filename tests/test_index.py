@@ -533,6 +533,31 @@ def test_depth_in_a_pipeline_is_capped_too(tmp_path, monkeypatch):
         idx.close()
 
 
+@pytest.mark.parametrize("fusion, shallow", [("weighted", True), ("relative", True), ("rrf", True),
+                                             ("adaptive", False)])
+def test_one_mode_without_rerank_asks_its_store_for_k_only(tmp_path, monkeypatch, fusion, shallow):
+    """One first-stage mode and nothing after it: the store's top-k is the answer (fusion of one
+    mode keeps its order, ties by slot), so the store is asked for k, not the mode's depth; the
+    hits and scores are those of a deep search. Adaptive fusion (its weights read the spread of
+    the scores) keeps the depth."""
+    idx = HybridIndex.create(tmp_path / "i", bm25_pipeline(depth=40) | {"fusion": {"method": fusion,
+                                                                                  "weights": {"bm25": 0.7}}})
+    try:
+        idx.add(docs(60))
+        deep = {q: idx.search(q, k=40) for q in QUERIES}
+        seen = _spy_searches(idx, monkeypatch)
+        for q in QUERIES:
+            hits = idx.search(q, k=3)
+            assert [(h.chunk_id, h.score, h.ranks) for h in hits] == [(h.chunk_id, h.score, h.ranks)
+                                                                      for h in deep[q][:3]], q
+        assert {k for k, _, _ in seen} == ({3} if shallow else {40})
+        seen.clear()
+        idx.search_batch(QUERIES, k=3, depth=30)   # a depth asked for in the call: the same rule
+        assert {k for k, _, _ in seen} == ({3} if shallow else {30})
+    finally:
+        idx.close()
+
+
 @pytest.mark.parametrize("k, error", [(2.0, TypeError), (True, TypeError), ("3", TypeError), (None, TypeError),
                                       (0, ValueError), (-1, ValueError)])
 def test_k_must_be_a_positive_int(index, k, error):

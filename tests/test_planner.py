@@ -244,6 +244,20 @@ def test_plan_takes_the_pipeline_for_what_options_leave_none() -> None:
         (["bm25", "colbert"], {"bm25": 5}, "rrf", 0, True, 5)
 
 
+def test_plan_asks_one_mode_for_k_only_when_nothing_else_could_reorder() -> None:
+    def depths(**kw):
+        return make_plan(SearchOptions(k=5, **kw), _pipeline(), live=1000).depths
+
+    assert depths(modes=["bm25"]) == {"bm25": 5}                    # relative: BM25's scores are never negative
+    assert depths(modes=["dense"]) == {"dense": 50}                 # relative over dense: max |s| may be the last's
+    assert depths(modes=["dense"], fusion="weighted") == {"dense": 5}
+    assert depths(modes=["dense"], fusion="rrf", depth=80) == {"dense": 5}
+    assert depths(modes=["bm25"], fusion="adaptive") == {"bm25": 20}
+    assert depths(modes=["bm25"], rerank=True) == {"bm25": 20}      # the reranker reads past k
+    assert depths(modes=["bm25", "colbert"]) == {"bm25": 20}        # ColBERT's scores reorder
+    assert depths() == {"dense": 50, "bm25": 20}
+
+
 def test_plan_caps_k_depth_and_rerank_k_at_the_live_chunks() -> None:
     plan = make_plan(SearchOptions(k=10**9, depth=10**9, rerank_k=10**9), _pipeline(), live=12)
     assert (plan.k, plan.depths, plan.rerank_k) == (12, {"dense": 12, "bm25": 12}, 12)
