@@ -1,6 +1,10 @@
-"""The command line through its installed entry point (tests hybridrag/cli.py)."""
+"""The command line through its installed entry point (tests hybridrag/cli.py); follow-up
+commands in one test run in this process (``cli``): the same ``main``, without an interpreter
+start-up and the imports behind it (several seconds per command on a 2-core CI machine)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -22,6 +26,24 @@ def hybridrag(*args, check=True):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env.pop("HYBRIDRAG_DEBUG", None)
     r = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}")
+    return r
+
+
+def cli(*args, check=True):
+    """``hybridrag ARGS`` in this process: ``returncode``, ``stdout``, ``stderr`` as ``hybridrag`` gives them."""
+    from types import SimpleNamespace
+
+    from hybridrag.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:   # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else 2
+    r = SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
     if check and r.returncode != 0:
         raise AssertionError(f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}")
     return r
@@ -69,38 +91,38 @@ def test_ingest_query_info_check(tmp_path, pipeline_file, corpus):
     r = hybridrag("ingest", corpus, "--index", idx, "--pipeline", pipeline_file, "-q")
     assert "ingested 3 document(s)" in r.stdout
     assert "empty.txt" in r.stdout and "blob.bin" in r.stdout  # every skipped file is reported
-    r = hybridrag("query", idx, "vitamin bone", "-k", "2", "--json")
+    r = cli("query", idx, "vitamin bone", "-k", "2", "--json")
     hits = json.loads(r.stdout)
     assert hits[0]["doc_id"] == "a.txt" and set(hits[0]["scores"]) == {"dense", "bm25", "fused"}
-    r = hybridrag("query", idx, "aspirin heart", "--explain")
+    r = cli("query", idx, "aspirin heart", "--explain")
     assert "bm25=" in r.stdout and "b.md" in r.stdout
     assert "weights: dense=0.500  bm25=0.500" in r.stdout
     # why nothing (or less) came back goes to stderr; a big $in works; a bad value is one line
-    r = hybridrag("query", idx, "vitamin", "--filter", "colour=red")
+    r = cli("query", idx, "vitamin", "--filter", "colour=red")
     assert "note: no document has metadata key 'colour'" in r.stderr and "a.txt" not in r.stdout
-    r = hybridrag("query", idx, "?!", "--json")
+    r = cli("query", idx, "?!", "--json")
     assert "note: no query terms for 'bm25'" in r.stderr and json.loads(r.stdout)   # dense still ranks
     ids = json.dumps({"$in": [f"{i}.txt" for i in range(5000)] + ["a.txt"]})
-    r = hybridrag("query", idx, "vitamin", "--json", "--filter", f"doc_id={ids}")
+    r = cli("query", idx, "vitamin", "--json", "--filter", f"doc_id={ids}")
     assert [h["doc_id"] for h in json.loads(r.stdout)] == ["a.txt"]
-    r = hybridrag("query", idx, "vitamin", "--filter", f"n={2**64}", check=False)
+    r = cli("query", idx, "vitamin", "--filter", f"n={2**64}", check=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr and str(2**64) in r.stderr
     # adaptive fusion shows the weights it chose for this query
-    r = hybridrag("query", idx, "aspirin heart", "--fusion", "adaptive", "--explain")
+    r = cli("query", idx, "aspirin heart", "--fusion", "adaptive", "--explain")
     shown = re.findall(r"weights: dense=([0-9.]+)  bm25=([0-9.]+)", r.stdout)
     assert shown and abs(sum(map(float, shown[0])) - 1.0) < 2e-3
-    r = hybridrag("info", idx, "--json")
+    r = cli("info", idx, "--json")
     assert json.loads(r.stdout)["documents"] == 3
-    assert hybridrag("check", idx).stdout.strip().endswith("ok")
+    assert cli("check", idx).stdout.strip().endswith("ok")
     # re-running the same ingest adds nothing
-    r = hybridrag("ingest", corpus, "--index", idx, "-q")
+    r = cli("ingest", corpus, "--index", idx, "-q")
     assert "ingested 0 document(s)" in r.stdout and "3 unchanged" in r.stdout
 
 
 def test_eval_on_beir_sample(tmp_path, pipeline_file):
     idx = tmp_path / "beir"
-    hybridrag("ingest", SAMPLE / "corpus.jsonl", "--index", idx, "--pipeline", pipeline_file, "-q")
-    r = hybridrag("eval", idx, "--beir", SAMPLE, "--max-queries", "10", "--json", "-q")
+    cli("ingest", SAMPLE / "corpus.jsonl", "--index", idx, "--pipeline", pipeline_file, "-q")
+    r = cli("eval", idx, "--beir", SAMPLE, "--max-queries", "10", "--json", "-q")
     rows = {row["run"]: row for row in json.loads(r.stdout)}
     assert set(rows) == {"dense", "bm25", "fused (relative)"}
     for row in rows.values():
@@ -145,7 +167,7 @@ def test_query_prints_stored_lone_surrogates_as_escapes(tmp_path, pipeline_file)
         index.add([{"id": "s", "text": "vitamin \ud800 bone"}, {"id": "t", "text": "heart attack"}])
     r = hybridrag("query", idx, "vitamin bone", "--explain")
     assert "vitamin \\ud800 bone" in r.stdout                    # was UnicodeEncodeError, exit 2
-    hits = json.loads(hybridrag("query", idx, "vitamin bone", "--json").stdout)
+    hits = json.loads(cli("query", idx, "vitamin bone", "--json").stdout)
     assert hits[0]["text"] == "vitamin \ud800 bone"              # JSON's own escape: read back exactly
 
 
@@ -155,24 +177,21 @@ def test_ingest_csv_and_json_columns(tmp_path, pipeline_file):
     (src / "notes.csv").write_text("key,body,other\nn1,Calcium intake and bone health,x\nn2,Heart attack risk,y\n")
     (src / "recs.jsonl").write_text('{"pk": "r1", "content": "Vitamin D and latitude"}\n')
     idx = tmp_path / "idx"
-    hybridrag("ingest", src, "--index", idx, "--pipeline", pipeline_file, "-q", "--text-column", "body",
+    cli("ingest", src, "--index", idx, "--pipeline", pipeline_file, "-q", "--text-column", "body",
               "--id-column", "key", "--text-field", "content", "--id-field", "pk")
-    hits = json.loads(hybridrag("query", idx, "calcium bone", "-k", "3", "--json").stdout)
+    hits = json.loads(cli("query", idx, "calcium bone", "-k", "3", "--json").stdout)
     ids = {h["doc_id"] for h in hits}
     assert any(i.endswith("n1") for i in ids), ids
     assert hits[0]["text"] == "Calcium intake and bone health"
-    hits = json.loads(hybridrag("query", idx, "vitamin latitude", "-k", "1", "--json").stdout)
+    hits = json.loads(cli("query", idx, "vitamin latitude", "-k", "1", "--json").stdout)
     assert hits[0]["doc_id"].endswith("r1") and hits[0]["text"] == "Vitamin D and latitude"
 
 
 # ---------------------------------------------------------------- a real folder (in process: fast)
 
 def run_cli(capsys, *args):
-    from hybridrag.cli import main
-
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    r = cli(*args, check=False)
+    return r.returncode, r.stdout, r.stderr
 
 
 def limited_pipeline(tmp_path, pipeline_file, **chunking):
