@@ -24,6 +24,21 @@ settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+# `make test` runs the suite in two processes (pytest-xdist, `--dist loadgroup`). A session
+# fixture is made once per process, so the tests of one that must exist once per machine
+# (the Milvus server: it locks /run/milvus) or is costly to make (a wheel built and installed
+# into a fresh venv) run in one process: they share a group.
+_ONE_PROCESS = {"milvus_server": "milvus-server", "installed_wheel": "wheel"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, group in _ONE_PROCESS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     """A budgeted search keeps its measured reranker costs in a cache file
