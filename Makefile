@@ -27,7 +27,7 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m hybridrag.demo
 
 test: setup-test
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) demo-index

@@ -24,52 +24,6 @@ settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-# `make test` runs the suite in two processes (pytest-xdist). A session fixture is made once
-# per process, so the tests of one that must exist once per machine (the Milvus server: it
-# locks /run/milvus) or is costly to make (a wheel built and installed into a fresh venv) run
-# in one process: the scheduler below keeps each such set together (xdist's own
-# `--dist loadgroup` does not group under pytest 9: it renames `item._nodeid`, which pytest 9
-# no longer reads). The sets are named by test name and file; the collection hook fails the
-# run if a test uses one of these fixtures outside its set.
-_SERVER_PREFIX = "test_server_"                      # every test that uses milvus_server
-_WHEEL_FILES = ("test_demo.py", "test_package.py")   # every test that uses installed_wheel
-
-
-def _one_process_set(nodeid: str) -> str | None:
-    path, _, name = nodeid.partition("::")
-    if name.startswith(_SERVER_PREFIX) and Path(path).name.startswith("test_milvus"):
-        return "milvus-server"
-    if Path(path).name in _WHEEL_FILES:
-        return "wheel"
-    return None
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        names = getattr(item, "fixturenames", ())
-        for fixture, want in (("milvus_server", "milvus-server"), ("installed_wheel", "wheel")):
-            if fixture in names and _one_process_set(item.nodeid) != want:
-                raise pytest.UsageError(f"{item.nodeid} uses {fixture}: name it as tests/conftest.py's "
-                                        f"_one_process_set expects, so that its tests share one process")
-
-
-try:
-    import xdist  # noqa: F401
-except ImportError:  # plain pytest: one process anyway
-    pass
-else:
-    def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-        from xdist.scheduler import LoadScopeScheduling
-
-        class OneProcessSets(LoadScopeScheduling):
-            """Every test its own unit (as `--dist load`), but for the sets above: one unit each."""
-
-            def _split_scope(self, nodeid: str) -> str:
-                return _one_process_set(nodeid) or nodeid
-
-        return OneProcessSets(config, log)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     """A budgeted search keeps its measured reranker costs in a cache file
