@@ -434,31 +434,27 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
+    """``attach`` (a query node) and ``take-over`` (a writer in place of a lost one)."""
     from hybridrag.index import HybridIndex
 
-    idx = HybridIndex.attach(args.index, collection=args.collection, milvus_uri=args.milvus_uri)
+    writer = args.func is cmd_take_over
+    opened = HybridIndex.take_over if writer else HybridIndex.attach
+    idx = opened(args.index, collection=args.collection, milvus_uri=args.milvus_uri)
     try:
         st = idx.stats()
     finally:
         idx.close()
-    print(f"{args.index}: query node of {args.collection!r} at generation {st['generation']} ({st['chunks']} chunks "
-          f"of {st['documents']} document(s)); serve it, search it or load it with HybridIndex.load, giving the "
-          "Milvus URI each time (--milvus-uri is not stored)")
+    what = "the writer" if writer else "query node"
+    print(f"{args.index}: {what} of {args.collection!r} at generation {st['generation']} ({st['chunks']} chunks "
+          f"of {st['documents']} document(s)); "
+          + ("nothing copied or re-encoded, the lost writer's directory no longer writes it. Load it"
+             if writer else "serve it, search it or load it")
+          + " with HybridIndex.load, giving the Milvus URI each time (--milvus-uri is not stored)")
     return 0
 
 
 def cmd_take_over(args: argparse.Namespace) -> int:
-    from hybridrag.index import HybridIndex
-
-    idx = HybridIndex.take_over(args.index, collection=args.collection, milvus_uri=args.milvus_uri)
-    try:
-        st = idx.stats()
-    finally:
-        idx.close()
-    print(f"{args.index}: the writer of {args.collection!r} from generation {st['generation']} ({st['chunks']} chunks "
-          f"of {st['documents']} document(s)); nothing copied or re-encoded, the lost writer's directory no longer "
-          "writes it. Load it with HybridIndex.load, giving the Milvus URI each time (--milvus-uri is not stored)")
-    return 0
+    return cmd_attach(args)
 
 
 def cmd_milvus_gc(args: argparse.Namespace) -> int:
@@ -601,22 +597,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_migrate)
 
-    s = sub.add_parser("attach", help="make DIR a query node of an index published in Milvus "
-                                      "([milvus] whole_index): it holds only the collection prefix")
-    s.add_argument("index", metavar="DIR", help="a new (or empty) directory for the query node")
-    s.add_argument("--collection", required=True, help="the writer's [milvus] collection prefix")
-    s.add_argument("--milvus-uri", default=None, help="where Milvus is (default $HYBRIDRAG_MILVUS_URI; the "
-                                                      "token comes from $MILVUS_TOKEN)")
-    s.set_defaults(func=cmd_attach)
-
-    s = sub.add_parser("take-over", help="make DIR the writer of an index published in Milvus ([milvus] "
-                                         "whole_index) whose writer directory is lost, in place: same prefix, "
-                                         "nothing copied")
-    s.add_argument("index", metavar="DIR", help="a new (or empty) directory for the writer")
-    s.add_argument("--collection", required=True, help="the lost writer's [milvus] collection prefix")
-    s.add_argument("--milvus-uri", default=None, help="where Milvus is (default $HYBRIDRAG_MILVUS_URI; the "
-                                                      "token comes from $MILVUS_TOKEN)")
-    s.set_defaults(func=cmd_take_over)
+    for name, func, what, help_ in (
+            ("attach", cmd_attach, "the query node", "make DIR a query node of an index published in Milvus "
+             "([milvus] whole_index): it holds only the collection prefix"),
+            ("take-over", cmd_take_over, "the writer", "make DIR the writer of an index published in Milvus "
+             "([milvus] whole_index) whose writer directory is lost, in place: same prefix, nothing copied")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("index", metavar="DIR", help=f"a new (or empty) directory for {what}")
+        s.add_argument("--collection", required=True, help="the writer's [milvus] collection prefix")
+        s.add_argument("--milvus-uri", default=None, help="where Milvus is (default $HYBRIDRAG_MILVUS_URI; the "
+                                                          "token comes from $MILVUS_TOKEN)")
+        s.set_defaults(func=func)
 
     s = sub.add_parser("milvus-gc", help="drop Milvus collections this index made and no longer uses "
                                          "(left by a create(overwrite=True) killed before its commit)")

@@ -392,7 +392,9 @@ def test_a_lost_writer_directory_is_taken_over_in_place(tmp_path, monkeypatch, c
             assert _hits(t, query) == _hits(loc, query) == _hits(q, query), query
         monkeypatch.setenv("HYBRIDRAG_MILVUS_URI", uri)   # the command line's way, once more
         assert main(["take-over", str(tmp_path / "t3"), "--collection", "c"]) == 0
-        assert "the writer of 'c' from generation" in capsys.readouterr().out
+        assert "the writer of 'c' at generation" in capsys.readouterr().out
+        assert main(["attach", str(tmp_path / "q3"), "--collection", "c"]) == 0
+        assert "query node of 'c' at generation" in capsys.readouterr().out
         # a writer mid-session (its stores are writing) is refused at its commit, a writer
         # loaded again at its first write
         with pytest.raises(IndexFormatError, match="another directory took it over"):
