@@ -8,7 +8,8 @@ each has a fusion weight, a per-mode depth names a first stage. ``k``, depths an
 than the index holds; a depth below ``k`` is raised to ``k``, ``rerank_k`` too. A search of one
 first-stage mode with nothing after it (no other mode, no rerank) asks its store for ``k``: the
 answer is the store's top-k whatever the depth, for the fusions where that holds
-(:func:`_keeps_top_k`), and looking deeper only cost time (a fifth of a BM25 call at 1M chunks).
+(:func:`_keeps_top_k`); looking deeper cost a quarter to a third of a SciFact BM25 call
+(``benchmarks/bench_search_call.py``; at 1M chunks within the noise).
 
 Tested in ``tests/test_index.py`` (capping, errors) and ``tests/test_planner.py``.
 """
