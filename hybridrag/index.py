@@ -26,6 +26,7 @@ from hybridrag.search import execute
 from hybridrag.search.options import SearchOptions
 from hybridrag.storage import commit as commit_mod
 from hybridrag.storage import opening
+from hybridrag.storage import versions as pipeline_versions
 from hybridrag.storage.check import check_index  # noqa: F401 - the public name lived here
 from hybridrag.storage.lock import IndexLock as _Lock
 from hybridrag.storage.manifest import FORMAT_VERSION, MANIFEST, read_manifest  # noqa: F401 - cli, server
@@ -33,6 +34,7 @@ from hybridrag.storage.opening import _as_pipeline  # noqa: F401 - used by cli, 
 from hybridrag.storage.policy import TieredMergePolicy
 from hybridrag.storage.segments import SegmentedStore
 from hybridrag.storage.table import SegmentTable
+from hybridrag.storage.versions import PipelineVersion
 from hybridrag.types import SearchResults
 from hybridrag.write import (  # noqa: F401 - re-exported: the documents' API lived here
     MAX_ID_CHARS,
@@ -71,6 +73,7 @@ class HybridIndex:
         self._manifest = manifest
         self._gen = int(manifest["generation"]) if manifest else 0
         self._dirty = False
+        self._next_versions: Any = None   # pipeline versions the next manifest records (storage/versions.py)
         # The segments of the committed index and the slots written and deleted since.
         self._table = SegmentTable([], 1)
         self._vocab_files: list[str] = list((manifest or {}).get("bm25_vocab") or [])
@@ -376,6 +379,43 @@ class HybridIndex:
         """
         queries = execute.check_queries(queries)
         return execute.search_batch(self, queries, SearchOptions.build(options, k, filters, **overrides))
+
+    # ------------------------------------------------------------------ pipeline versions
+    def pipeline_versions(self) -> list[PipelineVersion]:
+        """Every version of this index's pipeline, oldest first (one is ``active``): the search
+        settings it answered with (fusion, weights, depths, rerank), when and why each was made.
+        ``v.options(k=...)`` searches with an old one per call (:mod:`hybridrag.storage.versions`)."""
+        return pipeline_versions.as_versions(self._manifest, self.pipeline)
+
+    def add_pipeline_version(self, settings: Mapping[str, Any], note: str = "") -> int:
+        """Make a new version of the pipeline with ``settings`` (``"section.key"`` -> value, among
+        :data:`~hybridrag.storage.versions.SEARCH_SETTINGS`, e.g. ``{"fusion.method": "rrf"}``;
+        the rest as the active version has them) and make it active, as a commit (pending writes
+        are committed first). Nothing is re-encoded. Returns its number; the old versions stay
+        (:meth:`use_pipeline_version`). ``ConfigError`` names a setting that is not a search
+        setting or a bad value. ``hybridrag tune`` adds the version it chose this way."""
+        if not isinstance(note, str):
+            raise TypeError(f"note must be a str, got {type(note).__name__}")
+        cfg = pipeline_versions.with_settings(self.pipeline, settings)
+        versions, _ = pipeline_versions.carried(self._manifest, self.pipeline)
+        versions.append(pipeline_versions.new_version(versions, pipeline_versions.settings_of(cfg), note))
+        commit_mod.set_pipeline(self, cfg, versions, versions[-1]["version"])
+        return int(versions[-1]["version"])
+
+    def use_pipeline_version(self, version: int) -> None:
+        """Make version ``version`` of the pipeline (:meth:`pipeline_versions`) the active one, as
+        a commit: every later load and query node searches with its settings. ``ValueError``
+        names a version that does not exist."""
+        versions, active = pipeline_versions.carried(self._manifest, self.pipeline)
+        found = [v for v in versions if isinstance(version, int) and not isinstance(version, bool)
+                 and int(v["version"]) == version]
+        if not found:
+            raise ValueError(f"no pipeline version {version!r} in {str(self.path)!r}; versions: "
+                             f"{[int(v['version']) for v in versions]}")
+        if version == active:
+            return
+        cfg = pipeline_versions.with_settings(self.pipeline, found[0]["settings"])
+        commit_mod.set_pipeline(self, cfg, versions, version)
 
     # ------------------------------------------------------------------ info
     def stats(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Union
 
-from hybridrag.config import pipeline_differences
+from hybridrag.storage.versions import search_differences
 from hybridrag.errors import ConfigError
 from hybridrag.index import MANIFEST, AddResult, HybridIndex, _as_pipeline, read_manifest
 from hybridrag.search.options import OVERRIDES, SearchOptions
@@ -166,7 +166,7 @@ def index_with_documents(path: str | os.PathLike[str], pipeline: Any, documents:
             index = HybridIndex.load(path, **create_kwargs)
         elif index is None:
             index = HybridIndex.create(path, cfg, **create_kwargs)
-        diff = pipeline_differences(index.pipeline, cfg)
+        diff = search_differences(index.pipeline, cfg, index.pipeline_versions())
         if diff:
             if opened_here:
                 index.close()

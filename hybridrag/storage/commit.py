@@ -25,9 +25,16 @@ from hybridrag import __version__
 from hybridrag.config import PipelineConfig, resolve_model_path
 from hybridrag.errors import IndexLockedError
 from hybridrag.storage import merges, opening
+from hybridrag.storage import versions as pipeline_versions
 from hybridrag.storage.files import disk_full_errors as _disk_full
-from hybridrag.storage.manifest import FORMAT_VERSION, MANIFEST, check_name as _check_name, sha256_file as _sha256
-from hybridrag.storage.manifest import read_generation, write_manifest
+from hybridrag.storage.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    read_generation,
+    write_manifest,
+)
+from hybridrag.storage.manifest import check_name as _check_name
+from hybridrag.storage.manifest import sha256_file as _sha256
 from hybridrag.storage.segments import SegmentedStore
 from hybridrag.storage.table import SegmentTable
 
@@ -101,6 +108,23 @@ def commit(idx, *, merge: bool = True) -> None:
         idx._collect_garbage()
         if merge and idx.merge_policy is not None:
             merges.after_commit(idx)
+
+
+def set_pipeline(idx, cfg: PipelineConfig, versions: list[dict[str, Any]], active: int) -> None:
+    """Commit pending writes, then commit a generation whose manifest has ``cfg`` as its pipeline
+    and ``versions`` (``active`` the one in force): :mod:`hybridrag.storage.versions`. A failure
+    leaves the index and this object as they were."""
+    with idx._writing():
+        idx.commit(merge=False)
+        before = idx.pipeline
+        idx.pipeline, idx._next_versions, idx._dirty = cfg, (versions, active), True
+        try:
+            commit(idx, merge=False)
+        except BaseException:
+            idx.pipeline, idx._dirty = before, False
+            raise
+        finally:
+            idx._next_versions = None
 
 
 def optimize(idx) -> None:
@@ -259,6 +283,7 @@ def _swap_manifest(idx, gen: int, entries: list[dict[str, Any]], vocab_files: li
     if idx.pipeline.rerank.enabled:
         models["reranker"] = {"name": idx.pipeline.rerank.model}
     stores = {m: {"config": s.newest.config()} for m, s in idx._local_stores().items()}
+    versions, active = idx._next_versions or pipeline_versions.carried(old, idx.pipeline)
     manifest = {
         "format_version": FORMAT_VERSION,
         "library_version": __version__,
@@ -266,6 +291,8 @@ def _swap_manifest(idx, gen: int, entries: list[dict[str, Any]], vocab_files: li
         "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "pipeline": _pipeline_for_disk(idx.pipeline),
+        "pipeline_versions": versions,
+        "pipeline_version": active,
         "models": models,
         "counts": {"documents": idx.docstore.count_documents(), "chunks": idx.docstore.count(),
                    "next_slot": idx.docstore.next_slot()},

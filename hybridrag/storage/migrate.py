@@ -34,6 +34,7 @@ import numpy as np
 from hybridrag.errors import ConfigError
 from hybridrag.storage import commit as commit_mod
 from hybridrag.storage import opening
+from hybridrag.storage import versions as pipeline_versions
 from hybridrag.storage.files import open_for_write, open_plain
 from hybridrag.storage.segments import SegmentedStore
 from hybridrag.storage.table import SegmentTable
@@ -198,7 +199,9 @@ def _copy_index(source: Any, target: Any, batch_size: int, progress: Callable[[i
     if "bm25" in target.stores:
         target.bm25   # BM25 in Milvus: the store keys its terms by text, from this vocabulary
     target._table = SegmentTable(entries, table.next_segment)
+    target._next_versions = pipeline_versions.carried(source._manifest, source.pipeline)   # a version each
     commit_mod._swap_manifest(target, gen, entries, vocab, checksums)
+    target._next_versions = None
     # committed: the stores open the segments as a load would
     for m in (*kept, *to_local):
         store = target.stores[m]

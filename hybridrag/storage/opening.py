@@ -629,6 +629,7 @@ def stats(idx) -> dict[str, Any]:
     remote = {mode: store.describe() for mode, store in idx.stores.items() if hasattr(store, "describe")}
     return {
         "path": str(idx.path), "pipeline": idx.pipeline.name, "modes": idx.pipeline.modes,
+        "pipeline_version": next(v.version for v in idx.pipeline_versions() if v.active),
         "generation": idx._gen, "documents": idx.docstore.count_documents(),
         "chunks": idx.docstore.count(), "format_version": m.get("format_version", FORMAT_VERSION),
         "library_version": m.get("library_version", __version__), "bytes": sizes,
