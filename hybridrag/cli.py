@@ -54,8 +54,11 @@ def _open_or_create(index_dir: str, pipeline: str | None) -> Any:
     if (Path(index_dir) / MANIFEST).exists():
         idx = HybridIndex.load(index_dir)
         if pipeline is not None:
+            from hybridrag.storage.versions import search_differences
+
             wanted = _as_pipeline(pipeline)
-            if wanted.to_dict() != idx.pipeline.to_dict():
+            diffs = search_differences(idx.pipeline, wanted, idx.pipeline_versions())
+            if diffs:
                 if idx.docstore.count_documents() == 0:
                     # Nothing would be lost: an index left empty (e.g. by a run whose pipeline
                     # was then fixed) is made again with the pipeline asked for.
@@ -65,9 +68,7 @@ def _open_or_create(index_dir: str, pipeline: str | None) -> Any:
                           f"{wanted.name!r} (was {old!r})", file=sys.stderr)
                     return HybridIndex.create(index_dir, wanted, overwrite=True)
                 idx.close()
-                from hybridrag.config import pipeline_differences
-
-                diff = "; ".join(pipeline_differences(idx.pipeline, wanted))
+                diff = "; ".join(diffs)
                 raise HybridRAGError(f"index {index_dir!r} was built with pipeline {idx.pipeline.name!r}; "
                                      f"--pipeline {pipeline!r} differs in {diff}. Leave out --pipeline to "
                                      "add to the index with its own pipeline, use a new --index directory, "
@@ -333,6 +334,57 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from hybridrag.eval.tune import tune
+    from hybridrag.index import HybridIndex
+
+    idx = HybridIndex.load(args.index, verify=False)
+    try:
+        report = tune(idx, args.beir, split=args.split, folds=args.folds, seed=args.seed,
+                      max_queries=args.max_queries, store=not args.dry_run, force=args.force,
+                      progress=not args.quiet, batch_size=args.batch_size)
+    finally:
+        idx.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    print(f"{report.queries} queries, {len(report.folds)} folds, {report.settings_scored} settings scored "
+          f"(nDCG@10 of the fused ranking; each fold's setting chosen on the other folds)")
+    print(report.table(), end="")
+    print(f"active:   {report.baseline.describe()}")
+    print(f"tuned:    {report.best.describe()}   (chosen on all queries; nDCG@10 there {report.best_score:.4f})")
+    for note in report.notes:
+        print(f"note:     {note}")
+    if report.version is not None:
+        print(f"stored as pipeline version {report.version}, now active; the previous one stays: "
+              f"hybridrag pipeline {args.index} --use N")
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from hybridrag.index import HybridIndex
+
+    idx = HybridIndex.load(args.index, verify=False)
+    try:
+        if args.use is not None:
+            idx.use_pipeline_version(args.use)
+        versions = idx.pipeline_versions()
+    finally:
+        idx.close()
+    if args.json:
+        print(json.dumps([dict(vars(v)) for v in versions], indent=2))
+        return 0
+    for v in versions:
+        s = v.settings
+        depth = " ".join(f"{k.split('.')[0]}={d}" for k, d in s.items() if k.endswith(".depth"))
+        weights = " ".join(f"{m}={w:g}" for m, w in s["fusion.weights"].items())
+        rerank = f"rerank {s['rerank.k']}" if s["rerank.enabled"] else "no rerank"
+        print(f"{'*' if v.active else ' '} {v.version:>3}  {v.created}  {s['fusion.method']} ({weights})"
+              + (f" rrf_k={s['fusion.rrf_k']}" if s["fusion.method"] == "rrf" else "")
+              + f"; depth {depth}; {rerank}" + (f"   {v.note}" if v.note else ""))
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from hybridrag.index import HybridIndex
 
@@ -342,7 +394,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2))
         return 0
     print(f"index      {st['path']}")
-    print(f"pipeline   {st['pipeline']}   modes: {', '.join(st['modes'])}")
+    print(f"pipeline   {st['pipeline']} (version {st['pipeline_version']}; hybridrag pipeline lists them)   "
+          f"modes: {', '.join(st['modes'])}")
     print(f"documents  {st['documents']}   chunks: {st['chunks']}   generation: {st['generation']}")
     print(f"format     {st['format_version']} (written by hybridrag {st['library_version']})")
     for role, name in st["models"].items():
@@ -559,6 +612,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("tune", help="choose fusion method, weights and depths from judged queries "
+                                    "(k-fold cross-validation) and store them as a new pipeline version")
+    s.add_argument("index", metavar="DIR")
+    s.add_argument("--beir", required=True, metavar="FOLDER",
+                   help="queries.jsonl and qrels/SPLIT.tsv (BEIR format; at least 20 judged queries)")
+    s.add_argument("--split", default="test")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0, help="how the queries are dealt into folds")
+    s.add_argument("--max-queries", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--dry-run", action="store_true", help="report only; store nothing")
+    s.add_argument("--force", action="store_true",
+                   help="store the tuned setting even if it did not beat the active one on held-out queries")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_tune)
+
+    s = sub.add_parser("pipeline", help="list the versions of an index's pipeline (search settings); "
+                                        "--use N makes one active")
+    s.add_argument("index", metavar="DIR")
+    s.add_argument("--use", type=int, default=None, metavar="N", help="make version N the active one (a commit)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_pipeline)
 
     s = sub.add_parser("info", help="what an index holds")
     s.add_argument("index", metavar="DIR")
