@@ -188,20 +188,31 @@ def test_migrate_a_local_bm25_index_to_the_whole_index_and_back(tmp_path):
     loc = HybridIndex.create(tmp_path / "l", bm25_pipeline())
     loc.add(docs(30))
     loc.delete(["d2"])
+    loc.add_pipeline_version({"bm25.depth": 7, "fusion.method": "rrf"}, note="tuned")   # versions travel too
+    versions = loc.pipeline_versions()
     loc.close()
     m = HybridIndex.migrate(tmp_path / "l", tmp_path / "m", to="milvus", whole_index=True, collection="mig")
     loc = HybridIndex.load(tmp_path / "l")
-    q = back = None
+    q = back = q2 = None
+    uri = str(tmp_path / "m" / "milvus.db")
     try:
         assert m.pipeline.backend("bm25") == "milvus"
-        q = HybridIndex.attach(tmp_path / "q", collection="mig", milvus_uri=str(tmp_path / "m" / "milvus.db"))
+        assert m.pipeline_versions() == versions
+        q = HybridIndex.attach(tmp_path / "q", collection="mig", milvus_uri=uri)
+        assert q.pipeline_versions() == versions and (q.pipeline.bm25.depth, q.pipeline.fusion.method) == (7, "rrf")
+        m.use_pipeline_version(1)   # published: a query node attached after it searches with version 1
+        q2 = HybridIndex.attach(tmp_path / "q2", collection="mig", milvus_uri=uri)
+        assert [v.active for v in q2.pipeline_versions()] == [True, False] and q2.pipeline.bm25.depth == 100
+        m.use_pipeline_version(2)
         m.close()
         back = HybridIndex.migrate(tmp_path / "m", tmp_path / "b", to="local")
         assert back.pipeline.backend("bm25") == "inverted"
+        assert [(v.version, v.active, v.settings) for v in back.pipeline_versions()] == [
+            (v.version, v.active, v.settings) for v in versions]
         for query in QUERIES:
             assert _hits(q, query) == _hits(loc, query) == _hits(back, query), query
     finally:
-        for idx in (loc, q, back):
+        for idx in (loc, q, back, q2):
             if idx is not None:
                 idx.close()
 
