@@ -49,15 +49,19 @@ weights = {{ dense = 0.5, bm25 = 0.5 }}
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, bert_dir):
-    """(index directory, pipeline TOML, BEIR folder): built once; tests that change the index copy it."""
+    """(index directory, pipeline TOML): the sample's judged abstracts and as many others, built
+    once; tests that change the index copy it."""
     root = tmp_path_factory.mktemp("tune")
     toml = root / "tiny.toml"
     toml.write_text(PIPELINE_TOML.format(model=bert_dir), encoding="utf-8")
     data = load_beir(SAMPLE)
+    judged = {d for q in data.qrels.values() for d in q}
+    others = [d for d in sorted(data.corpus) if d not in judged][:len(judged)]
+    data.corpus = {d: e for d, e in data.corpus.items() if d in judged or d in others}
     idx = HybridIndex.create(root / "idx", str(toml))
     idx.add(data.documents())
     idx.close()
-    return root / "idx", toml, SAMPLE
+    return root / "idx", toml
 
 
 def _copy(built, tmp_path):

@@ -35,7 +35,6 @@ import numpy as np
 from hybridrag.eval.fusion_eval import CHUNK_DEPTH, QueryCandidates, collect
 from hybridrag.search import fusion as fusion_mod
 from hybridrag.search.planner import FIRST_STAGE
-from hybridrag.stores.base import rank_order
 
 MIN_QUERIES = 20
 DEPTHS = (25, 50, 100, 200, 300)
@@ -111,19 +110,23 @@ def grid(pipeline: Any, max_depth: int = CHUNK_DEPTH) -> list[Setting]:
     return out
 
 
-def _ndcg_rows(fused: np.ndarray, slots: np.ndarray, codes: np.ndarray, gains: np.ndarray, idcg: float,
-               discount: np.ndarray) -> np.ndarray:
-    """nDCG@10 of each row of ``fused`` [W, m]: chunks ranked as the engine ranks them (score
-    descending, ties by slot), documents by their best chunk (``hybridrag eval``'s max-P)."""
+def _ndcg_rows(fused: np.ndarray, groups: tuple[np.ndarray, np.ndarray, np.ndarray], gains: np.ndarray,
+               idcg: float, discount: np.ndarray) -> np.ndarray:
+    """nDCG@10 of each row of ``fused`` [W, m], whose columns are in slot order: chunks ranked as
+    the engine ranks them (score descending, ties by the smaller slot), documents by their best
+    chunk (``hybridrag eval``'s max-P). ``groups``: the columns sorted by document, where each
+    document's columns start, and its relevance code."""
     w, m = fused.shape
-    order = rank_order(fused, np.broadcast_to(slots, fused.shape))
-    c = codes[order]
-    first = np.full((w, int(codes.max()) + 1), m, dtype=np.int64)
-    np.minimum.at(first, (np.repeat(np.arange(w), m), c.ravel()), np.tile(np.arange(m), w))
+    by_doc, starts, docs = groups
+    order = np.argsort(-fused, axis=1, kind="stable")   # stable: ties keep slot order
+    pos = np.empty_like(order)
+    np.put_along_axis(pos, order, np.broadcast_to(np.arange(m), (w, m)), axis=1)
+    first = np.minimum.reduceat(pos[:, by_doc], starts, axis=1)   # each document's best rank
     k = min(CUTOFF, first.shape[1])
-    top = np.argsort(first, axis=1, kind="stable")[:, :k]
-    found = np.take_along_axis(first, top, axis=1) < m
-    return (gains[top] * found) @ discount[:k] / idcg
+    top = np.argpartition(first, k - 1, axis=1)[:, :k] if first.shape[1] > k else np.broadcast_to(
+        np.arange(k), (w, k))
+    top = np.take_along_axis(top, np.argsort(np.take_along_axis(first, top, axis=1), axis=1), axis=1)
+    return gains[docs[top]] @ discount[:k] / idcg
 
 
 def score_matrix(cands: Sequence[QueryCandidates], qrels: Mapping[str, Mapping[str, int]],
@@ -133,10 +136,17 @@ def score_matrix(cands: Sequence[QueryCandidates], qrels: Mapping[str, Mapping[s
 
     out = np.zeros((len(settings), len(cands)), dtype=np.float64)
     discount = 1.0 / np.log2(np.arange(CUTOFF) + 2.0)
-    # the settings in blocks that share depths and method (and rrf_k): one matrix product each
-    blocks: dict[tuple[Any, ...], list[int]] = {}
+    # settings that share depths are ranked together; within them, those that share a method
+    # (and rrf_k) are fused with one matrix product
+    by_depths: dict[Any, dict[tuple[str, int | None], list[int]]] = {}
     for i, s in enumerate(settings):
-        blocks.setdefault((s.depths, s.method, s.rrf_k if s.method == "rrf" else None), []).append(i)
+        by_depths.setdefault(s.depths, {}).setdefault((s.method, s.rrf_k if s.method == "rrf" else None), []).append(i)
+    plan = []
+    for depths, blocks in by_depths.items():
+        items = [(method, rk, np.asarray(rows), np.array([[v for _, v in settings[i].weights] for i in rows],
+                                                          dtype=np.float64)) for (method, rk), rows in blocks.items()]
+        plan.append((depths, np.concatenate([it[2] for it in items]), items))
+    modes = [m for m, _ in settings[0].weights] if settings else []
     for q, qc in enumerate(tqdm(cands, desc="scoring settings", unit="query", disable=not progress)):
         rel = {d: r for d, r in qrels.get(qc.qid, {}).items() if r >= 1}
         ideal = sorted(rel.values(), reverse=True)[:CUTOFF]
@@ -149,35 +159,35 @@ def score_matrix(cands: Sequence[QueryCandidates], qrels: Mapping[str, Mapping[s
         gains = np.zeros(len(codes_of), dtype=np.float64)
         for d, j in codes_of.items():
             gains[j] = rel.get(d, 0)
-        by_depth: dict[Any, Any] = {}
-        for (depths, method, rk), rows in blocks.items():
-            modes = [m for m, _ in settings[rows[0]].weights]
-            if depths not in by_depth:
-                keep = np.zeros(len(c.slots), dtype=bool)
-                for m, d in depths:
-                    keep |= (c.ranks[m] > 0) & (c.ranks[m] <= d)
-                idx = np.flatnonzero(keep)
-                sub = {m: np.asarray(c.scores[m], dtype=np.float64)[idx] for m in modes}
-                by_depth[depths] = (idx, sub, np.stack([sub[m] for m in modes]) if idx.size else None)
-            idx, sub, mat = by_depth[depths]
+        for depths, all_rows, items in plan:
+            keep = np.zeros(len(c.slots), dtype=bool)
+            for m, d in depths:
+                keep |= (c.ranks[m] > 0) & (c.ranks[m] <= d)
+            idx = np.flatnonzero(keep)
             if not idx.size:
                 continue
-            w = np.array([[v for _, v in settings[i].weights] for i in rows], dtype=np.float64)
-            if method == "weighted":
-                fused = (w @ mat) / w.sum(axis=1, keepdims=True)
-            elif method == "relative":
-                fused = (w @ fusion_mod._normalise(mat)) / w.sum(axis=1, keepdims=True)
-            elif method == "rrf":
-                recip = np.stack([1.0 / (rk + fusion_mod.competition_ranks(r)) for r in mat])
-                fused = w @ recip
-            else:   # adaptive: the weights of fusion.adaptive_weights for this query, per row
-                ge = np.array([_gain(qc, m) * max(fusion_mod._peak(sub[m]) - fusion_mod.Z_NOISE, fusion_mod.EPS)
-                               for m in modes])
-                raw = w * ge
-                tot = raw.sum(axis=1, keepdims=True)
-                wp = np.where(tot > 0, raw / np.where(tot > 0, tot, 1.0), w / w.sum(axis=1, keepdims=True))
-                fused = (wp @ fusion_mod._normalise(mat)) / wp.sum(axis=1, keepdims=True)
-            out[rows, q] = _ndcg_rows(fused, c.slots[idx], codes[idx], gains, idcg, discount)
+            idx = idx[np.argsort(c.slots[idx], kind="stable")]   # columns in slot order
+            mat = np.stack([np.asarray(c.scores[m], dtype=np.float64)[idx] for m in modes])
+            by_doc = np.argsort(codes[idx], kind="stable")
+            dc = codes[idx][by_doc]
+            starts = np.flatnonzero(np.r_[True, dc[1:] != dc[:-1]])
+            norm = fusion_mod._normalise(mat)
+            fused = []
+            for method, rk, _, w in items:
+                if method == "weighted":
+                    fused.append((w @ mat) / w.sum(axis=1, keepdims=True))
+                elif method == "relative":
+                    fused.append((w @ norm) / w.sum(axis=1, keepdims=True))
+                elif method == "rrf":
+                    fused.append(w @ np.stack([1.0 / (rk + fusion_mod.competition_ranks(r)) for r in mat]))
+                else:   # adaptive: the weights of fusion.adaptive_weights for this query, per row
+                    ge = np.array([_gain(qc, m) * max(fusion_mod._peak(r) - fusion_mod.Z_NOISE, fusion_mod.EPS)
+                                   for m, r in zip(modes, mat)])
+                    raw = w * ge
+                    tot = raw.sum(axis=1, keepdims=True)
+                    wp = np.where(tot > 0, raw / np.where(tot > 0, tot, 1.0), w / w.sum(axis=1, keepdims=True))
+                    fused.append((wp @ norm) / wp.sum(axis=1, keepdims=True))
+            out[all_rows, q] = _ndcg_rows(np.concatenate(fused), (by_doc, starts, dc[starts]), gains, idcg, discount)
     return out
 
 
