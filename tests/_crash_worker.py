@@ -27,7 +27,7 @@ as JSON to FILE at the end (the test uses it to draw N).
 the model and encodes every chunk of ``make_steps(SEED)`` once (:class:`CachedEncoder`),
 then forks one worker per request (a JSON line ``{"args": [INDEX, SEED, LOG], "env": {...}}``
 on stdin), answering ``{"pid": P}`` and then ``{"rc": RC}`` (``-9`` when killed): the
-Milvus trials use it, as a fresh interpreter per trial spends most of its time importing
+Milvus and BM25 trials use it (a BM25-only pipeline loads no model: the zygote only imports), as a fresh interpreter per trial spends most of its time importing
 torch and transformers and encoding the same texts again. The kill points are in storage
 and commits, which run for real.
 """
@@ -300,16 +300,21 @@ def zygote(pipeline_json: str, seed: int) -> int:
     import atexit
     import tempfile
 
-    import torch
+    pipeline = json.loads(Path(pipeline_json).read_text())
+    if pipeline.get("encoder", {}).get("kind") == "none":   # BM25 only: the imports are what a fork saves
+        import hybridrag.index  # noqa: F401
+        import hybridrag.stores.sparse  # noqa: F401
+    else:
+        import torch
 
-    torch.set_num_threads(1)  # no intra-op thread pool in the parent of fork()
-    import pymilvus  # noqa: F401  (imported only: no channel or server before fork)
+        torch.set_num_threads(1)  # no intra-op thread pool in the parent of fork()
+        import pymilvus  # noqa: F401  (imported only: no channel or server before fork)
 
-    from hybridrag.encoders.m3 import M3Encoder
+        from hybridrag.encoders.m3 import M3Encoder
 
-    with tempfile.TemporaryDirectory() as scratch:
-        enc = warm_encoder(json.loads(Path(pipeline_json).read_text()), seed, Path(scratch) / "warm")
-    M3Encoder.from_pretrained = classmethod(lambda cls, *a, **k: enc)  # type: ignore[method-assign]
+        with tempfile.TemporaryDirectory() as scratch:
+            enc = warm_encoder(pipeline, seed, Path(scratch) / "warm")
+        M3Encoder.from_pretrained = classmethod(lambda cls, *a, **k: enc)  # type: ignore[method-assign]
     for line in sys.stdin:
         req = json.loads(line)
         pid = os.fork()

@@ -324,7 +324,11 @@ def _assert_query_node(d: Path, t: int, encoder: Any, states: list[dict[str, Any
 
 
 def test_sigkill_during_bm25_ingest_leaves_last_committed_state(tmp_path):
-    done = crash_trials(tmp_path, BM25_PIPELINE, BM25_TARGETS, TRIALS, SEED)
+    zygote = Zygote(BM25_PIPELINE, 1, tmp_path)   # each worker forked from one that has imported hybridrag
+    try:
+        done = crash_trials(tmp_path, BM25_PIPELINE, BM25_TARGETS, TRIALS, SEED, worker=zygote)
+    finally:
+        zygote.close()
     assert sum(done.values()) == TRIALS
     for t in BM25_TARGETS[:-1]:  # every injected point was reached
         assert done[t] >= 1, (t, done)
