@@ -98,10 +98,11 @@ ATTACH_QUERIES = ["vitamin D bone fractures", "dense vectors FAISS", "heart atta
 ATTACH_FILTERS = [None, {"group": "even"}, {"n": {"$gte": 3}}, {"doc_id": {"$in": ["d1", "d2", "d5"]}}]
 
 
-def attached_answers(idx: Any) -> list[Any]:
-    """What a query node is compared on: every hit's chunk id, document, score, text, metadata."""
+def attached_answers(idx: Any, filters: list[Any] | None = None) -> list[Any]:
+    """What a query node is compared on: every hit's chunk id, document, score, text, metadata,
+    for each query and filter (default :data:`ATTACH_FILTERS`)."""
     return [[[h.chunk_id, h.doc_id, round(h.score, 5), h.text, h.metadata] for h in idx.search(q, k=10, filters=f)]
-            for q in ATTACH_QUERIES for f in ATTACH_FILTERS]
+            for q in ATTACH_QUERIES for f in (ATTACH_FILTERS if filters is None else filters)]
 
 
 def _main(command: str, index: str, uri: str) -> Any:
