@@ -602,33 +602,30 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the pipeline's rerank.budget_ms)")
     s.set_defaults(func=cmd_query)
 
-    s = sub.add_parser("eval", help="nDCG@10, Recall@100, MRR@10 on a BEIR folder, per mode and fused")
-    s.add_argument("index", metavar="DIR")
-    s.add_argument("--beir", required=True, metavar="FOLDER")
-    s.add_argument("--split", default="test")
-    s.add_argument("--max-queries", type=int, default=None)
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--fused-only", action="store_true")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("-q", "--quiet", action="store_true")
-    s.set_defaults(func=cmd_eval)
-
-    s = sub.add_parser("tune", help="choose fusion method, weights and depths from judged queries "
-                                    "(k-fold cross-validation) and store them as a new pipeline version")
-    s.add_argument("index", metavar="DIR")
-    s.add_argument("--beir", required=True, metavar="FOLDER",
-                   help="queries.jsonl and qrels/SPLIT.tsv (BEIR format; at least 20 judged queries)")
-    s.add_argument("--split", default="test")
-    s.add_argument("--folds", type=int, default=5)
-    s.add_argument("--seed", type=int, default=0, help="how the queries are dealt into folds")
-    s.add_argument("--max-queries", type=int, default=None)
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--dry-run", action="store_true", help="report only; store nothing")
-    s.add_argument("--force", action="store_true",
-                   help="store the tuned setting even if it did not beat the active one on held-out queries")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("-q", "--quiet", action="store_true")
-    s.set_defaults(func=cmd_tune)
+    for name, func, help_, beir_help in (
+            ("eval", cmd_eval, "nDCG@10, Recall@100, MRR@10 on a BEIR folder, per mode and fused",
+             "corpus.jsonl, queries.jsonl and qrels/SPLIT.tsv (BEIR format)"),
+            ("tune", cmd_tune, "choose fusion method, weights and depths from judged queries (k-fold "
+             "cross-validation) and store them as a new pipeline version",
+             "queries.jsonl and qrels/SPLIT.tsv (BEIR format; at least 20 judged queries; no corpus "
+             "needed)")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("index", metavar="DIR")
+        s.add_argument("--beir", required=True, metavar="FOLDER", help=beir_help)
+        s.add_argument("--split", default="test")
+        s.add_argument("--max-queries", type=int, default=None)
+        s.add_argument("--batch-size", type=int, default=64)
+        s.add_argument("--json", action="store_true")
+        s.add_argument("-q", "--quiet", action="store_true")
+        s.set_defaults(func=func)
+        if name == "eval":
+            s.add_argument("--fused-only", action="store_true")
+        else:
+            s.add_argument("--folds", type=int, default=5)
+            s.add_argument("--seed", type=int, default=0, help="how the queries are dealt into folds")
+            s.add_argument("--dry-run", action="store_true", help="report only; store nothing")
+            s.add_argument("--force", action="store_true",
+                           help="store the tuned setting even if it did not beat the active one on held-out queries")
 
     s = sub.add_parser("pipeline", help="list the versions of an index's pipeline (search settings); "
                                         "--use N makes one active")

@@ -204,11 +204,14 @@ def test_tune_stores_a_version_and_the_old_one_stays_selectable(built, tmp_path,
 def test_the_cli_reports_folds_and_stores_nothing_on_a_dry_run(built, tmp_path, capsys):
     d = _copy(built, tmp_path)
     gen = json.loads((d / "manifest.json").read_text())["generation"]
-    assert main(["tune", str(d), "--beir", str(SAMPLE), "--folds", "3", "--dry-run", "-q"]) == 0
+    judged = tmp_path / "judged"   # queries and judgments only: the index holds the documents
+    shutil.copytree(SAMPLE / "qrels", judged / "qrels")
+    shutil.copy(SAMPLE / "queries.jsonl", judged)
+    assert main(["tune", str(d), "--beir", str(judged), "--folds", "3", "--dry-run", "-q"]) == 0
     out = capsys.readouterr().out
     assert "30 queries, 3 folds" in out and out.count("\n| ") == 5   # header + 3 folds + all
     assert json.loads((d / "manifest.json").read_text())["generation"] == gen
-    assert main(["tune", str(d), "--beir", str(SAMPLE), "--folds", "3", "--json", "-q"]) == 0
+    assert main(["tune", str(d), "--beir", str(judged), "--folds", "3", "--json", "-q"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert len(rep["folds"]) == 3 and sum(f["queries"] for f in rep["folds"]) == 30
     assert rep["after"] == pytest.approx(sum(f["after"] * f["queries"] for f in rep["folds"]) / 30)

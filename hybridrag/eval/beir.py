@@ -139,8 +139,9 @@ def read_qrels(path: PathLike) -> dict[str, dict[str, int]]:
     return qrels
 
 
-def load_beir(folder: PathLike, split: str = "test") -> BeirData:
-    """Load one split of a BEIR data set folder.
+def load_beir(folder: PathLike, split: str = "test", corpus: bool = True) -> BeirData:
+    """Load one split of a BEIR data set folder (``corpus=False``: its queries and judgments
+    only; ``corpus.jsonl`` is neither read nor needed).
 
     Raises ``FileNotFoundError`` naming the missing path (and the splits that exist), and
     ``ValueError`` naming ``file:line`` for malformed content or judged query ids that
@@ -163,12 +164,12 @@ def load_beir(folder: PathLike, split: str = "test") -> BeirData:
         raise ValueError(f"{qrels_path}: {len(unknown)} judged query ids are not in "
                          f"{root / 'queries.jsonl'}, e.g. {unknown[:5]}")
     queries = {qid: all_queries[qid] for qid in sorted(qrels)}
-    corpus: dict[str, dict[str, str]] = {}
+    docs: dict[str, dict[str, str]] = {}
     corpus_path = root / "corpus.jsonl"
-    for doc_id, entry in iter_beir_corpus(corpus_path):
-        if doc_id in corpus:
+    for doc_id, entry in iter_beir_corpus(corpus_path) if corpus else ():
+        if doc_id in docs:
             raise ValueError(f"{corpus_path}: duplicate document id {doc_id!r}")
-        corpus[doc_id] = entry
-    missing = sorted({d for judged in qrels.values() for d in judged if d not in corpus})
-    return BeirData(corpus=corpus, queries=queries, qrels=qrels, name=root.name, split=split,
+        docs[doc_id] = entry
+    missing = sorted({d for judged in qrels.values() for d in judged if d not in docs}) if corpus else []
+    return BeirData(corpus=docs, queries=queries, qrels=qrels, name=root.name, split=split,
                     missing_docs=missing)

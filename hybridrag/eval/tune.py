@@ -288,7 +288,7 @@ def tune(index: Any, beir_folder: str, split: str = "test", folds: int = 5, seed
 
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise ValueError(f"folds must be an integer >= 2, got {folds!r}")
-    data = load_beir(beir_folder, split=split)
+    data = load_beir(beir_folder, split=split, corpus=False)   # the index holds the documents
     qids = sorted(q for q in data.queries if any(r >= 1 for r in data.qrels.get(q, {}).values()))
     if max_queries is not None:
         qids = qids[:max_queries]
