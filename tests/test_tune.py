@@ -54,14 +54,19 @@ def built(tmp_path_factory, bert_dir):
     root = tmp_path_factory.mktemp("tune")
     toml = root / "tiny.toml"
     toml.write_text(PIPELINE_TOML.format(model=bert_dir), encoding="utf-8")
-    data = load_beir(SAMPLE)
-    judged = {d for q in data.qrels.values() for d in q}
-    others = [d for d in sorted(data.corpus) if d not in judged][:len(judged)]
-    data.corpus = {d: e for d, e in data.corpus.items() if d in judged or d in others}
     idx = HybridIndex.create(root / "idx", str(toml))
-    idx.add(data.documents())
+    idx.add(_sample_documents())
     idx.close()
     return root / "idx", toml
+
+
+def _sample_documents(others: int | None = None):
+    """The sample's judged abstracts and ``others`` more (default: as many)."""
+    data = load_beir(SAMPLE)
+    judged = {d for q in data.qrels.values() for d in q}
+    others = [d for d in sorted(data.corpus) if d not in judged][:len(judged) if others is None else others]
+    data.corpus = {d: e for d, e in data.corpus.items() if d in judged or d in others}
+    return list(data.documents())
 
 
 def _copy(built, tmp_path):
@@ -70,11 +75,27 @@ def _copy(built, tmp_path):
     return d
 
 
-def test_each_settings_score_is_that_of_a_real_search(built):
-    """score_matrix's nDCG@10 for a setting == nDCG@10 of search_batch with that setting."""
+def _assert_scores_are_real_searches(idx, picks):
+    """score_matrix's nDCG@10 for each setting == nDCG@10 of search_batch with that setting."""
     data = load_beir(SAMPLE)
     qids = sorted(data.queries)
     texts = [data.queries[q] for q in qids]
+    cands = collect(idx, qids, texts)
+    got = tune_mod.score_matrix(cands, data.qrels, picks)
+    for row, s in zip(got, picks):
+        depths = dict(s.depths)
+        k = min(depths.values())   # a search returns k chunks of the candidates at these depths
+        results = idx.search_batch(texts, k=k, depth=depths, fusion=s.method, weights=dict(s.weights),
+                                   rrf_k=s.rrf_k, rerank=False)
+        run = {q: ablation.doc_run(hits) for q, hits in zip(qids, results)}
+        want = evaluate_per_query(run, {q: data.qrels[q] for q in qids}, ["ndcg@10"])["ndcg@10"]
+        # the k returned chunks hold a query's top 10 documents unless fewer than 10 are found
+        full = [i for i, q in enumerate(qids) if len(run[q]) >= 10]
+        assert len(full) >= 20, s.describe()
+        np.testing.assert_allclose(row[full], [want[qids[i]] for i in full], atol=1e-12, err_msg=s.describe())
+
+
+def test_each_settings_score_is_that_of_a_real_search(built):
     idx = HybridIndex.load(built[0])
     try:
         settings = tune_mod.grid(idx.pipeline)
@@ -86,19 +107,30 @@ def test_each_settings_score_is_that_of_a_real_search(built):
         for method in sorted(methods):
             same = [s for s in settings if s.method == method and dict(s.depths)["dense"] != dict(s.depths)["bm25"]]
             picks += [same[i] for i in rng.choice(len(same), 2, replace=False)]
-        cands = collect(idx, qids, texts)
-        got = tune_mod.score_matrix(cands, data.qrels, picks)
-        for row, s in zip(got, picks):
-            depths = dict(s.depths)
-            k = min(depths.values())   # a search returns k chunks of the candidates at these depths
-            results = idx.search_batch(texts, k=k, depth=depths, fusion=s.method, weights=dict(s.weights),
-                                       rrf_k=s.rrf_k, rerank=False)
-            run = {q: ablation.doc_run(hits) for q, hits in zip(qids, results)}
-            want = evaluate_per_query(run, {q: data.qrels[q] for q in qids}, ["ndcg@10"])["ndcg@10"]
-            # the k returned chunks hold a query's top 10 documents unless fewer than 10 are found
-            full = [i for i, q in enumerate(qids) if len(run[q]) >= 10]
-            assert len(full) >= 20, s.describe()
-            np.testing.assert_allclose(row[full], [want[qids[i]] for i in full], atol=1e-12, err_msg=s.describe())
+        _assert_scores_are_real_searches(idx, picks)
+    finally:
+        idx.close()
+
+
+def test_colbert_and_three_first_stages(tmp_path, m3_dir):
+    """An M3 pipeline: ColBERT rescores (a weight, no depth), three first stages share one depth."""
+    from test_index import m3_pipeline
+
+    idx = HybridIndex.create(tmp_path / "m3", m3_pipeline(m3_dir, dense={"depth": 30}, sparse={"depth": 30},
+                                                          bm25={"depth": 30}))
+    try:
+        idx.add(_sample_documents(others=5))
+        settings = tune_mod.grid(idx.pipeline)
+        assert {len(set(dict(s.depths).values())) for s in settings} == {1}
+        assert all(set(dict(s.depths)) == {"dense", "sparse", "bm25"} for s in settings)
+        assert len({s.weights for s in settings}) == 56   # steps of 0.2 over 4 modes (the pipeline's among them)
+        rng = np.random.default_rng(2)
+        picks = [settings[0]]
+        for method in ("weighted", "relative", "rrf", "adaptive"):
+            same = [s for s in settings if s.method == method and dict(s.weights)["colbert"] > 0
+                    and min(dict(s.depths).values()) >= 25]
+            picks.append(same[rng.integers(len(same))])
+        _assert_scores_are_real_searches(idx, picks)
     finally:
         idx.close()
 
