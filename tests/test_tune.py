@@ -69,6 +69,14 @@ def _sample_documents(others: int | None = None):
     return list(data.documents())
 
 
+def _grid_size(path) -> int:
+    idx = HybridIndex.load(path)
+    try:
+        return len(tune_mod.grid(idx.pipeline))
+    finally:
+        idx.close()
+
+
 def _copy(built, tmp_path):
     d = tmp_path / "idx"
     shutil.copytree(built[0], d)
@@ -173,7 +181,7 @@ def test_changing_a_folds_labels_never_changes_its_own_choice(built, tmp_path):
     assert second.folds[2].chosen == first.folds[2].chosen
     assert (second.folds[2].before, second.folds[2].after) != (first.folds[2].before, first.folds[2].after)
     assert [f.queries for f in second.folds] == [f.queries for f in first.folds]
-    assert first.settings_scored == len(tune_mod.grid(HybridIndex.load(built[0], verify=False).pipeline))
+    assert first.settings_scored == _grid_size(built[0])
 
 
 def test_tune_stores_a_version_and_the_old_one_stays_selectable(built, tmp_path, capsys):
@@ -239,8 +247,11 @@ def test_the_cli_reports_folds_and_stores_nothing_on_a_dry_run(built, tmp_path, 
     judged = tmp_path / "judged"   # queries and judgments only: the index holds the documents
     shutil.copytree(SAMPLE / "qrels", judged / "qrels")
     shutil.copy(SAMPLE / "queries.jsonl", judged)
-    assert main(["tune", str(d), "--beir", str(judged), "--folds", "3", "--dry-run", "-q"]) == 0
-    out = capsys.readouterr().out
+    assert main(["tune", str(d), "--beir", str(judged), "--folds", "3", "--dry-run"]) == 0
+    cap = capsys.readouterr()
+    out = cap.out
+    n = _grid_size(d)
+    assert "retrieving candidates" in cap.err and f"scoring {n} settings" in cap.err and "30/30" in cap.err
     assert "30 queries, 3 folds" in out and out.count("\n| ") == 5   # header + 3 folds + all
     assert json.loads((d / "manifest.json").read_text())["generation"] == gen
     assert main(["tune", str(d), "--beir", str(judged), "--folds", "3", "--json", "-q"]) == 0

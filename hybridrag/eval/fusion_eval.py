@@ -37,10 +37,15 @@ class QueryCandidates:
 
 
 def collect(index: Any, qids: Sequence[str], texts: Sequence[str], depth: int = CHUNK_DEPTH,
-            batch_size: int = 64) -> list[QueryCandidates]:
-    """Run the index's first stages and exact rescoring once for every query."""
+            batch_size: int = 64, progress: bool = False) -> list[QueryCandidates]:
+    """Run the index's first stages and exact rescoring once for every query (``progress``: a
+    bar on stderr counting queries)."""
+    from tqdm import tqdm
+
     out: list[QueryCandidates] = []
+    bar = tqdm(total=len(texts), desc="retrieving candidates", unit="query", disable=not progress, leave=False)
     for start in range(0, len(texts), batch_size):
+        bar.update(len(texts[start:start + batch_size]))
         batch = list(texts[start:start + batch_size])
         plan = make_plan(SearchOptions(k=depth, depth=depth, rerank=False), index.pipeline, index.docstore.count())
         reps = encode.encode_queries(index, batch, plan.modes)
@@ -50,6 +55,7 @@ def collect(index: Any, qids: Sequence[str], texts: Sequence[str], depth: int = 
             rows = index.docstore.get(cand.slots)
             out.append(QueryCandidates(qid, np.array([r["doc_id"] for r in rows], dtype=object), cand,
                                        {m: float(c[i]) for m, c in cov.items()}))
+    bar.close()
     return out
 
 

@@ -147,7 +147,8 @@ def score_matrix(cands: Sequence[QueryCandidates], qrels: Mapping[str, Mapping[s
                                                           dtype=np.float64)) for (method, rk), rows in blocks.items()]
         plan.append((depths, np.concatenate([it[2] for it in items]), items))
     modes = [m for m, _ in settings[0].weights] if settings else []
-    for q, qc in enumerate(tqdm(cands, desc="scoring settings", unit="query", disable=not progress)):
+    for q, qc in enumerate(tqdm(cands, desc=f"scoring {len(settings)} settings", unit="query",
+                             disable=not progress, leave=False)):
         rel = {d: r for d, r in qrels.get(qc.qid, {}).items() if r >= 1}
         ideal = sorted(rel.values(), reverse=True)[:CUTOFF]
         idcg = float(np.dot(ideal, discount[:len(ideal)]))
@@ -296,7 +297,7 @@ def tune(index: Any, beir_folder: str, split: str = "test", folds: int = 5, seed
         raise ValueError(f"{beir_folder} split {split!r}: {len(qids)} queries with a relevant document; "
                          f"tuning needs at least {max(MIN_QUERIES, folds)} ({folds} folds)")
     t0 = time.perf_counter()
-    cands = collect(index, qids, [data.queries[q] for q in qids], batch_size=batch_size)
+    cands = collect(index, qids, [data.queries[q] for q in qids], batch_size=batch_size, progress=progress)
     t1 = time.perf_counter()
     settings = grid(index.pipeline)
     scores = score_matrix(cands, data.qrels, settings, progress=progress)
