@@ -507,6 +507,15 @@ def test_an_unreadable_manifest_keeps_the_served_generation_and_reloads_later(tm
         while engine.generation != 3 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert len(remote.search("common", k=50)) == 2 * cwk.GROUP_SIZE and remote.generation == 3
+        # a new version of the pipeline is a commit too: served once reloaded
+        assert remote.stats()["pipeline_version"] == 1
+        assert writer.add_pipeline_version({"fusion.method": "rrf", "fusion.rrf_k": 5}) == 2
+        while engine.generation != 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        st = remote.stats()
+        assert st["pipeline_version"] == 2 and st["generation"] == 4
+        hit = remote.search("common", k=1)[0]
+        assert hit.score == pytest.approx(1 / (5 + 1))   # rrf with k 5: the first hit scores 1/6
     finally:
         s.stop()
         writer.close()
