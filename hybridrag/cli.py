@@ -351,6 +351,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"{report.queries} queries, {len(report.folds)} folds, {report.settings_scored} settings scored "
           f"(nDCG@10 of the fused ranking; each fold's setting chosen on the other folds)")
     print(report.table(), end="")
+    print(f"held out: {report.after - report.before:+.4f} nDCG@10, standard error {report.gain_se:.4f} (stored "
+          "only when the gain is above twice its standard error)")
     print(f"active:   {report.baseline.describe()}")
     print(f"tuned:    {report.best.describe()}   (chosen on all queries; nDCG@10 there {report.best_score:.4f})")
     for note in report.notes:

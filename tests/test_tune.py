@@ -156,6 +156,8 @@ def test_a_fold_is_chosen_without_its_own_queries():
     assert cv[0][0] == 2 and cv[0][3] == 0.0          # chosen elsewhere, scored 0 on its own queries
     assert all(c[0] == 1 for c in cv[1:])             # fold 0's queries make 1 the best elsewhere
     assert tune_mod.choose(scores[[0, 0]], np.arange(n)) == 0   # a tie keeps the active setting
+    held = tune_mod.held_out(scores, folds, cv)
+    np.testing.assert_array_equal(held, np.where(np.isin(np.arange(n), folds[0]), 0.0, 0.5))
 
 
 def test_changing_a_folds_labels_never_changes_its_own_choice(built, tmp_path):
@@ -259,7 +261,8 @@ def test_the_cli_reports_folds_and_stores_nothing_on_a_dry_run(built, tmp_path, 
     assert len(rep["folds"]) == 3 and sum(f["queries"] for f in rep["folds"]) == 30
     assert rep["after"] == pytest.approx(sum(f["after"] * f["queries"] for f in rep["folds"]) / 30)
     stored = rep["version"] is not None
-    assert stored == (rep["after"] > rep["before"]), rep["notes"]
+    assert rep["gain_se"] >= 0 and "standard error" in out
+    assert stored == (rep["after"] - rep["before"] > 2 * rep["gain_se"]), rep["notes"]
     m = json.loads((d / "manifest.json").read_text())
     assert m["pipeline_version"] == (2 if stored else 1)
 

@@ -9,7 +9,8 @@ setting it helped choose. The mean over the held-out parts is the estimate of wh
 pipeline gives on new queries, beside the active pipeline's score on the same queries. The
 setting then chosen on all queries becomes a new version of the index's pipeline
 (:meth:`hybridrag.index.HybridIndex.add_pipeline_version`; the old one stays selectable) when
-its cross-validated score is above the active pipeline's.
+its cross-validated score is above the active pipeline's by more than twice the standard error
+of the per-query difference (a gain the folds' luck would not give).
 
 How it scores thousands of settings in seconds: the candidates of a query (the union of the
 first stages' top :data:`~hybridrag.eval.fusion_eval.CHUNK_DEPTH` chunks, each with its exact
@@ -235,13 +236,16 @@ class TuneReport:
     before: float
     after: float
     settings_scored: int
+    gain_se: float = 0.0           # standard error of after - before, over the queries
     seconds: dict[str, float] = field(default_factory=dict)
     version: int | None = None     # the pipeline version stored, if any
     notes: list[str] = field(default_factory=list)
 
     @property
     def improved(self) -> bool:
-        return self.after > self.before and self.best != self.baseline
+        """Held out, the tuned settings beat the active one by more than twice the standard error
+        of the difference (per query, paired): an improvement, not the luck of the folds."""
+        return self.after - self.before > 2 * self.gain_se and self.best != self.baseline
 
     def table(self) -> str:
         from hybridrag.eval.metrics import results_table
@@ -253,7 +257,7 @@ class TuneReport:
         return results_table(rows)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"queries": self.queries, "before": self.before, "after": self.after,
+        return {"queries": self.queries, "before": self.before, "after": self.after, "gain_se": self.gain_se,
                 "baseline": self.baseline.settings(), "best": self.best.settings(), "best_score": self.best_score,
                 "settings_scored": self.settings_scored, "version": self.version, "notes": self.notes,
                 "seconds": self.seconds,
@@ -274,13 +278,22 @@ def cross_validate(scores: np.ndarray, folds: Sequence[np.ndarray]) -> list[tupl
     return out
 
 
+def held_out(scores: np.ndarray, folds: Sequence[np.ndarray], cv: Sequence[tuple[int, float, float, float]]) -> np.ndarray:
+    """Each query's score under the setting its fold chose without it (``cv``: :func:`cross_validate`)."""
+    held = np.empty(scores.shape[1])
+    for part, (chosen, *_) in zip(folds, cv):
+        held[part] = scores[chosen, part]
+    return held
+
+
 def tune(index: Any, beir_folder: str, split: str = "test", folds: int = 5, seed: int = 0,
          max_queries: int | None = None, store: bool = True, force: bool = False, progress: bool = False,
          batch_size: int = 64) -> TuneReport:
     """Tune the fusion of ``index`` on the judged queries of ``beir_folder`` (see the module doc).
 
-    ``store``: add the setting chosen on all queries as a new pipeline version when its
-    cross-validated nDCG@10 beats the active pipeline's (``force``: whenever it differs from it).
+    ``store``: add the setting chosen on all queries as a new pipeline version when the
+    cross-validated nDCG@10 beats the active pipeline's by more than twice the standard error of
+    the per-query difference (:attr:`TuneReport.improved`; ``force``: whenever it differs).
     ``ValueError`` for fewer than :data:`MIN_QUERIES` judged queries, fewer than 2 folds or more
     folds than queries."""
     import time
@@ -306,11 +319,12 @@ def tune(index: Any, beir_folder: str, split: str = "test", folds: int = 5, seed
     cv = cross_validate(scores, parts)
     fold_rows = [Fold(i, len(p), settings[b], tr, bf, af) for i, (p, (b, tr, bf, af)) in enumerate(zip(parts, cv))]
     n = len(qids)
-    before = float(scores[0].mean())
-    after = float(sum(af * len(p) for p, (_, _, _, af) in zip(parts, cv)) / n)
+    held = held_out(scores, parts, cv)
+    gain = held - scores[0]
     best = choose(scores, np.arange(n))
-    report = TuneReport(n, fold_rows, settings[0], settings[best], float(scores[best].mean()), before, after,
-                        len(settings), {"retrieve": t1 - t0, "score": t2 - t1})
+    report = TuneReport(n, fold_rows, settings[0], settings[best], float(scores[best].mean()),
+                        float(scores[0].mean()), float(held.mean()), len(settings),
+                        float(gain.std(ddof=1) / np.sqrt(n)), {"retrieve": t1 - t0, "score": t2 - t1})
     if index.pipeline.rerank.enabled:
         report.notes.append("the pipeline reranks: the fused ranking before the rerank was tuned")
     if store and report.best != report.baseline and (report.improved or force):
@@ -319,6 +333,6 @@ def tune(index: Any, beir_folder: str, split: str = "test", folds: int = 5, seed
         report.version = index.add_pipeline_version(report.best.settings(), note=note)
     elif store:
         report.notes.append("nothing stored: " + ("the active setting is the best one" if report.best == report.baseline
-                                                  else "no setting beat the active one on held-out queries "
-                                                       "(force to store it anyway)"))
+                                                  else "held out, the tuned settings did not beat the active one "
+                                                       "by twice the standard error (force to store them anyway)"))
     return report
