@@ -627,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--seed", type=int, default=0, help="how the queries are dealt into folds")
             s.add_argument("--dry-run", action="store_true", help="report only; store nothing")
             s.add_argument("--force", action="store_true",
-                           help="store the tuned setting even if it did not beat the active one on held-out queries")
+                           help="store the tuned setting even if its held-out gain is below twice its standard error")
 
     s = sub.add_parser("pipeline", help="list the versions of an index's pipeline (search settings); "
                                         "--use N makes one active")
