@@ -108,6 +108,8 @@ def test_each_settings_score_is_that_of_a_real_search(built):
     try:
         settings = tune_mod.grid(idx.pipeline)
         assert settings[0].settings()["fusion.method"] == "relative"   # the pipeline's own first
+        deep = tune_mod.grid(idx.pipeline.replace(**{"dense.depth": 500}), max_depth=500)
+        assert dict(deep[0].depths) == {"dense": 500, "bm25": 100}   # a pipeline deeper than 300 keeps its depth
         methods = {s.method for s in settings}
         assert methods == {"weighted", "relative", "rrf", "adaptive"}
         picks = [settings[0]]
@@ -291,3 +293,12 @@ def test_bad_input_is_refused_with_the_value_named(built, tmp_path):
         assert [v.version for v in idx.pipeline_versions()] == [1] and idx.generation == gen
     finally:
         idx.close()
+    # a manifest naming an active version it does not hold is refused at load, naming the file
+    from hybridrag.errors import IndexFormatError
+    from hybridrag.storage.manifest import read_manifest, write_manifest
+
+    m = read_manifest(d)
+    m["pipeline_version"] = 9
+    write_manifest(d, m)
+    with pytest.raises(IndexFormatError, match=r"manifest.json: .*pipeline_version.*active 9"):
+        HybridIndex.load(d)

@@ -13,7 +13,7 @@ its cross-validated score is above the active pipeline's by more than twice the 
 of the per-query difference (a gain the folds' luck would not give).
 
 How it scores thousands of settings in seconds: the candidates of a query (the union of the
-first stages' top :data:`~hybridrag.eval.fusion_eval.CHUNK_DEPTH` chunks, each with its exact
+first stages' top :data:`~hybridrag.eval.fusion_eval.CHUNK_DEPTH` chunks (or the pipeline's depth when deeper), each with its exact
 score in every mode) are retrieved once (:func:`~hybridrag.eval.fusion_eval.collect`). A
 shallower depth ``d`` for a mode keeps the candidates that mode ranked within ``d`` (or another
 mode retrieved): exactly the candidates a search at that depth fuses. Fusion
@@ -310,9 +310,12 @@ def tune(index: Any, beir_folder: str, split: str = "test", folds: int = 5, seed
         raise ValueError(f"{beir_folder} split {split!r}: {len(qids)} queries with a relevant document; "
                          f"tuning needs at least {max(MIN_QUERIES, folds)} ({folds} folds)")
     t0 = time.perf_counter()
-    cands = collect(index, qids, [data.queries[q] for q in qids], batch_size=batch_size, progress=progress)
+    # candidates as deep as the grid's deepest depth, or the pipeline's own when that is deeper
+    depth = max([CHUNK_DEPTH] + [getattr(index.pipeline, m).depth for m in index.pipeline.first_stage_modes])
+    cands = collect(index, qids, [data.queries[q] for q in qids], depth=depth, batch_size=batch_size,
+                    progress=progress)
     t1 = time.perf_counter()
-    settings = grid(index.pipeline)
+    settings = grid(index.pipeline, max_depth=depth)
     scores = score_matrix(cands, data.qrels, settings, progress=progress)
     t2 = time.perf_counter()
     parts = make_folds(len(qids), folds, seed)

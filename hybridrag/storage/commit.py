@@ -27,14 +27,8 @@ from hybridrag.errors import IndexLockedError
 from hybridrag.storage import merges, opening
 from hybridrag.storage import versions as pipeline_versions
 from hybridrag.storage.files import disk_full_errors as _disk_full
-from hybridrag.storage.manifest import (
-    FORMAT_VERSION,
-    MANIFEST,
-    read_generation,
-    write_manifest,
-)
-from hybridrag.storage.manifest import check_name as _check_name
-from hybridrag.storage.manifest import sha256_file as _sha256
+from hybridrag.storage.manifest import FORMAT_VERSION, MANIFEST, check_name as _check_name, sha256_file as _sha256
+from hybridrag.storage.manifest import read_generation, write_manifest
 from hybridrag.storage.segments import SegmentedStore
 from hybridrag.storage.table import SegmentTable
 

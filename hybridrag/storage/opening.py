@@ -18,6 +18,7 @@ from hybridrag.errors import ConfigError, DiskFullError, IndexFormatError, Index
 from hybridrag.modes import MODES, new_store
 from hybridrag.modes import store_class as _store_class
 from hybridrag.storage import commit as commit_mod
+from hybridrag.storage import versions as pipeline_versions
 from hybridrag.storage.lock import IndexLock as _Lock
 from hybridrag.storage.manifest import FORMAT_VERSION, MANIFEST, read_generation, read_manifest, verify_files
 from hybridrag.storage.segments import SegmentedStore
@@ -40,6 +41,10 @@ def open_index(cls, p: Path, manifest: dict[str, Any], verify: bool, encoder: An
     if verify:
         verify_files(p, manifest)
     cfg = PipelineConfig.from_stored(manifest["pipeline"], source=f"{p / MANIFEST}")
+    try:
+        pipeline_versions.history(manifest, cfg)
+    except IndexFormatError as e:
+        raise IndexFormatError(f"{p / MANIFEST}: {e}") from None
     import sqlite3
 
     try:

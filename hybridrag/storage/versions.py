@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hybridrag.config import PipelineConfig, pipeline_differences
-from hybridrag.errors import ConfigError
+from hybridrag.errors import ConfigError, IndexFormatError
 
 #: The pipeline settings a version may change, as ``section.key`` (what a search reads, never
 #: what the stored data depends on). A search call can override each of them too.
@@ -87,8 +87,15 @@ def history(manifest: Mapping[str, Any] | None, cfg: PipelineConfig) -> tuple[li
     none yet) has one, 1, with the settings of ``cfg``."""
     m = manifest or {}
     versions = m.get("pipeline_versions")
-    if isinstance(versions, list) and versions:
-        return [dict(v) for v in versions], int(m.get("pipeline_version", versions[-1]["version"]))
+    if versions is not None:
+        ok = isinstance(versions, list) and versions and all(
+            isinstance(v, dict) and type(v.get("version")) is int and isinstance(v.get("settings"), dict)
+            for v in versions)
+        active = m.get("pipeline_version")
+        if not ok or active not in [v["version"] for v in versions]:
+            raise IndexFormatError(f"the manifest's pipeline_versions / pipeline_version are malformed "
+                                   f"({str(versions)[:200]!r}, active {active!r})")
+        return [dict(v) for v in versions], int(active)
     return [{"version": 1, "created": m.get("created") or _now(), "note": "as created",
              "settings": settings_of(cfg)}], 1
 
