@@ -20,6 +20,11 @@ appending ``k`` to LOG (fsynced) after step ``k`` has committed.
 (``HybridIndex.create(INDEX, pipeline, overwrite=True)``) instead of applying the steps,
 and appends ``len(make_steps(SEED))`` to LOG once that create has returned.
 
+``HYBRIDRAG_CRASH_OP=take_over`` makes INDEX (a new directory) the writer of the index Milvus
+holds whole under the collection prefix ``crash``, from the Milvus Lite file named by
+``HYBRIDRAG_CRASH_FROM`` (``HybridIndex.take_over``), and appends ``len(make_steps(SEED))`` to LOG
+once it has returned.
+
 ``HYBRIDRAG_CRASH_COUNT=FILE`` instead counts the calls of every target and writes them
 as JSON to FILE at the end (the test uses it to draw N).
 
@@ -71,6 +76,7 @@ METHODS = {
     "MilvusClient.delete": "pymilvus",
     "MilvusClient.flush": "pymilvus",
     "MilvusClient.drop_collection": "pymilvus",
+    "MilvusClient.alter_collection_properties": "pymilvus",
 }
 
 _LOG_FSYNC = os.fsync   # taken before install() patches os.fsync
@@ -223,6 +229,15 @@ def main(argv: list[str]) -> int:
     from hybridrag.index import HybridIndex
 
     steps = make_steps(int(seed))
+    if os.environ.get("HYBRIDRAG_CRASH_OP") == "take_over":
+        HybridIndex.take_over(index, collection="crash", milvus_uri=os.environ["HYBRIDRAG_CRASH_FROM"]).close()
+        with open(log, "a") as f:
+            f.write(f"{len(steps)}\n")
+            f.flush()
+            _LOG_FSYNC(f.fileno())
+        if count_file:
+            Path(count_file).write_text(json.dumps(counter))
+        return 0
     idx = HybridIndex.load(index)
     try:
         if os.environ.get("HYBRIDRAG_CRASH_OP") == "overwrite":

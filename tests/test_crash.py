@@ -21,6 +21,11 @@ trial per kill point there (``HYBRIDRAG_MILVUS_COLBERT_CRASH_TRIALS`` /
 trials each in CI, ``HYBRIDRAG_OVERWRITE_CRASH_TRIALS`` for more): the index then holds
 either the old documents, whole, or the new empty index, never a manifest naming missing
 files (issue 24, F5).
+
+``HybridIndex.take_over`` of an index held whole in Milvus is killed while it makes the new
+writer's directory and while it changes the collections' owners (one trial per kill point in
+CI, ``HYBRIDRAG_TAKE_OVER_CRASH_TRIALS`` for more): a new ``take_over`` into an empty directory
+then holds the last published commit whole and writes on.
 """
 from __future__ import annotations
 
@@ -448,6 +453,100 @@ MILVUS_WHOLE_TRIALS = int(os.environ.get("HYBRIDRAG_MILVUS_WHOLE_CRASH_TRIALS", 
 @pytest.mark.slow
 def test_sigkill_with_the_whole_index_in_milvus_many_trials(tmp_path, milvus_whole_crash_env):
     _milvus_many(tmp_path, milvus_whole_crash_env, SEED + 9, MILVUS_WHOLE_TARGETS, MILVUS_WHOLE_TRIALS)
+
+
+# --------------------------------------------------------------------------- take_over
+
+# reading Milvus into the new docstore, its commit, the files (the manifest last), the owners
+TAKE_OVER_TARGETS = ["DocStore.add_chunks", "DocStore.commit_generation", "fsync", "replace",
+                     "MilvusClient.alter_collection_properties", "time"]
+TAKE_OVER_TRIALS = int(os.environ.get("HYBRIDRAG_TAKE_OVER_CRASH_TRIALS", str(len(TAKE_OVER_TARGETS))))
+
+
+@pytest.mark.slow
+def test_sigkill_during_take_over_leaves_the_index_to_a_new_take_over(tmp_path, milvus_whole_crash_env, monkeypatch):
+    """A take_over killed at any point (issue 24): the next one, into an empty directory, gets the
+    last published commit whole and writes on; the killed attempt's directory can never write."""
+    from hybridrag.errors import HybridRAGError, IndexFormatError
+
+    pipeline, zygote, enc = milvus_whole_crash_env
+    steps = cw.make_steps(1)
+    state = cw.expected_states(steps)[-1]
+    built = tmp_path / "built"   # the lost writer: every step committed and published
+    idx = HybridIndex.create(built, pipeline, encoder=enc)
+    try:
+        cw.apply_steps(idx, steps)
+    finally:
+        idx.close()
+    release_milvus_lite(built)
+    rng = random.Random(SEED + 10)
+    count = tmp_path / "count"
+    shutil.copytree(built, count)
+    env = {"HYBRIDRAG_CRASH_OP": "take_over", "HYBRIDRAG_CRASH_FROM": str(count / "milvus.db")}
+    t0 = time.monotonic()
+    assert zygote(tmp_path / "count-new", 1, tmp_path / "count.log",
+                  {**env, "HYBRIDRAG_CRASH_COUNT": str(tmp_path / "count.json")}) == 0
+    duration = time.monotonic() - t0
+    counts = json.loads((tmp_path / "count.json").read_text())
+    done: Counter[str] = Counter()
+    for t in range(TAKE_OVER_TRIALS):
+        target = TAKE_OVER_TARGETS[t % len(TAKE_OVER_TARGETS)]
+        d = tmp_path / f"t{t}"
+        shutil.copytree(built, d)
+        lite = str(d / "milvus.db")
+        env = {"HYBRIDRAG_CRASH_OP": "take_over", "HYBRIDRAG_CRASH_FROM": lite}
+        killed = tmp_path / f"t{t}-killed"
+        if target == "time":
+            rc = zygote(killed, 1, tmp_path / f"t{t}.log", env, kill_after=rng.uniform(0.2, duration))
+        else:
+            assert counts.get(target, 0) > 0, f"target {target} is never called by take_over"
+            n = rng.randint(1, counts[target])
+            rc = zygote(killed, 1, tmp_path / f"t{t}.log", {**env, "HYBRIDRAG_CRASH_AT": f"{target}:{n}"})
+            assert rc == -signal.SIGKILL, f"{target}:{n} was not reached"
+        done[target if rc != 0 else "time (finished)"] += 1
+        again = tmp_path / f"t{t}-again"
+        new = HybridIndex.take_over(again, collection="crash", milvus_uri=lite, encoder=enc)
+        try:
+            assert_state(new, state, steps)
+            changed = dict(next(iter(state.values())), text="Kilo lima uchangedv9 mike.",
+                           metadata={"group": 9, "version": 9})
+            new.upsert([changed])
+        finally:
+            new.close()
+        monkeypatch.setenv("HYBRIDRAG_MILVUS_URI", lite)   # check follows no URI read from the index
+        assert check_index(again) == []
+        monkeypatch.delenv("HYBRIDRAG_MILVUS_URI")
+        after = dict(state, **{changed["id"]: changed})
+        reopened = HybridIndex.load(again, encoder=enc, milvus_uri=lite)
+        try:
+            assert set(index_docs(reopened)) == set(after)
+            assert [h.doc_id for h in reopened.search("uchangedv9", k=1, modes=["bm25"])] == [changed["id"]]
+        finally:
+            reopened.close()
+        node = HybridIndex.attach(tmp_path / f"t{t}-node", collection="crash", milvus_uri=lite, encoder=enc)
+        try:
+            assert set(index_docs(node)) == set(after)
+            assert [h.doc_id for h in node.search("uchangedv9", k=1, modes=["bm25"])] == [changed["id"]]
+        finally:
+            node.close()
+        # what the killed attempt left never writes: no index, or a writer refused at its first write
+        if (killed / "manifest.json").exists():
+            try:
+                stale = HybridIndex.load(killed, encoder=enc, milvus_uri=lite)
+            except HybridRAGError:
+                stale = None
+            if stale is not None:
+                try:
+                    with pytest.raises(IndexFormatError, match="took it over"):
+                        stale.upsert([dict(changed, text="Oscar papa ustalev1.")])
+                finally:
+                    stale.close()
+        release_milvus_lite(d)
+    assert sum(done.values()) == TAKE_OVER_TRIALS
+    if TAKE_OVER_TRIALS >= len(TAKE_OVER_TARGETS):
+        for target in TAKE_OVER_TARGETS[:-1]:
+            assert done[target] >= 1, (target, done)
+    print(f"crash trials (take_over): {dict(done)}")
 
 
 # --------------------------------------------------------------------------- create(overwrite=True)
