@@ -89,6 +89,12 @@ class BM25Config:
     b: float = 0.75
     epsilon: float = 0.25
     depth: int = 100
+    # A chunk's BM25 row also counts the terms of up to `context` neighbouring chunks of its
+    # document on each side, at `context_weight` each (docs/ENCODERS.md, "BM25 over chunks with
+    # their neighbours"): document-level evidence without losing chunk-level hits. 0: the
+    # chunk's own terms only (indexes made before the setting).
+    context: int = 0
+    context_weight: float = 0.75
 
 
 @dataclass
@@ -133,6 +139,8 @@ class MilvusConfig:
     # collection prefix and the URI (HybridIndex.attach; docs/MILVUS.md, "The whole index in Milvus").
     whole_index: bool = False
 
+
+MAX_BM25_CONTEXT = 16
 
 # Defaults that changed: (section, key) -> the default before, which an index stored
 # without the key was built with. Pipelines written to a manifest hold every key, so this
@@ -379,6 +387,13 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
     _choice(cfg.bm25.stopwords, ("", "english"), "bm25.stopwords")
     _choice(cfg.bm25.stemmer, ("", "english"), "bm25.stemmer")
     _choice(cfg.bm25.variant, ("okapi", "lucene"), "bm25.variant")
+    if isinstance(cfg.bm25.context, bool) or not isinstance(cfg.bm25.context, int) \
+            or not 0 <= cfg.bm25.context <= MAX_BM25_CONTEXT:
+        raise ConfigError(f"bm25.context = {cfg.bm25.context!r} must be an int from 0 to {MAX_BM25_CONTEXT} "
+                          "(neighbouring chunks on each side whose terms a chunk's BM25 row also counts)")
+    if not 0 < cfg.bm25.context_weight <= 1:
+        raise ConfigError(f"bm25.context_weight = {cfg.bm25.context_weight!r} must be > 0 and <= 1 "
+                          "(a neighbour's term counts this much of the chunk's own)")
     if not (0 <= cfg.bm25.k1 < math.inf and 0 <= cfg.bm25.b <= 1 and 0 <= cfg.bm25.epsilon < math.inf):
         raise ConfigError(f"bm25: need k1 >= 0, 0 <= b <= 1, epsilon >= 0; got k1={cfg.bm25.k1}, "
                           f"b={cfg.bm25.b}, epsilon={cfg.bm25.epsilon}")
@@ -396,6 +411,9 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
         if not cfg.milvus.enabled:
             raise ConfigError("bm25.backend = 'milvus' needs [milvus] enabled = true (the section says "
                               "where Milvus is and names the index's collections)")
+        if cfg.bm25.context and cfg.bm25.context_weight != 1:
+            raise ConfigError(f"bm25.context_weight = {cfg.bm25.context_weight!r} with bm25.backend = 'milvus': "
+                              "Milvus keeps whole term counts, so with bm25.context > 0 the weight must be 1")
         if cfg.bm25.variant != "lucene":
             raise ConfigError(f"bm25.variant = {cfg.bm25.variant!r} has no Milvus backend (okapi's idf floor needs "
                               "every term's df at each commit): use variant = 'lucene' or the local backend")

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from hybridrag.encoders.bm25 import with_context
 from hybridrag.errors import DocumentError
 from hybridrag.modes import MODES
 from hybridrag.storage.files import disk_full_errors
@@ -222,7 +223,7 @@ def _write_batch(idx: Any, docs: list[tuple[int, Document]], replace: bool, prog
     start = idx.docstore.next_slot()
     slots = np.arange(start, start + len(chunks), dtype=np.int64)
     if chunks:
-        encode_into_stores(idx, [c.text for c in chunks], slots)
+        encode_into_stores(idx, [c.text for c in chunks], slots, [c.doc_id for c in chunks])
     idx.docstore.add_chunks(chunks, slots, gen, hashes)
     if "docs" in idx.stores and chunks:   # [milvus] whole_index: the chunks in Milvus too
         idx.stores["docs"].add(slots, [chunk_record(c, hashes.get(c.doc_id)) for c in chunks])
@@ -242,9 +243,11 @@ def chunk_record(c: Chunk, doc_hash: str | None) -> dict[str, Any]:
             "content_hash": hashlib.sha256(raw).hexdigest(), "doc_hash": doc_hash}
 
 
-def encode_into_stores(idx: Any, texts: list[str], slots: np.ndarray) -> None:
+def encode_into_stores(idx: Any, texts: list[str], slots: np.ndarray, documents: Sequence[str]) -> None:
     """Encode ``texts`` once (one encoder pass for every neural mode, BM25's analyser for the
-    others) and add the rows under ``slots`` to each enabled mode's store."""
+    others) and add the rows under ``slots`` to each enabled mode's store. ``documents``: each
+    text's document id; every chunk of a document is in the call, in reading order (BM25 rows
+    count their neighbours' terms with ``[bm25] context``)."""
     modes = idx.pipeline.modes
     neural = [m for m in modes if MODES[m].neural]
     if neural:
@@ -255,7 +258,9 @@ def encode_into_stores(idx: Any, texts: list[str], slots: np.ndarray) -> None:
             idx.stores[m].add(slots, getattr(out, m))
     for m in modes:
         if not MODES[m].neural:   # BM25, the analysed mode
-            idx.stores[m].add(slots, idx.bm25.encode_documents(texts))
+            b = idx.pipeline.bm25
+            rows = with_context(idx.bm25.encode_documents(texts), documents, b.context, b.context_weight)
+            idx.stores[m].add(slots, rows)
     idx._table.added(slots)
 
 

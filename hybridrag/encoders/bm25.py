@@ -23,9 +23,37 @@ from hybridrag.errors import ConfigError, IndexFormatError
 if TYPE_CHECKING:  # pragma: no cover
     from hybridrag.encoders.base import EncodeOutput
 
-__all__ = ["BM25Encoder"]
+__all__ = ["BM25Encoder", "with_context"]
 
 VARIANTS = ("okapi", "lucene")
+
+
+def with_context(rows: Sequence[dict[int, float]], documents: Sequence[str], context: int,
+                 weight: float) -> list[dict[int, float]]:
+    """Each chunk's term counts plus ``weight`` times those of up to ``context`` neighbouring
+    chunks of the same document on each side (``[bm25] context`` / ``context_weight``).
+
+    ``rows`` are the chunks' own counts in reading order; ``documents[i]`` is chunk ``i``'s
+    document id, and a document's chunks are consecutive (as the write path and ``rebuild``
+    hand them over). A row's length, which BM25 normalises by, is then the sum of its counts,
+    the neighbours' share included. With ``weight < 1`` the chunk that holds a term outscores
+    its neighbours that only see it. ``context = 0`` returns ``rows`` as they are.
+    """
+    if len(documents) != len(rows):
+        raise ValueError(f"got {len(documents)} document ids for {len(rows)} rows")
+    if context == 0:
+        return list(rows)
+    out = []
+    n = len(rows)
+    for i, own in enumerate(rows):
+        row = dict(own)
+        doc = documents[i]
+        for j in range(max(0, i - context), min(n, i + context + 1)):
+            if j != i and documents[j] == doc:
+                for t, c in rows[j].items():
+                    row[t] = row.get(t, 0.0) + weight * c
+        out.append(row)
+    return out
 
 
 class BM25Encoder:

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hybridrag import __version__, write
 from hybridrag.config import PipelineConfig, load_pipeline, resolve_model_path
 from hybridrag.errors import ConfigError, DiskFullError, IndexFormatError, IndexLockedError
@@ -416,10 +418,11 @@ def rebuild(cls, path: str | os.PathLike[str], *, pipeline: Any = None, encoder:
         init_components(idx, fresh=True)
         slots = ds.live_slots()
         hashes = {d: h for d, h, _ in ds.documents()} if "docs" in idx.stores else {}
-        for i in range(0, len(slots), batch_size):
-            part = slots[i:i + batch_size]
-            rows = ds.get(part)
-            write.encode_into_stores(idx, [r["text"] for r in rows], part)
+        from hybridrag.storage.migrate import _whole_documents
+
+        for rows in _whole_documents(ds, slots, batch_size):   # a document's chunks together ([bm25] context)
+            part = np.array([r["slot"] for r in rows], dtype=np.int64)
+            write.encode_into_stores(idx, [r["text"] for r in rows], part, [r["doc_id"] for r in rows])
             if "docs" in idx.stores:   # [milvus] whole_index: the chunks themselves, in new collections too
                 idx.stores["docs"].add(part, [dict(r, doc_hash=hashes.get(r["doc_id"])) for r in rows])
         idx._dirty = True
