@@ -12,7 +12,10 @@ so the figures compare evidence, not candidate generation:
   documents (title + text): both with the index's own analyser and Lucene's BM25 (k1 1.5, b 0.75,
   ``idf = log(1 + (N - df + 0.5) / (df + 0.5))``, each query term once), written out here;
 * dense fused with each, by ``relative`` fusion (each mode divided by its best score) at several
-  dense weights, and with "mix" (chunk and document BM25 averaged after the same division).
+  dense weights, and with "mix" (chunk and document BM25 averaged after the same division);
+* BM25 over chunks whose rows also count their neighbours' terms (``[bm25] context`` = 1, at
+  ``context_weight`` 0.5, 0.75 and 1: :func:`hybridrag.encoders.bm25.with_context` on the chunks'
+  term counts), best chunk per document, alone and fused with dense the same way.
 
 Prints nDCG@10 per run (hybridrag.eval.metrics, trec_eval's definition).
 """
@@ -28,14 +31,19 @@ from typing import Any
 import numpy as np
 
 
-def _bm25_index(tokens: list[list[str]]) -> tuple[dict[str, list[tuple[int, int]]], np.ndarray, Counter[str]]:
-    postings: dict[str, list[tuple[int, int]]] = defaultdict(list)
+def _bm25_index(tokens: list[list[str]]) -> tuple[dict[str, list[tuple[int, float]]], np.ndarray, Counter[str]]:
+    return _counts_index([Counter(toks) for toks in tokens])
+
+
+def _counts_index(rows: list[Any]) -> tuple[dict[str, list[tuple[int, float]]], np.ndarray, Counter[str]]:
+    """The index of rows of term -> count (a row's length: the sum of its counts)."""
+    postings: dict[str, list[tuple[int, float]]] = defaultdict(list)
     df: Counter[str] = Counter()
-    for i, toks in enumerate(tokens):
-        for term, tf in Counter(toks).items():
+    for i, row in enumerate(rows):
+        for term, tf in row.items():
             postings[term].append((i, tf))
             df[term] += 1
-    return postings, np.array([len(t) for t in tokens], dtype=np.float64), df
+    return postings, np.array([float(sum(r.values())) for r in rows], dtype=np.float64), df
 
 
 def _bm25(index: tuple[Any, np.ndarray, Counter[str]], query: list[str], k1: float = 1.5, b: float = 0.75) -> np.ndarray:
@@ -53,6 +61,7 @@ def _bm25(index: tuple[Any, np.ndarray, Counter[str]], query: list[str], k1: flo
 
 def main() -> None:
     from hybridrag import HybridIndex
+    from hybridrag.encoders.bm25 import with_context
     from hybridrag.eval.beir import load_beir
     from hybridrag.eval.metrics import evaluate
     from hybridrag.search import encode
@@ -77,7 +86,11 @@ def main() -> None:
     pos = {d: i for i, d in enumerate(docs)}
     chunk_doc = np.array([pos[r["doc_id"]] for r in rows])
     analyse = idx.bm25.analyzer.tokenize
-    chunk_ix = _bm25_index(analyse([r["text"] for r in rows]))
+    chunk_tokens = analyse([r["text"] for r in rows])
+    chunk_ix = _bm25_index(chunk_tokens)
+    # live slots are in reading order within each document (its chunks are written together)
+    counts = [dict(Counter(t)) for t in chunk_tokens]
+    context_ix = {w: _counts_index(with_context(counts, [r["doc_id"] for r in rows], 1, w)) for w in (0.5, 0.75, 1.0)}
     doc_ix = _bm25_index(analyse([join_title_text(data.corpus[d]["title"], data.corpus[d]["text"]) for d in docs]))
     qids = sorted(data.queries)
     texts = [data.queries[q] for q in qids]
@@ -99,8 +112,12 @@ def main() -> None:
                (("dense", dense), ("chunk", chunk), ("document", whole))}
         rel["mix"] = (rel["chunk"] + rel["document"]) / 2
         runs["dense"][q], runs["bm25 chunks (max-P)"][q], runs["bm25 documents"][q] = top(dense), top(chunk), top(whole)
+        for cw, ix in context_ix.items():
+            ctx = max_p(_bm25(ix, qtok[i]))
+            runs[f"bm25 chunks + neighbours at {cw} (max-P)"][q] = top(ctx)
+            rel[f"chunks + neighbours at {cw}"] = ctx / ctx.max() if ctx.max() > 0 else np.zeros_like(ctx)
         for w in (0.3, 0.4, 0.5, 0.6, 0.7):
-            for name in ("chunk", "document", "mix"):
+            for name in ("chunk", "document", "mix", *(f"chunks + neighbours at {cw}" for cw in context_ix)):
                 runs[f"relative, bm25 {name}, dense {w}"][q] = top(w * rel["dense"] + (1 - w) * rel[name])
     qrels = {q: data.qrels[q] for q in qids}
     print(f"| run ({Path(args.beir).name}, {len(qids)} queries, {len(docs)} documents, {len(live)} chunks) | nDCG@10 |")

@@ -185,8 +185,11 @@ def test_writer_and_query_node_equal_a_local_bm25_index(tmp_path):
 
 
 def test_migrate_a_local_bm25_index_to_the_whole_index_and_back(tmp_path):
-    loc = HybridIndex.create(tmp_path / "l", bm25_pipeline())
+    # chunks of 8 tokens whose rows count their neighbours' terms ([bm25] context): Milvus keeps them
+    loc = HybridIndex.create(tmp_path / "l", bm25_pipeline(context=1, context_weight=1.0)
+                             | {"chunking": {"max_tokens": 8, "overlap": 0}})
     loc.add(docs(30))
+    assert loc.pipeline.bm25.context == 1 and len(loc) > 30
     loc.delete(["d2"])
     loc.add_pipeline_version({"bm25.depth": 7, "fusion.method": "rrf"}, note="tuned")   # versions travel too
     versions = loc.pipeline_versions()
