@@ -413,7 +413,8 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
                               "where Milvus is and names the index's collections)")
         if cfg.bm25.context and cfg.bm25.context_weight != 1:
             raise ConfigError(f"bm25.context_weight = {cfg.bm25.context_weight!r} with bm25.backend = 'milvus': "
-                              "Milvus keeps whole term counts, so with bm25.context > 0 the weight must be 1")
+                              "Milvus keeps whole term counts, so with bm25.context > 0 the weight must be 1 (an index "
+                              "made with another weight moves to Milvus only when made again with it)")
         if cfg.bm25.variant != "lucene":
             raise ConfigError(f"bm25.variant = {cfg.bm25.variant!r} has no Milvus backend (okapi's idf floor needs "
                               "every term's df at each commit): use variant = 'lucene' or the local backend")

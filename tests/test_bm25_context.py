@@ -183,6 +183,12 @@ def test_milvus_bm25_needs_whole_counts_and_ingest_refuses_another_context(tmp_p
     pipe["milvus"] = {"enabled": True, "whole_index": True, "collection": "ctx"}
     with pytest.raises(ConfigError, match="bm25.context_weight = 0.75 with bm25.backend = 'milvus'"):
         HybridIndex.create(tmp_path / "m", pipe)
+    local = HybridIndex.create(tmp_path / "l", _pipeline(context=1, context_weight=0.75))
+    local.add(_docs(3))
+    local.close()
+    with pytest.raises(ConfigError, match="bm25.context_weight = 0.75 with bm25.backend = 'milvus'"):
+        HybridIndex.migrate(tmp_path / "l", tmp_path / "m2", to="milvus", whole_index=True, collection="ctx")
+    assert not (tmp_path / "m2").exists() and HybridIndex.load(tmp_path / "l").close() is None
     # an index keeps the context it was made with: ingest with another one is refused, naming it
     toml = tmp_path / "p.toml"
     toml.write_text('name = "ctx"\n[encoder]\nkind = "none"\n[dense]\nenabled = false\n[colbert]\nenabled = false\n'
