@@ -32,7 +32,7 @@ from hybridrag.eval.beir import load_beir  # noqa: E402
 from hybridrag.eval.metrics import evaluate  # noqa: E402
 from hybridrag.index import HybridIndex  # noqa: E402
 
-METHODS = ("weighted", "relative", "rrf", "adaptive")
+METHODS = ("weighted", "relative", "rrf", "adaptive", "coverage")
 
 
 def minmax_run(cands, weights):

@@ -597,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--filter", action="append", metavar="KEY=VALUE")
     s.add_argument("--modes", help="comma-separated subset of the index's modes")
-    s.add_argument("--fusion", choices=["weighted", "relative", "rrf", "adaptive"])
+    s.add_argument("--fusion", choices=["weighted", "relative", "rrf", "adaptive", "coverage"])
     s.add_argument("--no-rerank", action="store_true")
     s.add_argument("--budget-ms", type=float, default=None,
                    help="time budget of the call: rerank as deep as the measured cost allows (0: none; "

@@ -108,7 +108,7 @@ class ColbertConfig:
 
 @dataclass
 class FusionConfig:
-    method: str = "weighted"  # "weighted" | "relative" | "rrf" | "adaptive" (search/fusion.py)
+    method: str = "weighted"  # "weighted" | "relative" | "rrf" | "adaptive" | "coverage" (search/fusion.py)
     weights: dict[str, float] = field(default_factory=lambda: {"dense": 0.4, "sparse": 0.2, "colbert": 0.4})
     rrf_k: int = 60
 
@@ -430,7 +430,7 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
     if cfg.colbert.pq_train_pool < cfg.colbert.pq_train_tokens:
         raise ConfigError(f"colbert.pq_train_pool = {cfg.colbert.pq_train_pool} must be >= "
                           f"colbert.pq_train_tokens ({cfg.colbert.pq_train_tokens})")
-    _choice(cfg.fusion.method, ("weighted", "relative", "rrf", "adaptive"), "fusion.method")
+    _choice(cfg.fusion.method, ("weighted", "relative", "rrf", "adaptive", "coverage"), "fusion.method")
     if cfg.fusion.rrf_k < 0:
         raise ConfigError(f"fusion.rrf_k = {cfg.fusion.rrf_k} must be >= 0")
     _positive(cfg.rerank.k, "rerank.k")

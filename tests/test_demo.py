@@ -31,8 +31,8 @@ def test_demo_runs_offline(installed_wheel, tmp_path):
     assert out.count("Q: ") == 3
     hits = re.findall(r"^\s+\d\. \[(\w+)\].*\n\s+score=\S+\s+\(dense=\S+\s+bm25=\S+\s+fused=\S+\)", out, re.M)
     assert len(hits) == 9
-    rows = dict(re.findall(r"^\| (dense|bm25|fused \(relative\)) \| ([0-9.]+) \|", out, re.M))
-    assert set(rows) == {"dense", "bm25", "fused (relative)"}
+    rows = dict(re.findall(r"^\| (dense|bm25|fused \(coverage\)) \| ([0-9.]+) \|", out, re.M))
+    assert set(rows) == {"dense", "bm25", "fused (coverage)"}
     # a broken ranker scores near 0.05 on this sample; working retrieval is far above
     assert min(float(v) for v in rows.values()) > 0.5
     assert "LOAD REPORT" not in r.stdout + r.stderr  # transformers' load chatter stays off the terminal

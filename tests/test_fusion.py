@@ -117,6 +117,27 @@ def test_adaptive_drops_a_mode_whose_model_cannot_read_the_query():
     assert fusion.adaptive_weights(scores, w, {"dense": 1.0})["dense"] > 0.5
 
 
+@pytest.mark.parametrize("cov", [0.0, 0.3, 0.55, 0.8, 1.0])
+def test_coverage_fusion_is_relative_with_weights_scaled_by_coverage_only(cov):
+    """``coverage``: w'_m = w_m * g(c_m), normalised; no evidence factor, so with every mode
+    covered it is ``relative`` exactly however peaked the scores are."""
+    rng = np.random.default_rng(1)
+    n = 80
+    scores = {"bm25": rng.gamma(1.0, 2.0, n), "dense": rng.normal(0.4, 0.1, n)}
+    scores["bm25"][5] += 30.0
+    w = {"bm25": 0.4, "dense": 0.6}
+    g = min(max((cov - 0.3) / (0.8 - 0.3), 0.0), 1.0)   # COVERAGE_LOW 0.3, COVERAGE_HIGH 0.8
+    want = {"bm25": 0.4 / (0.4 + 0.6 * g), "dense": 0.6 * g / (0.4 + 0.6 * g)}
+    got = fusion.effective_weights("coverage", scores, w, {"dense": cov})
+    assert got == pytest.approx(want)
+    fused = fusion.fuse("coverage", np.arange(n), scores, w, coverage={"dense": cov})
+    np.testing.assert_allclose(fused, sum(want[m] * scores[m] / np.abs(scores[m]).max() for m in scores))
+    if cov >= 0.8:
+        np.testing.assert_allclose(fused, fusion.relative(np.arange(n), scores, w))
+    assert fusion.effective_weights("coverage", scores, w, {"dense": 1.0}) != \
+        fusion.effective_weights("adaptive", scores, w, {"dense": 1.0})
+
+
 def test_adaptive_with_no_covered_mode_falls_back_to_the_configured_weights():
     s = {"dense": np.array([0.3, 0.2, 0.1])}
     assert fusion.adaptive_weights(s, {"dense": 2.0}, {"dense": 0.0}) == {"dense": 1.0}

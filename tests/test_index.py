@@ -636,7 +636,7 @@ def test_fusion_eval_runs_equal_hybridrag_evals(tmp_path, bert_dir):
         want = ablation._runs(idx, qids, QUERIES, 64, False, mode, modes=[mode], weights={mode: 1.0},
                               fusion="weighted", rerank=False)
         assert _ranked(fusion_eval.mode_run(cands, mode)) == _ranked(want)
-    for method in ("weighted", "relative", "rrf", "adaptive"):
+    for method in ("weighted", "relative", "rrf", "adaptive", "coverage"):
         w = {"dense": 0.3, "bm25": 0.7}
         want = ablation._runs(idx, qids, QUERIES, 64, False, method, fusion=method, weights=w, rerank=False)
         assert _ranked(fusion_eval.fused_run(cands, method, w)) == _ranked(want)

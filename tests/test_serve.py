@@ -166,7 +166,7 @@ def test_search_equals_the_library(server, local):
     ({"query": "x", "kk": 3}, 422, "kk: Extra inputs are not permitted"),
     ({"query": "x", "k": "10"}, 422, "k: Input should be a valid integer"),
     ({"query": 5}, 422, "query: Input should be a valid string"),
-    ({"query": "x", "fusion": "max"}, 422, "fusion: Input should be 'weighted', 'relative', 'rrf' or 'adaptive'"),
+    ({"query": "x", "fusion": "max"}, 422, "fusion: Input should be 'weighted', 'relative', 'rrf', 'adaptive' or 'coverage'"),
 ])
 def test_bad_search_requests_get_4xx_with_the_message(server, body, status, message):
     got, out, _ = call(server.url, "POST", "/search", body)

@@ -112,7 +112,7 @@ def test_each_settings_score_is_that_of_a_real_search(built):
         deep = tune_mod.grid(idx.pipeline.replace(**{"dense.depth": 500}), max_depth=500)
         assert dict(deep[0].depths) == {"dense": 500, "bm25": 100}   # a pipeline deeper than 300 keeps its depth
         methods = {s.method for s in settings}
-        assert methods == {"weighted", "relative", "rrf", "adaptive"}
+        assert methods == {"weighted", "relative", "rrf", "adaptive", "coverage"}
         picks = [settings[0]]
         rng = np.random.default_rng(1)
         for method in sorted(methods):
@@ -137,7 +137,7 @@ def test_colbert_and_three_first_stages(tmp_path, m3_dir):
         assert len({s.weights for s in settings}) == 56   # steps of 0.2 over 4 modes (the pipeline's among them)
         rng = np.random.default_rng(2)
         picks = [settings[0]]
-        for method in ("weighted", "relative", "rrf", "adaptive"):
+        for method in ("weighted", "relative", "rrf", "adaptive", "coverage"):
             same = [s for s in settings if s.method == method and dict(s.weights)["colbert"] > 0
                     and min(dict(s.depths).values()) >= 25]
             picks.append(same[rng.integers(len(same))])

@@ -182,8 +182,9 @@ def score_matrix(cands: Sequence[QueryCandidates], qrels: Mapping[str, Mapping[s
                     fused.append((w @ norm) / w.sum(axis=1, keepdims=True))
                 elif method == "rrf":
                     fused.append(w @ np.stack([1.0 / (rk + fusion_mod.competition_ranks(r)) for r in mat]))
-                else:   # adaptive: the weights of fusion.adaptive_weights for this query, per row
-                    ge = np.array([_gain(qc, m) * max(fusion_mod._peak(r) - fusion_mod.Z_NOISE, fusion_mod.EPS)
+                else:   # adaptive / coverage: the weights of fusion.adaptive_weights for this query, per row
+                    ge = np.array([_gain(qc, m) * (max(fusion_mod._peak(r) - fusion_mod.Z_NOISE, fusion_mod.EPS)
+                                                   if method == "adaptive" else 1.0)
                                    for m, r in zip(modes, mat)])
                     raw = w * ge
                     tot = raw.sum(axis=1, keepdims=True)

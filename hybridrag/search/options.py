@@ -38,7 +38,7 @@ class SearchOptions:
     ``k``: hits per query (a positive int). ``filters``: metadata conditions applied before
     top-k (hybridrag's filter dict; empty or ``None`` = none). ``modes``: a subset of the
     index's enabled modes (a name or a sequence of names). ``fusion``: one of
-    ``weighted | relative | rrf | adaptive``. ``weights``: mode -> finite number >= 0.
+    ``weighted | relative | rrf | adaptive | coverage``. ``weights``: mode -> finite number >= 0.
     ``depth``: first-stage candidates per mode (a positive int, or mode -> positive int).
     ``rerank``: ``True``/``False``. ``rerank_k``: candidates reranked (positive int).
     ``rrf_k``: the ``k`` of reciprocal rank fusion (int >= 0). ``budget_ms``: the call's time

@@ -51,7 +51,7 @@ class SearchRequest(BaseModel):
     k: int = Field(10, description="hits per query (at most --max-k)")
     filters: dict[str, Any] | None = Field(None, description='metadata conditions, e.g. {"year": {"$gte": 2020}}')
     modes: list[str] | None = Field(None, description="a subset of the index's modes")
-    fusion: Literal["weighted", "relative", "rrf", "adaptive"] | None = None
+    fusion: Literal["weighted", "relative", "rrf", "adaptive", "coverage"] | None = None
     weights: dict[str, float] | None = None
     depth: int | dict[str, int] | None = Field(None, description="first-stage candidates per mode (at most --max-depth)")
     rerank: bool | None = None
