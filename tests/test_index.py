@@ -307,16 +307,17 @@ def test_dense_pipeline_with_bm25_and_relative_fusion(tmp_path, bert_dir):
     idx.close()
 
 
-def test_adaptive_fusion_in_the_index_uses_the_query_coverage(tmp_path, bert_dir):
-    """``fusion="adaptive"``: the hits' fused scores are fusion.adaptive over the exact
-    per-mode scores, with the coverage of the query by the dense model's tokenizer and by
-    the BM25 vocabulary, and the hits carry the weights it chose."""
+@pytest.mark.parametrize("method", ["adaptive", "coverage"])
+def test_adaptive_fusion_in_the_index_uses_the_query_coverage(tmp_path, bert_dir, method):
+    """``fusion="adaptive"`` (and ``"coverage"``): the hits' fused scores are that fusion over
+    the exact per-mode scores, with the coverage of the query by the dense model's tokenizer and
+    by the BM25 vocabulary, and the hits carry the weights it chose."""
     from hybridrag.search import fusion, planner
 
     p = {"name": "tiny-dense", "encoder": {"kind": "dense", "model": str(bert_dir), "max_length": 128},
          "chunking": {"max_tokens": 100, "overlap": 10}, "sparse": {"enabled": False},
          "bm25": {"enabled": True}, "colbert": {"enabled": False},
-         "fusion": {"method": "adaptive", "weights": {"dense": 0.5, "bm25": 0.5}}}
+         "fusion": {"method": method, "weights": {"dense": 0.5, "bm25": 0.5}}}
     idx = HybridIndex.create(tmp_path / "d", p)
     idx.add(docs())
     for q in ("vitamin bone fractures", "Vitamin-D Knochenbrüche कुत्ता 中文"):
@@ -324,9 +325,12 @@ def test_adaptive_fusion_in_the_index_uses_the_query_coverage(tmp_path, bert_dir
                "bm25": float(planner.term_coverage(idx.bm25.analyzer.tokenize([q]), idx.bm25.vocabulary)[0])}
         hits = idx.search(q, k=200, depth=200)  # every chunk: the whole candidate set
         scores = {m: np.array([h.scores[m] for h in hits]) for m in ("dense", "bm25")}
-        want = fusion.adaptive(np.arange(len(hits)), scores, {"dense": 0.5, "bm25": 0.5}, cov)
+        want = fusion.fuse(method, np.arange(len(hits)), scores, {"dense": 0.5, "bm25": 0.5}, coverage=cov)
         np.testing.assert_allclose([h.scores["fused"] for h in hits], want, atol=1e-9)
-        assert hits[0].weights == pytest.approx(fusion.adaptive_weights(scores, {"dense": 0.5, "bm25": 0.5}, cov))
+        assert hits[0].weights == pytest.approx(fusion.effective_weights(method, scores, {"dense": 0.5, "bm25": 0.5},
+                                                                         cov))
+        if cov["dense"] <= fusion.COVERAGE_LOW:   # a query the model cannot read: dense has no say
+            assert hits[0].weights["dense"] == 0.0
     idx.close()
 
 
@@ -534,7 +538,7 @@ def test_depth_in_a_pipeline_is_capped_too(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("fusion, shallow", [("weighted", True), ("relative", True), ("rrf", True),
-                                             ("adaptive", False)])
+                                             ("coverage", True), ("adaptive", False)])
 def test_one_mode_without_rerank_asks_its_store_for_k_only(tmp_path, monkeypatch, fusion, shallow):
     """One first-stage mode and nothing after it: the store's top-k is the answer (fusion of one
     mode keeps its order, ties by slot), so the store is asked for k, not the mode's depth; the

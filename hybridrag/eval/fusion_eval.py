@@ -45,7 +45,6 @@ def collect(index: Any, qids: Sequence[str], texts: Sequence[str], depth: int = 
     out: list[QueryCandidates] = []
     bar = tqdm(total=len(texts), desc="retrieving candidates", unit="query", disable=not progress, leave=False)
     for start in range(0, len(texts), batch_size):
-        bar.update(len(texts[start:start + batch_size]))
         batch = list(texts[start:start + batch_size])
         plan = make_plan(SearchOptions(k=depth, depth=depth, rerank=False), index.pipeline, index.docstore.count())
         reps = encode.encode_queries(index, batch, plan.modes)
@@ -55,6 +54,7 @@ def collect(index: Any, qids: Sequence[str], texts: Sequence[str], depth: int = 
             rows = index.docstore.get(cand.slots)
             out.append(QueryCandidates(qid, np.array([r["doc_id"] for r in rows], dtype=object), cand,
                                        {m: float(c[i]) for m, c in cov.items()}))
+        bar.update(len(batch))   # after the batch's work, so the bar counts queries done
     bar.close()
     return out
 

@@ -65,7 +65,9 @@ def search_batch(index: Any, queries: list[str], options: SearchOptions) -> list
             notes = notes or [f"no chunk matches the filters {dict(filters)!r}"]
             return [SearchResults((), notes) for _ in queries]
     reps = encode.encode_queries(index, queries, plan.modes)
-    cov = encode.coverage(index, queries, plan.modes) if plan.fusion in ("adaptive", "coverage") else None
+    # coverage re-weighs modes: with one mode its weight is 1 whatever the coverage, so skip it
+    cov = encode.coverage(index, queries, plan.modes) \
+        if plan.fusion in ("adaptive", "coverage") and len(plan.modes) > 1 else None
     ranked = planner.run(plan, reps, index.stores, allowed=allowed, coverage=cov)
     tops = [c.take(plan.rerank_k if plan.rerank else plan.k) for c in ranked]
     rows = hits_mod.fetch_rows(index.docstore, tops)

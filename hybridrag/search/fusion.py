@@ -39,8 +39,8 @@ in every enabled mode, no mode's score is ever a stand-in 0.
   evidence factor): where every mode covers the query it is ``relative`` exactly; a model
   that cannot read the query loses its weight. The default of the BM25 pipelines: on MLQA-R
   it stays within 0.01 of the better mode alone in every language, where ``relative`` fell
-  0.04-0.05 below BM25 in Arabic and Hindi, and on SciFact / NFCorpus it equals ``relative``
-  (``adaptive``'s evidence factor cost 0.009 on NFCorpus; docs/RESULTS.md).
+  0.04-0.05 below BM25 in Arabic and Hindi, and on SciFact / NFCorpus it is within 0.001 of
+  ``relative`` (``adaptive``'s evidence factor cost 0.009 on NFCorpus; docs/RESULTS.md).
 
 Tested in ``tests/test_fusion.py`` against hand-computed cases.
 """

@@ -71,4 +71,6 @@ def _keeps_top_k(fusion: str, mode: str, pipeline: PipelineConfig) -> bool:
     largest magnitude may be a negative one far down) depend on the depth."""
     if fusion in ("weighted", "rrf"):
         return True
-    return fusion == "relative" and (mode == "sparse" or (mode == "bm25" and pipeline.bm25.variant == "lucene"))
+    # ``coverage`` of one mode is ``relative`` (the mode's weight is 1 whatever its coverage)
+    return fusion in ("relative", "coverage") and (
+        mode == "sparse" or (mode == "bm25" and pipeline.bm25.variant == "lucene"))
