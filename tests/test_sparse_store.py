@@ -702,3 +702,44 @@ def test_max_weights_per_term():
     t = _build_tier(np.array([0, 2, 2, 4]), np.array([0, 0, 1, 3]), np.array([1, 5, 3, 2], dtype=np.float32), 6)
     w = np.array([0.5, 2.0, 7.0, 1.5], dtype=np.float32)
     np.testing.assert_array_equal(t.max_weights(w), [0.5, 0, 7.0, 0, 1.5, 0])
+
+
+def test_query_conversion_paths_agree():
+    """A few queries are converted by plain Python (``_few_queries``), more by array operations
+    (``_many_queries``): both give the same CSR arrays (dtypes included) and the same errors,
+    and ``search`` gives the same results whichever converted its queries."""
+    from hybridrag.stores import sparse
+
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        vocab = int(rng.integers(0, 40))
+        qs = []
+        for _ in range(int(rng.integers(0, 2 * sparse._FEW_QUERIES))):
+            q: dict = {}
+            for _ in range(int(rng.integers(0, 8))):
+                t = int(rng.integers(0, 50))   # past the vocabulary too: dropped
+                v = float(rng.choice([0.0, 1.0, 2.0, 0.25, -0.5, rng.random()]))   # zeros dropped
+                q[t if rng.random() < 0.7 else np.int64(t)] = v if rng.random() < 0.7 else np.float32(v)
+            qs.append(q)
+        a, b = sparse._few_queries(qs, vocab), sparse._many_queries(qs, vocab)
+        assert a.vocab == b.vocab
+        for f in ("indptr", "indices", "data"):
+            x, y = getattr(a, f), getattr(b, f)
+            assert x.dtype == y.dtype and np.array_equal(x, y), (f, qs, vocab)
+    bad = [([{1.5: 1.0}], TypeError, "term ids must be ints"), ([{True: 1.0}], TypeError, "term ids must be ints"),
+           ([{1: "x"}], TypeError, "weights must be numbers"), ([{1: True}], TypeError, "weights must be numbers"),
+           ([{-1: 1.0}], ValueError, "term ids must be >= 0"), ([{1: float("nan")}], ValueError, "finite"),
+           ([{1: 1.0}, [1]], TypeError, r"queries\[1\] is list, expected dict"),
+           ("ab", TypeError, "must be a list of dict")]
+    for qs, err, msg in bad:
+        for convert in (sparse._few_queries, sparse._many_queries):
+            with pytest.raises(err, match=msg):
+                convert(qs, 10)
+    idx = SparseIndex("bm25lucene")
+    idx.add(np.arange(200), random_rows(200, 3, ints=True))
+    qs = random_rows(3 * sparse._FEW_QUERIES, 4, ints=True)
+    few = [idx.search(qs[i:i + 1], 5) for i in range(len(qs))]
+    many = idx.search(qs, 5)
+    for i, (s, ids) in enumerate(few):
+        np.testing.assert_array_equal(s[0], many[0][i])
+        np.testing.assert_array_equal(ids[0], many[1][i])

@@ -208,12 +208,14 @@ def run(plan: QueryPlan, queries: Mapping[str, Sequence[Any]], stores: Mapping[s
         stage[mode] = (np.asarray(scores), np.asarray(slots))
 
     unions: list[np.ndarray] = []
-    for qi in range(nq):
-        parts = [stage[m][1][qi] for m in first]
-        u = np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
-        unions.append(u[u >= 0].astype(np.int64))
-
-    ranks = {m: [_ranks(stage[m][1][qi], unions[qi]) for qi in range(nq)] for m in first}
+    if len(first) == 1:   # one first stage: its hits (no repeats) in its order; rank = position
+        unions = [h[h >= 0].astype(np.int64) for h in stage[first[0]][1]]
+        ranks = {first[0]: [np.arange(1, len(u) + 1, dtype=np.int64) for u in unions]}
+    else:
+        for qi in range(nq):
+            u = np.unique(np.concatenate([stage[m][1][qi] for m in first]))
+            unions.append(u[u >= 0].astype(np.int64))
+        ranks = {m: [_ranks(stage[m][1][qi], unions[qi]) for qi in range(nq)] for m in first}
     exact: dict[str, list[np.ndarray]] = {}
     for mode in plan.modes:
         exact[mode] = _exact_scores(stores[mode], queries[mode], unions, stage.get(mode), ranks.get(mode))

@@ -883,6 +883,9 @@ def dense_top_k(n_rows: int, k: int, pair_start: np.ndarray, qws: np.ndarray, ti
     rows = _ro(out_rows, np.int64)
     nq = len(ps) - 1
     n = min(int(threads), nq)
+    if n <= 1:   # one run on this thread (a one-query search): no pool, no lock
+        _dense_top_k(int(n_rows), int(k), ps, qw, ubs, *t, inv, ok, out_s, out_i, rows)
+        return
     # with several threads: runs of about equal estimated work, taken in turn by whichever
     # thread is free; four per thread when pruning makes a query's real work hard to foresee
     per = 4 if len(ubs) else 1

@@ -159,6 +159,12 @@ def _decode_text(value: str | bytes) -> str:
     return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
 
 
+def _metadata(value: str) -> dict[str, Any]:
+    """A chunk's stored metadata (JSON); most chunks have none, and a new ``{}`` is ten times
+    cheaper than parsing one (a tenth of a ten-hit ``get``)."""
+    return {} if value == "{}" else json.loads(value)
+
+
 def _check_id(value: Any, what: str) -> str:
     if not isinstance(value, str):
         raise DocumentError(f"{what} must be a str, got {type(value).__name__} {value!r}")
@@ -664,7 +670,7 @@ class DocStore:
                 ):
                     found[r[0]] = {
                         "slot": r[0], "chunk_id": r[1], "doc_id": r[2], "ordinal": r[3],
-                        "text": _decode_text(r[4]), "metadata": json.loads(r[5]),
+                        "text": _decode_text(r[4]), "metadata": _metadata(r[5]),
                         "start": r[6], "end": r[7], "content_hash": r[8],
                     }
         missing = [s for s in uniq if s not in found]

@@ -67,6 +67,8 @@ WEIGHTINGS = ("none", "bm25okapi", "bm25lucene")
 FORMAT_VERSION = 1
 
 _INT_TYPES = (int, np.integer)
+# up to this many queries (a list of dicts) are converted by _few_queries, more by the array path
+_FEW_QUERIES = 8
 # With the numba kernel, a query whose postings reach 1/_DENSE_RATIO of the rows is scored into
 # a dense per-row accumulator (O(postings + rows)) instead of a sparse product (tens of ns per
 # posting).
@@ -278,17 +280,65 @@ def _rows_to_coo(rows: Any, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def _to_queries(queries: Any, vocab: int) -> _Queries:
     """Queries as CSR arrays (nq, vocab), float32, sorted term ids; terms >= ``vocab`` dropped."""
+    if not sp.issparse(queries) and isinstance(queries, Sequence) and len(queries) <= _FEW_QUERIES:
+        return _few_queries(queries, vocab)
+    return _many_queries(queries, vocab)
+
+
+def _many_queries(queries: Any, vocab: int) -> _Queries:
+    """:func:`_to_queries` by array operations: a scipy matrix, or more than a few dicts."""
     rid, terms, vals, nq = _rows_to_coo(queries, "queries")
     keep = (terms < vocab) & (vals != 0)
     rid, terms, vals = rid[keep], terms[keep], vals[keep]
     vocab = max(vocab, 1)
-    # rid is non-decreasing and (rid, term) pairs are distinct (dict keys; a scipy input had
-    # its duplicates summed): sorting terms within each row is all a CSR needs
+    # rid is non-decreasing and (rid, term) pairs are distinct (duplicates were summed):
+    # sorting terms within each row is all a CSR needs
     order = np.argsort(rid * vocab + terms, kind="stable")
     indptr = np.zeros(nq + 1, dtype=np.int64)
     np.cumsum(np.bincount(rid, minlength=nq), out=indptr[1:])
     idx_t = np.int32 if vocab < 2**31 else np.int64
     return _Queries(indptr, terms[order].astype(idx_t), vals[order].astype(np.float32), vocab)
+
+
+def _few_queries(queries: Sequence[Any], vocab: int) -> _Queries:
+    """:func:`_to_queries` of a few ``{term id: weight}`` (up to ``_FEW_QUERIES``), checked and
+    converted in one pass of plain Python: the array path's twenty-odd numpy calls cost 70 us
+    whatever the size, a third of a one-query BM25 store search, where this loop takes 10 us
+    for a query of 12 terms; from about 10 queries the array path is faster. Same arrays, same
+    errors (``tests/test_sparse_store.py::test_query_conversion_paths_agree``)."""
+    if isinstance(queries, (str, bytes)):
+        raise TypeError(f"queries must be a list of dict[int, float] (or a scipy sparse matrix), "
+                        f"got {type(queries).__name__}")
+    indptr = [0]
+    terms: list[int] = []
+    vals: list[float] = []
+    for i, r in enumerate(queries):
+        if not isinstance(r, dict):
+            raise TypeError(f"queries[{i}] is {type(r).__name__}, expected dict[int, float] (term id -> weight)")
+        row = []
+        for t, v in r.items():
+            if type(t) is not int:
+                if isinstance(t, bool) or not isinstance(t, _INT_TYPES):
+                    raise TypeError(f"queries: term ids must be ints, got keys of type {[type(t).__name__]}")
+                t = int(t)
+            if type(v) is not float:
+                if isinstance(v, bool) or not isinstance(v, _NUM_TYPES):
+                    raise TypeError(f"queries: weights must be numbers, got {[type(v).__name__]}")
+                v = float(v)
+            if t < 0:
+                raise ValueError(f"queries: term ids must be >= 0, got {t}")
+            if not math.isfinite(v):
+                raise ValueError(f"queries: weights must be finite, got {v!r}")
+            if t < vocab and v != 0:
+                row.append((t, v))
+        row.sort()
+        terms.extend(t for t, _ in row)
+        vals.extend(v for _, v in row)
+        indptr.append(len(terms))
+    vocab = max(vocab, 1)
+    idx_t = np.int32 if vocab < 2**31 else np.int64
+    return _Queries(np.array(indptr, dtype=np.int64), np.array(terms, dtype=idx_t), np.array(vals, dtype=np.float32),
+                    vocab)
 
 
 # ---------------------------------------------------------------------- loading checks
@@ -327,11 +377,14 @@ class _Layout:
         # (query, term) pairs, query-major, term ids ascending within a query; pair_start[j]:
         # first pair of query which[j]. Per tier, a pair's postings are lo:hi (empty for a term
         # the tier does not hold).
-        qlen = np.diff(q.indptr)[which]
-        pair_start = np.zeros(len(which) + 1, dtype=np.int64)
-        np.cumsum(qlen, out=pair_start[1:])
-        pos = np.repeat(q.indptr[which] - pair_start[:-1], qlen) + np.arange(pair_start[-1])
-        terms, qws = q.indices[pos], q.data[pos]
+        if len(which) == q.nq:   # every query (a one-query search): its pairs as they are
+            pair_start, terms, qws = q.indptr, q.indices, q.data
+        else:
+            qlen = np.diff(q.indptr)[which]
+            pair_start = np.zeros(len(which) + 1, dtype=np.int64)
+            np.cumsum(qlen, out=pair_start[1:])
+            pos = np.repeat(q.indptr[which] - pair_start[:-1], qlen) + np.arange(pair_start[-1])
+            terms, qws = q.indices[pos], q.data[pos]
         lo, hi, ub = _kernels.spans(self.IP, self.MW, terms, qws, self.prune)
         _kernels.dense_top_k(self.n, k, pair_start, qws, (self.R, self.W, lo, hi, self.off, self.end, self.RS),
                              invalid, out_s, out_i, which, threads=threads, ub=ub)
@@ -774,20 +827,22 @@ class SparseIndex:
         tiers = self._tiers_nonneg(self._prepare(q.indices) if snap is None else snap)
         if tiers is None or q.nnz == 0:
             return np.zeros(q.nq, dtype=bool)
-        # Per query, from cumulative sums over its (term, weight) pairs: its postings in every
-        # tier (a term a tier lacks maps to indptr[vocab] twice: none) and its weights <= 0.
-        cum = np.zeros(q.nnz + 1, dtype=np.int64)
-        for t, _, _ in tiers:
-            lo = np.minimum(q.indices, t.vocab)
-            cum[1:] += t.indptr[np.minimum(lo + 1, t.vocab)] - t.indptr[lo]
-        np.cumsum(cum, out=cum)
-        a, e = q.indptr[:-1], q.indptr[1:]
-        per_q = cum[e] - cum[a]
-        heavy = (per_q > 0) & ((per_q * _DENSE_RATIO >= max(self._n_rows, 1)) | (self._n_rows <= _SMALL_ROWS))
+        if self._n_rows <= _SMALL_ROWS:   # every query (without postings it finds nothing there either)
+            heavy = np.ones(q.nq, dtype=bool)
+        else:
+            # Per query, from cumulative sums over its (term, weight) pairs: its postings in
+            # every tier (a term a tier lacks maps to indptr[vocab] twice: none).
+            cum = np.zeros(q.nnz + 1, dtype=np.int64)
+            for t, _, _ in tiers:
+                lo = np.minimum(q.indices, t.vocab)
+                cum[1:] += t.indptr[np.minimum(lo + 1, t.vocab)] - t.indptr[lo]
+            np.cumsum(cum, out=cum)
+            per_q = cum[q.indptr[1:]] - cum[q.indptr[:-1]]
+            heavy = (per_q > 0) & (per_q * _DENSE_RATIO >= max(self._n_rows, 1))
         if q.data.min() <= 0:   # rare (BM25 query weights are counts): drop those queries
             nonpos = np.zeros(q.nnz + 1, dtype=np.int64)
             np.cumsum(q.data <= 0, out=nonpos[1:])
-            heavy &= nonpos[e] == nonpos[a]
+            heavy &= nonpos[q.indptr[1:]] == nonpos[q.indptr[:-1]]
         return heavy
 
     def _search_dense(self, q: _Queries, which: np.ndarray, k: int, valid: np.ndarray | None,
