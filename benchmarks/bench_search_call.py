@@ -19,7 +19,8 @@ its score matrix (``bench_sparse.bm25s_from_weights``: the same scores, no secon
 joined by spaces with a whitespace tokenizer (term frequencies, no positions;
 ``writer(num_threads=1)``, then merged into one segment by ``wait_merging_threads``), and is
 searched as ``bench_segments.tantivy_worker`` does: ``parse_query`` + top-10 with ``count=False``
-+ each hit's stored id (tantivy's BM25 is k1 1.2 and quantised lengths: its top-10 overlap with
++ each hit's stored id, and in a second row its stored text too (``body``: what ``search(q)``
+returns, which reads each hit's text from SQLite) (tantivy's BM25 is k1 1.2 and quantised lengths: its top-10 overlap with
 the engine's is reported, not expected to be 1).
 
 Rows per corpus, each measured ``--runs`` times (the machine is shared: every run is reported):
@@ -87,19 +88,20 @@ def build(where: Path, pipe: dict[str, Any], docs: Any, n: int, step: int = 2000
 
 
 def tantivy_index(batches: Any) -> Any:
-    """An in-memory tantivy index of the analysed tokens (joined by spaces), one segment;
-    ``batches`` yields ``(ids, token lists)``."""
+    """An in-memory tantivy index of the analysed tokens (joined by spaces), one segment, each
+    document's text stored beside its id; ``batches`` yields ``(ids, token lists, texts)``."""
     import tantivy
 
     sb = tantivy.SchemaBuilder()
     sb.add_text_field("id", stored=True, tokenizer_name="raw")
     sb.add_text_field("text", tokenizer_name="ws", index_option="freq")
+    sb.add_text_field("body", stored=True, index_option="basic")   # the text a RAG app needs back
     index = tantivy.Index(sb.build())
     index.register_tokenizer("ws", tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()).build())
     w = index.writer(heap_size=512_000_000, num_threads=1)
-    for ids, texts in batches:
-        for i, toks in zip(ids, texts):
-            w.add_document(tantivy.Document(id=i, text=" ".join(toks)))
+    for ids, tokens, texts in batches:
+        for i, toks, body in zip(ids, tokens, texts):
+            w.add_document(tantivy.Document(id=i, text=" ".join(toks), body=body))
     w.commit()
     w.wait_merging_threads()
     index.reload()
@@ -170,7 +172,12 @@ def part(name: str, idx: Any, queries: list[str], args: argparse.Namespace, peer
             hits = searcher.search(index.parse_query(qtexts[i], ["text"]), 10, count=False).hits
             return [searcher.doc(a).get_first("id") for _, a in hits]
 
+        def tsearch_text(i: int, index: Any = tv, searcher: Any = s) -> list[tuple[str, str]]:
+            hits = searcher.search(index.parse_query(qtexts[i], ["text"]), 10, count=False).hits
+            return [(d.get_first("id"), d.get_first("body")) for d in (searcher.doc(a) for _, a in hits)]
+
         peers["tantivy 0.27 (parse + search + ids)"] = tsearch
+        peers["tantivy 0.27 (parse + search + ids and stored text, as search(q) returns)"] = tsearch_text
         ov = np.mean([len(set(tsearch(i)) & set(te)) / max(1, len(te)) for i, te in enumerate(top_engine) if te])
         row(name, "tantivy vs engine", "top-10 overlap (k1 1.2 vs 1.5, quantised lengths)", f"{ov:.3f}")
 
@@ -215,7 +222,8 @@ def main() -> None:
         docs, queries = beir(args.beir)
         idx = build(args.work / f"beir-{args.beir.name}", pipeline(stem=True), lambda lo, hi: docs[lo:hi], len(docs))
         part(f"{args.beir.name} N={len(docs):,}", idx, queries, args,
-             lambda: [([d["id"] for d in docs], idx.bm25.analyzer.tokenize([d["text"] for d in docs]))])
+             lambda: [([d["id"] for d in docs], idx.bm25.analyzer.tokenize([d["text"] for d in docs]),
+                       [d["text"] for d in docs])])
         idx.close()
     if args.synthetic:
         from bench_segments import Corpus
@@ -228,7 +236,7 @@ def main() -> None:
         def peer_docs() -> Any:
             for lo in range(0, n, 20_000):
                 d = corpus.docs(lo, min(n, lo + 20_000))
-                yield [x["id"] for x in d], idx.bm25.analyzer.tokenize([x["text"] for x in d])
+                yield [x["id"] for x in d], idx.bm25.analyzer.tokenize([x["text"] for x in d]), [x["text"] for x in d]
 
         part(f"synthetic N={n:,} vocab={args.vocab:,}", idx, corpus.queries(args.queries), args, peer_docs)
         idx.close()
