@@ -291,8 +291,8 @@ def _many_queries(queries: Any, vocab: int) -> _Queries:
     keep = (terms < vocab) & (vals != 0)
     rid, terms, vals = rid[keep], terms[keep], vals[keep]
     vocab = max(vocab, 1)
-    # rid is non-decreasing and (rid, term) pairs are distinct (duplicates were summed):
-    # sorting terms within each row is all a CSR needs
+    # rid is non-decreasing and (rid, term) pairs are distinct (dict keys; a scipy input had
+    # its duplicates summed): sorting terms within each row is all a CSR needs
     order = np.argsort(rid * vocab + terms, kind="stable")
     indptr = np.zeros(nq + 1, dtype=np.int64)
     np.cumsum(np.bincount(rid, minlength=nq), out=indptr[1:])
