@@ -39,16 +39,24 @@ def test_run_gives_each_candidate_its_rank_in_each_first_stage() -> None:
     dense.add(np.arange(n) * 3, rng.standard_normal((n, d)).astype(np.float32))
     sparse = SparseIndex("bm25okapi")
     sparse.add(np.arange(n) * 3, [{int(t): 1.0 for t in rng.choice(50, 5, replace=False)} for _ in range(n)])
-    plan = planner.QueryPlan(modes=["dense", "bm25"], depths={"dense": 20, "bm25": 20},
-                             weights={"dense": 1.0, "bm25": 1.0})
     qd = rng.standard_normal((4, d)).astype(np.float32)
-    qs = [{int(t): 1.0 for t in rng.choice(50, 3, replace=False)} for _ in range(4)]
-    out = planner.run(plan, {"dense": qd, "bm25": qs}, {"dense": dense, "bm25": sparse})
-    d_hits, s_hits = dense.search(qd, 20)[1], sparse.search(qs, 20)[1]
-    for i, c in enumerate(out):
-        np.testing.assert_array_equal(c.ranks["dense"], dict_ranks(d_hits[i], c.slots))
-        np.testing.assert_array_equal(c.ranks["bm25"], dict_ranks(s_hits[i], c.slots))
-        assert (c.ranks["dense"] > 0).sum() == (d_hits[i] >= 0).sum()
+    qs = [{int(t): 1.0 for t in rng.choice(50, 3, replace=False)} for _ in range(4)] + [{999: 1.0}]
+    qd = np.concatenate([qd, qd[:1]])   # a fifth query: no bm25 term the index knows
+    hits = {"dense": dense.search(qd, 20), "bm25": sparse.search(qs, 20)}
+    # two first stages (their union), and one alone (its hits in its order: its own code path)
+    for modes in (["dense", "bm25"], ["dense"], ["bm25"]):
+        plan = planner.QueryPlan(modes=modes, depths={m: 20 for m in modes}, weights={m: 1.0 for m in modes})
+        out = planner.run(plan, {"dense": qd, "bm25": qs}, {"dense": dense, "bm25": sparse})
+        for i, c in enumerate(out):
+            found = np.concatenate([hits[m][1][i] for m in modes])
+            assert sorted(c.slots.tolist()) == sorted(set(found[found >= 0].tolist()))
+            for m in modes:
+                np.testing.assert_array_equal(c.ranks[m], dict_ranks(hits[m][1][i], c.slots))
+                assert (c.ranks[m] > 0).sum() == (hits[m][1][i] >= 0).sum()
+                if len(modes) == 1:   # one mode: its exact scores, best first
+                    order = np.argsort(c.ranks[m])
+                    np.testing.assert_array_equal(c.scores[m][order], hits[m][0][i][: len(c.slots)])
+            np.testing.assert_array_equal(np.argsort(-c.fused, kind="stable"), np.arange(len(c.slots)))
 
 
 class _Counting:
