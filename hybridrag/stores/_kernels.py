@@ -52,6 +52,7 @@ TIE_RTOL = 1e-5
 
 if njit is not None:
     from numba import uint64
+    from numba.typed import List
 
     # Index arithmetic is done in uint64: numba checks signed indices for wrap-around on every
     # access, which made the posting loop slower than scipy's csc_matvec.
@@ -736,6 +737,23 @@ if njit is not None:
                 if _find(rows, lo, hi, row) >= 0:
                     out[t] += 1.0
 
+    # Typed lists are made and measured by these compiled, cached functions: a typed list's own
+    # methods, called from Python, are compiled in every process (numba does not cache them),
+    # 0.4-1 s per element type, ~4 s of every process that opened an index (issue 25).
+    @njit(cache=True)
+    def _list_of(a):  # pragma: no cover - compiled
+        lst = List()
+        lst.append(a)
+        return lst
+
+    @njit(cache=True)
+    def _list_push(lst, a):  # pragma: no cover - compiled
+        lst.append(a)
+
+    @njit(cache=True)
+    def _list_len(lst):  # pragma: no cover - compiled
+        return len(lst)
+
 
 def rows_per_term(indptr: np.ndarray, rows: np.ndarray, removed: np.ndarray, out: np.ndarray) -> None:
     """Add to ``out`` (float64 [terms]) how many of the rows ``removed`` (sorted, distinct) each
@@ -777,7 +795,7 @@ def spans(IP: Any, MW: Any, terms: np.ndarray, qws: np.ndarray,
           prune: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """``(LO, HI, ub or None)``: :func:`_spans` over ``len(IP)`` tiers (typed lists of each
     tier's indptr and largest weight per term, see :func:`array_list`)."""
-    nt, npairs = len(IP), len(terms)
+    nt, npairs = _list_len(IP), len(terms)
     lo = np.empty((nt, npairs), dtype=np.int64)
     hi = np.empty((nt, npairs), dtype=np.int64)
     ub = np.zeros(npairs, dtype=np.float32)
@@ -818,8 +836,6 @@ def array_list(cache: dict, name: str, arrays: Sequence[np.ndarray], dtype: Any,
     got = cache.get(name)
     if got is not None and len(got[0]) == len(arrays) and all(x is y for x, y in zip(got[0], arrays)):
         return got[1]
-    from numba import from_dtype, typed, types
-
     views = []
     for x in arrays:
         if writable:
@@ -830,10 +846,14 @@ def array_list(cache: dict, name: str, arrays: Sequence[np.ndarray], dtype: Any,
         else:
             v = _ro(x, dtype)
         views.append(v if type(v) is np.ndarray else v.view(np.ndarray))   # np.memmap -> ndarray
-    lst = typed.List.empty_list(types.Array(from_dtype(np.dtype(dtype)), views[0].ndim if views else 1, "C",
-                                            readonly=not writable))
-    for v in views:
-        lst.append(v)
+    if views:
+        lst = _list_of(views[0])
+        for v in views[1:]:
+            _list_push(lst, v)
+    else:   # (no array: the element type from dtype; compiles the list's methods here, rare)
+        from numba import from_dtype, typed, types
+
+        lst = typed.List.empty_list(types.Array(from_dtype(np.dtype(dtype)), 1, "C", readonly=not writable))
     cache[name] = (tuple(arrays), lst)
     return lst
 
