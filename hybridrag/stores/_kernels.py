@@ -17,7 +17,9 @@ the same for ``Flat`` dense segments. Arrays of several segments are passed as n
 lists, made once per set of arrays (:func:`array_list`) and passed as separate arguments (a
 tuple holding typed lists costs ~25 us per call to unbox).
 ``HYBRIDRAG_NUMBA=0`` in the environment turns the kernel off. It is compiled when this module is first imported (seconds, once; later
-imports load it from numba's on-disk cache); see :func:`_compile_now` for why not lazily.
+imports load it from numba's on-disk cache); see :func:`_compile_now` for why not lazily. The typed
+lists are made by compiled functions too (:func:`array_list`): numba does not cache a typed list's
+own methods, which cost every process ~4 s of compiling before an index could be searched.
 """
 from __future__ import annotations
 
