@@ -743,3 +743,33 @@ def test_query_conversion_paths_agree():
     for i, (s, ids) in enumerate(few):
         np.testing.assert_array_equal(s[0], many[0][i])
         np.testing.assert_array_equal(ids[0], many[1][i])
+
+
+def test_kernel_lists_hold_the_element_type_the_kernels_were_compiled_for(tmp_path):
+    """``_kernels.array_list`` makes its typed lists with compiled, cached functions (numba
+    compiles a typed list's own methods in every process); the lists must still hold exactly
+    the element type the kernels were compiled for (read-only C arrays of the asked dtype, or
+    writable ones), or every process would compile the kernels again at its first search. A
+    memory-mapped array (as a loaded segment's) gives the same type; the arrays are the lists'."""
+    import numba
+    from numba import from_dtype, types
+
+    from hybridrag.stores import _kernels
+
+    if not _kernels.AVAILABLE:
+        pytest.skip("the numba kernel is off (HYBRIDRAG_NUMBA=0, or numba could not compile it)")
+    mapped = np.lib.format.open_memmap(tmp_path / "m.npy", mode="w+", dtype=np.float32, shape=(5,))
+    mapped[:] = 2.0
+    cases = [(np.int32, 1, False), (np.int64, 1, False), (np.float32, 1, False), (np.float64, 1, False),
+             (np.bool_, 1, False), (np.float32, 2, False), (np.bool_, 1, True), (np.float32, 1, True)]
+    for dt, nd, writable in cases:
+        arrays = [np.zeros((3,) * nd, dtype=dt), np.ones((2,) * nd, dtype=dt)]
+        lst = _kernels.array_list({}, "x", arrays, dt, writable=writable)
+        assert numba.typeof(lst).item_type == types.Array(from_dtype(np.dtype(dt)), nd, "C", readonly=not writable)
+        assert _kernels._list_len(lst) == 2
+    lst = _kernels.array_list({}, "m", [np.arange(3, dtype=np.float64), mapped], np.float32)
+    assert numba.typeof(lst).item_type == types.Array(types.float32, 1, "C", readonly=True)
+    np.testing.assert_array_equal(lst[0], [0, 1, 2])   # converted to the asked dtype
+    np.testing.assert_array_equal(lst[1], mapped)
+    mapped[0] = 7.0   # a view: changes in place are seen
+    assert lst[1][0] == 7.0
