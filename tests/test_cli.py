@@ -367,3 +367,23 @@ def test_empty_index_is_recreated_with_a_fixed_pipeline(tmp_path, capsys, pipeli
     assert "differs in name ('tiny' there, 'tiny-other' given)" in err and "Leave out --pipeline" in err
     code, out, _ = run_cli(capsys, "ingest", corpus, "--index", idx_dir, "-q")
     assert code == 0 and "3 unchanged" in out
+
+
+def test_a_query_of_a_bm25_index_loads_no_model_library(tmp_path, corpus):
+    """``hybridrag query`` of an index without a neural model never imports transformers (0.8 s
+    of every such command when the command line imported it to quiet it) and writes only its
+    hits. (With a model, transformers is quieted through the environment it reads at import:
+    tests/test_demo.py checks that its load report stays off the terminal.)"""
+    toml = tmp_path / "bm25.toml"
+    toml.write_text('name = "bm25"\n[encoder]\nkind = "none"\n[dense]\nenabled = false\n[sparse]\nenabled = false\n'
+                    '[colbert]\nenabled = false\n[bm25]\nenabled = true\n[fusion]\nweights = { bm25 = 1.0 }\n'
+                    '[chunking]\nmax_tokens = 8192\noverlap = 0\n')
+    hybridrag("ingest", corpus, "--index", tmp_path / "idx", "--pipeline", toml, "-q")
+    code = ("import sys\nfrom hybridrag.cli import main\nrc = main(['query', sys.argv[1], 'aspirin heart'])\n"
+            "print('transformers loaded:', 'transformers' in sys.modules)\nsys.exit(rc)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE"))}
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "idx")], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "b.md" in r.stdout and "transformers loaded: False" in r.stdout
+    assert r.stderr == ""
