@@ -1,5 +1,6 @@
 """Issue 25: what ``index.search(q)`` costs with the m3 pipeline on this CPU, full-size models,
-with and without a time budget (docs/BUDGET.md), fp32 and the CPU int8 path.
+with and without a time budget (docs/BUDGET.md), fp32 and the CPU paths (torch int8, ONNX Runtime
+fp32 and int8: ``--dtypes int8,fp32,onnx,onnx-int8``; ONNX exports are kept in ``--work``'s cache).
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_budget.py --beir /work/shared/data/beir/scifact \\
         --chunks 10000 --queries 20 --budgets 0,500,1500,5000 --dtypes int8,fp32
@@ -154,6 +155,10 @@ def load_beir(folder: Path, n: int) -> tuple[list[dict[str, Any]], list[str]]:
     return docs, queries
 
 
+#: ``--dtypes`` values: (encoder.dtype and rerank.dtype, encoder.runtime and rerank.runtime).
+VARIANTS = {"fp32": ("", "torch"), "int8": ("int8", "torch"), "onnx": ("", "onnx"), "onnx-int8": ("int8", "onnx")}
+
+
 def _ms(x: float) -> str:
     return f"{x:,.0f}"
 
@@ -165,9 +170,11 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--full-queries", type=int, default=1, help="calls timed without a budget (minutes each; 0: none)")
     ap.add_argument("--budgets", default="0,500,1500,5000", help="ms, comma-separated; 0 = no budget")
-    ap.add_argument("--dtypes", default="int8,fp32")
+    ap.add_argument("--dtypes", default="int8,fp32", help=f"comma-separated, of {sorted(VARIANTS)}")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench-budget")
     args = ap.parse_args()
+    if any(d not in VARIANTS for d in args.dtypes.split(",")):
+        ap.error(f"--dtypes {args.dtypes!r}: each must be one of {sorted(VARIANTS)}")
     os.environ.setdefault("HYBRIDRAG_CACHE_DIR", str(args.work / "cache"))
     import torch
 
@@ -185,15 +192,18 @@ def main() -> None:
     queries = queries[: args.queries + 1]
     budgets = [float(b) for b in args.budgets.split(",") if b]
     for dtype in args.dtypes.split(","):
-        # the same index; the models' dtypes are switched per run (they apply at model load)
+        # the same index; the models' dtypes and runtimes are switched per run (they apply at model load)
         idx = HybridIndex.load(path)
-        idx.pipeline.encoder.dtype = idx.pipeline.rerank.dtype = "" if dtype == "fp32" else dtype
+        dt, rt = VARIANTS[dtype]
+        idx.pipeline.encoder.dtype = idx.pipeline.rerank.dtype = dt
+        idx.pipeline.encoder.runtime = idx.pipeline.rerank.runtime = rt
         # every timed call encodes its query: the same queries run at every budget, and the
         # query cache (on by default, for RAG apps that repeat queries) would hide the encoder
         idx.pipeline.encoder.query_cache = 0
         t = time.perf_counter()
         idx.search(queries[0], k=10, rerank=False)
-        row(f"{dtype}", "load encoder + first query (no rerank)", "s", f"{time.perf_counter() - t:.1f}")
+        row(f"{dtype}", "load encoder + first query (no rerank; onnx: + export unless cached)", "s",
+            f"{time.perf_counter() - t:.1f}")
         # the warm-up call measures the reranker's cost model; it then predicts the full rerank
         t = time.perf_counter()
         res = idx.search(queries[0], k=10, budget_ms=max(budgets) or 1.0)

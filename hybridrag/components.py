@@ -20,13 +20,14 @@ def load_encoder(pipeline: PipelineConfig, device: str | None, manifest: Mapping
     if e.kind == "m3":
         from hybridrag.encoders.m3 import M3Encoder
 
-        enc: Any = M3Encoder.from_pretrained(path, device=device, dtype=dtype, query_cache=e.query_cache)
+        enc: Any = M3Encoder.from_pretrained(path, device=device, dtype=dtype, query_cache=e.query_cache,
+                                             runtime=e.runtime)
     else:
         from hybridrag.encoders.dense import DenseEncoder
 
         enc = DenseEncoder.from_pretrained(path, device=device, dtype=dtype, pooling=e.pooling or None,
                                            normalize=e.normalize, query_instruction=e.query_instruction or None,
-                                           query_cache=e.query_cache)
+                                           query_cache=e.query_cache, runtime=e.runtime)
     if manifest is not None:
         saved = manifest.get("models", {}).get("encoder", {})
         now = model_fingerprint(path)
@@ -43,7 +44,7 @@ def load_reranker(pipeline: PipelineConfig, device: str | None) -> Any:
     from hybridrag.rerankers.cross_encoder import CrossEncoderReranker
 
     return CrossEncoderReranker.from_pretrained(resolve_model_path(r.model), device=device, dtype=r.dtype or None,
-                                                max_length=r.max_length)
+                                                max_length=r.max_length, runtime=r.runtime)
 
 
 def make_bm25(pipeline: PipelineConfig, encoder: Callable[[], Any], vocabulary: Mapping[str, int] | None) -> Any:

@@ -32,6 +32,8 @@ MODES = tuple(_MODES)
 _MILVUS_MAX_HITS = 16384   # hybridrag.stores.milvus.MAX_HITS (importing it would import pymilvus)
 #: Values of ``encoder.dtype`` and ``rerank.dtype``: "" (fp16 on CUDA, fp32 on CPU), "int8" the CPU path.
 DTYPES = ("", "fp32", "fp16", "bf16", "int8")
+#: Values of ``encoder.runtime`` and ``rerank.runtime`` (hybridrag.encoders.onnx.RUNTIMES).
+RUNTIMES = ("torch", "onnx")
 
 
 @dataclass
@@ -43,6 +45,7 @@ class EncoderConfig:
     batch_size: int = 16
     device: str = ""  # "" = auto (cuda when available)
     dtype: str = ""  # "" = fp16 on CUDA, fp32 on CPU; "int8" = CPU path (int8 Linear layers)
+    runtime: str = "torch"  # "torch" | "onnx" (ONNX Runtime on the CPU, fp32 or int8; docs/ENCODERS.md)
     query_cache: int = 1024  # query encodings kept (LRU); 0 = off
     pooling: str = ""  # dense encoders: "" = from the model folder
     normalize: bool = True
@@ -122,6 +125,7 @@ class RerankConfig:
     batch_size: int = 32
     normalize: bool = False
     dtype: str = ""  # "" = fp16 on CUDA, fp32 on CPU; "int8" = CPU path (int8 Linear layers)
+    runtime: str = "torch"  # "torch" | "onnx" (ONNX Runtime on the CPU, fp32 or int8; docs/ENCODERS.md)
     # A search call's time budget in ms (0: none): the planner reranks as many of the top k
     # candidates, at up to max_length tokens (never below min_length), as the measured cost of
     # the cross-encoder on this machine predicts fit in what retrieval left (docs/BUDGET.md).
@@ -363,6 +367,14 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
         if getattr(cfg, key).dtype == "int8" and dev.startswith("cuda"):
             raise ConfigError(f"{key}.dtype = 'int8' (dynamic int8 quantization) runs on the CPU only, "
                               f"but encoder.device = {dev!r}; use 'fp16' or 'bf16' on a GPU")
+        _choice(getattr(cfg, key).runtime, RUNTIMES, f"{key}.runtime")
+        if getattr(cfg, key).runtime == "onnx":
+            if dev.startswith("cuda"):
+                raise ConfigError(f"{key}.runtime = 'onnx' runs on the CPU only (ONNX Runtime's CPU kernels), "
+                                  f"but encoder.device = {dev!r}; use runtime 'torch' on a GPU")
+            if getattr(cfg, key).dtype not in ("", "fp32", "int8"):
+                raise ConfigError(f"{key}.runtime = 'onnx' runs fp32 or int8 models, not "
+                                  f"{key}.dtype = {getattr(cfg, key).dtype!r}")
     _choice(cfg.encoder.pooling, ("", "cls", "mean"), "encoder.pooling")
     _positive(cfg.encoder.max_length, "encoder.max_length", 8192)
     _positive(cfg.encoder.query_max_length, "encoder.query_max_length", 8192)

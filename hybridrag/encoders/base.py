@@ -143,7 +143,10 @@ def quantize_int8(model: "torch.nn.Module") -> "torch.nn.Module":
         warnings.filterwarnings("ignore", message=r"(?s).*torch\.ao\.quantization is deprecated")
         warnings.filterwarnings("ignore", message=r"(?s).*quantized tensor creation functions")
         try:
-            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+            from torch.ao.quantization import (
+                per_channel_dynamic_qconfig,
+                quantize_dynamic,
+            )
         except ImportError as exc:  # pragma: no cover - a future torch without it
             raise ConfigError(f"dtype 'int8' needs torch.ao.quantization.quantize_dynamic, which torch "
                               f"{torch.__version__} lacks; use dtype 'fp32'") from exc
@@ -255,7 +258,11 @@ def _env_flag(key: str) -> bool:
 
 
 def _hub_failure(name: str, exc: Exception, offline: bool, cache: str) -> str:
-    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        HFValidationError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     fix = (f"Pass the path of a local model folder instead, or download the model once where the Hub "
            f"is reachable (`hf download {name}`, into {cache}; HF_HOME moves it).")
@@ -300,6 +307,22 @@ def load_transformer(folder: str, name: str, dtype: "torch.dtype", device: str, 
         raise ModelLoadError(f"could not load model weights for {name!r} from {folder}: {exc}") from exc
     model = model.to(device).eval()
     return quantize_int8(model) if int8 else model
+
+
+def load_body(folder: str, name: str, dtype: Any, device: str, *, runtime: str = "torch",
+              onnx_cache: str | os.PathLike[str] | None = None) -> Any:
+    """The encoder body for ``runtime``: :func:`load_transformer` (``"torch"``; ``dtype`` the
+    setting as given, ``"int8"`` quantizing its Linear layers) or, for ``"onnx"``, the fp32
+    model exported and run by ONNX Runtime (:func:`hybridrag.encoders.onnx.to_onnx`; int8 by
+    ONNX Runtime's quantizer)."""
+    if runtime == "onnx":
+        import torch
+
+        from hybridrag.encoders.onnx import to_onnx
+
+        model = load_transformer(folder, name, torch.float32, "cpu")
+        return to_onnx(model, "last_hidden_state", name=name, int8=is_int8(dtype), cache=onnx_cache)
+    return load_transformer(folder, name, resolve_dtype(dtype, device), device, int8=is_int8(dtype))
 
 
 # The functions that log transformers' weight-loading report: 5.x's table ("LOAD REPORT"),

@@ -31,8 +31,8 @@ from hybridrag.encoders.base import (
     host_copy,
     is_int8,
     l2_normalize,
+    load_body,
     load_tokenizer,
-    load_transformer,
     model_capacity,
     pad_batch,
     resolve_device,
@@ -41,6 +41,7 @@ from hybridrag.encoders.base import (
     run_sorted_batches,
     tokenize,
 )
+from hybridrag.encoders.onnx import check_runtime
 from hybridrag.errors import ModelLoadError
 
 __all__ = ["DenseEncoder", "POOLING_MODES"]
@@ -102,9 +103,12 @@ class DenseEncoder:
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str, device: str, dtype: Any, pooling: str,
                  normalize: bool, query_instruction: str | None, max_length: int,
-                 requested_dtype: str | None = None, query_cache: int = QUERY_CACHE_SIZE) -> None:
+                 requested_dtype: str | None = None, query_cache: int = QUERY_CACHE_SIZE,
+                 runtime: str = "torch") -> None:
         """Wrap loaded parts; prefer :meth:`from_pretrained`."""
         self.model = model
+        #: ``"torch"`` or ``"onnx"`` (the model is a :class:`hybridrag.encoders.onnx.OnnxModel`).
+        self.runtime = runtime
         self.tokenizer = tokenizer
         self.name = name
         self.device = device
@@ -124,7 +128,8 @@ class DenseEncoder:
     def from_pretrained(cls, name_or_path: str | os.PathLike[str], device: str | None = None, dtype: Any = None,
                         pooling: str | None = None, normalize: bool | None = None,
                         query_instruction: str | None = None, max_length: int | None = None,
-                        query_cache: int = QUERY_CACHE_SIZE, **kw: Any) -> "DenseEncoder":
+                        query_cache: int = QUERY_CACHE_SIZE, runtime: str = "torch",
+                        onnx_cache: str | os.PathLike[str] | None = None, **kw: Any) -> "DenseEncoder":
         """Load a model folder (local path or Hugging Face id).
 
         ``pooling``/``normalize``/``max_length``: None reads them from the folder's
@@ -134,7 +139,9 @@ class DenseEncoder:
         ``"Represent this sentence for searching relevant passages: "`` for bge-en-v1.5).
         ``dtype="int8"`` is the CPU path: the model's Linear layers are quantized to int8 after
         loading (``device`` None then means the CPU; CUDA raises ConfigError). ``query_cache``:
-        how many query encodings to keep (0 = off; see :class:`QueryCache`).
+        how many query encodings to keep (0 = off; see :class:`QueryCache`). ``runtime="onnx"``
+        runs the model in ONNX Runtime on the CPU (fp32, or int8 with ``dtype="int8"``), exported
+        on first use and kept in ``onnx_cache`` (see :mod:`hybridrag.encoders.onnx`).
         """
         if kw:
             raise TypeError(f"unexpected arguments for DenseEncoder.from_pretrained: {sorted(kw)}")
@@ -146,12 +153,13 @@ class DenseEncoder:
             raise TypeError(f"query_instruction must be a str or None, got {type(query_instruction).__name__}")
         name = os.fspath(name_or_path) if isinstance(name_or_path, os.PathLike) else name_or_path
         query_cache = check_query_cache(query_cache)
-        dev = resolve_device(device, dtype)
+        runtime = check_runtime(runtime, device, dtype)
+        dev = resolve_device("cpu" if device is None and runtime == "onnx" else device, dtype)
         torch_dtype = resolve_dtype(dtype, dev)
         folder = resolve_model_folder(name)
         st = read_st_settings(folder)
         tokenizer = load_tokenizer(folder, name)
-        model = load_transformer(folder, name, torch_dtype, dev, int8=is_int8(dtype))
+        model = load_body(folder, name, dtype, dev, runtime=runtime, onnx_cache=onnx_cache)
         capacity = model_capacity(model.config)
         if max_length is None:
             max_length = min(st.get("max_length", MAX_LENGTH_LIMIT), capacity, MAX_LENGTH_LIMIT)
@@ -160,12 +168,12 @@ class DenseEncoder:
                    pooling=pooling if pooling is not None else st.get("pooling", "cls"),
                    normalize=normalize if normalize is not None else st.get("normalize", True),
                    query_instruction=query_instruction, max_length=max_length,
-                   requested_dtype=_requested(dtype, torch_dtype), query_cache=query_cache)
+                   requested_dtype=_requested(dtype, torch_dtype), query_cache=query_cache, runtime=runtime)
 
     def config(self) -> dict[str, Any]:
         """JSON-serialisable settings of this encoder, a record that an index writes into its
         manifest (``models.encoder.config``). An index is reopened from its pipeline, not from this."""
-        return {"type": "dense", "name_or_path": self.name, "dtype": self._requested_dtype,
+        return {"type": "dense", "name_or_path": self.name, "dtype": self._requested_dtype, "runtime": self.runtime,
                 "pooling": self.pooling, "normalize": self.normalize,
                 "query_instruction": self.query_instruction, "max_length": self.max_length, "dim": self.dim}
 

@@ -25,8 +25,8 @@ from hybridrag.encoders.base import (
     host_copy,
     is_int8,
     l2_normalize,
+    load_body,
     load_tokenizer,
-    load_transformer,
     model_capacity,
     pad_batch,
     resolve_device,
@@ -35,6 +35,7 @@ from hybridrag.encoders.base import (
     run_sorted_batches,
     tokenize,
 )
+from hybridrag.encoders.onnx import check_runtime
 from hybridrag.errors import ModelLoadError
 
 __all__ = ["M3Encoder", "colbert_score", "dense_score", "lexical_score"]
@@ -76,9 +77,11 @@ class M3Encoder:
 
     def __init__(self, model: Any, tokenizer: Any, colbert_linear: Any, sparse_linear: Any, *,
                  name: str, device: str, dtype: Any, requested_dtype: str | None = None,
-                 query_cache: int = QUERY_CACHE_SIZE) -> None:
+                 query_cache: int = QUERY_CACHE_SIZE, runtime: str = "torch") -> None:
         """Wrap loaded parts; prefer :meth:`from_pretrained`."""
         self.model = model
+        #: ``"torch"`` or ``"onnx"`` (XLM-R runs in ONNX Runtime; the two heads stay in torch).
+        self.runtime = runtime
         self.tokenizer = tokenizer
         self.colbert_linear = colbert_linear
         self.sparse_linear = sparse_linear
@@ -98,7 +101,8 @@ class M3Encoder:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str] = "BAAI/bge-m3", device: str | None = None,
-                        dtype: Any = None, query_cache: int = QUERY_CACHE_SIZE, **kw: Any) -> "M3Encoder":
+                        dtype: Any = None, query_cache: int = QUERY_CACHE_SIZE, runtime: str = "torch",
+                        onnx_cache: str | os.PathLike[str] | None = None, **kw: Any) -> "M3Encoder":
         """Load an M3 folder (local path or Hugging Face id).
 
         ``device``: None picks CUDA when available. ``dtype``: None gives fp16 on CUDA
@@ -106,13 +110,17 @@ class M3Encoder:
         the CPU path: XLM-R's Linear layers are quantized to int8 after loading (the small
         colbert/sparse heads stay fp32; ``device`` None then means the CPU, CUDA raises
         ConfigError). ``query_cache``: how many query encodings to keep (0 = off).
+        ``runtime="onnx"`` runs XLM-R in ONNX Runtime on the CPU (fp32, or int8 with
+        ``dtype="int8"``; the heads stay in torch, fp32), exported on first use and kept in
+        ``onnx_cache`` (see :mod:`hybridrag.encoders.onnx`).
         Raises :class:`ModelLoadError` when the folder, weights or a head file is missing.
         """
         if kw:
             raise TypeError(f"unexpected arguments for M3Encoder.from_pretrained: {sorted(kw)}")
         name = os.fspath(name_or_path) if isinstance(name_or_path, os.PathLike) else name_or_path
         query_cache = check_query_cache(query_cache)
-        dev = resolve_device(device, dtype)
+        runtime = check_runtime(runtime, device, dtype)
+        dev = resolve_device("cpu" if device is None and runtime == "onnx" else device, dtype)
         torch_dtype = resolve_dtype(dtype, dev)
         folder = resolve_model_folder(name)
         for head in ("colbert_linear.pt", "sparse_linear.pt"):
@@ -122,7 +130,7 @@ class M3Encoder:
                     f"(an M3 folder holds the XLM-R weights plus colbert_linear.pt and sparse_linear.pt)"
                 )
         tokenizer = load_tokenizer(folder, name)
-        model = load_transformer(folder, name, torch_dtype, dev, int8=is_int8(dtype))
+        model = load_body(folder, name, dtype, dev, runtime=runtime, onnx_cache=onnx_cache)
         colbert_linear = _load_linear(os.path.join(folder, "colbert_linear.pt"), name, torch_dtype, dev)
         sparse_linear = _load_linear(os.path.join(folder, "sparse_linear.pt"), name, torch_dtype, dev)
         hidden = model.config.hidden_size
@@ -133,12 +141,12 @@ class M3Encoder:
             )
         return cls(model, tokenizer, colbert_linear, sparse_linear, name=str(name), device=dev, dtype=torch_dtype,
                    requested_dtype=None if dtype is None else "int8" if is_int8(dtype) else dtype_name(torch_dtype),
-                   query_cache=query_cache)
+                   query_cache=query_cache, runtime=runtime)
 
     def config(self) -> dict[str, Any]:
         """JSON-serialisable settings of this encoder, a record that an index writes into its
         manifest (``models.encoder.config``). An index is reopened from its pipeline, not from this."""
-        return {"type": "m3", "name_or_path": self.name, "dtype": self._requested_dtype,
+        return {"type": "m3", "name_or_path": self.name, "dtype": self._requested_dtype, "runtime": self.runtime,
                 "dim": self.dim, "colbert_dim": self.colbert_dim}
 
     @property

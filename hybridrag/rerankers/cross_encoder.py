@@ -29,6 +29,7 @@ from hybridrag.encoders.base import (
     resolve_dtype,
     resolve_model_folder,
 )
+from hybridrag.encoders.onnx import check_runtime, to_onnx
 from hybridrag.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -75,16 +76,23 @@ class CrossEncoderReranker:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         max_length: int = 512,
+        runtime: str = "torch",
+        onnx_cache: str | os.PathLike[str] | None = None,
     ) -> None:
         self.max_length = _check_max_length(max_length)
-        self.device = _resolve_device(device, dtype)
+        #: ``"torch"`` or ``"onnx"`` (the model runs in ONNX Runtime on the CPU, fp32 or int8).
+        self.runtime = check_runtime(runtime, device, dtype)
+        self.device = _resolve_device("cpu" if device is None and self.runtime == "onnx" else device, dtype)
         self.dtype = resolve_dtype(dtype, str(self.device))
         #: Linear layers run in int8 (``dtype="int8"``, the CPU path; :func:`quantize_int8`).
         self.int8 = is_int8(dtype)
         self.name_or_path = str(name_or_path)
         self.tokenizer = tokenizer
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
-        if self.int8:
+        if self.runtime == "onnx":
+            self.model = to_onnx(self.model, "logits", name=self.name_or_path or type(model).__name__,
+                                 int8=self.int8, cache=onnx_cache)
+        elif self.int8:
             self.model = quantize_int8(self.model)
         self._backend = self._make_backend(tokenizer)
         pad_id = getattr(tokenizer, "pad_token_id", None)
@@ -103,12 +111,16 @@ class CrossEncoderReranker:
         *,
         revision: str | None = None,
         trust_remote_code: bool = False,
+        runtime: str = "torch",
+        onnx_cache: str | os.PathLike[str] | None = None,
     ) -> CrossEncoderReranker:
         """Load a cross-encoder from a local folder or a Hugging Face id.
 
         ``dtype``: None gives fp16 on CUDA and fp32 on CPU; ``"int8"`` is the CPU path (the
         model's Linear layers quantized to int8 after loading; ``device`` None then means the
-        CPU, a CUDA device raises ConfigError).
+        CPU, a CUDA device raises ConfigError). ``runtime="onnx"``: the model runs in ONNX
+        Runtime on the CPU (fp32, or int8 with ``dtype="int8"``), exported on first use and kept
+        in ``onnx_cache`` (see :mod:`hybridrag.encoders.onnx`).
 
         Raises :class:`~hybridrag.errors.ModelLoadError` when the folder or id cannot be loaded.
         """
@@ -118,7 +130,8 @@ class CrossEncoderReranker:
             raise TypeError(f"name_or_path must be a str or path, got {type(name_or_path).__name__}")
         _check_max_length(max_length)
         name = os.fspath(name_or_path)
-        dev = _resolve_device(device, dtype)
+        runtime = check_runtime(runtime, device, dtype)
+        dev = _resolve_device("cpu" if device is None and runtime == "onnx" else device, dtype)
         torch_dtype = resolve_dtype(dtype, str(dev))
         path = Path(name).expanduser()
         looks_local = path.is_absolute() or name.startswith((".", "~")) or path.exists()
@@ -146,7 +159,7 @@ class CrossEncoderReranker:
                 f"reranker {name!r} has num_labels={num_labels}; a cross-encoder reranker needs exactly 1 logit"
             )
         return cls(model, tokenizer, name_or_path=name, device=dev, dtype="int8" if is_int8(dtype) else torch_dtype,
-                   max_length=max_length)
+                   max_length=max_length, runtime=runtime, onnx_cache=onnx_cache)
 
     # ------------------------------------------------------------------ inputs
     @staticmethod
@@ -325,5 +338,6 @@ class CrossEncoderReranker:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name_or_path!r}, device={str(self.device)!r}, "
-                f"dtype={'int8' if self.int8 else dtype_name(self.dtype)!r}, max_length={self.max_length})")
+                f"dtype={'int8' if self.int8 else dtype_name(self.dtype)!r}, max_length={self.max_length}, "
+                f"runtime={self.runtime!r})")
 

@@ -15,7 +15,7 @@ one call costs about ``a + sum over batches of rows x (b L + c L^2)`` seconds, `
 batch's longest pair in tokens (``c`` is attention's quadratic share). ``a``, ``b`` and
 ``c`` are measured on first use (:func:`calibrate`: a few timed calls on made-up pairs,
 seconds on a CPU with a full-size model) and kept in a cache file keyed by the model, its
-device, dtype and the torch thread count (``$HYBRIDRAG_CACHE_DIR``, else
+device, dtype, runtime and the torch thread count (``$HYBRIDRAG_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/hybridrag`` or ``~/.cache/hybridrag``; ``rerank-costs.json``), so a change
 of device or threads measures again. Every reranked call then corrects the model: the ratio
 of actual to predicted time is followed as a moving average (``scale``), so a busy machine or
@@ -102,7 +102,8 @@ def _key(reranker: Any) -> str:
 
     dtype = "int8" if getattr(reranker, "int8", False) else str(getattr(reranker, "dtype", ""))
     return "|".join([str(getattr(reranker, "name_or_path", type(reranker).__name__)),
-                     str(getattr(reranker, "device", "")), dtype, f"threads={torch.get_num_threads()}",
+                     str(getattr(reranker, "device", "")), dtype, f"runtime={getattr(reranker, 'runtime', 'torch')}",
+                     f"threads={torch.get_num_threads()}",
                      f"max_length={getattr(reranker, 'max_length', '')}"])
 
 
