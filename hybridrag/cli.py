@@ -279,7 +279,7 @@ def _print_hits(hits: Sequence[Any], explain: bool) -> None:
 def cmd_query(args: argparse.Namespace) -> int:
     from hybridrag.index import HybridIndex
 
-    idx = HybridIndex.load(args.index, verify=False)
+    idx = HybridIndex.load(args.index, verify=False, runtime=args.runtime)
     overrides: dict[str, Any] = {}
     if args.modes:
         overrides["modes"] = args.modes.split(",")
@@ -542,8 +542,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     run(args.index, host=args.host, port=args.port, writable=args.writable, api_key=args.api_key,
         limits=limits, batching=BatchConfig(wait_ms=args.batch_wait_ms, max_batch=args.max_batch),
-        reload_interval_ms=args.reload_ms, log_level=args.log_level, access_log=args.access_log)
+        reload_interval_ms=args.reload_ms, log_level=args.log_level, access_log=args.access_log,
+        runtime=args.runtime)
     return 0
+
+
+_RUNTIME_HELP = ("run the encoder and reranker in torch or ONNX Runtime (CPU; pip install 'hybridrag[onnx]'; "
+                 "exported once, kept in $HYBRIDRAG_ONNX_CACHE); default: the pipeline's runtime")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -602,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget-ms", type=float, default=None,
                    help="time budget of the call: rerank as deep as the measured cost allows (0: none; "
                         "default: the pipeline's rerank.budget_ms)")
+    s.add_argument("--runtime", choices=["torch", "onnx"], default=None, help=_RUNTIME_HELP)
     s.set_defaults(func=cmd_query)
 
     for name, func, help_, beir_help in (
@@ -717,6 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reload-ms", type=float, default=200.0, help="how often to look for a newer commit")
     s.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     s.add_argument("--access-log", action="store_true")
+    s.add_argument("--runtime", choices=["torch", "onnx"], default=None, help=_RUNTIME_HELP)
     s.set_defaults(func=cmd_serve)
     return p
 

@@ -12,22 +12,25 @@ from hybridrag.storage.commit import model_fingerprint
 __all__ = ["load_encoder", "load_reranker", "make_bm25", "make_chunker"]
 
 
-def load_encoder(pipeline: PipelineConfig, device: str | None, manifest: Mapping[str, Any] | None) -> Any:
-    """The pipeline's encoder; refused when its files are not those the index was built with."""
+def load_encoder(pipeline: PipelineConfig, device: str | None, manifest: Mapping[str, Any] | None,
+                 runtime: str | None = None) -> Any:
+    """The pipeline's encoder; refused when its files are not those the index was built with.
+    ``runtime``: in place of the pipeline's ``encoder.runtime``."""
     e = pipeline.encoder
+    runtime = runtime or e.runtime
     path = resolve_model_path(e.model)
     dtype = e.dtype or None
     if e.kind == "m3":
         from hybridrag.encoders.m3 import M3Encoder
 
         enc: Any = M3Encoder.from_pretrained(path, device=device, dtype=dtype, query_cache=e.query_cache,
-                                             runtime=e.runtime)
+                                             runtime=runtime)
     else:
         from hybridrag.encoders.dense import DenseEncoder
 
         enc = DenseEncoder.from_pretrained(path, device=device, dtype=dtype, pooling=e.pooling or None,
                                            normalize=e.normalize, query_instruction=e.query_instruction or None,
-                                           query_cache=e.query_cache, runtime=e.runtime)
+                                           query_cache=e.query_cache, runtime=runtime)
     if manifest is not None:
         saved = manifest.get("models", {}).get("encoder", {})
         now = model_fingerprint(path)
@@ -39,12 +42,13 @@ def load_encoder(pipeline: PipelineConfig, device: str | None, manifest: Mapping
     return enc
 
 
-def load_reranker(pipeline: PipelineConfig, device: str | None) -> Any:
+def load_reranker(pipeline: PipelineConfig, device: str | None, runtime: str | None = None) -> Any:
+    """The pipeline's cross-encoder; ``runtime``: in place of its ``rerank.runtime``."""
     r = pipeline.rerank
     from hybridrag.rerankers.cross_encoder import CrossEncoderReranker
 
     return CrossEncoderReranker.from_pretrained(resolve_model_path(r.model), device=device, dtype=r.dtype or None,
-                                                max_length=r.max_length, runtime=r.runtime)
+                                                max_length=r.max_length, runtime=runtime or r.runtime)
 
 
 def make_bm25(pipeline: PipelineConfig, encoder: Callable[[], Any], vocabulary: Mapping[str, int] | None) -> Any:

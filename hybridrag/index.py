@@ -65,6 +65,7 @@ class HybridIndex:
         self._device = device or (pipeline.encoder.device or None)
         self._encoder = encoder
         self._reranker = reranker
+        self._runtime: str | None = None   # load(runtime=...): overrides the pipeline's runtimes
         self._bm25: Any = None
         self._bm25_vocab: dict[str, int] | None = None
         self._chunker: Any = None
@@ -111,7 +112,7 @@ class HybridIndex:
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, verify: bool = False, encoder: Any = None,
              reranker: Any = None, device: str | None = None, milvus_uri: str | None = None,
-             milvus_token: str | None = None) -> "HybridIndex":
+             milvus_token: str | None = None, runtime: str | None = None) -> "HybridIndex":
         """Open the last committed state of the index at ``path``.
 
         Opening reads the manifest and maps the segment files; it checks their structure
@@ -123,9 +124,18 @@ class HybridIndex:
         ``milvus_uri`` / ``milvus_token`` (else ``$HYBRIDRAG_MILVUS_URI`` / ``$MILVUS_TOKEN``):
         where a Milvus-backed index's vectors are; required unless they are in a Milvus Lite
         file inside ``path`` (docs/MILVUS.md, "Security").
+        ``runtime`` (``"torch"`` or ``"onnx"``): runs this process's encoder and reranker so,
+        whatever the pipeline says (``encoder.runtime`` / ``rerank.runtime``); the pipeline is
+        not changed. ONNX Runtime in fp32 gives the vectors torch does (docs/ENCODERS.md), so an
+        index built with torch can be queried with it.
         """
-        return opening.load(cls, path, verify=verify, encoder=encoder, reranker=reranker, device=device,
-                            milvus_uri=milvus_uri, milvus_token=milvus_token)
+        from hybridrag.encoders.onnx import check_runtime
+
+        chosen = None if runtime is None else check_runtime(runtime)
+        idx = opening.load(cls, path, verify=verify, encoder=encoder, reranker=reranker, device=device,
+                           milvus_uri=milvus_uri, milvus_token=milvus_token)
+        idx._runtime = chosen
+        return idx
 
     @classmethod
     def attach(cls, path: str | os.PathLike[str], *, collection: str, milvus_uri: str | None = None,
@@ -224,14 +234,15 @@ class HybridIndex:
     def encoder(self) -> Any:
         """The neural encoder (M3Encoder or DenseEncoder), loaded on first use."""
         if self._encoder is None and self.pipeline.encoder.kind != "none":
-            self._encoder = components.load_encoder(self.pipeline, self._device, self._manifest)
+            self._encoder = components.load_encoder(self.pipeline, self._device, self._manifest,
+                                                    runtime=self._runtime)
         return self._encoder
 
     @property
     def reranker(self) -> Any:
         """The cross-encoder, loaded on first use."""
         if self._reranker is None:
-            self._reranker = components.load_reranker(self.pipeline, self._device)
+            self._reranker = components.load_reranker(self.pipeline, self._device, runtime=self._runtime)
         return self._reranker
 
     @property

@@ -223,3 +223,47 @@ def test_onnx_minilm_matches_torch_and_int8_keeps_the_ranking(minilm_dir, onnx_c
     # measured: cos min 0.968, score gap 0.047, overlap [10, 7, 10, 10, 9] (torch's int8: [9, 9, 10, 10, 8]); same top-1
     assert min(overlap) >= 7 and np.mean(overlap) >= 9 and (top_a[:, 0] == top_c[:, 0]).all(), overlap
     assert os.path.isdir(onnx_cache)
+
+
+def test_load_runtime_runs_an_index_built_with_torch_in_onnx(tmp_path, m3_dir, reranker_dir, onnx_cache,
+                                                             monkeypatch):
+    from test_cli import cli
+
+    monkeypatch.setenv("HYBRIDRAG_ONNX_CACHE", str(onnx_cache))
+    rerank = {"enabled": True, "model": str(reranker_dir), "k": 4, "max_length": 128}
+    with HybridIndex.create(tmp_path / "t", m3_pipeline(m3_dir, rerank=rerank)) as idx:
+        idx.add(docs())
+        want = [[(h.chunk_id, h.score) for h in idx.search(q, k=3)] for q in QUERIES]
+    with HybridIndex.load(tmp_path / "t", runtime="onnx") as idx:
+        assert isinstance(idx.encoder.model, OnnxModel) and isinstance(idx.reranker.model, OnnxModel)
+        got = [[(h.chunk_id, h.score) for h in idx.search(q, k=3)] for q in QUERIES]
+        idx.add([{"id": "new", "text": "a new document about vitamin D"}])   # a commit keeps the pipeline's runtime
+    for w, g in zip(want, got):
+        assert [c for c, _ in w] == [c for c, _ in g] and np.allclose([s for _, s in w], [s for _, s in g], atol=1e-5)
+    with HybridIndex.load(tmp_path / "t") as idx:
+        assert idx.pipeline.encoder.runtime == "torch" and not isinstance(idx.encoder.model, OnnxModel)
+    with pytest.raises(ConfigError, match="'openvino'"):
+        HybridIndex.load(tmp_path / "t", runtime="openvino")
+    # the command line: the same hits with --runtime onnx; a bad value is a usage error
+    a = json.loads(cli("query", tmp_path / "t", QUERIES[0], "-k", "3", "--json").stdout)
+    b = json.loads(cli("query", tmp_path / "t", QUERIES[0], "-k", "3", "--json", "--runtime", "onnx").stdout)
+    assert [h["chunk_id"] for h in a] == [h["chunk_id"] for h in b]
+    assert np.allclose([h["score"] for h in a], [h["score"] for h in b], atol=1e-5)
+    assert cli("query", tmp_path / "t", "q", "--runtime", "gpu", check=False).returncode == 2
+
+
+def test_the_server_engine_opens_its_indexes_with_the_runtime_it_is_given(tmp_path, m3_dir, onnx_cache,
+                                                                          monkeypatch):
+    from hybridrag.server.engine import open_engine
+
+    monkeypatch.setenv("HYBRIDRAG_ONNX_CACHE", str(onnx_cache))
+    with HybridIndex.create(tmp_path / "s", m3_pipeline(m3_dir)) as idx:
+        idx.add(docs())
+    engine = open_engine(tmp_path / "s", writable=True, runtime="onnx")
+    try:
+        assert isinstance(engine.current.encoder.model, OnnxModel)
+        engine._write("add", {"documents": [{"id": "w", "text": "written through the engine"}]})
+        assert isinstance(engine._writer_encoder.model, OnnxModel)   # the writer (closed at its commit) encoded
+    finally:
+        engine._close_writer()
+        engine.current.close()

@@ -255,12 +255,12 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> Any:
 
 def build(index: str | os.PathLike[str], *, writable: bool = False, api_key: str | None = None,
           limits: Limits | None = None, batching: BatchConfig | None = None,
-          reload_interval_ms: float = 200.0) -> tuple[Any, Engine]:
+          reload_interval_ms: float = 200.0, runtime: str | None = None) -> tuple[Any, Engine]:
     """Open the index and build the app (the engine starts with the app's lifespan)."""
     holder: dict[str, Engine] = {}
     metrics = Metrics(queue_depth=lambda: holder["e"].queue_depth, generation=lambda: holder["e"].generation)
     engine = open_engine(index, writable=writable, limits=limits, batching=batching,
-                         reload_interval_ms=reload_interval_ms, metrics=metrics)
+                         reload_interval_ms=reload_interval_ms, metrics=metrics, runtime=runtime)
     holder["e"] = engine
     key = api_key if api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     return create_app(engine, api_key=key), engine

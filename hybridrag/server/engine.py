@@ -103,8 +103,10 @@ class Engine:
 
     def __init__(self, path: str | os.PathLike[str], *, writable: bool = False, limits: Limits | None = None,
                  batching: BatchConfig | None = None, reload_interval_ms: float = 200.0,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, runtime: str | None = None) -> None:
         self.path = Path(path)
+        #: ``HybridIndex.load(runtime=...)`` of every index this engine opens (None: the pipeline's).
+        self.runtime = runtime
         self.writable = writable
         self.limits = limits or Limits()
         self.batching = batching or BatchConfig()
@@ -116,7 +118,7 @@ class Engine:
         self.metrics = metrics
         self._search_pool = ThreadPoolExecutor(1, thread_name_prefix="hybridrag-search")
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="hybridrag-write")
-        self.current: HybridIndex = HybridIndex.load(self.path, verify=False)
+        self.current: HybridIndex = HybridIndex.load(self.path, verify=False, runtime=runtime)
         self._signature = self._manifest_signature()
         self._queue: deque[_Request] = deque()
         self._queued = 0        # queries in _queue
@@ -208,7 +210,8 @@ class Engine:
             try:
                 conn = {f"milvus_{k}": v for k, v in old._milvus_conn.items() if k in ("uri", "token")}
                 new = await asyncio.to_thread(HybridIndex.load, self.path, verify=False,
-                                              encoder=old._encoder, reranker=old._reranker, **conn)
+                                              encoder=old._encoder, reranker=old._reranker, runtime=self.runtime,
+                                              **conn)
             except (HybridRAGError, OSError, ValueError) as e:
                 # keep serving the loaded generation; the next manifest change retries
                 logger.warning("hybridrag serve: could not load the new generation of %s: %s", self.path, e)
@@ -347,7 +350,8 @@ class Engine:
             if on_disk is None or int(on_disk["generation"]) != self._writer.generation:
                 self._close_writer()   # another process committed since: start from its generation
         if self._writer is None:
-            self._writer = HybridIndex.load(self.path, verify=False, encoder=self._writer_encoder)
+            self._writer = HybridIndex.load(self.path, verify=False, encoder=self._writer_encoder,
+                                            runtime=self.runtime)
         w = self._writer
         commit = bool(kwargs.get("commit", True))
         try:
