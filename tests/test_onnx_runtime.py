@@ -121,6 +121,14 @@ def test_a_second_load_reads_the_cache_and_the_cache_can_be_off(bert_dir, tmp_pa
     (cache / ".building-x" / "model.onnx").write_bytes(b"half")
     assert DenseEncoder.from_pretrained(bert_dir, runtime="onnx", onnx_cache=cache).model.source == "cache"
 
+    # a damaged entry (cut short) is exported again, not an error
+    entry = next(p for p in cache.iterdir() if not p.name.startswith("."))
+    data = (entry / "model.onnx").read_bytes()
+    (entry / "model.onnx").write_bytes(data[: len(data) // 3])
+    again = DenseEncoder.from_pretrained(bert_dir, runtime="onnx", onnx_cache=cache)
+    assert again.model.source == "export" and (entry / "model.onnx").stat().st_size == len(data)
+    assert np.abs(again.encode(SAMPLES).dense - first.encode(SAMPLES).dense).max() < 1e-6
+
     # the environment names the cache when the argument does not; "off" keeps nothing
     monkeypatch.setenv("HYBRIDRAG_ONNX_CACHE", str(tmp_path / "env"))
     assert onnx_cache_dir() == tmp_path / "env"

@@ -17,7 +17,8 @@ the model), else ``onnx/`` under the user's hybridrag cache (``$HYBRIDRAG_CACHE_
 measurements). Never a place an index directory names. A cache entry is keyed by a hash of the
 exported weights, the graph's inputs and output and the torch / ONNX Runtime versions; it is
 built in a temporary folder inside the cache and moved into place by renames, the ``.onnx``
-file last, so processes sharing a cache never read a half-written file. With ``dtype = "int8"``
+file last, so processes sharing a cache never read a half-written file; an entry ONNX Runtime
+cannot read (a file cut short) is removed and exported again. With ``dtype = "int8"``
 the exported model is quantized by ONNX Runtime (dynamic int8, one scale per output channel)
 and kept beside the fp32 one.
 """
@@ -291,8 +292,15 @@ def to_onnx(model: Any, output: str, *, name: str, int8: bool = False, cache: st
                 session = _session(str(_build(model, names, output, int8, Path(tmp), None)), threads)
             return OnnxModel(session, model.config, names, output, "export")
         entry = folder / _weights_key(model, names, output)
-        source = "cache"
-        if not (entry / fname).is_file():
+        source, session = "cache", None
+        if (entry / fname).is_file():
+            try:
+                session = _session(str(entry / fname), threads)
+            except ConfigError:
+                raise
+            except Exception:  # a damaged entry (a disk that filled up, a file cut short): export again
+                shutil.rmtree(entry, ignore_errors=True)
+        if session is None:
             source = "export"
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -305,7 +313,7 @@ def to_onnx(model: Any, output: str, *, name: str, int8: bool = False, cache: st
                 _publish(tmp, entry)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-        session = _session(str(entry / fname), threads)
+            session = _session(str(entry / fname), threads)
     except ConfigError:
         raise
     except Exception as exc:
