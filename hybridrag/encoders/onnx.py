@@ -171,7 +171,7 @@ def _weights_key(model: Any, names: list[str], output: str) -> str:
     for key, tensor in model.state_dict().items():
         h.update(key.encode())
         h.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # no copy
     return h.hexdigest()[:32]
 
 
