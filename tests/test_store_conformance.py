@@ -87,7 +87,7 @@ def _milvus(kind: str) -> Any:
     import shutil
     import tempfile
 
-    from hybridrag.stores.milvus import MilvusDenseStore, MilvusSparseStore
+    from hybridrag.stores.milvus import MilvusColbertStore, MilvusDenseStore, MilvusSparseStore
 
     if "dir" not in _MILVUS:
         _MILVUS["dir"] = tempfile.mkdtemp(prefix="hybridrag-milvus-")
@@ -98,6 +98,8 @@ def _milvus(kind: str) -> Any:
     name = f"conf_{kind}_{_MILVUS['n']}"
     if kind == "dense":
         return MilvusDenseStore(DIM, uri=uri, collection=name)
+    if kind == "colbert":   # 4 tokens a row: chunks of 1-6 tokens take one or two rows
+        return MilvusColbertStore(DIM, uri=uri, collection=name, tokens_per_row=4)
     return MilvusSparseStore(uri=uri, collection=name)
 
 
@@ -126,6 +128,7 @@ BACKENDS = [
     Backend("sparse", _sparse, sparse_rows, sparse_ref, zero_is_miss=True),
     Backend("milvus-dense", lambda: _milvus("dense"), dense_rows, dense_ref, dense_pack),
     Backend("milvus-sparse", lambda: _milvus("sparse"), sparse_rows, sparse_ref, zero_is_miss=True),
+    Backend("milvus-colbert", lambda: _milvus("colbert"), colbert_rows, colbert_ref, tol=2e-3),
 ]
 
 
