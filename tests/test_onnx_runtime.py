@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -185,13 +184,29 @@ def test_runtime_settings_are_checked(bert_dir, monkeypatch):
         DenseEncoder.from_pretrained(bert_dir, runtime="onnx")
 
 
+def _torch_index(path: Path, m3_dir: Path, reranker_dir: Path) -> tuple[dict, list]:
+    """An index of the tiny M3 with a reranker, run by torch: its rerank settings and the hits
+    (chunk id, score) of every query."""
+    rerank = {"enabled": True, "model": str(reranker_dir), "k": 4, "max_length": 128}
+    with HybridIndex.create(path, m3_pipeline(m3_dir, rerank=rerank)) as idx:
+        idx.add(docs())
+        return rerank, [_hits(idx, q) for q in QUERIES]
+
+
+def _hits(idx: HybridIndex, query: str) -> list[tuple[str, float]]:
+    return [(h.chunk_id, h.score) for h in idx.search(query, k=3)]
+
+
+def _assert_same_hits(want: list, got: list) -> None:
+    for w, g in zip(want, got, strict=True):
+        assert [c for c, _ in w] == [c for c, _ in g]
+        assert np.allclose([s for _, s in w], [s for _, s in g], atol=1e-5)
+
+
 def test_an_index_with_the_onnx_runtime_searches_as_with_torch(tmp_path, m3_dir, reranker_dir, onnx_cache,
                                                                monkeypatch):
     monkeypatch.setenv("HYBRIDRAG_ONNX_CACHE", str(onnx_cache))
-    rerank = {"enabled": True, "model": str(reranker_dir), "k": 4, "max_length": 128}
-    with HybridIndex.create(tmp_path / "t", m3_pipeline(m3_dir, rerank=rerank)) as idx:
-        idx.add(docs())
-        want = [[(h.chunk_id, h.score) for h in idx.search(q, k=3)] for q in QUERIES]
+    rerank, want = _torch_index(tmp_path / "t", m3_dir, reranker_dir)
     pipe = m3_pipeline(m3_dir, encoder={"runtime": "onnx"}, rerank={**rerank, "runtime": "onnx"})
     with HybridIndex.create(tmp_path / "o", pipe) as idx:
         idx.add(docs())
@@ -200,10 +215,8 @@ def test_an_index_with_the_onnx_runtime_searches_as_with_torch(tmp_path, m3_dir,
     assert saved["models"]["encoder"]["config"]["runtime"] == "onnx"
     with HybridIndex.load(tmp_path / "o") as idx:
         assert idx.pipeline.encoder.runtime == "onnx" and idx.pipeline.rerank.runtime == "onnx"
-        got = [[(h.chunk_id, h.score) for h in idx.search(q, k=3)] for q in QUERIES]
-    for w, g in zip(want, got):
-        assert [c for c, _ in w] == [c for c, _ in g]
-        assert np.allclose([s for _, s in w], [s for _, s in g], atol=1e-5)
+        got = [_hits(idx, q) for q in QUERIES]
+    _assert_same_hits(want, got)
 
 
 # ----------------------------------------------------------------------------- real weights
@@ -230,7 +243,6 @@ def test_onnx_minilm_matches_torch_and_int8_keeps_the_ranking(minilm_dir, onnx_c
     assert cos.min() > 0.95 and np.abs(sa - sc).max() < 0.1, (cos.min(), np.abs(sa - sc).max())
     # measured: cos min 0.968, score gap 0.047, overlap [10, 7, 10, 10, 9] (torch's int8: [9, 9, 10, 10, 8]); same top-1
     assert min(overlap) >= 7 and np.mean(overlap) >= 9 and (top_a[:, 0] == top_c[:, 0]).all(), overlap
-    assert os.path.isdir(onnx_cache)
 
 
 def test_load_runtime_runs_an_index_built_with_torch_in_onnx(tmp_path, m3_dir, reranker_dir, onnx_cache,
@@ -238,16 +250,12 @@ def test_load_runtime_runs_an_index_built_with_torch_in_onnx(tmp_path, m3_dir, r
     from test_cli import cli
 
     monkeypatch.setenv("HYBRIDRAG_ONNX_CACHE", str(onnx_cache))
-    rerank = {"enabled": True, "model": str(reranker_dir), "k": 4, "max_length": 128}
-    with HybridIndex.create(tmp_path / "t", m3_pipeline(m3_dir, rerank=rerank)) as idx:
-        idx.add(docs())
-        want = [[(h.chunk_id, h.score) for h in idx.search(q, k=3)] for q in QUERIES]
+    _, want = _torch_index(tmp_path / "t", m3_dir, reranker_dir)
     with HybridIndex.load(tmp_path / "t", runtime="onnx") as idx:
         assert isinstance(idx.encoder.model, OnnxModel) and isinstance(idx.reranker.model, OnnxModel)
-        got = [[(h.chunk_id, h.score) for h in idx.search(q, k=3)] for q in QUERIES]
+        got = [_hits(idx, q) for q in QUERIES]
         idx.add([{"id": "new", "text": "a new document about vitamin D"}])   # a commit keeps the pipeline's runtime
-    for w, g in zip(want, got):
-        assert [c for c, _ in w] == [c for c, _ in g] and np.allclose([s for _, s in w], [s for _, s in g], atol=1e-5)
+    _assert_same_hits(want, got)
     with HybridIndex.load(tmp_path / "t") as idx:
         assert idx.pipeline.encoder.runtime == "torch" and not isinstance(idx.encoder.model, OnnxModel)
     with pytest.raises(ConfigError, match="'openvino'"):
