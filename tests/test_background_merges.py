@@ -183,8 +183,8 @@ def test_one_job_of_several_merges_installs_them_all(tmp_path, m3_dir, enc):
     idx.merge_policy = None
     for i in range(0, 12, 2):
         idx.add(docs[i:i + 2])                      # six segments, no merge yet
-    idx.merge_policy = TieredMergePolicy(segments_per_tier=3, floor_rows=1)
-    idx.delete(["d0", "d7"])
+    idx.delete(["d0", "d7"])                        # (no policy yet: this commit starts no merge whose
+    idx.merge_policy = TieredMergePolicy(segments_per_tier=3, floor_rows=1)  # job the next would find running)
     idx.add(docs[12:14])                            # seven segments: two groups of three, one job
     job = idx._merge_job
     assert job is not None and len(job.groups) >= 2   # (a segment that lost d0 is rewritten alone)

@@ -155,6 +155,8 @@ def test_export_is_quiet(bert_dir, tmp_path, capfd):
     handlers = list(root.handlers)
     DenseEncoder.from_pretrained(bert_dir, dtype="int8", runtime="onnx", onnx_cache=tmp_path / "q")
     out, err = capfd.readouterr()
+    # gRPC's own log lines from Milvus clients other tests left open in this process are not ours
+    err = "".join(line for line in err.splitlines(keepends=True) if "chttp2_transport" not in line)
     assert out == "" and err == ""
     assert root.handlers == handlers  # ONNX Runtime's quantizer would have configured the root logger
 
