@@ -32,7 +32,7 @@ MODES = tuple(_MODES)
 _MILVUS_MAX_HITS = 16384   # hybridrag.stores.milvus.MAX_HITS (importing it would import pymilvus)
 #: Values of ``encoder.dtype`` and ``rerank.dtype``: "" (fp16 on CUDA, fp32 on CPU), "int8" the CPU path.
 DTYPES = ("", "fp32", "fp16", "bf16", "int8")
-#: Values of ``encoder.runtime`` and ``rerank.runtime`` (hybridrag.encoders.onnx.RUNTIMES).
+#: Values of ``encoder.runtime`` and ``rerank.runtime`` (checked for models by hybridrag.encoders.onnx).
 RUNTIMES = ("torch", "onnx")
 
 

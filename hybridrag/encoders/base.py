@@ -143,10 +143,7 @@ def quantize_int8(model: "torch.nn.Module") -> "torch.nn.Module":
         warnings.filterwarnings("ignore", message=r"(?s).*torch\.ao\.quantization is deprecated")
         warnings.filterwarnings("ignore", message=r"(?s).*quantized tensor creation functions")
         try:
-            from torch.ao.quantization import (
-                per_channel_dynamic_qconfig,
-                quantize_dynamic,
-            )
+            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
         except ImportError as exc:  # pragma: no cover - a future torch without it
             raise ConfigError(f"dtype 'int8' needs torch.ao.quantization.quantize_dynamic, which torch "
                               f"{torch.__version__} lacks; use dtype 'fp32'") from exc
@@ -258,11 +255,7 @@ def _env_flag(key: str) -> bool:
 
 
 def _hub_failure(name: str, exc: Exception, offline: bool, cache: str) -> str:
-    from huggingface_hub.errors import (
-        HFValidationError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
 
     fix = (f"Pass the path of a local model folder instead, or download the model once where the Hub "
            f"is reachable (`hf download {name}`, into {cache}; HF_HOME moves it).")

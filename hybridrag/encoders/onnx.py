@@ -38,12 +38,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from hybridrag.config import RUNTIMES  # the values of encoder.runtime and rerank.runtime
 from hybridrag.errors import ConfigError, ModelLoadError
 
 __all__ = ["RUNTIMES", "OnnxModel", "check_runtime", "onnx_cache_dir", "to_onnx"]
 
-#: Values of ``encoder.runtime`` and ``rerank.runtime``.
-RUNTIMES = ("torch", "onnx")
 #: Environment variable naming the directory exported models are kept in.
 CACHE_ENV = "HYBRIDRAG_ONNX_CACHE"
 _OPSET = 18
