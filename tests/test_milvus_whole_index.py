@@ -463,9 +463,19 @@ def test_two_index_directories_cannot_publish_under_one_prefix(tmp_path, m3_dir,
     a = HybridIndex.create(tmp_path / "a", _pipe(m3_dir, uri=shared, collection="same"), encoder=m3_encoder)
     try:
         a.add(docs(3))
-        with pytest.raises(IndexFormatError, match="give this index its own \\[milvus\\] collection prefix"):
+        with pytest.raises(IndexFormatError, match="another index uses this \\[milvus\\] collection prefix"):
             HybridIndex.create(tmp_path / "b", _pipe(m3_dir, uri=shared, collection="same"), encoder=m3_encoder)
-        assert not (tmp_path / "b" / "manifest.json").exists()   # no index left behind
+        assert not (tmp_path / "b").exists()   # nothing left behind (no log of collections it dropped again)
+        # migrate into a new directory the same way: refused, nothing left, so it can run again
+        src = HybridIndex.create(tmp_path / "src", m3_pipeline(m3_dir), encoder=m3_encoder)
+        src.add(docs(2))
+        src.close()
+        with pytest.raises(IndexFormatError, match="another index uses this"):
+            HybridIndex.migrate(tmp_path / "src", tmp_path / "m", whole_index=True, milvus_uri=shared,
+                                collection="same", encoder=m3_encoder)
+        assert not (tmp_path / "m").exists()
+        HybridIndex.migrate(tmp_path / "src", tmp_path / "m", whole_index=True, milvus_uri=shared,
+                            collection="moved", encoder=m3_encoder).close()
         b = HybridIndex.create(tmp_path / "b", _pipe(m3_dir, uri=shared, collection="other"), encoder=m3_encoder)
         b.close()
         q = HybridIndex.attach(tmp_path / "q", collection="same", milvus_uri=shared, encoder=m3_encoder)
@@ -475,3 +485,68 @@ def test_two_index_directories_cannot_publish_under_one_prefix(tmp_path, m3_dir,
             q.close()
     finally:
         a.close()
+
+
+def test_opening_names_no_new_place_and_keeps_one_prefix_per_node(tmp_path, m3_dir, m3_encoder):
+    """A mistyped Milvus Lite uri is an error, not a new empty database (with its folders); a
+    query node's directory serves the prefix it was attached to; a file is not a directory."""
+    uri = str(tmp_path / "w" / "milvus.db")
+    w = HybridIndex.create(tmp_path / "w", _pipe(m3_dir, collection="pub"), encoder=m3_encoder)
+    w.add(docs(3))
+    w.close()
+    typo = tmp_path / "typo" / "dir" / "milvus.db"
+    with pytest.raises(IndexFormatError, match="no Milvus Lite file at .*typo"):
+        HybridIndex.attach(tmp_path / "q", collection="pub", milvus_uri=str(typo))
+    with pytest.raises(IndexFormatError, match="no Milvus Lite file at .*typo"):
+        HybridIndex.load(tmp_path / "w", milvus_uri=str(typo), encoder=m3_encoder)
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "q").exists()
+    HybridIndex.attach(tmp_path / "q", collection="pub", milvus_uri=uri, encoder=m3_encoder).close()
+    with pytest.raises(ConfigError, match="query node of collection prefix 'pub', not 'other'"):
+        HybridIndex.attach(tmp_path / "q", collection="other", milvus_uri=uri)
+    assert json.loads((tmp_path / "q" / "milvus-attach.json").read_text()) == {"collection": "pub"}
+    q = HybridIndex.attach(tmp_path / "q", collection="pub", milvus_uri=uri, encoder=m3_encoder)   # again: fine
+    try:
+        assert {h.doc_id for h in q.search("x", k=10)} == {"d0", "d1", "d2"}
+    finally:
+        q.close()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="not a directory"):
+        HybridIndex.attach(tmp_path / "f", collection="pub", milvus_uri=uri)
+    with pytest.raises(ConfigError, match="cannot connect to the Milvus server at 'http://127.0.0.1:1'"):
+        HybridIndex.attach(tmp_path / "s", collection="pub", milvus_uri="http://127.0.0.1:1")
+    assert not (tmp_path / "s").exists()
+
+
+def test_take_over_refuses_a_lite_file_inside_a_living_writers_directory(tmp_path, m3_dir, m3_encoder):
+    """A Lite file inside an index directory is that directory's own (its writer does not check
+    the owner of its collections): taking it over would leave two writers of one index."""
+    w = HybridIndex.create(tmp_path / "w", _pipe(m3_dir, collection="c5"), encoder=m3_encoder)
+    try:
+        w.add(docs(3))
+        with pytest.raises(ConfigError, match="inside the index directory"):
+            HybridIndex.take_over(tmp_path / "t", collection="c5", milvus_uri=str(tmp_path / "w" / "milvus.db"),
+                                  encoder=m3_encoder)
+        assert not (tmp_path / "t").exists()
+        w.add(docs(4)[3:])   # the writer goes on, alone
+        assert w.stats()["documents"] == 4
+    finally:
+        w.close()
+
+
+def test_a_lite_file_another_process_holds_is_one_clear_line(tmp_path, m3_dir, m3_encoder):
+    """Milvus Lite serves a data file to one process: a second one gets the cause in one line
+    (hybridrag's error), not milvus-lite's logged traceback before it."""
+    import subprocess
+    import sys
+
+    w = HybridIndex.create(tmp_path / "w", _pipe(m3_dir, collection="held"), encoder=m3_encoder)
+    try:
+        w.add(docs(2))
+        out = subprocess.run([sys.executable, "-m", "hybridrag.cli", "info", str(tmp_path / "w")],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        w.close()
+    assert out.returncode != 0
+    assert "hybridrag: error: cannot open Milvus Lite file" in out.stderr
+    assert "DataDirLockedError: another process holds the lock" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

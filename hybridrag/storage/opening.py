@@ -253,6 +253,11 @@ def create(cls, path: str | os.PathLike[str], pipeline: str | os.PathLike[str] |
     import sqlite3
 
     existed = (p / MANIFEST).exists()
+    created_log = None   # [milvus]: the log of collections this directory made, when this create starts it
+    if cfg.milvus.enabled:
+        from hybridrag.stores.milvus import CREATED_LOG
+
+        created_log = None if (p / CREATED_LOG).exists() else p / CREATED_LOG
     idx = None
     previous = None
     try:
@@ -282,13 +287,18 @@ def create(cls, path: str | os.PathLike[str], pipeline: str | os.PathLike[str] |
         # Leave nothing that only `rm -rf` could clear: a new index's files and the
         # folders made go again (a failure here means no index was committed); an index
         # being overwritten stays whole until the new one's manifest replaces its own.
+        undone = idx is None
         if idx is not None:
             if not _committed_since(p, previous):
                 with contextlib.suppress(Exception):
                     _undo_create(idx, previous)
+                    undone = True
             idx.close()
         lock.release()
         if not existed:
+            if undone and created_log is not None:   # the collections it made are dropped: nothing to clean up
+                with contextlib.suppress(OSError):
+                    created_log.unlink(missing_ok=True)
             _remove_created(p, made, files=True)
         raise
     commit_mod.drop_milvus_collections(idx, old)
@@ -480,12 +490,19 @@ def attach(cls, path: str | os.PathLike[str], *, collection: str | None, milvus_
     if (p / MANIFEST).exists():
         raise ConfigError(f"{str(p)!r} holds an index directory: open it with HybridIndex.load (attach makes "
                           "a query node in a directory of its own)")
+    if (p.exists() or p.is_symlink()) and not p.is_dir():
+        raise ConfigError(f"{str(p)!r} exists and is not a directory; a query node keeps its pointer file in a "
+                          "directory of its own")
     pointer = p / POINTER
-    if collection is None:
+    if collection is None or pointer.exists():
         try:
-            collection = json.loads(pointer.read_text(encoding="utf-8"))["collection"]
+            named = json.loads(pointer.read_text(encoding="utf-8"))["collection"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise IndexFormatError(f"{pointer}: not a query node's pointer file ({e})") from None
+        if collection is not None and collection != named:
+            raise ConfigError(f"{str(p)!r} is the query node of collection prefix {named!r}, not {collection!r}: "
+                              "attach another directory (or remove this one first)")
+        collection = named
     uri = milvus_uri or os.environ.get(URI_ENV) or None
     if uri is None:
         raise ConfigError(f"a query node needs to be told where Milvus is: pass milvus_uri=... (and milvus_token=... "

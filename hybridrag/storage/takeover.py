@@ -38,6 +38,23 @@ from hybridrag.storage.table import SegmentTable
 __all__ = ["take_over"]
 
 
+def _refuse_a_living_writers_file(milvus_uri: str | None) -> None:
+    """A Milvus Lite file inside an index directory belongs to that directory (a copy of the
+    directory copies it; its writer does not check the owner of collections in it), so the
+    writer there is not lost: taking it over would leave two writers of one index."""
+    from hybridrag.stores.milvus import URI_ENV, _is_server
+
+    uri = milvus_uri or os.environ.get(URI_ENV) or None
+    if not isinstance(uri, str) or _is_server(uri):
+        return   # (attach reports a missing or bad uri)
+    for d in Path(uri).expanduser().resolve().parents:
+        if (d / opening.MANIFEST).is_file():
+            raise ConfigError(f"the Milvus Lite file {uri!r} is inside the index directory {str(d)!r}, whose writer "
+                              f"owns it: open that index (HybridIndex.load({str(d)!r})). take_over is for a writer "
+                              "whose directory is lost; to make a writer elsewhere, migrate it "
+                              "(hybridrag migrate, with a collection prefix of its own)")
+
+
 def take_over(cls: Any, path: str | os.PathLike[str], *, collection: str, milvus_uri: str | None = None,
               milvus_token: str | None = None, encoder: Any = None, batch_size: int = 4096) -> Any:
     """:meth:`hybridrag.index.HybridIndex.take_over` (documented there)."""
@@ -51,6 +68,7 @@ def take_over(cls: Any, path: str | os.PathLike[str], *, collection: str, milvus
         if not p.is_dir() or p.is_symlink() or any(p.iterdir()):
             raise ConfigError(f"{str(p)!r} exists and is not an empty directory; take_over makes the new writer's "
                               "directory there")
+    _refuse_a_living_writers_file(milvus_uri)
     made = not p.exists()
     node = opening.attach(cls, p, collection=collection, milvus_uri=milvus_uri, milvus_token=milvus_token,
                           encoder=encoder)

@@ -317,20 +317,49 @@ def resolve_connection(stored: Any, directory: Path, uri: str | None = None,
     return str((directory / stored).resolve()), None, True
 
 
-def _connect(uri: str, token: str | None) -> Any:
+class _Swallow(logging.Filter):
+    """Keeps the records a logger emits (instead of letting Python print them) while hybridrag
+    opens a Milvus Lite file: milvus-lite logs its own traceback before the client raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+
+def _connect(uri: str, token: str | None, create: bool = True) -> Any:
+    """A client of the Milvus at ``uri``. ``create=False`` (opening an index, a query node):
+    a Milvus Lite file that does not exist is an error, never made."""
     if _is_server(uri):
-        return MilvusClient(uri=uri, token=token or "")
+        try:
+            return MilvusClient(uri=uri, token=token or "")
+        except Exception as exc:  # noqa: BLE001 - pymilvus raises MilvusException (or grpc errors)
+            raise ConfigError(f"cannot connect to the Milvus server at {uri!r} (is it running, and is the uri "
+                              f"right?): {exc}") from exc
     path = Path(uri).expanduser()
     if path.suffix != ".db":
         raise ConfigError(f"Milvus Lite uri must be a file path ending in .db (or an http(s):// URI), got {uri!r}")
+    if not create and not path.exists():
+        raise IndexFormatError(f"there is no Milvus Lite file at {str(path)!r} (opening an index never makes one: "
+                               "is the uri right?)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    quiet = _Swallow()
+    lite_log = logging.getLogger("milvus_lite.server_manager")
+    lite_log.addFilter(quiet)
     try:
         return MilvusClient(uri=str(path.resolve()))
     except Exception as exc:  # milvus-lite missing, or the data file held by another process
+        why = next((f"{type(r.exc_info[1]).__name__}: {r.exc_info[1]}" for r in quiet.records
+                    if r.exc_info and r.exc_info[1] is not None), str(exc))
         raise ConfigError(
             f"cannot open Milvus Lite file {str(path)!r} (is milvus-lite installed, and is the file free? "
-            f"Milvus Lite allows one process per data file): {exc}"
+            f"Milvus Lite allows one process per data file): {why}"
         ) from exc
+    finally:
+        lite_log.removeFilter(quiet)
 
 
 def _check_index_type(index_type: Any, valid: tuple[str, ...], store: str) -> str:
@@ -430,7 +459,7 @@ class _MilvusStore:
         # A Milvus Lite file inside the index directory that opens it: copied with the
         # directory, so the collections in it are the directory's own whatever owner they name.
         self._private = False
-        self._client = _connect(uri, token)
+        self._client = _connect(uri, token, create=not _attach)
         self._max_slot = -1
         self._count: int | None = None
         # Commit state (see "Commit protocol" in docs/MILVUS.md): rows carry the store

@@ -431,7 +431,7 @@ class MilvusHead:
         if not isinstance(prefix, str) or not prefix or not prefix.replace("_", "a").isalnum() or prefix[0].isdigit():
             raise ConfigError(f"collection must be letters, digits and '_' (not starting with a digit), got {prefix!r}")
         self.uri, self.name, self._owner, self._private = uri, prefix + HEAD_SUFFIX, owner, private
-        self._client = _connect(uri, token)
+        self._client = _connect(uri, token, create=create)
         self.published: int | None = None   # the newest generation this object knows is published
         if not self._client.has_collection(self.name):
             if not create:
@@ -464,8 +464,9 @@ class MilvusHead:
         if props.get(_OWNER, self._owner) != self._owner:
             raise IndexFormatError(
                 f"Milvus collection {self.name!r} at {self.uri!r} is the head of an index another directory writes "
-                f"(owner {props.get(_OWNER)!r}, this one is {self._owner!r}): this directory is a copy, or another "
-                "directory took it over (HybridIndex.take_over); give this index its own [milvus] collection prefix")
+                f"(owner {props.get(_OWNER)!r}, this one is {self._owner!r}): another index uses this [milvus] "
+                "collection prefix (give this index its own: [milvus] collection, --collection), or this directory "
+                "is a copy of that index, or lost it to HybridIndex.take_over")
 
     def _firsts(self) -> list[dict[str, Any]]:
         return list(self._client.query(self.name, filter=f"{_PART} == 0", output_fields=[_KEY, _GEN, _NPARTS]))
