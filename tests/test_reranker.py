@@ -148,6 +148,42 @@ def test_inputs_are_token_level_flag_layout(rr: CrossEncoderReranker) -> None:
     assert short == [0, *fox, 2, 2, *dog, 2]
 
 
+def test_a_very_long_query_is_tokenized_once_and_only_as_far_as_it_is_read(rr: CrossEncoderReranker) -> None:
+    """A 100k-character query paired with 30 passages: the token-level layout of the whole
+    texts' tokens, from one tokenization of a prefix of the query (not 30 of all of it: that
+    took seconds per pair and stalled a budget or a server)."""
+    tok = rr.tokenizer
+    rr2 = CrossEncoderReranker(rr.model, tok, max_length=64, device="cpu")
+    seen: list[int] = []
+
+    class Counting:   # the reranker's own tokenizer, counting the characters it is given
+        def __init__(self, inner):
+            self.inner = inner
+
+        def encode_batch(self, texts, **kw):
+            seen.extend(len(t) for t in texts)
+            return self.inner.encode_batch(texts, **kw)
+
+        def encode(self, text, **kw):
+            seen.append(len(text))
+            return self.inner.encode(text, **kw)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    rr2._backend = Counting(rr2._backend)
+    query = " ".join([LONG] * 200)
+    passages = [f"{i} {EMOJI} {LONG}" if i % 3 else " ".join([LONG] * 200) for i in range(30)]
+    assert len(query) > 100_000
+    got = [ids for ids, _ in rr2._encode_pairs([(query, p) for p in passages])]
+    q_ids = tok(query, add_special_tokens=False)["input_ids"][:48]
+    for p, ids in zip(passages, got):
+        p_ids = tok(p, add_special_tokens=False)["input_ids"]
+        assert ids == [tok.cls_token_id, *q_ids, tok.sep_token_id, tok.sep_token_id, *p_ids[:64 - 48 - 4],
+                       tok.sep_token_id]
+    assert sum(seen) < 30 * 2_000 + 40_000, "the long texts were tokenized whole"
+
+
 def test_batching_keeps_input_order(rr: CrossEncoderReranker) -> None:
     one = rr.compute_score(PAIRS, batch_size=1)
     many = rr.compute_score(PAIRS, batch_size=64)

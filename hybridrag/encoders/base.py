@@ -421,12 +421,21 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int, **kw: Any) -> li
 
 
 def _cut_long_text(tokenizer: Any, text: str, max_length: int) -> str:
+    """``text``, or a prefix of it whose first ``max_length`` tokens are the text's (so that
+    right truncation gives the same ids without tokenizing the whole of a very long text).
+    ``tokenizer``: a Hugging Face tokenizer, or a ``tokenizers.Tokenizer`` without truncation."""
     window = 8 * max_length + 256
     if len(text) <= 2 * window:
         return text
+    if callable(getattr(tokenizer, "encode_batch", None)) and not hasattr(tokenizer, "backend_tokenizer"):
+        def ids(t: str) -> list[int]:
+            return tokenizer.encode(t, add_special_tokens=False).ids
+    else:
+        def ids(t: str) -> list[int]:
+            return tokenizer(t, add_special_tokens=False)["input_ids"]
     while 2 * window < len(text):
-        short = tokenizer(text[:window], add_special_tokens=False)["input_ids"]
-        longer = tokenizer(text[: 2 * window], add_special_tokens=False)["input_ids"]
+        short = ids(text[:window])
+        longer = ids(text[: 2 * window])
         if len(short) >= max_length and short[:max_length] == longer[:max_length]:
             return text[:window]
         window *= 2

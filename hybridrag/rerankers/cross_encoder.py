@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from hybridrag.encoders.base import (
+    _cut_long_text,
     dtype_name,
     is_int8,
     load_pretrained,
@@ -207,21 +208,33 @@ class CrossEncoderReranker:
         side = getattr(self.tokenizer, "truncation_side", "right")
         out: list[tuple[list[int], list[int]]] = []
         if self._backend is not None:
-            n_special = self._backend.num_special_tokens_to_add(True)
-            q_encs = self._backend.encode_batch(queries, add_special_tokens=False)
-            p_encs = self._backend.encode_batch(passages, add_special_tokens=False)
-            for q_enc, p_enc in zip(q_encs, p_encs):
+            backend = self._backend
+            n_special = backend.num_special_tokens_to_add(True)
+
+            def cut(text: str, limit: int) -> str:
+                # a very long text: only a prefix that holds its first tokens is tokenized
+                return _cut_long_text(backend, text, limit) if side == "right" else text
+
+            # each distinct query once (a rerank pairs one query with every passage)
+            q_text = {q: cut(q, q_max) for q in dict.fromkeys(queries)}
+            q_of = dict(zip(q_text, backend.encode_batch(list(q_text.values()), add_special_tokens=False)))
+            for q_enc in q_of.values():
                 q_enc.truncate(q_max, direction=side)
+            p_encs = backend.encode_batch([cut(p, max_len) for p in passages], add_special_tokens=False)
+            for q, p_enc in zip(queries, p_encs):
+                q_enc = q_of[q]
                 p_enc.truncate(max_len, direction=side)
                 excess = len(q_enc.ids) + len(p_enc.ids) + n_special - max_len
                 if excess > 0 and len(p_enc.ids) > excess:
                     p_enc.truncate(len(p_enc.ids) - excess, direction=side)
                 elif excess > 0:
                     # Only reachable for tiny max_length: FlagReranker would overflow max_length
-                    # here; cutting the query too keeps the pair within the model's limit.
+                    # here; cutting the query too keeps the pair within the model's limit (on
+                    # a copy of the query's tokens: others share them).
                     p_enc.truncate(0, direction=side)
-                    q_enc.truncate(max(max_len - n_special, 0), direction=side)
-                enc = self._backend.post_process(q_enc, p_enc, add_special_tokens=True)
+                    q_enc = backend.encode(q_text[q], add_special_tokens=False)
+                    q_enc.truncate(min(q_max, max(max_len - n_special, 0)), direction=side)
+                enc = backend.post_process(q_enc, p_enc, add_special_tokens=True)
                 out.append((list(enc.ids), list(enc.type_ids)))
             return out
         tok = self.tokenizer
