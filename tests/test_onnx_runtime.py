@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,13 +123,32 @@ def test_a_second_load_reads_the_cache_and_the_cache_can_be_off(bert_dir, tmp_pa
     (cache / ".building-x" / "model.onnx").write_bytes(b"half")
     assert DenseEncoder.from_pretrained(bert_dir, runtime="onnx", onnx_cache=cache).model.source == "cache"
 
-    # a damaged entry (cut short) is exported again, not an error
+    # a damaged entry (cut short) is exported again, not an error; an export removes what
+    # exports killed long ago left (not a build that may still be running)
+    os.utime(cache / ".building-x", (time.time() - 7 * 3600,) * 2)
+    (cache / ".building-y").mkdir()
     entry = next(p for p in cache.iterdir() if not p.name.startswith("."))
     data = (entry / "model.onnx").read_bytes()
     (entry / "model.onnx").write_bytes(data[: len(data) // 3])
     again = DenseEncoder.from_pretrained(bert_dir, runtime="onnx", onnx_cache=cache)
     assert again.model.source == "export" and (entry / "model.onnx").stat().st_size == len(data)
     assert np.abs(again.encode(SAMPLES).dense - first.encode(SAMPLES).dense).max() < 1e-6
+    assert not (cache / ".building-x").exists() and (cache / ".building-y").is_dir()
+    # int8 is quantized from the entry's fp32 file: a damaged one is exported again first
+    (entry / "model.onnx").write_bytes(data[: len(data) // 3])
+    q8 = DenseEncoder.from_pretrained(bert_dir, dtype="int8", runtime="onnx", onnx_cache=cache)
+    assert q8.model.source == "export" and (entry / "model.onnx").stat().st_size == len(data)
+    assert (entry / "model.int8.onnx").is_file()
+    # the same weights under another config (activation, heads) are another graph: another entry
+    other = tmp_path / "bert-relu"
+    shutil.copytree(bert_dir, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["hidden_act"] = "relu"
+    (other / "config.json").write_text(json.dumps(cfg))
+    relu = DenseEncoder.from_pretrained(other, runtime="onnx", onnx_cache=cache)
+    assert relu.model.source == "export" and len([e for e in _entries(cache) if not e.startswith(".")]) == 2
+    want = DenseEncoder.from_pretrained(other, device="cpu").encode(SAMPLES).dense
+    assert np.abs(relu.encode(SAMPLES).dense - want).max() < 1e-5
 
     # the environment names the cache when the argument does not; "off" keeps nothing
     monkeypatch.setenv("HYBRIDRAG_ONNX_CACHE", str(tmp_path / "env"))
@@ -159,6 +181,30 @@ def test_export_is_quiet(bert_dir, tmp_path, capfd):
     err = "".join(line for line in err.splitlines(keepends=True) if "chttp2_transport" not in line)
     assert out == "" and err == ""
     assert root.handlers == handlers  # ONNX Runtime's quantizer would have configured the root logger
+
+
+def test_an_export_leaves_other_threads_output_alone(bert_dir, tmp_path, capsys):
+    """Quiet is per export, not per process: a thread that prints while another exports is heard."""
+    import threading
+
+    done = threading.Event()
+    said = []
+
+    def talk():
+        while not done.is_set():
+            said.append(len(said))
+            print(f"tick {said[-1]}")
+            time.sleep(0.02)
+
+    t = threading.Thread(target=talk)
+    t.start()
+    try:
+        DenseEncoder.from_pretrained(bert_dir, runtime="onnx", onnx_cache=tmp_path / "t")
+    finally:
+        done.set()
+        t.join()
+    out = capsys.readouterr().out
+    assert len(said) > 5 and out.splitlines() == [f"tick {i}" for i in said]
 
 
 # ----------------------------------------------------------------------------- settings

@@ -15,10 +15,11 @@ cache; every load exports again into a temporary directory removed once ONNX Run
 the model), else ``onnx/`` under the user's hybridrag cache (``$HYBRIDRAG_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/hybridrag`` or ``~/.cache/hybridrag``, where the rerank budget keeps its
 measurements). Never a place an index directory names. A cache entry is keyed by a hash of the
-exported weights, the graph's inputs and output and the torch / ONNX Runtime versions; it is
-built in a temporary folder inside the cache and moved into place by renames, the ``.onnx``
-file last, so processes sharing a cache never read a half-written file; an entry ONNX Runtime
-cannot read (a file cut short) is removed and exported again. With ``dtype = "int8"``
+exported weights, the model's config, the graph's inputs and output and the torch /
+transformers / ONNX Runtime versions; it is built in a temporary folder inside the cache and
+moved into place by renames, the ``.onnx`` file last, so processes sharing a cache never read
+a half-written file; an entry ONNX Runtime cannot read (a file cut short) is removed and
+exported again, and the folders of exports killed more than six hours ago are removed. With ``dtype = "int8"``
 the exported model is quantized by ONNX Runtime (dynamic int8, one scale per output channel)
 and kept beside the fp32 one.
 """
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import logging
 import os
 import shutil
@@ -161,12 +161,21 @@ class _Wrapped:
 
 
 def _weights_key(model: Any, names: list[str], output: str) -> str:
+    """The cache entry of ``model``: a hash of what its graph is made from, the weights, the
+    architecture's settings (its config: two models with the same weights but other heads or
+    activations are other graphs) and the code that builds and runs it (torch, transformers,
+    ONNX Runtime versions)."""
+    import json
+
     import onnxruntime
     import torch
+    import transformers
 
+    config = model.config.to_dict()
+    config.pop("_name_or_path", None)   # where it was loaded from does not change the graph
     h = hashlib.sha256()
-    h.update(f"{torch.__version__}|{onnxruntime.__version__}|{_OPSET}|{names}|{output}|"
-             f"{type(model).__name__}".encode())
+    h.update(f"{torch.__version__}|{transformers.__version__}|{onnxruntime.__version__}|{_OPSET}|{names}|"
+             f"{output}|{type(model).__name__}|{json.dumps(config, sort_keys=True, default=str)}".encode())
     for key, tensor in model.state_dict().items():
         h.update(key.encode())
         h.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
@@ -176,8 +185,10 @@ def _weights_key(model: Any, names: list[str], output: str) -> str:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """The exporter prints its steps on stdout and logs warnings (torchvision, deprecations):
-    a library is quiet, so both are held back; an export that fails still raises."""
+    """The exporter logs warnings (torchvision, deprecations) and ONNX Runtime's quantizer
+    would configure the root logger: a library is quiet, so both are held back (its steps on
+    stdout are switched off by ``verbose=False``; stdout itself is left alone, as other threads
+    of the process print to it); an export that fails still raises."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch._dynamo", "torch.export",
                                               "torch._export", "onnx_ir", "torchvision", "onnxruntime")]
     levels = [lg.level for lg in loggers]
@@ -189,7 +200,7 @@ def _quiet() -> Iterator[None]:
     try:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -218,7 +229,8 @@ def _export(model: Any, names: list[str], output: str, target: Path) -> None:
     axes[output] = {0: "batch", 1: "tokens"} if output == "last_hidden_state" else {0: "batch"}
     with _quiet():
         program = torch.onnx.export(_Wrapped(model, names, output).eval(), args, None, input_names=names,
-                                    output_names=[output], dynamic_axes=axes, opset_version=_OPSET, dynamo=True)
+                                    output_names=[output], dynamic_axes=axes, opset_version=_OPSET, dynamo=True,
+                                    verbose=False)
         program.save(str(target), external_data=_nbytes(model) >= _PROTOBUF_LIMIT)
 
 
@@ -257,6 +269,24 @@ def _build(model: Any, names: list[str], output: str, int8: bool, folder: Path, 
         return fp32
     _quantize(fp32, folder / "model.int8.onnx")
     return folder / "model.int8.onnx"
+
+
+_BUILDING = ".building-"   # the prefix of the folder an export is written into, inside the cache
+_STALE_BUILD_S = 6 * 3600   # a folder that old is a killed export's (the M3-size export takes minutes)
+
+
+def _remove_stale_builds(folder: Path) -> None:
+    """Remove what killed exports left in the cache (their temporary folders, gigabytes for a
+    large model); folders of exports that may still run (younger than ``_STALE_BUILD_S``) stay."""
+    import time
+
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for d in folder.iterdir():
+            with contextlib.suppress(OSError):
+                if d.name.startswith(_BUILDING) and d.is_dir() and not d.is_symlink() \
+                        and now - d.stat().st_mtime > _STALE_BUILD_S:
+                    shutil.rmtree(d, ignore_errors=True)
 
 
 def _publish(tmp: Path, entry: Path) -> None:
@@ -303,12 +333,22 @@ def to_onnx(model: Any, output: str, *, name: str, int8: bool = False, cache: st
             source = "export"
             try:
                 folder.mkdir(parents=True, exist_ok=True)
-                tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=folder))
+                tmp = Path(tempfile.mkdtemp(prefix=_BUILDING, dir=folder))
             except OSError as exc:
-                raise ConfigError(f"the ONNX cache {str(folder)!r} cannot be written: {exc}") from exc
+                raise ConfigError(f"the ONNX cache {str(folder)!r} cannot be written: {exc}. Set {CACHE_ENV} to a "
+                                  f"folder you can write (or to 'off': export at every load)") from exc
             try:
+                _remove_stale_builds(folder)
                 have = entry / "model.onnx" if (entry / "model.onnx").is_file() else None
-                _build(model, names, output, int8, tmp, have)
+                try:
+                    _build(model, names, output, int8, tmp, have)
+                except Exception:
+                    if have is None:
+                        raise
+                    # the entry's fp32 file cannot be quantized (cut short): export it again too
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    tmp.mkdir()
+                    _build(model, names, output, int8, tmp, None)
                 _publish(tmp, entry)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
