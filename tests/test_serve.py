@@ -612,3 +612,35 @@ def test_serve_command_defaults_and_bad_limits(index_path, capsys):
     assert "max_batch must be >= 1, got 0" in capsys.readouterr().err
     assert cli.main(["serve", str(index_path / "nope")]) == 2
     assert "no index at" in capsys.readouterr().err
+
+
+def test_the_models_are_loaded_before_the_server_answers(tmp_path, index_path, bert_dir, monkeypatch):
+    """A server is healthy when it can answer: its models load (and export, with runtime onnx)
+    at start, so a model that cannot load stops the start instead of failing every request;
+    a model the server cannot load at a request is its fault (500), not the client's."""
+    from hybridrag.errors import ConfigError
+    from hybridrag.server.engine import Engine
+
+    engine = Engine(index_path)
+    try:
+        assert engine.current._encoder is not None
+    finally:
+        engine.current.close()
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)   # hybridrag[onnx] not installed
+    with pytest.raises(ConfigError, match="hybridrag\\[onnx\\]"):
+        Engine(index_path, runtime="onnx")
+    monkeypatch.undo()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = {**offline_like(bert_dir), "rerank": {"enabled": False, "model": str(tmp_path / "no-such-reranker")}}
+    path = tmp_path / "rr"
+    idx = HybridIndex.create(path, pipe)
+    idx.add(docs(3))
+    idx.close()
+    app, _ = build(path, api_key="")
+    s = Server(app)
+    try:
+        status, out, _ = call(s.url, "POST", "/search", {"query": "fox", "rerank": True})
+        assert status == 500 and out["error"] == "ModelLoadError", out
+        assert search(s.url, query="fox")["hits"]   # the rest of the server goes on
+    finally:
+        s.stop()

@@ -30,7 +30,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised by test_serve.py::test_import_hint
     raise ImportError("hybridrag serve needs FastAPI and uvicorn: pip install 'hybridrag[serve]'") from e
 
-from hybridrag.errors import HybridRAGError, IndexLockedError
+from hybridrag.errors import HybridRAGError, IndexLockedError, ModelLoadError
 from hybridrag.server.config import BatchConfig, Limits
 from hybridrag.server.engine import Engine, Overloaded, ReadOnlyError, open_engine
 from hybridrag.server.metrics import Metrics
@@ -198,6 +198,10 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> Any:
     @app.exception_handler(Overloaded)
     async def _overloaded(_req: Any, exc: Overloaded) -> JSONResponse:
         return _error(503, exc, {"Retry-After": "1"})
+
+    @app.exception_handler(ModelLoadError)
+    async def _model(_req: Any, exc: ModelLoadError) -> JSONResponse:
+        return _error(500, exc)   # the server's models, not the request
 
     for kind in (HybridRAGError, ValueError, TypeError):
         @app.exception_handler(kind)

@@ -119,6 +119,14 @@ class Engine:
         self._search_pool = ThreadPoolExecutor(1, thread_name_prefix="hybridrag-search")
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="hybridrag-write")
         self.current: HybridIndex = HybridIndex.load(self.path, verify=False, runtime=runtime)
+        try:   # the models now, not at the first request: a server is healthy when it can answer
+            if self.current.pipeline.encoder.kind != "none":
+                self.current.encoder   # noqa: B018 - loads it (exports it, with runtime "onnx")
+            if self.current.pipeline.rerank.enabled:
+                self.current.reranker   # noqa: B018
+        except BaseException:
+            self.current.close()
+            raise
         self._signature = self._manifest_signature()
         self._queue: deque[_Request] = deque()
         self._queued = 0        # queries in _queue
