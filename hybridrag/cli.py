@@ -301,10 +301,17 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ms(v: float) -> str:
+    """Milliseconds for a person: ``1,500``, ``0.25``, ``1e+300``."""
+    return f"{v:,.0f}" if 1 <= v < 1e9 else f"{v:.3g}"
+
+
 def _budget_line(t: dict[str, Any]) -> str:
     """What a time budget chose and spent, in one line (``query --explain``)."""
-    parts = [f"budget {t['budget_ms']:,.0f} ms"]
-    if "retrieval_ms" in t:
+    parts = [f"budget {_ms(t['budget_ms'])} ms"]
+    if "retrieval_ms" not in t:
+        parts.append("no rerank in this call (rerank off): the budget had nothing to choose")
+    else:
         parts.append(f"retrieval {t['retrieval_ms']:,.1f} ms")
         if t.get("rerank_depth"):
             parts.append(f"rerank top {t['rerank_depth']} at <= {t['rerank_max_length']} tokens: predicted "
@@ -316,7 +323,7 @@ def _budget_line(t: dict[str, Any]) -> str:
     if "models_loaded_ms" in t:
         parts.append(f"models loaded {t['models_loaded_ms']:,.0f} ms (not counted)")
     parts.append(f"total {t['total_ms']:,.1f} ms")
-    return "budget: " + "; ".join(parts[1:]) + f" (of {t['budget_ms']:,.0f} ms)"
+    return "budget: " + "; ".join(parts[1:]) + f" (of {_ms(t['budget_ms'])} ms)"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -548,7 +555,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 _RUNTIME_HELP = ("run the encoder and reranker in torch or ONNX Runtime (CPU; pip install 'hybridrag[onnx]'; "
-                 "exported once, kept in $HYBRIDRAG_ONNX_CACHE); default: the pipeline's runtime")
+                 "exported once, kept in $HYBRIDRAG_ONNX_CACHE, else ~/.cache/hybridrag/onnx); default: the "
+                 "pipeline's runtime")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -597,8 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("query", help="search an index")
     s.add_argument("index", metavar="DIR")
     s.add_argument("question")
-    s.add_argument("-k", type=int, default=10)
-    s.add_argument("--explain", action="store_true", help="show per-mode scores and first-stage ranks")
+    s.add_argument("-k", type=int, default=10, help="hits to return (default 10)")
+    s.add_argument("--explain", action="store_true",
+                   help="show per-mode scores, first-stage ranks, fusion weights and what a time budget chose")
     s.add_argument("--json", action="store_true")
     s.add_argument("--filter", action="append", metavar="KEY=VALUE")
     s.add_argument("--modes", help="comma-separated subset of the index's modes")

@@ -22,6 +22,7 @@ from typing import Any
 
 from hybridrag import components, write
 from hybridrag.config import PipelineConfig
+from hybridrag.errors import ConfigError
 from hybridrag.search import execute
 from hybridrag.search.options import SearchOptions
 from hybridrag.storage import commit as commit_mod
@@ -131,9 +132,23 @@ class HybridIndex:
         """
         from hybridrag.encoders.onnx import check_runtime
 
-        chosen = None if runtime is None else check_runtime(runtime)
+        chosen = None if runtime is None or runtime == "" else check_runtime(runtime)
         idx = opening.load(cls, path, verify=verify, encoder=encoder, reranker=reranker, device=device,
                            milvus_uri=milvus_uri, milvus_token=milvus_token)
+        if chosen == "onnx":   # now, not at the first search: the device asked for, the pipeline's dtypes
+            try:
+                for role, sect, used in (("encoder", idx.pipeline.encoder, idx.pipeline.encoder.kind != "none"),
+                                         ("rerank", idx.pipeline.rerank, idx.pipeline.rerank.enabled)):
+                    if used:
+                        try:
+                            check_runtime(chosen, device=device or getattr(sect, "device", "") or None,
+                                          dtype=sect.dtype or None)
+                        except ConfigError as exc:
+                            why = f" (the index's pipeline sets {role}.dtype = {sect.dtype!r})" if sect.dtype else ""
+                            raise ConfigError(f"{exc}{why}") from None
+            except BaseException:
+                idx.close()
+                raise
         idx._runtime = chosen
         return idx
 

@@ -201,6 +201,9 @@ def test_pipeline_budget_and_cli_explain(tmp_path, m3_dir, sharp_reranker, cache
     out = capsys.readouterr().out
     assert "budget: retrieval" in out and "rerank top 6 at <= 128 tokens: predicted" in out and "(of 100,000 ms)" in out
     assert "models loaded" in out and "(not counted)" in out   # a new process loads its models
+    assert main(["query", str(d), "vitamin D", "-k", "2", "--explain", "--budget-ms", "1e300", "--no-rerank"]) == 0
+    out = capsys.readouterr().out
+    assert "no rerank in this call (rerank off): the budget had nothing to choose" in out and "(of 1e+300 ms)" in out
 
 
 def test_the_http_api_takes_a_budget_and_reports_its_timing(tmp_path, m3_dir, sharp_reranker, cache_dir):

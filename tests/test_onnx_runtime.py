@@ -308,6 +308,10 @@ def test_load_runtime_runs_an_index_built_with_torch_in_onnx(tmp_path, m3_dir, r
         assert idx.pipeline.encoder.runtime == "torch" and not isinstance(idx.encoder.model, OnnxModel)
     with pytest.raises(ConfigError, match="'openvino'"):
         HybridIndex.load(tmp_path / "t", runtime="openvino")
+    with pytest.raises(ConfigError, match="CPU only"):   # at load, not at the first search
+        HybridIndex.load(tmp_path / "t", runtime="onnx", device="cuda")
+    with HybridIndex.load(tmp_path / "t", runtime="") as idx:   # "" is no override, as None
+        assert idx._runtime is None
     # the command line: the same hits with --runtime onnx; a bad value is a usage error
     a = json.loads(cli("query", tmp_path / "t", QUERIES[0], "-k", "3", "--json").stdout)
     b = json.loads(cli("query", tmp_path / "t", QUERIES[0], "-k", "3", "--json", "--runtime", "onnx").stdout)
