@@ -411,7 +411,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"{role:<10} {name}")
     segs = st["segments"]
     print(f"segments   {len(segs)}   deleted rows: {sum(s['deleted'] for s in segs)}"
-          + ("   (hybridrag optimize merges them)" if len(segs) > 1 else ""))
+          + ("   (hybridrag optimize merges them)" if len(segs) > 1 and idx._attached is None else ""))
     for store, n in st["bytes"].items():
         if store in st["milvus"]:
             continue

@@ -512,6 +512,11 @@ def test_opening_names_no_new_place_and_keeps_one_prefix_per_node(tmp_path, m3_d
     (tmp_path / "f").write_text("x")
     with pytest.raises(ConfigError, match="not a directory"):
         HybridIndex.attach(tmp_path / "f", collection="pub", milvus_uri=uri)
+    with pytest.raises(IndexFormatError, match="a file, not a directory"):
+        HybridIndex.load(tmp_path / "f")
+    from hybridrag.storage.check import check_index
+
+    assert "is a query node" in check_index(tmp_path / "q")[0]   # its files are the writer's to check
     with pytest.raises(ConfigError, match="cannot connect to the Milvus server at 'http://127.0.0.1:1'"):
         HybridIndex.attach(tmp_path / "s", collection="pub", milvus_uri="http://127.0.0.1:1")
     assert not (tmp_path / "s").exists()

@@ -129,10 +129,15 @@ def read_manifest(path: Path, missing_ok: bool = False) -> dict[str, Any] | None
     if not path.is_dir():
         if missing_ok:
             return None
-        raise IndexFormatError(f"{str(path)!r} is not an index: no such directory")
+        raise IndexFormatError(f"{str(path)!r} is not an index: "
+                               + ("a file, not a directory" if path.exists() else "no such directory"))
     if not mf.is_file():
         if missing_ok:
             return None
+        if (path / "milvus-attach.json").is_file():   # opening.POINTER (imports this module)
+            raise IndexFormatError(f"{str(path)!r} is a query node (HybridIndex.attach): it holds only a pointer "
+                                   "to the index a writer publishes in Milvus; its files are the writer's "
+                                   "directory's (check that)")
         raise IndexFormatError(f"{str(path)!r} is not an index: {MANIFEST} is missing")
     if mf.is_symlink():
         raise IndexFormatError(f"{mf}: refusing a manifest that is a symbolic link")
