@@ -579,6 +579,8 @@ def test_bad_per_call_weights_are_named(index, w):
 def test_lone_surrogates_in_queries_are_named(index):
     with pytest.raises(ValueError, match="query 1 contains the lone surrogate"):
         index.search_batch(["fine", "bad \udcff bytes"])
+    with pytest.raises(ValueError, match="the query is empty"):   # one query: no index to name
+        index.search("  ")
 
 
 def test_results_say_why_hits_are_missing(tmp_path, index):

@@ -158,7 +158,7 @@ def test_search_equals_the_library(server, local):
     ({"query": "x", "depth": 20000}, 400, "exceeds this server's limit of 10000 (--max-depth)"),
     ({"query": "x", "weights": {"bm25": 1.0}}, 400, "no fusion weight for mode(s) ['dense']"),
     ({"query": "x", "filters": {"n": {"$regex": "a"}}}, 400, "$regex"),
-    ({"query": "   "}, 400, "query 0 is empty"),
+    ({"query": "   "}, 400, "the query is empty"),
     ({"queries": []}, 400, "no query given"),
     ({"query": "x", "queries": ["y"]}, 400, "pass exactly one of 'query'"),
     ({}, 400, "pass exactly one of 'query'"),

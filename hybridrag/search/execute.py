@@ -36,11 +36,12 @@ def check_queries(queries: Any) -> list[str]:
     from hybridrag.stores.docstore import check_unicode
 
     for i, q in enumerate(queries):
+        name = "the query" if len(queries) == 1 else f"query {i}"
         if not isinstance(q, str):
-            raise TypeError(f"query {i} must be a string, got {type(q).__name__}")
+            raise TypeError(f"{name} must be a string, got {type(q).__name__}")
         if not q.strip():
-            raise ValueError(f"query {i} is empty: {q!r}")
-        check_unicode(q, f"query {i}")
+            raise ValueError(f"{name} is empty: {q!r}")
+        check_unicode(q, name)
     return list(queries)
 
 
