@@ -39,6 +39,7 @@ from typing import Any
 
 from hybridrag.errors import HybridRAGError, IndexFormatError
 from hybridrag.index import MANIFEST, HybridIndex, read_manifest
+from hybridrag.search.execute import check_queries
 from hybridrag.search.options import OVERRIDES, SearchOptions
 from hybridrag.server.config import BatchConfig, Limits
 
@@ -83,11 +84,7 @@ def check_search(queries: Any, k: Any, options: Mapping[str, Any], limits: Limit
                          "(--max-queries)")
     if not queries:
         raise ValueError("no query given: pass 'query' (a string) or 'queries' (a list of strings)")
-    for i, q in enumerate(queries):
-        if not isinstance(q, str):
-            raise TypeError(f"query {i} must be a string, got {type(q).__name__}")
-        if not q.strip():
-            raise ValueError(f"query {i} is empty: {q!r}")
+    check_queries(queries)   # the library's own messages ("the query is empty", "query 2 must be a string")
     if isinstance(k, int) and k > limits.max_k:
         raise ValueError(f"k={k} exceeds this server's limit of {limits.max_k} (--max-k)")
     depth = options.get("depth")
