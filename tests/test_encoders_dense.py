@@ -167,6 +167,29 @@ def test_ten_megabyte_line(enc: DenseEncoder) -> None:
     np.testing.assert_allclose(out.dense, enc.encode([line[:3000]]).dense, atol=1e-6)
 
 
+def test_a_long_text_is_encoded_quietly(bert_dir: Path) -> None:
+    """The prefix probe of a very long text is over the model's length on purpose: transformers'
+    "Token indices sequence length is longer than ..." warning is not the user's business."""
+    import logging
+
+    fresh = DenseEncoder.from_pretrained(bert_dir, device="cpu")   # the warning comes once per tokenizer
+    fresh.tokenizer.model_max_length = fresh.max_length   # as real models' tokenizer_config.json says
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    hf = logging.getLogger("transformers")   # transformers logs there, with a handler of its own
+    keep = Keep()
+    hf.addHandler(keep)
+    try:
+        fresh.encode(["vitamin d deficiency fracture " * 2000])
+    finally:
+        hf.removeHandler(keep)
+    assert not [m for m in seen if "sequence length is longer" in m], seen
+
+
 def test_bad_input(enc: DenseEncoder) -> None:
     with pytest.raises(TypeError, match="texts"):
         enc.encode(42)

@@ -431,8 +431,8 @@ def _cut_long_text(tokenizer: Any, text: str, max_length: int) -> str:
         def ids(t: str) -> list[int]:
             return tokenizer.encode(t, add_special_tokens=False).ids
     else:
-        def ids(t: str) -> list[int]:
-            return tokenizer(t, add_special_tokens=False)["input_ids"]
+        def ids(t: str) -> list[int]:   # (verbose=False: a prefix may be over the model's length, on purpose)
+            return tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"]
     while 2 * window < len(text):
         short = ids(text[:window])
         longer = ids(text[: 2 * window])
