@@ -56,8 +56,6 @@ ms. Raw results (the printed table) go to ``benchmarks/results/fastembed_<date>_
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -321,14 +319,7 @@ def main() -> None:
         idx.close()
 
     out = args.out or ROOT / "benchmarks" / "results" / f"fastembed_{time.strftime('%Y-%m-%d')}_{commit}.md"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        row.print()
-    print(buf.getvalue())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("# hybridrag runtime='onnx' beside fastembed (+ qdrant-client local): the query path\n"
-                   + buf.getvalue())
-    print(f"# raw results: {out}", file=sys.stderr)
+    row.save(out, "hybridrag runtime='onnx' beside fastembed (+ qdrant-client local): the query path")
 
 
 if __name__ == "__main__":

@@ -241,15 +241,7 @@ def main() -> None:
         part(f"synthetic N={n:,} vocab={args.vocab:,}", idx, corpus.queries(args.queries), args, peer_docs)
         idx.close()
     out = args.out or ROOT / "benchmarks" / "results" / f"search-call_{time.strftime('%Y-%m-%d')}_{commit}.md"
-    import io
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        row.print()
-    print(buf.getvalue())
-    out.write_text("# HybridIndex.search() beside its sparse store, bm25s and tantivy (issue 25, item 1)\n"
-                   + buf.getvalue())
-    print(f"# raw results: {out}", file=sys.stderr)
+    row.save(out, "HybridIndex.search() beside its sparse store, bm25s and tantivy (issue 25, item 1)")
 
 
 if __name__ == "__main__":

@@ -36,13 +36,25 @@ class Table:
         self.rows.append((part, system, metric, value))
         print(f"  {part} | {system} | {metric} | {value}", file=sys.stderr, flush=True)
 
+    def text(self) -> str:
+        """The table as ``print()`` writes it."""
+        lines = [f"\n<!-- {time.strftime('%Y-%m-%d %H:%M')} {platform.platform()} "
+                 f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python "
+                 f"{platform.python_version()}, peak RSS {peak_rss_mib():,.0f} MiB; command: {' '.join(sys.argv)} -->",
+                 "| part | system | metric | value |\n|---|---|---|---|"]
+        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join(lines) + "\n"
+
     def print(self) -> None:
-        print(f"\n<!-- {time.strftime('%Y-%m-%d %H:%M')} {platform.platform()} "
-              f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
-              f"peak RSS {peak_rss_mib():,.0f} MiB; command: {' '.join(sys.argv)} -->")
-        print("| part | system | metric | value |\n|---|---|---|---|")
-        for r in self.rows:
-            print("| " + " | ".join(r) + " |")
+        print(self.text(), end="")
+
+    def save(self, out: Path, title: str) -> None:
+        """Print the table and write it to ``out`` (raw results) under the heading ``title``."""
+        text = self.text()
+        print(text)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(f"# {title}\n{text}")
+        print(f"# raw results: {out}", file=sys.stderr)
 
 
 def timed(fn: Callable[[], Any], repeat: int = 3, warmup: bool = True) -> float:
