@@ -480,9 +480,11 @@ def test_sigkill_during_take_over_leaves_the_index_to_a_new_take_over(tmp_path, 
         idx.close()
     release_milvus_lite(built)
     rng = random.Random(SEED + 10)
-    count = tmp_path / "count"
-    shutil.copytree(built, count)
-    env = {"HYBRIDRAG_CRASH_OP": "take_over", "HYBRIDRAG_CRASH_FROM": str(count / "milvus.db")}
+    # the lost writer's Milvus: a copy of its Lite file outside any index directory (as a server's
+    # data is; take_over refuses a Lite file inside an index directory, whose writer is not lost)
+    count = tmp_path / "count.db"
+    shutil.copytree(built / "milvus.db", count)
+    env = {"HYBRIDRAG_CRASH_OP": "take_over", "HYBRIDRAG_CRASH_FROM": str(count)}
     t0 = time.monotonic()
     assert zygote(tmp_path / "count-new", 1, tmp_path / "count.log",
                   {**env, "HYBRIDRAG_CRASH_COUNT": str(tmp_path / "count.json")}) == 0
@@ -491,9 +493,9 @@ def test_sigkill_during_take_over_leaves_the_index_to_a_new_take_over(tmp_path, 
     done: Counter[str] = Counter()
     for t in range(TAKE_OVER_TRIALS):
         target = TAKE_OVER_TARGETS[t % len(TAKE_OVER_TARGETS)]
-        d = tmp_path / f"t{t}"
-        shutil.copytree(built, d)
-        lite = str(d / "milvus.db")
+        d = tmp_path / f"t{t}.db"
+        shutil.copytree(built / "milvus.db", d)
+        lite = str(d)
         env = {"HYBRIDRAG_CRASH_OP": "take_over", "HYBRIDRAG_CRASH_FROM": lite}
         killed = tmp_path / f"t{t}-killed"
         if target == "time":
