@@ -466,7 +466,7 @@ class MilvusHead:
                 f"Milvus collection {self.name!r} at {self.uri!r} is the head of an index another directory writes "
                 f"(owner {props.get(_OWNER)!r}, this one is {self._owner!r}): another index uses this [milvus] "
                 "collection prefix (give this index its own: [milvus] collection, --collection), or this directory "
-                "is a copy of that index, or lost it to HybridIndex.take_over")
+                "is a copy of that index, or another directory took it over (HybridIndex.take_over)")
 
     def _firsts(self) -> list[dict[str, Any]]:
         return list(self._client.query(self.name, filter=f"{_PART} == 0", output_fields=[_KEY, _GEN, _NPARTS]))
