@@ -136,19 +136,16 @@ class HybridIndex:
         idx = opening.load(cls, path, verify=verify, encoder=encoder, reranker=reranker, device=device,
                            milvus_uri=milvus_uri, milvus_token=milvus_token)
         if chosen == "onnx":   # now, not at the first search: the device asked for, the pipeline's dtypes
-            try:
-                for role, sect, used in (("encoder", idx.pipeline.encoder, idx.pipeline.encoder.kind != "none"),
-                                         ("rerank", idx.pipeline.rerank, idx.pipeline.rerank.enabled)):
+            for role, sect, used in (("encoder", idx.pipeline.encoder, idx.pipeline.encoder.kind != "none"),
+                                     ("rerank", idx.pipeline.rerank, idx.pipeline.rerank.enabled)):
+                try:
                     if used:
-                        try:
-                            check_runtime(chosen, device=device or getattr(sect, "device", "") or None,
-                                          dtype=sect.dtype or None)
-                        except ConfigError as exc:
-                            why = f" (the index's pipeline sets {role}.dtype = {sect.dtype!r})" if sect.dtype else ""
-                            raise ConfigError(f"{exc}{why}") from None
-            except BaseException:
-                idx.close()
-                raise
+                        check_runtime(chosen, device=device or getattr(sect, "device", "") or None,
+                                      dtype=sect.dtype or None)
+                except ConfigError as exc:
+                    idx.close()
+                    why = f" (the index's pipeline sets {role}.dtype = {sect.dtype!r})" if sect.dtype else ""
+                    raise ConfigError(f"{exc}{why}") from None
         idx._runtime = chosen
         return idx
 

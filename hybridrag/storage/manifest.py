@@ -33,6 +33,7 @@ __all__ = ["FORMAT_VERSION", "MANIFEST", "read_manifest", "write_manifest", "man
 FORMAT_VERSION = 2
 READS = (1, 2)
 MANIFEST = "manifest.json"
+POINTER = "milvus-attach.json"   # a query node's directory (HybridIndex.attach): the prefix it reads
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
 
@@ -134,7 +135,7 @@ def read_manifest(path: Path, missing_ok: bool = False) -> dict[str, Any] | None
     if not mf.is_file():
         if missing_ok:
             return None
-        if (path / "milvus-attach.json").is_file():   # opening.POINTER (imports this module)
+        if (path / POINTER).is_file():
             raise IndexFormatError(f"{str(path)!r} is a query node (HybridIndex.attach): it holds only a pointer "
                                    "to the index a writer publishes in Milvus; its files are the writer's "
                                    "directory's (check that)")

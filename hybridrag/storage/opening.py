@@ -22,7 +22,8 @@ from hybridrag.modes import store_class as _store_class
 from hybridrag.storage import commit as commit_mod
 from hybridrag.storage import versions as pipeline_versions
 from hybridrag.storage.lock import IndexLock as _Lock
-from hybridrag.storage.manifest import FORMAT_VERSION, MANIFEST, read_generation, read_manifest, verify_files
+from hybridrag.storage.manifest import (FORMAT_VERSION, MANIFEST, POINTER, read_generation, read_manifest,
+                                        verify_files)
 from hybridrag.storage.segments import SegmentedStore
 from hybridrag.storage.table import SegmentTable
 
@@ -475,7 +476,6 @@ def _milvus_collections(path: Path) -> list[str]:
     return out
 
 
-POINTER = "milvus-attach.json"   # a query node's directory: the collection prefix it reads
 
 
 def attach(cls, path: str | os.PathLike[str], *, collection: str | None, milvus_uri: str | None = None,
