@@ -292,7 +292,12 @@ def cmd_query(args: argparse.Namespace) -> int:
     hits = idx.search(args.question, k=args.k, filters=_parse_filters(args.filter), **overrides)
     for note in hits.notes:   # why hits are missing (no query terms for a mode, a filter key no document has)
         print(f"note: {note}", file=sys.stderr)
-    if args.json:
+    if args.json and args.explain:   # the HTTP API's body: hits, notes and what a budget chose
+        body: dict[str, Any] = {"hits": [h.to_dict() for h in hits], "notes": list(hits.notes)}
+        if hits.timing is not None:
+            body["timing"] = hits.timing
+        print(json.dumps(body, ensure_ascii=False, indent=2))
+    elif args.json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
     else:
         _print_hits(hits, args.explain)
@@ -608,7 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=int, default=10, help="hits to return (default 10)")
     s.add_argument("--explain", action="store_true",
                    help="show per-mode scores, first-stage ranks, fusion weights and what a time budget chose")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true",
+                   help="print the hits as a JSON list; with --explain an object like the HTTP API's: "
+                        "hits, notes and (with a budget) timing")
     s.add_argument("--filter", action="append", metavar="KEY=VALUE")
     s.add_argument("--modes", help="comma-separated subset of the index's modes")
     s.add_argument("--fusion", choices=["weighted", "relative", "rrf", "adaptive", "coverage"])

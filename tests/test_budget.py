@@ -204,6 +204,15 @@ def test_pipeline_budget_and_cli_explain(tmp_path, m3_dir, sharp_reranker, cache
     assert main(["query", str(d), "vitamin D", "-k", "2", "--explain", "--budget-ms", "1e300", "--no-rerank"]) == 0
     out = capsys.readouterr().out
     assert "no rerank in this call (rerank off): the budget had nothing to choose" in out and "(of 1e+300 ms)" in out
+    # --json --explain: the HTTP API's body, timing included; --json alone stays a list of hits
+    assert main(["query", str(d), "vitamin D", "-k", "2", "--json", "--explain", "--budget-ms", "100000"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["timing"]["budget_ms"] == 100000 and body["timing"]["rerank_depth"] == 6
+    assert len(body["hits"]) == 2 and "rerank" in body["hits"][0]["scores"] and body["notes"] == []
+    assert main(["query", str(d), "vitamin D", "-k", "2", "--json", "--explain", "--budget-ms", "0"]) == 0
+    assert "timing" not in json.loads(capsys.readouterr().out)
+    assert main(["query", str(d), "vitamin D", "-k", "2", "--json", "--budget-ms", "100000"]) == 0
+    assert [h["doc_id"] for h in json.loads(capsys.readouterr().out)] == [h["doc_id"] for h in body["hits"]]
 
 
 def test_the_http_api_takes_a_budget_and_reports_its_timing(tmp_path, m3_dir, sharp_reranker, cache_dir):
