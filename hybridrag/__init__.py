@@ -13,6 +13,7 @@ from hybridrag.errors import (
     DiskFullError,
     DocumentError,
     HybridRAGError,
+    IndexClosedError,
     IndexFormatError,
     IndexLockedError,
     IndexWriteError,
@@ -56,6 +57,6 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AddResult", "Chunk", "ConfigError", "DiskFullError", "Document", "DocumentError", "Hit", "HybridIndex",
-    "HybridRAGError", "IndexFormatError", "IndexLockedError", "IndexWriteError", "ModelLoadError", "PipelineConfig",
+    "HybridRAGError", "IndexClosedError", "IndexFormatError", "IndexLockedError", "IndexWriteError", "ModelLoadError", "PipelineConfig",
     "SearchOptions", "SearchResults", "__version__", "load_pipeline",
 ]

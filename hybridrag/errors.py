@@ -26,6 +26,11 @@ class IndexLockedError(HybridRAGError, RuntimeError):
     """Another live process holds the index's write lock."""
 
 
+class IndexClosedError(HybridRAGError, ValueError):
+    """A method of a :class:`~hybridrag.index.HybridIndex` was called after its ``close()`` (or
+    after its ``with`` block ended); load the index again to use it."""
+
+
 class EncoderPoolError(HybridRAGError, RuntimeError):
     """A process of an encoder pool (``HybridIndex.encoding_pool``) died or could not start;
     the write that was encoding rolled back."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from hybridrag import components, write
 from hybridrag.config import PipelineConfig
-from hybridrag.errors import ConfigError
+from hybridrag.errors import ConfigError, IndexClosedError
 from hybridrag.search import execute
 from hybridrag.search.options import SearchOptions
 from hybridrag.storage import commit as commit_mod
@@ -90,6 +90,7 @@ class HybridIndex:
         self._milvus_from_index = False  # the [milvus] section came from the manifest
         self._head: Any = None       # [milvus] whole_index: where commits are published (writer)
         self._attached: Any = None   # a query node (attach): the head it reads
+        self._closed = False
         if docstore is not None:
             self.docstore = docstore
         else:
@@ -285,6 +286,11 @@ class HybridIndex:
     def _undo_on_error(self) -> Any:
         return commit_mod.undo_on_error(self)
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise IndexClosedError(f"the index {str(self.path)!r} is closed (close() was called or its with "
+                                   "block ended); open it again with HybridIndex.load")
+
     def add(self, documents: Iterable[Any], *, commit: bool = True, batch_size: int = 256,
             progress: Any = None, errors: str = "raise") -> AddResult:
         """Add documents. A document whose id is already indexed with the same content is
@@ -300,6 +306,7 @@ class HybridIndex:
         documents, with a total when ``documents`` has a length), or a callable called with
         the number of chunks each batch wrote (e.g. a tqdm bar's ``update``).
         """
+        self._check_open()
         return write.write_docs(self, documents, replace=False, commit=commit, batch_size=batch_size,
                                 progress=progress, errors=errors)
 
@@ -307,12 +314,14 @@ class HybridIndex:
                progress: Any = None, errors: str = "raise") -> AddResult:
         """Add documents, replacing every chunk of a document whose content changed
         (``errors`` and ``progress`` as in :meth:`add`)."""
+        self._check_open()
         return write.write_docs(self, documents, replace=True, commit=commit, batch_size=batch_size,
                                 progress=progress, errors=errors)
 
     def delete(self, ids: Iterable[str] | str | None = None, filters: Mapping[str, Any] | None = None,
                *, commit: bool = True) -> int:
         """Delete whole documents by id and/or by a metadata filter; returns how many documents."""
+        self._check_open()
         return write.delete(self, ids, filters, commit)
 
     def commit(self, *, merge: bool = True) -> None:
@@ -321,6 +330,7 @@ class HybridIndex:
         merging the segments :attr:`merge_policy` picks unless ``merge=False``: in a background
         thread whose merged segments a later commit installs (:attr:`merge_in_background`).
         No-op when nothing changed. See :func:`hybridrag.storage.commit.commit`."""
+        self._check_open()
         commit_mod.commit(self, merge=merge)
 
     def encoding_pool(self, devices: Sequence[str] | int) -> Any:
@@ -328,17 +338,20 @@ class HybridIndex:
         (``["cuda:0", "cuda:1"]``; an int ``n``: ``n`` CPU processes), each loading the pipeline's
         model; the rows stored are those of one in-process encoder. See
         :mod:`hybridrag.encoders.pool`; ``hybridrag ingest --encode-devices``."""
+        self._check_open()
         return write.encoding_pool(self, devices)
 
     def optimize(self) -> None:
         """Commit pending writes, then merge every segment into one without deleted rows
         (``hybridrag optimize``): the smallest index and the fastest searches. A merge is a
         commit: readers keep their snapshot, a crash leaves the last commit whole."""
+        self._check_open()
         commit_mod.optimize(self)
 
     def wait_for_merges(self) -> None:
         """Wait for the background merge running now and install what it merged (each merge a
         commit); with writes not yet committed, the next commit installs it instead."""
+        self._check_open()
         with self._writing():
             if not self._dirty:
                 commit_mod.merges.finish(self, wait=True)
@@ -352,7 +365,10 @@ class HybridIndex:
     def close(self) -> None:
         """Install a background merge (waiting for it), then release the writer lock and the
         docstore connection (uncommitted writes are dropped, a merge with them)."""
+        if self._closed:
+            return
         commit_mod.close_merges(self)
+        self._closed = True
         self._lock.release()
         for store in self.stores.values():
             closer = getattr(store, "close", None)
@@ -367,7 +383,7 @@ class HybridIndex:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if exc[0] is None:
+        if exc[0] is None and not self._closed:
             self.commit()
         self.close()
 
@@ -400,6 +416,7 @@ class HybridIndex:
         key that no document has, a filter that matches nothing. The stages are in
         :mod:`hybridrag.search.execute`.
         """
+        self._check_open()
         queries = execute.check_queries(queries)
         return execute.search_batch(self, queries, SearchOptions.build(options, k, filters, **overrides))
 
@@ -417,6 +434,7 @@ class HybridIndex:
         are committed first). Nothing is re-encoded. Returns its number; the old versions stay
         (:meth:`use_pipeline_version`). ``ConfigError`` names a setting that is not a search
         setting or a bad value. ``hybridrag tune`` adds the version it chose this way."""
+        self._check_open()
         if not isinstance(note, str):
             raise TypeError(f"note must be a str, got {type(note).__name__}")
         cfg = pipeline_versions.with_settings(self.pipeline, settings)
@@ -429,6 +447,7 @@ class HybridIndex:
         """Make version ``version`` of the pipeline (:meth:`pipeline_versions`) the active one, as
         a commit: every later load and query node searches with its settings. ``ValueError``
         names a version that does not exist."""
+        self._check_open()
         versions, active = pipeline_versions.carried(self._manifest, self.pipeline)
         found = [v for v in versions if isinstance(version, int) and not isinstance(version, bool)
                  and int(v["version"]) == version]
@@ -444,6 +463,7 @@ class HybridIndex:
     def stats(self) -> dict[str, Any]:
         """Counts, generation, pipeline name, modes, segments, bytes on disk per store and, for the
         modes kept in Milvus, what Milvus holds (``milvus``: collection, rows, vector bytes)."""
+        self._check_open()
         return opening.stats(self)
 
     @property
@@ -452,9 +472,11 @@ class HybridIndex:
         return self._gen
 
     def __len__(self) -> int:
+        self._check_open()
         return self.docstore.count()
 
     def __repr__(self) -> str:
-        return f"HybridIndex({str(self.path)!r}, pipeline={self.pipeline.name!r}, chunks={len(self)})"
+        size = "closed" if self._closed else f"chunks={len(self)}"
+        return f"HybridIndex({str(self.path)!r}, pipeline={self.pipeline.name!r}, {size})"
 
 

@@ -651,3 +651,31 @@ def test_fusion_eval_runs_equal_hybridrag_evals(tmp_path, bert_dir):
 
 def _ranked(run):
     return {q: sorted(d, key=lambda x: -d[x]) for q, d in run.items()}
+
+
+def test_calls_after_close_raise_index_closed_error(tmp_path):
+    """Every call after close() names the closed index (it was an AttributeError on a None
+    connection); close() stays idempotent and a with block closed inside does not commit."""
+    from hybridrag import IndexClosedError
+
+    idx = HybridIndex.create(tmp_path / "c", bm25_pipeline())
+    idx.add([{"id": "a", "text": "vitamin d and bone"}])
+    idx.close()
+    idx.close()
+    calls = {"search": lambda: idx.search("vitamin"), "search_batch": lambda: idx.search_batch(["bone"]),
+             "add": lambda: idx.add([{"id": "b", "text": "calcium"}]), "upsert": lambda: idx.upsert([]),
+             "delete": lambda: idx.delete("a"), "commit": idx.commit, "optimize": idx.optimize,
+             "stats": idx.stats, "len": lambda: len(idx), "wait_for_merges": idx.wait_for_merges,
+             "add_pipeline_version": lambda: idx.add_pipeline_version({"fusion.method": "rrf"}),
+             "use_pipeline_version": lambda: idx.use_pipeline_version(1)}
+    for name, call in calls.items():
+        with pytest.raises(IndexClosedError, match="is closed"):
+            call()
+        assert isinstance(IndexClosedError("x"), ValueError), name
+    assert repr(idx).endswith("closed)")
+    with HybridIndex.load(tmp_path / "c") as again:
+        assert [h.doc_id for h in again.search("vitamin")] == ["a"]
+        again.close()   # the with block's end then neither commits nor raises
+    last = HybridIndex.load(tmp_path / "c")
+    assert last.search("bone")[0].doc_id == "a"
+    last.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridrag.errors import ConfigError, IndexFormatError, IndexWriteError
+from hybridrag.errors import ConfigError, IndexClosedError, IndexFormatError, IndexWriteError
 from hybridrag.index import HybridIndex
 from hybridrag.stores.docstore import DocStore
 from hybridrag.stores.milvus_docs import MAX_PUSHED_VALUES, MilvusDocsStore, MilvusDocView, MilvusHead
@@ -117,6 +117,8 @@ def test_query_node_needs_a_uri_from_the_user_and_a_published_index(tmp_path, m3
             HybridIndex.attach(tmp_path / "w", collection="pub", milvus_uri=str(tmp_path / "w" / "milvus.db"))
         q = HybridIndex.attach(tmp_path / "q", collection="pub", milvus_uri=str(tmp_path / "w" / "milvus.db"))
         q.close()
+        with pytest.raises(IndexClosedError, match="is closed"):   # was a raw MilvusException
+            q.search("doc")
         with pytest.raises(ConfigError, match="milvus_uri"):   # the pointer names no uri: it is asked again
             HybridIndex.load(tmp_path / "q")
         assert json.loads((tmp_path / "q" / "milvus-attach.json").read_text()) == {"collection": "pub"}
