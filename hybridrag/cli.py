@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -564,6 +564,32 @@ _RUNTIME_HELP = ("run the encoder and reranker in torch or ONNX Runtime (CPU; pi
                  "pipeline's runtime")
 
 
+#: Commands that open an existing index and take ``--milvus-uri`` for a Milvus-backed one
+#: (``migrate``, ``attach`` and ``take-over`` take it as an argument of their own).
+_OPENS_AN_INDEX = ("ingest", "query", "eval", "tune", "pipeline", "info", "check", "rebuild", "optimize",
+                   "milvus-gc", "serve")
+
+
+@contextlib.contextmanager
+def _milvus_uri_from(args: argparse.Namespace) -> Iterator[None]:
+    """``--milvus-uri`` of a command in :data:`_OPENS_AN_INDEX` is ``$HYBRIDRAG_MILVUS_URI`` while it
+    runs (every load the command makes, a server's reloads included, reads it there); restored after,
+    so that ``main`` called in a process changes nothing that outlives it."""
+    uri = getattr(args, "index_milvus_uri", None)
+    if uri is None:
+        yield
+        return
+    old = os.environ.get("HYBRIDRAG_MILVUS_URI")
+    os.environ["HYBRIDRAG_MILVUS_URI"] = uri
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HYBRIDRAG_MILVUS_URI", None)
+        else:
+            os.environ["HYBRIDRAG_MILVUS_URI"] = old
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hybridrag import __version__
 
@@ -741,6 +767,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--access-log", action="store_true")
     s.add_argument("--runtime", choices=["torch", "onnx"], default=None, help=_RUNTIME_HELP)
     s.set_defaults(func=cmd_serve)
+    for name in _OPENS_AN_INDEX:
+        sub.choices[name].add_argument(
+            "--milvus-uri", dest="index_milvus_uri", default=None, metavar="URI",
+            help="where the index's Milvus is, for an index kept in Milvus (default $HYBRIDRAG_MILVUS_URI, else "
+                 "a Milvus Lite file inside the index; the token comes from $MILVUS_TOKEN; never stored)")
     return p
 
 
@@ -771,7 +802,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.environ.get("HYBRIDRAG_DEBUG"):
         quiet_model_loading()
     try:
-        return int(args.func(args))
+        with _milvus_uri_from(args):
+            return int(args.func(args))
     except IndexWriteError as e:
         if os.environ.get("HYBRIDRAG_DEBUG"):
             raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,8 @@ def test_a_query_node_serves_what_the_writer_committed(tmp_path, m3_dir, m3_enco
     assert check_index(w_dir) == []
 
 
-def test_query_node_needs_a_uri_from_the_user_and_a_published_index(tmp_path, m3_dir, m3_encoder, monkeypatch):
+def test_query_node_needs_a_uri_from_the_user_and_a_published_index(tmp_path, m3_dir, m3_encoder, monkeypatch,
+                                                                   capsys):
     monkeypatch.delenv("HYBRIDRAG_MILVUS_URI", raising=False)
     w = HybridIndex.create(tmp_path / "w", _pipe(m3_dir, collection="pub"), encoder=m3_encoder)
     try:
@@ -122,6 +124,19 @@ def test_query_node_needs_a_uri_from_the_user_and_a_published_index(tmp_path, m3
         with pytest.raises(ConfigError, match="milvus_uri"):   # the pointer names no uri: it is asked again
             HybridIndex.load(tmp_path / "q")
         assert json.loads((tmp_path / "q" / "milvus-attach.json").read_text()) == {"collection": "pub"}
+        # the command line: --milvus-uri on every command that opens an index, for that command only
+        from hybridrag.cli import main
+
+        assert main(["info", str(tmp_path / "q")]) != 0
+        assert "--milvus-uri on the command line" in capsys.readouterr().err
+        lite = str(tmp_path / "w" / "milvus.db")
+        assert main(["query", str(tmp_path / "q"), "doc", "-k", "2", "--json", "--milvus-uri", lite]) == 0
+        assert len(json.loads(capsys.readouterr().out)) == 2
+        assert "HYBRIDRAG_MILVUS_URI" not in os.environ
+        assert main(["info", str(tmp_path / "q"), "--json", "--milvus-uri", lite]) == 0
+        assert json.loads(capsys.readouterr().out)["chunks"] == 3
+        assert main(["check", str(tmp_path / "q"), "--milvus-uri", lite]) == 1   # a query node: check the writer
+        assert "is a query node" in capsys.readouterr().out
     finally:
         w.close()
 

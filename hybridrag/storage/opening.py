@@ -506,7 +506,7 @@ def attach(cls, path: str | os.PathLike[str], *, collection: str | None, milvus_
     uri = milvus_uri or os.environ.get(URI_ENV) or None
     if uri is None:
         raise ConfigError(f"a query node needs to be told where Milvus is: pass milvus_uri=... (and milvus_token=... "
-                          f"for a server) or set {URI_ENV} (and {TOKEN_ENV})")
+                          f"for a server; --milvus-uri on the command line) or set {URI_ENV} (and {TOKEN_ENV})")
     if not isinstance(uri, str):
         raise ConfigError(f"milvus uri must be a str, got {uri!r}")
     if not _is_server(uri):

@@ -312,7 +312,7 @@ def resolve_connection(stored: Any, directory: Path, uri: str | None = None,
             f"the index at {str(directory)!r} keeps its vectors in {where} ({stored!r}); hybridrag does not "
             "follow connection settings read from an index directory. If you trust it, pass it: "
             f"HybridIndex.load(path, milvus_uri={stored!r}) (and milvus_token=... for a server), "
-            f"or set {URI_ENV} (and {TOKEN_ENV})"
+            f"--milvus-uri on the command line, or set {URI_ENV} (and {TOKEN_ENV})"
         )
     return str((directory / stored).resolve()), None, True
 
