@@ -336,7 +336,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from hybridrag.eval.metrics import results_table
     from hybridrag.index import HybridIndex
 
-    idx = HybridIndex.load(args.index, verify=False)
+    idx = HybridIndex.load(args.index, verify=False, runtime=args.runtime)
     rows = evaluate_index(idx, args.beir, split=args.split, max_queries=args.max_queries,
                           per_mode=not args.fused_only, batch_size=args.batch_size, progress=not args.quiet)
     if args.json:
@@ -350,7 +350,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from hybridrag.eval.tune import tune
     from hybridrag.index import HybridIndex
 
-    idx = HybridIndex.load(args.index, verify=False)
+    idx = HybridIndex.load(args.index, verify=False, runtime=args.runtime)
     try:
         report = tune(idx, args.beir, split=args.split, folds=args.folds, seed=args.seed,
                       max_queries=args.max_queries, store=not args.dry_run, force=args.force,
@@ -667,6 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--batch-size", type=int, default=64)
         s.add_argument("--json", action="store_true")
         s.add_argument("-q", "--quiet", action="store_true")
+        s.add_argument("--runtime", choices=["torch", "onnx"], default=None,
+                       help=_RUNTIME_HELP + " (eval --runtime onnx: what the CPU path costs in quality on your data)")
         s.set_defaults(func=func)
         if name == "eval":
             s.add_argument("--fused-only", action="store_true")

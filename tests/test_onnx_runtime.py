@@ -318,6 +318,20 @@ def test_load_runtime_runs_an_index_built_with_torch_in_onnx(tmp_path, m3_dir, r
     assert [h["chunk_id"] for h in a] == [h["chunk_id"] for h in b]
     assert np.allclose([h["score"] for h in a], [h["score"] for h in b], atol=1e-5)
     assert cli("query", tmp_path / "t", "q", "--runtime", "gpu", check=False).returncode == 2
+    # eval and tune take it too (eval --runtime onnx: the CPU path's quality on the user's queries)
+    from hybridrag.eval import ablation
+    from test_cli import SAMPLE
+
+    seen = []
+
+    def spy(idx, *a, _real=ablation.evaluate_index, **kw):
+        seen.append(isinstance(idx.encoder.model, OnnxModel))
+        return _real(idx, *a, **kw)
+
+    monkeypatch.setattr(ablation, "evaluate_index", spy)
+    runs = [json.loads(cli("eval", tmp_path / "t", "--beir", SAMPLE, "--max-queries", "3", "--fused-only", "--json",
+                           "-q", *extra).stdout) for extra in ((), ("--runtime", "onnx"))]
+    assert seen == [False, True] and runs[0][0]["queries"] == runs[1][0]["queries"] == 3
 
 
 def test_the_server_engine_opens_its_indexes_with_the_runtime_it_is_given(tmp_path, m3_dir, onnx_cache,
