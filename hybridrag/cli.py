@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from hybridrag.errors import HybridRAGError, IndexWriteError
+from hybridrag.errors import HybridRAGError, IndexFormatError, IndexWriteError
 
 EXIT_FAILURE = 1  # the system refused a write (disk full); the index keeps its last commit
 EXIT_USAGE = 2
@@ -48,8 +48,9 @@ def _parse_filters(items: Sequence[str] | None) -> dict[str, Any] | None:
     return out
 
 
-def _open_or_create(index_dir: str, pipeline: str | None) -> Any:
+def _open_or_create(index_dir: str, pipeline: str | None, _again: bool = True) -> Any:
     from hybridrag.index import MANIFEST, HybridIndex, _as_pipeline
+    from hybridrag.storage import opening
 
     if (Path(index_dir) / MANIFEST).exists():
         idx = HybridIndex.load(index_dir)
@@ -66,7 +67,8 @@ def _open_or_create(index_dir: str, pipeline: str | None) -> Any:
                     idx.close()
                     print(f"hybridrag: index {index_dir!r} holds no documents: re-creating it with pipeline "
                           f"{wanted.name!r} (was {old!r})", file=sys.stderr)
-                    return HybridIndex.create(index_dir, wanted, overwrite=True)
+                    # (only while it is still empty once create holds the write lock)
+                    return opening.create(HybridIndex, index_dir, wanted, overwrite=True, only_if_empty=True)
                 idx.close()
                 diff = "; ".join(diffs)
                 raise HybridRAGError(f"index {index_dir!r} was built with pipeline {idx.pipeline.name!r}; "
@@ -74,7 +76,12 @@ def _open_or_create(index_dir: str, pipeline: str | None) -> Any:
                                      "add to the index with its own pipeline, use a new --index directory, "
                                      f"or remove this one first: rm -r {index_dir!r}")
         return idx
-    return HybridIndex.create(index_dir, pipeline or "offline")
+    try:
+        return HybridIndex.create(index_dir, pipeline or "offline")
+    except IndexFormatError:
+        if _again and (Path(index_dir) / MANIFEST).exists():   # another ingest created it meanwhile: add to it
+            return _open_or_create(index_dir, pipeline, _again=False)
+        raise
 
 
 # Skips that mean a record or document was refused (what --strict stops at), as opposed

@@ -107,6 +107,8 @@ class HybridIndex:
         ``"m3"``, ``"bm25-dense"``, ``"milvus"``), a TOML path, a :class:`PipelineConfig` or a dict.
 
         ``encoder``/``reranker`` may pass already-loaded models to share between indexes.
+        An index at ``path`` (also one another process created while this one loaded its
+        models) raises :class:`IndexFormatError` unless ``overwrite=True``.
         """
         return opening.create(cls, path, pipeline, overwrite=overwrite, encoder=encoder, reranker=reranker,
                               device=device)

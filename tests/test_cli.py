@@ -387,3 +387,49 @@ def test_a_query_of_a_bm25_index_loads_no_model_library(tmp_path, corpus):
     assert r.returncode == 0, r.stderr
     assert "b.md" in r.stdout and "transformers loaded: False" in r.stdout
     assert r.stderr == ""
+
+
+def test_two_ingests_creating_one_index_never_wipe_each_other(tmp_path, capsys, pipeline_file, corpus, monkeypatch):
+    """Two ``ingest`` runs creating one new index: the one that loads its model longer found no
+    index before and the other's committed index after, once it held the lock. It replaced that
+    index (and both exited 0, one run's documents gone); now it adds to it, or refuses it when
+    its --pipeline differs, and an empty index is re-created only while still empty."""
+    from hybridrag.errors import IndexFormatError
+    from hybridrag.index import HybridIndex
+    from hybridrag.storage import opening
+
+    other = tmp_path / "other.toml"
+    other.write_text(pipeline_file.read_text().replace('name = "tiny"', 'name = "tiny-other"'))
+    real_check = opening._check_model_limits
+
+    def another_ingest_meanwhile(path, pipe):
+        def check(*a, **kw):   # runs between the "no index here" check and taking the lock
+            monkeypatch.setattr(opening, "_check_model_limits", real_check)
+            with HybridIndex.create(path, str(pipe)) as idx:
+                idx.add([{"id": "first.txt", "text": "the first run's document about magnesium"}])
+            return real_check(*a, **kw)
+        monkeypatch.setattr(opening, "_check_model_limits", check)
+
+    idx_dir = tmp_path / "same"
+    another_ingest_meanwhile(idx_dir, pipeline_file)
+    code, out, _ = run_cli(capsys, "ingest", corpus, "--index", idx_dir, "--pipeline", pipeline_file, "-q")
+    assert code == 0 and "ingested 3 document(s)" in out
+    with HybridIndex.load(idx_dir) as idx:
+        assert idx.docstore.count_documents() == 4 and idx.search("magnesium", k=1)[0].doc_id == "first.txt"
+
+    idx_dir = tmp_path / "differs"
+    another_ingest_meanwhile(idx_dir, other)
+    code, _, err = run_cli(capsys, "ingest", corpus, "--index", idx_dir, "--pipeline", pipeline_file, "-q")
+    assert code == 2 and "differs in name" in err
+    with HybridIndex.load(idx_dir) as idx:
+        assert idx.docstore.count_documents() == 1
+
+    # the library: create without overwrite refuses an index made meanwhile; only_if_empty keeps documents
+    idx_dir = tmp_path / "api"
+    another_ingest_meanwhile(idx_dir, other)
+    with pytest.raises(IndexFormatError, match="another process created it meanwhile"):
+        HybridIndex.create(idx_dir, str(pipeline_file))
+    with pytest.raises(IndexFormatError, match="holds documents now"):
+        opening.create(HybridIndex, idx_dir, str(pipeline_file), overwrite=True, only_if_empty=True)
+    with HybridIndex.load(idx_dir) as idx:
+        assert idx.pipeline.name == "tiny-other" and idx.docstore.count_documents() == 1

@@ -228,11 +228,16 @@ def load_stores(idx) -> None:
 
 def create(cls, path: str | os.PathLike[str], pipeline: str | os.PathLike[str] | PipelineConfig | Mapping[str, Any],
            *, overwrite: bool = False, encoder: Any = None, reranker: Any = None,
-           device: str | None = None) -> Any:
+           device: str | None = None, only_if_empty: bool = False) -> Any:
     """Create an empty index at ``path`` for ``pipeline``: a shipped pipeline's name (``"offline"``,
     ``"m3"``, ``"bm25-dense"``, ``"milvus"``), a TOML path, a :class:`PipelineConfig` or a dict.
 
     ``encoder``/``reranker`` may pass already-loaded models to share between indexes.
+    Whether an index is already there is decided again once the write lock is held (loading
+    the models can take seconds, in which another process may create one): without
+    ``overwrite`` it is refused then too. ``only_if_empty`` (with ``overwrite``): replace an
+    index only while it holds no document (``hybridrag ingest`` re-creating an empty index
+    with another pipeline); else :class:`IndexFormatError`.
     """
     cfg = _as_pipeline(pipeline)
     p = Path(path)
@@ -254,6 +259,10 @@ def create(cls, path: str | os.PathLike[str], pipeline: str | os.PathLike[str] |
     import sqlite3
 
     existed = (p / MANIFEST).exists()
+    if existed and not overwrite:   # another process created it since the check above
+        lock.release()
+        raise IndexFormatError(f"{str(p)!r} already holds an index (another process created it meanwhile); "
+                               "load it, or pass overwrite=True")
     created_log = None   # [milvus]: the log of collections this directory made, when this create starts it
     if cfg.milvus.enabled:
         from hybridrag.stores.milvus import CREATED_LOG
@@ -272,6 +281,9 @@ def create(cls, path: str | os.PathLike[str], pipeline: str | os.PathLike[str] |
             _remove_index_files(p)
             idx = cls(p, cfg, None, encoder=encoder, reranker=reranker, device=device)
         idx._lock = lock
+        if only_if_empty and previous is not None and idx.docstore.count_documents():
+            raise IndexFormatError(f"{str(p)!r} holds documents now (another process added them): "
+                                   "not replaced")
         # The new stores first: a pipeline that cannot be built leaves an old index whole.
         init_components(idx, fresh=True)
         if previous is not None:
