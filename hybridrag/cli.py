@@ -97,11 +97,27 @@ def _doc_location(doc: Any) -> tuple[str, int | None]:
     return path, line if isinstance(line, int) else None
 
 
-def _files_gone(idx: Any, roots: Sequence[str]) -> list[str]:
-    """Ids of indexed documents read from a file under one of ``roots`` (folders) that no
-    longer exists (their metadata ``root``/``source`` name the file)."""
+def _no_longer_read(idx: Any, roots: Sequence[str], read: dict[str, set[str]], report: Any) -> list[str]:
+    """Ids of indexed documents read from a file under one of ``roots`` (folders) that this run
+    (which walked those folders whole) did not read again (``--prune``; their metadata
+    ``root``/``source`` name the file): the file is gone; it now yields no document (empty,
+    binary, a link that leads nowhere); or the document was a record (JSON, JSON lines, CSV
+    row) of a file read again without it. A file this run could not read, or one with a bad
+    record, keeps its documents (``read``: file -> ids of the documents this run read from it)."""
     import numpy as np
 
+    from hybridrag import sources
+
+    no_document = {sources.EMPTY, sources.BINARY, sources.SYMLINK_LOOP}
+    troubled: set[str] = set()   # files with a skip of their own or of a record: their documents stay
+    empty: set[str] = set()      # files that yield no document now
+    for item in report.skipped:
+        path = os.path.abspath(item.path)
+        if item.line is None and (item.reason in no_document or item.detail == "broken symlink"):
+            empty.add(path)
+        else:
+            troubled.add(path)
+    empty -= troubled
     ds = idx.docstore
     size = ds.next_slot()
     gone: set[str] = set()
@@ -115,11 +131,17 @@ def _files_gone(idx: Any, roots: Sequence[str]) -> list[str]:
             for row in ds.get(slots[start:start + 1000]):
                 meta = row["metadata"]
                 source = meta.get("source")
-                if row["doc_id"] in gone or not isinstance(source, str):
+                doc_id = row["doc_id"]
+                if doc_id in gone or not isinstance(source, str):
                     continue
                 path = os.path.abspath(os.path.join(meta["root"], source))
-                if (path == r or path.startswith(r + os.sep)) and not os.path.lexists(path):
-                    gone.add(row["doc_id"])
+                if not (path == r or path.startswith(r + os.sep)):
+                    continue
+                if not os.path.lexists(path) or (path in empty and path not in read):
+                    gone.add(doc_id)
+                elif meta.get("format") in ("jsonl", "json", "csv") and path in read and path not in troubled \
+                        and doc_id not in read[path]:
+                    gone.add(doc_id)   # a record no longer in its file
     return sorted(gone)
 
 
@@ -156,6 +178,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     for p in args.paths:
         if not os.path.exists(p):
+            if os.path.lexists(p):
+                return _fail(f"{p!r} is a symbolic link that leads nowhere (its target is gone, or links loop)")
             return _fail(f"no such file or directory: {p!r}")
     if args.batch_size < 1 or args.commit_every < 1 or args.commit_seconds < 0:
         return _fail("--batch-size and --commit-every must be >= 1, --commit-seconds >= 0")
@@ -218,6 +242,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     interrupted: _Interrupt | None = None
     aborted = False
+    read: dict[str, set[str]] | None = {} if args.prune else None   # file -> ids read from it (--prune)
     try:
         with _Interrupt() as interrupted:
             seen = 0
@@ -229,6 +254,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                     strict_check(seen)
                     seen = len(report.skipped)
                 batch.append(doc)
+                if read is not None:
+                    read.setdefault(os.path.abspath(_doc_location(doc)[0]), set()).add(doc.id)
                 if len(batch) >= args.batch_size:
                     flush()
                 if interrupted.signum is not None:
@@ -236,8 +263,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             if args.strict:
                 strict_check(seen)
             flush()
-            if args.prune and interrupted.signum is None:
-                pruned = _files_gone(idx, [p for p in args.paths if os.path.isdir(p)])
+            if args.prune and interrupted.signum is None and read is not None:
+                pruned = _no_longer_read(idx, [p for p in args.paths if os.path.isdir(p)], read, report)
                 if pruned:
                     idx.delete(pruned, commit=False)
             commit()
@@ -259,7 +286,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"ingested {total_added} document(s) ({total_chunks} chunks) into {args.index} in {dt:.1f}s "
               f"({total_chunks / dt if dt > 0 else 0:.0f} chunks/s); {total_unchanged} unchanged, "
               f"{len(empty)} with no text" + (f", {len(pruned)} pruned" if args.prune else ""))
-    for title, items in ((f"pruned {len(pruned)} document(s) whose file is gone", pruned),
+    for title, items in ((f"pruned {len(pruned)} document(s) no longer in their files", pruned),
                          (f"skipped {len(report.skipped)} file(s)/record(s)", report.skipped),
                          (f"warnings for {len(report.warnings)} file(s)/record(s)", report.warnings)):
         if items:
@@ -636,7 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="all or nothing: stop at the first bad record or refused document (exit 2) and "
                         "commit nothing of this run")
     s.add_argument("--prune", action="store_true",
-                   help="sync: also delete indexed documents whose file under the given folders is gone")
+                   help="sync: also delete indexed documents from files under the given folders that are gone, "
+                        "yield no document now (empty, binary), or no longer hold the record")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_ingest)
 

@@ -19,7 +19,11 @@ Ids: a whole-file document's id is its path relative to the folder it was found 
 (posix style; for a file named directly, its file name). Records (JSON, JSON lines,
 CSV rows) take their id from ``id_field`` (BEIR's ``_id`` is recognised too), else
 ``"<relative path>#<n>"`` with ``n`` the 1-based line, list position or row number.
-Records with a title (``title_field``, BEIR's ``title``) get ``title + "\\n\\n" + text``.
+Records with a title (``title_field``, BEIR's ``title``) get ``title + "\\n\\n" + text``;
+a record's other fields (and those of its ``metadata`` object) become the document's
+metadata, a field named like a key that says where it was read (``source``, ``format``,
+``position``, ``root``, ``encoding``: :data:`RESERVED_METADATA`) as ``record_<name>``
+(with a warning per file).
 With several roots, the paths in ids (and in ``metadata["source"]``) start with the
 root's name, or as many of its last folder names as tell it from the other roots
 (:func:`root_labels`: ``projA/README.md``, ``a/docs/x.md`` beside ``b/docs/x.md``); they
@@ -30,9 +34,10 @@ ingest --prune`` checks).
 
 Nothing is dropped silently: every file is either yielded or listed in a
 :class:`SkipReport` with its reason (binary, unreadable, empty, too large, unsupported
-extension, bad json, bad record, bad csv, duplicate id, symlink outside root, excluded,
-...) and, for a record, its line (row, list position). One bad file or record never
-stops the walk. Every yielded document is one :meth:`HybridIndex.add` accepts
+extension, bad json, bad record, bad csv, duplicate id, symlink outside root, symlink
+loop, excluded, index directory: a folder holding a hybridrag index is not walked ...) and,
+for a record, its line (row, list position). One bad file or record never stops the walk;
+a CSV quote never closed is reported at its row (the rows after it would be one field). Every yielded document is one :meth:`HybridIndex.add` accepts
 (checked by :func:`hybridrag.index.as_document`: ids without NUL or lone surrogates,
 metadata at most 64 levels deep) and its id is unique in the walk (a later duplicate is
 skipped, naming where the first was read). JSON with ``NaN``/``Infinity`` or nested too
@@ -53,6 +58,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import fnmatch
 import io
 import json
@@ -98,6 +104,13 @@ DUPLICATE_ID = "duplicate id"
 NOT_INCLUDED = "not included"
 MISSING_DEPENDENCY = "missing dependency"
 NOT_A_FILE = "not a regular file"
+INDEX_DIR = "index directory"
+
+#: Metadata keys that say where a document was read (``hybridrag ingest --prune`` reads
+#: ``root`` / ``source``); a record's own field of one of these names is kept as ``record_<name>``.
+RESERVED_METADATA = ("source", "format", "position", "root", "encoding")
+#: Warning (``SkipReport.warnings``, once per file) that record fields were renamed so.
+RENAMED_FIELDS = "record fields renamed"
 
 PDF_HINT = "pip install 'hybridrag[pdf]'"
 
@@ -476,7 +489,11 @@ def _walk(root: Path, opts: _Options, report: SkipReport) -> Iterator[tuple[Path
             try:
                 is_link = entry.is_symlink()
                 if is_link:
-                    target = path.resolve()
+                    try:
+                        target = path.resolve()
+                    except RuntimeError:   # Python < 3.13 raises it for a loop of links
+                        report.add(path, SYMLINK_LOOP, "the link leads back to itself")
+                        continue
                     if not _is_within(target, real_root):
                         report.add(path, SYMLINK_OUTSIDE, f"points to {target}")
                         continue
@@ -485,12 +502,18 @@ def _walk(root: Path, opts: _Options, report: SkipReport) -> Iterator[tuple[Path
                         continue
                 is_dir = entry.is_dir()  # follows links that stay inside the root
             except OSError as exc:
-                report.add(path, UNREADABLE, exc.strerror or str(exc))
+                if exc.errno == errno.ELOOP:
+                    report.add(path, SYMLINK_LOOP, "the link leads back to itself")
+                else:
+                    report.add(path, UNREADABLE, exc.strerror or str(exc))
                 continue
             if opts.exclude and _matches(rel, opts.exclude):
                 report.add(path, EXCLUDED, "matches exclude")
                 continue
             if is_dir:
+                if _is_index_dir(path):
+                    report.add(path, INDEX_DIR, "its files are not documents")
+                    continue
                 real = path.resolve()
                 if real in visited:
                     report.add(path, SYMLINK_LOOP, f"folder {real} already walked")
@@ -504,6 +527,14 @@ def _walk(root: Path, opts: _Options, report: SkipReport) -> Iterator[tuple[Path
             yield path, rel
 
     yield from visit(root, "")
+
+
+def _is_index_dir(folder: Path) -> bool:
+    """Whether ``folder`` holds a hybridrag index (its manifest or its docstore): such a folder
+    (the ``--index`` of the ingest itself, kept inside the corpus) is not walked."""
+    if os.path.lexists(folder / "docstore.sqlite") or os.path.lexists(folder / "milvus-attach.json"):
+        return True
+    return os.path.lexists(folder / "manifest.json") and os.path.lexists(folder / "LOCK")
 
 
 def _read_head(path: Path) -> bytes:
@@ -536,7 +567,9 @@ def _parse_json(text: str, line: int | None = None) -> Any:
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise _Skip(BAD_JSON, exc.msg, exc.lineno if line is None else line) from None
+        where = f"column {exc.colno}" if line is not None else f"line {exc.lineno} column {exc.colno}"
+        raise _Skip(BAD_JSON, f"{exc.msg.removesuffix(' at')} at {where}", exc.lineno if line is None else line) \
+            from None
     except ValueError as exc:
         raise _Skip(BAD_JSON, str(exc), line) from None
     except RecursionError:
@@ -544,13 +577,16 @@ def _parse_json(text: str, line: int | None = None) -> Any:
 
 
 def _record_document(obj: Any, rel: str, position: int, fmt: str, opts: _Options,
-                     default_id: str | None = None) -> Document:
-    """A JSON/CSV record to a Document; raises _Skip(BAD_RECORD/EMPTY/TOO_LARGE)."""
+                     default_id: str | None = None, renamed: set[str] | None = None) -> Document:
+    """A JSON/CSV record to a Document; raises _Skip(BAD_RECORD/EMPTY/TOO_LARGE). Its other
+    fields (and those of its ``metadata`` object) go into the metadata; one named as a key of
+    :data:`RESERVED_METADATA` is kept as ``record_<key>`` (added to ``renamed``)."""
     if not isinstance(obj, dict):
         raise _Skip(BAD_RECORD, f"expected an object, got {type(obj).__name__}", position)
     text = obj.get(opts.text_field)
     if not isinstance(text, str):
-        why = "missing" if text is None else f"not a string ({type(text).__name__})"
+        why = ("missing" if opts.text_field not in obj else "is null") if text is None \
+            else f"not a string ({type(text).__name__})"
         raise _Skip(BAD_RECORD, f"text field {opts.text_field!r} {why}; keys: {sorted(obj)[:10]}", position)
     raw_id = obj.get(opts.id_field, obj.get("_id"))
     if raw_id is None:
@@ -562,19 +598,29 @@ def _record_document(obj: Any, rel: str, position: int, fmt: str, opts: _Options
     title = obj.get(opts.title_field) if opts.title_field else None
     full = join_title_text(title, text) if isinstance(title, str) else text
     _check_text(full, opts, position)
-    used = {opts.text_field, opts.id_field, "_id", opts.title_field}
+    used = {opts.text_field, opts.id_field, "_id"}
     metadata: dict[str, Any] = {"source": rel, "format": fmt, "position": position}
-    if isinstance(title, str) and title.strip():
-        metadata["title"] = title.strip()
+    if isinstance(title, str):
+        used.add(opts.title_field)
+        if title.strip():
+            metadata["title"] = title.strip()
     extra = obj.get("metadata")
-    for key, value in obj.items():
-        if key in used or key == "metadata":
-            continue
-        metadata.setdefault(key, value)
+    fields = [(k, v) for k, v in obj.items() if k not in used and (k != "metadata" or not isinstance(v, dict))]
     if isinstance(extra, dict):
-        for key, value in extra.items():
-            metadata.setdefault(key, value)
+        fields += extra.items()
+    for key, value in fields:
+        if key in RESERVED_METADATA:   # where the record was read: the record's own value is kept beside it
+            key = f"record_{key}"
+            if renamed is not None:
+                renamed.add(key)
+        metadata.setdefault(key, value)
     return Document(doc_id, full, metadata)
+
+
+def _warn_renamed(report: SkipReport, path: Path, renamed: set[str]) -> None:
+    if renamed:
+        keys = ", ".join(f"{k.removeprefix('record_')!r} as {k!r}" for k in sorted(renamed))
+        report.warn(path, RENAMED_FIELDS, f"kept {keys}: {', '.join(RESERVED_METADATA)} say where a record was read")
 
 
 def _iter_jsonl(path: Path, rel: str, opts: _Options, report: SkipReport) -> Iterator[Document]:
@@ -582,6 +628,7 @@ def _iter_jsonl(path: Path, rel: str, opts: _Options, report: SkipReport) -> Ite
     head = _read_head(path)
     bom = _bom_encoding(head)
     yielded = 0
+    renamed: set[str] = set()
     if bom in ("utf-16", "utf-32"):
         lines: Iterator[tuple[int, str | int, int]] = _text_lines(path, bom, opts.max_file_bytes)
     else:
@@ -593,13 +640,14 @@ def _iter_jsonl(path: Path, rel: str, opts: _Options, report: SkipReport) -> Ite
                             lineno)
             if not line.strip():
                 continue
-            doc = _record_document(_parse_json(line, lineno), rel, lineno, "jsonl", opts)
+            doc = _record_document(_parse_json(line, lineno), rel, lineno, "jsonl", opts, renamed=renamed)
         except _Skip as skip:
             report.add(path, skip.reason, skip.detail, skip.line)
             continue
         _warn_replaced(report, path, replaced, lineno)
         yielded += 1
         yield doc
+    _warn_renamed(report, path, renamed)
     if not yielded:
         raise _Skip(EMPTY, "no documents in file")
 
@@ -669,22 +717,47 @@ def _iter_json(path: Path, rel: str, opts: _Options, report: SkipReport) -> Iter
         raise _Skip(EMPTY, "no text")
     data = _parse_json(text)
     _warn_replaced(report, path, replaced)
+    renamed: set[str] = set()
     if isinstance(data, dict):
-        yield _record_document(data, rel, 1, "json", opts, default_id=rel)
+        doc = _record_document(data, rel, 1, "json", opts, default_id=rel, renamed=renamed)
+        _warn_renamed(report, path, renamed)
+        yield doc
         return
     if not isinstance(data, list):
         raise _Skip(BAD_JSON, f"expected an object or a list of objects, got {type(data).__name__}")
     yielded = 0
     for i, obj in enumerate(data, start=1):
         try:
-            doc = _record_document(obj, rel, i, "json", opts)
+            doc = _record_document(obj, rel, i, "json", opts, renamed=renamed)
         except _Skip as skip:
             report.add(path, skip.reason, skip.detail, skip.line)
             continue
         yielded += 1
         yield doc
+    _warn_renamed(report, path, renamed)
     if not yielded:
         raise _Skip(EMPTY, "no documents in file")
+
+
+def _unterminated_row(text: str) -> int | None:
+    """The data row (1-based, after the header) whose quoted field runs to the end of the file
+    unclosed, else None. The tolerant reader used for the rows would make the rest of the file
+    that row's last field; the strict one says "unexpected end of data" there (and complains
+    about quirks the tolerant one reads sensibly, such as ``"b"c``: those rows are counted and
+    passed over)."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows = 0   # complete rows, the header included
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return None
+        except csv.Error as exc:
+            if "unexpected end of data" in str(exc):
+                return rows   # the header is row 0 of the data rows
+            rows += 1
+            continue
+        rows += bool(row)   # blank lines are no row (as for the reader of the rows)
 
 
 def _iter_csv(path: Path, rel: str, opts: _Options, report: SkipReport) -> Iterator[Document]:
@@ -703,13 +776,18 @@ def _iter_csv(path: Path, rel: str, opts: _Options, report: SkipReport) -> Itera
     title_col = opts.title_field if opts.title_field in columns else None
     sub = _Options(**{**opts.__dict__, "text_field": text_col, "id_field": id_col or "\x00no-id",
                       "title_field": title_col})
+    unterminated = _unterminated_row(text)
     yielded = 0
     row_no = 0
+    renamed: set[str] = set()
     try:
         for row_no, row in enumerate(reader, start=1):
+            if row_no == unterminated:
+                raise _Skip(BAD_CSV, "a quoted field is never closed: the rest of the file from this row would be "
+                                     "one field (the rows after it are not read)", row_no)
             record = {k: v for k, v in row.items() if k is not None}
             try:
-                doc = _record_document(record, rel, row_no, "csv", sub)
+                doc = _record_document(record, rel, row_no, "csv", sub, renamed=renamed)
             except _Skip as skip:
                 report.add(path, skip.reason, skip.detail, skip.line)
                 continue
@@ -717,6 +795,8 @@ def _iter_csv(path: Path, rel: str, opts: _Options, report: SkipReport) -> Itera
             yield doc
     except csv.Error as exc:
         raise _Skip(BAD_CSV, str(exc), row_no + 1) from None
+    finally:
+        _warn_renamed(report, path, renamed)
     if not yielded:
         raise _Skip(EMPTY, "no rows with text")
 

@@ -291,10 +291,41 @@ def test_prune_deletes_documents_whose_file_is_gone(tmp_path, capsys, pipeline_f
     (src / "new.txt").write_text("a new file")
     code, out, _ = run_cli(capsys, "ingest", src, "--index", idx_dir, "-q", "--prune")
     assert code == 0 and "3 pruned" in out
-    assert "pruned 3 document(s) whose file is gone:\n  gone.txt\n  r1\n  sub/gone2.md\n" in out
+    assert "pruned 3 document(s) no longer in their files:\n  gone.txt\n  r1\n  sub/gone2.md\n" in out
     ids, idx = index_ids(idx_dir)
     idx.close()
     assert ids == ["elsewhere.txt", "keep.txt", "new.txt"]
+
+
+def test_prune_deletes_documents_their_files_no_longer_yield(tmp_path, capsys, pipeline_file):
+    """A file that became empty or binary, a link whose target went, a record taken out of its
+    file: gone from the files, so gone from the index with --prune (they stayed searchable). A
+    file with a bad record, or one this run could not read, keeps its documents."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("empty.txt", "binary.txt", "target.txt", "keep.txt"):
+        (src / name).write_text(f"text of {name}")
+    (src / "link.txt").symlink_to(src / "target.txt")
+    (src / "recs.jsonl").write_text("".join(f'{{"id": "r{i}", "text": "record {i}"}}\n' for i in range(4)))
+    (src / "rows.csv").write_text("id,text\nc1,row one\nc2,row two\n")
+    (src / "bad.jsonl").write_text('{"id": "b1", "text": "kept one"}\n{"id": "b2", "text": "kept two"}\n')
+    idx_dir = tmp_path / "idx"
+    code, out, _ = run_cli(capsys, "ingest", src, "--index", idx_dir, "--pipeline", pipeline_file, "-q")
+    assert code == 0 and "ingested 13 document(s)" in out
+    (src / "empty.txt").write_text("")
+    (src / "binary.txt").write_bytes(b"\x00\x01binary")
+    (src / "target.txt").unlink()    # link.txt leads nowhere now (and target.txt is gone)
+    (src / "recs.jsonl").write_text('{"id": "r0", "text": "record 0"}\n{"id": "r2", "text": "record 2, edited"}\n')
+    (src / "rows.csv").write_text("id,text\nc2,row two\n")
+    (src / "bad.jsonl").write_text('{"id": "b1", "text": "kept one"}\n{"id": "b2", "text": \n')   # b2's line is bad now
+    code, out, _ = run_cli(capsys, "ingest", src, "--index", idx_dir, "-q", "--prune")
+    assert code == 0 and "7 pruned" in out, out
+    assert ("pruned 7 document(s) no longer in their files:\n  binary.txt\n  c1\n  empty.txt\n  link.txt\n  r1\n"
+            "  r3\n  target.txt\n") in out
+    ids, idx = index_ids(idx_dir)
+    assert ids == ["b1", "b2", "c2", "keep.txt", "r0", "r2"]
+    assert idx.search("edited", k=1)[0].doc_id == "r2"
+    idx.close()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

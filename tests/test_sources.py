@@ -673,3 +673,68 @@ def test_record_over_max_bytes_and_line_over_max_file_bytes(tmp_path: Path) -> N
     details = {s.line: (s.reason, s.detail) for s in report}
     assert details[1] == ("too large", "text is 3000 bytes, max_bytes is 2000")
     assert details[2][0] == "too large" and "max_file_bytes is 20000" in details[2][1]
+
+
+def test_a_loop_of_links_and_an_index_folder_are_skipped_not_fatal(tmp_path: Path) -> None:
+    """A loop of file links made the whole walk fail (``Path.resolve`` raises RuntimeError for
+    it before Python 3.13); an index kept inside the corpus (``ingest docs --index docs/idx``)
+    was read as documents (its manifest as a bad record, its live SQLite files)."""
+    from hybridrag.index import HybridIndex
+
+    root = tmp_path / "root"
+    write(root / "ok.txt", "a good file")
+    (root / "l2").symlink_to("l1")
+    (root / "l1").symlink_to("l2")
+    (root / "x.txt").symlink_to("l1")
+    HybridIndex.create(root / "idx", {"name": "b", "encoder": {"kind": "none"}, "dense": {"enabled": False},
+                                      "sparse": {"enabled": False}, "colbert": {"enabled": False},
+                                      "bm25": {"enabled": True}, "fusion": {"weights": {"bm25": 1.0}}}).close()
+    write(root / "idx" / "notes.txt", "a file someone put into the index folder")
+    docs, report = collect(root)
+    assert sorted(docs) == ["ok.txt"]
+    assert reasons(report) == {"l1": "symlink loop", "l2": "symlink loop", "x.txt": "symlink loop",
+                               "idx": "index directory"}
+
+
+def test_record_fields_named_like_where_it_was_read_are_kept_renamed(tmp_path: Path) -> None:
+    """A record's ``source`` (a common corpus field), ``format``, ``root``, ``position`` were
+    silently overwritten by where it was read; a non-string title and a non-object
+    ``metadata`` silently dropped. They are kept now, renamed with a warning where needed."""
+    write(tmp_path / "recs.jsonl", "\n".join(json.dumps(r) for r in (
+        {"id": "m1", "text": "one", "source": "wikipedia", "format": "article", "root": "/x", "position": 9},
+        {"id": "m2", "text": "two", "metadata": {"source": "pubmed", "year": 2020}},
+        {"id": "m3", "text": "three", "title": 5},
+        {"id": "m4", "text": "four", "metadata": [1, 2]},
+        {"id": "m5", "text": None})) + "\n")
+    docs, report = collect(tmp_path)
+    m1 = docs["m1"].metadata
+    assert (m1["source"], m1["format"], m1["position"]) == ("recs.jsonl", "jsonl", 1)
+    assert (m1["record_source"], m1["record_format"], m1["record_root"], m1["record_position"]) == \
+        ("wikipedia", "article", "/x", 9)
+    assert docs["m2"].metadata["record_source"] == "pubmed" and docs["m2"].metadata["year"] == 2020
+    assert docs["m3"].metadata["title"] == 5 and docs["m3"].text == "three"
+    assert docs["m4"].metadata["metadata"] == [1, 2]
+    assert [str(s) for s in report] == [f"{tmp_path / 'recs.jsonl'}:5: bad record (text field 'text' is null; "
+                                        "keys: ['id', 'text'])"]
+    (warning,) = report.warnings
+    assert warning.reason == "record fields renamed" and "'source' as 'record_source'" in warning.detail
+
+
+def test_csv_quote_never_closed_is_reported_not_swallowed(tmp_path: Path) -> None:
+    """An unclosed quote made the rest of the file one field of that row, silently (the rows
+    after it lost); quirks the tolerant reader reads sensibly (``"b"c``) still pass."""
+    write(tmp_path / "a.csv", 'id,text,year\n1,first,2020\n\n2,a "quoted" word,2021\n3,"b"c,2021\n'
+                              '4,"unterminated,2022\n5,fifth row,2023\n')
+    docs, report = collect(tmp_path)
+    assert {k: d.text for k, d in docs.items()} == {"1": "first", "2": 'a "quoted" word', "3": "bc"}
+    (skip,) = report
+    assert (skip.reason, skip.line) == ("bad csv", 4) and "never closed" in skip.detail
+
+
+def test_bad_json_says_where(tmp_path: Path) -> None:
+    write(tmp_path / "a.jsonl", '{"id": "ok", "text": "fine"}\n{"id": "x", "text": "tab\there"}\n')
+    write(tmp_path / "b.json", '[{"id": "y",\n "text": oops}]')
+    _, report = collect(tmp_path)
+    assert [str(s).split("/")[-1] for s in report] == [
+        "a.jsonl:2: bad json (Invalid control character at column 25)",
+        "b.json:2: bad json (Expecting value at line 2 column 10)"]
