@@ -58,6 +58,7 @@ class ChunkingConfig:
     overlap: int = 64
     max_document_bytes: int = 10_000_000
     max_chunks_per_document: int = 10_000
+    max_metadata_bytes: int = 65_536   # a document's metadata as JSON (UTF-8); each of its chunks keeps a copy
 
 
 @dataclass
@@ -389,6 +390,7 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
                           f"to {cfg.encoder.max_length - 2} or less")
     _positive(cfg.chunking.max_document_bytes, "chunking.max_document_bytes")
     _positive(cfg.chunking.max_chunks_per_document, "chunking.max_chunks_per_document")
+    _positive(cfg.chunking.max_metadata_bytes, "chunking.max_metadata_bytes")
     for m in ("dense", "sparse", "bm25"):
         # Larger depths are capped at the index's chunk count when searching; Milvus itself
         # refuses a search limit past _MILVUS_MAX_HITS, so its stores cannot go further.

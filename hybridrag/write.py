@@ -184,12 +184,20 @@ def _write_batch(idx: Any, docs: list[tuple[int, Document]], replace: bool, prog
             raise DocumentError(msg)
         res.failed.append((pos, doc.id, msg))
 
+    meta_limit = idx.pipeline.chunking.max_metadata_bytes
     for pos, doc in docs:
         size = len(doc.text.encode("utf-8", "surrogatepass"))
         if size > limit:
             refuse(pos, doc, f"document {doc.id!r} is {size} bytes, over chunking.max_document_bytes = "
                              f"{limit}; split it or raise the limit")
             continue
+        if doc.metadata:
+            meta_size = len(json.dumps(doc.metadata, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+            if meta_size > meta_limit:
+                refuse(pos, doc, f"the metadata of document {doc.id!r} is {meta_size} bytes as JSON, over "
+                                 f"chunking.max_metadata_bytes = {meta_limit} (each of its chunks keeps a copy); "
+                                 "keep large values elsewhere or raise the limit")
+                continue
         h = content_hash(doc.text, doc.metadata)
         old = idx.docstore.doc_hash(doc.id)
         if old == h:

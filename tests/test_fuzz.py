@@ -174,6 +174,37 @@ def test_document_size_and_chunk_limits(tmp_path):
     assert check_index(tmp_path / "i") == []
     defaults = PipelineConfig()
     assert defaults.chunking.max_document_bytes == 10_000_000 and defaults.chunking.max_chunks_per_document == 10_000
+    assert defaults.chunking.max_metadata_bytes == 65_536
+
+
+def test_metadata_over_its_limit_is_refused_not_copied_into_every_chunk(tmp_path, capsys):
+    """A document's metadata is stored with each of its chunks: 1 MB of it on a 451-chunk
+    document made a 438 MB index from a 2 MB input. Over ``chunking.max_metadata_bytes`` the
+    document is refused (skipped and reported by ingest), the others written."""
+    from hybridrag import DocumentError
+    from hybridrag.cli import main
+
+    p = json.loads(json.dumps(PIPELINE))
+    p["chunking"].update(max_metadata_bytes=2000)
+    idx = HybridIndex.create(tmp_path / "i", p)
+    with pytest.raises(DocumentError, match=r"metadata of document 'big' is 2\d\d\d bytes as JSON, over "
+                                            r"chunking.max_metadata_bytes = 2000"):
+        idx.add([{"id": "big", "text": "some words", "metadata": {"blob": "é" * 1000}}])
+    res = idx.add([{"id": "big", "text": "some words", "metadata": {"blob": "y" * 5000}},
+                   {"id": "ok", "text": "other words", "metadata": {"blob": "y" * 1900}}], errors="skip")
+    assert res.added == ["ok"] and [f[1] for f in res.failed] == ["big"]
+    idx.close()
+    with pytest.raises(ConfigError, match="max_metadata_bytes"):
+        PipelineConfig.from_dict({**p, "chunking": {"max_metadata_bytes": 0}})
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "r.jsonl").write_text(json.dumps({"id": "huge", "text": "words", "metadata": {"b": "y" * 70_000}}) + "\n"
+                                 + json.dumps({"id": "fine", "text": "words", "metadata": {"b": "y"}}) + "\n")
+    _write_bm25_toml(tmp_path / "p.toml")
+    assert main(["ingest", str(src), "--index", str(tmp_path / "cli"), "--pipeline", str(tmp_path / "p.toml"),
+                 "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "ingested 1 document(s)" in out and "refused by the index" in out and "max_metadata_bytes = 65536" in out
 
 
 def _peak_rss_kib(args: list[str]) -> int:
@@ -220,3 +251,8 @@ def test_non_mapping_metadata_is_an_error_not_dropped(fidx, meta):
     with pytest.raises(DocumentError, match="metadata must be a dict"):
         fidx.add([{"id": "m", "text": "some text", "metadata": meta}])
     assert (fidx.docstore.checksum(), fidx.docstore.count()) == before
+
+
+def _write_bm25_toml(path):
+    path.write_text('name = "b"\n[encoder]\nkind = "none"\n[dense]\nenabled = false\n[sparse]\nenabled = false\n'
+                    '[colbert]\nenabled = false\n[bm25]\nenabled = true\n[fusion]\nweights = { bm25 = 1.0 }\n')
