@@ -243,6 +243,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     interrupted: _Interrupt | None = None
     aborted = False
     read: dict[str, set[str]] | None = {} if args.prune else None   # file -> ids read from it (--prune)
+    n_read = 0   # documents the inputs gave
     try:
         with _Interrupt() as interrupted:
             seen = 0
@@ -254,6 +255,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                     strict_check(seen)
                     seen = len(report.skipped)
                 batch.append(doc)
+                n_read += 1
                 if read is not None:
                     read.setdefault(os.path.abspath(_doc_location(doc)[0]), set()).add(doc.id)
                 if len(batch) >= args.batch_size:
@@ -295,7 +297,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 print(f"  {item}")
             if len(items) > 50:
                 print(f"  ... and {len(items) - 50} more")
-    return EXIT_INTERRUPTED if interrupted is not None and interrupted.signum is not None else 0
+    if interrupted is not None and interrupted.signum is not None:
+        return EXIT_INTERRUPTED
+    if n_read == 0 and report.skipped:   # a script sees that nothing could be read
+        return _fail(f"no document could be read from {', '.join(map(repr, args.paths))}: every input was "
+                     "skipped (listed above)")
+    return 0
 
 
 def _print_hits(hits: Sequence[Any], explain: bool) -> None:

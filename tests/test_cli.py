@@ -464,3 +464,23 @@ def test_two_ingests_creating_one_index_never_wipe_each_other(tmp_path, capsys, 
         opening.create(HybridIndex, idx_dir, str(pipeline_file), overwrite=True, only_if_empty=True)
     with HybridIndex.load(idx_dir) as idx:
         assert idx.pipeline.name == "tiny-other" and idx.docstore.count_documents() == 1
+
+
+def test_ingest_that_reads_no_document_fails(tmp_path, capsys, pipeline_file):
+    """Every input skipped (a binary file, an empty one) printed "ingested 0 document(s)" and
+    exited 0, so a script went on as if the corpus were in; a link given by name that leads
+    nowhere was "no such file or directory"."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "blob.bin").write_bytes(b"\x00\x01\x02")
+    (src / "empty.txt").write_text("")
+    code, out, err = run_cli(capsys, "ingest", src, "--index", tmp_path / "idx", "--pipeline", pipeline_file, "-q")
+    assert code == 2 and "every input was skipped" in err and "empty.txt: empty" in out
+    (src / "a.txt").write_text("now one file has text")
+    code, out, _ = run_cli(capsys, "ingest", src, "--index", tmp_path / "idx", "-q")
+    assert code == 0 and "ingested 1 document(s)" in out
+    code, out, _ = run_cli(capsys, "ingest", src, "--index", tmp_path / "idx", "-q")   # all unchanged: fine
+    assert code == 0 and "1 unchanged" in out
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    code, _, err = run_cli(capsys, "ingest", tmp_path / "loop", "--index", tmp_path / "idx", "-q")
+    assert code == 2 and "is a symbolic link that leads nowhere" in err
