@@ -3,7 +3,8 @@
 (a) For each MLQA-R language (``../shared/data/mlqa/<lang>``: ar de en es hi vi zh), BM25
     nDCG@10 (hybridrag's Okapi BM25, k1=1.5 b=0.75, the SparseIndex top 100) with each
     analyser: ``word`` (``re`` ``\\w+``, lowercased), ``subword`` (all-MiniLM-L6-v2's WordPiece,
-    the offline pipeline's model), ``unicode`` (no stemming), ``unicode`` with
+    the offline pipeline's model), ``unicode`` (no stemming; ``normalization`` "full", and
+    "basic" as before that setting), ``unicode`` with
     ``language="auto"`` and with the language's own Snowball stemmer; beside rank_bm25's
     BM25Okapi on lowercased ``\\w+`` tokens and on character bigrams (inside ``\\w+`` runs, of
     Han and Thai characters only, other words whole: the tokens of ``BASELINES.md``).
@@ -103,10 +104,13 @@ def part_languages(data: Path, langs: list[str], table: Table) -> None:
             "word": WordAnalyzer(),
             "subword (MiniLM WordPiece)": SubwordAnalyzer(wordpiece),
             "unicode": UnicodeAnalyzer(),
+            "unicode, normalization=basic": UnicodeAnalyzer(normalization="basic"),
             "unicode, language=auto": UnicodeAnalyzer(language="auto"),
         }
         if lang in SNOWBALL:
             analysers[f"unicode, language={SNOWBALL[lang]}"] = UnicodeAnalyzer(language=SNOWBALL[lang])
+            analysers[f"unicode, language={SNOWBALL[lang]}, normalization=basic"] = \
+                UnicodeAnalyzer(language=SNOWBALL[lang], normalization="basic")
         for name, an in analysers.items():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -120,7 +124,9 @@ def part_speed(data: Path, table: Table) -> None:
     part = f"(b) scifact corpus, {len(texts)} docs, {sum(map(len, texts)) / 1e6:.1f}M chars"
     for name, an in (("word, english stopwords + stemmer", WordAnalyzer(stopwords="english", stemmer="english")),
                      ("unicode, language=english + english stopwords",
-                      UnicodeAnalyzer(language="english", stopwords="english"))):
+                      UnicodeAnalyzer(language="english", stopwords="english")),
+                     ("unicode, language=english + english stopwords, normalization=basic",
+                      UnicodeAnalyzer(language="english", stopwords="english", normalization="basic"))):
         best, n = float("inf"), 0
         for _ in range(3):
             t0 = time.perf_counter()

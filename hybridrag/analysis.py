@@ -27,8 +27,8 @@ import regex
 
 from hybridrag.errors import ConfigError
 
-__all__ = ["AUTO_LANGUAGES", "Analyzer", "ENGLISH_STOPWORDS", "SNOWBALL_LANGUAGES", "SubwordAnalyzer",
-           "UnicodeAnalyzer", "WordAnalyzer", "languages_by_script"]
+__all__ = ["AUTO_LANGUAGES", "Analyzer", "ENGLISH_STOPWORDS", "NORMALIZATIONS", "SNOWBALL_LANGUAGES",
+           "SubwordAnalyzer", "UnicodeAnalyzer", "WordAnalyzer", "languages_by_script"]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -147,6 +147,60 @@ _UWORD = regex.compile(r"\w+")
 _UNIT = regex.compile(r"\P{M}\p{M}*|\p{M}+")   # a base character with its marks
 _MARK = regex.compile(r"\p{M}")
 
+# ``normalization = "full"`` (UnicodeAnalyzer): one table applied after NFKC, before case folding.
+#  * invisible format characters go (Unicode's default-ignorable code points: soft hyphen, zero-width
+#    joiner and non-joiner, direction marks, word joiner, BOM, variation selectors, tags), so
+#    ``"हिन्\u200dदी"`` is ``"हिन्दी"``, ``"Donau\u00addampf"`` one word and the ``U+FE0F`` of an
+#    emoji no term; the zero-width space, a word boundary (Thai uses it so), becomes a space;
+#  * every decimal digit becomes its ASCII digit (``"٢٠١٩"`` -> ``"2019"``, as Lucene's
+#    DecimalDigitFilter);
+#  * Arabic as Lucene's ArabicNormalizationFilter: short vowels and other marks (harakat) and the
+#    tatweel go; alef with hamza or madda -> alef, alef maksura -> yeh, teh marbuta -> heh;
+#  * Greek letters lose their accents and breathings (as Lucene's GreekLowerCaseFilter), so an
+#    upper-case ``"ΣΟΦΙΑ"`` (written without them) matches ``"σοφία"``.
+# Then ``str.casefold`` instead of ``lower`` (``"Straße"`` matches ``"STRASSE"``; final sigma is
+# sigma), and the dot that case folding leaves on a Turkish ``"İ"`` (``i`` + U+0307) goes.
+
+
+# The digit zeros of Unicode 14's decimal digit blocks (Python 3.11's unicodedata), but ASCII's:
+# ``[c for c in range(0x110000) if unicodedata.decimal(chr(c), -1) == 0 and c > 127]``, listed
+# here because scanning every code point at import takes 0.1 s.
+_DIGIT_ZEROS = (
+    0x660, 0x6F0, 0x7C0, 0x966, 0x9E6, 0xA66, 0xAE6, 0xB66, 0xBE6, 0xC66, 0xCE6, 0xD66, 0xDE6, 0xE50, 0xED0,
+    0xF20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80, 0x1A90, 0x1B50, 0x1BB0, 0x1C40, 0x1C50,
+    0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0, 0xFF10, 0x104A0, 0x10D30, 0x11066, 0x110F0,
+    0x11136, 0x111D0, 0x112F0, 0x11450, 0x114D0, 0x11650, 0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50,
+    0x11D50, 0x11DA0, 0x16A60, 0x16AC0, 0x16B50, 0x1D7CE, 0x1D7D8, 0x1D7E2, 0x1D7EC, 0x1D7F6, 0x1E140,
+    0x1E2F0, 0x1E950, 0x1FBF0,
+)
+
+
+def _full_normalization_table() -> dict[int, int | str | None]:
+    table: dict[int, int | str | None] = {}
+    drop = [(0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x180B, 0x180F), (0x200C, 0x200F),
+            (0x202A, 0x202E), (0x2060, 0x206F), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0x1BCA0, 0x1BCA3),
+            (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+            (0x0640, 0x0640), (0x064B, 0x065F), (0x0670, 0x0670), (0x06D6, 0x06DC), (0x06DF, 0x06E8),
+            (0x06EA, 0x06ED)]   # the invisible ones, then Arabic: tatweel, harakat, Quranic marks
+    for a, b in drop:
+        table.update(dict.fromkeys(range(a, b + 1)))
+    table[0x200B] = " "
+    table.update({0x0622: 0x0627, 0x0623: 0x0627, 0x0625: 0x0627, 0x0649: 0x064A, 0x0629: 0x0647})
+    for zero in _DIGIT_ZEROS:   # each the zero of a block of ten decimal digits
+        if unicodedata.decimal(chr(zero), -1) == 0:   # (one this Python's Unicode knows)
+            table.update({zero + k: ord("0") + k for k in range(10)})
+    for cp in (*range(0x0370, 0x0400), *range(0x1F00, 0x2000)):
+        base = unicodedata.normalize("NFD", chr(cp))
+        if len(base) > 1 and unicodedata.name(base[0], "").startswith("GREEK") and \
+                all(unicodedata.category(m) == "Mn" for m in base[1:]):
+            table[cp] = ord(base[0])
+    return table
+
+
+_FULL_TABLE = _full_normalization_table()
+NORMALIZATIONS = ("basic", "full")
+
+
 # The script each Snowball language is written in (Latin unless listed), and the language
 # "auto" picks for a script.
 _SNOWBALL_SCRIPT = {
@@ -208,6 +262,10 @@ class UnicodeAnalyzer:
     * every other script: Unicode words (letters, digits, ``_`` and combining marks), so
       ``"हिन्दी"`` stays one word where ``re``'s ``\\w+`` splits it at each vowel sign.
 
+    ``normalization``: ``"full"`` (the default; new pipelines) also removes invisible format
+    characters, maps every decimal digit to ASCII, normalises Arabic (harakat, tatweel, alef
+    and yeh forms) and Greek accents, and case-folds (``ß`` -> ``ss``) instead of lowercasing;
+    ``"basic"`` is NFKC and lowercase only (indexes made before the setting).
     ``language``: None (no stemming), a Snowball language name (``"english"``), a list of
     them (one per script, e.g. ``["english", "russian", "arabic"]``), or ``"auto"`` (each
     script its usual language: :data:`AUTO_LANGUAGES`). A word is stemmed by the language
@@ -221,11 +279,18 @@ class UnicodeAnalyzer:
         lowercase: bool = True,
         language: str | Iterable[str] | None = None,
         stopwords: str | Iterable[str] | None = None,
+        normalization: str = "full",
     ) -> None:
         if not isinstance(lowercase, bool):
             raise TypeError(f"lowercase must be a bool, got {lowercase!r}")
+        if normalization not in NORMALIZATIONS:
+            raise ConfigError(f"normalization={normalization!r} is not one of {NORMALIZATIONS}")
         self.lowercase = lowercase
+        self.normalization = normalization
+        self._full = normalization == "full"
         self._stop = _stopword_set(stopwords, lowercase)
+        if self._full and lowercase:
+            self._stop = frozenset(w.casefold() for w in self._stop)
         if language is None or isinstance(language, str):
             langs = [language] if language else []
         else:
@@ -263,7 +328,13 @@ class UnicodeAnalyzer:
         stop = self._stop
         for text in _check_texts(texts):
             text = unicodedata.normalize("NFKC", text)
-            if self.lowercase:
+            if self._full and not text.isascii():   # (ASCII holds nothing the table changes)
+                text = text.translate(_FULL_TABLE)
+                if self.lowercase:
+                    text = text.casefold()
+                    if "\u0307" in text:
+                        text = text.replace("i\u0307", "i")
+            elif self.lowercase:
                 text = text.lower()
             toks = _UWORD.findall(text)
             # isascii first: most texts of most corpora, and ASCII holds no no-space script.

@@ -62,7 +62,7 @@ def make_bm25(pipeline: PipelineConfig, encoder: Callable[[], Any], vocabulary: 
         analyzer: Any = SubwordAnalyzer(encoder().tokenizer)
     elif c.analyzer == "unicode":
         analyzer = UnicodeAnalyzer(lowercase=True, language=c.language or c.stemmer or None,
-                                   stopwords=c.stopwords or None)
+                                   stopwords=c.stopwords or None, normalization=c.normalization)
     else:
         analyzer = WordAnalyzer(lowercase=True, stopwords=c.stopwords or None, stemmer=c.stemmer or None)
     enc = BM25Encoder(analyzer, variant=c.variant, k1=c.k1, b=c.b, epsilon=c.epsilon)

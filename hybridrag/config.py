@@ -84,6 +84,9 @@ class BM25Config:
     language: list[str] = field(default_factory=list)  # unicode: Snowball language(s), one per script, or "auto"
     stopwords: str = ""  # "" | "english"
     stemmer: str = ""  # "" | "english" (word analyser; unicode takes it as language when that is empty)
+    # unicode analyser: "full" (invisible characters, digits, Arabic and Greek forms normalised,
+    # case-folded; hybridrag/analysis.py) | "basic" (NFKC + lowercase: indexes made before the setting)
+    normalization: str = "full"
     # "lucene" (idf log(1 + (N-n+.5)/(n+.5)) > 0 for every term) | "okapi" (rank_bm25: idf
     # log((N-n+.5)/(n+.5)) is 0 for a term in half the documents, below 0 past that, floored at
     # epsilon * mean idf, so on small corpora common query terms score nothing); indexes keep
@@ -150,7 +153,7 @@ MAX_BM25_CONTEXT = 16
 # Defaults that changed: (section, key) -> the default before, which an index stored
 # without the key was built with. Pipelines written to a manifest hold every key, so this
 # only matters for hand-made or older manifests; a new pipeline gets today's default.
-STORED_DEFAULTS: dict[tuple[str, str], Any] = {("bm25", "analyzer"): "word"}
+STORED_DEFAULTS: dict[tuple[str, str], Any] = {("bm25", "analyzer"): "word", ("bm25", "normalization"): "basic"}
 
 
 @dataclass
@@ -397,6 +400,7 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
         remote = cfg.backend(m) == "milvus"
         _positive(getattr(cfg, m).depth, f"{m}.depth", _MILVUS_MAX_HITS if remote else None)
     _choice(cfg.bm25.analyzer, ("unicode", "word", "subword"), "bm25.analyzer")
+    _choice(cfg.bm25.normalization, ("basic", "full"), "bm25.normalization")
     _check_languages(cfg.bm25)
     _choice(cfg.bm25.stopwords, ("", "english"), "bm25.stopwords")
     _choice(cfg.bm25.stemmer, ("", "english"), "bm25.stemmer")

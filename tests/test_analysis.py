@@ -57,8 +57,10 @@ def test_hindi_vowel_signs_stay_inside_words():
 
 
 def test_arabic_words_with_and_without_diacritics():
-    assert terms("اللغة العربية") == ["اللغة", "العربية"]
-    assert terms("كَتَبَ الوَلَدُ") == ["كَتَبَ", "الوَلَدُ"]
+    assert terms("اللغة العربية") == ["اللغه", "العربيه"]   # teh marbuta -> heh (normalization "full")
+    assert terms("كَتَبَ الوَلَدُ") == ["كتب", "الولد"] == terms("كتب الولد")
+    basic = UnicodeAnalyzer(normalization="basic")
+    assert basic.tokenize(["كَتَبَ الوَلَدُ"]) == [["كَتَبَ", "الوَلَدُ"]]
 
 
 def test_mixed_latin_and_han():
@@ -68,7 +70,8 @@ def test_mixed_latin_and_han():
 
 def test_nfkc_and_lowercasing():
     assert terms("ＡＢＣ１２３ ﬁle") == ["abc123", "file"]
-    assert terms("Hello WORLD Straße") == ["hello", "world", "straße"]
+    assert terms("Hello WORLD Straße") == ["hello", "world", "strasse"]
+    assert UnicodeAnalyzer(normalization="basic").tokenize(["Straße"]) == [["straße"]]
     assert terms("Hello WORLD", lowercase=False) == ["Hello", "WORLD"]
 
 
@@ -282,3 +285,65 @@ def test_index_reopens_the_analyser_with_its_settings(tmp_path, bm25, ref):
         assert type(idx.bm25.analyzer) is type(ref()) and idx.bm25.analyzer.tokenize(text) == want
     finally:
         idx.close()
+
+
+# ---------------------------------------------------------------- normalization = "full"
+
+@pytest.mark.parametrize("text,full,basic", [
+    ("❤️ 👨\u200d👩\u200d👧", [], ["\ufe0f", "\u200d", "\u200d"]),           # emoji joiners and selectors: no terms
+    ("كَتَبَ الطَّالِبُ", ["كتب", "الطالب"], ["كَتَبَ", "الطَّالِبُ"]),       # harakat
+    ("العـــربية", ["العربيه"], ["العـــربية"]),                             # tatweel; teh marbuta -> heh
+    ("أحمد إسلام آمن على", ["احمد", "اسلام", "امن", "علي"], ["أحمد", "إسلام", "آمن", "على"]),
+    ("हिन्\u200dदी", ["हिन्दी"], ["हिन्\u200dदी"]),                             # zero-width joiner inside a word
+    ("Straße STRASSE", ["strasse", "strasse"], ["straße", "strasse"]),      # case folding
+    ("İSTANBUL", ["istanbul"], ["i\u0307stanbul"]),                         # Turkish dotted capital I
+    ("ΣΟΦΙΑ σοφία ΟΔΟΣ", ["σοφια", "σοφια", "οδοσ"], ["σοφια", "σοφία", "οδος"]),
+    ("٢٠١٩ ४२", ["2019", "42"], ["٢٠١٩", "४२"]),                             # decimal digits
+    ("Donau\u00addampf", ["donaudampf"], ["donau", "dampf"]),               # soft hyphen
+    ("คำ\u200bที่", ["คํา", "ที่"], ["คํา", "ที่"]),                            # zero-width space still splits
+    ("vitamin D café", ["vitamin", "d", "café"], ["vitamin", "d", "café"]),  # the rest as before
+])
+def test_full_normalization_folds_what_basic_kept_apart(text, full, basic):
+    assert UnicodeAnalyzer().tokenize([text]) == [full]
+    assert UnicodeAnalyzer(normalization="basic").tokenize([text]) == [basic]
+
+
+def test_full_normalization_maps_every_decimal_digit_and_keeps_stemming():
+    import sys
+    import unicodedata
+
+    digits = [chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Nd" and c > 127]
+    got = UnicodeAnalyzer().tokenize([" ".join(digits)])[0]
+    assert got == [str(unicodedata.decimal(d)) for d in digits]
+    ar = UnicodeAnalyzer(language="arabic")
+    assert ar.tokenize(["الطَّالِبُ"]) == ar.tokenize(["الطالب"])
+    with pytest.raises(ConfigError, match="normalization"):
+        UnicodeAnalyzer(normalization="nfkc")
+    with pytest.raises(ConfigError, match="bm25.normalization"):
+        PipelineConfig.from_dict({"bm25": {"normalization": "strong"}})
+
+
+def test_an_index_made_before_the_setting_keeps_basic_normalization(tmp_path):
+    """The terms an index holds were made with its normalization: an old index (no key in its
+    manifest) keeps "basic" so its queries still meet its documents; a new one gets "full",
+    where a query without Arabic vowel marks finds a vocalised document."""
+    from hybridrag.index import HybridIndex
+
+    assert PipelineConfig().bm25.normalization == "full"
+    for name, drop in (("new", False), ("old", True)):
+        path = tmp_path / name
+        pipe = {**BM25_ONLY, "bm25": {"enabled": True, "normalization": "basic"}} if drop else BM25_ONLY
+        idx = HybridIndex.create(path, pipe)   # an older writer: basic, and no key in its manifest
+        idx.add([{"id": "ar", "text": "كَتَبَ الطَّالِبُ الدَّرْسَ"}, {"id": "de", "text": "Die Straße ist lang"}])
+        idx.close()
+        if drop:
+            _drop_stored_keys(path, ["normalization"])
+        with HybridIndex.load(path) as idx:
+            assert idx.pipeline.bm25.normalization == ("basic" if drop else "full")
+            assert idx.bm25.analyzer.normalization == idx.pipeline.bm25.normalization
+            if drop:   # the old index: its documents' terms and its queries' terms agree as before
+                assert [h.doc_id for h in idx.search("Straße", k=1)] == ["de"]
+                assert idx.search("STRASSE", k=1) == []
+            else:
+                assert [h.doc_id for h in idx.search("الطالب", k=1)] == ["ar"]
+                assert [h.doc_id for h in idx.search("STRASSE", k=1)] == ["de"]
