@@ -27,6 +27,9 @@ __all__ = ["Chunker", "MAX_TOKENS_LIMIT"]
 MAX_TOKENS_LIMIT = 8192
 MIN_MAX_TOKENS = 8
 DEFAULT_SLICE_CHARS = 100_000
+# An unknown token longer than this (in characters) counts one token per character (_HFCounter):
+# a phrase of a script the tokenizer lacks; shorter ones ("∼10" in SciFact) count as one.
+LONG_UNKNOWN = 8
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 # CJK, kana and Thai are written without spaces; the word counter counts them one char each.
@@ -55,7 +58,15 @@ def _strip(text: str, start: int, end: int) -> tuple[int, int]:
 
 
 class _HFCounter:
-    """Counts tokens and finds token char spans with a Hugging Face fast tokenizer."""
+    """Counts tokens and finds token char spans with a Hugging Face fast tokenizer.
+
+    An unknown token (``[UNK]``) that stands for more than :data:`LONG_UNKNOWN` characters
+    counts as one token per character, its span cut into single characters: an English
+    WordPiece tokenizer gives one
+    ``[UNK]`` for a whole Thai, Lao, Khmer or Myanmar phrase (written without spaces), and
+    counted as one token a 7,000-character Thai text was one chunk. So counted, such text is
+    cut as the word counter cuts it (a character per token), and the model still sees one
+    ``[UNK]`` for it (never more tokens than counted)."""
 
     def __init__(self, tokenizer: Any) -> None:
         from tokenizers import Tokenizer
@@ -70,15 +81,34 @@ class _HFCounter:
         self.backend = Tokenizer.from_str(backend.to_str())
         self.backend.no_truncation()
         self.backend.no_padding()
+        unk = getattr(tokenizer, "unk_token", None)
+        if not isinstance(unk, str):   # a tokenizers.Tokenizer: its model's unknown token, if it has one
+            unk = getattr(self.backend.model, "unk_token", None)
+        self.unk_id: int | None = self.backend.token_to_id(unk) if isinstance(unk, str) else None
 
     def counts(self, texts: list[str]) -> list[int]:
         return [self.count(t) for t in texts]
 
     def count(self, text: str) -> int:
-        return len(self.backend.encode(_clean(text), add_special_tokens=False).ids)
+        enc = self.backend.encode(_clean(text), add_special_tokens=False)
+        ids = enc.ids
+        if self.unk_id is None or self.unk_id not in ids:
+            return len(ids)
+        offsets = enc.offsets
+        return len(ids) + sum(n - 1 for i, t in enumerate(ids)
+                              if t == self.unk_id and (n := offsets[i][1] - offsets[i][0]) > LONG_UNKNOWN)
 
     def spans(self, text: str) -> list[tuple[int, int]]:
-        return self.backend.encode(_clean(text), add_special_tokens=False).offsets
+        enc = self.backend.encode(_clean(text), add_special_tokens=False)
+        if self.unk_id is None or self.unk_id not in enc.ids:
+            return enc.offsets
+        out: list[tuple[int, int]] = []
+        for t, (a, b) in zip(enc.ids, enc.offsets):
+            if t == self.unk_id and b - a > LONG_UNKNOWN:
+                out.extend((k, k + 1) for k in range(a, b))
+            else:
+                out.append((a, b))
+        return out
 
 
 class _WordCounter:

@@ -513,3 +513,24 @@ def test_windows_start_strictly_later_when_tokens_share_an_offset(xlmr_tok: Any)
     chunks = Chunker(xlmr_tok, max_tokens=8, overlap=7).chunk("p", "caaaaaaa" * 3)
     starts = [c.start for c in chunks]
     assert starts == sorted(set(starts)), starts
+
+
+def test_a_script_the_tokenizer_lacks_is_cut_like_the_word_counter_cuts_it(minilm_tok: Any) -> None:
+    """An English WordPiece gives one [UNK] for a whole Thai phrase: counted as one token, a
+    7,000-character Thai text was one chunk. A long unknown token counts a token per character
+    now, so chunks stay as short as the word counter makes them; short ones ("∼10") as before."""
+    th = ("ประเทศไทยมีประชากรประมาณหกสิบล้านคน กรุงเทพมหานครเป็นเมืองหลวงและเมืองที่ใหญ่ที่สุดของประเทศ "
+          "ภาษาไทยเป็นภาษาราชการ ") * 60
+    assert len(minilm_tok.tokenize(th)) < 200   # the tokenizer's own count: a few [UNK]s
+    chunks = Chunker(minilm_tok, max_tokens=128, overlap=16).chunk("th", th)
+    assert len(chunks) > 40 and max(len(c.text.replace(" ", "")) for c in chunks) <= 128   # was one chunk
+    covered = np.zeros(len(th), dtype=bool)
+    for c in chunks:
+        assert c.text == th[c.start:c.end]
+        covered[c.start:c.end] = True
+    assert all(covered[i] or th[i].isspace() for i in range(len(th)))   # nothing lost
+    words = Chunker(None, max_tokens=128, overlap=16).chunk("th", th)
+    assert abs(len(chunks) - len(words)) <= len(words) // 4
+    c = Chunker(minilm_tok, max_tokens=128)
+    assert c.count_tokens("∼10 and ∼22nt") == ref_count(minilm_tok, "∼10 and ∼22nt")   # short unknowns: one each
+    assert c.count_tokens("กรุงเทพมหานคร") == len("กรุงเทพมหานคร") > ref_count(minilm_tok, "กรุงเทพมหานคร")
