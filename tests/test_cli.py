@@ -484,3 +484,37 @@ def test_ingest_that_reads_no_document_fails(tmp_path, capsys, pipeline_file):
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     code, _, err = run_cli(capsys, "ingest", tmp_path / "loop", "--index", tmp_path / "idx", "-q")
     assert code == 2 and "is a symbolic link that leads nowhere" in err
+
+
+def test_the_same_pipeline_keeps_adding_to_an_index_made_before_a_default_changed(tmp_path, capsys, corpus):
+    """An index made before ``bm25.normalization`` existed reads as "basic"; the pipeline file it
+    was made with now means "full". Ingesting with that same --pipeline was refused as a
+    different pipeline; it adds to the index now, which keeps its own normalization. A pipeline
+    that asks for something else is still refused."""
+    import json as _json
+
+    from hybridrag.index import HybridIndex
+    from hybridrag.storage.manifest import MANIFEST, manifest_digest, manifest_text
+
+    toml = tmp_path / "bm25.toml"
+    toml.write_text('name = "bm25"\n[encoder]\nkind = "none"\n[dense]\nenabled = false\n[sparse]\nenabled = false\n'
+                    '[colbert]\nenabled = false\n[bm25]\nenabled = true\n[fusion]\nweights = { bm25 = 1.0 }\n')
+    idx_dir = tmp_path / "idx"
+    first = HybridIndex.create(idx_dir, str(toml))
+    pipe = _json.loads(_json.dumps(first.pipeline.to_dict()))
+    first.close()
+    pipe["bm25"]["normalization"] = "basic"
+    with HybridIndex.create(idx_dir, pipe, overwrite=True) as old:   # as an older writer: basic, without the key
+        old.add([{"id": "first", "text": "a document of the older index"}])
+    m = _json.loads((idx_dir / MANIFEST).read_text())
+    del m["pipeline"]["bm25"]["normalization"]
+    m["manifest_sha256"] = manifest_digest(m)
+    (idx_dir / MANIFEST).write_text(manifest_text(m))
+    code, out, err = run_cli(capsys, "ingest", corpus, "--index", idx_dir, "--pipeline", toml, "-q")
+    assert code == 0 and "ingested 3 document(s)" in out, err
+    with HybridIndex.load(idx_dir) as idx:
+        assert idx.pipeline.bm25.normalization == "basic" and idx.docstore.count_documents() == 4
+    other = tmp_path / "other.toml"
+    other.write_text(toml.read_text().replace("enabled = true\n", "enabled = true\nk1 = 1.2\n", 1))
+    code, _, err = run_cli(capsys, "ingest", corpus, "--index", idx_dir, "--pipeline", other, "-q")
+    assert code == 2 and "bm25.k1" in err and "normalization" not in err
