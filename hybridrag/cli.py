@@ -58,8 +58,7 @@ def _open_or_create(index_dir: str, pipeline: str | None, _again: bool = True) -
             from hybridrag.storage.versions import search_differences
 
             wanted = _as_pipeline(pipeline)
-            diffs = [d for d in search_differences(idx.pipeline, wanted, idx.pipeline_versions())
-                     if not _only_a_newer_default(d, wanted)]
+            diffs = search_differences(idx.pipeline, wanted, idx.pipeline_versions())
             if diffs:
                 if idx.docstore.count_documents() == 0:
                     # Nothing would be lost: an index left empty (e.g. by a run whose pipeline
@@ -83,19 +82,6 @@ def _open_or_create(index_dir: str, pipeline: str | None, _again: bool = True) -
         if _again and (Path(index_dir) / MANIFEST).exists():   # another ingest created it meanwhile: add to it
             return _open_or_create(index_dir, pipeline, _again=False)
         raise
-
-
-def _only_a_newer_default(diff: str, given: Any) -> bool:
-    """Whether ``diff`` (``"section.key (...)"``) is a setting whose default changed since the
-    index was made (``config.STORED_DEFAULTS``) and which the given pipeline leaves at today's
-    default: it asks for nothing the index lacks (the index keeps what it was made with), so the
-    same ``--pipeline`` as before keeps adding to an older index."""
-    from hybridrag.config import STORED_DEFAULTS, PipelineConfig
-
-    section, _, key = diff.split(" ")[0].partition(".")
-    if (section, key) not in STORED_DEFAULTS:
-        return False
-    return getattr(getattr(given, section), key) == getattr(getattr(PipelineConfig(), section), key)
 
 
 # Skips that mean a record or document was refused (what --strict stops at), as opposed

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hybridrag.config import PipelineConfig, pipeline_differences
+from hybridrag.config import STORED_DEFAULTS, PipelineConfig, pipeline_differences
 from hybridrag.errors import ConfigError, IndexFormatError
 
 #: The pipeline settings a version may change, as ``section.key`` (what a search reads, never
@@ -128,11 +128,22 @@ def search_differences(stored: PipelineConfig, given: PipelineConfig,
     """:func:`~hybridrag.config.pipeline_differences` of an index's pipeline and one a user gave,
     less the search settings when the given pipeline's equal one of the index's versions (a
     pipeline file an index was created with still names it after ``hybridrag tune``)."""
-    diff = pipeline_differences(stored, given)
+    diff = [d for d in pipeline_differences(stored, given) if not _only_a_newer_default(d, given)]
     mine = settings_of(given)
     if any(v.settings == mine for v in versions):
         diff = [d for d in diff if d.split(" ")[0] not in SEARCH_SETTINGS]
     return diff
+
+
+def _only_a_newer_default(diff: str, given: PipelineConfig) -> bool:
+    """Whether ``diff`` (``"section.key (...)"``) is a setting whose default changed since the
+    index was made (:data:`~hybridrag.config.STORED_DEFAULTS`) and which the given pipeline
+    leaves at today's default: it asks for nothing the index lacks (the index keeps what it was
+    made with), so the pipeline an older index was made with still names it."""
+    section, _, key = diff.split(" ")[0].partition(".")
+    if (section, key) not in STORED_DEFAULTS:
+        return False
+    return getattr(getattr(given, section), key) == getattr(getattr(PipelineConfig(), section), key)
 
 
 def _now() -> str:
