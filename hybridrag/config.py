@@ -474,6 +474,9 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
         if not math.isfinite(w) or w < 0:
             raise ConfigError(f"fusion.weights.{mode} = {w} must be a finite number >= 0")
     missing = [m for m in cfg.modes if m not in cfg.fusion.weights]
+    if missing and len(cfg.modes) == 1:   # one mode: its weight changes no ranking, so it needs none
+        cfg.fusion.weights = {**cfg.fusion.weights, missing[0]: 1.0}
+        missing = []
     if missing:
         raise ConfigError(f"fusion.weights has no weight for enabled mode(s) {missing}")
     if sum(cfg.fusion.weights[m] for m in cfg.modes) <= 0:

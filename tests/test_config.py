@@ -134,3 +134,14 @@ def test_each_mode_names_its_backend():
     with pytest.raises(ConfigError, match="bm25.backend = 'milvus'"):
         PipelineConfig.from_dict({"bm25": {"enabled": True, "backend": "milvus"}, "fusion": {"weights": {
             "dense": 1, "sparse": 1, "colbert": 1, "bm25": 1}}})
+
+
+def test_one_mode_needs_no_fusion_weight():
+    """A BM25-only (or dense-only) pipeline had to name a fusion weight for its one mode,
+    although one mode's weight changes no ranking; two modes still need theirs."""
+    bm25 = {"encoder": {"kind": "none"}, "dense": {"enabled": False}, "sparse": {"enabled": False},
+            "colbert": {"enabled": False}, "bm25": {"enabled": True}}
+    assert PipelineConfig.from_dict(bm25).fusion.weights["bm25"] == 1.0
+    with pytest.raises(ConfigError, match=r"no weight for enabled mode\(s\) \['bm25'\]"):
+        PipelineConfig.from_dict({**bm25, "dense": {"enabled": True}, "encoder": {"kind": "dense"},
+                                  "fusion": {"weights": {"dense": 1.0}}})
