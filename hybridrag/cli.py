@@ -341,10 +341,24 @@ def cmd_query(args: argparse.Namespace) -> int:
     elif args.json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
     else:
+        if args.explain and "bm25" in idx.pipeline.modes:
+            print(_bm25_terms_line(idx, args.question))
         _print_hits(hits, args.explain)
         if args.explain and hits.timing is not None:
             print(_budget_line(hits.timing))
     return 0
+
+
+def _bm25_terms_line(idx: Any, question: str) -> str:
+    """The query's BM25 terms as the index's analyser makes them (``query --explain``), those the
+    index has no document with marked: what to look at when a word finds nothing."""
+    terms = idx.bm25.analyzer.tokenize([question])[0]
+    vocab = idx.bm25.vocabulary
+    prefetch = getattr(vocab, "prefetch", None)
+    if prefetch is not None:   # a query node's vocabulary in Milvus: one lookup
+        prefetch(set(terms))
+    shown = [t if t in vocab else f"{t} (in no document)" for t in terms]
+    return "bm25 terms: " + (", ".join(shown) if shown else "(none: no word the analyser keeps)")
 
 
 def _ms(v: float) -> str:

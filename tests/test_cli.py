@@ -97,6 +97,8 @@ def test_ingest_query_info_check(tmp_path, pipeline_file, corpus):
     r = cli("query", idx, "aspirin heart", "--explain")
     assert "bm25=" in r.stdout and "b.md" in r.stdout
     assert "weights: dense=0.500  bm25=0.500" in r.stdout
+    r = cli("query", idx, "Aspirin and zebras", "--explain")   # the analysed terms, unknown ones marked
+    assert "bm25 terms: aspirin, and (in no document), zebra (in no document)" in r.stdout
     # why nothing (or less) came back goes to stderr; a big $in works; a bad value is one line
     r = cli("query", idx, "vitamin", "--filter", "colour=red")
     assert "note: no document has metadata key 'colour'" in r.stderr and "a.txt" not in r.stdout
