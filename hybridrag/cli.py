@@ -89,6 +89,21 @@ def _open_or_create(index_dir: str, pipeline: str | None, _again: bool = True) -
 _RECORD_REASONS = ("bad json", "bad record", "bad csv", "duplicate id", "too large")
 
 
+def _read_from_another_file(idx: Any, batch: Sequence[Any]) -> dict[str, tuple[str, str]]:
+    """``doc id -> (its file now, the file its indexed version was read from)`` for the documents
+    of ``batch`` whose id the index holds from another file (``root``/``source`` of the metadata):
+    an ingest of ``P`` and then of ``Q``, both with a ``notes.txt``, gives one id to both."""
+    paths = {doc.id: _doc_location(doc)[0] for doc in batch if "root" in doc.metadata}
+    out = {}
+    for doc_id, meta in idx.docstore.first_metadata(paths).items():
+        root, source = meta.get("root"), meta.get("source")
+        if isinstance(root, str) and isinstance(source, str):
+            old = str(Path(root) / source)
+            if os.path.abspath(old) != os.path.abspath(paths[doc_id]):
+                out[doc_id] = (paths[doc_id], old)
+    return out
+
+
 def _doc_location(doc: Any) -> tuple[str, int | None]:
     """The file (and line/row) a document from ``iter_documents`` was read from."""
     meta = doc.metadata
@@ -216,8 +231,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         nonlocal total_added, total_unchanged, total_chunks, since_commit, batch
         if not batch:
             return
+        elsewhere = _read_from_another_file(idx, batch)
         res = idx.upsert(batch, commit=False, batch_size=args.batch_size, progress=bar.update,
                          errors="raise" if args.strict else "skip")
+        for doc_id in elsewhere.keys() & set(res.added):
+            new_path, old_path = elsewhere[doc_id]
+            report.warn(new_path, "replaced a document read from another file",
+                        f"{doc_id!r} was read from {old_path}: give the same folders on every run, or several "
+                        "folders in one run (their ids then start with each folder's name)")
         for pos, _, reason in res.failed:
             path, line = _doc_location(batch[pos])
             report.add(path, "refused by the index", reason, line)

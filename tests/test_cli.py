@@ -520,3 +520,20 @@ def test_the_same_pipeline_keeps_adding_to_an_index_made_before_a_default_change
     other.write_text(toml.read_text().replace("enabled = true\n", "enabled = true\nk1 = 1.2\n", 1))
     code, _, err = run_cli(capsys, "ingest", corpus, "--index", idx_dir, "--pipeline", other, "-q")
     assert code == 2 and "bm25.k1" in err and "normalization" not in err
+
+
+def test_a_document_replaced_from_another_folder_is_reported(tmp_path, capsys, pipeline_file):
+    """Ingesting folder P, then folder Q, both with a notes.txt: one id, so Q's replaced P's with
+    no word; now a warning names both files."""
+    for name, text in (("P", "pear from P"), ("Q", "quince from Q")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "notes.txt").write_text(text)
+        (tmp_path / name / f"only-{name}.txt").write_text(f"only in {name}")
+    idx_dir = tmp_path / "idx"
+    code, out, _ = run_cli(capsys, "ingest", tmp_path / "P", "--index", idx_dir, "--pipeline", pipeline_file, "-q")
+    assert code == 0 and "warnings" not in out
+    code, out, _ = run_cli(capsys, "ingest", tmp_path / "Q", "--index", idx_dir, "-q")
+    assert code == 0 and "ingested 2 document(s)" in out
+    assert (f"{tmp_path / 'Q' / 'notes.txt'}: replaced a document read from another file ('notes.txt' was read "
+            f"from {tmp_path / 'P' / 'notes.txt'}") in out
+    assert "only-Q.txt" not in out.split("warnings")[1]   # new ids are no warning

@@ -689,6 +689,21 @@ class DocStore:
         return None if row is None else row[0]
 
     @_read
+    def first_metadata(self, doc_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """``doc id -> metadata`` of the first chunk of each live document of ``doc_ids`` (unknown
+        ids and documents without chunks left out); no text is read."""
+        out: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            live, lp = self._live()
+            for batch in _batches(list(dict.fromkeys(doc_ids))):
+                q = ",".join("?" * len(batch))
+                for doc_id, meta in self._conn.execute(
+                        f"SELECT doc_id, metadata FROM chunks WHERE {live} AND ordinal = 0 AND doc_id IN ({q})",
+                        [*lp, *batch]):
+                    out[doc_id] = _metadata(meta)
+        return out
+
+    @_read
     def documents(self) -> list[tuple[str, str | None, int]]:
         """``(doc id, content hash, chunks)`` of every live document, by doc id (documents
         with no chunk included): what :meth:`add_chunks` needs to copy them."""
