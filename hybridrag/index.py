@@ -30,6 +30,7 @@ from hybridrag.storage import opening
 from hybridrag.storage import versions as pipeline_versions
 from hybridrag.storage.check import check_index  # noqa: F401 - the public name lived here
 from hybridrag.storage.lock import IndexLock as _Lock
+from hybridrag.storage.lock import ReadWriteLock
 from hybridrag.storage.manifest import FORMAT_VERSION, MANIFEST, read_manifest  # noqa: F401 - cli, server
 from hybridrag.storage.opening import _as_pipeline  # noqa: F401 - used by cli, integrations
 from hybridrag.storage.policy import TieredMergePolicy
@@ -72,6 +73,7 @@ class HybridIndex:
         self._chunker: Any = None
         self.stores: dict[str, Any] = {}
         self._lock = _Lock(path)
+        self._rw = ReadWriteLock()   # searches of this object beside its writes (storage/lock.py)
         self._manifest = manifest
         self._gen = int(manifest["generation"]) if manifest else 0
         self._dirty = False
@@ -354,7 +356,7 @@ class HybridIndex:
         """Wait for the background merge running now and install what it merged (each merge a
         commit); with writes not yet committed, the next commit installs it instead."""
         self._check_open()
-        with self._writing():
+        with self._writing(), self._rw.writing():
             if not self._dirty:
                 commit_mod.merges.finish(self, wait=True)
 
@@ -420,7 +422,9 @@ class HybridIndex:
         """
         self._check_open()
         queries = execute.check_queries(queries)
-        return execute.search_batch(self, queries, SearchOptions.build(options, k, filters, **overrides))
+        opts = SearchOptions.build(options, k, filters, **overrides)
+        with self._rw.reading():
+            return execute.search_batch(self, queries, opts)
 
     # ------------------------------------------------------------------ pipeline versions
     def pipeline_versions(self) -> list[PipelineVersion]:

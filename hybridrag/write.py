@@ -225,17 +225,20 @@ def _write_batch(idx: Any, docs: list[tuple[int, Document]], replace: bool, prog
     if not kept:
         return res
     gen = idx._gen + 1
-    replaced = [d.id for d in kept if idx.docstore.doc_hash(d.id) is not None]
-    if replaced:
-        remove_slots(idx, idx.docstore.delete_docs(replaced, gen))
-    start = idx.docstore.next_slot()
-    slots = np.arange(start, start + len(chunks), dtype=np.int64)
-    if chunks:
-        encode_into_stores(idx, [c.text for c in chunks], slots, [c.doc_id for c in chunks])
-    idx.docstore.add_chunks(chunks, slots, gen, hashes)
-    if "docs" in idx.stores and chunks:   # [milvus] whole_index: the chunks in Milvus too
-        idx.stores["docs"].add(slots, [chunk_record(c, hashes.get(c.doc_id)) for c in chunks])
-    idx._dirty = True
+    # The model's pass first, beside this object's searches; then what they read changes at once.
+    neural = encode_neural(idx, [c.text for c in chunks]) if chunks else {}
+    with idx._rw.writing():
+        replaced = [d.id for d in kept if idx.docstore.doc_hash(d.id) is not None]
+        if replaced:
+            remove_slots(idx, idx.docstore.delete_docs(replaced, gen))
+        start = idx.docstore.next_slot()
+        slots = np.arange(start, start + len(chunks), dtype=np.int64)
+        if chunks:
+            add_rows(idx, slots, neural, [c.text for c in chunks], [c.doc_id for c in chunks])
+        idx.docstore.add_chunks(chunks, slots, gen, hashes)
+        if "docs" in idx.stores and chunks:   # [milvus] whole_index: the chunks in Milvus too
+            idx.stores["docs"].add(slots, [chunk_record(c, hashes.get(c.doc_id)) for c in chunks])
+        idx._dirty = True
     res.added = [d.id for d in kept]
     res.chunks = len(chunks)
     if progress is not None:
@@ -256,15 +259,27 @@ def encode_into_stores(idx: Any, texts: list[str], slots: np.ndarray, documents:
     others) and add the rows under ``slots`` to each enabled mode's store. ``documents``: each
     text's document id; every chunk of a document is in the call, in reading order (BM25 rows
     count their neighbours' terms with ``[bm25] context``)."""
-    modes = idx.pipeline.modes
-    neural = [m for m in modes if MODES[m].neural]
-    if neural:
-        e = idx.pipeline.encoder
-        out = idx.encoder.encode(texts, max_length=e.max_length, batch_size=e.batch_size,
-                                 **encode_flags(idx, neural))
-        for m in neural:
-            idx.stores[m].add(slots, getattr(out, m))
-    for m in modes:
+    add_rows(idx, slots, encode_neural(idx, texts), texts, documents)
+
+
+def encode_neural(idx: Any, texts: list[str]) -> dict[str, Any]:
+    """``mode -> rows`` of the neural modes (one encoder pass for all of them); changes nothing
+    a search reads, so it runs beside this object's searches."""
+    neural = [m for m in idx.pipeline.modes if MODES[m].neural]
+    if not neural:
+        return {}
+    e = idx.pipeline.encoder
+    out = idx.encoder.encode(texts, max_length=e.max_length, batch_size=e.batch_size, **encode_flags(idx, neural))
+    return {m: getattr(out, m) for m in neural}
+
+
+def add_rows(idx: Any, slots: np.ndarray, neural: Mapping[str, Any], texts: list[str],
+             documents: Sequence[str]) -> None:
+    """Add the neural rows (:func:`encode_neural`) and BM25's, analysed here (new terms get ids
+    in the vocabulary searches read), under ``slots`` to each enabled mode's store."""
+    for m, rows in neural.items():
+        idx.stores[m].add(slots, rows)
+    for m in idx.pipeline.modes:
         if not MODES[m].neural:   # BM25, the analysed mode
             b = idx.pipeline.bm25
             rows = with_context(idx.bm25.encode_documents(texts), documents, b.context, b.context_weight)
@@ -307,8 +322,9 @@ def delete(idx: Any, ids: Iterable[str] | str | None = None, filters: Mapping[st
             targets |= set(idx.docstore.doc_ids_for_slots(np.flatnonzero(mask)))
         present = [t for t in sorted(targets) if idx.docstore.doc_hash(t) is not None]
         if present:
-            remove_slots(idx, idx.docstore.delete_docs(present, idx._gen + 1))
-            idx._dirty = True
+            with idx._rw.writing():
+                remove_slots(idx, idx.docstore.delete_docs(present, idx._gen + 1))
+                idx._dirty = True
         if commit:
             idx.commit()
     return len(present)

@@ -200,3 +200,41 @@ def test_reader_hides_uncommitted_rows_of_a_live_writer(tmp_path):
     again = HybridIndex.load(path)
     assert cwk.check_view(again) == 2
     again.close()
+
+
+def test_one_index_object_searched_in_threads_while_it_writes(tmp_path):
+    """The retrievers of the connectors share one HybridIndex per path: searches in worker threads
+    beside upserts and deletes of that object read slots the write had just deleted from the
+    docstore (KeyError from the hits stage, ~50 in a run of this loop). A write's change of what
+    searches read is now whole or not at all for them (storage/lock.py, ReadWriteLock)."""
+    pipe = {"name": "bm25", "encoder": {"kind": "none"}, "dense": {"enabled": False},
+            "sparse": {"enabled": False}, "colbert": {"enabled": False}, "bm25": {"enabled": True}}
+    idx = HybridIndex.create(tmp_path / "i", pipe)
+    idx.add([{"id": f"d{i}", "text": f"cat number {i}"} for i in range(60)])
+    errors: list[BaseException] = []
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                hits = idx.search("cat changed number", k=10)
+                assert all(h.text.startswith("cat") for h in hits)
+                seen.append(len(hits))
+        except BaseException as e:   # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for j in range(40):
+            idx.upsert([{"id": f"d{j}", "text": f"cat changed {j}"}], commit=j % 3 == 0)
+            idx.delete(ids=[f"d{j + 20}"], commit=j % 5 == 0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    idx.close()
+    assert not errors, errors[:3]
+    assert seen and all(n == 10 for n in seen)

@@ -51,7 +51,7 @@ def commit(idx, *, merge: bool = True) -> None:
     own. No-op when nothing changed."""
     if not idx._dirty:
         return
-    with _disk_full(idx.path, lambda: idx._gen), idx._writing():
+    with _disk_full(idx.path, lambda: idx._gen), idx._writing(), idx._rw.writing():
         idx._collect_garbage()  # files a crashed commit left behind
         new, dels = idx._table.pending()
         entries = [dict(e) for e in idx._table.entries]
@@ -108,7 +108,7 @@ def set_pipeline(idx, cfg: PipelineConfig, versions: list[dict[str, Any]], activ
     """Commit pending writes, then commit a generation whose manifest has ``cfg`` as its pipeline
     and ``versions`` (``active`` the one in force): :mod:`hybridrag.storage.versions`. A failure
     leaves the index and this object as they were."""
-    with idx._writing():
+    with idx._writing(), idx._rw.writing():
         idx.commit(merge=False)
         before = idx.pipeline
         idx.pipeline, idx._next_versions, idx._dirty = cfg, (versions, active), True
@@ -125,7 +125,7 @@ def optimize(idx) -> None:
     """Commit pending writes, then merge every segment into one without deleted rows
     (``hybridrag optimize``): the smallest index and the fastest searches. A merge is a
     commit: readers keep their snapshot, a crash leaves the last commit whole."""
-    with idx._writing():
+    with idx._writing(), idx._rw.writing():
         idx.commit(merge=False)
         merges.finish(idx, wait=True)
         entries = idx._table.entries
@@ -142,7 +142,7 @@ def close_merges(idx) -> None:
         merges.cancel(idx)
         return
     try:
-        with idx._writing():
+        with idx._writing(), idx._rw.writing():
             merges.finish(idx, wait=True)
     except Exception as e:   # noqa: BLE001 - closing still releases the lock; the last commit is whole
         logger.warning("installing a background merge of %s at close failed: %r", idx.path, e)
@@ -441,11 +441,12 @@ def undo_on_error(idx) -> Iterator[None]:
     except BaseException:
         if idx._manifest is not None and idx._lock.fd is not None:
             logger.warning("write to %s failed; rolling back to generation %d", idx.path, idx._gen)
-            merges.cancel(idx)   # the table is re-read: its reserved segment ids with it
-            idx.docstore.rollback_to(idx._gen)
-            idx._bm25 = None
-            opening.init_components(idx, fresh=False)
-            idx._dirty = False
+            with idx._rw.writing():
+                merges.cancel(idx)   # the table is re-read: its reserved segment ids with it
+                idx.docstore.rollback_to(idx._gen)
+                idx._bm25 = None
+                opening.init_components(idx, fresh=False)
+                idx._dirty = False
         raise
 
 

@@ -14,12 +14,14 @@ import contextlib
 import errno
 import fcntl
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from hybridrag.errors import IndexLockedError
 from hybridrag.storage.files import is_disk_full, open_plain
 
-__all__ = ["IndexLock", "LOCK_FILE"]
+__all__ = ["IndexLock", "LOCK_FILE", "ReadWriteLock"]
 
 LOCK_FILE = "LOCK"
 
@@ -81,3 +83,70 @@ class IndexLock:
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+class ReadWriteLock:
+    """Searches of one :class:`~hybridrag.index.HybridIndex` object run together; a change of what
+    they read (a write's rows going into the stores and docstore, a commit, a merge installed)
+    waits for them and holds them off until it is done, so a search never sees half of a write:
+    a search beside an ``upsert`` in another thread read slots the write had just deleted from
+    the docstore (``KeyError``). Writers are preferred (a waiting writer holds new searches
+    back), both sides are re-entrant per thread, and a writer's thread may search."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer: int | None = None
+        self._depth = 0
+        self._waiting = 0
+        self._mine = threading.local()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        me = threading.get_ident()
+        held = getattr(self._mine, "reads", 0)
+        if held or self._writer == me:   # already reading, or this thread writes
+            self._mine.reads = held + 1
+            try:
+                yield
+            finally:
+                self._mine.reads -= 1
+            return
+        with self._cond:
+            while self._writer is not None or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        self._mine.reads = 1
+        try:
+            yield
+        finally:
+            self._mine.reads = 0
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer == me:
+                self._depth += 1
+            else:
+                if getattr(self._mine, "reads", 0):
+                    raise RuntimeError("a write inside a search of the same index object")
+                self._waiting += 1
+                try:
+                    while self._writer is not None or self._readers:
+                        self._cond.wait()
+                finally:
+                    self._waiting -= 1
+                self._writer, self._depth = me, 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if not self._depth:
+                    self._writer = None
+                    self._cond.notify_all()
