@@ -294,6 +294,17 @@ def test_langchain_retriever_per_call_overrides_and_async_off_loop(index, monkey
         HybridRAGRetriever(index=index, k=0)
     with pytest.raises(ValueError):
         HybridRAGRetriever(index=index, search_kwargs={"bogus": 1})
+    # misnamed arguments were dropped silently (extra="ignore"): now named, with where they go
+    with pytest.raises(ValueError, match=r"unknown retriever argument\(s\) \['similarity_top_k'\].*is k"):
+        HybridRAGRetriever(index=index, similarity_top_k=2)
+    with pytest.raises(ValueError, match=r"\['fusion'\].*search_kwargs=\{'fusion': ...\}"):
+        HybridRAGRetriever(index=index, fusion="rrf")
+    assert HybridRAGRetriever(index=index, tags=["t"]).tags == ["t"]   # LangChain's own fields still pass
+    # a missing index raises hybridrag's IndexFormatError itself (it came wrapped in a ValidationError)
+    from hybridrag import IndexFormatError
+
+    with pytest.raises(IndexFormatError, match="is not an index"):
+        HybridRAGRetriever.from_path(index.path.parent / "missing")
 
     threads: list[int] = []
     search = retriever.index.search

@@ -38,7 +38,7 @@ from hybridrag.integrations import (
     to_documents,
     upsert,
 )
-from hybridrag.search.options import SearchOptions
+from hybridrag.search.options import OVERRIDES, SearchOptions
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +95,34 @@ class HybridRAGRetriever(BaseRetriever):
             ``rerank``, ``rerank_k``, ``rrf_k``).
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    # A misnamed argument (LlamaIndex's ``similarity_top_k``, an override such as ``fusion``
+    # given beside ``search_kwargs``) is an error, not silently dropped.
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     index: HybridIndex | RemoteIndex
     k: int = 4
     filters: dict[str, Any] | None = None
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    def __init__(self, **data: Any) -> None:
+        # The index is opened before pydantic sees it, so that a missing or damaged index raises
+        # hybridrag's IndexFormatError itself (pydantic wraps a validator's ValueError).
+        if data.get("index") is not None and not isinstance(data["index"], (HybridIndex, RemoteIndex)):
+            data["index"] = open_index(data["index"])
+        super().__init__(**data)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_arguments(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields) - {"url", "api_key"})
+            if unknown:
+                overrides = [u for u in unknown if u in OVERRIDES]
+                hint = (f"; search settings go in search_kwargs={{{overrides[0]!r}: ...}}" if overrides
+                        else "; the number of documents is k" if "similarity_top_k" in unknown else "")
+                raise ValueError(f"unknown retriever argument(s) {unknown}; valid: "
+                                 f"{sorted(set(cls.model_fields) | {'url', 'api_key'})}{hint}")
+        return data
 
     @model_validator(mode="before")
     @classmethod
