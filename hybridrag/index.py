@@ -439,12 +439,21 @@ class HybridIndex:
         the rest as the active version has them) and make it active, as a commit (pending writes
         are committed first). Nothing is re-encoded. Returns its number; the old versions stay
         (:meth:`use_pipeline_version`). ``ConfigError`` names a setting that is not a search
-        setting or a bad value. ``hybridrag tune`` adds the version it chose this way."""
+        setting or a bad value; ``ValueError``: the settings change nothing (no version is made);
+        switching the reranker on loads it first (``ModelLoadError`` if it cannot load here, and
+        no version is made). ``hybridrag tune`` adds the version it chose this way."""
         self._check_open()
         if not isinstance(note, str):
             raise TypeError(f"note must be a str, got {type(note).__name__}")
         cfg = pipeline_versions.with_settings(self.pipeline, settings)
-        versions, _ = pipeline_versions.carried(self._manifest, self.pipeline)
+        versions, active = pipeline_versions.carried(self._manifest, self.pipeline)
+        if pipeline_versions.settings_of(cfg) == pipeline_versions.settings_of(self.pipeline):
+            raise ValueError(f"the settings {dict(settings)!r} change nothing: version {active} has them "
+                             "already (no version made)")
+        if cfg.rerank.enabled and not self.pipeline.rerank.enabled and self._reranker is None:
+            # every later load and query node searches with the new version: its reranker must
+            # load here (ModelLoadError), or every query would fail until another version is active
+            self._reranker = components.load_reranker(cfg, self._device, runtime=self._runtime)
         versions.append(pipeline_versions.new_version(versions, pipeline_versions.settings_of(cfg), note))
         commit_mod.set_pipeline(self, cfg, versions, versions[-1]["version"])
         return int(versions[-1]["version"])

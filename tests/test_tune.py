@@ -293,6 +293,17 @@ def test_bad_input_is_refused_with_the_value_named(built, tmp_path):
             idx.add_pipeline_version({"fusion.method": "max"})
         with pytest.raises(ValueError, match="no pipeline version 3"):
             idx.use_pipeline_version(3)
+        # a version that changes nothing, or switches on a reranker that cannot load here, was made
+        # and made active (then every query failed until another version was): refused now
+        with pytest.raises(ValueError, match="change nothing: version 1 has them already"):
+            idx.add_pipeline_version({})
+        with pytest.raises(ValueError, match="change nothing"):
+            idx.add_pipeline_version({"fusion.method": idx.pipeline.fusion.method})
+        if not idx.pipeline.rerank.enabled:
+            from hybridrag.errors import ModelLoadError
+
+            with pytest.raises(ModelLoadError):
+                idx.add_pipeline_version({"rerank.enabled": True, "rerank.k": 5})
         assert [v.version for v in idx.pipeline_versions()] == [1] and idx.generation == gen
     finally:
         idx.close()
