@@ -238,3 +238,35 @@ def test_one_index_object_searched_in_threads_while_it_writes(tmp_path):
     idx.close()
     assert not errors, errors[:3]
     assert seen and all(n == 10 for n in seen)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="reads the kernel's lock table (/proc/locks, Linux)")
+def test_opening_the_docstore_again_keeps_the_locks_of_the_open_connections(tmp_path):
+    """A process that opened an index's docstore again (a server swapping in a new generation)
+    closed a descriptor of the file, which dropped every POSIX lock the process held on it: the
+    SHARED lock of the reader still open (SQLite still believes it holds it). A writer in
+    another process then took itself for the last user and deleted the WAL under the open
+    connections: a served index stopped taking commits after a few outside ingests ("database
+    disk image is malformed"). One descriptor per file now stays open while any docstore of the
+    process has it open; the kernel's lock table shows the reader's lock kept."""
+    pipe = {"name": "bm25", "encoder": {"kind": "none"}, "dense": {"enabled": False},
+            "sparse": {"enabled": False}, "colbert": {"enabled": False}, "bm25": {"enabled": True}}
+    path = tmp_path / "i"
+    with HybridIndex.create(path, pipe) as idx:
+        idx.add([{"id": "first", "text": "tapir fauna"}])
+    inode = os.stat(path / "docstore.sqlite").st_ino
+
+    def my_locks() -> list[str]:
+        with open("/proc/locks") as f:   # "n: POSIX ADVISORY READ <pid> <maj:min:inode> <start> <end>"
+            return [ln for ln in f if ln.split()[1] == "POSIX" and ln.split()[4] == str(os.getpid())
+                    and ln.split()[5].endswith(f":{inode}")]
+
+    reader = HybridIndex.load(path)   # holds a read snapshot: a SHARED lock on the file
+    held = my_locks()
+    assert held
+    again = HybridIndex.load(path)
+    assert my_locks() == held and reader.search("tapir", k=1)[0].doc_id == "first"
+    again.close()
+    assert my_locks() == held   # closing the second one keeps the first one's lock too
+    reader.close()
+    assert my_locks() == []

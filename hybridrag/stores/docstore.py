@@ -243,6 +243,46 @@ def _check_gen(gen: Any) -> int:
 
 
 
+# Descriptors pinning each docstore file this process has open: (st_dev, st_ino) -> [fd, users].
+# One per file, closed when its last docstore closes (no connection of ours holds a lock on it then).
+_PINS: dict[tuple[int, int], list[int]] = {}
+_PINS_LOCK = threading.Lock()
+
+
+def _pin(directory: Path, name: str, flags: int) -> tuple[int, int]:
+    """The inode of ``directory/name``, held open by one descriptor for the whole process; a
+    file already pinned is not opened again (a second descriptor, when closed, would drop the
+    locks of the connections already open on it)."""
+    with _PINS_LOCK:
+        st = check_plain_file(directory, name)
+        if st is not None and (st.st_dev, st.st_ino) in _PINS:
+            _PINS[(st.st_dev, st.st_ino)][1] += 1
+            return st.st_dev, st.st_ino
+        fd = open_plain(directory, name, flags)
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        if key in _PINS:   # the path changed between the lstat and the open: keep both open
+            _PINS[key][1] += 1
+            _LEAKED.append(fd)
+        else:
+            _PINS[key] = [fd, 1]
+        return key
+
+
+_LEAKED: list[int] = []   # descriptors never closed (see _pin): at most one per such race
+
+
+def _unpin(key: tuple[int, int]) -> None:
+    with _PINS_LOCK:
+        entry = _PINS.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _PINS[key]
+            os.close(entry[0])
+
+
 def _read(method: Any) -> Any:
     """A read of the docstore: SQLite reporting a damaged file (a malformed page, a text that is
     not UTF-8) or a stored value that no longer parses becomes IndexFormatError naming the file,
@@ -292,12 +332,15 @@ class DocStore:
             check_plain_file(directory, name + suffix)
         if self.read_only and check_plain_file(directory, name) is None:
             raise IndexFormatError(f"docstore {str(self.path)!r} does not exist")
-        # Our own descriptor (O_NOFOLLOW; created here when new, so SQLite never creates the
-        # path) pins the inode that SQLite must then have opened.
+        # A descriptor of ours (O_NOFOLLOW; created here when new, so SQLite never creates the
+        # path) pins the inode that SQLite must then have opened. It stays open while any
+        # docstore of this process has the file open (_pin): closing a descriptor of a file
+        # drops every POSIX lock this process holds on it, those of its open SQLite connections
+        # too, and another process then took itself for the last one and deleted the WAL under
+        # them (a served index stopped taking new commits: "database disk image is malformed").
         flags = os.O_RDONLY if self.read_only else os.O_RDWR | os.O_CREAT
-        fd = open_plain(directory, name, flags)
+        key = _pin(directory, name, flags)
         try:
-            want = os.fstat(fd)
             if self.read_only:
                 uri = f"{self.path.resolve().as_uri()}?mode=ro"
                 conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
@@ -305,14 +348,16 @@ class DocStore:
                 conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
             try:
                 got = os.lstat(self.path)
-                if not stat.S_ISREG(got.st_mode) or (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
+                if not stat.S_ISREG(got.st_mode) or (got.st_dev, got.st_ino) != key:
                     raise IndexFormatError(f"{self.path}: the file was replaced while it was being opened; "
                                            "refusing to use it")
             except BaseException:
                 conn.close()
                 raise
-        finally:
-            os.close(fd)
+        except BaseException:
+            _unpin(key)
+            raise
+        self._pin_key = key
         return conn
 
     # ------------------------------------------------------------------ plumbing
@@ -426,6 +471,7 @@ class DocStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None  # type: ignore[assignment]
+                _unpin(self._pin_key)
 
     def __enter__(self) -> "DocStore":
         return self
