@@ -308,6 +308,10 @@ def delete(idx: Any, ids: Iterable[str] | str | None = None, filters: Mapping[st
     """Delete whole documents by id and/or by a metadata filter; returns how many documents."""
     if ids is None and filters is None:
         raise ValueError("delete() needs ids or filters (refusing to delete everything implicitly)")
+    if filters is not None and isinstance(filters, Mapping) and not filters:
+        # an empty filter matches every document: never a way to delete them all
+        raise ValueError("delete(filters={}) would match every document; refusing to delete everything "
+                         "implicitly (give ids, or a filter with a condition)")
     if isinstance(ids, str):
         ids = [ids]
     targets: set[str] = set()

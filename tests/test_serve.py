@@ -393,6 +393,18 @@ def test_a_full_queue_answers_overloaded_naming_the_flag(index_path):
     assert isinstance(out[0], SearchResult) and isinstance(out[1], SearchResult)
     assert isinstance(out[2], Overloaded) and "(limit 2, --max-queue)" in str(out[2])
 
+    fresh = Engine(index_path, limits=Limits(max_queue=2))
+
+    async def too_many():   # a request the queue can never hold: bad input, not a 503 to retry forever
+        await fresh.start()
+        try:
+            return await fresh.search(QUERIES[:3], k=1)
+        finally:
+            await fresh.stop()
+
+    with pytest.raises(ValueError, match="3 queries in one request; this server queues at most 2"):
+        asyncio.run(too_many())
+
 
 def test_many_clients_at_once_get_the_library_results(server, local):
     want = {q: [(h.chunk_id, h.score) for h in local.search(q, k=5)] for q in QUERIES}
@@ -442,6 +454,14 @@ def test_writable_server_writes_and_serves_its_own_commit(tmp_path):
             r.add([{"id": "x"}])
         with pytest.raises(ValueError, match="delete\\(\\) needs ids or filters"):
             r.delete()
+        with pytest.raises(ValueError, match="would match every document"):   # it deleted them all
+            r.delete(filters={})
+        # a stored text with a lone surrogate (kept as given) is served as its JSON escape; every
+        # search that would return it answered 400 UnicodeEncodeError before
+        r.upsert([{"id": "sur", "text": "okapi \ud800 lone"}])
+        status, body, _ = call(s.url, "POST", "/search", {"query": "okapi", "k": 1})
+        assert status == 200 and body["hits"][0]["text"] == "okapi \ud800 lone"
+        r.delete(["sur"])
         r.upsert(cwk.group_docs(8))
         assert cwk.check_view(HybridIndex.load(path)) == 3
         assert groups() == {1, 7, 8}
@@ -612,6 +632,26 @@ def test_serve_command_defaults_and_bad_limits(index_path, capsys):
     assert "max_batch must be >= 1, got 0" in capsys.readouterr().err
     assert cli.main(["serve", str(index_path / "nope")]) == 2
     assert "no index at" in capsys.readouterr().err
+    assert cli.main(["serve", str(index_path), "--api-key", " "]) == 2   # "$KEY" of an unset variable
+    assert "--api-key is empty" in capsys.readouterr().err
+
+
+def test_serve_logs_the_engines_warnings_to_stderr(tmp_path, capsys):
+    """A generation the server could not load was logged to the library's NullHandler only: a
+    server that stopped taking commits said nothing. ``serve`` logs to stderr at --log-level."""
+    import logging
+
+    from hybridrag.server.app import log_to_stderr
+
+    handler = log_to_stderr("warning")
+    try:
+        logging.getLogger("hybridrag.server.engine").warning("could not load the new generation of %s", "X")
+        logging.getLogger("hybridrag.server.engine").info("not at warning level")
+        err = capsys.readouterr().err
+        assert "hybridrag WARNING could not load the new generation of X" in err and "not at warning" not in err
+    finally:
+        logging.getLogger("hybridrag").removeHandler(handler)
+        logging.getLogger("hybridrag").setLevel(logging.NOTSET)
 
 
 def test_the_models_are_loaded_before_the_server_answers(tmp_path, index_path, bert_dir, monkeypatch):

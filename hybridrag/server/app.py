@@ -14,6 +14,7 @@ Bad input gets 400 (the library's message), 422 (a malformed body, naming the fi
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 import sys
@@ -25,13 +26,27 @@ try:
     import uvicorn
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse
+    from fastapi.responses import JSONResponse as _StarletteJSON
+    from fastapi.responses import PlainTextResponse
     from pydantic import BaseModel, ConfigDict, Field
 except ImportError as e:  # pragma: no cover - exercised by test_serve.py::test_import_hint
     raise ImportError("hybridrag serve needs FastAPI and uvicorn: pip install 'hybridrag[serve]'") from e
 
 from hybridrag.errors import HybridRAGError, IndexLockedError, ModelLoadError
 from hybridrag.server.config import BatchConfig, Limits
+
+
+class JSONResponse(_StarletteJSON):
+    """JSON as UTF-8; a stored text holding a lone surrogate (kept by the docstore as given) is
+    written with its ``\\uXXXX`` escape, valid JSON that decodes to the same string. Plain UTF-8
+    failed there (UnicodeEncodeError), so every search that would return it got an error."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, indent=None,
+                              separators=(",", ":")).encode("ascii")
 from hybridrag.server.engine import Engine, Overloaded, ReadOnlyError, open_engine
 from hybridrag.server.metrics import Metrics
 
@@ -270,9 +285,24 @@ def build(index: str | os.PathLike[str], *, writable: bool = False, api_key: str
     return create_app(engine, api_key=key), engine
 
 
+def log_to_stderr(level: str) -> logging.Handler:
+    """``hybridrag serve`` is an application, not a library: the engine's own records (a new
+    generation it could not load, a failed poll) go to stderr at ``--log-level``, beside
+    uvicorn's (the ``hybridrag`` logger has only a NullHandler otherwise, and they were lost)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s hybridrag %(levelname)s %(message)s"))
+    pkg_logger = logging.getLogger("hybridrag")
+    pkg_logger.addHandler(handler)
+    pkg_logger.setLevel(level.upper() if level.upper() in logging.getLevelNamesMapping() else "WARNING")
+    return handler
+
+
 def run(index: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning",
         access_log: bool = False, **kwargs: Any) -> None:
     """Serve ``index`` on ``host:port`` until interrupted (the ``hybridrag serve`` command)."""
+    if kwargs.get("api_key") is not None and not str(kwargs["api_key"]).strip():
+        raise ValueError("--api-key is empty (an unset variable?): give a key, or leave the option out")
+    log_to_stderr(log_level)
     app, engine = build(index, **kwargs)
     keyed = kwargs.get("api_key") is not None or bool(os.environ.get(API_KEY_ENV))
     if host not in ("127.0.0.1", "localhost", "::1") and not keyed:

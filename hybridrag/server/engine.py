@@ -241,6 +241,9 @@ class Engine:
         unknown = sorted(set(options) - set(OPTION_NAMES))
         if unknown:
             raise ValueError(f"unknown search option(s) {unknown}; choose from {list(OPTION_NAMES)}")
+        if len(queries) > self.limits.max_queue:   # would never fit: not worth a retry
+            raise ValueError(f"{len(queries)} queries in one request; this server queues at most "
+                             f"{self.limits.max_queue} (--max-queue)")
         if self._queued + len(queries) > self.limits.max_queue:
             raise Overloaded(f"{self._queued} queries are waiting (limit {self.limits.max_queue}, --max-queue); "
                              "retry later")

@@ -119,6 +119,9 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 
 # SQLite's files beside the database: none may be a link or a non-regular file.
 _SIDE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+#: Fields one metadata filter may name (each field gives a few SQL terms; SQLite's expression
+#: depth is limited to 1000, and past it the query failed as if the docstore were damaged).
+MAX_FILTER_FIELDS = 256
 # The rows :func:`_row_digest` covers, as SQL (text columns as their raw bytes, so a damaged byte
 # that is no longer UTF-8 is reported, not an exception), in the order of the digest.
 _CHUNK_ROW_SQL = ("slot, CAST(chunk_id AS BLOB), CAST(doc_id AS BLOB), ordinal, CAST(metadata AS BLOB), start, "
@@ -959,6 +962,9 @@ class DocStore:
         """Boolean mask by slot (length ``size``, default ``next_slot()``) of live chunks matching ``filters``."""
         if not isinstance(filters, Mapping):
             raise TypeError(f"filters must be a dict, got {type(filters).__name__}")
+        if len(filters) > MAX_FILTER_FIELDS:   # SQLite refuses the expression past ~1000 terms
+            raise ValueError(f"a filter of {len(filters)} fields; at most {MAX_FILTER_FIELDS} (a long list of "
+                             "values for one field goes in one $in)")
         clauses: list[str] = []
         params: list[Any] = []
         for field, cond in filters.items():
