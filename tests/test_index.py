@@ -679,3 +679,28 @@ def test_calls_after_close_raise_index_closed_error(tmp_path):
     last = HybridIndex.load(tmp_path / "c")
     assert last.search("bone")[0].doc_id == "a"
     last.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts this process's descriptors (/proc, Linux)")
+def test_a_closed_index_frees_its_mapped_files_without_the_cyclic_collector(tmp_path):
+    """Each store kept a function that held its index (a cycle), so a closed index's memory-mapped
+    segment files (an open descriptor each) stayed open until the cyclic collector ran: a
+    writable server, which opens and closes a writer per committed write, grew ~5 descriptors a
+    write (1,043 after 240). With the collector off, 30 load/add/close rounds keep the count."""
+    import gc
+
+    path = tmp_path / "fd"
+    HybridIndex.create(path, bm25_pipeline()).close()
+    rounds = []
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(30):
+            w = HybridIndex.load(path)
+            w.add([{"id": f"f{i}", "text": f"ferret {i}"}])
+            w.close()
+            del w
+            rounds.append(len(os.listdir("/proc/self/fd")))
+    finally:
+        gc.enable()
+    assert max(rounds[5:]) <= rounds[4] + 2, rounds
