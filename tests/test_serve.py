@@ -174,6 +174,19 @@ def test_bad_search_requests_get_4xx_with_the_message(server, body, status, mess
     assert message in out["detail"], out
 
 
+def test_a_body_sent_without_the_json_content_type_says_so(server):
+    """``curl -d`` sends a form: every request got "body: Input should be a valid dictionary"."""
+    status, body, _ = call(server.url, "POST", "/search", raw=b'{"query": "vitamin"}',
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 422 and "Content-Type: application/json" in body["detail"]
+    assert "application/x-www-form-urlencoded" in body["detail"] and body["error"] == "ValidationError"
+    # the framework's own errors have the API's error shape too (they had no "error")
+    assert call(server.url, "GET", "/nope")[:2] == (404, {"detail": "Not Found", "error": "NotFound"})
+    assert call(server.url, "GET", "/search")[1]["error"] == "MethodNotAllowed"
+    status, body, _ = call(server.url, "POST", "/search", raw=b'{"query": "\xff\xfe"}')
+    assert status == 400 and body["error"] == "BadRequest"
+
+
 def test_malformed_bodies_never_get_a_500(server):
     cases = [b"{", b"null", b"[]", b'"text"', b"\xff\xfe", b'{"query": "x", "k": 1e999}',
              b'{"queries": [null]}', b'{"query": "x", "filters": []}', b'{"query": "x", "depth": {"bm25": -1}}',

@@ -26,6 +26,7 @@ try:
     import uvicorn
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
     from fastapi.responses import JSONResponse as _StarletteJSON
     from fastapi.responses import PlainTextResponse
     from pydantic import BaseModel, ConfigDict, Field
@@ -193,8 +194,21 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> Any:
                   lifespan=lifespan)
     metrics = engine.metrics
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Any, exc: StarletteHTTPException) -> JSONResponse:
+        # the framework's own errors (no such route or method, a body it cannot parse) in the
+        # API's error shape too, {"detail", "error"}
+        kind = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        return JSONResponse({"detail": str(exc.detail), "error": kind}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_req: Any, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(req: Any, exc: RequestValidationError) -> JSONResponse:
+        ctype = req.headers.get("content-type", "")
+        if req.method == "POST" and "json" not in ctype.lower():   # curl -d sends a form by default
+            return JSONResponse({"detail": f"send the body as JSON with 'Content-Type: application/json' "
+                                           f"(got {ctype or 'no Content-Type'!r})", "error": "ValidationError"},
+                                status_code=422)
         parts = []
         for err in exc.errors():
             loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
