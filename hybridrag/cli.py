@@ -624,7 +624,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hybridrag.server.config import BatchConfig, Limits
 
     limits = Limits(max_body_bytes=args.max_body_bytes, max_k=args.max_k, max_depth=args.max_depth,
-                    max_queries=args.max_queries, max_documents=args.max_documents, max_queue=args.max_queue)
+                    max_queries=args.max_queries, max_documents=args.max_documents, max_queue=args.max_queue,
+                    max_query_chars=args.max_query_chars)
     for name, value in vars(limits).items():
         if value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -835,6 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-k", type=int, default=lim.max_k)
     s.add_argument("--max-depth", type=int, default=lim.max_depth, help="largest depth and rerank_k")
     s.add_argument("--max-queries", type=int, default=lim.max_queries, help="queries in one request")
+    s.add_argument("--max-query-chars", type=int, default=lim.max_query_chars, help="characters of one query")
     s.add_argument("--max-documents", type=int, default=lim.max_documents, help="documents in one write request")
     s.add_argument("--max-body-bytes", type=int, default=lim.max_body_bytes)
     s.add_argument("--max-queue", type=int, default=lim.max_queue, help="queries waiting before 503")

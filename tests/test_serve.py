@@ -174,6 +174,15 @@ def test_bad_search_requests_get_4xx_with_the_message(server, body, status, mess
     assert message in out["detail"], out
 
 
+def test_a_query_longer_than_the_limit_is_refused_naming_the_flag():
+    from hybridrag.server.engine import check_search
+
+    check_search(["x" * 10], 10, {}, Limits(max_query_chars=10))
+    with pytest.raises(ValueError, match=r"a query of 11 characters; this server's limit is 10 \(--max-query-chars\)"):
+        check_search(["short", "x" * 11], 10, {}, Limits(max_query_chars=10))
+    assert Limits().max_query_chars == 65536
+
+
 def test_a_body_sent_without_the_json_content_type_says_so(server):
     """``curl -d`` sends a form: every request got "body: Input should be a valid dictionary"."""
     status, body, _ = call(server.url, "POST", "/search", raw=b'{"query": "vitamin"}',

@@ -15,6 +15,7 @@ class Limits:
     max_queries: int = 256                  # --max-queries (queries in one request)
     max_documents: int = 10000              # --max-documents (documents in one write request)
     max_queue: int = 4096                   # --max-queue (queries waiting; more gets 503)
+    max_query_chars: int = 65536            # --max-query-chars (one query's text; a 7.6 MB one held every search 23 s)
 
 
 @dataclass

@@ -85,6 +85,10 @@ def check_search(queries: Any, k: Any, options: Mapping[str, Any], limits: Limit
     if not queries:
         raise ValueError("no query given: pass 'query' (a string) or 'queries' (a list of strings)")
     check_queries(queries)   # the library's own messages ("the query is empty", "query 2 must be a string")
+    longest = max(map(len, queries))
+    if longest > limits.max_query_chars:   # the search thread is shared: one huge text holds every search
+        raise ValueError(f"a query of {longest} characters; this server's limit is {limits.max_query_chars} "
+                         "(--max-query-chars)")
     if isinstance(k, int) and k > limits.max_k:
         raise ValueError(f"k={k} exceeds this server's limit of {limits.max_k} (--max-k)")
     depth = options.get("depth")
