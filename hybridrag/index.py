@@ -463,6 +463,8 @@ class HybridIndex:
         a commit: every later load and query node searches with its settings. ``ValueError``
         names a version that does not exist."""
         self._check_open()
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise TypeError(f"version must be an int (a number of pipeline_versions()), got {version!r}")
         versions, active = pipeline_versions.carried(self._manifest, self.pipeline)
         found = [v for v in versions if isinstance(version, int) and not isinstance(version, bool)
                  and int(v["version"]) == version]

@@ -293,6 +293,8 @@ def test_bad_input_is_refused_with_the_value_named(built, tmp_path):
             idx.add_pipeline_version({"fusion.method": "max"})
         with pytest.raises(ValueError, match="no pipeline version 3"):
             idx.use_pipeline_version(3)
+        with pytest.raises(TypeError, match="version must be an int .* got '1'"):   # "no version '1'" before
+            idx.use_pipeline_version("1")
         # a version that changes nothing, or switches on a reranker that cannot load here, was made
         # and made active (then every query failed until another version was): refused now
         with pytest.raises(ValueError, match="change nothing: version 1 has them already"):
