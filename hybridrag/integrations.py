@@ -23,7 +23,7 @@ import json
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -212,9 +212,13 @@ def _check_metadata(metadata: Mapping[str, Any], position: int, doc_id: str | No
     return dict(metadata)
 
 
-def to_documents(records: Iterable[tuple[str | None, str, Mapping[str, Any]]]) -> tuple[list[Document], list[str]]:
+def to_documents(records: Iterable[tuple[str | None, str, Mapping[str, Any]]],
+                 reserved: Sequence[str] = ()) -> tuple[list[Document], list[str]]:
     """Turn ``(id or None, text, metadata)`` records into hybridrag documents, checking ids and
     metadata (JSON) before anything is written; returns the documents and each record's id.
+    ``reserved``: metadata keys the connector's retrieved documents fill with hybridrag's own
+    values; a record holding one gets one ``UserWarning`` for the call, here, at the write
+    (every retrieval of it logged a warning before, and its value cannot come back).
 
     A record without an id gets :func:`derived_id`. Records whose derived ids coincide are
     one document when their metadata is equal too (the same document given twice); when
@@ -226,6 +230,13 @@ def to_documents(records: Iterable[tuple[str | None, str, Mapping[str, Any]]]) -
         if doc_id is not None and (not isinstance(doc_id, str) or not doc_id.strip()):
             raise ValueError(f"documents[{position}] has no usable id: {doc_id!r}")
         rows.append((doc_id, text, _check_metadata(metadata, position, doc_id)))
+    clash = sorted({k for _, _, m in rows for k in reserved if k in m})
+    if clash:
+        import warnings
+
+        warnings.warn(f"metadata key(s) {clash} of these documents are stored but replaced by hybridrag's own "
+                      f"values in retrieved documents ({list(reserved)}); rename them to keep them visible",
+                      UserWarning, stacklevel=3)
     ids = [i if i is not None else derived_id(t, m) for i, t, m in rows]
     variants: dict[str, set[str]] = {}
     for (given, _, metadata), doc_id in zip(rows, ids):

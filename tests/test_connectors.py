@@ -355,6 +355,17 @@ def test_llama_documents_build_and_upsert(tmp_path, m3_dir, reranker_dir):
         index_from_llama_documents(tmp_path / "bad", pipeline(m3_dir, reranker_dir),
                                    [LlamaDocument(id_="x", text="t", metadata={"when": object()})])
     assert not (tmp_path / "bad").exists()  # checked before anything is written
+    # a metadata key the retrieved nodes fill with the engine's own value: one warning at the write
+    # (it was a logged warning at every retrieval of the node)
+    with pytest.warns(UserWarning, match=r"\['doc_id'\] of these documents are stored but replaced"):
+        mine = index_from_llama_documents(tmp_path / "mine", pipeline(m3_dir, reranker_dir),
+                                          [LlamaDocument(id_="m", text="vitamin D", metadata={"doc_id": "mine"})])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [n.node.metadata["doc_id"] for n in HybridRAGRetriever(mine).retrieve("vitamin")] == ["m"]
+    mine.close()
 
 
 def test_langchain_documents_build_and_upsert(tmp_path, m3_dir, reranker_dir):

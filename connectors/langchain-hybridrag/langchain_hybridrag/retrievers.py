@@ -63,7 +63,7 @@ def hit_to_document(hit: Hit) -> LCDocument:
     metadata: dict[str, Any] = dict(hit.metadata)
     clash = sorted(k for k in ENGINE_METADATA_KEYS if k in metadata)
     if clash:
-        logger.warning("chunk %r: metadata key(s) %s are replaced by hybridrag's own values", hit.chunk_id, clash)
+        logger.debug("chunk %r: metadata key(s) %s are replaced by hybridrag's own values", hit.chunk_id, clash)
     metadata.update({
         "doc_id": hit.doc_id,
         "start_index": int(hit.span[0]),
@@ -234,8 +234,8 @@ def _convert(documents: Iterable[LCDocument], ids: Sequence[str] | None) -> tupl
             raise TypeError(f"ids must be a list of str, got {type(ids).__name__}")
         if len(ids) != len(documents):
             raise ValueError(f"ids has {len(ids)} entries for {len(documents)} documents")
-    return to_documents(_record(d, i, ids[i] if ids is not None else getattr(d, "id", None))
-                        for i, d in enumerate(documents))
+    return to_documents((_record(d, i, ids[i] if ids is not None else getattr(d, "id", None))
+                         for i, d in enumerate(documents)), reserved=ENGINE_METADATA_KEYS)
 
 
 def upsert_documents(index: IndexLike, documents: Iterable[LCDocument], *,

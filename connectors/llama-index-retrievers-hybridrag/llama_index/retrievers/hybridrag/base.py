@@ -118,7 +118,7 @@ def hit_to_node(hit: Hit) -> NodeWithScore:
     metadata: dict[str, Any] = dict(hit.metadata)
     clash = sorted(k for k in ENGINE_METADATA_KEYS if k in metadata)
     if clash:
-        logger.warning("chunk %r: metadata key(s) %s are replaced by hybridrag's own values", hit.chunk_id, clash)
+        logger.debug("chunk %r: metadata key(s) %s are replaced by hybridrag's own values", hit.chunk_id, clash)
     start, end = int(hit.span[0]), int(hit.span[1])
     metadata.update({
         "doc_id": hit.doc_id,
@@ -240,7 +240,7 @@ def _record(doc: Any, position: int) -> tuple[str | None, str, dict[str, Any]]:
 def _convert(documents: Iterable[BaseNode]) -> list[Document]:
     if isinstance(documents, (str, bytes, BaseNode, Mapping)) or not isinstance(documents, Iterable):
         raise TypeError(f"documents must be a list of llama_index.core Document, got {type(documents).__name__}")
-    return to_documents(_record(d, i) for i, d in enumerate(documents))[0]
+    return to_documents((_record(d, i) for i, d in enumerate(documents)), reserved=ENGINE_METADATA_KEYS)[0]
 
 
 def upsert_llama_documents(index: IndexLike, documents: Iterable[BaseNode]) -> AddResult:
