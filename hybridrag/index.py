@@ -372,16 +372,17 @@ class HybridIndex:
         if self._closed:
             return
         commit_mod.close_merges(self)
-        self._closed = True
-        self._lock.release()
-        for store in self.stores.values():
-            closer = getattr(store, "close", None)
-            if callable(closer):
-                closer()
-        for head in (self._head, self._attached):
-            if head is not None:
-                head.close()
-        self.docstore.close()
+        with self._rw.writing():   # searches of this object in other threads finish first
+            self._closed = True
+            self._lock.release()
+            for store in self.stores.values():
+                closer = getattr(store, "close", None)
+                if callable(closer):
+                    closer()
+            for head in (self._head, self._attached):
+                if head is not None:
+                    head.close()
+            self.docstore.close()
 
     def __enter__(self) -> "HybridIndex":
         return self
@@ -424,6 +425,7 @@ class HybridIndex:
         queries = execute.check_queries(queries)
         opts = SearchOptions.build(options, k, filters, **overrides)
         with self._rw.reading():
+            self._check_open()   # again: a close() in another thread may have run meanwhile
             return execute.search_batch(self, queries, opts)
 
     # ------------------------------------------------------------------ pipeline versions

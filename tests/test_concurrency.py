@@ -235,9 +235,20 @@ def test_one_index_object_searched_in_threads_while_it_writes(tmp_path):
         stop.set()
         for t in threads:
             t.join(60)
-    idx.close()
     assert not errors, errors[:3]
     assert seen and all(n == 10 for n in seen)
+    # close() waits for the searches of other threads, and those after it get IndexClosedError
+    from hybridrag import IndexClosedError
+
+    stop.clear()
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    idx.close()
+    for t in threads:
+        t.join(60)
+    assert errors and all(isinstance(e, IndexClosedError) for e in errors), errors[:3]
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="reads the kernel's lock table (/proc/locks, Linux)")
