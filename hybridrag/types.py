@@ -79,5 +79,13 @@ class SearchResults(list):  # type: ignore[type-arg]  # list[Hit]
         # predicted_rerank_ms, rerank_ms, total_ms (docs/BUDGET.md). None without a budget.
         self.timing: dict[str, Any] | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"hits": [hit.to_dict(), ...], "notes": [...]}`` plus ``"timing"`` with a
+        budget (the HTTP API's shape); ``json.dumps(results)`` itself fails on the Hit objects."""
+        out: dict[str, Any] = {"hits": [h.to_dict() for h in self], "notes": list(self.notes)}
+        if self.timing is not None:
+            out["timing"] = self.timing
+        return out
+
     def __repr__(self) -> str:
         return f"SearchResults({list.__repr__(self)}, notes={self.notes!r})"

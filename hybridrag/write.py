@@ -51,12 +51,16 @@ class AddResult:
 
 
 def _check_depth(metadata: Mapping[str, Any], what: str) -> None:
-    """Refuse metadata nested deeper than MAX_METADATA_DEPTH (checked without recursion)."""
+    """Refuse metadata nested deeper than MAX_METADATA_DEPTH (checked without recursion), and
+    integers outside 64 bits: SQLite reads them back as inexact floats, and no filter can name
+    them (filters refuse such values)."""
     stack: list[tuple[Any, int]] = [(metadata, 1)]
     while stack:
         value, depth = stack.pop()
         if depth > MAX_METADATA_DEPTH:
             raise DocumentError(f"{what}: metadata is nested more than {MAX_METADATA_DEPTH} levels deep")
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2 ** 63) <= value < 2 ** 63:
+            raise DocumentError(f"{what}: metadata integer {value} does not fit in 64 bits (store it as a string)")
         if isinstance(value, Mapping):
             stack.extend((v, depth + 1) for v in value.values())
         elif isinstance(value, (list, tuple)):
