@@ -355,10 +355,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     for note in hits.notes:   # why hits are missing (no query terms for a mode, a filter key no document has)
         print(f"note: {note}", file=sys.stderr)
     if args.json and args.explain:   # the HTTP API's body: hits, notes and what a budget chose
-        body: dict[str, Any] = {"hits": [h.to_dict() for h in hits], "notes": list(hits.notes)}
-        if hits.timing is not None:
-            body["timing"] = hits.timing
-        print(json.dumps(body, ensure_ascii=False, indent=2))
+        print(json.dumps(hits.to_dict(), ensure_ascii=False, indent=2))
     elif args.json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
     else:
@@ -656,15 +653,17 @@ def _milvus_uri_from(args: argparse.Namespace) -> Iterator[None]:
     if uri is None:
         yield
         return
-    old = os.environ.get("HYBRIDRAG_MILVUS_URI")
-    os.environ["HYBRIDRAG_MILVUS_URI"] = uri
+    from hybridrag.stores.milvus import URI_ENV   # (only a Milvus user pays for this import)
+
+    old = os.environ.get(URI_ENV)
+    os.environ[URI_ENV] = uri
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop("HYBRIDRAG_MILVUS_URI", None)
+            os.environ.pop(URI_ENV, None)
         else:
-            os.environ["HYBRIDRAG_MILVUS_URI"] = old
+            os.environ[URI_ENV] = old
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -421,11 +421,10 @@ class HybridIndex:
         key that no document has, a filter that matches nothing. The stages are in
         :mod:`hybridrag.search.execute`.
         """
-        self._check_open()
         queries = execute.check_queries(queries)
         opts = SearchOptions.build(options, k, filters, **overrides)
-        with self._rw.reading():
-            self._check_open()   # again: a close() in another thread may have run meanwhile
+        with self._rw.reading():   # (checked under the lock: a close() in another thread waits for it)
+            self._check_open()
             return execute.search_batch(self, queries, opts)
 
     # ------------------------------------------------------------------ pipeline versions
@@ -468,8 +467,7 @@ class HybridIndex:
         if not isinstance(version, int) or isinstance(version, bool):
             raise TypeError(f"version must be an int (a number of pipeline_versions()), got {version!r}")
         versions, active = pipeline_versions.carried(self._manifest, self.pipeline)
-        found = [v for v in versions if isinstance(version, int) and not isinstance(version, bool)
-                 and int(v["version"]) == version]
+        found = [v for v in versions if int(v["version"]) == version]
         if not found:
             raise ValueError(f"no pipeline version {version!r} in {str(self.path)!r}; versions: "
                              f"{[int(v['version']) for v in versions]}")

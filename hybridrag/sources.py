@@ -745,6 +745,8 @@ def _unterminated_row(text: str) -> int | None:
     that row's last field; the strict one says "unexpected end of data" there (and complains
     about quirks the tolerant one reads sensibly, such as ``"b"c``: those rows are counted and
     passed over)."""
+    if text.count('"') % 2 == 0:   # an unclosed quote leaves an odd count: most files are not read twice
+        return None
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows = 0   # complete rows, the header included
     while True:

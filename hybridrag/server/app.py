@@ -35,6 +35,8 @@ except ImportError as e:  # pragma: no cover - exercised by test_serve.py::test_
 
 from hybridrag.errors import HybridRAGError, IndexLockedError, ModelLoadError
 from hybridrag.server.config import BatchConfig, Limits
+from hybridrag.server.engine import Engine, Overloaded, ReadOnlyError, open_engine
+from hybridrag.server.metrics import Metrics
 
 
 class JSONResponse(_StarletteJSON):
@@ -48,8 +50,7 @@ class JSONResponse(_StarletteJSON):
         except UnicodeEncodeError:
             return json.dumps(content, ensure_ascii=True, allow_nan=False, indent=None,
                               separators=(",", ":")).encode("ascii")
-from hybridrag.server.engine import Engine, Overloaded, ReadOnlyError, open_engine
-from hybridrag.server.metrics import Metrics
+
 
 logger = logging.getLogger(__name__)
 

@@ -497,8 +497,6 @@ def _milvus_collections(path: Path) -> list[str]:
     return out
 
 
-
-
 def attach(cls, path: str | os.PathLike[str], *, collection: str | None, milvus_uri: str | None = None,
            milvus_token: str | None = None, encoder: Any = None, reranker: Any = None,
            device: str | None = None) -> Any:
